@@ -1,0 +1,3 @@
+from lb.cli import main
+
+main()

@@ -1,0 +1,240 @@
+# Every C struct of the data plane, declared in one place.
+#
+# Part 1 is the shared-memory layout (DESIGN.md section 2). Its size and field
+# order are a contract between the supervisor, the checker and every worker of
+# one instance, all running this same compiled module; LB_SHM_VERSION changes
+# with any edit here. Each field names its single writer.
+#
+# Part 2 is per-worker private state: connections, free lists, pools' runtime.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from lb.includes.socket cimport sockaddr_storage
+from lb.includes.epoll cimport epoll_event
+
+cdef enum:
+    LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
+    LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
+    LB_SHM_VERSION = 1
+    LB_NAME_LEN = 64
+    LB_MAX_TRIES = 11                  # 1 + retries (config caps retries at 10)
+
+# Backend admin states (writer: supervisor) and health (writer: checker).
+cdef enum:
+    ADMIN_READY = 0
+    ADMIN_DRAIN = 1
+    ADMIN_MAINT = 2
+    HEALTH_UP = 0
+    HEALTH_DOWN = 1
+
+# Selection algorithms; the numbers are stored in shm_pool.algorithm.
+cdef enum:
+    ALG_ROUNDROBIN = 0
+    ALG_LEASTCONN = 1
+    ALG_P2C = 2
+    ALG_RANDOM = 3
+    ALG_MAGLEV = 4
+
+
+# ---- Part 1: shared memory -------------------------------------------------
+
+cdef struct shm_header:              # writer: supervisor, once, before fork
+    uint32_t magic_lo
+    uint32_t magic_hi
+    uint32_t version
+    uint32_t header_size
+    uint64_t total_size
+    uint32_t n_pools
+    uint32_t n_slots                 # backend slots, all pools together
+    uint32_t n_rows                  # worker counter rows
+    uint32_t supervisor_pid
+    uint64_t pools_off
+    uint64_t backends_off
+    uint64_t wstats_off
+    uint64_t bstats_off
+    uint64_t created_unix_ms
+    uint8_t _pad[176]
+
+cdef struct shm_pool:                # writer: supervisor
+    uint32_t first_slot              # this pool's backends are slots [first_slot, first_slot + capacity)
+    uint32_t capacity
+    uint32_t n_slots                 # slots ever used (high-water); unused ones have in_use = 0
+    uint32_t algorithm
+    uint32_t generation              # bumped on any change of the backend set or weights
+    uint32_t _pad0
+    char name[40]
+
+cdef struct shm_backend:             # 128 bytes
+    uint32_t seq                     # writer: supervisor; seqlock over family/port/addr/name (odd = being written)
+    uint8_t in_use                   # writer: supervisor
+    uint8_t backup                   # writer: supervisor
+    uint8_t admin                    # writer: supervisor (ADMIN_*)
+    uint8_t health                   # writer: checker (HEALTH_*)
+    uint16_t family                  # writer: supervisor (AF_INET / AF_INET6)
+    uint16_t port                    # writer: supervisor, host byte order
+    uint32_t weight                  # writer: supervisor, configured weight 0..1000
+    uint32_t eff_weight              # writer: supervisor, weight in effect (slow start scales it)
+    uint8_t addr[16]                 # writer: supervisor, network order (4 bytes used for IPv4)
+    char name[LB_NAME_LEN]           # writer: supervisor
+    uint8_t _pad[28]
+
+cdef struct shm_worker_stats:        # 128 bytes, one row per worker; writer: that worker
+    uint64_t pid
+    uint64_t heartbeat_ms            # monotonic ms of the loop's last turn
+    uint64_t accepted
+    int64_t active                   # client connections open now
+    int64_t fds                      # fds this worker holds for connections and pipes
+    uint64_t accept_paused           # times accepting was paused at the fd limit
+    uint64_t paused_now              # 1 while paused
+    uint64_t no_backend              # clients closed because no backend could be reached
+    uint64_t bytes_in                # client -> backend
+    uint64_t bytes_out               # backend -> client
+    uint64_t idle_timeouts
+    uint64_t splice_bytes            # bytes of the above moved by splice(2)
+    uint64_t stopping                # 1 while draining
+    uint64_t _pad[3]
+
+cdef struct shm_backend_stats:       # 64 bytes, [row][slot]; writer: the row's worker
+    int64_t active
+    uint64_t total
+    uint64_t bytes_in                # client -> backend
+    uint64_t bytes_out               # backend -> client
+    uint64_t connect_errors          # refused, reset or failed connects
+    uint64_t connect_timeouts
+    uint64_t consecutive_failures    # reset by a successful connect
+    uint64_t _pad
+
+
+# ---- Part 2: worker-private state --------------------------------------------
+
+cdef struct lb_conn
+cdef struct lb_worker
+cdef struct lb_pool_rt
+cdef struct lb_ops
+
+cdef enum:
+    SIDE_CLIENT = 0
+    SIDE_BACKEND = 1
+    TAG_LISTENER = 2
+    TAG_SIGNAL = 3
+
+# Directions: DIR_UP moves client -> backend, DIR_DOWN backend -> client.
+cdef enum:
+    DIR_UP = 0
+    DIR_DOWN = 1
+
+cdef enum:
+    CS_FREE = 0
+    CS_CONNECTING = 1
+    CS_ESTABLISHED = 2
+    CS_CLOSED = 3
+
+# lb_conn.flags bits, per side (shift by side) or per direction (shift by dir).
+cdef enum:
+    F_READABLE = 1           # << side: the kernel may have bytes to read
+    F_WRITABLE = 4           # << side: the kernel may take bytes
+    F_EOF = 16               # << side: read side hit EOF
+    F_SHUT = 64              # << side: we shut down writing to that side
+    F_SPLICE = 256           # << dir: this direction currently moves data by splice
+    F_QUEUED = 1024          # on the worker's pending list (budget ran out)
+    F_RDHUP = 2048           # << side: the peer's FIN (or an error) was signalled: read to EOF
+
+cdef struct lb_list:
+    lb_conn *head
+    lb_conn *tail
+
+cdef struct lb_conn:
+    int fd[2]
+    uint32_t state
+    uint32_t flags
+    int32_t listener
+    int32_t pool
+    int32_t slot                     # backend slot (global index) while connecting/established
+    int32_t tries
+    int32_t tried[LB_MAX_TRIES]
+    # in-flight data per direction; a buffer or a pipe only while bytes are pending
+    char *buf[2]
+    uint32_t buf_off[2]
+    uint32_t buf_len[2]
+    int pipe[2][2]
+    uint32_t pipe_len[2]
+    uint64_t last_ms                 # last byte moved (idle timer)
+    uint64_t queued_ms               # when put on its timer list
+    lb_list *timer_list
+    lb_conn *prev
+    lb_conn *next
+    lb_conn *pending_next
+    sockaddr_storage peer
+
+cdef struct lb_free_buf:
+    lb_free_buf *next
+
+cdef struct lb_pipe:
+    int fds[2]
+
+cdef struct lb_listener_rt:
+    int fd
+    int32_t pool
+    uint64_t idle_timeout_ms
+    lb_list conns                    # established connections, oldest activity first (lazily)
+
+cdef struct lb_pool_rt:
+    shm_pool *shm
+    lb_ops *ops
+    uint32_t algorithm
+    uint32_t retries
+    uint64_t connect_timeout_ms
+    lb_list connecting               # connect timer list, constant timeout: append keeps order
+    # roundrobin: smooth weighted round robin state (nginx's algorithm), per worker
+    int64_t *rr_current
+    uint32_t rr_generation
+    uint32_t rr_cursor               # leastconn tie-break rotation
+    uint32_t rng                     # xorshift state for random picks
+
+
+cdef struct lb_worker:
+    int epfd
+    int sigfd
+    uint32_t row
+    uint32_t n_rows
+    shm_header *hdr
+    shm_backend *backends
+    shm_worker_stats *stats          # this worker's row
+    shm_backend_stats *bstats        # this worker's row of per-backend counters
+    shm_backend_stats *bstats_all    # every row: leastconn sums them
+    lb_listener_rt *listeners
+    int n_listeners
+    lb_pool_rt *pools
+    int n_pools
+    lb_conn *free_conns
+    lb_free_buf *free_bufs
+    int n_free_bufs
+    lb_pipe *free_pipes              # a stack of n_free_pipes
+    int n_free_pipes
+    lb_conn *pending                 # connections whose forwarding budget ran out this turn
+    lb_conn *closed                  # freed after the current batch of events
+    int64_t fds
+    int64_t fd_limit                 # stop accepting above this many fds
+    int64_t fd_resume                # and start again below this
+    int accepting
+    int stopping                     # 1 graceful drain, 2 fast stop
+    uint64_t drain_deadline_ms
+    uint64_t drain_timeout_ms
+    int splice_mode                  # SPLICE_NEVER / SPLICE_AUTO / SPLICE_ALWAYS
+    uint64_t now_ms
+
+
+# Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a
+# global backend slot or -1; it must skip the slots the connection already tried.
+# take/drop may be NULL: the generic code already keeps the shared counters.
+ctypedef int32_t (*lb_pick_fn)(lb_worker *w, lb_pool_rt *p, lb_conn *c) noexcept nogil
+ctypedef void (*lb_conn_fn)(lb_worker *w, lb_pool_rt *p, int32_t slot) noexcept nogil
+
+cdef struct lb_ops:
+    lb_pick_fn pick
+    lb_conn_fn take
+    lb_conn_fn drop
+
+cdef enum:
+    SPLICE_NEVER = 0
+    SPLICE_AUTO = 1
+    SPLICE_ALWAYS = 2

@@ -1,0 +1,32 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""The compiled data plane of lb.
+
+One module assembled from topic files (fastpath/*.pxi), over C declarations in
+includes/*.pxd and the structs of _fastpath.pxd. Python touches this module only
+at start, at stop, and through the shared-memory accessors of `Shm`; the worker
+loop runs with the GIL released and allocates no Python object.
+"""
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.string cimport memset, memcpy, strncpy
+from libc.stdlib cimport malloc, calloc, free
+from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, EMFILE, ENFILE, ENOBUFS, ENOMEM
+
+from lb.includes.epoll cimport *
+from lb.includes.socket cimport *
+from lb.includes.fcntl cimport *
+from lb.includes.unistd cimport close, pipe2, read, getpid
+from lb.includes.signalfd cimport *
+from lb.includes.time cimport timespec, clock_gettime, CLOCK_MONOTONIC_COARSE
+from lb.includes.mman cimport *
+from lb.includes.atomics cimport *
+
+include "fastpath/shm.pxi"
+include "fastpath/conn.pxi"
+include "fastpath/select.pxi"
+include "fastpath/select_roundrobin.pxi"
+include "fastpath/select_leastconn.pxi"
+include "fastpath/forward.pxi"
+include "fastpath/connect.pxi"
+include "fastpath/loop.pxi"

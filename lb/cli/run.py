@@ -1,0 +1,70 @@
+"""`lb run` and `lb demo`: start the balancer in the foreground."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from lb import config as config_mod
+
+EXIT_CONFIG = 2
+
+
+def check_runnable(cfg) -> None:
+    """What this build's data plane serves; anything else is refused by key path."""
+    from lb._fastpath import IMPLEMENTED_ALGORITHMS
+
+    for name, listener in cfg.listeners.items():
+        if listener.mode != "tcp":
+            raise config_mod.ConfigError(
+                f"listeners.{name}.mode", "http mode is not in this build yet; use mode = \"tcp\"")
+    for name, pool in cfg.pools.items():
+        if pool.algorithm not in IMPLEMENTED_ALGORITHMS:
+            raise config_mod.ConfigError(
+                f"pools.{name}.algorithm",
+                f"'{pool.algorithm}' is not in this build yet; use one of {sorted(IMPLEMENTED_ALGORITHMS)}")
+
+
+def load_runnable(path: str):
+    try:
+        cfg = config_mod.load(path)
+        check_runnable(cfg)
+    except config_mod.ConfigError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_CONFIG)
+    for warning in cfg.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    return cfg
+
+
+@click.command()
+@click.option("-c", "--config", "config_path", default="/etc/lb/lb.toml", show_default=True,
+              envvar="LB_CONFIG", help="Config file (env: LB_CONFIG).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def run(config_path: str, log_level: str) -> None:
+    """Run the balancer in the foreground, logging to stderr.
+
+    SIGTERM stops gracefully (connections finish, up to global.drain_timeout);
+    SIGINT stops at once."""
+    from lb import log
+    from lb.supervisor import Supervisor
+
+    log.setup(log_level)
+    cfg = load_runnable(config_path)
+    try:
+        code = Supervisor(cfg).run()
+    except OSError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    sys.exit(code)
+
+
+@click.command()
+@click.option("--port", default=8080, show_default=True, help="Port lb listens on (127.0.0.1).")
+def demo(port: int) -> None:
+    """Start lb on 127.0.0.1:PORT in front of two demo backends it starts itself."""
+    from lb import demo as demo_mod
+
+    sys.exit(demo_mod.run(port))

@@ -1,0 +1,91 @@
+"""`lb demo`: lb on 127.0.0.1:PORT in front of two demo backends it starts
+itself, with a live status line. Everything stops with Ctrl-C."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from lb import config as config_mod
+from lb import log
+
+DEMO_BACKENDS = ("demo-1", "demo-2")
+
+CONFIG_TEMPLATE = """\
+[global]
+workers = 1            # one worker, so round robin alternates strictly across curls
+drain_timeout = "2s"
+
+[listeners.demo]
+bind = ["127.0.0.1:{port}"]
+mode = "tcp"
+pool = "demo"
+
+[pools.demo]
+algorithm = "roundrobin"
+connect_timeout = "1s"
+retries = 1
+
+  [pools.demo.health]
+  type = "none"
+{backends}"""
+
+BACKEND_TEMPLATE = """
+  [[pools.demo.backends]]
+  address = "127.0.0.1:{port}"
+  name = "{name}"
+  weight = 100
+"""
+
+
+def start_backend(name: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-m", "lb.demo_backend", "--port", "0", "--name", name],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline().split()
+    if len(line) != 2 or line[0] != "ready":
+        proc.kill()
+        raise RuntimeError(f"demo backend {name} did not start")
+    return proc, int(line[1])
+
+
+def status_line(sup) -> None:
+    snap = sup.snapshot()
+    backends = snap["pools"]["demo"]["backends"]
+    served = "  ".join(f"{name}: {b['total']} ({b['active']} open)" for name, b in backends.items())
+    accepted = sum(w["accepted"] for w in snap["workers"])
+    line = f"[lb] connections {accepted} | {served}"
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K" + line)
+    else:
+        sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def run(port: int) -> int:
+    from lb.supervisor import Supervisor
+
+    log.setup("warning")
+    procs = []
+    try:
+        backends = []
+        for name in DEMO_BACKENDS:
+            proc, backend_port = start_backend(name)
+            procs.append(proc)
+            backends.append(BACKEND_TEMPLATE.format(port=backend_port, name=name))
+        text = CONFIG_TEMPLATE.format(port=port, backends="".join(backends))
+        cfg = config_mod.loads(text, source="<demo>")
+        print(f"lb demo: listening on 127.0.0.1:{port}, round robin over "
+              f"{' and '.join(DEMO_BACKENDS)}.\n"
+              f"Try:  curl http://127.0.0.1:{port}/   (again: the other backend answers)\n"
+              f"Stop: Ctrl-C\n\n--- config in use ---\n{text}---", flush=True)
+        return Supervisor(cfg, status_interval=1.0, on_status=status_line).run()
+    except OSError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait()
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")

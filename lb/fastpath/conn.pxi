@@ -1,0 +1,227 @@
+# Connections, their free lists, the buffer and pipe pools, and timer lists.
+#
+# All functions here run with the GIL released and never allocate Python objects.
+
+cdef enum:
+    CONN_SLAB = 64
+    BUF_SIZE = 16384             # recv/send buffer; see forward.pxi for the splice switch-over
+    FREE_BUFS_MAX = 256
+    FREE_PIPES_MAX = 64
+    PIPE_SIZE = 262144           # F_SETPIPE_SZ: fewer splice calls per MiB (see forward.pxi)
+
+
+cdef inline uint64_t now_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts)
+    return <uint64_t>ts.tv_sec * 1000 + <uint64_t>(ts.tv_nsec // 1000000)
+
+
+# ---- timer lists ------------------------------------------------------------
+# Each list holds connections with the same timeout, so appending keeps it ordered
+# by deadline and a sweep looks only at the head: O(1) per connection, no heap.
+
+cdef inline void list_append(lb_list *l, lb_conn *c, uint64_t when) noexcept nogil:
+    c.timer_list = l
+    c.queued_ms = when
+    c.next = NULL
+    c.prev = l.tail
+    if l.tail != NULL:
+        l.tail.next = c
+    else:
+        l.head = c
+    l.tail = c
+
+
+cdef inline void list_remove(lb_conn *c) noexcept nogil:
+    cdef lb_list *l = c.timer_list
+    if l == NULL:
+        return
+    if c.prev != NULL:
+        c.prev.next = c.next
+    else:
+        l.head = c.next
+    if c.next != NULL:
+        c.next.prev = c.prev
+    else:
+        l.tail = c.prev
+    c.prev = NULL
+    c.next = NULL
+    c.timer_list = NULL
+
+
+# ---- connections --------------------------------------------------------------
+
+cdef lb_conn *conn_alloc(lb_worker *w) noexcept nogil:
+    cdef lb_conn *c = w.free_conns
+    cdef int i
+    if c == NULL:
+        # Slabs are never given back: a worker's peak is its working set, and
+        # reusing the same memory keeps RSS flat under churn.
+        c = <lb_conn *>calloc(CONN_SLAB, sizeof(lb_conn))
+        if c == NULL:
+            return NULL
+        for i in range(CONN_SLAB - 1):
+            c[i].next = &c[i + 1]
+        c[CONN_SLAB - 1].next = NULL
+    w.free_conns = c.next
+    memset(c, 0, sizeof(lb_conn))
+    c.fd[0] = -1
+    c.fd[1] = -1
+    c.pipe[0][0] = -1
+    c.pipe[0][1] = -1
+    c.pipe[1][0] = -1
+    c.pipe[1][1] = -1
+    c.slot = -1
+    return c
+
+
+cdef inline void conn_release(lb_worker *w, lb_conn *c) noexcept nogil:
+    c.state = CS_FREE
+    c.next = w.free_conns
+    w.free_conns = c
+
+
+cdef void conns_free_closed(lb_worker *w) noexcept nogil:
+    """Closed connections are freed only after the batch of events that closed
+    them, since a later event of the same batch may still point at them."""
+    cdef lb_conn *c = w.closed
+    cdef lb_conn *n
+    while c != NULL:
+        n = c.next
+        conn_release(w, c)
+        c = n
+    w.closed = NULL
+
+
+# ---- buffers and pipes --------------------------------------------------------
+
+cdef char *buf_take(lb_worker *w) noexcept nogil:
+    cdef lb_free_buf *b = w.free_bufs
+    if b != NULL:
+        w.free_bufs = b.next
+        w.n_free_bufs -= 1
+        return <char *>b
+    return <char *>malloc(BUF_SIZE)
+
+
+cdef void buf_give(lb_worker *w, char *p) noexcept nogil:
+    cdef lb_free_buf *b
+    if w.n_free_bufs >= FREE_BUFS_MAX:
+        free(p)
+        return
+    b = <lb_free_buf *>p
+    b.next = w.free_bufs
+    w.free_bufs = b
+    w.n_free_bufs += 1
+
+
+cdef int pipe_take(lb_worker *w, int fds[2]) noexcept nogil:
+    if w.n_free_pipes > 0:
+        w.n_free_pipes -= 1
+        fds[0] = w.free_pipes[w.n_free_pipes].fds[0]
+        fds[1] = w.free_pipes[w.n_free_pipes].fds[1]
+        return 0
+    if w.fds + 2 > w.fd_limit + 64:
+        return -1
+    if pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0:
+        return -1
+    fcntl(fds[1], F_SETPIPE_SZ, <int>PIPE_SIZE)
+    w.fds += 2
+    lb_store_i64(&w.stats.fds, w.fds)
+    return 0
+
+
+cdef void pipe_give(lb_worker *w, int fds[2], bint dirty) noexcept nogil:
+    # A pipe that still holds bytes of a dead connection must not serve another.
+    if dirty or w.n_free_pipes >= FREE_PIPES_MAX:
+        close(fds[0])
+        close(fds[1])
+        w.fds -= 2
+        lb_store_i64(&w.stats.fds, w.fds)
+    else:
+        w.free_pipes[w.n_free_pipes].fds[0] = fds[0]
+        w.free_pipes[w.n_free_pipes].fds[1] = fds[1]
+        w.n_free_pipes += 1
+    fds[0] = -1
+    fds[1] = -1
+
+
+# ---- accounting -------------------------------------------------------------
+
+cdef inline shm_backend_stats *slot_stats(lb_worker *w, int32_t slot) noexcept nogil:
+    return &w.bstats[slot]
+
+
+cdef void listeners_pause(lb_worker *w) noexcept nogil:
+    cdef int i
+    if not w.accepting:
+        return
+    for i in range(w.n_listeners):
+        epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.listeners[i].fd, NULL)
+    w.accepting = 0
+    lb_store_u64(&w.stats.paused_now, 1)
+
+
+cdef void listeners_resume(lb_worker *w) noexcept nogil:
+    cdef int i
+    cdef epoll_event ev
+    if w.accepting or w.stopping:
+        return
+    for i in range(w.n_listeners):
+        ev.events = EPOLLIN
+        ev.data.u64 = (<uint64_t>i << 2) | TAG_LISTENER
+        epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.listeners[i].fd, &ev)
+    w.accepting = 1
+    lb_store_u64(&w.stats.paused_now, 0)
+
+
+cdef void conn_close(lb_worker *w, lb_conn *c, bint reset) noexcept nogil:
+    """Close both sides and give back everything the connection held.
+    reset: close with SO_LINGER 0 so the peer sees the RST the other side sent."""
+    cdef int side, d
+    cdef linger lg
+    cdef shm_backend_stats *bs
+    if c.state == CS_CLOSED or c.state == CS_FREE:
+        return
+    list_remove(c)
+    lg.l_onoff = 1
+    lg.l_linger = 0
+    for side in range(2):
+        if c.fd[side] >= 0:
+            if reset:
+                setsockopt(c.fd[side], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
+            close(c.fd[side])
+            c.fd[side] = -1
+            w.fds -= 1
+    for d in range(2):
+        if c.buf[d] != NULL:
+            buf_give(w, c.buf[d])
+            c.buf[d] = NULL
+        if c.pipe[d][0] >= 0:
+            pipe_give(w, c.pipe[d], c.pipe_len[d] != 0)
+    if c.slot >= 0:
+        conn_backend_drop(w, c)
+    c.state = CS_CLOSED
+    c.next = w.closed
+    w.closed = c
+    lb_add_i64(&w.stats.active, -1)
+    lb_store_i64(&w.stats.fds, w.fds)
+    if not w.accepting and w.fds < w.fd_resume:
+        listeners_resume(w)
+
+
+cdef inline void conn_backend_take(lb_worker *w, lb_conn *c, int32_t slot) noexcept nogil:
+    cdef lb_pool_rt *p = &w.pools[c.pool]
+    c.slot = slot
+    lb_add_i64(&w.bstats[slot].active, 1)
+    lb_add_u64(&w.bstats[slot].total, 1)
+    if p.ops.take != NULL:
+        p.ops.take(w, p, slot)
+
+
+cdef inline void conn_backend_drop(lb_worker *w, lb_conn *c) noexcept nogil:
+    cdef lb_pool_rt *p = &w.pools[c.pool]
+    lb_add_i64(&w.bstats[c.slot].active, -1)
+    if p.ops.drop != NULL:
+        p.ops.drop(w, p, c.slot)
+    c.slot = -1

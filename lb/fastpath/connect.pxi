@@ -1,0 +1,125 @@
+# Connecting to a backend: pick, non-blocking connect, and the next choice on
+# refusal, reset or timeout, up to the pool's retries, before the client is closed.
+
+cdef int backend_sockaddr(shm_backend *b, sockaddr_storage *ss) noexcept nogil:
+    """Copy a backend's address under its seqlock. Returns the sockaddr length."""
+    cdef uint32_t s1
+    cdef uint16_t family, port
+    cdef uint8_t addr[16]
+    cdef sockaddr_in *sin
+    cdef sockaddr_in6 *sin6
+    while True:
+        s1 = lb_acquire_u32(&b.seq)
+        if s1 & 1:
+            continue
+        family = b.family
+        port = b.port
+        memcpy(addr, b.addr, 16)
+        lb_fence_acquire()
+        if lb_load_u32(&b.seq) == s1:
+            break
+    memset(ss, 0, sizeof(sockaddr_storage))
+    if family == AF_INET6:
+        sin6 = <sockaddr_in6 *>ss
+        sin6.sin6_family = AF_INET6
+        sin6.sin6_port = htons(port)
+        memcpy(sin6.sin6_addr.s6_addr, addr, 16)
+        return sizeof(sockaddr_in6)
+    sin = <sockaddr_in *>ss
+    sin.sin_family = AF_INET
+    sin.sin_port = htons(port)
+    memcpy(&sin.sin_addr.s_addr, addr, 4)
+    return sizeof(sockaddr_in)
+
+
+cdef int backend_connect(lb_worker *w, int32_t slot) noexcept nogil:
+    """Start a non-blocking connect. Returns the fd (connect in progress or done),
+    or -1 when it failed at once (the caller counts it and tries the next)."""
+    cdef sockaddr_storage ss
+    cdef int one = 1
+    cdef int len = backend_sockaddr(&w.backends[slot], &ss)
+    cdef int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
+    if fd < 0:
+        return -1
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+    if connect(fd, <sockaddr *>&ss, len) != 0 and errno != EINPROGRESS:
+        close(fd)
+        return -1
+    return fd
+
+
+cdef void conn_count_failure(lb_worker *w, int32_t slot, bint timeout) noexcept nogil:
+    cdef shm_backend_stats *bs = &w.bstats[slot]
+    if timeout:
+        lb_add_u64(&bs.connect_timeouts, 1)
+    else:
+        lb_add_u64(&bs.connect_errors, 1)
+    lb_add_u64(&bs.consecutive_failures, 1)
+
+
+cdef void conn_connect(lb_worker *w, lb_conn *c) noexcept nogil:
+    """Connect c to the next backend its pool picks; close c when none is left."""
+    cdef lb_pool_rt *p = &w.pools[c.pool]
+    cdef int32_t slot
+    cdef int fd
+    cdef epoll_event ev
+    while c.tries <= <int32_t>p.retries:
+        slot = p.ops.pick(w, p, c)
+        if slot < 0:
+            break
+        c.tried[c.tries] = slot
+        c.tries += 1
+        fd = backend_connect(w, slot)
+        if fd < 0:
+            conn_count_failure(w, slot, False)
+            continue
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+        ev.data.u64 = <uint64_t><size_t>c | SIDE_BACKEND
+        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
+            close(fd)
+            break
+        c.fd[SIDE_BACKEND] = fd
+        c.flags &= ~((F_READABLE | F_WRITABLE | F_EOF | F_SHUT | F_RDHUP) << SIDE_BACKEND)
+        w.fds += 1
+        lb_store_i64(&w.stats.fds, w.fds)
+        conn_backend_take(w, c, slot)
+        c.state = CS_CONNECTING
+        list_append(&p.connecting, c, w.now_ms)
+        return
+    lb_add_u64(&w.stats.no_backend, 1)
+    conn_close(w, c, False)
+
+
+cdef void conn_connect_failed(lb_worker *w, lb_conn *c, bint timeout) noexcept nogil:
+    conn_count_failure(w, c.slot, timeout)
+    list_remove(c)
+    conn_backend_drop(w, c)
+    close(c.fd[SIDE_BACKEND])       # also removes it from the epoll set
+    c.fd[SIDE_BACKEND] = -1
+    w.fds -= 1
+    conn_connect(w, c)
+
+
+cdef void conn_on_backend_connecting(lb_worker *w, lb_conn *c, uint32_t events) noexcept nogil:
+    """An event on a backend socket still connecting: done, or failed."""
+    cdef int err = 0
+    cdef socklen_t len = sizeof(err)
+    if not (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)):
+        return
+    getsockopt(c.fd[SIDE_BACKEND], SOL_SOCKET, SO_ERROR, &err, &len)
+    if err != 0 or (events & EPOLLERR):
+        conn_connect_failed(w, c, False)
+        return
+    lb_store_u64(&w.bstats[c.slot].consecutive_failures, 0)
+    list_remove(c)
+    c.state = CS_ESTABLISHED
+    c.last_ms = w.now_ms
+    list_append(&w.listeners[c.listener].conns, c, w.now_ms)
+    c.flags |= F_WRITABLE << SIDE_BACKEND
+    if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP):
+        c.flags |= F_READABLE << SIDE_BACKEND
+    if events & (EPOLLRDHUP | EPOLLHUP):
+        c.flags |= F_RDHUP << SIDE_BACKEND
+    if w.splice_mode == SPLICE_ALWAYS:
+        c.flags |= (F_SPLICE << DIR_UP) | (F_SPLICE << DIR_DOWN)
+    conn_pump(w, c)

@@ -1,0 +1,176 @@
+# Forwarding bytes between the two sides of an established connection.
+#
+# Sockets are registered edge-triggered, so the loop keeps, per side, whether the
+# kernel may have bytes to read (F_READABLE) or room to write (F_WRITABLE); a flag
+# is cleared only when a call says so (EAGAIN, or a short read/write, which on a
+# stream socket means the queue was drained or filled at that instant).
+#
+# Small flows go through a 16 KiB buffer with recv/send: two copies, but one
+# syscall each way and no pipe. A read that fills the whole buffer marks the
+# direction as bulk and it switches to splice(2) through a pipe, which moves
+# pages without copying them through user space; a splice that moves less than
+# SPLICE_MIN switches back. (Measured in bench/: for small responses recv/send
+# beats splice, which needs the same two calls plus a pipe; from 1 MiB responses
+# on, splice with a 256 KiB pipe moves more bytes per call and per copy.)
+#
+# A buffer or pipe is held only while bytes are in flight; both go back to the
+# worker's pools the moment they are empty, so an idle connection holds neither.
+
+cdef enum:
+    FWD_BUDGET = 1048576         # bytes per direction per turn before yielding to others
+    SPLICE_MIN = 4096
+
+
+cdef inline void dir_account(lb_worker *w, lb_conn *c, int d, ssize_t n, bint spliced) noexcept nogil:
+    cdef shm_backend_stats *bs = &w.bstats[c.slot]
+    if d == DIR_UP:
+        lb_add_u64(&bs.bytes_in, n)
+        lb_add_u64(&w.stats.bytes_in, n)
+    else:
+        lb_add_u64(&bs.bytes_out, n)
+        lb_add_u64(&w.stats.bytes_out, n)
+    if spliced:
+        lb_add_u64(&w.stats.splice_bytes, n)
+
+
+cdef int dir_flush(lb_worker *w, lb_conn *c, int d) noexcept nogil:
+    """Write what is pending in direction d. 0 = all written or must wait; -1 = peer gone."""
+    cdef int t = 1 - d
+    cdef ssize_t n
+    if c.buf_len[d] != 0:
+        n = send(c.fd[t], c.buf[d] + c.buf_off[d], c.buf_len[d], MSG_NOSIGNAL | MSG_DONTWAIT)
+        if n < 0:
+            if errno == EAGAIN or errno == EINTR:
+                c.flags &= ~(F_WRITABLE << t)
+                return 0
+            return -1
+        dir_account(w, c, d, n, False)
+        if <uint32_t>n < c.buf_len[d]:
+            c.buf_off[d] += n
+            c.buf_len[d] -= n
+            c.flags &= ~(F_WRITABLE << t)
+            return 0
+        c.buf_off[d] = 0
+        c.buf_len[d] = 0
+        buf_give(w, c.buf[d])
+        c.buf[d] = NULL
+        return 0
+    if c.pipe_len[d] != 0:
+        n = splice(c.pipe[d][0], NULL, c.fd[t], NULL, c.pipe_len[d],
+                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        if n < 0:
+            if errno == EAGAIN or errno == EINTR:
+                c.flags &= ~(F_WRITABLE << t)
+                return 0
+            return -1
+        dir_account(w, c, d, n, True)
+        c.pipe_len[d] -= n
+        if c.pipe_len[d] != 0:
+            c.flags &= ~(F_WRITABLE << t)
+            return 0
+        pipe_give(w, c.pipe[d], False)
+    return 0
+
+
+cdef ssize_t dir_fill(lb_worker *w, lb_conn *c, int d) noexcept nogil:
+    """Read from side d into a buffer or a pipe. >0 bytes, 0 EOF, -1 error, -2 would block."""
+    cdef ssize_t n
+    if c.flags & (F_SPLICE << d):
+        if c.pipe[d][0] < 0 and pipe_take(w, c.pipe[d]) != 0:
+            c.flags &= ~(F_SPLICE << d)        # out of pipes or fds: fall back to copying
+            return dir_fill(w, c, d)
+        n = splice(c.fd[d], NULL, c.pipe[d][1], NULL, PIPE_SIZE,
+                   SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
+        if n > 0:
+            c.pipe_len[d] = n
+            if n < SPLICE_MIN and w.splice_mode == SPLICE_AUTO:
+                c.flags &= ~(F_SPLICE << d)
+            # A short splice does not prove the socket drained (the pipe may run out
+            # of slots first), so F_READABLE stays set until EAGAIN or EOF.
+            return n
+        pipe_give(w, c.pipe[d], False)
+        if n == 0:
+            return 0
+        if errno == EAGAIN or errno == EINTR:
+            return -2
+        return -1
+    if c.buf[d] == NULL:
+        c.buf[d] = buf_take(w)
+        if c.buf[d] == NULL:
+            return -1
+    n = recv(c.fd[d], c.buf[d], BUF_SIZE, MSG_DONTWAIT)
+    if n > 0:
+        c.buf_off[d] = 0
+        c.buf_len[d] = n
+        if n == BUF_SIZE:
+            if w.splice_mode != SPLICE_NEVER:
+                c.flags |= F_SPLICE << d
+        elif not (c.flags & (F_RDHUP << d)):
+            c.flags &= ~(F_READABLE << d)
+        return n
+    buf_give(w, c.buf[d])
+    c.buf[d] = NULL
+    if n == 0:
+        return 0
+    if errno == EAGAIN or errno == EINTR:
+        return -2
+    return -1
+
+
+cdef int dir_forward(lb_worker *w, lb_conn *c, int d) noexcept nogil:
+    """Move bytes in direction d until a side blocks. 0 = blocked or done,
+    1 = budget used up with more to move, -1 = a side failed (reset)."""
+    cdef int t = 1 - d
+    cdef ssize_t n, moved = 0
+    while True:
+        if c.buf_len[d] != 0 or c.pipe_len[d] != 0:
+            if not (c.flags & (F_WRITABLE << t)):
+                return 0
+            if dir_flush(w, c, d) < 0:
+                return -1
+            if c.buf_len[d] != 0 or c.pipe_len[d] != 0:
+                return 0
+        if c.flags & (F_EOF << d):
+            if not (c.flags & (F_SHUT << t)):
+                # half-close: the peer's FIN reaches the other side once all bytes did
+                shutdown(c.fd[t], SHUT_WR)
+                c.flags |= F_SHUT << t
+            return 0
+        if not (c.flags & (F_READABLE << d)):
+            return 0
+        if moved >= FWD_BUDGET:
+            return 1
+        n = dir_fill(w, c, d)
+        if n > 0:
+            moved += n
+        elif n == 0:
+            c.flags |= F_EOF << d
+            c.flags &= ~(F_READABLE << d)
+        elif n == -2:
+            c.flags &= ~(F_READABLE << d)
+            return 0
+        else:
+            return -1
+
+
+cdef void conn_pump(lb_worker *w, lb_conn *c) noexcept nogil:
+    """Forward both directions; close when both are finished or one failed."""
+    cdef int up, down
+    if c.state != CS_ESTABLISHED:
+        return
+    up = dir_forward(w, c, DIR_UP)
+    if up < 0:
+        conn_close(w, c, True)
+        return
+    down = dir_forward(w, c, DIR_DOWN)
+    if down < 0:
+        conn_close(w, c, True)
+        return
+    if (c.flags & (F_SHUT << SIDE_CLIENT)) and (c.flags & (F_SHUT << SIDE_BACKEND)):
+        conn_close(w, c, False)
+        return
+    c.last_ms = w.now_ms
+    if (up == 1 or down == 1) and not (c.flags & F_QUEUED):
+        c.flags |= F_QUEUED
+        c.pending_next = w.pending
+        w.pending = c

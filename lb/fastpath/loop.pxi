@@ -1,0 +1,283 @@
+# The worker loop: epoll over the listening sockets of this worker's slot, every
+# connection's two sockets, and a signalfd for control. The GIL is released once,
+# around worker_loop; nothing below it touches a Python object.
+
+cdef enum:
+    MAX_EVENTS = 256
+    ACCEPT_BATCH = 64
+    FD_RESERVE = 32              # fds kept free for pipes, the signalfd, and logging
+
+
+cdef void on_accept(lb_worker *w, int li) noexcept nogil:
+    cdef lb_listener_rt *l = &w.listeners[li]
+    cdef lb_conn *c
+    cdef socklen_t alen
+    cdef int fd, i
+    cdef epoll_event ev
+    for i in range(ACCEPT_BATCH):
+        # each client costs two fds (client, backend); stop before running out
+        if w.fds + 2 > w.fd_limit:
+            lb_add_u64(&w.stats.accept_paused, 1)
+            listeners_pause(w)
+            return
+        c = conn_alloc(w)
+        if c == NULL:
+            return
+        alen = sizeof(sockaddr_storage)
+        fd = accept4(l.fd, <sockaddr *>&c.peer, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        if fd < 0:
+            conn_release(w, c)
+            if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+                lb_add_u64(&w.stats.accept_paused, 1)
+                listeners_pause(w)
+                return
+            if errno == EAGAIN:
+                return
+            continue                  # ECONNABORTED and the like: the next one may be fine
+        c.fd[SIDE_CLIENT] = fd
+        c.listener = li
+        c.pool = l.pool
+        c.state = CS_CONNECTING
+        w.fds += 1
+        lb_add_u64(&w.stats.accepted, 1)
+        lb_add_i64(&w.stats.active, 1)
+        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+        ev.data.u64 = <uint64_t><size_t>c | SIDE_CLIENT
+        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
+            conn_close(w, c, True)
+            continue
+        conn_connect(w, c)
+
+
+cdef void on_conn_event(lb_worker *w, lb_conn *c, int side, uint32_t events) noexcept nogil:
+    if c.state == CS_CLOSED:
+        return
+    if side == SIDE_BACKEND and c.state == CS_CONNECTING:
+        conn_on_backend_connecting(w, c, events)
+        return
+    # An error or hang-up shows up as readable and writable: the next call returns
+    # the error (or EOF) and the pump closes the connection for it.
+    if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        c.flags |= F_READABLE << side
+    if events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+        c.flags |= F_RDHUP << side
+    if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
+        c.flags |= F_WRITABLE << side
+    conn_pump(w, c)
+
+
+cdef void on_signal(lb_worker *w) noexcept nogil:
+    cdef signalfd_siginfo si
+    while read(w.sigfd, &si, sizeof(si)) == sizeof(si):
+        if si.ssi_signo == SIGTERM:
+            if not w.stopping:
+                # graceful: stop accepting (the supervisor keeps the listening sockets
+                # open, so nothing queued is refused) and let connections finish
+                listeners_pause(w)
+                listeners_close(w)
+                w.stopping = 1
+                w.drain_deadline_ms = w.now_ms + w.drain_timeout_ms
+                lb_store_u64(&w.stats.stopping, 1)
+        else:
+            w.stopping = 2
+
+
+cdef void listeners_close(lb_worker *w) noexcept nogil:
+    """Drop this worker's copies of its listening sockets. When the supervisor has
+    closed its own copies (a stop, not a reload), the kernel stops queueing new
+    connections there at once instead of resetting them when the worker exits."""
+    cdef int i
+    for i in range(w.n_listeners):
+        if w.listeners[i].fd >= 0:
+            close(w.listeners[i].fd)
+            w.listeners[i].fd = -1
+
+
+cdef void timers_sweep(lb_worker *w) noexcept nogil:
+    cdef int i
+    cdef lb_conn *c
+    cdef lb_pool_rt *p
+    cdef lb_listener_rt *l
+    for i in range(w.n_pools):
+        p = &w.pools[i]
+        while p.connecting.head != NULL and p.connecting.head.queued_ms + p.connect_timeout_ms <= w.now_ms:
+            conn_connect_failed(w, p.connecting.head, True)
+    for i in range(w.n_listeners):
+        l = &w.listeners[i]
+        while l.conns.head != NULL and l.conns.head.queued_ms + l.idle_timeout_ms <= w.now_ms:
+            c = l.conns.head
+            if c.last_ms + l.idle_timeout_ms <= w.now_ms:
+                lb_add_u64(&w.stats.idle_timeouts, 1)
+                conn_close(w, c, False)
+            else:
+                # active since it was queued: requeue at its real last activity
+                list_remove(c)
+                list_append(&l.conns, c, c.last_ms)
+
+
+cdef int next_timeout(lb_worker *w) noexcept nogil:
+    """Milliseconds until the earliest timer (at most 1 s, the heartbeat)."""
+    cdef uint64_t deadline = w.now_ms + 1000
+    cdef uint64_t t
+    cdef int i
+    if w.pending != NULL:
+        return 0
+    for i in range(w.n_pools):
+        if w.pools[i].connecting.head != NULL:
+            t = w.pools[i].connecting.head.queued_ms + w.pools[i].connect_timeout_ms
+            if t < deadline:
+                deadline = t
+    for i in range(w.n_listeners):
+        if w.listeners[i].conns.head != NULL:
+            t = w.listeners[i].conns.head.queued_ms + w.listeners[i].idle_timeout_ms
+            if t < deadline:
+                deadline = t
+    if w.stopping == 1 and w.drain_deadline_ms < deadline:
+        deadline = w.drain_deadline_ms
+    if deadline <= w.now_ms:
+        return 0
+    return <int>(deadline - w.now_ms)
+
+
+cdef void pending_run(lb_worker *w) noexcept nogil:
+    cdef lb_conn *c = w.pending
+    cdef lb_conn *n
+    w.pending = NULL
+    while c != NULL:
+        n = c.pending_next
+        c.flags &= ~F_QUEUED
+        conn_pump(w, c)
+        c = n
+
+
+cdef int worker_loop(lb_worker *w) noexcept nogil:
+    cdef epoll_event events[MAX_EVENTS]
+    cdef int n, i
+    cdef uint64_t data
+    cdef uint32_t tag
+    while True:
+        n = epoll_wait(w.epfd, events, MAX_EVENTS, next_timeout(w))
+        w.now_ms = now_ms()
+        lb_store_u64(&w.stats.heartbeat_ms, w.now_ms)
+        if n < 0 and errno != EINTR:
+            return -1
+        for i in range(n):
+            data = events[i].data.u64
+            tag = data & 3
+            if tag == TAG_LISTENER:
+                if w.accepting:
+                    on_accept(w, <int>(data >> 2))
+            elif tag == TAG_SIGNAL:
+                on_signal(w)
+            else:
+                on_conn_event(w, <lb_conn *><size_t>(data & ~(<uint64_t>3)), tag, events[i].events)
+        pending_run(w)
+        timers_sweep(w)
+        conns_free_closed(w)
+        if w.stopping == 2:
+            return 0
+        if w.stopping == 1 and (lb_load_i64(&w.stats.active) == 0 or w.now_ms >= w.drain_deadline_ms):
+            return 0
+
+
+_SPLICE_MODES = {"never": SPLICE_NEVER, "auto": SPLICE_AUTO, "always": SPLICE_ALWAYS}
+_LB_OPS = {ALG_ROUNDROBIN: <size_t>&OPS_ROUNDROBIN, ALG_LEASTCONN: <size_t>&OPS_LEASTCONN}
+IMPLEMENTED_ALGORITHMS = frozenset(name for name, alg in ALGORITHMS.items() if alg in _LB_OPS)
+
+
+cdef class Worker:
+    """One worker's data plane. Built in Python at start; run() releases the GIL
+    for the whole life of the loop.
+
+    listeners: sequence of (fd, pool index, idle timeout in seconds)
+    pools:     sequence of (connect timeout in seconds, retries), by shm pool index
+    The caller blocks SIGTERM/SIGINT/SIGQUIT first: they arrive through a signalfd.
+    """
+
+    cdef lb_worker w
+    cdef Shm shm
+
+    def __cinit__(self):
+        memset(&self.w, 0, sizeof(lb_worker))
+        self.w.epfd = -1
+        self.w.sigfd = -1
+
+    def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
+                 int64_t fd_limit=1024, double drain_timeout=30.0):
+        cdef shm_header *h = shm.hdr
+        cdef lb_pool_rt *p
+        if row >= h.n_rows:
+            raise ValueError(f"worker row {row} out of range")
+        if len(pools) != h.n_pools:
+            raise ValueError("one pool setting per shared-memory pool is needed")
+        self.shm = shm
+        w = &self.w
+        w.row = row
+        w.n_rows = h.n_rows
+        w.hdr = h
+        w.backends = <shm_backend *>(shm.base + h.backends_off)
+        w.stats = <shm_worker_stats *>(shm.base + h.wstats_off) + row
+        w.bstats_all = <shm_backend_stats *>(shm.base + h.bstats_off)
+        w.bstats = w.bstats_all + <uint64_t>row * h.n_slots
+        w.splice_mode = _SPLICE_MODES[splice]
+        w.drain_timeout_ms = <uint64_t>(drain_timeout * 1000)
+        # the fds this worker may use for connections and pipes
+        w.fd_limit = fd_limit - FD_RESERVE
+        w.fd_resume = w.fd_limit * 9 // 10
+        w.free_pipes = <lb_pipe *>calloc(FREE_PIPES_MAX, sizeof(lb_pipe))
+        w.n_pools = len(pools)
+        w.pools = <lb_pool_rt *>calloc(max(1, w.n_pools), sizeof(lb_pool_rt))
+        w.n_listeners = len(listeners)
+        w.listeners = <lb_listener_rt *>calloc(max(1, w.n_listeners), sizeof(lb_listener_rt))
+        if w.free_pipes == NULL or w.pools == NULL or w.listeners == NULL:
+            raise MemoryError()
+        for i, (connect_timeout, retries) in enumerate(pools):
+            p = &w.pools[i]
+            p.shm = shm._pool(i)
+            p.algorithm = p.shm.algorithm
+            if p.algorithm not in _LB_OPS:
+                raise ValueError(f"pool {i}: algorithm {p.algorithm} is not available in this build")
+            p.ops = <lb_ops *><size_t>_LB_OPS[p.algorithm]
+            p.retries = retries
+            p.connect_timeout_ms = max(1, <uint64_t>(connect_timeout * 1000))
+            p.rr_current = <int64_t *>calloc(max(1, p.shm.capacity), sizeof(int64_t))
+            p.rr_generation = 0xffffffff
+            p.rr_cursor = row
+            if p.rr_current == NULL:
+                raise MemoryError()
+        for i, (fd, pool, idle_timeout) in enumerate(listeners):
+            if not 0 <= pool < w.n_pools:
+                raise ValueError(f"listener {i}: pool index {pool} out of range")
+            w.listeners[i].fd = fd
+            w.listeners[i].pool = pool
+            w.listeners[i].idle_timeout_ms = max(1, <uint64_t>(idle_timeout * 1000))
+
+    def run(self):
+        """Serve until SIGTERM has drained every connection (or the drain timed
+        out) or until SIGINT/SIGQUIT. Returns 0, or raises OSError on a loop failure."""
+        cdef sigset_t mask
+        cdef epoll_event ev
+        cdef int rc
+        w = &self.w
+        w.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if w.epfd < 0:
+            raise OSError(errno, "epoll_create1")
+        sigemptyset(&mask)
+        sigaddset(&mask, SIGTERM)
+        sigaddset(&mask, SIGINT)
+        sigaddset(&mask, SIGQUIT)
+        w.sigfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC)
+        if w.sigfd < 0:
+            raise OSError(errno, "signalfd")
+        ev.events = EPOLLIN
+        ev.data.u64 = TAG_SIGNAL
+        epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.sigfd, &ev)
+        w.now_ms = now_ms()
+        lb_store_u64(&w.stats.pid, getpid())
+        lb_store_u64(&w.stats.stopping, 0)
+        listeners_resume(w)
+        with nogil:
+            rc = worker_loop(w)
+        if rc != 0:
+            raise OSError(errno, "epoll_wait")
+        return rc

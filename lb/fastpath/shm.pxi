@@ -1,0 +1,282 @@
+# The shared-memory region (DESIGN.md section 2) and its Python accessors.
+#
+# Layout: header | pools[n_pools] | backends[n_slots] | worker stats[n_rows]
+#         | backend stats[n_rows][n_slots]. Every part starts on a 64-byte line.
+
+import os as _os
+import socket as _socket
+
+ALGORITHMS = {"roundrobin": ALG_ROUNDROBIN, "leastconn": ALG_LEASTCONN,
+              "p2c": ALG_P2C, "random": ALG_RANDOM, "maglev": ALG_MAGLEV}
+ADMIN_STATES = {"ready": ADMIN_READY, "drain": ADMIN_DRAIN, "maint": ADMIN_MAINT}
+_ADMIN_NAMES = {v: k for k, v in ADMIN_STATES.items()}
+HEALTH_STATES = {"up": HEALTH_UP, "down": HEALTH_DOWN}
+_HEALTH_NAMES = {v: k for k, v in HEALTH_STATES.items()}
+
+assert sizeof(shm_header) == 256
+assert sizeof(shm_pool) == 64
+assert sizeof(shm_backend) == 128
+assert sizeof(shm_worker_stats) == 128
+assert sizeof(shm_backend_stats) == 64
+
+
+cdef inline uint64_t _line(uint64_t n) noexcept nogil:
+    return (n + 63) & ~(<uint64_t>63)
+
+
+cdef class Shm:
+    """One mapping of the region. The supervisor creates it before forking;
+    workers inherit the mapping; other processes may attach by path."""
+
+    cdef char *base
+    cdef size_t size
+    cdef readonly str path
+    cdef shm_header *hdr
+
+    def __dealloc__(self):
+        if self.base != NULL:
+            munmap(self.base, self.size)
+            self.base = NULL
+
+    @staticmethod
+    def create(str path, pools, int n_rows, int supervisor_pid=0):
+        """pools: sequence of (name, capacity, algorithm name)."""
+        cdef uint64_t n_pools = len(pools)
+        cdef uint64_t n_slots = sum(cap for _, cap, _ in pools)
+        cdef uint64_t pools_off = _line(sizeof(shm_header))
+        cdef uint64_t backends_off = _line(pools_off + n_pools * sizeof(shm_pool))
+        cdef uint64_t wstats_off = _line(backends_off + n_slots * sizeof(shm_backend))
+        cdef uint64_t bstats_off = _line(wstats_off + n_rows * sizeof(shm_worker_stats))
+        cdef uint64_t total = _line(bstats_off + n_rows * n_slots * sizeof(shm_backend_stats))
+        cdef bytes bpath = path.encode()
+        cdef int fd = open(bpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        if fd < 0:
+            raise OSError(errno, "cannot create shared memory", path)
+        if ftruncate(fd, total) != 0:
+            close(fd)
+            raise OSError(errno, "cannot size shared memory", path)
+        cdef Shm self = Shm._map(fd, total, path)
+        close(fd)
+        memset(self.base, 0, total)
+        cdef shm_header *h = self.hdr
+        h.version = LB_SHM_VERSION
+        h.header_size = sizeof(shm_header)
+        h.total_size = total
+        h.n_pools = n_pools
+        h.n_slots = n_slots
+        h.n_rows = n_rows
+        h.supervisor_pid = supervisor_pid
+        h.pools_off = pools_off
+        h.backends_off = backends_off
+        h.wstats_off = wstats_off
+        h.bstats_off = bstats_off
+        cdef uint32_t first = 0
+        cdef shm_pool *p
+        for i, (name, cap, algorithm) in enumerate(pools):
+            p = self._pool(i)
+            p.first_slot = first
+            p.capacity = cap
+            p.algorithm = ALGORITHMS[algorithm]
+            bname = name.encode()[:39]
+            memcpy(p.name, <char *>bname, len(bname))
+            first += cap
+        # magic last: a reader that attaches mid-creation sees no valid region
+        lb_fence_release()
+        h.magic_hi = LB_SHM_MAGIC_HI
+        lb_release_u32(&h.magic_lo, LB_SHM_MAGIC_LO)
+        return self
+
+    @staticmethod
+    def attach(str path):
+        cdef bytes bpath = path.encode()
+        cdef int fd = open(bpath, O_RDWR | O_CLOEXEC)
+        if fd < 0:
+            raise OSError(errno, "cannot open shared memory", path)
+        cdef size_t size = _os.fstat(fd).st_size
+        cdef Shm self = Shm._map(fd, size, path)
+        close(fd)
+        h = self.hdr
+        if (h.magic_lo != LB_SHM_MAGIC_LO or h.magic_hi != LB_SHM_MAGIC_HI
+                or h.version != LB_SHM_VERSION or h.total_size != size):
+            raise ValueError(f"{path}: not an lb shared-memory region of layout {LB_SHM_VERSION}")
+        return self
+
+    @staticmethod
+    cdef Shm _map(int fd, size_t size, str path):
+        cdef void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+        if p == MAP_FAILED:
+            raise OSError(errno, "cannot map shared memory", path)
+        cdef Shm self = Shm.__new__(Shm)
+        self.base = <char *>p
+        self.size = size
+        self.path = path
+        self.hdr = <shm_header *>p
+        return self
+
+    def unlink(self):
+        try:
+            _os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+    # -- typed views (C only) --
+    cdef shm_pool *_pool(self, uint32_t i) except NULL:
+        if i >= self.hdr.n_pools:
+            raise IndexError(f"pool index {i} out of range")
+        return <shm_pool *>(self.base + self.hdr.pools_off) + i
+
+    cdef shm_backend *_backend(self, uint32_t pool, uint32_t index) except NULL:
+        cdef shm_pool *p = self._pool(pool)
+        if index >= p.capacity:
+            raise IndexError(f"backend index {index} beyond pool capacity {p.capacity}")
+        return <shm_backend *>(self.base + self.hdr.backends_off) + p.first_slot + index
+
+    cdef shm_worker_stats *_wstats(self, uint32_t row) except NULL:
+        if row >= self.hdr.n_rows:
+            raise IndexError(f"worker row {row} out of range")
+        return <shm_worker_stats *>(self.base + self.hdr.wstats_off) + row
+
+    cdef shm_backend_stats *_bstats(self, uint32_t row, uint32_t slot) noexcept:
+        return <shm_backend_stats *>(self.base + self.hdr.bstats_off) + <uint64_t>row * self.hdr.n_slots + slot
+
+    # -- layout facts --
+    @property
+    def n_pools(self):
+        return self.hdr.n_pools
+
+    @property
+    def n_rows(self):
+        return self.hdr.n_rows
+
+    def pool_capacity(self, uint32_t pool):
+        return self._pool(pool).capacity
+
+    def pool_generation(self, uint32_t pool):
+        return lb_load_u32(&self._pool(pool).generation)
+
+    # -- writer: supervisor --
+    def set_backend(self, uint32_t pool, uint32_t index, str host, int port, str name,
+                    int weight, bint backup=False):
+        """Publish a backend's address and name (seqlock), then make it live."""
+        cdef shm_pool *p = self._pool(pool)
+        cdef shm_backend *b = self._backend(pool, index)
+        family = _socket.AF_INET6 if ":" in host else _socket.AF_INET
+        cdef bytes packed = _socket.inet_pton(family, host)
+        cdef bytes bname = name.encode()
+        if len(bname) >= LB_NAME_LEN:
+            raise ValueError(f"backend name longer than {LB_NAME_LEN - 1} bytes: {name!r}")
+        if not 0 <= weight <= 1000:
+            raise ValueError(f"weight {weight} out of range 0..1000")
+        cdef uint32_t seq = b.seq
+        lb_store_u32(&b.seq, seq + 1)
+        lb_fence_release()
+        b.family = family
+        b.port = port
+        memset(b.addr, 0, 16)
+        memcpy(b.addr, <char *>packed, len(packed))
+        memset(b.name, 0, LB_NAME_LEN)
+        memcpy(b.name, <char *>bname, len(bname))
+        lb_release_u32(&b.seq, seq + 2)
+        lb_store_u32(&b.weight, weight)
+        lb_store_u32(&b.eff_weight, weight)
+        lb_store_u8(&b.backup, backup)
+        if not b.in_use:
+            lb_store_u8(&b.admin, ADMIN_READY)
+            lb_store_u8(&b.health, HEALTH_UP)
+        lb_fence_release()
+        lb_store_u8(&b.in_use, 1)
+        if index >= p.n_slots:
+            lb_store_u32(&p.n_slots, index + 1)
+        self._bump(p)
+
+    def clear_backend(self, uint32_t pool, uint32_t index):
+        cdef shm_backend *b = self._backend(pool, index)
+        lb_store_u8(&b.in_use, 0)
+        self._bump(self._pool(pool))
+
+    def set_weight(self, uint32_t pool, uint32_t index, int weight, eff_weight=None):
+        if not 0 <= weight <= 1000:
+            raise ValueError(f"weight {weight} out of range 0..1000")
+        cdef shm_backend *b = self._backend(pool, index)
+        lb_store_u32(&b.weight, weight)
+        lb_store_u32(&b.eff_weight, weight if eff_weight is None else eff_weight)
+        self._bump(self._pool(pool))
+
+    def set_admin(self, uint32_t pool, uint32_t index, str state):
+        lb_store_u8(&self._backend(pool, index).admin, ADMIN_STATES[state])
+        self._bump(self._pool(pool))
+
+    # -- writer: checker --
+    def set_health(self, uint32_t pool, uint32_t index, str state):
+        lb_store_u8(&self._backend(pool, index).health, HEALTH_STATES[state])
+        self._bump(self._pool(pool))
+
+    cdef void _bump(self, shm_pool *p) noexcept:
+        lb_release_u32(&p.generation, lb_load_u32(&p.generation) + 1)
+
+    # -- readers --
+    def backend(self, uint32_t pool, uint32_t index):
+        cdef shm_backend *b = self._backend(pool, index)
+        cdef uint32_t s1
+        while True:
+            s1 = lb_acquire_u32(&b.seq)
+            if s1 & 1:
+                continue
+            family, port = b.family, b.port
+            raw = bytes(b.addr[:16])
+            name = b.name[:LB_NAME_LEN].split(b"\0", 1)[0].decode()
+            lb_fence_acquire()
+            if lb_load_u32(&b.seq) == s1:
+                break
+        host = _socket.inet_ntop(family, raw[:4] if family == _socket.AF_INET else raw) if family else ""
+        return {
+            "in_use": bool(lb_load_u8(&b.in_use)), "name": name, "host": host, "port": port,
+            "weight": lb_load_u32(&b.weight), "eff_weight": lb_load_u32(&b.eff_weight),
+            "backup": bool(lb_load_u8(&b.backup)),
+            "admin": _ADMIN_NAMES[lb_load_u8(&b.admin)],
+            "health": _HEALTH_NAMES[lb_load_u8(&b.health)],
+        }
+
+    def backend_stats(self, uint32_t pool, uint32_t index):
+        """Counters of one backend summed over every worker row."""
+        cdef uint32_t slot = self._pool(pool).first_slot + index
+        self._backend(pool, index)
+        cdef shm_backend_stats *s
+        out = dict(active=0, total=0, bytes_in=0, bytes_out=0, connect_errors=0,
+                   connect_timeouts=0, consecutive_failures=0)
+        for row in range(self.hdr.n_rows):
+            s = self._bstats(row, slot)
+            out["active"] += lb_load_i64(&s.active)
+            out["total"] += lb_load_u64(&s.total)
+            out["bytes_in"] += lb_load_u64(&s.bytes_in)
+            out["bytes_out"] += lb_load_u64(&s.bytes_out)
+            out["connect_errors"] += lb_load_u64(&s.connect_errors)
+            out["connect_timeouts"] += lb_load_u64(&s.connect_timeouts)
+            out["consecutive_failures"] = max(out["consecutive_failures"],
+                                              lb_load_u64(&s.consecutive_failures))
+        return out
+
+    def worker_stats(self, uint32_t row):
+        cdef shm_worker_stats *s = self._wstats(row)
+        return {
+            "pid": lb_load_u64(&s.pid), "heartbeat_ms": lb_load_u64(&s.heartbeat_ms),
+            "accepted": lb_load_u64(&s.accepted), "active": lb_load_i64(&s.active),
+            "fds": lb_load_i64(&s.fds), "accept_paused": lb_load_u64(&s.accept_paused),
+            "paused_now": bool(lb_load_u64(&s.paused_now)),
+            "no_backend": lb_load_u64(&s.no_backend),
+            "bytes_in": lb_load_u64(&s.bytes_in), "bytes_out": lb_load_u64(&s.bytes_out),
+            "idle_timeouts": lb_load_u64(&s.idle_timeouts),
+            "splice_bytes": lb_load_u64(&s.splice_bytes),
+            "stopping": bool(lb_load_u64(&s.stopping)),
+        }
+
+    def reset_row_gauges(self, uint32_t row):
+        """After a worker died: its connections died with it, so its gauges are
+        stale. Only the supervisor calls this, and only once the writer is reaped."""
+        cdef shm_worker_stats *s = self._wstats(row)
+        lb_store_i64(&s.active, 0)
+        lb_store_i64(&s.fds, 0)
+        lb_store_u64(&s.paused_now, 0)
+        lb_store_u64(&s.stopping, 0)
+        for slot in range(self.hdr.n_slots):
+            lb_store_i64(&self._bstats(row, slot).active, 0)

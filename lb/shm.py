@@ -1,0 +1,40 @@
+"""Building the shared-memory region of an instance from its config.
+
+The layout and every accessor live in the compiled module (`lb._fastpath.Shm`);
+this module only decides sizes and fills the region from a parsed config.
+"""
+
+from __future__ import annotations
+
+import os
+
+from lb._fastpath import Shm
+
+# Free slots per pool for backends added at run time, without a reload.
+MIN_POOL_CAPACITY = 64
+
+
+def pool_capacity(n_backends: int) -> int:
+    return max(MIN_POOL_CAPACITY, 2 * n_backends)
+
+
+def region_path(pid: int | None = None) -> str:
+    return f"/dev/shm/lb-{pid or os.getpid()}.shm"
+
+
+def create_for_config(config, n_rows: int, path: str | None = None) -> Shm:
+    """Create the region (pools in config order) and publish every backend.
+
+    A backend starts up: until the checker has a verdict, an unchecked backend
+    is given traffic (HAProxy does the same for servers without `check`).
+    """
+    pools = [(name, pool_capacity(len(p.backends)), p.algorithm) for name, p in config.pools.items()]
+    shm = Shm.create(path or region_path(), pools, n_rows, os.getpid())
+    for pool_index, pool in enumerate(config.pools.values()):
+        for index, b in enumerate(pool.backends):
+            shm.set_backend(pool_index, index, b.host, b.port, b.name, b.weight, b.backup)
+    return shm
+
+
+def pool_index(config, name: str) -> int:
+    return list(config.pools).index(name)

@@ -1,0 +1,306 @@
+"""The supervisor: owns the listening sockets and the shared memory, forks the
+workers, respawns them, and stops them (DESIGN.md section 1).
+
+It is a single-threaded Python loop woken by signals (through a wakeup fd) and
+by its own timers; it never touches a client connection.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import resource
+import selectors
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+
+from lb import shm as shm_mod
+from lb import worker as worker_mod
+
+log = logging.getLogger("lb")
+
+# A worker that dies this many times within CRASH_WINDOW seconds is in a crash
+# loop: its respawns are delayed, doubling from BACKOFF_MIN up to BACKOFF_MAX.
+CRASH_LIMIT = 3
+CRASH_WINDOW = 10.0
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 30.0
+# After SIGINT (fast stop), how long workers get before SIGKILL.
+FAST_STOP_GRACE = 2.0
+
+
+@dataclass
+class WorkerSlot:
+    """One worker position: its listening sockets and counter row outlive the
+    processes that fill it, so a respawned worker serves the same accept queues."""
+
+    index: int
+    row: int
+    sockets: list  # [(socket, listener index)]
+    pid: int = 0
+    started: float = 0.0
+    deaths: collections.deque = field(default_factory=lambda: collections.deque(maxlen=CRASH_LIMIT))
+    respawn_at: float = 0.0
+    restarts: int = 0
+
+    @property
+    def crash_looping(self) -> bool:
+        now = time.monotonic()
+        return len(self.deaths) == CRASH_LIMIT and now - self.deaths[0] < CRASH_WINDOW
+
+
+def raise_nofile_limit() -> int:
+    """Raise RLIMIT_NOFILE's soft limit to the hard one; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def open_listen_socket(bind, backlog: int) -> socket.socket:
+    sock = socket.socket(bind.family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # one accept queue per worker: the kernel spreads new connections over them
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if bind.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        # inherited by accepted sockets: no Nagle delay on the client side
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((bind.host, bind.port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as e:
+        sock.close()
+        raise OSError(e.errno, f"cannot listen on {bind}: {e.strerror}") from None
+    return sock
+
+
+class Supervisor:
+    def __init__(self, config, *, status_interval: float = 0.0, on_status=None):
+        self.config = config
+        self.n_workers = config.global_.worker_count()
+        self.status_interval = status_interval
+        self.on_status = on_status
+        self.slots: list[WorkerSlot] = []
+        self.shm = None
+        self.started = time.time()
+        self.stopping = None  # None, "graceful" or "fast"
+        self.stop_deadline = 0.0
+        self._wakeup_r = self._wakeup_w = -1
+        self._pending_signals: list[int] = []
+
+    # ---- start ----------------------------------------------------------------
+
+    def _open_sockets(self) -> list[list[tuple[socket.socket, int]]]:
+        per_slot: list[list[tuple[socket.socket, int]]] = [[] for _ in range(self.n_workers)]
+        for li, listener in enumerate(self.config.listeners.values()):
+            for bind in listener.bind:
+                for slot in range(self.n_workers):
+                    per_slot[slot].append((open_listen_socket(bind, listener.backlog), li))
+        return per_slot
+
+    def start(self) -> None:
+        nofile = raise_nofile_limit()
+        per_slot = self._open_sockets()
+        # two rows per worker slot: a reload's new generation writes beside the old
+        rows = 2 * self.n_workers
+        self.shm = shm_mod.create_for_config(self.config, rows)
+        self.slots = [WorkerSlot(index=i, row=i, sockets=per_slot[i]) for i in range(self.n_workers)]
+        self._install_signals()
+        binds = ", ".join(str(b) for l in self.config.listeners.values() for b in l.bind)
+        log.info("starting: %d worker(s), listening on %s, RLIMIT_NOFILE %d, shm %s",
+                 self.n_workers, binds, nofile, self.shm.path)
+        for slot in self.slots:
+            self._spawn(slot)
+
+    def _install_signals(self) -> None:
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._pending_signals.append(signum)
+
+    # ---- workers --------------------------------------------------------------
+
+    def _spawn(self, slot: WorkerSlot) -> None:
+        self.shm.reset_row_gauges(slot.row)
+        keep = [s.fileno() for s, _ in slot.sockets]
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = worker_mod.child_main(self, slot, keep)
+            finally:
+                os._exit(code)
+        slot.pid = pid
+        slot.started = time.monotonic()
+        slot.respawn_at = 0.0
+        log.info("worker %d started: pid %d", slot.index, pid)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            slot = next((s for s in self.slots if s.pid == pid), None)
+            if slot is None:
+                continue
+            slot.pid = 0
+            how = self._describe_exit(status)
+            if self.stopping:
+                log.info("worker %d (pid %d) exited: %s", slot.index, pid, how)
+                continue
+            now = time.monotonic()
+            slot.deaths.append(now)
+            slot.restarts += 1
+            if slot.crash_looping:
+                backoff = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** max(0, slot.restarts - CRASH_LIMIT))
+                slot.respawn_at = now + backoff
+                log.error("worker %d (pid %d) died: %s; crash loop, respawning in %.1fs",
+                          slot.index, pid, how, backoff)
+            else:
+                slot.restarts = min(slot.restarts, CRASH_LIMIT)
+                log.warning("worker %d (pid %d) died: %s; respawning", slot.index, pid, how)
+                self._spawn(slot)
+
+    @staticmethod
+    def _describe_exit(status: int) -> str:
+        if os.WIFSIGNALED(status):
+            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        return f"exit code {os.WEXITSTATUS(status)}"
+
+    def _respawn_due(self) -> None:
+        now = time.monotonic()
+        for slot in self.slots:
+            if slot.pid == 0 and slot.respawn_at and now >= slot.respawn_at:
+                self._spawn(slot)
+
+    # ---- stop -----------------------------------------------------------------
+
+    def stop(self, fast: bool = False) -> None:
+        """Begin a stop. Graceful: close the listening sockets (new connections are
+        refused at once), let workers finish their connections up to drain_timeout.
+        Fast: workers close everything now."""
+        if self.stopping == "fast" or (self.stopping and not fast):
+            return
+        self.stopping = "fast" if fast else "graceful"
+        grace = FAST_STOP_GRACE if fast else self.config.global_.drain_timeout + FAST_STOP_GRACE
+        self.stop_deadline = time.monotonic() + grace
+        log.info("stopping (%s)", self.stopping)
+        for slot in self.slots:
+            for sock, _ in slot.sockets:
+                sock.close()
+        self._signal_workers(signal.SIGINT if fast else signal.SIGTERM)
+
+    def _signal_workers(self, sig: int) -> None:
+        for slot in self.slots:
+            if slot.pid:
+                try:
+                    os.kill(slot.pid, sig)
+                except ProcessLookupError:
+                    pass
+
+    # ---- the loop -------------------------------------------------------------
+
+    def run(self) -> int:
+        """Start, serve until stopped, clean up. Returns the process exit code."""
+        try:
+            self.start()
+            self._loop()
+        finally:
+            self._cleanup()
+        return 0
+
+    def _loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._wakeup_r, selectors.EVENT_READ)
+        next_status = time.monotonic() + self.status_interval if self.status_interval else None
+        while True:
+            now = time.monotonic()
+            timeout = 1.0
+            if next_status is not None:
+                timeout = min(timeout, max(0.0, next_status - now))
+            for slot in self.slots:
+                if slot.pid == 0 and slot.respawn_at:
+                    timeout = min(timeout, max(0.0, slot.respawn_at - now))
+            sel.select(timeout)
+            try:
+                while os.read(self._wakeup_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            self._handle_signals()
+            if self.stopping:
+                if all(s.pid == 0 for s in self.slots):
+                    return
+                if time.monotonic() >= self.stop_deadline:
+                    log.warning("workers still running after the stop deadline: killing them")
+                    self._signal_workers(signal.SIGKILL)
+                    self.stop_deadline = float("inf")
+                continue
+            self._respawn_due()
+            if next_status is not None and time.monotonic() >= next_status:
+                self.on_status(self)
+                next_status = time.monotonic() + self.status_interval
+
+    def _handle_signals(self) -> None:
+        signals, self._pending_signals = self._pending_signals, []
+        for signum in signals:
+            if signum == signal.SIGCHLD:
+                self._reap()
+            elif signum == signal.SIGTERM:
+                self.stop(fast=False)
+            elif signum in (signal.SIGINT, signal.SIGQUIT):
+                self.stop(fast=True)
+            elif signum == signal.SIGHUP:
+                log.warning("SIGHUP: live reload is not part of this build yet; config unchanged")
+        self._reap()
+
+    def _cleanup(self) -> None:
+        self._signal_workers(signal.SIGKILL)
+        for slot in self.slots:
+            if slot.pid:
+                try:
+                    os.waitpid(slot.pid, 0)
+                except ChildProcessError:
+                    pass
+                slot.pid = 0
+            for sock, _ in slot.sockets:
+                sock.close()
+        if self.shm is not None:
+            self.shm.unlink()
+        if self._wakeup_w >= 0:
+            signal.set_wakeup_fd(-1)
+            os.close(self._wakeup_r)
+            os.close(self._wakeup_w)
+            self._wakeup_r = self._wakeup_w = -1
+        log.info("stopped")
+
+    # ---- status -----------------------------------------------------------------
+
+    def snapshot(self) -> dict:
+        """Counters of every pool, backend and worker, summed from shared memory."""
+        pools = {}
+        for pi, (name, pool) in enumerate(self.config.pools.items()):
+            backends = {}
+            for bi, b in enumerate(pool.backends):
+                info = self.shm.backend(pi, bi)
+                info.update(self.shm.backend_stats(pi, bi))
+                backends[b.name] = info
+            pools[name] = {"algorithm": pool.algorithm, "backends": backends}
+        workers = []
+        for slot in self.slots:
+            stats = self.shm.worker_stats(slot.row)
+            stats.update(index=slot.index, pid=slot.pid, restarts=slot.restarts,
+                         crash_loop=slot.crash_looping)
+            workers.append(stats)
+        return {"uptime": time.time() - self.started, "pools": pools, "workers": workers}

@@ -1,0 +1,70 @@
+"""A worker process: Python sets the stage once after fork, then hands the
+process to the compiled loop (`lb._fastpath.Worker.run`) until it stops."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import resource
+import signal
+
+from lb._fastpath import Worker
+
+log = logging.getLogger("lb")
+
+PR_SET_NAME = 15
+PR_SET_PDEATHSIG = 1
+# Signals the loop reads from its signalfd; blocked so they are queued, not delivered.
+LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
+
+
+def _prctl(option: int, arg) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _detach_from_supervisor(sup, keep: list[int]) -> None:
+    """Undo what the fork copied from the supervisor: its signal handling, its
+    wakeup pipe, and the listening sockets of the other worker slots."""
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_BLOCK, LOOP_SIGNALS)
+    for sig in LOOP_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    os.close(sup._wakeup_r)
+    os.close(sup._wakeup_w)
+    for slot in sup.slots:
+        for sock, _ in slot.sockets:
+            if sock.fileno() not in keep:
+                sock.close()
+
+
+def child_main(sup, slot, keep: list[int]) -> int:
+    """Entry point in the forked child. Returns the exit code."""
+    try:
+        _detach_from_supervisor(sup, keep)
+        # a worker must not outlive a supervisor that was killed outright
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        _prctl(PR_SET_NAME, f"lb-worker-{slot.index}".encode())
+        if os.getppid() == 1:
+            return 0
+        config = sup.config
+        pool_names = list(config.pools)
+        by_index = list(config.listeners.values())
+        listeners = [(sock.fileno(), pool_names.index(by_index[li].pool), by_index[li].idle_timeout)
+                     for sock, li in slot.sockets]
+        pool_settings = [(p.connect_timeout, p.retries) for p in config.pools.values()]
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fds_open = len(os.listdir("/proc/self/fd"))
+        worker = Worker(sup.shm, slot.row, listeners, pool_settings,
+                        splice=config.global_.splice, fd_limit=soft - fds_open,
+                        drain_timeout=config.global_.drain_timeout)
+        worker.run()
+        return 0
+    except Exception:
+        log.exception("worker %d failed", slot.index)
+        return 1
