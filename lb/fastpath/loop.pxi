@@ -273,6 +273,7 @@ cdef class Worker:
         ev.data.u64 = TAG_SIGNAL
         epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.sigfd, &ev)
         w.now_ms = now_ms()
+        lb_store_u64(&w.stats.heartbeat_ms, w.now_ms)
         lb_store_u64(&w.stats.pid, getpid())
         lb_store_u64(&w.stats.stopping, 0)
         listeners_resume(w)

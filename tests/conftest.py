@@ -1,0 +1,207 @@
+"""Fixtures: real backend processes, a real `lb run` process, free ports."""
+
+from __future__ import annotations
+
+import os
+import queue
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+HERE = Path(__file__).parent
+BACKEND_SERVER = HERE / "backend_server.py"
+
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_fastpath():
+    """The data plane must be the compiled one: an import failure is a test failure."""
+    try:
+        import lb._fastpath  # noqa: F401
+    except ImportError as e:
+        pytest.fail(f"lb._fastpath is not built ({e}); run `pip install .` or `make test`")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
+    """Poll a condition that has no event to wait on (another process's state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Backend:
+    """A tests/backend_server.py process."""
+
+    def __init__(self, name: str = "backend", mode: str = "transform", hello: bool = False,
+                 host: str = "127.0.0.1"):
+        self.name = name
+        self.host = host
+        args = [sys.executable, str(BACKEND_SERVER), "--name", name, "--mode", mode, "--host", host]
+        if hello:
+            args.append("--hello")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline().split()
+        assert line and line[0] == "ready", f"backend {name} did not start"
+        self.port = int(line[1])
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.lines.put(line.strip())
+
+    @property
+    def address(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def report(self, timeout: float = 10.0) -> str:
+        return self.lines.get(timeout=timeout)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def backends():
+    started: list[Backend] = []
+
+    def start(*args, **kwargs) -> Backend:
+        b = Backend(*args, **kwargs)
+        started.append(b)
+        return b
+
+    yield start
+    for b in started:
+        b.stop()
+
+
+def lb_config(port: int, backends, *, workers: int = 1, algorithm: str = "roundrobin",
+              connect_timeout: str = "1s", pool_extra: str = "", listener_extra: str = "", global_extra: str = "",
+              bind_host: str = "127.0.0.1") -> str:
+    """backends: sequence of (address, name, weight) or Backend objects."""
+    bind = f"[{bind_host}]:{port}" if ":" in bind_host else f"{bind_host}:{port}"
+    items = []
+    for b in backends:
+        address, name, weight = (b.address, b.name, 100) if isinstance(b, Backend) else b
+        items.append(f'[[pools.p.backends]]\naddress = "{address}"\nname = "{name}"\nweight = {weight}\n')
+    return textwrap.dedent(f"""\
+        [global]
+        workers = {workers}
+        drain_timeout = "5s"
+        {global_extra}
+
+        [listeners.t]
+        bind = ["{bind}"]
+        mode = "tcp"
+        pool = "p"
+        {listener_extra}
+
+        [pools.p]
+        algorithm = "{algorithm}"
+        connect_timeout = "{connect_timeout}"
+        {pool_extra}
+
+        [pools.p.health]
+        type = "none"
+
+        """) + "\n".join(items)
+
+
+class LbProcess:
+    """`python -m lb run -c FILE` as a child process, ready when every worker
+    has entered its loop (seen in shared memory, without sending traffic)."""
+
+    def __init__(self, config_text: str, tmp_path: Path, preexec_fn=None):
+        from lb._fastpath import Shm
+        from lb.shm import region_path
+
+        self.config_path = tmp_path / "lb.toml"
+        self.config_path.write_text(config_text)
+        self.log_path = tmp_path / "lb.log"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen([sys.executable, "-m", "lb", "run", "-c", str(self.config_path)],
+                                     stderr=self._log, stdout=self._log, preexec_fn=preexec_fn)
+        self.shm_path = region_path(self.proc.pid)
+
+        def attached():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"lb exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                return Shm.attach(self.shm_path)
+            except (OSError, ValueError):
+                return None
+
+        self.shm = wait_for(attached, 10, "lb's shared memory")
+        self.n_workers = self.shm.n_rows // 2
+        wait_for(self.all_workers_running, 10, "lb workers to start")
+
+    def worker_pid(self, row: int) -> int:
+        return self.shm.worker_stats(row)["pid"]
+
+    def all_workers_running(self) -> bool:
+        for row in range(self.n_workers):
+            pid = self.worker_pid(row)
+            if not pid or not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return False
+        return True
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def backend_stats(self, index: int, pool: int = 0) -> dict:
+        return self.shm.backend_stats(pool, index)
+
+    def worker_stats(self) -> list[dict]:
+        return [self.shm.worker_stats(r) for r in range(self.n_workers)]
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def run_lb(tmp_path):
+    started: list[LbProcess] = []
+
+    def start(config_text: str, **kwargs) -> LbProcess:
+        lb = LbProcess(config_text, tmp_path, **kwargs)
+        started.append(lb)
+        return lb
+
+    yield start
+    for lb in started:
+        lb.stop(signal.SIGINT)
+        assert not os.path.exists(lb.shm_path), "shared memory left behind"
