@@ -48,7 +48,11 @@ def start_backend(name: str) -> tuple[subprocess.Popen, int]:
     return proc, int(line[1])
 
 
+_last_line = None
+
+
 def status_line(sup) -> None:
+    global _last_line
     snap = sup.snapshot()
     backends = snap["pools"]["demo"]["backends"]
     served = "  ".join(f"{name}: {b['total']} ({b['active']} open)" for name, b in backends.items())
@@ -56,8 +60,9 @@ def status_line(sup) -> None:
     line = f"[lb] connections {accepted} | {served}"
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K" + line)
-    else:
+    elif line != _last_line:
         sys.stderr.write(line + "\n")
+    _last_line = line
     sys.stderr.flush()
 
 
@@ -74,11 +79,15 @@ def run(port: int) -> int:
             backends.append(BACKEND_TEMPLATE.format(port=backend_port, name=name))
         text = CONFIG_TEMPLATE.format(port=port, backends="".join(backends))
         cfg = config_mod.loads(text, source="<demo>")
-        print(f"lb demo: listening on 127.0.0.1:{port}, round robin over "
-              f"{' and '.join(DEMO_BACKENDS)}.\n"
-              f"Try:  curl http://127.0.0.1:{port}/   (again: the other backend answers)\n"
-              f"Stop: Ctrl-C\n\n--- config in use ---\n{text}---", flush=True)
-        return Supervisor(cfg, status_interval=1.0, on_status=status_line).run()
+
+        def banner(sup):
+            print(f"--- config in use ---\n{text}---\n"
+                  f"lb demo: listening on 127.0.0.1:{port}, round robin over "
+                  f"{' and '.join(DEMO_BACKENDS)}.\n"
+                  f"Try:  curl http://127.0.0.1:{port}/   (again: the other backend answers)\n"
+                  f"Stop: Ctrl-C", flush=True)
+
+        return Supervisor(cfg, status_interval=1.0, on_status=status_line, on_ready=banner).run()
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

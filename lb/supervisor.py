@@ -80,8 +80,9 @@ def open_listen_socket(bind, backlog: int) -> socket.socket:
 
 
 class Supervisor:
-    def __init__(self, config, *, status_interval: float = 0.0, on_status=None):
+    def __init__(self, config, *, status_interval: float = 0.0, on_status=None, on_ready=None):
         self.config = config
+        self.on_ready = on_ready
         self.n_workers = config.global_.worker_count()
         self.status_interval = status_interval
         self.on_status = on_status
@@ -215,6 +216,8 @@ class Supervisor:
         """Start, serve until stopped, clean up. Returns the process exit code."""
         try:
             self.start()
+            if self.on_ready:
+                self.on_ready(self)
             self._loop()
         finally:
             self._cleanup()

@@ -1,0 +1,37 @@
+# The two set-up commands of the README are `make demo` and `make test`; both
+# build the compiled data path first (an editable install builds it in place).
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the tests and benchmarks use: the peers lb is measured
+# against, the load generator, and curl for the demo test.
+APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl
+
+.PHONY: install demo test test-deps bench debug clean
+
+install:
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+demo: install
+	$(PYTHON) -m lb demo
+
+test-deps:
+	@missing=""; for cmd in haproxy nginx wrk curl; do command -v $$cmd >/dev/null || missing=1; done; \
+	[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing=1; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	fi
+
+test: test-deps install
+	$(PYTHON) -m pytest -q
+
+bench: test-deps install
+	$(PYTHON) -m bench
+
+# line tracing and -O0 -g3, for gdb and coverage of the Cython code
+debug:
+	LB_DEBUG=1 $(PYTHON) setup.py build_ext --inplace --cython-always \
+	  --cython-directives="linetrace=True"
+
+clean:
+	rm -rf build dist *.egg-info lb/_fastpath.c lb/*.so lb/*.html

@@ -1,0 +1,1081 @@
+"""The benchmark harness: tools, processes, wrk, idle connections, reports.
+
+One run starts one nginx origin, then for every scenario starts each target
+afresh (direct, HAProxy, nginx stream, lb), measures it alone with identical
+settings, and stops it before the next one starts. Figures are comparable only
+within one run; the ratios lb/haproxy and lb/nginx are the point.
+
+Scenarios live in ``bench/scenarios/``, one per file, each exposing:
+
+    NAME     str            scenario name on the command line
+    ORDER    int            position in a full run
+    KIND     str            "wrk" (needs wrk, gets a header line) or "idle"
+    SUMMARY  str            one line: what is measured
+    TARGETS  tuple[str]     targets it applies to (subset of TARGET_NAMES)
+    METRICS  tuple[Metric]  table columns; a Metric with `better` set gets ratios
+    measure(ctx, target) -> dict   metric values for one running target
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import datetime
+import importlib
+import json
+import os
+import pkgutil
+import platform
+import pwd
+import grp
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# Order in which targets run within a scenario, and which of them are proxies.
+TARGET_NAMES = ("direct", "haproxy", "nginx", "lb")
+PROXY_NAMES = ("haproxy", "nginx", "lb")
+ANCHORS = ("haproxy", "nginx", "direct")   # denominators of the lb ratios
+
+SMALL_BODY = b"lb-bench small response body: 100 bytes, served by nginx `return 200` from memory......\n"
+ONE_MIB = 1 << 20
+
+READY_TIMEOUT_S = {"lb": 15.0}             # others: DEFAULT_READY_TIMEOUT_S
+DEFAULT_READY_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 10.0
+IDLE_OPEN_TIMEOUT_S = 30.0
+IDLE_SETTLE_TIMEOUT_S = 20.0
+NOISY_OTHER_CPU_PCT = 15.0     # CPU % of foreign processes during a wrk run worth a warning
+
+_start_monotonic = time.monotonic()
+
+
+class BenchError(Exception):
+    """A failure worth one line to the user (and maybe a log tail)."""
+
+    def __init__(self, message: str, log_tail: str | None = None):
+        super().__init__(message)
+        self.log_tail = log_tail
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so that stdout stays clean for --json."""
+    elapsed = time.monotonic() - _start_monotonic
+    print(f"[{elapsed:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+def parse_duration(text: str) -> float:
+    """"10s", "500ms", "1m", "2" (seconds) -> seconds."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?\s*", text)
+    if not m:
+        raise ValueError(f"bad duration {text!r} (use e.g. 10s, 500ms, 1m)")
+    scale = {"ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[m.group(2)]
+    return float(m.group(1)) * scale
+
+
+def tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(no log: {exc})"
+    return "\n".join(text.splitlines()[-lines:]) or "(log is empty)"
+
+
+def raise_nofile_limit() -> int:
+    """Soft RLIMIT_NOFILE -> hard, for us and every child we start."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+class PortAllocator:
+    """Free loopback ports, never the same one twice in a run."""
+
+    def __init__(self) -> None:
+        self._used: set[int] = set()
+
+    def take(self) -> int:
+        for _ in range(100):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            if port not in self._used:
+                self._used.add(port)
+                return port
+        raise BenchError("could not find a free loopback port")
+
+
+# --------------------------------------------------------------------------
+# Tools: find them, or install them with apt when we are root.
+
+SBIN_DIRS = ("/usr/sbin", "/usr/local/sbin", "/sbin")
+NGINX_MODULE_DIRS = ("/usr/lib/nginx/modules", "/usr/lib64/nginx/modules",
+                     "/usr/share/nginx/modules", "/usr/local/nginx/modules")
+
+
+def find_tool(name: str) -> str | None:
+    path = shutil.which(name)
+    if path:
+        return path
+    for d in SBIN_DIRS:
+        candidate = Path(d) / name
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def nginx_build_flags(nginx: str) -> str:
+    out = subprocess.run([nginx, "-V"], capture_output=True, text=True, timeout=10)
+    return out.stderr + out.stdout
+
+
+def nginx_stream_module(nginx: str) -> tuple[bool, str | None]:
+    """(available, path of the .so to load_module or None when built in)."""
+    flags = nginx_build_flags(nginx)
+    if re.search(r"--with-stream(\s|$)", flags):
+        return True, None
+    m = re.search(r"--modules-path=(\S+)", flags)
+    dirs = ([m.group(1)] if m else []) + list(NGINX_MODULE_DIRS)
+    for d in dirs:
+        so = Path(d) / "ngx_stream_module.so"
+        if so.exists():
+            return True, str(so)
+    return False, None
+
+
+def ensure_tools(need: set[str]) -> dict[str, str]:
+    """Paths of the tools in `need` ("haproxy", "nginx", "nginx-stream", "wrk").
+
+    Missing ones are installed with apt-get when running as root; otherwise
+    the error says what to install.
+    """
+    packages = {"haproxy": ["haproxy"], "nginx": ["nginx-light"],
+                "nginx-stream": ["libnginx-mod-stream"], "wrk": ["wrk"]}
+
+    def missing() -> list[str]:
+        gone = [t for t in sorted(need - {"nginx-stream"}) if not find_tool(t)]
+        if "nginx-stream" in need:
+            nginx = find_tool("nginx")
+            if not nginx or not nginx_stream_module(nginx)[0]:
+                gone.append("nginx-stream")
+        return gone
+
+    gone = missing()
+    if gone:
+        # nginx already present: add only the stream module, never swap the flavour.
+        pkgs = sorted({p for t in gone for p in packages[t]})
+        if "nginx" in gone and "nginx-stream" in need:
+            pkgs.append("libnginx-mod-stream")
+        if os.geteuid() != 0 or not find_tool("apt-get"):
+            raise BenchError(f"missing tools {gone}; install them, e.g. "
+                             f"`apt-get install -y {' '.join(sorted(set(pkgs)))}`")
+        log(f"installing {' '.join(sorted(set(pkgs)))} with apt-get (missing: {', '.join(gone)})")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (["apt-get", "update"],
+                    ["apt-get", "install", "-y", *sorted(set(pkgs))]):
+            rc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, env=env,
+                                timeout=900).returncode
+            if rc != 0:
+                raise BenchError(f"`{' '.join(cmd)}` failed with exit code {rc}")
+        gone = missing()
+        if gone:
+            raise BenchError(f"still missing after apt-get install: {gone}")
+    tools = {t: find_tool(t) for t in need if t != "nginx-stream"}
+    if "nginx-stream" in need:
+        tools["nginx-stream"] = nginx_stream_module(tools["nginx"])[1] or ""
+    return tools
+
+
+def tool_versions(tools: dict[str, str], with_lb: bool) -> dict[str, str | None]:
+    def first_line(cmd: list[str]) -> str | None:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=20,
+                                 cwd=REPO_ROOT)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        text = (out.stdout or out.stderr).strip()
+        return text.splitlines()[0] if out.returncode == 0 and text else None
+
+    versions = {}
+    if tools.get("haproxy"):
+        versions["haproxy"] = first_line([tools["haproxy"], "-v"])
+    if tools.get("nginx"):
+        versions["nginx"] = first_line([tools["nginx"], "-v"])
+    if tools.get("wrk"):
+        # wrk -v prints its banner and exits 1.
+        out = subprocess.run([tools["wrk"], "-v"], capture_output=True, text=True, timeout=10)
+        versions["wrk"] = (out.stdout + out.stderr).strip().splitlines()[0]
+    if with_lb:
+        versions["lb"] = first_line([sys.executable, "-m", "lb", "--version"])
+    return versions
+
+
+# --------------------------------------------------------------------------
+# Processes: each service in its own process group, always stopped.
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:      # pragma: no cover - non-glibc
+    _libc = None
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL if the harness dies without cleaning up."""
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class Service:
+    """A long-running child (and its descendants) in its own process group."""
+
+    def __init__(self, name: str, cmd: list[str], log_path: Path, cwd: Path | None = None):
+        self.name = name
+        self.cmd = cmd
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        try:
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log,
+                                         stderr=subprocess.STDOUT, cwd=cwd,
+                                         start_new_session=True, preexec_fn=_die_with_parent)
+        except OSError as exc:
+            self._log.close()
+            raise BenchError(f"{name}: cannot start {cmd[0]}: {exc}") from exc
+        self.pid = self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM the leader, wait, then SIGKILL whatever is left of the group."""
+        if self.alive():
+            try:
+                self.proc.send_signal(signal.SIGTERM)
+                self.proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log(f"{self.name}: did not stop within {STOP_TIMEOUT_S:.0f}s, killing")
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)    # stragglers: workers of a dead master
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        self._log.close()
+
+
+def _http_probe(addr: tuple[str, int], path: str, timeout: float) -> bool:
+    """One GET through addr; True on a 200 response."""
+    req = (f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").encode()
+    try:
+        with socket.create_connection(addr, timeout=timeout) as s:
+            s.sendall(req)
+            head = s.recv(64)
+    except OSError:
+        return False
+    return head.startswith(b"HTTP/1.1 200")
+
+
+def wait_ready(service: Service, addr: tuple[str, int], timeout: float) -> None:
+    """Until addr answers GET /small with 200 through the service (bounded)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not service.alive():
+            raise BenchError(f"{service.name} exited with code {service.proc.returncode} "
+                             f"before serving {addr[0]}:{addr[1]}", tail(service.log_path))
+        if _http_probe(addr, "/small", timeout=1.0):
+            return
+        time.sleep(0.05)
+    raise BenchError(f"{service.name} did not serve GET /small on {addr[0]}:{addr[1]} "
+                     f"within {timeout:.0f}s", tail(service.log_path))
+
+
+# --------------------------------------------------------------------------
+# The origin: one nginx shared by every target.
+
+def _nginx_temp_paths(nginx: str, root: Path) -> str:
+    """Temp paths inside our dir, for the http modules this nginx has."""
+    flags = nginx_build_flags(nginx)
+    lines = [f"client_body_temp_path {root}/tmp/client_body;",
+             f"proxy_temp_path {root}/tmp/proxy;"]
+    for mod in ("fastcgi", "uwsgi", "scgi"):
+        if f"--without-http_{mod}_module" not in flags:
+            lines.append(f"{mod}_temp_path {root}/tmp/{mod};")
+    return "\n    ".join(lines)
+
+
+class Origin:
+    """nginx serving /small (100 B from memory) and /1m (1 MiB file) on loopback."""
+
+    def __init__(self, ctx: "Context"):
+        self.root = ctx.workdir / "origin"
+        (self.root / "www").mkdir(parents=True)
+        (self.root / "tmp").mkdir()
+        (self.root / "www" / "1m").write_bytes(os.urandom(ONE_MIB))
+        for p in (self.root, self.root / "www", self.root / "tmp"):
+            p.chmod(0o755)    # nginx workers run as nobody when we are root
+        (self.root / "www" / "1m").chmod(0o644)
+        self.port = ctx.ports.take()
+        self.addr = ("127.0.0.1", self.port)
+        nofile = ctx.nofile
+        body = SMALL_BODY.decode().rstrip("\n").replace('"', "")
+        conf = f"""\
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {self.root}/nginx.pid;
+error_log {self.root}/error.log warn;
+events {{
+    worker_connections {nofile - 100};
+}}
+http {{
+    access_log off;
+    {_nginx_temp_paths(ctx.tools["nginx"], self.root)}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_header_timeout 300s;
+    open_file_cache max=16 inactive=300s;
+    server {{
+        listen 127.0.0.1:{self.port} backlog=4096;
+        root {self.root}/www;
+        location = /small {{
+            default_type text/plain;
+            return 200 "{body}\\n";
+        }}
+        location = /1m {{ }}
+    }}
+}}
+"""
+        conf_path = self.root / "nginx.conf"
+        conf_path.write_text(conf)
+        self.service = Service("origin nginx",
+                               [ctx.tools["nginx"], "-p", str(self.root), "-c", str(conf_path),
+                                "-e", str(self.root / "error.log")],
+                               self.root / "stderr.log")
+        try:
+            wait_ready(self.service, self.addr, DEFAULT_READY_TIMEOUT_S)
+        except BenchError:
+            self.service.stop()
+            raise
+
+    def worker(self) -> psutil.Process | None:
+        try:
+            kids = psutil.Process(self.service.pid).children()
+        except psutil.Error:
+            return None
+        return kids[0] if kids else None
+
+    def stop(self) -> None:
+        self.service.stop()
+
+
+# --------------------------------------------------------------------------
+# Targets: what wrk and the idle client talk to.
+
+class Target:
+    """A thing under test on its own loopback address."""
+
+    name = ""
+    is_proxy = True
+
+    def __init__(self, ctx: "Context", scenario: str):
+        self.ctx = ctx
+        self.dir = ctx.workdir / f"{scenario}-{self.name}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir.chmod(0o755)
+        self.service: Service | None = None
+        self.addr: tuple[str, int] = ("127.0.0.1", 0)
+
+    def url(self, path: str) -> str:
+        return f"http://{self.addr[0]}:{self.addr[1]}{path}"
+
+    def start(self) -> None:
+        self.addr = ("127.0.0.1", self.ctx.ports.take())
+        cmd = self.configure()
+        self.service = Service(self.name, cmd, self.dir / "output.log", cwd=self.cwd())
+        wait_ready(self.service, self.addr, READY_TIMEOUT_S.get(self.name, DEFAULT_READY_TIMEOUT_S))
+
+    def cwd(self) -> Path | None:
+        return self.dir
+
+    def configure(self) -> list[str]:
+        """Write the config; return the foreground command line."""
+        raise NotImplementedError
+
+    def candidates(self) -> list[psutil.Process]:
+        """Processes that may be the data-plane worker."""
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+
+    def log_tail(self) -> str | None:
+        return tail(self.service.log_path) if self.service else None
+
+
+class DirectTarget(Target):
+    """wrk straight at the origin: the ceiling."""
+
+    name = "direct"
+    is_proxy = False
+
+    def start(self) -> None:
+        self.addr = self.ctx.origin.addr
+
+    def candidates(self) -> list[psutil.Process]:
+        return []
+
+
+class HAProxyTarget(Target):
+    name = "haproxy"
+
+    def configure(self) -> list[str]:
+        # Two fds per proxied connection, plus headroom, within our hard limit.
+        maxconn = max(1000, (self.ctx.nofile - 200) // 2)
+        conf = f"""\
+global
+    nbthread 1
+    maxconn {maxconn}
+    pidfile {self.dir}/haproxy.pid
+
+defaults
+    mode tcp
+    maxconn {maxconn}
+    timeout connect 5s
+    timeout client 300s
+    timeout server 300s
+
+listen bench
+    bind {self.addr[0]}:{self.addr[1]}
+    server origin {self.ctx.origin.addr[0]}:{self.ctx.origin.addr[1]}
+"""
+        path = self.dir / "haproxy.cfg"
+        path.write_text(conf)
+        return [self.ctx.tools["haproxy"], "-db", "-f", str(path)]
+
+    def candidates(self) -> list[psutil.Process]:
+        return _procs([self.service.pid])
+
+
+class NginxStreamTarget(Target):
+    name = "nginx"
+
+    def configure(self) -> list[str]:
+        nofile = self.ctx.nofile
+        so = self.ctx.tools.get("nginx-stream")
+        load = f"load_module {so};\n" if so else ""
+        conf = f"""\
+{load}daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile {nofile};
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/error.log warn;
+events {{
+    worker_connections {nofile - 100};
+}}
+stream {{
+    server {{
+        listen {self.addr[0]}:{self.addr[1]} backlog=4096;
+        proxy_pass {self.ctx.origin.addr[0]}:{self.ctx.origin.addr[1]};
+        proxy_connect_timeout 5s;
+        proxy_timeout 300s;
+    }}
+}}
+"""
+        path = self.dir / "nginx.conf"
+        path.write_text(conf)
+        return [self.ctx.tools["nginx"], "-p", str(self.dir), "-c", str(path),
+                "-e", str(self.dir / "error.log")]
+
+    def candidates(self) -> list[psutil.Process]:
+        return _children(self.service.pid)
+
+    def log_tail(self) -> str | None:
+        return tail(self.dir / "error.log")
+
+
+class LbTarget(Target):
+    name = "lb"
+
+    def cwd(self) -> Path | None:
+        return REPO_ROOT     # `python -m lb` runs this checkout
+
+    def configure(self) -> list[str]:
+        # Run as whoever runs the bench: the default user "lb" may not exist here.
+        user = pwd.getpwuid(os.getuid()).pw_name
+        group = grp.getgrgid(os.getgid()).gr_name
+        origin = self.ctx.origin.addr
+        conf = f"""\
+[global]
+workers = 1
+admin_socket = "{self.dir}/admin.sock"
+state_file = "{self.dir}/state.json"
+user = "{user}"
+group = "{group}"
+
+[listeners.bench]
+bind = ["{self.addr[0]}:{self.addr[1]}"]
+mode = "tcp"
+pool = "origin"
+
+[pools.origin]
+algorithm = "roundrobin"
+
+  [pools.origin.health]
+  type = "none"
+
+  [[pools.origin.backends]]
+  address = "{origin[0]}:{origin[1]}"
+"""
+        path = self.dir / "lb.toml"
+        path.write_text(conf)
+        return [sys.executable, "-m", "lb", "run", "-c", str(path)]
+
+    def candidates(self) -> list[psutil.Process]:
+        # Worker(s) and maybe a checker; callers pick the busiest or fullest one.
+        return _children(self.service.pid)
+
+
+TARGET_CLASSES = {cls.name: cls for cls in (DirectTarget, HAProxyTarget, NginxStreamTarget, LbTarget)}
+
+
+def _procs(pids: list[int]) -> list[psutil.Process]:
+    out = []
+    for pid in pids:
+        try:
+            out.append(psutil.Process(pid))
+        except psutil.Error:
+            pass
+    return out
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children()
+    except psutil.Error:
+        return []
+
+
+def _cpu_seconds(p: psutil.Process) -> float | None:
+    try:
+        t = p.cpu_times()
+    except psutil.Error:
+        return None
+    return t.user + t.system
+
+
+def _num_fds(p: psutil.Process) -> int:
+    try:
+        return p.num_fds()
+    except psutil.Error:
+        return -1
+
+
+def _memory(p: psutil.Process) -> dict[str, int | None]:
+    """rss and uss in bytes (uss None when /proc/PID/smaps is unreadable)."""
+    rss = p.memory_info().rss
+    try:
+        uss = p.memory_full_info().uss
+    except (psutil.AccessDenied, AttributeError):
+        uss = None
+    return {"rss": rss, "uss": uss}
+
+
+# --------------------------------------------------------------------------
+# wrk
+
+_TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}   # -> milliseconds
+_SIZE_UNITS = {"B": 1, "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40, "PB": 1 << 50}
+
+_RE_RPS = re.compile(r"^Requests/sec:\s+([0-9.]+)\s*$", re.M)
+_RE_TPS = re.compile(r"^Transfer/sec:\s+([0-9.]+)([KMGTP]?B)\s*$", re.M)
+_RE_P99 = re.compile(r"^\s+99(?:\.0+)?%\s+([0-9.]+)(us|ms|s|m|h)\s*$", re.M)
+_RE_AVG = re.compile(r"^\s+Latency\s+([0-9.]+)(us|ms|s|m|h)\s", re.M)
+_RE_TOTAL = re.compile(r"^\s+(\d+) requests in ([0-9.]+)(us|ms|s|m|h), ([0-9.]+)([KMGTP]?B) read", re.M)
+_RE_SOCKERR = re.compile(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+_RE_NON2XX = re.compile(r"Non-2xx or 3xx responses: (\d+)")
+
+
+def parse_wrk(text: str) -> dict:
+    """wrk --latency output -> req_s, transfer bytes/s, p99/avg ms, counts, errors."""
+    rps, tps, p99 = _RE_RPS.search(text), _RE_TPS.search(text), _RE_P99.search(text)
+    if not (rps and tps and p99):
+        raise BenchError("could not parse wrk output", text[-2000:])
+    out = {
+        "req_s": float(rps.group(1)),
+        "bytes_s": float(tps.group(1)) * _SIZE_UNITS[tps.group(2)],
+        "p99_ms": float(p99.group(1)) * _TIME_UNITS[p99.group(2)],
+    }
+    avg = _RE_AVG.search(text)
+    out["avg_ms"] = float(avg.group(1)) * _TIME_UNITS[avg.group(2)] if avg else None
+    total = _RE_TOTAL.search(text)
+    out["requests"] = int(total.group(1)) if total else None
+    errs = _RE_SOCKERR.search(text)
+    errors = dict(zip(("connect", "read", "write", "timeout"),
+                      (int(x) for x in errs.groups()))) if errs else {}
+    non2xx = _RE_NON2XX.search(text)
+    if non2xx:
+        errors["non_2xx_3xx"] = int(non2xx.group(1))
+    out["errors"] = {k: v for k, v in errors.items() if v}
+    return out
+
+
+def run_wrk(ctx: "Context", url: str, seconds: int, headers: tuple[str, ...] = ()) -> dict:
+    cmd = [ctx.tools["wrk"], "-t", str(ctx.opts.threads), "-c", str(ctx.opts.connections),
+           "-d", f"{seconds}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(url)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_die_with_parent)
+    try:
+        stdout, stderr = proc.communicate(timeout=seconds + 30)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"wrk did not finish within {seconds + 30}s") from exc
+    finally:
+        if proc.poll() is None:      # timeout or Ctrl-C: kill and reap, leave no zombie
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise BenchError(f"wrk exited with code {proc.returncode}", (stderr or stdout)[-2000:])
+    result = parse_wrk(stdout)
+    if not result["requests"]:
+        raise BenchError("wrk completed no request", stdout[-2000:])
+    return result
+
+
+def _host_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _children_cpu_seconds() -> float:
+    """CPU of our waited-for children (wrk), from getrusage."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def wrk_measure(ctx: "Context", target: Target, path: str,
+                headers: tuple[str, ...] = (), gbps: bool = False) -> dict:
+    """Warm up, then one timed wrk run; add CPU shares and the worker's RSS.
+
+    cpu_pct is the busiest process of the target (its data-plane worker);
+    other_cpu_pct is what the host spent outside wrk, the target and the
+    origin during the run: anything well above zero means a noisy machine.
+    """
+    url = target.url(path)
+    hdr = "".join(f' -H "{h}"' for h in headers)
+    if ctx.opts.warmup_s > 0:
+        run_wrk(ctx, url, max(1, round(ctx.opts.warmup_s)), headers)
+    seconds = max(1, round(ctx.opts.duration_s))
+    log(f"  {target.name}: wrk -t{ctx.opts.threads} -c{ctx.opts.connections} -d{seconds}s --latency{hdr} {url}")
+
+    procs = target.candidates()
+    tree = {p.pid: p for p in procs}
+    if target.service is not None:
+        tree.update({p.pid: p for p in _procs([target.service.pid])})
+    origin = ctx.origin.worker()
+    if origin is not None:
+        tree[origin.pid] = origin
+    cpu0 = {pid: _cpu_seconds(p) for pid, p in tree.items()}
+    host0, wrk0 = _host_busy_seconds(), _children_cpu_seconds()
+    t0 = time.monotonic()
+    result = run_wrk(ctx, url, seconds, headers)
+    wall = time.monotonic() - t0
+    host1, wrk1 = _host_busy_seconds(), _children_cpu_seconds()
+    used = {}
+    for pid, p in tree.items():
+        c1 = _cpu_seconds(p)
+        if c1 is not None and cpu0[pid] is not None:
+            used[pid] = c1 - cpu0[pid]
+
+    if gbps:
+        result["gbps"] = result.pop("bytes_s") / 1e9
+    else:
+        result.pop("bytes_s")
+    result["cpu_pct"] = result["rss_mib"] = None
+    busiest = max((p for p in procs if p.pid in used), key=lambda p: used[p.pid], default=None)
+    if busiest is not None:
+        result["cpu_pct"] = 100.0 * used[busiest.pid] / wall
+        try:
+            result["rss_mib"] = busiest.memory_info().rss / ONE_MIB
+        except psutil.Error:
+            pass
+    result["origin_cpu_pct"] = (100.0 * used[origin.pid] / wall
+                                if origin is not None and origin.pid in used else None)
+    result["wrk_cpu_pct"] = 100.0 * (wrk1 - wrk0) / wall
+    other = (host1 - host0) - (wrk1 - wrk0) - sum(used.values())
+    result["other_cpu_pct"] = max(0.0, 100.0 * other / wall)
+    if result["other_cpu_pct"] > NOISY_OTHER_CPU_PCT:
+        log(f"  {target.name}: other processes used {result['other_cpu_pct']:.0f}% CPU "
+            f"during the run; figures are noisy")
+    if result["errors"]:
+        log(f"  {target.name}: wrk reported errors {result['errors']}")
+    return result
+
+
+# --------------------------------------------------------------------------
+# Idle connections: memory held per connection by one worker.
+
+def open_idle_connections(addr: tuple[str, int], n: int, timeout: float) -> list[socket.socket]:
+    """n connected sockets that never send a byte (bounded in time)."""
+    socks: list[socket.socket] = []
+    deadline = time.monotonic() + timeout
+    try:
+        for i in range(n):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BenchError(f"opened only {i} of {n} connections within {timeout:.0f}s")
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            socks.append(s)
+            s.settimeout(min(left, 5.0))
+            try:
+                s.connect(addr)
+            except OSError as exc:
+                raise BenchError(f"connection {i + 1} of {n} to {addr[0]}:{addr[1]} failed: {exc}") from exc
+    except BaseException:
+        close_connections(socks)
+        raise
+    return socks
+
+
+def close_connections(socks: list[socket.socket]) -> None:
+    # RST instead of FIN: no TIME_WAIT left behind for the next scenario.
+    linger = (1).to_bytes(4, sys.byteorder) + (0).to_bytes(4, sys.byteorder)
+    for s in socks:
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+        except OSError:
+            pass
+        s.close()
+
+
+def idle_measure(ctx: "Context", target: Target, n: int) -> dict:
+    """RSS/USS of the worker before and after it holds n idle client connections."""
+    procs = target.candidates()
+    if not procs:
+        raise BenchError(f"{target.name}: no worker process found")
+    # The readiness probe's connection may still be closing: let fd counts settle.
+    deadline = time.monotonic() + 3.0
+    counts = [_num_fds(p) for p in procs]
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = [_num_fds(p) for p in procs]
+        if now == counts:
+            break
+        counts = now
+    before = {}
+    for p in procs:
+        before[p.pid] = (_num_fds(p), _memory(p))
+    origin = ctx.origin.worker()
+    origin_fds0 = _num_fds(origin) if origin else -1
+
+    log(f"  {target.name}: opening {n} idle connections to {target.addr[0]}:{target.addr[1]}")
+    socks = open_idle_connections(target.addr, n, IDLE_OPEN_TIMEOUT_S)
+    try:
+        # Wait until one worker holds both ends of every pair (2 fds each); if the
+        # count stops moving short of that, accept what it holds after 2 s of calm.
+        deadline = time.monotonic() + IDLE_SETTLE_TIMEOUT_S
+        last, last_change = -1, time.monotonic()
+        while True:
+            grown = max(_num_fds(p) - before[p.pid][0] for p in procs)
+            now = time.monotonic()
+            if grown != last:
+                last, last_change = grown, now
+            if grown >= 2 * n or now > deadline or (grown >= n and now - last_change > 2.0):
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)    # let allocations that follow the last accept land
+        worker = max(procs, key=lambda p: _num_fds(p) - before[p.pid][0])
+        fds_grown = _num_fds(worker) - before[worker.pid][0]
+        after = _memory(worker)
+        origin_conns = (_num_fds(origin) - origin_fds0) if origin else None
+    finally:
+        close_connections(socks)
+
+    mem0 = before[worker.pid][1]
+    result = {
+        "conns": n,
+        "worker_fds_added": fds_grown,
+        "origin_conns_added": origin_conns,
+        "rss_before_mib": mem0["rss"] / ONE_MIB,
+        "rss_after_mib": after["rss"] / ONE_MIB,
+        "rss_growth_mib": (after["rss"] - mem0["rss"]) / ONE_MIB,
+        "rss_per_conn": (after["rss"] - mem0["rss"]) / n,
+        "uss_growth_mib": None,
+        "uss_per_conn": None,
+    }
+    if mem0["uss"] is not None and after["uss"] is not None:
+        result["uss_growth_mib"] = (after["uss"] - mem0["uss"]) / ONE_MIB
+        result["uss_per_conn"] = (after["uss"] - mem0["uss"]) / n
+    if fds_grown < 2 * n:
+        log(f"  {target.name}: worker gained only {fds_grown} fds for {n} connections "
+            f"(expected {2 * n}); figures cover what it held")
+    return result
+
+
+# --------------------------------------------------------------------------
+# Scenarios and reporting
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    fmt: str                  # format spec for the table
+    better: str | None = None  # "higher" | "lower": ratios are printed; None: no ratio
+
+
+WRK_METRICS = (
+    Metric("req_s", "req/s", ",.0f", "higher"),
+    Metric("p99_ms", "p99 ms", ".2f", "lower"),
+)
+WRK_EXTRA_METRICS = (
+    Metric("cpu_pct", "cpu %", ".0f"),
+    Metric("rss_mib", "rss MiB", ".1f"),
+    Metric("origin_cpu_pct", "origin cpu %", ".0f"),
+    Metric("other_cpu_pct", "other cpu %", ".0f"),
+)
+GBPS_METRIC = Metric("gbps", "GB/s", ".3f", "higher")
+
+
+def load_scenarios() -> dict:
+    import bench.scenarios as pkg
+    mods = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if not info.name.startswith("_"):
+            mods.append(importlib.import_module(f"bench.scenarios.{info.name}"))
+    mods.sort(key=lambda m: (getattr(m, "ORDER", 1000), m.NAME))
+    return {m.NAME: m for m in mods}
+
+
+def ratios(results: dict, metrics: tuple[Metric, ...]) -> dict:
+    """{"lb/haproxy": {metric: x}, ...} for metrics with a direction."""
+    out = {}
+    lb = results.get("lb")
+    for anchor in ANCHORS:
+        other = results.get(anchor)
+        if not (lb and lb.get("ok") and other and other.get("ok")):
+            continue
+        row = {}
+        for m in metrics:
+            a, b = lb.get(m.key), other.get(m.key)
+            if m.better and isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
+                row[m.key] = a / b
+        if row:
+            out[f"lb/{anchor}"] = row
+    return out
+
+
+def _cell(value, fmt: str) -> str:
+    if value is None:
+        return "-"
+    return format(value, fmt)
+
+
+def format_table(name: str, scenario, header: str, results: dict, rat: dict) -> str:
+    metrics = scenario.METRICS
+    lines = [f"== {name}: {scenario.SUMMARY}", f"   {header}"]
+    widths = [max(len(m.label), 9) for m in metrics]
+    lines.append("   " + f"{'proxy':<9}" + "".join(f"{m.label:>{w + 2}}" for m, w in zip(metrics, widths)))
+    for tname, res in results.items():
+        if res.get("ok"):
+            cells = "".join(f"{_cell(res.get(m.key), m.fmt):>{w + 2}}" for m, w in zip(metrics, widths))
+            note = f"   errors: {res['errors']}" if res.get("errors") else ""
+            lines.append(f"   {tname:<9}{cells}{note}")
+        else:
+            lines.append(f"   {tname:<9}  FAILED: {res.get('error')}")
+    ratio_metrics = [m for m in metrics if m.better]
+    if "lb" in results and ratio_metrics:
+        if not results["lb"].get("ok"):
+            lines.append("   ratios: n/a (lb failed)")
+        elif rat:
+            lines.append("   ratios:")
+            for m in ratio_metrics:
+                parts = [f"{key} = {row[m.key]:.2f}x" for key, row in rat.items() if m.key in row]
+                if parts:
+                    lines.append(f"     {m.label:<12} " + "   ".join(parts) + f"   ({m.better} is better)")
+    for tname, res in results.items():
+        if not res.get("ok") and res.get("log_tail"):
+            lines.append(f"   --- {tname} log tail ---")
+            lines.extend("   | " + ln for ln in res["log_tail"].splitlines())
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Options:
+    scenarios: list[str]
+    duration_s: float = 10.0
+    warmup_s: float = 1.0
+    connections: int = 64
+    threads: int = 1
+    idle_conns: int = 4000
+    only: tuple[str, ...] = PROXY_NAMES
+    direct: bool = True
+    as_json: bool = False
+    save: bool = False
+    keep_workdir: bool = False
+
+
+@dataclasses.dataclass
+class Context:
+    opts: Options
+    tools: dict
+    workdir: Path
+    ports: PortAllocator
+    nofile: int
+    origin: Origin | None = None
+
+
+def run_scenario(ctx: Context, scenario) -> dict:
+    names = [t for t in TARGET_NAMES if t in scenario.TARGETS
+             and (t in ctx.opts.only or (t == "direct" and ctx.opts.direct))]
+    results: dict[str, dict] = {}
+    for tname in names:
+        target = TARGET_CLASSES[tname](ctx, scenario.NAME)
+        log(f"{scenario.NAME}: starting {tname}")
+        try:
+            target.start()
+            values = scenario.measure(ctx, target)
+            results[tname] = {"ok": True, **values}
+        except BenchError as exc:
+            log(f"{scenario.NAME}: {tname} FAILED: {exc}")
+            results[tname] = {"ok": False, "error": str(exc),
+                              "log_tail": exc.log_tail or target.log_tail()}
+        finally:
+            target.stop()
+    return results
+
+
+def _header(ctx: Context, scenario) -> str:
+    if getattr(scenario, "KIND", "wrk") == "idle":
+        return f"{ctx.opts.idle_conns} idle client connections, one worker per proxy"
+    return (f"wrk -t{ctx.opts.threads} -c{ctx.opts.connections} "
+            f"-d{max(1, round(ctx.opts.duration_s))}s --latency, one worker per proxy")
+
+
+def _rounded(obj):
+    """Floats to 4 decimals, recursively: the JSON is read by people too."""
+    if isinstance(obj, float):
+        return round(obj, 4)
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
+def run(opts: Options) -> int:
+    """The whole run; returns the exit code."""
+    all_scenarios = load_scenarios()
+    chosen = opts.scenarios or [n for n in all_scenarios if n.startswith("tcp_")]
+    unknown = [n for n in chosen if n not in all_scenarios]
+    if unknown:
+        print(f"unknown scenario(s): {', '.join(unknown)}; have: {', '.join(all_scenarios)}",
+              file=sys.stderr)
+        return 2
+    scenarios = [all_scenarios[n] for n in chosen]
+
+    need = {"nginx"}
+    if any(getattr(s, "KIND", "wrk") == "wrk" for s in scenarios):
+        need.add("wrk")
+    if "haproxy" in opts.only:
+        need.add("haproxy")
+    if "nginx" in opts.only:
+        need.add("nginx-stream")
+    try:
+        tools = ensure_tools(need)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+
+    nofile = raise_nofile_limit()
+    workdir = Path(tempfile.mkdtemp(prefix="lb-bench-"))
+    workdir.chmod(0o755)
+    ctx = Context(opts=opts, tools=tools, workdir=workdir, ports=PortAllocator(), nofile=nofile)
+
+    report = {
+        "meta": {
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "host": {"cpus": os.cpu_count(), "kernel": platform.release(),
+                     "python": platform.python_version(), "nofile": nofile,
+                     "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]},
+            "wrk": {"threads": opts.threads, "connections": opts.connections,
+                    "duration_s": max(1, round(opts.duration_s)),
+                    "warmup_s": max(1, round(opts.warmup_s)) if opts.warmup_s > 0 else 0},
+            "idle_conns": opts.idle_conns,
+            "targets": [t for t in TARGET_NAMES if t in opts.only or (t == "direct" and opts.direct)],
+            "versions": tool_versions(tools, "lb" in opts.only),
+        },
+        "scenarios": {},
+    }
+    failed = False
+    interrupted = False
+    try:
+        log(f"workdir {workdir}; starting origin nginx")
+        ctx.origin = Origin(ctx)
+        log(f"origin on 127.0.0.1:{ctx.origin.port}")
+        for scenario in scenarios:
+            results = run_scenario(ctx, scenario)
+            rat = ratios(results, scenario.METRICS)
+            failed |= any(not r["ok"] for r in results.values())
+            report["scenarios"][scenario.NAME] = {
+                "summary": scenario.SUMMARY, "results": results, "ratios": rat}
+            if not opts.as_json:
+                print(format_table(scenario.NAME, scenario, _header(ctx, scenario), results, rat) + "\n",
+                      flush=True)
+    except BenchError as exc:
+        failed = True
+        report["error"] = str(exc)
+        print(f"bench: {exc}", file=sys.stderr)
+        if exc.log_tail:
+            print(exc.log_tail, file=sys.stderr)
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted; stopping everything")
+    finally:
+        if ctx.origin is not None:
+            ctx.origin.stop()
+        if opts.keep_workdir or failed:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    report["ok"] = not failed and not interrupted
+    report = _rounded(report)
+    if opts.save:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = RESULTS_DIR / f"{stamp}.json"
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        log(f"saved {path}")
+    if opts.as_json:
+        print(json.dumps(report, indent=2), flush=True)
+    if interrupted:
+        return 130
+    return 1 if failed else 0

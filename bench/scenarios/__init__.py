@@ -1,0 +1,1 @@
+"""One scenario per module; see the interface in bench/harness.py."""
