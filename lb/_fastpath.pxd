@@ -210,7 +210,8 @@ cdef struct lb_worker:
     int n_free_bufs
     lb_pipe *free_pipes              # a stack of n_free_pipes
     int n_free_pipes
-    lb_conn *pending                 # connections whose forwarding budget ran out this turn
+    lb_conn *pending                 # FIFO of connections to pump at the end of this turn
+    lb_conn *pending_tail
     lb_conn *closed                  # freed after the current batch of events
     int64_t fds
     int64_t fd_limit                 # stop accepting above this many fds

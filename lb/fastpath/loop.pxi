@@ -63,7 +63,9 @@ cdef void on_conn_event(lb_worker *w, lb_conn *c, int side, uint32_t events) noe
         c.flags |= F_RDHUP << side
     if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
         c.flags |= F_WRITABLE << side
-    conn_pump(w, c)
+    conn_prefill(w, c)
+    if c.state == CS_ESTABLISHED:
+        conn_queue(w, c)
 
 
 cdef void on_signal(lb_worker *w) noexcept nogil:
@@ -143,6 +145,7 @@ cdef void pending_run(lb_worker *w) noexcept nogil:
     cdef lb_conn *c = w.pending
     cdef lb_conn *n
     w.pending = NULL
+    w.pending_tail = NULL
     while c != NULL:
         n = c.pending_next
         c.flags &= ~F_QUEUED
