@@ -86,11 +86,16 @@ cdef void conns_free_closed(lb_worker *w) noexcept nogil:
     them, since a later event of the same batch may still point at them."""
     cdef lb_conn *c = w.closed
     cdef lb_conn *n
+    w.closed = NULL
     while c != NULL:
         n = c.next
-        conn_release(w, c)
+        if c.flags & F_QUEUED:
+            # still linked on the pending list: release it once that run dropped it
+            c.next = w.closed
+            w.closed = c
+        else:
+            conn_release(w, c)
         c = n
-    w.closed = NULL
 
 
 # ---- buffers and pipes --------------------------------------------------------
