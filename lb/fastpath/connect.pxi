@@ -101,14 +101,13 @@ cdef void conn_connect_failed(lb_worker *w, lb_conn *c, bint timeout) noexcept n
 
 
 cdef void conn_on_backend_connecting(lb_worker *w, lb_conn *c, uint32_t events) noexcept nogil:
-    """An event on a backend socket still connecting: done, or failed."""
-    cdef int err = 0
-    cdef socklen_t len = sizeof(err)
-    if not (events & (EPOLLOUT | EPOLLERR | EPOLLHUP)):
-        return
-    getsockopt(c.fd[SIDE_BACKEND], SOL_SOCKET, SO_ERROR, &err, &len)
-    if err != 0 or (events & EPOLLERR):
+    """An event on a backend socket still connecting: done, or failed.
+    A failed connect always raises EPOLLERR (or EPOLLHUP), so a plain EPOLLOUT
+    means connected and no getsockopt(SO_ERROR) call is needed (HAProxy agrees)."""
+    if events & (EPOLLERR | EPOLLHUP):
         conn_connect_failed(w, c, False)
+        return
+    if not (events & EPOLLOUT):
         return
     lb_store_u64(&w.bstats[c.slot].consecutive_failures, 0)
     list_remove(c)
@@ -116,9 +115,9 @@ cdef void conn_on_backend_connecting(lb_worker *w, lb_conn *c, uint32_t events) 
     c.last_ms = w.now_ms
     list_append(&w.listeners[c.listener].conns, c, w.now_ms)
     c.flags |= F_WRITABLE << SIDE_BACKEND
-    if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP):
+    if events & (EPOLLIN | EPOLLRDHUP):
         c.flags |= F_READABLE << SIDE_BACKEND
-    if events & (EPOLLRDHUP | EPOLLHUP):
+    if events & EPOLLRDHUP:
         c.flags |= F_RDHUP << SIDE_BACKEND
     if w.splice_mode == SPLICE_ALWAYS:
         c.flags |= (F_SPLICE << DIR_UP) | (F_SPLICE << DIR_DOWN)

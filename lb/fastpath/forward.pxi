@@ -132,8 +132,11 @@ cdef int dir_forward(lb_worker *w, lb_conn *c, int d) noexcept nogil:
                 return 0
         if c.flags & (F_EOF << d):
             if not (c.flags & (F_SHUT << t)):
-                # half-close: the peer's FIN reaches the other side once all bytes did
-                shutdown(c.fd[t], SHUT_WR)
+                # Half-close: the peer's FIN reaches the other side once all bytes
+                # did. When the other direction is already finished, the close that
+                # follows sends that FIN: no shutdown call needed.
+                if not (c.flags & (F_SHUT << d)):
+                    shutdown(c.fd[t], SHUT_WR)
                 c.flags |= F_SHUT << t
             return 0
         if not (c.flags & (F_READABLE << d)):
