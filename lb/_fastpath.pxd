@@ -26,6 +26,15 @@ cdef enum:
     HEALTH_UP = 0
     HEALTH_DOWN = 1
 
+# Hash keys (shm_pool.hash_key).
+cdef enum:
+    HK_NONE = 0
+    HK_SOURCE_IP = 1
+    HK_SOURCE_ADDR = 2
+
+cdef enum:
+    TABLE_EMPTY = 0xffff
+
 # Selection algorithms; the numbers are stored in shm_pool.algorithm.
 cdef enum:
     ALG_ROUNDROBIN = 0
@@ -52,16 +61,29 @@ cdef struct shm_header:              # writer: supervisor, once, before fork
     uint64_t wstats_off
     uint64_t bstats_off
     uint64_t created_unix_ms
-    uint8_t _pad[176]
+    uint64_t pstats_off
+    uint64_t tables_off
+    uint8_t _pad[160]
 
-cdef struct shm_pool:                # writer: supervisor
+cdef struct shm_pool:                # 128 bytes; writer: supervisor (generation: any writer of a backend field)
     uint32_t first_slot              # this pool's backends are slots [first_slot, first_slot + capacity)
-    uint32_t capacity
+    uint32_t capacity                # at most 65535: table entries are uint16 slot offsets
     uint32_t n_slots                 # slots ever used (high-water); unused ones have in_use = 0
     uint32_t algorithm
-    uint32_t generation              # bumped on any change of the backend set or weights
-    uint32_t _pad0
+    uint32_t generation              # bumped on any change of a backend's set, weight or state
+    uint32_t hash_key                # HK_*
+    uint32_t balance_milli           # bounded loads: round(balance_factor * 1000); 0 = off
+    uint32_t table_size              # maglev M (prime); 0 for other algorithms
+    uint32_t table_gen               # maglev: the live table is half (table_gen & 1); flipped with a release store
+    uint32_t table_built_from        # the pool generation the live table was built from
+    uint64_t table_off               # maglev: two tables of table_size uint16 slot offsets each
+    uint64_t table_weight[2]         # maglev: sum of the weights entered in each half (W of bounded loads)
     char name[40]
+    uint8_t _pad[24]
+
+cdef struct shm_pool_stats:          # 64 bytes, [row][pool]; writer: the row's worker
+    int64_t active                   # connections open to any backend of the pool
+    uint64_t _pad[7]
 
 cdef struct shm_backend:             # 128 bytes
     uint32_t seq                     # writer: supervisor; seqlock over family/port/addr/name (odd = being written)
@@ -165,6 +187,15 @@ cdef struct lb_conn:
     lb_conn *pending_next
     sockaddr_storage peer
 
+cdef struct mg_entry:               # one backend while a Maglev table is built
+    const char *name
+    uint32_t weight
+    uint32_t id                      # slot offset within the pool
+    uint64_t offset
+    uint64_t skip
+    uint64_t pos                     # offset + skip * next, mod M
+    uint64_t target                  # weighted turns: takes a slot when iteration * weight >= target
+
 cdef struct lb_free_buf:
     lb_free_buf *next
 
@@ -184,11 +215,17 @@ cdef struct lb_pool_rt:
     uint32_t retries
     uint64_t connect_timeout_ms
     lb_list connecting               # connect timer list, constant timeout: append keeps order
+    uint32_t index                   # pool index in shared memory
     # roundrobin: smooth weighted round robin state (nginx's algorithm), per worker
     int64_t *rr_current
     uint32_t rr_generation
     uint32_t rr_cursor               # leastconn tie-break rotation
-    uint32_t rng                     # xorshift state for random picks
+    # random, p2c: the candidates of the current generation (primaries, or else
+    # backups) and their cumulative weights, rebuilt when the generation changes
+    int32_t *cand
+    uint64_t *cand_cum
+    uint32_t n_cand
+    uint32_t cand_generation
 
 
 cdef struct lb_worker:
@@ -201,6 +238,9 @@ cdef struct lb_worker:
     shm_worker_stats *stats          # this worker's row
     shm_backend_stats *bstats        # this worker's row of per-backend counters
     shm_backend_stats *bstats_all    # every row: leastconn sums them
+    shm_pool_stats *pstats_all       # [row][pool]
+    char *base                       # the shared-memory region (maglev tables hang off it)
+    uint64_t rng                     # splitmix64 state: random and p2c
     lb_listener_rt *listeners
     int n_listeners
     lb_pool_rt *pools
@@ -227,7 +267,7 @@ cdef struct lb_worker:
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a
 # global backend slot or -1; it must skip the slots the connection already tried.
 # take/drop may be NULL: the generic code already keeps the shared counters.
-ctypedef int32_t (*lb_pick_fn)(lb_worker *w, lb_pool_rt *p, lb_conn *c) noexcept nogil
+ctypedef int32_t (*lb_pick_fn)(lb_worker *w, lb_pool_rt *p, lb_conn *c, uint64_t key) noexcept nogil
 ctypedef void (*lb_conn_fn)(lb_worker *w, lb_pool_rt *p, int32_t slot) noexcept nogil
 
 cdef struct lb_ops:

@@ -9,8 +9,8 @@ loop runs with the GIL released and allocates no Python object.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
-from libc.string cimport memset, memcpy, strncpy
-from libc.stdlib cimport malloc, calloc, free
+from libc.string cimport memset, memcpy, strcmp, strlen
+from libc.stdlib cimport malloc, calloc, free, qsort
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, EMFILE, ENFILE, ENOBUFS, ENOMEM
 
 from lb.includes.epoll cimport *
@@ -21,12 +21,17 @@ from lb.includes.signalfd cimport *
 from lb.includes.time cimport timespec, clock_gettime, CLOCK_MONOTONIC_COARSE
 from lb.includes.mman cimport *
 from lb.includes.atomics cimport *
+from lb.includes.xxhash64 cimport lb_xxh64, lb_splitmix64
 
 include "fastpath/shm.pxi"
 include "fastpath/conn.pxi"
 include "fastpath/select.pxi"
 include "fastpath/select_roundrobin.pxi"
 include "fastpath/select_leastconn.pxi"
+include "fastpath/select_random.pxi"
+include "fastpath/select_p2c.pxi"
+include "fastpath/select_maglev.pxi"
 include "fastpath/forward.pxi"
 include "fastpath/connect.pxi"
 include "fastpath/loop.pxi"
+include "fastpath/selector.pxi"

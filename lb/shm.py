@@ -12,10 +12,11 @@ from lb._fastpath import Shm
 
 # Free slots per pool for backends added at run time, without a reload.
 MIN_POOL_CAPACITY = 64
+MAX_POOL_CAPACITY = 65535  # Maglev table entries are 16-bit slot offsets
 
 
 def pool_capacity(n_backends: int) -> int:
-    return max(MIN_POOL_CAPACITY, 2 * n_backends)
+    return min(MAX_POOL_CAPACITY, max(MIN_POOL_CAPACITY, 2 * n_backends))
 
 
 def region_path(pid: int | None = None) -> str:
@@ -28,11 +29,13 @@ def create_for_config(config, n_rows: int, path: str | None = None) -> Shm:
     A backend starts up: until the checker has a verdict, an unchecked backend
     is given traffic (HAProxy does the same for servers without `check`).
     """
-    pools = [(name, pool_capacity(len(p.backends)), p.algorithm) for name, p in config.pools.items()]
+    pools = [(name, pool_capacity(len(p.backends)), p.algorithm, p.table_size, p.hash_key, p.balance_factor)
+             for name, p in config.pools.items()]
     shm = Shm.create(path or region_path(), pools, n_rows, os.getpid())
     for pool_index, pool in enumerate(config.pools.values()):
         for index, b in enumerate(pool.backends):
             shm.set_backend(pool_index, index, b.host, b.port, b.name, b.weight, b.backup)
+    shm.rebuild_changed()
     return shm
 
 

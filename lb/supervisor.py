@@ -251,6 +251,9 @@ class Supervisor:
                     self.stop_deadline = float("inf")
                 continue
             self._respawn_due()
+            # a weight or state change bumped a pool's generation: its Maglev
+            # table is rebuilt here, the tables' only writer
+            self.shm.rebuild_changed()
             if next_status is not None and time.monotonic() >= next_status:
                 self.on_status(self)
                 next_status = time.monotonic() + self.status_interval

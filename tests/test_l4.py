@@ -350,3 +350,57 @@ def test_ipv6_listener_and_backend(backends, run_lb):
     run_lb(lb_config(port, [backend], bind_host="::1"))
     with socket.create_connection(("::1", port), timeout=5) as s:
         assert s.makefile("rb").readline() == b"v6\n"
+
+
+def hello_name_from(port: int, source: str, timeout: float = 5.0) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0)) as s:
+        return s.makefile("rb").readline().decode().strip()
+
+
+def test_maglev_source_ip_pins_each_client_to_its_table_slot(backends, run_lb):
+    from lb._fastpath import hash64, maglev_table
+
+    servers = [backends(f"m{i}", hello=True) for i in range(3)]
+    port = free_port()
+    table_size = 251
+    run_lb(lb_config(port, servers, algorithm="maglev",
+                     pool_extra=f'hash_key = "source_ip"\ntable_size = {table_size}'))
+    names = [s.name for s in servers]
+    table = maglev_table(names, [100] * 3, table_size)
+    seen = set()
+    for last in range(1, 40):
+        source = f"127.0.0.{last}"
+        expected = names[table[hash64(socket.inet_aton(source)) % table_size]]
+        for _ in range(3):  # every connection of a client lands on the same backend
+            assert hello_name_from(port, source) == expected, source
+        seen.add(expected)
+    assert seen == set(names)
+
+
+def test_maglev_source_addr_spreads_one_client(backends, run_lb):
+    servers = [backends(f"m{i}", hello=True) for i in range(3)]
+    port = free_port()
+    run_lb(lb_config(port, servers, algorithm="maglev", pool_extra='hash_key = "source_addr"'))
+    names = {hello_name(port) for _ in range(60)}
+    assert names == {s.name for s in servers}
+
+
+def test_bounded_loads_spread_held_connections_of_one_key(backends, run_lb):
+    """Every connection has the same key; with balance_factor 1.25 none of the
+    three backends holds more than its bound, ceil(1.25 * total / 3)."""
+    servers = [backends(f"m{i}", hello=True) for i in range(3)]
+    port = free_port()
+    lb = run_lb(lb_config(port, servers, algorithm="maglev", workers=2,
+                          pool_extra='hash_key = "source_ip"\nbalance_factor = 1.25'))
+    held = []
+    try:
+        for total in range(1, 61):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            held.append(s)
+            s.makefile("rb").readline()
+            counts = [lb.backend_stats(i)["active"] for i in range(3)]
+            assert sum(counts) == total
+            assert max(counts) <= -(-125 * total // 300), counts
+    finally:
+        for s in held:
+            s.close()

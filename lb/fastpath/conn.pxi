@@ -220,6 +220,7 @@ cdef inline void conn_backend_take(lb_worker *w, lb_conn *c, int32_t slot) noexc
     c.slot = slot
     lb_add_i64(&w.bstats[slot].active, 1)
     lb_add_u64(&w.bstats[slot].total, 1)
+    lb_add_i64(&w.pstats_all[<uint64_t>w.row * w.hdr.n_pools + p.index].active, 1)
     if p.ops.take != NULL:
         p.ops.take(w, p, slot)
 
@@ -227,6 +228,7 @@ cdef inline void conn_backend_take(lb_worker *w, lb_conn *c, int32_t slot) noexc
 cdef inline void conn_backend_drop(lb_worker *w, lb_conn *c) noexcept nogil:
     cdef lb_pool_rt *p = &w.pools[c.pool]
     lb_add_i64(&w.bstats[c.slot].active, -1)
+    lb_add_i64(&w.pstats_all[<uint64_t>w.row * w.hdr.n_pools + p.index].active, -1)
     if p.ops.drop != NULL:
         p.ops.drop(w, p, c.slot)
     c.slot = -1

@@ -63,8 +63,9 @@ cdef void conn_connect(lb_worker *w, lb_conn *c) noexcept nogil:
     cdef int32_t slot
     cdef int fd
     cdef epoll_event ev
+    cdef uint64_t key = conn_key_hash(c, p.shm.hash_key)
     while c.tries <= <int32_t>p.retries:
-        slot = p.ops.pick(w, p, c)
+        slot = p.ops.pick(w, p, c, key)
         if slot < 0:
             break
         c.tried[c.tries] = slot

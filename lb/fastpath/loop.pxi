@@ -184,8 +184,52 @@ cdef int worker_loop(lb_worker *w) noexcept nogil:
 
 
 _SPLICE_MODES = {"never": SPLICE_NEVER, "auto": SPLICE_AUTO, "always": SPLICE_ALWAYS}
-_LB_OPS = {ALG_ROUNDROBIN: <size_t>&OPS_ROUNDROBIN, ALG_LEASTCONN: <size_t>&OPS_LEASTCONN}
+_LB_OPS = {ALG_ROUNDROBIN: <size_t>&OPS_ROUNDROBIN, ALG_LEASTCONN: <size_t>&OPS_LEASTCONN,
+           ALG_RANDOM: <size_t>&OPS_RANDOM, ALG_P2C: <size_t>&OPS_P2C, ALG_MAGLEV: <size_t>&OPS_MAGLEV}
 IMPLEMENTED_ALGORITHMS = frozenset(name for name, alg in ALGORITHMS.items() if alg in _LB_OPS)
+
+
+cdef int worker_attach(lb_worker *w, Shm shm, uint32_t row, uint64_t seed) except -1:
+    """Point a worker's state at the shared region and give it its own row."""
+    cdef shm_header *h = shm.hdr
+    if row >= h.n_rows:
+        raise ValueError(f"worker row {row} out of range")
+    w.row = row
+    w.n_rows = h.n_rows
+    w.hdr = h
+    w.base = shm.base
+    w.backends = <shm_backend *>(shm.base + h.backends_off)
+    w.stats = <shm_worker_stats *>(shm.base + h.wstats_off) + row
+    w.bstats_all = <shm_backend_stats *>(shm.base + h.bstats_off)
+    w.bstats = w.bstats_all + <uint64_t>row * h.n_slots
+    w.pstats_all = <shm_pool_stats *>(shm.base + h.pstats_off)
+    w.rng = seed
+    w.n_pools = h.n_pools
+    w.pools = <lb_pool_rt *>calloc(max(1, w.n_pools), sizeof(lb_pool_rt))
+    if w.pools == NULL:
+        raise MemoryError()
+    for i in range(w.n_pools):
+        pool_rt_init(w, &w.pools[i], shm, i)
+    return 0
+
+
+cdef int pool_rt_init(lb_worker *w, lb_pool_rt *p, Shm shm, uint32_t index) except -1:
+    p.shm = shm._pool(index)
+    p.index = index
+    p.algorithm = p.shm.algorithm
+    if p.algorithm not in _LB_OPS:
+        raise ValueError(f"pool {index}: algorithm {p.algorithm} is not available in this build")
+    p.ops = <lb_ops *><size_t>_LB_OPS[p.algorithm]
+    p.connect_timeout_ms = 3000
+    p.rr_generation = 0xffffffff
+    p.cand_generation = 0xffffffff
+    p.rr_cursor = w.row
+    p.rr_current = <int64_t *>calloc(p.shm.capacity, sizeof(int64_t))
+    p.cand = <int32_t *>calloc(p.shm.capacity, sizeof(int32_t))
+    p.cand_cum = <uint64_t *>calloc(p.shm.capacity, sizeof(uint64_t))
+    if p.rr_current == NULL or p.cand == NULL or p.cand_cum == NULL:
+        raise MemoryError()
+    return 0
 
 
 cdef class Worker:
@@ -207,47 +251,26 @@ cdef class Worker:
 
     def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
                  int64_t fd_limit=1024, double drain_timeout=30.0):
-        cdef shm_header *h = shm.hdr
         cdef lb_pool_rt *p
-        if row >= h.n_rows:
-            raise ValueError(f"worker row {row} out of range")
-        if len(pools) != h.n_pools:
+        if len(pools) != shm.hdr.n_pools:
             raise ValueError("one pool setting per shared-memory pool is needed")
         self.shm = shm
         w = &self.w
-        w.row = row
-        w.n_rows = h.n_rows
-        w.hdr = h
-        w.backends = <shm_backend *>(shm.base + h.backends_off)
-        w.stats = <shm_worker_stats *>(shm.base + h.wstats_off) + row
-        w.bstats_all = <shm_backend_stats *>(shm.base + h.bstats_off)
-        w.bstats = w.bstats_all + <uint64_t>row * h.n_slots
+        worker_attach(w, shm, row, int.from_bytes(_os.urandom(8), "little"))
         w.splice_mode = _SPLICE_MODES[splice]
         w.drain_timeout_ms = <uint64_t>(drain_timeout * 1000)
         # the fds this worker may use for connections and pipes
         w.fd_limit = fd_limit - FD_RESERVE
         w.fd_resume = w.fd_limit * 9 // 10
         w.free_pipes = <lb_pipe *>calloc(FREE_PIPES_MAX, sizeof(lb_pipe))
-        w.n_pools = len(pools)
-        w.pools = <lb_pool_rt *>calloc(max(1, w.n_pools), sizeof(lb_pool_rt))
         w.n_listeners = len(listeners)
         w.listeners = <lb_listener_rt *>calloc(max(1, w.n_listeners), sizeof(lb_listener_rt))
-        if w.free_pipes == NULL or w.pools == NULL or w.listeners == NULL:
+        if w.free_pipes == NULL or w.listeners == NULL:
             raise MemoryError()
         for i, (connect_timeout, retries) in enumerate(pools):
             p = &w.pools[i]
-            p.shm = shm._pool(i)
-            p.algorithm = p.shm.algorithm
-            if p.algorithm not in _LB_OPS:
-                raise ValueError(f"pool {i}: algorithm {p.algorithm} is not available in this build")
-            p.ops = <lb_ops *><size_t>_LB_OPS[p.algorithm]
             p.retries = retries
             p.connect_timeout_ms = max(1, <uint64_t>(connect_timeout * 1000))
-            p.rr_current = <int64_t *>calloc(max(1, p.shm.capacity), sizeof(int64_t))
-            p.rr_generation = 0xffffffff
-            p.rr_cursor = row
-            if p.rr_current == NULL:
-                raise MemoryError()
         for i, (fd, pool, idle_timeout) in enumerate(listeners):
             if not 0 <= pool < w.n_pools:
                 raise ValueError(f"listener {i}: pool index {pool} out of range")

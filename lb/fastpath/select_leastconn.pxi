@@ -7,7 +7,7 @@
 # the first candidate after a per-worker rotating cursor, so an idle pool is
 # spread round robin rather than all on slot 0.
 
-cdef int32_t lc_pick(lb_worker *w, lb_pool_rt *p, lb_conn *c) noexcept nogil:
+cdef int32_t lc_pick(lb_worker *w, lb_pool_rt *p, lb_conn *c, uint64_t key) noexcept nogil:
     cdef uint32_t first = p.shm.first_slot
     cdef uint32_t n = lb_load_u32(&p.shm.n_slots)
     cdef uint32_t k, i, start

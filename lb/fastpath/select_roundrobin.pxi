@@ -6,7 +6,7 @@
 # a a a a a b c). Backups are considered only when no primary is a candidate.
 # The state is reset when the pool's generation changes (weights or set changed).
 
-cdef int32_t rr_pick(lb_worker *w, lb_pool_rt *p, lb_conn *c) noexcept nogil:
+cdef int32_t rr_pick(lb_worker *w, lb_pool_rt *p, lb_conn *c, uint64_t key) noexcept nogil:
     cdef uint32_t first = p.shm.first_slot
     cdef uint32_t n = lb_load_u32(&p.shm.n_slots)
     cdef uint32_t gen = lb_acquire_u32(&p.shm.generation)

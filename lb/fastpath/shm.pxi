@@ -1,7 +1,9 @@
 # The shared-memory region (DESIGN.md section 2) and its Python accessors.
 #
 # Layout: header | pools[n_pools] | backends[n_slots] | worker stats[n_rows]
-#         | backend stats[n_rows][n_slots]. Every part starts on a 64-byte line.
+#         | backend stats[n_rows][n_slots] | pool stats[n_rows][n_pools]
+#         | maglev tables (2 x table_size uint16 per maglev pool).
+# Every part starts on a 64-byte line.
 
 import os as _os
 import socket as _socket
@@ -11,10 +13,13 @@ ALGORITHMS = {"roundrobin": ALG_ROUNDROBIN, "leastconn": ALG_LEASTCONN,
 ADMIN_STATES = {"ready": ADMIN_READY, "drain": ADMIN_DRAIN, "maint": ADMIN_MAINT}
 _ADMIN_NAMES = {v: k for k, v in ADMIN_STATES.items()}
 HEALTH_STATES = {"up": HEALTH_UP, "down": HEALTH_DOWN}
+HASH_KEYS = {"source_ip": HK_SOURCE_IP, "source_addr": HK_SOURCE_ADDR}
+MAX_POOL_CAPACITY = 65535
 _HEALTH_NAMES = {v: k for k, v in HEALTH_STATES.items()}
 
 assert sizeof(shm_header) == 256
-assert sizeof(shm_pool) == 64
+assert sizeof(shm_pool) == 128
+assert sizeof(shm_pool_stats) == 64
 assert sizeof(shm_backend) == 128
 assert sizeof(shm_worker_stats) == 128
 assert sizeof(shm_backend_stats) == 64
@@ -40,14 +45,27 @@ cdef class Shm:
 
     @staticmethod
     def create(str path, pools, int n_rows, int supervisor_pid=0):
-        """pools: sequence of (name, capacity, algorithm name)."""
+        """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
+        balance_factor); table_size counts only for maglev, hash_key is a config
+        hash_key string (keys the tcp path cannot compute hash to nothing)."""
         cdef uint64_t n_pools = len(pools)
-        cdef uint64_t n_slots = sum(cap for _, cap, _ in pools)
+        cdef uint64_t n_slots = sum(spec[1] for spec in pools)
+        for spec in pools:
+            if not 0 < spec[1] <= MAX_POOL_CAPACITY:
+                raise ValueError(f"pool {spec[0]!r}: capacity {spec[1]} out of range 1..{MAX_POOL_CAPACITY}")
         cdef uint64_t pools_off = _line(sizeof(shm_header))
         cdef uint64_t backends_off = _line(pools_off + n_pools * sizeof(shm_pool))
         cdef uint64_t wstats_off = _line(backends_off + n_slots * sizeof(shm_backend))
         cdef uint64_t bstats_off = _line(wstats_off + n_rows * sizeof(shm_worker_stats))
-        cdef uint64_t total = _line(bstats_off + n_rows * n_slots * sizeof(shm_backend_stats))
+        cdef uint64_t pstats_off = _line(bstats_off + n_rows * n_slots * sizeof(shm_backend_stats))
+        cdef uint64_t tables_off = _line(pstats_off + n_rows * n_pools * sizeof(shm_pool_stats))
+        cdef uint64_t total = tables_off
+        table_offsets = []
+        for name, cap, algorithm, table_size, hash_key, balance in pools:
+            table_offsets.append(total)
+            if algorithm == "maglev":
+                total = _line(total + 2 * table_size * sizeof(uint16_t))
+        total = _line(total)
         cdef bytes bpath = path.encode()
         cdef int fd = open(bpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         if fd < 0:
@@ -70,13 +88,21 @@ cdef class Shm:
         h.backends_off = backends_off
         h.wstats_off = wstats_off
         h.bstats_off = bstats_off
+        h.pstats_off = pstats_off
+        h.tables_off = tables_off
         cdef uint32_t first = 0
         cdef shm_pool *p
-        for i, (name, cap, algorithm) in enumerate(pools):
+        for i, (name, cap, algorithm, table_size, hash_key, balance) in enumerate(pools):
             p = self._pool(i)
             p.first_slot = first
             p.capacity = cap
             p.algorithm = ALGORITHMS[algorithm]
+            p.hash_key = HASH_KEYS.get(hash_key, HK_NONE)
+            p.balance_milli = <uint32_t>round(balance * 1000) if balance > 1 else 0
+            if algorithm == "maglev":
+                p.table_size = table_size
+                p.table_off = table_offsets[i]
+                memset(self.base + p.table_off, 0xff, 2 * table_size * sizeof(uint16_t))
             bname = name.encode()[:39]
             memcpy(p.name, <char *>bname, len(bname))
             first += cap
@@ -270,6 +296,65 @@ cdef class Shm:
             "stopping": bool(lb_load_u64(&s.stopping)),
         }
 
+    def pool_active(self, uint32_t pool):
+        """Active connections of a pool, summed over every worker row."""
+        self._pool(pool)
+        cdef shm_pool_stats *ps = <shm_pool_stats *>(self.base + self.hdr.pstats_off)
+        return sum(lb_load_i64(&ps[<uint64_t>row * self.hdr.n_pools + pool].active)
+                   for row in range(self.hdr.n_rows))
+
+    # -- maglev tables; writer: supervisor --
+    def rebuild_table(self, uint32_t pool):
+        """Build the pool's Maglev table from its usable backends into the
+        inactive half, then flip: readers never lock and never see a half table."""
+        cdef shm_pool *p = self._pool(pool)
+        if p.table_size == 0:
+            return False
+        cdef uint32_t gen = lb_acquire_u32(&p.generation)
+        cdef uint32_t half = (p.table_gen + 1) & 1
+        cdef uint16_t *table = <uint16_t *>(self.base + p.table_off) + half * p.table_size
+        cdef shm_backend *backends = <shm_backend *>(self.base + self.hdr.backends_off) + p.first_slot
+        cdef mg_entry *entries = <mg_entry *>calloc(max(1, p.n_slots), sizeof(mg_entry))
+        cdef uint32_t n = 0, i
+        cdef uint8_t backup
+        if entries == NULL:
+            raise MemoryError()
+        # the usable primaries; only when there is none, the usable backups
+        for backup in range(2):
+            for i in range(p.n_slots):
+                if backend_usable(&backends[i]) and backends[i].backup == backup:
+                    entries[n].name = backends[i].name
+                    entries[n].weight = lb_load_u32(&backends[i].eff_weight)
+                    entries[n].id = i
+                    n += 1
+            if n:
+                break
+        with nogil:
+            p.table_weight[half] = maglev_fill(entries, n, p.table_size, table)
+        free(entries)
+        lb_store_u32(&p.table_built_from, gen)
+        lb_release_u32(&p.table_gen, p.table_gen + 1)
+        return True
+
+    def rebuild_changed(self):
+        """Rebuild every Maglev table whose pool changed since its last build."""
+        rebuilt = []
+        for i in range(self.hdr.n_pools):
+            p = self._pool(i)
+            if p.table_size and (p.table_gen == 0 or
+                                 lb_load_u32(&p.table_built_from) != lb_acquire_u32(&p.generation)):
+                self.rebuild_table(i)
+                rebuilt.append(i)
+        return rebuilt
+
+    def table(self, uint32_t pool):
+        """The live Maglev table: slot offsets within the pool, -1 for empty."""
+        cdef shm_pool *p = self._pool(pool)
+        if p.table_size == 0:
+            return []
+        cdef uint16_t *t = <uint16_t *>(self.base + p.table_off) + (lb_acquire_u32(&p.table_gen) & 1) * p.table_size
+        return [-1 if t[i] == TABLE_EMPTY else t[i] for i in range(p.table_size)]
+
     def reset_row_gauges(self, uint32_t row):
         """After a worker died: its connections died with it, so its gauges are
         stale. Only the supervisor calls this, and only once the writer is reaped."""
@@ -280,3 +365,6 @@ cdef class Shm:
         lb_store_u64(&s.stopping, 0)
         for slot in range(self.hdr.n_slots):
             lb_store_i64(&self._bstats(row, slot).active, 0)
+        cdef shm_pool_stats *ps = <shm_pool_stats *>(self.base + self.hdr.pstats_off)
+        for pool in range(self.hdr.n_pools):
+            lb_store_i64(&ps[<uint64_t>row * self.hdr.n_pools + pool].active, 0)
