@@ -68,9 +68,27 @@ POOL_KEYS = (
     "connect_timeout",
     "retries",
     "health",
+    "passive",
     "backends",
 )
-HEALTH_KEYS = ("type", "path", "expect_status", "interval", "timeout", "rise", "fall", "slowstart")
+HEALTH_KEYS = (
+    "type",
+    "path",
+    "expect_status",
+    "interval",
+    "timeout",
+    "rise",
+    "fall",
+    "slowstart",
+    "method",
+    "host",
+    "expect_body",
+    "fast_interval",
+    "down_interval",
+)
+PASSIVE_KEYS = ("consecutive_failures", "eject_time", "max_ejected_percent")
+MAX_BACKENDS_PER_POOL = 32767  # a pool's slots (twice its backends) are 16-bit in Maglev tables
+MAX_EXPECT_BODY = 1024  # bytes; an http check reads at most 16 KiB of the response
 BACKEND_KEYS = ("address", "name", "weight", "backup")
 
 
@@ -123,6 +141,20 @@ class Health:
     rise: int
     fall: int
     slowstart: float
+    method: str = "GET"
+    host: str = ""  # Host header of http checks; "" = the backend's address
+    expect_body: str = ""  # a substring the response must contain; "" = any
+    fast_interval: float = 0.0  # while a backend is changing state; 0 = interval
+    down_interval: float = 0.0  # while a backend is down; 0 = interval
+
+
+@dataclasses.dataclass(frozen=True)
+class Passive:
+    """Outlier ejection from the workers' own connect failures."""
+
+    consecutive_failures: int = 5  # 0 = off
+    eject_time: float = 30.0
+    max_ejected_percent: int = 50
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,6 +169,7 @@ class Pool:
     retries: int
     health: Health
     backends: tuple[Backend, ...]
+    passive: Passive = Passive()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -567,15 +600,49 @@ def _parse_health(t: _Table, warnings: list[str]) -> Health:
         rise=t.integer("rise", 2, 1, 100),
         fall=t.integer("fall", 3, 1, 100),
         slowstart=t.duration("slowstart", "0s"),
+        method=_parse_method(t.string("method", "GET"), t.path_of("method")),
+        host=_parse_check_host(t.string("host", ""), t.path_of("host")),
+        expect_body=t.string("expect_body", ""),
+        fast_interval=t.duration("fast_interval", "0s"),
+        down_interval=t.duration("down_interval", "0s"),
     )
+    if len(health.expect_body.encode()) > MAX_EXPECT_BODY:
+        raise ConfigError(t.path_of("expect_body"), f"longer than {MAX_EXPECT_BODY} bytes")
+    for key in ("fast_interval", "down_interval"):
+        if t.has(key) and getattr(health, key) < MIN_TIMEOUT:
+            raise ConfigError(t.path_of(key), "must be at least 1ms")
     if health.type != "http":
-        _warn_set_but_unused(t, ("path", "expect_status"), 'type = "http"', warnings)
+        _warn_set_but_unused(t, ("path", "expect_status", "method", "host", "expect_body"), 'type = "http"', warnings)
     if health.type != "none" and health.timeout > health.interval:
         warnings.append(
             f"{t.path_of('timeout')}: {_format_seconds(health.timeout)} is longer than "
             f"the interval ({_format_seconds(health.interval)}) between checks"
         )
     return health
+
+
+_METHOD = re.compile(r"[A-Z][A-Z-]{0,31}")
+_HOST_HEADER = re.compile(r"[A-Za-z0-9.:\[\]_-]{1,253}")
+
+
+def _parse_method(value: str, path: str) -> str:
+    if not _METHOD.fullmatch(value):
+        raise ConfigError(path, f"invalid HTTP method {value!r} (e.g. \"GET\", \"HEAD\")")
+    return value
+
+
+def _parse_check_host(value: str, path: str) -> str:
+    if value and not _HOST_HEADER.fullmatch(value):
+        raise ConfigError(path, f"invalid Host header value {value!r}")
+    return value
+
+
+def _parse_passive(t: _Table) -> Passive:
+    return Passive(
+        consecutive_failures=t.integer("consecutive_failures", 5, 0, 1000),
+        eject_time=t.duration("eject_time", "30s", MIN_TIMEOUT),
+        max_ejected_percent=t.integer("max_ejected_percent", 50, 0, 100),
+    )
 
 
 def _warn_set_but_unused(t: _Table, keys: tuple[str, ...], condition: str, warnings: list[str]) -> None:
@@ -646,8 +713,11 @@ def _parse_pool(name: str, t: _Table, warnings: list[str]) -> Pool:
         connect_timeout=t.duration("connect_timeout", "3s", MIN_TIMEOUT),
         retries=t.integer("retries", 2, 0, 10),
         health=_parse_health(t.table("health", HEALTH_KEYS), warnings),
+        passive=_parse_passive(t.table("passive", PASSIVE_KEYS)),
         backends=_parse_backends(t),
     )
+    if len(pool.backends) > MAX_BACKENDS_PER_POOL:
+        raise ConfigError(t.path_of("backends"), f"{len(pool.backends)} backends; at most {MAX_BACKENDS_PER_POOL}")
     if pool.algorithm == "maglev":
         _warn_small_maglev_table(pool, t.path_of("table_size"), warnings)
     else:

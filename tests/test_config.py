@@ -83,6 +83,16 @@ retries = 0
   rise = 1
   fall = 5
   slowstart = "1m"
+  method = "HEAD"
+  host = "app.internal"
+  expect_body = "ok"
+  fast_interval = "1s"
+  down_interval = "10s"
+
+  [pools.app.passive]
+  consecutive_failures = 3
+  eject_time = "10s"
+  max_ejected_percent = 30
 
   [[pools.app.backends]]
   address = "10.0.0.11:8080"
@@ -135,7 +145,14 @@ def test_full_config_loads_every_key():
         rise=1,
         fall=5,
         slowstart=60.0,
+        method="HEAD",
+        host="app.internal",
+        expect_body="ok",
+        fast_interval=1.0,
+        down_interval=10.0,
     )
+    assert app.passive == config.Passive(consecutive_failures=3, eject_time=10.0, max_ejected_percent=30)
+    assert cfg.pools["api"].passive == config.Passive()
     assert app.backends == (
         config.Backend("10.0.0.11:8080", "10.0.0.11", 8080, socket.AF_INET, "app1", 0, True),
         config.Backend("[2001:db8::12]:8080", "2001:db8::12", 8080, socket.AF_INET6, "[2001:db8::12]:8080", 100, False),
@@ -168,6 +185,7 @@ def _contract_keys() -> set[str]:
         "listeners.*.routes": config.ROUTE_KEYS,
         "pools.*": config.POOL_KEYS,
         "pools.*.health": config.HEALTH_KEYS,
+        "pools.*.passive": config.PASSIVE_KEYS,
         "pools.*.backends": config.BACKEND_KEYS,
     }
     return {f"{section}.{key}" for section, keys in sections.items() for key in keys}
@@ -361,6 +379,11 @@ BAD = [
     (_cfg(tail="[pools.app.health]\nrise = 0"), "pools.app.health.rise", "out of range"),
     (_cfg(tail="[pools.app.health]\nfall = 101"), "pools.app.health.fall", "out of range"),
     (_cfg(tail='[pools.app.health]\nslowstart = "-1s"'), "pools.app.health.slowstart", "invalid duration"),
+    (_cfg(tail='[pools.app.health]\nmethod = "get me"'), "pools.app.health.method", "invalid HTTP method"),
+    (_cfg(tail='[pools.app.health]\nhost = "a b"'), "pools.app.health.host", "invalid Host"),
+    (_cfg(tail='[pools.app.health]\nfast_interval = "0s"'), "pools.app.health.fast_interval", "at least"),
+    (_cfg(tail='[pools.app.passive]\nmax_ejected_percent = 101'), "pools.app.passive.max_ejected_percent", "101"),
+    (_cfg(tail='[pools.app.passive]\nconsecutive_failure = 3'), "pools.app.passive.consecutive_failure", "consecutive_failures"),
     (_cfg(tail="[pools.app.health]\nhelth = 1"), "pools.app.health.helth", "unknown key"),
     # backends
     (_cfg().split("[[pools.app.backends]]")[0], "pools.app.backends", "no backends"),
