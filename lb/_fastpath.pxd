@@ -26,6 +26,17 @@ cdef enum:
     HEALTH_UP = 0
     HEALTH_DOWN = 1
 
+# Why a backend is down, or how its last check went (shm_backend.down_reason,
+# last_result). 0 is "passed".
+cdef enum:
+    REASON_NONE = 0
+    REASON_CONNECT = 1               # refused, reset or unreachable (last_errno says which)
+    REASON_TIMEOUT = 2
+    REASON_STATUS = 3                # http status outside expect_status (last_status)
+    REASON_BODY = 4                  # expect_body not found
+    REASON_PROTOCOL = 5              # not an HTTP response
+    REASON_PASSIVE = 6               # ejected: workers' connects kept failing
+
 # Hash keys (shm_pool.hash_key).
 cdef enum:
     HK_NONE = 0
@@ -85,7 +96,7 @@ cdef struct shm_pool_stats:          # 64 bytes, [row][pool]; writer: the row's 
     int64_t active                   # connections open to any backend of the pool
     uint64_t _pad[7]
 
-cdef struct shm_backend:             # 128 bytes
+cdef struct shm_backend:             # 192 bytes
     uint32_t seq                     # writer: supervisor; seqlock over family/port/addr/name (odd = being written)
     uint8_t in_use                   # writer: supervisor
     uint8_t backup                   # writer: supervisor
@@ -97,7 +108,18 @@ cdef struct shm_backend:             # 128 bytes
     uint32_t eff_weight              # writer: supervisor, weight in effect (slow start scales it)
     uint8_t addr[16]                 # writer: supervisor, network order (4 bytes used for IPv4)
     char name[LB_NAME_LEN]           # writer: supervisor
-    uint8_t _pad[28]
+    # health detail, kept here so a respawned checker goes on where the last one was
+    uint8_t check_oks                # writer: checker; passed checks in a row while down
+    uint8_t check_fails              # writer: checker; failed checks in a row while up
+    uint8_t down_reason              # writer: checker; REASON_* of the last up -> down
+    uint8_t eject_count              # writer: checker; passive ejections in a row (backoff)
+    uint16_t last_status             # writer: checker; status of the last http check
+    uint16_t last_errno              # writer: checker; errno of the last failed connect
+    uint32_t last_latency_us         # writer: checker; duration of the last check
+    uint32_t last_result             # writer: checker; REASON_* of the last check (0 = passed)
+    uint64_t up_since_ms             # writer: checker; monotonic ms of the last down -> up (slow start)
+    uint64_t eject_until_ms          # writer: checker; passive ejection ends then (monotonic ms)
+    uint8_t _pad[56]
 
 cdef struct shm_worker_stats:        # 128 bytes, one row per worker; writer: that worker
     uint64_t pid

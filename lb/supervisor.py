@@ -17,6 +17,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from lb import checker as checker_mod
 from lb import shm as shm_mod
 from lb import worker as worker_mod
 
@@ -30,12 +31,18 @@ BACKOFF_MIN = 0.5
 BACKOFF_MAX = 30.0
 # After SIGINT (fast stop), how long workers get before SIGKILL.
 FAST_STOP_GRACE = 2.0
+# The supervisor's turn: Maglev rebuilds after health changes and slow-start
+# steps happen at most this late.
+TICK = 0.1
+# Slow start begins at this fraction of the weight and moves in steps of it.
+SLOWSTART_STEP = 0.05
 
 
 @dataclass
 class WorkerSlot:
-    """One worker position: its listening sockets and counter row outlive the
-    processes that fill it, so a respawned worker serves the same accept queues."""
+    """One child position (a worker, or the checker with index -1): its listening
+    sockets and counter row outlive the processes that fill it, so a respawned
+    worker serves the same accept queues."""
 
     index: int
     row: int
@@ -45,6 +52,10 @@ class WorkerSlot:
     deaths: collections.deque = field(default_factory=lambda: collections.deque(maxlen=CRASH_LIMIT))
     respawn_at: float = 0.0
     restarts: int = 0
+
+    @property
+    def name(self) -> str:
+        return "checker" if self.index < 0 else f"worker {self.index}"
 
     @property
     def crash_looping(self) -> bool:
@@ -87,6 +98,7 @@ class Supervisor:
         self.status_interval = status_interval
         self.on_status = on_status
         self.slots: list[WorkerSlot] = []
+        self.checker = WorkerSlot(index=-1, row=-1, sockets=[])
         self.shm = None
         self.started = time.time()
         self.stopping = None  # None, "graceful" or "fast"
@@ -115,8 +127,12 @@ class Supervisor:
         binds = ", ".join(str(b) for l in self.config.listeners.values() for b in l.bind)
         log.info("starting: %d worker(s), listening on %s, RLIMIT_NOFILE %d, shm %s",
                  self.n_workers, binds, nofile, self.shm.path)
-        for slot in self.slots:
+        for slot in self.children:
             self._spawn(slot)
+
+    @property
+    def children(self) -> list[WorkerSlot]:
+        return [*self.slots, self.checker]
 
     def _install_signals(self) -> None:
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -130,19 +146,23 @@ class Supervisor:
     # ---- workers --------------------------------------------------------------
 
     def _spawn(self, slot: WorkerSlot) -> None:
-        self.shm.reset_row_gauges(slot.row)
+        if slot.row >= 0:
+            self.shm.reset_row_gauges(slot.row)
         keep = [s.fileno() for s, _ in slot.sockets]
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = worker_mod.child_main(self, slot, keep)
+                if slot.index < 0:
+                    code = checker_mod.child_main(self)
+                else:
+                    code = worker_mod.child_main(self, slot, keep)
             finally:
                 os._exit(code)
         slot.pid = pid
         slot.started = time.monotonic()
         slot.respawn_at = 0.0
-        log.info("worker %d started: pid %d", slot.index, pid)
+        log.info("%s started: pid %d", slot.name, pid)
 
     def _reap(self) -> None:
         while True:
@@ -152,13 +172,13 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            slot = next((s for s in self.slots if s.pid == pid), None)
+            slot = next((s for s in self.children if s.pid == pid), None)
             if slot is None:
                 continue
             slot.pid = 0
             how = self._describe_exit(status)
             if self.stopping:
-                log.info("worker %d (pid %d) exited: %s", slot.index, pid, how)
+                log.info("%s (pid %d) exited: %s", slot.name, pid, how)
                 continue
             now = time.monotonic()
             slot.deaths.append(now)
@@ -166,11 +186,11 @@ class Supervisor:
             if slot.crash_looping:
                 backoff = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** max(0, slot.restarts - CRASH_LIMIT))
                 slot.respawn_at = now + backoff
-                log.error("worker %d (pid %d) died: %s; crash loop, respawning in %.1fs",
-                          slot.index, pid, how, backoff)
+                log.error("%s (pid %d) died: %s; crash loop, respawning in %.1fs",
+                          slot.name, pid, how, backoff)
             else:
                 slot.restarts = min(slot.restarts, CRASH_LIMIT)
-                log.warning("worker %d (pid %d) died: %s; respawning", slot.index, pid, how)
+                log.warning("%s (pid %d) died: %s; respawning", slot.name, pid, how)
                 self._spawn(slot)
 
     @staticmethod
@@ -181,7 +201,7 @@ class Supervisor:
 
     def _respawn_due(self) -> None:
         now = time.monotonic()
-        for slot in self.slots:
+        for slot in self.children:
             if slot.pid == 0 and slot.respawn_at and now >= slot.respawn_at:
                 self._spawn(slot)
 
@@ -203,7 +223,7 @@ class Supervisor:
         self._signal_workers(signal.SIGINT if fast else signal.SIGTERM)
 
     def _signal_workers(self, sig: int) -> None:
-        for slot in self.slots:
+        for slot in self.children:
             if slot.pid:
                 try:
                     os.kill(slot.pid, sig)
@@ -229,10 +249,10 @@ class Supervisor:
         next_status = time.monotonic() + self.status_interval if self.status_interval else None
         while True:
             now = time.monotonic()
-            timeout = 1.0
+            timeout = TICK
             if next_status is not None:
                 timeout = min(timeout, max(0.0, next_status - now))
-            for slot in self.slots:
+            for slot in self.children:
                 if slot.pid == 0 and slot.respawn_at:
                     timeout = min(timeout, max(0.0, slot.respawn_at - now))
             sel.select(timeout)
@@ -243,7 +263,7 @@ class Supervisor:
                 pass
             self._handle_signals()
             if self.stopping:
-                if all(s.pid == 0 for s in self.slots):
+                if all(s.pid == 0 for s in self.children):
                     return
                 if time.monotonic() >= self.stop_deadline:
                     log.warning("workers still running after the stop deadline: killing them")
@@ -251,6 +271,7 @@ class Supervisor:
                     self.stop_deadline = float("inf")
                 continue
             self._respawn_due()
+            self._slow_start()
             # a weight or state change bumped a pool's generation: its Maglev
             # table is rebuilt here, the tables' only writer
             self.shm.rebuild_changed()
@@ -271,9 +292,36 @@ class Supervisor:
                 log.warning("SIGHUP: live reload is not part of this build yet; config unchanged")
         self._reap()
 
+    def _slow_start(self) -> None:
+        """Writer of eff_weight: after down -> up, ramp a backend's weight in
+        effect from SLOWSTART_STEP of its weight to all of it over `slowstart`,
+        in steps of SLOWSTART_STEP, so tables are rebuilt at most 20 times a ramp.
+        A backend that is down already waits at the first step, so it comes back
+        at the bottom of its ramp without one pick at full weight."""
+        now_ms = time.monotonic() * 1000  # CLOCK_MONOTONIC, the checker's clock
+        for pi, pool in enumerate(self.config.pools.values()):
+            ramp_ms = pool.health.slowstart * 1000
+            if not ramp_ms:
+                continue
+            for bi in range(len(pool.backends)):
+                b = self.shm.backend(pi, bi)
+                if not b["in_use"]:
+                    continue
+                weight = b["weight"]
+                if b["health"] == "down":
+                    fraction = SLOWSTART_STEP
+                elif b["up_since_ms"] and now_ms - b["up_since_ms"] < ramp_ms:
+                    elapsed = (now_ms - b["up_since_ms"]) / ramp_ms
+                    fraction = max(SLOWSTART_STEP, SLOWSTART_STEP * int(elapsed / SLOWSTART_STEP))
+                else:
+                    fraction = 1.0
+                eff = max(1, round(weight * fraction)) if weight else 0
+                if eff != b["eff_weight"]:
+                    self.shm.set_weight(pi, bi, weight, eff)
+
     def _cleanup(self) -> None:
         self._signal_workers(signal.SIGKILL)
-        for slot in self.slots:
+        for slot in self.children:
             if slot.pid:
                 try:
                     os.waitpid(slot.pid, 0)
@@ -302,11 +350,35 @@ class Supervisor:
                 info = self.shm.backend(pi, bi)
                 info.update(self.shm.backend_stats(pi, bi))
                 backends[b.name] = info
-            pools[name] = {"algorithm": pool.algorithm, "backends": backends}
+            pools[name] = {"algorithm": pool.algorithm, "backends": backends,
+                           "empty_because": empty_because(backends)}
         workers = []
         for slot in self.slots:
             stats = self.shm.worker_stats(slot.row)
             stats.update(index=slot.index, pid=slot.pid, restarts=slot.restarts,
                          crash_loop=slot.crash_looping)
             workers.append(stats)
-        return {"uptime": time.time() - self.started, "pools": pools, "workers": workers}
+        checker = {"pid": self.checker.pid, "restarts": self.checker.restarts,
+                   "crash_loop": self.checker.crash_looping}
+        return {"uptime": time.time() - self.started, "pools": pools, "workers": workers,
+                "checker": checker}
+
+
+def empty_because(backends: dict) -> str | None:
+    """None while a pool has a backend to pick; else why not, per backend, for
+    `lb status` (a tcp listener closes new connections of such a pool at once)."""
+    from lb.checker import describe
+
+    reasons = []
+    for name, b in backends.items():
+        if not b["in_use"]:
+            continue
+        if b["admin"] == "ready" and b["health"] == "up" and b["eff_weight"] > 0:
+            return None
+        if b["admin"] != "ready":
+            reasons.append(f"{name} {b['admin']}")
+        elif b["health"] == "down":
+            reasons.append(f"{name} down ({describe(b['down_reason'], b['last_status'], b['last_errno'], b['last_latency_us'])})")
+        else:
+            reasons.append(f"{name} weight 0")
+    return "no backend can take connections: " + (", ".join(reasons) or "the pool has no backends")

@@ -19,14 +19,14 @@ PR_SET_PDEATHSIG = 1
 LOOP_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
 
-def _prctl(option: int, arg) -> None:
+def prctl(option: int, arg) -> None:
     try:
         ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0)
     except (OSError, AttributeError):
         pass
 
 
-def _detach_from_supervisor(sup, keep: list[int]) -> None:
+def detach_from_supervisor(sup, keep: list[int]) -> None:
     """Undo what the fork copied from the supervisor: its signal handling, its
     wakeup pipe, and the listening sockets of the other worker slots."""
     signal.set_wakeup_fd(-1)
@@ -46,10 +46,10 @@ def _detach_from_supervisor(sup, keep: list[int]) -> None:
 def child_main(sup, slot, keep: list[int]) -> int:
     """Entry point in the forked child. Returns the exit code."""
     try:
-        _detach_from_supervisor(sup, keep)
+        detach_from_supervisor(sup, keep)
         # a worker must not outlive a supervisor that was killed outright
-        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        _prctl(PR_SET_NAME, f"lb-worker-{slot.index}".encode())
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        prctl(PR_SET_NAME, f"lb-worker-{slot.index}".encode())
         if os.getppid() == 1:
             return 0
         config = sup.config

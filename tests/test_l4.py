@@ -178,8 +178,10 @@ def test_refused_backend_is_skipped(backends, run_lb):
     for i in range(200):
         assert hello_name(port) == "live", f"connection {i}"
     dead = lb.backend_stats(0)
-    assert dead["connect_errors"] >= 90  # round robin keeps offering it; each try is refused
-    assert dead["active"] == 0
+    # each try was refused until passive health ejected it (5 failures in a row)
+    assert dead["connect_errors"] >= 5 and dead["active"] == 0
+    info = lb.shm.backend(0, 0)
+    assert (info["health"], info["down_reason"]) == ("down", 6), info  # REASON_PASSIVE
     assert lb.backend_stats(1)["total"] == 200
 
 

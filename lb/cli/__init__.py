@@ -12,11 +12,12 @@ def main():
 
 
 def _register():
-    from lb.cli import check, run
+    from lb.cli import check, pool, run
 
     main.add_command(check.check)
     main.add_command(run.run)
     main.add_command(run.demo)
+    main.add_command(pool.pool)
 
 
 _register()

@@ -20,7 +20,7 @@ _HEALTH_NAMES = {v: k for k, v in HEALTH_STATES.items()}
 assert sizeof(shm_header) == 256
 assert sizeof(shm_pool) == 128
 assert sizeof(shm_pool_stats) == 64
-assert sizeof(shm_backend) == 128
+assert sizeof(shm_backend) == 192
 assert sizeof(shm_worker_stats) == 128
 assert sizeof(shm_backend_stats) == 64
 
@@ -261,6 +261,12 @@ cdef class Shm:
             "backup": bool(lb_load_u8(&b.backup)),
             "admin": _ADMIN_NAMES[lb_load_u8(&b.admin)],
             "health": _HEALTH_NAMES[lb_load_u8(&b.health)],
+            "down_reason": b.down_reason, "last_result": b.last_result,
+            "last_status": b.last_status, "last_errno": b.last_errno,
+            "last_latency_us": b.last_latency_us, "check_oks": b.check_oks,
+            "check_fails": b.check_fails, "eject_count": b.eject_count,
+            "up_since_ms": lb_load_u64(&b.up_since_ms),
+            "eject_until_ms": lb_load_u64(&b.eject_until_ms),
         }
 
     def backend_stats(self, uint32_t pool, uint32_t index):

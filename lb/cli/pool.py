@@ -1,0 +1,76 @@
+"""`lb pool`: commands about one pool. `simulate` previews a change to it."""
+
+import json
+import sys
+
+import click
+
+from lb import config
+
+EXIT_CONFIG = 2  # the project's exit code for usage and config errors
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(EXIT_CONFIG)
+
+
+@click.group()
+def pool() -> None:
+    """Commands about one pool of backends."""
+
+
+@pool.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="FILE",
+    default="/etc/lb/lb.toml",
+    show_default=True,
+    envvar="LB_CONFIG",
+    help="Config file with the pool; the LB_CONFIG environment variable sets it too.",
+)
+@click.argument("pool_name", metavar="POOL")
+@click.option("--remove", "remove", metavar="NAME", multiple=True, help="Remove this backend (by name or address). Repeatable.")
+@click.option(
+    "--add", "add", metavar="ADDR[=WEIGHT]", multiple=True,
+    help="Add a backend named by its address, weight 100 unless given. Repeatable.",
+)
+@click.option("--weight", "weight", metavar="NAME=W", multiple=True, help="Set a backend's weight (0..1000). Repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
+def simulate(config_path: str, pool_name: str, remove: tuple[str, ...], add: tuple[str, ...],
+             weight: tuple[str, ...], as_json: bool) -> None:
+    """Preview a change to POOL: which share of flows would move.
+
+    Changes apply in this order: --remove, --add, --weight. For a maglev pool
+    both tables are built (table_size from the pool) and compared: the fraction
+    of slots, and so of flows, that move; how much of that is not forced (flows
+    moved away from backends that stay); each backend's share before and
+    after; max/avg share. For other algorithms traffic follows the weights, so
+    only the weight shares are shown. Nothing runs or connects: the preview
+    reads the config file, with every backend taken as up.
+
+    With --json the keys are moved_fraction, unforced_moved_fraction (null for
+    unhashed pools), max_over_avg_before, max_over_avg_after and shares
+    (name -> [before, after]); fractions are 0..1.
+    """
+    from lb import simulate as sim
+
+    try:
+        cfg = config.load(config_path)
+    except config.ConfigError as e:
+        _fail(str(e))
+    if pool_name not in cfg.pools:
+        known = ", ".join(cfg.pools) or "none"
+        _fail(f"{cfg.source}: no pool {pool_name!r} (pools: {known})")
+    try:
+        adds = [sim.parse_add(text) for text in add]
+        weights = [sim.parse_weight(text) for text in weight]
+        report = sim.simulate(cfg.pools[pool_name], remove=remove, add=adds, weights=weights)
+    except sim.SimulateError as e:
+        _fail(str(e))
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    click.echo(sim.format_report(report))
