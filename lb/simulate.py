@@ -60,7 +60,9 @@ def parse_add(text: str) -> tuple[str, int]:
         raise SimulateError(f"--add {text}: expected HOST:PORT[=WEIGHT], e.g. 10.0.0.5:8080=100")
     name_bytes = len(addr.encode("utf-8"))
     if name_bytes > config.MAX_NAME_BYTES or not addr.isprintable():
-        raise SimulateError(f"--add {text}: not a usable backend name (printable, at most {config.MAX_NAME_BYTES} bytes)")
+        raise SimulateError(
+            f"--add {text}: not a usable backend name (printable, at most {config.MAX_NAME_BYTES} bytes)"
+        )
     weight = _check_weight(weight_text, f"--add {text}") if sep else DEFAULT_WEIGHT
     return addr, weight
 

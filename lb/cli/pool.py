@@ -32,12 +32,18 @@ def pool() -> None:
     help="Config file with the pool; the LB_CONFIG environment variable sets it too.",
 )
 @click.argument("pool_name", metavar="POOL")
-@click.option("--remove", "remove", metavar="NAME", multiple=True, help="Remove this backend (by name or address). Repeatable.")
+@click.option(
+    "--remove", "remove", metavar="NAME", multiple=True,
+    help="Remove this backend (by name or address). Repeatable.",
+)
 @click.option(
     "--add", "add", metavar="ADDR[=WEIGHT]", multiple=True,
     help="Add a backend named by its address, weight 100 unless given. Repeatable.",
 )
-@click.option("--weight", "weight", metavar="NAME=W", multiple=True, help="Set a backend's weight (0..1000). Repeatable.")
+@click.option(
+    "--weight", "weight", metavar="NAME=W", multiple=True,
+    help="Set a backend's weight (0..1000). Repeatable.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object on stdout.")
 def simulate(config_path: str, pool_name: str, remove: tuple[str, ...], add: tuple[str, ...],
              weight: tuple[str, ...], as_json: bool) -> None:

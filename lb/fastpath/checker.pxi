@@ -37,6 +37,7 @@ cdef enum:
     HC_PASSIVE_TICK_MS = 50      # how often the workers' failure counters are read
     HC_MAX_EVENTS = 256
     HC_EJECT_DOUBLINGS = 5       # eject_time at most doubles 5 times (x32)
+    HC_SLACK_MAX_MS = 20         # checks due this soon start in the same scan (at most)
 
 
 cdef struct hc_pool:
@@ -86,6 +87,7 @@ cdef struct hc_loop:
     uint64_t now_ms
     uint64_t next_scan_ms
     uint64_t next_passive_ms
+    uint64_t slack_ms                # a tenth of the shortest interval, at most HC_SLACK_MAX_MS
     uint64_t rng
     void *on_change                  # a Python callable (borrowed from the Checker object)
 
@@ -143,7 +145,13 @@ cdef void hc_result(hc_loop *L, hc_target *t, uint32_t result, uint32_t status, 
     """Record one check's outcome and apply rise/fall (HAProxy's semantics)."""
     cdef hc_pool *hp = &L.hc[t.pool]
     cdef shm_backend *b = &L.backends[t.slot]
+    cdef linger lg
     if t.fd >= 0:
+        # close with a reset, as HAProxy does: no FIN exchange and no TIME_WAIT
+        # per check, which is most of a tcp check's cost
+        lg.l_onoff = 1
+        lg.l_linger = 0
+        setsockopt(t.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
         close(t.fd)
         t.fd = -1
     if t.buf != NULL:
@@ -355,16 +363,19 @@ cdef void hc_scan(hc_loop *L) noexcept nogil:
     cdef hc_target *t
     cdef shm_backend *b
     cdef uint64_t next_scan = L.now_ms + 1000
+    cdef uint64_t due = L.now_ms + L.slack_ms
     for i in range(L.n_targets):
         t = &L.t[i]
-        b = &L.backends[t.slot]
         if t.state == HS_IDLE:
-            if not b.in_use or L.hc[t.pool].type == HC_NONE:
-                continue
-            if lb_load_u8(&b.admin) == ADMIN_MAINT:
-                continue                         # maint: out of rotation and unchecked
-            if t.next_ms <= L.now_ms:
-                hc_start(L, t)
+            if t.next_ms <= due:
+                b = &L.backends[t.slot]
+                if L.hc[t.pool].type == HC_NONE:
+                    t.next_ms = <uint64_t>-1     # never checked
+                elif lb_load_u8(&b.in_use) and lb_load_u8(&b.admin) != ADMIN_MAINT:
+                    hc_start(L, t)
+                else:
+                    # a free slot, or maint (out of rotation and unchecked): look again later
+                    t.next_ms = L.now_ms + L.hc[t.pool].interval_ms
         elif t.deadline_ms <= L.now_ms:
             hc_result(L, t, REASON_TIMEOUT, 0, 0)
         if t.state == HS_IDLE:
@@ -399,7 +410,7 @@ cdef int hc_loop_run(hc_loop *L) noexcept nogil:
         if L.now_ms >= L.next_passive_ms:
             hc_passive(L)
             L.next_passive_ms = L.now_ms + HC_PASSIVE_TICK_MS
-        if L.now_ms >= L.next_scan_ms:
+        if L.now_ms + L.slack_ms >= L.next_scan_ms:
             hc_scan(L)
     return 0
 
@@ -492,6 +503,10 @@ cdef class Checker:
                 t.passive_base = hc_failure_sum(L, t.slot)
         L.next_scan_ms = now
         L.next_passive_ms = now
+        L.slack_ms = HC_SLACK_MAX_MS
+        for i in range(h.n_pools):
+            if L.hc[i].type != HC_NONE:
+                L.slack_ms = max(1, min(L.slack_ms, L.hc[i].interval_ms // 10, L.hc[i].fast_ms // 10))
 
     def run(self):
         cdef sigset_t mask

@@ -15,6 +15,16 @@ cdef inline bint slot_usable(lb_worker *w, int32_t slot) noexcept nogil:
     return backend_usable(&w.backends[slot])
 
 
+cdef inline bint backend_hashable(shm_backend *b) noexcept nogil:
+    """What hashing may send to: like usable, but a draining backend still takes
+    the flows that hash to it (HAProxy's drain: persistent traffic finishes)."""
+    cdef uint8_t admin = lb_load_u8(&b.admin)
+    return (lb_load_u8(&b.in_use) != 0
+            and (admin == ADMIN_READY or admin == ADMIN_DRAIN)
+            and lb_load_u8(&b.health) == HEALTH_UP
+            and lb_load_u32(&b.eff_weight) > 0)
+
+
 cdef inline bint conn_tried(lb_conn *c, int32_t slot) noexcept nogil:
     cdef int i
     for i in range(c.tries):

@@ -59,13 +59,32 @@ cdef inline bint maglev_full(lb_worker *w, int32_t slot, int64_t bound_num, uint
     return <uint64_t>(slot_active_all(w, slot) + 1) > bound
 
 
+cdef inline int32_t maglev_walk(lb_worker *w, shm_pool *sp, uint16_t *table, uint32_t pos, lb_conn *c,
+                                bint bounded, int64_t bound_num, uint64_t bound_den) noexcept nogil:
+    """The first hashable, untried (and, bounded, not full) entry from pos on."""
+    cdef uint32_t M = sp.table_size
+    cdef uint32_t capacity = sp.capacity
+    cdef uint32_t step, id
+    cdef int32_t slot
+    for step in range(M):
+        id = table[pos]
+        if id < capacity:
+            slot = sp.first_slot + id
+            if (backend_hashable(&w.backends[slot]) and not conn_tried(c, slot)
+                    and not (bounded and maglev_full(w, slot, bound_num, bound_den))):
+                return slot
+        pos += 1
+        if pos == M:
+            pos = 0
+    return -1
+
+
 cdef int32_t maglev_pick(lb_worker *w, lb_pool_rt *p, lb_conn *c, uint64_t key) noexcept nogil:
     cdef shm_pool *sp = p.shm
     cdef uint32_t M = sp.table_size
-    cdef uint32_t capacity = sp.capacity
-    cdef uint32_t g, pos, step, id
+    cdef uint32_t g
     cdef uint16_t *table
-    cdef int32_t found, slot
+    cdef int32_t found
     cdef uint64_t W, bound_den = 0
     cdef int64_t bound_num = 0
     cdef bint bounded = sp.balance_milli != 0
@@ -80,19 +99,11 @@ cdef int32_t maglev_pick(lb_worker *w, lb_pool_rt *p, lb_conn *c, uint64_t key) 
             bound_den = 1000 * W
             if bound_den == 0:
                 bounded = False
-        found = -1
-        pos = key % M
-        for step in range(M):
-            id = table[pos]
-            if id < capacity:
-                slot = sp.first_slot + id
-                if (slot_usable(w, slot) and not conn_tried(c, slot)
-                        and not (bounded and maglev_full(w, slot, bound_num, bound_den))):
-                    found = slot
-                    break
-            pos += 1
-            if pos == M:
-                pos = 0
+        found = maglev_walk(w, sp, table, key % M, c, bounded, bound_num, bound_den)
+        if found < 0 and bounded:
+            # every entry full: only while weights changed since the build (W is
+            # the build's); placing beyond the bound beats refusing the client
+            found = maglev_walk(w, sp, table, key % M, c, False, 0, 0)
         # a flip during the walk may have torn what we read: walk again
         lb_fence_acquire()
         if lb_load_u32(&sp.table_gen) == g:

@@ -112,7 +112,7 @@ cdef class Selector:
             raise MemoryError()
         self.n_rows = rows
         for r in range(rows):
-            worker_attach(&self.rows[r], self.shm, r, seed + r)
+            worker_attach(&self.rows[r], self.shm, r, (seed + r) & 0xFFFFFFFFFFFFFFFF)
         if algorithm == "maglev":
             self.shm.rebuild_table(0)
 

@@ -98,7 +98,7 @@ cdef class Shm:
             p.capacity = cap
             p.algorithm = ALGORITHMS[algorithm]
             p.hash_key = HASH_KEYS.get(hash_key, HK_NONE)
-            p.balance_milli = <uint32_t>round(balance * 1000) if balance > 1 else 0
+            p.balance_milli = <uint32_t>(balance * 1000 + 0.5) if balance > 1 else 0  # half up
             if algorithm == "maglev":
                 p.table_size = table_size
                 p.table_off = table_offsets[i]
@@ -328,7 +328,7 @@ cdef class Shm:
         # the usable primaries; only when there is none, the usable backups
         for backup in range(2):
             for i in range(p.n_slots):
-                if backend_usable(&backends[i]) and backends[i].backup == backup:
+                if backend_hashable(&backends[i]) and backends[i].backup == backup:
                     entries[n].name = backends[i].name
                     entries[n].weight = lb_load_u32(&backends[i].eff_weight)
                     entries[n].id = i
