@@ -27,7 +27,7 @@ cdef int32_t random_pick_slow(lb_worker *w, lb_pool_rt *p, lb_conn *c) noexcept 
 
 
 cdef int32_t random_pick(lb_worker *w, lb_pool_rt *p, lb_conn *c, uint64_t key) noexcept nogil:
-    cdef uint32_t lo, hi, mid
+    cdef uint32_t lo, n, half
     cdef uint64_t r
     if c.tries != 0:
         return random_pick_slow(w, p, c)
@@ -35,15 +35,16 @@ cdef int32_t random_pick(lb_worker *w, lb_pool_rt *p, lb_conn *c, uint64_t key) 
     if p.n_cand == 0:
         return -1
     r = rng_next(w) % p.cand_cum[p.n_cand - 1]
-    # the first candidate whose cumulative weight is > r
+    # the first candidate whose cumulative weight is > r: a branchless binary
+    # search (the compiler makes the step a conditional move; random r would
+    # mispredict half of a branchy search's steps)
     lo = 0
-    hi = p.n_cand - 1
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if p.cand_cum[mid] > r:
-            hi = mid
-        else:
-            lo = mid + 1
+    n = p.n_cand
+    while n > 1:
+        half = n >> 1
+        if p.cand_cum[lo + half - 1] <= r:
+            lo += half
+        n -= half
     return p.cand[lo]
 
 
