@@ -74,7 +74,8 @@ cdef struct shm_header:              # writer: supervisor, once, before fork
     uint64_t created_unix_ms
     uint64_t pstats_off
     uint64_t tables_off
-    uint8_t _pad[160]
+    uint64_t checks_total            # writer: checker; checks completed, all backends
+    uint8_t _pad[152]
 
 cdef struct shm_pool:                # 128 bytes; writer: supervisor (generation: any writer of a backend field)
     uint32_t first_slot              # this pool's backends are slots [first_slot, first_slot + capacity)

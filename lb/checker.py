@@ -9,7 +9,7 @@ import os
 import signal
 
 from lb._fastpath import REASONS, Checker
-from lb.worker import PR_SET_NAME, PR_SET_PDEATHSIG, detach_from_supervisor, prctl
+from lb.worker import PR_SET_NAME, PR_SET_PDEATHSIG, detach_from_supervisor, drop_privileges, prctl
 
 log = logging.getLogger("lb")
 
@@ -42,6 +42,7 @@ def child_main(sup) -> int:
     """Entry point in the forked child. Returns the exit code."""
     try:
         detach_from_supervisor(sup, keep=[])
+        drop_privileges(sup)
         prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         prctl(PR_SET_NAME, b"lb-checker")
         if os.getppid() == 1:

@@ -200,6 +200,10 @@ class GlobalSettings:
     group: str
     drain_timeout: float
     splice: str
+    # Whether user or group is written in the file. When started as root, a
+    # missing account is an error if it was named, and only a warning (lb keeps
+    # running as root) for the default "lb" the packages create.
+    account_explicit: bool = dataclasses.field(default=False, compare=False)
 
     def worker_count(self) -> int:
         """Workers to run: as configured, or one per CPU this process may use."""
@@ -580,6 +584,7 @@ def _parse_global(t: _Table) -> GlobalSettings:
         group=_nonempty(t, "group", "lb"),
         drain_timeout=t.duration("drain_timeout", "30s"),
         splice=t.choice("splice", "auto", SPLICE_MODES),
+        account_explicit=t.has("user") or t.has("group"),
     )
 
 

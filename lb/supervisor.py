@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from lb import checker as checker_mod
+from lb import privileges, sdnotify
 from lb import shm as shm_mod
 from lb import worker as worker_mod
 
@@ -100,6 +101,8 @@ class Supervisor:
         self.slots: list[WorkerSlot] = []
         self.checker = WorkerSlot(index=-1, row=-1, sockets=[])
         self.shm = None
+        # the account workers and the checker run as; None: no drop (not root)
+        self.account: privileges.Account | None = None
         self.started = time.time()
         self.stopping = None  # None, "graceful" or "fast"
         self.stop_deadline = 0.0
@@ -116,17 +119,37 @@ class Supervisor:
                     per_slot[slot].append((open_listen_socket(bind, listener.backlog), li))
         return per_slot
 
+    def _resolve_account(self) -> privileges.Account | None:
+        """As root: the account the children drop to, looked up before anything
+        is bound so a missing one fails the start at once."""
+        if not privileges.is_root():
+            return None
+        g = self.config.global_
+        try:
+            return privileges.resolve(g.user, g.group)
+        except privileges.PrivilegeError as e:
+            if g.account_explicit:
+                raise
+            log.warning("%s; workers run as root (the lb packages create the account)", e)
+            return None
+
     def start(self) -> None:
+        self.account = self._resolve_account()
         nofile = raise_nofile_limit()
         per_slot = self._open_sockets()
         # two rows per worker slot: a reload's new generation writes beside the old
         rows = 2 * self.n_workers
         self.shm = shm_mod.create_for_config(self.config, rows)
+        if self.account is not None:
+            # the workers inherit the mapping; processes that attach later by
+            # path (the checker after a respawn, admin tools) open it as the account
+            os.chown(self.shm.path, self.account.uid, self.account.gid)
         self.slots = [WorkerSlot(index=i, row=i, sockets=per_slot[i]) for i in range(self.n_workers)]
         self._install_signals()
         binds = ", ".join(str(b) for l in self.config.listeners.values() for b in l.bind)
-        log.info("starting: %d worker(s), listening on %s, RLIMIT_NOFILE %d, shm %s",
-                 self.n_workers, binds, nofile, self.shm.path)
+        log.info("starting: %d worker(s), listening on %s, RLIMIT_NOFILE %d, shm %s%s",
+                 self.n_workers, binds, nofile, self.shm.path,
+                 f", children run as {self.account}" if self.account else "")
         for slot in self.children:
             self._spawn(slot)
 
@@ -217,6 +240,7 @@ class Supervisor:
         grace = FAST_STOP_GRACE if fast else self.config.global_.drain_timeout + FAST_STOP_GRACE
         self.stop_deadline = time.monotonic() + grace
         log.info("stopping (%s)", self.stopping)
+        sdnotify.stopping(f"stopping ({self.stopping})")
         for slot in self.slots:
             for sock, _ in slot.sockets:
                 sock.close()
@@ -236,6 +260,8 @@ class Supervisor:
         """Start, serve until stopped, clean up. Returns the process exit code."""
         try:
             self.start()
+            # every child is forked and the listening sockets queue connections
+            sdnotify.ready(self._status_text())
             if self.on_ready:
                 self.on_ready(self)
             self._loop()
@@ -289,8 +315,24 @@ class Supervisor:
             elif signum in (signal.SIGINT, signal.SIGQUIT):
                 self.stop(fast=True)
             elif signum == signal.SIGHUP:
-                log.warning("SIGHUP: live reload is not part of this build yet; config unchanged")
+                self.reload()
         self._reap()
+
+    def reload(self) -> None:
+        """SIGHUP. The service manager hears RELOADING=1 (with the time, as
+        systemd asks) before anything changes and READY=1 once the balancer
+        serves again, whatever the reload did."""
+        if self.stopping:
+            return
+        sdnotify.reloading("reloading")
+        try:
+            log.warning("SIGHUP: live reload is not part of this build yet; config unchanged")
+        finally:
+            sdnotify.ready(self._status_text())
+
+    def _status_text(self) -> str:
+        binds = ", ".join(str(b) for l in self.config.listeners.values() for b in l.bind)
+        return f"serving: {self.n_workers} worker(s) on {binds}"
 
     def _slow_start(self) -> None:
         """Writer of eff_weight: after down -> up, ramp a backend's weight in

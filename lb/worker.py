@@ -9,6 +9,7 @@ import os
 import resource
 import signal
 
+from lb import privileges
 from lb._fastpath import Worker
 
 log = logging.getLogger("lb")
@@ -43,10 +44,18 @@ def detach_from_supervisor(sup, keep: list[int]) -> None:
                 sock.close()
 
 
+def drop_privileges(sup) -> None:
+    """As the account the supervisor resolved, if it started as root. Before
+    PR_SET_PDEATHSIG: a change of credentials clears the parent-death signal."""
+    if sup.account is not None:
+        privileges.drop(sup.account.uid, sup.account.gid)
+
+
 def child_main(sup, slot, keep: list[int]) -> int:
     """Entry point in the forked child. Returns the exit code."""
     try:
         detach_from_supervisor(sup, keep)
+        drop_privileges(sup)
         # a worker must not outlive a supervisor that was killed outright
         prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
         prctl(PR_SET_NAME, f"lb-worker-{slot.index}".encode())

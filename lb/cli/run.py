@@ -47,15 +47,19 @@ def run(config_path: str, log_level: str) -> None:
     """Run the balancer in the foreground, logging to stderr.
 
     SIGTERM stops gracefully (connections finish, up to global.drain_timeout);
-    SIGINT stops at once."""
+    SIGINT stops at once. Started as root, lb binds its listeners, then runs
+    workers and the checker as global.user / global.group. Under systemd
+    (Type=notify) it reports READY=1, RELOADING=1 and STOPPING=1 to
+    $NOTIFY_SOCKET; without it, nothing changes."""
     from lb import log
+    from lb.privileges import PrivilegeError
     from lb.supervisor import Supervisor
 
     log.setup(log_level)
     cfg = load_runnable(config_path)
     try:
         code = Supervisor(cfg).run()
-    except OSError as e:
+    except (OSError, PrivilegeError) as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     sys.exit(code)

@@ -158,6 +158,7 @@ cdef void hc_result(hc_loop *L, hc_target *t, uint32_t result, uint32_t status, 
         free(t.buf)
         t.buf = NULL
     t.state = HS_IDLE
+    lb_add_u64(&L.hdr.checks_total, 1)
     b.last_result = result
     b.last_status = status
     b.last_errno = err
@@ -203,7 +204,7 @@ cdef int hc_format_request(hc_loop *L, hc_target *t, char *out) noexcept nogil:
 cdef void hc_start(hc_loop *L, hc_target *t) noexcept nogil:
     cdef hc_pool *hp = &L.hc[t.pool]
     cdef sockaddr_storage ss
-    cdef int len, fd
+    cdef int len, fd, zero = 0
     cdef epoll_event ev
     t.started_us = now_us()
     t.deadline_ms = L.now_ms + hp.timeout_ms
@@ -215,6 +216,12 @@ cdef void hc_start(hc_loop *L, hc_target *t) noexcept nogil:
         hc_result(L, t, REASON_CONNECT, 0, errno)
         return
     t.fd = fd
+    if hp.type == HC_TCP:
+        # HAProxy's trick: without a quick ACK the handshake's last ACK waits for
+        # data that never comes, so the reset that ends the check reaches a
+        # connection the backend never accepted: the check costs the backend's
+        # application nothing, yet a full accept queue still fails it (no SYN-ACK)
+        setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero))
     if connect(fd, <sockaddr *>&ss, len) != 0 and errno != EINPROGRESS:
         hc_result(L, t, REASON_CONNECT, 0, errno)
         return

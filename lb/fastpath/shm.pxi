@@ -174,6 +174,10 @@ cdef class Shm:
     def n_rows(self):
         return self.hdr.n_rows
 
+    @property
+    def checks_total(self):
+        return lb_load_u64(&self.hdr.checks_total)
+
     def pool_capacity(self, uint32_t pool):
         return self._pool(pool).capacity
 

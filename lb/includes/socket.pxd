@@ -67,3 +67,4 @@ cdef extern from "netinet/in.h" nogil:
 cdef extern from "netinet/tcp.h" nogil:
     enum:
         TCP_NODELAY
+        TCP_QUICKACK
