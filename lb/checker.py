@@ -38,7 +38,7 @@ def describe(reason: int, status: int, err: int, latency_us: int) -> str:
     return f"{text}, check took {latency_us / 1000:.1f}ms"
 
 
-def child_main(sup) -> int:
+def child_main(sup, gen) -> int:
     """Entry point in the forked child. Returns the exit code."""
     try:
         detach_from_supervisor(sup, keep=[])
@@ -47,8 +47,8 @@ def child_main(sup) -> int:
         prctl(PR_SET_NAME, b"lb-checker")
         if os.getppid() == 1:
             return 0
-        pool_names = list(sup.config.pools)
-        shm = sup.shm
+        pool_names = list(gen.config.pools)
+        shm = gen.shm
 
         def on_change(pool, index, old, new, reason, status, err, latency_us):
             name = shm.backend(pool, index)["name"]
@@ -56,7 +56,7 @@ def child_main(sup) -> int:
             log.warning("backend %s/%s health %s -> %s: %s", pool_names[pool], name, states[old],
                         states[new], describe(reason, status, err, latency_us))
 
-        Checker(shm, pool_specs(sup.config), on_change).run()
+        Checker(shm, pool_specs(gen.config), on_change).run()
         return 0
     except Exception:
         log.exception("checker failed")

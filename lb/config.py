@@ -56,7 +56,7 @@ HASH_KEY_PREFIXES = ("header", "cookie", "query")  # "PREFIX:NAME", http only
 # Known keys per table, in the order of the contract. Unknown keys are errors:
 # a typo must not silently fall back to a default.
 TOP_KEYS = ("global", "listeners", "pools")
-GLOBAL_KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice")
+GLOBAL_KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice", "max_worker_rss")
 LISTENER_KEYS = ("bind", "mode", "pool", "accept_proxy", "routes", "idle_timeout", "backlog")
 ROUTE_KEYS = ("host", "path_prefix", "pool")
 POOL_KEYS = (
@@ -200,6 +200,7 @@ class GlobalSettings:
     group: str
     drain_timeout: float
     splice: str
+    max_worker_rss: int = 0  # bytes; a worker over it is replaced (new first, old drains); 0 = off
     # Whether user or group is written in the file. When started as root, a
     # missing account is an error if it was named, and only a warning (lb keeps
     # running as root) for the default "lb" the packages create.
@@ -470,6 +471,25 @@ def _parse_bind(text: str, path: str) -> BindAddr:
     return BindAddr(str(ip), port, _family(ip))
 
 
+def parse_backend_address(text: str, path: str = "address") -> tuple[str, int, int]:
+    """A backend address ("10.0.0.1:80", "[::1]:80", "name:80") -> (numeric host,
+    port, family), as the config parses it; ConfigError when it is not one."""
+    return _resolve_backend(text, path)
+
+
+_SIZE = re.compile(r"(\d+)\s*(B|KiB|MiB|GiB|K|M|G)?")
+_SIZE_UNITS = {None: 1, "B": 1, "K": 1024, "KiB": 1024, "M": 1 << 20, "MiB": 1 << 20, "G": 1 << 30, "GiB": 1 << 30}
+
+
+def _parse_size(value: object, path: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(path, f"expected a size like \"512MiB\" or 0, got {_type_name(value)}")
+    m = _SIZE.fullmatch(str(value).strip())
+    if not m:
+        raise ConfigError(path, f"invalid size {value!r} (use e.g. \"512MiB\", \"2GiB\", or 0 for off)")
+    return int(m.group(1)) * _SIZE_UNITS[m.group(2)]
+
+
 def _resolve_backend(text: str, path: str) -> tuple[str, int, int]:
     """A backend address -> (numeric host, port, family); host names are resolved now."""
     host, port, bracketed = _split_host_port(text, path)
@@ -583,6 +603,10 @@ def _parse_global(t: _Table) -> GlobalSettings:
         user=_nonempty(t, "user", "lb"),
         group=_nonempty(t, "group", "lb"),
         drain_timeout=t.duration("drain_timeout", "30s"),
+        max_worker_rss=_parse_size(
+            t.get("max_worker_rss", 0, "a size", lambda v: isinstance(v, (int, str)) and not isinstance(v, bool)),
+            t.path_of("max_worker_rss"),
+        ),
         splice=t.choice("splice", "auto", SPLICE_MODES),
         account_explicit=t.has("user") or t.has("group"),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 
 from lb import config as config_mod
 from lb import log
@@ -15,6 +16,8 @@ CONFIG_TEMPLATE = """\
 [global]
 workers = 1            # one worker, so round robin alternates strictly across curls
 drain_timeout = "2s"
+admin_socket = "{run_dir}/admin.sock"   # try: lb --socket {run_dir}/admin.sock status
+state_file = "{run_dir}/state.json"
 
 [listeners.demo]
 bind = ["127.0.0.1:{port}"]
@@ -77,7 +80,8 @@ def run(port: int) -> int:
             proc, backend_port = start_backend(name)
             procs.append(proc)
             backends.append(BACKEND_TEMPLATE.format(port=backend_port, name=name))
-        text = CONFIG_TEMPLATE.format(port=port, backends="".join(backends))
+        run_dir = tempfile.mkdtemp(prefix="lb-demo-")
+        text = CONFIG_TEMPLATE.format(port=port, backends="".join(backends), run_dir=run_dir)
         cfg = config_mod.loads(text, source="<demo>")
 
         def banner(sup):

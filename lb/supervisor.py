@@ -1,8 +1,14 @@
-"""The supervisor: owns the listening sockets and the shared memory, forks the
-workers, respawns them, and stops them (DESIGN.md section 1).
+"""The supervisor: owns the listening sockets, the shared memory and the admin
+socket, forks the workers and the checker, respawns them, reloads and stops
+them (DESIGN.md sections 1 and 5).
 
-It is a single-threaded Python loop woken by signals (through a wakeup fd) and
-by its own timers; it never touches a client connection.
+It is a single-threaded Python loop woken by signals (through a wakeup fd), by
+admin clients and by its own 100 ms tick; it never touches a client connection.
+
+A *generation* is one config in force: its shared-memory region, its workers
+and its checker. A reload starts a new generation on the same listening
+sockets and lets the old one drain; the sockets themselves belong to the
+supervisor and outlive generations, so no accept queue is ever closed.
 """
 
 from __future__ import annotations
@@ -17,14 +23,20 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+import psutil
+
+from lb import __version__
 from lb import checker as checker_mod
+from lb import config as config_mod
 from lb import privileges, sdnotify
 from lb import shm as shm_mod
 from lb import worker as worker_mod
+from lb.admin import Access, AdminError, AdminServer, Pending
+from lb.state import StateFile
 
 log = logging.getLogger("lb")
 
-# A worker that dies this many times within CRASH_WINDOW seconds is in a crash
+# A child that dies this many times within CRASH_WINDOW seconds is in a crash
 # loop: its respawns are delayed, doubling from BACKOFF_MIN up to BACKOFF_MAX.
 CRASH_LIMIT = 3
 CRASH_WINDOW = 10.0
@@ -37,13 +49,18 @@ FAST_STOP_GRACE = 2.0
 TICK = 0.1
 # Slow start begins at this fraction of the weight and moves in steps of it.
 SLOWSTART_STEP = 0.05
+# How long a reload waits for the new workers to enter their loops before the
+# old ones stop accepting (they would queue, not fail, past it).
+RELOAD_READY_TIMEOUT = 5.0
+# How often worker memory is compared with global.max_worker_rss.
+RSS_CHECK_INTERVAL = 2.0
 
 
 @dataclass
 class WorkerSlot:
-    """One child position (a worker, or the checker with index -1): its listening
-    sockets and counter row outlive the processes that fill it, so a respawned
-    worker serves the same accept queues."""
+    """One child position of a generation (a worker, or the checker with index
+    -1). Its listening sockets outlive the processes that fill it, so a
+    respawned worker serves the same accept queues."""
 
     index: int
     row: int
@@ -62,6 +79,38 @@ class WorkerSlot:
     def crash_looping(self) -> bool:
         now = time.monotonic()
         return len(self.deaths) == CRASH_LIMIT and now - self.deaths[0] < CRASH_WINDOW
+
+
+@dataclass
+class Child:
+    """A forked process: which generation, which slot, which counter row."""
+
+    pid: int
+    gen: "Generation"
+    slot: WorkerSlot
+    row: int
+    retiring: bool = False  # replaced (memory guard) or its generation is draining
+
+
+@dataclass
+class Generation:
+    number: int
+    config: config_mod.Config
+    shm: object
+    slots: list[WorkerSlot]
+    checker: WorkerSlot
+    free_rows: set[int]
+    carried_row: int
+    # name -> slot index, per pool; runtime additions included
+    backends: dict[str, dict[str, int]]
+    draining: bool = False
+    drain_deadline: float = 0.0
+    # counter totals copied into the next generation when it started
+    handed_over: dict = field(default_factory=dict)
+
+    @property
+    def pool_names(self) -> list[str]:
+        return list(self.config.pools)
 
 
 def raise_nofile_limit() -> int:
@@ -91,33 +140,48 @@ def open_listen_socket(bind, backlog: int) -> socket.socket:
     return sock
 
 
+def _totals(stats: dict) -> dict:
+    return {k: stats[k] for k in ("total", "bytes_in", "bytes_out", "connect_errors", "connect_timeouts")}
+
+
 class Supervisor:
     def __init__(self, config, *, status_interval: float = 0.0, on_status=None, on_ready=None):
         self.config = config
         self.on_ready = on_ready
-        self.n_workers = config.global_.worker_count()
         self.status_interval = status_interval
         self.on_status = on_status
-        self.slots: list[WorkerSlot] = []
-        self.checker = WorkerSlot(index=-1, row=-1, sockets=[])
-        self.shm = None
-        # the account workers and the checker run as; None: no drop (not root)
+        self.gen: Generation | None = None
+        self.old: list[Generation] = []
+        self.children: dict[int, Child] = {}
+        # (bind, worker slot) -> socket, shared by every generation
+        self.sockets: dict[tuple[str, int], socket.socket] = {}
         self.account: privileges.Account | None = None
+        self.admin: AdminServer | None = None
+        self.state: StateFile | None = None
         self.started = time.time()
         self.stopping = None  # None, "graceful" or "fast"
         self.stop_deadline = 0.0
+        self.generations = 0
         self._wakeup_r = self._wakeup_w = -1
         self._pending_signals: list[int] = []
+        self._next_rss_check = 0.0
+        self._selector = None
+
+    # ---- convenience for single-generation callers (demo, tests) ----------------
+
+    @property
+    def shm(self):
+        return self.gen.shm if self.gen else None
+
+    @property
+    def slots(self) -> list[WorkerSlot]:
+        return self.gen.slots if self.gen else []
+
+    @property
+    def checker(self) -> WorkerSlot | None:
+        return self.gen.checker if self.gen else None
 
     # ---- start ----------------------------------------------------------------
-
-    def _open_sockets(self) -> list[list[tuple[socket.socket, int]]]:
-        per_slot: list[list[tuple[socket.socket, int]]] = [[] for _ in range(self.n_workers)]
-        for li, listener in enumerate(self.config.listeners.values()):
-            for bind in listener.bind:
-                for slot in range(self.n_workers):
-                    per_slot[slot].append((open_listen_socket(bind, listener.backlog), li))
-        return per_slot
 
     def _resolve_account(self) -> privileges.Account | None:
         """As root: the account the children drop to, looked up before anything
@@ -136,26 +200,92 @@ class Supervisor:
     def start(self) -> None:
         self.account = self._resolve_account()
         nofile = raise_nofile_limit()
-        per_slot = self._open_sockets()
-        # two rows per worker slot: a reload's new generation writes beside the old
-        rows = 2 * self.n_workers
-        self.shm = shm_mod.create_for_config(self.config, rows)
-        if self.account is not None:
-            # the workers inherit the mapping; processes that attach later by
-            # path (the checker after a respawn, admin tools) open it as the account
-            os.chown(self.shm.path, self.account.uid, self.account.gid)
-        self.slots = [WorkerSlot(index=i, row=i, sockets=per_slot[i]) for i in range(self.n_workers)]
+        g = self.config.global_
+        self.state = StateFile(g.state_file)
+        self.admin = AdminServer(g.admin_socket, Access(g.user, g.group), self.admin_dispatch)
+        self.admin.open()
         self._install_signals()
-        binds = ", ".join(str(b) for l in self.config.listeners.values() for b in l.bind)
-        log.info("starting: %d worker(s), listening on %s, RLIMIT_NOFILE %d, shm %s%s",
-                 self.n_workers, binds, nofile, self.shm.path,
+        self.gen = self._new_generation(self.config, previous=None)
+        self._spawn_generation(self.gen)
+        log.info("started: %d worker(s), listening on %s, RLIMIT_NOFILE %d, admin socket %s%s",
+                 len(self.gen.slots), self._binds(self.config), nofile, g.admin_socket,
                  f", children run as {self.account}" if self.account else "")
-        for slot in self.children:
-            self._spawn(slot)
 
-    @property
-    def children(self) -> list[WorkerSlot]:
-        return [*self.slots, self.checker]
+    @staticmethod
+    def _binds(config) -> str:
+        return ", ".join(str(b) for l in config.listeners.values() for b in l.bind)
+
+    def _sockets_for(self, config) -> list[list[tuple[socket.socket, int]]]:
+        """Each worker slot's listening sockets for this config, reusing the ones
+        already open: a reload never closes an accept queue it still serves."""
+        n = config.global_.worker_count()
+        per_slot: list[list[tuple[socket.socket, int]]] = [[] for _ in range(n)]
+        for li, listener in enumerate(config.listeners.values()):
+            for bind in listener.bind:
+                for slot in range(n):
+                    key = (f"{bind}", slot)
+                    sock = self.sockets.get(key)
+                    if sock is None:
+                        sock = self.sockets[key] = open_listen_socket(bind, listener.backlog)
+                    else:
+                        sock.listen(listener.backlog)  # takes a changed backlog in place
+                    per_slot[slot].append((sock, li))
+        return per_slot
+
+    def _new_generation(self, config, previous: Generation | None) -> Generation:
+        per_slot = self._sockets_for(config)
+        n = len(per_slot)
+        self.generations += 1
+        # rows 0..n-1 for the workers, n..2n-1 spares for replacing a worker while
+        # the old one drains, and one more no worker writes: totals carried over
+        rows = 2 * n + 1
+        path = shm_mod.region_path() if self.generations == 1 else f"{shm_mod.region_path()[:-4]}-{self.generations}.shm"
+        region = shm_mod.create_for_config(config, rows, path)
+        if self.account is not None:
+            # the workers inherit the mapping; processes that attach later by path
+            # (admin tools) open it as the account
+            os.chown(region.path, self.account.uid, self.account.gid)
+        gen = Generation(
+            number=self.generations, config=config, shm=region,
+            slots=[WorkerSlot(index=i, row=i, sockets=per_slot[i]) for i in range(n)],
+            checker=WorkerSlot(index=-1, row=-1, sockets=[]),
+            free_rows=set(range(n, 2 * n)), carried_row=2 * n,
+            backends={name: {b.name: i for i, b in enumerate(p.backends)} for name, p in config.pools.items()},
+        )
+        self._apply_state(gen)
+        if previous is not None:
+            self._carry_over(previous, gen)
+        region.rebuild_changed()
+        return gen
+
+    def _carry_over(self, old: Generation, new: Generation) -> None:
+        """Backends matched by pool and name keep their health and their counters."""
+        for pi, pool in enumerate(new.pool_names):
+            if pool not in old.backends:
+                continue
+            opi = old.pool_names.index(pool)
+            for name, idx in new.backends[pool].items():
+                oidx = old.backends[pool].get(name)
+                if oidx is None:
+                    continue
+                new.shm.copy_health(pi, idx, old.shm, opi, oidx)
+                totals = _totals(old.shm.backend_stats(opi, oidx))
+                old.handed_over[(pool, name)] = totals
+                new.shm.add_carried(pi, idx, new.carried_row, totals)
+
+    def _fold_drained(self, old: Generation) -> None:
+        """An old generation is gone: what its connections counted after the
+        reload is added to the live one, so totals never go backwards."""
+        if self.gen is None:
+            return
+        for (pool, name), before in old.handed_over.items():
+            if pool not in self.gen.backends or name not in self.gen.backends[pool]:
+                continue
+            opi, oidx = old.pool_names.index(pool), old.backends[pool][name]
+            after = _totals(old.shm.backend_stats(opi, oidx))
+            delta = {k: after[k] - before[k] for k in after}
+            self.gen.shm.add_carried(self.gen.pool_names.index(pool), self.gen.backends[pool][name],
+                                     self.gen.carried_row, delta)
 
     def _install_signals(self) -> None:
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -166,26 +296,41 @@ class Supervisor:
     def _on_signal(self, signum, frame) -> None:
         self._pending_signals.append(signum)
 
-    # ---- workers --------------------------------------------------------------
+    # ---- children ---------------------------------------------------------------
 
-    def _spawn(self, slot: WorkerSlot) -> None:
-        if slot.row >= 0:
-            self.shm.reset_row_gauges(slot.row)
+    def _spawn_generation(self, gen: Generation) -> None:
+        for slot in gen.slots:
+            self._spawn(gen, slot, slot.row)
+        self._spawn(gen, gen.checker, -1)
+
+    def _spawn(self, gen: Generation, slot: WorkerSlot, row: int) -> int:
+        if row >= 0:
+            gen.shm.reset_row_gauges(row)
         keep = [s.fileno() for s, _ in slot.sockets]
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
                 if slot.index < 0:
-                    code = checker_mod.child_main(self)
+                    code = checker_mod.child_main(self, gen)
                 else:
-                    code = worker_mod.child_main(self, slot, keep)
+                    code = worker_mod.child_main(self, gen, slot, row, keep)
             finally:
                 os._exit(code)
+        self.children[pid] = Child(pid, gen, slot, row)
         slot.pid = pid
+        slot.row = row
         slot.started = time.monotonic()
         slot.respawn_at = 0.0
-        log.info("%s started: pid %d", slot.name, pid)
+        log.info("%s of generation %d started: pid %d", slot.name, gen.number, pid)
+        return pid
+
+    def inherited_fds(self) -> list[int]:
+        """What a forked child must close: the supervisor's own fds."""
+        fds = [self._wakeup_r, self._wakeup_w]
+        if self.admin is not None:
+            fds += self.admin.fds()
+        return fds
 
     def _reap(self) -> None:
         while True:
@@ -195,13 +340,17 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            slot = next((s for s in self.children if s.pid == pid), None)
-            if slot is None:
+            child = self.children.pop(pid, None)
+            if child is None:
                 continue
-            slot.pid = 0
+            gen, slot = child.gen, child.slot
+            if child.row >= 0 and child.row != slot.row:
+                gen.free_rows.add(child.row)  # a replaced worker's row
             how = self._describe_exit(status)
-            if self.stopping:
-                log.info("%s (pid %d) exited: %s", slot.name, pid, how)
+            if slot.pid == pid:
+                slot.pid = 0
+            if self.stopping or child.retiring or gen.draining:
+                log.info("%s (pid %d, generation %d) exited: %s", slot.name, pid, gen.number, how)
                 continue
             now = time.monotonic()
             slot.deaths.append(now)
@@ -209,12 +358,11 @@ class Supervisor:
             if slot.crash_looping:
                 backoff = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** max(0, slot.restarts - CRASH_LIMIT))
                 slot.respawn_at = now + backoff
-                log.error("%s (pid %d) died: %s; crash loop, respawning in %.1fs",
-                          slot.name, pid, how, backoff)
+                log.error("%s (pid %d) died: %s; crash loop, respawning in %.1fs", slot.name, pid, how, backoff)
             else:
                 slot.restarts = min(slot.restarts, CRASH_LIMIT)
                 log.warning("%s (pid %d) died: %s; respawning", slot.name, pid, how)
-                self._spawn(slot)
+                self._spawn(gen, slot, slot.row)
 
     @staticmethod
     def _describe_exit(status: int) -> str:
@@ -224,9 +372,112 @@ class Supervisor:
 
     def _respawn_due(self) -> None:
         now = time.monotonic()
-        for slot in self.children:
+        for slot in [*self.gen.slots, self.gen.checker]:
             if slot.pid == 0 and slot.respawn_at and now >= slot.respawn_at:
-                self._spawn(slot)
+                self._spawn(self.gen, slot, slot.row)
+
+    def _signal(self, pids, sig: int) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def _workers_running(self, gen: Generation) -> bool:
+        """Every worker of gen has entered its loop (seen in its counter row)."""
+        return all(slot.pid and gen.shm.worker_stats(slot.row)["pid"] == slot.pid
+                   and gen.shm.worker_stats(slot.row)["heartbeat_ms"] for slot in gen.slots)
+
+    # ---- memory guard -------------------------------------------------------------
+
+    def _check_worker_memory(self) -> None:
+        limit = self.config.global_.max_worker_rss
+        if not limit or time.monotonic() < self._next_rss_check:
+            return
+        self._next_rss_check = time.monotonic() + RSS_CHECK_INTERVAL
+        for slot in self.gen.slots:
+            if not slot.pid or not self.gen.free_rows:
+                continue
+            try:
+                rss = psutil.Process(slot.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > limit:
+                old_pid = slot.pid
+                self.children[old_pid].retiring = True
+                # the new worker first, on a spare row; then the old one drains
+                self._spawn(self.gen, slot, self.gen.free_rows.pop())
+                self._signal([old_pid], signal.SIGTERM)
+                log.warning("worker %d (pid %d) uses %d MiB, over max_worker_rss: replaced by pid %d, "
+                            "the old one drains", slot.index, old_pid, rss >> 20, slot.pid)
+
+    # ---- reload ---------------------------------------------------------------------
+
+    def reload(self) -> dict:
+        """Parse and validate the config file in full; on success start a new
+        generation on the same sockets, then let the old one drain. On error
+        the running config keeps serving and the error names the key."""
+        from lb.cli.run import check_runnable
+
+        if self.stopping:
+            raise AdminError("failed", "lb is stopping")
+        sdnotify.reloading("reloading")
+        try:
+            try:
+                new_config = config_mod.load(self.config.source)
+                check_runnable(new_config)
+            except config_mod.ConfigError as e:
+                log.error("reload refused, the running config keeps serving: %s", e)
+                raise AdminError("config", str(e)) from None
+            old = self.gen
+            try:
+                gen = self._new_generation(new_config, previous=old)
+            except (OSError, ValueError) as e:
+                log.error("reload failed, the running config keeps serving: %s", e)
+                raise AdminError("failed", str(e)) from None
+            self._spawn_generation(gen)
+            deadline = time.monotonic() + RELOAD_READY_TIMEOUT
+            while not self._workers_running(gen) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.gen, self.config = gen, new_config
+            old.draining = True
+            old.drain_deadline = time.monotonic() + old.config.global_.drain_timeout + FAST_STOP_GRACE
+            self.old.append(old)
+            old_pids = [c.pid for c in self.children.values() if c.gen is old]
+            for pid in old_pids:
+                self.children[pid].retiring = True
+            # old workers stop accepting (the sockets stay open here) and drain
+            self._signal(old_pids, signal.SIGTERM)
+            log.info("reloaded: generation %d serves %s (config %s); generation %d drains",
+                     gen.number, self._binds(new_config), new_config.sha256[:12], old.number)
+            for warning in new_config.warnings:
+                log.warning("config: %s", warning)
+            return {"generation": gen.number, "config": {"path": new_config.source, "sha256": new_config.sha256}}
+        finally:
+            sdnotify.ready(self._status_text())
+
+    def _retire_drained(self) -> None:
+        for old in list(self.old):
+            pids = [c.pid for c in self.children.values() if c.gen is old]
+            if pids and time.monotonic() >= old.drain_deadline:
+                log.warning("generation %d still has %d process(es) after drain_timeout: killing them",
+                            old.number, len(pids))
+                self._signal(pids, signal.SIGKILL)
+                old.drain_deadline = float("inf")
+            if pids:
+                continue
+            self._fold_drained(old)
+            old.shm.unlink()
+            self.old.remove(old)
+            self._close_unused_sockets()
+            log.info("generation %d drained", old.number)
+
+    def _close_unused_sockets(self) -> None:
+        used = {id(s) for g in [self.gen, *self.old] for slot in g.slots for s, _ in slot.sockets}
+        for key, sock in list(self.sockets.items()):
+            if id(sock) not in used:
+                sock.close()
+                del self.sockets[key]
 
     # ---- stop -----------------------------------------------------------------
 
@@ -241,18 +492,10 @@ class Supervisor:
         self.stop_deadline = time.monotonic() + grace
         log.info("stopping (%s)", self.stopping)
         sdnotify.stopping(f"stopping ({self.stopping})")
-        for slot in self.slots:
-            for sock, _ in slot.sockets:
-                sock.close()
-        self._signal_workers(signal.SIGINT if fast else signal.SIGTERM)
-
-    def _signal_workers(self, sig: int) -> None:
-        for slot in self.children:
-            if slot.pid:
-                try:
-                    os.kill(slot.pid, sig)
-                except ProcessLookupError:
-                    pass
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
+        self._signal(list(self.children), signal.SIGINT if fast else signal.SIGTERM)
 
     # ---- the loop -------------------------------------------------------------
 
@@ -270,37 +513,44 @@ class Supervisor:
         return 0
 
     def _loop(self) -> None:
-        sel = selectors.DefaultSelector()
-        sel.register(self._wakeup_r, selectors.EVENT_READ)
+        sel = self._selector = selectors.DefaultSelector()
+        sel.register(self._wakeup_r, selectors.EVENT_READ, ("wakeup", None))
+        sel.register(self.admin.sock, selectors.EVENT_READ, ("admin", None))
         next_status = time.monotonic() + self.status_interval if self.status_interval else None
         while True:
             now = time.monotonic()
             timeout = TICK
             if next_status is not None:
                 timeout = min(timeout, max(0.0, next_status - now))
-            for slot in self.children:
-                if slot.pid == 0 and slot.respawn_at:
-                    timeout = min(timeout, max(0.0, slot.respawn_at - now))
-            sel.select(timeout)
-            try:
-                while os.read(self._wakeup_r, 512):
-                    pass
-            except BlockingIOError:
-                pass
+            for key, _ in sel.select(timeout):
+                kind, peer = key.data
+                if kind == "wakeup":
+                    try:
+                        while os.read(self._wakeup_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                elif kind == "admin" and not self.stopping:
+                    self.admin.on_accept(sel)
+                elif kind == "admin-peer":
+                    self.admin.on_readable(sel, peer)
             self._handle_signals()
             if self.stopping:
-                if all(s.pid == 0 for s in self.children):
+                if not self.children:
                     return
                 if time.monotonic() >= self.stop_deadline:
-                    log.warning("workers still running after the stop deadline: killing them")
-                    self._signal_workers(signal.SIGKILL)
+                    log.warning("children still running after the stop deadline: killing them")
+                    self._signal(list(self.children), signal.SIGKILL)
                     self.stop_deadline = float("inf")
                 continue
             self._respawn_due()
+            self._retire_drained()
             self._slow_start()
+            self._check_worker_memory()
             # a weight or state change bumped a pool's generation: its Maglev
             # table is rebuilt here, the tables' only writer
-            self.shm.rebuild_changed()
+            self.gen.shm.rebuild_changed()
+            self.admin.tick()
             if next_status is not None and time.monotonic() >= next_status:
                 self.on_status(self)
                 next_status = time.monotonic() + self.status_interval
@@ -315,24 +565,14 @@ class Supervisor:
             elif signum in (signal.SIGINT, signal.SIGQUIT):
                 self.stop(fast=True)
             elif signum == signal.SIGHUP:
-                self.reload()
+                try:
+                    self.reload()
+                except AdminError:
+                    pass  # logged; the running config keeps serving
         self._reap()
 
-    def reload(self) -> None:
-        """SIGHUP. The service manager hears RELOADING=1 (with the time, as
-        systemd asks) before anything changes and READY=1 once the balancer
-        serves again, whatever the reload did."""
-        if self.stopping:
-            return
-        sdnotify.reloading("reloading")
-        try:
-            log.warning("SIGHUP: live reload is not part of this build yet; config unchanged")
-        finally:
-            sdnotify.ready(self._status_text())
-
     def _status_text(self) -> str:
-        binds = ", ".join(str(b) for l in self.config.listeners.values() for b in l.bind)
-        return f"serving: {self.n_workers} worker(s) on {binds}"
+        return f"serving: {len(self.gen.slots)} worker(s) on {self._binds(self.config)}, generation {self.gen.number}"
 
     def _slow_start(self) -> None:
         """Writer of eff_weight: after down -> up, ramp a backend's weight in
@@ -340,13 +580,14 @@ class Supervisor:
         in steps of SLOWSTART_STEP, so tables are rebuilt at most 20 times a ramp.
         A backend that is down already waits at the first step, so it comes back
         at the bottom of its ramp without one pick at full weight."""
+        gen = self.gen
         now_ms = time.monotonic() * 1000  # CLOCK_MONOTONIC, the checker's clock
-        for pi, pool in enumerate(self.config.pools.values()):
+        for pi, pool in enumerate(gen.config.pools.values()):
             ramp_ms = pool.health.slowstart * 1000
             if not ramp_ms:
                 continue
-            for bi in range(len(pool.backends)):
-                b = self.shm.backend(pi, bi)
+            for bi in gen.backends[pool.name].values():
+                b = gen.shm.backend(pi, bi)
                 if not b["in_use"]:
                     continue
                 weight = b["weight"]
@@ -359,21 +600,24 @@ class Supervisor:
                     fraction = 1.0
                 eff = max(1, round(weight * fraction)) if weight else 0
                 if eff != b["eff_weight"]:
-                    self.shm.set_weight(pi, bi, weight, eff)
+                    gen.shm.set_weight(pi, bi, weight, eff)
 
     def _cleanup(self) -> None:
-        self._signal_workers(signal.SIGKILL)
-        for slot in self.children:
-            if slot.pid:
-                try:
-                    os.waitpid(slot.pid, 0)
-                except ChildProcessError:
-                    pass
-                slot.pid = 0
-            for sock, _ in slot.sockets:
-                sock.close()
-        if self.shm is not None:
-            self.shm.unlink()
+        self._signal(list(self.children), signal.SIGKILL)
+        for pid in list(self.children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self.children.clear()
+        for sock in self.sockets.values():
+            sock.close()
+        self.sockets.clear()
+        for gen in [self.gen, *self.old]:
+            if gen is not None:
+                gen.shm.unlink()
+        if self.admin is not None:
+            self.admin.close()
         if self._wakeup_w >= 0:
             signal.set_wakeup_fd(-1)
             os.close(self._wakeup_r)
@@ -381,36 +625,241 @@ class Supervisor:
             self._wakeup_r = self._wakeup_w = -1
         log.info("stopped")
 
+    # ---- runtime state (admin verbs and the state file) ------------------------------
+
+    def _pool(self, args: dict) -> tuple[int, str]:
+        pool = args.get("pool")
+        if not isinstance(pool, str):
+            raise AdminError("invalid", "argument 'pool' (a pool name) is required")
+        if pool not in self.gen.backends:
+            raise AdminError("not_found", f"pool {pool!r} does not exist (pools: {', '.join(self.gen.backends)})")
+        return self.gen.pool_names.index(pool), pool
+
+    def _backend(self, args: dict) -> tuple[int, str, int, str]:
+        pi, pool = self._pool(args)
+        name = args.get("name")
+        if not isinstance(name, str):
+            raise AdminError("invalid", "argument 'name' (a backend name) is required")
+        idx = self.gen.backends[pool].get(name)
+        if idx is None:
+            raise AdminError("not_found", f"pool {pool!r} has no backend {name!r}")
+        return pi, pool, idx, name
+
+    def _add_backend(self, gen: Generation, pool: str, name: str, address: str, weight: int, backup: bool) -> int:
+        pi = gen.pool_names.index(pool)
+        host, port, _ = config_mod.parse_backend_address(address)
+        used = set(gen.backends[pool].values())
+        cap = gen.shm.pool_capacity(pi)
+        # a slot once used keeps its old counters: take one never used
+        idx = next((i for i in range(cap) if i not in used and not gen.shm.backend(pi, i)["name"]), None)
+        if idx is None:
+            raise AdminError("failed", f"pool {pool!r} is full ({cap} slots); add the backend to the config and reload")
+        gen.shm.set_backend(pi, idx, host, port, name, weight, backup)
+        gen.backends[pool][name] = idx
+        return idx
+
+    def _apply_state(self, gen: Generation) -> None:
+        """Runtime changes recorded in the state file, over a new generation."""
+        for pool, entry in self.state.pools().items():
+            if pool not in gen.backends:
+                log.warning("state file: pool %r is not in the config any more; its entries are skipped", pool)
+                continue
+            pi = gen.pool_names.index(pool)
+            for name, spec in entry.get("added", {}).items():
+                if name in gen.backends[pool]:
+                    log.warning("state file: %s/%s is in the config now; the runtime addition is skipped", pool, name)
+                    continue
+                try:
+                    self._add_backend(gen, pool, name, spec["address"], spec["weight"], spec.get("backup", False))
+                    if spec.get("admin", "ready") != "ready":
+                        gen.shm.set_admin(pi, gen.backends[pool][name], spec["admin"])
+                except (AdminError, config_mod.ConfigError, KeyError) as e:
+                    log.warning("state file: cannot add %s/%s: %s", pool, name, e)
+            for name in entry.get("removed", []):
+                idx = gen.backends[pool].pop(name, None)
+                if idx is not None:
+                    gen.shm.clear_backend(pi, idx)
+            for name, spec in entry.get("backends", {}).items():
+                idx = gen.backends[pool].get(name)
+                if idx is None:
+                    log.warning("state file: %s/%s is not in the config any more; skipped", pool, name)
+                    continue
+                if "weight" in spec:
+                    gen.shm.set_weight(pi, idx, spec["weight"])
+                if "admin" in spec:
+                    gen.shm.set_admin(pi, idx, spec["admin"])
+
+    def _save_state(self) -> None:
+        try:
+            self.state.save()
+        except OSError as e:
+            raise AdminError("failed", f"change applied but not saved to {self.state.path}: {e}") from None
+
+    def admin_dispatch(self, cmd: str, args: dict):
+        verbs = {
+            "hello": lambda a: {"version": __version__, "protocol": 1, "pid": os.getpid()},
+            "status": lambda a: self.status(),
+            "pool.list": self._admin_pool_list,
+            "pool.show": self._admin_pool_show,
+            "backend.add": self._admin_backend_add,
+            "backend.remove": self._admin_backend_remove,
+            "backend.set_weight": self._admin_set_weight,
+            "backend.set_state": self._admin_set_state,
+            "reload": lambda a: self.reload(),
+            "stop": self._admin_stop,
+        }
+        verb = verbs.get(cmd)
+        if verb is None:
+            raise AdminError("invalid", f"unknown command {cmd!r} (known: {', '.join(verbs)})")
+        return verb(args)
+
+    def _admin_pool_list(self, args):
+        pools = []
+        for name, pool in self.status()["pools"].items():
+            backends = pool["backends"].values()
+            pools.append({"name": name, "algorithm": pool["algorithm"], "backends": len(pool["backends"]),
+                          "up": sum(1 for b in backends if b["health"] == "up" and b["admin"] == "ready"),
+                          "active": sum(b["active"] for b in backends)})
+        return {"pools": pools}
+
+    def _admin_pool_show(self, args):
+        _, pool = self._pool(args)
+        return {"name": pool, **self.status()["pools"][pool]}
+
+    def _admin_backend_add(self, args):
+        pi, pool = self._pool(args)
+        address = args.get("address")
+        if not isinstance(address, str):
+            raise AdminError("invalid", "argument 'address' (host:port) is required")
+        name = args.get("name") or address
+        weight = args.get("weight", 100)
+        backup = bool(args.get("backup", False))
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 1000:
+            raise AdminError("invalid", f"weight must be an integer 0..1000, got {weight!r}")
+        if name in self.gen.backends[pool]:
+            raise AdminError("conflict", f"pool {pool!r} already has a backend named {name!r}")
+        if len(name.encode()) > 63:
+            raise AdminError("invalid", "a backend name is at most 63 bytes")
+        try:
+            idx = self._add_backend(self.gen, pool, name, address, weight, backup)
+        except config_mod.ConfigError as e:
+            raise AdminError("invalid", f"address {address!r}: {e.message}") from None
+        self.gen.shm.rebuild_changed()
+        self.state.add(pool, name, address, weight, backup)
+        self._save_state()
+        log.info("admin: added backend %s/%s at %s (weight %d%s)", pool, name, address, weight,
+                 ", backup" if backup else "")
+        return {"pool": pool, "name": name, "slot": idx}
+
+    def _admin_backend_remove(self, args):
+        pi, pool, idx, name = self._backend(args)
+        wait = bool(args.get("wait", False))
+        timeout = args.get("timeout", self.config.global_.drain_timeout)
+        gen = self.gen
+        gen.shm.set_admin(pi, idx, "drain")
+
+        def remove(drained: bool) -> dict:
+            if gen.backends[pool].get(name) == idx:
+                del gen.backends[pool][name]
+                gen.shm.clear_backend(pi, idx)
+                gen.shm.rebuild_changed()
+            self.state.remove(pool, name)
+            self._save_state()
+            log.info("admin: removed backend %s/%s%s", pool, name, "" if drained else " (not drained)")
+            return {"pool": pool, "name": name, "drained": drained}
+
+        active = lambda: gen.shm.backend_stats(pi, idx)["active"] == 0  # noqa: E731
+        if not wait:
+            return remove(active())
+        return Pending(done=active, finish=remove, deadline=time.monotonic() + float(timeout))
+
+    def _admin_set_weight(self, args):
+        pi, pool, idx, name = self._backend(args)
+        weight = args.get("weight")
+        if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 1000:
+            raise AdminError("invalid", f"weight must be an integer 0..1000, got {weight!r}")
+        self.gen.shm.set_weight(pi, idx, weight)
+        self.gen.shm.rebuild_changed()
+        self.state.set_weight(pool, name, weight)
+        self._save_state()
+        log.info("admin: %s/%s weight %d", pool, name, weight)
+        return {"pool": pool, "name": name, "weight": weight}
+
+    def _admin_set_state(self, args):
+        pi, pool, idx, name = self._backend(args)
+        state = args.get("state")
+        if state not in ("ready", "drain", "maint"):
+            raise AdminError("invalid", f"state must be ready, drain or maint, got {state!r}")
+        self.gen.shm.set_admin(pi, idx, state)
+        self.gen.shm.rebuild_changed()
+        self.state.set_admin(pool, name, state)
+        self._save_state()
+        log.info("admin: %s/%s %s", pool, name, state)
+        return {"pool": pool, "name": name, "state": state}
+
+    def _admin_stop(self, args):
+        fast = bool(args.get("fast", False))
+        # answered first: the stop closes the admin socket with everything else
+        self._pending_signals.append(signal.SIGINT if fast else signal.SIGTERM)
+        return {"stopping": "fast" if fast else "graceful"}
+
     # ---- status -----------------------------------------------------------------
 
     def snapshot(self) -> dict:
-        """Counters of every pool, backend and worker, summed from shared memory."""
+        """Kept for the demo's status line: the same data as status()."""
+        return self.status()
+
+    def status(self) -> dict:
+        from lb.checker import describe
+
+        gen = self.gen
         pools = {}
-        for pi, (name, pool) in enumerate(self.config.pools.items()):
+        for pi, (pname, pool) in enumerate(gen.config.pools.items()):
             backends = {}
-            for bi, b in enumerate(pool.backends):
-                info = self.shm.backend(pi, bi)
-                info.update(self.shm.backend_stats(pi, bi))
-                backends[b.name] = info
-            pools[name] = {"algorithm": pool.algorithm, "backends": backends,
-                           "empty_because": empty_because(backends)}
+            for name, idx in gen.backends[pname].items():
+                b = gen.shm.backend(pi, idx)
+                b.update(gen.shm.backend_stats(pi, idx))
+                host = f"[{b['host']}]" if ":" in b["host"] else b["host"]
+                b["address"] = f"{host}:{b['port']}"
+                b["check"] = (describe(b["last_result"], b["last_status"], b["last_errno"], b["last_latency_us"])
+                              if pool.health.type != "none" else None)
+                b["down_reason"] = (describe(b["down_reason"], b["last_status"], b["last_errno"], b["last_latency_us"])
+                                    if b["health"] == "down" else None)
+                backends[name] = b
+            pools[pname] = {"algorithm": pool.algorithm, "backends": backends,
+                            "empty_because": empty_because(backends)}
         workers = []
-        for slot in self.slots:
-            stats = self.shm.worker_stats(slot.row)
-            stats.update(index=slot.index, pid=slot.pid, restarts=slot.restarts,
-                         crash_loop=slot.crash_looping)
-            workers.append(stats)
-        checker = {"pid": self.checker.pid, "restarts": self.checker.restarts,
-                   "crash_loop": self.checker.crash_looping}
-        return {"uptime": time.time() - self.started, "pools": pools, "workers": workers,
-                "checker": checker}
+        for g in [gen, *self.old]:
+            for c in self.children.values():
+                if c.gen is not g or c.slot.index < 0:
+                    continue
+                stats = g.shm.worker_stats(c.row)
+                stats.update(index=c.slot.index, pid=c.pid, generation=g.number,
+                             state="draining" if c.retiring else "running",
+                             restarts=c.slot.restarts, crash_loop=c.slot.crash_looping)
+                try:
+                    p = psutil.Process(c.pid)
+                    with p.oneshot():
+                        stats.update(cpu_percent=p.cpu_percent(), rss=p.memory_info().rss, open_fds=p.num_fds())
+                except psutil.Error:
+                    stats.update(cpu_percent=None, rss=None, open_fds=None)
+                workers.append(stats)
+        workers.sort(key=lambda w: (w["generation"], w["index"]))
+        listeners = [{"name": name, "bind": [str(b) for b in l.bind], "mode": l.mode, "pool": l.pool}
+                     for name, l in gen.config.listeners.items()]
+        return {
+            "version": __version__, "pid": os.getpid(), "uptime": time.time() - self.started,
+            "generation": gen.number,
+            "config": {"path": gen.config.source, "sha256": gen.config.sha256},
+            "listeners": listeners, "pools": pools, "workers": workers,
+            "checker": {"pid": gen.checker.pid, "restarts": gen.checker.restarts,
+                        "crash_loop": gen.checker.crash_looping},
+        }
 
 
 def empty_because(backends: dict) -> str | None:
     """None while a pool has a backend to pick; else why not, per backend, for
     `lb status` (a tcp listener closes new connections of such a pool at once)."""
-    from lb.checker import describe
-
     reasons = []
     for name, b in backends.items():
         if not b["in_use"]:
@@ -420,7 +869,7 @@ def empty_because(backends: dict) -> str | None:
         if b["admin"] != "ready":
             reasons.append(f"{name} {b['admin']}")
         elif b["health"] == "down":
-            reasons.append(f"{name} down ({describe(b['down_reason'], b['last_status'], b['last_errno'], b['last_latency_us'])})")
+            reasons.append(f"{name} down ({b['down_reason']})")
         else:
             reasons.append(f"{name} weight 0")
     return "no backend can take connections: " + (", ".join(reasons) or "the pool has no backends")

@@ -29,19 +29,18 @@ def prctl(option: int, arg) -> None:
 
 def detach_from_supervisor(sup, keep: list[int]) -> None:
     """Undo what the fork copied from the supervisor: its signal handling, its
-    wakeup pipe, and the listening sockets of the other worker slots."""
+    wakeup pipe and admin socket, and the listening sockets not in keep."""
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_BLOCK, LOOP_SIGNALS)
     for sig in LOOP_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
-    os.close(sup._wakeup_r)
-    os.close(sup._wakeup_w)
-    for slot in sup.slots:
-        for sock, _ in slot.sockets:
-            if sock.fileno() not in keep:
-                sock.close()
+    for fd in sup.inherited_fds():
+        os.close(fd)
+    for sock in sup.sockets.values():
+        if sock.fileno() not in keep:
+            sock.close()
 
 
 def drop_privileges(sup) -> None:
@@ -51,7 +50,7 @@ def drop_privileges(sup) -> None:
         privileges.drop(sup.account.uid, sup.account.gid)
 
 
-def child_main(sup, slot, keep: list[int]) -> int:
+def child_main(sup, gen, slot, row: int, keep: list[int]) -> int:
     """Entry point in the forked child. Returns the exit code."""
     try:
         detach_from_supervisor(sup, keep)
@@ -61,7 +60,7 @@ def child_main(sup, slot, keep: list[int]) -> int:
         prctl(PR_SET_NAME, f"lb-worker-{slot.index}".encode())
         if os.getppid() == 1:
             return 0
-        config = sup.config
+        config = gen.config
         pool_names = list(config.pools)
         by_index = list(config.listeners.values())
         listeners = [(sock.fileno(), pool_names.index(by_index[li].pool), by_index[li].idle_timeout)
@@ -69,7 +68,7 @@ def child_main(sup, slot, keep: list[int]) -> int:
         pool_settings = [(p.connect_timeout, p.retries) for p in config.pools.values()]
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         fds_open = len(os.listdir("/proc/self/fd"))
-        worker = Worker(sup.shm, slot.row, listeners, pool_settings,
+        worker = Worker(gen.shm, row, listeners, pool_settings,
                         splice=config.global_.splice, fd_limit=soft - fds_open,
                         drain_timeout=config.global_.drain_timeout)
         worker.run()

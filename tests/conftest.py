@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -56,10 +57,13 @@ class Backend:
     """A tests/backend_server.py process."""
 
     def __init__(self, name: str = "backend", mode: str = "transform", hello: bool = False,
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", port: int = 0, extra_args=()):
+        """port: 0 picks a free one; a fixed one brings a backend back where it was.
+        extra_args: more backend_server.py options (--status, --report-connections, ...)."""
         self.name = name
         self.host = host
-        args = [sys.executable, str(BACKEND_SERVER), "--name", name, "--mode", mode, "--host", host]
+        args = [sys.executable, str(BACKEND_SERVER), "--name", name, "--mode", mode, "--host", host,
+                "--port", str(port), *extra_args]
         if hello:
             args.append("--hello")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
@@ -85,6 +89,15 @@ class Backend:
             self.proc.kill()
             self.proc.wait()
 
+    def drain_lines(self) -> list[str]:
+        """Every line reported so far and not yet read."""
+        out = []
+        while True:
+            try:
+                out.append(self.lines.get_nowait())
+            except queue.Empty:
+                return out
+
 
 @pytest.fixture
 def backends():
@@ -100,19 +113,35 @@ def backends():
         b.stop()
 
 
+HEALTH_NONE = 'type = "none"'
+
+
 def lb_config(port: int, backends, *, workers: int = 1, algorithm: str = "roundrobin",
               connect_timeout: str = "1s", pool_extra: str = "", listener_extra: str = "", global_extra: str = "",
-              bind_host: str = "127.0.0.1") -> str:
-    """backends: sequence of (address, name, weight) or Backend objects."""
+              bind_host: str = "127.0.0.1", health: str = HEALTH_NONE, drain_timeout: str = "5s") -> str:
+    """backends: sequence of (address, name, weight), (address, name, weight, backup)
+    or Backend objects. health: the body of [pools.p.health] (TOML lines); more
+    sections of the pool (e.g. "[pools.p.passive] ...") may follow it there."""
     bind = f"[{bind_host}]:{port}" if ":" in bind_host else f"{bind_host}:{port}"
+    if "admin_socket" not in global_extra:
+        # every daemon of a test run gets its own admin socket and state file
+        run_dir = tempfile.mkdtemp(prefix="lb-test-")
+        global_extra = f'admin_socket = "{run_dir}/admin.sock"\nstate_file = "{run_dir}/state.json"\n' + global_extra
     items = []
     for b in backends:
-        address, name, weight = (b.address, b.name, 100) if isinstance(b, Backend) else b
-        items.append(f'[[pools.p.backends]]\naddress = "{address}"\nname = "{name}"\nweight = {weight}\n')
+        backup = False
+        if isinstance(b, Backend):
+            address, name, weight = b.address, b.name, 100
+        elif len(b) == 4:
+            address, name, weight, backup = b
+        else:
+            address, name, weight = b
+        items.append(f'[[pools.p.backends]]\naddress = "{address}"\nname = "{name}"\nweight = {weight}\n'
+                     + ("backup = true\n" if backup else ""))
     return textwrap.dedent(f"""\
         [global]
         workers = {workers}
-        drain_timeout = "5s"
+        drain_timeout = "{drain_timeout}"
         {global_extra}
 
         [listeners.t]
@@ -127,9 +156,7 @@ def lb_config(port: int, backends, *, workers: int = 1, algorithm: str = "roundr
         {pool_extra}
 
         [pools.p.health]
-        type = "none"
-
-        """) + "\n".join(items)
+        """) + textwrap.dedent(health).strip() + "\n\n" + "\n".join(items)
 
 
 class LbProcess:

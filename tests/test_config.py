@@ -42,6 +42,7 @@ user = "www"
 group = "www-data"
 drain_timeout = "1m30s"
 splice = "never"
+max_worker_rss = "512MiB"
 
 [listeners.web]
 bind = ["0.0.0.0:8080", "[::1]:8080"]
@@ -117,6 +118,7 @@ def test_full_config_loads_every_key():
     g = cfg.global_
     assert (g.workers, g.admin_socket, g.state_file) == (4, "/tmp/lb/admin.sock", "/tmp/lb/state.json")
     assert (g.user, g.group, g.drain_timeout, g.splice) == ("www", "www-data", 90.0, "never")
+    assert g.max_worker_rss == 512 << 20
     assert g.worker_count() == 4
 
     assert list(cfg.listeners) == ["web", "db"]
@@ -380,6 +382,7 @@ BAD = [
     (_cfg(tail="[pools.app.health]\nfall = 101"), "pools.app.health.fall", "out of range"),
     (_cfg(tail='[pools.app.health]\nslowstart = "-1s"'), "pools.app.health.slowstart", "invalid duration"),
     (_cfg(tail='[pools.app.health]\nmethod = "get me"'), "pools.app.health.method", "invalid HTTP method"),
+    ('[global]\nmax_worker_rss = "lots"\n' + _cfg(), "global.max_worker_rss", "invalid size"),
     (_cfg(tail='[pools.app.health]\nhost = "a b"'), "pools.app.health.host", "invalid Host"),
     (_cfg(tail='[pools.app.health]\nfast_interval = "0s"'), "pools.app.health.fast_interval", "at least"),
     (_cfg(tail='[pools.app.passive]\nmax_ejected_percent = 101'), "pools.app.passive.max_ejected_percent", "101"),

@@ -7,17 +7,34 @@ from lb import __version__
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lb")
-def main():
-    """lb: a load balancer with a compiled data path."""
+@click.option("--socket", "socket_path", metavar="PATH", envvar="LB_ADMIN_SOCKET",
+              help="Admin socket of the lb to talk to; the LB_ADMIN_SOCKET environment variable sets it too. "
+                   "Default: global.admin_socket of the -c file, else /run/lb/admin.sock.")
+@click.option("-c", "--config", "config_path", metavar="FILE",
+              help="Find the admin socket in this config file (its global.admin_socket).")
+@click.pass_context
+def main(ctx: click.Context, socket_path: str | None, config_path: str | None):
+    """lb: a load balancer with a compiled data path.
+
+    Exit codes of the commands that talk to a running lb: 0 done, 1 the
+    operation failed, 2 usage or config error, 3 lb is not reachable."""
+    from lb.cli.app import App
+
+    ctx.obj = App(socket_path, config_path)
 
 
 def _register():
-    from lb.cli import check, pool, run
+    from lb.cli import backend, check, control, pool, run, status, top
 
     main.add_command(check.check)
     main.add_command(run.run)
     main.add_command(run.demo)
     main.add_command(pool.pool)
+    main.add_command(backend.backend)
+    main.add_command(status.status)
+    main.add_command(top.top)
+    main.add_command(control.reload)
+    main.add_command(control.stop)
 
 
 _register()

@@ -1,4 +1,5 @@
-"""`lb pool`: commands about one pool. `simulate` previews a change to it."""
+"""`lb pool`: commands about pools. `list` and `show` ask the running daemon;
+`simulate` previews a change to a pool of a config file."""
 
 import json
 import sys
@@ -6,6 +7,8 @@ import sys
 import click
 
 from lb import config
+from lb.cli import render
+from lb.cli.app import POOL, App, print_json
 
 EXIT_CONFIG = 2  # the project's exit code for usage and config errors
 
@@ -17,7 +20,33 @@ def _fail(message: str) -> None:
 
 @click.group()
 def pool() -> None:
-    """Commands about one pool of backends."""
+    """Commands about pools of backends."""
+
+
+@pool.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON on stdout.")
+@click.pass_obj
+def list_pools(app: App, as_json: bool) -> None:
+    """The pools of the running lb: algorithm, backends, how many are up,
+    active connections."""
+    result = app.call("pool.list")
+    if as_json:
+        print_json(result)
+        return
+    click.echo("\n".join(render.pool_list_lines(result.get("pools") or [])))
+
+
+@pool.command()
+@click.argument("pool_name", metavar="POOL", type=POOL)
+@click.option("--json", "as_json", is_flag=True, help="Print the daemon's answer as JSON on stdout.")
+@click.pass_obj
+def show(app: App, pool_name: str, as_json: bool) -> None:
+    """One pool of the running lb, backend by backend, as `lb status` shows it."""
+    result = app.call("pool.show", {"pool": pool_name})
+    if as_json:
+        print_json(result)
+        return
+    click.echo("\n".join(render.pool_lines(pool_name, result)))
 
 
 @pool.command()

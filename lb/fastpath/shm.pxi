@@ -365,6 +365,38 @@ cdef class Shm:
         cdef uint16_t *t = <uint16_t *>(self.base + p.table_off) + (lb_acquire_u32(&p.table_gen) & 1) * p.table_size
         return [-1 if t[i] == TABLE_EMPTY else t[i] for i in range(p.table_size)]
 
+    # -- carrying state over a reload; writer: supervisor, before the new
+    #    generation's checker and workers start (the row is theirs after) --
+    def copy_health(self, uint32_t pool, uint32_t index, Shm src, uint32_t src_pool, uint32_t src_index):
+        """Give a backend the health state it had in another region (a reload)."""
+        cdef shm_backend *b = self._backend(pool, index)
+        cdef shm_backend *o = src._backend(src_pool, src_index)
+        b.check_oks = o.check_oks
+        b.check_fails = o.check_fails
+        b.down_reason = o.down_reason
+        b.eject_count = o.eject_count
+        b.last_status = o.last_status
+        b.last_errno = o.last_errno
+        b.last_latency_us = o.last_latency_us
+        b.last_result = o.last_result
+        lb_store_u64(&b.up_since_ms, lb_load_u64(&o.up_since_ms))
+        lb_store_u64(&b.eject_until_ms, lb_load_u64(&o.eject_until_ms))
+        lb_store_u8(&b.health, lb_load_u8(&o.health))
+        self._bump(self._pool(pool))
+
+    def add_carried(self, uint32_t pool, uint32_t index, uint32_t row, totals):
+        """Add counter totals (of an older generation) to a row no worker writes."""
+        cdef uint32_t slot = self._pool(pool).first_slot + index
+        self._backend(pool, index)
+        if row >= self.hdr.n_rows:
+            raise IndexError(f"row {row} out of range")
+        cdef shm_backend_stats *st = self._bstats(row, slot)
+        lb_add_u64(&st.total, totals.get("total", 0))
+        lb_add_u64(&st.bytes_in, totals.get("bytes_in", 0))
+        lb_add_u64(&st.bytes_out, totals.get("bytes_out", 0))
+        lb_add_u64(&st.connect_errors, totals.get("connect_errors", 0))
+        lb_add_u64(&st.connect_timeouts, totals.get("connect_timeouts", 0))
+
     def reset_row_gauges(self, uint32_t row):
         """After a worker died: its connections died with it, so its gauges are
         stale. Only the supervisor calls this, and only once the writer is reaped."""

@@ -1,0 +1,162 @@
+"""Text for people: the tables of `lb status`, `lb pool list|show` and `lb top`,
+drawn from the admin socket's results (docs/admin.md). A key the daemon did
+not send shows as "-" rather than failing the whole table."""
+
+from __future__ import annotations
+
+
+def human_bytes(n) -> str:
+    if not isinstance(n, (int, float)):
+        return "-"
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return "-"  # not reached
+
+
+def human_duration(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    return str(value)
+
+
+def table(headers: list[str], rows: list[list], indent: str = "") -> list[str]:
+    """Columns as wide as their widest cell; numbers right-aligned, the last
+    column left as is (it may be long: a check's detail)."""
+    text = [[cell(v) for v in row] for row in rows]
+    numeric = [all(isinstance(row[i], (int, float)) and not isinstance(row[i], bool) for row in rows if row[i]
+                   is not None) for i in range(len(headers))]
+    widths = [max([len(h)] + [len(r[i]) for r in text]) for i, h in enumerate(headers)]
+    out = []
+    for row in [headers, *text]:
+        cells = []
+        for i, v in enumerate(row):
+            if i == len(row) - 1:
+                cells.append(v)
+            elif numeric[i]:
+                cells.append(v.rjust(widths[i]))
+            else:
+                cells.append(v.ljust(widths[i]))
+        out.append((indent + "  ".join(cells)).rstrip())
+    return out
+
+
+def _health(b: dict) -> str:
+    health = b.get("health", "-")
+    return f"{health} (backup)" if b.get("backup") else health
+
+
+def _check(b: dict) -> str:
+    return b.get("down_reason") or b.get("check") or "-"
+
+
+def backend_rows(backends: dict, rates: dict | None = None) -> tuple[list[str], list[list]]:
+    headers = ["BACKEND", "ADDRESS", "HEALTH", "ADMIN", "WEIGHT", "EFF", "ACTIVE", "TOTAL",
+               "CONNERR", "TIMEOUT", "IN", "OUT"]
+    if rates is not None:
+        headers += ["CONN/S", "BYTES/S"]
+    headers.append("CHECK")
+    rows = []
+    for name, b in backends.items():
+        row = [name, b.get("address"), _health(b), b.get("admin"), b.get("weight"), b.get("eff_weight"),
+               b.get("active"), b.get("total"), b.get("connect_errors"), b.get("connect_timeouts"),
+               human_bytes(b.get("bytes_in")), human_bytes(b.get("bytes_out"))]
+        if rates is not None:
+            conns, nbytes = rates.get(name, (None, None))
+            row += [None if conns is None else round(conns, 1),
+                    None if nbytes is None else human_bytes(nbytes)]
+        row.append(_check(b))
+        rows.append(row)
+    return headers, rows
+
+
+def pool_lines(name: str, pool: dict, rates: dict | None = None) -> list[str]:
+    backends = pool.get("backends") or {}
+    up = sum(1 for b in backends.values() if b.get("health") == "up")
+    active = sum(b.get("active") or 0 for b in backends.values())
+    lines = [f"pool {name}  {pool.get('algorithm', '-')}  {up}/{len(backends)} up  {active} active"]
+    if backends:
+        lines += table(*backend_rows(backends, rates), indent="  ")
+    else:
+        lines.append("  (no backends)")
+    if pool.get("empty_because"):
+        lines.append(f"  ! {pool['empty_because']}")
+    return lines
+
+
+def worker_lines(workers: list[dict]) -> list[str]:
+    headers = ["WORKER", "PID", "GEN", "STATE", "CPU%", "RSS", "FDS", "ACTIVE", "ACCEPTED", "PAUSED", "RESTARTS"]
+    rows = [[w.get("index"), w.get("pid"), w.get("generation"), w.get("state"), w.get("cpu_percent"),
+             human_bytes(w.get("rss")), w.get("open_fds"), w.get("active"), w.get("accepted"),
+             w.get("accept_paused"), w.get("restarts")] for w in workers]
+    return table(headers, rows)
+
+
+def status_lines(status: dict, rates: dict | None = None) -> list[str]:
+    """rates: {pool: {backend: (connections/s, bytes/s)}}, for `lb top`."""
+    config = status.get("config") or {}
+    sha = config.get("sha256") or "-"
+    lines = [
+        f"lb {status.get('version', '-')}  pid {cell(status.get('pid'))}  up {human_duration(status.get('uptime'))}"
+        f"  generation {cell(status.get('generation'))}",
+        f"config {config.get('path', '-')}  sha256 {sha[:12]}",
+        "",
+    ]
+    listeners = status.get("listeners") or []
+    if listeners:
+        lines += table(["LISTENER", "BIND", "MODE", "POOL"],
+                       [[li.get("name"), ", ".join(li.get("bind") or []), li.get("mode"), li.get("pool")]
+                        for li in listeners])
+        lines.append("")
+    for name, pool in (status.get("pools") or {}).items():
+        lines += pool_lines(name, pool, None if rates is None else rates.get(name, {}))
+        lines.append("")
+    lines += worker_lines(status.get("workers") or [])
+    checker = status.get("checker")
+    if checker:
+        lines.append(f"checker pid {cell(checker.get('pid'))}, {cell(checker.get('restarts'))} restart(s)")
+    return lines
+
+
+def pool_list_lines(pools: list[dict]) -> list[str]:
+    return table(["POOL", "ALGORITHM", "BACKENDS", "UP", "ACTIVE"],
+                 [[p.get("name"), p.get("algorithm"), p.get("backends"), p.get("up"), p.get("active")]
+                  for p in pools])
+
+
+def rates(before: dict | None, after: dict, seconds: float) -> dict:
+    """Connections and bytes (in + out) per second of each backend between two
+    statuses; a backend new in `after` has no rate yet."""
+    out: dict = {}
+    for pname, pool in (after.get("pools") or {}).items():
+        old_backends = ((before or {}).get("pools") or {}).get(pname, {}).get("backends") or {}
+        for bname, b in (pool.get("backends") or {}).items():
+            old = old_backends.get(bname)
+            if old is None or seconds <= 0:
+                out.setdefault(pname, {})[bname] = (None, None)
+                continue
+            try:
+                conns = max(0, b["total"] - old["total"]) / seconds
+                nbytes = max(0, b["bytes_in"] + b["bytes_out"] - old["bytes_in"] - old["bytes_out"]) / seconds
+            except (KeyError, TypeError):
+                conns = nbytes = None
+            out.setdefault(pname, {})[bname] = (conns, nbytes)
+    return out

@@ -1,0 +1,60 @@
+"""`lb top`: `lb status` redrawn every interval, with rates."""
+
+import shutil
+import sys
+import time
+
+import click
+
+from lb.cli import render
+from lb.cli.app import App
+
+CLEAR = "\033[H\033[2J"
+ALT_SCREEN_ON, ALT_SCREEN_OFF = "\033[?1049h\033[?25l", "\033[?25h\033[?1049l"
+
+
+def _fit(lines: list[str]) -> str:
+    """One screen: lines cut at the terminal's width, the list at its height."""
+    size = shutil.get_terminal_size()
+    return "\n".join(line[: size.columns] for line in lines[: max(1, size.lines - 1)])
+
+
+@click.command()
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True, metavar="SECONDS",
+              help="Time between two screens.")
+@click.option("--iterations", type=click.IntRange(min=1), metavar="N",
+              help="Stop after N screens (default: run until Ctrl-C).")
+@click.pass_obj
+def top(app: App, interval: float, iterations: int | None) -> None:
+    """A live view of the running lb: `lb status` on one screen, redrawn every
+    interval, with each backend's connections and bytes per second.
+
+    On a terminal the screen is cleared and redrawn; otherwise every screen is
+    printed after the previous one, followed by an empty line. Ctrl-C quits."""
+    tty = sys.stdout.isatty()
+    before, before_at = None, 0.0
+    shown = 0
+    if tty:
+        sys.stdout.write(ALT_SCREEN_ON)
+    try:
+        while True:
+            status = app.call("status")
+            now = time.monotonic()
+            rates = render.rates(before, status, now - before_at) if before else {}
+            lines = render.status_lines(status, rates)
+            if tty:
+                sys.stdout.write(CLEAR + _fit(lines))
+                sys.stdout.flush()
+            else:
+                click.echo("\n".join(lines) + "\n")
+            before, before_at = status, now
+            shown += 1
+            if iterations and shown >= iterations:
+                return
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if tty:
+            sys.stdout.write(ALT_SCREEN_OFF)
+            sys.stdout.flush()
