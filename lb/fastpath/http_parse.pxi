@@ -1,0 +1,576 @@
+# The strict HTTP/1.1 request parser (docs/http-parser.md is the rule book;
+# tests/reference/http_ref.py the pure-Python oracle). It reads a buffer front
+# to back without copying: fields are offsets into the caller's bytes, and no
+# Python object is made until the test-facing wrappers at the end.
+
+cdef enum:
+    HTTP_MAX_FIELDS_CAP = 256
+    HTTP_MAX_METHOD = 32
+    HTTP_MAX_LEADING_CRLF = 4
+    HTTP_INCOMPLETE = -1
+
+cdef struct http_field:
+    uint32_t name_off
+    uint32_t name_len
+    uint32_t value_off
+    uint32_t value_len
+
+cdef struct http_req:
+    uint32_t method_off
+    uint32_t method_len
+    uint32_t target_off
+    uint32_t target_len
+    int32_t version                  # 10 or 11
+    int32_t host                     # field index of Host, or -1
+    int64_t content_length           # -1: none
+    uint8_t chunked
+    uint8_t keep_alive
+    uint8_t upgrade
+    uint8_t expect_continue
+    uint32_t n_fields
+    uint32_t head_len
+    http_field fields[HTTP_MAX_FIELDS_CAP]
+
+
+# tchar (RFC 9110 5.6.2): ! # $ % & ' * + - . ^ _ ` | ~ DIGIT ALPHA
+cdef uint8_t HTTP_TCHAR[256]
+for _c in bytearray(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"):
+    HTTP_TCHAR[_c] = 1
+
+
+# reg-name bytes of a Host value besides letters and digits
+cdef uint8_t HTTP_REGNAME[256]
+for _c in bytearray(b"-._~!$&'()*+,;=%"):
+    HTTP_REGNAME[_c] = 1
+
+cdef const char *HTTP_PREFIX = b"HTTP/"
+
+
+cdef inline bint is_tchar(uint8_t c) noexcept nogil:
+    return HTTP_TCHAR[c] != 0
+
+
+cdef inline uint8_t lower(uint8_t c) noexcept nogil:
+    return c + 32 if 65 <= c <= 90 else c
+
+
+cdef bint ieq(const uint8_t *a, uint32_t n, const char *lit) noexcept nogil:
+    """a[:n] equals the lower-case literal lit, ignoring ASCII case."""
+    cdef uint32_t i
+    for i in range(n):
+        if lit[i] == 0 or lower(a[i]) != <uint8_t>lit[i]:
+            return False
+    return lit[n] == 0
+
+
+cdef int http_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_target, uint32_t max_fields) noexcept nogil:
+    """Rules 1 to 3 over b[:n]: 0 with r filled (head_len set), -1 when b ends
+    first, or the status of the first offending byte."""
+    cdef size_t p = 0, start
+    cdef uint32_t empty = 0, i
+    cdef uint8_t c
+    # 1. leading empty lines
+    while True:
+        if p >= n:
+            return HTTP_INCOMPLETE
+        if b[p] == 13:
+            if p + 1 >= n:
+                return HTTP_INCOMPLETE
+            if b[p + 1] != 10:
+                return 400
+            empty += 1
+            if empty > HTTP_MAX_LEADING_CRLF:
+                return 400
+            p += 2
+            continue
+        break
+    # 2. request line: method
+    start = p
+    while p < n and is_tchar(b[p]):
+        p += 1
+        if p - start > HTTP_MAX_METHOD:
+            return 400
+    if p >= n:
+        return HTTP_INCOMPLETE
+    if p == start or b[p] != 32:
+        return 400
+    r.method_off = start
+    r.method_len = p - start
+    if ieq_exact(b + start, r.method_len, b"CONNECT"):
+        return 405
+    p += 1
+    # target
+    start = p
+    while p < n and 0x21 <= b[p] <= 0x7e:
+        p += 1
+        if p - start > max_target:
+            return 414
+    if p >= n:
+        return HTTP_INCOMPLETE
+    if p == start or b[p] != 32:
+        return 400
+    r.target_off = start
+    r.target_len = p - start
+    if not http_target_form_ok(b + start, r.target_len, b + r.method_off, r.method_len):
+        return 400
+    p += 1
+    # version: HTTP/D.D CRLF, checked once the line is complete
+    for i in range(5):
+        if p >= n:
+            return HTTP_INCOMPLETE
+        if b[p] != <uint8_t>HTTP_PREFIX[i]:
+            return 400
+        p += 1
+    for c in range(5):
+        if p + c >= n:
+            return HTTP_INCOMPLETE
+        if ((c == 0 or c == 2) and not (48 <= b[p + c] <= 57)) or (c == 1 and b[p + c] != 46) \
+                or (c == 3 and b[p + c] != 13) or (c == 4 and b[p + c] != 10):
+            return 400
+    if b[p] == 49:
+        r.version = 10 if b[p + 2] == 48 else 11
+    elif b[p] == 48:
+        return 400
+    else:
+        return 505
+    p += 5
+    # 3. fields
+    r.n_fields = 0
+    return http_fields(b, n, p, r, max_fields)
+
+
+cdef int http_fields(const uint8_t *b, size_t n, size_t p, http_req *r, uint32_t max_fields) noexcept nogil:
+    """Rule 3 from b[p]: fields until the empty line (r.head_len: just past it)."""
+    cdef size_t start, vend
+    cdef uint8_t c
+    while True:
+        if p >= n:
+            return HTTP_INCOMPLETE
+        c = b[p]
+        if c == 13:
+            if p + 1 >= n:
+                return HTTP_INCOMPLETE
+            if b[p + 1] != 10:
+                return 400
+            r.head_len = p + 2
+            return 0
+        if c == 32 or c == 9:
+            return 400                 # obs-fold, or whitespace before a field
+        if r.n_fields >= max_fields:
+            return 431
+        start = p
+        while p < n and is_tchar(b[p]):
+            p += 1
+        if p >= n:
+            return HTTP_INCOMPLETE
+        if p == start or b[p] != 58:
+            return 400                 # no name, whitespace before the colon, no colon
+        r.fields[r.n_fields].name_off = start
+        r.fields[r.n_fields].name_len = p - start
+        p += 1
+        while p < n and (b[p] == 32 or b[p] == 9):
+            p += 1
+        start = p
+        vend = p
+        while p < n:
+            c = b[p]
+            if c == 13:
+                break
+            if (c < 32 and c != 9) or c == 127:
+                return 400             # NUL, a bare LF, any other CTL, DEL
+            p += 1
+            if c != 32 and c != 9:
+                vend = p
+        if p + 1 >= n:
+            return HTTP_INCOMPLETE
+        if b[p + 1] != 10:
+            return 400                 # a bare CR
+        r.fields[r.n_fields].value_off = start
+        r.fields[r.n_fields].value_len = vend - start
+        r.n_fields += 1
+        p += 2
+
+
+cdef inline bint ieq_exact(const uint8_t *a, uint32_t n, const char *lit) noexcept nogil:
+    """a[:n] equals lit, case-sensitively (methods are case-sensitive)."""
+    cdef uint32_t i
+    for i in range(n):
+        if lit[i] == 0 or a[i] != <uint8_t>lit[i]:
+            return False
+    return lit[n] == 0
+
+
+cdef bint http_target_form_ok(const uint8_t *t, uint32_t n, const uint8_t *m, uint32_t mlen) noexcept nogil:
+    if t[0] == 47:                                        # origin-form "/..."
+        return True
+    if n == 1 and t[0] == 42:                             # asterisk-form, OPTIONS only
+        return ieq_exact(m, mlen, b"OPTIONS")
+    if n > 7 and ieq(t, 7, b"http://"):                   # absolute-form
+        return True
+    if n > 8 and ieq(t, 8, b"https://"):
+        return True
+    return False
+
+
+cdef bint http_host_ok(const uint8_t *v, uint32_t n) noexcept nogil:
+    """Empty, or host [":" port]: reg-name or [IP-literal], port 1..5 digits."""
+    cdef uint32_t i = 0, digits
+    cdef uint8_t c
+    if n == 0:
+        return True
+    if v[0] == 91:                                        # [IP-literal]
+        i = 1
+        while i < n and v[i] != 93:
+            c = v[i]
+            if not ((48 <= c <= 57) or (97 <= lower(c) <= 102) or c == 58 or c == 46):
+                return False
+            i += 1
+        if i >= n or i == 1:
+            return False
+        i += 1
+    else:
+        while i < n and v[i] != 58:
+            c = v[i]
+            if not ((48 <= c <= 57) or (97 <= lower(c) <= 122) or HTTP_REGNAME[c]):
+                return False
+            i += 1
+    if i == n:
+        return True
+    if v[i] != 58:
+        return False
+    digits = n - i - 1
+    if digits < 1 or digits > 5:
+        return False
+    for i in range(i + 1, n):
+        if not (48 <= v[i] <= 57):
+            return False
+    return True
+
+
+cdef int http_list_next(const uint8_t *v, uint32_t n, uint32_t *pos, uint32_t *off, uint32_t *len) noexcept nogil:
+    """The next element of a comma-separated list, OWS trimmed; 0 at the end.
+    Empty elements are skipped."""
+    cdef uint32_t p = pos[0], s, e
+    while True:
+        while p < n and (v[p] == 32 or v[p] == 9 or v[p] == 44):
+            p += 1
+        if p >= n:
+            pos[0] = p
+            return 0
+        s = p
+        while p < n and v[p] != 44:
+            p += 1
+        e = p
+        while e > s and (v[e - 1] == 32 or v[e - 1] == 9):
+            e -= 1
+        pos[0] = p
+        off[0] = s
+        len[0] = e - s
+        return 1
+
+
+cdef int http_semantics(const uint8_t *b, http_req *r) noexcept nogil:
+    """Rules 4 to 9 over a complete head."""
+    cdef uint32_t i, hosts = 0, cls = 0, pos, off, len, codings = 0, chunked_at = 0, chunked_n = 0
+    cdef bint has_te = False, unknown_coding = False, conn_close = False, conn_keep = False
+    cdef bint conn_upgrade = False, upgrade_field = False
+    cdef int64_t cl = -1
+    cdef const uint8_t *name
+    cdef const uint8_t *v
+    cdef uint32_t nlen, vlen
+    r.host = -1
+    r.content_length = -1
+    r.chunked = 0
+    r.expect_continue = 0
+    # 4. Host; 5. Content-Length
+    for i in range(r.n_fields):
+        name = b + r.fields[i].name_off
+        nlen = r.fields[i].name_len
+        v = b + r.fields[i].value_off
+        vlen = r.fields[i].value_len
+        if ieq(name, nlen, b"host"):
+            hosts += 1
+            r.host = i
+    if hosts > 1 or (hosts == 0 and r.version == 11):
+        return 400
+    if hosts == 1 and not http_host_ok(b + r.fields[r.host].value_off, r.fields[r.host].value_len):
+        return 400
+    for i in range(r.n_fields):
+        if ieq(b + r.fields[i].name_off, r.fields[i].name_len, b"content-length"):
+            cls += 1
+            v = b + r.fields[i].value_off
+            vlen = r.fields[i].value_len
+            if cls > 1 or vlen == 0 or vlen > 18:
+                return 400
+            cl = 0
+            for pos in range(vlen):
+                if not (48 <= v[pos] <= 57):
+                    return 400
+                cl = cl * 10 + (v[pos] - 48)
+    # 6. Transfer-Encoding
+    for i in range(r.n_fields):
+        if not ieq(b + r.fields[i].name_off, r.fields[i].name_len, b"transfer-encoding"):
+            continue
+        has_te = True
+        v = b + r.fields[i].value_off
+        vlen = r.fields[i].value_len
+        pos = 0
+        while http_list_next(v, vlen, &pos, &off, &len):
+            codings += 1
+            if ieq(v + off, len, b"chunked"):
+                chunked_n += 1
+                chunked_at = codings
+            else:
+                unknown_coding = True
+    if has_te:
+        if r.version == 10 or cls:
+            return 400
+        if codings == 0:
+            return 400
+        if unknown_coding:
+            return 501
+        if chunked_n > 1 or chunked_at != codings:
+            return 400
+        r.chunked = 1
+    r.content_length = cl
+    # 7. Connection; 8. Expect; 9. Upgrade
+    for i in range(r.n_fields):
+        name = b + r.fields[i].name_off
+        nlen = r.fields[i].name_len
+        v = b + r.fields[i].value_off
+        vlen = r.fields[i].value_len
+        if ieq(name, nlen, b"connection"):
+            pos = 0
+            while http_list_next(v, vlen, &pos, &off, &len):
+                if ieq(v + off, len, b"close"):
+                    conn_close = True
+                elif ieq(v + off, len, b"keep-alive"):
+                    conn_keep = True
+                elif ieq(v + off, len, b"upgrade"):
+                    conn_upgrade = True
+        elif ieq(name, nlen, b"upgrade"):
+            upgrade_field = True
+    for i in range(r.n_fields):
+        if ieq(b + r.fields[i].name_off, r.fields[i].name_len, b"expect"):
+            if not ieq(b + r.fields[i].value_off, r.fields[i].value_len, b"100-continue"):
+                return 417
+            r.expect_continue = 1
+    r.keep_alive = (not conn_close) and (r.version == 11 or conn_keep)
+    r.upgrade = conn_upgrade and upgrade_field
+    return 0
+
+
+cdef int http_parse_request_c(const uint8_t *b, size_t n, http_req *r, uint32_t max_target,
+                              uint32_t max_head, uint32_t max_fields) noexcept nogil:
+    """0 (r describes a complete, valid head of r.head_len bytes), -1 (need more
+    bytes), or the status to answer before closing."""
+    cdef int st
+    if max_fields > HTTP_MAX_FIELDS_CAP:
+        max_fields = HTTP_MAX_FIELDS_CAP
+    # the head must end within max_head bytes: parse at most that much, and a
+    # head still open there is too large
+    st = http_head(b, n if n < max_head else max_head, r, max_target, max_fields)
+    if st == HTTP_INCOMPLETE:
+        return 431 if n > max_head else HTTP_INCOMPLETE
+    if st != 0:
+        return st
+    return http_semantics(b, r)
+
+
+# ---- chunked bodies ------------------------------------------------------------
+
+cdef inline int hexval(uint8_t c) noexcept nogil:
+    if 48 <= c <= 57:
+        return c - 48
+    c = lower(c)
+    if 97 <= c <= 102:
+        return c - 87
+    return -1
+
+
+cdef int http_chunk_ext(const uint8_t *b, size_t n, size_t *pp) noexcept nogil:
+    """Chunk extensions up to the CR: (";" OWS token [OWS "=" OWS (token /
+    quoted-string)])*. 0 ok (pp at the CR), -1 incomplete, 400."""
+    cdef size_t p = pp[0], s
+    while True:
+        while p < n and (b[p] == 32 or b[p] == 9):
+            p += 1
+        if p >= n:
+            return HTTP_INCOMPLETE
+        if b[p] == 13:
+            pp[0] = p
+            return 0
+        if b[p] != 59:
+            return 400
+        p += 1
+        while p < n and (b[p] == 32 or b[p] == 9):
+            p += 1
+        s = p
+        while p < n and is_tchar(b[p]):
+            p += 1
+        if p >= n:
+            return HTTP_INCOMPLETE
+        if p == s:
+            return 400
+        while p < n and (b[p] == 32 or b[p] == 9):
+            p += 1
+        if p >= n:
+            return HTTP_INCOMPLETE
+        if b[p] != 61:
+            continue
+        p += 1
+        while p < n and (b[p] == 32 or b[p] == 9):
+            p += 1
+        if p >= n:
+            return HTTP_INCOMPLETE
+        if b[p] == 34:                                    # quoted-string
+            p += 1
+            while True:
+                if p >= n:
+                    return HTTP_INCOMPLETE
+                if b[p] == 34:
+                    p += 1
+                    break
+                if b[p] == 92:                            # quoted-pair
+                    if p + 1 >= n:
+                        return HTTP_INCOMPLETE
+                    if (b[p + 1] < 32 and b[p + 1] != 9) or b[p + 1] == 127:
+                        return 400
+                    p += 2
+                    continue
+                if (b[p] < 32 and b[p] != 9) or b[p] == 127:
+                    return 400
+                p += 1
+        else:
+            s = p
+            while p < n and is_tchar(b[p]):
+                p += 1
+            if p >= n:
+                return HTTP_INCOMPLETE
+            if p == s:
+                return 400
+
+
+cdef int http_chunked_c(const uint8_t *b, size_t n, size_t *consumed, http_req *trailers,
+                        uint32_t max_head, size_t *data_offs, size_t *data_lens, size_t max_chunks,
+                        size_t *n_chunks) noexcept nogil:
+    """A whole chunked body at b: 0 (consumed set; data_offs/lens locate the
+    chunk data, trailers the trailer fields), -1 incomplete, 400."""
+    cdef size_t p = 0, s, k = 0
+    cdef uint64_t size
+    cdef int v, st
+    cdef uint32_t i, digits
+    cdef size_t tstart
+    while True:
+        s = p
+        size = 0
+        digits = 0
+        while p < n and hexval(b[p]) >= 0:
+            size = size * 16 + <uint64_t>hexval(b[p])
+            digits += 1
+            p += 1
+            if digits > 16:
+                return 400
+        if p >= n:
+            return HTTP_INCOMPLETE
+        if digits == 0:
+            return 400
+        st = http_chunk_ext(b, n, &p)
+        if st != 0:
+            return st
+        if p + 1 >= n:
+            return HTTP_INCOMPLETE
+        if b[p + 1] != 10:
+            return 400
+        p += 2
+        if size == 0:
+            break
+        if size > n - p or n - p - size < 2:
+            # the data or its CRLF is still to come; what did come must fit
+            if size < n - p and b[p + size] != 13:
+                return 400
+            return HTTP_INCOMPLETE
+        if b[p + size] != 13 or b[p + size + 1] != 10:
+            return 400
+        if k < max_chunks:
+            data_offs[k] = p
+            data_lens[k] = size
+        k += 1
+        p += size + 2
+    n_chunks[0] = k
+    # trailer section: rule 3 fields up to the empty line, within max_head bytes
+    tstart = p
+    trailers.n_fields = 0
+    st = http_fields(b, n if n - tstart < max_head else tstart + max_head, p, trailers, HTTP_MAX_FIELDS_CAP)
+    if st == HTTP_INCOMPLETE:
+        return 400 if n - tstart > max_head else HTTP_INCOMPLETE
+    if st != 0:
+        return 400
+    for i in range(trailers.n_fields):
+        if (ieq(b + trailers.fields[i].name_off, trailers.fields[i].name_len, b"content-length")
+                or ieq(b + trailers.fields[i].name_off, trailers.fields[i].name_len, b"transfer-encoding")
+                or ieq(b + trailers.fields[i].name_off, trailers.fields[i].name_len, b"host")):
+            return 400
+    consumed[0] = trailers.head_len
+    return 0
+
+
+# ---- test-facing wrappers -----------------------------------------------------------
+
+def http_parse_request(const unsigned char[:] data, uint32_t max_target=8192, uint32_t max_head=16384,
+                       uint32_t max_fields=100):
+    """(status, consumed, info) as docs/http-parser.md defines them."""
+    cdef http_req *r = <http_req *>malloc(sizeof(http_req))
+    cdef int st
+    cdef const uint8_t *b = &data[0] if data.shape[0] else <const uint8_t *>b""
+    if r == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            st = http_parse_request_c(b, data.shape[0], r, max_target, max_head, max_fields)
+        if st != 0:
+            return st, 0, None
+        raw = bytes(data[:r.head_len])
+        fields = [(raw[f.name_off:f.name_off + f.name_len], raw[f.value_off:f.value_off + f.value_len])
+                  for f in r.fields[:r.n_fields]]
+        return 0, r.head_len, {
+            "method": raw[r.method_off:r.method_off + r.method_len],
+            "target": raw[r.target_off:r.target_off + r.target_len],
+            "version": r.version,
+            "host": fields[r.host][1] if r.host >= 0 else None,
+            "content_length": r.content_length if r.content_length >= 0 else None,
+            "chunked": bool(r.chunked), "keep_alive": bool(r.keep_alive),
+            "upgrade": bool(r.upgrade), "expect_continue": bool(r.expect_continue),
+            "fields": fields,
+        }
+    finally:
+        free(r)
+
+
+def http_parse_chunked(const unsigned char[:] data, uint32_t max_head=16384):
+    """(status, consumed, body, trailers) for a chunked body at the start of data."""
+    cdef http_req *t = <http_req *>malloc(sizeof(http_req))
+    cdef size_t n = data.shape[0], consumed = 0, n_chunks = 0, max_chunks = n // 3 + 1
+    cdef size_t *offs = <size_t *>malloc(max_chunks * sizeof(size_t))
+    cdef size_t *lens = <size_t *>malloc(max_chunks * sizeof(size_t))
+    cdef const uint8_t *b = &data[0] if n else <const uint8_t *>b""
+    cdef int st
+    if t == NULL or offs == NULL or lens == NULL:
+        free(t)
+        free(offs)
+        free(lens)
+        raise MemoryError()
+    try:
+        with nogil:
+            st = http_chunked_c(b, n, &consumed, t, max_head, offs, lens, max_chunks, &n_chunks)
+        if st != 0:
+            return st, 0, b"", []
+        raw = bytes(data[:consumed])
+        body = b"".join(raw[offs[i]:offs[i] + lens[i]] for i in range(n_chunks))
+        trailers = [(raw[f.name_off:f.name_off + f.name_len], raw[f.value_off:f.value_off + f.value_len])
+                    for f in t.fields[:t.n_fields]]
+        return 0, consumed, body, trailers
+    finally:
+        free(t)
+        free(offs)
+        free(lens)
