@@ -85,7 +85,8 @@ class Access:
             return False
 
     def rule(self) -> str:
-        return f"root, user {self.user!r} and members of group {self.group!r}"
+        own = "" if os.geteuid() == 0 else f", uid {os.geteuid()} (lb's own)"
+        return f"root{own}, user {self.user!r} and members of group {self.group!r}"
 
 
 class AdminServer:
@@ -118,6 +119,22 @@ class AdminServer:
         sock.listen(16)
         sock.setblocking(False)
         self.sock = sock
+
+    def stop_listening(self, selector) -> None:
+        """A stop began: no new admin clients; answer the waiting ones."""
+        if self.sock is None:
+            return
+        selector.unregister(self.sock)
+        self.sock.close()
+        self.sock = None
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        for peer in self.peers.values():
+            if peer.pending is not None:
+                peer.pending = None
+                self._send(peer.sock, {"v": PROTOCOL, "ok": False, "code": "failed", "error": "lb is stopping"})
 
     def close(self) -> None:
         for peer in list(self.peers.values()):
@@ -159,6 +176,7 @@ class AdminServer:
             selector.register(conn, 1, ("admin-peer", peer))
 
     def on_readable(self, selector, peer: Peer) -> None:
+        line = b""
         try:
             data = peer.sock.recv(65536)
         except (BlockingIOError, InterruptedError, socket.timeout):
@@ -173,12 +191,15 @@ class AdminServer:
         while b"\n" in peer.buf:
             line, _, rest = bytes(peer.buf).partition(b"\n")
             peer.buf = bytearray(rest)
+            if len(line) > MAX_REQUEST:
+                break  # refused below, with the connection
             if peer.pending is not None:
                 peer.queued.append(line)
             else:
                 self._handle(peer, line)
-        if len(peer.buf) > MAX_REQUEST:
-            self._send(peer.sock, {"v": PROTOCOL, "ok": False, "code": "invalid", "error": "request too large"})
+        if len(peer.buf) > MAX_REQUEST or len(line) > MAX_REQUEST:
+            self._send(peer.sock, {"v": PROTOCOL, "ok": False, "code": "invalid",
+                                   "error": f"request larger than {MAX_REQUEST} bytes"})
             selector.unregister(peer.sock)
             self._drop(peer)
 

@@ -166,6 +166,7 @@ class Supervisor:
         self._pending_signals: list[int] = []
         self._next_rss_check = 0.0
         self._selector = None
+        self._procs: dict[int, psutil.Process] = {}
 
     # ---- convenience for single-generation callers (demo, tests) ----------------
 
@@ -530,12 +531,13 @@ class Supervisor:
                             pass
                     except BlockingIOError:
                         pass
-                elif kind == "admin" and not self.stopping:
+                elif kind == "admin":
                     self.admin.on_accept(sel)
                 elif kind == "admin-peer":
                     self.admin.on_readable(sel, peer)
             self._handle_signals()
             if self.stopping:
+                self.admin.stop_listening(sel)
                 if not self.children:
                     return
                 if time.monotonic() >= self.stop_deadline:
@@ -732,6 +734,8 @@ class Supervisor:
         if not isinstance(address, str):
             raise AdminError("invalid", "argument 'address' (host:port) is required")
         name = args.get("name") or address
+        if not isinstance(name, str):
+            raise AdminError("invalid", f"name must be a string, got {name!r}")
         weight = args.get("weight", 100)
         backup = bool(args.get("backup", False))
         if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 1000:
@@ -755,6 +759,8 @@ class Supervisor:
         pi, pool, idx, name = self._backend(args)
         wait = bool(args.get("wait", False))
         timeout = args.get("timeout", self.config.global_.drain_timeout)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise AdminError("invalid", f"timeout must be a number of seconds, got {timeout!r}")
         gen = self.gen
         gen.shm.set_admin(pi, idx, "drain")
 
@@ -838,13 +844,19 @@ class Supervisor:
                              state="draining" if c.retiring else "running",
                              restarts=c.slot.restarts, crash_loop=c.slot.crash_looping)
                 try:
-                    p = psutil.Process(c.pid)
+                    # the same Process object each time: cpu_percent is measured
+                    # between two calls on it
+                    p = self._procs.get(c.pid)
+                    if p is None:
+                        p = self._procs[c.pid] = psutil.Process(c.pid)
                     with p.oneshot():
                         stats.update(cpu_percent=p.cpu_percent(), rss=p.memory_info().rss, open_fds=p.num_fds())
                 except psutil.Error:
                     stats.update(cpu_percent=None, rss=None, open_fds=None)
                 workers.append(stats)
         workers.sort(key=lambda w: (w["generation"], w["index"]))
+        for pid in set(self._procs) - set(self.children):
+            del self._procs[pid]
         listeners = [{"name": name, "bind": [str(b) for b in l.bind], "mode": l.mode, "pool": l.pool}
                      for name, l in gen.config.listeners.items()]
         return {

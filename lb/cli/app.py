@@ -73,11 +73,16 @@ class App:
         after the error, by error code."""
         try:
             return self.client.call(cmd, args, timeout=timeout)
-        except admin_client.DaemonUnreachable as e:
+        except (admin_client.DaemonUnreachable, admin_client.AdminError) as e:
+            self.report(e, notes)
+
+    @staticmethod
+    def report(e: Exception, notes: dict[str, str] | None = None) -> None:
+        """End the command for a failed verb: the message on stderr, its exit code."""
+        if isinstance(e, admin_client.DaemonUnreachable):
             fail(str(e), EXIT_UNREACHABLE)
-        except admin_client.AdminError as e:
-            note = (notes or {}).get(e.code)
-            fail(error_text(e) + (f"\n{note}" if note else ""), EXIT_FOR_CODE.get(e.code, EXIT_FAILED))
+        note = (notes or {}).get(e.code)
+        fail(error_text(e) + (f"\n{note}" if note else ""), EXIT_FOR_CODE.get(e.code, EXIT_FAILED))
 
 
 def print_json(result) -> None:

@@ -6,6 +6,7 @@ import time
 
 import click
 
+from lb import admin_client
 from lb.cli import render
 from lb.cli.app import App
 
@@ -17,6 +18,17 @@ def _fit(lines: list[str]) -> str:
     """One screen: lines cut at the terminal's width, the list at its height."""
     size = shutil.get_terminal_size()
     return "\n".join(line[: size.columns] for line in lines[: max(1, size.lines - 1)])
+
+
+def _status(app: App) -> dict:
+    """A closed connection is tried again once: a daemon that stopped is then
+    reported as not running rather than as a broken answer."""
+    try:
+        return app.client.call("status")
+    except admin_client.AdminError as e:
+        if e.code != "protocol":
+            raise
+    return app.client.call("status")
 
 
 @click.command()
@@ -34,11 +46,16 @@ def top(app: App, interval: float, iterations: int | None) -> None:
     tty = sys.stdout.isatty()
     before, before_at = None, 0.0
     shown = 0
+    error = None
     if tty:
         sys.stdout.write(ALT_SCREEN_ON)
     try:
         while True:
-            status = app.call("status")
+            try:
+                status = _status(app)
+            except (admin_client.DaemonUnreachable, admin_client.AdminError) as e:
+                error = e  # reported once the screen is back
+                break
             now = time.monotonic()
             rates = render.rates(before, status, now - before_at) if before else {}
             lines = render.status_lines(status, rates)
@@ -50,7 +67,7 @@ def top(app: App, interval: float, iterations: int | None) -> None:
             before, before_at = status, now
             shown += 1
             if iterations and shown >= iterations:
-                return
+                break
             time.sleep(interval)
     except KeyboardInterrupt:
         pass
@@ -58,3 +75,5 @@ def top(app: App, interval: float, iterations: int | None) -> None:
         if tty:
             sys.stdout.write(ALT_SCREEN_OFF)
             sys.stdout.flush()
+    if error is not None:
+        app.report(error)
