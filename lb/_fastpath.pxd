@@ -36,6 +36,7 @@ cdef enum:
     REASON_BODY = 4                  # expect_body not found
     REASON_PROTOCOL = 5              # not an HTTP response
     REASON_PASSIVE = 6               # ejected: workers' connects kept failing
+    REASON_EJECTION_OVER = 7         # up again: the ejection ended (pools without active checks)
 
 # Hash keys (shm_pool.hash_key).
 cdef enum:
@@ -120,7 +121,8 @@ cdef struct shm_backend:             # 192 bytes
     uint32_t last_result             # writer: checker; REASON_* of the last check (0 = passed)
     uint64_t up_since_ms             # writer: checker; monotonic ms of the last down -> up (slow start)
     uint64_t eject_until_ms          # writer: checker; passive ejection ends then (monotonic ms)
-    uint8_t _pad[56]
+    uint64_t passive_base            # writer: checker; workers' failure count already acted on
+    uint8_t _pad[48]
 
 cdef struct shm_worker_stats:        # 128 bytes, one row per worker; writer: that worker
     uint64_t pid

@@ -31,6 +31,8 @@ def pool_specs(config) -> list[dict]:
 def describe(reason: int, status: int, err: int, latency_us: int) -> str:
     """One line a person can act on: what the check saw, and how long it took."""
     text = REASONS.get(reason, f"reason {reason}")
+    if reason in (6, 7):  # passive ejection and its end: no check was involved
+        return text
     if reason == 3:  # bad status
         text += f" {status}"
     elif err:

@@ -39,7 +39,7 @@ def load_runnable(path: str):
 
 
 @click.command()
-@click.option("-c", "--config", "config_path", default="/etc/lb/lb.toml", show_default=True,
+@click.option("-c", "--config", "config_path", metavar="FILE", default="/etc/lb/lb.toml", show_default=True,
               envvar="LB_CONFIG", help="Config file (env: LB_CONFIG).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))

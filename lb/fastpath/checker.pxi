@@ -70,7 +70,6 @@ cdef struct hc_target:
     uint64_t started_us
     char *buf                        # request while sending, then the response
     uint32_t len
-    uint64_t passive_base            # workers' failure sum already acted on
 
 
 cdef struct hc_loop:
@@ -343,13 +342,13 @@ cdef void hc_passive(hc_loop *L) noexcept nogil:
             if not b.in_use or hp.passive_threshold == 0:
                 continue
             failures = hc_failure_sum(L, t.slot)
-            if failures < t.passive_base:
-                t.passive_base = failures       # workers reset their count on a success
+            if failures < b.passive_base:
+                b.passive_base = failures       # workers reset their count on a success
             if b.health == HEALTH_UP:
                 if b.eject_count and L.now_ms - b.up_since_ms > 10 * hp.eject_ms:
                     b.eject_count = 0
-                if failures - t.passive_base >= hp.passive_threshold and n_ejected < allowed:
-                    t.passive_base = failures
+                if failures - b.passive_base >= hp.passive_threshold and n_ejected < allowed:
+                    b.passive_base = failures
                     eject_ms = hp.eject_ms << (b.eject_count if b.eject_count < HC_EJECT_DOUBLINGS else HC_EJECT_DOUBLINGS)
                     if b.eject_count < 255:
                         b.eject_count += 1
@@ -361,6 +360,7 @@ cdef void hc_passive(hc_loop *L) noexcept nogil:
                     t.next_ms = L.now_ms + hp.fast_ms
             elif (b.down_reason == REASON_PASSIVE and hp.type == HC_NONE
                     and L.now_ms >= lb_load_u64(&b.eject_until_ms)):
+                b.last_result = REASON_EJECTION_OVER
                 hc_set_health(L, t, HEALTH_UP, REASON_NONE)
 
 
@@ -434,7 +434,8 @@ cdef int _copy_field(char *dest, size_t size, str value, str what) except -1:
 HEALTH_TYPES = {"none": HC_NONE, "tcp": HC_TCP, "http": HC_HTTP}
 REASONS = {REASON_NONE: "passed", REASON_CONNECT: "connect failed", REASON_TIMEOUT: "timeout",
            REASON_STATUS: "bad status", REASON_BODY: "expected body not found",
-           REASON_PROTOCOL: "not an HTTP response", REASON_PASSIVE: "ejected: connects kept failing"}
+           REASON_PROTOCOL: "not an HTTP response", REASON_PASSIVE: "ejected: connects kept failing",
+           REASON_EJECTION_OVER: "ejection over"}
 
 
 cdef class Checker:
@@ -507,7 +508,6 @@ cdef class Checker:
                 t.fd = -1
                 # spread the first checks over one interval
                 t.next_ms = now + lb_splitmix64(&L.rng) % hp.interval_ms
-                t.passive_base = hc_failure_sum(L, t.slot)
         L.next_scan_ms = now
         L.next_passive_ms = now
         L.slack_ms = HC_SLACK_MAX_MS
