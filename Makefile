@@ -6,7 +6,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # against, the load generator, and curl for the demo test.
 APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl
 
-.PHONY: install demo test test-deps bench debug clean
+.PHONY: install demo test test-deps bench debug clean deb rpm deb-deps rpm-deps
 
 install:
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -35,3 +35,27 @@ debug:
 
 clean:
 	rm -rf build dist *.egg-info lb/_fastpath.c lb/*.so lb/*.html
+
+# Packages, built from a source tarball of this tree (packaging/): the .deb
+# and the Debian source package, or the .rpm and .src.rpm, land in dist/.
+# Debian's own tools build them; Cython 3 for the tarball's generated C comes
+# from $(PYTHON) (pip-installed there if missing).
+DEB_BUILD_DEPS := build-essential dpkg-dev debhelper dh-python python3-all-dev python3-click python3-setuptools
+RPM_BUILD_DEPS := rpm gcc python3-dev python3-click python3-setuptools
+
+# apt-get install, unless every package named is installed already
+apt_ensure = [ "$$(dpkg-query -W -f='$${db:Status-Abbrev}\n' $(1) 2>/dev/null | grep -c '^ii')" = "$(words $(1))" ] || \
+	{ $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(1) >/dev/null; }
+
+deb-deps:
+	@$(call apt_ensure,$(DEB_BUILD_DEPS))
+
+rpm-deps:
+	@$(call apt_ensure,$(RPM_BUILD_DEPS))
+
+deb: deb-deps
+	PYTHON=$(PYTHON) packaging/build-deb.sh
+
+rpm: rpm-deps
+	PYTHON=$(PYTHON) packaging/build-rpm.sh

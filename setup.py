@@ -5,9 +5,16 @@ Options of build_ext (as in uvloop):
   --cython-always      re-cythonize even when the .c is newer
   --cython-annotate    write the HTML annotation next to the sources
   --cython-directives  e.g. "linetrace=True,profile=True"
+
+Cython 3 is needed to turn the .pyx into C. A source tarball made by
+`make deb` / `make rpm` carries that C (lb/_fastpath.c), like an sdist, so
+building from it needs only a compiler and the Python headers: without a
+Cython >= 3 (Debian 12 has 0.29), or with LB_NO_CYTHON=1, setup.py compiles
+the shipped .c as it is.
 """
 
 import os
+import sys
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext as _build_ext
@@ -28,6 +35,9 @@ class build_ext(_build_ext):
         self.cython_directives = None
 
     def finalize_options(self):
+        if not self.cython_always and _use_shipped_c(self.distribution.ext_modules):
+            super().finalize_options()
+            return
         from Cython.Build import cythonize
 
         directives = {"language_level": 3}
@@ -43,6 +53,31 @@ class build_ext(_build_ext):
             include_path=[os.path.dirname(os.path.abspath(__file__))],
         )
         super().finalize_options()
+
+
+def _cython3() -> bool:
+    try:
+        import Cython
+    except ImportError:
+        return False
+    return int(Cython.__version__.split(".")[0]) >= 3
+
+
+def _use_shipped_c(extensions) -> bool:
+    """Point the extensions at their generated .c when Cython 3 is not to be
+    used and every .c is there; False when Cython must run."""
+    if not os.environ.get("LB_NO_CYTHON") and _cython3():
+        return False
+    c_sources = [[os.path.splitext(src)[0] + ".c" for src in ext.sources] for ext in extensions]
+    missing = [c for sources in c_sources for c in sources if not os.path.exists(c)]
+    if missing:
+        sys.exit(f"setup.py: Cython >= 3 is needed to generate {', '.join(missing)} "
+                 "(pip install 'Cython>=3,<4'), or build from a tarball of `make deb`/`make rpm`")
+    for ext, sources in zip(extensions, c_sources):
+        ext.sources = sources
+    print(f"setup.py: compiling the shipped {', '.join(c for sources in c_sources for c in sources)} "
+          "(no Cython >= 3 here, or LB_NO_CYTHON set)", file=sys.stderr)
+    return True
 
 
 CFLAGS = ["-O2", "-D_GNU_SOURCE", "-fno-strict-aliasing", "-Wno-unused-function"]
