@@ -74,13 +74,13 @@ cdef int http_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_target,
         if p >= n:
             return HTTP_INCOMPLETE
         if b[p] == 13:
+            if empty == HTTP_MAX_LEADING_CRLF:
+                return 400             # a fifth: nothing after this CR can be valid
             if p + 1 >= n:
                 return HTTP_INCOMPLETE
             if b[p + 1] != 10:
                 return 400
             empty += 1
-            if empty > HTTP_MAX_LEADING_CRLF:
-                return 400
             p += 2
             continue
         break
@@ -102,6 +102,9 @@ cdef int http_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_target,
     # target
     start = p
     while p < n and 0x21 <= b[p] <= 0x7e:
+        # the byte's form is judged before it counts toward max_target
+        if not http_target_prefix_ok(b + start, p - start + 1, b + r.method_off, r.method_len):
+            return 400
         p += 1
         if p - start > max_target:
             return 414
@@ -112,7 +115,7 @@ cdef int http_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_target,
     r.target_off = start
     r.target_len = p - start
     if not http_target_form_ok(b + start, r.target_len, b + r.method_off, r.method_len):
-        return 400
+        return 400                     # a form cut short: "http://", "htt"
     p += 1
     # version: HTTP/D.D CRLF, checked once the line is complete
     for i in range(5):
@@ -198,6 +201,25 @@ cdef inline bint ieq_exact(const uint8_t *a, uint32_t n, const char *lit) noexce
         if lit[i] == 0 or a[i] != <uint8_t>lit[i]:
             return False
     return lit[n] == 0
+
+
+cdef bint http_scheme_prefix(const uint8_t *t, uint32_t n, const char *scheme, uint32_t slen) noexcept nogil:
+    """t[:n] is a prefix of scheme, or scheme a prefix of t[:n] (case-insensitive)."""
+    cdef uint32_t i
+    for i in range(n if n < slen else slen):
+        if lower(t[i]) != <uint8_t>scheme[i]:
+            return False
+    return True
+
+
+cdef bint http_target_prefix_ok(const uint8_t *t, uint32_t n, const uint8_t *m, uint32_t mlen) noexcept nogil:
+    """Can a valid target start with t[:n]? (origin "/...", asterisk "*" alone
+    with OPTIONS, absolute "http://..." or "https://...")."""
+    if t[0] == 47:
+        return True
+    if t[0] == 42:
+        return n == 1 and ieq_exact(m, mlen, b"OPTIONS")
+    return http_scheme_prefix(t, n, b"http://", 7) or http_scheme_prefix(t, n, b"https://", 8)
 
 
 cdef bint http_target_form_ok(const uint8_t *t, uint32_t n, const uint8_t *m, uint32_t mlen) noexcept nogil:
@@ -389,15 +411,20 @@ cdef inline int hexval(uint8_t c) noexcept nogil:
 
 
 cdef int http_chunk_ext(const uint8_t *b, size_t n, size_t *pp) noexcept nogil:
-    """Chunk extensions up to the CR: (";" OWS token [OWS "=" OWS (token /
-    quoted-string)])*. 0 ok (pp at the CR), -1 incomplete, 400."""
+    """Chunk extensions up to the CR (RFC 9112 7.1.1): *( BWS ";" BWS token
+    [ BWS "=" BWS (token / quoted-string) ] ). Whitespace goes only before a
+    ";" or around "=": before the CRLF it is 400. 0 ok (pp at the CR), -1, 400."""
     cdef size_t p = pp[0], s
+    cdef bint ws = False
     while True:
         while p < n and (b[p] == 32 or b[p] == 9):
+            ws = True
             p += 1
         if p >= n:
             return HTTP_INCOMPLETE
         if b[p] == 13:
+            if ws:
+                return 400
             pp[0] = p
             return 0
         if b[p] != 59:
@@ -412,7 +439,9 @@ cdef int http_chunk_ext(const uint8_t *b, size_t n, size_t *pp) noexcept nogil:
             return HTTP_INCOMPLETE
         if p == s:
             return 400
+        ws = False
         while p < n and (b[p] == 32 or b[p] == 9):
+            ws = True
             p += 1
         if p >= n:
             return HTTP_INCOMPLETE
@@ -438,7 +467,7 @@ cdef int http_chunk_ext(const uint8_t *b, size_t n, size_t *pp) noexcept nogil:
                         return 400
                     p += 2
                     continue
-                if (b[p] < 32 and b[p] != 9) or b[p] == 127:
+                if (b[p] < 32 and b[p] != 9) or b[p] == 127 or b[p] == 34:
                     return 400
                 p += 1
         else:
@@ -449,6 +478,7 @@ cdef int http_chunk_ext(const uint8_t *b, size_t n, size_t *pp) noexcept nogil:
                 return HTTP_INCOMPLETE
             if p == s:
                 return 400
+        ws = False
 
 
 cdef int http_chunked_c(const uint8_t *b, size_t n, size_t *consumed, http_req *trailers,
