@@ -1,4 +1,4 @@
-"""python -m bench [SCENARIO ...] [--duration 10s] [--connections 64] [--json] [--only lb,haproxy,nginx]"""
+"""python -m bench [SCENARIO ...] [--duration 10s] [--connections 64] [--repeat N] [--json] [--only lb,haproxy,nginx]"""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="untimed wrk run before each measurement (default 1s; 0 = none)")
     p.add_argument("--connections", "-c", type=int, default=64, metavar="N",
                    help="wrk connections (default 64; wrk always runs 1 thread)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="rounds per wrk scenario, targets in rotated order; figures are "
+                        "medians, ratios show their per-round min..max (default 1)")
     p.add_argument("--idle-conns", type=int, default=4000, metavar="N",
                    help="idle connections for tcp_idle_rss (default 4000)")
     p.add_argument("--only", type=_targets, default=harness.PROXY_NAMES, metavar="LIST",
@@ -58,14 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.connections < 1 or args.idle_conns < 1:
-        print("bench: --connections and --idle-conns must be positive", file=sys.stderr)
+    if args.connections < 1 or args.idle_conns < 1 or args.repeat < 1:
+        print("bench: --connections, --idle-conns and --repeat must be positive", file=sys.stderr)
         return 2
     opts = harness.Options(
         scenarios=args.scenarios, duration_s=args.duration, warmup_s=args.warmup,
         connections=args.connections, idle_conns=args.idle_conns, only=args.only,
         direct=args.direct, as_json=args.as_json, save=args.save,
-        keep_workdir=args.keep_workdir)
+        keep_workdir=args.keep_workdir, repeat=args.repeat)
 
     # SIGTERM takes the same path as Ctrl-C: stop every child, then exit.
     def _on_term(signum, frame):

@@ -3,17 +3,25 @@
 One run starts one nginx origin, then for every scenario starts each target
 afresh (direct, HAProxy, nginx stream, lb), measures it alone with identical
 settings, and stops it before the next one starts. Figures are comparable only
-within one run; the ratios lb/haproxy and lb/nginx are the point.
+within one run; the ratios lb/haproxy and lb/nginx are the point. With
+--repeat N, a wrk scenario runs N rounds (targets in rotated order, each
+started afresh) and reports per-target medians and the per-round ratio spread.
 
 Scenarios live in ``bench/scenarios/``, one per file, each exposing:
 
     NAME     str            scenario name on the command line
     ORDER    int            position in a full run
-    KIND     str            "wrk" (needs wrk, gets a header line) or "idle"
+    KIND     str            "wrk" (needs wrk, gets a header line), "idle", or "local"
     SUMMARY  str            one line: what is measured
     TARGETS  tuple[str]     targets it applies to (subset of TARGET_NAMES)
     METRICS  tuple[Metric]  table columns; a Metric with `better` set gets ratios
     measure(ctx, target) -> dict   metric values for one running target
+
+A "local" scenario measures code in the harness's own process and starts no
+target, tool or origin: it has TARGETS = () and, instead of measure,
+    measure_local(ctx) -> dict     its results (the harness adds "ok")
+    format_local(results) -> str   its table
+A run of local scenarios only starts no process and needs no tool.
 """
 
 from __future__ import annotations
@@ -527,8 +535,10 @@ class LbTarget(Target):
 
     def configure(self) -> list[str]:
         # Run as whoever runs the bench: the default user "lb" may not exist here.
-        user = pwd.getpwuid(os.getuid()).pw_name
-        group = grp.getgrgid(os.getgid()).gr_name
+        # lb refuses root workers, so as root the workers run as nobody.
+        account = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.getuid())
+        user = account.pw_name
+        group = grp.getgrgid(account.pw_gid).gr_name
         origin = self.ctx.origin.addr
         conf = f"""\
 [global]
@@ -892,15 +902,80 @@ def ratios(results: dict, metrics: tuple[Metric, ...]) -> dict:
     return out
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _median(values: list):
+    """Median of the numbers in values (None ignored); None when there are none."""
+    nums = sorted(v for v in values if _is_number(v))
+    if not nums:
+        return None
+    mid = len(nums) // 2
+    return nums[mid] if len(nums) % 2 else (nums[mid - 1] + nums[mid]) / 2
+
+
+def median_results(rounds: list[dict]) -> dict:
+    """Per target, the median of every numeric figure over the rounds it ran in.
+
+    `errors` counts are summed over rounds. A target that failed in a round
+    gets that round's failure instead (with the round in its message).
+    """
+    names = [t for t in TARGET_NAMES if any(t in rd["results"] for rd in rounds)]
+    out: dict[str, dict] = {}
+    for tname in names:
+        ran = [(i, rd["results"][tname]) for i, rd in enumerate(rounds) if tname in rd["results"]]
+        failed = [(i, r) for i, r in ran if not r.get("ok")]
+        if failed:
+            i, res = failed[0]
+            out[tname] = dict(res)
+            if len(rounds) > 1:
+                out[tname]["error"] = f"round {i + 1}: {res.get('error')}"
+            continue
+        raws = [r for _, r in ran]
+        agg: dict = {}
+        for key in raws[0]:
+            vals = [r.get(key) for r in raws]
+            if key == "errors":
+                total: dict[str, int] = {}
+                for errs in vals:
+                    for k, v in (errs or {}).items():
+                        total[k] = total.get(k, 0) + v
+                agg[key] = total
+            elif all(v is None or _is_number(v) for v in vals):
+                agg[key] = _median(vals)
+            else:
+                agg[key] = vals[0]
+        out[tname] = agg
+    return out
+
+
+def ratio_spread(rounds: list[dict]) -> dict:
+    """{"lb/haproxy": {metric: {"min", "max", "n"}}} over the per-round ratios."""
+    seen: dict[str, dict[str, list[float]]] = {}
+    for rd in rounds:
+        for key, row in rd.get("ratios", {}).items():
+            for metric, value in row.items():
+                seen.setdefault(key, {}).setdefault(metric, []).append(value)
+    return {key: {m: {"min": min(v), "max": max(v), "n": len(v)} for m, v in row.items()}
+            for key, row in seen.items()}
+
+
 def _cell(value, fmt: str) -> str:
     if value is None:
         return "-"
     return format(value, fmt)
 
 
-def format_table(name: str, scenario, header: str, results: dict, rat: dict) -> str:
+def format_table(name: str, scenario, header: str, results: dict, rat: dict,
+                 spread: dict | None = None, n_rounds: int = 1) -> str:
+    """The table; with n_rounds > 1 figures are medians and each ratio shows
+    the min..max of its per-round values (`spread`)."""
     metrics = scenario.METRICS
     lines = [f"== {name}: {scenario.SUMMARY}", f"   {header}"]
+    if n_rounds > 1:
+        lines.append(f"   median of {n_rounds} rounds; each round runs every target once, "
+                     f"started afresh, in rotated order")
     widths = [max(len(m.label), 9) for m in metrics]
     lines.append("   " + f"{'proxy':<9}" + "".join(f"{m.label:>{w + 2}}" for m, w in zip(metrics, widths)))
     for tname, res in results.items():
@@ -914,6 +989,21 @@ def format_table(name: str, scenario, header: str, results: dict, rat: dict) -> 
     if "lb" in results and ratio_metrics:
         if not results["lb"].get("ok"):
             lines.append("   ratios: n/a (lb failed)")
+        elif rat and n_rounds > 1:
+            lines.append("   ratios of the medians (rounds: min..max of the per-round ratios):")
+            for m in ratio_metrics:
+                keys = [key for key, row in rat.items() if m.key in row]
+                width = max((len(k) for k in keys), default=0)
+                for n, key in enumerate(keys):
+                    line = f"     {m.label:<12} {key:<{width}} = {rat[key][m.key]:.2f}x"
+                    s = (spread or {}).get(key, {}).get(m.key)
+                    if s:
+                        line += f" (rounds {s['min']:.2f}..{s['max']:.2f})"
+                    if n == 0:
+                        line += f"   ({m.better} is better)"
+                    if s and s["min"] < 1.0 < s["max"]:
+                        line += "   <- rounds straddle 1.00"
+                    lines.append(line)
         elif rat:
             lines.append("   ratios:")
             for m in ratio_metrics:
@@ -940,6 +1030,7 @@ class Options:
     as_json: bool = False
     save: bool = False
     keep_workdir: bool = False
+    repeat: int = 1              # rounds for wrk scenarios; figures are medians
 
 
 @dataclasses.dataclass
@@ -952,13 +1043,24 @@ class Context:
     origin: Origin | None = None
 
 
-def run_scenario(ctx: Context, scenario) -> dict:
-    names = [t for t in TARGET_NAMES if t in scenario.TARGETS
-             and (t in ctx.opts.only or (t == "direct" and ctx.opts.direct))]
+def scenario_targets(ctx: Context, scenario) -> list[str]:
+    return [t for t in TARGET_NAMES if t in scenario.TARGETS
+            and (t in ctx.opts.only or (t == "direct" and ctx.opts.direct))]
+
+
+def run_scenario(ctx: Context, scenario, order: list[str] | None = None,
+                 tag: str | None = None) -> dict:
+    """Each target in `order` (default: TARGET_NAMES order) started, measured, stopped.
+
+    `tag` names the targets' work dirs (<tag>-<target>) and prefixes the log
+    lines; default the scenario name. Results come back in TARGET_NAMES order.
+    """
+    names = order if order is not None else scenario_targets(ctx, scenario)
+    tag = tag or scenario.NAME
     results: dict[str, dict] = {}
     for tname in names:
-        target = TARGET_CLASSES[tname](ctx, scenario.NAME)
-        log(f"{scenario.NAME}: starting {tname}")
+        target = TARGET_CLASSES[tname](ctx, tag)
+        log(f"{tag}: starting {tname}")
         try:
             target.start()
             values = scenario.measure(ctx, target)
@@ -969,7 +1071,46 @@ def run_scenario(ctx: Context, scenario) -> dict:
                               "log_tail": exc.log_tail or target.log_tail()}
         finally:
             target.stop()
-    return results
+    return {t: results[t] for t in TARGET_NAMES if t in results}
+
+
+def run_rounds(ctx: Context, scenario) -> list[dict]:
+    """--repeat rounds of run_scenario (one for non-wrk scenarios).
+
+    Round r runs the targets rotated to start at target r mod k, so none is
+    always first or last; every target is started afresh in every round, so
+    only one target runs at a time. A target that fails is skipped in the
+    rounds after. Each round: {"order", "results", "ratios"}.
+    """
+    n = ctx.opts.repeat if getattr(scenario, "KIND", "wrk") == "wrk" else 1
+    names = scenario_targets(ctx, scenario)
+    rounds: list[dict] = []
+    dead: set[str] = set()
+    for r in range(n):
+        k = r % len(names) if names else 0
+        order = [t for t in names[k:] + names[:k] if t not in dead]
+        tag = scenario.NAME if n == 1 else f"{scenario.NAME}.r{r + 1}"
+        if n > 1:
+            log(f"{scenario.NAME}: round {r + 1}/{n}: {', '.join(order)}")
+        results = run_scenario(ctx, scenario, order, tag)
+        dead |= {t for t, res in results.items() if not res.get("ok")}
+        rounds.append({"order": order, "results": results,
+                       "ratios": ratios(results, scenario.METRICS)})
+    return rounds
+
+
+def is_local(scenario) -> bool:
+    return getattr(scenario, "KIND", "wrk") == "local"
+
+
+def run_local(ctx: Context, scenario) -> dict:
+    """A local scenario's results, in this process: {"ok": True, ...} or the failure."""
+    log(f"{scenario.NAME}: measuring in this process (no target is started)")
+    try:
+        return {"ok": True, **scenario.measure_local(ctx)}
+    except BenchError as exc:
+        log(f"{scenario.NAME}: FAILED: {exc}")
+        return {"ok": False, "error": str(exc)}
 
 
 def _header(ctx: Context, scenario) -> str:
@@ -1001,12 +1142,13 @@ def run(opts: Options) -> int:
         return 2
     scenarios = [all_scenarios[n] for n in chosen]
 
-    need = {"nginx"}
-    if any(getattr(s, "KIND", "wrk") == "wrk" for s in scenarios):
+    remote = [s for s in scenarios if not is_local(s)]   # those that start targets
+    need = {"nginx"} if remote else set()
+    if any(getattr(s, "KIND", "wrk") == "wrk" for s in remote):
         need.add("wrk")
-    if "haproxy" in opts.only:
+    if remote and "haproxy" in opts.only:
         need.add("haproxy")
-    if "nginx" in opts.only:
+    if remote and "nginx" in opts.only:
         need.add("nginx-stream")
     try:
         tools = ensure_tools(need)
@@ -1029,6 +1171,7 @@ def run(opts: Options) -> int:
                     "duration_s": max(1, round(opts.duration_s)),
                     "warmup_s": max(1, round(opts.warmup_s)) if opts.warmup_s > 0 else 0},
             "idle_conns": opts.idle_conns,
+            "repeat": opts.repeat,
             "targets": [t for t in TARGET_NAMES if t in opts.only or (t == "direct" and opts.direct)],
             "versions": tool_versions(tools, "lb" in opts.only),
         },
@@ -1037,18 +1180,29 @@ def run(opts: Options) -> int:
     failed = False
     interrupted = False
     try:
-        log(f"workdir {workdir}; starting origin nginx")
-        ctx.origin = Origin(ctx)
-        log(f"origin on 127.0.0.1:{ctx.origin.port}")
+        if remote:
+            log(f"workdir {workdir}; starting origin nginx")
+            ctx.origin = Origin(ctx)
+            log(f"origin on 127.0.0.1:{ctx.origin.port}")
         for scenario in scenarios:
-            results = run_scenario(ctx, scenario)
+            if is_local(scenario):
+                results = run_local(ctx, scenario)
+                failed |= not results["ok"]
+                report["scenarios"][scenario.NAME] = {"summary": scenario.SUMMARY, "results": results}
+                if not opts.as_json:
+                    print(scenario.format_local(results) + "\n", flush=True)
+                continue
+            rounds = run_rounds(ctx, scenario)
+            results = median_results(rounds)
             rat = ratios(results, scenario.METRICS)
+            spread = ratio_spread(rounds)
             failed |= any(not r["ok"] for r in results.values())
             report["scenarios"][scenario.NAME] = {
-                "summary": scenario.SUMMARY, "results": results, "ratios": rat}
+                "summary": scenario.SUMMARY, "results": results, "ratios": rat,
+                "ratio_spread": spread, "rounds": rounds}
             if not opts.as_json:
-                print(format_table(scenario.NAME, scenario, _header(ctx, scenario), results, rat) + "\n",
-                      flush=True)
+                print(format_table(scenario.NAME, scenario, _header(ctx, scenario), results, rat,
+                                   spread, len(rounds)) + "\n", flush=True)
     except BenchError as exc:
         failed = True
         report["error"] = str(exc)
