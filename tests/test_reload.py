@@ -1,0 +1,96 @@
+"""Reload and recycling details beyond the CLI tests: listeners added and
+removed by a reload, counters and health carried over, and the worker memory
+guard replacing a worker without dropping a connection."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import psutil
+
+from backend_server import TRANSFORM
+from conftest import free_port, lb_config, wait_for
+
+
+def lb_cli(lb, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lb", "-c", str(lb.config_path), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def echo_once(port: int, payload: bytes = b"x") -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(payload)
+        got = b""
+        while len(got) < len(payload):
+            chunk = s.recv(len(payload) - len(got))
+            assert chunk, "closed early"
+            got += chunk
+        return got
+
+
+def test_reload_adds_and_removes_listeners_and_keeps_counters(backends, run_lb):
+    backend = backends("b1")
+    port, port2 = free_port(), free_port()
+    lb = run_lb(lb_config(port, [backend], workers=2))
+    for _ in range(10):
+        assert echo_once(port) == b"x".translate(TRANSFORM)
+    total_before = lb.backend_stats(0)["total"]
+    assert total_before == 10
+
+    # add a second listener on the same pool
+    text = lb.config_path.read_text()
+    lb.config_path.write_text(text + f'\n[listeners.second]\nbind = ["127.0.0.1:{port2}"]\nmode = "tcp"\npool = "p"\n')
+    result = lb_cli(lb, "reload")
+    assert result.returncode == 0, result.stderr
+    assert echo_once(port2) == b"x".translate(TRANSFORM)
+    assert echo_once(port) == b"x".translate(TRANSFORM)
+
+    # the status of the new generation counts what the old one served
+    status = lb_cli(lb, "status", "--json")
+    import json
+    doc = json.loads(status.stdout)
+    assert doc["generation"] == 2
+    assert doc["pools"]["p"]["backends"]["b1"]["total"] == total_before + 2
+
+    # remove the first listener: its port stops accepting once the old generation is gone
+    lb.config_path.write_text(text.replace(f'bind = ["127.0.0.1:{port}"]', f'bind = ["127.0.0.1:{port2}"]')
+                              .replace("[listeners.t]", "[listeners.t2]"))
+    result = lb_cli(lb, "reload")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: socket.socket().connect_ex(("127.0.0.1", port)) != 0, 10, "the removed listener to close")
+    assert echo_once(port2) == b"x".translate(TRANSFORM)
+
+
+def test_memory_guard_replaces_a_worker_without_dropping_its_connections(backends, run_lb):
+    """max_worker_rss below any worker's size: the supervisor starts a new
+    worker first, then the old one drains: a held connection keeps flowing and
+    new connections keep succeeding."""
+    backend = backends("b1")
+    port = free_port()
+    lb = run_lb(lb_config(port, [backend], workers=1, global_extra='max_worker_rss = "1MiB"'))
+    first = lb.worker_pid(0)
+    held = socket.create_connection(("127.0.0.1", port), timeout=5)
+    held.sendall(b"a")
+    assert held.recv(1) == b"a".translate(TRANSFORM)
+    sup = psutil.Process(lb.proc.pid)
+
+    def replaced():
+        workers = [c for c in sup.children() if c.name().startswith("lb-worker")]
+        return [c.pid for c in workers if c.pid != first]
+
+    new_pids = wait_for(replaced, 10, "a replacement worker")
+    assert new_pids
+    # the old worker still holds and serves the connection it had
+    held.sendall(b"still")
+    got = b""
+    while len(got) < 5:
+        got += held.recv(5 - len(got))
+    assert got == b"still".translate(TRANSFORM)
+    for _ in range(20):
+        assert echo_once(port) == b"x".translate(TRANSFORM)
+    held.close()
+    wait_for(lambda: not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE,
+             10, "the old worker to finish draining")
+    assert "over max_worker_rss" in lb.log()
