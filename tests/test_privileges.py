@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import wait_for
 from daemon_helpers import EchoBackend, NotifySocket, free_port, round_trip, wait_children, write_config
 from lb import privileges
 
@@ -96,7 +97,11 @@ def test_workers_and_checker_run_as_the_account(tmp_path):
         for i in range(8):  # both workers take connections (SO_REUSEPORT spreads them)
             payload = os.urandom(20000 + i)
             assert round_trip(port, payload) == ("b0", payload)
-        time.sleep(1.2)  # a few health checks, as nobody
+        # a few health checks, run by a checker that is nobody now
+        from lb._fastpath import Shm
+
+        region = Shm.attach(f"/dev/shm/lb-{lb.proc.pid}.shm")
+        wait_for(lambda: region.checks_total >= 4, 10, "health checks as nobody")
         assert all(p.is_running() for p in kids.values()), "a child died after dropping privileges"
         assert "died" not in lb.log_path.read_text()
     finally:
