@@ -36,15 +36,16 @@ cdef int backend_connect(lb_worker *w, int32_t slot) noexcept nogil:
     """Start a non-blocking connect. Returns the fd (connect in progress or done),
     or -1 when it failed at once (the caller counts it and tries the next)."""
     cdef sockaddr_storage ss
-    cdef int one = 1, zero = 0
+    cdef int one = 1
     cdef int len = backend_sockaddr(&w.backends[slot], &ss)
     cdef int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
         return -1
+    # No TCP_QUICKACK = 0 here (HAProxy sets it only when a request is already
+    # waiting to be sent): with it, the handshake's last ACK waits for data, and
+    # a backend that speaks first (SMTP, MySQL, a greeting) never accepts the
+    # connection while the client waits for it to speak.
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
-    # delayed ACKs toward the backend: an ACK rides on the next request instead
-    # of costing a packet of its own (HAProxy does the same)
-    setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &zero, sizeof(zero))
     if connect(fd, <sockaddr *>&ss, len) != 0 and errno != EINPROGRESS:
         close(fd)
         return -1
