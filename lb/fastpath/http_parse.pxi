@@ -127,13 +127,12 @@ cdef int http_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_target,
     for c in range(5):
         if p + c >= n:
             return HTTP_INCOMPLETE
-        if ((c == 0 or c == 2) and not (48 <= b[p + c] <= 57)) or (c == 1 and b[p + c] != 46) \
-                or (c == 3 and b[p + c] != 13) or (c == 4 and b[p + c] != 10):
+        # the major is 1..9 (HTTP/0.9 has no place here), the minor any digit
+        if (c == 0 and not (49 <= b[p] <= 57)) or (c == 2 and not (48 <= b[p + 2] <= 57)) \
+                or (c == 1 and b[p + 1] != 46) or (c == 3 and b[p + 3] != 13) or (c == 4 and b[p + 4] != 10):
             return 400
     if b[p] == 49:
         r.version = 10 if b[p + 2] == 48 else 11
-    elif b[p] == 48:
-        return 400
     else:
         return 505
     p += 5
