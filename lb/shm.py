@@ -19,8 +19,11 @@ def pool_capacity(n_backends: int) -> int:
     return min(MAX_POOL_CAPACITY, max(MIN_POOL_CAPACITY, 2 * n_backends))
 
 
-def region_path(pid: int | None = None) -> str:
-    return f"/dev/shm/lb-{pid or os.getpid()}.shm"
+def region_path(pid: int | None = None, generation: int = 1) -> str:
+    """The region of an instance's generation: the first keeps the plain name
+    (tools find an instance by its supervisor's pid), reloads add -N."""
+    suffix = "" if generation == 1 else f"-{generation}"
+    return f"/dev/shm/lb-{pid or os.getpid()}{suffix}.shm"
 
 
 def create_for_config(config, n_rows: int, path: str | None = None) -> Shm:

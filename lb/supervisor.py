@@ -240,8 +240,7 @@ class Supervisor:
         # rows 0..n-1 for the workers, n..2n-1 spares for replacing a worker while
         # the old one drains, and one more no worker writes: totals carried over
         rows = 2 * n + 1
-        path = shm_mod.region_path() if self.generations == 1 else f"{shm_mod.region_path()[:-4]}-{self.generations}.shm"
-        region = shm_mod.create_for_config(config, rows, path)
+        region = shm_mod.create_for_config(config, rows, shm_mod.region_path(generation=self.generations))
         if self.account is not None:
             # the workers inherit the mapping; processes that attach later by path
             # (admin tools) open it as the account
