@@ -789,3 +789,17 @@ def test_generated_chunked_prefix_is_incomplete_or_the_same(impl, case):
     whole = impl.parse_chunked(data, max_head=max_head)
     part = impl.parse_chunked(data[:split], max_head=max_head)
     assert part[0] == -1 or part == whole
+
+
+def test_chunk_line_length_is_bounded(impl):
+    """A chunk's size line may take 4096 bytes before its CRLF, not more: the
+    proxy never buffers an endless chunk line."""
+    ext = b";" + b"a" * 4090  # 1 + 1 + 4090 = 4092 bytes with the size
+    ok = b"1" + ext + b"\r\nx\r\n0\r\n\r\n"
+    assert impl.parse_chunked(ok)[:3] == (0, len(ok), b"x")
+    line = b"1;" + b"a" * 4094  # 4096 bytes before the CRLF: the most allowed
+    assert impl.parse_chunked(line + b"\r\nx\r\n0\r\n\r\n")[0] == 0
+    longer = b"1;" + b"a" * 4095  # 4097
+    assert impl.parse_chunked(longer + b"\r\nx\r\n0\r\n\r\n")[0] == 400
+    assert impl.parse_chunked(b"1;" + b"a" * 100000)[0] == 400
+    assert impl.parse_chunked(b"1;" + b"a" * 4000)[0] == -1

@@ -7,6 +7,7 @@ cdef enum:
     HTTP_MAX_FIELDS_CAP = 256
     HTTP_MAX_METHOD = 32
     HTTP_MAX_LEADING_CRLF = 4
+    HTTP_MAX_CHUNK_LINE = 4096       # a chunk's size and extensions, before the CRLF
     HTTP_INCOMPLETE = -1
 
 cdef struct http_field:
@@ -489,8 +490,14 @@ cdef int http_chunked_c(const uint8_t *b, size_t n, size_t *consumed, http_req *
     cdef uint64_t size
     cdef int v, st
     cdef uint32_t i, digits
-    cdef size_t tstart
+    cdef size_t tstart, n_all = n, limit
     while True:
+        # a chunk line must end (CRLF) within HTTP_MAX_CHUNK_LINE + 2 bytes:
+        # parse it in that window; needing more with more input there is 400
+        n = n_all
+        limit = p + HTTP_MAX_CHUNK_LINE + 2
+        if n > limit:
+            n = limit
         s = p
         size = 0
         digits = 0
@@ -501,17 +508,20 @@ cdef int http_chunked_c(const uint8_t *b, size_t n, size_t *consumed, http_req *
             if digits > 16:
                 return 400
         if p >= n:
-            return HTTP_INCOMPLETE
+            return 400 if n_all > n else HTTP_INCOMPLETE
         if digits == 0:
             return 400
         st = http_chunk_ext(b, n, &p)
+        if st == HTTP_INCOMPLETE:
+            return 400 if n_all > n else HTTP_INCOMPLETE
         if st != 0:
             return st
         if p + 1 >= n:
-            return HTTP_INCOMPLETE
+            return 400 if n_all > n else HTTP_INCOMPLETE
         if b[p + 1] != 10:
             return 400
         p += 2
+        n = n_all
         if size == 0:
             break
         if size > n - p or n - p - size < 2:

@@ -56,6 +56,7 @@ SP = 0x20
 HTAB = 0x09
 
 MAX_LEADING_EMPTY_LINES = 4
+MAX_CHUNK_LINE = 4096
 MAX_METHOD = 32
 MAX_CONTENT_LENGTH_DIGITS = 18
 MAX_CHUNK_SIZE_DIGITS = 16
@@ -533,8 +534,12 @@ def parse_chunked(data: bytes, max_head: int = 16384) -> tuple[int, int, bytes, 
     body = bytearray()
     try:
         while True:
-            size = _read_chunk_size(r)
-            _read_chunk_extensions_and_crlf(r)
+            # a chunk line (size, extensions, CRLF) takes at most MAX_CHUNK_LINE
+            # bytes before its CRLF; reaching past that with more input: 400
+            line = _Reader(data, r.pos, limit=r.pos + MAX_CHUNK_LINE + 2, limit_status=400)
+            size = _read_chunk_size(line)
+            _read_chunk_extensions_and_crlf(line)
+            r.pos = line.pos
             if size == 0:
                 break
             if len(data) - r.pos < size:
