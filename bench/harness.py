@@ -26,6 +26,7 @@ A run of local scenarios only starts no process and needs no tool.
 
 from __future__ import annotations
 
+import abc
 import ctypes
 import dataclasses
 import datetime
@@ -403,7 +404,7 @@ http {{
 # --------------------------------------------------------------------------
 # Targets: what wrk and the idle client talk to.
 
-class Target:
+class Target(abc.ABC):
     """A thing under test on its own loopback address."""
 
     name = ""
@@ -429,13 +430,15 @@ class Target:
     def cwd(self) -> Path | None:
         return self.dir
 
+    @abc.abstractmethod
     def configure(self) -> list[str]:
         """Write the config; return the foreground command line."""
-        raise NotImplementedError
 
+
+    @abc.abstractmethod
     def candidates(self) -> list[psutil.Process]:
         """Processes that may be the data-plane worker."""
-        raise NotImplementedError
+
 
     def stop(self) -> None:
         if self.service is not None:
@@ -453,6 +456,9 @@ class DirectTarget(Target):
 
     def start(self) -> None:
         self.addr = self.ctx.origin.addr
+
+    def configure(self) -> list[str]:
+        return []  # no process of its own: start() points at the origin
 
     def candidates(self) -> list[psutil.Process]:
         return []
@@ -1233,3 +1239,16 @@ def run(opts: Options) -> int:
     if interrupted:
         return 130
     return 1 if failed else 0
+
+
+def selection_modules(need: str):
+    """The compiled selection code and its pure-Python reference, for the
+    select_* scenarios; `need` names what the compiled module must offer."""
+    try:
+        import lb._fastpath as fast
+        from tests.reference import select_ref as ref
+    except ImportError as exc:
+        raise BenchError(f"cannot import the selection code: {exc} (build it: `make install`)") from exc
+    if not hasattr(fast, need):
+        raise BenchError(f"lb._fastpath has no {need}: rebuild the extension")
+    return fast, ref

@@ -784,11 +784,7 @@ class Supervisor:
         if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 1000:
             raise AdminError("invalid", f"weight must be an integer 0..1000, got {weight!r}")
         self.gen.shm.set_weight(pi, idx, weight)
-        self.gen.shm.rebuild_changed()
-        self.state.set_weight(pool, name, weight)
-        self._save_state()
-        log.info("admin: %s/%s weight %d", pool, name, weight)
-        return {"pool": pool, "name": name, "weight": weight}
+        return self._changed(pool, name, "weight", weight, self.state.set_weight)
 
     def _admin_set_state(self, args):
         pi, pool, idx, name = self._backend(args)
@@ -796,11 +792,16 @@ class Supervisor:
         if state not in ("ready", "drain", "maint"):
             raise AdminError("invalid", f"state must be ready, drain or maint, got {state!r}")
         self.gen.shm.set_admin(pi, idx, state)
+        return self._changed(pool, name, "state", state, self.state.set_admin)
+
+    def _changed(self, pool: str, name: str, key: str, value, record) -> dict:
+        """After a runtime change in shared memory: tables follow at once, and
+        the state file has it before the client hears back."""
         self.gen.shm.rebuild_changed()
-        self.state.set_admin(pool, name, state)
+        record(pool, name, value)
         self._save_state()
-        log.info("admin: %s/%s %s", pool, name, state)
-        return {"pool": pool, "name": name, "state": state}
+        log.info("admin: %s/%s %s %s", pool, name, key, value)
+        return {"pool": pool, "name": name, key: value}
 
     def _admin_stop(self, args):
         fast = bool(args.get("fast", False))

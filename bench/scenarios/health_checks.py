@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -67,6 +68,21 @@ def _cpu(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
+def _poll(predicate, timeout: float, what: str, log_path: Path):
+    """Another process's state, polled: its value once truthy, or BenchError."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise harness.BenchError(f"timed out waiting for {what}", harness.tail(log_path))
+        time.sleep(0.05)
+    return value
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
 def _window(proc: psutil.Process, seconds: float, checks=None) -> dict:
     """CPU of proc over a window, and checks per second when they can be counted."""
     n0, c0, t0 = checks() if checks else 0, _cpu(proc), time.monotonic()
@@ -99,18 +115,21 @@ def _lb(farm: Farm, workdir: Path, seconds: float) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "lb", "run", "-c", str(config)], stderr=log,
                             cwd=Path(__file__).resolve().parents[2], start_new_session=True)
     try:
-        deadline = time.monotonic() + 15
-        checker = None
-        while checker is None and time.monotonic() < deadline:
-            checker = next((c for c in psutil.Process(proc.pid).children() if c.name() == "lb-checker"), None)
-            time.sleep(0.1)
-        if checker is None:
-            raise harness.BenchError("lb's checker did not start", harness.tail(workdir / "lb.log"))
         from lb._fastpath import Shm
         from lb.shm import region_path
 
-        shm = Shm.attach(region_path(proc.pid))
-        time.sleep(2)  # the first round of checks is spread over one interval
+        def attached():
+            try:
+                return Shm.attach(region_path(proc.pid))
+            except (OSError, ValueError):
+                return None
+
+        shm = _poll(attached, 15, "lb's shared memory", workdir / "lb.log")
+        checker = _poll(lambda: next((c for c in psutil.Process(proc.pid).children()
+                                      if c.name() == "lb-checker"), None), 15, "lb's checker", workdir / "lb.log")
+        # measure in steady state: once every backend has been checked once
+        # (the first round is spread over one interval)
+        _poll(lambda: shm.checks_total >= N_BACKENDS, 15, "a first round of checks", workdir / "lb.log")
         return _window(checker, seconds, lambda: shm.checks_total)
     finally:
         os.killpg(proc.pid, signal.SIGINT)
@@ -122,6 +141,7 @@ def _haproxy(farm: Farm, workdir: Path, seconds: float, haproxy: str) -> dict:
     """HAProxy's checks cannot be counted from the farm: like lb's, they end
     before the backend accepts (see lb/fastpath/checker.pxi, TCP_QUICKACK)."""
     servers = "\n".join(f"  server s{i} 127.0.0.1:{port} check" for i, port in enumerate(farm.ports))
+    frontend = harness.PortAllocator().take()
     config = workdir / "haproxy.cfg"
     config.write_text(textwrap.dedent(f"""\
         global
@@ -134,13 +154,15 @@ def _haproxy(farm: Farm, workdir: Path, seconds: float, haproxy: str) -> dict:
           timeout server 10s
         backend farm
           default-server inter 1s fall 3 rise 2
-        """) + servers + f"\nfrontend f\n  bind 127.0.0.1:{harness.PortAllocator().take()}\n  default_backend farm\n")
+        """) + servers + f"\nfrontend f\n  bind 127.0.0.1:{frontend}\n  default_backend farm\n")
     log = open(workdir / "haproxy.log", "w")
     proc = subprocess.Popen([haproxy, "-f", str(config), "-db"], stdout=log, stderr=log, start_new_session=True)
     try:
-        time.sleep(2)
-        if proc.poll() is not None:
-            raise harness.BenchError("haproxy did not start", harness.tail(workdir / "haproxy.log"))
+        # HAProxy's checks cannot be counted (see above): once its frontend
+        # accepts, its first round of checks (spread over one interval) is
+        # under way; one interval later it checks in steady state
+        _poll(lambda: proc.poll() is None and _accepts(frontend), 15, "haproxy", workdir / "haproxy.log")
+        _window(psutil.Process(proc.pid), 1.0)
         return _window(psutil.Process(proc.pid), seconds)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -29,17 +29,6 @@ LIMITS_MS = {(1000, 65537): 2.0, (1000, 655373): 25.0}
 SEED = 1
 
 
-def _modules():
-    try:
-        import lb._fastpath as fast
-        from tests.reference import select_ref as ref
-    except ImportError as exc:
-        raise harness.BenchError(f"cannot import the selection code: {exc} (build it: `make install`)") from exc
-    if not hasattr(fast, "bench_maglev_build"):
-        raise harness.BenchError("lb._fastpath has no bench_maglev_build: rebuild the extension")
-    return fast, ref
-
-
 def pool(n: int) -> tuple[list[str], list[int]]:
     rnd = random.Random(SEED)
     names = [f"10.{i // 62500}.{i // 250 % 250}.{i % 250 + 1}:8080" for i in range(n)]
@@ -47,7 +36,7 @@ def pool(n: int) -> tuple[list[str], list[int]]:
 
 
 def measure_local(ctx) -> dict:
-    fast, ref = _modules()
+    fast, ref = harness.selection_modules("bench_maglev_build")
     points = []
     for m in TABLE_SIZES:
         for n in SIZES:

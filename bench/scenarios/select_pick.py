@@ -44,17 +44,6 @@ LIMIT_NS = 40.0
 SEED = 1
 
 
-def _modules():
-    try:
-        import lb._fastpath as fast
-        from tests.reference import select_ref as ref
-    except ImportError as exc:
-        raise harness.BenchError(f"cannot import the selection code: {exc} (build it: `make install`)") from exc
-    if not hasattr(fast, "Selector"):
-        raise harness.BenchError("lb._fastpath has no Selector: rebuild the extension")
-    return fast, ref
-
-
 def make_selector(mod, algorithm: str, n: int, balance_factor: float):
     rnd = random.Random(SEED)
     names = [f"10.0.{i // 250}.{i % 250 + 1}:8080" for i in range(n)]
@@ -69,7 +58,7 @@ def make_selector(mod, algorithm: str, n: int, balance_factor: float):
 
 
 def measure_local(ctx) -> dict:
-    fast, ref = _modules()
+    fast, ref = harness.selection_modules("Selector")
     points = []
     for n in SIZES:
         for label, algorithm, c in VARIANTS:

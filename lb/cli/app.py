@@ -12,6 +12,16 @@ from click.shell_completion import CompletionItem
 
 from lb import admin_client
 
+DEFAULT_CONFIG = "/etc/lb/lb.toml"
+
+
+def config_option(what: str):
+    """`-c/--config FILE` as every command that reads a config file takes it."""
+    return click.option("-c", "--config", "config_path", metavar="FILE", default=DEFAULT_CONFIG,
+                        show_default=True, envvar="LB_CONFIG",
+                        help=f"{what}; the LB_CONFIG environment variable sets it too.")
+
+
 EXIT_FAILED = 1  # the operation failed (not_found, conflict, failed, denied)
 EXIT_USAGE = 2  # usage or config error (invalid, config)
 EXIT_UNREACHABLE = 3  # no daemon answers at the socket

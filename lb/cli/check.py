@@ -6,6 +6,7 @@ import sys
 import click
 
 from lb import config
+from lb.cli.app import config_option
 
 EXIT_CONFIG = 2  # the project's exit code for usage and config errors
 
@@ -27,16 +28,7 @@ def _summary(cfg: config.Config) -> dict:
 
 
 @click.command()
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    metavar="FILE",
-    default="/etc/lb/lb.toml",
-    show_default=True,
-    envvar="LB_CONFIG",
-    help="Config file to check; the LB_CONFIG environment variable sets it too.",
-)
+@config_option("Config file to check")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object on stdout.")
 def check(config_path: str, as_json: bool) -> None:
     """Validate a config file without starting anything.

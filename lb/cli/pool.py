@@ -8,7 +8,7 @@ import click
 
 from lb import config
 from lb.cli import render
-from lb.cli.app import POOL, App, print_json
+from lb.cli.app import POOL, App, config_option, print_json
 
 EXIT_CONFIG = 2  # the project's exit code for usage and config errors
 
@@ -50,16 +50,7 @@ def show(app: App, pool_name: str, as_json: bool) -> None:
 
 
 @pool.command()
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    metavar="FILE",
-    default="/etc/lb/lb.toml",
-    show_default=True,
-    envvar="LB_CONFIG",
-    help="Config file with the pool; the LB_CONFIG environment variable sets it too.",
-)
+@config_option("Config file with the pool")
 @click.argument("pool_name", metavar="POOL")
 @click.option(
     "--remove", "remove", metavar="NAME", multiple=True,

@@ -7,6 +7,7 @@ import sys
 import click
 
 from lb import config as config_mod
+from lb.cli.app import config_option
 
 EXIT_CONFIG = 2
 
@@ -39,8 +40,7 @@ def load_runnable(path: str):
 
 
 @click.command()
-@click.option("-c", "--config", "config_path", metavar="FILE", default="/etc/lb/lb.toml", show_default=True,
-              envvar="LB_CONFIG", help="Config file (env: LB_CONFIG).")
+@config_option("Config file to run")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run(config_path: str, log_level: str) -> None:
