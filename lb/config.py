@@ -27,7 +27,9 @@ __all__ = [
     "Config",
     "ConfigError",
     "GlobalSettings",
+    "HeaderRules",
     "Health",
+    "HttpSettings",
     "Listener",
     "Pool",
     "Route",
@@ -52,13 +54,59 @@ HEALTH_TYPES = ("tcp", "http", "none")
 SPLICE_MODES = ("auto", "always", "never")
 HASH_KEYS_L4 = ("source_ip", "source_addr")
 HASH_KEY_PREFIXES = ("header", "cookie", "query")  # "PREFIX:NAME", http only
+FORWARDED_MODES = ("x-forwarded", "forwarded", "both", "none")
+# Header fields lb itself manages on every message: hop-by-hop fields (RFC 9110
+# section 7.6.1, plus the non-standard Proxy-Connection) and the framing and
+# routing fields. A header rule on one of them could break message framing or
+# routing, so it is an error.
+MANAGED_HEADERS = (
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+    "content-length",
+    "host",
+)
+# Ranges of the http listener limits, as the data plane's contract sets them.
+MIN_HEADER_SIZE = 1024
+MAX_HEADER_SIZE = 32768
+MAX_TARGET = 65536
+MAX_HEADER_COUNT = 256
 
 # Known keys per table, in the order of the contract. Unknown keys are errors:
 # a typo must not silently fall back to a default.
 TOP_KEYS = ("global", "listeners", "pools")
 GLOBAL_KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice", "max_worker_rss")
-LISTENER_KEYS = ("bind", "mode", "pool", "accept_proxy", "routes", "idle_timeout", "backlog")
-ROUTE_KEYS = ("host", "path_prefix", "pool")
+# Listener keys that need mode = "http"; the rest are valid in both modes.
+HTTP_LISTENER_KEYS = (
+    "routes",
+    "http_request_timeout",
+    "keepalive_timeout",
+    "max_target",
+    "max_header_size",
+    "max_header_count",
+    "forwarded",
+    "hide_server",
+    "request_headers",
+    "response_headers",
+)
+LISTENER_KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", *HTTP_LISTENER_KEYS)
+ROUTE_KEYS = (
+    "host",
+    "path_prefix",
+    "path",
+    "methods",
+    "header",
+    "header_value",
+    "pool",
+    "request_headers",
+    "response_headers",
+)
+ROUTE_MATCHERS = ("host", "path_prefix", "path", "methods", "header")
+HEADER_RULE_KEYS = ("set", "add", "remove")
 POOL_KEYS = (
     "algorithm",
     "hash_key",
@@ -173,10 +221,44 @@ class Pool:
 
 
 @dataclasses.dataclass(frozen=True)
+class HeaderRules:
+    """Rewrites of one message's header fields, each list in file order.
+
+    A name appears in at most one of the three lists (case-insensitively), so
+    the order in which they are applied does not change the result.
+    """
+
+    set: tuple[tuple[str, str], ...] = ()  # (name as written, value): replaces every field of that name
+    add: tuple[tuple[str, str], ...] = ()  # (name as written, value): appended even if present
+    remove: tuple[str, ...] = ()  # lower case
+
+
+@dataclasses.dataclass(frozen=True)
 class Route:
     host: str | None  # lower case; "*.example.com" matches any subdomain
     path_prefix: str | None
     pool: str
+    path: str | None = None  # the path (before "?") equals it
+    methods: tuple[str, ...] = ()  # any of them; case-sensitive
+    header: str | None = None  # lower case; a field of that name must be present
+    header_value: str | None = None  # with header: its value equals this exactly
+    request_headers: HeaderRules = HeaderRules()
+    response_headers: HeaderRules = HeaderRules()
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpSettings:
+    """The http-only settings of a listener (Listener.http); defaults on a tcp listener."""
+
+    request_timeout: float = 10.0  # key http_request_timeout
+    keepalive_timeout: float = 60.0
+    max_target: int = 8192
+    max_header_size: int = 16384
+    max_header_count: int = 100
+    forwarded: str = "x-forwarded"
+    hide_server: bool = False
+    request_headers: HeaderRules = HeaderRules()
+    response_headers: HeaderRules = HeaderRules()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,6 +271,7 @@ class Listener:
     routes: tuple[Route, ...]
     idle_timeout: float
     backlog: int
+    http: HttpSettings = HttpSettings()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -800,19 +883,151 @@ def _parse_route_host(value: str, path: str) -> str:
     return host
 
 
-def _parse_route(t: _Table, pools: dict[str, Pool]) -> Route:
+def _parse_route_path(value: str, path: str) -> str:
+    _check_url_path(value, path)
+    # Routes compare the path alone: the query and a fragment never reach it.
+    for c in "?#":
+        if c in value:
+            raise ConfigError(path, f"{value!r} contains {c!r}; routes match the path, before any query")
+    return value
+
+
+def _parse_methods(t: _Table, warnings: list[str]) -> tuple[str, ...]:
+    value = t.get("methods", [], "a list of methods", lambda v: isinstance(v, list))
+    if not value:
+        raise ConfigError(t.path_of("methods"), 'at least one method is required (e.g. ["GET", "HEAD"])')
+    methods: dict[str, int] = {}
+    for i, method in enumerate(value):
+        path = f"{t.path_of('methods')}[{i}]"
+        if not isinstance(method, str):
+            raise _wrong_type(path, method, "a string")
+        if not _TOKEN.fullmatch(method):
+            raise ConfigError(path, f"invalid method {method!r} (a token, e.g. \"GET\")")
+        if method in methods:
+            raise ConfigError(path, f"duplicate method {method!r} (also methods[{methods[method]}])")
+        if method != method.upper():
+            # Methods compare case-sensitively, and clients send them in upper case.
+            warnings.append(f"{path}: {method!r} matches only that exact case, not {method.upper()!r}")
+        methods[method] = i
+    return tuple(methods)
+
+
+def _parse_route(t: _Table, pools: dict[str, Pool], warnings: list[str]) -> Route:
+    if not any(t.has(key) for key in ROUTE_MATCHERS):
+        raise ConfigError(t.path, f"a route needs at least one of {', '.join(ROUTE_MATCHERS)}")
     host = t.string("host", None)
     path_prefix = t.string("path_prefix", None)
-    if host is None and path_prefix is None:
-        raise ConfigError(t.path, "a route needs host, path_prefix or both")
+    path = t.string("path", None)
+    if path is not None and path_prefix is not None:
+        raise ConfigError(t.path_of("path"), "path and path_prefix exclude each other (path matches the whole path)")
+    header = t.string("header", None)
+    header_value = t.string("header_value", None)
+    if header_value is not None and header is None:
+        raise ConfigError(t.path_of("header_value"), "needs header, the name of the field to compare")
     return Route(
         host=None if host is None else _parse_route_host(host, t.path_of("host")),
-        path_prefix=None if path_prefix is None else _check_url_path(path_prefix, t.path_of("path_prefix")),
+        path_prefix=None if path_prefix is None else _parse_route_path(path_prefix, t.path_of("path_prefix")),
+        path=None if path is None else _parse_route_path(path, t.path_of("path")),
+        methods=_parse_methods(t, warnings) if t.has("methods") else (),
+        header=None if header is None else _check_header_name(header, t.path_of("header")).lower(),
+        header_value=None if header_value is None else _check_field_value(header_value, t.path_of("header_value")),
         pool=_check_pool_ref(t.string("pool"), t.path_of("pool"), pools),
+        request_headers=_parse_header_rules(t.table("request_headers", HEADER_RULE_KEYS)),
+        response_headers=_parse_header_rules(t.table("response_headers", HEADER_RULE_KEYS)),
     )
 
 
-def _parse_listener(name: str, t: _Table, pools: dict[str, Pool], bound: dict[BindAddr, str]) -> Listener:
+_TCHAR_SYMBOLS = "!#$%&'*+-.^_`|~"
+
+
+def _check_header_name(name: str, path: str) -> str:
+    if not _TOKEN.fullmatch(name):
+        raise ConfigError(path, f"invalid header name {name!r} (a token: letters, digits and {_TCHAR_SYMBOLS})")
+    return name
+
+
+def _check_field_value(value: str, path: str) -> str:
+    for c in value:
+        if ord(c) < 0x20 or ord(c) == 0x7F:
+            # CR or LF would end the field early and let the rest pass as another field.
+            raise ConfigError(path, f"contains the control character {c!r} (no CR, LF, NUL, TAB or other control)")
+    if value != value.strip(" "):
+        # A recipient strips them, so the value would never be seen as written.
+        raise ConfigError(path, f"{value!r} starts or ends with a space")
+    return value
+
+
+def _check_rewritable(name: str, path: str) -> None:
+    if name.lower() in MANAGED_HEADERS:
+        raise ConfigError(
+            path,
+            f"{name!r} may not be set, added or removed: lb manages the hop-by-hop fields, "
+            "Content-Length and Host itself",
+        )
+
+
+def _parse_header_rules(t: _Table) -> HeaderRules:
+    """A request_headers or response_headers table, lists in file order."""
+    seen: dict[str, str] = {}  # lower-case name -> path of its entry
+
+    def claim(name: str, path: str) -> None:
+        _check_header_name(name, path)
+        _check_rewritable(name, path)
+        # One entry per name keeps the result independent of the order in
+        # which set, add and remove are applied.
+        lower = name.lower()
+        if lower in seen:
+            raise ConfigError(
+                path, f"{name!r} is already at {seen[lower]} (one entry per name, of any case, in set, add and remove)"
+            )
+        seen[lower] = path
+
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    for key in ("set", "add"):
+        table = t.get(key, {}, "a table of header names to values", lambda v: isinstance(v, dict))
+        pairs[key] = []
+        for name, value in table.items():
+            path = _join(t.path_of(key), name)
+            claim(name, path)
+            if not isinstance(value, str):
+                raise _wrong_type(path, value, "a string")
+            pairs[key].append((name, _check_field_value(value, path)))
+    names = t.get("remove", [], "a list of header names", lambda v: isinstance(v, list))
+    remove = []
+    for i, name in enumerate(names):
+        path = f"{t.path_of('remove')}[{i}]"
+        if not isinstance(name, str):
+            raise _wrong_type(path, name, "a string")
+        claim(name, path)
+        remove.append(name.lower())
+    return HeaderRules(set=tuple(pairs["set"]), add=tuple(pairs["add"]), remove=tuple(remove))
+
+
+def _parse_http_settings(t: _Table) -> HttpSettings:
+    max_header_size = t.integer("max_header_size", 16384, MIN_HEADER_SIZE, MAX_HEADER_SIZE)
+    max_target = t.integer("max_target", 8192, 1, MAX_TARGET)
+    if max_target >= max_header_size:
+        # The target is part of the request line, which is part of the head.
+        written = f"{max_target}" if t.has("max_target") else f"the default {max_target}"
+        raise ConfigError(
+            t.path_of("max_target"), f"{written} must be less than max_header_size ({max_header_size})"
+        )
+    return HttpSettings(
+        request_timeout=t.duration("http_request_timeout", "10s", MIN_TIMEOUT),
+        keepalive_timeout=t.duration("keepalive_timeout", "60s", MIN_TIMEOUT),
+        max_target=max_target,
+        max_header_size=max_header_size,
+        max_header_count=t.integer("max_header_count", 100, 1, MAX_HEADER_COUNT),
+        forwarded=t.choice("forwarded", "x-forwarded", FORWARDED_MODES),
+        hide_server=t.boolean("hide_server", False),
+        request_headers=_parse_header_rules(t.table("request_headers", HEADER_RULE_KEYS)),
+        response_headers=_parse_header_rules(t.table("response_headers", HEADER_RULE_KEYS)),
+    )
+
+
+def _parse_listener(
+    name: str, t: _Table, pools: dict[str, Pool], bound: dict[BindAddr, str], warnings: list[str]
+) -> Listener:
     """One [listeners.NAME] table; ``bound`` maps addresses taken so far to their listener."""
     _check_name(name, t.path, "listener name")
     bind = []
@@ -829,9 +1044,13 @@ def _parse_listener(name: str, t: _Table, pools: dict[str, Pool], bound: dict[Bi
         raise ConfigError(t.path_of("pool"), 'required key is missing (mode = "tcp" needs a pool)')
     if pool is not None:
         _check_pool_ref(pool, t.path_of("pool"), pools)
-    if t.has("routes") and mode != "http":
-        raise ConfigError(t.path_of("routes"), 'routes need mode = "http"')
-    routes = tuple(_parse_route(rt, pools) for rt in t.array_of_tables("routes", ROUTE_KEYS))
+    if mode != "http":
+        for key in HTTP_LISTENER_KEYS:
+            if t.has(key):
+                raise ConfigError(t.path_of(key), 'needs mode = "http"')
+    # Before the routes, so errors come in file order ([[routes]] follow the listener's keys).
+    http = _parse_http_settings(t) if mode == "http" else HttpSettings()
+    routes = tuple(_parse_route(rt, pools, warnings) for rt in t.array_of_tables("routes", ROUTE_KEYS))
     if pool is None and not routes:
         raise ConfigError(t.path_of("pool"), "required key is missing (a listener needs a pool or at least one route)")
     return Listener(
@@ -843,6 +1062,7 @@ def _parse_listener(name: str, t: _Table, pools: dict[str, Pool], bound: dict[Bi
         routes=routes,
         idle_timeout=t.duration("idle_timeout", "10m", MIN_TIMEOUT),
         backlog=t.integer("backlog", 4096, 1, 65535),
+        http=http,
     )
 
 
@@ -888,7 +1108,8 @@ def _build(text: str, source: str, sha256: str) -> Config:
     pools = {name: _parse_pool(name, t, warnings) for name, t in root.named_tables("pools", POOL_KEYS)}
     bound: dict[BindAddr, str] = {}
     listeners = {
-        name: _parse_listener(name, t, pools, bound) for name, t in root.named_tables("listeners", LISTENER_KEYS)
+        name: _parse_listener(name, t, pools, bound, warnings)
+        for name, t in root.named_tables("listeners", LISTENER_KEYS)
     }
     if not listeners:
         raise ConfigError("listeners", "at least one listener is required")

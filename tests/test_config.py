@@ -5,6 +5,7 @@ import importlib.util
 import json
 import pathlib
 import socket
+import textwrap
 import tomllib
 
 import pytest
@@ -51,6 +52,23 @@ pool = "app"
 accept_proxy = true
 idle_timeout = "30s"
 backlog = 1024
+http_request_timeout = "5s"
+keepalive_timeout = "2m"
+max_target = 4096
+max_header_size = 8192
+max_header_count = 50
+forwarded = "both"
+hide_server = true
+
+  [listeners.web.request_headers]
+  set = { "X-Env" = "prod", "X-Tier" = "web" }
+  add = { "X-Via-Lb" = "1" }
+  remove = ["X-Debug", "X-Internal"]
+
+  [listeners.web.response_headers]
+  set = { "Strict-Transport-Security" = "max-age=63072000" }
+  add = { "X-Served-By" = "lb" }
+  remove = ["X-Powered-By"]
 
   [[listeners.web.routes]]
   host = "API.example.com"
@@ -60,6 +78,23 @@ backlog = 1024
   [[listeners.web.routes]]
   host = "*.static.example.com"
   pool = "app"
+
+  [[listeners.web.routes]]
+  path = "/upload"
+  methods = ["POST", "PUT"]
+  header = "X-Canary"
+  header_value = "yes"
+  pool = "app"
+
+    [listeners.web.routes.request_headers]
+    set = { "X-Route" = "upload" }
+    add = { "X-Upload" = "1" }
+    remove = ["Cookie"]
+
+    [listeners.web.routes.response_headers]
+    set = { "Cache-Control" = "no-store" }
+    add = { "X-Route" = "upload" }
+    remove = ["ETag"]
 
 [listeners.db]
 bind = "*:5432"
@@ -126,13 +161,47 @@ def test_full_config_loads_every_key():
     assert [str(b) for b in web.bind] == ["0.0.0.0:8080", "[::1]:8080"]
     assert [b.family for b in web.bind] == [socket.AF_INET, socket.AF_INET6]
     assert (web.mode, web.pool, web.accept_proxy, web.idle_timeout, web.backlog) == ("http", "app", True, 30.0, 1024)
+    assert web.http == config.HttpSettings(
+        request_timeout=5.0,
+        keepalive_timeout=120.0,
+        max_target=4096,
+        max_header_size=8192,
+        max_header_count=50,
+        forwarded="both",
+        hide_server=True,
+        request_headers=config.HeaderRules(
+            set=(("X-Env", "prod"), ("X-Tier", "web")),
+            add=(("X-Via-Lb", "1"),),
+            remove=("x-debug", "x-internal"),
+        ),
+        response_headers=config.HeaderRules(
+            set=(("Strict-Transport-Security", "max-age=63072000"),),
+            add=(("X-Served-By", "lb"),),
+            remove=("x-powered-by",),
+        ),
+    )
     assert web.routes == (
         config.Route(host="api.example.com", path_prefix="/v1/", pool="api"),
         config.Route(host="*.static.example.com", path_prefix=None, pool="app"),
+        config.Route(
+            host=None,
+            path_prefix=None,
+            pool="app",
+            path="/upload",
+            methods=("POST", "PUT"),
+            header="x-canary",
+            header_value="yes",
+            request_headers=config.HeaderRules(
+                set=(("X-Route", "upload"),), add=(("X-Upload", "1"),), remove=("cookie",)
+            ),
+            response_headers=config.HeaderRules(
+                set=(("Cache-Control", "no-store"),), add=(("X-Route", "upload"),), remove=("etag",)
+            ),
+        ),
     )
     db = cfg.listeners["db"]
     assert db.bind == (config.BindAddr("0.0.0.0", 5432, socket.AF_INET),)
-    assert (db.mode, db.pool, db.routes) == ("tcp", "api", ())
+    assert (db.mode, db.pool, db.routes, db.http) == ("tcp", "api", (), config.HttpSettings())
 
     assert list(cfg.pools) == ["app", "api"]
     app = cfg.pools["app"]
@@ -185,6 +254,10 @@ def _contract_keys() -> set[str]:
         "global": config.GLOBAL_KEYS,
         "listeners.*": config.LISTENER_KEYS,
         "listeners.*.routes": config.ROUTE_KEYS,
+        "listeners.*.request_headers": config.HEADER_RULE_KEYS,
+        "listeners.*.response_headers": config.HEADER_RULE_KEYS,
+        "listeners.*.routes.request_headers": config.HEADER_RULE_KEYS,
+        "listeners.*.routes.response_headers": config.HEADER_RULE_KEYS,
         "pools.*": config.POOL_KEYS,
         "pools.*.health": config.HEALTH_KEYS,
         "pools.*.passive": config.PASSIVE_KEYS,
@@ -202,6 +275,13 @@ def test_every_key_is_documented():
     for path in sorted(_contract_keys()):
         key = path.rsplit(".", 1)[1]
         assert f"`{key}`" in docs or f"{key} =" in docs, f"{path} is not documented"
+
+
+@pytest.mark.parametrize("heading", ["## 7. A complete example"])
+def test_documented_examples_are_valid(heading):
+    docs = (ROOT / "docs" / "configuration.md").read_text()
+    section = docs.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    assert config.loads(textwrap.dedent(section)).warnings == ()
 
 
 MINIMAL = """
@@ -237,6 +317,7 @@ def test_defaults():
         65537,
     )
     assert (pool.send_proxy, pool.connect_timeout, pool.retries) == ("off", 3.0, 2)
+    assert web.http == config.HttpSettings()
     assert pool.health == config.Health("tcp", "/healthz", (200, 399), 2.0, 1.0, 2, 3, 0.0)
     assert pool.backends[0] == config.Backend("10.0.0.1:80", "10.0.0.1", 80, socket.AF_INET, "10.0.0.1:80", 100, False)
     assert cfg.source == "<string>"
@@ -245,6 +326,22 @@ def test_defaults():
 def test_default_mode_is_http():
     cfg = config.loads(MINIMAL.replace('mode = "tcp"\n', ""))
     assert cfg.listeners["web"].mode == "http"
+
+
+def test_http_defaults():
+    web = config.loads(MINIMAL.replace('mode = "tcp"\n', "")).listeners["web"]
+    # The contract's defaults, spelt out, so a change to the dataclass shows here.
+    assert web.http == config.HttpSettings(
+        request_timeout=10.0,
+        keepalive_timeout=60.0,
+        max_target=8192,
+        max_header_size=16384,
+        max_header_count=100,
+        forwarded="x-forwarded",
+        hide_server=False,
+        request_headers=config.HeaderRules(set=(), add=(), remove=()),
+        response_headers=config.HeaderRules(set=(), add=(), remove=()),
+    )
 
 
 def test_unreferenced_pool_may_have_no_backends():
@@ -283,6 +380,18 @@ POOL_APP = '\n[[pools.app.backends]]\naddress = "10.0.0.1:80"\n'
 def _route(lines: str) -> str:
     """An http listener with one route made of ``lines``, and pool "app"."""
     return HTTP_LISTENER + "[[listeners.web.routes]]\n" + lines + POOL_APP
+
+
+def _http(lines: str) -> str:
+    """An http listener with pool "app" and ``lines`` added to it."""
+    return HTTP_LISTENER + 'pool = "app"\n' + lines + POOL_APP
+
+
+def _rules(lines: str, table: str = "listeners.web.request_headers") -> str:
+    """An http listener whose header rules table ``table`` holds ``lines``."""
+    if table.startswith("listeners.web.routes."):
+        return _route(f'path = "/"\npool = "app"\n[{table}]\n{lines}\n')
+    return _http(f"[{table}]\n{lines}\n")
 
 
 BAD = [
@@ -349,6 +458,120 @@ BAD = [
     (_route('path_prefix = "/v1/"\n'), "listeners.web.routes[0].pool", "missing"),
     (_route('path_prefix = "/v1/"\npool = "foo"\n'), "listeners.web.routes[0].pool", "unknown pool 'foo'"),
     (HTTP_LISTENER + "routes = 3\n" + POOL_APP, "listeners.web.routes", "array"),
+    (_route('header_value = "1"\npool = "app"\n'), "listeners.web.routes[0]", "at least one of"),
+    (_route('path = "/"\nheader_value = "1"\npool = "app"\n'), "listeners.web.routes[0].header_value", "needs"),
+    (_route('path = "/a"\npath_prefix = "/"\npool = "app"\n'), "listeners.web.routes[0].path", "exclude each other"),
+    (_route('path = "a"\npool = "app"\n'), "listeners.web.routes[0].path", "start with '/'"),
+    (_route('path = "/a\\tb"\npool = "app"\n'), "listeners.web.routes[0].path", "control characters"),
+    (_route('path = "/a?b=1"\npool = "app"\n'), "listeners.web.routes[0].path", "contains '?'"),
+    (_route('path_prefix = "/a#b"\npool = "app"\n'), "listeners.web.routes[0].path_prefix", "contains '#'"),
+    (_route('path = 1\npool = "app"\n'), "listeners.web.routes[0].path", "string"),
+    (_route('methods = []\npool = "app"\n'), "listeners.web.routes[0].methods", "at least one method"),
+    (_route('methods = "GET"\npool = "app"\n'), "listeners.web.routes[0].methods", "list of methods"),
+    (_route('methods = [1]\npool = "app"\n'), "listeners.web.routes[0].methods[0]", "string"),
+    (_route('methods = ["GET", "GE T"]\npool = "app"\n'), "listeners.web.routes[0].methods[1]", "invalid method"),
+    (_route('methods = [""]\npool = "app"\n'), "listeners.web.routes[0].methods[0]", "invalid method"),
+    (_route('methods = ["GET", "PUT", "GET"]\npool = "app"\n'), "listeners.web.routes[0].methods[2]", "methods[0]"),
+    (_route('header = "X User"\npool = "app"\n'), "listeners.web.routes[0].header", "invalid header name"),
+    (_route('header = ""\npool = "app"\n'), "listeners.web.routes[0].header", "invalid header name"),
+    (_route('header = "X-A:"\npool = "app"\n'), "listeners.web.routes[0].header", "invalid header name"),
+    (_route('header = ["X-A"]\npool = "app"\n'), "listeners.web.routes[0].header", "string"),
+    (_route('header = "X"\nheader_value = "a\\r\\nb"\npool = "app"'), "listeners.web.routes[0].header_value", "'\\r'"),
+    (_route('header = "X"\nheader_value = "a\\u0000"\npool = "app"'), "listeners.web.routes[0].header_value", "'\\x00'"),
+    (_route('header = "X"\nheader_value = "a "\npool = "app"\n'), "listeners.web.routes[0].header_value", "space"),
+    (_route('header = "X"\nheader_value = 1\npool = "app"\n'), "listeners.web.routes[0].header_value", "string"),
+    (_route('methd = ["GET"]\npool = "app"\n'), "listeners.web.routes[0].methd", "did you mean 'methods'"),
+    (
+        _route('path = "/a"\npool = "app"\n[[listeners.web.routes]]\npath = "/b?"\npool = "app"\n'),
+        "listeners.web.routes[1].path",
+        "'?'",
+    ),
+    # http listener settings
+    (_http('http_request_timeout = "0s"\n'), "listeners.web.http_request_timeout", "at least 1ms"),
+    (_http('http_request_timeout = "10"\n'), "listeners.web.http_request_timeout", "invalid duration"),
+    (_http("http_request_timeout = 10\n"), "listeners.web.http_request_timeout", "durations are strings"),
+    (_http('keepalive_timeout = "0ms"\n'), "listeners.web.keepalive_timeout", "at least 1ms"),
+    (_http("max_target = 0\n"), "listeners.web.max_target", "out of range (1..65536)"),
+    (_http("max_target = 65537\n"), "listeners.web.max_target", "out of range (1..65536)"),
+    (_http("max_target = 16384\n"), "listeners.web.max_target", "16384 must be less than max_header_size (16384)"),
+    (_http("max_header_size = 4096\n"), "listeners.web.max_target", "default 8192 must be less than max_header_size"),
+    (_http("max_header_size = 1023\n"), "listeners.web.max_header_size", "out of range (1024..32768)"),
+    (_http("max_header_size = 32769\n"), "listeners.web.max_header_size", "out of range (1024..32768)"),
+    (_http('max_header_size = "16KiB"\n'), "listeners.web.max_header_size", "integer"),
+    (_http("max_header_count = 0\n"), "listeners.web.max_header_count", "out of range (1..256)"),
+    (_http("max_header_count = 257\n"), "listeners.web.max_header_count", "out of range (1..256)"),
+    (_http('forwarded = "x-forwarded-for"\n'), "listeners.web.forwarded", "did you mean 'x-forwarded'"),
+    (_http('forwarded = "xff"\n'), "listeners.web.forwarded", "x-forwarded, forwarded, both, none"),
+    (_http('hide_server = "yes"\n'), "listeners.web.hide_server", "boolean"),
+    (_http("request_headers = 1\n"), "listeners.web.request_headers", "table"),
+    (_http("max_targt = 100\n"), "listeners.web.max_targt", "did you mean 'max_target'"),
+    # header rules
+    (_rules('sett = { "X-A" = "1" }'), "listeners.web.request_headers.sett", "did you mean 'set'"),
+    (_rules('set = ["X-A"]'), "listeners.web.request_headers.set", "table of header names"),
+    (_rules('add = "X-A"'), "listeners.web.request_headers.add", "table of header names"),
+    (_rules('set = { "X-A" = 1 }'), "listeners.web.request_headers.set.X-A", "string"),
+    (_rules('set.X-A.b = "1"'), "listeners.web.request_headers.set.X-A", "got a table"),
+    (_rules('set = { "X A" = "1" }'), 'listeners.web.request_headers.set."X A"', "invalid header name"),
+    (_rules('add = { "X:A" = "1" }'), 'listeners.web.request_headers.add."X:A"', "invalid header name"),
+    (_rules('add = { "" = "1" }'), 'listeners.web.request_headers.add.""', "invalid header name"),
+    (_rules('set = { "X-Ä" = "1" }'), 'listeners.web.request_headers.set."X-\\u00c4"', "invalid header name"),
+    (_rules('set = { "X(A)" = "1" }'), 'listeners.web.request_headers.set."X(A)"', "invalid header name"),
+    (_rules('set = { "X-A" = "a\\nb" }'), "listeners.web.request_headers.set.X-A", "'\\n'"),
+    (_rules('set = { "X-A" = "a\\rb" }'), "listeners.web.request_headers.set.X-A", "'\\r'"),
+    (_rules('add = { "X-A" = "\\u0000" }'), "listeners.web.request_headers.add.X-A", "'\\x00'"),
+    (_rules('add = { "X-A" = "a\\tb" }'), "listeners.web.request_headers.add.X-A", "'\\t'"),
+    (_rules('add = { "X-A" = "a\\u007f" }'), "listeners.web.request_headers.add.X-A", "'\\x7f'"),
+    (_rules('add = { "X-A" = "\\u001b[0m" }'), "listeners.web.request_headers.add.X-A", "'\\x1b'"),
+    (_rules('set = { "X-A" = " a" }'), "listeners.web.request_headers.set.X-A", "starts or ends with a space"),
+    (_rules('remove = "X-A"'), "listeners.web.request_headers.remove", "list of header names"),
+    (_rules("remove = [1]"), "listeners.web.request_headers.remove[0]", "string"),
+    (_rules('remove = ["X-A", "X A"]'), "listeners.web.request_headers.remove[1]", "invalid header name"),
+    (
+        _rules('set = { "X-A" = "1" }\nadd = { "x-a" = "2" }'),
+        "listeners.web.request_headers.add.x-a",
+        "'x-a' is already at listeners.web.request_headers.set.X-A",
+    ),
+    (
+        _rules('set = { "X-A" = "1", "x-A" = "2" }'),
+        "listeners.web.request_headers.set.x-A",
+        "already at listeners.web.request_headers.set.X-A",
+    ),
+    (
+        _rules('add = { "X-A" = "1" }\nremove = ["X-B", "X-a"]'),
+        "listeners.web.request_headers.remove[1]",
+        "already at listeners.web.request_headers.add.X-A",
+    ),
+    (
+        _rules('remove = ["X-A", "x-a"]'),
+        "listeners.web.request_headers.remove[1]",
+        "already at listeners.web.request_headers.remove[0]",
+    ),
+    (_rules('set = { "Host" = "a" }'), "listeners.web.request_headers.set.Host", "may not be set, added or removed"),
+    (
+        _rules('remove = ["Server", "Transfer-Encoding"]', "listeners.web.response_headers"),
+        "listeners.web.response_headers.remove[1]",
+        "may not be set",
+    ),
+    (
+        _rules('set = { "X-A" = "a\\nb" }', "listeners.web.response_headers"),
+        "listeners.web.response_headers.set.X-A",
+        "control character",
+    ),
+    (
+        _rules('add = { "Content-Length" = "0" }', "listeners.web.routes.request_headers"),
+        "listeners.web.routes[0].request_headers.add.Content-Length",
+        "may not be set",
+    ),
+    (
+        _rules('remove = ["Set Cookie"]', "listeners.web.routes.response_headers"),
+        "listeners.web.routes[0].response_headers.remove[0]",
+        "invalid header name",
+    ),
+    (
+        _rules("rmove = []", "listeners.web.routes.response_headers"),
+        "listeners.web.routes[0].response_headers.rmove",
+        "did you mean 'remove'",
+    ),
     # pools
     (_cfg(pool='algorithm = "roundrobbin"'), "pools.app.algorithm", "did you mean 'roundrobin'"),
     (_cfg(pool='hash_key = "header:"'), "pools.app.hash_key", "token"),
@@ -428,6 +651,47 @@ def test_bad_config_names_the_key(text, path, word):
     assert e.path == path
     assert word in e.message
     assert str(e) == f"{path or 'lb.toml'}: {e.message}"
+
+
+# A valid value for every key that needs mode = "http".
+HTTP_LISTENER_VALUES = {
+    "routes": '[[listeners.web.routes]]\nhost = "a.example.com"\npool = "app"',
+    "http_request_timeout": 'http_request_timeout = "5s"',
+    "keepalive_timeout": 'keepalive_timeout = "5s"',
+    "max_target": "max_target = 100",
+    "max_header_size": "max_header_size = 10000",
+    "max_header_count": "max_header_count = 10",
+    "forwarded": 'forwarded = "none"',
+    "hide_server": "hide_server = false",
+    "request_headers": "request_headers = {}",
+    "response_headers": '[listeners.web.response_headers]\nremove = ["Server"]',
+}
+
+
+def test_every_http_listener_key_has_a_value_here():
+    assert set(HTTP_LISTENER_VALUES) == set(config.HTTP_LISTENER_KEYS)
+
+
+@pytest.mark.parametrize("key", config.HTTP_LISTENER_KEYS)
+def test_http_listener_keys_need_http_mode(key):
+    line = HTTP_LISTENER_VALUES[key]
+    with pytest.raises(ConfigError) as info:
+        config.loads(_cfg(listener=line))
+    assert (info.value.path, info.value.message) == (f"listeners.web.{key}", 'needs mode = "http"')
+    # The same line is valid on an http listener.
+    config.loads(_cfg(listener=line).replace('mode = "tcp"', 'mode = "http"'))
+
+
+@pytest.mark.parametrize("name", config.MANAGED_HEADERS)
+@pytest.mark.parametrize("form", ['set = {{ "{0}" = "x" }}', 'add = {{ "{0}" = "x" }}', 'remove = ["{0}"]'])
+def test_managed_headers_may_not_be_rewritten(name, form):
+    written = name.title()  # names compare without case
+    key = form.split(" ")[0]
+    with pytest.raises(ConfigError) as info:
+        config.loads(_rules(form.format(written)))
+    path = f"listeners.web.request_headers.{key}" + ("[0]" if key == "remove" else f".{written}")
+    assert info.value.path == path
+    assert info.value.message.startswith(f"{written!r} may not be set, added or removed")
 
 
 def test_bad_configs_are_distinct():
@@ -530,6 +794,131 @@ def test_health_warnings():
 def test_http_hash_key_is_fine_for_http_listeners():
     text = HTTP_LISTENER + 'pool = "app"\n[pools.app]\nalgorithm = "maglev"\nhash_key = "header:X-User"\n' + POOL_APP
     assert config.loads(text).pools["app"].hash_key == "header:X-User"
+
+
+def _routes(text: str) -> tuple:
+    return config.loads(text).listeners["web"].routes
+
+
+@pytest.mark.parametrize(
+    "lines,fields",
+    [
+        ('host = "Example.COM"', {"host": "example.com"}),
+        ('host = "*.Example.com"', {"host": "*.example.com"}),
+        ('path_prefix = "/v1/"', {"path_prefix": "/v1/"}),
+        ('path = "/"', {"path": "/"}),
+        ('path = "/a/b.html"', {"path": "/a/b.html"}),
+        ('methods = ["GET"]', {"methods": ("GET",)}),
+        ('methods = ["PUT", "POST", "M-SEARCH"]', {"methods": ("PUT", "POST", "M-SEARCH")}),
+        ('header = "X-Canary"', {"header": "x-canary"}),
+        ('header = "X-Canary"\nheader_value = "Yes, Please"', {"header": "x-canary", "header_value": "Yes, Please"}),
+        ('header = "X-Canary"\nheader_value = ""', {"header": "x-canary", "header_value": ""}),
+        ('header = "Upgrade"\nheader_value = "websocket"', {"header": "upgrade", "header_value": "websocket"}),
+        ('header = "X-Name"\nheader_value = "Zoë"', {"header": "x-name", "header_value": "Zoë"}),
+        (
+            'host = "api.example.com"\npath = "/login"\nmethods = ["POST"]\nheader = "Cookie"',
+            {"host": "api.example.com", "path": "/login", "methods": ("POST",), "header": "cookie"},
+        ),
+    ],
+)
+def test_route_matchers(lines, fields):
+    expected = {"host": None, "path_prefix": None, "pool": "app", **fields}
+    assert _routes(_route(lines + '\npool = "app"\n')) == (config.Route(**expected),)
+
+
+def test_routes_keep_file_order():
+    text = _route('path = "/b"\npool = "app"\n[[listeners.web.routes]]\npath = "/a"\npool = "app"\n')
+    assert [route.path for route in _routes(text)] == ["/b", "/a"]
+
+
+def test_header_rules_keep_order_and_case():
+    rules = config.loads(
+        _rules('set = { "X-Zeta" = "1", "x-alpha" = "" }\nadd = { "Via" = "1.1 lb", "A" = "b" }\nremove = ["X-Z", "Srv"]')
+    ).listeners["web"].http.request_headers
+    # set and add keep the names as written (they are sent so); remove lists compare in lower case.
+    assert rules == config.HeaderRules(
+        set=(("X-Zeta", "1"), ("x-alpha", "")), add=(("Via", "1.1 lb"), ("A", "b")), remove=("x-z", "srv")
+    )
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        'request_headers = {}',
+        "[listeners.web.request_headers]\n",
+        "[listeners.web.request_headers]\nset = {}\nadd = {}\nremove = []",
+    ],
+)
+def test_empty_header_rules(lines):
+    assert config.loads(_http(lines + "\n")).listeners["web"].http.request_headers == config.HeaderRules()
+
+
+def test_header_rules_forms():
+    text = _http(
+        'request_headers.set.X-Env = "prod"\n'
+        'request_headers.add."X-Via-Lb" = "1"\n'
+        "response_headers = { remove = [\"X-Powered-By\"], set = { \"X-Frame-Options\" = \"DENY\" } }\n"
+    )
+    http = config.loads(text).listeners["web"].http
+    assert http.request_headers == config.HeaderRules(set=(("X-Env", "prod"),), add=(("X-Via-Lb", "1"),))
+    assert http.response_headers == config.HeaderRules(set=(("X-Frame-Options", "DENY"),), remove=("x-powered-by",))
+
+
+def test_header_rule_names_and_values():
+    # Every token character in a name; printable text, inner spaces and non-ASCII in a value.
+    name = "!#$%&'*+-.^_`|~09azAZ"
+    value = 'a b, c="d"; ünïcode €'
+    text = _rules(f"set = {{ {json.dumps(name)} = {json.dumps(value, ensure_ascii=False)} }}")
+    assert config.loads(text).listeners["web"].http.request_headers.set == ((name, value),)
+
+
+def test_route_header_rules():
+    text = _route(
+        'path_prefix = "/api/"\npool = "app"\n'
+        "[listeners.web.routes.request_headers]\n"
+        'set = { "X-Api" = "1" }\n'
+        "[listeners.web.routes.response_headers]\n"
+        'remove = ["X-Internal"]\n'
+    )
+    (route,) = _routes(text)
+    assert route.request_headers == config.HeaderRules(set=(("X-Api", "1"),))
+    assert route.response_headers == config.HeaderRules(remove=("x-internal",))
+    # A name the listener's rules use may appear again in a route's: they are separate tables.
+    text2 = text.replace(HTTP_LISTENER, HTTP_LISTENER + 'request_headers.set.X-Api = "0"\n', 1)
+    assert config.loads(text2).listeners["web"].http.request_headers.set == (("X-Api", "0"),)
+
+
+@pytest.mark.parametrize(
+    "lines,fields",
+    [
+        ("max_header_size = 1024\nmax_target = 1", {"max_header_size": 1024, "max_target": 1}),
+        ("max_header_size = 1024\nmax_target = 1023", {"max_header_size": 1024, "max_target": 1023}),
+        ("max_header_size = 32768\nmax_target = 32767", {"max_header_size": 32768, "max_target": 32767}),
+        ("max_header_size = 8193", {"max_header_size": 8193, "max_target": 8192}),
+        ("max_header_count = 1", {"max_header_count": 1}),
+        ("max_header_count = 256", {"max_header_count": 256}),
+        ('http_request_timeout = "1ms"', {"request_timeout": 0.001}),
+        ('http_request_timeout = "1m"\nkeepalive_timeout = "1h"', {"request_timeout": 60, "keepalive_timeout": 3600}),
+        ('forwarded = "x-forwarded"', {"forwarded": "x-forwarded"}),
+        ('forwarded = "forwarded"', {"forwarded": "forwarded"}),
+        ('forwarded = "both"', {"forwarded": "both"}),
+        ('forwarded = "none"', {"forwarded": "none"}),
+        ("hide_server = true", {"hide_server": True}),
+    ],
+)
+def test_http_listener_settings(lines, fields):
+    assert config.loads(_http(lines + "\n")).listeners["web"].http == config.HttpSettings(**fields)
+
+
+def test_accept_proxy_in_both_modes():
+    assert config.loads(_cfg(listener="accept_proxy = true")).listeners["web"].accept_proxy is True
+    assert config.loads(_http("accept_proxy = true\n")).listeners["web"].accept_proxy is True
+
+
+def test_lower_case_method_is_a_warning():
+    cfg = config.loads(_route('methods = ["GET", "purge"]\npool = "app"\n'))
+    assert cfg.listeners["web"].routes[0].methods == ("GET", "purge")
+    assert cfg.warnings == ("listeners.web.routes[0].methods[1]: 'purge' matches only that exact case, not 'PURGE'",)
 
 
 @pytest.mark.parametrize(
