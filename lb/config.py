@@ -107,6 +107,8 @@ ROUTE_KEYS = (
 )
 ROUTE_MATCHERS = ("host", "path_prefix", "path", "methods", "header")
 HEADER_RULE_KEYS = ("set", "add", "remove")
+# Pool keys only http listeners act on; a tcp listener ignores them.
+HTTP_POOL_KEYS = ("response_timeout", "keepalive_max_idle", "keepalive_timeout", "sticky_cookie")
 POOL_KEYS = (
     "algorithm",
     "hash_key",
@@ -115,6 +117,7 @@ POOL_KEYS = (
     "send_proxy",
     "connect_timeout",
     "retries",
+    *HTTP_POOL_KEYS,
     "health",
     "passive",
     "backends",
@@ -218,6 +221,11 @@ class Pool:
     health: Health
     backends: tuple[Backend, ...]
     passive: Passive = Passive()
+    # http only: backend inactivity while a response is awaited or received
+    response_timeout: float = 60.0
+    keepalive_max_idle: int = 16  # idle backend connections kept per worker per backend; 0 = no reuse
+    keepalive_timeout: float = 30.0  # an idle backend connection is closed after this
+    sticky_cookie: str = ""  # cookie name lb inserts for sticky sessions; "" = off
 
 
 @dataclasses.dataclass(frozen=True)
@@ -824,6 +832,10 @@ def _parse_pool(name: str, t: _Table, warnings: list[str]) -> Pool:
         send_proxy=t.choice("send_proxy", "off", SEND_PROXY),
         connect_timeout=t.duration("connect_timeout", "3s", MIN_TIMEOUT),
         retries=t.integer("retries", 2, 0, 10),
+        response_timeout=t.duration("response_timeout", "60s", MIN_TIMEOUT),
+        keepalive_max_idle=t.integer("keepalive_max_idle", 16, 0, 10000),
+        keepalive_timeout=t.duration("keepalive_timeout", "30s", MIN_TIMEOUT),
+        sticky_cookie=_parse_sticky_cookie(t.string("sticky_cookie", ""), t.path_of("sticky_cookie")),
         health=_parse_health(t.table("health", HEALTH_KEYS), warnings),
         passive=_parse_passive(t.table("passive", PASSIVE_KEYS)),
         backends=_parse_backends(t),
@@ -835,6 +847,12 @@ def _parse_pool(name: str, t: _Table, warnings: list[str]) -> Pool:
     else:
         _warn_set_but_unused(t, ("hash_key", "table_size"), 'algorithm = "maglev"', warnings)
     return pool
+
+
+def _parse_sticky_cookie(value: str, path: str) -> str:
+    if value and not _TOKEN.fullmatch(value):
+        raise ConfigError(path, f"invalid cookie name {value!r} (a token: letters, digits and {_TCHAR_SYMBOLS})")
+    return value
 
 
 def _warn_small_maglev_table(pool: Pool, path: str, warnings: list[str]) -> None:
@@ -1087,6 +1105,20 @@ def _check_pool_users(listeners: dict[str, Listener], pools: dict[str, Pool]) ->
                 )
 
 
+def _warn_http_pool_keys(
+    pool_tables: list[tuple[str, _Table]], listeners: dict[str, Listener], warnings: list[str]
+) -> None:
+    """http-only keys set on a pool that only tcp listeners use have no effect."""
+    modes: dict[str, set[str]] = {}
+    for listener in listeners.values():
+        for name in (listener.pool, *(route.pool for route in listener.routes)):
+            if name is not None:
+                modes.setdefault(name, set()).add(listener.mode)
+    for name, t in pool_tables:
+        if modes.get(name) == {"tcp"}:
+            _warn_set_but_unused(t, HTTP_POOL_KEYS, "an http listener uses this pool", warnings)
+
+
 _TOML_POSITION = re.compile(r"\s*\((at (?:line \d+, column \d+|end of document))\)$")
 
 
@@ -1105,7 +1137,8 @@ def _build(text: str, source: str, sha256: str) -> Config:
     root = _Table(_parse_toml(text, source), "", TOP_KEYS)
     warnings: list[str] = []
     global_ = _parse_global(root.table("global", GLOBAL_KEYS))
-    pools = {name: _parse_pool(name, t, warnings) for name, t in root.named_tables("pools", POOL_KEYS)}
+    pool_tables = root.named_tables("pools", POOL_KEYS)
+    pools = {name: _parse_pool(name, t, warnings) for name, t in pool_tables}
     bound: dict[BindAddr, str] = {}
     listeners = {
         name: _parse_listener(name, t, pools, bound, warnings)
@@ -1114,6 +1147,7 @@ def _build(text: str, source: str, sha256: str) -> Config:
     if not listeners:
         raise ConfigError("listeners", "at least one listener is required")
     _check_pool_users(listeners, pools)
+    _warn_http_pool_keys(pool_tables, listeners, warnings)
     return Config(
         global_=global_,
         listeners=listeners,

@@ -109,6 +109,10 @@ table_size = 251
 send_proxy = "v2"
 connect_timeout = "500ms"
 retries = 0
+response_timeout = "30s"
+keepalive_max_idle = 0
+keepalive_timeout = "5s"
+sticky_cookie = "lb_srv"
 
   [pools.app.health]
   type = "http"
@@ -207,6 +211,12 @@ def test_full_config_loads_every_key():
     app = cfg.pools["app"]
     assert (app.algorithm, app.hash_key, app.balance_factor, app.table_size) == ("maglev", "cookie:session", 1.25, 251)
     assert (app.send_proxy, app.connect_timeout, app.retries) == ("v2", 0.5, 0)
+    assert (app.response_timeout, app.keepalive_max_idle, app.keepalive_timeout, app.sticky_cookie) == (
+        30.0,
+        0,
+        5.0,
+        "lb_srv",
+    )
     assert app.health == config.Health(
         type="http",
         path="/status",
@@ -317,6 +327,12 @@ def test_defaults():
         65537,
     )
     assert (pool.send_proxy, pool.connect_timeout, pool.retries) == ("off", 3.0, 2)
+    assert (pool.response_timeout, pool.keepalive_max_idle, pool.keepalive_timeout, pool.sticky_cookie) == (
+        60.0,
+        16,
+        30.0,
+        "",
+    )
     assert web.http == config.HttpSettings()
     assert pool.health == config.Health("tcp", "/healthz", (200, 399), 2.0, 1.0, 2, 3, 0.0)
     assert pool.backends[0] == config.Backend("10.0.0.1:80", "10.0.0.1", 80, socket.AF_INET, "10.0.0.1:80", 100, False)
@@ -590,6 +606,18 @@ BAD = [
     (_cfg(pool="retries = 11"), "pools.app.retries", "out of range"),
     (_cfg(pool="retries = -1"), "pools.app.retries", "out of range"),
     (_cfg(pool="health = true"), "pools.app.health", "table"),
+    (_cfg(pool='response_timeout = "0s"'), "pools.app.response_timeout", "at least 1ms"),
+    (_cfg(pool="response_timeout = 60"), "pools.app.response_timeout", "durations are strings"),
+    (_cfg(pool="keepalive_max_idle = -1"), "pools.app.keepalive_max_idle", "out of range (0..10000)"),
+    (_cfg(pool="keepalive_max_idle = 10001"), "pools.app.keepalive_max_idle", "out of range (0..10000)"),
+    (_cfg(pool='keepalive_max_idle = "16"'), "pools.app.keepalive_max_idle", "integer"),
+    (_cfg(pool='keepalive_timeout = "0s"'), "pools.app.keepalive_timeout", "at least 1ms"),
+    (_cfg(pool='keepalive_timeout = "30"'), "pools.app.keepalive_timeout", "invalid duration"),
+    (_cfg(pool='sticky_cookie = "a b"'), "pools.app.sticky_cookie", "invalid cookie name"),
+    (_cfg(pool='sticky_cookie = "srv=1"'), "pools.app.sticky_cookie", "invalid cookie name"),
+    (_cfg(pool='sticky_cookie = "srv;"'), "pools.app.sticky_cookie", "invalid cookie name"),
+    (_cfg(pool="sticky_cookie = true"), "pools.app.sticky_cookie", "string"),
+    (_cfg(pool='stick_cookie = "srv"'), "pools.app.stick_cookie", "did you mean 'sticky_cookie'"),
     (_cfg().split("[pools.app]")[0] + "[pools]\napp = 5\n", "pools.app", "table"),
     (f"[pools.{'p' * 40}]\n" + POOL_APP, f"pools.{'p' * 40}", "39 bytes"),
     # health
@@ -913,6 +941,44 @@ def test_http_listener_settings(lines, fields):
 def test_accept_proxy_in_both_modes():
     assert config.loads(_cfg(listener="accept_proxy = true")).listeners["web"].accept_proxy is True
     assert config.loads(_http("accept_proxy = true\n")).listeners["web"].accept_proxy is True
+
+
+@pytest.mark.parametrize(
+    "lines,fields",
+    [
+        ("keepalive_max_idle = 0", {"keepalive_max_idle": 0}),
+        ("keepalive_max_idle = 10000", {"keepalive_max_idle": 10000}),
+        ('response_timeout = "1ms"', {"response_timeout": 0.001}),
+        ('response_timeout = "5m"\nkeepalive_timeout = "90s"', {"response_timeout": 300.0, "keepalive_timeout": 90.0}),
+        ('sticky_cookie = ""', {"sticky_cookie": ""}),
+        ('sticky_cookie = "SERVERID"', {"sticky_cookie": "SERVERID"}),
+        ('sticky_cookie = "lb.srv-1_x"', {"sticky_cookie": "lb.srv-1_x"}),
+    ],
+)
+def test_http_pool_settings(lines, fields):
+    pool = config.loads(_http(f"[pools.app]\n{lines}\n")).pools["app"]
+    defaults = {"response_timeout": 60.0, "keepalive_max_idle": 16, "keepalive_timeout": 30.0, "sticky_cookie": ""}
+    got = {key: getattr(pool, key) for key in defaults}
+    assert got == {**defaults, **fields}
+
+
+def test_http_pool_keys_warn_on_a_pool_only_tcp_listeners_use():
+    cfg = config.loads(_cfg(pool='sticky_cookie = "srv"\nresponse_timeout = "5s"'))
+    assert cfg.pools["app"].sticky_cookie == "srv"
+    assert cfg.warnings == (
+        "pools.app.response_timeout: has no effect unless an http listener uses this pool",
+        "pools.app.sticky_cookie: has no effect unless an http listener uses this pool",
+    )
+
+
+def test_http_pool_keys_do_not_warn_when_an_http_listener_uses_the_pool():
+    text = _cfg(
+        pool='keepalive_timeout = "5s"',
+        tail='[listeners.www]\nbind = "127.0.0.1:80"\n[[listeners.www.routes]]\npath = "/"\npool = "app"',
+    )
+    assert config.loads(text).warnings == ()
+    # Nor on a pool no listener uses (yet).
+    assert config.loads(_cfg(tail='[pools.spare]\nkeepalive_max_idle = 4')).warnings == ()
 
 
 def test_lower_case_method_is_a_warning():
