@@ -287,7 +287,7 @@ def test_every_key_is_documented():
         assert f"`{key}`" in docs or f"{key} =" in docs, f"{path} is not documented"
 
 
-@pytest.mark.parametrize("heading", ["## 7. A complete example"])
+@pytest.mark.parametrize("heading", ["## 7. A complete example", "## 7b. An http example"])
 def test_documented_examples_are_valid(heading):
     docs = (ROOT / "docs" / "configuration.md").read_text()
     section = docs.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
