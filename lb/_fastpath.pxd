@@ -14,7 +14,7 @@ from lb.includes.epoll cimport epoll_event
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 1
+    LB_SHM_VERSION = 2
     LB_NAME_LEN = 64
     LB_MAX_TRIES = 11                  # 1 + retries (config caps retries at 10)
 
@@ -138,7 +138,9 @@ cdef struct shm_worker_stats:        # 128 bytes, one row per worker; writer: th
     uint64_t idle_timeouts
     uint64_t splice_bytes            # bytes of the above moved by splice(2)
     uint64_t stopping                # 1 while draining
-    uint64_t _pad[3]
+    uint64_t http_requests           # requests parsed (http listeners)
+    uint64_t http_errors             # responses lb made itself (4xx/5xx pages)
+    uint64_t http_retries            # requests sent again to another backend
 
 cdef struct shm_backend_stats:       # 64 bytes, [row][slot]; writer: the row's worker
     int64_t active
@@ -154,6 +156,9 @@ cdef struct shm_backend_stats:       # 64 bytes, [row][slot]; writer: the row's 
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn
+cdef struct lb_http_listener
+cdef struct lb_http_pool
+cdef struct lb_http_worker
 cdef struct lb_worker
 cdef struct lb_pool_rt
 cdef struct lb_ops
@@ -168,6 +173,11 @@ cdef enum:
 cdef enum:
     DIR_UP = 0
     DIR_DOWN = 1
+
+cdef enum:
+    KIND_L4 = 0
+    KIND_HTTP = 1                    # an lb_hconn (client side of an http session)
+    KIND_BCONN = 2                   # an lb_bconn (a backend connection of the http engine)
 
 cdef enum:
     CS_FREE = 0
@@ -190,6 +200,7 @@ cdef struct lb_list:
     lb_conn *tail
 
 cdef struct lb_conn:
+    uint32_t kind                    # KIND_L4, or KIND_HTTP when embedded first in an lb_hconn
     int fd[2]
     uint32_t state
     uint32_t flags
@@ -232,6 +243,7 @@ cdef struct lb_listener_rt:
     int32_t pool
     uint64_t idle_timeout_ms
     lb_list conns                    # established connections, oldest activity first (lazily)
+    lb_http_listener *http           # NULL for tcp listeners
 
 cdef struct lb_pool_rt:
     shm_pool *shm
@@ -251,6 +263,7 @@ cdef struct lb_pool_rt:
     uint64_t *cand_cum
     uint32_t n_cand
     uint32_t cand_generation
+    lb_http_pool *http               # http settings and keep-alive state of this pool
 
 
 cdef struct lb_worker:
@@ -287,6 +300,7 @@ cdef struct lb_worker:
     uint64_t drain_timeout_ms
     int splice_mode                  # SPLICE_NEVER / SPLICE_AUTO / SPLICE_ALWAYS
     uint64_t now_ms
+    lb_http_worker *http             # the http engine's per-worker state (NULL: no http listener)
 
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a
@@ -304,3 +318,186 @@ cdef enum:
     SPLICE_NEVER = 0
     SPLICE_AUTO = 1
     SPLICE_ALWAYS = 2
+
+
+# ---- Part 3: the http engine (fastpath/http*.pxi) --------------------------------
+
+cdef enum:
+    HTTP_MAX_FIELDS_CAP = 256
+
+cdef struct lb_tlist
+cdef struct lb_hconn
+cdef struct lb_bconn
+
+cdef struct http_field:
+    uint32_t name_off
+    uint32_t name_len
+    uint32_t value_off
+    uint32_t value_len
+
+cdef struct http_req:                # a parsed request or response head (offsets into the buffer)
+    uint32_t method_off
+    uint32_t method_len
+    uint32_t target_off
+    uint32_t target_len
+    int32_t version                  # 10 or 11
+    int32_t host                     # field index of Host, or -1
+    int64_t content_length           # -1: none
+    uint8_t chunked
+    uint8_t keep_alive
+    uint8_t upgrade
+    uint8_t expect_continue
+    uint32_t status                  # responses: the status code
+    uint32_t reason_off              # responses: the reason phrase
+    uint32_t reason_len
+    uint32_t n_fields
+    uint32_t head_len
+    http_field fields[HTTP_MAX_FIELDS_CAP]
+
+cdef struct lb_str:                  # an owned, NUL-terminated byte string
+    char *p
+    uint32_t n
+
+cdef struct lb_hrules:               # header rules of a listener or a route
+    uint32_t n_set
+    uint32_t n_add
+    uint32_t n_remove
+    lb_str *set_name                 # as written (sent)
+    lb_str *set_lower                # lower case (compared)
+    lb_str *set_value
+    lb_str *add_name
+    lb_str *add_value
+    lb_str *remove                   # lower case
+
+cdef struct lb_route:
+    lb_str host                      # lower case; "" = any; wildcard: the suffix with its dot (".example.com")
+    uint8_t host_wild
+    lb_str path                      # "" = any
+    uint8_t path_exact
+    lb_str methods                   # " GET POST " (space-delimited, with spaces at both ends); "" = any
+    lb_str header                    # lower case; "" = none
+    lb_str header_value
+    uint8_t has_header_value
+    int32_t pool
+    lb_hrules req
+    lb_hrules resp
+
+cdef struct lb_tnode:                # a timer-list link; lists hold nodes of one constant timeout
+    lb_tnode *prev
+    lb_tnode *next
+    lb_tlist *list
+    uint64_t when                    # queued at (ms); deadline = when + list.timeout_ms
+    void *owner
+
+cdef struct lb_tlist:
+    lb_tnode *head
+    lb_tnode *tail
+    uint64_t timeout_ms
+
+cdef struct lb_hbuf:                 # a buffer from the worker's http pool, only while bytes are held
+    char *p
+    uint32_t off
+    uint32_t len
+
+cdef struct lb_http_listener:
+    uint32_t max_target
+    uint32_t max_head
+    uint32_t max_fields
+    uint8_t xfwd                     # send X-Forwarded-For/-Proto/-Host
+    uint8_t fwd                      # send Forwarded (RFC 7239)
+    uint8_t hide_server
+    uint8_t accept_proxy
+    int32_t pool                     # default pool, -1: none (404)
+    uint32_t n_routes
+    lb_route *routes
+    lb_hrules req
+    lb_hrules resp
+    lb_tlist req_timer               # http_request_timeout, from accept or a request's first byte
+    lb_tlist ka_timer                # keepalive_timeout, between requests
+    lb_tlist idle_timer              # idle_timeout, client inactivity during an exchange (lazy)
+
+cdef struct lb_http_pool:
+    uint32_t max_idle                # idle keep-alive connections per backend (this worker)
+    uint8_t hk_kind                  # HKH_*
+    uint8_t send_proxy               # 0 off, 1 v1, 2 v2
+    lb_str hk_name                   # lower case header or cookie name; query name as written
+    lb_str sticky                    # cookie name; "" = off
+    uint64_t sticky_seed
+    uint64_t *sticky_ids             # [capacity] cookie value per slot offset, refreshed by generation
+    uint32_t sticky_generation
+    lb_bconn **idle_top              # [capacity] most recently parked idle connection per slot offset
+    uint32_t *idle_count             # [capacity]
+    lb_tlist idle_timer              # keepalive_timeout of parked connections
+    lb_tlist connect_timer           # connect_timeout
+    lb_tlist resp_timer              # response_timeout: backend inactivity while a response is due (lazy)
+
+cdef struct lb_bconn:                # a backend connection of the http engine
+    uint32_t kind                    # KIND_BCONN
+    uint32_t state                   # BS_*
+    int fd
+    uint32_t flags                   # HF_*
+    int32_t slot
+    int32_t pool
+    lb_hconn *h                      # the session using it; NULL while parked
+    lb_hbuf inb                      # bytes read from the backend
+    int pipe[2]                      # splice backend -> client
+    uint32_t pipe_len
+    uint32_t served                  # responses read on this connection
+    lb_tnode tn                      # connect timer while connecting, idle timer while parked
+    lb_bconn *idle_next              # per-slot stack of parked connections
+    lb_bconn *idle_prev
+
+cdef struct lb_hconn:                # the client side of an http session
+    lb_conn c                        # first: tunnels (Upgrade) continue as an L4 connection
+    uint32_t st                      # HS_*
+    uint32_t hflags                  # HF_* of the client socket
+    lb_http_listener *hl
+    lb_bconn *b
+    lb_hbuf inb                      # bytes from the client
+    lb_hbuf outb                     # bytes to the client: response heads, body copies, error pages
+    lb_hbuf upb                      # bytes to the backend: the rewritten head and body copies
+    uint32_t up_sent                 # of upb; a retry sends upb again from 0
+    int pipe[2]                      # splice client -> backend
+    uint32_t pipe_len
+    # the request in flight
+    int32_t route                    # -1: listener defaults
+    uint8_t rq_state                 # RQ_*
+    uint8_t rs_state                 # RS_*
+    uint8_t rq_chunk_phase
+    uint8_t rs_chunk_phase
+    uint64_t rq_left                 # body bytes still to come (CL), or of the current chunk
+    uint64_t rs_left
+    uint8_t method                   # MT_*
+    uint8_t version
+    uint8_t client_ka                # the client keeps the connection after this exchange
+    uint8_t backend_ka               # the backend connection may be parked after this exchange
+    uint8_t replayable               # upb still holds the whole request from byte 0
+    uint8_t resp_started             # a response byte arrived from the backend
+    uint8_t resp_sent                # a response head went to the client
+    uint8_t upgrade                  # the request asked for an Upgrade
+    uint8_t expect                   # the request had Expect: 100-continue
+    uint8_t set_sticky               # the response gets the sticky cookie
+    uint8_t fresh                    # a parked connection failed: new connections only
+    uint8_t no_splice                # out of pipes: copy this exchange's bodies
+    uint64_t key                     # hash key of the request
+    int32_t sticky_slot              # the backend the request's sticky cookie names, or -1
+    uint64_t b_last_ms               # last backend activity
+    uint64_t c_last_ms               # last client activity
+    lb_tnode tphase                  # request, keep-alive, connect, linger timers
+    lb_tnode tidle                   # client idle timer (exchange), response timer via tresp
+    lb_tnode tresp
+    sockaddr_storage local           # the address the client connected to
+    char ip[48]                      # the client's address as text (X-Forwarded-For)
+    uint32_t ip_len
+    lb_hconn *free_next
+
+cdef struct lb_http_worker:
+    http_req *req                    # scratch: the head being handled
+    http_req *resp
+    http_req *scratch                # trailers
+    char **free_bufs
+    int n_free_bufs
+    lb_hconn *free_hconns
+    lb_bconn *free_bconns
+    lb_bconn *closed_b               # closed this turn, freed after its events
+    lb_tlist linger_timer            # closing connections draining the client's last bytes

@@ -223,7 +223,7 @@ class Pool:
     passive: Passive = Passive()
     # http only: backend inactivity while a response is awaited or received
     response_timeout: float = 60.0
-    keepalive_max_idle: int = 16  # idle backend connections kept per worker per backend; 0 = no reuse
+    keepalive_max_idle: int = 256  # idle backend connections kept per worker per backend; 0 = no reuse
     keepalive_timeout: float = 30.0  # an idle backend connection is closed after this
     sticky_cookie: str = ""  # cookie name lb inserts for sticky sessions; "" = off
 
@@ -833,7 +833,7 @@ def _parse_pool(name: str, t: _Table, warnings: list[str]) -> Pool:
         connect_timeout=t.duration("connect_timeout", "3s", MIN_TIMEOUT),
         retries=t.integer("retries", 2, 0, 10),
         response_timeout=t.duration("response_timeout", "60s", MIN_TIMEOUT),
-        keepalive_max_idle=t.integer("keepalive_max_idle", 16, 0, 10000),
+        keepalive_max_idle=t.integer("keepalive_max_idle", 256, 0, 10000),
         keepalive_timeout=t.duration("keepalive_timeout", "30s", MIN_TIMEOUT),
         sticky_cookie=_parse_sticky_cookie(t.string("sticky_cookie", ""), t.path_of("sticky_cookie")),
         health=_parse_health(t.table("health", HEALTH_KEYS), warnings),

@@ -329,7 +329,7 @@ def test_defaults():
     assert (pool.send_proxy, pool.connect_timeout, pool.retries) == ("off", 3.0, 2)
     assert (pool.response_timeout, pool.keepalive_max_idle, pool.keepalive_timeout, pool.sticky_cookie) == (
         60.0,
-        16,
+        256,
         30.0,
         "",
     )
@@ -957,7 +957,7 @@ def test_accept_proxy_in_both_modes():
 )
 def test_http_pool_settings(lines, fields):
     pool = config.loads(_http(f"[pools.app]\n{lines}\n")).pools["app"]
-    defaults = {"response_timeout": 60.0, "keepalive_max_idle": 16, "keepalive_timeout": 30.0, "sticky_cookie": ""}
+    defaults = {"response_timeout": 60.0, "keepalive_max_idle": 256, "keepalive_timeout": 30.0, "sticky_cookie": ""}
     got = {key: getattr(pool, key) for key in defaults}
     assert got == {**defaults, **fields}
 

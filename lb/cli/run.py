@@ -16,10 +16,6 @@ def check_runnable(cfg) -> None:
     """What this build's data plane serves; anything else is refused by key path."""
     from lb._fastpath import IMPLEMENTED_ALGORITHMS
 
-    for name, listener in cfg.listeners.items():
-        if listener.mode != "tcp":
-            raise config_mod.ConfigError(
-                f"listeners.{name}.mode", "http mode is not in this build yet; use mode = \"tcp\"")
     for name, pool in cfg.pools.items():
         if pool.algorithm not in IMPLEMENTED_ALGORITHMS:
             raise config_mod.ConfigError(

@@ -93,6 +93,8 @@ cdef void conns_free_closed(lb_worker *w) noexcept nogil:
             # still linked on the pending list: release it once that run dropped it
             c.next = w.closed
             w.closed = c
+        elif c.kind == KIND_HTTP:
+            hconn_release(w, <lb_hconn *>c)
         else:
             conn_release(w, c)
         c = n

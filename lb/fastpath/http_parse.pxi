@@ -4,33 +4,10 @@
 # Python object is made until the test-facing wrappers at the end.
 
 cdef enum:
-    HTTP_MAX_FIELDS_CAP = 256
     HTTP_MAX_METHOD = 32
     HTTP_MAX_LEADING_CRLF = 4
     HTTP_MAX_CHUNK_LINE = 4096       # a chunk's size and extensions, before the CRLF
     HTTP_INCOMPLETE = -1
-
-cdef struct http_field:
-    uint32_t name_off
-    uint32_t name_len
-    uint32_t value_off
-    uint32_t value_len
-
-cdef struct http_req:
-    uint32_t method_off
-    uint32_t method_len
-    uint32_t target_off
-    uint32_t target_len
-    int32_t version                  # 10 or 11
-    int32_t host                     # field index of Host, or -1
-    int64_t content_length           # -1: none
-    uint8_t chunked
-    uint8_t keep_alive
-    uint8_t upgrade
-    uint8_t expect_continue
-    uint32_t n_fields
-    uint32_t head_len
-    http_field fields[HTTP_MAX_FIELDS_CAP]
 
 
 # tchar (RFC 9110 5.6.2): ! # $ % & ' * + - . ^ _ ` | ~ DIGIT ALPHA

@@ -79,6 +79,8 @@ cdef void on_signal(lb_worker *w) noexcept nogil:
                 listeners_close(w)
                 w.stopping = 1
                 w.drain_deadline_ms = w.now_ms + w.drain_timeout_ms
+                if w.http != NULL:
+                    http_stop_idle(w)
                 lb_store_u64(&w.stats.stopping, 1)
         else:
             w.stopping = 2
@@ -134,6 +136,8 @@ cdef int next_timeout(lb_worker *w) noexcept nogil:
             t = w.listeners[i].conns.head.queued_ms + w.listeners[i].idle_timeout_ms
             if t < deadline:
                 deadline = t
+    if w.http != NULL:
+        deadline = http_next_deadline(w, deadline)
     if w.stopping == 1 and w.drain_deadline_ms < deadline:
         deadline = w.drain_deadline_ms
     if deadline <= w.now_ms:
@@ -149,7 +153,10 @@ cdef void pending_run(lb_worker *w) noexcept nogil:
     while c != NULL:
         n = c.pending_next
         c.flags &= ~F_QUEUED
-        conn_pump(w, c)
+        if c.kind == KIND_HTTP and (<lb_hconn *>c).st != HS_TUNNEL:
+            h_run(w, <lb_hconn *>c)
+        else:
+            conn_pump(w, c)
         c = n
 
 
@@ -169,14 +176,24 @@ cdef int worker_loop(lb_worker *w) noexcept nogil:
             tag = data & 3
             if tag == TAG_LISTENER:
                 if w.accepting:
-                    on_accept(w, <int>(data >> 2))
+                    if w.listeners[data >> 2].http != NULL:
+                        http_on_accept(w, <int>(data >> 2))
+                    else:
+                        on_accept(w, <int>(data >> 2))
             elif tag == TAG_SIGNAL:
-                on_signal(w)
+                if data == TAG_SIGNAL:
+                    on_signal(w)
+                else:
+                    http_on_event(w, <void *><size_t>(data & ~(<uint64_t>3)), events[i].events)
             else:
                 on_conn_event(w, <lb_conn *><size_t>(data & ~(<uint64_t>3)), tag, events[i].events)
         pending_run(w)
         timers_sweep(w)
+        if w.http != NULL:
+            http_timers_sweep(w)
         conns_free_closed(w)
+        if w.http != NULL:
+            http_free_closed(w)
         if w.stopping == 2:
             return 0
         if w.stopping == 1 and (lb_load_i64(&w.stats.active) == 0 or w.now_ms >= w.drain_deadline_ms):
@@ -250,7 +267,7 @@ cdef class Worker:
         self.w.sigfd = -1
 
     def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
-                 int64_t fd_limit=1024, double drain_timeout=30.0):
+                 int64_t fd_limit=1024, double drain_timeout=30.0, http_listeners=None, http_pools=None):
         cdef lb_pool_rt *p
         if len(pools) != shm.hdr.n_pools:
             raise ValueError("one pool setting per shared-memory pool is needed")
@@ -277,6 +294,16 @@ cdef class Worker:
             w.listeners[i].fd = fd
             w.listeners[i].pool = pool
             w.listeners[i].idle_timeout_ms = max(1, <uint64_t>(idle_timeout * 1000))
+        # http_listeners: the config.Listener of each listener in http mode (None
+        # for tcp ones); http_pools: every config.Pool, in shared-memory order
+        if http_listeners is not None and any(l is not None for l in http_listeners):
+            http_worker_init(w)
+            pool_index = {pool.name: i for i, pool in enumerate(http_pools)}
+            for i, pool in enumerate(http_pools):
+                http_pool_init(&w.pools[i], pool)
+            for i, listener in enumerate(http_listeners):
+                if listener is not None:
+                    http_listener_init(&w.listeners[i], listener, pool_index)
 
     def run(self):
         """Serve until SIGTERM has drained every connection (or the drain timed

@@ -68,3 +68,9 @@ cdef extern from "netinet/tcp.h" nogil:
     enum:
         TCP_NODELAY
         TCP_QUICKACK
+
+cdef extern from "sys/socket.h" nogil:
+    int getsockname(int fd, sockaddr *addr, socklen_t *len)
+
+cdef extern from "arpa/inet.h" nogil:
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)

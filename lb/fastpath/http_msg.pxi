@@ -1,0 +1,269 @@
+# Responses from backends, and message bodies read as a stream.
+#
+# The response parser holds backends to the same syntax as clients (rules 3 to 7
+# of docs/http-parser.md): a response the proxy could frame differently from the
+# backend is a 502, and that connection is never reused. The chunk framer finds
+# where a chunked body ends without needing the whole body in memory: the proxy
+# forwards the chunks verbatim, as they arrive.
+
+cdef enum:
+    CK_LINE = 0                      # at a chunk-size line
+    CK_DATA = 1                      # inside chunk data (left bytes to go)
+    CK_DATA_CRLF = 2                 # at the CRLF after chunk data
+    CK_TRAILERS = 3                  # at the trailer section
+    CK_DONE = 4
+
+
+cdef int http_parse_response_c(const uint8_t *b, size_t n, http_req *r, uint32_t max_head) noexcept nogil:
+    """0 (r describes a complete, valid response head of r.head_len bytes), -1
+    (need more bytes), or 502 (malformed: do not forward, do not reuse)."""
+    cdef size_t p = 0, lim = n if n < max_head else max_head
+    cdef uint32_t i, cls = 0, pos, off, len, codings = 0, chunked_n = 0, chunked_at = 0
+    cdef int st
+    cdef int64_t cl = -1
+    cdef bint has_te = False, conn_close = False, conn_keep = False
+    cdef const uint8_t *v
+    cdef uint32_t vlen
+    cdef uint8_t c
+    # status line: HTTP/1.D SP DDD [SP reason] CRLF
+    for i in range(12):
+        if p + i >= lim:
+            return 502 if n > max_head else HTTP_INCOMPLETE
+        c = b[p + i]
+        if i < 5:
+            if c != <uint8_t>HTTP_PREFIX[i]:
+                return 502
+        elif (i == 5 and c != 49) or (i == 6 and c != 46) or (i == 7 and not (48 <= c <= 57)) \
+                or (i == 8 and c != 32) or (i >= 9 and not (48 <= c <= 57)):
+            return 502
+    r.version = 10 if b[7] == 48 else 11
+    r.status = (b[9] - 48) * 100 + (b[10] - 48) * 10 + (b[11] - 48)
+    if r.status < 100 or r.status > 599:
+        return 502
+    p = 12
+    if p >= lim:
+        return 502 if n > max_head else HTTP_INCOMPLETE
+    r.reason_off = 13
+    if b[p] == 32:
+        p += 1
+        while p < lim and b[p] != 13:
+            c = b[p]
+            if (c < 32 and c != 9) or c == 127:
+                return 502
+            p += 1
+        r.reason_len = p - 13
+    else:
+        r.reason_len = 0
+    if p + 1 >= lim:
+        return 502 if n > max_head else HTTP_INCOMPLETE
+    if b[p] != 13 or b[p + 1] != 10:
+        return 502
+    p += 2
+    r.n_fields = 0
+    st = http_fields(b, lim, p, r, HTTP_MAX_FIELDS_CAP)
+    if st == HTTP_INCOMPLETE:
+        return 502 if n > max_head else HTTP_INCOMPLETE
+    if st != 0:
+        return 502
+    # framing (RFC 9112 6.3), strictly: anything two parsers could read apart is refused
+    r.chunked = 0
+    r.content_length = -1
+    for i in range(r.n_fields):
+        v = b + r.fields[i].value_off
+        vlen = r.fields[i].value_len
+        if ieq(b + r.fields[i].name_off, r.fields[i].name_len, b"content-length"):
+            cls += 1
+            if cls > 1 or vlen == 0 or vlen > 18:
+                return 502
+            cl = 0
+            for pos in range(vlen):
+                if not (48 <= v[pos] <= 57):
+                    return 502
+                cl = cl * 10 + (v[pos] - 48)
+        elif ieq(b + r.fields[i].name_off, r.fields[i].name_len, b"transfer-encoding"):
+            has_te = True
+            pos = 0
+            while http_list_next(v, vlen, &pos, &off, &len):
+                codings += 1
+                if ieq(v + off, len, b"chunked"):
+                    chunked_n += 1
+                    chunked_at = codings
+        elif ieq(b + r.fields[i].name_off, r.fields[i].name_len, b"connection"):
+            pos = 0
+            while http_list_next(v, vlen, &pos, &off, &len):
+                if ieq(v + off, len, b"close"):
+                    conn_close = True
+                elif ieq(v + off, len, b"keep-alive"):
+                    conn_keep = True
+    if has_te:
+        if cls or codings == 0 or chunked_n > 1 or (chunked_n == 1 and chunked_at != codings):
+            return 502
+        # a final "chunked" frames the body; any other coding last means "until close"
+        r.chunked = chunked_n
+        if not chunked_n:
+            conn_close = True
+    r.content_length = cl
+    r.keep_alive = (not conn_close) and (r.version == 11 or conn_keep)
+    return 0
+
+
+cdef int chunk_line(const uint8_t *b, size_t n, size_t p, size_t *after, uint64_t *size) noexcept nogil:
+    """The chunk-size line at b[p]: 0 (after: past its CRLF), -1 (need more), 400."""
+    cdef size_t lim = p + HTTP_MAX_CHUNK_LINE + 2, q = p
+    cdef uint32_t digits = 0
+    cdef uint64_t s = 0
+    cdef int st
+    if lim > n:
+        lim = n
+    while q < lim and hexval(b[q]) >= 0:
+        s = s * 16 + <uint64_t>hexval(b[q])
+        digits += 1
+        q += 1
+        if digits > 16:
+            return 400
+    if q >= lim:
+        return 400 if n > lim else HTTP_INCOMPLETE
+    if digits == 0:
+        return 400
+    st = http_chunk_ext(b, lim, &q)
+    if st == HTTP_INCOMPLETE:
+        return 400 if n > lim else HTTP_INCOMPLETE
+    if st != 0:
+        return st
+    if q + 1 >= lim:
+        return 400 if n > lim else HTTP_INCOMPLETE
+    if b[q + 1] != 10:
+        return 400
+    after[0] = q + 2
+    size[0] = s
+    return 0
+
+
+cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t n, size_t *ok,
+                       http_req *scratch, uint32_t max_head) noexcept nogil:
+    """Walk a chunked body through b[:n], the next bytes of the stream.
+
+    Returns 0 with b[:ok] part of the body (the caller forwards and drops them;
+    b[ok:] is the start of a line still incomplete, offered again with more
+    bytes), 1 when the body ends at ok, or 400. The same rules as http_chunked_c."""
+    cdef size_t p = 0, after, take, tend
+    cdef uint64_t size
+    cdef int st
+    cdef uint32_t i
+    while True:
+        if phase[0] == CK_DATA:
+            take = n - p
+            if take > left[0]:
+                take = left[0]
+            p += take
+            left[0] -= take
+            if left[0] != 0:
+                ok[0] = p
+                return 0
+            phase[0] = CK_DATA_CRLF
+        if phase[0] == CK_DATA_CRLF:
+            if n - p < 2:
+                if n - p == 1 and b[p] != 13:
+                    return 400
+                ok[0] = p
+                return 0
+            if b[p] != 13 or b[p + 1] != 10:
+                return 400
+            p += 2
+            phase[0] = CK_LINE
+        if phase[0] == CK_LINE:
+            st = chunk_line(b, n, p, &after, &size)
+            if st == HTTP_INCOMPLETE:
+                ok[0] = p
+                return 0
+            if st != 0:
+                return 400
+            p = after
+            if size == 0:
+                phase[0] = CK_TRAILERS
+            else:
+                left[0] = size
+                phase[0] = CK_DATA
+                continue
+        if phase[0] == CK_TRAILERS:
+            scratch.n_fields = 0
+            tend = n if n - p < max_head else p + max_head
+            st = http_fields(b, tend, p, scratch, HTTP_MAX_FIELDS_CAP)
+            if st == HTTP_INCOMPLETE:
+                if n - p > max_head:
+                    return 400
+                ok[0] = p
+                return 0
+            if st != 0:
+                return 400
+            for i in range(scratch.n_fields):
+                if (ieq(b + scratch.fields[i].name_off, scratch.fields[i].name_len, b"content-length")
+                        or ieq(b + scratch.fields[i].name_off, scratch.fields[i].name_len, b"transfer-encoding")
+                        or ieq(b + scratch.fields[i].name_off, scratch.fields[i].name_len, b"host")):
+                    return 400
+            phase[0] = CK_DONE
+            ok[0] = scratch.head_len
+            return 1
+        if phase[0] == CK_DONE:
+            ok[0] = p
+            return 1
+
+
+# ---- test-facing wrappers -----------------------------------------------------------
+
+def http_parse_response(const unsigned char[:] data, uint32_t max_head=65536):
+    """(status, consumed, info): status 0, -1 or 502; info as for requests plus
+    "status", "reason"."""
+    cdef http_req *r = <http_req *>malloc(sizeof(http_req))
+    cdef int st
+    cdef const uint8_t *b = &data[0] if data.shape[0] else <const uint8_t *>b""
+    if r == NULL:
+        raise MemoryError()
+    try:
+        with nogil:
+            st = http_parse_response_c(b, data.shape[0], r, max_head)
+        if st != 0:
+            return st, 0, None
+        raw = bytes(data[:r.head_len])
+        return 0, r.head_len, {
+            "status": r.status, "reason": raw[r.reason_off:r.reason_off + r.reason_len],
+            "version": r.version, "keep_alive": bool(r.keep_alive), "chunked": bool(r.chunked),
+            "content_length": r.content_length if r.content_length >= 0 else None,
+            "fields": [(raw[f.name_off:f.name_off + f.name_len], raw[f.value_off:f.value_off + f.value_len])
+                       for f in r.fields[:r.n_fields]],
+        }
+    finally:
+        free(r)
+
+
+def http_chunk_stream(pieces, uint32_t max_head=16384):
+    """Feed a chunked body to the streaming framer in the given pieces, as the
+    proxy would (keeping an incomplete line for the next piece).
+    (status, consumed): 0 complete after consumed bytes, -1 incomplete, 400."""
+    cdef http_req *scratch = <http_req *>malloc(sizeof(http_req))
+    cdef uint8_t phase = CK_LINE
+    cdef uint64_t left = 0
+    cdef size_t ok = 0
+    cdef int st = 0
+    cdef const uint8_t *b
+    cdef bytes pending
+    if scratch == NULL:
+        raise MemoryError()
+    pending = b""
+    consumed = 0
+    try:
+        for piece in pieces:
+            pending += bytes(piece)
+            if not pending:
+                continue
+            b = pending
+            st = chunk_advance(&phase, &left, b, len(pending), &ok, scratch, max_head)
+            if st == 400:
+                return 400, 0
+            consumed += ok
+            pending = pending[ok:]
+            if st == 1:
+                return 0, consumed
+        return -1, 0
+    finally:
+        free(scratch)
