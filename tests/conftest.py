@@ -118,7 +118,8 @@ HEALTH_NONE = 'type = "none"'
 
 def lb_config(port: int, backends, *, workers: int = 1, algorithm: str = "roundrobin",
               connect_timeout: str = "1s", pool_extra: str = "", listener_extra: str = "", global_extra: str = "",
-              bind_host: str = "127.0.0.1", health: str = HEALTH_NONE, drain_timeout: str = "5s") -> str:
+              bind_host: str = "127.0.0.1", health: str = HEALTH_NONE, drain_timeout: str = "5s",
+              mode: str = "tcp") -> str:
     """backends: sequence of (address, name, weight), (address, name, weight, backup)
     or Backend objects. health: the body of [pools.p.health] (TOML lines); more
     sections of the pool (e.g. "[pools.p.passive] ...") may follow it there."""
@@ -146,7 +147,7 @@ def lb_config(port: int, backends, *, workers: int = 1, algorithm: str = "roundr
 
         [listeners.t]
         bind = ["{bind}"]
-        mode = "tcp"
+        mode = "{mode}"
         pool = "p"
         {listener_extra}
 
