@@ -103,10 +103,13 @@ def pool_lines(name: str, pool: dict, rates: dict | None = None) -> list[str]:
 
 
 def worker_lines(workers: list[dict]) -> list[str]:
-    headers = ["WORKER", "PID", "GEN", "STATE", "CPU%", "RSS", "FDS", "ACTIVE", "ACCEPTED", "PAUSED", "RESTARTS"]
+    headers = ["WORKER", "PID", "GEN", "STATE", "CPU%", "RSS", "FDS", "ACTIVE", "ACCEPTED", "REQUESTS", "LB-ERRORS",
+               "PAUSED", "RESTARTS"]
+    # REQUESTS and LB-ERRORS count http requests, and the error pages lb answered itself
     rows = [[w.get("index"), w.get("pid"), w.get("generation"), w.get("state"), w.get("cpu_percent"),
              human_bytes(w.get("rss")), w.get("open_fds"), w.get("active"), w.get("accepted"),
-             w.get("accept_paused"), w.get("restarts")] for w in workers]
+             w.get("http_requests"), w.get("http_errors"), w.get("accept_paused"), w.get("restarts")]
+            for w in workers]
     return table(headers, rows)
 
 

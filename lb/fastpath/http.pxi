@@ -24,6 +24,7 @@ cdef enum:
     HS_TUNNEL = 5                    # forwarded as an L4 connection (h.c)
     HS_CLOSING = 6                   # the last bytes (an error page) on their way, then close
     HS_LINGER = 7                    # write side shut; reading what the client still sends
+    HS_CLOSED = 8
 
 cdef enum:
     RQ_NONE = 0
@@ -324,6 +325,7 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
     if h.pipe[0] >= 0:
         pipe_give(w, h.pipe, h.pipe_len != 0)
     h.c.state = CS_CLOSED
+    h.st = HS_CLOSED
     h.c.next = w.closed
     w.closed = &h.c
     lb_add_i64(&w.stats.active, -1)
@@ -333,12 +335,13 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
 
 
 cdef void h_closing(lb_worker *w, lb_hconn *h) noexcept nogil:
-    """Send what is queued for the client, then close: no more requests."""
-    tl_remove(&h.tidle)
+    """Send what is queued for the client, then close: no more requests. A client
+    still reading the end of a response has idle_timeout between reads."""
+    tl_remove(&h.tphase)
     tl_remove(&h.tresp)
     hb_give(w, &h.upb)
     h.st = HS_CLOSING
-    tl_append(&w.http.linger_timer, &h.tphase, w.now_ms, h)
+    tl_append(&h.hl.idle_timer, &h.tidle, w.now_ms, h)
 
 
 cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
@@ -1009,7 +1012,7 @@ cdef void h_tunnel(lb_worker *w, lb_hconn *h) noexcept nogil:
     epoll_ctl(w.epfd, EPOLL_CTL_MOD, c.fd[SIDE_CLIENT], &ev)
     ev.data.u64 = <uint64_t><size_t>c | SIDE_BACKEND
     epoll_ctl(w.epfd, EPOLL_CTL_MOD, c.fd[SIDE_BACKEND], &ev)
-    c.flags = 0
+    c.flags &= F_QUEUED              # it may already be on this turn's pending list
     # conservatively ready: the first call that blocks clears a flag again
     c.flags |= (F_READABLE | F_WRITABLE) << SIDE_CLIENT
     c.flags |= (F_READABLE | F_WRITABLE) << SIDE_BACKEND
@@ -1082,6 +1085,8 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
                 shutdown(h.c.fd[0], SHUT_WR)
                 hb_give(w, &h.inb)
                 h.st = HS_LINGER
+                tl_remove(&h.tidle)
+                tl_append(&w.http.linger_timer, &h.tphase, w.now_ms, h)
                 progress = 1
         elif h.st == HS_LINGER:
             if h.hflags & HF_EOF:

@@ -304,6 +304,9 @@ cdef class Shm:
             "idle_timeouts": lb_load_u64(&s.idle_timeouts),
             "splice_bytes": lb_load_u64(&s.splice_bytes),
             "stopping": bool(lb_load_u64(&s.stopping)),
+            "http_requests": lb_load_u64(&s.http_requests),
+            "http_errors": lb_load_u64(&s.http_errors),
+            "http_retries": lb_load_u64(&s.http_retries),
         }
 
     def pool_active(self, uint32_t pool):
