@@ -63,9 +63,10 @@ def child_main(sup, gen, slot, row: int, keep: list[int]) -> int:
         config = gen.config
         pool_names = list(config.pools)
         by_index = list(config.listeners.values())
-        listeners = [(sock.fileno(), pool_names.index(by_index[li].pool), by_index[li].idle_timeout)
+        listeners = [(sock.fileno(), pool_names.index(by_index[li].pool), by_index[li].idle_timeout,
+                      by_index[li].accept_proxy)
                      for sock, li in slot.sockets]
-        pool_settings = [(p.connect_timeout, p.retries) for p in config.pools.values()]
+        pool_settings = [(p.connect_timeout, p.retries, p.send_proxy) for p in config.pools.values()]
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         fds_open = len(os.listdir("/proc/self/fd"))
         worker = Worker(gen.shm, row, listeners, pool_settings,

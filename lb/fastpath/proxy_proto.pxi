@@ -342,6 +342,143 @@ cdef int proxy_parse(const uint8_t *b, size_t n, size_t *consumed,
     return r
 
 
+# ---- on a connection ----------------------------------------------------------------
+
+cdef int conn_proxy_prepend(lb_worker *w, lb_conn *c, sockaddr_storage *dst) noexcept nogil:
+    """send_proxy: put the pool's PROXY header in front of whatever the up buffer
+    holds, so that forwarding writes it to the backend before any client byte. It
+    stays there until the backend connection is established, so a retry on
+    another backend sends it too. src is c.peer (the real client once an
+    accept_proxy header was read); dst is the address the client connected to:
+    the header's, or (dst NULL or family 0) the client socket's own.
+    Returns 0, or -1 when no buffer could be had."""
+    cdef lb_pool_rt *p = &w.pools[c.pool]
+    cdef char hdr[PROXY_OUT_MAX]
+    cdef sockaddr_storage local
+    cdef socklen_t alen = sizeof(sockaddr_storage)
+    cdef int n
+    if p.send_proxy == 0:
+        return 0
+    if dst == NULL or dst.ss_family == 0:
+        if getsockname(c.fd[SIDE_CLIENT], <sockaddr *>&local, &alen) != 0:
+            local.ss_family = 0          # the header says UNKNOWN
+        dst = &local
+    n = proxy_build(p.send_proxy, &c.peer, dst, hdr, PROXY_OUT_MAX)
+    if n < 0:
+        return -1
+    if c.buf[DIR_UP] == NULL:
+        c.buf[DIR_UP] = buf_take(w)
+        if c.buf[DIR_UP] == NULL:
+            return -1
+        c.buf_off[DIR_UP] = 0
+        c.buf_len[DIR_UP] = 0
+    if c.buf_off[DIR_UP] >= <uint32_t>n:
+        c.buf_off[DIR_UP] -= n
+    else:
+        # room is sure: an accept_proxy read leaves PROXY_OUT_MAX bytes free
+        memmove(c.buf[DIR_UP] + n, c.buf[DIR_UP] + c.buf_off[DIR_UP], c.buf_len[DIR_UP])
+        c.buf_off[DIR_UP] = 0
+    memcpy(c.buf[DIR_UP] + c.buf_off[DIR_UP], hdr, n)
+    c.buf_len[DIR_UP] += n
+    return 0
+
+
+cdef void conn_start(lb_worker *w, lb_conn *c) noexcept nogil:
+    """A client was just accepted: on an accept_proxy listener, wait for its
+    PROXY header (conn_proxy_read); else queue our header (send_proxy) and connect."""
+    cdef lb_listener_rt *l = &w.listeners[c.listener]
+    if l.accept_proxy:
+        c.state = CS_PROXY_WAIT
+        list_append(&l.proxy_wait, c, w.now_ms)
+        return
+    if conn_proxy_prepend(w, c, NULL) != 0:
+        conn_close(w, c, True)
+        return
+    conn_connect(w, c)
+
+
+cdef void conn_proxy_read(lb_worker *w, lb_conn *c) noexcept nogil:
+    """An event on a client in CS_PROXY_WAIT: read into the up buffer until its
+    PROXY header is complete, then take the client address from it and connect.
+    Bytes after the header stay in the buffer and go to the backend first. An
+    invalid header, or EOF or an error before it is complete, closes the client."""
+    cdef ssize_t got
+    cdef size_t consumed = 0, room
+    cdef int st = PROXY_INCOMPLETE
+    cdef sockaddr_storage src, dst
+    if not (c.flags & (F_READABLE << SIDE_CLIENT)):
+        return
+    if c.buf[DIR_UP] == NULL:
+        c.buf[DIR_UP] = buf_take(w)
+        if c.buf[DIR_UP] == NULL:
+            conn_close(w, c, True)
+            return
+        c.buf_off[DIR_UP] = 0
+        c.buf_len[DIR_UP] = 0
+    while st == PROXY_INCOMPLETE:
+        if not (c.flags & (F_READABLE << SIDE_CLIENT)):
+            if c.buf_len[DIR_UP] == 0:               # nothing came: hold no buffer while waiting
+                buf_give(w, c.buf[DIR_UP])
+                c.buf[DIR_UP] = NULL
+            return                                   # the next edge brings more
+        # the parser decides within 552 bytes, so room never runs out here
+        room = PROXY_READ_MAX - c.buf_len[DIR_UP]
+        got = recv(c.fd[SIDE_CLIENT], c.buf[DIR_UP] + c.buf_len[DIR_UP], room, MSG_DONTWAIT)
+        if got > 0:
+            c.buf_len[DIR_UP] += got
+            if <size_t>got < room and not (c.flags & (F_RDHUP << SIDE_CLIENT)):
+                c.flags &= ~(F_READABLE << SIDE_CLIENT)
+            st = proxy_parse(<uint8_t *>c.buf[DIR_UP], c.buf_len[DIR_UP], &consumed, &src, &dst)
+        elif got < 0 and errno == EINTR:
+            continue
+        elif got < 0 and errno == EAGAIN:
+            c.flags &= ~(F_READABLE << SIDE_CLIENT)
+        else:
+            conn_close(w, c, got < 0)                # gone before the header was complete
+            return
+    if st != PROXY_DONE:
+        conn_close(w, c, False)
+        return
+    list_remove(c)
+    c.state = CS_CONNECTING
+    if src.ss_family != 0:
+        memcpy(&c.peer, &src, sizeof(sockaddr_storage))
+    # our header, if any, goes where theirs was: no copy when it is not longer
+    c.buf_off[DIR_UP] = consumed
+    c.buf_len[DIR_UP] -= consumed
+    if conn_proxy_prepend(w, c, &dst) != 0:
+        conn_close(w, c, True)
+        return
+    if c.buf_len[DIR_UP] == 0:
+        buf_give(w, c.buf[DIR_UP])
+        c.buf[DIR_UP] = NULL
+        c.buf_off[DIR_UP] = 0
+    conn_connect(w, c)
+
+
+cdef void proxy_wait_sweep(lb_worker *w) noexcept nogil:
+    """Close the clients whose PROXY header did not come in time (counted as idle timeouts)."""
+    cdef int i
+    cdef lb_listener_rt *l
+    for i in range(w.n_listeners):
+        l = &w.listeners[i]
+        while l.proxy_wait.head != NULL and l.proxy_wait.head.queued_ms + l.proxy_timeout_ms <= w.now_ms:
+            lb_add_u64(&w.stats.idle_timeouts, 1)
+            conn_close(w, l.proxy_wait.head, False)
+
+
+cdef uint64_t proxy_wait_deadline(lb_worker *w, uint64_t deadline) noexcept nogil:
+    """deadline, or the earliest PROXY header timeout when that comes first."""
+    cdef int i
+    cdef uint64_t t
+    for i in range(w.n_listeners):
+        if w.listeners[i].proxy_wait.head != NULL:
+            t = w.listeners[i].proxy_wait.head.queued_ms + w.listeners[i].proxy_timeout_ms
+            if t < deadline:
+                deadline = t
+    return deadline
+
+
 # ---- test-facing wrappers ------------------------------------------------------------
 
 SEND_PROXY_VERSIONS = {"off": 0, "v1": 1, "v2": 2}

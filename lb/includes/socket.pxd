@@ -33,6 +33,7 @@ cdef extern from "sys/socket.h" nogil:
     int socket(int domain, int type, int protocol)
     int connect(int fd, const sockaddr *addr, socklen_t len)
     int accept4(int fd, sockaddr *addr, socklen_t *len, int flags)
+    int getsockname(int fd, sockaddr *addr, socklen_t *len)
     int shutdown(int fd, int how)
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
     int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
