@@ -206,7 +206,7 @@ def test_send_proxy_v1_over_ipv6(nginx, run_lb):
     port = free_port("::1")
     run_lb(lb_config(port, [(f"127.0.0.1:{nginx.port}", "nginx", 100)], bind_host="::1",
                      pool_extra='send_proxy = "v1"'))
-    body, (ip, client_port, *_) = http_get(port, host="::1")
+    body, (_, client_port, *_) = http_get(port, host="::1")
     assert body == f"from ::1 {client_port}\n".encode()
     wait_for(lambda: nginx.log_lines() == [f"::1 {client_port} ::1 {port} 127.0.0.1"], 5, "nginx's access log")
 
