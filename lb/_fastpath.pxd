@@ -184,6 +184,7 @@ cdef enum:
     CS_CONNECTING = 1
     CS_ESTABLISHED = 2
     CS_CLOSED = 3
+    CS_PROXY_WAIT = 4                # accept_proxy: reading the client's PROXY header, no backend yet
 
 # lb_conn.flags bits, per side (shift by side) or per direction (shift by dir).
 cdef enum:
@@ -244,6 +245,9 @@ cdef struct lb_listener_rt:
     uint64_t idle_timeout_ms
     lb_list conns                    # established connections, oldest activity first (lazily)
     lb_http_listener *http           # NULL for tcp listeners
+    uint32_t accept_proxy            # read a PROXY header from each client before connecting
+    uint64_t proxy_timeout_ms        # for that header: min(idle_timeout, 10 s)
+    lb_list proxy_wait               # connections in CS_PROXY_WAIT, oldest first
 
 cdef struct lb_pool_rt:
     shm_pool *shm
@@ -251,6 +255,7 @@ cdef struct lb_pool_rt:
     uint32_t algorithm
     uint32_t retries
     uint64_t connect_timeout_ms
+    uint32_t send_proxy              # PROXY header to backends: 0 off, 1 v1, 2 v2
     lb_list connecting               # connect timer list, constant timeout: append keeps order
     uint32_t index                   # pool index in shared memory
     # roundrobin: smooth weighted round robin state (nginx's algorithm), per worker

@@ -66,10 +66,10 @@ def child_main(sup, gen, slot, row: int, keep: list[int]) -> int:
         # an http listener without a default pool still needs an index here (its
         # routes name their own pools; the engine answers 404 when none matches)
         listeners = [(sock.fileno(), pool_names.index(by_index[li].pool) if by_index[li].pool else 0,
-                      by_index[li].idle_timeout)
+                      by_index[li].idle_timeout, by_index[li].accept_proxy and by_index[li].mode == "tcp")
                      for sock, li in slot.sockets]
         http_listeners = [by_index[li] if by_index[li].mode == "http" else None for sock, li in slot.sockets]
-        pool_settings = [(p.connect_timeout, p.retries) for p in config.pools.values()]
+        pool_settings = [(p.connect_timeout, p.retries, p.send_proxy) for p in config.pools.values()]
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         fds_open = len(os.listdir("/proc/self/fd"))
         worker = Worker(gen.shm, row, listeners, pool_settings,

@@ -1054,17 +1054,22 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef int progress, rounds = 0
     cdef size_t consumed
     cdef int st
+    cdef sockaddr_storage src, dst
     while h.c.state != CS_CLOSED and h.st != HS_TUNNEL:
         progress = h_read_client(w, h)
         if h.st == HS_PROXY:
             if h.inb.len:
-                st = proxy_parse(<const uint8_t *>h.inb.p + h.inb.off, h.inb.len, &consumed, &h.c.peer, &h.local)
-                if st == -2:
+                st = proxy_parse(<const uint8_t *>h.inb.p + h.inb.off, h.inb.len, &consumed, &src, &dst)
+                if st == PROXY_INVALID:
                     h_close(w, h, True)
                     return
-                if st == 0:
+                if st == PROXY_DONE:
                     hb_drop(w, &h.inb, consumed)
-                    h_set_ip(h)
+                    if src.ss_family != 0:
+                        # the client the upstream proxy saw (LOCAL, UNKNOWN: keep ours)
+                        memcpy(&h.c.peer, &src, sizeof(sockaddr_storage))
+                        memcpy(&h.local, &dst, sizeof(sockaddr_storage))
+                        h_set_ip(h)
                     h.st = HS_HEAD
                     progress = 1
             if h.st == HS_PROXY and (h.hflags & HF_EOF):

@@ -46,7 +46,7 @@ cdef void on_accept(lb_worker *w, int li) noexcept nogil:
         if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
             conn_close(w, c, True)
             continue
-        conn_connect(w, c)
+        conn_start(w, c)
 
 
 cdef void on_conn_event(lb_worker *w, lb_conn *c, int side, uint32_t events) noexcept nogil:
@@ -63,6 +63,9 @@ cdef void on_conn_event(lb_worker *w, lb_conn *c, int side, uint32_t events) noe
         c.flags |= F_RDHUP << side
     if events & (EPOLLOUT | EPOLLHUP | EPOLLERR):
         c.flags |= F_WRITABLE << side
+    if c.state == CS_PROXY_WAIT:
+        conn_proxy_read(w, c)
+        return
     conn_prefill(w, c)
     if c.state == CS_ESTABLISHED:
         conn_queue(w, c)
@@ -106,6 +109,7 @@ cdef void timers_sweep(lb_worker *w) noexcept nogil:
         p = &w.pools[i]
         while p.connecting.head != NULL and p.connecting.head.queued_ms + p.connect_timeout_ms <= w.now_ms:
             conn_connect_failed(w, p.connecting.head, True)
+    proxy_wait_sweep(w)
     for i in range(w.n_listeners):
         l = &w.listeners[i]
         while l.conns.head != NULL and l.conns.head.queued_ms + l.idle_timeout_ms <= w.now_ms:
@@ -138,6 +142,7 @@ cdef int next_timeout(lb_worker *w) noexcept nogil:
                 deadline = t
     if w.http != NULL:
         deadline = http_next_deadline(w, deadline)
+    deadline = proxy_wait_deadline(w, deadline)
     if w.stopping == 1 and w.drain_deadline_ms < deadline:
         deadline = w.drain_deadline_ms
     if deadline <= w.now_ms:
@@ -253,8 +258,9 @@ cdef class Worker:
     """One worker's data plane. Built in Python at start; run() releases the GIL
     for the whole life of the loop.
 
-    listeners: sequence of (fd, pool index, idle timeout in seconds)
-    pools:     sequence of (connect timeout in seconds, retries), by shm pool index
+    listeners: sequence of (fd, pool index, idle timeout in seconds[, accept_proxy])
+    pools:     sequence of (connect timeout in seconds, retries[, send_proxy "off"|"v1"|"v2"]),
+               by shm pool index
     The caller blocks SIGTERM/SIGINT/SIGQUIT first: they arrive through a signalfd.
     """
 
@@ -284,16 +290,19 @@ cdef class Worker:
         w.listeners = <lb_listener_rt *>calloc(max(1, w.n_listeners), sizeof(lb_listener_rt))
         if w.free_pipes == NULL or w.listeners == NULL:
             raise MemoryError()
-        for i, (connect_timeout, retries) in enumerate(pools):
+        for i, (connect_timeout, retries, *more) in enumerate(pools):
             p = &w.pools[i]
             p.retries = retries
             p.connect_timeout_ms = max(1, <uint64_t>(connect_timeout * 1000))
-        for i, (fd, pool, idle_timeout) in enumerate(listeners):
+            p.send_proxy = SEND_PROXY_VERSIONS[more[0] if more else "off"]
+        for i, (fd, pool, idle_timeout, *more) in enumerate(listeners):
             if not 0 <= pool < w.n_pools:
                 raise ValueError(f"listener {i}: pool index {pool} out of range")
             w.listeners[i].fd = fd
             w.listeners[i].pool = pool
             w.listeners[i].idle_timeout_ms = max(1, <uint64_t>(idle_timeout * 1000))
+            w.listeners[i].accept_proxy = bool(more and more[0])
+            w.listeners[i].proxy_timeout_ms = min(w.listeners[i].idle_timeout_ms, PROXY_WAIT_MAX_MS)
         # http_listeners: the config.Listener of each listener in http mode (None
         # for tcp ones); http_pools: every config.Pool, in shared-memory order
         if http_listeners is not None and any(l is not None for l in http_listeners):

@@ -33,6 +33,7 @@ cdef extern from "sys/socket.h" nogil:
     int socket(int domain, int type, int protocol)
     int connect(int fd, const sockaddr *addr, socklen_t len)
     int accept4(int fd, sockaddr *addr, socklen_t *len, int flags)
+    int getsockname(int fd, sockaddr *addr, socklen_t *len)
     int shutdown(int fd, int how)
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
     int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
@@ -68,9 +69,3 @@ cdef extern from "netinet/tcp.h" nogil:
     enum:
         TCP_NODELAY
         TCP_QUICKACK
-
-cdef extern from "sys/socket.h" nogil:
-    int getsockname(int fd, sockaddr *addr, socklen_t *len)
-
-cdef extern from "arpa/inet.h" nogil:
-    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
