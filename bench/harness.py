@@ -19,6 +19,9 @@ Scenarios live in ``bench/scenarios/``, one per file, each exposing:
     measure(ctx, target) -> dict   metric values for one running target
 and optionally
     MODE     str            "tcp" (default) or "http": how the proxies are set up
+    GOALS    dict           {metric key: ratio}: targets for lb against the better
+                            of HAProxy and nginx; a scenario with GOALS (even
+                            empty) also gets the ratio lb/best
 
 A "local" scenario measures code in the harness's own process and starts no
 target, tool or origin: it has TARGETS = () and, instead of measure,
@@ -63,7 +66,8 @@ DEFAULT_SCENARIO_PREFIXES = ("tcp_",)       # what `python -m bench` runs withou
 # Order in which targets run within a scenario, and which of them are proxies.
 TARGET_NAMES = ("direct", "haproxy", "nginx", "lb")
 PROXY_NAMES = ("haproxy", "nginx", "lb")
-ANCHORS = ("haproxy", "nginx", "direct")   # denominators of the lb ratios
+ANCHORS = ("haproxy", "nginx", "best", "direct")   # denominators of the lb ratios
+BEST_OF = ("haproxy", "nginx")   # "best": per figure, the better of these two
 
 SMALL_BODY = b"lb-bench small response body: 100 bytes, served by nginx `return 200` from memory......\n"
 ONE_MIB = 1 << 20
@@ -1015,21 +1019,81 @@ def load_scenarios() -> dict:
     return {m.NAME: m for m in mods}
 
 
-def ratios(results: dict, metrics: tuple[Metric, ...]) -> dict:
-    """{"lb/haproxy": {metric: x}, ...} for metrics with a direction."""
+def best_of(results: dict, metrics: tuple[Metric, ...]) -> dict[str, str]:
+    """{metric: "haproxy" | "nginx"}: the better of BEST_OF on each figure with
+    a direction, when every one of them ran and has it."""
+    out = {}
+    runs = [results.get(t) for t in BEST_OF]
+    if not all(r and r.get("ok") for r in runs):
+        return out
+    for m in metrics:
+        if not m.better:
+            continue
+        values = {t: results[t].get(m.key) for t in BEST_OF}
+        if not all(_is_number(v) and v > 0 for v in values.values()):
+            continue
+        pick = max if m.better == "higher" else min
+        out[m.key] = pick(BEST_OF, key=lambda t: values[t])
+    return out
+
+
+def ratios(results: dict, metrics: tuple[Metric, ...], best: bool = False) -> dict:
+    """{"lb/haproxy": {metric: x}, ...} for metrics with a direction.
+
+    With best, also "lb/best": lb against the better of HAProxy and nginx on
+    each figure (which one it is may differ per figure: see best_of).
+    """
     out = {}
     lb = results.get("lb")
+    if not (lb and lb.get("ok")):
+        return out
+    best_anchor = best_of(results, metrics) if best else {}
     for anchor in ANCHORS:
-        other = results.get(anchor)
-        if not (lb and lb.get("ok") and other and other.get("ok")):
-            continue
+        if anchor == "best":
+            others = {m.key: results[best_anchor[m.key]] for m in metrics if m.key in best_anchor}
+        else:
+            other = results.get(anchor)
+            if not (other and other.get("ok")):
+                continue
+            others = {m.key: other for m in metrics}
         row = {}
         for m in metrics:
-            a, b = lb.get(m.key), other.get(m.key)
-            if m.better and isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
+            if m.key not in others:
+                continue
+            a, b = lb.get(m.key), others[m.key].get(m.key)
+            if m.better and _is_number(a) and _is_number(b) and b > 0:
                 row[m.key] = a / b
         if row:
             out[f"lb/{anchor}"] = row
+    return out
+
+
+def has_goals(scenario) -> bool:
+    """A scenario with GOALS (even empty) gets the lb/best ratio."""
+    return hasattr(scenario, "GOALS")
+
+
+def goal_report(scenario, results: dict, rat: dict, spread: dict | None = None) -> dict:
+    """{metric: {"target", "better", "vs", "ratio", "met", "rounds_disagree"}} for
+    the scenario's GOALS: lb against the better of HAProxy and nginx.
+
+    `ratio` and `met` are None when lb (or an anchor) did not run; `met` comes
+    from the ratio of the medians, `rounds_disagree` says whether the
+    per-round ratios fall on both sides of the target.
+    """
+    metrics = {m.key: m for m in scenario.METRICS}
+    anchors = best_of(results, scenario.METRICS)
+    out = {}
+    for key, target in getattr(scenario, "GOALS", {}).items():
+        m = metrics[key]
+        ratio = rat.get("lb/best", {}).get(key)
+        met = None
+        if ratio is not None:
+            met = ratio >= target if m.better == "higher" else ratio <= target
+        s = (spread or {}).get("lb/best", {}).get(key)
+        out[key] = {"target": target, "better": m.better, "vs": anchors.get(key),
+                    "ratio": ratio, "met": met,
+                    "rounds_disagree": bool(s and s["n"] > 1 and s["min"] < target < s["max"])}
     return out
 
 
@@ -1141,11 +1205,38 @@ def format_table(name: str, scenario, header: str, results: dict, rat: dict,
                 parts = [f"{key} = {row[m.key]:.2f}x" for key, row in rat.items() if m.key in row]
                 if parts:
                     lines.append(f"     {m.label:<12} " + "   ".join(parts) + f"   ({m.better} is better)")
+    if has_goals(scenario):
+        lines.extend(_format_goals(scenario, results, rat, spread))
     for tname, res in results.items():
         if not res.get("ok") and res.get("log_tail"):
             lines.append(f"   --- {tname} log tail ---")
             lines.extend("   | " + ln for ln in res["log_tail"].splitlines())
     return "\n".join(lines)
+
+
+def _format_goals(scenario, results: dict, rat: dict, spread: dict | None) -> list[str]:
+    """Which of HAProxy and nginx is "best" on each figure, then lb against the
+    scenario's GOALS (when lb ran)."""
+    anchors = best_of(results, scenario.METRICS)
+    if not anchors:
+        return []
+    labels = {m.key: m for m in scenario.METRICS}
+    picks = ", ".join(f"{labels[k].label} {t} ({_cell(results[t].get(k), labels[k].fmt)})"
+                      for k, t in anchors.items())
+    lines = [f"   best of {' and '.join(BEST_OF)}: {picks}"]
+    goals = goal_report(scenario, results, rat, spread)
+    if goals and results.get("lb", {}).get("ok"):
+        lines.append("   targets, lb/best (lb against the better of the two on that figure):")
+        for key, g in goals.items():
+            sign = ">=" if g["better"] == "higher" else "<="
+            if g["ratio"] is None:
+                lines.append(f"     {labels[key].label:<12} target {sign} {g['target']:.2f}x: n/a")
+                continue
+            verdict = "met" if g["met"] else "NOT met"
+            note = "   <- rounds on both sides of the target" if g["rounds_disagree"] else ""
+            lines.append(f"     {labels[key].label:<12} lb/best = {g['ratio']:.2f}x (vs {g['vs']}), "
+                         f"target {sign} {g['target']:.2f}x: {verdict}{note}")
+    return lines
 
 
 @dataclasses.dataclass
@@ -1226,7 +1317,7 @@ def run_rounds(ctx: Context, scenario) -> list[dict]:
         results = run_scenario(ctx, scenario, order, tag)
         dead |= {t for t, res in results.items() if not res.get("ok")}
         rounds.append({"order": order, "results": results,
-                       "ratios": ratios(results, scenario.METRICS)})
+                       "ratios": ratios(results, scenario.METRICS, has_goals(scenario))})
     return rounds
 
 
@@ -1325,12 +1416,15 @@ def run(opts: Options) -> int:
                 continue
             rounds = run_rounds(ctx, scenario)
             results = median_results(rounds)
-            rat = ratios(results, scenario.METRICS)
+            rat = ratios(results, scenario.METRICS, has_goals(scenario))
             spread = ratio_spread(rounds)
             failed |= any(not r["ok"] for r in results.values())
-            report["scenarios"][scenario.NAME] = {
-                "summary": scenario.SUMMARY, "mode": scenario_mode(scenario),
-                "results": results, "ratios": rat, "ratio_spread": spread, "rounds": rounds}
+            entry = {"summary": scenario.SUMMARY, "mode": scenario_mode(scenario),
+                     "results": results, "ratios": rat, "ratio_spread": spread}
+            if has_goals(scenario):
+                entry["best_of"] = best_of(results, scenario.METRICS)
+                entry["goals"] = goal_report(scenario, results, rat, spread)
+            report["scenarios"][scenario.NAME] = {**entry, "rounds": rounds}
             if not opts.as_json:
                 print(format_table(scenario.NAME, scenario, _header(ctx, scenario), results, rat,
                                    spread, len(rounds)) + "\n", flush=True)
