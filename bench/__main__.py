@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench",
         description="Compare lb with HAProxy and nginx (and the origin directly) in one run.",
-        epilog=f"scenarios (default: every tcp_* one):\n{listing}\n\n"
+        epilog=f"scenarios (default: every {', '.join(p + '*' for p in harness.DEFAULT_SCENARIO_PREFIXES)} one):\n{listing}\n\n"
                "Figures are comparable only within one run; read the ratios.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenarios", nargs="*", metavar="SCENARIO", help="scenarios to run")

@@ -1,7 +1,8 @@
 """The benchmark harness: tools, processes, wrk, idle connections, reports.
 
 One run starts one nginx origin, then for every scenario starts each target
-afresh (direct, HAProxy, nginx stream, lb), measures it alone with identical
+afresh (direct, HAProxy, nginx, lb; as L4 forwarders or as HTTP reverse
+proxies, after the scenario's MODE), measures it alone with identical
 settings, and stops it before the next one starts. Figures are comparable only
 within one run; the ratios lb/haproxy and lb/nginx are the point. With
 --repeat N, a wrk scenario runs N rounds (targets in rotated order, each
@@ -16,6 +17,11 @@ Scenarios live in ``bench/scenarios/``, one per file, each exposing:
     TARGETS  tuple[str]     targets it applies to (subset of TARGET_NAMES)
     METRICS  tuple[Metric]  table columns; a Metric with `better` set gets ratios
     measure(ctx, target) -> dict   metric values for one running target
+and optionally
+    MODE     str            "tcp" (default) or "http": how the proxies are set up
+    GOALS    dict           {metric key: ratio}: targets for lb against the better
+                            of HAProxy and nginx; a scenario with GOALS (even
+                            empty) also gets the ratio lb/best
 
 A "local" scenario measures code in the harness's own process and starts no
 target, tool or origin: it has TARGETS = () and, instead of measure,
@@ -53,10 +59,15 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
+# What a scenario's targets proxy: L4 forwarding, or HTTP with keep-alive to the origin.
+MODES = ("tcp", "http")
+DEFAULT_SCENARIO_PREFIXES = ("tcp_",)       # what `python -m bench` runs without names
+
 # Order in which targets run within a scenario, and which of them are proxies.
 TARGET_NAMES = ("direct", "haproxy", "nginx", "lb")
 PROXY_NAMES = ("haproxy", "nginx", "lb")
-ANCHORS = ("haproxy", "nginx", "direct")   # denominators of the lb ratios
+ANCHORS = ("haproxy", "nginx", "best", "direct")   # denominators of the lb ratios
+BEST_OF = ("haproxy", "nginx")   # "best": per figure, the better of these two
 
 SMALL_BODY = b"lb-bench small response body: 100 bytes, served by nginx `return 200` from memory......\n"
 ONE_MIB = 1 << 20
@@ -375,6 +386,7 @@ http {{
             return 200 "{body}\\n";
         }}
         location = /1m {{ }}
+        location = /origin_status {{ stub_status; }}
     }}
 }}
 """
@@ -389,6 +401,21 @@ http {{
         except BenchError:
             self.service.stop()
             raise
+
+    def accepts(self) -> int | None:
+        """Connections the origin has accepted so far (stub_status), this
+        query's own included; None when it cannot be read."""
+        req = (b"GET /origin_status HTTP/1.1\r\nHost: origin\r\nConnection: close\r\n\r\n")
+        chunks = []
+        try:
+            with socket.create_connection(self.addr, timeout=2.0) as s:
+                s.sendall(req)
+                while chunk := s.recv(4096):
+                    chunks.append(chunk)
+        except OSError:
+            return None
+        m = re.search(rb"server accepts handled requests\s+(\d+)", b"".join(chunks))
+        return int(m.group(1)) if m else None
 
     def worker(self) -> psutil.Process | None:
         try:
@@ -405,13 +432,22 @@ http {{
 # Targets: what wrk and the idle client talk to.
 
 class Target(abc.ABC):
-    """A thing under test on its own loopback address."""
+    """A thing under test on its own loopback address.
+
+    `mode` is the scenario's MODE: "tcp" (L4 forwarding: HAProxy `mode tcp`,
+    nginx `stream`, an lb tcp listener) or "http" (a reverse proxy with
+    keep-alive to the origin: HAProxy `mode http`, nginx `http`, an lb http
+    listener).
+    """
 
     name = ""
     is_proxy = True
 
-    def __init__(self, ctx: "Context", scenario: str):
+    def __init__(self, ctx: "Context", scenario: str, mode: str = "tcp"):
+        if mode not in MODES:
+            raise BenchError(f"unknown scenario mode {mode!r}; have {', '.join(MODES)}")
         self.ctx = ctx
+        self.mode = mode
         self.dir = ctx.workdir / f"{scenario}-{self.name}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
@@ -470,6 +506,33 @@ class HAProxyTarget(Target):
     def configure(self) -> list[str]:
         # Two fds per proxied connection, plus headroom, within our hard limit.
         maxconn = max(1000, (self.ctx.nofile - 200) // 2)
+        origin = f"{self.ctx.origin.addr[0]}:{self.ctx.origin.addr[1]}"
+        if self.mode == "http":
+            # http-reuse always: any request, a new client's first included,
+            # may go over an idle origin connection, as nginx's upstream
+            # keepalive and lb's backend pool do; "safe" would open a new
+            # origin connection for the first request of every client
+            # connection, i.e. for every request of http_connrate. "always" is
+            # safe here: the origin never closes an idle connection first.
+            # Every proxy adds the same three X-Forwarded-* fields lb adds by
+            # default. pool-max-conn 64 = nginx `keepalive 64` = lb
+            # keepalive_max_idle = 64.
+            defaults = """\
+    mode http
+    option http-keep-alive
+    http-reuse always
+    option forwardfor
+    timeout http-request 10s
+    timeout http-keep-alive 300s
+"""
+            rules = f"""\
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+    server origin {origin} pool-max-conn 64
+"""
+        else:
+            defaults = "    mode tcp\n"
+            rules = f"    server origin {origin}\n"
         conf = f"""\
 global
     nbthread 1
@@ -477,16 +540,14 @@ global
     pidfile {self.dir}/haproxy.pid
 
 defaults
-    mode tcp
-    maxconn {maxconn}
+{defaults}    maxconn {maxconn}
     timeout connect 5s
     timeout client 300s
     timeout server 300s
 
 listen bench
     bind {self.addr[0]}:{self.addr[1]}
-    server origin {self.ctx.origin.addr[0]}:{self.ctx.origin.addr[1]}
-"""
+{rules}"""
         path = self.dir / "haproxy.cfg"
         path.write_text(conf)
         return [self.ctx.tools["haproxy"], "-db", "-f", str(path)]
@@ -495,13 +556,23 @@ listen bench
         return _procs([self.service.pid])
 
 
-class NginxStreamTarget(Target):
+class NginxTarget(Target):
+    """nginx, one worker: `stream { proxy_pass }` in tcp mode, `http { proxy_pass }`
+    with upstream keepalive in http mode."""
+
     name = "nginx"
 
     def configure(self) -> list[str]:
         nofile = self.ctx.nofile
-        so = self.ctx.tools.get("nginx-stream")
-        load = f"load_module {so};\n" if so else ""
+        load = ""
+        if self.mode == "http":
+            (self.dir / "tmp").mkdir(exist_ok=True)
+            (self.dir / "tmp").chmod(0o755)
+            block = self._http_block()
+        else:
+            so = self.ctx.tools.get("nginx-stream")
+            load = f"load_module {so};\n" if so else ""
+            block = self._stream_block()
         conf = f"""\
 {load}daemon off;
 master_process on;
@@ -512,6 +583,14 @@ error_log {self.dir}/error.log warn;
 events {{
     worker_connections {nofile - 100};
 }}
+{block}"""
+        path = self.dir / "nginx.conf"
+        path.write_text(conf)
+        return [self.ctx.tools["nginx"], "-p", str(self.dir), "-c", str(path),
+                "-e", str(self.dir / "error.log")]
+
+    def _stream_block(self) -> str:
+        return f"""\
 stream {{
     server {{
         listen {self.addr[0]}:{self.addr[1]} backlog=4096;
@@ -521,10 +600,45 @@ stream {{
     }}
 }}
 """
-        path = self.dir / "nginx.conf"
-        path.write_text(conf)
-        return [self.ctx.tools["nginx"], "-p", str(self.dir), "-c", str(path),
-                "-e", str(self.dir / "error.log")]
+
+    def _http_block(self) -> str:
+        # keepalive_requests (client side and upstream side) lifted from their
+        # default 1000, as in the origin: HAProxy and lb close no keep-alive
+        # connection after a number of requests. proxy_max_temp_file_size 0:
+        # a body larger than the proxy buffers waits for the client instead
+        # of going to a temp file on disk; no proxy touches the disk.
+        # X-Forwarded-*: the three fields lb adds by default.
+        origin = f"{self.ctx.origin.addr[0]}:{self.ctx.origin.addr[1]}"
+        return f"""\
+http {{
+    access_log off;
+    {_nginx_temp_paths(self.ctx.tools["nginx"], self.dir)}
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_header_timeout 10s;
+    upstream origin {{
+        server {origin};
+        keepalive 64;
+        keepalive_requests 1000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen {self.addr[0]}:{self.addr[1]} backlog=4096;
+        location / {{
+            proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_max_temp_file_size 0;
+            proxy_connect_timeout 5s;
+            proxy_read_timeout 300s;
+            proxy_send_timeout 300s;
+        }}
+    }}
+}}
+"""
 
     def candidates(self) -> list[psutil.Process]:
         return _children(self.service.pid)
@@ -546,6 +660,10 @@ class LbTarget(Target):
         user = account.pw_name
         group = grp.getgrgid(account.pw_gid).gr_name
         origin = self.ctx.origin.addr
+        # http: the defaults of docs/configuration.md (X-Forwarded-For,
+        # -Proto and -Host added), but as many idle origin connections kept
+        # as nginx's `keepalive 64` and HAProxy's pool-max-conn 64.
+        pool_keys = 'keepalive_max_idle = 64\n' if self.mode == "http" else ""
         conf = f"""\
 [global]
 workers = 1
@@ -556,12 +674,12 @@ group = "{group}"
 
 [listeners.bench]
 bind = ["{self.addr[0]}:{self.addr[1]}"]
-mode = "tcp"
+mode = "{self.mode}"
 pool = "origin"
 
 [pools.origin]
 algorithm = "roundrobin"
-
+{pool_keys}
   [pools.origin.health]
   type = "none"
 
@@ -577,7 +695,7 @@ algorithm = "roundrobin"
         return _children(self.service.pid)
 
 
-TARGET_CLASSES = {cls.name: cls for cls in (DirectTarget, HAProxyTarget, NginxStreamTarget, LbTarget)}
+TARGET_CLASSES = {cls.name: cls for cls in (DirectTarget, HAProxyTarget, NginxTarget, LbTarget)}
 
 
 def _procs(pids: list[int]) -> list[psutil.Process]:
@@ -719,12 +837,18 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     origin = ctx.origin.worker()
     if origin is not None:
         tree[origin.pid] = origin
+    accepts0 = ctx.origin.accepts()
     cpu0 = {pid: _cpu_seconds(p) for pid, p in tree.items()}
     host0, wrk0 = _host_busy_seconds(), _children_cpu_seconds()
     t0 = time.monotonic()
     result = run_wrk(ctx, url, seconds, headers)
     wall = time.monotonic() - t0
     host1, wrk1 = _host_busy_seconds(), _children_cpu_seconds()
+    accepts1 = ctx.origin.accepts()
+    # New origin connections during the timed run (the second query counts
+    # itself): how well a proxy reuses its keep-alive connections to the origin.
+    result["origin_conns"] = (accepts1 - accepts0 - 1
+                              if accepts0 is not None and accepts1 is not None else None)
     used = {}
     for pid, p in tree.items():
         c1 = _cpu_seconds(p)
@@ -878,6 +1002,11 @@ WRK_EXTRA_METRICS = (
     Metric("other_cpu_pct", "other cpu %", ".0f"),
 )
 GBPS_METRIC = Metric("gbps", "GB/s", ".3f", "higher")
+ORIGIN_CONNS_METRIC = Metric("origin_conns", "origin conns", ",.0f")
+
+
+def scenario_mode(scenario) -> str:
+    return getattr(scenario, "MODE", "tcp")
 
 
 def load_scenarios() -> dict:
@@ -890,21 +1019,81 @@ def load_scenarios() -> dict:
     return {m.NAME: m for m in mods}
 
 
-def ratios(results: dict, metrics: tuple[Metric, ...]) -> dict:
-    """{"lb/haproxy": {metric: x}, ...} for metrics with a direction."""
+def best_of(results: dict, metrics: tuple[Metric, ...]) -> dict[str, str]:
+    """{metric: "haproxy" | "nginx"}: the better of BEST_OF on each figure with
+    a direction, when every one of them ran and has it."""
+    out = {}
+    runs = [results.get(t) for t in BEST_OF]
+    if not all(r and r.get("ok") for r in runs):
+        return out
+    for m in metrics:
+        if not m.better:
+            continue
+        values = {t: results[t].get(m.key) for t in BEST_OF}
+        if not all(_is_number(v) and v > 0 for v in values.values()):
+            continue
+        pick = max if m.better == "higher" else min
+        out[m.key] = pick(BEST_OF, key=lambda t: values[t])
+    return out
+
+
+def ratios(results: dict, metrics: tuple[Metric, ...], best: bool = False) -> dict:
+    """{"lb/haproxy": {metric: x}, ...} for metrics with a direction.
+
+    With best, also "lb/best": lb against the better of HAProxy and nginx on
+    each figure (which one it is may differ per figure: see best_of).
+    """
     out = {}
     lb = results.get("lb")
+    if not (lb and lb.get("ok")):
+        return out
+    best_anchor = best_of(results, metrics) if best else {}
     for anchor in ANCHORS:
-        other = results.get(anchor)
-        if not (lb and lb.get("ok") and other and other.get("ok")):
-            continue
+        if anchor == "best":
+            others = {m.key: results[best_anchor[m.key]] for m in metrics if m.key in best_anchor}
+        else:
+            other = results.get(anchor)
+            if not (other and other.get("ok")):
+                continue
+            others = {m.key: other for m in metrics}
         row = {}
         for m in metrics:
-            a, b = lb.get(m.key), other.get(m.key)
-            if m.better and isinstance(a, (int, float)) and isinstance(b, (int, float)) and b > 0:
+            if m.key not in others:
+                continue
+            a, b = lb.get(m.key), others[m.key].get(m.key)
+            if m.better and _is_number(a) and _is_number(b) and b > 0:
                 row[m.key] = a / b
         if row:
             out[f"lb/{anchor}"] = row
+    return out
+
+
+def has_goals(scenario) -> bool:
+    """A scenario with GOALS (even empty) gets the lb/best ratio."""
+    return hasattr(scenario, "GOALS")
+
+
+def goal_report(scenario, results: dict, rat: dict, spread: dict | None = None) -> dict:
+    """{metric: {"target", "better", "vs", "ratio", "met", "rounds_disagree"}} for
+    the scenario's GOALS: lb against the better of HAProxy and nginx.
+
+    `ratio` and `met` are None when lb (or an anchor) did not run; `met` comes
+    from the ratio of the medians, `rounds_disagree` says whether the
+    per-round ratios fall on both sides of the target.
+    """
+    metrics = {m.key: m for m in scenario.METRICS}
+    anchors = best_of(results, scenario.METRICS)
+    out = {}
+    for key, target in getattr(scenario, "GOALS", {}).items():
+        m = metrics[key]
+        ratio = rat.get("lb/best", {}).get(key)
+        met = None
+        if ratio is not None:
+            met = ratio >= target if m.better == "higher" else ratio <= target
+        s = (spread or {}).get("lb/best", {}).get(key)
+        out[key] = {"target": target, "better": m.better, "vs": anchors.get(key),
+                    "ratio": ratio, "met": met,
+                    "rounds_disagree": bool(s and s["n"] > 1 and s["min"] < target < s["max"])}
     return out
 
 
@@ -1016,11 +1205,38 @@ def format_table(name: str, scenario, header: str, results: dict, rat: dict,
                 parts = [f"{key} = {row[m.key]:.2f}x" for key, row in rat.items() if m.key in row]
                 if parts:
                     lines.append(f"     {m.label:<12} " + "   ".join(parts) + f"   ({m.better} is better)")
+    if has_goals(scenario):
+        lines.extend(_format_goals(scenario, results, rat, spread))
     for tname, res in results.items():
         if not res.get("ok") and res.get("log_tail"):
             lines.append(f"   --- {tname} log tail ---")
             lines.extend("   | " + ln for ln in res["log_tail"].splitlines())
     return "\n".join(lines)
+
+
+def _format_goals(scenario, results: dict, rat: dict, spread: dict | None) -> list[str]:
+    """Which of HAProxy and nginx is "best" on each figure, then lb against the
+    scenario's GOALS (when lb ran)."""
+    anchors = best_of(results, scenario.METRICS)
+    if not anchors:
+        return []
+    labels = {m.key: m for m in scenario.METRICS}
+    picks = ", ".join(f"{labels[k].label} {t} ({_cell(results[t].get(k), labels[k].fmt)})"
+                      for k, t in anchors.items())
+    lines = [f"   best of {' and '.join(BEST_OF)}: {picks}"]
+    goals = goal_report(scenario, results, rat, spread)
+    if goals and results.get("lb", {}).get("ok"):
+        lines.append("   targets, lb/best (lb against the better of the two on that figure):")
+        for key, g in goals.items():
+            sign = ">=" if g["better"] == "higher" else "<="
+            if g["ratio"] is None:
+                lines.append(f"     {labels[key].label:<12} target {sign} {g['target']:.2f}x: n/a")
+                continue
+            verdict = "met" if g["met"] else "NOT met"
+            note = "   <- rounds on both sides of the target" if g["rounds_disagree"] else ""
+            lines.append(f"     {labels[key].label:<12} lb/best = {g['ratio']:.2f}x (vs {g['vs']}), "
+                         f"target {sign} {g['target']:.2f}x: {verdict}{note}")
+    return lines
 
 
 @dataclasses.dataclass
@@ -1065,7 +1281,7 @@ def run_scenario(ctx: Context, scenario, order: list[str] | None = None,
     tag = tag or scenario.NAME
     results: dict[str, dict] = {}
     for tname in names:
-        target = TARGET_CLASSES[tname](ctx, tag)
+        target = TARGET_CLASSES[tname](ctx, tag, scenario_mode(scenario))
         log(f"{tag}: starting {tname}")
         try:
             target.start()
@@ -1101,7 +1317,7 @@ def run_rounds(ctx: Context, scenario) -> list[dict]:
         results = run_scenario(ctx, scenario, order, tag)
         dead |= {t for t, res in results.items() if not res.get("ok")}
         rounds.append({"order": order, "results": results,
-                       "ratios": ratios(results, scenario.METRICS)})
+                       "ratios": ratios(results, scenario.METRICS, has_goals(scenario))})
     return rounds
 
 
@@ -1140,7 +1356,7 @@ def _rounded(obj):
 def run(opts: Options) -> int:
     """The whole run; returns the exit code."""
     all_scenarios = load_scenarios()
-    chosen = opts.scenarios or [n for n in all_scenarios if n.startswith("tcp_")]
+    chosen = opts.scenarios or [n for n in all_scenarios if n.startswith(DEFAULT_SCENARIO_PREFIXES)]
     unknown = [n for n in chosen if n not in all_scenarios]
     if unknown:
         print(f"unknown scenario(s): {', '.join(unknown)}; have: {', '.join(all_scenarios)}",
@@ -1154,7 +1370,7 @@ def run(opts: Options) -> int:
         need.add("wrk")
     if remote and "haproxy" in opts.only:
         need.add("haproxy")
-    if remote and "nginx" in opts.only:
+    if "nginx" in opts.only and any(scenario_mode(s) == "tcp" for s in remote):
         need.add("nginx-stream")
     try:
         tools = ensure_tools(need)
@@ -1200,12 +1416,15 @@ def run(opts: Options) -> int:
                 continue
             rounds = run_rounds(ctx, scenario)
             results = median_results(rounds)
-            rat = ratios(results, scenario.METRICS)
+            rat = ratios(results, scenario.METRICS, has_goals(scenario))
             spread = ratio_spread(rounds)
             failed |= any(not r["ok"] for r in results.values())
-            report["scenarios"][scenario.NAME] = {
-                "summary": scenario.SUMMARY, "results": results, "ratios": rat,
-                "ratio_spread": spread, "rounds": rounds}
+            entry = {"summary": scenario.SUMMARY, "mode": scenario_mode(scenario),
+                     "results": results, "ratios": rat, "ratio_spread": spread}
+            if has_goals(scenario):
+                entry["best_of"] = best_of(results, scenario.METRICS)
+                entry["goals"] = goal_report(scenario, results, rat, spread)
+            report["scenarios"][scenario.NAME] = {**entry, "rounds": rounds}
             if not opts.as_json:
                 print(format_table(scenario.NAME, scenario, _header(ctx, scenario), results, rat,
                                    spread, len(rounds)) + "\n", flush=True)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -26,3 +28,117 @@ def test_bench_runs_all_three_and_reports_ratios():
         assert set(scenario["ratios"]) == {"lb/haproxy", "lb/nginx"}
         assert scenario["ratios"]["lb/haproxy"]["req_s"] > 0
     assert doc["scenarios"]["tcp_1mib"]["results"]["lb"]["gbps"] > 0
+
+
+# --------------------------------------------------------------------------
+# http_* scenarios: lb, HAProxy `mode http` and nginx `proxy_pass` as reverse proxies.
+
+HTTP_SCENARIOS = ("http_small", "http_1mib", "http_connrate")
+
+LB_HTTP_CONFIG = """\
+[global]
+workers = 1
+
+[listeners.bench]
+bind = ["127.0.0.1:1"]
+mode = "http"
+pool = "origin"
+
+[pools.origin]
+keepalive_max_idle = 64
+
+  [[pools.origin.backends]]
+  address = "127.0.0.1:2"
+"""
+
+
+def lb_http_refusal(tmp_path) -> str | None:
+    """None when `lb run` would accept the bench's http listener, else its error
+    (until the http engine lands, `lb run` refuses mode = "http")."""
+    conf = tmp_path / "lb-http.toml"
+    conf.write_text(LB_HTTP_CONFIG)
+    out = subprocess.run(
+        [sys.executable, "-c", "import sys; from lb.cli.run import load_runnable; load_runnable(sys.argv[1])",
+         str(conf)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if out.returncode == 0:
+        return None
+    assert out.returncode == 2, f"lb.cli.run.load_runnable changed? {out.stderr[-2000:]}"
+    return out.stderr.strip()
+
+
+def run_http_bench(only: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", *HTTP_SCENARIOS, "--duration", "1s", "--warmup", "0s",
+         "--connections", "8", "--no-direct", "--only", only, "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout)
+
+
+def check_http_results(doc: dict, proxies: tuple[str, ...]) -> None:
+    for name in HTTP_SCENARIOS:
+        scenario = doc["scenarios"][name]
+        assert scenario["mode"] == "http"
+        for proxy in proxies:
+            result = scenario["results"][proxy]
+            assert result["ok"], (name, proxy, result)
+            assert result["req_s"] > 0 and not result["errors"], (name, proxy, result)
+            # Keep-alive to the origin is in use: far fewer origin connections
+            # than requests, even when every client connection carries one request.
+            assert 0 <= result["origin_conns"] < result["requests"] / 10, (name, proxy, result)
+        assert set(scenario["best_of"]) >= {"req_s", "p99_ms"}
+        assert set(scenario["best_of"].values()) <= {"haproxy", "nginx"}
+    assert doc["scenarios"]["http_1mib"]["best_of"]["gbps"] in ("haproxy", "nginx")
+
+
+def test_bench_http_scenarios_run_haproxy_and_nginx():
+    doc = run_http_bench("haproxy,nginx")
+    check_http_results(doc, ("haproxy", "nginx"))
+    for name in HTTP_SCENARIOS:
+        assert doc["scenarios"][name]["ratios"] == {}
+    goals = doc["scenarios"]["http_small"]["goals"]
+    assert set(goals) == {"req_s", "p99_ms"} and goals["req_s"]["met"] is None
+
+
+def test_bench_http_scenarios_run_lb_against_the_better_of_the_two(tmp_path):
+    refusal = lb_http_refusal(tmp_path)
+    if refusal:
+        pytest.skip(f"lb run refuses the bench's http listener: {refusal}")
+    doc = run_http_bench("lb,haproxy,nginx")
+    check_http_results(doc, ("lb", "haproxy", "nginx"))
+    for name in HTTP_SCENARIOS:
+        assert set(doc["scenarios"][name]["ratios"]) == {"lb/haproxy", "lb/nginx", "lb/best"}
+    goals = doc["scenarios"]["http_small"]["goals"]
+    assert goals["req_s"]["ratio"] > 0 and goals["req_s"]["met"] in (True, False)
+    assert doc["scenarios"]["http_1mib"]["goals"]["gbps"]["ratio"] > 0
+
+
+def test_lb_best_is_the_better_anchor_per_figure():
+    """lb/best and the targets, on made-up figures: no process is started."""
+    from bench import harness
+
+    class Scenario:
+        METRICS = (harness.WRK_METRICS[0], harness.GBPS_METRIC, harness.WRK_METRICS[1])
+        GOALS = {"req_s": 1.0, "p99_ms": 1.0}
+
+    results = {
+        "haproxy": {"ok": True, "req_s": 100.0, "gbps": 1.0, "p99_ms": 2.0},
+        "nginx": {"ok": True, "req_s": 80.0, "gbps": 2.0, "p99_ms": 1.0},
+        "lb": {"ok": True, "req_s": 110.0, "gbps": 1.5, "p99_ms": 1.5},
+    }
+    assert harness.best_of(results, Scenario.METRICS) == {"req_s": "haproxy", "gbps": "nginx", "p99_ms": "nginx"}
+    rat = harness.ratios(results, Scenario.METRICS, best=True)
+    assert rat["lb/best"] == {"req_s": 1.1, "gbps": 0.75, "p99_ms": 1.5}
+    assert "lb/best" not in harness.ratios(results, Scenario.METRICS)
+    goals = harness.goal_report(Scenario, results, rat)
+    assert goals["req_s"]["met"] is True and goals["req_s"]["vs"] == "haproxy"
+    assert goals["p99_ms"]["met"] is False and goals["p99_ms"]["vs"] == "nginx"
+    spread = {"lb/best": {"req_s": {"min": 0.9, "max": 1.2, "n": 3}}}
+    assert harness.goal_report(Scenario, results, rat, spread)["req_s"]["rounds_disagree"] is True
+    table = harness.format_table("x", type("S", (Scenario,), {"SUMMARY": "s"}), "h", results, rat)
+    assert "req/s        lb/best = 1.10x (vs haproxy), target >= 1.00x: met" in table
+    assert "p99 ms       lb/best = 1.50x (vs nginx), target <= 1.00x: NOT met" in table
+    # One anchor missing: no "best", no lb/best.
+    del results["nginx"]
+    assert harness.best_of(results, Scenario.METRICS) == {}
+    assert "lb/best" not in harness.ratios(results, Scenario.METRICS, best=True)
