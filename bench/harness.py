@@ -61,7 +61,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # What a scenario's targets proxy: L4 forwarding, or HTTP with keep-alive to the origin.
 MODES = ("tcp", "http")
-DEFAULT_SCENARIO_PREFIXES = ("tcp_",)       # what `python -m bench` runs without names
+DEFAULT_SCENARIO_PREFIXES = ("tcp_", "http_")  # what `python -m bench` runs without names
 
 # Order in which targets run within a scenario, and which of them are proxies.
 TARGET_NAMES = ("direct", "haproxy", "nginx", "lb")

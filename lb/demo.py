@@ -21,7 +21,7 @@ state_file = "{run_dir}/state.json"
 
 [listeners.demo]
 bind = ["127.0.0.1:{port}"]
-mode = "tcp"
+mode = "http"          # an HTTP/1.1 reverse proxy; "tcp" forwards bytes (docs/http.md)
 pool = "demo"
 
 [pools.demo]
@@ -60,7 +60,8 @@ def status_line(sup) -> None:
     backends = snap["pools"]["demo"]["backends"]
     served = "  ".join(f"{name}: {b['total']} ({b['active']} open)" for name, b in backends.items())
     accepted = sum(w["accepted"] for w in snap["workers"])
-    line = f"[lb] connections {accepted} | {served}"
+    requests = sum(w.get("http_requests", 0) for w in snap["workers"])
+    line = f"[lb] connections {accepted}, requests {requests} | {served}"
     if sys.stderr.isatty():
         sys.stderr.write("\r\033[K" + line)
     elif line != _last_line:

@@ -5,12 +5,13 @@ import http.server
 
 
 def serve(port: int, name: str) -> None:
-    body = f"hello from {name}\n".encode()
-
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
         def do_GET(self):
+            # the client's address, as lb's http mode passes it on
+            client = self.headers.get("X-Forwarded-For", self.client_address[0])
+            body = f"hello from {name} (to {client})\n".encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(body)))

@@ -24,7 +24,8 @@ def test_demo_alternates_between_both_backends():
         answers = [subprocess.run(["curl", "-sS", "--max-time", "5", f"http://127.0.0.1:{port}/"],
                                   capture_output=True, text=True, check=True).stdout.strip()
                    for _ in range(4)]
-        assert set(answers[:2]) == {"hello from demo-1", "hello from demo-2"}
+        # http mode: the backends see the client's address in X-Forwarded-For
+        assert set(answers[:2]) == {"hello from demo-1 (to 127.0.0.1)", "hello from demo-2 (to 127.0.0.1)"}
         assert answers[2:] == answers[:2], answers
     finally:
         proc.send_signal(signal.SIGINT)
