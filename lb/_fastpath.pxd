@@ -458,6 +458,7 @@ cdef struct lb_hconn:                # the client side of an http session
     uint32_t hflags                  # HF_* of the client socket
     lb_http_listener *hl
     lb_bconn *b
+    lb_bconn *priv                   # send_proxy pools: this client's own idle backend connection
     lb_hbuf inb                      # bytes from the client
     lb_hbuf outb                     # bytes to the client: response heads, body copies, error pages
     lb_hbuf upb                      # bytes to the backend: the rewritten head and body copies

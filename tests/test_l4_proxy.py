@@ -132,6 +132,10 @@ http {{
             default_type text/plain;
             return 200 "from $proxy_protocol_addr $proxy_protocol_port\\n";
         }}
+        location /xff {{
+            default_type text/plain;
+            return 200 "from $proxy_protocol_addr xff $http_x_forwarded_for\\n";
+        }}
     }}
 }}
 """
@@ -390,3 +394,71 @@ def test_without_accept_proxy_send_proxy_puts_ours_first(recorder, run_lb):
         s.shutdown(socket.SHUT_WR)
         s.makefile("rb").read()
     assert rec.next() == b"PROXY TCP4 127.0.0.1 127.0.0.1 %d %d\r\n" % (me[1], port) + FAKE_V1 + b"hello"
+
+
+# ---- the same in http mode ---------------------------------------------------------------
+
+
+def keepalive_gets(port: int, paths, source: str) -> tuple[list[bytes], int]:
+    """GETs on one kept-alive connection from source; (the bodies, the client's port)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+    bodies = []
+    try:
+        for path in paths:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            assert resp.status == 200
+            bodies.append(resp.read())
+        return bodies, conn.sock.getsockname()[1]
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_http_send_proxy_each_client_is_announced_as_itself(version, nginx, run_lb):
+    """Backend connections that carry a PROXY header are kept per client, never
+    shared: two clients in turn, each with kept-alive requests, are each seen
+    with their own address and port."""
+    port = free_port()
+    run_lb(lb_config(port, [(f"127.0.0.1:{nginx.port}", "nginx", 100)], mode="http",
+                     pool_extra=f'send_proxy = "{version}"'))
+    for source in ("127.0.0.5", "127.0.0.6", "127.0.0.5"):
+        bodies, client_port = keepalive_gets(port, ["/", "/", "/"], source)
+        assert bodies == [f"from {source} {client_port}\n".encode()] * 3
+
+
+def test_http_accept_proxy_address_is_forwarded(nginx, run_lb):
+    """A PROXY header from the client (v1 and v2) names the client: the backend's
+    PROXY header and X-Forwarded-For both carry that address."""
+    from lb._fastpath import proxy_header
+
+    port = free_port()
+    run_lb(lb_config(port, [(f"127.0.0.1:{nginx.port}", "nginx", 100)], mode="http",
+                     listener_extra="accept_proxy = true", pool_extra='send_proxy = "v1"'))
+    for version in ("v1", "v2"):
+        header = proxy_header(version, "192.0.2.7", 40000, "127.0.0.1", port)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(header + b"GET /xff HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 10.1.1.1\r\n"
+                      b"Connection: close\r\n\r\n")
+            out = bytearray()
+            while chunk := s.recv(65536):
+                out += chunk
+        assert out.startswith(b"HTTP/1.1 200"), out
+        assert out.endswith(b"from 192.0.2.7 xff 10.1.1.1, 192.0.2.7\n"), out
+
+
+def test_http_accept_proxy_invalid_header_closes_without_backend(recorder, run_lb):
+    rec = recorder()
+    port = free_port()
+    lb = run_lb(lb_config(port, [rec.entry], mode="http", listener_extra="accept_proxy = true"))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        try:
+            assert s.recv(65536) == b""
+        except ConnectionResetError:
+            pass
+    # the worker decided on the header before the client saw the close
+    assert lb.backend_stats(0)["total"] == 0
+    assert rec.accepted == 0

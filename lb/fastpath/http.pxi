@@ -45,6 +45,7 @@ cdef enum:
     BS_READY = 2
     BS_IDLE = 3
     BS_CLOSED = 4
+    BS_PRIVATE = 5                   # idle, but only for the client it was opened for (send_proxy)
 
 cdef enum:
     HTTP_SPLICE_MIN = 65536          # body bytes still to come before a direction splices
@@ -309,6 +310,9 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
     if h.b != NULL:
         bconn_close(w, h.b, reset)
         h.b = NULL
+    if h.priv != NULL:
+        bconn_close(w, h.priv, False)
+        h.priv = NULL
     if h.c.slot >= 0:
         conn_backend_drop(w, &h.c)
     if h.c.fd[0] >= 0:
@@ -380,7 +384,17 @@ cdef void h_connect(lb_worker *w, lb_hconn *h) noexcept nogil:
             break
         h.c.tried[h.c.tries] = slot
         h.c.tries += 1
-        b = NULL if h.fresh else idle_take(w, p, slot)
+        b = NULL
+        if h.priv != NULL:
+            # a connection that announced this client (PROXY header) serves no other
+            if h.priv.slot == slot and not h.fresh:
+                b = h.priv
+                b.state = BS_READY
+            else:
+                bconn_close(w, h.priv, False)
+            h.priv = NULL
+        elif not h.fresh and p.http.send_proxy == 0:
+            b = idle_take(w, p, slot)
         if b == NULL:
             fd = backend_connect(w, slot)
             if fd < 0:
@@ -513,7 +527,15 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     if b != NULL:
         b.served += 1
         h.b = NULL
-        if h.backend_ka and h.rq_state == RQ_DONE:
+        if h.backend_ka and h.rq_state == RQ_DONE and w.pools[b.pool].http.send_proxy and h.client_ka \
+                and not b.inb.len and not (b.flags & (HF_EOF | HF_RDHUP | HF_ERR | HF_READABLE)):
+            # its PROXY header named this client: keep it for this client only
+            # (HAProxy marks such connections private too)
+            hb_give(w, &b.inb)
+            b.state = BS_PRIVATE
+            b.h = h
+            h.priv = b
+        elif h.backend_ka and h.rq_state == RQ_DONE and not w.pools[b.pool].http.send_proxy:
             bconn_park(w, b)
         else:
             bconn_close(w, b, False)
@@ -1208,9 +1230,11 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
     b = <lb_bconn *>obj
     if b.state == BS_CLOSED:
         return
-    if b.state == BS_IDLE:
+    if b.state == BS_IDLE or b.state == BS_PRIVATE:
         # a parked connection has nothing to say: the backend closed it (or broke it)
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
+            if b.state == BS_PRIVATE:
+                b.h.priv = NULL
             bconn_close(w, b, False)
         else:
             b.flags = ev_flags(b.flags, events)
