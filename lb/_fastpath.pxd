@@ -484,6 +484,7 @@ cdef struct lb_hconn:                # the client side of an http session
     uint8_t expect                   # the request had Expect: 100-continue
     uint8_t set_sticky               # the response gets the sticky cookie
     uint8_t fresh                    # a parked connection failed: new connections only
+    uint8_t errored                  # closing after an error page: the client may still be sending
     uint8_t no_splice                # out of pipes: copy this exchange's bodies
     uint64_t key                     # hash key of the request
     int32_t sticky_slot              # the backend the request's sticky cookie names, or -1

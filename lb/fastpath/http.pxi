@@ -364,6 +364,7 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
         h_close(w, h, True)
         return
     h.resp_sent = 1
+    h.errored = 1
     h_closing(w, h)
 
 
@@ -1109,6 +1110,11 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
         elif h.st == HS_CLOSING:
             progress |= h_flush_out(w, h)
             if h.c.state != CS_CLOSED and h.outb.len == 0:
+                if not h.errored and h.inb.len == 0 and not (h.hflags & HF_READABLE):
+                    # the client's last request was read whole and nothing
+                    # more came: a plain close sends a FIN, not a reset
+                    h_close(w, h, False)
+                    return
                 shutdown(h.c.fd[0], SHUT_WR)
                 hb_give(w, &h.inb)
                 h.st = HS_LINGER
