@@ -289,9 +289,12 @@ cdef bint bconn_send_proxy(lb_worker *w, lb_hconn *h, lb_bconn *b) noexcept nogi
     A fresh socket's send buffer is empty, so the header goes out whole or not at all."""
     cdef char hdr[256]
     cdef int n
+    cdef socklen_t alen = sizeof(sockaddr_storage)
     cdef uint8_t v = w.pools[b.pool].http.send_proxy
     if v == 0:
         return True
+    if h.local.ss_family == 0:
+        getsockname(h.c.fd[0], <sockaddr *>&h.local, &alen)
     n = proxy_build(v, &h.c.peer, &h.local, hdr, sizeof(hdr))
     if n <= 0:
         return False
@@ -1171,7 +1174,7 @@ cdef void http_on_accept(lb_worker *w, int li) noexcept nogil:
     cdef lb_listener_rt *l = &w.listeners[li]
     cdef lb_hconn *h
     cdef socklen_t alen
-    cdef int fd, i, one = 1
+    cdef int fd, i
     cdef epoll_event ev
     for i in range(ACCEPT_BATCH):
         if w.fds + 2 > w.fd_limit:
@@ -1196,9 +1199,8 @@ cdef void http_on_accept(lb_worker *w, int li) noexcept nogil:
         h.c.listener = li
         h.c.state = CS_CONNECTING
         h.hl = l.http
-        alen = sizeof(sockaddr_storage)
-        getsockname(fd, <sockaddr *>&h.local, &alen)
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        # TCP_NODELAY comes from the listening socket; the local address is
+        # looked up only when a PROXY header needs it
         h_set_ip(h)
         w.fds += 1
         lb_add_u64(&w.stats.accepted, 1)
