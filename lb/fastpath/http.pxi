@@ -246,12 +246,26 @@ cdef void bconn_close(lb_worker *w, lb_bconn *b, bint reset) noexcept nogil:
     w.http.closed_b = b
 
 
+cdef bint bconn_quiet(lb_bconn *b) noexcept nogil:
+    """Nothing past the response is waiting on the connection. A read flag can
+    outlive the last byte (a splice that ended exactly at the response's end
+    never saw EAGAIN): one peek settles it."""
+    cdef char c
+    if b.inb.len or b.pipe_len or (b.flags & (HF_EOF | HF_RDHUP | HF_ERR)):
+        return False
+    if b.flags & HF_READABLE:
+        if recv(b.fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 and (errno == EAGAIN or errno == EINTR):
+            b.flags &= ~HF_READABLE
+            return True
+        return False
+    return True
+
+
 cdef void bconn_park(lb_worker *w, lb_bconn *b) noexcept nogil:
     """Keep a backend connection for the next request to that backend."""
     cdef lb_pool_rt *p = &w.pools[b.pool]
     cdef uint32_t off = b.slot - p.shm.first_slot
-    if (p.http.max_idle == 0 or p.http.idle_count[off] >= p.http.max_idle or w.stopping
-            or b.inb.len or b.pipe_len or (b.flags & (HF_EOF | HF_RDHUP | HF_ERR | HF_READABLE))):
+    if p.http.max_idle == 0 or p.http.idle_count[off] >= p.http.max_idle or w.stopping or not bconn_quiet(b):
         bconn_close(w, b, False)
         return
     hb_give(w, &b.inb)
@@ -532,7 +546,7 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
         b.served += 1
         h.b = NULL
         if h.backend_ka and h.rq_state == RQ_DONE and w.pools[b.pool].http.send_proxy and h.client_ka \
-                and not b.inb.len and not (b.flags & (HF_EOF | HF_RDHUP | HF_ERR | HF_READABLE)):
+                and bconn_quiet(b):
             # its PROXY header named this client: keep it for this client only
             # (HAProxy marks such connections private too)
             hb_give(w, &b.inb)
