@@ -526,6 +526,8 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     h.st = HS_HEAD
     h.rq_state = RQ_NONE
     h.rs_state = RS_NONE
+    h.resp_started = 0
+    h.resp_sent = 0                  # an error page for the next request is sent, not cut
     h.route = -1
     if h.inb.len:
         tl_append(&hl.req_timer, &h.tphase, w.now_ms, h)
