@@ -360,6 +360,21 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     h_closing(w, h)
 
 
+cdef void h_cut(lb_worker *w, lb_hconn *h) noexcept nogil:
+    """The response cannot be completed: the client gets what lb already has of
+    it, then the connection ends (by a FIN: the head's length or chunking tells
+    the client it is short). Closing at once would drop those bytes, and a
+    close before any response byte reads as an idle keep-alive close, which
+    clients answer by sending the request again."""
+    if h.b != NULL:
+        bconn_close(w, h.b, False)
+        h.b = NULL
+    if h.c.slot >= 0:
+        conn_backend_drop(w, &h.c)
+    h.client_ka = 0
+    h_closing(w, h)
+
+
 cdef void h_connect(lb_worker *w, lb_hconn *h) noexcept nogil:
     """A backend connection for the request: the sticky backend, else the pool's
     pick; a parked connection to it when there is one, else a new one."""
@@ -973,7 +988,7 @@ cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
             return 1
         if (h.rs_state != RS_DONE and b.inb.len == 0 and b.pipe_len == 0 and (b.flags & HF_EOF)
                 and h.rs_state != RS_BODY_EOF):
-            h_close(w, h, True)      # the backend cut its response short: so must we
+            h_cut(w, h)              # the backend cut its response short: so must we
             return 1
     progress |= h_flush_out(w, h)
     if h.c.state == CS_CLOSED:
