@@ -13,6 +13,7 @@ chosen per target (`faults`) or for all (`default`):
 - close: close (a FIN) before any response byte.
 - silent: never answer; the connection stays open until lb closes it.
 - short: a head with Content-Length 1000, 10 body bytes, then close.
+- half_head: half a response head, then close.
 
 Per connection: `close_after=N` closes (FIN, no `Connection: close` header)
 after answering N requests; `drop_after=N` answers N requests and closes on
@@ -34,7 +35,7 @@ import threading
 import time
 from collections import Counter
 
-BEHAVIOURS = ("ok", "reset", "close", "silent", "short")
+BEHAVIOURS = ("ok", "reset", "close", "silent", "short", "half_head")
 
 
 def parse_fields(head: bytes) -> dict[str, str]:
@@ -190,6 +191,11 @@ class FaultBackend:
                 await reader.read()          # until lb gives up on it
                 writer.close()
                 return
+            if behaviour == "half_head":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Le")
+                await writer.drain()
+                writer.close()
+                return
             if behaviour == "short":
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
                 await writer.drain()
@@ -203,6 +209,23 @@ class FaultBackend:
             if self.close_after and answered >= self.close_after:
                 writer.close()
                 return
+
+
+class Blackhole:
+    """A port where a connect hangs: a listener with backlog 0 and one
+    connection it never accepts, so its accept queue is full and the kernel
+    drops every further SYN (no answer at all, as from a host that is gone)."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(0)
+        self.port = self.listener.getsockname()[1]
+        self.filler = socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+    def close(self) -> None:
+        self.filler.close()
+        self.listener.close()
 
 
 def refused_port() -> int:
