@@ -17,7 +17,7 @@ import time
 import pytest
 
 from conftest import free_port, lb_config, wait_for
-from http_faults import FaultBackend, HttpClient, NoResponse, refused_port, request, wait_closed
+from http_faults import Blackhole, FaultBackend, HttpClient, NoResponse, refused_port, request, wait_closed
 
 # health checks off, and no passive ejection either: a backend that fails on
 # purpose stays in the pool, so every test sees the failure it set up
@@ -221,6 +221,35 @@ def test_post_whose_connect_is_refused_goes_to_another_backend_once(fault_backen
         assert healthy.count("POST", f"/post/{i}") == 1
     assert healthy.count("POST") == 10
     assert lb.backend_stats(0)["connect_errors"] >= 3
+
+
+def test_connect_that_hangs_is_retried_after_connect_timeout(fault_backends, run_lb):
+    """A backend that does not answer SYNs: after connect_timeout the request,
+    which never left, goes to another backend, GET or POST."""
+    hole = Blackhole()
+    try:
+        healthy = fault_backends("healthy")
+        lb, port = http_lb(run_lb, [("hole", hole.port), healthy], connect_timeout="300ms")
+        for method in ("GET", "POST"):
+            for i in range(6):
+                target = f"/{method}/{i}"
+                assert served_by(request(port, method, target, body=b"x=1" if method == "POST" else b"")) == "healthy"
+                assert healthy.count(method, target) == 1
+                if lb.backend_stats(0)["connect_timeouts"] >= (1 if method == "GET" else 2):
+                    break
+        assert lb.backend_stats(0)["connect_timeouts"] == 2
+    finally:
+        hole.close()
+
+
+def test_response_head_cut_short_is_not_retried(fault_backends, run_lb):
+    """Once a response byte came, the request is not sent again, GET or not: 502."""
+    half, other = fault_backends("half", default="half_head"), fault_backends("other", default="half_head")
+    lb, port = http_lb(run_lb, [half, other])
+    r = request(port, target="/h")
+    assert_lb_page(r, 502)
+    assert_no_backend_address(r, (half.port, other.port))
+    assert half.count("GET", "/h") + other.count("GET", "/h") == 1
 
 
 # ---- keep-alive to the backends -------------------------------------------------------------
