@@ -65,7 +65,18 @@ def http_lb(run_lb, members, **kwargs):
             items.append((f"127.0.0.1:{port}", name, 100))
     port = free_port()
     kwargs.setdefault("health", NO_EJECTION)
-    return run_lb(lb_config(port, items, mode="http", **kwargs)), port
+    lb = run_lb(lb_config(port, items, mode="http", **kwargs))
+    lb.n_backends = len(items)
+    return lb, port
+
+
+def assert_settled(lb, clients_open: int = 0):
+    """Once the answers are in, no backend is counted as busy (every failure
+    path gave back what it took), and only the clients still open are."""
+    def settled():
+        busy = [lb.backend_stats(i)["active"] for i in range(lb.n_backends)]
+        return busy == [0] * lb.n_backends and sum(w["active"] for w in lb.worker_stats()) == clients_open
+    wait_for(settled, 5, "lb's counters to settle")
 
 
 def lb_cli(lb, *args) -> subprocess.CompletedProcess:
@@ -151,6 +162,7 @@ def test_dead_backends_are_retried_without_client_errors(fault_backends, run_lb,
     # every GET the clients sent was answered once by a backend that was alive
     for i in range(30):
         assert victim.count("GET", f"/seq/{i}") + survivor.count("GET", f"/seq/{i}") == 1
+    assert_settled(lb)
 
 
 def test_wrk_sees_no_errors_while_a_backend_dies(fault_backends, run_lb):
@@ -174,6 +186,7 @@ def test_wrk_sees_no_errors_while_a_backend_dies(fault_backends, run_lb):
     assert total >= 1000, out
     # the victim died in the middle of the run: the survivor took the rest
     assert survivor.count() > at_kill
+    assert_settled(lb)
 
 
 @pytest.mark.parametrize("fault", ["reset", "close"])
@@ -209,6 +222,7 @@ def test_failure_before_any_response_byte(fault, fault_backends, run_lb):
             assert served_by(r) == "healthy"
             assert (failing.count("POST", target), healthy.count("POST", target)) == (0, 1)
     assert refused_posts == 3
+    assert_settled(lb)
 
 
 def test_post_whose_connect_is_refused_goes_to_another_backend_once(fault_backends, run_lb):
@@ -221,6 +235,7 @@ def test_post_whose_connect_is_refused_goes_to_another_backend_once(fault_backen
         assert healthy.count("POST", f"/post/{i}") == 1
     assert healthy.count("POST") == 10
     assert lb.backend_stats(0)["connect_errors"] >= 3
+    assert_settled(lb)
 
 
 def test_connect_that_hangs_is_retried_after_connect_timeout(fault_backends, run_lb):
@@ -238,6 +253,7 @@ def test_connect_that_hangs_is_retried_after_connect_timeout(fault_backends, run
                 if lb.backend_stats(0)["connect_timeouts"] >= (1 if method == "GET" else 2):
                     break
         assert lb.backend_stats(0)["connect_timeouts"] == 2
+        assert_settled(lb)
     finally:
         hole.close()
 
@@ -250,6 +266,7 @@ def test_response_head_cut_short_is_not_retried(fault_backends, run_lb):
     assert_lb_page(r, 502)
     assert_no_backend_address(r, (half.port, other.port))
     assert half.count("GET", "/h") + other.count("GET", "/h") == 1
+    assert_settled(lb)
 
 
 # ---- keep-alive to the backends -------------------------------------------------------------
@@ -261,6 +278,7 @@ def test_backend_keeps_its_connections_alive_and_lb_reuses_them(fault_backends, 
     for i in range(20):
         assert served_by(request(port, target=f"/r/{i}")) == "b1"
     assert backend.connections == 1
+    assert_settled(lb)
 
 
 def test_backend_closing_after_each_response(fault_backends, run_lb, clients):
@@ -274,6 +292,7 @@ def test_backend_closing_after_each_response(fault_backends, run_lb, clients):
         assert served_by(client.request(target=f"/r/{i}")) == "b1"
         assert backend.count("GET", f"/r/{i}") == 1
     assert backend.connections == 30
+    assert_settled(lb, clients_open=1)
 
 
 def test_backend_closing_idle_connections(fault_backends, run_lb, clients):
@@ -285,6 +304,7 @@ def test_backend_closing_idle_connections(fault_backends, run_lb, clients):
         backend.wait_idle_closes(i + 1)
     assert all(backend.count("GET", f"/r/{i}") == 1 for i in range(8))
     assert backend.connections == 8
+    assert_settled(lb, clients_open=1)
 
 
 def test_parked_connection_dropped_by_the_backend_while_lb_sends_on_it(fault_backends, run_lb, clients):
@@ -303,6 +323,7 @@ def test_parked_connection_dropped_by_the_backend_while_lb_sends_on_it(fault_bac
     assert_lb_page(r, 502)
     assert_no_backend_address(r, (backend.port,))
     assert backend.count("POST", "/post") == 1
+    assert_settled(lb)
 
 
 def test_response_cut_short(fault_backends, run_lb, clients):
@@ -319,6 +340,7 @@ def test_response_cut_short(fault_backends, run_lb, clients):
     assert backend.count("GET", "/short") == 1 and backend.connections == 1
     r = client.request(target="/next")
     assert served_by(r) == "b1" and r.text.split()[1] == "2"
+    assert_settled(lb, clients_open=1)
 
 
 # ---- lb's own answers -----------------------------------------------------------------------
@@ -333,6 +355,7 @@ def test_503_when_every_backend_is_down(run_lb):
         assert r.body == b"503 Service Unavailable\n"
         assert_no_backend_address(r, ports)
     assert lb.backend_stats(0)["connect_errors"] >= 1 and lb.backend_stats(1)["connect_errors"] >= 1
+    assert_settled(lb)
 
 
 def test_504_when_the_backend_never_answers(fault_backends, run_lb):
@@ -345,6 +368,7 @@ def test_504_when_the_backend_never_answers(fault_backends, run_lb):
     assert_no_backend_address(r, (silent.port,))
     assert 0.25 <= elapsed < 3, elapsed
     assert silent.count("GET", "/slow") == 1            # not sent again after a timeout
+    assert_settled(lb)
 
 
 def test_408_for_a_request_head_that_does_not_arrive(fault_backends, run_lb, clients):
@@ -371,6 +395,8 @@ def test_408_for_a_request_head_that_does_not_arrive(fault_backends, run_lb, cli
     got, _ = wait_closed(client.sock, 5)
     assert got.startswith(b"HTTP/1.1 408 "), got
     assert backend.count() == 1
+    client.close()
+    assert_settled(lb)
 
 
 def test_error_pages_for_a_later_request_of_a_keepalive_connection(fault_backends, run_lb, clients):
@@ -388,6 +414,7 @@ def test_error_pages_for_a_later_request_of_a_keepalive_connection(fault_backend
     assert served_by(client.read_response()) == "b1"
     assert_lb_page(client.read_response(), 400)
     assert backend.count() == 2 and backend.count("GET", "/good") == 1
+    assert_settled(lb)
 
 
 def test_idle_keepalive_client_is_closed_silently(fault_backends, run_lb, clients):
@@ -398,6 +425,7 @@ def test_idle_keepalive_client_is_closed_silently(fault_backends, run_lb, client
     got, elapsed = wait_closed(client.sock, 5)
     assert got == b""
     assert 0.2 <= elapsed < 3, elapsed
+    assert_settled(lb)
 
 
 # ---- where requests go ----------------------------------------------------------------------
@@ -449,6 +477,7 @@ def test_sticky_cookie_follows_the_backend_and_moves_off_it(fault_backends, run_
     for i in range(10):
         assert served_by(request(port, target=f"/m/{i}", headers={"Cookie": f"lbs={new_cookie}"})) == new_home
     assert sum(b.count("GET", "/moved") for b in bs) == 1
+    assert_settled(lb)
 
 
 def test_sticky_backend_killed_moves_its_sessions(fault_backends, run_lb):
@@ -465,6 +494,7 @@ def test_sticky_backend_killed_moves_its_sessions(fault_backends, run_lb):
         new_cookie = sticky_cookie(r)
         assert new_cookie not in (None, cookie)
         assert served_by(request(port, target=f"/k2/{i}", headers={"Cookie": f"lbs={new_cookie}"})) == served_by(r)
+    assert_settled(lb)
 
 
 @pytest.mark.parametrize("hash_key", ["header:X-User", "cookie:uid", "query:user", "path"])
@@ -491,6 +521,7 @@ def test_hash_key_sends_a_key_to_one_backend(hash_key, fault_backends, run_lb):
     if hash_key != "path":
         # without the key: the client address, the same for every request here
         assert len({served_by(request(port, target=f"/nokey/{n}")) for n in range(6)}) == 1
+    assert_settled(lb)
 
 
 # ---- reload and stop under keep-alive load ----------------------------------------------------
