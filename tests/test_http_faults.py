@@ -55,7 +55,7 @@ def clients():
 
 def http_lb(run_lb, members, **kwargs):
     """lb in http mode in front of members: FaultBackends, or (name, port) for
-    an address nothing listens on. Returns (lb, port)."""
+    a bare port (refused_port(), a Blackhole's). Returns (lb, port)."""
     items = []
     for m in members:
         if isinstance(m, FaultBackend):
