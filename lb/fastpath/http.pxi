@@ -385,6 +385,21 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     h_closing(w, h)
 
 
+cdef void h_cut(lb_worker *w, lb_hconn *h) noexcept nogil:
+    """The response cannot be completed: the client gets what lb already has of
+    it, then the connection ends (by a FIN: the head's length or chunking tells
+    the client it is short). Closing at once would drop those bytes, and a
+    close before any response byte reads as an idle keep-alive close, which
+    clients answer by sending the request again."""
+    if h.b != NULL:
+        bconn_close(w, h.b, False)
+        h.b = NULL
+    if h.c.slot >= 0:
+        conn_backend_drop(w, &h.c)
+    h.client_ka = 0
+    h_closing(w, h)
+
+
 cdef void h_connect(lb_worker *w, lb_hconn *h) noexcept nogil:
     """A backend connection for the request: the sticky backend, else the pool's
     pick; a parked connection to it when there is one, else a new one."""
@@ -569,6 +584,8 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     h.st = HS_HEAD
     h.rq_state = RQ_NONE
     h.rs_state = RS_NONE
+    h.resp_started = 0
+    h.resp_sent = 0                  # an error page for the next request is sent, not cut
     h.route = -1
     if h.inb.len:
         tl_append(&hl.req_timer, &h.tphase, w.now_ms, h)
@@ -1014,7 +1031,7 @@ cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
             return 1
         if (h.rs_state != RS_DONE and b.inb.len == 0 and b.pipe_len == 0 and (b.flags & HF_EOF)
                 and h.rs_state != RS_BODY_EOF):
-            h_close(w, h, True)      # the backend cut its response short: so must we
+            h_cut(w, h)              # the backend cut its response short: so must we
             return 1
     progress |= h_flush_out(w, h)
     if h.c.state == CS_CLOSED:
@@ -1305,6 +1322,8 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
                 h_close(w, h, False)
             else:
                 h_error(w, h, 408)
+                if h.c.state != CS_CLOSED:
+                    conn_queue(w, &h.c)  # no event will come to send the page
         while True:
             n = tl_expired(&hl.ka_timer, now)
             if n == NULL:
@@ -1346,6 +1365,8 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
                     h_close(w, h, True)
                 else:
                     h_error(w, h, 504)
+                    if h.c.state != CS_CLOSED:
+                        conn_queue(w, &h.c)
             else:
                 tl_append(&hp.resp_timer, n, h.b_last_ms, h)
         while True:
