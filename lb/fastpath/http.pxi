@@ -1249,6 +1249,8 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
                 h_close(w, h, False)
             else:
                 h_error(w, h, 408)
+                if h.c.state != CS_CLOSED:
+                    conn_queue(w, &h.c)  # the page waits in outb: nothing else would send it
         while True:
             n = tl_expired(&hl.ka_timer, now)
             if n == NULL:
@@ -1290,6 +1292,8 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
                     h_close(w, h, True)
                 else:
                     h_error(w, h, 504)
+                    if h.c.state != CS_CLOSED:
+                        conn_queue(w, &h.c)  # as for 408: send the page now
             else:
                 tl_append(&hp.resp_timer, n, h.b_last_ms, h)
         while True:
