@@ -42,8 +42,9 @@ where it is applied):
   whitespace only before ";" or around "=", never before the CRLF ("1 CRLF"
   and "1;a CRLF" with a SP after the a are 400, "1 ;a CRLF" is valid); the trailer section (after the last chunk's line,
   up to and including its final CRLF) may take at most ``max_head`` bytes,
-  past it 400; no count limit on trailer fields; the forbidden trailer
-  fields are checked once the trailer section is complete.
+  past it 400; at most ``MAX_TRAILER_FIELDS`` (256) trailer fields, the
+  first byte of one more is 400 (as ``max_fields`` for a head); the
+  forbidden trailer fields are checked once the trailer section is complete.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ MAX_CHUNK_LINE = 4096
 MAX_METHOD = 32
 MAX_CONTENT_LENGTH_DIGITS = 18
 MAX_CHUNK_SIZE_DIGITS = 16
+MAX_TRAILER_FIELDS = 256
 
 TCHAR_SYMBOLS = b"!#$%&'*+-.^_`|~"
 HEXDIGITS = b"0123456789abcdefABCDEF"
@@ -550,7 +552,7 @@ def parse_chunked(data: bytes, max_head: int = 16384) -> tuple[int, int, bytes, 
         # The trailer section follows rule 3 and counts toward max_head; past
         # it, 400 (the body's only error status).
         trailer_reader = _Reader(data, r.pos, limit=r.pos + max_head, limit_status=400)
-        trailers = _read_fields(trailer_reader, None)
+        trailers = _read_fields(trailer_reader, MAX_TRAILER_FIELDS)  # its 431 is a 400 here
         for name, _value in trailers:
             if name.lower() in (b"content-length", b"transfer-encoding", b"host"):
                 raise _Reject(400)
