@@ -527,6 +527,10 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     h.rq_state = RQ_NONE
     h.rs_state = RS_NONE
     h.route = -1
+    # no response to the next request has begun: an error in its head (or a
+    # 408) gets its page, instead of the cut that ends a response under way
+    h.resp_started = 0
+    h.resp_sent = 0
     if h.inb.len:
         tl_append(&hl.req_timer, &h.tphase, w.now_ms, h)
     else:
