@@ -484,6 +484,7 @@ CHUNKED_VALID = [
     ("trailers-ows", b"0\r\nA:  1 \r\nB:\t2\r\nC:\r\n\r\n", b"", [(b"A", b"1"), (b"B", b"2"), (b"C", b"")]),
     ("trailer-obs-text", b"0\r\nA: \xe9\xff\r\n\r\n", b"", [(b"A", b"\xe9\xff")]),
     ("last-chunk-zeros", b"000\r\n\r\n", b"", []),
+    ("trailers-256", b"0\r\n" + b"t: 1\r\n" * 256 + b"\r\n", b"", [(b"t", b"1")] * 256),
 ]
 
 
@@ -549,6 +550,7 @@ CHUNKED_MALFORMED = [
     ("trailer-final-bare-cr", b"0\r\n\rX", {}),
     ("trailer-too-large", b"0\r\nX: " + b"y" * 30 + b"\r\n\r\n", {"max_head": 20}),
     ("trailer-too-large-incomplete", b"0\r\nX: " + b"y" * 30, {"max_head": 20}),
+    ("trailer-257-fields", b"0\r\n" + b"t: 1\r\n" * 257 + b"\r\n", {}),
     ("trailer-too-large-default", b"0\r\nX: " + b"y" * 16400 + b"\r\n\r\n", {}),
 ]
 

@@ -786,15 +786,20 @@ cdef int h_flush_out(lb_worker *w, lb_hconn *h) noexcept nogil:
     return 1
 
 
-cdef inline bint up_make_room(lb_hconn *h) noexcept nogil:
-    """Drop the bytes of upb the backend already has, when upb is full: the
-    request can no longer be sent again from its start."""
-    if h.upb.len < HBUF_SIZE or h.up_sent == 0:
-        return h.upb.len < HBUF_SIZE
+cdef inline void up_compact(lb_hconn *h) noexcept nogil:
+    """Drop the bytes of upb the backend already has: the request can no longer
+    be sent again from its start."""
     memmove(h.upb.p, h.upb.p + h.up_sent, h.upb.len - h.up_sent)
     h.upb.len -= h.up_sent
     h.up_sent = 0
     h.replayable = 0
+
+
+cdef inline bint up_make_room(lb_hconn *h) noexcept nogil:
+    """Compact upb when it is full (up_compact)."""
+    if h.upb.len < HBUF_SIZE or h.up_sent == 0:
+        return h.upb.len < HBUF_SIZE
+    up_compact(h)
     return True
 
 
@@ -853,7 +858,13 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             h.rq_state = RQ_DONE
             return 1
         if not ok:
-            break
+            # Nothing framed. When more bytes are in inb than fit in upb's room,
+            # the rest of a chunk line (or the CRLF after data) lies beyond the
+            # room: upb is not full, so up_make_room would never compact it and
+            # the body would stall. Drop what the backend already has and retry.
+            if n == h.inb.len or h.up_sent == 0:
+                break
+            up_compact(h)
     return progress
 
 

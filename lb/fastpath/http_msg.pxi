@@ -52,8 +52,10 @@ cdef int http_parse_response_c(const uint8_t *b, size_t n, http_req *r, uint32_t
                 return 502
             p += 1
         r.reason_len = p - 13
-    else:
+    elif b[p] == 13:
         r.reason_len = 0
+    else:
+        return 502                   # "200X": decided at that byte, not one later
     if p + 1 >= lim:
         return 502 if n > max_head else HTTP_INCOMPLETE
     if b[p] != 13 or b[p + 1] != 10:

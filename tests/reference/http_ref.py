@@ -1,10 +1,15 @@
-"""The pure-Python reference of the HTTP/1.1 request parser: docs/http-parser.md, literally.
+"""The pure-Python reference of the HTTP/1.1 parsers: docs/http-parser.md, literally.
 
-Two functions, the same API as the compiled ones in ``lb._fastpath``
-(``http_parse_request`` and ``http_parse_chunked``):
+Four functions, the same API as the compiled ones in ``lb._fastpath``
+(``http_parse_request``, ``http_parse_chunked``, ``http_parse_response`` and
+``http_chunk_stream``):
 
 - ``parse_request(data, max_target, max_head, max_fields) -> (status, consumed, info)``
 - ``parse_chunked(data, max_head) -> (status, consumed, body, trailers)``
+- ``parse_response(data, max_head) -> (status, consumed, info)``: a response
+  head from a backend (status 0, -1 or 502)
+- ``chunk_stream(pieces, max_head) -> (status, consumed)``: a chunked body
+  given in pieces, as the proxy reads it; by definition the whole-body decision
 
 The head is read front to back, one byte at a time, through a ``_Reader``
 that raises ``_Incomplete`` at the end of the input and ``_Reject(431)`` at
@@ -42,13 +47,18 @@ where it is applied):
   whitespace only before ";" or around "=", never before the CRLF ("1 CRLF"
   and "1;a CRLF" with a SP after the a are 400, "1 ;a CRLF" is valid); the trailer section (after the last chunk's line,
   up to and including its final CRLF) may take at most ``max_head`` bytes,
-  past it 400; no count limit on trailer fields; the forbidden trailer
-  fields are checked once the trailer section is complete.
+  past it 400; at most ``MAX_TRAILER_FIELDS`` (256) trailer fields, the
+  first byte of one more is 400 (as ``max_fields`` for a head); the
+  forbidden trailer fields are checked once the trailer section is complete.
+- Responses: the head is read in byte order like a request's (the byte past
+  ``max_head`` is never examined); the status code is judged (100..599) once
+  its three digits are in; at most ``MAX_RESPONSE_FIELDS`` (256) fields; the
+  framing rules are checked once the head is complete. Every error is 502.
 """
 
 from __future__ import annotations
 
-__all__ = ["parse_request", "parse_chunked", "is_tchar"]
+__all__ = ["parse_request", "parse_chunked", "parse_response", "chunk_stream", "is_tchar"]
 
 CR = 0x0D
 LF = 0x0A
@@ -60,6 +70,8 @@ MAX_CHUNK_LINE = 4096
 MAX_METHOD = 32
 MAX_CONTENT_LENGTH_DIGITS = 18
 MAX_CHUNK_SIZE_DIGITS = 16
+MAX_TRAILER_FIELDS = 256
+MAX_RESPONSE_FIELDS = 256
 
 TCHAR_SYMBOLS = b"!#$%&'*+-.^_`|~"
 HEXDIGITS = b"0123456789abcdefABCDEF"
@@ -550,7 +562,7 @@ def parse_chunked(data: bytes, max_head: int = 16384) -> tuple[int, int, bytes, 
         # The trailer section follows rule 3 and counts toward max_head; past
         # it, 400 (the body's only error status).
         trailer_reader = _Reader(data, r.pos, limit=r.pos + max_head, limit_status=400)
-        trailers = _read_fields(trailer_reader, None)
+        trailers = _read_fields(trailer_reader, MAX_TRAILER_FIELDS)  # its 431 is a 400 here
         for name, _value in trailers:
             if name.lower() in (b"content-length", b"transfer-encoding", b"host"):
                 raise _Reject(400)
@@ -559,3 +571,109 @@ def parse_chunked(data: bytes, max_head: int = 16384) -> tuple[int, int, bytes, 
     except _Reject:
         return 400, 0, b"", []
     return 0, trailer_reader.pos, bytes(body), trailers
+
+
+def chunk_stream(pieces, max_head: int = 16384) -> tuple[int, int]:
+    """A chunked body read in ``pieces``: ``(0, consumed)`` once complete,
+    ``(-1, 0)`` when the pieces end first, ``(400, 0)``. However the body is
+    split, the decision is the whole body's (``parse_chunked``)."""
+    status, consumed, _body, _trailers = parse_chunked(b"".join(bytes(p) for p in pieces), max_head)
+    return status, consumed
+
+
+# ---- responses ------------------------------------------------------------------------------------
+
+
+def _read_status_line(r: _Reader) -> tuple[int, int, bytes]:
+    """``HTTP/1.<digit> SP <3 digits> [SP reason] CRLF`` -> (version, status, reason).
+
+    ``HTTP/1.0`` is version 10, any other minor digit 11. The status is
+    100..599, judged once its three digits are in. The reason is every byte
+    up to the CR (HTAB, SP, visible, obs-text; no other CTL, no DEL), kept
+    as sent; without it the code is followed by CRLF at once."""
+    for expected in b"HTTP/1.":
+        if r.take() != expected:
+            raise _Reject(502)  # "http/1.1", "HTTP/2.0", "HTTP/1,1"
+    minor = r.take()
+    if not is_digit(minor):
+        raise _Reject(502)
+    if r.take() != SP:
+        raise _Reject(502)
+    code = 0
+    for _ in range(3):
+        d = r.take()
+        if not is_digit(d):
+            raise _Reject(502)  # "20 OK", "2x0"
+        code = code * 10 + d - 0x30
+    if not 100 <= code <= 599:
+        raise _Reject(502)
+    reason = bytearray()
+    b = r.take()
+    if b == SP:
+        while True:
+            b = r.take()
+            if b == CR:
+                break
+            if (b < 0x20 and b != HTAB) or b == 0x7F:
+                raise _Reject(502)  # NUL, a bare LF, other CTLs, DEL
+            reason.append(b)
+    elif b != CR:
+        raise _Reject(502)  # "2000", "200\n", "200\t"
+    r.expect_lf_after_cr()
+    return (10 if minor == ord("0") else 11), code, bytes(reason)
+
+
+def _check_response_framing(version: int, fields: list[tuple[bytes, bytes]]) -> dict:
+    """RFC 9112 6.3, strictly: anything two parsers could frame apart is 502.
+
+    At most one ``Content-Length``, of 1..18 digits. ``Transfer-Encoding``
+    (all its fields one list) never with ``Content-Length``, not empty,
+    ``chunked`` at most once and then last; other codings are allowed (the
+    body then runs until the backend closes, so the connection is not kept).
+    """
+    lengths = _values(fields, b"content-length")
+    if len(lengths) > 1:
+        raise _Reject(502)
+    for value in lengths:
+        if not (1 <= len(value) <= MAX_CONTENT_LENGTH_DIGITS and all(is_digit(b) for b in value)):
+            raise _Reject(502)
+    encodings = _values(fields, b"transfer-encoding")
+    chunked = False
+    close = False
+    if encodings:
+        codings = _list_elements(encodings)
+        if lengths or not codings:
+            raise _Reject(502)
+        n_chunked = codings.count(b"chunked")
+        if n_chunked > 1 or (n_chunked == 1 and codings[-1] != b"chunked"):
+            raise _Reject(502)
+        chunked = n_chunked == 1
+        close = not chunked  # delimited by close
+    tokens = _list_elements(_values(fields, b"connection"))
+    close = close or b"close" in tokens
+    return {
+        "version": version,
+        "keep_alive": not close and (version == 11 or b"keep-alive" in tokens),
+        "chunked": chunked,
+        "content_length": int(lengths[0]) if lengths else None,
+    }
+
+
+def parse_response(data: bytes, max_head: int = 65536) -> tuple[int, int, dict | None]:
+    """``(0, consumed, info)``, ``(-1, 0, None)`` or ``(502, 0, None)``.
+
+    ``info``: ``status``, ``reason``, ``version`` (10 or 11), ``keep_alive``,
+    ``chunked``, ``content_length`` (int or None), ``fields`` (as for
+    requests: values without surrounding whitespace). The head must end within
+    ``max_head`` bytes; fields follow rule 3, at most ``MAX_RESPONSE_FIELDS``."""
+    data = bytes(data)
+    r = _Reader(data, limit=max_head, limit_status=502)
+    try:
+        version, code, reason = _read_status_line(r)
+        fields = _read_fields(r, MAX_RESPONSE_FIELDS)
+        info = _check_response_framing(version, fields)
+    except _Incomplete:
+        return -1, 0, None
+    except _Reject:
+        return 502, 0, None
+    return 0, r.pos, {"status": code, "reason": reason, **info, "fields": fields}
