@@ -757,7 +757,7 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             hb_drop(w, &h.inb, n)
             h.rq_left -= n
             progress = 1
-        if h.rq_left and (h.pipe_len or h_splice_up(w, h)):
+        if h.pipe_len or (h.rq_left and h_splice_up(w, h)):
             b = h.b
             h.replayable = 0
             if h.pipe[0] < 0 and pipe_take(w, h.pipe) != 0:
@@ -908,7 +908,7 @@ cdef int h_resp_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             hb_drop(w, &b.inb, n)
             h.rs_left -= n
             progress = 1
-        if h.rs_left and (b.pipe_len or h_splice_down(w, h)):
+        if b.pipe_len or (h.rs_left and h_splice_down(w, h)):
             if b.pipe[0] < 0 and pipe_take(w, b.pipe) != 0:
                 h.no_splice = 1
                 return progress
