@@ -248,6 +248,14 @@ cdef void bconn_park(lb_worker *w, lb_bconn *b) noexcept nogil:
     """Keep a backend connection for the next request to that backend."""
     cdef lb_pool_rt *p = &w.pools[b.pool]
     cdef uint32_t off = b.slot - p.shm.first_slot
+    cdef char probe
+    if (b.flags & HF_READABLE) and not (b.flags & (HF_EOF | HF_RDHUP | HF_ERR)):
+        # READABLE only says the socket was not seen drained: a response whose
+        # last byte ended a read exactly (always so for a spliced body, which
+        # stops at its length) leaves it set. Ask the socket: nothing there, it
+        # can be parked; bytes past the response or its close, it cannot.
+        if recv(b.fd, &probe, 1, MSG_PEEK | MSG_DONTWAIT) < 0 and errno == EAGAIN:
+            b.flags &= ~HF_READABLE
     if (p.http.max_idle == 0 or p.http.idle_count[off] >= p.http.max_idle or w.stopping
             or b.inb.len or b.pipe_len or (b.flags & (HF_EOF | HF_RDHUP | HF_ERR | HF_READABLE))):
         bconn_close(w, b, False)

@@ -19,6 +19,7 @@ cdef extern from "sys/socket.h" nogil:
         SHUT_RDWR
         MSG_NOSIGNAL
         MSG_DONTWAIT
+        MSG_PEEK
 
     struct sockaddr:
         sa_family_t sa_family
