@@ -14,13 +14,18 @@ It answers, on any connection, with one thread per connection:
   "status CODE\n".
 - `/ws` with `Upgrade: websocket`: the RFC 6455 handshake, then every data
   frame echoed back as it came (opcode and FIN kept), ping answered by pong,
-  and a close frame echoed before the connection is closed.
+  and a close frame echoed before the connection is closed. `?greet=TEXT`:
+  a text frame of TEXT goes out in the same write as the 101.
 - anything else: a JSON echo of the request (`echo` below).
 
 Any target may carry, in its query, `h=Name:Value` (percent-encoded,
-repeatable): a field added to the response head as it is, and `close=1`:
-answer with `Connection: close` and close. Every response carries
-`Server: http-origin/<name>`.
+repeatable): a field added to the response head as it is; `close=1`:
+answer with `Connection: close` and close; `drop=1`: answer as if the
+connection stayed open, then close it (an origin's keep-alive timeout);
+`drop_next=1`: answer, then read the next request head on that connection,
+report "dropped <conn> <n> <METHOD> <target>" and close without an answer
+(the same timeout, hit while a request was on its way).
+Every response carries `Server: http-origin/<name>`.
 
 A request that says `Expect: 100-continue` gets `HTTP/1.1 100 Continue` before
 its body is read. Request bodies are read by Content-Length or chunked (the
@@ -231,6 +236,11 @@ class OriginHandler(socketserver.StreamRequestHandler):
                     return
                 if not self.answer(req):
                     return
+                if ("drop_next", "1") in req.query:
+                    nxt = read_head(f)            # the next request is read, never answered
+                    if nxt is not None:
+                        self.report(f"dropped {self.conn_no} {self.n + 1} {nxt.method} {nxt.target}")
+                    return
         except (EOFError, ConnectionError, ValueError):
             return
 
@@ -280,9 +290,10 @@ class OriginHandler(socketserver.StreamRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         else:
             self.wfile.write(out + body)
-        if close:
+        if close or ("drop", "1") in req.query:
             self.connection.shutdown(socket.SHUT_WR)
-        return not close
+            return False
+        return True
 
     def echo(self, req: Request) -> dict:
         return {
@@ -297,9 +308,11 @@ class OriginHandler(socketserver.StreamRequestHandler):
 
     def websocket(self, req: Request):
         key = req.get("sec-websocket-key")[0]
+        greet = dict(req.query).get("greet")
         self.wfile.write((f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                           f"Sec-WebSocket-Accept: {ws_accept(key)}\r\n"
-                          f"Server: http-origin/{self.server.name}\r\n\r\n").encode())
+                          f"Server: http-origin/{self.server.name}\r\n\r\n").encode()
+                         + (ws_frame(1, greet.encode()) if greet is not None else b""))
         while True:
             fin, opcode, data, masked = ws_read_frame(self.rfile)
             if not masked:                        # RFC 6455 5.1: a server closes on an unmasked frame
@@ -350,6 +363,10 @@ class Origin:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def report(self, timeout: float = 10.0) -> str:
+        """The next "request ..." line (waits for it)."""
+        return self.lines.get(timeout=timeout)
 
     def requests(self) -> list[str]:
         """The "request ..." lines reported so far and not yet taken."""
