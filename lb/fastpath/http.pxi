@@ -734,10 +734,11 @@ cdef int h_flush_out(lb_worker *w, lb_hconn *h) noexcept nogil:
     return 1
 
 
-cdef inline bint up_make_room(lb_hconn *h) noexcept nogil:
-    """Drop the bytes of upb the backend already has, when upb is full: the
-    request can no longer be sent again from its start."""
-    if h.upb.len < HBUF_SIZE or h.up_sent == 0:
+cdef inline bint up_make_room(lb_hconn *h, uint32_t want) noexcept nogil:
+    """Drop the bytes of upb the backend already has, when upb has less room
+    than want: the request can no longer be sent again from its start. False:
+    no room at all (until the backend takes some)."""
+    if HBUF_SIZE - h.upb.len >= want or h.up_sent == 0:
         return h.upb.len < HBUF_SIZE
     memmove(h.upb.p, h.upb.p + h.up_sent, h.upb.len - h.up_sent)
     h.upb.len -= h.up_sent
@@ -754,7 +755,7 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef lb_bconn *b
     if h.rq_state == RQ_BODY_CL:
         while h.rq_left and h.inb.len:
-            if not up_make_room(h):
+            if not up_make_room(h, 1):     # any room will do: data goes in by the byte
                 break
             n = h.inb.len
             if n > h.rq_left:
@@ -783,8 +784,11 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             h.rq_state = RQ_DONE
             progress = 1
         return progress
-    # chunked: the framer says how far the body goes; bytes go on verbatim
-    while h.inb.len and up_make_room(h):
+    # chunked: the framer says how far the body goes; bytes go on verbatim.
+    # It needs a whole chunk-size line (or trailer section) in view: room for
+    # everything read so far, or the line could stay cut at the end of upb
+    # for good (room that sending does not give back until upb is compacted).
+    while h.inb.len and up_make_room(h, h.inb.len):
         n = h.inb.len
         if n > HBUF_SIZE - h.upb.len:
             n = HBUF_SIZE - h.upb.len
