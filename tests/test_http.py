@@ -9,6 +9,7 @@ import hashlib
 import http.client
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -17,6 +18,7 @@ import struct
 import subprocess
 import tempfile
 import textwrap
+import threading
 
 import pytest
 
@@ -561,6 +563,17 @@ def test_chunked_request_body(one_origin, size):
     assert base64.b64decode(echo["body"]) == body
 
 
+@pytest.mark.parametrize("piece,size", [(1, 40000), (5, 200000), (4096, 300000)])
+def test_chunked_request_body_small_chunks(one_origin, piece, size):
+    """Bodies larger than lb's buffer in chunks so small that the buffer's end
+    falls inside chunk framing rather than data, again and again."""
+    body = os.urandom(size)
+    with Client(one_origin) as c:
+        c.send(request_bytes("POST", "/upload", [("Transfer-Encoding", "chunked")]) + chunked(body, [piece]))
+        echo = c.response().json()
+    assert (echo["body_len"], echo["body_sha256"]) == (size, hashlib.sha256(body).hexdigest())
+
+
 def test_big_bodies_both_ways_on_one_connection(one_origin):
     """5 MiB up and about 7 MiB (the echo) down, spliced both ways, again and
     again on one client connection: every exchange completes, and the backend
@@ -954,3 +967,67 @@ def test_client_half_close_after_its_request(one_origin):
             r = c.response()
             assert r.status == 200 and r.json()["body_len"] in (0, 3000)
             assert c.at_eof()
+
+
+# ---- everything at once --------------------------------------------------------------------------
+
+def mixed_session(port: int, seed: int, rounds: int):
+    """One client's share of test_mixed_traffic: a seeded random run of
+    exchanges, each checked, on connections it sometimes closes."""
+    rnd = random.Random(seed)
+    c = Client(port)
+    try:
+        for _ in range(rounds):
+            if rnd.random() < 0.1:
+                c.close()
+                c = Client(port)
+            kind = rnd.randrange(6)
+            if kind == 0:
+                n = rnd.choice([0, 1, 65535, 65536, 70000, 300000])
+                query = f"?chunked=1&piece={rnd.choice([1, 100, 9999, 70000])}" if rnd.random() < 0.5 else ""
+                assert c.request("GET", f"/bytes/{n}{query}").body == payload(n)
+            elif kind in (1, 2):
+                body = rnd.randbytes(rnd.choice([1, 32767, 32768, 40000, 65536, 200000, 1000000]))
+                if kind == 1:
+                    echo = c.request("POST", "/e", body=body).json()
+                else:
+                    c.send(request_bytes("POST", "/e", [("Transfer-Encoding", "chunked")])
+                           + chunked(body, [rnd.choice([1, 5, 4096, 70000])]))
+                    echo = c.response().json()
+                assert echo["body_sha256"] == hashlib.sha256(body).hexdigest()
+            elif kind == 3:
+                body = rnd.randbytes(rnd.choice([1, 50000, 300000]))
+                c.send(request_bytes("PUT", "/e", [("Expect", "100-continue"), ("Content-Length", str(len(body)))]))
+                assert c.f.readline() == b"HTTP/1.1 100 Continue\r\n" and c.f.readline() == b"\r\n"
+                c.send(body)
+                assert c.response().json()["body_len"] == len(body)
+            elif kind == 4:
+                c.send(b"".join(request_bytes("GET", f"/bytes/{j * 30000}") for j in range(4)))
+                for j in range(4):
+                    assert c.response().body == payload(j * 30000)
+            else:
+                r = c.request("HEAD", "/bytes/100000")
+                assert (r.status, r.get("content-length")) == (200, ["100000"])
+    finally:
+        c.close()
+
+
+def test_mixed_traffic(origins, run_lb):
+    """Clients at once, each with its own mix of everything above, through two
+    workers to two origins: every exchange byte-exact, none stuck."""
+    port = free_port()
+    run_lb(http_config(port, {"p": [origins("o1"), origins("o2")]}, workers=2))
+    errors = []
+
+    def run(seed):
+        try:
+            mixed_session(port, seed, 25)
+        except Exception as e:                 # reported below, with its seed
+            errors.append((seed, repr(e)))
+
+    threads = [threading.Thread(target=run, args=(seed,)) for seed in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
