@@ -994,7 +994,10 @@ cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
             # answer and close both, the rest of the body is not read
             h.client_ka = 0
             h.backend_ka = 0
-        if h.pipe_len == 0:
+        # A kept-alive client waits for the whole response before it sends the
+        # next request, and HS_HEAD does not write: what is still in outb goes
+        # first (a closing connection sends it on its way out)
+        if h.pipe_len == 0 and (h.outb.len == 0 or not h.client_ka):
             h_finish(w, h)
             return 1
     elif h.hflags & HF_ERR:
