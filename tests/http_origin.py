@@ -18,13 +18,17 @@ It answers, on any connection, with one thread per connection:
   a text frame of TEXT goes out in the same write as the 101.
 - anything else: a JSON echo of the request (`echo` below).
 
-Any target may carry, in its query, `h=Name:Value` (percent-encoded,
-repeatable): a field added to the response head as it is; `close=1`:
-answer with `Connection: close` and close; `drop=1`: answer as if the
-connection stayed open, then close it (an origin's keep-alive timeout);
-`drop_next=1`: answer, then read the next request head on that connection,
-report "dropped <conn> <n> <METHOD> <target>" and close without an answer
-(the same timeout, hit while a request was on its way).
+Any target may carry, in its query:
+- `h=Name:Value` (percent-encoded, repeatable): a field added to the
+  response head as it is;
+- `close=1`: answer with `Connection: close` and close;
+- `drop=1`: answer as if the connection stayed open, then close it (an
+  origin's keep-alive timeout);
+- `drop_next=1`: answer, then read the next request head on that
+  connection, report "dropped <conn> <n> <METHOD> <target>" and close
+  without an answer (the same timeout, hit while a request was on its way);
+- `report_sent=1`: report "sent <conn> <n>" once the whole response is
+  written (handed to the kernel).
 Every response carries `Server: http-origin/<name>`.
 
 A request that says `Expect: 100-continue` gets `HTTP/1.1 100 Continue` before
@@ -290,6 +294,8 @@ class OriginHandler(socketserver.StreamRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
         else:
             self.wfile.write(out + body)
+        if ("report_sent", "1") in req.query:
+            self.report(f"sent {self.conn_no} {self.n}")
         if close or ("drop", "1") in req.query:
             self.connection.shutdown(socket.SHUT_WR)
             return False
