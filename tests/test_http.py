@@ -628,6 +628,35 @@ def test_response_body(one_origin, size, framing):
     c.close()
 
 
+def test_slow_client_gets_whole_responses(origins, run_lb):
+    """A client with a small receive buffer, that starts reading only once the
+    origin has written the whole response and then reads in small steps: the
+    end of a response often passes through lb while the client's socket is
+    full, and must still follow, before the next request. Sizes vary so the
+    end falls in different places."""
+    o = origins("o")
+    port = free_port()
+    run_lb(http_config(port, {"p": [o]}))
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(5)
+    s.connect(("127.0.0.1", port))
+    try:
+        for i in range(8):
+            n = 3000000 + i * 7919
+            s.sendall(request_bytes("GET", f"/bytes/{n}?chunked=1&piece=10000&report_sent=1"))
+            assert o.report().startswith("request ") and o.report().startswith("sent ")
+            got = bytearray()
+            while not got.endswith(b"\r\n0\r\n\r\n"):
+                data = s.recv(1024)
+                assert data, f"response {i} cut short at {len(got)} bytes"
+                got += data
+            head, _, body = bytes(got).partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n") and body == chunked(payload(n), [10000])
+    finally:
+        s.close()
+
+
 def test_chunked_response_framing_is_forwarded(one_origin):
     with Client(one_origin) as c:
         r = c.request("GET", "/bytes/25000?chunked=1&piece=10000")
