@@ -341,12 +341,15 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
 
 
 cdef void h_closing(lb_worker *w, lb_hconn *h) noexcept nogil:
-    """Send what is queued for the client, then close: no more requests."""
-    tl_remove(&h.tidle)
+    """Send what is queued for the client, then close: no more requests.
+    Sending it takes a slow client as long as it takes: the idle timer
+    watches that, and the linger time starts once it is all written."""
+    tl_remove(&h.tphase)
     tl_remove(&h.tresp)
     hb_give(w, &h.upb)
     h.st = HS_CLOSING
-    tl_append(&w.http.linger_timer, &h.tphase, w.now_ms, h)
+    h.c.last_ms = w.now_ms
+    tl_append(&h.hl.idle_timer, &h.tidle, w.now_ms, h)
 
 
 cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
@@ -1097,6 +1100,8 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
                 shutdown(h.c.fd[0], SHUT_WR)
                 hb_give(w, &h.inb)
                 h.st = HS_LINGER
+                tl_remove(&h.tidle)
+                tl_append(&w.http.linger_timer, &h.tphase, w.now_ms, h)
                 progress = 1
         elif h.st == HS_LINGER:
             if h.hflags & HF_EOF:
@@ -1317,7 +1322,9 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             n = tl_expired(&w.http.linger_timer, now)
             if n == NULL:
                 break
-            h_close(w, <lb_hconn *>n.owner, True)
+            # not a reset: the end of the response may still be in the socket's
+            # send buffer, on its way to a slow client, and a reset drops it
+            h_close(w, <lb_hconn *>n.owner, False)
 
 
 cdef uint64_t http_next_deadline(lb_worker *w, uint64_t deadline) noexcept nogil:
