@@ -910,6 +910,48 @@ def test_websocket_backend_speaks_first(one_origin):
         assert ws_read_frame(c.f) == (True, 2, b"\x00\x01", False)
 
 
+def tcp_socket(local_port: int, remote_port: int) -> tuple[int, int, int] | None:
+    """(state, send queue bytes, inode: 0 once no process holds it) of the
+    IPv4 TCP socket local_port -> remote_port, from /proc/net/tcp."""
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if (int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)) == (local_port, remote_port):
+                return int(fields[3], 16), int(fields[4].split(":")[0], 16), int(fields[9])
+    return None
+
+
+TCP_ESTABLISHED = 1
+
+
+def test_closing_connection_delivers_the_whole_response(one_origin):
+    """Connection: close, and a client that does not read until lb has
+    closed its socket (its linger time, about 2 s, over): what the kernel
+    still holds for the client must reach it, then EOF, not a reset."""
+    n = 20000                                 # more than the client's buffer, less than both sides' together
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", one_origin))
+    try:
+        me = s.getsockname()[1]
+        s.sendall(request_bytes("GET", f"/bytes/{n}", [("Connection", "close")]))
+
+        def lb_closed():
+            sock = tcp_socket(one_origin, me)
+            return sock is None or (sock[0] != TCP_ESTABLISHED and sock[2] == 0)
+
+        wait_for(lb_closed, 10, "lb to close its socket")
+        got = bytearray()
+        while data := s.recv(65536):
+            got += data
+    finally:
+        s.close()
+    head, _, body = bytes(got).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nConnection: close" in head
+    assert body == payload(n)
+
+
 # ---- HTTP/1.0 clients ----------------------------------------------------------------------------
 
 def test_http10_client_without_keep_alive(one_origin):
