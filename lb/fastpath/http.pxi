@@ -1003,6 +1003,9 @@ cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
         if h.pipe_len == 0 and (h.outb.len == 0 or not h.client_ka):
             h_finish(w, h)
             return 1
+        # the backend is done with this exchange: response_timeout no longer
+        # applies, the idle timer watches the client taking the rest
+        tl_remove(&h.tresp)
     elif h.hflags & HF_ERR:
         h_close(w, h, True)
         return 1
@@ -1247,6 +1250,12 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
 
 # ---- timers ------------------------------------------------------------------------------
 
+cdef inline bint h_waits_for_client(lb_hconn *h) noexcept nogil:
+    """Response bytes are held for a client whose socket is full."""
+    return (not (h.hflags & HF_WRITABLE)
+            and (h.outb.len != 0 or (h.b != NULL and h.b.pipe_len != 0)))
+
+
 cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
     cdef int i
     cdef lb_tnode *n
@@ -1304,14 +1313,19 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             if n == NULL:
                 break
             h = <lb_hconn *>n.owner
-            if h.b_last_ms + hp.resp_timer.timeout_ms <= now:
+            if h.b_last_ms + hp.resp_timer.timeout_ms > now:
+                tl_append(&hp.resp_timer, n, h.b_last_ms, h)
+            elif h_waits_for_client(h):
+                # lb stopped reading the backend because the client does not take
+                # the response: not the backend's silence (idle_timeout is the
+                # client's); look again a whole timeout from now
+                tl_append(&hp.resp_timer, n, now, h)
+            else:
                 tl_remove(n)
                 if h.resp_sent:
                     h_close(w, h, True)
                 else:
                     h_error(w, h, 504)
-            else:
-                tl_append(&hp.resp_timer, n, h.b_last_ms, h)
         while True:
             n = tl_expired(&hp.idle_timer, now)
             if n == NULL:
