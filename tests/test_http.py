@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import textwrap
 import threading
+import time
 
 import pytest
 
@@ -908,6 +909,35 @@ def test_websocket_backend_speaks_first(one_origin):
         assert ws_read_frame(c.f) == (True, 1, b"hello", False)
         c.send(ws_frame(2, b"\x00\x01", mask=os.urandom(4)))
         assert ws_read_frame(c.f) == (True, 2, b"\x00\x01", False)
+
+
+@pytest.mark.parametrize("query", ["", "?chunked=1"])
+def test_client_pausing_longer_than_response_timeout(origins, run_lb, query):
+    """response_timeout is the backend's silence: a client that stops reading
+    in the middle of a large response (lb then stops reading the backend, spliced
+    or copied) for longer than it still gets the whole response."""
+    o = origins("o")
+    port = free_port()
+    run_lb(http_config(port, {"p": [o]}, pool_extra='response_timeout = "200ms"\n'))
+    n = 20 * MIB                               # far more than the sockets and lb hold
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    try:
+        s.sendall(request_bytes("GET", f"/bytes/{n}{query}"))
+        f = s.makefile("rb")
+        status = read_head(f)[1]
+        want = chunked(payload(n), [10000]) if query else payload(n)   # the body as sent
+        first = f.read(100000)
+        # The pause is what is tested, not a wait for something: the client
+        # takes nothing for five response timeouts (there is no event to wait
+        # on: a correct lb does nothing meanwhile)
+        time.sleep(1.0)
+        rest = f.read(len(want) - len(first))
+    finally:
+        s.close()
+    assert status == 200 and first + rest == want
 
 
 def tcp_socket(local_port: int, remote_port: int) -> tuple[int, int, int] | None:
