@@ -356,12 +356,14 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
 
 
 cdef void h_closing(lb_worker *w, lb_hconn *h) noexcept nogil:
-    """Send what is queued for the client, then close: no more requests. A client
-    still reading the end of a response has idle_timeout between reads."""
+    """Send what is queued for the client, then close: no more requests.
+    Sending it takes a slow client as long as it takes: the idle timer
+    watches that, and the linger time starts once it is all written."""
     tl_remove(&h.tphase)
     tl_remove(&h.tresp)
     hb_give(w, &h.upb)
     h.st = HS_CLOSING
+    h.c.last_ms = w.now_ms
     tl_append(&h.hl.idle_timer, &h.tidle, w.now_ms, h)
 
 
@@ -795,9 +797,10 @@ cdef inline void up_compact(lb_hconn *h) noexcept nogil:
     h.replayable = 0
 
 
-cdef inline bint up_make_room(lb_hconn *h) noexcept nogil:
-    """Compact upb when it is full (up_compact)."""
-    if h.upb.len < HBUF_SIZE or h.up_sent == 0:
+cdef inline bint up_make_room(lb_hconn *h, uint32_t want) noexcept nogil:
+    """Compact upb (up_compact) when it has less room than want. False: no
+    room at all (until the backend takes some)."""
+    if HBUF_SIZE - h.upb.len >= want or h.up_sent == 0:
         return h.upb.len < HBUF_SIZE
     up_compact(h)
     return True
@@ -811,7 +814,7 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef lb_bconn *b
     if h.rq_state == RQ_BODY_CL:
         while h.rq_left and h.inb.len:
-            if not up_make_room(h):
+            if not up_make_room(h, 1):     # any room will do: data goes in by the byte
                 break
             n = h.inb.len
             if n > h.rq_left:
@@ -822,7 +825,7 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             hb_drop(w, &h.inb, n)
             h.rq_left -= n
             progress = 1
-        if h.rq_left and (h.pipe_len or h_splice_up(w, h)):
+        if h.pipe_len or (h.rq_left and h_splice_up(w, h)):
             b = h.b
             h.replayable = 0
             if h.pipe[0] < 0 and pipe_take(w, h.pipe) != 0:
@@ -840,8 +843,11 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             h.rq_state = RQ_DONE
             progress = 1
         return progress
-    # chunked: the framer says how far the body goes; bytes go on verbatim
-    while h.inb.len and up_make_room(h):
+    # chunked: the framer says how far the body goes; bytes go on verbatim.
+    # It needs a whole chunk-size line (or trailer section) in view: room for
+    # everything read so far, or the line could stay cut at the end of upb
+    # for good (room that sending does not give back until upb is compacted).
+    while h.inb.len and up_make_room(h, h.inb.len):
         n = h.inb.len
         if n > HBUF_SIZE - h.upb.len:
             n = HBUF_SIZE - h.upb.len
@@ -979,7 +985,7 @@ cdef int h_resp_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             hb_drop(w, &b.inb, n)
             h.rs_left -= n
             progress = 1
-        if h.rs_left and (b.pipe_len or h_splice_down(w, h)):
+        if b.pipe_len or (h.rs_left and h_splice_down(w, h)):
             if b.pipe[0] < 0 and pipe_take(w, b.pipe) != 0:
                 h.no_splice = 1
                 return progress
@@ -1053,9 +1059,15 @@ cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
             # answer and close both, the rest of the body is not read
             h.client_ka = 0
             h.backend_ka = 0
-        if h.pipe_len == 0:
+        # A kept-alive client waits for the whole response before it sends the
+        # next request, and HS_HEAD does not write: what is still in outb goes
+        # first (a closing connection sends it on its way out)
+        if h.pipe_len == 0 and (h.outb.len == 0 or not h.client_ka):
             h_finish(w, h)
             return 1
+        # the backend is done with this exchange: response_timeout no longer
+        # applies, the idle timer watches the client taking the rest
+        tl_remove(&h.tresp)
     elif h.hflags & HF_ERR:
         h_close(w, h, True)
         return 1
@@ -1311,6 +1323,12 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
 
 # ---- timers ------------------------------------------------------------------------------
 
+cdef inline bint h_waits_for_client(lb_hconn *h) noexcept nogil:
+    """Response bytes are held for a client whose socket is full."""
+    return (not (h.hflags & HF_WRITABLE)
+            and (h.outb.len != 0 or (h.b != NULL and h.b.pipe_len != 0)))
+
+
 cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
     cdef int i
     cdef lb_tnode *n
@@ -1370,7 +1388,14 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             if n == NULL:
                 break
             h = <lb_hconn *>n.owner
-            if h.b_last_ms + hp.resp_timer.timeout_ms <= now:
+            if h.b_last_ms + hp.resp_timer.timeout_ms > now:
+                tl_append(&hp.resp_timer, n, h.b_last_ms, h)
+            elif h_waits_for_client(h):
+                # lb stopped reading the backend because the client does not take
+                # the response: not the backend's silence (idle_timeout is the
+                # client's); look again a whole timeout from now
+                tl_append(&hp.resp_timer, n, now, h)
+            else:
                 tl_remove(n)
                 if h.resp_sent:
                     h_close(w, h, True)
@@ -1378,8 +1403,6 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
                     h_error(w, h, 504)
                     if h.c.state != CS_CLOSED:
                         conn_queue(w, &h.c)
-            else:
-                tl_append(&hp.resp_timer, n, h.b_last_ms, h)
         while True:
             n = tl_expired(&hp.idle_timer, now)
             if n == NULL:
@@ -1390,7 +1413,9 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             n = tl_expired(&w.http.linger_timer, now)
             if n == NULL:
                 break
-            h_close(w, <lb_hconn *>n.owner, True)
+            # not a reset: the end of the response may still be in the socket's
+            # send buffer, on its way to a slow client, and a reset drops it
+            h_close(w, <lb_hconn *>n.owner, False)
 
 
 cdef uint64_t http_next_deadline(lb_worker *w, uint64_t deadline) noexcept nogil:
