@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import resource
 import signal
 import socket
@@ -11,12 +10,12 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from reporting_process import ReportingProcess
 
 HERE = Path(__file__).parent
 BACKEND_SERVER = HERE / "backend_server.py"
@@ -53,7 +52,7 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
         time.sleep(interval)
 
 
-class Backend:
+class Backend(ReportingProcess):
     """A tests/backend_server.py process."""
 
     def __init__(self, name: str = "backend", mode: str = "transform", hello: bool = False,
@@ -66,37 +65,11 @@ class Backend:
                 "--port", str(port), *extra_args]
         if hello:
             args.append("--hello")
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().split()
-        assert line and line[0] == "ready", f"backend {name} did not start"
-        self.port = int(line[1])
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
+        super().__init__(args, f"backend {name}")
 
     @property
     def address(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    def report(self, timeout: float = 10.0) -> str:
-        return self.lines.get(timeout=timeout)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def drain_lines(self) -> list[str]:
-        """Every line reported so far and not yet read."""
-        out = []
-        while True:
-            try:
-                out.append(self.lines.get_nowait())
-            except queue.Empty:
-                return out
 
 
 @pytest.fixture

@@ -52,15 +52,15 @@ import base64
 import hashlib
 import json
 import os
-import queue
 import resource
 import socket
 import socketserver
 import struct
-import subprocess
 import sys
 import threading
 from pathlib import Path
+
+from reporting_process import ReportingProcess
 from urllib.parse import parse_qsl, urlsplit
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -348,45 +348,21 @@ class OriginServer(socketserver.ThreadingTCPServer):
 
 # ---- the process, seen from the tests ----------------------------------------------------
 
-class Origin:
+class Origin(ReportingProcess):
     """A http_origin.py process; `name` is what its echoes and Server field say."""
 
     def __init__(self, name: str, host: str = "127.0.0.1"):
         self.name = name
         self.host = host
-        self.proc = subprocess.Popen([sys.executable, str(Path(__file__)), "--name", name, "--host", host],
-                                     stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline().split()
-        assert line and line[0] == "ready", f"origin {name} did not start"
-        self.port = int(line[1])
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.lines.put(line.strip())
+        super().__init__([sys.executable, str(Path(__file__)), "--name", name, "--host", host], f"origin {name}")
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
 
-    def report(self, timeout: float = 10.0) -> str:
-        """The next "request ..." line (waits for it)."""
-        return self.lines.get(timeout=timeout)
-
     def requests(self) -> list[str]:
         """The "request ..." lines reported so far and not yet taken."""
-        out = []
-        while True:
-            try:
-                out.append(self.lines.get_nowait())
-            except queue.Empty:
-                return out
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        return self.drain_lines()
 
 
 def main():

@@ -518,8 +518,9 @@ def test_killed_checker_is_respawned_without_losing_state(backends, run_lb):
     old = wait_for(lambda: checker_pid(lb), 5, "the checker")
     killed_at = time.monotonic()
     os.kill(old, signal.SIGKILL)
-    new = wait_for(lambda: (p := checker_pid(lb)) and p != old and p, 1.0, "a new checker")
-    assert time.monotonic() - killed_at < 1.0
+    # at once, not after a crash-loop backoff (the bound leaves room for a loaded CI machine)
+    new = wait_for(lambda: (p := checker_pid(lb)) and p != old and p, 3.0, "a new checker")
+    assert time.monotonic() - killed_at < 3.0
     assert psutil.Process(new).ppid() == lb.proc.pid
     # checks go on: the new checker counts checks in the same region
     total = lb.shm.checks_total
