@@ -1130,3 +1130,22 @@ def test_mixed_traffic(origins, run_lb):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_sticky_cookie_is_not_forwarded(origins, run_lb):
+    """lb's sticky cookie is lb's: the backend sees the client's other cookies,
+    in their order, and no Cookie field when lb's was the only one."""
+    o = origins("o")
+    port = free_port()
+    run_lb(http_config(port, {"p": [o]}, pool_extra='sticky_cookie = "lbs"'))
+    first = get(port)
+    [set_cookie] = first.get("set-cookie")
+    value = set_cookie.split(";")[0].split("=", 1)[1]
+    assert len(value) == 16 and int(value, 16) >= 0
+    echo = get(port, headers=[("Cookie", f"a=1; lbs={value}; b=2"), ("Cookie", "c=3")]).json()
+    assert field(echo, "cookie") == ["a=1; b=2", "c=3"]
+    echo = get(port, headers=[("Cookie", f"lbs={value}")]).json()
+    assert field(echo, "cookie") == []
+    # a cookie whose name only starts the same is the application's
+    echo = get(port, headers=[("Cookie", "lbsx=9; lb=8")]).json()
+    assert field(echo, "cookie") == ["lbsx=9; lb=8"]

@@ -529,7 +529,7 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     # HTTP/1.0 clients cannot read chunked responses: ask the backend in 1.0 too
     # (it then delimits by length or by close), and do not reuse that connection
     if not hb_need(w, &h.upb) or not rewrite_request(h, b, r, &hl.routes[h.route] if h.route >= 0 else NULL,
-                                                      r.version):
+                                                      r.version, &p.http.sticky):
         h_error(w, h, 431)
         return
     hb_drop(w, &h.inb, head_len)

@@ -370,6 +370,34 @@ cdef bint sticky_emit(lb_worker *w, lb_pool_rt *p, lb_hbuf *o, int32_t slot) noe
 
 # ---- rewriting heads --------------------------------------------------------------
 
+cdef bint put_cookie_without(lb_hbuf *o, const uint8_t *b, http_field *f, lb_str *name) noexcept nogil:
+    """A Cookie field without the pair named `name` (lb's sticky cookie is for
+    lb, not the application: HAProxy's "indirect"); no field when nothing is left."""
+    cdef const uint8_t *v = b + f.value_off
+    cdef uint32_t n = f.value_len, p = 0, s, e, eq
+    cdef bint first = True
+    while p < n:
+        while p < n and (v[p] == 32 or v[p] == 9 or v[p] == 59):
+            p += 1
+        s = p
+        while p < n and v[p] != 59:
+            p += 1
+        e = p
+        while e > s and (v[e - 1] == 32 or v[e - 1] == 9):
+            e -= 1
+        if e == s:
+            continue
+        eq = s
+        while eq < e and v[eq] != 61:
+            eq += 1
+        if eq < e and eq - s == name.n and memcmp(v + s, name.p, name.n) == 0:
+            continue
+        if not (ob_str(o, b"Cookie: " if first else b"; ") and ob_put(o, v + s, e - s)):
+            return False
+        first = False
+    return first or ob_put(o, b"\r\n", 2)
+
+
 cdef inline bint rules_claim(lb_http_listener *hl, lb_hrules *rreq, const char *lit) noexcept nogil:
     """Header rules that set or remove one of the forwarding fields replace what
     lb would send (set X-Forwarded-Proto = "https" behind a TLS terminator)."""
@@ -377,7 +405,8 @@ cdef inline bint rules_claim(lb_http_listener *hl, lb_hrules *rreq, const char *
             or rules_drop(rreq, <const uint8_t *>lit, strlen(lit)))
 
 
-cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, lb_route *rt, uint8_t to_version) noexcept nogil:
+cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, lb_route *rt, uint8_t to_version,
+                          lb_str *sticky) noexcept nogil:
     """The head sent to the backend, into h.upb."""
     cdef lb_hbuf *o = &h.upb
     cdef lb_http_listener *hl = h.hl
@@ -412,6 +441,10 @@ cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, lb_route *
                 fwd_first = i
             continue
         if rules_drop(&hl.req, name, f.name_len) or rules_drop(rreq, name, f.name_len):
+            continue
+        if sticky.n and ieq(name, f.name_len, b"cookie"):
+            if not put_cookie_without(o, b, f, sticky):
+                return False
             continue
         # "name:", the OWS as sent, and the value, in one copy
         if not (ob_put(o, name, f.value_off + f.value_len - f.name_off) and ob_put(o, b"\r\n", 2)):
