@@ -317,6 +317,16 @@ cdef bint bconn_send_proxy(lb_worker *w, lb_hconn *h, lb_bconn *b) noexcept nogi
 
 # ---- sessions ------------------------------------------------------------------------------
 
+cdef void h_release_backend(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
+    """Close the request's backend connection (if any) and stop counting the
+    request on its backend."""
+    if h.b != NULL:
+        bconn_close(w, h.b, reset)
+        h.b = NULL
+    if h.c.slot >= 0:
+        conn_backend_drop(w, &h.c)
+
+
 cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
     cdef linger lg
     if h.c.state == CS_CLOSED or h.c.state == CS_FREE:
@@ -324,14 +334,10 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
     tl_remove(&h.tphase)
     tl_remove(&h.tidle)
     tl_remove(&h.tresp)
-    if h.b != NULL:
-        bconn_close(w, h.b, reset)
-        h.b = NULL
+    h_release_backend(w, h, reset)
     if h.priv != NULL:
         bconn_close(w, h.priv, False)
         h.priv = NULL
-    if h.c.slot >= 0:
-        conn_backend_drop(w, &h.c)
     if h.c.fd[0] >= 0:
         if reset:
             lg.l_onoff = 1
@@ -371,11 +377,7 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     """Answer with a built-in page and close. When a response already began, the
     only honest signal left is to cut the connection."""
     lb_add_u64(&w.stats.http_errors, 1)
-    if h.b != NULL:
-        bconn_close(w, h.b, False)
-        h.b = NULL
-    if h.c.slot >= 0:
-        conn_backend_drop(w, &h.c)
+    h_release_backend(w, h, False)
     if h.resp_sent or ERR_PAGES[code].p == NULL:
         h_close(w, h, True)
         return
@@ -393,11 +395,7 @@ cdef void h_cut(lb_worker *w, lb_hconn *h) noexcept nogil:
     the client it is short). Closing at once would drop those bytes, and a
     close before any response byte reads as an idle keep-alive close, which
     clients answer by sending the request again."""
-    if h.b != NULL:
-        bconn_close(w, h.b, False)
-        h.b = NULL
-    if h.c.slot >= 0:
-        conn_backend_drop(w, &h.c)
+    h_release_backend(w, h, False)
     h.client_ka = 0
     h_closing(w, h)
 
@@ -469,9 +467,7 @@ cdef void h_backend_failed(lb_worker *w, lb_hconn *h, bint timeout, bint connect
     cdef bint reused = b.served > 0
     if connecting or not reused:
         conn_count_failure(w, b.slot, timeout)
-    bconn_close(w, b, True)
-    h.b = NULL
-    conn_backend_drop(w, &h.c)
+    h_release_backend(w, h, True)
     tl_remove(&h.tresp)
     # A request is sent again only when it never left, or when it is idempotent
     # and still whole in upb: a POST is never sent twice.
@@ -1227,26 +1223,17 @@ cdef void h_set_ip(lb_hconn *h) noexcept nogil:
 cdef void http_on_accept(lb_worker *w, int li) noexcept nogil:
     cdef lb_listener_rt *l = &w.listeners[li]
     cdef lb_hconn *h
-    cdef socklen_t alen
     cdef int fd, i
-    cdef epoll_event ev
     for i in range(ACCEPT_BATCH):
-        if w.fds + 2 > w.fd_limit:
-            lb_add_u64(&w.stats.accept_paused, 1)
-            listeners_pause(w)
+        if not accept_room(w):
             return
         h = hconn_alloc(w)
         if h == NULL:
             return
-        alen = sizeof(sockaddr_storage)
-        fd = accept4(l.fd, <sockaddr *>&h.c.peer, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        fd = accept_client(w, l, &h.c.peer)
         if fd < 0:
             hconn_release(w, h)
-            if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
-                lb_add_u64(&w.stats.accept_paused, 1)
-                listeners_pause(w)
-                return
-            if errno == EAGAIN:
+            if fd == ACCEPT_STOP:
                 return
             continue
         h.c.fd[SIDE_CLIENT] = fd
@@ -1256,16 +1243,10 @@ cdef void http_on_accept(lb_worker *w, int li) noexcept nogil:
         # TCP_NODELAY comes from the listening socket; the local address is
         # looked up only when a PROXY header needs it
         h_set_ip(h)
-        w.fds += 1
-        lb_add_u64(&w.stats.accepted, 1)
-        lb_add_i64(&w.stats.active, 1)
         h.st = HS_PROXY if l.http.accept_proxy else HS_HEAD
         tl_append(&l.http.req_timer, &h.tphase, w.now_ms, h)
-        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
-        ev.data.u64 = <uint64_t><size_t>h | TAG_SIGNAL
-        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
+        if not accept_register(w, fd, <uint64_t><size_t>h | TAG_SIGNAL):
             h_close(w, h, True)
-            continue
 
 
 cdef inline uint32_t ev_flags(uint32_t flags, uint32_t events) noexcept nogil:

@@ -75,13 +75,8 @@ cdef int http_parse_response_c(const uint8_t *b, size_t n, http_req *r, uint32_t
         vlen = r.fields[i].value_len
         if ieq(b + r.fields[i].name_off, r.fields[i].name_len, b"content-length"):
             cls += 1
-            if cls > 1 or vlen == 0 or vlen > 18:
+            if cls > 1 or not content_length_value(v, vlen, &cl):
                 return 502
-            cl = 0
-            for pos in range(vlen):
-                if not (48 <= v[pos] <= 57):
-                    return 502
-                cl = cl * 10 + (v[pos] - 48)
         elif ieq(b + r.fields[i].name_off, r.fields[i].name_len, b"transfer-encoding"):
             has_te = True
             pos = 0
@@ -109,38 +104,6 @@ cdef int http_parse_response_c(const uint8_t *b, size_t n, http_req *r, uint32_t
     return 0
 
 
-cdef int chunk_line(const uint8_t *b, size_t n, size_t p, size_t *after, uint64_t *size) noexcept nogil:
-    """The chunk-size line at b[p]: 0 (after: past its CRLF), -1 (need more), 400."""
-    cdef size_t lim = p + HTTP_MAX_CHUNK_LINE + 2, q = p
-    cdef uint32_t digits = 0
-    cdef uint64_t s = 0
-    cdef int st
-    if lim > n:
-        lim = n
-    while q < lim and hexval(b[q]) >= 0:
-        s = s * 16 + <uint64_t>hexval(b[q])
-        digits += 1
-        q += 1
-        if digits > 16:
-            return 400
-    if q >= lim:
-        return 400 if n > lim else HTTP_INCOMPLETE
-    if digits == 0:
-        return 400
-    st = http_chunk_ext(b, lim, &q)
-    if st == HTTP_INCOMPLETE:
-        return 400 if n > lim else HTTP_INCOMPLETE
-    if st != 0:
-        return st
-    if q + 1 >= lim:
-        return 400 if n > lim else HTTP_INCOMPLETE
-    if b[q + 1] != 10:
-        return 400
-    after[0] = q + 2
-    size[0] = s
-    return 0
-
-
 cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t n, size_t *ok,
                        http_req *scratch, uint32_t max_head) noexcept nogil:
     """Walk a chunked body through b[:n], the next bytes of the stream.
@@ -151,7 +114,6 @@ cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t 
     cdef size_t p = 0, after, take, tend
     cdef uint64_t size
     cdef int st
-    cdef uint32_t i
     while True:
         if phase[0] == CK_DATA:
             take = n - p
@@ -196,13 +158,8 @@ cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t 
                     return 400
                 ok[0] = p
                 return 0
-            if st != 0:
+            if st != 0 or not trailers_ok(b, scratch):
                 return 400
-            for i in range(scratch.n_fields):
-                if (ieq(b + scratch.fields[i].name_off, scratch.fields[i].name_len, b"content-length")
-                        or ieq(b + scratch.fields[i].name_off, scratch.fields[i].name_len, b"transfer-encoding")
-                        or ieq(b + scratch.fields[i].name_off, scratch.fields[i].name_len, b"host")):
-                    return 400
             phase[0] = CK_DONE
             ok[0] = scratch.head_len
             return 1

@@ -268,6 +268,20 @@ cdef int http_list_next(const uint8_t *v, uint32_t n, uint32_t *pos, uint32_t *o
         return 1
 
 
+cdef bint content_length_value(const uint8_t *v, uint32_t n, int64_t *cl) noexcept nogil:
+    """A Content-Length value: 1 to 18 DIGITs, nothing else (rule 5)."""
+    cdef uint32_t i
+    cdef int64_t x = 0
+    if n == 0 or n > 18:
+        return False
+    for i in range(n):
+        if not (48 <= v[i] <= 57):
+            return False
+        x = x * 10 + (v[i] - 48)
+    cl[0] = x
+    return True
+
+
 cdef int http_semantics(const uint8_t *b, http_req *r) noexcept nogil:
     """Rules 4 to 9 over a complete head."""
     cdef uint32_t i, hosts = 0, cls = 0, pos, off, len, codings = 0, chunked_at = 0, chunked_n = 0
@@ -297,15 +311,8 @@ cdef int http_semantics(const uint8_t *b, http_req *r) noexcept nogil:
     for i in range(r.n_fields):
         if ieq(b + r.fields[i].name_off, r.fields[i].name_len, b"content-length"):
             cls += 1
-            v = b + r.fields[i].value_off
-            vlen = r.fields[i].value_len
-            if cls > 1 or vlen == 0 or vlen > 18:
+            if cls > 1 or not content_length_value(b + r.fields[i].value_off, r.fields[i].value_len, &cl):
                 return 400
-            cl = 0
-            for pos in range(vlen):
-                if not (48 <= v[pos] <= 57):
-                    return 400
-                cl = cl * 10 + (v[pos] - 48)
     # 6. Transfer-Encoding
     for i in range(r.n_fields):
         if not ieq(b + r.fields[i].name_off, r.fields[i].name_len, b"transfer-encoding"):
@@ -458,47 +465,63 @@ cdef int http_chunk_ext(const uint8_t *b, size_t n, size_t *pp) noexcept nogil:
         ws = False
 
 
+cdef int chunk_line(const uint8_t *b, size_t n, size_t p, size_t *after, uint64_t *size) noexcept nogil:
+    """The chunk-size line at b[p]: 0 (after: past its CRLF), -1 (need more), 400."""
+    cdef size_t lim = p + HTTP_MAX_CHUNK_LINE + 2, q = p
+    cdef uint32_t digits = 0
+    cdef uint64_t s = 0
+    cdef int st
+    if lim > n:
+        lim = n
+    while q < lim and hexval(b[q]) >= 0:
+        s = s * 16 + <uint64_t>hexval(b[q])
+        digits += 1
+        q += 1
+        if digits > 16:
+            return 400
+    if q >= lim:
+        return 400 if n > lim else HTTP_INCOMPLETE
+    if digits == 0:
+        return 400
+    st = http_chunk_ext(b, lim, &q)
+    if st == HTTP_INCOMPLETE:
+        return 400 if n > lim else HTTP_INCOMPLETE
+    if st != 0:
+        return st
+    if q + 1 >= lim:
+        return 400 if n > lim else HTTP_INCOMPLETE
+    if b[q + 1] != 10:
+        return 400
+    after[0] = q + 2
+    size[0] = s
+    return 0
+
+
+cdef bint trailers_ok(const uint8_t *b, http_req *t) noexcept nogil:
+    """No trailer field may reframe or re-route the message."""
+    cdef uint32_t i
+    for i in range(t.n_fields):
+        if (ieq(b + t.fields[i].name_off, t.fields[i].name_len, b"content-length")
+                or ieq(b + t.fields[i].name_off, t.fields[i].name_len, b"transfer-encoding")
+                or ieq(b + t.fields[i].name_off, t.fields[i].name_len, b"host")):
+            return False
+    return True
+
+
 cdef int http_chunked_c(const uint8_t *b, size_t n, size_t *consumed, http_req *trailers,
                         uint32_t max_head, size_t *data_offs, size_t *data_lens, size_t max_chunks,
                         size_t *n_chunks) noexcept nogil:
     """A whole chunked body at b: 0 (consumed set; data_offs/lens locate the
     chunk data, trailers the trailer fields), -1 incomplete, 400."""
-    cdef size_t p = 0, s, k = 0
+    cdef size_t p = 0, k = 0, after
     cdef uint64_t size
-    cdef int v, st
-    cdef uint32_t i, digits
-    cdef size_t tstart, n_all = n, limit
+    cdef int st
+    cdef size_t tstart
     while True:
-        # a chunk line must end (CRLF) within HTTP_MAX_CHUNK_LINE + 2 bytes:
-        # parse it in that window; needing more with more input there is 400
-        n = n_all
-        limit = p + HTTP_MAX_CHUNK_LINE + 2
-        if n > limit:
-            n = limit
-        s = p
-        size = 0
-        digits = 0
-        while p < n and hexval(b[p]) >= 0:
-            size = size * 16 + <uint64_t>hexval(b[p])
-            digits += 1
-            p += 1
-            if digits > 16:
-                return 400
-        if p >= n:
-            return 400 if n_all > n else HTTP_INCOMPLETE
-        if digits == 0:
-            return 400
-        st = http_chunk_ext(b, n, &p)
-        if st == HTTP_INCOMPLETE:
-            return 400 if n_all > n else HTTP_INCOMPLETE
+        st = chunk_line(b, n, p, &after, &size)
         if st != 0:
             return st
-        if p + 1 >= n:
-            return 400 if n_all > n else HTTP_INCOMPLETE
-        if b[p + 1] != 10:
-            return 400
-        p += 2
-        n = n_all
+        p = after
         if size == 0:
             break
         if size > n - p or n - p - size < 2:
@@ -520,13 +543,8 @@ cdef int http_chunked_c(const uint8_t *b, size_t n, size_t *consumed, http_req *
     st = http_fields(b, n if n - tstart < max_head else tstart + max_head, p, trailers, HTTP_MAX_FIELDS_CAP)
     if st == HTTP_INCOMPLETE:
         return 400 if n - tstart > max_head else HTTP_INCOMPLETE
-    if st != 0:
+    if st != 0 or not trailers_ok(b, trailers):
         return 400
-    for i in range(trailers.n_fields):
-        if (ieq(b + trailers.fields[i].name_off, trailers.fields[i].name_len, b"content-length")
-                or ieq(b + trailers.fields[i].name_off, trailers.fields[i].name_len, b"transfer-encoding")
-                or ieq(b + trailers.fields[i].name_off, trailers.fields[i].name_len, b"host")):
-            return 400
     consumed[0] = trailers.head_len
     return 0
 

@@ -230,29 +230,50 @@ cdef int32_t route_pick(lb_http_listener *hl, const uint8_t *b, http_req *r, int
 
 # ---- hash keys ------------------------------------------------------------------------
 
+cdef bint cookie_next(const uint8_t *v, uint32_t n, uint32_t *p, uint32_t *s, uint32_t *e,
+                      uint32_t *eq) noexcept nogil:
+    """The next cookie of a Cookie value from v[p[0]]: the pair is v[s:e] (OWS
+    trimmed) and its "=" at eq (eq == e: none). False at the end."""
+    cdef uint32_t q = p[0], a, z, k
+    while True:
+        while q < n and (v[q] == 32 or v[q] == 9 or v[q] == 59):
+            q += 1
+        if q >= n:
+            p[0] = q
+            return False
+        a = q
+        while q < n and v[q] != 59:
+            q += 1
+        z = q
+        while z > a and (v[z - 1] == 32 or v[z - 1] == 9):
+            z -= 1
+        if z == a:
+            continue
+        k = a
+        while k < z and v[k] != 61:
+            k += 1
+        p[0] = q
+        s[0] = a
+        e[0] = z
+        eq[0] = k
+        return True
+
+
+cdef inline bint cookie_named(const uint8_t *v, uint32_t s, uint32_t e, uint32_t eq, lb_str *name) noexcept nogil:
+    return eq < e and eq - s == name.n and memcmp(v + s, name.p, name.n) == 0
+
+
 cdef bint cookie_find(const uint8_t *b, http_req *r, lb_str *name, uint32_t *voff, uint32_t *vlen) noexcept nogil:
     """The value of cookie `name` in the request's Cookie fields."""
-    cdef uint32_t i, p, e, s, n, eq
+    cdef uint32_t i, p, s, e, eq
     cdef const uint8_t *v
     for i in range(r.n_fields):
         if not name_is(b, &r.fields[i], b"cookie"):
             continue
         v = b + r.fields[i].value_off
-        n = r.fields[i].value_len
         p = 0
-        while p < n:
-            while p < n and (v[p] == 32 or v[p] == 9 or v[p] == 59):
-                p += 1
-            s = p
-            while p < n and v[p] != 59:
-                p += 1
-            e = p
-            while e > s and (v[e - 1] == 32 or v[e - 1] == 9):
-                e -= 1
-            eq = s
-            while eq < e and v[eq] != 61:
-                eq += 1
-            if eq < e and eq - s == name.n and memcmp(v + s, name.p, name.n) == 0:
+        while cookie_next(v, r.fields[i].value_len, &p, &s, &e, &eq):
+            if cookie_named(v, s, e, eq, name):
                 voff[0] = r.fields[i].value_off + eq + 1
                 vlen[0] = e - eq - 1
                 return True
@@ -374,23 +395,10 @@ cdef bint put_cookie_without(lb_hbuf *o, const uint8_t *b, http_field *f, lb_str
     """A Cookie field without the pair named `name` (lb's sticky cookie is for
     lb, not the application: HAProxy's "indirect"); no field when nothing is left."""
     cdef const uint8_t *v = b + f.value_off
-    cdef uint32_t n = f.value_len, p = 0, s, e, eq
+    cdef uint32_t p = 0, s, e, eq
     cdef bint first = True
-    while p < n:
-        while p < n and (v[p] == 32 or v[p] == 9 or v[p] == 59):
-            p += 1
-        s = p
-        while p < n and v[p] != 59:
-            p += 1
-        e = p
-        while e > s and (v[e - 1] == 32 or v[e - 1] == 9):
-            e -= 1
-        if e == s:
-            continue
-        eq = s
-        while eq < e and v[eq] != 61:
-            eq += 1
-        if eq < e and eq - s == name.n and memcmp(v + s, name.p, name.n) == 0:
+    while cookie_next(v, f.value_len, &p, &s, &e, &eq):
+        if cookie_named(v, s, e, eq, name):
             continue
         if not (ob_str(o, b"Cookie: " if first else b"; ") and ob_put(o, v + s, e - s)):
             return False

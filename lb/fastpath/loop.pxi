@@ -8,42 +8,67 @@ cdef enum:
     FD_RESERVE = 32              # fds kept free for pipes, the signalfd, and logging
 
 
+cdef enum:
+    ACCEPT_STOP = -1                 # no more accepting this turn: nothing queued, or out of fds
+    ACCEPT_SKIP = -2                 # that one failed (ECONNABORTED and the like); the next may not
+
+
+cdef inline bint accept_room(lb_worker *w) noexcept nogil:
+    """Each client costs two fds (client, backend): stop before running out."""
+    if w.fds + 2 > w.fd_limit:
+        lb_add_u64(&w.stats.accept_paused, 1)
+        listeners_pause(w)
+        return False
+    return True
+
+
+cdef int accept_client(lb_worker *w, lb_listener_rt *l, sockaddr_storage *peer) noexcept nogil:
+    """accept4 on l, the peer's address into peer: the fd, ACCEPT_STOP or ACCEPT_SKIP."""
+    cdef socklen_t alen = sizeof(sockaddr_storage)
+    cdef int fd = accept4(l.fd, <sockaddr *>peer, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+    if fd >= 0:
+        return fd
+    if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+        lb_add_u64(&w.stats.accept_paused, 1)
+        listeners_pause(w)
+        return ACCEPT_STOP
+    if errno == EAGAIN:
+        return ACCEPT_STOP
+    return ACCEPT_SKIP
+
+
+cdef bint accept_register(lb_worker *w, int fd, uint64_t data) noexcept nogil:
+    """Count an accepted client and add it to the epoll set under data."""
+    cdef epoll_event ev
+    w.fds += 1
+    lb_add_u64(&w.stats.accepted, 1)
+    lb_add_i64(&w.stats.active, 1)
+    ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
+    ev.data.u64 = data
+    return epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) == 0
+
+
 cdef void on_accept(lb_worker *w, int li) noexcept nogil:
     cdef lb_listener_rt *l = &w.listeners[li]
     cdef lb_conn *c
-    cdef socklen_t alen
     cdef int fd, i
-    cdef epoll_event ev
     for i in range(ACCEPT_BATCH):
-        # each client costs two fds (client, backend); stop before running out
-        if w.fds + 2 > w.fd_limit:
-            lb_add_u64(&w.stats.accept_paused, 1)
-            listeners_pause(w)
+        if not accept_room(w):
             return
         c = conn_alloc(w)
         if c == NULL:
             return
-        alen = sizeof(sockaddr_storage)
-        fd = accept4(l.fd, <sockaddr *>&c.peer, &alen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        fd = accept_client(w, l, &c.peer)
         if fd < 0:
             conn_release(w, c)
-            if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
-                lb_add_u64(&w.stats.accept_paused, 1)
-                listeners_pause(w)
+            if fd == ACCEPT_STOP:
                 return
-            if errno == EAGAIN:
-                return
-            continue                  # ECONNABORTED and the like: the next one may be fine
+            continue
         c.fd[SIDE_CLIENT] = fd
         c.listener = li
         c.pool = l.pool
         c.state = CS_CONNECTING
-        w.fds += 1
-        lb_add_u64(&w.stats.accepted, 1)
-        lb_add_i64(&w.stats.active, 1)
-        ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
-        ev.data.u64 = <uint64_t><size_t>c | SIDE_CLIENT
-        if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
+        if not accept_register(w, fd, <uint64_t><size_t>c | SIDE_CLIENT):
             conn_close(w, c, True)
             continue
         conn_start(w, c)

@@ -47,7 +47,8 @@ cdef class Shm:
     def create(str path, pools, int n_rows, int supervisor_pid=0):
         """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
         balance_factor); table_size counts only for maglev, hash_key is a config
-        hash_key string (keys the tcp path cannot compute hash to nothing)."""
+        hash_key string (keys the tcp path cannot compute, and every key of a
+        pool that is not maglev, hash to nothing)."""
         cdef uint64_t n_pools = len(pools)
         cdef uint64_t n_slots = sum(spec[1] for spec in pools)
         for spec in pools:
@@ -97,7 +98,8 @@ cdef class Shm:
             p.first_slot = first
             p.capacity = cap
             p.algorithm = ALGORITHMS[algorithm]
-            p.hash_key = HASH_KEYS.get(hash_key, HK_NONE)
+            # only maglev picks by a key: other pools hash nothing per connection
+            p.hash_key = HASH_KEYS.get(hash_key, HK_NONE) if algorithm == "maglev" else HK_NONE
             p.balance_milli = <uint32_t>(balance * 1000 + 0.5) if balance > 1 else 0  # half up
             if algorithm == "maglev":
                 p.table_size = table_size
