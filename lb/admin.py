@@ -1,6 +1,6 @@
 """The admin socket's server side (docs/admin.md), run inside the supervisor's
 loop: a UNIX socket, one JSON object per line each way, peers checked by
-SO_PEERCRED. The verbs themselves are the supervisor's (`Supervisor.admin_*`)."""
+SO_PEERCRED. The verbs themselves are lb.control's (`lb.control.VERBS`)."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ import tempfile
 
 from lb import config as config_mod
 from lb import log
+from lb.control import status
 
 DEMO_BACKENDS = ("demo-1", "demo-2")
 
@@ -56,7 +57,7 @@ _last_line = None
 
 def status_line(sup) -> None:
     global _last_line
-    snap = sup.snapshot()
+    snap = status.document(sup)
     backends = snap["pools"]["demo"]["backends"]
     served = "  ".join(f"{name}: {b['total']} ({b['active']} open)" for name, b in backends.items())
     accepted = sum(w["accepted"] for w in snap["workers"])

@@ -1,6 +1,7 @@
 """The supervisor: owns the listening sockets, the shared memory and the admin
 socket, forks the workers and the checker, respawns them, reloads and stops
-them (DESIGN.md sections 1 and 5).
+them (DESIGN.md sections 1 and 5). The admin verbs it serves live in
+lb.control, one module per command group.
 
 It is a single-threaded Python loop woken by signals (through a wakeup fd), by
 admin clients and by its own 100 ms tick; it never touches a client connection.
@@ -14,6 +15,7 @@ supervisor and outlive generations, so no accept queue is ever closed.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import os
 import resource
@@ -25,13 +27,12 @@ from dataclasses import dataclass, field
 
 import psutil
 
-from lb import __version__
 from lb import checker as checker_mod
 from lb import config as config_mod
-from lb import privileges, sdnotify
+from lb import control, privileges, sdnotify
 from lb import shm as shm_mod
 from lb import worker as worker_mod
-from lb.admin import Access, AdminError, AdminServer, Pending
+from lb.admin import Access, AdminError, AdminServer
 from lb.state import StateFile
 
 log = logging.getLogger("lb")
@@ -166,7 +167,8 @@ class Supervisor:
         self._pending_signals: list[int] = []
         self._next_rss_check = 0.0
         self._selector = None
-        self._procs: dict[int, psutil.Process] = {}
+        # the status verb's: cpu_percent is measured between two calls on one Process
+        self.procs: dict[int, psutil.Process] = {}
 
     # ---- convenience for single-generation callers (demo, tests) ----------------
 
@@ -203,7 +205,7 @@ class Supervisor:
         nofile = raise_nofile_limit()
         g = self.config.global_
         self.state = StateFile(g.state_file)
-        self.admin = AdminServer(g.admin_socket, Access(g.user, g.group), self.admin_dispatch)
+        self.admin = AdminServer(g.admin_socket, Access(g.user, g.group), functools.partial(control.dispatch, self))
         self.admin.open()
         self._install_signals()
         self.gen = self._new_generation(self.config, previous=None)
@@ -252,7 +254,7 @@ class Supervisor:
             free_rows=set(range(n, 2 * n)), carried_row=2 * n,
             backends={name: {b.name: i for i, b in enumerate(p.backends)} for name, p in config.pools.items()},
         )
-        self._apply_state(gen)
+        control.backend.apply_state(self.state, gen)
         if previous is not None:
             self._carry_over(previous, gen)
         region.rebuild_changed()
@@ -497,6 +499,11 @@ class Supervisor:
         self.sockets.clear()
         self._signal(list(self.children), signal.SIGINT if fast else signal.SIGTERM)
 
+    def stop_soon(self, fast: bool) -> None:
+        """Begin a stop at the loop's next turn, as SIGINT (fast) or SIGTERM
+        would: the caller (the stop verb) still answers first."""
+        self._pending_signals.append(signal.SIGINT if fast else signal.SIGTERM)
+
     # ---- the loop -------------------------------------------------------------
 
     def run(self) -> int:
@@ -625,263 +632,3 @@ class Supervisor:
             os.close(self._wakeup_w)
             self._wakeup_r = self._wakeup_w = -1
         log.info("stopped")
-
-    # ---- runtime state (admin verbs and the state file) ------------------------------
-
-    def _pool(self, args: dict) -> tuple[int, str]:
-        pool = args.get("pool")
-        if not isinstance(pool, str):
-            raise AdminError("invalid", "argument 'pool' (a pool name) is required")
-        if pool not in self.gen.backends:
-            raise AdminError("not_found", f"pool {pool!r} does not exist (pools: {', '.join(self.gen.backends)})")
-        return self.gen.pool_names.index(pool), pool
-
-    def _backend(self, args: dict) -> tuple[int, str, int, str]:
-        pi, pool = self._pool(args)
-        name = args.get("name")
-        if not isinstance(name, str):
-            raise AdminError("invalid", "argument 'name' (a backend name) is required")
-        idx = self.gen.backends[pool].get(name)
-        if idx is None:
-            raise AdminError("not_found", f"pool {pool!r} has no backend {name!r}")
-        return pi, pool, idx, name
-
-    def _add_backend(self, gen: Generation, pool: str, name: str, address: str, weight: int, backup: bool) -> int:
-        pi = gen.pool_names.index(pool)
-        host, port, _ = config_mod.parse_backend_address(address)
-        used = set(gen.backends[pool].values())
-        cap = gen.shm.pool_capacity(pi)
-        # a slot once used keeps its old counters: take one never used
-        idx = next((i for i in range(cap) if i not in used and not gen.shm.backend(pi, i)["name"]), None)
-        if idx is None:
-            raise AdminError("failed", f"pool {pool!r} is full ({cap} slots); add the backend to the config and reload")
-        gen.shm.set_backend(pi, idx, host, port, name, weight, backup)
-        gen.backends[pool][name] = idx
-        return idx
-
-    def _apply_state(self, gen: Generation) -> None:
-        """Runtime changes recorded in the state file, over a new generation."""
-        for pool, entry in self.state.pools().items():
-            if pool not in gen.backends:
-                log.warning("state file: pool %r is not in the config any more; its entries are skipped", pool)
-                continue
-            pi = gen.pool_names.index(pool)
-            for name, spec in entry.get("added", {}).items():
-                if name in gen.backends[pool]:
-                    log.warning("state file: %s/%s is in the config now; the runtime addition is skipped", pool, name)
-                    continue
-                try:
-                    self._add_backend(gen, pool, name, spec["address"], spec["weight"], spec.get("backup", False))
-                    if spec.get("admin", "ready") != "ready":
-                        gen.shm.set_admin(pi, gen.backends[pool][name], spec["admin"])
-                except (AdminError, config_mod.ConfigError, KeyError) as e:
-                    log.warning("state file: cannot add %s/%s: %s", pool, name, e)
-            for name in entry.get("removed", []):
-                idx = gen.backends[pool].pop(name, None)
-                if idx is not None:
-                    gen.shm.clear_backend(pi, idx)
-            for name, spec in entry.get("backends", {}).items():
-                idx = gen.backends[pool].get(name)
-                if idx is None:
-                    log.warning("state file: %s/%s is not in the config any more; skipped", pool, name)
-                    continue
-                if "weight" in spec:
-                    gen.shm.set_weight(pi, idx, spec["weight"])
-                if "admin" in spec:
-                    gen.shm.set_admin(pi, idx, spec["admin"])
-
-    def _save_state(self) -> None:
-        try:
-            self.state.save()
-        except OSError as e:
-            raise AdminError("failed", f"change applied but not saved to {self.state.path}: {e}") from None
-
-    def admin_dispatch(self, cmd: str, args: dict):
-        verbs = {
-            "hello": lambda a: {"version": __version__, "protocol": 1, "pid": os.getpid()},
-            "status": lambda a: self.status(),
-            "pool.list": self._admin_pool_list,
-            "pool.show": self._admin_pool_show,
-            "backend.add": self._admin_backend_add,
-            "backend.remove": self._admin_backend_remove,
-            "backend.set_weight": self._admin_set_weight,
-            "backend.set_state": self._admin_set_state,
-            "reload": lambda a: self.reload(),
-            "stop": self._admin_stop,
-        }
-        verb = verbs.get(cmd)
-        if verb is None:
-            raise AdminError("invalid", f"unknown command {cmd!r} (known: {', '.join(verbs)})")
-        return verb(args)
-
-    def _admin_pool_list(self, args):
-        pools = []
-        for name, pool in self.status()["pools"].items():
-            backends = pool["backends"].values()
-            pools.append({"name": name, "algorithm": pool["algorithm"], "backends": len(pool["backends"]),
-                          "up": sum(1 for b in backends if b["health"] == "up" and b["admin"] == "ready"),
-                          "active": sum(b["active"] for b in backends)})
-        return {"pools": pools}
-
-    def _admin_pool_show(self, args):
-        _, pool = self._pool(args)
-        return {"name": pool, **self.status()["pools"][pool]}
-
-    def _admin_backend_add(self, args):
-        pi, pool = self._pool(args)
-        address = args.get("address")
-        if not isinstance(address, str):
-            raise AdminError("invalid", "argument 'address' (host:port) is required")
-        name = args.get("name") or address
-        if not isinstance(name, str):
-            raise AdminError("invalid", f"name must be a string, got {name!r}")
-        weight = args.get("weight", 100)
-        backup = bool(args.get("backup", False))
-        if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 1000:
-            raise AdminError("invalid", f"weight must be an integer 0..1000, got {weight!r}")
-        if name in self.gen.backends[pool]:
-            raise AdminError("conflict", f"pool {pool!r} already has a backend named {name!r}")
-        if len(name.encode()) > 63:
-            raise AdminError("invalid", "a backend name is at most 63 bytes")
-        try:
-            idx = self._add_backend(self.gen, pool, name, address, weight, backup)
-        except config_mod.ConfigError as e:
-            raise AdminError("invalid", f"address {address!r}: {e.message}") from None
-        self.gen.shm.rebuild_changed()
-        self.state.add(pool, name, address, weight, backup)
-        self._save_state()
-        log.info("admin: added backend %s/%s at %s (weight %d%s)", pool, name, address, weight,
-                 ", backup" if backup else "")
-        return {"pool": pool, "name": name, "slot": idx}
-
-    def _admin_backend_remove(self, args):
-        pi, pool, idx, name = self._backend(args)
-        wait = bool(args.get("wait", False))
-        timeout = args.get("timeout", self.config.global_.drain_timeout)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise AdminError("invalid", f"timeout must be a number of seconds, got {timeout!r}")
-        gen = self.gen
-        gen.shm.set_admin(pi, idx, "drain")
-
-        def remove(drained: bool) -> dict:
-            if gen.backends[pool].get(name) == idx:
-                del gen.backends[pool][name]
-                gen.shm.clear_backend(pi, idx)
-                gen.shm.rebuild_changed()
-            self.state.remove(pool, name)
-            self._save_state()
-            log.info("admin: removed backend %s/%s%s", pool, name, "" if drained else " (not drained)")
-            return {"pool": pool, "name": name, "drained": drained}
-
-        active = lambda: gen.shm.backend_stats(pi, idx)["active"] == 0  # noqa: E731
-        if not wait:
-            return remove(active())
-        return Pending(done=active, finish=remove, deadline=time.monotonic() + float(timeout))
-
-    def _admin_set_weight(self, args):
-        pi, pool, idx, name = self._backend(args)
-        weight = args.get("weight")
-        if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 1000:
-            raise AdminError("invalid", f"weight must be an integer 0..1000, got {weight!r}")
-        self.gen.shm.set_weight(pi, idx, weight)
-        return self._changed(pool, name, "weight", weight, self.state.set_weight)
-
-    def _admin_set_state(self, args):
-        pi, pool, idx, name = self._backend(args)
-        state = args.get("state")
-        if state not in ("ready", "drain", "maint"):
-            raise AdminError("invalid", f"state must be ready, drain or maint, got {state!r}")
-        self.gen.shm.set_admin(pi, idx, state)
-        return self._changed(pool, name, "state", state, self.state.set_admin)
-
-    def _changed(self, pool: str, name: str, key: str, value, record) -> dict:
-        """After a runtime change in shared memory: tables follow at once, and
-        the state file has it before the client hears back."""
-        self.gen.shm.rebuild_changed()
-        record(pool, name, value)
-        self._save_state()
-        log.info("admin: %s/%s %s %s", pool, name, key, value)
-        return {"pool": pool, "name": name, key: value}
-
-    def _admin_stop(self, args):
-        fast = bool(args.get("fast", False))
-        # answered first: the stop closes the admin socket with everything else
-        self._pending_signals.append(signal.SIGINT if fast else signal.SIGTERM)
-        return {"stopping": "fast" if fast else "graceful"}
-
-    # ---- status -----------------------------------------------------------------
-
-    def snapshot(self) -> dict:
-        """Kept for the demo's status line: the same data as status()."""
-        return self.status()
-
-    def status(self) -> dict:
-        from lb.checker import describe
-
-        gen = self.gen
-        pools = {}
-        for pi, (pname, pool) in enumerate(gen.config.pools.items()):
-            backends = {}
-            for name, idx in gen.backends[pname].items():
-                b = gen.shm.backend(pi, idx)
-                b.update(gen.shm.backend_stats(pi, idx))
-                host = f"[{b['host']}]" if ":" in b["host"] else b["host"]
-                b["address"] = f"{host}:{b['port']}"
-                b["check"] = (describe(b["last_result"], b["last_status"], b["last_errno"], b["last_latency_us"])
-                              if pool.health.type != "none" else None)
-                b["down_reason"] = (describe(b["down_reason"], b["last_status"], b["last_errno"], b["last_latency_us"])
-                                    if b["health"] == "down" else None)
-                backends[name] = b
-            pools[pname] = {"algorithm": pool.algorithm, "backends": backends,
-                            "empty_because": empty_because(backends)}
-        workers = []
-        for g in [gen, *self.old]:
-            for c in self.children.values():
-                if c.gen is not g or c.slot.index < 0:
-                    continue
-                stats = g.shm.worker_stats(c.row)
-                stats.update(index=c.slot.index, pid=c.pid, generation=g.number,
-                             state="draining" if c.retiring else "running",
-                             restarts=c.slot.restarts, crash_loop=c.slot.crash_looping)
-                try:
-                    # the same Process object each time: cpu_percent is measured
-                    # between two calls on it
-                    p = self._procs.get(c.pid)
-                    if p is None:
-                        p = self._procs[c.pid] = psutil.Process(c.pid)
-                    with p.oneshot():
-                        stats.update(cpu_percent=p.cpu_percent(), rss=p.memory_info().rss, open_fds=p.num_fds())
-                except psutil.Error:
-                    stats.update(cpu_percent=None, rss=None, open_fds=None)
-                workers.append(stats)
-        workers.sort(key=lambda w: (w["generation"], w["index"]))
-        for pid in set(self._procs) - set(self.children):
-            del self._procs[pid]
-        listeners = [{"name": name, "bind": [str(b) for b in l.bind], "mode": l.mode, "pool": l.pool}
-                     for name, l in gen.config.listeners.items()]
-        return {
-            "version": __version__, "pid": os.getpid(), "uptime": time.time() - self.started,
-            "generation": gen.number,
-            "config": {"path": gen.config.source, "sha256": gen.config.sha256},
-            "listeners": listeners, "pools": pools, "workers": workers,
-            "checker": {"pid": gen.checker.pid, "restarts": gen.checker.restarts,
-                        "crash_loop": gen.checker.crash_looping},
-        }
-
-
-def empty_because(backends: dict) -> str | None:
-    """None while a pool has a backend to pick; else why not, per backend, for
-    `lb status` (a tcp listener closes new connections of such a pool at once)."""
-    reasons = []
-    for name, b in backends.items():
-        if not b["in_use"]:
-            continue
-        if b["admin"] == "ready" and b["health"] == "up" and b["eff_weight"] > 0:
-            return None
-        if b["admin"] != "ready":
-            reasons.append(f"{name} {b['admin']}")
-        elif b["health"] == "down":
-            reasons.append(f"{name} down ({b['down_reason']})")
-        else:
-            reasons.append(f"{name} weight 0")
-    return "no backend can take connections: " + (", ".join(reasons) or "the pool has no backends")

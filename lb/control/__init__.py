@@ -1,0 +1,33 @@
+"""The daemon side of the `lb` commands (docs/admin.md): one module per command
+group, mirroring lb/cli/<group>.py, each verb a plain function
+`(supervisor, args) -> result`, or a `Pending` for an answer that waits.
+
+VERBS is the one table of verbs the admin socket serves. A new group is a
+module here beside its lb/cli/ module, and its rows in VERBS."""
+
+from __future__ import annotations
+
+from lb.admin import AdminError
+from lb.control import backend, control, pool, status
+
+# verb -> function; "unknown command" lists the verbs in this order
+VERBS = {
+    "hello": status.hello,
+    "status": status.status,
+    "pool.list": pool.list_pools,
+    "pool.show": pool.show,
+    "backend.add": backend.add,
+    "backend.remove": backend.remove,
+    "backend.set_weight": backend.set_weight,
+    "backend.set_state": backend.set_state,
+    "reload": control.reload,
+    "stop": control.stop,
+}
+
+
+def dispatch(sup, cmd: str, args: dict):
+    """The admin server's callback: run verb `cmd` against the supervisor."""
+    verb = VERBS.get(cmd)
+    if verb is None:
+        raise AdminError("invalid", f"unknown command {cmd!r} (known: {', '.join(VERBS)})")
+    return verb(sup, args)
