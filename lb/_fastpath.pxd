@@ -156,6 +156,7 @@ cdef struct shm_backend_stats:       # 64 bytes, [row][slot]; writer: the row's 
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn
+cdef struct lb_hconn
 cdef struct lb_http_listener
 cdef struct lb_http_pool
 cdef struct lb_http_worker
@@ -200,9 +201,45 @@ cdef struct lb_list:
     lb_conn *head
     lb_conn *tail
 
+# The transport layer (fastpath/transport.pxi): how bytes move on one connected
+# socket. Every read, write, shutdown and close of a client or backend socket in
+# the tcp and http paths goes through its lb_sock's lb_xprt: plain sockets
+# today, TLS next. An operation never blocks; when it must wait it says for
+# what (a TLS read may need the socket writable, and a write readable).
+cdef struct lb_sock
+cdef enum:
+    XPRT_ERROR = -1                  # the connection is broken (errno says why)
+    XPRT_WANT_READ = -2              # wait until the socket is readable, then call again
+    XPRT_WANT_WRITE = -3             # wait until the socket is writable, then call again
+
+ctypedef ssize_t (*xprt_recv_fn)(lb_sock *s, void *buf, size_t n) noexcept nogil
+ctypedef ssize_t (*xprt_send_fn)(lb_sock *s, const void *buf, size_t n) noexcept nogil
+ctypedef void (*xprt_shutw_fn)(lb_sock *s) noexcept nogil
+ctypedef void (*xprt_close_fn)(lb_sock *s, bint reset) noexcept nogil
+
+cdef struct lb_xprt:
+    const char *name
+    # >0 bytes read, 0 the peer ended the stream, or XPRT_*. A count below n
+    # means nothing more was readable at that instant (the transport holds no
+    # decoded bytes back): the edge-triggered loop waits for the next event.
+    xprt_recv_fn recv
+    # bytes taken (a count below n: the socket took no more), or XPRT_*
+    xprt_send_fn send
+    # no more bytes from this side (TLS: close_notify, then FIN)
+    xprt_shutw_fn shutw
+    # release the socket and the transport's state; reset: the peer gets an RST
+    xprt_close_fn close
+    # the stream's bytes are the socket's own, so splice(2) may move them
+    uint8_t splice
+
+cdef struct lb_sock:                 # one connected socket and its transport
+    int fd
+    const lb_xprt *xp
+    void *ctx                        # the transport's per-connection state (NULL for plain)
+
 cdef struct lb_conn:
     uint32_t kind                    # KIND_L4, or KIND_HTTP when embedded first in an lb_hconn
-    int fd[2]
+    lb_sock sk[2]                    # [SIDE_CLIENT], [SIDE_BACKEND]; fd -1 when not open
     uint32_t state
     uint32_t flags
     int32_t listener
@@ -239,8 +276,35 @@ cdef struct lb_free_buf:
 cdef struct lb_pipe:
     int fds[2]
 
+# Request phases (fastpath/http_phases.pxi). A step is one C function in the
+# topic file of its feature; each listener holds the steps its config asks for,
+# per phase, in the one order http_phases.pxi declares. A listener without a
+# feature does not run its step at all: an empty phase costs a compare.
+cdef struct http_req
+cdef enum:
+    STEP_CONTINUE = 0                # go on: the next step, then the exchange
+    STEP_ANSWERED = 1                # the step answered the request itself; that response is on its way
+    # any other result is an HTTP status (403, 404, 429, ...) lb answers with
+    # through its own error path, which ends the exchange
+    MAX_STEPS = 8                    # per phase and listener
+
+ctypedef int (*lb_conn_step)(lb_worker *w, lb_conn *c) noexcept nogil
+ctypedef int (*lb_head_step)(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil
+ctypedef void (*lb_end_step)(lb_worker *w, lb_conn *c) noexcept nogil
+
+cdef struct lb_phases:
+    uint32_t n_accept
+    uint32_t n_request
+    uint32_t n_response
+    uint32_t n_end
+    lb_conn_step accept[MAX_STEPS]   # tcp and http, at accept before a byte is read: address rules, connection limits
+    lb_head_step request[MAX_STEPS]  # http, on the request head: route, access rules, authentication, limits, cache, split, header rules
+    lb_head_step response[MAX_STEPS] # http, on a final response head: cache store, header rules
+    lb_end_step end[MAX_STEPS]       # once per http exchange or tcp connection, at its end: the record for logs and metrics
+
 cdef struct lb_listener_rt:
     int fd
+    lb_phases phases
     int32_t pool
     uint64_t idle_timeout_ms
     lb_list conns                    # established connections, oldest activity first (lazily)
@@ -331,8 +395,10 @@ cdef enum:
     HTTP_MAX_FIELDS_CAP = 256
 
 cdef struct lb_tlist
-cdef struct lb_hconn
 cdef struct lb_bconn
+
+cdef enum:
+    MAX_RULESETS = 4                 # header rule sets one message can have (listener, route, ...)
 
 cdef struct http_field:
     uint32_t name_off
@@ -439,7 +505,7 @@ cdef struct lb_http_pool:
 cdef struct lb_bconn:                # a backend connection of the http engine
     uint32_t kind                    # KIND_BCONN
     uint32_t state                   # BS_*
-    int fd
+    lb_sock sk
     uint32_t flags                   # HF_*
     int32_t slot
     int32_t pool
@@ -486,6 +552,11 @@ cdef struct lb_hconn:                # the client side of an http session
     uint8_t fresh                    # a parked connection failed: new connections only
     uint8_t errored                  # closing after an error page: the client may still be sending
     uint8_t no_splice                # out of pipes: copy this exchange's bodies
+    uint8_t in_exchange              # a request head was taken; its end phase has not run yet
+    uint8_t n_rq_rules
+    uint8_t n_rs_rules
+    lb_hrules *rq_rules[MAX_RULESETS]    # header rules the request's steps chose, applied in order (later sets win)
+    lb_hrules *rs_rules[MAX_RULESETS]    # and the response's
     uint64_t key                     # hash key of the request
     int32_t sticky_slot              # the backend the request's sticky cookie names, or -1
     uint64_t b_last_ms               # last backend activity

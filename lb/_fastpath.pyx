@@ -9,7 +9,7 @@ loop runs with the GIL released and allocates no Python object.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
-from libc.string cimport memset, memcpy, strcmp, strlen
+from libc.string cimport memset, memcpy, memmove, memcmp, strcmp, strlen
 from libc.stdlib cimport malloc, calloc, free, qsort
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, EMFILE, ENFILE, ENOBUFS, ENOMEM
 
@@ -24,6 +24,7 @@ from lb.includes.atomics cimport *
 from lb.includes.xxhash64 cimport lb_xxh64, lb_splitmix64
 
 include "fastpath/shm.pxi"
+include "fastpath/transport.pxi"
 include "fastpath/conn.pxi"
 include "fastpath/select.pxi"
 include "fastpath/select_roundrobin.pxi"
@@ -39,5 +40,13 @@ include "fastpath/selector.pxi"
 include "fastpath/checker.pxi"
 include "fastpath/http_parse.pxi"
 include "fastpath/http_msg.pxi"
+include "fastpath/http_conn.pxi"
+include "fastpath/http_rewrite.pxi"
+include "fastpath/http_keys.pxi"
 include "fastpath/http_route.pxi"
+include "fastpath/http_headers.pxi"
+include "fastpath/http_phases.pxi"
 include "fastpath/http.pxi"
+include "fastpath/http_io.pxi"
+include "fastpath/http_events.pxi"
+include "fastpath/http_init.pxi"

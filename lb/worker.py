@@ -61,21 +61,12 @@ def child_main(sup, gen, slot, row: int, keep: list[int]) -> int:
         if os.getppid() == 1:
             return 0
         config = gen.config
-        pool_names = list(config.pools)
         by_index = list(config.listeners.values())
-        # an http listener without a default pool still needs an index here (its
-        # routes name their own pools; the engine answers 404 when none matches)
-        listeners = [(sock.fileno(), pool_names.index(by_index[li].pool) if by_index[li].pool else 0,
-                      by_index[li].idle_timeout, by_index[li].accept_proxy and by_index[li].mode == "tcp")
-                     for sock, li in slot.sockets]
-        http_listeners = [by_index[li] if by_index[li].mode == "http" else None for sock, li in slot.sockets]
-        pool_settings = [(p.connect_timeout, p.retries, p.send_proxy) for p in config.pools.values()]
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
         fds_open = len(os.listdir("/proc/self/fd"))
-        worker = Worker(gen.shm, row, listeners, pool_settings,
-                        splice=config.global_.splice, fd_limit=soft - fds_open,
-                        drain_timeout=config.global_.drain_timeout,
-                        http_listeners=http_listeners, http_pools=list(config.pools.values()))
+        worker = Worker(gen.shm, row, [(sock.fileno(), by_index[li]) for sock, li in slot.sockets],
+                        list(config.pools.values()), splice=config.global_.splice, fd_limit=soft - fds_open,
+                        drain_timeout=config.global_.drain_timeout)
         worker.run()
         return 0
     except Exception:

@@ -65,8 +65,8 @@ cdef lb_conn *conn_alloc(lb_worker *w) noexcept nogil:
         c[CONN_SLAB - 1].next = NULL
     w.free_conns = c.next
     memset(c, 0, sizeof(lb_conn))
-    c.fd[0] = -1
-    c.fd[1] = -1
+    sock_reset(&c.sk[0])
+    sock_reset(&c.sk[1])
     c.pipe[0][0] = -1
     c.pipe[0][1] = -1
     c.pipe[1][0] = -1
@@ -186,19 +186,14 @@ cdef void conn_close(lb_worker *w, lb_conn *c, bint reset) noexcept nogil:
     """Close both sides and give back everything the connection held.
     reset: close with SO_LINGER 0 so the peer sees the RST the other side sent."""
     cdef int side, d
-    cdef linger lg
-    cdef shm_backend_stats *bs
     if c.state == CS_CLOSED or c.state == CS_FREE:
         return
+    if c.kind == KIND_L4:
+        phase_end(w, c)              # an http tunnel's exchange ended at its upgrade
     list_remove(c)
-    lg.l_onoff = 1
-    lg.l_linger = 0
     for side in range(2):
-        if c.fd[side] >= 0:
-            if reset:
-                setsockopt(c.fd[side], SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
-            close(c.fd[side])
-            c.fd[side] = -1
+        if c.sk[side].fd >= 0:
+            sock_close(&c.sk[side], reset)
             w.fds -= 1
     for d in range(2):
         if c.buf[d] != NULL:

@@ -83,7 +83,7 @@ cdef void conn_connect(lb_worker *w, lb_conn *c) noexcept nogil:
         if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
             close(fd)
             break
-        c.fd[SIDE_BACKEND] = fd
+        sock_plain(&c.sk[SIDE_BACKEND], fd)
         c.flags &= ~((F_READABLE | F_WRITABLE | F_EOF | F_SHUT | F_RDHUP) << SIDE_BACKEND)
         w.fds += 1
         lb_store_i64(&w.stats.fds, w.fds)
@@ -99,8 +99,7 @@ cdef void conn_connect_failed(lb_worker *w, lb_conn *c, bint timeout) noexcept n
     conn_count_failure(w, c.slot, timeout)
     list_remove(c)
     conn_backend_drop(w, c)
-    close(c.fd[SIDE_BACKEND])       # also removes it from the epoll set
-    c.fd[SIDE_BACKEND] = -1
+    sock_close(&c.sk[SIDE_BACKEND], False)      # also removes it from the epoll set
     w.fds -= 1
     conn_connect(w, c)
 
@@ -124,6 +123,6 @@ cdef void conn_on_backend_connecting(lb_worker *w, lb_conn *c, uint32_t events) 
         c.flags |= F_READABLE << SIDE_BACKEND
     if events & EPOLLRDHUP:
         c.flags |= F_RDHUP << SIDE_BACKEND
-    if w.splice_mode == SPLICE_ALWAYS:
+    if w.splice_mode == SPLICE_ALWAYS and socks_splice(&c.sk[0], &c.sk[1]):
         c.flags |= (F_SPLICE << DIR_UP) | (F_SPLICE << DIR_DOWN)
     conn_pump(w, c)

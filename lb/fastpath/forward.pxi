@@ -5,9 +5,10 @@
 # is cleared only when a call says so (EAGAIN, or a short read/write, which on a
 # stream socket means the queue was drained or filled at that instant).
 #
-# Small flows go through a 16 KiB buffer with recv/send: two copies, but one
-# syscall each way and no pipe. A read that fills the whole buffer marks the
-# direction as bulk and it switches to splice(2) through a pipe, which moves
+# Small flows go through a 16 KiB buffer with the transport's recv and send
+# (transport.pxi): two copies, but one syscall each way and no pipe. A read that
+# fills the whole buffer marks the direction as bulk and, when both transports
+# are plain sockets, it switches to splice(2) through a pipe, which moves
 # pages without copying them through user space; a splice that moves less than
 # SPLICE_MIN switches back. (Measured in bench/: for small responses recv/send
 # beats splice, which needs the same two calls plus a pipe; from 1 MiB responses
@@ -38,12 +39,12 @@ cdef int dir_flush(lb_worker *w, lb_conn *c, int d) noexcept nogil:
     cdef int t = 1 - d
     cdef ssize_t n
     if c.buf_len[d] != 0:
-        n = send(c.fd[t], c.buf[d] + c.buf_off[d], c.buf_len[d], MSG_NOSIGNAL | MSG_DONTWAIT)
+        n = c.sk[t].xp.send(&c.sk[t], c.buf[d] + c.buf_off[d], c.buf_len[d])
         if n < 0:
-            if errno == EAGAIN or errno == EINTR:
-                c.flags &= ~(F_WRITABLE << t)
-                return 0
-            return -1
+            if n == XPRT_ERROR:
+                return -1
+            c.flags &= ~(xprt_wait_flag(n, F_READABLE, F_WRITABLE) << t)
+            return 0
         dir_account(w, c, d, n, False)
         if <uint32_t>n < c.buf_len[d]:
             c.buf_off[d] += n
@@ -56,7 +57,7 @@ cdef int dir_flush(lb_worker *w, lb_conn *c, int d) noexcept nogil:
         c.buf[d] = NULL
         return 0
     if c.pipe_len[d] != 0:
-        n = splice(c.pipe[d][0], NULL, c.fd[t], NULL, c.pipe_len[d],
+        n = splice(c.pipe[d][0], NULL, c.sk[t].fd, NULL, c.pipe_len[d],
                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
         if n < 0:
             if errno == EAGAIN or errno == EINTR:
@@ -73,13 +74,14 @@ cdef int dir_flush(lb_worker *w, lb_conn *c, int d) noexcept nogil:
 
 
 cdef ssize_t dir_fill(lb_worker *w, lb_conn *c, int d) noexcept nogil:
-    """Read from side d into a buffer or a pipe. >0 bytes, 0 EOF, -1 error, -2 would block."""
+    """Read from side d into a buffer or a pipe. >0 bytes, 0 EOF, -1 error, -2
+    would block (the readiness flag it waits for is cleared here)."""
     cdef ssize_t n
     if c.flags & (F_SPLICE << d):
         if c.pipe[d][0] < 0 and pipe_take(w, c.pipe[d]) != 0:
             c.flags &= ~(F_SPLICE << d)        # out of pipes or fds: fall back to copying
             return dir_fill(w, c, d)
-        n = splice(c.fd[d], NULL, c.pipe[d][1], NULL, PIPE_SIZE,
+        n = splice(c.sk[d].fd, NULL, c.pipe[d][1], NULL, PIPE_SIZE,
                    SPLICE_F_MOVE | SPLICE_F_NONBLOCK)
         if n > 0:
             c.pipe_len[d] = n
@@ -92,18 +94,19 @@ cdef ssize_t dir_fill(lb_worker *w, lb_conn *c, int d) noexcept nogil:
         if n == 0:
             return 0
         if errno == EAGAIN or errno == EINTR:
+            c.flags &= ~(F_READABLE << d)
             return -2
         return -1
     if c.buf[d] == NULL:
         c.buf[d] = buf_take(w)
         if c.buf[d] == NULL:
             return -1
-    n = recv(c.fd[d], c.buf[d], BUF_SIZE, MSG_DONTWAIT)
+    n = c.sk[d].xp.recv(&c.sk[d], c.buf[d], BUF_SIZE)
     if n > 0:
         c.buf_off[d] = 0
         c.buf_len[d] = n
         if n == BUF_SIZE:
-            if w.splice_mode != SPLICE_NEVER:
+            if w.splice_mode != SPLICE_NEVER and socks_splice(&c.sk[0], &c.sk[1]):
                 c.flags |= F_SPLICE << d
         elif not (c.flags & (F_RDHUP << d)):
             c.flags &= ~(F_READABLE << d)
@@ -112,9 +115,10 @@ cdef ssize_t dir_fill(lb_worker *w, lb_conn *c, int d) noexcept nogil:
     c.buf[d] = NULL
     if n == 0:
         return 0
-    if errno == EAGAIN or errno == EINTR:
-        return -2
-    return -1
+    if n == XPRT_ERROR:
+        return -1
+    c.flags &= ~(xprt_wait_flag(n, F_READABLE, F_WRITABLE) << d)
+    return -2
 
 
 cdef int dir_forward(lb_worker *w, lb_conn *c, int d) noexcept nogil:
@@ -136,7 +140,7 @@ cdef int dir_forward(lb_worker *w, lb_conn *c, int d) noexcept nogil:
                 # did. When the other direction is already finished, the close that
                 # follows sends that FIN: no shutdown call needed.
                 if not (c.flags & (F_SHUT << d)):
-                    shutdown(c.fd[t], SHUT_WR)
+                    c.sk[t].xp.shutw(&c.sk[t])
                 c.flags |= F_SHUT << t
             return 0
         if not (c.flags & (F_READABLE << d)):
@@ -150,7 +154,6 @@ cdef int dir_forward(lb_worker *w, lb_conn *c, int d) noexcept nogil:
             c.flags |= F_EOF << d
             c.flags &= ~(F_READABLE << d)
         elif n == -2:
-            c.flags &= ~(F_READABLE << d)
             return 0
         else:
             return -1
@@ -174,9 +177,7 @@ cdef void conn_prefill(lb_worker *w, lb_conn *c) noexcept nogil:
             if n == 0:
                 c.flags |= F_EOF << d
                 c.flags &= ~(F_READABLE << d)
-            elif n == -2:
-                c.flags &= ~(F_READABLE << d)
-            elif n < 0:
+            elif n == -1:
                 conn_close(w, c, True)
                 return
 

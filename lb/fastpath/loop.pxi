@@ -64,12 +64,15 @@ cdef void on_accept(lb_worker *w, int li) noexcept nogil:
             if fd == ACCEPT_STOP:
                 return
             continue
-        c.fd[SIDE_CLIENT] = fd
+        sock_plain(&c.sk[SIDE_CLIENT], fd)
         c.listener = li
         c.pool = l.pool
         c.state = CS_CONNECTING
         if not accept_register(w, fd, <uint64_t><size_t>c | SIDE_CLIENT):
             conn_close(w, c, True)
+            continue
+        if phase_accept(w, l, c) != STEP_CONTINUE:
+            conn_close(w, c, False)  # refused at the door
             continue
         conn_start(w, c)
 
@@ -283,9 +286,8 @@ cdef class Worker:
     """One worker's data plane. Built in Python at start; run() releases the GIL
     for the whole life of the loop.
 
-    listeners: sequence of (fd, pool index, idle timeout in seconds[, accept_proxy])
-    pools:     sequence of (connect timeout in seconds, retries[, send_proxy "off"|"v1"|"v2"]),
-               by shm pool index
+    listeners: (fd, config.Listener) for each listening socket of this worker
+    pools:     every config.Pool, in shared-memory order
     The caller blocks SIGTERM/SIGINT/SIGQUIT first: they arrive through a signalfd.
     """
 
@@ -298,8 +300,9 @@ cdef class Worker:
         self.w.sigfd = -1
 
     def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
-                 int64_t fd_limit=1024, double drain_timeout=30.0, http_listeners=None, http_pools=None):
+                 int64_t fd_limit=1024, double drain_timeout=30.0):
         cdef lb_pool_rt *p
+        cdef lb_listener_rt *l
         if len(pools) != shm.hdr.n_pools:
             raise ValueError("one pool setting per shared-memory pool is needed")
         self.shm = shm
@@ -315,29 +318,29 @@ cdef class Worker:
         w.listeners = <lb_listener_rt *>calloc(max(1, w.n_listeners), sizeof(lb_listener_rt))
         if w.free_pipes == NULL or w.listeners == NULL:
             raise MemoryError()
-        for i, (connect_timeout, retries, *more) in enumerate(pools):
+        pool_index = {pool.name: i for i, pool in enumerate(pools)}
+        for i, pool in enumerate(pools):
             p = &w.pools[i]
-            p.retries = retries
-            p.connect_timeout_ms = max(1, <uint64_t>(connect_timeout * 1000))
-            p.send_proxy = SEND_PROXY_VERSIONS[more[0] if more else "off"]
-        for i, (fd, pool, idle_timeout, *more) in enumerate(listeners):
-            if not 0 <= pool < w.n_pools:
-                raise ValueError(f"listener {i}: pool index {pool} out of range")
-            w.listeners[i].fd = fd
-            w.listeners[i].pool = pool
-            w.listeners[i].idle_timeout_ms = max(1, <uint64_t>(idle_timeout * 1000))
-            w.listeners[i].accept_proxy = bool(more and more[0])
-            w.listeners[i].proxy_timeout_ms = min(w.listeners[i].idle_timeout_ms, PROXY_WAIT_MAX_MS)
-        # http_listeners: the config.Listener of each listener in http mode (None
-        # for tcp ones); http_pools: every config.Pool, in shared-memory order
-        if http_listeners is not None and any(l is not None for l in http_listeners):
+            p.retries = pool.retries
+            p.connect_timeout_ms = max(1, <uint64_t>(pool.connect_timeout * 1000))
+            p.send_proxy = SEND_PROXY_VERSIONS[pool.send_proxy]
+        if any(listener.mode == "http" for _, listener in listeners):
             http_worker_init(w)
-            pool_index = {pool.name: i for i, pool in enumerate(http_pools)}
-            for i, pool in enumerate(http_pools):
+            for i, pool in enumerate(pools):
                 http_pool_init(&w.pools[i], pool)
-            for i, listener in enumerate(http_listeners):
-                if listener is not None:
-                    http_listener_init(&w.listeners[i], listener, pool_index)
+        for i, (fd, listener) in enumerate(listeners):
+            l = &w.listeners[i]
+            l.fd = fd
+            # an http listener without a default pool still needs an index here
+            # (its routes name their own pools; the route step answers 404)
+            l.pool = pool_index[listener.pool] if listener.pool is not None else 0
+            l.idle_timeout_ms = max(1, <uint64_t>(listener.idle_timeout * 1000))
+            # an http listener reads its PROXY header in the http engine
+            l.accept_proxy = listener.accept_proxy and listener.mode == "tcp"
+            l.proxy_timeout_ms = min(l.idle_timeout_ms, PROXY_WAIT_MAX_MS)
+            phases_init(&l.phases, listener)
+            if listener.mode == "http":
+                http_listener_init(l, listener, pool_index)
 
     def run(self):
         """Serve until SIGTERM has drained every connection (or the drain timed

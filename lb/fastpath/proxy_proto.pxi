@@ -360,7 +360,7 @@ cdef int conn_proxy_prepend(lb_worker *w, lb_conn *c, sockaddr_storage *dst) noe
     if p.send_proxy == 0:
         return 0
     if dst == NULL or dst.ss_family == 0:
-        if getsockname(c.fd[SIDE_CLIENT], <sockaddr *>&local, &alen) != 0:
+        if getsockname(c.sk[SIDE_CLIENT].fd, <sockaddr *>&local, &alen) != 0:
             local.ss_family = 0          # the header says UNKNOWN
         dst = &local
     n = proxy_build(p.send_proxy, &c.peer, dst, hdr, PROXY_OUT_MAX)
@@ -421,9 +421,10 @@ cdef void conn_proxy_read(lb_worker *w, lb_conn *c) noexcept nogil:
                 buf_give(w, c.buf[DIR_UP])
                 c.buf[DIR_UP] = NULL
             return                                   # the next edge brings more
-        # the parser decides within 552 bytes, so room never runs out here
+        # the parser decides within 552 bytes, so room never runs out here; the
+        # header precedes any transport, so it is read from the bare socket
         room = PROXY_READ_MAX - c.buf_len[DIR_UP]
-        got = recv(c.fd[SIDE_CLIENT], c.buf[DIR_UP] + c.buf_len[DIR_UP], room, MSG_DONTWAIT)
+        got = recv(c.sk[SIDE_CLIENT].fd, c.buf[DIR_UP] + c.buf_len[DIR_UP], room, MSG_DONTWAIT)
         if got > 0:
             c.buf_len[DIR_UP] += got
             if <size_t>got < room and not (c.flags & (F_RDHUP << SIDE_CLIENT)):
