@@ -9,7 +9,8 @@ One module per top-level section, listed in SECTIONS below: global_ ([global]),
 pools ([pools.NAME]), listeners ([listeners.NAME]). What they share is in
 values (the table reader, ConfigError, durations, sizes, addresses, names) and
 headers (the header rules of listeners and routes). This module reads the
-file, runs the sections in order, then the checks that span sections.
+file, runs the sections in order, then the checks that span sections;
+check_runnable adds what only this build's data plane can tell.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ __all__ = [
     "Route",
     "SECTIONS",
     "TOP_KEYS",
+    "check_runnable",
     "load",
     "loads",
     "parse_backend_address",
@@ -169,6 +171,22 @@ def _build(text: str, source: str, sha256: str) -> Config:
 def _field(key: str) -> str:
     """The Config field of a top-level section: its key, with a "_" after a Python keyword."""
     return f"{key}_" if keyword.iskeyword(key) else key
+
+
+def check_runnable(cfg: Config) -> None:
+    """What this build's data plane serves; anything else is refused by key path.
+
+    A start, a reload and `lb check` run it after load. The compiled module is
+    imported here, not at the top, so lb.config imports without a built data plane.
+    """
+    from lb._fastpath import IMPLEMENTED_ALGORITHMS
+
+    for name, pool in cfg.pools.items():
+        if pool.algorithm not in IMPLEMENTED_ALGORITHMS:
+            raise ConfigError(
+                f"pools.{name}.algorithm",
+                f"'{pool.algorithm}' is not in this build yet; use one of {sorted(IMPLEMENTED_ALGORITHMS)}",
+            )
 
 
 # ---- Whole-file checks ---------------------------------------------------------
