@@ -419,15 +419,13 @@ class Supervisor:
         """Parse and validate the config file in full; on success start a new
         generation on the same sockets, then let the old one drain. On error
         the running config keeps serving and the error names the key."""
-        from lb.cli.run import check_runnable
-
         if self.stopping:
             raise AdminError("failed", "lb is stopping")
         sdnotify.reloading("reloading")
         try:
             try:
                 new_config = config_mod.load(self.config.source)
-                check_runnable(new_config)
+                config_mod.check_runnable(new_config)
             except config_mod.ConfigError as e:
                 log.error("reload refused, the running config keeps serving: %s", e)
                 raise AdminError("config", str(e)) from None

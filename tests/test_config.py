@@ -1106,3 +1106,15 @@ def test_check_missing_file_exits_2(tmp_path):
     result = CliRunner().invoke(_check_command(), ["-c", str(tmp_path / "none.toml")])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {tmp_path / 'none.toml'}: cannot read config file")
+
+
+def test_check_refuses_what_this_build_does_not_serve(run_check, monkeypatch):
+    # `lb check` runs what a start and a reload run after load: check_runnable.
+    import lb._fastpath
+
+    monkeypatch.setattr(lb._fastpath, "IMPLEMENTED_ALGORITHMS", frozenset({"roundrobin"}))
+    result = run_check(_cfg(pool='algorithm = "leastconn"'))
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: pools.app.algorithm: 'leastconn' is not in this build yet; use one of ['roundrobin']\n"
+    )

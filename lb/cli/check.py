@@ -40,6 +40,7 @@ def check(config_path: str, as_json: bool) -> None:
     """
     try:
         cfg = config.load(config_path)
+        config.check_runnable(cfg)
     except config.ConfigError as e:
         if as_json:
             error = {"ok": False, "source": config_path, "error": str(e), "path": e.path, "message": e.message}

@@ -12,21 +12,10 @@ from lb.cli.app import config_option
 EXIT_CONFIG = 2
 
 
-def check_runnable(cfg) -> None:
-    """What this build's data plane serves; anything else is refused by key path."""
-    from lb._fastpath import IMPLEMENTED_ALGORITHMS
-
-    for name, pool in cfg.pools.items():
-        if pool.algorithm not in IMPLEMENTED_ALGORITHMS:
-            raise config_mod.ConfigError(
-                f"pools.{name}.algorithm",
-                f"'{pool.algorithm}' is not in this build yet; use one of {sorted(IMPLEMENTED_ALGORITHMS)}")
-
-
 def load_runnable(path: str):
     try:
         cfg = config_mod.load(path)
-        check_runnable(cfg)
+        config_mod.check_runnable(cfg)
     except config_mod.ConfigError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(EXIT_CONFIG)

@@ -1,0 +1,71 @@
+"""The [global] section: process-wide settings (workers, admin socket, state
+file, account, draining, splicing, worker memory)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from lb.config.values import ConfigError, Context, Table, check_absolute_path, parse_size
+
+MAX_WORKERS = 64
+UNIX_PATH_MAX = 107  # sun_path is char[108], NUL included
+SPLICE_MODES = ("auto", "always", "never")
+
+NAMED = False
+KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice", "max_worker_rss")
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalSettings:
+    workers: int  # as written; 0 means one per CPU
+    admin_socket: str
+    state_file: str
+    user: str
+    group: str
+    drain_timeout: float
+    splice: str
+    max_worker_rss: int = 0  # bytes; a worker over it is replaced (new first, old drains); 0 = off
+    # Whether user or group is written in the file. When started as root, a
+    # missing account is an error if it was named, and only a warning (lb keeps
+    # running as root) for the default "lb" the packages create.
+    account_explicit: bool = dataclasses.field(default=False, compare=False)
+
+    def worker_count(self) -> int:
+        """Workers to run: as configured, or one per CPU this process may use."""
+        if self.workers:
+            return self.workers
+        # The affinity mask, not the machine's CPU count, is what a container
+        # or `taskset` lets us use; cap it so shared memory stays sized by
+        # the same maximum the config enforces.
+        return min(len(os.sched_getaffinity(0)), MAX_WORKERS)
+
+
+def parse(t: Table, ctx: Context) -> GlobalSettings:
+    admin_socket = check_absolute_path(t.string("admin_socket", "/run/lb/admin.sock"), t.path_of("admin_socket"))
+    if len(admin_socket.encode("utf-8")) > UNIX_PATH_MAX:
+        raise ConfigError(
+            t.path_of("admin_socket"), f"longer than {UNIX_PATH_MAX} bytes, the limit for a UNIX socket path"
+        )
+    return GlobalSettings(
+        workers=t.integer("workers", 0, 0, MAX_WORKERS),
+        admin_socket=admin_socket,
+        state_file=check_absolute_path(t.string("state_file", "/var/lib/lb/state.json"), t.path_of("state_file")),
+        # Only syntax here: `lb check` must work where the account does not exist.
+        user=_nonempty(t, "user", "lb"),
+        group=_nonempty(t, "group", "lb"),
+        drain_timeout=t.duration("drain_timeout", "30s"),
+        max_worker_rss=parse_size(
+            t.get("max_worker_rss", 0, "a size", lambda v: isinstance(v, (int, str)) and not isinstance(v, bool)),
+            t.path_of("max_worker_rss"),
+        ),
+        splice=t.choice("splice", "auto", SPLICE_MODES),
+        account_explicit=t.has("user") or t.has("group"),
+    )
+
+
+def _nonempty(t: Table, key: str, default: str) -> str:
+    value = t.string(key, default)
+    if not value:
+        raise ConfigError(t.path_of(key), "must not be empty")
+    return value

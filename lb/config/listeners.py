@@ -1,0 +1,258 @@
+"""The [listeners.NAME] sections: a listener's addresses, mode and pool, its
+http settings, and its routes ([[listeners.NAME.routes]]) to other pools."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from lb.config.headers import HeaderRules, check_field_value, check_header_name, parse_header_rules
+from lb.config.pools import Pool
+from lb.config.values import (
+    HOSTNAME,
+    MIN_TIMEOUT,
+    REQUIRED,
+    TOKEN,
+    BindAddr,
+    ConfigError,
+    Context,
+    Table,
+    check_name,
+    check_url_path,
+    did_you_mean,
+    parse_bind,
+    wrong_type,
+)
+
+MODES = ("tcp", "http")
+FORWARDED_MODES = ("x-forwarded", "forwarded", "both", "none")
+# Ranges of the http listener limits, as the data plane's contract sets them.
+MIN_HEADER_SIZE = 1024
+MAX_HEADER_SIZE = 32768
+MAX_TARGET = 65536
+MAX_HEADER_COUNT = 256
+
+# Listener keys that need mode = "http"; the rest are valid in both modes.
+HTTP_LISTENER_KEYS = (
+    "routes",
+    "http_request_timeout",
+    "keepalive_timeout",
+    "max_target",
+    "max_header_size",
+    "max_header_count",
+    "forwarded",
+    "hide_server",
+    "request_headers",
+    "response_headers",
+)
+NAMED = True
+KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", *HTTP_LISTENER_KEYS)
+ROUTE_KEYS = (
+    "host",
+    "path_prefix",
+    "path",
+    "methods",
+    "header",
+    "header_value",
+    "pool",
+    "request_headers",
+    "response_headers",
+)
+ROUTE_MATCHERS = ("host", "path_prefix", "path", "methods", "header")
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    host: str | None  # lower case; "*.example.com" matches any subdomain
+    path_prefix: str | None
+    pool: str
+    path: str | None = None  # the path (before "?") equals it
+    methods: tuple[str, ...] = ()  # any of them; case-sensitive
+    header: str | None = None  # lower case; a field of that name must be present
+    header_value: str | None = None  # with header: its value equals this exactly
+    request_headers: HeaderRules = HeaderRules()
+    response_headers: HeaderRules = HeaderRules()
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpSettings:
+    """The http-only settings of a listener (Listener.http); defaults on a tcp listener."""
+
+    request_timeout: float = 10.0  # key http_request_timeout
+    keepalive_timeout: float = 60.0
+    max_target: int = 8192
+    max_header_size: int = 16384
+    max_header_count: int = 100
+    forwarded: str = "x-forwarded"
+    hide_server: bool = False
+    request_headers: HeaderRules = HeaderRules()
+    response_headers: HeaderRules = HeaderRules()
+
+
+@dataclasses.dataclass(frozen=True)
+class Listener:
+    name: str
+    bind: tuple[BindAddr, ...]
+    mode: str
+    pool: str | None
+    accept_proxy: bool
+    routes: tuple[Route, ...]
+    idle_timeout: float
+    backlog: int
+    http: HttpSettings = HttpSettings()
+
+
+def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
+    pools = ctx.sections["pools"]
+    bound: dict[BindAddr, str] = {}
+    listeners = {name: _parse_listener(name, t, pools, bound, ctx.warnings) for name, t in tables}
+    if not listeners:
+        raise ConfigError("listeners", "at least one listener is required")
+    return listeners
+
+
+def _parse_bind_list(t: Table) -> list[tuple[str, str]]:
+    """The bind addresses with the key path of each; one string is accepted for a list of one."""
+    value = t.get("bind", REQUIRED, "a list of addresses", lambda v: isinstance(v, (str, list)))
+    if isinstance(value, str):
+        return [(value, t.path_of("bind"))]
+    if not value:
+        raise ConfigError(t.path_of("bind"), "at least one address is required")
+    out = []
+    for i, item in enumerate(value):
+        path = f"{t.path_of('bind')}[{i}]"
+        if not isinstance(item, str):
+            raise wrong_type(path, item, "a string")
+        out.append((item, path))
+    return out
+
+
+def _check_pool_ref(pool: str, path: str, pools: dict[str, Pool]) -> str:
+    if pool not in pools:
+        hint = did_you_mean(pool, list(pools))
+        raise ConfigError(path, f"unknown pool {pool!r}" + (f" ({hint})" if hint else ""))
+    return pool
+
+
+def _parse_route_host(value: str, path: str) -> str:
+    host = value.lower()  # host names compare without case
+    name = host[2:] if host.startswith("*.") else host
+    if not HOSTNAME.fullmatch(name):
+        raise ConfigError(path, f'invalid host {value!r} (use an exact name or "*.example.com")')
+    return host
+
+
+def _parse_route_path(value: str, path: str) -> str:
+    check_url_path(value, path)
+    # Routes compare the path alone: the query and a fragment never reach it.
+    for c in "?#":
+        if c in value:
+            raise ConfigError(path, f"{value!r} contains {c!r}; routes match the path, before any query")
+    return value
+
+
+def _parse_methods(t: Table, warnings: list[str]) -> tuple[str, ...]:
+    value = t.get("methods", [], "a list of methods", lambda v: isinstance(v, list))
+    if not value:
+        raise ConfigError(t.path_of("methods"), 'at least one method is required (e.g. ["GET", "HEAD"])')
+    methods: dict[str, int] = {}
+    for i, method in enumerate(value):
+        path = f"{t.path_of('methods')}[{i}]"
+        if not isinstance(method, str):
+            raise wrong_type(path, method, "a string")
+        if not TOKEN.fullmatch(method):
+            raise ConfigError(path, f"invalid method {method!r} (a token, e.g. \"GET\")")
+        if method in methods:
+            raise ConfigError(path, f"duplicate method {method!r} (also methods[{methods[method]}])")
+        if method != method.upper():
+            # Methods compare case-sensitively, and clients send them in upper case.
+            warnings.append(f"{path}: {method!r} matches only that exact case, not {method.upper()!r}")
+        methods[method] = i
+    return tuple(methods)
+
+
+def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str]) -> Route:
+    if not any(t.has(key) for key in ROUTE_MATCHERS):
+        raise ConfigError(t.path, f"a route needs at least one of {', '.join(ROUTE_MATCHERS)}")
+    host = t.string("host", None)
+    path_prefix = t.string("path_prefix", None)
+    path = t.string("path", None)
+    if path is not None and path_prefix is not None:
+        raise ConfigError(t.path_of("path"), "path and path_prefix exclude each other (path matches the whole path)")
+    header = t.string("header", None)
+    header_value = t.string("header_value", None)
+    if header_value is not None and header is None:
+        raise ConfigError(t.path_of("header_value"), "needs header, the name of the field to compare")
+    return Route(
+        host=None if host is None else _parse_route_host(host, t.path_of("host")),
+        path_prefix=None if path_prefix is None else _parse_route_path(path_prefix, t.path_of("path_prefix")),
+        path=None if path is None else _parse_route_path(path, t.path_of("path")),
+        methods=_parse_methods(t, warnings) if t.has("methods") else (),
+        header=None if header is None else check_header_name(header, t.path_of("header")).lower(),
+        header_value=None if header_value is None else check_field_value(header_value, t.path_of("header_value")),
+        pool=_check_pool_ref(t.string("pool"), t.path_of("pool"), pools),
+        request_headers=parse_header_rules(t, "request_headers"),
+        response_headers=parse_header_rules(t, "response_headers"),
+    )
+
+
+def _parse_http_settings(t: Table) -> HttpSettings:
+    max_header_size = t.integer("max_header_size", 16384, MIN_HEADER_SIZE, MAX_HEADER_SIZE)
+    max_target = t.integer("max_target", 8192, 1, MAX_TARGET)
+    if max_target >= max_header_size:
+        # The target is part of the request line, which is part of the head.
+        written = f"{max_target}" if t.has("max_target") else f"the default {max_target}"
+        raise ConfigError(
+            t.path_of("max_target"), f"{written} must be less than max_header_size ({max_header_size})"
+        )
+    return HttpSettings(
+        request_timeout=t.duration("http_request_timeout", "10s", MIN_TIMEOUT),
+        keepalive_timeout=t.duration("keepalive_timeout", "60s", MIN_TIMEOUT),
+        max_target=max_target,
+        max_header_size=max_header_size,
+        max_header_count=t.integer("max_header_count", 100, 1, MAX_HEADER_COUNT),
+        forwarded=t.choice("forwarded", "x-forwarded", FORWARDED_MODES),
+        hide_server=t.boolean("hide_server", False),
+        request_headers=parse_header_rules(t, "request_headers"),
+        response_headers=parse_header_rules(t, "response_headers"),
+    )
+
+
+def _parse_listener(
+    name: str, t: Table, pools: dict[str, Pool], bound: dict[BindAddr, str], warnings: list[str]
+) -> Listener:
+    """One [listeners.NAME] table; ``bound`` maps addresses taken so far to their listener."""
+    check_name(name, t.path, "listener name")
+    bind = []
+    for text, path in _parse_bind_list(t):
+        addr = parse_bind(text, path)
+        # Two sockets on one address would split its traffic between two listeners.
+        if addr in bound:
+            raise ConfigError(path, f"{addr} is already bound by listener {bound[addr]!r}")
+        bound[addr] = name
+        bind.append(addr)
+    mode = t.choice("mode", "http", MODES)
+    pool = t.string("pool", None)
+    if pool is None and mode == "tcp":
+        raise ConfigError(t.path_of("pool"), 'required key is missing (mode = "tcp" needs a pool)')
+    if pool is not None:
+        _check_pool_ref(pool, t.path_of("pool"), pools)
+    if mode != "http":
+        for key in HTTP_LISTENER_KEYS:
+            if t.has(key):
+                raise ConfigError(t.path_of(key), 'needs mode = "http"')
+    # Before the routes, so errors come in file order ([[routes]] follow the listener's keys).
+    http = _parse_http_settings(t) if mode == "http" else HttpSettings()
+    routes = tuple(_parse_route(rt, pools, warnings) for rt in t.array_of_tables("routes", ROUTE_KEYS))
+    if pool is None and not routes:
+        raise ConfigError(t.path_of("pool"), "required key is missing (a listener needs a pool or at least one route)")
+    return Listener(
+        name=name,
+        bind=tuple(bind),
+        mode=mode,
+        pool=pool,
+        accept_proxy=t.boolean("accept_proxy", False),
+        routes=routes,
+        idle_timeout=t.duration("idle_timeout", "10m", MIN_TIMEOUT),
+        backlog=t.integer("backlog", 4096, 1, 65535),
+        http=http,
+    )
