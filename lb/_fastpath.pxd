@@ -14,7 +14,9 @@ from lb.includes.epoll cimport epoll_event
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 2
+    LB_SHM_VERSION = 3
+    LB_MAX_REGIONS = 24                # entries of the header's region directory
+    LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
     LB_MAX_TRIES = 11                  # 1 + retries (config caps retries at 10)
 
@@ -58,7 +60,15 @@ cdef enum:
 
 # ---- Part 1: shared memory -------------------------------------------------
 
-cdef struct shm_header:              # writer: supervisor, once, before fork
+# The region is a header, then the regions REGIONS (fastpath/shm.pxi) declares, in
+# that order, each found by name in the header's directory.
+
+cdef struct shm_region:              # one entry of the directory
+    char name[LB_REGION_NAME_LEN]    # NUL-padded
+    uint64_t off                     # from the start of the mapping, on a 64-byte line
+    uint64_t size
+
+cdef struct shm_header:              # writer: supervisor, once, before fork (but checks_total)
     uint32_t magic_lo
     uint32_t magic_hi
     uint32_t version
@@ -68,15 +78,11 @@ cdef struct shm_header:              # writer: supervisor, once, before fork
     uint32_t n_slots                 # backend slots, all pools together
     uint32_t n_rows                  # worker counter rows
     uint32_t supervisor_pid
-    uint64_t pools_off
-    uint64_t backends_off
-    uint64_t wstats_off
-    uint64_t bstats_off
-    uint64_t created_unix_ms
-    uint64_t pstats_off
-    uint64_t tables_off
     uint64_t checks_total            # writer: checker; checks completed, all backends
-    uint8_t _pad[152]
+    uint32_t n_regions
+    uint32_t _pad0
+    shm_region regions[LB_MAX_REGIONS]
+    uint8_t _pad[200]
 
 cdef struct shm_pool:                # 128 bytes; writer: supervisor (generation: any writer of a backend field)
     uint32_t first_slot              # this pool's backends are slots [first_slot, first_slot + capacity)

@@ -1,14 +1,16 @@
 """Building the shared-memory region of an instance from its config.
 
-The layout and every accessor live in the compiled module (`lb._fastpath.Shm`);
-this module only decides sizes and fills the region from a parsed config.
+The layout is declared once, in the compiled module: `REGIONS` in
+lb/fastpath/shm.pxi lists every region in order with its one writer (re-exported
+here), and `lb._fastpath.Shm` holds every accessor. This module only decides
+sizes and fills the region from a parsed config.
 """
 
 from __future__ import annotations
 
 import os
 
-from lb._fastpath import Shm
+from lb._fastpath import REGIONS, Shm  # noqa: F401 (REGIONS: the layout, for readers of this module)
 
 # Free slots per pool for backends added at run time, without a reload.
 MIN_POOL_CAPACITY = 64

@@ -470,9 +470,9 @@ cdef class Checker:
         self.keep = []
         L = &self.L
         L.hdr = h
-        L.pools = <shm_pool *>(shm.base + h.pools_off)
-        L.backends = <shm_backend *>(shm.base + h.backends_off)
-        L.bstats_all = <shm_backend_stats *>(shm.base + h.bstats_off)
+        L.pools = shm.pools
+        L.backends = shm.backends
+        L.bstats_all = shm.bstats
         L.on_change = <void *>on_change
         L.rng = int.from_bytes(_os.urandom(8), "little")
         L.hc = <hc_pool *>calloc(max(1, h.n_pools), sizeof(hc_pool))

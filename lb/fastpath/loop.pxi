@@ -248,11 +248,11 @@ cdef int worker_attach(lb_worker *w, Shm shm, uint32_t row, uint64_t seed) excep
     w.n_rows = h.n_rows
     w.hdr = h
     w.base = shm.base
-    w.backends = <shm_backend *>(shm.base + h.backends_off)
-    w.stats = <shm_worker_stats *>(shm.base + h.wstats_off) + row
-    w.bstats_all = <shm_backend_stats *>(shm.base + h.bstats_off)
+    w.backends = shm.backends
+    w.stats = shm.wstats + row
+    w.bstats_all = shm.bstats
     w.bstats = w.bstats_all + <uint64_t>row * h.n_slots
-    w.pstats_all = <shm_pool_stats *>(shm.base + h.pstats_off)
+    w.pstats_all = shm.pstats
     w.rng = seed
     w.n_pools = h.n_pools
     w.pools = <lb_pool_rt *>calloc(max(1, w.n_pools), sizeof(lb_pool_rt))

@@ -1,10 +1,10 @@
 # The shared-memory region (DESIGN.md section 2) and its Python accessors.
 #
-# Layout: header | pools[n_pools] | backends[n_slots] | worker stats[n_rows]
-#         | backend stats[n_rows][n_slots] | pool stats[n_rows][n_pools]
-#         | maglev tables (2 x table_size uint16 per maglev pool).
-# Every part starts on a 64-byte line.
+# Layout: a header, then the regions of REGIONS in that order, each on a 64-byte
+# line. The header's directory names every region with its offset and size, so
+# a process that attaches finds each region by name and checks it is there.
 
+import collections as _collections
 import os as _os
 import socket as _socket
 
@@ -17,7 +17,7 @@ HASH_KEYS = {"source_ip": HK_SOURCE_IP, "source_addr": HK_SOURCE_ADDR}
 MAX_POOL_CAPACITY = 65535
 _HEALTH_NAMES = {v: k for k, v in HEALTH_STATES.items()}
 
-assert sizeof(shm_header) == 256
+assert sizeof(shm_header) == 1024
 assert sizeof(shm_pool) == 128
 assert sizeof(shm_pool_stats) == 64
 assert sizeof(shm_backend) == 192
@@ -29,6 +29,36 @@ cdef inline uint64_t _line(uint64_t n) noexcept nogil:
     return (n + 63) & ~(<uint64_t>63)
 
 
+# ---- the layout: every region, in order, and the one writer of each -------------
+#
+# A feature that shares state between processes (ticket keys, ACL tries, rate
+# tables, log rings, a cache index) adds its row here and its struct to
+# _fastpath.pxd, and finds its region by name (Shm.region_addr) when it attaches.
+#
+# The size of each region is computed from the layout's dimensions d: pools,
+# slots (backend slots of all pools), rows (worker counter rows) and tables
+# (the table size of each maglev pool).
+
+Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables")
+
+REGIONS = (
+    # name, writer, size in bytes
+    ("pools", "supervisor (each pool's generation: whoever changes one of its backends)",
+     lambda d: d.pools * sizeof(shm_pool)),
+    ("backends", "supervisor (address, name, weight, admin state); checker (health and check results)",
+     lambda d: d.slots * sizeof(shm_backend)),
+    ("worker_stats", "each worker, its own row",
+     lambda d: d.rows * sizeof(shm_worker_stats)),
+    ("backend_stats", "each worker, its own row of every backend's counters",
+     lambda d: d.rows * d.slots * sizeof(shm_backend_stats)),
+    ("pool_stats", "each worker, its own row of every pool's counters",
+     lambda d: d.rows * d.pools * sizeof(shm_pool_stats)),
+    ("maglev_tables", "supervisor (two halves per maglev pool, flipped by generation)",
+     lambda d: sum(_line(2 * size * sizeof(uint16_t)) for size in d.tables)),
+)
+assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
+
+
 cdef class Shm:
     """One mapping of the region. The supervisor creates it before forking;
     workers inherit the mapping; other processes may attach by path."""
@@ -37,6 +67,12 @@ cdef class Shm:
     cdef size_t size
     cdef readonly str path
     cdef shm_header *hdr
+    # the regions every user of the mapping needs, found once
+    cdef shm_pool *pools
+    cdef shm_backend *backends
+    cdef shm_worker_stats *wstats
+    cdef shm_backend_stats *bstats
+    cdef shm_pool_stats *pstats
 
     def __dealloc__(self):
         if self.base != NULL:
@@ -49,24 +85,16 @@ cdef class Shm:
         balance_factor); table_size counts only for maglev, hash_key is a config
         hash_key string (keys the tcp path cannot compute, and every key of a
         pool that is not maglev, hash to nothing)."""
-        cdef uint64_t n_pools = len(pools)
-        cdef uint64_t n_slots = sum(spec[1] for spec in pools)
         for spec in pools:
             if not 0 < spec[1] <= MAX_POOL_CAPACITY:
                 raise ValueError(f"pool {spec[0]!r}: capacity {spec[1]} out of range 1..{MAX_POOL_CAPACITY}")
-        cdef uint64_t pools_off = _line(sizeof(shm_header))
-        cdef uint64_t backends_off = _line(pools_off + n_pools * sizeof(shm_pool))
-        cdef uint64_t wstats_off = _line(backends_off + n_slots * sizeof(shm_backend))
-        cdef uint64_t bstats_off = _line(wstats_off + n_rows * sizeof(shm_worker_stats))
-        cdef uint64_t pstats_off = _line(bstats_off + n_rows * n_slots * sizeof(shm_backend_stats))
-        cdef uint64_t tables_off = _line(pstats_off + n_rows * n_pools * sizeof(shm_pool_stats))
-        cdef uint64_t total = tables_off
-        table_offsets = []
-        for name, cap, algorithm, table_size, hash_key, balance in pools:
-            table_offsets.append(total)
-            if algorithm == "maglev":
-                total = _line(total + 2 * table_size * sizeof(uint16_t))
-        total = _line(total)
+        dims = Dimensions(pools=len(pools), slots=sum(spec[1] for spec in pools), rows=n_rows,
+                          tables=[spec[3] for spec in pools if spec[2] == "maglev"])
+        layout = []
+        cdef uint64_t total = _line(sizeof(shm_header))
+        for name, _, size_of in REGIONS:
+            layout.append((name, total, size_of(dims)))
+            total = _line(total + size_of(dims))
         cdef bytes bpath = path.encode()
         cdef int fd = open(bpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         if fd < 0:
@@ -81,17 +109,19 @@ cdef class Shm:
         h.version = LB_SHM_VERSION
         h.header_size = sizeof(shm_header)
         h.total_size = total
-        h.n_pools = n_pools
-        h.n_slots = n_slots
+        h.n_pools = dims.pools
+        h.n_slots = dims.slots
         h.n_rows = n_rows
         h.supervisor_pid = supervisor_pid
-        h.pools_off = pools_off
-        h.backends_off = backends_off
-        h.wstats_off = wstats_off
-        h.bstats_off = bstats_off
-        h.pstats_off = pstats_off
-        h.tables_off = tables_off
+        h.n_regions = len(layout)
+        for i, (name, off, size) in enumerate(layout):
+            bname = name.encode()
+            memcpy(h.regions[i].name, <char *>bname, len(bname))
+            h.regions[i].off = off
+            h.regions[i].size = size
+        self._find_regions()
         cdef uint32_t first = 0
+        cdef uint64_t table_off = <uint64_t><size_t>(self.region_addr("maglev_tables") - self.base)
         cdef shm_pool *p
         for i, (name, cap, algorithm, table_size, hash_key, balance) in enumerate(pools):
             p = self._pool(i)
@@ -103,8 +133,9 @@ cdef class Shm:
             p.balance_milli = <uint32_t>(balance * 1000 + 0.5) if balance > 1 else 0  # half up
             if algorithm == "maglev":
                 p.table_size = table_size
-                p.table_off = table_offsets[i]
+                p.table_off = table_off
                 memset(self.base + p.table_off, 0xff, 2 * table_size * sizeof(uint16_t))
+                table_off = _line(table_off + 2 * table_size * sizeof(uint16_t))
             bname = name.encode()[:39]
             memcpy(p.name, <char *>bname, len(bname))
             first += cap
@@ -124,9 +155,10 @@ cdef class Shm:
         cdef Shm self = Shm._map(fd, size, path)
         close(fd)
         h = self.hdr
-        if (h.magic_lo != LB_SHM_MAGIC_LO or h.magic_hi != LB_SHM_MAGIC_HI
+        if (size < sizeof(shm_header) or h.magic_lo != LB_SHM_MAGIC_LO or h.magic_hi != LB_SHM_MAGIC_HI
                 or h.version != LB_SHM_VERSION or h.total_size != size):
             raise ValueError(f"{path}: not an lb shared-memory region of layout {LB_SHM_VERSION}")
+        self._find_regions()
         return self
 
     @staticmethod
@@ -141,6 +173,33 @@ cdef class Shm:
         self.hdr = <shm_header *>p
         return self
 
+    cdef char *region_addr(self, str name) except NULL:
+        """Where a region of the directory starts; ValueError when it is missing
+        or does not fit the mapping."""
+        cdef shm_header *h = self.hdr
+        cdef bytes bname = name.encode()
+        cdef uint32_t i
+        for i in range(min(h.n_regions, LB_MAX_REGIONS)):
+            if h.regions[i].name[:LB_REGION_NAME_LEN].split(b"\0", 1)[0] == bname:
+                if h.regions[i].off + h.regions[i].size > h.total_size:
+                    raise ValueError(f"{self.path}: region {name!r} lies beyond the mapping")
+                return self.base + h.regions[i].off
+        raise ValueError(f"{self.path}: no region {name!r}")
+
+    cdef int _find_regions(self) except -1:
+        self.pools = <shm_pool *>self.region_addr("pools")
+        self.backends = <shm_backend *>self.region_addr("backends")
+        self.wstats = <shm_worker_stats *>self.region_addr("worker_stats")
+        self.bstats = <shm_backend_stats *>self.region_addr("backend_stats")
+        self.pstats = <shm_pool_stats *>self.region_addr("pool_stats")
+        return 0
+
+    def regions(self):
+        """The directory: (name, offset, size) of each region, in layout order."""
+        h = self.hdr
+        return [(h.regions[i].name[:LB_REGION_NAME_LEN].split(b"\0", 1)[0].decode(), h.regions[i].off,
+                 h.regions[i].size) for i in range(min(h.n_regions, LB_MAX_REGIONS))]
+
     def unlink(self):
         try:
             _os.unlink(self.path)
@@ -151,21 +210,21 @@ cdef class Shm:
     cdef shm_pool *_pool(self, uint32_t i) except NULL:
         if i >= self.hdr.n_pools:
             raise IndexError(f"pool index {i} out of range")
-        return <shm_pool *>(self.base + self.hdr.pools_off) + i
+        return self.pools + i
 
     cdef shm_backend *_backend(self, uint32_t pool, uint32_t index) except NULL:
         cdef shm_pool *p = self._pool(pool)
         if index >= p.capacity:
             raise IndexError(f"backend index {index} beyond pool capacity {p.capacity}")
-        return <shm_backend *>(self.base + self.hdr.backends_off) + p.first_slot + index
+        return self.backends + p.first_slot + index
 
     cdef shm_worker_stats *_wstats(self, uint32_t row) except NULL:
         if row >= self.hdr.n_rows:
             raise IndexError(f"worker row {row} out of range")
-        return <shm_worker_stats *>(self.base + self.hdr.wstats_off) + row
+        return self.wstats + row
 
     cdef shm_backend_stats *_bstats(self, uint32_t row, uint32_t slot) noexcept:
-        return <shm_backend_stats *>(self.base + self.hdr.bstats_off) + <uint64_t>row * self.hdr.n_slots + slot
+        return self.bstats + <uint64_t>row * self.hdr.n_slots + slot
 
     # -- layout facts --
     @property
@@ -314,7 +373,7 @@ cdef class Shm:
     def pool_active(self, uint32_t pool):
         """Active connections of a pool, summed over every worker row."""
         self._pool(pool)
-        cdef shm_pool_stats *ps = <shm_pool_stats *>(self.base + self.hdr.pstats_off)
+        cdef shm_pool_stats *ps = self.pstats
         return sum(lb_load_i64(&ps[<uint64_t>row * self.hdr.n_pools + pool].active)
                    for row in range(self.hdr.n_rows))
 
@@ -328,7 +387,7 @@ cdef class Shm:
         cdef uint32_t gen = lb_acquire_u32(&p.generation)
         cdef uint32_t half = (p.table_gen + 1) & 1
         cdef uint16_t *table = <uint16_t *>(self.base + p.table_off) + half * p.table_size
-        cdef shm_backend *backends = <shm_backend *>(self.base + self.hdr.backends_off) + p.first_slot
+        cdef shm_backend *backends = self.backends + p.first_slot
         cdef mg_entry *entries = <mg_entry *>calloc(max(1, p.n_slots), sizeof(mg_entry))
         cdef uint32_t n = 0, i
         cdef uint8_t backup
@@ -412,6 +471,6 @@ cdef class Shm:
         lb_store_u64(&s.stopping, 0)
         for slot in range(self.hdr.n_slots):
             lb_store_i64(&self._bstats(row, slot).active, 0)
-        cdef shm_pool_stats *ps = <shm_pool_stats *>(self.base + self.hdr.pstats_off)
+        cdef shm_pool_stats *ps = self.pstats
         for pool in range(self.hdr.n_pools):
             lb_store_i64(&ps[<uint64_t>row * self.hdr.n_pools + pool].active, 0)
