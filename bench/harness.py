@@ -37,6 +37,7 @@ import ctypes
 import dataclasses
 import datetime
 import importlib
+import importlib.machinery
 import json
 import os
 import pkgutil
@@ -64,15 +65,19 @@ MODES = ("tcp", "http")
 DEFAULT_SCENARIO_PREFIXES = ("tcp_", "http_")  # what `python -m bench` runs without names
 
 # Order in which targets run within a scenario, and which of them are proxies.
-TARGET_NAMES = ("direct", "haproxy", "nginx", "lb")
-PROXY_NAMES = ("haproxy", "nginx", "lb")
-ANCHORS = ("haproxy", "nginx", "best", "direct")   # denominators of the lb ratios
+# BASELINE is lb run from another checkout (--baseline DIR): a change measured
+# before and after in one run.
+BASELINE = "lb-base"
+TARGET_NAMES = ("direct", "haproxy", "nginx", "lb", BASELINE)
+PROXY_NAMES = ("haproxy", "nginx", "lb", BASELINE)
+ONLY_NAMES = ("haproxy", "nginx", "lb")   # --only picks among these; direct and lb-base have flags
+ANCHORS = ("haproxy", "nginx", "best", "direct", BASELINE)   # denominators of the lb ratios
 BEST_OF = ("haproxy", "nginx")   # "best": per figure, the better of these two
 
 SMALL_BODY = b"lb-bench small response body: 100 bytes, served by nginx `return 200` from memory......\n"
 ONE_MIB = 1 << 20
 
-READY_TIMEOUT_S = {"lb": 15.0}             # others: DEFAULT_READY_TIMEOUT_S
+READY_TIMEOUT_S = {"lb": 15.0, BASELINE: 15.0}   # others: DEFAULT_READY_TIMEOUT_S
 DEFAULT_READY_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 10.0
 IDLE_OPEN_TIMEOUT_S = 30.0
@@ -221,28 +226,45 @@ def ensure_tools(need: set[str]) -> dict[str, str]:
     return tools
 
 
-def tool_versions(tools: dict[str, str], with_lb: bool) -> dict[str, str | None]:
-    def first_line(cmd: list[str]) -> str | None:
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=20,
-                                 cwd=REPO_ROOT)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        text = (out.stdout or out.stderr).strip()
-        return text.splitlines()[0] if out.returncode == 0 and text else None
+def _first_line(cmd: list[str], cwd: Path = REPO_ROOT) -> str | None:
+    """The first line a successful command prints; None when it fails."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=cwd)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if out.returncode == 0 and text else None
 
+
+def tool_versions(tools: dict[str, str], lb_dirs: dict[str, Path]) -> dict[str, str | None]:
+    """Versions of the tools, and of lb in each checkout of `lb_dirs` ({target: dir})."""
     versions = {}
     if tools.get("haproxy"):
-        versions["haproxy"] = first_line([tools["haproxy"], "-v"])
+        versions["haproxy"] = _first_line([tools["haproxy"], "-v"])
     if tools.get("nginx"):
-        versions["nginx"] = first_line([tools["nginx"], "-v"])
+        versions["nginx"] = _first_line([tools["nginx"], "-v"])
     if tools.get("wrk"):
         # wrk -v prints its banner and exits 1.
         out = subprocess.run([tools["wrk"], "-v"], capture_output=True, text=True, timeout=10)
         versions["wrk"] = (out.stdout + out.stderr).strip().splitlines()[0]
-    if with_lb:
-        versions["lb"] = first_line([sys.executable, "-m", "lb", "--version"])
+    for name, cwd in lb_dirs.items():
+        versions[name] = _first_line([sys.executable, "-m", "lb", "--version"], cwd)
     return versions
+
+
+def baseline_checkout(path: str | Path) -> Path:
+    """The --baseline DIR, absolute, once it is an lb checkout with its compiled
+    module built in place for this Python. Checked before anything starts:
+    without lb/ there, `python -m lb` would silently import the installed lb
+    instead, and without the module lb-base would fail in every scenario."""
+    root = Path(path).expanduser().resolve()
+    if not (root / "lb" / "__init__.py").is_file():
+        raise BenchError(f"{root} is not an lb checkout: it has no lb/__init__.py")
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    if not any((root / "lb" / f"_fastpath{sfx}").is_file() for sfx in suffixes):
+        raise BenchError(f"{root} has no compiled lb/_fastpath{suffixes[0]}: build it there with "
+                         f"`python setup.py build_ext --inplace`")
+    return root
 
 
 # --------------------------------------------------------------------------
@@ -707,7 +729,17 @@ algorithm = "roundrobin"
         return _children(self.service.pid)
 
 
-TARGET_CLASSES = {cls.name: cls for cls in (DirectTarget, HAProxyTarget, NginxTarget, LbTarget)}
+class LbBaseTarget(LbTarget):
+    """lb from the --baseline checkout: the same config and user as lb."""
+
+    name = BASELINE
+
+    def cwd(self) -> Path | None:
+        return self.ctx.opts.baseline     # `python -m lb` runs that checkout
+
+
+TARGET_CLASSES = {cls.name: cls for cls in (DirectTarget, HAProxyTarget, NginxTarget, LbTarget,
+                                            LbBaseTarget)}
 
 
 def _procs(pids: list[int]) -> list[psutil.Process]:
@@ -1267,12 +1299,13 @@ class Options:
     connections: int = 64
     threads: int = 1
     idle_conns: int = 4000
-    only: tuple[str, ...] = PROXY_NAMES
+    only: tuple[str, ...] = ONLY_NAMES
     direct: bool = True
     as_json: bool = False
     save: bool = False
     keep_workdir: bool = False
     repeat: int = 1              # rounds for wrk scenarios; figures are medians
+    baseline: Path | None = None  # another lb checkout, run as lb-base (checked: baseline_checkout)
 
 
 @dataclasses.dataclass
@@ -1285,9 +1318,15 @@ class Context:
     origin: Origin | None = None
 
 
+def run_targets(opts: Options) -> list[str]:
+    """The targets of this run, in TARGET_NAMES order: the --only proxies,
+    direct unless --no-direct, lb-base with --baseline."""
+    flags = {"direct": opts.direct, BASELINE: opts.baseline is not None}
+    return [t for t in TARGET_NAMES if flags.get(t, t in opts.only)]
+
+
 def scenario_targets(ctx: Context, scenario) -> list[str]:
-    return [t for t in TARGET_NAMES if t in scenario.TARGETS
-            and (t in ctx.opts.only or (t == "direct" and ctx.opts.direct))]
+    return [t for t in run_targets(ctx.opts) if t in scenario.TARGETS]
 
 
 def run_scenario(ctx: Context, scenario, order: list[str] | None = None,
@@ -1403,6 +1442,7 @@ def run(opts: Options) -> int:
     workdir.chmod(0o755)
     ctx = Context(opts=opts, tools=tools, workdir=workdir, ports=PortAllocator(), nofile=nofile)
 
+    lb_dirs = {"lb": REPO_ROOT, BASELINE: opts.baseline}   # where `python -m lb` runs
     report = {
         "meta": {
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -1414,11 +1454,20 @@ def run(opts: Options) -> int:
                     "warmup_s": max(1, round(opts.warmup_s)) if opts.warmup_s > 0 else 0},
             "idle_conns": opts.idle_conns,
             "repeat": opts.repeat,
-            "targets": [t for t in TARGET_NAMES if t in opts.only or (t == "direct" and opts.direct)],
-            "versions": tool_versions(tools, "lb" in opts.only),
+            "targets": run_targets(opts),
+            "versions": tool_versions(tools, {t: lb_dirs[t] for t in run_targets(opts) if t in lb_dirs}),
         },
         "scenarios": {},
     }
+    if opts.baseline is not None:
+        # Both checkouts usually report the same version: the commit tells them apart.
+        commit = _first_line(["git", "-C", str(opts.baseline), "describe", "--always", "--dirty"])
+        report["meta"]["baseline"] = {"dir": str(opts.baseline), "commit": commit}
+        line = f"{BASELINE}: lb from {opts.baseline} ({commit or 'not a git checkout'})"
+        if opts.as_json:
+            log(line)
+        else:
+            print(line + "\n", flush=True)
     failed = False
     interrupted = False
     try:

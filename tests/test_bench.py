@@ -35,11 +35,18 @@ def test_bench_runs_all_three_and_reports_ratios():
     assert doc["scenarios"]["tcp_1mib"]["results"]["lb"]["gbps"] > 0
 
 
-def test_bench_reports_cpu_per_request_of_each_proxy():
+@pytest.fixture(scope="module")
+def two_rounds() -> dict:
+    """tcp_small, two rounds, every target, and this checkout again as the
+    --baseline (lb-base): one short run for the tests below."""
+    return run_bench("tcp_small", "--repeat", "2", "--baseline", str(ROOT))
+
+
+def test_bench_reports_cpu_per_request_of_each_proxy(two_rounds):
     """cpu_us_req: the CPU of the proxy's process tree per request, with
     medians and a per-round spread like every ratio metric; direct has none."""
-    scenario = run_bench("tcp_small", "--repeat", "2")["scenarios"]["tcp_small"]
-    for proxy in ("lb", "haproxy", "nginx"):
+    scenario = two_rounds["scenarios"]["tcp_small"]
+    for proxy in ("lb", "haproxy", "nginx", "lb-base"):
         assert scenario["results"][proxy]["cpu_us_req"] > 0, (proxy, scenario["results"][proxy])
         for rd in scenario["rounds"]:
             assert rd["results"][proxy]["cpu_us_req"] > 0, (proxy, rd)
@@ -48,6 +55,31 @@ def test_bench_reports_cpu_per_request_of_each_proxy():
         assert scenario["ratios"][key]["cpu_us_req"] > 0
         assert scenario["ratio_spread"][key]["cpu_us_req"]["n"] == 2
     assert "cpu_us_req" not in scenario["ratios"]["lb/direct"]
+
+
+def test_bench_baseline_runs_another_checkout_as_lb_base(two_rounds):
+    meta, scenario = two_rounds["meta"], two_rounds["scenarios"]["tcp_small"]
+    assert meta["baseline"]["dir"] == str(ROOT) and meta["versions"]["lb-base"]
+    assert meta["targets"] == ["direct", "haproxy", "nginx", "lb", "lb-base"]
+    assert scenario["results"]["lb-base"]["ok"], scenario["results"]["lb-base"]
+    # It takes its turn in the rotated order like every other target.
+    assert [rd["order"] for rd in scenario["rounds"]] == [
+        ["direct", "haproxy", "nginx", "lb", "lb-base"], ["haproxy", "nginx", "lb", "lb-base", "direct"]]
+    assert set(scenario["ratios"]["lb/lb-base"]) == {"cpu_us_req", "req_s", "p99_ms"}
+    assert scenario["ratio_spread"]["lb/lb-base"]["req_s"]["n"] == 2
+
+
+@pytest.mark.parametrize("files, message", [
+    ((), "has no lb/__init__.py"),
+    (("lb/__init__.py", "lb/_fastpath.pyx"), "has no compiled lb/_fastpath"),
+])
+def test_bench_baseline_must_be_a_built_checkout(tmp_path, files, message):
+    for name in files:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
+    out = subprocess.run([sys.executable, "-m", "bench", "tcp_small", "--baseline", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
 
 
 def test_cpu_per_request_leads_every_wrk_scenario():
