@@ -904,8 +904,8 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
         result["gbps"] = result.pop("bytes_s") / 1e9
     else:
         result.pop("bytes_s")
-    # The proxy's own cost per request: unlike req/s, it hardly depends on how
-    # the two cores were shared with wrk and the origin during the run.
+    # The proxy's own cost per request: unlike req/s, it leaves out how the two
+    # cores were shared with wrk and the origin during the run.
     own_used = [used[pid] for pid in own if pid in used]
     result["cpu_us_req"] = 1e6 * sum(own_used) / result["requests"] if own_used else None
     result["cpu_pct"] = result["rss_mib"] = None
@@ -1044,7 +1044,7 @@ CPU_US_REQ_METRIC = Metric("cpu_us_req", "cpu us/req", ",.1f", "lower")
 REQ_S_METRIC = Metric("req_s", "req/s", ",.0f", "higher")
 P99_METRIC = Metric("p99_ms", "p99 ms", ".2f", "lower")
 # The headline figures of a wrk scenario, in table order: CPU per request
-# first, the figure a shared 2-core machine disturbs least.
+# first, the proxy's own cost, whatever share of the two cores it got.
 WRK_METRICS = (CPU_US_REQ_METRIC, REQ_S_METRIC, P99_METRIC)
 GBPS_METRIC = Metric("gbps", "GB/s", ".3f", "higher")
 WRK_GBPS_METRICS = (CPU_US_REQ_METRIC, REQ_S_METRIC, GBPS_METRIC, P99_METRIC)   # bulk scenarios
