@@ -1,4 +1,5 @@
-"""python -m bench [SCENARIO ...] [--duration 10s] [--connections 64] [--repeat N] [--json] [--only lb,haproxy,nginx]"""
+"""python -m bench [SCENARIO ...] [--duration 10s] [--connections 64] [--repeat N] [--json] [--only lb,haproxy,nginx]
+[--baseline DIR]"""
 
 from __future__ import annotations
 
@@ -18,11 +19,18 @@ def _duration(text: str) -> float:
 
 def _targets(text: str) -> tuple[str, ...]:
     names = tuple(t.strip() for t in text.split(",") if t.strip())
-    bad = [t for t in names if t not in harness.PROXY_NAMES]
+    bad = [t for t in names if t not in harness.ONLY_NAMES]
     if bad or not names:
         raise argparse.ArgumentTypeError(
-            f"choose from {','.join(harness.PROXY_NAMES)} (got {text!r})")
+            f"choose from {','.join(harness.ONLY_NAMES)} (got {text!r})")
     return names
+
+
+def _checkout(text: str):
+    try:
+        return harness.baseline_checkout(text)
+    except harness.BenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,8 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "medians, ratios show their per-round min..max (default 1)")
     p.add_argument("--idle-conns", type=int, default=4000, metavar="N",
                    help="idle connections for tcp_idle_rss (default 4000)")
-    p.add_argument("--only", type=_targets, default=harness.PROXY_NAMES, metavar="LIST",
+    p.add_argument("--only", type=_targets, default=harness.ONLY_NAMES, metavar="LIST",
                    help="proxies to run, comma-separated (default lb,haproxy,nginx)")
+    p.add_argument("--baseline", type=_checkout, metavar="DIR",
+                   help=f"also run lb from DIR, another lb checkout with its compiled module "
+                        f"built in place, as target {harness.BASELINE} (same config as lb), "
+                        f"and report lb/{harness.BASELINE}: a change before and after in one run")
     p.add_argument("--no-direct", dest="direct", action="store_false",
                    help="skip the direct-to-origin ceiling")
     p.add_argument("--json", dest="as_json", action="store_true",
@@ -64,11 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.connections < 1 or args.idle_conns < 1 or args.repeat < 1:
         print("bench: --connections, --idle-conns and --repeat must be positive", file=sys.stderr)
         return 2
+    if args.baseline is not None and "lb" not in args.only:
+        print(f"bench: --baseline compares lb with {harness.BASELINE}: keep lb in --only", file=sys.stderr)
+        return 2
     opts = harness.Options(
         scenarios=args.scenarios, duration_s=args.duration, warmup_s=args.warmup,
         connections=args.connections, idle_conns=args.idle_conns, only=args.only,
         direct=args.direct, as_json=args.as_json, save=args.save,
-        keep_workdir=args.keep_workdir, repeat=args.repeat)
+        keep_workdir=args.keep_workdir, repeat=args.repeat, baseline=args.baseline)
 
     # SIGTERM takes the same path as Ctrl-C: stop every child, then exit.
     def _on_term(signum, frame):

@@ -37,6 +37,7 @@ import ctypes
 import dataclasses
 import datetime
 import importlib
+import importlib.machinery
 import json
 import os
 import pkgutil
@@ -64,15 +65,19 @@ MODES = ("tcp", "http")
 DEFAULT_SCENARIO_PREFIXES = ("tcp_", "http_")  # what `python -m bench` runs without names
 
 # Order in which targets run within a scenario, and which of them are proxies.
-TARGET_NAMES = ("direct", "haproxy", "nginx", "lb")
-PROXY_NAMES = ("haproxy", "nginx", "lb")
-ANCHORS = ("haproxy", "nginx", "best", "direct")   # denominators of the lb ratios
+# BASELINE is lb run from another checkout (--baseline DIR): a change measured
+# before and after in one run.
+BASELINE = "lb-base"
+TARGET_NAMES = ("direct", "haproxy", "nginx", "lb", BASELINE)
+PROXY_NAMES = ("haproxy", "nginx", "lb", BASELINE)
+ONLY_NAMES = ("haproxy", "nginx", "lb")   # --only picks among these; direct and lb-base have flags
+ANCHORS = ("haproxy", "nginx", "best", "direct", BASELINE)   # denominators of the lb ratios
 BEST_OF = ("haproxy", "nginx")   # "best": per figure, the better of these two
 
 SMALL_BODY = b"lb-bench small response body: 100 bytes, served by nginx `return 200` from memory......\n"
 ONE_MIB = 1 << 20
 
-READY_TIMEOUT_S = {"lb": 15.0}             # others: DEFAULT_READY_TIMEOUT_S
+READY_TIMEOUT_S = {"lb": 15.0, BASELINE: 15.0}   # others: DEFAULT_READY_TIMEOUT_S
 DEFAULT_READY_TIMEOUT_S = 5.0
 STOP_TIMEOUT_S = 10.0
 IDLE_OPEN_TIMEOUT_S = 30.0
@@ -221,28 +226,45 @@ def ensure_tools(need: set[str]) -> dict[str, str]:
     return tools
 
 
-def tool_versions(tools: dict[str, str], with_lb: bool) -> dict[str, str | None]:
-    def first_line(cmd: list[str]) -> str | None:
-        try:
-            out = subprocess.run(cmd, capture_output=True, text=True, timeout=20,
-                                 cwd=REPO_ROOT)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        text = (out.stdout or out.stderr).strip()
-        return text.splitlines()[0] if out.returncode == 0 and text else None
+def _first_line(cmd: list[str], cwd: Path = REPO_ROOT) -> str | None:
+    """The first line a successful command prints; None when it fails."""
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=cwd)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout or out.stderr).strip()
+    return text.splitlines()[0] if out.returncode == 0 and text else None
 
+
+def tool_versions(tools: dict[str, str], lb_dirs: dict[str, Path]) -> dict[str, str | None]:
+    """Versions of the tools, and of lb in each checkout of `lb_dirs` ({target: dir})."""
     versions = {}
     if tools.get("haproxy"):
-        versions["haproxy"] = first_line([tools["haproxy"], "-v"])
+        versions["haproxy"] = _first_line([tools["haproxy"], "-v"])
     if tools.get("nginx"):
-        versions["nginx"] = first_line([tools["nginx"], "-v"])
+        versions["nginx"] = _first_line([tools["nginx"], "-v"])
     if tools.get("wrk"):
         # wrk -v prints its banner and exits 1.
         out = subprocess.run([tools["wrk"], "-v"], capture_output=True, text=True, timeout=10)
         versions["wrk"] = (out.stdout + out.stderr).strip().splitlines()[0]
-    if with_lb:
-        versions["lb"] = first_line([sys.executable, "-m", "lb", "--version"])
+    for name, cwd in lb_dirs.items():
+        versions[name] = _first_line([sys.executable, "-m", "lb", "--version"], cwd)
     return versions
+
+
+def baseline_checkout(path: str | Path) -> Path:
+    """The --baseline DIR, absolute, once it is an lb checkout with its compiled
+    module built in place for this Python. Checked before anything starts:
+    without lb/ there, `python -m lb` would silently import the installed lb
+    instead, and without the module lb-base would fail in every scenario."""
+    root = Path(path).expanduser().resolve()
+    if not (root / "lb" / "__init__.py").is_file():
+        raise BenchError(f"{root} is not an lb checkout: it has no lb/__init__.py")
+    suffixes = importlib.machinery.EXTENSION_SUFFIXES
+    if not any((root / "lb" / f"_fastpath{sfx}").is_file() for sfx in suffixes):
+        raise BenchError(f"{root} has no compiled lb/_fastpath{suffixes[0]}: build it there with "
+                         f"`python setup.py build_ext --inplace`")
+    return root
 
 
 # --------------------------------------------------------------------------
@@ -473,7 +495,19 @@ class Target(abc.ABC):
 
     @abc.abstractmethod
     def candidates(self) -> list[psutil.Process]:
-        """Processes that may be the data-plane worker."""
+        """Processes that may be the data-plane worker (some of processes())."""
+
+    def processes(self) -> list[psutil.Process]:
+        """The target's main process and all its descendants: what it spends
+        CPU in (lb's supervisor, workers and checker; nginx's master and
+        worker). Empty without a process of its own (direct)."""
+        if self.service is None:
+            return []
+        try:
+            main = psutil.Process(self.service.pid)
+            return [main, *main.children(recursive=True)]
+        except psutil.Error:
+            return []
 
 
     def stop(self) -> None:
@@ -695,7 +729,17 @@ algorithm = "roundrobin"
         return _children(self.service.pid)
 
 
-TARGET_CLASSES = {cls.name: cls for cls in (DirectTarget, HAProxyTarget, NginxTarget, LbTarget)}
+class LbBaseTarget(LbTarget):
+    """lb from the --baseline checkout: the same config and user as lb."""
+
+    name = BASELINE
+
+    def cwd(self) -> Path | None:
+        return self.ctx.opts.baseline     # `python -m lb` runs that checkout
+
+
+TARGET_CLASSES = {cls.name: cls for cls in (DirectTarget, HAProxyTarget, NginxTarget, LbTarget,
+                                            LbBaseTarget)}
 
 
 def _procs(pids: list[int]) -> list[psutil.Process]:
@@ -819,9 +863,11 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
                 headers: tuple[str, ...] = (), gbps: bool = False) -> dict:
     """Warm up, then one timed wrk run; add CPU shares and the worker's RSS.
 
-    cpu_pct is the busiest process of the target (its data-plane worker);
-    other_cpu_pct is what the host spent outside wrk, the target and the
-    origin during the run: anything well above zero means a noisy machine.
+    cpu_us_req is the CPU (user + system) of the target's whole process
+    tree per request wrk completed, in microseconds; cpu_pct is the busiest
+    process of the target (its data-plane worker); other_cpu_pct is what the
+    host spent outside wrk, the target and the origin during the run:
+    anything well above zero means a noisy machine.
     """
     url = target.url(path)
     hdr = "".join(f' -H "{h}"' for h in headers)
@@ -831,9 +877,8 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     log(f"  {target.name}: wrk -t{ctx.opts.threads} -c{ctx.opts.connections} -d{seconds}s --latency{hdr} {url}")
 
     procs = target.candidates()
-    tree = {p.pid: p for p in procs}
-    if target.service is not None:
-        tree.update({p.pid: p for p in _procs([target.service.pid])})
+    own = {p.pid: p for p in target.processes()}
+    tree = dict(own)
     origin = ctx.origin.worker()
     if origin is not None:
         tree[origin.pid] = origin
@@ -859,6 +904,10 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
         result["gbps"] = result.pop("bytes_s") / 1e9
     else:
         result.pop("bytes_s")
+    # The proxy's own cost per request: unlike req/s, it leaves out how the two
+    # cores were shared with wrk and the origin during the run.
+    own_used = [used[pid] for pid in own if pid in used]
+    result["cpu_us_req"] = 1e6 * sum(own_used) / result["requests"] if own_used else None
     result["cpu_pct"] = result["rss_mib"] = None
     busiest = max((p for p in procs if p.pid in used), key=lambda p: used[p.pid], default=None)
     if busiest is not None:
@@ -991,17 +1040,20 @@ class Metric:
     better: str | None = None  # "higher" | "lower": ratios are printed; None: no ratio
 
 
-WRK_METRICS = (
-    Metric("req_s", "req/s", ",.0f", "higher"),
-    Metric("p99_ms", "p99 ms", ".2f", "lower"),
-)
+CPU_US_REQ_METRIC = Metric("cpu_us_req", "cpu us/req", ",.1f", "lower")
+REQ_S_METRIC = Metric("req_s", "req/s", ",.0f", "higher")
+P99_METRIC = Metric("p99_ms", "p99 ms", ".2f", "lower")
+# The headline figures of a wrk scenario, in table order: CPU per request
+# first, the proxy's own cost, whatever share of the two cores it got.
+WRK_METRICS = (CPU_US_REQ_METRIC, REQ_S_METRIC, P99_METRIC)
+GBPS_METRIC = Metric("gbps", "GB/s", ".3f", "higher")
+WRK_GBPS_METRICS = (CPU_US_REQ_METRIC, REQ_S_METRIC, GBPS_METRIC, P99_METRIC)   # bulk scenarios
 WRK_EXTRA_METRICS = (
     Metric("cpu_pct", "cpu %", ".0f"),
     Metric("rss_mib", "rss MiB", ".1f"),
     Metric("origin_cpu_pct", "origin cpu %", ".0f"),
     Metric("other_cpu_pct", "other cpu %", ".0f"),
 )
-GBPS_METRIC = Metric("gbps", "GB/s", ".3f", "higher")
 ORIGIN_CONNS_METRIC = Metric("origin_conns", "origin conns", ",.0f")
 
 
@@ -1247,12 +1299,13 @@ class Options:
     connections: int = 64
     threads: int = 1
     idle_conns: int = 4000
-    only: tuple[str, ...] = PROXY_NAMES
+    only: tuple[str, ...] = ONLY_NAMES
     direct: bool = True
     as_json: bool = False
     save: bool = False
     keep_workdir: bool = False
     repeat: int = 1              # rounds for wrk scenarios; figures are medians
+    baseline: Path | None = None  # another lb checkout, run as lb-base (checked: baseline_checkout)
 
 
 @dataclasses.dataclass
@@ -1265,9 +1318,15 @@ class Context:
     origin: Origin | None = None
 
 
+def run_targets(opts: Options) -> list[str]:
+    """The targets of this run, in TARGET_NAMES order: the --only proxies,
+    direct unless --no-direct, lb-base with --baseline."""
+    flags = {"direct": opts.direct, BASELINE: opts.baseline is not None}
+    return [t for t in TARGET_NAMES if flags.get(t, t in opts.only)]
+
+
 def scenario_targets(ctx: Context, scenario) -> list[str]:
-    return [t for t in TARGET_NAMES if t in scenario.TARGETS
-            and (t in ctx.opts.only or (t == "direct" and ctx.opts.direct))]
+    return [t for t in run_targets(ctx.opts) if t in scenario.TARGETS]
 
 
 def run_scenario(ctx: Context, scenario, order: list[str] | None = None,
@@ -1383,6 +1442,7 @@ def run(opts: Options) -> int:
     workdir.chmod(0o755)
     ctx = Context(opts=opts, tools=tools, workdir=workdir, ports=PortAllocator(), nofile=nofile)
 
+    lb_dirs = {"lb": REPO_ROOT, BASELINE: opts.baseline}   # where `python -m lb` runs
     report = {
         "meta": {
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -1394,11 +1454,20 @@ def run(opts: Options) -> int:
                     "warmup_s": max(1, round(opts.warmup_s)) if opts.warmup_s > 0 else 0},
             "idle_conns": opts.idle_conns,
             "repeat": opts.repeat,
-            "targets": [t for t in TARGET_NAMES if t in opts.only or (t == "direct" and opts.direct)],
-            "versions": tool_versions(tools, "lb" in opts.only),
+            "targets": run_targets(opts),
+            "versions": tool_versions(tools, {t: lb_dirs[t] for t in run_targets(opts) if t in lb_dirs}),
         },
         "scenarios": {},
     }
+    if opts.baseline is not None:
+        # Both checkouts usually report the same version: the commit tells them apart.
+        commit = _first_line(["git", "-C", str(opts.baseline), "describe", "--always", "--dirty"])
+        report["meta"]["baseline"] = {"dir": str(opts.baseline), "commit": commit}
+        line = f"{BASELINE}: lb from {opts.baseline} ({commit or 'not a git checkout'})"
+        if opts.as_json:
+            log(line)
+        else:
+            print(line + "\n", flush=True)
     failed = False
     interrupted = False
     try:

@@ -12,13 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_runs_all_three_and_reports_ratios():
+def run_bench(*args: str) -> dict:
+    """The JSON of a short run (1 s per target, no warm-up, 8 connections)."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench", "tcp_small", "tcp_1mib", "--duration", "1s", "--warmup", "0s",
-         "--connections", "8", "--no-direct", "--json"],
+        [sys.executable, "-m", "bench", *args, "--duration", "1s", "--warmup", "0s",
+         "--connections", "8", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    doc = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def test_bench_runs_all_three_and_reports_ratios():
+    doc = run_bench("tcp_small", "tcp_1mib", "--no-direct")
     for name in ("tcp_small", "tcp_1mib"):
         scenario = doc["scenarios"][name]
         for proxy in ("lb", "haproxy", "nginx"):
@@ -28,6 +33,62 @@ def test_bench_runs_all_three_and_reports_ratios():
         assert set(scenario["ratios"]) == {"lb/haproxy", "lb/nginx"}
         assert scenario["ratios"]["lb/haproxy"]["req_s"] > 0
     assert doc["scenarios"]["tcp_1mib"]["results"]["lb"]["gbps"] > 0
+
+
+@pytest.fixture(scope="module")
+def two_rounds() -> dict:
+    """tcp_small, two rounds, every target, and this checkout again as the
+    --baseline (lb-base): one short run for the tests below."""
+    return run_bench("tcp_small", "--repeat", "2", "--baseline", str(ROOT))
+
+
+def test_bench_reports_cpu_per_request_of_each_proxy(two_rounds):
+    """cpu_us_req: the CPU of the proxy's process tree per request, with
+    medians and a per-round spread like every ratio metric; direct has none."""
+    scenario = two_rounds["scenarios"]["tcp_small"]
+    for proxy in ("lb", "haproxy", "nginx", "lb-base"):
+        assert scenario["results"][proxy]["cpu_us_req"] > 0, (proxy, scenario["results"][proxy])
+        for rd in scenario["rounds"]:
+            assert rd["results"][proxy]["cpu_us_req"] > 0, (proxy, rd)
+    assert scenario["results"]["direct"]["cpu_us_req"] is None
+    for key in ("lb/haproxy", "lb/nginx"):
+        assert scenario["ratios"][key]["cpu_us_req"] > 0
+        assert scenario["ratio_spread"][key]["cpu_us_req"]["n"] == 2
+    assert "cpu_us_req" not in scenario["ratios"]["lb/direct"]
+
+
+def test_bench_baseline_runs_another_checkout_as_lb_base(two_rounds):
+    meta, scenario = two_rounds["meta"], two_rounds["scenarios"]["tcp_small"]
+    assert meta["baseline"]["dir"] == str(ROOT) and meta["versions"]["lb-base"]
+    assert meta["targets"] == ["direct", "haproxy", "nginx", "lb", "lb-base"]
+    assert scenario["results"]["lb-base"]["ok"], scenario["results"]["lb-base"]
+    # It takes its turn in the rotated order like every other target.
+    assert [rd["order"] for rd in scenario["rounds"]] == [
+        ["direct", "haproxy", "nginx", "lb", "lb-base"], ["haproxy", "nginx", "lb", "lb-base", "direct"]]
+    assert set(scenario["ratios"]["lb/lb-base"]) == {"cpu_us_req", "req_s", "p99_ms"}
+    assert scenario["ratio_spread"]["lb/lb-base"]["req_s"]["n"] == 2
+
+
+@pytest.mark.parametrize("files, message", [
+    ((), "has no lb/__init__.py"),
+    (("lb/__init__.py", "lb/_fastpath.pyx"), "has no compiled lb/_fastpath"),
+])
+def test_bench_baseline_must_be_a_built_checkout(tmp_path, files, message):
+    for name in files:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).touch()
+    out = subprocess.run([sys.executable, "-m", "bench", "tcp_small", "--baseline", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_cpu_per_request_leads_every_wrk_scenario():
+    from bench import harness
+
+    for scenario in harness.load_scenarios().values():
+        if scenario.KIND == "wrk":
+            assert scenario.METRICS[0] is harness.CPU_US_REQ_METRIC, scenario.NAME
+            assert "cpu_us_req" not in getattr(scenario, "GOALS", {}), scenario.NAME
 
 
 # --------------------------------------------------------------------------
@@ -67,12 +128,7 @@ def lb_http_refusal(tmp_path) -> str | None:
 
 
 def run_http_bench(only: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "bench", *HTTP_SCENARIOS, "--duration", "1s", "--warmup", "0s",
-         "--connections", "8", "--no-direct", "--only", only, "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout)
+    return run_bench(*HTTP_SCENARIOS, "--no-direct", "--only", only)
 
 
 def check_http_results(doc: dict, proxies: tuple[str, ...]) -> None:
@@ -118,7 +174,7 @@ def test_lb_best_is_the_better_anchor_per_figure():
     from bench import harness
 
     class Scenario:
-        METRICS = (harness.WRK_METRICS[0], harness.GBPS_METRIC, harness.WRK_METRICS[1])
+        METRICS = (harness.REQ_S_METRIC, harness.GBPS_METRIC, harness.P99_METRIC)
         GOALS = {"req_s": 1.0, "p99_ms": 1.0}
 
     results = {

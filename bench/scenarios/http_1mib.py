@@ -11,10 +11,9 @@ NAME = "http_1mib"
 ORDER = 60
 KIND = "wrk"
 MODE = "http"
-SUMMARY = "keep-alive GET /1m (1 MiB body), http mode: req/s, p99, GB/s"
+SUMMARY = "keep-alive GET /1m (1 MiB body), http mode: cpu/req, req/s, p99, GB/s"
 TARGETS = harness.TARGET_NAMES
-METRICS = ((harness.WRK_METRICS[0], harness.GBPS_METRIC, harness.WRK_METRICS[1])
-           + harness.WRK_EXTRA_METRICS + (harness.ORIGIN_CONNS_METRIC,))
+METRICS = harness.WRK_GBPS_METRICS + harness.WRK_EXTRA_METRICS + (harness.ORIGIN_CONNS_METRIC,)
 GOALS = {"gbps": 1.0}
 
 

@@ -9,9 +9,9 @@ from bench import harness
 NAME = "tcp_1mib"
 ORDER = 20
 KIND = "wrk"
-SUMMARY = "keep-alive GET /1m (1 MiB body), tcp mode: req/s, p99, GB/s"
+SUMMARY = "keep-alive GET /1m (1 MiB body), tcp mode: cpu/req, req/s, p99, GB/s"
 TARGETS = harness.TARGET_NAMES
-METRICS = (harness.WRK_METRICS[0], harness.GBPS_METRIC, harness.WRK_METRICS[1]) + harness.WRK_EXTRA_METRICS
+METRICS = harness.WRK_GBPS_METRICS + harness.WRK_EXTRA_METRICS
 
 
 def measure(ctx, target):

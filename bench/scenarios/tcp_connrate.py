@@ -10,7 +10,7 @@ from bench import harness
 NAME = "tcp_connrate"
 ORDER = 30
 KIND = "wrk"
-SUMMARY = "new connection per request (GET /small, Connection: close): req/s, p99"
+SUMMARY = "new connection per request (GET /small, Connection: close): cpu/req, req/s, p99"
 TARGETS = harness.TARGET_NAMES
 METRICS = harness.WRK_METRICS + harness.WRK_EXTRA_METRICS
 

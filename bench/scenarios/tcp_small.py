@@ -9,7 +9,7 @@ from bench import harness
 NAME = "tcp_small"
 ORDER = 10
 KIND = "wrk"
-SUMMARY = "keep-alive GET /small (100 B body), tcp mode: req/s, p99"
+SUMMARY = "keep-alive GET /small (100 B body), tcp mode: cpu/req, req/s, p99"
 TARGETS = harness.TARGET_NAMES
 METRICS = harness.WRK_METRICS + harness.WRK_EXTRA_METRICS
 
