@@ -3,19 +3,25 @@
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests and benchmarks use: the peers lb is measured
-# against, the load generator, and curl for the demo test.
-APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl
+# against, the load generator, curl for the demo test, and openssl (s_client)
+# for the TLS tests.
+APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl
+# What building the compiled data path needs beyond a compiler: OpenSSL's headers.
+BUILD_DEPS := libssl-dev
 
-.PHONY: install demo test test-deps bench debug clean deb rpm deb-deps rpm-deps
+.PHONY: install build-deps demo test test-deps bench debug clean deb rpm deb-deps rpm-deps
 
-install:
+build-deps:
+	@$(call apt_ensure,$(BUILD_DEPS))
+
+install: build-deps
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 
 demo: install
 	$(PYTHON) -m lb demo
 
 test-deps:
-	@missing=""; for cmd in haproxy nginx wrk curl; do command -v $$cmd >/dev/null || missing=1; done; \
+	@missing=""; for cmd in haproxy nginx wrk curl openssl; do command -v $$cmd >/dev/null || missing=1; done; \
 	[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \
@@ -40,8 +46,8 @@ clean:
 # and the Debian source package, or the .rpm and .src.rpm, land in dist/.
 # Debian's own tools build them; Cython 3 for the tarball's generated C comes
 # from $(PYTHON) (pip-installed there if missing).
-DEB_BUILD_DEPS := build-essential dpkg-dev debhelper dh-python python3-all-dev python3-click python3-setuptools
-RPM_BUILD_DEPS := rpm gcc python3-dev python3-click python3-setuptools
+DEB_BUILD_DEPS := build-essential dpkg-dev debhelper dh-python libssl-dev python3-all-dev python3-click python3-setuptools
+RPM_BUILD_DEPS := rpm gcc libssl-dev python3-dev python3-click python3-setuptools
 
 # apt-get install, unless every package named is installed already
 apt_ensure = [ "$$(dpkg-query -W -f='$${db:Status-Abbrev}\n' $(1) 2>/dev/null | grep -c '^ii')" = "$(words $(1))" ] || \

@@ -90,6 +90,8 @@ setup(
             "lb._fastpath",
             ["lb/_fastpath.pyx"],
             extra_compile_args=CFLAGS,
+            # TLS (lb/fastpath/tls.pxi): OpenSSL 3, libssl-dev to build
+            libraries=["ssl", "crypto"],
             depends=["lb/_fastpath.pxd"],
         )
     ],

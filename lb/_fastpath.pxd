@@ -10,6 +10,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from lb.includes.socket cimport sockaddr_storage
 from lb.includes.epoll cimport epoll_event
+from lb.includes.openssl cimport SSL_CTX
 
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
@@ -130,7 +131,7 @@ cdef struct shm_backend:             # 192 bytes
     uint64_t passive_base            # writer: checker; workers' failure count already acted on
     uint8_t _pad[48]
 
-cdef struct shm_worker_stats:        # 128 bytes, one row per worker; writer: that worker
+cdef struct shm_worker_stats:        # 256 bytes, one row per worker; writer: that worker
     uint64_t pid
     uint64_t heartbeat_ms            # monotonic ms of the loop's last turn
     uint64_t accepted
@@ -147,6 +148,16 @@ cdef struct shm_worker_stats:        # 128 bytes, one row per worker; writer: th
     uint64_t http_requests           # requests parsed (http listeners)
     uint64_t http_errors             # responses lb made itself (4xx/5xx pages)
     uint64_t http_retries            # requests sent again to another backend
+    uint64_t tls_handshakes          # TLS handshakes completed with clients
+    uint64_t tls_resumed             # of those, sessions resumed (a ticket)
+    # TLS handshakes with clients that failed, by reason
+    uint64_t tls_fail_timeout        # not done within handshake_timeout
+    uint64_t tls_fail_plain_http     # plain HTTP sent to a TLS port
+    uint64_t tls_fail_negotiation    # no protocol version, cipher or group in common
+    uint64_t tls_fail_client_cert    # a client certificate missing or not verified
+    uint64_t tls_fail_protocol       # anything else that is not TLS (garbage, bad records)
+    uint64_t tls_fail_closed         # the client closed or reset the connection mid-handshake
+    uint64_t _pad[8]
 
 cdef struct shm_backend_stats:       # 64 bytes, [row][slot]; writer: the row's worker
     int64_t active
@@ -164,6 +175,7 @@ cdef struct shm_backend_stats:       # 64 bytes, [row][slot]; writer: the row's 
 cdef struct lb_conn
 cdef struct lb_hconn
 cdef struct lb_http_listener
+cdef struct lb_tls_server
 cdef struct lb_http_pool
 cdef struct lb_http_worker
 cdef struct lb_worker
@@ -192,6 +204,7 @@ cdef enum:
     CS_ESTABLISHED = 2
     CS_CLOSED = 3
     CS_PROXY_WAIT = 4                # accept_proxy: reading the client's PROXY header, no backend yet
+    CS_TLS_WAIT = 5                  # TLS listener: the client's handshake, no backend yet
 
 # lb_conn.flags bits, per side (shift by side) or per direction (shift by dir).
 cdef enum:
@@ -318,6 +331,8 @@ cdef struct lb_listener_rt:
     uint32_t accept_proxy            # read a PROXY header from each client before connecting
     uint64_t proxy_timeout_ms        # for that header: min(idle_timeout, 10 s)
     lb_list proxy_wait               # connections in CS_PROXY_WAIT, oldest first
+    lb_tls_server *tls               # NULL: plain sockets
+    lb_list tls_wait                 # tcp: connections in CS_TLS_WAIT, oldest first
 
 cdef struct lb_pool_rt:
     shm_pool *shm
@@ -492,6 +507,7 @@ cdef struct lb_http_listener:
     lb_tlist req_timer               # http_request_timeout, from accept or a request's first byte
     lb_tlist ka_timer                # keepalive_timeout, between requests
     lb_tlist idle_timer              # idle_timeout, client inactivity during an exchange (lazy)
+    lb_tlist tls_timer               # tls.handshake_timeout, from accept (or the PROXY header)
 
 cdef struct lb_http_pool:
     uint32_t max_idle                # idle keep-alive connections per backend (this worker)
@@ -585,3 +601,21 @@ cdef struct lb_http_worker:
     lb_bconn *free_bconns
     lb_bconn *closed_b               # closed this turn, freed after its events
     lb_tlist linger_timer            # closing connections draining the client's last bytes
+
+
+# ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------
+
+cdef struct lb_tls_name:
+    char *name                       # lower case; a wildcard: its suffix with the dot (".example.com")
+    SSL_CTX *ctx
+
+cdef struct lb_tls_server:           # a TLS listener's contexts; built by the supervisor before fork
+    SSL_CTX *dflt                    # no or unknown server name; every handshake starts from it
+    lb_tls_name *exact               # sorted by name
+    uint32_t n_exact
+    lb_tls_name *wild                # sorted by suffix; "*.example.com" matches exactly one more label
+    uint32_t n_wild
+    unsigned char *alpn              # the listener's protocols, in the wire format, in preference order
+    uint32_t alpn_len
+    uint64_t handshake_timeout_ms
+    lb_hrules resp                   # http: fields every final response gets (Strict-Transport-Security)

@@ -31,6 +31,7 @@ from lb import checker as checker_mod
 from lb import config as config_mod
 from lb import control, privileges, sdnotify
 from lb import shm as shm_mod
+from lb import tls as tls_mod
 from lb import worker as worker_mod
 from lb.admin import Access, AdminError, AdminServer
 from lb.state import StateFile
@@ -108,6 +109,8 @@ class Generation:
     drain_deadline: float = 0.0
     # counter totals copied into the next generation when it started
     handed_over: dict = field(default_factory=dict)
+    # listener name -> TlsServer: the TLS contexts its workers inherit
+    tls: dict = field(default_factory=dict)
 
     @property
     def pool_names(self) -> list[str]:
@@ -236,6 +239,7 @@ class Supervisor:
         return per_slot
 
     def _new_generation(self, config, previous: Generation | None) -> Generation:
+        tls = tls_mod.servers(config)  # first: a refused certificate changes nothing
         per_slot = self._sockets_for(config)
         n = len(per_slot)
         self.generations += 1
@@ -253,6 +257,7 @@ class Supervisor:
             checker=WorkerSlot(index=-1, row=-1, sockets=[]),
             free_rows=set(range(n, 2 * n)), carried_row=2 * n,
             backends={name: {b.name: i for i, b in enumerate(p.backends)} for name, p in config.pools.items()},
+            tls=tls,
         )
         control.backend.apply_state(self.state, gen)
         if previous is not None:

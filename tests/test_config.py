@@ -5,6 +5,7 @@ import importlib.util
 import json
 import pathlib
 import socket
+import tempfile
 import textwrap
 import tomllib
 
@@ -14,8 +15,15 @@ from click.testing import CliRunner
 import lb
 from lb import config
 from lb.config import ConfigError
+from tests.tls_certs import CA
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Certificates for the TLS keys of FULL: a config check reads them.
+TLS_DIR = pathlib.Path(tempfile.mkdtemp(prefix="lb-test-config-"))
+TLS_CA = CA(TLS_DIR / "ca")
+TLS_LEAF = TLS_CA.leaf("web", ("www.example.com", "example.com"), kind="rsa")
+TLS_DIR_LEAF = TLS_CA.leaf("api", ("api.example.com",), combined=True, directory=TLS_DIR / "certs")
 
 
 def _check_command():
@@ -59,6 +67,17 @@ max_header_size = 8192
 max_header_count = 50
 forwarded = "both"
 hide_server = true
+
+  [listeners.web.tls]
+  certificates = [{ cert = "TLS_CERT", key = "TLS_KEY" }]
+  directory = "TLS_CERTS_DIR"
+  alpn = ["http/1.1", "x-test"]
+  protocols = ["TLSv1.3"]
+  ciphers = "ECDHE-RSA-AES128-GCM-SHA256"
+  ciphersuites = "TLS_AES_256_GCM_SHA384"
+  groups = "X25519"
+  handshake_timeout = "3s"
+  hsts = "max-age=31536000; includeSubDomains"
 
   [listeners.web.request_headers]
   set = { "X-Env" = "prod", "X-Tier" = "web" }
@@ -148,7 +167,8 @@ algorithm = "leastconn"
 
   [[pools.api.backends]]
   address = "10.0.1.1:9000"
-"""
+""".replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_CERT", str(TLS_LEAF.cert)).replace(
+    "TLS_KEY", str(TLS_LEAF.key))
 
 
 def test_full_config_loads_every_key():
@@ -165,6 +185,16 @@ def test_full_config_loads_every_key():
     assert [str(b) for b in web.bind] == ["0.0.0.0:8080", "[::1]:8080"]
     assert [b.family for b in web.bind] == [socket.AF_INET, socket.AF_INET6]
     assert (web.mode, web.pool, web.accept_proxy, web.idle_timeout, web.backlog) == ("http", "app", True, 30.0, 1024)
+    tls = web.tls
+    assert [(c.cert, c.key) for c in tls.certificates] == [
+        (str(TLS_LEAF.cert), str(TLS_LEAF.key)), (str(TLS_DIR_LEAF.cert), str(TLS_DIR_LEAF.cert))]
+    assert [c.names for c in tls.certificates] == [("www.example.com", "example.com"), ("api.example.com",)]
+    assert [c.key_type for c in tls.certificates] == ["RSA", "ECDSA"]
+    assert tls.certificates[0].sha256 == TLS_LEAF.fingerprint
+    assert (tls.alpn, tls.protocols, tls.ciphers, tls.ciphersuites, tls.groups) == (
+        ("http/1.1", "x-test"), ("TLSv1.3",), "ECDHE-RSA-AES128-GCM-SHA256", "TLS_AES_256_GCM_SHA384", "X25519")
+    assert (tls.handshake_timeout, tls.hsts) == (3.0, "max-age=31536000; includeSubDomains")
+    assert cfg.listeners["db"].tls is None
     assert web.http == config.HttpSettings(
         request_timeout=5.0,
         keepalive_timeout=120.0,
@@ -268,6 +298,8 @@ def _contract_keys() -> set[str]:
         "listeners.*.response_headers": config.HEADER_RULE_KEYS,
         "listeners.*.routes.request_headers": config.HEADER_RULE_KEYS,
         "listeners.*.routes.response_headers": config.HEADER_RULE_KEYS,
+        "listeners.*.tls": config.TLS_KEYS,
+        "listeners.*.tls.certificates": config.TLS_CERTIFICATE_KEYS,
         "pools.*": config.POOL_KEYS,
         "pools.*.health": config.HEALTH_KEYS,
         "pools.*.passive": config.PASSIVE_KEYS,

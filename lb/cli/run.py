@@ -37,6 +37,7 @@ def run(config_path: str, log_level: str) -> None:
     (Type=notify) it reports READY=1, RELOADING=1 and STOPPING=1 to
     $NOTIFY_SOCKET; without it, nothing changes."""
     from lb import log
+    from lb._fastpath import TlsError
     from lb.privileges import PrivilegeError
     from lb.supervisor import Supervisor
 
@@ -44,7 +45,7 @@ def run(config_path: str, log_level: str) -> None:
     cfg = load_runnable(config_path)
     try:
         code = Supervisor(cfg).run()
-    except (OSError, PrivilegeError) as e:
+    except (OSError, PrivilegeError, TlsError) as e:  # TlsError: a certificate replaced since the check
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     sys.exit(code)

@@ -8,7 +8,8 @@ The result is a tree of frozen dataclasses; nothing downstream re-validates.
 One module per top-level section, listed in SECTIONS below: global_ ([global]),
 pools ([pools.NAME]), listeners ([listeners.NAME]). What they share is in
 values (the table reader, ConfigError, durations, sizes, addresses, names) and
-headers (the header rules of listeners and routes). This module reads the
+headers (the header rules of listeners and routes); tls is the [listeners.NAME.tls]
+table of a listener. This module reads the
 file, runs the sections in order, then the checks that span sections;
 check_runnable adds what only this build's data plane can tell.
 """
@@ -28,6 +29,9 @@ from lb.config.headers import HEADER_RULE_KEYS, MANAGED_HEADERS, HeaderRules
 from lb.config.listeners import KEYS as LISTENER_KEYS
 from lb.config.listeners import HTTP_LISTENER_KEYS, ROUTE_KEYS, HttpSettings, Listener, Route
 from lb.config.pools import KEYS as POOL_KEYS
+from lb.config.tls import CERTIFICATE_KEYS as TLS_CERTIFICATE_KEYS
+from lb.config.tls import KEYS as TLS_KEYS
+from lb.config.tls import Certificate, TlsSettings
 from lb.config.pools import (
     BACKEND_KEYS,
     HEALTH_KEYS,
@@ -78,7 +82,11 @@ __all__ = [
     "ROUTE_KEYS",
     "Route",
     "SECTIONS",
+    "TLS_CERTIFICATE_KEYS",
+    "TLS_KEYS",
     "TOP_KEYS",
+    "Certificate",
+    "TlsSettings",
     "check_runnable",
     "load",
     "loads",

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from lb.config import tls as tls_section
 from lb.config.headers import HeaderRules, check_field_value, check_header_name, parse_header_rules
 from lb.config.pools import Pool
+from lb.config.tls import TlsSettings
 from lb.config.values import (
     HOSTNAME,
     MIN_TIMEOUT,
@@ -45,7 +47,7 @@ HTTP_LISTENER_KEYS = (
     "response_headers",
 )
 NAMED = True
-KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", *HTTP_LISTENER_KEYS)
+KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", *HTTP_LISTENER_KEYS)
 ROUTE_KEYS = (
     "host",
     "path_prefix",
@@ -99,6 +101,7 @@ class Listener:
     idle_timeout: float
     backlog: int
     http: HttpSettings = HttpSettings()
+    tls: TlsSettings | None = None  # [listeners.NAME.tls]; None: plain sockets
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
@@ -242,6 +245,7 @@ def _parse_listener(
                 raise ConfigError(t.path_of(key), 'needs mode = "http"')
     # Before the routes, so errors come in file order ([[routes]] follow the listener's keys).
     http = _parse_http_settings(t) if mode == "http" else HttpSettings()
+    tls = tls_section.parse(t.table("tls", tls_section.KEYS), mode, warnings) if t.has("tls") else None
     routes = tuple(_parse_route(rt, pools, warnings) for rt in t.array_of_tables("routes", ROUTE_KEYS))
     if pool is None and not routes:
         raise ConfigError(t.path_of("pool"), "required key is missing (a listener needs a pool or at least one route)")
@@ -255,4 +259,5 @@ def _parse_listener(
         idle_timeout=t.duration("idle_timeout", "10m", MIN_TIMEOUT),
         backlog=t.integer("backlog", 4096, 1, 65535),
         http=http,
+        tls=tls,
     )

@@ -18,6 +18,7 @@ cdef enum:
     HS_CLOSING = 6                   # the last bytes (an error page) on their way, then close
     HS_LINGER = 7                    # write side shut; reading what the client still sends
     HS_CLOSED = 8
+    HS_TLS = 9                       # the client's TLS handshake
 
 # request methods that matter to the proxy
 cdef enum:
@@ -457,29 +458,42 @@ cdef void h_tunnel(lb_worker *w, lb_hconn *h) noexcept nogil:
 cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
     """Advance a session as far as its sockets allow."""
     cdef int progress, rounds = 0
-    cdef size_t consumed
-    cdef int st
+    cdef int st, reason = 0
     cdef sockaddr_storage src, dst
     while h.c.state != CS_CLOSED and h.st != HS_TUNNEL:
         progress = h_read_client(w, h)
         if h.st == HS_PROXY:
-            if h.inb.len:
-                st = proxy_parse(<const uint8_t *>h.inb.p + h.inb.off, h.inb.len, &consumed, &src, &dst)
-                if st == PROXY_INVALID:
-                    h_close(w, h, True)
-                    return
-                if st == PROXY_DONE:
-                    hb_drop(w, &h.inb, consumed)
-                    if src.ss_family != 0:
-                        # the client the upstream proxy saw (LOCAL, UNKNOWN: keep ours)
-                        memcpy(&h.c.peer, &src, sizeof(sockaddr_storage))
-                        memcpy(&h.local, &dst, sizeof(sockaddr_storage))
-                        h_set_ip(h)
-                    h.st = HS_HEAD
-                    progress = 1
-            if h.st == HS_PROXY and (h.hflags & HF_EOF):
+            st = proxy_take(h.c.sk[SIDE_CLIENT].fd, (h.hflags & HF_RDHUP) != 0, &src, &dst)
+            if st == PROXY_INCOMPLETE:
+                return
+            if st != PROXY_DONE:
+                h_close(w, h, st == PROXY_INVALID)
+                return
+            if src.ss_family != 0:
+                # the client the upstream proxy saw (LOCAL, UNKNOWN: keep ours)
+                memcpy(&h.c.peer, &src, sizeof(sockaddr_storage))
+                memcpy(&h.local, &dst, sizeof(sockaddr_storage))
+                h_set_ip(h)
+            h.hflags |= HF_READABLE  # what follows the header is still in the socket
+            h_client_ready(w, h)
+            progress = 1
+            if h.c.state == CS_CLOSED:
+                return
+        if h.st == HS_TLS:
+            st = tls_handshake(w, &h.c.sk[SIDE_CLIENT], &reason)
+            if st == XPRT_WANT_READ or st == XPRT_WANT_WRITE:
+                return
+            if st != 1:
+                if reason == TLS_FAIL_PLAIN_HTTP:
+                    tls_answer_plain_http(&h.c.sk[SIDE_CLIENT])
                 h_close(w, h, False)
                 return
+            h.st = HS_HEAD
+            # the request may have come with the client's Finished
+            h.hflags |= HF_READABLE | HF_WRITABLE
+            tl_append(&h.hl.req_timer, &h.tphase, w.now_ms, h)
+            progress = 1
+            continue                 # read it
         if h.st == HS_HEAD:
             progress |= h_head(w, h)
         elif h.st == HS_EXCH:
@@ -513,6 +527,21 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
         if rounds > 64:
             conn_queue(w, &h.c)      # a fair share per turn
             return
+
+
+cdef void h_client_ready(lb_worker *w, lb_hconn *h) noexcept nogil:
+    """The client's PROXY header (if any) is in: its TLS handshake on a TLS
+    listener (handshake_timeout), else its first request head (the request
+    timer started at accept goes on)."""
+    cdef lb_tls_server *t = w.listeners[h.c.listener].tls
+    if t == NULL:
+        h.st = HS_HEAD
+        return
+    if not sock_tls_accept(&h.c.sk[SIDE_CLIENT], t):
+        h_close(w, h, True)
+        return
+    h.st = HS_TLS
+    tl_append(&h.hl.tls_timer, &h.tphase, w.now_ms, h)
 
 
 cdef int h_head(lb_worker *w, lb_hconn *h) noexcept nogil:

@@ -26,12 +26,14 @@ cdef void http_on_accept(lb_worker *w, int li) noexcept nogil:
         # TCP_NODELAY comes from the listening socket; the local address is
         # looked up only when a PROXY header needs it
         h_set_ip(h)
-        h.st = HS_PROXY if l.http.accept_proxy else HS_HEAD
+        h.st = HS_PROXY
         tl_append(&l.http.req_timer, &h.tphase, w.now_ms, h)
         if not accept_register(w, fd, <uint64_t><size_t>h | TAG_SIGNAL):
             h_close(w, h, True)
         elif phase_accept(w, l, &h.c) != STEP_CONTINUE:
             h_close(w, h, False)     # refused at the door, before a byte is read
+        elif not l.http.accept_proxy:
+            h_client_ready(w, h)
 
 
 cdef inline uint32_t ev_flags(uint32_t flags, uint32_t events) noexcept nogil:
@@ -120,6 +122,12 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
                 if h.c.state != CS_CLOSED:
                     conn_queue(w, &h.c)  # no event will come to send the page
         while True:
+            n = tl_expired(&hl.tls_timer, now)
+            if n == NULL:
+                break
+            tls_count_failure(w, TLS_FAIL_TIMEOUT)
+            h_close(w, <lb_hconn *>n.owner, False)
+        while True:
             n = tl_expired(&hl.ka_timer, now)
             if n == NULL:
                 break
@@ -193,6 +201,7 @@ cdef uint64_t http_next_deadline(lb_worker *w, uint64_t deadline) noexcept nogil
         if hl != NULL:
             deadline = tl_deadline(&hl.req_timer, deadline)
             deadline = tl_deadline(&hl.ka_timer, deadline)
+            deadline = tl_deadline(&hl.tls_timer, deadline)
             deadline = tl_deadline(&hl.idle_timer, deadline)
     for i in range(w.n_pools):
         hp = w.pools[i].http

@@ -75,7 +75,11 @@ cdef int step_request_headers(lb_worker *w, lb_hconn *h, http_req *r, const uint
 
 
 cdef int step_response_headers(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
-    """Response phase: the listener's response rules, then the route's."""
+    """Response phase: the TLS listener's own fields (HSTS), the listener's
+    response rules, then the route's."""
+    cdef lb_tls_server *t = w.listeners[h.c.listener].tls
+    if t != NULL:
+        rulesets_push(h.rs_rules, &h.n_rs_rules, &t.resp)
     rulesets_push(h.rs_rules, &h.n_rs_rules, &h.hl.resp)
     if h.route >= 0:
         rulesets_push(h.rs_rules, &h.n_rs_rules, &h.hl.routes[h.route].resp)
@@ -93,4 +97,5 @@ def wants_request_headers(listener):
 
 def wants_response_headers(listener):
     return listener.mode == "http" and (_has_rules(listener.http.response_headers)
+                                        or (listener.tls is not None and bool(listener.tls.hsts))
                                         or any(_has_rules(rt.response_headers) for rt in listener.routes))

@@ -66,6 +66,7 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index)
     hl.req_timer.timeout_ms = max(1, <uint64_t>(getattr(hs, "request_timeout", 10.0) * 1000))
     hl.ka_timer.timeout_ms = max(1, <uint64_t>(getattr(hs, "keepalive_timeout", 60.0) * 1000))
     hl.idle_timer.timeout_ms = max(1, <uint64_t>(listener.idle_timeout * 1000))
+    hl.tls_timer.timeout_ms = l.tls.handshake_timeout_ms if l.tls != NULL else 1
     routes = list(listener.routes)
     hl.n_routes = len(routes)
     hl.routes = <lb_route *>calloc(max(1, len(routes)), sizeof(lb_route))

@@ -84,8 +84,8 @@ cdef int h_read_client(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef uint32_t room
     if not (h.hflags & HF_READABLE) or (h.hflags & HF_EOF):
         return 0
-    if h.st == HS_CLOSING or h.st == HS_UPGRADE or h.st == HS_TUNNEL:
-        return 0
+    if h.st == HS_CLOSING or h.st == HS_UPGRADE or h.st == HS_TUNNEL or h.st == HS_PROXY or h.st == HS_TLS:
+        return 0                     # (the PROXY header and the handshake read for themselves)
     if h.st == HS_EXCH and (h.pipe_len or h_splice_up(w, h)):
         return 0
     if not hb_need(w, &h.inb):

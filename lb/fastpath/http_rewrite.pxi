@@ -109,6 +109,7 @@ cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, uint8_t to
     cdef const uint8_t *name
     cdef lb_hrules **rules = h.rq_rules
     cdef uint32_t n_rules = h.n_rq_rules
+    cdef bint tls = sock_is_tls(&h.c.sk[SIDE_CLIENT])
     if not (ob_put(o, b + r.method_off, r.method_len) and ob_put(o, b" ", 1)
             and ob_put(o, b + r.target_off, r.target_len)
             and ob_str(o, b" HTTP/1.1\r\n" if to_version == 11 else b" HTTP/1.0\r\n")):
@@ -157,7 +158,7 @@ cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, uint8_t to
         if not (ob_put(o, h.ip, h.ip_len) and ob_put(o, b"\r\n", 2)):
             return False
     if hl.xfwd and not rulesets_claim(rules, n_rules, b"x-forwarded-proto"):
-        if not ob_str(o, b"X-Forwarded-Proto: http\r\n"):
+        if not ob_str(o, b"X-Forwarded-Proto: https\r\n" if tls else b"X-Forwarded-Proto: http\r\n"):
             return False
     if hl.xfwd and not rulesets_claim(rules, n_rules, b"x-forwarded-host"):
         if r.host >= 0 and r.fields[r.host].value_len:
@@ -182,7 +183,7 @@ cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, uint8_t to
             if not (ob_str(o, b";host=\"") and ob_put(o, b + r.fields[r.host].value_off, r.fields[r.host].value_len)
                     and ob_str(o, b"\"")):
                 return False
-        if not ob_str(o, b";proto=http\r\n"):
+        if not ob_str(o, b";proto=https\r\n" if tls else b";proto=http\r\n"):
             return False
     return ob_put(o, b"\r\n", 2)
 

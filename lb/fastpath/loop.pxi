@@ -94,6 +94,9 @@ cdef void on_conn_event(lb_worker *w, lb_conn *c, int side, uint32_t events) noe
     if c.state == CS_PROXY_WAIT:
         conn_proxy_read(w, c)
         return
+    if c.state == CS_TLS_WAIT:
+        conn_tls_step(w, c)
+        return
     conn_prefill(w, c)
     if c.state == CS_ESTABLISHED:
         conn_queue(w, c)
@@ -138,6 +141,7 @@ cdef void timers_sweep(lb_worker *w) noexcept nogil:
         while p.connecting.head != NULL and p.connecting.head.queued_ms + p.connect_timeout_ms <= w.now_ms:
             conn_connect_failed(w, p.connecting.head, True)
     proxy_wait_sweep(w)
+    tls_wait_sweep(w)
     for i in range(w.n_listeners):
         l = &w.listeners[i]
         while l.conns.head != NULL and l.conns.head.queued_ms + l.idle_timeout_ms <= w.now_ms:
@@ -171,6 +175,7 @@ cdef int next_timeout(lb_worker *w) noexcept nogil:
     if w.http != NULL:
         deadline = http_next_deadline(w, deadline)
     deadline = proxy_wait_deadline(w, deadline)
+    deadline = tls_wait_deadline(w, deadline)
     if w.stopping == 1 and w.drain_deadline_ms < deadline:
         deadline = w.drain_deadline_ms
     if deadline <= w.now_ms:
@@ -288,11 +293,13 @@ cdef class Worker:
 
     listeners: (fd, config.Listener) for each listening socket of this worker
     pools:     every config.Pool, in shared-memory order
+    tls:       {listener name: TlsServer} of the TLS listeners (built before fork)
     The caller blocks SIGTERM/SIGINT/SIGQUIT first: they arrive through a signalfd.
     """
 
     cdef lb_worker w
     cdef Shm shm
+    cdef dict tls                    # the TlsServers its listeners point into
 
     def __cinit__(self):
         memset(&self.w, 0, sizeof(lb_worker))
@@ -300,12 +307,13 @@ cdef class Worker:
         self.w.sigfd = -1
 
     def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
-                 int64_t fd_limit=1024, double drain_timeout=30.0):
+                 int64_t fd_limit=1024, double drain_timeout=30.0, tls=None):
         cdef lb_pool_rt *p
         cdef lb_listener_rt *l
         if len(pools) != shm.hdr.n_pools:
             raise ValueError("one pool setting per shared-memory pool is needed")
         self.shm = shm
+        self.tls = dict(tls or {})
         w = &self.w
         worker_attach(w, shm, row, int.from_bytes(_os.urandom(8), "little"))
         w.splice_mode = _SPLICE_MODES[splice]
@@ -338,6 +346,8 @@ cdef class Worker:
             # an http listener reads its PROXY header in the http engine
             l.accept_proxy = listener.accept_proxy and listener.mode == "tcp"
             l.proxy_timeout_ms = min(l.idle_timeout_ms, PROXY_WAIT_MAX_MS)
+            if listener.tls is not None:
+                l.tls = &(<TlsServer>self.tls[listener.name]).t
             phases_init(&l.phases, listener)
             if listener.mode == "http":
                 http_listener_init(l, listener, pool_index)

@@ -42,7 +42,8 @@ cdef enum:
     PROXY_V2_MAX_LEN = 536           # our cap on v2's length field (header <= 552 bytes)
     PROXY_OUT_MAX = 108              # room for any header proxy_build writes (v1 <= 104, v2 <= 52)
     PROXY_WAIT_MAX_MS = 10000        # an accept_proxy client gets min(idle_timeout, this) for its header
-    PROXY_READ_MAX = BUF_SIZE - PROXY_OUT_MAX   # what an accept_proxy read may fill: room stays for ours
+    PROXY_TAKE_MAX = 552             # the longest header we accept (PROXY_V2_HEAD + PROXY_V2_MAX_LEN)
+    PROXY_GONE = -3                  # proxy_take: the client went away first
 
 cdef const char *PROXY_V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 
@@ -345,8 +346,8 @@ cdef int proxy_parse(const uint8_t *b, size_t n, size_t *consumed,
 # ---- on a connection ----------------------------------------------------------------
 
 cdef int conn_proxy_prepend(lb_worker *w, lb_conn *c, sockaddr_storage *dst) noexcept nogil:
-    """send_proxy: put the pool's PROXY header in front of whatever the up buffer
-    holds, so that forwarding writes it to the backend before any client byte. It
+    """send_proxy: put the pool's PROXY header in the up buffer (empty: no client
+    byte was read yet), so that forwarding writes it to the backend first. It
     stays there until the backend connection is established, so a retry on
     another backend sends it too. src is c.peer (the real client once an
     accept_proxy header was read); dst is the address the client connected to:
@@ -366,77 +367,70 @@ cdef int conn_proxy_prepend(lb_worker *w, lb_conn *c, sockaddr_storage *dst) noe
     n = proxy_build(p.send_proxy, &c.peer, dst, hdr, PROXY_OUT_MAX)
     if n < 0:
         return -1
+    c.buf[DIR_UP] = buf_take(w)
     if c.buf[DIR_UP] == NULL:
-        c.buf[DIR_UP] = buf_take(w)
-        if c.buf[DIR_UP] == NULL:
-            return -1
-        c.buf_off[DIR_UP] = 0
-        c.buf_len[DIR_UP] = 0
-    if c.buf_off[DIR_UP] >= <uint32_t>n:
-        c.buf_off[DIR_UP] -= n
-    else:
-        # room is sure: an accept_proxy read leaves PROXY_OUT_MAX bytes free
-        memmove(c.buf[DIR_UP] + n, c.buf[DIR_UP] + c.buf_off[DIR_UP], c.buf_len[DIR_UP])
-        c.buf_off[DIR_UP] = 0
-    memcpy(c.buf[DIR_UP] + c.buf_off[DIR_UP], hdr, n)
-    c.buf_len[DIR_UP] += n
+        return -1
+    memcpy(c.buf[DIR_UP], hdr, n)
+    c.buf_off[DIR_UP] = 0
+    c.buf_len[DIR_UP] = n
     return 0
+
+
+cdef int proxy_take(int fd, bint peer_done, sockaddr_storage *src, sockaddr_storage *dst) noexcept nogil:
+    """Read a client's PROXY header from the bare socket, and not one byte after
+    it: what follows belongs to the connection's transport (a TLS ClientHello)
+    or to the backend. The header is peeked until complete, then drained.
+    Returns PROXY_DONE, PROXY_INCOMPLETE (wait for more bytes), PROXY_INVALID,
+    or -3 when the client went away first (peer_done: its FIN or an error was
+    signalled, so no more bytes will come)."""
+    cdef uint8_t buf[PROXY_TAKE_MAX]
+    cdef size_t consumed = 0
+    cdef ssize_t n = recv(fd, buf, PROXY_TAKE_MAX, MSG_PEEK | MSG_DONTWAIT)
+    cdef int st
+    if n <= 0:
+        if n < 0 and (errno == EAGAIN or errno == EINTR) and not peer_done:
+            return PROXY_INCOMPLETE
+        return PROXY_GONE
+    # the parser decides within PROXY_TAKE_MAX bytes
+    st = proxy_parse(buf, n, &consumed, src, dst)
+    if st == PROXY_INCOMPLETE and peer_done:
+        return PROXY_GONE
+    if st == PROXY_DONE and recv(fd, buf, consumed, MSG_DONTWAIT) != <ssize_t>consumed:
+        return PROXY_GONE            # it was there a moment ago: the socket failed
+    return st
 
 
 cdef void conn_start(lb_worker *w, lb_conn *c) noexcept nogil:
     """A client was just accepted: on an accept_proxy listener, wait for its
-    PROXY header (conn_proxy_read); else queue our header (send_proxy) and connect."""
+    PROXY header (conn_proxy_read); then conn_ready."""
     cdef lb_listener_rt *l = &w.listeners[c.listener]
     if l.accept_proxy:
         c.state = CS_PROXY_WAIT
         list_append(&l.proxy_wait, c, w.now_ms)
         return
-    if conn_proxy_prepend(w, c, NULL) != 0:
+    conn_ready(w, c, NULL)
+
+
+cdef void conn_ready(lb_worker *w, lb_conn *c, sockaddr_storage *dst) noexcept nogil:
+    """The client's PROXY header (if any) is in: queue ours (send_proxy), then
+    the TLS handshake on a TLS listener, or connect."""
+    if conn_proxy_prepend(w, c, dst) != 0:
         conn_close(w, c, True)
+        return
+    if w.listeners[c.listener].tls != NULL:
+        conn_tls_start(w, c)
         return
     conn_connect(w, c)
 
 
 cdef void conn_proxy_read(lb_worker *w, lb_conn *c) noexcept nogil:
-    """An event on a client in CS_PROXY_WAIT: read into the up buffer until its
-    PROXY header is complete, then take the client address from it and connect.
-    Bytes after the header stay in the buffer and go to the backend first. An
-    invalid header, or EOF or an error before it is complete, closes the client."""
-    cdef ssize_t got
-    cdef size_t consumed = 0, room
-    cdef int st = PROXY_INCOMPLETE
+    """An event on a client in CS_PROXY_WAIT: take its PROXY header, then the
+    client address from it. An invalid header, or an EOF or an error before it
+    is complete, closes the client."""
     cdef sockaddr_storage src, dst
-    if not (c.flags & (F_READABLE << SIDE_CLIENT)):
-        return
-    if c.buf[DIR_UP] == NULL:
-        c.buf[DIR_UP] = buf_take(w)
-        if c.buf[DIR_UP] == NULL:
-            conn_close(w, c, True)
-            return
-        c.buf_off[DIR_UP] = 0
-        c.buf_len[DIR_UP] = 0
-    while st == PROXY_INCOMPLETE:
-        if not (c.flags & (F_READABLE << SIDE_CLIENT)):
-            if c.buf_len[DIR_UP] == 0:               # nothing came: hold no buffer while waiting
-                buf_give(w, c.buf[DIR_UP])
-                c.buf[DIR_UP] = NULL
-            return                                   # the next edge brings more
-        # the parser decides within 552 bytes, so room never runs out here; the
-        # header precedes any transport, so it is read from the bare socket
-        room = PROXY_READ_MAX - c.buf_len[DIR_UP]
-        got = recv(c.sk[SIDE_CLIENT].fd, c.buf[DIR_UP] + c.buf_len[DIR_UP], room, MSG_DONTWAIT)
-        if got > 0:
-            c.buf_len[DIR_UP] += got
-            if <size_t>got < room and not (c.flags & (F_RDHUP << SIDE_CLIENT)):
-                c.flags &= ~(F_READABLE << SIDE_CLIENT)
-            st = proxy_parse(<uint8_t *>c.buf[DIR_UP], c.buf_len[DIR_UP], &consumed, &src, &dst)
-        elif got < 0 and errno == EINTR:
-            continue
-        elif got < 0 and errno == EAGAIN:
-            c.flags &= ~(F_READABLE << SIDE_CLIENT)
-        else:
-            conn_close(w, c, got < 0)                # gone before the header was complete
-            return
+    cdef int st = proxy_take(c.sk[SIDE_CLIENT].fd, (c.flags & (F_RDHUP << SIDE_CLIENT)) != 0, &src, &dst)
+    if st == PROXY_INCOMPLETE:
+        return                       # the next edge brings more
     if st != PROXY_DONE:
         conn_close(w, c, False)
         return
@@ -444,17 +438,9 @@ cdef void conn_proxy_read(lb_worker *w, lb_conn *c) noexcept nogil:
     c.state = CS_CONNECTING
     if src.ss_family != 0:
         memcpy(&c.peer, &src, sizeof(sockaddr_storage))
-    # our header, if any, goes where theirs was: no copy when it is not longer
-    c.buf_off[DIR_UP] = consumed
-    c.buf_len[DIR_UP] -= consumed
-    if conn_proxy_prepend(w, c, &dst) != 0:
-        conn_close(w, c, True)
-        return
-    if c.buf_len[DIR_UP] == 0:
-        buf_give(w, c.buf[DIR_UP])
-        c.buf[DIR_UP] = NULL
-        c.buf_off[DIR_UP] = 0
-    conn_connect(w, c)
+    # what came after the header is still in the socket: forwarding reads it
+    c.flags |= F_READABLE << SIDE_CLIENT
+    conn_ready(w, c, &dst)
 
 
 cdef void proxy_wait_sweep(lb_worker *w) noexcept nogil:

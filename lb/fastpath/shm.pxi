@@ -21,7 +21,7 @@ assert sizeof(shm_header) == 1024
 assert sizeof(shm_pool) == 128
 assert sizeof(shm_pool_stats) == 64
 assert sizeof(shm_backend) == 192
-assert sizeof(shm_worker_stats) == 128
+assert sizeof(shm_worker_stats) == 256
 assert sizeof(shm_backend_stats) == 64
 
 
@@ -368,6 +368,16 @@ cdef class Shm:
             "http_requests": lb_load_u64(&s.http_requests),
             "http_errors": lb_load_u64(&s.http_errors),
             "http_retries": lb_load_u64(&s.http_retries),
+            "tls_handshakes": lb_load_u64(&s.tls_handshakes),
+            "tls_resumed": lb_load_u64(&s.tls_resumed),
+            "tls_failed": {
+                "timeout": lb_load_u64(&s.tls_fail_timeout),
+                "plain_http": lb_load_u64(&s.tls_fail_plain_http),
+                "negotiation": lb_load_u64(&s.tls_fail_negotiation),
+                "client_cert": lb_load_u64(&s.tls_fail_client_cert),
+                "protocol": lb_load_u64(&s.tls_fail_protocol),
+                "closed": lb_load_u64(&s.tls_fail_closed),
+            },
         }
 
     def pool_active(self, uint32_t pool):

@@ -1,0 +1,179 @@
+"""The [listeners.NAME.tls] table: TLS termination on a listener (docs/tls.md).
+
+Certificates are read and checked here, as a start would load them: a key that
+does not match, a broken chain or an expired certificate is an error naming
+its key, so `lb check` and a reload refuse it and the running config keeps
+serving. The defaults are Mozilla's *intermediate* profile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+
+from lb.config.values import MIN_TIMEOUT, ConfigError, Table, check_absolute_path, wrong_type
+
+KEYS = ("certificates", "directory", "alpn", "protocols", "ciphers", "ciphersuites", "groups",
+        "handshake_timeout", "hsts")
+CERTIFICATE_KEYS = ("cert", "key")
+PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+# Mozilla's intermediate configuration (ssl-config.mozilla.org, guidelines 5.7):
+# TLS 1.2 with forward-secret AEAD ciphers only, and TLS 1.3.
+INTERMEDIATE_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+    "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305",
+))
+INTERMEDIATE_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+INTERMEDIATE_GROUPS = "X25519:P-256:P-384"
+# `lb check` warns this long before a certificate expires.
+EXPIRY_WARNING = 14 * 86400
+
+_HSTS = re.compile(r"max-age=[0-9]+(\s*;\s*(includeSubDomains|preload))*", re.IGNORECASE)
+_PROTOCOL_ID = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Certificate:
+    """A certificate (its chain, leaf first) and its key, and what the leaf says."""
+
+    cert: str
+    key: str
+    path: str  # the config key it came from, for messages
+    names: tuple[str, ...] = ()
+    subject: str = ""
+    issuer: str = ""
+    not_after: int = 0  # Unix time
+    sha256: str = ""
+    key_type: str = ""  # RSA | ECDSA
+
+
+@dataclasses.dataclass(frozen=True)
+class TlsSettings:
+    certificates: tuple[Certificate, ...]  # the first one serves clients that name no known host
+    alpn: tuple[str, ...]
+    protocols: tuple[str, ...] = PROTOCOLS
+    ciphers: str = INTERMEDIATE_CIPHERS
+    ciphersuites: str = INTERMEDIATE_CIPHERSUITES
+    groups: str = INTERMEDIATE_GROUPS
+    handshake_timeout: float = 10.0
+    hsts: str = ""  # the Strict-Transport-Security value http responses get; "" = none
+
+
+def parse(t: Table, mode: str, warnings: list[str]) -> TlsSettings:
+    """One [listeners.NAME.tls] table of a listener in `mode`."""
+    from lb._fastpath import TlsError, check_tls_settings
+
+    protocols = _protocols(t)
+    settings = dict(
+        ciphers=t.string("ciphers", INTERMEDIATE_CIPHERS),
+        ciphersuites=t.string("ciphersuites", INTERMEDIATE_CIPHERSUITES),
+        groups=t.string("groups", INTERMEDIATE_GROUPS),
+    )
+    try:
+        check_tls_settings(protocols, **settings)
+    except TlsError as e:
+        raise ConfigError(t.path_of(e.key), e.message) from None
+    hsts = t.string("hsts", "")
+    if hsts and mode != "http":
+        raise ConfigError(t.path_of("hsts"), 'needs mode = "http" (it is a response header)')
+    if hsts and not _HSTS.fullmatch(hsts):
+        raise ConfigError(t.path_of("hsts"), f'{hsts!r} is not a Strict-Transport-Security value '
+                                             '(e.g. "max-age=63072000; includeSubDomains")')
+    certificates = _certificates(t, warnings)
+    if not certificates:
+        raise ConfigError(t.path_of("certificates"),
+                          "a TLS listener needs at least one certificate (certificates or directory)")
+    return TlsSettings(
+        certificates=certificates,
+        alpn=_alpn(t, ("http/1.1",) if mode == "http" else ()),
+        protocols=protocols,
+        handshake_timeout=t.duration("handshake_timeout", "10s", MIN_TIMEOUT),
+        hsts=hsts,
+        **settings,
+    )
+
+
+def _strings(t: Table, key: str, default: tuple[str, ...]) -> list[tuple[str, str]]:
+    """A list of strings, each with its key path."""
+    value = t.get(key, list(default), "a list of strings", lambda v: isinstance(v, list))
+    out = []
+    for i, item in enumerate(value):
+        path = f"{t.path_of(key)}[{i}]"
+        if not isinstance(item, str):
+            raise wrong_type(path, item, "a string")
+        out.append((item, path))
+    return out
+
+
+def _protocols(t: Table) -> tuple[str, ...]:
+    items = _strings(t, "protocols", PROTOCOLS)
+    if not items:
+        raise ConfigError(t.path_of("protocols"), f"at least one is required ({', '.join(PROTOCOLS)})")
+    for value, path in items:
+        if value not in PROTOCOLS:
+            raise ConfigError(path, f"{value!r} is not one of {', '.join(PROTOCOLS)} "
+                                    "(older versions are broken and not offered)")
+    return tuple(dict.fromkeys(value for value, _ in items))
+
+
+def _alpn(t: Table, default: tuple[str, ...]) -> tuple[str, ...]:
+    items = _strings(t, "alpn", default)
+    for value, path in items:
+        if not _PROTOCOL_ID.fullmatch(value):
+            raise ConfigError(path, f"{value!r} is not an ALPN protocol id (1 to 255 printable characters)")
+    return tuple(dict.fromkeys(value for value, _ in items))
+
+
+def _certificates(t: Table, warnings: list[str]) -> tuple[Certificate, ...]:
+    pairs = []  # (cert, key, key path)
+    for ct in t.array_of_tables("certificates", CERTIFICATE_KEYS):
+        cert = check_absolute_path(ct.string("cert"), ct.path_of("cert"))
+        # one PEM file may hold the chain and the key
+        key = check_absolute_path(ct.string("key", cert), ct.path_of("key"))
+        pairs.append((cert, key, ct.path))
+    directory = t.string("directory", "")
+    if directory:
+        pairs += _directory(check_absolute_path(directory, t.path_of("directory")), t.path_of("directory"))
+    return tuple(_load(cert, key, path, warnings) for cert, key, path in pairs)
+
+
+def _directory(directory: str, path: str) -> list[tuple[str, str, str]]:
+    """Every NAME.pem (chain and key), or NAME.crt with its NAME.key, in name order."""
+    try:
+        files = sorted(os.listdir(directory))
+    except OSError as e:
+        raise ConfigError(path, f"cannot read {directory}: {e.strerror}") from None
+    pairs = []
+    for name in files:
+        stem, ext = os.path.splitext(name)
+        full = os.path.join(directory, name)
+        if ext == ".pem":
+            pairs.append((full, full, f"{path} ({name})"))
+        elif ext == ".crt":
+            key = os.path.join(directory, stem + ".key")
+            if not os.path.exists(key):
+                raise ConfigError(path, f"{name} has no key beside it ({stem}.key)")
+            pairs.append((full, key, f"{path} ({name})"))
+    return pairs
+
+
+def _load(cert: str, key: str, path: str, warnings: list[str]) -> Certificate:
+    from lb._fastpath import TlsError, certificate_info
+
+    try:
+        info = certificate_info(cert, key)
+    except TlsError as e:
+        raise ConfigError(path, str(e)) from None
+    left = info["not_after"] - time.time()
+    if left < EXPIRY_WARNING:
+        day = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(info["not_after"]))
+        warnings.append(f"{path}: {cert} expires in {left / 86400:.1f} days ({day})")
+    if info["not_yet_valid"]:
+        warnings.append(f"{path}: {cert} is not valid yet")
+    return Certificate(cert=cert, key=key, path=path, names=tuple(info["names"]), subject=info["subject"],
+                       issuer=info["issuer"], not_after=info["not_after"], sha256=info["sha256"],
+                       key_type=info["key"])
