@@ -170,6 +170,23 @@ cdef struct shm_backend_stats:       # 64 bytes, [row][slot]; writer: the row's 
     uint64_t _pad
 
 
+cdef enum:
+    TICKET_KEYS = 3                  # previous, current (encrypts), next
+
+cdef struct shm_ticket_key:          # 80 bytes, as in HAProxy's tls-ticket-keys files
+    uint8_t name[16]                 # sent in clear in every ticket: finds its key
+    uint8_t aes[32]                  # AES-256-CBC
+    uint8_t hmac[32]                 # HMAC-SHA256
+
+cdef struct shm_tls_tickets:         # writer: supervisor (at start, reload and rotation); readers: workers
+    uint32_t seq                     # seqlock: odd while the keys change
+    uint32_t n                       # keys in keys[] (0: tickets off)
+    uint32_t current                 # index of the key that encrypts new tickets
+    uint32_t _pad0
+    uint64_t rotated_unix_ms
+    shm_ticket_key keys[TICKET_KEYS]
+
+
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn

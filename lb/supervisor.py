@@ -260,6 +260,9 @@ class Supervisor:
             tls=tls,
         )
         control.backend.apply_state(self.state, gen)
+        # keys lb made carry over to the new generation, keys from a file do not
+        made_keys = previous is not None and not previous.config.global_.tls.keys_file
+        tls_mod.publish_ticket_keys(region, config.global_.tls, previous.shm if made_keys else None)
         if previous is not None:
             self._carry_over(previous, gen)
         region.rebuild_changed()
@@ -558,6 +561,7 @@ class Supervisor:
             self._retire_drained()
             self._slow_start()
             self._check_worker_memory()
+            tls_mod.rotate_ticket_keys(self.gen.shm, self.config.global_.tls)
             # a weight or state change bumped a pool's generation: its Maglev
             # table is rebuilt here, the tables' only writer
             self.gen.shm.rebuild_changed()

@@ -1,16 +1,75 @@
-"""The supervisor's side of TLS (docs/tls.md): the contexts of every TLS
-listener, built once per config generation before the workers fork, so that a
-reload (or a certificate swap) is a new generation: new connections get the new
-certificates, connections of the old one keep theirs until they end."""
+"""The supervisor's side of TLS (docs/tls.md).
+
+- The contexts of every TLS listener, built once per config generation before
+  the workers fork, so that a reload (or a certificate swap) is a new
+  generation: new connections get the new certificates, connections of the old
+  one keep theirs until they end.
+- The session ticket keys in shared memory (region tls_tickets), which every
+  worker reads: made here and rotated on `ticket_rotate`, carried over by a
+  reload, or read from a `ticket_keys` file shared with other nodes.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+
 from lb._fastpath import TlsServer
+from lb.config import ConfigError
+from lb.config.tls import read_ticket_keys, ticket_keys_in_use
+
+log = logging.getLogger("lb")
+
+TICKET_KEY_BYTES = 80
 
 
 def servers(config) -> dict[str, TlsServer]:
     """{listener name: its TlsServer} for the TLS listeners of a config. Raises
     TlsError (a ValueError) when OpenSSL refuses what the config check passed
     (a certificate file replaced in between)."""
-    return {name: TlsServer(listener.tls) for name, listener in config.listeners.items()
+    tickets = config.global_.tls.enabled
+    return {name: TlsServer(listener.tls, name, tickets) for name, listener in config.listeners.items()
             if listener.tls is not None}
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def publish_ticket_keys(shm, settings, previous_shm=None) -> None:
+    """The keys of a new generation: the file's; or, for keys lb makes, the
+    previous generation's (a reload keeps tickets valid), else new ones."""
+    if not settings.enabled:
+        shm.set_ticket_keys([], 0)
+    elif settings.keys_file:
+        shm.set_ticket_keys(list(settings.keys), settings.current, _now_ms())
+    elif previous_shm is not None and previous_shm.ticket_keys()[0]:
+        shm.set_ticket_keys(*previous_shm.ticket_keys())
+    else:
+        # previous, current, next: the previous one opens tickets issued before
+        # the last rotation, so a ticket lives up to two rotation periods
+        shm.set_ticket_keys([os.urandom(TICKET_KEY_BYTES) for _ in range(3)], 1, _now_ms())
+
+
+def rotate_ticket_keys(shm, settings) -> bool:
+    """The supervisor's tick. When the keys lb makes are `rotate` old, the
+    current one becomes the previous, the next one current, and a new one
+    next. With a keys file, it is read again that often (a file that cannot be
+    read leaves the keys as they are, and says so)."""
+    if not settings.enabled:
+        return False
+    keys, current, rotated_ms = shm.ticket_keys()
+    if _now_ms() - rotated_ms < settings.rotate * 1000:
+        return False
+    if settings.keys_file:
+        try:
+            new, current = ticket_keys_in_use(read_ticket_keys(settings.keys_file, "global.tls.ticket_keys"))
+        except ConfigError as e:
+            log.error("TLS ticket keys not read again, the ones in use stay: %s", e)
+            new = keys
+        shm.set_ticket_keys(list(new), current, _now_ms())
+        return list(new) != keys
+    shm.set_ticket_keys([keys[1], keys[2], os.urandom(TICKET_KEY_BYTES)], 1, _now_ms())
+    log.info("TLS session ticket keys rotated")
+    return True

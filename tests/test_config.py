@@ -1,5 +1,6 @@
 """The config contract (DESIGN.md section 4): lb.config and `lb check`."""
 
+import base64
 import hashlib
 import importlib.util
 import json
@@ -24,6 +25,8 @@ TLS_DIR = pathlib.Path(tempfile.mkdtemp(prefix="lb-test-config-"))
 TLS_CA = CA(TLS_DIR / "ca")
 TLS_LEAF = TLS_CA.leaf("web", ("www.example.com", "example.com"), kind="rsa")
 TLS_DIR_LEAF = TLS_CA.leaf("api", ("api.example.com",), combined=True, directory=TLS_DIR / "certs")
+TICKET_KEYS = [bytes(range(i, i + 80)) for i in range(4)]
+(TLS_DIR / "tickets").write_text("# the oldest first\n" + "".join(base64.b64encode(k).decode() + "\n" for k in TICKET_KEYS))
 
 
 def _check_command():
@@ -52,6 +55,11 @@ group = "www-data"
 drain_timeout = "1m30s"
 splice = "never"
 max_worker_rss = "512MiB"
+
+  [global.tls]
+  tickets = false
+  ticket_keys = "TLS_TICKETS"
+  ticket_rotate = "30m"
 
 [listeners.web]
 bind = ["0.0.0.0:8080", "[::1]:8080"]
@@ -167,7 +175,7 @@ algorithm = "leastconn"
 
   [[pools.api.backends]]
   address = "10.0.1.1:9000"
-""".replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_CERT", str(TLS_LEAF.cert)).replace(
+""".replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace("TLS_CERT", str(TLS_LEAF.cert)).replace(
     "TLS_KEY", str(TLS_LEAF.key))
 
 
@@ -178,6 +186,8 @@ def test_full_config_loads_every_key():
     assert (g.workers, g.admin_socket, g.state_file) == (4, "/tmp/lb/admin.sock", "/tmp/lb/state.json")
     assert (g.user, g.group, g.drain_timeout, g.splice) == ("www", "www-data", 90.0, "never")
     assert g.max_worker_rss == 512 << 20
+    assert (g.tls.enabled, g.tls.keys_file, g.tls.rotate) == (False, str(TLS_DIR / "tickets"), 1800.0)
+    assert (g.tls.keys, g.tls.current) == (tuple(TICKET_KEYS[1:]), 1)
     assert g.worker_count() == 4
 
     assert list(cfg.listeners) == ["web", "db"]
@@ -292,6 +302,7 @@ def _keys(table: dict, prefix: str = "") -> set[str]:
 def _contract_keys() -> set[str]:
     sections = {
         "global": config.GLOBAL_KEYS,
+        "global.tls": config.GLOBAL_TLS_KEYS,
         "listeners.*": config.LISTENER_KEYS,
         "listeners.*.routes": config.ROUTE_KEYS,
         "listeners.*.request_headers": config.HEADER_RULE_KEYS,

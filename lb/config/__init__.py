@@ -30,8 +30,9 @@ from lb.config.listeners import KEYS as LISTENER_KEYS
 from lb.config.listeners import HTTP_LISTENER_KEYS, ROUTE_KEYS, HttpSettings, Listener, Route
 from lb.config.pools import KEYS as POOL_KEYS
 from lb.config.tls import CERTIFICATE_KEYS as TLS_CERTIFICATE_KEYS
+from lb.config.tls import GLOBAL_KEYS as GLOBAL_TLS_KEYS
 from lb.config.tls import KEYS as TLS_KEYS
-from lb.config.tls import Certificate, TlsSettings
+from lb.config.tls import Certificate, TicketSettings, TlsSettings
 from lb.config.pools import (
     BACKEND_KEYS,
     HEALTH_KEYS,
@@ -62,6 +63,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "GLOBAL_KEYS",
+    "GLOBAL_TLS_KEYS",
     "GlobalSettings",
     "HEADER_RULE_KEYS",
     "HEALTH_KEYS",
@@ -86,6 +88,7 @@ __all__ = [
     "TLS_KEYS",
     "TOP_KEYS",
     "Certificate",
+    "TicketSettings",
     "TlsSettings",
     "check_runnable",
     "load",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from lb.config import tls as tls_section
+from lb.config.tls import TicketSettings
 from lb.config.values import ConfigError, Context, Table, check_absolute_path, parse_size
 
 MAX_WORKERS = 64
@@ -13,7 +15,7 @@ UNIX_PATH_MAX = 107  # sun_path is char[108], NUL included
 SPLICE_MODES = ("auto", "always", "never")
 
 NAMED = False
-KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice", "max_worker_rss")
+KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice", "max_worker_rss", "tls")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +28,7 @@ class GlobalSettings:
     drain_timeout: float
     splice: str
     max_worker_rss: int = 0  # bytes; a worker over it is replaced (new first, old drains); 0 = off
+    tls: TicketSettings = TicketSettings()  # [global.tls]: TLS session resumption, shared by every listener
     # Whether user or group is written in the file. When started as root, a
     # missing account is an error if it was named, and only a warning (lb keeps
     # running as root) for the default "lb" the packages create.
@@ -60,6 +63,7 @@ def parse(t: Table, ctx: Context) -> GlobalSettings:
             t.path_of("max_worker_rss"),
         ),
         splice=t.choice("splice", "auto", SPLICE_MODES),
+        tls=tls_section.parse_global(t.table("tls", tls_section.GLOBAL_KEYS)),
         account_explicit=t.has("user") or t.has("group"),
     )
 

@@ -1,4 +1,5 @@
-"""The [listeners.NAME.tls] table: TLS termination on a listener (docs/tls.md).
+"""The [listeners.NAME.tls] table: TLS termination on a listener, and the
+[global.tls] table: session resumption shared by all of them (docs/tls.md).
 
 Certificates are read and checked here, as a start would load them: a key that
 does not match, a broken chain or an expired certificate is an error naming
@@ -8,6 +9,8 @@ serving. The defaults are Mozilla's *intermediate* profile.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import os
 import re
@@ -15,6 +18,8 @@ import time
 
 from lb.config.values import MIN_TIMEOUT, ConfigError, Table, check_absolute_path, wrong_type
 
+GLOBAL_KEYS = ("tickets", "ticket_keys", "ticket_rotate")
+TICKET_KEY_BYTES = 80  # 16 name, 32 AES-256, 32 HMAC-SHA256: HAProxy's tls-ticket-keys format
 KEYS = ("certificates", "directory", "alpn", "protocols", "ciphers", "ciphersuites", "groups",
         "handshake_timeout", "hsts")
 CERTIFICATE_KEYS = ("cert", "key")
@@ -34,6 +39,66 @@ EXPIRY_WARNING = 14 * 86400
 
 _HSTS = re.compile(r"max-age=[0-9]+(\s*;\s*(includeSubDomains|preload))*", re.IGNORECASE)
 _PROTOCOL_ID = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TicketSettings:
+    """TLS session tickets: a ticket one worker issues resumes on every worker,
+    after a reload, and (with a shared ticket_keys file) on other lb nodes."""
+
+    enabled: bool = True
+    keys_file: str = ""  # "" = keys made by lb
+    # from keys_file: its last three keys; the one before the last encrypts
+    keys: tuple[bytes, ...] = dataclasses.field(default=(), repr=False)
+    current: int = 0
+    # keys lb makes rotate this often; a keys file is read again this often
+    rotate: float = 3600.0
+
+
+def parse_global(t: Table) -> TicketSettings:
+    """The [global.tls] table."""
+    enabled = t.boolean("tickets", True)
+    keys_file = t.string("ticket_keys", "")
+    rotate = t.duration("ticket_rotate", "1h", 1.0)
+    if not keys_file:
+        return TicketSettings(enabled=enabled, rotate=rotate)
+    path = t.path_of("ticket_keys")
+    keys, current = ticket_keys_in_use(read_ticket_keys(check_absolute_path(keys_file, path), path))
+    return TicketSettings(enabled=enabled, keys_file=keys_file, keys=keys, current=current, rotate=rotate)
+
+
+def ticket_keys_in_use(keys: list[bytes]) -> tuple[tuple[bytes, ...], int]:
+    """The keys of a file lb uses, and which one encrypts. HAProxy's convention:
+    of the last three, the one before the last encrypts, so that appending a
+    key rotates them, and nodes that read the file at different times still
+    open each other's tickets."""
+    keys = keys[-3:]
+    return tuple(keys), max(0, len(keys) - 2)
+
+
+def read_ticket_keys(filename: str, path: str) -> list[bytes]:
+    """A ticket keys file: one key a line, base64 of 80 bytes; '#' comments."""
+    try:
+        with open(filename, encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, f"cannot read {filename}: {getattr(e, 'strerror', None) or e}") from None
+    keys = []
+    for number, line in enumerate(lines, 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            key = base64.b64decode(line, validate=True)
+        except binascii.Error:
+            raise ConfigError(path, f"{filename} line {number}: not base64") from None
+        if len(key) != TICKET_KEY_BYTES:
+            raise ConfigError(path, f"{filename} line {number}: a key is {TICKET_KEY_BYTES} bytes "
+                                    f"(`openssl rand 80 | base64 -w0`), not {len(key)}")
+        keys.append(key)
+    if not keys:
+        raise ConfigError(path, f"{filename} holds no key")
+    return keys
 
 
 @dataclasses.dataclass(frozen=True)

@@ -316,6 +316,7 @@ cdef class Worker:
         self.tls = dict(tls or {})
         w = &self.w
         worker_attach(w, shm, row, int.from_bytes(_os.urandom(8), "little"))
+        tickets_attach(shm)
         w.splice_mode = _SPLICE_MODES[splice]
         w.drain_timeout_ms = <uint64_t>(drain_timeout * 1000)
         # the fds this worker may use for connections and pipes

@@ -23,6 +23,7 @@ assert sizeof(shm_pool_stats) == 64
 assert sizeof(shm_backend) == 192
 assert sizeof(shm_worker_stats) == 256
 assert sizeof(shm_backend_stats) == 64
+assert sizeof(shm_ticket_key) == 80
 
 
 cdef inline uint64_t _line(uint64_t n) noexcept nogil:
@@ -55,6 +56,8 @@ REGIONS = (
      lambda d: d.rows * d.pools * sizeof(shm_pool_stats)),
     ("maglev_tables", "supervisor (two halves per maglev pool, flipped by generation)",
      lambda d: sum(_line(2 * size * sizeof(uint16_t)) for size in d.tables)),
+    ("tls_tickets", "supervisor (TLS session ticket keys: at start, reload and rotation; seqlock)",
+     lambda d: sizeof(shm_tls_tickets)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
@@ -73,6 +76,7 @@ cdef class Shm:
     cdef shm_worker_stats *wstats
     cdef shm_backend_stats *bstats
     cdef shm_pool_stats *pstats
+    cdef shm_tls_tickets *tickets
 
     def __dealloc__(self):
         if self.base != NULL:
@@ -192,6 +196,7 @@ cdef class Shm:
         self.wstats = <shm_worker_stats *>self.region_addr("worker_stats")
         self.bstats = <shm_backend_stats *>self.region_addr("backend_stats")
         self.pstats = <shm_pool_stats *>self.region_addr("pool_stats")
+        self.tickets = <shm_tls_tickets *>self.region_addr("tls_tickets")
         return 0
 
     def regions(self):
@@ -438,6 +443,41 @@ cdef class Shm:
             return []
         cdef uint16_t *t = <uint16_t *>(self.base + p.table_off) + (lb_acquire_u32(&p.table_gen) & 1) * p.table_size
         return [-1 if t[i] == TABLE_EMPTY else t[i] for i in range(p.table_size)]
+
+    # -- TLS session ticket keys; writer: supervisor --
+    def set_ticket_keys(self, keys, uint32_t current, rotated_unix_ms=0):
+        """Publish the ticket keys (80 bytes each: name, AES key, HMAC key) and
+        which one encrypts; readers see the old set or the new one, never a mix."""
+        cdef shm_tls_tickets *t = self.tickets
+        if len(keys) > TICKET_KEYS or (keys and current >= len(keys)):
+            raise ValueError(f"at most {TICKET_KEYS} ticket keys, and current among them")
+        for k in keys:
+            if len(k) != sizeof(shm_ticket_key):
+                raise ValueError(f"a ticket key is {sizeof(shm_ticket_key)} bytes, not {len(k)}")
+        cdef uint32_t seq = t.seq
+        lb_store_u32(&t.seq, seq + 1)
+        lb_fence_release()
+        memset(t.keys, 0, sizeof(t.keys))
+        for i, k in enumerate(keys):
+            memcpy(&t.keys[i], <char *>k, sizeof(shm_ticket_key))
+        t.n = len(keys)
+        t.current = current
+        t.rotated_unix_ms = rotated_unix_ms
+        lb_release_u32(&t.seq, seq + 2)
+
+    def ticket_keys(self):
+        """(keys, current, rotated_unix_ms), as published."""
+        cdef shm_tls_tickets *t = self.tickets
+        cdef uint32_t s1
+        while True:
+            s1 = lb_acquire_u32(&t.seq)
+            if s1 & 1:
+                continue
+            keys = [(<char *>&t.keys[i])[:sizeof(shm_ticket_key)] for i in range(min(t.n, TICKET_KEYS))]
+            current, rotated = t.current, t.rotated_unix_ms
+            lb_fence_acquire()
+            if lb_load_u32(&t.seq) == s1:
+                return keys, current, rotated
 
     # -- carrying state over a reload; writer: supervisor, before the new
     #    generation's checker and workers start (the row is theirs after) --

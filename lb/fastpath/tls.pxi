@@ -18,6 +18,7 @@
 
 from lb.includes.openssl cimport *
 
+import hashlib as _hashlib
 import time as _time
 
 cdef enum:
@@ -313,6 +314,72 @@ cdef int tls_alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     return SSL_TLSEXT_ERR_OK
 
 
+# ---- session tickets --------------------------------------------------------------------
+# The keys live in shared memory (region tls_tickets), written by the supervisor
+# only: a ticket any worker issued resumes on every worker, across reloads, and
+# on other nodes that share a keys file. OpenSSL calls this for every ticket it
+# issues (enc) and every ticket a client offers.
+
+cdef shm_tls_tickets *TLS_TICKETS = NULL   # this worker's region (Worker.__init__)
+
+
+cdef void tickets_read(shm_tls_tickets *src, shm_tls_tickets *out) noexcept nogil:
+    cdef uint32_t s1
+    while True:
+        s1 = lb_acquire_u32(&src.seq)
+        if s1 & 1:
+            continue
+        memcpy(out, src, sizeof(shm_tls_tickets))
+        lb_fence_acquire()
+        if lb_load_u32(&src.seq) == s1:
+            return
+
+
+cdef int tls_ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIPHER_CTX *ectx,
+                       EVP_MAC_CTX *hctx, int enc) noexcept nogil:
+    """1: ticket made or opened; 2: opened with an older key, issue a new one;
+    0: no ticket (enc), or a full handshake (a key no longer known)."""
+    cdef shm_tls_tickets k
+    cdef shm_ticket_key *key = NULL
+    cdef OSSL_PARAM params[3]
+    cdef uint32_t i
+    cdef int rc = 1
+    if TLS_TICKETS == NULL:
+        return 0
+    tickets_read(TLS_TICKETS, &k)
+    if k.n == 0:
+        return 0
+    if enc:
+        key = &k.keys[k.current]
+        if RAND_bytes(iv, 16) != 1 or EVP_EncryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1:
+            rc = 0
+        memcpy(key_name, key.name, 16)
+    else:
+        for i in range(k.n):
+            if memcmp(key_name, k.keys[i].name, 16) == 0:
+                key = &k.keys[i]
+                rc = 1 if i == k.current else 2
+                break
+        if key == NULL or EVP_DecryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1:
+            rc = 0
+    if rc:
+        params[0] = OSSL_PARAM_construct_octet_string(b"key", key.hmac, 32)
+        params[1] = OSSL_PARAM_construct_utf8_string(b"digest", <char *>b"SHA256", 0)
+        params[2] = OSSL_PARAM_construct_end()
+        if EVP_MAC_CTX_set_params(hctx, params) != 1:
+            rc = 0
+    if rc == 0:
+        ERR_clear_error()
+    memset(&k, 0, sizeof(k))         # no copy of the keys outlives the call
+    return rc
+
+
+def tickets_attach(Shm shm):
+    """This process's ticket keys: the region's (a worker calls it at start)."""
+    global TLS_TICKETS
+    TLS_TICKETS = shm.tickets
+
+
 # ---- set-up (Python, in the supervisor) -------------------------------------------------
 
 class TlsError(ValueError):
@@ -511,6 +578,8 @@ cdef class TlsServer:
     cdef lb_tls_server t
     cdef list ctxs                   # every SSL_CTX (as int), the default first
     cdef list keep                   # the bytes the C struct points into
+    cdef bytes sid                   # session id context: a session resumes only on its listener
+    cdef bint tickets
 
     def __cinit__(self):
         memset(&self.t, 0, sizeof(lb_tls_server))
@@ -523,7 +592,11 @@ cdef class TlsServer:
         free(self.t.exact)
         free(self.t.wild)
 
-    def __init__(self, settings):
+    def __init__(self, settings, str name="", bint tickets=True):
+        """settings: a config.TlsSettings; name: the listener's (resumption
+        stays within a listener); tickets: session tickets on."""
+        self.sid = _hashlib.sha256(name.encode()).digest()   # SSL_MAX_SID_CTX_LENGTH is 32
+        self.tickets = tickets
         groups = {}                  # frozenset of names -> [(cert, key)], in config order
         for pair in settings.certificates:
             info = certificate_info(pair.cert, pair.key)
@@ -565,8 +638,15 @@ cdef class TlsServer:
         # buffers that move; release buffers: an idle connection holds none
         SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                          | SSL_MODE_RELEASE_BUFFERS)
-        # no server-side session cache: it would be per worker; resumption is by tickets
+        # no server-side session cache: it would be per worker; resumption is
+        # by tickets, whose keys every worker shares (tls_ticket_cb)
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF)
+        SSL_CTX_set_session_id_context(ctx, self.sid, len(self.sid))
+        if self.tickets:
+            SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, tls_ticket_cb)
+        else:
+            SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET)
+            SSL_CTX_set_num_tickets(ctx, 0)
         SSL_CTX_set_tlsext_servername_callback(ctx, tls_servername_cb)
         SSL_CTX_set_tlsext_servername_arg(ctx, &self.t)
         SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_cb, &self.t)

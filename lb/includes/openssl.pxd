@@ -69,6 +69,7 @@ cdef extern from "openssl/ssl.h" nogil:
     long SSL_CTX_set_mode(SSL_CTX *ctx, long mode)
     long SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode)
     long SSL_CTX_set_dh_auto(SSL_CTX *ctx, int onoff)
+    long SSL_CTX_set_timeout(SSL_CTX *ctx, long t)
     int SSL_CTX_set_session_id_context(SSL_CTX *ctx, const unsigned char *sid, unsigned int len)
     int SSL_CTX_set_num_tickets(SSL_CTX *ctx, size_t n)
     long SSL_CTX_set_tlsext_servername_callback(SSL_CTX *ctx, int (*cb)(SSL *, int *, void *) noexcept nogil)
@@ -193,6 +194,16 @@ cdef extern from "openssl/evp.h" nogil:
     enum:
         EVP_PKEY_RSA
         EVP_PKEY_EC
+
+cdef extern from "openssl/params.h" nogil:
+    ctypedef struct OSSL_PARAM:
+        const char *key
+    OSSL_PARAM OSSL_PARAM_construct_utf8_string(const char *key, char *buf, size_t bsize)
+    OSSL_PARAM OSSL_PARAM_construct_octet_string(const char *key, void *buf, size_t bsize)
+    OSSL_PARAM OSSL_PARAM_construct_end()
+
+cdef extern from "openssl/evp.h" nogil:
+    int EVP_MAC_CTX_set_params(EVP_MAC_CTX *ctx, const OSSL_PARAM *params)
 
 cdef extern from "openssl/bio.h" nogil:
     BIO *BIO_new_file(const char *filename, const char *mode)
