@@ -423,8 +423,9 @@ class Supervisor:
 
     # ---- reload ---------------------------------------------------------------------
 
-    def reload(self) -> dict:
-        """Parse and validate the config file in full; on success start a new
+    def reload(self, make_config=None) -> dict:
+        """Parse and validate the config file in full (or take make_config()'s,
+        checked the same way: `lb cert reload`); on success start a new
         generation on the same sockets, then let the old one drain. On error
         the running config keeps serving and the error names the key."""
         if self.stopping:
@@ -432,7 +433,7 @@ class Supervisor:
         sdnotify.reloading("reloading")
         try:
             try:
-                new_config = config_mod.load(self.config.source)
+                new_config = make_config() if make_config else config_mod.load(self.config.source)
                 config_mod.check_runnable(new_config)
             except config_mod.ConfigError as e:
                 log.error("reload refused, the running config keeps serving: %s", e)

@@ -15,9 +15,11 @@ import logging
 import os
 import time
 
+import dataclasses
+
 from lb._fastpath import TlsServer
 from lb.config import ConfigError
-from lb.config.tls import read_ticket_keys, ticket_keys_in_use
+from lb.config.tls import load_certificates, read_ticket_keys, ticket_keys_in_use
 
 log = logging.getLogger("lb")
 
@@ -73,3 +75,33 @@ def rotate_ticket_keys(shm, settings) -> bool:
     shm.set_ticket_keys([keys[1], keys[2], os.urandom(TICKET_KEY_BYTES)], 1, _now_ms())
     log.info("TLS session ticket keys rotated")
     return True
+
+
+def certificate_rows(config) -> list[dict]:
+    """What `lb cert list` shows: every certificate of every TLS listener, in
+    the order they are tried (the first of a listener is its default)."""
+    rows = []
+    for name, listener in config.listeners.items():
+        if listener.tls is None:
+            continue
+        for i, c in enumerate(listener.tls.certificates):
+            rows.append({"listener": name, "default": i == 0, "names": list(c.names), "subject": c.subject,
+                         "issuer": c.issuer, "not_after": c.not_after, "sha256": c.sha256, "key": c.key_type,
+                         "cert": c.cert, "source": c.path})
+    return rows
+
+
+def with_fresh_certificates(config):
+    """The config with every TLS listener's certificates read again from their
+    files and directories (`lb cert reload`): ConfigError, naming the key,
+    when one is refused. Its warnings are those of the certificates."""
+    warnings: list[str] = []
+    listeners = {}
+    for name, listener in config.listeners.items():
+        if listener.tls is not None:
+            certificates = load_certificates(listener.tls.sources, warnings)
+            if not certificates:
+                raise ConfigError(f"listeners.{name}.tls.certificates", "no certificate is left")
+            listener = dataclasses.replace(listener, tls=dataclasses.replace(listener.tls, certificates=certificates))
+        listeners[name] = listener
+    return dataclasses.replace(config, listeners=listeners, warnings=tuple(warnings))

@@ -163,3 +163,14 @@ def rates(before: dict | None, after: dict, seconds: float) -> dict:
                 conns = nbytes = None
             out.setdefault(pname, {})[bname] = (conns, nbytes)
     return out
+
+
+def cert_lines(certificates: list[dict], now: float) -> list[str]:
+    """`lb cert list`: a certificate a line, the default of each listener marked."""
+    rows = []
+    for c in certificates:
+        left = c.get("not_after", 0) - now if isinstance(c.get("not_after"), (int, float)) else None
+        expiry = "-" if left is None else ("EXPIRED" if left < 0 else f"{left / 86400:.0f}d")
+        rows.append([c.get("listener"), "*" if c.get("default") else "", ", ".join(c.get("names") or []),
+                     c.get("key"), expiry, c.get("issuer"), (c.get("sha256") or "")[:16], c.get("cert")])
+    return table(["LISTENER", "DEFAULT", "NAMES", "KEY", "EXPIRES IN", "ISSUER", "SHA-256", "FILE"], rows)

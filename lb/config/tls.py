@@ -117,9 +117,21 @@ class Certificate:
 
 
 @dataclasses.dataclass(frozen=True)
+class CertificateSources:
+    """Where a listener's certificates are read from: its `certificates`
+    entries (cert, key, key path) and its `directory` (and that key's path),
+    read again by `lb cert reload`."""
+
+    pairs: tuple[tuple[str, str, str], ...] = ()
+    directory: str = ""
+    directory_path: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class TlsSettings:
     certificates: tuple[Certificate, ...]  # the first one serves clients that name no known host
     alpn: tuple[str, ...]
+    sources: CertificateSources = CertificateSources()
     protocols: tuple[str, ...] = PROTOCOLS
     ciphers: str = INTERMEDIATE_CIPHERS
     ciphersuites: str = INTERMEDIATE_CIPHERSUITES
@@ -148,12 +160,14 @@ def parse(t: Table, mode: str, warnings: list[str]) -> TlsSettings:
     if hsts and not _HSTS.fullmatch(hsts):
         raise ConfigError(t.path_of("hsts"), f'{hsts!r} is not a Strict-Transport-Security value '
                                              '(e.g. "max-age=63072000; includeSubDomains")')
-    certificates = _certificates(t, warnings)
+    sources = _sources(t)
+    certificates = load_certificates(sources, warnings)
     if not certificates:
         raise ConfigError(t.path_of("certificates"),
                           "a TLS listener needs at least one certificate (certificates or directory)")
     return TlsSettings(
         certificates=certificates,
+        sources=sources,
         alpn=_alpn(t, ("http/1.1",) if mode == "http" else ()),
         protocols=protocols,
         handshake_timeout=t.duration("handshake_timeout", "10s", MIN_TIMEOUT),
@@ -193,7 +207,7 @@ def _alpn(t: Table, default: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value for value, _ in items))
 
 
-def _certificates(t: Table, warnings: list[str]) -> tuple[Certificate, ...]:
+def _sources(t: Table) -> CertificateSources:
     pairs = []  # (cert, key, key path)
     for ct in t.array_of_tables("certificates", CERTIFICATE_KEYS):
         cert = check_absolute_path(ct.string("cert"), ct.path_of("cert"))
@@ -202,7 +216,15 @@ def _certificates(t: Table, warnings: list[str]) -> tuple[Certificate, ...]:
         pairs.append((cert, key, ct.path))
     directory = t.string("directory", "")
     if directory:
-        pairs += _directory(check_absolute_path(directory, t.path_of("directory")), t.path_of("directory"))
+        check_absolute_path(directory, t.path_of("directory"))
+    return CertificateSources(tuple(pairs), directory, t.path_of("directory"))
+
+
+def load_certificates(sources: CertificateSources, warnings: list[str]) -> tuple[Certificate, ...]:
+    """Read and check every certificate of a listener, as a start loads them."""
+    pairs = list(sources.pairs)
+    if sources.directory:
+        pairs += _directory(sources.directory, sources.directory_path)
     return tuple(_load(cert, key, path, warnings) for cert, key, path in pairs)
 
 

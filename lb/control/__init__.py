@@ -8,7 +8,7 @@ module here beside its lb/cli/ module, and its rows in VERBS."""
 from __future__ import annotations
 
 from lb.admin import AdminError
-from lb.control import backend, control, pool, status
+from lb.control import backend, cert, control, pool, status
 
 # verb -> function; "unknown command" lists the verbs in this order
 VERBS = {
@@ -22,6 +22,8 @@ VERBS = {
     "backend.set_state": backend.set_state,
     "reload": control.reload,
     "stop": control.stop,
+    "cert.list": cert.list_certificates,
+    "cert.reload": cert.reload,
 }
 
 
