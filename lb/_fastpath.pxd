@@ -40,6 +40,7 @@ cdef enum:
     REASON_PROTOCOL = 5              # not an HTTP response
     REASON_PASSIVE = 6               # ejected: workers' connects kept failing
     REASON_EJECTION_OVER = 7         # up again: the ejection ended (pools without active checks)
+    REASON_TLS = 8                   # the TLS handshake failed (last_errno: the certificate verify result)
 
 # Hash keys (shm_pool.hash_key).
 cdef enum:
@@ -193,6 +194,7 @@ cdef struct lb_conn
 cdef struct lb_hconn
 cdef struct lb_http_listener
 cdef struct lb_tls_server
+cdef struct lb_tls_client
 cdef struct lb_http_pool
 cdef struct lb_http_worker
 cdef struct lb_worker
@@ -371,6 +373,8 @@ cdef struct lb_pool_rt:
     uint32_t n_cand
     uint32_t cand_generation
     lb_http_pool *http               # http settings and keep-alive state of this pool
+    lb_tls_client *tls               # TLS to the backends; NULL: plain
+    void **tls_sessions              # [capacity] this worker's last TLS session with each backend (SSL_SESSION *)
 
 
 cdef struct lb_worker:
@@ -636,3 +640,8 @@ cdef struct lb_tls_server:           # a TLS listener's contexts; built by the s
     uint32_t alpn_len
     uint64_t handshake_timeout_ms
     lb_hrules resp                   # http: fields every final response gets (Strict-Transport-Security)
+
+cdef struct lb_tls_client:           # a pool's TLS to its backends; built by the supervisor before fork
+    SSL_CTX *ctx
+    char *sni                        # sent and verified; "" = none sent, the backend's IP address verified
+    uint8_t verify

@@ -8,7 +8,7 @@ import logging
 import os
 import signal
 
-from lb._fastpath import REASONS, Checker
+from lb._fastpath import REASONS, Checker, verify_error_text
 from lb.worker import PR_SET_NAME, PR_SET_PDEATHSIG, detach_from_supervisor, drop_privileges, prctl
 
 log = logging.getLogger("lb")
@@ -19,7 +19,7 @@ def pool_specs(config) -> list[dict]:
     for pool in config.pools.values():
         h, p = pool.health, pool.passive
         specs.append(dict(
-            type=h.type, interval=h.interval, fast_interval=h.fast_interval or h.interval,
+            name=pool.name, type=h.type, interval=h.interval, fast_interval=h.fast_interval or h.interval,
             down_interval=h.down_interval or h.interval, timeout=h.timeout, rise=h.rise, fall=h.fall,
             expect_lo=h.expect_status[0], expect_hi=h.expect_status[1], method=h.method, path=h.path,
             host=h.host, expect_body=h.expect_body, passive_failures=p.consecutive_failures,
@@ -35,6 +35,9 @@ def describe(reason: int, status: int, err: int, latency_us: int) -> str:
         return text
     if reason == 3:  # bad status
         text += f" {status}"
+    elif reason == 8:  # TLS: err is the certificate verify result, when it failed
+        if err:
+            text += f" (certificate: {verify_error_text(err)})"
     elif err:
         text += f" ({errno_mod.errorcode.get(err, err)}: {os.strerror(err)})"
     return f"{text}, check took {latency_us / 1000:.1f}ms"
@@ -58,7 +61,7 @@ def child_main(sup, gen) -> int:
             log.warning("backend %s/%s health %s -> %s: %s", pool_names[pool], name, states[old],
                         states[new], describe(reason, status, err, latency_us))
 
-        Checker(shm, pool_specs(gen.config), on_change).run()
+        Checker(shm, pool_specs(gen.config), on_change, tls=gen.tls["pools"]).run()
         return 0
     except Exception:
         log.exception("checker failed")

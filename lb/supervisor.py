@@ -109,7 +109,7 @@ class Generation:
     drain_deadline: float = 0.0
     # counter totals copied into the next generation when it started
     handed_over: dict = field(default_factory=dict)
-    # listener name -> TlsServer: the TLS contexts its workers inherit
+    # the TLS contexts its workers inherit (lb.tls.contexts)
     tls: dict = field(default_factory=dict)
 
     @property
@@ -239,7 +239,7 @@ class Supervisor:
         return per_slot
 
     def _new_generation(self, config, previous: Generation | None) -> Generation:
-        tls = tls_mod.servers(config)  # first: a refused certificate changes nothing
+        tls = tls_mod.contexts(config)  # first: a refused certificate changes nothing
         per_slot = self._sockets_for(config)
         n = len(per_slot)
         self.generations += 1

@@ -17,7 +17,7 @@ import time
 
 import dataclasses
 
-from lb._fastpath import TlsServer
+from lb._fastpath import TlsClient, TlsServer
 from lb.config import ConfigError
 from lb.config.tls import load_certificates, read_ticket_keys, ticket_keys_in_use
 
@@ -26,13 +26,17 @@ log = logging.getLogger("lb")
 TICKET_KEY_BYTES = 80
 
 
-def servers(config) -> dict[str, TlsServer]:
-    """{listener name: its TlsServer} for the TLS listeners of a config. Raises
+def contexts(config) -> dict:
+    """{"listeners": {name: TlsServer}, "pools": {name: TlsClient}}: the TLS
+    contexts of a config's TLS listeners and of its pools with TLS. Raises
     TlsError (a ValueError) when OpenSSL refuses what the config check passed
     (a certificate file replaced in between)."""
     tickets = config.global_.tls.enabled
-    return {name: TlsServer(listener.tls, name, tickets) for name, listener in config.listeners.items()
-            if listener.tls is not None}
+    return {
+        "listeners": {name: TlsServer(listener.tls, name, tickets) for name, listener in config.listeners.items()
+                      if listener.tls is not None},
+        "pools": {name: TlsClient(pool.tls) for name, pool in config.pools.items() if pool.tls is not None},
+    }
 
 
 def _now_ms() -> int:

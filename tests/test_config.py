@@ -25,6 +25,7 @@ TLS_DIR = pathlib.Path(tempfile.mkdtemp(prefix="lb-test-config-"))
 TLS_CA = CA(TLS_DIR / "ca")
 TLS_LEAF = TLS_CA.leaf("web", ("www.example.com", "example.com"), kind="rsa")
 TLS_DIR_LEAF = TLS_CA.leaf("api", ("api.example.com",), combined=True, directory=TLS_DIR / "certs")
+TLS_CLIENT = TLS_CA.leaf("lb-client", ("lb",), client=True, directory=TLS_DIR / "client")
 TICKET_KEYS = [bytes(range(i, i + 80)) for i in range(4)]
 (TLS_DIR / "tickets").write_text("# the oldest first\n" + "".join(base64.b64encode(k).decode() + "\n" for k in TICKET_KEYS))
 
@@ -141,6 +142,13 @@ keepalive_max_idle = 0
 keepalive_timeout = "5s"
 sticky_cookie = "lb_srv"
 
+  [pools.app.tls]
+  verify = true
+  ca = "TLS_CA_FILE"
+  sni = "App.Internal.example."
+  cert = "TLS_CLIENT_CERT"
+  key = "TLS_CLIENT_KEY"
+
   [pools.app.health]
   type = "http"
   path = "/status"
@@ -175,7 +183,9 @@ algorithm = "leastconn"
 
   [[pools.api.backends]]
   address = "10.0.1.1:9000"
-""".replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace("TLS_CERT", str(TLS_LEAF.cert)).replace(
+""".replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace(
+    "TLS_CA_FILE", str(TLS_CA.path)).replace("TLS_CLIENT_CERT", str(TLS_CLIENT.cert)).replace(
+    "TLS_CLIENT_KEY", str(TLS_CLIENT.key)).replace("TLS_CERT", str(TLS_LEAF.cert)).replace(
     "TLS_KEY", str(TLS_LEAF.key))
 
 
@@ -205,6 +215,11 @@ def test_full_config_loads_every_key():
         ("http/1.1", "x-test"), ("TLSv1.3",), "ECDHE-RSA-AES128-GCM-SHA256", "TLS_AES_256_GCM_SHA384", "X25519")
     assert (tls.handshake_timeout, tls.hsts) == (3.0, "max-age=31536000; includeSubDomains")
     assert cfg.listeners["db"].tls is None
+    ptls = cfg.pools["app"].tls
+    assert (ptls.verify, ptls.ca, ptls.sni) == (True, str(TLS_CA.path), "app.internal.example")
+    assert (ptls.client.cert, ptls.client.key, ptls.client.sha256) == (
+        str(TLS_CLIENT.cert), str(TLS_CLIENT.key), TLS_CLIENT.fingerprint)
+    assert cfg.pools["api"].tls is None
     assert web.http == config.HttpSettings(
         request_timeout=5.0,
         keepalive_timeout=120.0,
@@ -315,6 +330,7 @@ def _contract_keys() -> set[str]:
         "pools.*.health": config.HEALTH_KEYS,
         "pools.*.passive": config.PASSIVE_KEYS,
         "pools.*.backends": config.BACKEND_KEYS,
+        "pools.*.tls": config.POOL_TLS_KEYS,
     }
     return {f"{section}.{key}" for section, keys in sections.items() for key in keys}
 

@@ -8,6 +8,7 @@ and `lb check` warns only within 14 days of the end.
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,14 @@ def _key(kind: str):
 def _pem_key(key) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+def _san(name: str):
+    """An IP address SAN for an address, else a DNS name."""
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
 
 
 def _name(cn: str) -> x509.Name:
@@ -62,10 +71,10 @@ class CA:
         self.path = self.dir / f"{name.replace(' ', '-')}.crt"
         self.path.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
 
-    def leaf(self, stem: str, names: tuple[str, ...], kind: str = "ecdsa", days: float = 90,
+    def leaf(self, stem: str, names: tuple[str, ...], kind: str = "ecdsa", days: float = 90,  # noqa: PLR0913
              start_days: float = -1, client: bool = False, combined: bool = False,
              directory: Path | None = None) -> Leaf:
-        """A leaf for `names` (DNS SANs; the first is also the CN), its chain
+        """A leaf for `names` (SANs: IP addresses, else DNS names; the first is also the CN), its chain
         file (leaf + CA) and key, as STEM.crt and STEM.key (or, combined, one
         STEM.pem with the chain and the key), in directory (default: the CA's)."""
         out = Path(directory) if directory is not None else self.dir
@@ -83,8 +92,7 @@ class CA:
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
         if not client:
-            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-                                            critical=False)
+            builder = builder.add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         chain = cert.public_bytes(serialization.Encoding.PEM) + self.cert.public_bytes(serialization.Encoding.PEM)
         if combined:

@@ -32,7 +32,8 @@ from lb.config.pools import KEYS as POOL_KEYS
 from lb.config.tls import CERTIFICATE_KEYS as TLS_CERTIFICATE_KEYS
 from lb.config.tls import GLOBAL_KEYS as GLOBAL_TLS_KEYS
 from lb.config.tls import KEYS as TLS_KEYS
-from lb.config.tls import Certificate, TicketSettings, TlsSettings
+from lb.config.tls import POOL_KEYS as POOL_TLS_KEYS
+from lb.config.tls import BackendTls, Certificate, TicketSettings, TlsSettings
 from lb.config.pools import (
     BACKEND_KEYS,
     HEALTH_KEYS,
@@ -58,6 +59,7 @@ from lb.config.values import (
 
 __all__ = [
     "BACKEND_KEYS",
+    "BackendTls",
     "Backend",
     "BindAddr",
     "Config",
@@ -79,6 +81,7 @@ __all__ = [
     "MAX_WORKERS",
     "PASSIVE_KEYS",
     "POOL_KEYS",
+    "POOL_TLS_KEYS",
     "Passive",
     "Pool",
     "ROUTE_KEYS",

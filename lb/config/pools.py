@@ -8,6 +8,8 @@ import dataclasses
 import math
 import re
 
+from lb.config import tls as tls_section
+from lb.config.tls import BackendTls
 from lb.config.values import (
     MAX_POOL_NAME_BYTES,
     MIN_TIMEOUT,
@@ -48,6 +50,7 @@ KEYS = (
     "health",
     "passive",
     "backends",
+    "tls",
 )
 HEALTH_KEYS = (
     "type",
@@ -123,6 +126,7 @@ class Pool:
     keepalive_max_idle: int = 256  # idle backend connections kept per worker per backend; 0 = no reuse
     keepalive_timeout: float = 30.0  # an idle backend connection is closed after this
     sticky_cookie: str = ""  # cookie name lb inserts for sticky sessions; "" = off
+    tls: BackendTls | None = None  # [pools.NAME.tls]: TLS to the backends; None = plain
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Pool]:
@@ -311,6 +315,7 @@ def _parse_pool(name: str, t: Table, warnings: list[str]) -> Pool:
         health=_parse_health(t.table("health", HEALTH_KEYS), warnings),
         passive=_parse_passive(t.table("passive", PASSIVE_KEYS)),
         backends=_parse_backends(t),
+        tls=tls_section.parse_pool(t.table("tls", tls_section.POOL_KEYS), warnings) if t.has("tls") else None,
     )
     if len(pool.backends) > MAX_BACKENDS_PER_POOL:
         raise ConfigError(t.path_of("backends"), f"{len(pool.backends)} backends; at most {MAX_BACKENDS_PER_POOL}")

@@ -16,9 +16,12 @@ import os
 import re
 import time
 
-from lb.config.values import MIN_TIMEOUT, ConfigError, Table, check_absolute_path, wrong_type
+from lb.config.values import HOSTNAME, MIN_TIMEOUT, ConfigError, Table, check_absolute_path, wrong_type
 
 GLOBAL_KEYS = ("tickets", "ticket_keys", "ticket_rotate")
+POOL_KEYS = ("verify", "ca", "sni", "cert", "key")
+# Where Debian (and most distributions, through a link) keep the system's CAs.
+SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 TICKET_KEY_BYTES = 80  # 16 name, 32 AES-256, 32 HMAC-SHA256: HAProxy's tls-ticket-keys format
 KEYS = ("certificates", "directory", "alpn", "protocols", "ciphers", "ciphersuites", "groups",
         "handshake_timeout", "hsts")
@@ -39,6 +42,37 @@ EXPIRY_WARNING = 14 * 86400
 
 _HSTS = re.compile(r"max-age=[0-9]+(\s*;\s*(includeSubDomains|preload))*", re.IGNORECASE)
 _PROTOCOL_ID = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendTls:
+    """TLS from lb to a pool's backends."""
+
+    verify: bool = True  # the backend's certificate must chain to `ca` and name the backend
+    ca: str = SYSTEM_CA
+    sni: str = ""  # sent, and the name verified; "" = none sent, the backend's IP address verified
+    client: Certificate | None = None  # lb's own certificate, for backends that ask for one
+
+
+def parse_pool(t: Table, warnings: list[str]) -> BackendTls:
+    """One [pools.NAME.tls] table."""
+    verify = t.boolean("verify", True)
+    ca = check_absolute_path(t.string("ca", SYSTEM_CA), t.path_of("ca"))
+    if verify and not os.access(ca, os.R_OK):
+        raise ConfigError(t.path_of("ca"), f"cannot read {ca}")
+    if not verify:
+        for key in ("ca",):
+            if t.has(key):
+                warnings.append(f"{t.path_of(key)}: has no effect unless verify = true")
+    sni = t.string("sni", "").lower().rstrip(".")
+    if sni and not HOSTNAME.fullmatch(sni):
+        raise ConfigError(t.path_of("sni"), f"{sni!r} is not a host name")
+    client = None
+    if t.has("cert") or t.has("key"):
+        cert = check_absolute_path(t.string("cert"), t.path_of("cert"))
+        key = check_absolute_path(t.string("key", cert), t.path_of("key"))
+        client = _load(cert, key, t.path_of("cert"), warnings, names_required=False)
+    return BackendTls(verify=verify, ca=ca, sni=sni, client=client)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,11 +282,11 @@ def _directory(directory: str, path: str) -> list[tuple[str, str, str]]:
     return pairs
 
 
-def _load(cert: str, key: str, path: str, warnings: list[str]) -> Certificate:
+def _load(cert: str, key: str, path: str, warnings: list[str], names_required: bool = True) -> Certificate:
     from lb._fastpath import TlsError, certificate_info
 
     try:
-        info = certificate_info(cert, key)
+        info = certificate_info(cert, key, names_required)
     except TlsError as e:
         raise ConfigError(path, str(e)) from None
     left = info["not_after"] - time.time()

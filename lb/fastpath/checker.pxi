@@ -30,6 +30,7 @@ cdef enum:
     HS_IDLE = 0
     HS_CONNECTING = 1
     HS_READING = 2
+    HS_HANDSHAKE = 3                 # pools with TLS: the handshake, before the check proper
 
 cdef enum:
     HC_RESP_MAX = 16384          # an http check reads at most this much of a response
@@ -58,6 +59,7 @@ cdef struct hc_pool:
     uint32_t passive_threshold       # 0 = off
     uint32_t max_ejected_pct
     uint64_t eject_ms
+    lb_tls_client *tls               # the pool's TLS to its backends: checks speak it too
 
 
 cdef struct hc_target:
@@ -70,6 +72,8 @@ cdef struct hc_target:
     uint64_t started_us
     char *buf                        # request while sending, then the response
     uint32_t len
+    lb_sock sk                       # the check's connection (TLS with the pool's), while one runs
+    void *session                    # TLS: the last session with this backend, so checks resume
 
 
 cdef struct hc_loop:
@@ -144,14 +148,10 @@ cdef void hc_result(hc_loop *L, hc_target *t, uint32_t result, uint32_t status, 
     """Record one check's outcome and apply rise/fall (HAProxy's semantics)."""
     cdef hc_pool *hp = &L.hc[t.pool]
     cdef shm_backend *b = &L.backends[t.slot]
-    cdef linger lg
     if t.fd >= 0:
         # close with a reset, as HAProxy does: no FIN exchange and no TIME_WAIT
         # per check, which is most of a tcp check's cost
-        lg.l_onoff = 1
-        lg.l_linger = 0
-        setsockopt(t.fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg))
-        close(t.fd)
+        sock_close(&t.sk, True)
         t.fd = -1
     if t.buf != NULL:
         free(t.buf)
@@ -215,7 +215,8 @@ cdef void hc_start(hc_loop *L, hc_target *t) noexcept nogil:
         hc_result(L, t, REASON_CONNECT, 0, errno)
         return
     t.fd = fd
-    if hp.type == HC_TCP:
+    sock_plain(&t.sk, fd)
+    if hp.type == HC_TCP and hp.tls == NULL:
         # HAProxy's trick: without a quick ACK the handshake's last ACK waits for
         # data that never comes, so the reset that ends the check reaches a
         # connection the backend never accepted: the check costs the backend's
@@ -260,30 +261,26 @@ cdef void hc_on_event(hc_loop *L, hc_target *t, uint32_t events) noexcept nogil:
             getsockopt(t.fd, SOL_SOCKET, SO_ERROR, &err, &elen)
             hc_result(L, t, REASON_CONNECT, 0, err)
             return
+        if hp.tls != NULL:
+            if not hc_tls_start(L, t):
+                hc_result(L, t, REASON_CONNECT, 0, ENOMEM)
+                return
+            hc_handshake(L, t)
+            return
         if hp.type == HC_TCP:
             hc_result(L, t, REASON_NONE, 0, 0)
             return
-        t.buf = <char *>malloc(HC_RESP_MAX + 1)
-        if t.buf == NULL:
-            hc_result(L, t, REASON_CONNECT, 0, ENOMEM)
-            return
-        req_len = hc_format_request(L, t, t.buf)
-        # a fresh connection takes a request this small in one send
-        if send(t.fd, t.buf, req_len, MSG_NOSIGNAL) != req_len:
-            hc_result(L, t, REASON_CONNECT, 0, errno)
-            return
-        t.len = 0
-        t.state = HS_READING
-        ev.events = EPOLLIN
-        ev.data.ptr = t
-        epoll_ctl(L.epfd, EPOLL_CTL_MOD, t.fd, &ev)
+        hc_send_request(L, t)
+        return
+    if t.state == HS_HANDSHAKE:
+        hc_handshake(L, t)
         return
     if t.state != HS_READING:
         return
-    n = recv(t.fd, t.buf + t.len, HC_RESP_MAX - t.len, MSG_DONTWAIT)
+    n = t.sk.xp.recv(&t.sk, t.buf + t.len, HC_RESP_MAX - t.len)
+    if n == XPRT_WANT_READ or n == XPRT_WANT_WRITE:
+        return
     if n < 0:
-        if errno == EAGAIN or errno == EINTR:
-            return
         hc_result(L, t, REASON_CONNECT, 0, errno)
         return
     t.len += n
@@ -305,6 +302,72 @@ cdef void hc_on_event(hc_loop *L, hc_target *t, uint32_t events) noexcept nogil:
         return
     if n == 0 or t.len == HC_RESP_MAX:
         hc_result(L, t, REASON_BODY, status, 0)
+
+
+cdef void hc_send_request(hc_loop *L, hc_target *t) noexcept nogil:
+    """An http check's request, then wait for the response."""
+    cdef int req_len
+    cdef epoll_event ev
+    t.buf = <char *>malloc(HC_RESP_MAX + 1)
+    if t.buf == NULL:
+        hc_result(L, t, REASON_CONNECT, 0, ENOMEM)
+        return
+    req_len = hc_format_request(L, t, t.buf)
+    # a fresh connection (or one whose handshake just ended) takes a request
+    # this small in one write
+    if t.sk.xp.send(&t.sk, t.buf, req_len) != req_len:
+        hc_result(L, t, REASON_CONNECT, 0, errno)
+        return
+    t.len = 0
+    t.state = HS_READING
+    ev.events = EPOLLIN
+    ev.data.ptr = t
+    epoll_ctl(L.epfd, EPOLL_CTL_MOD, t.fd, &ev)
+
+
+cdef bint hc_tls_start(hc_loop *L, hc_target *t) noexcept nogil:
+    """A check of a pool with TLS: the handshake as the workers do it (SNI,
+    verification), resuming the check's last session with the backend."""
+    cdef lb_tls_client *tls = L.hc[t.pool].tls
+    cdef SSL *ssl = SSL_new(tls.ctx)
+    if ssl == NULL:
+        ERR_clear_error()
+        return False
+    SSL_set_fd(ssl, t.fd)
+    SSL_set_connect_state(ssl)
+    tls_client_names(ssl, tls, &L.backends[t.slot])
+    if t.session != NULL:
+        SSL_set_session(ssl, <SSL_SESSION *>t.session)
+    SSL_set_ex_data(ssl, TLS_SESSION_CELL, &t.session)
+    t.sk.xp = &XPRT_TLS
+    t.sk.ctx = ssl
+    t.state = HS_HANDSHAKE
+    return True
+
+
+cdef void hc_handshake(hc_loop *L, hc_target *t) noexcept nogil:
+    """Advance a check's TLS handshake: a tcp check passes when it is done
+    (the certificate verified); an http check sends its request then."""
+    cdef SSL *ssl = <SSL *>t.sk.ctx
+    cdef int r = SSL_do_handshake(ssl)
+    cdef int err
+    cdef epoll_event ev
+    cdef long verify
+    if r == 1:
+        if L.hc[t.pool].type == HC_TCP:
+            hc_result(L, t, REASON_NONE, 0, 0)
+        else:
+            hc_send_request(L, t)
+        return
+    err = SSL_get_error(ssl, r)
+    if err == SSL_ERROR_WANT_READ or err == SSL_ERROR_WANT_WRITE:
+        ev.events = EPOLLIN if err == SSL_ERROR_WANT_READ else EPOLLOUT
+        ev.data.ptr = t
+        epoll_ctl(L.epfd, EPOLL_CTL_MOD, t.fd, &ev)
+        return
+    ERR_clear_error()
+    verify = SSL_get_verify_result(ssl)
+    hc_result(L, t, REASON_TLS, 0, <int>verify if verify != X509_V_OK else 0)
 
 
 cdef uint64_t hc_failure_sum(hc_loop *L, int32_t slot) noexcept nogil:
@@ -435,7 +498,7 @@ HEALTH_TYPES = {"none": HC_NONE, "tcp": HC_TCP, "http": HC_HTTP}
 REASONS = {REASON_NONE: "passed", REASON_CONNECT: "connect failed", REASON_TIMEOUT: "timeout",
            REASON_STATUS: "bad status", REASON_BODY: "expected body not found",
            REASON_PROTOCOL: "not an HTTP response", REASON_PASSIVE: "ejected: connects kept failing",
-           REASON_EJECTION_OVER: "ejection over"}
+           REASON_EJECTION_OVER: "ejection over", REASON_TLS: "TLS handshake failed"}
 
 
 cdef class Checker:
@@ -458,7 +521,8 @@ cdef class Checker:
         self.L.epfd = -1
         self.L.sigfd = -1
 
-    def __init__(self, Shm shm, pools, on_change):
+    def __init__(self, Shm shm, pools, on_change, tls=None):
+        """tls: {pool name: TlsClient} of the pools with TLS (lb.tls.contexts)."""
         cdef shm_header *h = shm.hdr
         cdef hc_pool *hp
         cdef hc_target *t
@@ -501,11 +565,16 @@ cdef class Checker:
             hp.passive_threshold = spec["passive_failures"]
             hp.eject_ms = max(1, <uint64_t>(spec["eject_time"] * 1000))
             hp.max_ejected_pct = spec["max_ejected_percent"]
+            client = (tls or {}).get(spec["name"])
+            if client is not None:
+                self.keep.append(client)
+                hp.tls = &(<TlsClient>client).t
             for k in range(L.pools[i].capacity):
                 t = &L.t[L.pools[i].first_slot + k]
                 t.pool = i
                 t.slot = L.pools[i].first_slot + k
                 t.fd = -1
+                sock_reset(&t.sk)
                 # spread the first checks over one interval
                 t.next_ms = now + lb_splitmix64(&L.rng) % hp.interval_ms
         L.next_scan_ms = now

@@ -113,6 +113,9 @@ cdef void conn_on_backend_connecting(lb_worker *w, lb_conn *c, uint32_t events) 
         return
     if not (events & EPOLLOUT):
         return
+    if w.pools[c.pool].tls != NULL and not conn_backend_tls(w, c):
+        conn_connect_failed(w, c, False)
+        return
     lb_store_u64(&w.bstats[c.slot].consecutive_failures, 0)
     list_remove(c)
     c.state = CS_ESTABLISHED
@@ -125,4 +128,26 @@ cdef void conn_on_backend_connecting(lb_worker *w, lb_conn *c, uint32_t events) 
         c.flags |= F_RDHUP << SIDE_BACKEND
     if w.splice_mode == SPLICE_ALWAYS and socks_splice(&c.sk[0], &c.sk[1]):
         c.flags |= (F_SPLICE << DIR_UP) | (F_SPLICE << DIR_DOWN)
+    if sock_is_tls(&c.sk[SIDE_BACKEND]):
+        # the handshake starts with the first read: make one, even if the
+        # backend waits for the client to speak first
+        c.flags |= F_READABLE << SIDE_BACKEND
     conn_pump(w, c)
+
+
+cdef bint conn_backend_tls(lb_worker *w, lb_conn *c) noexcept nogil:
+    """A pool with TLS: the connection just made goes on the TLS transport. A
+    PROXY header (send_proxy) comes before the handshake, on the bare socket:
+    at this point the up buffer holds exactly it (no client byte is read
+    before the backend is connected), and a fresh socket takes it whole."""
+    cdef ssize_t n
+    if c.buf_len[DIR_UP] != 0:
+        n = send(c.sk[SIDE_BACKEND].fd, c.buf[DIR_UP] + c.buf_off[DIR_UP], c.buf_len[DIR_UP],
+                 MSG_NOSIGNAL | MSG_DONTWAIT)
+        if n != <ssize_t>c.buf_len[DIR_UP]:
+            return False
+        c.buf_len[DIR_UP] = 0
+        c.buf_off[DIR_UP] = 0
+        buf_give(w, c.buf[DIR_UP])
+        c.buf[DIR_UP] = NULL
+    return sock_tls_connect(w, &w.pools[c.pool], &c.sk[SIDE_BACKEND], c.slot)

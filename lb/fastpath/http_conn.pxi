@@ -226,6 +226,9 @@ cdef bint bconn_quiet(lb_bconn *b) noexcept nogil:
         if recv(b.sk.fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) < 0 and (errno == EAGAIN or errno == EINTR):
             b.flags &= ~HF_READABLE
             return True
+        if sock_is_tls(&b.sk) and tls_quiet(&b.sk):
+            b.flags &= ~HF_READABLE
+            return True
         return False
     return True
 

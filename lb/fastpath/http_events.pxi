@@ -80,7 +80,8 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
         tl_remove(&b.tn)
         lb_store_u64(&w.bstats[b.slot].consecutive_failures, 0)
         b.state = BS_READY
-        if not bconn_send_proxy(w, h, b):
+        if not bconn_send_proxy(w, h, b) or (
+                w.pools[b.pool].tls != NULL and not sock_tls_connect(w, &w.pools[b.pool], &b.sk, b.slot)):
             h_backend_failed(w, h, False, True)
             conn_queue(w, &h.c)
             return

@@ -293,7 +293,8 @@ cdef class Worker:
 
     listeners: (fd, config.Listener) for each listening socket of this worker
     pools:     every config.Pool, in shared-memory order
-    tls:       {listener name: TlsServer} of the TLS listeners (built before fork)
+    tls:       {"listeners": {name: TlsServer}, "pools": {name: TlsClient}}: the
+               contexts of the TLS listeners and pools (lb.tls.contexts, before fork)
     The caller blocks SIGTERM/SIGINT/SIGQUIT first: they arrive through a signalfd.
     """
 
@@ -313,7 +314,7 @@ cdef class Worker:
         if len(pools) != shm.hdr.n_pools:
             raise ValueError("one pool setting per shared-memory pool is needed")
         self.shm = shm
-        self.tls = dict(tls or {})
+        self.tls = tls or {"listeners": {}, "pools": {}}
         w = &self.w
         worker_attach(w, shm, row, int.from_bytes(_os.urandom(8), "little"))
         tickets_attach(shm)
@@ -333,6 +334,11 @@ cdef class Worker:
             p.retries = pool.retries
             p.connect_timeout_ms = max(1, <uint64_t>(pool.connect_timeout * 1000))
             p.send_proxy = SEND_PROXY_VERSIONS[pool.send_proxy]
+            if pool.tls is not None:
+                p.tls = &(<TlsClient>self.tls["pools"][pool.name]).t
+                p.tls_sessions = <void **>calloc(p.shm.capacity, sizeof(void *))
+                if p.tls_sessions == NULL:
+                    raise MemoryError()
         if any(listener.mode == "http" for _, listener in listeners):
             http_worker_init(w)
             for i, pool in enumerate(pools):
@@ -348,7 +354,7 @@ cdef class Worker:
             l.accept_proxy = listener.accept_proxy and listener.mode == "tcp"
             l.proxy_timeout_ms = min(l.idle_timeout_ms, PROXY_WAIT_MAX_MS)
             if listener.tls is not None:
-                l.tls = &(<TlsServer>self.tls[listener.name]).t
+                l.tls = &(<TlsServer>self.tls["listeners"][listener.name]).t
             phases_init(&l.phases, listener)
             if listener.mode == "http":
                 http_listener_init(l, listener, pool_index)

@@ -123,6 +123,78 @@ cdef inline bint sock_is_tls(lb_sock *s) noexcept nogil:
     return s.xp == &XPRT_TLS
 
 
+# ---- TLS to backends (as the client) ----------------------------------------------------
+# Each worker keeps its last session with each backend (OpenSSL hands it over in
+# tls_new_session_cb, a TLS 1.3 ticket included), so a new backend connection
+# resumes instead of paying for a full handshake.
+
+cdef int TLS_SESSION_CELL = SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL)
+
+
+cdef int tls_new_session_cb(SSL *ssl, SSL_SESSION *sess) noexcept nogil:
+    cdef SSL_SESSION **cell = <SSL_SESSION **>SSL_get_ex_data(ssl, TLS_SESSION_CELL)
+    if cell == NULL:
+        return 0
+    if cell[0] != NULL:
+        SSL_SESSION_free(cell[0])
+    cell[0] = sess
+    return 1                         # the reference is ours now
+
+
+cdef void tls_client_names(SSL *ssl, lb_tls_client *t, shm_backend *b) noexcept nogil:
+    """The SNI a backend connection sends, and the name (or address) its
+    certificate must have."""
+    cdef char ip[INET6_ADDRSTRLEN]
+    cdef sockaddr_storage ss
+    cdef const char *text
+    if t.sni[0] != 0:
+        SSL_set_tlsext_host_name(ssl, t.sni)
+    if not t.verify:
+        return
+    if t.sni[0] != 0:
+        SSL_set1_host(ssl, t.sni)
+        return
+    backend_sockaddr(b, &ss)
+    if ss.ss_family == AF_INET6:
+        text = inet_ntop(AF_INET6, &(<sockaddr_in6 *>&ss).sin6_addr, ip, sizeof(ip))
+    else:
+        text = inet_ntop(AF_INET, &(<sockaddr_in *>&ss).sin_addr, ip, sizeof(ip))
+    if text != NULL:
+        X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), ip)
+
+
+cdef bint sock_tls_connect(lb_worker *w, lb_pool_rt *p, lb_sock *s, int32_t slot) noexcept nogil:
+    """Put a socket just connected to a backend on the TLS transport, as the
+    client (the handshake starts with the first read or write). False: out of
+    memory."""
+    cdef lb_tls_client *t = p.tls
+    cdef SSL *ssl = SSL_new(t.ctx)
+    cdef SSL_SESSION **cell = <SSL_SESSION **>&p.tls_sessions[slot - p.shm.first_slot]
+    if ssl == NULL:
+        ERR_clear_error()
+        return False
+    SSL_set_fd(ssl, s.fd)
+    SSL_set_connect_state(ssl)
+    tls_client_names(ssl, t, &w.backends[slot])
+    if cell[0] != NULL:
+        SSL_set_session(ssl, cell[0])
+    SSL_set_ex_data(ssl, TLS_SESSION_CELL, cell)
+    s.xp = &XPRT_TLS
+    s.ctx = ssl
+    return True
+
+
+cdef bint tls_quiet(lb_sock *s) noexcept nogil:
+    """A TLS connection with bytes waiting holds no response data: records
+    that are not application data (a session ticket sent late) are read and
+    the connection may still be kept. False when data or a close is there."""
+    cdef char c
+    cdef int r = SSL_peek(<SSL *>s.ctx, &c, 1)
+    if r > 0:
+        return False
+    return tls_want(<SSL *>s.ctx, r) == XPRT_WANT_READ
+
+
 # ---- a tcp-mode client's handshake (CS_TLS_WAIT) ------------------------------------------
 # No backend is chosen until the handshake is done: a client that never
 # completes one costs no backend anything.
@@ -482,7 +554,7 @@ cdef dict _leaf_info(X509 *x):
     }
 
 
-def certificate_info(str cert, str key):
+def certificate_info(str cert, str key, bint names_required=True):
     """Check a certificate and its key as a listener would load them, and
     describe the leaf: names, subject, issuer, not_after (Unix time), sha256,
     key type and bits. TlsError (the message says what is wrong) when the key
@@ -513,7 +585,7 @@ def certificate_info(str cert, str key):
         info = _leaf_info(<X509 *><size_t>chain[0])
         if X509_cmp_current_time(X509_get0_notAfter(<X509 *><size_t>chain[0])) < 0:
             raise TlsError(f"{cert}: expired on {_time.strftime('%Y-%m-%d %H:%M:%S UTC', _time.gmtime(info['not_after']))}")
-        if not info["names"]:
+        if names_required and not info["names"]:
             raise TlsError(f"{cert}: names no host (no DNS subject alternative name, no common name)")
         return info
     finally:
@@ -669,6 +741,53 @@ cdef class TlsServer:
         with a certificate of their own."""
         return {"exact": [self.t.exact[i].name.decode() for i in range(self.t.n_exact)],
                 "wildcard": ["*" + self.t.wild[i].name.decode() for i in range(self.t.n_wild)]}
+
+
+cdef class TlsClient:
+    """A pool's TLS to its backends, from its config.BackendTls."""
+
+    cdef lb_tls_client t
+    cdef bytes sni
+
+    def __cinit__(self):
+        memset(&self.t, 0, sizeof(lb_tls_client))
+
+    def __dealloc__(self):
+        if self.t.ctx != NULL:
+            SSL_CTX_free(self.t.ctx)
+
+    def __init__(self, settings):
+        cdef SSL_CTX *ctx = SSL_CTX_new(TLS_client_method())
+        if ctx == NULL:
+            raise MemoryError()
+        self.t.ctx = ctx
+        SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION)
+        SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF)
+        SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+                         | SSL_MODE_RELEASE_BUFFERS)
+        if settings.verify:
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL)
+            if SSL_CTX_load_verify_locations(ctx, settings.ca.encode(), NULL) != 1:
+                raise TlsError(f"{settings.ca}: no CA certificate in it ({_openssl_errors()})", "ca")
+        else:
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL)
+        if settings.client is not None:
+            c = settings.client
+            if (SSL_CTX_use_certificate_chain_file(ctx, c.cert.encode()) != 1
+                    or SSL_CTX_use_PrivateKey_file(ctx, c.key.encode(), SSL_FILETYPE_PEM) != 1
+                    or SSL_CTX_check_private_key(ctx) != 1):
+                raise TlsError(f"{c.cert}: {_openssl_errors()}", "cert")
+        # sessions are kept by lb, one per backend per worker (tls_new_session_cb)
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE)
+        SSL_CTX_sess_set_new_cb(ctx, tls_new_session_cb)
+        self.sni = settings.sni.encode()
+        self.t.sni = self.sni
+        self.t.verify = settings.verify
+
+
+def verify_error_text(long code):
+    """OpenSSL's words for a certificate verify result (SSL_get_verify_result)."""
+    return X509_verify_cert_error_string(code).decode()
 
 
 class _HeaderSet:

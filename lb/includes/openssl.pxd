@@ -21,6 +21,7 @@ cdef extern from "openssl/ssl.h" nogil:
     ctypedef struct ASN1_TIME
     ctypedef struct BIO
     ctypedef struct stack_st_X509
+    ctypedef struct X509_VERIFY_PARAM
 
     enum:
         SSL_ERROR_NONE
@@ -37,6 +38,8 @@ cdef extern from "openssl/ssl.h" nogil:
         SSL_MODE_RELEASE_BUFFERS
         SSL_SESS_CACHE_OFF
         SSL_SESS_CACHE_SERVER
+        SSL_SESS_CACHE_CLIENT
+        SSL_SESS_CACHE_NO_INTERNAL_STORE
         SSL_VERIFY_NONE
         SSL_VERIFY_PEER
         SSL_VERIFY_FAIL_IF_NO_PEER_CERT
@@ -116,6 +119,12 @@ cdef extern from "openssl/ssl.h" nogil:
     X509 *SSL_get1_peer_certificate(const SSL *ssl)
     int SSL_set_ex_data(SSL *ssl, int idx, void *data)
     void *SSL_get_ex_data(const SSL *ssl, int idx)
+    int SSL_get_ex_new_index(long argl, void *argp, void *new_func, void *dup_func, void *free_func)
+    void SSL_CTX_sess_set_new_cb(SSL_CTX *ctx, int (*cb)(SSL *, SSL_SESSION *) noexcept nogil)
+    int SSL_set_session(SSL *ssl, SSL_SESSION *session)
+    void SSL_SESSION_free(SSL_SESSION *session)
+    X509_VERIFY_PARAM *SSL_get0_param(SSL *ssl)
+    int SSL_CTX_set_default_verify_paths(SSL_CTX *ctx)
 
 cdef extern from "openssl/sslerr.h" nogil:
     enum:
@@ -143,6 +152,10 @@ cdef extern from "openssl/asn1.h" nogil:
     const unsigned char *ASN1_STRING_get0_data(const ASN1_STRING *x)
     int ASN1_STRING_length(const ASN1_STRING *x)
     int ASN1_TIME_diff(int *pday, int *psec, const ASN1_TIME *start, const ASN1_TIME *end)
+
+cdef extern from "openssl/x509_vfy.h" nogil:
+    int X509_VERIFY_PARAM_set1_ip_asc(X509_VERIFY_PARAM *param, const char *ipasc)
+    const char *X509_verify_cert_error_string(long n)
 
 cdef extern from "openssl/x509.h" nogil:
     ctypedef struct X509_NAME_ENTRY
