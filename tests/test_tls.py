@@ -466,3 +466,334 @@ def test_hsts_on_lbs_own_error_page(pki, run_lb):
         status, fields, _body = split_response(t.recv_to_eof())
     assert status.split(" ")[1] in ("502", "503")
     assert fields.get("strict-transport-security") == ["max-age=600"]
+
+
+# ---- 5. tcp mode through TLS -------------------------------------------------------------
+
+VERSIONS = {"tls12": ssl.TLSVersion.TLSv1_2, "tls13": ssl.TLSVersion.TLSv1_3}
+
+
+def tcp_lb(pki, run_lb, backend, **kw):
+    port = free_port()
+    lb = run_lb(tls_config(port, [backend], certs_toml(pki.default), mode="tcp", **kw))
+    return port, lb
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_tcp_bytes_both_ways_at_once(pki, backends, run_lb, version):
+    """3 MiB sent while the transformed answer comes back, from one client
+    thread that never waits for one direction to finish; then the client's
+    close_notify and FIN reach the backend as an EOF, and lb ends with
+    close_notify before its FIN."""
+    port, _lb = tcp_lb(pki, run_lb, backends("b1"))
+    data = os.urandom(3 * MIB + 1234)
+    ctx = client_context(pki.ca_path, minimum_version=VERSIONS[version], maximum_version=VERSIONS[version])
+    with MemTls(port, ctx, timeout=20) as t:
+        assert t.handshake().version == {"tls12": "TLSv1.2", "tls13": "TLSv1.3"}[version]
+        got = t.pump(data, len(data))
+        assert t.close_notify, "lb closed without close_notify"
+    assert len(got) == len(data)
+    assert got == data.translate(TRANSFORM)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_tcp_client_half_close(pki, backends, run_lb, version):
+    """The client sends, then close_notify and FIN (SSL unwrap, then
+    shutdown(SHUT_WR)): the backend sees every byte then EOF, and its answer,
+    written after that EOF, still reaches the client."""
+    backend = backends("b1", mode="drain-report")
+    port, _lb = tcp_lb(pki, run_lb, backend)
+    data = os.urandom(2 * MIB + 7)
+    ctx = client_context(pki.ca_path, minimum_version=VERSIONS[version], maximum_version=VERSIONS[version])
+    with MemTls(port, ctx) as t:
+        t.handshake()
+        t.send(data)
+        t.close_write()
+        assert backend.report() == f"received {len(data)} {hashlib.sha256(data).hexdigest()}"
+        assert t.recv_to_eof() == f"ok {len(data)}\n".encode()
+        assert t.close_notify
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_tcp_backend_speaks_first_and_half_closes(pki, backends, run_lb, version):
+    """The backend sends 1 MiB before the client says anything, then its FIN:
+    the client reads it all and lb's close_notify; the client can still send,
+    and the backend gets those bytes."""
+    backend = backends("b1", mode="speak-first")
+    port, _lb = tcp_lb(pki, run_lb, backend)
+    ctx = client_context(pki.ca_path, minimum_version=VERSIONS[version], maximum_version=VERSIONS[version])
+    with MemTls(port, ctx) as t:
+        t.handshake()
+        got = t.recv_to_eof()
+        assert len(got) == SPEAK_BYTES and got == speak_payload()
+        assert t.close_notify
+        after = os.urandom(MIB + 5)
+        t.send(after)
+        t.close_write()
+        assert backend.report() == f"received {len(after)} {hashlib.sha256(after).hexdigest()}"
+
+
+def test_tcp_backend_greets_first(pki, backends, run_lb):
+    """A backend that speaks as soon as it is connected (a banner): the
+    greeting reaches a client that has sent nothing after its handshake."""
+    port, _lb = tcp_lb(pki, run_lb, backends("greeter", hello=True))
+    with MemTls(port, client_context(pki.ca_path)) as t:
+        t.handshake()
+        assert t.recv_exact(len(b"greeter\n")) == b"greeter\n"
+        t.send(b"abc")
+        assert t.recv_exact(3) == b"abc".translate(TRANSFORM)
+
+
+# ---- 6. bad input: each closes only that connection, counted by reason --------------------
+
+HANDSHAKE_TIMEOUT = 0.3
+
+
+class Guarded:
+    """A TLS listener with handshake_timeout 300ms, and a good client that
+    opened its connection before anything bad happened and is checked after."""
+
+    def __init__(self, mode, port, lb, member, pki):
+        self.mode, self.port, self.lb, self.member = mode, port, lb, member
+        self.ctx = client_context(pki.ca_path)
+        if mode == "http":
+            self.conn = http.client.HTTPSConnection("127.0.0.1", port, context=self.ctx, timeout=10)
+        else:
+            self.conn = MemTls(port, self.ctx)
+            self.conn.handshake()
+        self.n = 0
+        self.check_good()
+
+    def check_good(self):
+        """The good connection still works; no backend heard of anything else."""
+        self.n += 1
+        if self.mode == "http":
+            echo = echo_of(self.conn, target=f"/good/{self.n}")
+            assert (echo["conn"], echo["n"]) == (1, self.n)
+            # the origin got this connection's requests and nothing else
+            assert self.member.report() == f"request 1 {self.n} GET /good/{self.n}"
+            assert self.member.drain_lines() == []
+        else:
+            msg = b"good %d" % self.n
+            self.conn.send(msg)
+            assert self.conn.recv_exact(len(msg)) == msg.translate(TRANSFORM)
+            if self.n == 1:
+                assert self.member.report() == "accepted"
+            assert self.member.drain_lines() == []
+
+    def close(self):
+        self.conn.close()
+
+
+@pytest.fixture(params=["http", "tcp"])
+def guarded(request, pki, origins, backends, run_lb):
+    mode = request.param
+    member = origins() if mode == "http" else backends("b1", extra_args=["--report-connections"])
+    port = free_port()
+    lb = run_lb(tls_config(port, [member], certs_toml(pki.default) + f'handshake_timeout = "{int(HANDSHAKE_TIMEOUT * 1000)}ms"',
+                           mode=mode))
+    g = Guarded(mode, port, lb, member, pki)
+    yield g
+    g.close()
+
+
+def read_until_closed(s: socket.socket) -> tuple[bytes, str]:
+    """Everything lb sends until it closes: (bytes, "eof" or "reset")."""
+    out = bytearray()
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except ConnectionResetError:
+        return bytes(out), "reset"
+    except socket.timeout:
+        raise AssertionError(f"lb did not close the connection; got {bytes(out)[:100]!r}") from None
+    return bytes(out), "eof"
+
+
+def client_hello(ctx: ssl.SSLContext | None = None, name: str | None = "a.test") -> bytes:
+    mem = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = (ctx or client_context()).wrap_bio(*mem, server_hostname=name)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return mem[1].read()
+
+
+def bad_plain_http(g: Guarded):
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+        s.sendall(b"GET /index.html HTTP/1.1\r\nHost: a.test\r\nUser-Agent: plain\r\n\r\n")
+        data, how = read_until_closed(s)
+    if g.mode == "http":
+        assert how == "eof"          # the answer is read first: the close is a FIN, not a reset
+        status, fields, body = split_response(data)
+        assert status == "HTTP/1.1 400 Bad Request"
+        assert fields["connection"] == ["close"]
+        assert body == PLAIN_HTTP_BODY
+    else:
+        assert data == b""
+
+
+def bad_connect_method(g: Guarded):
+    """A proxy request (CONNECT) is plain HTTP too."""
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+        s.sendall(b"CONNECT a.test:443 HTTP/1.1\r\nHost: a.test:443\r\n\r\n")
+        data, _how = read_until_closed(s)
+    if g.mode == "http":
+        assert data.startswith(b"HTTP/1.1 400 Bad Request\r\n") and data.endswith(PLAIN_HTTP_BODY)
+    else:
+        assert data == b""
+
+
+def bad_garbage(g: Guarded):
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+        s.sendall(bytes(range(256)) * 4)
+        data, _how = read_until_closed(s)
+    assert not data.startswith(b"HTTP/")
+
+
+def bad_garbage_record(g: Guarded):
+    """A handshake record that holds no valid handshake message."""
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+        s.sendall(b"\x16\x03\x01\x00\x08" + b"\x01\x00\x00\x04\xff\xff\xff\xff")
+        data, _how = read_until_closed(s)
+    assert data == b"" or data[0] == 0x15   # nothing, or an alert record
+
+
+def timed_close(g: Guarded, first: bytes) -> float:
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:
+        if first:
+            s.sendall(first)
+        data, _how = read_until_closed(s)
+    assert data == b"" or data[0] == 0x15
+    return time.monotonic() - t0
+
+
+def bad_silent(g: Guarded):
+    elapsed = timed_close(g, b"")
+    assert HANDSHAKE_TIMEOUT - 0.02 <= elapsed < HANDSHAKE_TIMEOUT + 3
+
+
+def bad_half_hello_then_silent(g: Guarded):
+    """The timeout covers the whole handshake, not its first byte."""
+    hello = client_hello()
+    elapsed = timed_close(g, hello[:len(hello) // 2])
+    assert HANDSHAKE_TIMEOUT - 0.02 <= elapsed < HANDSHAKE_TIMEOUT + 3
+
+
+def bad_half_hello_then_fin(g: Guarded):
+    hello = client_hello()
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+        s.sendall(hello[:len(hello) // 2])
+        s.shutdown(socket.SHUT_WR)
+        data, _how = read_until_closed(s)
+    assert data == b"" or data[0] == 0x15
+
+
+def bad_half_hello_then_reset(g: Guarded):
+    hello = client_hello()
+    s = socket.create_connection(("127.0.0.1", g.port), timeout=5)
+    s.sendall(hello[:len(hello) // 2])
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+
+
+def python_handshake_fails(g: Guarded, **opts):
+    with pytest.raises(ssl.SSLError):
+        handshake(g.port, client_context(**opts), "a.test")
+
+
+def bad_tls11(g: Guarded):
+    python_handshake_fails(g, minimum_version=ssl.TLSVersion.TLSv1_1, maximum_version=ssl.TLSVersion.TLSv1_1,
+                           ciphers="DEFAULT:@SECLEVEL=0")
+
+
+def bad_cipher(g: Guarded):
+    """TLS 1.2 with only a cipher that has no forward secrecy (not offered)."""
+    python_handshake_fails(g, maximum_version=ssl.TLSVersion.TLSv1_2, ciphers="AES128-GCM-SHA256")
+
+
+def bad_cipher_for_the_key(g: Guarded):
+    """TLS 1.2 with only RSA suites against an ECDSA-only certificate."""
+    python_handshake_fails(g, maximum_version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-RSA-AES128-GCM-SHA256")
+
+
+def s_client_fails(g: Guarded, *args):
+    res = s_client(g.port, *args, servername="a.test")
+    assert res.returncode != 0, res.stdout
+
+
+def bad_tls13_suite(g: Guarded):
+    s_client_fails(g, "-tls1_3", "-ciphersuites", "TLS_AES_128_CCM_SHA256")
+
+
+def bad_group(g: Guarded):
+    s_client_fails(g, "-tls1_3", "-groups", "ffdhe2048")
+
+
+def bad_sigalg(g: Guarded):
+    """TLS 1.3, RSA signatures only, against an ECDSA-only certificate."""
+    s_client_fails(g, "-tls1_3", "-sigalgs", "rsa_pss_rsae_sha256:rsa_pkcs1_sha256")
+
+
+BAD_INPUT = [
+    (bad_plain_http, "plain_http"),
+    (bad_connect_method, "plain_http"),
+    (bad_garbage, "protocol"),
+    (bad_garbage_record, "protocol"),
+    (bad_silent, "timeout"),
+    (bad_half_hello_then_silent, "timeout"),
+    (bad_half_hello_then_fin, "closed"),
+    (bad_half_hello_then_reset, "closed"),
+    (bad_tls11, "negotiation"),
+    (bad_cipher, "negotiation"),
+    (bad_cipher_for_the_key, "negotiation"),
+    (bad_tls13_suite, "negotiation"),
+    (bad_group, "negotiation"),
+    (bad_sigalg, "negotiation"),
+]
+
+
+@pytest.mark.parametrize("bad,reason", BAD_INPUT, ids=[f[0].__name__[4:] for f in BAD_INPUT])
+def test_bad_input_counted_by_reason(guarded, bad, reason):
+    g = guarded
+    before = tls_failed(g.lb)
+    bad(g)
+    wait_for(lambda: sum(tls_failed(g.lb).values()) > sum(before.values()), 5, "tls_failed to count it")
+    after = tls_failed(g.lb)
+    assert {k: after[k] - before[k] for k in REASONS} == {k: int(k == reason) for k in REASONS}
+    g.check_good()
+    # nothing else was counted meanwhile (the good connection's request included)
+    assert tls_failed(g.lb) == after
+
+
+def test_tls_failed_in_lb_status(guarded):
+    """The counters are what `lb status --json` shows, per worker."""
+    bad_garbage(guarded)
+    bad_plain_http(guarded)
+    wait_for(lambda: tls_failed(guarded.lb)["plain_http"] == 1, 5, "the plain HTTP client to be counted")
+    res = lb_cli(guarded.lb.config_path, "status", "--json")
+    assert res.returncode == 0, res.stderr
+    workers = json.loads(res.stdout)["workers"]
+    assert [w["tls_failed"] for w in workers] == [dict(timeout=0, plain_http=1, negotiation=0, client_cert=0,
+                                                      protocol=1, closed=0)]
+    assert workers[0]["tls_handshakes"] == 1      # the good client
+
+
+@pytest.mark.parametrize("protocols,client,refused", [
+    ('["TLSv1.3"]', ssl.TLSVersion.TLSv1_2, True),
+    ('["TLSv1.3"]', ssl.TLSVersion.TLSv1_3, False),
+    ('["TLSv1.2"]', ssl.TLSVersion.TLSv1_3, True),
+    ('["TLSv1.2"]', ssl.TLSVersion.TLSv1_2, False),
+], ids=["tls13-listener-tls12-client", "tls13-both", "tls12-listener-tls13-client", "tls12-both"])
+def test_protocols_setting(pki, origins, run_lb, protocols, client, refused):
+    port = free_port()
+    lb = run_lb(tls_config(port, [origins()], certs_toml(pki.default) + f"protocols = {protocols}"))
+    ctx = client_context(pki.ca_path, minimum_version=client, maximum_version=client)
+    if refused:
+        with pytest.raises(ssl.SSLError):
+            handshake(port, ctx)
+        wait_for(lambda: tls_failed(lb)["negotiation"] == 1, 5, "the refused version to be counted")
+    else:
+        assert handshake(port, ctx).version == client.name.replace("_", ".")

@@ -67,7 +67,8 @@ class MemTls:
         self.timeout = timeout
         self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname=server_hostname)
-        self.peer_eof = False     # the server's TCP FIN (or its close_notify) was read
+        self.peer_eof = False     # the server's close_notify or FIN was read
+        self.close_notify = False  # ... and it was a close_notify
 
     # ---- the wire --------------------------------------------------------------------
 
@@ -120,11 +121,17 @@ class MemTls:
         """The next decrypted bytes; b"" at the server's close_notify or FIN."""
         while True:
             try:
-                return self.obj.read(65536)
+                data = self.obj.read(65536)
+                if not data:             # Python's read: b"" at a close_notify
+                    self.peer_eof = self.close_notify = True
+                return data
             except ssl.SSLWantReadError:
                 if not self._feed():
                     continue             # the next read says what the EOF means
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            except ssl.SSLZeroReturnError:
+                self.peer_eof = self.close_notify = True
+                return b""
+            except ssl.SSLEOFError:
                 self.peer_eof = True
                 return b""
 
@@ -209,11 +216,14 @@ class MemTls:
                                 plain = self.obj.read(1 << 18)
                             except ssl.SSLWantReadError:
                                 break
-                            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                            except ssl.SSLZeroReturnError:
+                                self.peer_eof = self.close_notify = True
+                                break
+                            except ssl.SSLEOFError:
                                 self.peer_eof = True
                                 break
-                            if not plain:
-                                self.peer_eof = True
+                            if not plain:        # a close_notify
+                                self.peer_eof = self.close_notify = True
                                 break
                             received += plain
                         wire += self.out.read()      # a read may answer something (a key update)
