@@ -797,3 +797,208 @@ def test_protocols_setting(pki, origins, run_lb, protocols, client, refused):
         wait_for(lambda: tls_failed(lb)["negotiation"] == 1, 5, "the refused version to be counted")
     else:
         assert handshake(port, ctx).version == client.name.replace("_", ".")
+
+
+# ---- 7. PROXY protocol, then TLS on the same socket ---------------------------------------
+
+PROXY_HEADERS = {
+    "v1": b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 443\r\n",
+    "v2": proxy_ref.build(2, "192.0.2.7", 40000, "198.51.100.1", 443),
+}
+
+
+@pytest.mark.parametrize("version", PROXY_HEADERS)
+@pytest.mark.parametrize("together", [True, False], ids=["one-write", "two-writes"])
+def test_proxy_header_then_tls_http(pki, origins, run_lb, version, together):
+    """accept_proxy on a TLS http listener: the PROXY header and the
+    ClientHello in one segment (or two writes); lb takes exactly the header
+    and the handshake starts at the next byte; the origin sees the header's
+    client."""
+    port = free_port()
+    run_lb(tls_config(port, [origins()], certs_toml(pki.default, pki.a), listener="accept_proxy = true"))
+    header = PROXY_HEADERS[version]
+    with MemTls(port, client_context(pki.ca_path), "a.test") as t:
+        if together:
+            peer = t.handshake(header)
+        else:
+            t.sock.sendall(header)
+            peer = t.handshake()
+        assert peer.fingerprint == pki.a.fingerprint
+        t.send(b"GET /proxied HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        status, _fields, body = split_response(t.recv_to_eof())
+    assert status == "HTTP/1.1 200 OK"
+    echo = json.loads(body)
+    assert field(echo, "X-Forwarded-For") == ["192.0.2.7"]
+    assert field(echo, "X-Forwarded-Proto") == ["https"]
+
+
+class Recorder:
+    """A backend that keeps every byte of one connection, to its EOF."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.name, self.address = "rec", f"127.0.0.1:{self.sock.getsockname()[1]}"
+
+    def take(self, timeout: float = 10) -> bytes:
+        self.sock.settimeout(timeout)
+        conn, _ = self.sock.accept()
+        with conn:
+            conn.settimeout(timeout)
+            data = bytearray()
+            while chunk := conn.recv(65536):
+                data += chunk
+            conn.sendall(b"got %d\n" % len(data))
+        return bytes(data)
+
+
+@pytest.mark.parametrize("version", PROXY_HEADERS)
+def test_proxy_header_then_tls_tcp_send_proxy(pki, run_lb, version):
+    """tcp mode: accept_proxy and TLS on the client side, send_proxy to the
+    backend: the backend gets lb's own v1 header for the client the incoming
+    header named, then the decrypted bytes."""
+    rec = Recorder()
+    port = free_port()
+    run_lb(tls_config(port, [rec], certs_toml(pki.default), mode="tcp", listener="accept_proxy = true",
+                      pool='send_proxy = "v1"'))
+    data = os.urandom(100_000)
+    with MemTls(port, client_context(pki.ca_path)) as t:
+        t.handshake(PROXY_HEADERS[version])
+        t.send(data)
+        t.close_write()
+        got = rec.take()
+        assert t.recv_to_eof() == b"got %d\n" % len(got)
+    rec.sock.close()
+    assert got == b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 443\r\n" + data
+
+
+# ---- 8. config errors, with key paths (lb check) ------------------------------------------
+
+@pytest.fixture(scope="module")
+def bad_pki(pki, tmp_path_factory):
+    """Files a config check must refuse, or warn about."""
+    d = tmp_path_factory.mktemp("bad")
+    other = CA(d / "other", name="other CA")
+    files = {}
+    # a's certificate, then a CA that did not issue it
+    files["broken_chain"] = d / "broken-chain.crt"
+    files["broken_chain"].write_bytes(pki.a.cert.read_bytes().split(b"-----END CERTIFICATE-----\n")[0]
+                                      + b"-----END CERTIFICATE-----\n" + other.path.read_bytes())
+    files["expired"] = pki.ca.leaf("expired", ("expired.test",), days=-1, start_days=-30, directory=d)
+    files["soon"] = pki.ca.leaf("soon", ("soon.test",), days=5, directory=d)
+    files["not_yet"] = pki.ca.leaf("notyet", ("notyet.test",), start_days=2, directory=d)
+    files["no_pem"] = d / "no-pem.crt"
+    files["no_pem"].write_text("this is not a certificate\n")
+    files["bad_key"] = d / "bad.key"
+    files["bad_key"].write_text("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
+    lonely = d / "lonely"
+    lonely.mkdir()
+    shutil.copy(pki.a.cert, lonely / "site.crt")       # its site.key is missing
+    files["lonely_dir"] = lonely
+    return files
+
+
+def check_config(tmp_path: Path, tls: str, mode: str = "http", listener: str = "") -> tuple[subprocess.CompletedProcess, dict]:
+    """`lb check --json -c FILE` of a config with that TLS table: (the process, its JSON)."""
+    class Member:
+        name, address = "b", "127.0.0.1:9"
+
+    path = tmp_path / "check.toml"
+    path.write_text(tls_config(9, [Member], tls, mode=mode, listener=listener, admin_dir=str(tmp_path)))
+    res = subprocess.run([sys.executable, "-m", "lb", "check", "--json", "-c", str(path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    return res, json.loads(res.stdout)
+
+
+CERTS = "listeners.web.tls.certificates"
+CONFIG_ERRORS = [
+    # id, tls table (a function of pki and bad files), mode, key path, message (regex)
+    ("key-not-matching", lambda p, b: f'certificates = [{{ cert = "{p.default.cert}", key = "{p.default.key}" }},'
+                                      f' {{ cert = "{p.a.cert}", key = "{p.c.key}" }}]',
+     "http", f"{CERTS}[1]", r"c\.key is not the key of .*a\.crt"),
+    ("key-of-another-type", lambda p, b: f'certificates = [{{ cert = "{p.a.cert}", key = "{p.b.key}" }}]',
+     "http", f"{CERTS}[0]", r"b\.key is not the key of .*a\.crt"),
+    ("broken-chain", lambda p, b: f'certificates = [{{ cert = "{b["broken_chain"]}", key = "{p.a.key}" }}]',
+     "http", f"{CERTS}[0]", r"broken chain: certificate 1 \(CN=a\.test\) is not issued by certificate 2 "
+                            r"\(CN=other CA\)"),
+    ("expired", lambda p, b: f'certificates = [{{ cert = "{b["expired"].cert}", key = "{b["expired"].key}" }}]',
+     "http", f"{CERTS}[0]", r"expired\.crt: expired on \d{4}-\d\d-\d\d"),
+    ("missing-file", lambda p, b: f'certificates = [{{ cert = "{p.dir}/nowhere.crt", key = "{p.a.key}" }}]',
+     "http", f"{CERTS}[0]", r"nowhere\.crt"),
+    ("missing-key-file", lambda p, b: f'certificates = [{{ cert = "{p.a.cert}", key = "{p.dir}/nowhere.key" }}]',
+     "http", f"{CERTS}[0]", r"nowhere\.key"),
+    ("no-pem", lambda p, b: f'certificates = [{{ cert = "{b["no_pem"]}", key = "{p.a.key}" }}]',
+     "http", f"{CERTS}[0]", r"no-pem\.crt holds no PEM certificate"),
+    ("bad-key", lambda p, b: f'certificates = [{{ cert = "{p.a.cert}", key = "{b["bad_key"]}" }}]',
+     "http", f"{CERTS}[0]", r"bad\.key: not a usable private key"),
+    ("combined-without-key", lambda p, b: f'certificates = [{{ cert = "{p.a.cert}" }}]',
+     "http", f"{CERTS}[0]", r"a\.crt: not a usable private key"),
+    ("relative-path", lambda p, b: 'certificates = [{ cert = "a.crt", key = "a.key" }]',
+     "http", f"{CERTS}[0].cert", r"absolute"),
+    ("no-certificate", lambda p, b: 'alpn = ["http/1.1"]', "http", CERTS, r"at least one certificate"),
+    ("unknown-cipher", lambda p, b: f'{certs_toml(p.a)}ciphers = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA257"',
+     "http", "listeners.web.tls.ciphers", r"'ECDHE-RSA-AES128-GCM-SHA257' is not known"),
+    ("cipher-list-selects-nothing", lambda p, b: f'{certs_toml(p.a)}ciphers = "!ALL"',
+     "http", "listeners.web.tls.ciphers", r"."),
+    ("unknown-ciphersuite", lambda p, b: f'{certs_toml(p.a)}ciphersuites = "TLS_AES_128_GCM_SHA256:TLS_AES_999"',
+     "http", "listeners.web.tls.ciphersuites", r"'TLS_AES_999' is not known"),
+    ("unknown-group", lambda p, b: f'{certs_toml(p.a)}groups = "X25519:P-999"',
+     "http", "listeners.web.tls.groups", r"'P-999' is not known"),
+    ("old-protocol", lambda p, b: f'{certs_toml(p.a)}protocols = ["TLSv1.2", "TLSv1.1"]',
+     "http", "listeners.web.tls.protocols[1]", r"'TLSv1\.1' is not one of"),
+    ("hsts-on-tcp", lambda p, b: f'{certs_toml(p.a)}hsts = "max-age=600"',
+     "tcp", "listeners.web.tls.hsts", r'needs mode = "http"'),
+    ("hsts-malformed", lambda p, b: f'{certs_toml(p.a)}hsts = "max-age=forever"',
+     "http", "listeners.web.tls.hsts", r"not a Strict-Transport-Security value"),
+    ("empty-alpn-id", lambda p, b: f'{certs_toml(p.a)}alpn = ["h2", ""]',
+     "http", "listeners.web.tls.alpn[1]", r"not an ALPN protocol id"),
+    ("crt-without-key-in-directory", lambda p, b: f'directory = "{b["lonely_dir"]}"',
+     "http", "listeners.web.tls.directory", r"site\.crt has no key beside it \(site\.key\)"),
+    ("missing-directory", lambda p, b: f'directory = "{p.dir}/no-such-dir"',
+     "http", "listeners.web.tls.directory", r"cannot read"),
+    ("misspelt-key", lambda p, b: f'{certs_toml(p.a)}handshake_timout = "5s"',
+     "http", "listeners.web.tls.handshake_timout", r"handshake_timeout"),
+]
+
+
+@pytest.mark.parametrize("make,mode,path,message", [c[1:] for c in CONFIG_ERRORS], ids=[c[0] for c in CONFIG_ERRORS])
+def test_config_error_names_its_key(pki, bad_pki, tmp_path, make, mode, path, message):
+    res, doc = check_config(tmp_path, make(pki, bad_pki), mode=mode)
+    assert res.returncode == 2, res.stdout
+    assert doc["ok"] is False
+    assert doc["path"] == path, doc
+    assert re.search(message, doc["message"]), doc
+
+
+def test_config_error_text_output(pki, tmp_path):
+    """Without --json: `error: <key path>: <message>` on stderr, exit 2."""
+    path = tmp_path / "lb.toml"
+
+    class Member:
+        name, address = "b", "127.0.0.1:9"
+
+    path.write_text(tls_config(9, [Member], f'certificates = [{{ cert = "{pki.a.cert}", key = "{pki.c.key}" }}]',
+                               admin_dir=str(tmp_path)))
+    res = subprocess.run([sys.executable, "-m", "lb", "check", "-c", str(path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30)
+    assert res.returncode == 2
+    assert res.stderr.startswith(f"error: {CERTS}[0]: {pki.c.key} is not the key of {pki.a.cert}"), res.stderr
+
+
+@pytest.mark.parametrize("which,warning", [
+    ("soon", r"expires in [45]\.\d days"),
+    ("not_yet", r"is not valid yet"),
+])
+def test_config_warns_but_accepts(pki, bad_pki, tmp_path, which, warning):
+    leaf = bad_pki[which]
+    res, doc = check_config(tmp_path, certs_toml(pki.default, leaf))
+    assert res.returncode == 0, res.stdout
+    assert doc["ok"] is True
+    assert len(doc["warnings"]) == 1
+    assert doc["warnings"][0].startswith(f"{CERTS}[1]: {leaf.cert}")
+    assert re.search(warning, doc["warnings"][0]), doc["warnings"]
+
+
+def test_config_no_warning_for_a_good_certificate(pki, tmp_path):
+    res, doc = check_config(tmp_path, certs_toml(pki.default, pki.a, pki.b))
+    assert res.returncode == 0, res.stdout
+    assert doc["warnings"] == []
