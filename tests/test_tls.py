@@ -177,6 +177,18 @@ def https_get_raw(port: int, ctx: ssl.SSLContext, request: bytes, server_hostnam
         return t.recv_to_eof()
 
 
+def read_response(t: MemTls) -> tuple[str, dict, bytes]:
+    """One response with a Content-Length from a TLS connection that stays open."""
+    buf = bytearray()
+    while b"\r\n\r\n" not in buf:
+        chunk = t.recv()
+        assert chunk, f"closed before a whole head: {bytes(buf)!r}"
+        buf += chunk
+    status, fields, body = split_response(bytes(buf))
+    n = int(fields["content-length"][0])
+    return status, fields, body + t.recv_exact(n - len(body))
+
+
 def split_response(raw: bytes) -> tuple[str, dict, bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
@@ -466,6 +478,34 @@ def test_hsts_on_lbs_own_error_page(pki, run_lb):
         status, fields, _body = split_response(t.recv_to_eof())
     assert status.split(" ")[1] in ("502", "503")
     assert fields.get("strict-transport-security") == ["max-age=600"]
+
+
+CLOSE_CASES = {
+    # how the connection ends -> the request
+    "connection-close": b"GET /a HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+    "http10-body-to-close": b"GET /bytes/100000?chunked=1 HTTP/1.0\r\nHost: a.test\r\n\r\n",
+    "origin-closes": b"GET /a?close=1 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    "keepalive-timeout": b"GET /a HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    "error-page": b"GET /a HTTP/1.1\r\nHost: a.test\r\nContent-Length: x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("how", CLOSE_CASES)
+def test_http_close_sends_close_notify(pki, origins, run_lb, how):
+    """docs/tls.md: lb sends close_notify before its FIN, however the
+    connection ends (a client cannot tell a body delimited by the close from a
+    truncated one otherwise)."""
+    port = free_port()
+    run_lb(tls_config(port, [origins()], certs_toml(pki.default), listener='keepalive_timeout = "300ms"'))
+    request = CLOSE_CASES[how]
+    with MemTls(port, client_context(pki.ca_path)) as t:
+        t.handshake()
+        t.send(request)
+        data = t.recv_to_eof()
+        assert data.startswith(b"HTTP/1.1 ")
+        if how == "http10-body-to-close":
+            assert split_response(data)[2] == payload(100000)
+        assert t.close_notify, "lb closed with a bare FIN"
 
 
 # ---- 5. tcp mode through TLS -------------------------------------------------------------
@@ -1002,3 +1042,157 @@ def test_config_no_warning_for_a_good_certificate(pki, tmp_path):
     res, doc = check_config(tmp_path, certs_toml(pki.default, pki.a, pki.b))
     assert res.returncode == 0, res.stdout
     assert doc["warnings"] == []
+
+
+# ---- 9. reload ---------------------------------------------------------------------------
+
+def install(leaf, d: Path, stem: str = "site"):
+    """Copy a leaf's files to d/STEM.crt and d/STEM.key (replacing them, as a renewal does)."""
+    for src, ext in ((leaf.cert, "crt"), (leaf.key, "key")):
+        tmp = d / f".{stem}.{ext}.new"
+        shutil.copy(src, tmp)
+        os.replace(tmp, d / f"{stem}.{ext}")
+
+
+class Site:
+    """What tests serve from fixed paths: d/site.crt and d/site.key."""
+
+    def __init__(self, d: Path):
+        self.dir = d
+        self.cert, self.key = d / "site.crt", d / "site.key"
+
+
+@pytest.fixture
+def site_lb(pki, origins, run_lb, tmp_path):
+    """An http listener serving tmp/site/site.crt (a.test at first)."""
+    site = Site(tmp_path / "site")
+    site.dir.mkdir()
+    install(pki.a, site.dir)
+    port = free_port()
+    lb = run_lb(tls_config(port, [origins()], certs_toml(site)))
+    return port, lb, site
+
+
+def test_reload_refused_keeps_the_old_certificate(pki, bad_pki, site_lb):
+    port, lb, site = site_lb
+    ctx = client_context(pki.ca_path)
+    text = lb.config_path.read_text()
+
+    # a config whose key is not the certificate's
+    lb.config_path.write_text(text.replace(str(site.key), str(pki.b.key)))
+    res = lb_cli(lb.config_path, "reload")
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert f"{CERTS}[0]" in res.stderr and "is not the key of" in res.stderr, res.stderr
+    assert handshake(port, ctx, "a.test").fingerprint == pki.a.fingerprint
+
+    # the config unchanged, its certificate file replaced by an expired one
+    lb.config_path.write_text(text)
+    install(bad_pki["expired"], site.dir)
+    res = lb_cli(lb.config_path, "reload")
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    assert f"{CERTS}[0]" in res.stderr and "expired on" in res.stderr, res.stderr
+    assert handshake(port, ctx, "a.test").fingerprint == pki.a.fingerprint
+    with https(port, ctx) as conn:
+        assert echo_of(conn, target="/still")["target"] == "/still"
+
+
+def test_reload_serves_a_renewed_certificate(pki, site_lb):
+    """The certificate files are replaced in place (a renewal) and lb reloaded:
+    new connections get the new certificate; a TLS connection of the old
+    generation in the middle of a 32 MiB response gets all of it, on its own
+    session, and lb, draining, closes it and an idle keep-alive connection
+    (docs/http.md: a graceful stop closes idle ones)."""
+    port, lb, site = site_lb
+    ctx = client_context(pki.ca_path)
+    renewed = pki.ca.leaf("a-renewed", ("a.test",), directory=site.dir.parent)
+    size = 32 * MIB
+    with MemTls(port, ctx, "a.test") as busy, MemTls(port, ctx, "a.test") as idle:
+        assert busy.handshake().fingerprint == pki.a.fingerprint
+        idle.handshake()
+        idle.send(b"GET /idle HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        assert read_response(idle)[0] == "HTTP/1.1 200 OK"
+        busy.send(f"GET /bytes/{size} HTTP/1.1\r\nHost: a.test\r\n\r\n".encode())
+        first = busy.recv_exact(MIB)
+
+        install(renewed, site.dir)
+        res = lb_cli(lb.config_path, "reload")
+        assert res.returncode == 0, res.stderr
+        wait_for(lambda: handshake(port, ctx, "a.test").fingerprint == renewed.fingerprint, 5,
+                 "new connections to get the renewed certificate")
+
+        head, _, body = first.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and f"Content-Length: {size}".encode() in head
+        body += busy.recv_exact(size - len(body))
+        assert body == payload(size)
+        assert describe(busy.obj).fingerprint == pki.a.fingerprint
+        # the old generation drains: it ends both connections once they are idle
+        assert busy.recv_to_eof() == b""
+        assert idle.recv_to_eof() == b""
+
+
+def test_reload_keeps_tcp_tls_connections(pki, backends, run_lb, tmp_path):
+    """tcp mode: a TLS connection of the old generation keeps moving bytes after
+    the reload, while new ones get the new certificate."""
+    site = Site(tmp_path / "site")
+    site.dir.mkdir()
+    install(pki.a, site.dir)
+    port = free_port()
+    lb = run_lb(tls_config(port, [backends("b1")], certs_toml(site), mode="tcp"))
+    ctx = client_context(pki.ca_path)
+    with MemTls(port, ctx, "a.test") as old:
+        old.handshake()
+        old.send(b"before")
+        assert old.recv_exact(6) == b"before".translate(TRANSFORM)
+        install(pki.c, site.dir)
+        res = lb_cli(lb.config_path, "reload")
+        assert res.returncode == 0, res.stderr
+        wait_for(lambda: handshake(port, ctx).fingerprint == pki.c.fingerprint, 5, "the new certificate")
+        for i in range(3):
+            msg = os.urandom(50_000)
+            old.send(msg)
+            assert old.recv_exact(len(msg)) == msg.translate(TRANSFORM)
+        assert describe(old.obj).fingerprint == pki.a.fingerprint
+
+
+# ---- 10. directory -----------------------------------------------------------------------
+
+@pytest.fixture
+def site_dir(pki, tmp_path):
+    """first.pem (combined), site2.crt + site2.key, and files that are not read."""
+    d = tmp_path / "sites"
+    leaves = {
+        "first": pki.ca.leaf("first", ("first.test",), combined=True, directory=d),
+        "site2": pki.ca.leaf("site2", ("site2.test",), kind="rsa", directory=d),
+    }
+    (d / "README").write_text("not a certificate\n")
+    (d / "notes.txt").write_text("-----BEGIN CERTIFICATE-----\nnot read\n")
+    shutil.copy(pki.c.key, d / "orphan.key")
+    return d, leaves
+
+
+def test_directory_by_sni(pki, site_dir, origins, run_lb):
+    d, leaves = site_dir
+    port = free_port()
+    run_lb(tls_config(port, [origins()], f'directory = "{d}"'))
+    ctx = client_context(pki.ca_path)
+    assert handshake(port, ctx, "first.test").fingerprint == leaves["first"].fingerprint
+    assert handshake(port, ctx, "site2.test").fingerprint == leaves["site2"].fingerprint
+    # no certificates: the first of the directory, in name order, is the default
+    assert handshake(port, ctx, "other.test").fingerprint == leaves["first"].fingerprint
+    assert handshake(port, ctx).fingerprint == leaves["first"].fingerprint
+
+
+def test_directory_after_certificates_and_reread_by_reload(pki, site_dir, origins, run_lb):
+    d, leaves = site_dir
+    port = free_port()
+    lb = run_lb(tls_config(port, [origins()], certs_toml(pki.default) + f'directory = "{d}"'))
+    ctx = client_context(pki.ca_path)
+    assert handshake(port, ctx, "site2.test").fingerprint == leaves["site2"].fingerprint
+    assert handshake(port, ctx, "other.test").fingerprint == pki.default.fingerprint
+    assert handshake(port, ctx, "site3.test").fingerprint == pki.default.fingerprint
+    site3 = pki.ca.leaf("site3", ("site3.test",), combined=True, directory=d)
+    res = lb_cli(lb.config_path, "reload")
+    assert res.returncode == 0, res.stderr
+    wait_for(lambda: handshake(port, ctx, "site3.test").fingerprint == site3.fingerprint, 5,
+             "the directory's new certificate")
+    assert handshake(port, ctx, "first.test").fingerprint == leaves["first"].fingerprint
