@@ -11,6 +11,7 @@ certificates are made by tests/tls_certs.py for each module run.
 from __future__ import annotations
 
 import contextlib
+import base64
 import hashlib
 import http.client
 import json
@@ -31,7 +32,7 @@ import pytest
 
 from backend_server import SPEAK_BYTES, TRANSFORM, speak_payload
 from conftest import LbProcess, free_port, wait_for
-from http_origin import Origin, payload
+from http_origin import Origin, payload, ws_accept, ws_frame, ws_read_frame
 from tests.reference import proxy_ref
 from tls_certs import CA
 from tls_client import MemTls, client_context, describe, handshake
@@ -186,6 +187,9 @@ def read_response(t: MemTls) -> tuple[str, dict, bytes]:
         buf += chunk
     status, fields, body = split_response(bytes(buf))
     n = int(fields["content-length"][0])
+    if len(body) > n:
+        t.unread(body[n:])
+        return status, fields, body[:n]
     return status, fields, body + t.recv_exact(n - len(body))
 
 
@@ -328,6 +332,80 @@ def test_rsa_only_client_to_a_pair_as_the_default(pki, origins, run_lb):
     run_lb(tls_config(port, [origins()], certs_toml(pki.dual_ec, pki.dual_rsa)))
     assert handshake(port, client_context(pki.ca_path, **TLS12_RSA)).fingerprint == pki.dual_rsa.fingerprint
     assert handshake(port, client_context(pki.ca_path)).fingerprint == pki.dual_ec.fingerprint
+
+
+# ---- versions, ciphers, resumption ---------------------------------------------------------
+
+INTERMEDIATE_TLS12 = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+                      "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+                      "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305",
+                      "DHE-RSA-AES128-GCM-SHA256", "DHE-RSA-AES256-GCM-SHA384", "DHE-RSA-CHACHA20-POLY1305"]
+INTERMEDIATE_TLS13 = ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+
+
+@pytest.fixture(scope="module")
+def pair_lb(pki, tmp_path_factory):
+    """An http listener whose default is an ECDSA and RSA pair (dual.test)."""
+    origin = Origin("o")
+    port = free_port()
+    lb = LbProcess(tls_config(port, [origin], certs_toml(pki.dual_ec, pki.dual_rsa), workers=2),
+                   tmp_path_factory.mktemp("pair"))
+    yield port, lb
+    lb.stop()
+    origin.stop()
+
+
+@pytest.mark.parametrize("cipher", INTERMEDIATE_TLS12)
+def test_every_intermediate_tls12_cipher_negotiates(pair_lb, pki, cipher):
+    port, _lb = pair_lb
+    peer = handshake(port, client_context(pki.ca_path, maximum_version=ssl.TLSVersion.TLSv1_2, ciphers=cipher))
+    assert (peer.version, peer.cipher) == ("TLSv1.2", cipher)
+    want = pki.dual_ec if "ECDSA" in cipher else pki.dual_rsa
+    assert peer.fingerprint == want.fingerprint
+
+
+@pytest.mark.skipif(not has_openssl(), reason="needs the openssl command")
+@pytest.mark.parametrize("suite", INTERMEDIATE_TLS13)
+def test_every_tls13_suite_negotiates(pair_lb, pki, suite):
+    port, _lb = pair_lb
+    res = s_client(port, "-tls1_3", "-ciphersuites", suite, "-CAfile", str(pki.ca_path), "-verify_return_error")
+    assert res.returncode == 0, res.stderr
+    assert re.search(rf"Cipher is {suite}\b", res.stdout), res.stdout
+
+
+@pytest.mark.parametrize("order", [
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305",
+])
+def test_the_clients_cipher_preference_is_followed(pair_lb, pki, order):
+    port, _lb = pair_lb
+    peer = handshake(port, client_context(pki.ca_path, maximum_version=ssl.TLSVersion.TLSv1_2, ciphers=order))
+    assert peer.cipher == order.split(":")[0]
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_session_resumption_across_workers(pair_lb, pki, version):
+    """Tickets are sealed with keys the workers share (the contexts are built
+    before the fork): every connection resumes, whichever worker takes it;
+    counted in tls_resumed."""
+    port, lb = pair_lb
+    v = getattr(ssl.TLSVersion, version)
+    ctx = client_context(pki.ca_path, minimum_version=v, maximum_version=v)
+    before = sum(w["tls_resumed"] for w in lb.worker_stats())
+
+    def connect(session=None):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            with ctx.wrap_socket(s, server_hostname="dual.test", session=session) as t:
+                t.sendall(b"GET / HTTP/1.1\r\nHost: dual.test\r\n\r\n")
+                assert t.recv(12) == b"HTTP/1.1 200"     # TLS 1.3: the tickets came before it
+                return t.session, t.session_reused
+
+    session, reused = connect()
+    assert not reused
+    for _ in range(8):
+        _s, reused = connect(session)
+        assert reused
+    wait_for(lambda: sum(w["tls_resumed"] for w in lb.worker_stats()) - before == 8, 5, "8 resumptions counted")
 
 
 # ---- 3. ALPN -----------------------------------------------------------------------------
@@ -480,11 +558,54 @@ def test_hsts_on_lbs_own_error_page(pki, run_lb):
     assert fields.get("strict-transport-security") == ["max-age=600"]
 
 
+def test_pipelined_requests_beyond_one_buffer(http_lb, pki):
+    """120 requests of 1.5 KB each in one TLS write (far more than lb's 64 KiB
+    request buffer): what OpenSSL decoded and lb had no room for yet must not
+    wait for an event that will not come; all are answered, in order."""
+    port, _lb, _o = http_lb
+    n = 120
+    pad = "x" * 1500
+    burst = b"".join(f"GET /p/{i} HTTP/1.1\r\nHost: a.test\r\nX-Pad: {pad}\r\n\r\n".encode() for i in range(n))
+    assert len(burst) > 2 * 65536
+    with MemTls(port, client_context(pki.ca_path), timeout=10) as t:
+        t.handshake()
+        t.send(burst)
+        for i in range(n):
+            status, _fields, body = read_response(t)
+            assert status == "HTTP/1.1 200 OK"
+            assert json.loads(body)["target"] == f"/p/{i}"
+
+
+def test_websocket_through_tls(http_lb, pki):
+    """An upgrade turns the TLS session into a tunnel: a frame the origin sends
+    with its 101 arrives, frames of every size come back, 1 MiB both ways."""
+    port, _lb, _o = http_lb
+    key = base64.b64encode(os.urandom(16)).decode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        with client_context(pki.ca_path).wrap_socket(s, server_hostname="a.test") as t:
+            t.sendall(f"GET /ws?greet=hello HTTP/1.1\r\nHost: a.test\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                      .encode())
+            f = t.makefile("rb")
+            head = b""
+            while not head.endswith(b"\r\n\r\n"):
+                head += f.readline()
+            assert head.startswith(b"HTTP/1.1 101 ")
+            assert f"Sec-WebSocket-Accept: {ws_accept(key)}".encode() in head
+            assert ws_read_frame(f) == (True, 1, b"hello", False)
+            for opcode, data in [(1, b"hi"), (2, os.urandom(70000)), (2, os.urandom(MIB)), (9, b"ping")]:
+                t.sendall(ws_frame(opcode, data, mask=os.urandom(4)))
+                assert ws_read_frame(f) == (True, 10 if opcode == 9 else opcode, data, False)
+            close = struct.pack("!H", 1000) + b"bye"
+            t.sendall(ws_frame(8, close, mask=os.urandom(4)))
+            assert ws_read_frame(f) == (True, 8, close, False)
+            assert f.read() == b""
+
+
 CLOSE_CASES = {
     # how the connection ends -> the request
     "connection-close": b"GET /a HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
     "http10-body-to-close": b"GET /bytes/100000?chunked=1 HTTP/1.0\r\nHost: a.test\r\n\r\n",
-    "origin-closes": b"GET /a?close=1 HTTP/1.1\r\nHost: a.test\r\n\r\n",
     "keepalive-timeout": b"GET /a HTTP/1.1\r\nHost: a.test\r\n\r\n",
     "error-page": b"GET /a HTTP/1.1\r\nHost: a.test\r\nContent-Length: x\r\n\r\n",
 }
@@ -531,9 +652,9 @@ def test_tcp_bytes_both_ways_at_once(pki, backends, run_lb, version):
     with MemTls(port, ctx, timeout=20) as t:
         assert t.handshake().version == {"tls12": "TLSv1.2", "tls13": "TLSv1.3"}[version]
         got = t.pump(data, len(data))
-        assert t.close_notify, "lb closed without close_notify"
-    assert len(got) == len(data)
-    assert got == data.translate(TRANSFORM)
+        assert len(got) == len(data)
+        assert got == data.translate(TRANSFORM)
+        assert t.close_notify, "lb closed with a bare FIN"
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -582,6 +703,25 @@ def test_tcp_backend_greets_first(pki, backends, run_lb):
         assert t.recv_exact(len(b"greeter\n")) == b"greeter\n"
         t.send(b"abc")
         assert t.recv_exact(3) == b"abc".translate(TRANSFORM)
+
+
+@pytest.mark.parametrize("mode", ["http", "tcp"])
+def test_data_in_the_same_write_as_the_clients_finished(pki, origins, backends, run_lb, mode):
+    """The first bytes come in one segment with the client's last handshake
+    flight: lb must look for them after the handshake, no further event comes."""
+    port = free_port()
+    member = origins() if mode == "http" else backends("b1")
+    run_lb(tls_config(port, [member], certs_toml(pki.default), mode=mode))
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = client_context(pki.ca_path, minimum_version=version, maximum_version=version)
+        with MemTls(port, ctx, timeout=5) as t:
+            if mode == "http":
+                t.handshake(then=b"GET /early HTTP/1.1\r\nHost: a.test\r\n\r\n")
+                status, _fields, body = read_response(t)
+                assert status == "HTTP/1.1 200 OK" and json.loads(body)["target"] == "/early"
+            else:
+                t.handshake(then=b"early bytes")
+                assert t.recv_exact(11) == b"early bytes".translate(TRANSFORM)
 
 
 # ---- 6. bad input: each closes only that connection, counted by reason --------------------

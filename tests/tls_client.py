@@ -69,6 +69,7 @@ class MemTls:
         self.obj = ctx.wrap_bio(self.inc, self.out, server_hostname=server_hostname)
         self.peer_eof = False     # the server's close_notify or FIN was read
         self.close_notify = False  # ... and it was a close_notify
+        self._pending = b""       # decrypted bytes read ahead by recv_exact
 
     # ---- the wire --------------------------------------------------------------------
 
@@ -94,9 +95,10 @@ class MemTls:
         self.inc.write(data)
         return True
 
-    def handshake(self, prefix: bytes = b"") -> Peer:
+    def handshake(self, prefix: bytes = b"", then: bytes = b"") -> Peer:
         """prefix (e.g. a PROXY header) and the ClientHello in one write, then
-        the rest of the handshake."""
+        the rest of the handshake; `then`, application data, goes in the same
+        write as the client's last flight (its Finished)."""
         self.sock.sendall(prefix + self.client_hello())
         while True:
             try:
@@ -106,6 +108,8 @@ class MemTls:
                 self.flush()
                 if not self._feed():
                     raise ConnectionError("the server closed during the handshake")
+        if then:
+            self.obj.write(then)
         self.flush()
         return describe(self.obj)
 
@@ -119,6 +123,9 @@ class MemTls:
 
     def recv(self) -> bytes:
         """The next decrypted bytes; b"" at the server's close_notify or FIN."""
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
         while True:
             try:
                 data = self.obj.read(65536)
@@ -135,6 +142,10 @@ class MemTls:
                 self.peer_eof = True
                 return b""
 
+    def unread(self, data: bytes):
+        """Give back bytes read too far: the next recv returns them first."""
+        self._pending = bytes(data) + self._pending
+
     def recv_to_eof(self) -> bytes:
         out = bytearray()
         while chunk := self.recv():
@@ -148,7 +159,8 @@ class MemTls:
             if not chunk:
                 raise EOFError(f"closed after {len(out)} of {n} bytes")
             out += chunk
-        return bytes(out)
+        self._pending = bytes(out[n:])
+        return bytes(out[:n])
 
     def close_write(self):
         """TLS half-close: close_notify, then the TCP FIN; reading goes on."""
