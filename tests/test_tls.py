@@ -541,6 +541,24 @@ def test_hsts(pki, origins, run_lb, hsts):
         assert r.headers.get_all("Strict-Transport-Security") == [hsts or "max-age=1"]
 
 
+@pytest.mark.parametrize("rules,want", [
+    ('[listeners.web.response_headers]\nset = { "Strict-Transport-Security" = "max-age=1" }', ["max-age=1"]),
+    ('[listeners.web.response_headers]\nremove = ["Strict-Transport-Security"]', None),
+    ('[[listeners.web.routes]]\npath_prefix = "/"\npool = "p"\n'
+     '[listeners.web.routes.response_headers]\nset = { "Strict-Transport-Security" = "max-age=2" }', ["max-age=2"]),
+], ids=["listener-set", "listener-remove", "route-set"])
+def test_response_header_rules_win_over_hsts(pki, origins, run_lb, rules, want):
+    port = free_port()
+    text = tls_config(port, [origins()], certs_toml(pki.default) + 'hsts = "max-age=600"')
+    run_lb(text.replace("[pools.p]\n", rules + "\n\n[pools.p]\n", 1))
+    with https(port, client_context(pki.ca_path)) as conn:
+        conn.request("GET", "/x")
+        r = conn.getresponse()
+        r.read()
+        assert r.status == 200
+        assert r.headers.get_all("Strict-Transport-Security") == want
+
+
 def test_hsts_on_lbs_own_error_page(pki, run_lb):
     """docs/tls.md: with hsts set, *every* final response carries it, lb's own
     pages too (here a 503: the pool's only backend refuses connections)."""
@@ -1074,6 +1092,13 @@ def bad_pki(pki, tmp_path_factory):
     lonely.mkdir()
     shutil.copy(pki.a.cert, lonely / "site.crt")       # its site.key is missing
     files["lonely_dir"] = lonely
+    expired_in_dir = d / "expired-in-dir"
+    expired_in_dir.mkdir()
+    shutil.copy(pki.a.cert, expired_in_dir / "a.crt")
+    shutil.copy(pki.a.key, expired_in_dir / "a.key")
+    shutil.copy(files["expired"].cert, expired_in_dir / "old.crt")
+    shutil.copy(files["expired"].key, expired_in_dir / "old.key")
+    files["expired_dir"] = expired_in_dir
     return files
 
 
@@ -1133,6 +1158,8 @@ CONFIG_ERRORS = [
      "http", "listeners.web.tls.alpn[1]", r"not an ALPN protocol id"),
     ("crt-without-key-in-directory", lambda p, b: f'directory = "{b["lonely_dir"]}"',
      "http", "listeners.web.tls.directory", r"site\.crt has no key beside it \(site\.key\)"),
+    ("expired-in-directory", lambda p, b: f'{certs_toml(p.default)}directory = "{b["expired_dir"]}"',
+     "http", "listeners.web.tls.directory (old.crt)", r"old\.crt: expired on"),
     ("missing-directory", lambda p, b: f'directory = "{p.dir}/no-such-dir"',
      "http", "listeners.web.tls.directory", r"cannot read"),
     ("misspelt-key", lambda p, b: f'{certs_toml(p.a)}handshake_timout = "5s"',
@@ -1156,12 +1183,12 @@ def test_config_error_text_output(pki, tmp_path):
     class Member:
         name, address = "b", "127.0.0.1:9"
 
-    path.write_text(tls_config(9, [Member], f'certificates = [{{ cert = "{pki.a.cert}", key = "{pki.c.key}" }}]',
+    path.write_text(tls_config(9, [Member], f'certificates = [{{ cert = "{pki.a.cert}", key = "{pki.b.key}" }}]',
                                admin_dir=str(tmp_path)))
     res = subprocess.run([sys.executable, "-m", "lb", "check", "-c", str(path)], cwd=ROOT, capture_output=True,
                          text=True, timeout=30)
     assert res.returncode == 2
-    assert res.stderr.startswith(f"error: {CERTS}[0]: {pki.c.key} is not the key of {pki.a.cert}"), res.stderr
+    assert res.stderr == f"error: {CERTS}[0]: {pki.b.key} is not the key of {pki.a.cert}\n", res.stderr
 
 
 @pytest.mark.parametrize("which,warning", [
