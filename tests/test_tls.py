@@ -742,6 +742,67 @@ def test_data_in_the_same_write_as_the_clients_finished(pki, origins, backends, 
                 assert t.recv_exact(11) == b"early bytes".translate(TRANSFORM)
 
 
+@pytest.mark.parametrize("mode", ["http", "tcp"])
+def test_client_hello_one_byte_per_segment(pki, origins, backends, run_lb, mode):
+    """A ClientHello (and, with accept_proxy, the PROXY header before it) that
+    arrives one byte per segment: every byte an event, the handshake goes on."""
+    port = free_port()
+    member = origins() if mode == "http" else backends("b1")
+    run_lb(tls_config(port, [member], certs_toml(pki.default, pki.a), mode=mode, listener="accept_proxy = true"))
+    with MemTls(port, client_context(pki.ca_path), "a.test") as t:
+        t.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        first = PROXY_HEADERS["v1"] + t.client_hello()
+        for i in range(len(first)):
+            t.sock.sendall(first[i:i + 1])
+        assert t.handshake().fingerprint == pki.a.fingerprint   # the rest of it
+        if mode == "http":
+            t.send(b"GET /slow HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            status, _fields, body = read_response(t)
+            assert status == "HTTP/1.1 200 OK"
+            assert field(json.loads(body), "X-Forwarded-For") == ["192.0.2.7"]
+        else:
+            t.send(b"slow")
+            assert t.recv_exact(4) == b"slow".translate(TRANSFORM)
+
+
+def test_http_request_then_client_half_close(http_lb, pki):
+    """A client that sends its request then close_notify and FIN (as
+    `printf ... | openssl s_client` does) still gets the answer."""
+    port, _lb, _o = http_lb
+    with MemTls(port, client_context(pki.ca_path)) as t:
+        t.handshake()
+        t.send(b"GET /half HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        t.close_write()
+        status, _fields, body = split_response(t.recv_to_eof())
+    assert status == "HTTP/1.1 200 OK"
+    assert json.loads(body)["target"] == "/half"
+
+
+def test_many_tls_connections_at_once(pki, backends, run_lb):
+    """300 TLS connections open at the same time over two workers, each with
+    its own bytes both ways; every handshake counted once."""
+    port, lb = tcp_lb(pki, run_lb, backends("b1"), workers=2)
+    ctx = client_context(pki.ca_path)
+    conns = []
+    try:
+        for _ in range(300):
+            t = MemTls(port, ctx)
+            conns.append(t)
+            t.sock.sendall(t.client_hello())       # every handshake under way at once
+        for t in conns:
+            t.handshake()
+        for i, t in enumerate(conns):
+            t.send(b"conn %06d" % i)
+        for i, t in enumerate(conns):
+            assert t.recv_exact(11) == (b"conn %06d" % i).translate(TRANSFORM)
+        assert sum(w["active"] for w in lb.worker_stats()) == 300
+    finally:
+        for t in conns:
+            t.close()
+    assert handshakes(lb) == 300
+    wait_for(lambda: sum(w["active"] for w in lb.worker_stats()) == 0, 10, "the connections to be released")
+
+
 # ---- 6. bad input: each closes only that connection, counted by reason --------------------
 
 HANDSHAKE_TIMEOUT = 0.3

@@ -98,8 +98,11 @@ class MemTls:
     def handshake(self, prefix: bytes = b"", then: bytes = b"") -> Peer:
         """prefix (e.g. a PROXY header) and the ClientHello in one write, then
         the rest of the handshake; `then`, application data, goes in the same
-        write as the client's last flight (its Finished)."""
-        self.sock.sendall(prefix + self.client_hello())
+        write as the client's last flight (its Finished). When client_hello()
+        was called (and its bytes sent) already, it goes on from there."""
+        hello = self.client_hello()
+        if prefix or hello:
+            self.sock.sendall(prefix + hello)
         while True:
             try:
                 self.obj.do_handshake()
