@@ -849,8 +849,8 @@ def guarded(request, pki, origins, backends, run_lb):
     mode = request.param
     member = origins() if mode == "http" else backends("b1", extra_args=["--report-connections"])
     port = free_port()
-    lb = run_lb(tls_config(port, [member], certs_toml(pki.default) + f'handshake_timeout = "{int(HANDSHAKE_TIMEOUT * 1000)}ms"',
-                           mode=mode))
+    tls = certs_toml(pki.default) + f'handshake_timeout = "{int(HANDSHAKE_TIMEOUT * 1000)}ms"'
+    lb = run_lb(tls_config(port, [member], tls, mode=mode))
     g = Guarded(mode, port, lb, member, pki)
     yield g
     g.close()
@@ -1027,6 +1027,20 @@ def test_bad_input_counted_by_reason(guarded, bad, reason):
     assert tls_failed(g.lb) == after
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"])
+def test_plain_http_any_method_is_answered(http_lb, method):
+    """Plain HTTP is plain HTTP whatever its method: the 400 that says the port
+    speaks HTTPS, then a clean close, counted as plain_http."""
+    port, lb, _o = http_lb
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"{method} /x HTTP/1.1\r\nHost: a.test\r\nContent-Length: 0\r\n\r\n".encode())
+        data, how = read_until_closed(s)
+    assert how == "eof"
+    status, _fields, body = split_response(data)
+    assert (status, body) == ("HTTP/1.1 400 Bad Request", PLAIN_HTTP_BODY)
+    assert tls_failed(lb)["plain_http"] == 1
+
+
 def test_tls_failed_in_lb_status(guarded):
     """The counters are what `lb status --json` shows, per worker."""
     bad_garbage(guarded)
@@ -1163,7 +1177,8 @@ def bad_pki(pki, tmp_path_factory):
     return files
 
 
-def check_config(tmp_path: Path, tls: str, mode: str = "http", listener: str = "") -> tuple[subprocess.CompletedProcess, dict]:
+def check_config(tmp_path: Path, tls: str, mode: str = "http",
+                 listener: str = "") -> tuple[subprocess.CompletedProcess, dict]:
     """`lb check --json -c FILE` of a config with that TLS table: (the process, its JSON)."""
     class Member:
         name, address = "b", "127.0.0.1:9"
@@ -1201,7 +1216,8 @@ CONFIG_ERRORS = [
     ("relative-path", lambda p, b: 'certificates = [{ cert = "a.crt", key = "a.key" }]',
      "http", f"{CERTS}[0].cert", r"absolute"),
     ("no-certificate", lambda p, b: 'alpn = ["http/1.1"]', "http", CERTS, r"at least one certificate"),
-    ("unknown-cipher", lambda p, b: f'{certs_toml(p.a)}ciphers = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA257"',
+    ("unknown-cipher",
+     lambda p, b: f'{certs_toml(p.a)}ciphers = "ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA257"',
      "http", "listeners.web.tls.ciphers", r"'ECDHE-RSA-AES128-GCM-SHA257' is not known"),
     ("cipher-list-selects-nothing", lambda p, b: f'{certs_toml(p.a)}ciphers = "!ALL"',
      "http", "listeners.web.tls.ciphers", r"."),
@@ -1375,7 +1391,7 @@ def test_reload_keeps_tcp_tls_connections(pki, backends, run_lb, tmp_path):
         res = lb_cli(lb.config_path, "reload")
         assert res.returncode == 0, res.stderr
         wait_for(lambda: handshake(port, ctx).fingerprint == pki.c.fingerprint, 5, "the new certificate")
-        for i in range(3):
+        for _ in range(3):
             msg = os.urandom(50_000)
             old.send(msg)
             assert old.recv_exact(len(msg)) == msg.translate(TRANSFORM)

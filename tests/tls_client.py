@@ -110,7 +110,7 @@ class MemTls:
             except ssl.SSLWantReadError:
                 self.flush()
                 if not self._feed():
-                    raise ConnectionError("the server closed during the handshake")
+                    raise ConnectionError("the server closed during the handshake") from None
         if then:
             self.obj.write(then)
         self.flush()
