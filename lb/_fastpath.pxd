@@ -596,6 +596,7 @@ cdef struct lb_hconn:                # the client side of an http session
     uint8_t errored                  # closing after an error page: the client may still be sending
     uint8_t no_splice                # out of pipes: copy this exchange's bodies
     uint8_t in_exchange              # a request head was taken; its end phase has not run yet
+    uint8_t tls_sniff                # TLS listener: the first bytes are not looked at yet (plain HTTP?)
     uint8_t n_rq_rules
     uint8_t n_rs_rules
     lb_hrules *rq_rules[MAX_RULESETS]    # header rules the request's steps chose, applied in order (later sets win)

@@ -9,7 +9,7 @@ loop runs with the GIL released and allocates no Python object.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
-from libc.string cimport memset, memcpy, memmove, memcmp, strcmp, strlen
+from libc.string cimport memset, memcpy, memmove, memcmp, memchr, strcmp, strlen
 from libc.stdlib cimport malloc, calloc, free, qsort
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, EMFILE, ENFILE, ENOBUFS, ENOMEM
 

@@ -112,12 +112,28 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     if h.resp_sent or ERR_PAGES[code].p == NULL:
         h_close(w, h, True)
         return
-    if not hb_need(w, &h.outb) or not ob_put(&h.outb, ERR_PAGES[code].p, ERR_PAGES[code].n):
+    if not hb_need(w, &h.outb) or not h_put_page(w, h, &ERR_PAGES[code]):
         h_close(w, h, True)
         return
     h.resp_sent = 1
     h.errored = 1
     h_closing(w, h)
+
+
+cdef bint h_put_page(lb_worker *w, lb_hconn *h, lb_str *page) noexcept nogil:
+    """One of lb's own answers into outb. On a TLS listener with HSTS it
+    carries Strict-Transport-Security too, as every response there does."""
+    cdef lb_tls_server *t = w.listeners[h.c.listener].tls
+    cdef lb_hrules *hsts
+    cdef const char *eol
+    cdef uint32_t line
+    if t == NULL or not rules_any(&t.resp):
+        return ob_put(&h.outb, page.p, page.n)
+    hsts = &t.resp
+    eol = <const char *>memchr(page.p, 10, page.n)
+    line = <uint32_t>(eol - page.p) + 1
+    return (ob_put(&h.outb, page.p, line) and rulesets_emit(&h.outb, &hsts, 1)
+            and ob_put(&h.outb, page.p + line, page.n - line))
 
 
 cdef void h_cut(lb_worker *w, lb_hconn *h) noexcept nogil:
@@ -479,6 +495,16 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
             progress = 1
             if h.c.state == CS_CLOSED:
                 return
+        if h.st == HS_TLS and h.tls_sniff:
+            st = tls_sniff_plain_http(h.c.sk[SIDE_CLIENT].fd)
+            if st == SNIFF_WAIT:
+                return
+            h.tls_sniff = 0
+            if st == SNIFF_HTTP:
+                tls_count_failure(w, TLS_FAIL_PLAIN_HTTP)
+                tls_answer_plain_http(&h.c.sk[SIDE_CLIENT])
+                h_close(w, h, False)
+                return
         if h.st == HS_TLS:
             st = tls_handshake(w, &h.c.sk[SIDE_CLIENT], &reason)
             if st == XPRT_WANT_READ or st == XPRT_WANT_WRITE:
@@ -541,6 +567,7 @@ cdef void h_client_ready(lb_worker *w, lb_hconn *h) noexcept nogil:
         h_close(w, h, True)
         return
     h.st = HS_TLS
+    h.tls_sniff = 1
     tl_append(&h.hl.tls_timer, &h.tphase, w.now_ms, h)
 
 

@@ -31,22 +31,31 @@ cdef inline bint rulesets_claim(lb_hrules **sets, uint32_t n_sets, const char *l
     return rulesets_drop(sets, n_sets, <const uint8_t *>lit, strlen(lit))
 
 
+cdef bint rulesets_later(lb_hrules **sets, uint32_t start, uint32_t n_sets, const char *lower) noexcept nogil:
+    """A set from `start` on sets or removes the field: its rule for that name
+    replaces an earlier set's."""
+    cdef uint32_t j, k
+    for k in range(start, n_sets):
+        for j in range(sets[k].n_set):
+            if strcmp(sets[k].set_lower[j].p, lower) == 0:
+                return True
+        for j in range(sets[k].n_remove):
+            if strcmp(sets[k].remove[j].p, lower) == 0:
+                return True
+    return False
+
+
 cdef bint rulesets_emit(lb_hbuf *o, lb_hrules **sets, uint32_t n_sets) noexcept nogil:
-    """The fields the sets set and add, in order. A name a later set sets too is
-    left to that set."""
-    cdef uint32_t i, j, k, later
-    cdef bint shadowed
+    """The fields the sets set and add, in order. A name a later set sets or
+    removes is left to that set."""
+    cdef uint32_t i, k
     cdef lb_hrules *r
     for k in range(n_sets):
         r = sets[k]
         for i in range(r.n_set):
-            shadowed = False
-            for later in range(k + 1, n_sets):
-                for j in range(sets[later].n_set):
-                    if strcmp(sets[later].set_lower[j].p, r.set_lower[i].p) == 0:
-                        shadowed = True
-            if not shadowed and not ob_field(o, r.set_name[i].p, r.set_name[i].n, r.set_value[i].p,
-                                             r.set_value[i].n):
+            if rulesets_later(sets, k + 1, n_sets, r.set_lower[i].p):
+                continue
+            if not ob_field(o, r.set_name[i].p, r.set_name[i].n, r.set_value[i].p, r.set_value[i].n):
                 return False
         for i in range(r.n_add):
             if not ob_field(o, r.add_name[i].p, r.add_name[i].n, r.add_value[i].p, r.add_value[i].n):

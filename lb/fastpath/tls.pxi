@@ -92,6 +92,12 @@ cdef void tls_shutw(lb_sock *s) noexcept nogil:
 
 
 cdef void tls_close(lb_sock *s, bint reset) noexcept nogil:
+    # a close that is not a reset ends the stream with close_notify (sent
+    # once: after tls_shutw this sends nothing more), so the peer can tell
+    # the end of a response delimited by the close from a cut
+    if not reset and SSL_is_init_finished(<SSL *>s.ctx):
+        if SSL_shutdown(<SSL *>s.ctx) < 0:
+            ERR_clear_error()
     SSL_free(<SSL *>s.ctx)
     s.ctx = NULL
     plain_close(s, reset)
@@ -280,7 +286,7 @@ cdef int tls_fail_reason(int r) noexcept nogil:
         return TLS_FAIL_PLAIN_HTTP
     if (r == SSL_R_NO_SHARED_CIPHER or r == SSL_R_NO_SHARED_GROUPS or r == SSL_R_NO_PROTOCOLS_AVAILABLE
             or r == SSL_R_UNSUPPORTED_PROTOCOL or r == SSL_R_VERSION_TOO_LOW
-            or r == SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM):
+            or r == SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM or r == SSL_R_NO_SUITABLE_KEY_SHARE):
         return TLS_FAIL_NEGOTIATION
     if r == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE or r == SSL_R_CERTIFICATE_VERIFY_FAILED:
         return TLS_FAIL_CLIENT_CERT
@@ -303,6 +309,32 @@ cdef void tls_count_failure(lb_worker *w, int reason) noexcept nogil:
 
 
 cdef lb_str PLAIN_HTTP_ANSWER
+
+cdef enum:
+    SNIFF_TLS = 0                    # a TLS record, or not HTTP: the handshake decides
+    SNIFF_HTTP = 1                   # a plain HTTP request line
+    SNIFF_WAIT = 2                   # too few bytes to tell
+    SNIFF_BYTES = 24                 # a method token and its space fit in this
+
+
+cdef int tls_sniff_plain_http(int fd) noexcept nogil:
+    """Whether the first bytes on a TLS port are a plain HTTP request line
+    (`METHOD SP`, any method: OpenSSL itself knows only five), looked at in
+    the socket before the handshake takes any of them."""
+    cdef uint8_t b[SNIFF_BYTES]
+    cdef ssize_t n = recv(fd, b, SNIFF_BYTES, MSG_PEEK | MSG_DONTWAIT)
+    cdef ssize_t i
+    if n <= 0:
+        # nothing yet, or the client left: the handshake sees which
+        return SNIFF_WAIT if n < 0 and (errno == EAGAIN or errno == EINTR) else SNIFF_TLS
+    if b[0] == 22:                   # a TLS handshake record
+        return SNIFF_TLS
+    for i in range(n):
+        if b[i] == 32:
+            return SNIFF_HTTP if i > 0 else SNIFF_TLS
+        if not is_tchar(b[i]):
+            return SNIFF_TLS
+    return SNIFF_WAIT if n < SNIFF_BYTES else SNIFF_TLS
 
 
 cdef void tls_answer_plain_http(lb_sock *s) noexcept nogil:
@@ -571,6 +603,9 @@ def certificate_info(str cert, str key, bint names_required=True):
         if SSL_CTX_use_certificate_chain_file(ctx, cert.encode()) != 1:
             raise TlsError(f"{cert}: not a usable certificate chain ({_openssl_errors()})")
         if SSL_CTX_use_PrivateKey_file(ctx, key.encode(), SSL_FILETYPE_PEM) != 1:
+            if ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH:
+                ERR_clear_error()    # a key of the certificate's type, but another one's
+                raise TlsError(f"{key} is not the key of {cert}")
             raise TlsError(f"{key}: not a usable private key ({_openssl_errors()})")
         if SSL_CTX_check_private_key(ctx) != 1:
             ERR_clear_error()

@@ -137,6 +137,7 @@ cdef extern from "openssl/sslerr.h" nogil:
         SSL_R_VERSION_TOO_LOW
         SSL_R_WRONG_VERSION_NUMBER
         SSL_R_NO_SUITABLE_SIGNATURE_ALGORITHM
+        SSL_R_NO_SUITABLE_KEY_SHARE
         SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
         SSL_R_CERTIFICATE_VERIFY_FAILED
 
@@ -156,6 +157,10 @@ cdef extern from "openssl/asn1.h" nogil:
 cdef extern from "openssl/x509_vfy.h" nogil:
     int X509_VERIFY_PARAM_set1_ip_asc(X509_VERIFY_PARAM *param, const char *ipasc)
     const char *X509_verify_cert_error_string(long n)
+
+cdef extern from "openssl/x509err.h" nogil:
+    enum:
+        X509_R_KEY_VALUES_MISMATCH
 
 cdef extern from "openssl/x509.h" nogil:
     ctypedef struct X509_NAME_ENTRY
