@@ -641,6 +641,15 @@ cdef struct lb_tls_server:           # a TLS listener's contexts; built by the s
     uint32_t alpn_len
     uint64_t handshake_timeout_ms
     lb_hrules resp                   # http: fields every final response gets (Strict-Transport-Security)
+    uint8_t client_cert              # client certificates are asked for and verified
+    # http, with client_cert: what the client_cert step tells the backend, filled
+    # per request (set: fields with a value; remove: those without, so that a
+    # client's own copies never pass)
+    lb_hrules client_fields
+    lb_str client_names[3]           # subject, fingerprint, verify: as configured
+    lb_str client_lower[3]
+    lb_str client_values[3]          # buffers of CLIENT_VALUE_MAX bytes
+    void *bio                        # a memory BIO the subject is printed into
 
 cdef struct lb_tls_client:           # a pool's TLS to its backends; built by the supervisor before fork
     SSL_CTX *ctx

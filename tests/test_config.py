@@ -87,6 +87,9 @@ hide_server = true
   groups = "X25519"
   handshake_timeout = "3s"
   hsts = "max-age=31536000; includeSubDomains"
+  client_ca = "TLS_CA_FILE"
+  client_verify = "optional"
+  client_headers = { subject = "X-SSL-Client-DN", fingerprint = "X-SSL-Client-SHA256", verify = "X-SSL-Client-Verify" }
 
   [listeners.web.request_headers]
   set = { "X-Env" = "prod", "X-Tier" = "web" }
@@ -214,6 +217,8 @@ def test_full_config_loads_every_key():
     assert (tls.alpn, tls.protocols, tls.ciphers, tls.ciphersuites, tls.groups) == (
         ("http/1.1", "x-test"), ("TLSv1.3",), "ECDHE-RSA-AES128-GCM-SHA256", "TLS_AES_256_GCM_SHA384", "X25519")
     assert (tls.handshake_timeout, tls.hsts) == (3.0, "max-age=31536000; includeSubDomains")
+    assert (tls.client_ca, tls.client_verify, tls.client_headers) == (
+        str(TLS_CA.path), "optional", ("X-SSL-Client-DN", "X-SSL-Client-SHA256", "X-SSL-Client-Verify"))
     assert cfg.listeners["db"].tls is None
     ptls = cfg.pools["app"].tls
     assert (ptls.verify, ptls.ca, ptls.sni) == (True, str(TLS_CA.path), "app.internal.example")
@@ -326,6 +331,7 @@ def _contract_keys() -> set[str]:
         "listeners.*.routes.response_headers": config.HEADER_RULE_KEYS,
         "listeners.*.tls": config.TLS_KEYS,
         "listeners.*.tls.certificates": config.TLS_CERTIFICATE_KEYS,
+        "listeners.*.tls.client_headers": config.TLS_CLIENT_HEADER_KEYS,
         "pools.*": config.POOL_KEYS,
         "pools.*.health": config.HEALTH_KEYS,
         "pools.*.passive": config.PASSIVE_KEYS,

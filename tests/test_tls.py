@@ -1440,3 +1440,97 @@ def test_directory_after_certificates_and_reread_by_reload(pki, site_dir, origin
     wait_for(lambda: handshake(port, ctx, "site3.test").fingerprint == site3.fingerprint, 5,
              "the directory's new certificate")
     assert handshake(port, ctx, "first.test").fingerprint == leaves["first"].fingerprint
+
+
+# ---- client certificates -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def client_pki(tmp_path_factory):
+    """A client CA and two clients of it, and a client of another CA."""
+    d = tmp_path_factory.mktemp("client-pki")
+    ca = CA(d / "ca", "client CA")
+    other = CA(d / "other", "other client CA")
+    return {"ca": ca, "alice": ca.leaf("alice", ("alice",), client=True),
+            "bob": ca.leaf("bob", ("bob",), client=True, kind="rsa"),
+            "mallory": other.leaf("mallory", ("mallory",), client=True)}
+
+
+def client_cert_ctx(pki, leaf=None) -> ssl.SSLContext:
+    ctx = client_context(pki.ca_path)
+    if leaf is not None:
+        ctx.load_cert_chain(str(leaf.cert), str(leaf.key))
+    return ctx
+
+
+def mtls_lb(pki, client_pki, origins, run_lb, verify: str, listener: str = ""):
+    port = free_port()
+    tls = certs_toml(pki.a) + f'client_ca = "{client_pki["ca"].path}"\nclient_verify = "{verify}"\n'
+    lb = run_lb(tls_config(port, [origins()], tls, listener=listener))
+    return port, lb
+
+
+def request_or_refusal(port: int, ctx: ssl.SSLContext, headers=None):
+    """The origin's echo of one request, or the ssl error that refused it (in
+    TLS 1.3 the server judges the client's certificate after its own Finished,
+    so the refusal shows at the first read)."""
+    try:
+        with https(port, ctx) as conn:
+            return echo_of(conn, headers=headers)
+    except (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected) as e:
+        return e
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_client_certificate_required(pki, client_pki, origins, run_lb, version):
+    port, lb = mtls_lb(pki, client_pki, origins, run_lb, "required")
+    ok = client_cert_ctx(pki, client_pki["alice"])
+    ok.maximum_version = ok.minimum_version = version
+    echo = request_or_refusal(port, ok, headers={"X-Client-Cert-Verify": "FORGED", "X-Client-Cert-Subject": "CN=x"})
+    assert isinstance(echo, dict), echo
+    assert field(echo, "X-Client-Cert-Subject") == ["CN=alice"]
+    assert field(echo, "X-Client-Cert-Sha256") == [client_pki["alice"].fingerprint]
+    assert field(echo, "X-Client-Cert-Verify") == ["SUCCESS"]
+    for leaf in (None, client_pki["mallory"]):     # no certificate; one from another CA
+        ctx = client_cert_ctx(pki, leaf)
+        ctx.maximum_version = ctx.minimum_version = version
+        assert not isinstance(request_or_refusal(port, ctx), dict)
+    wait_for(lambda: tls_failed(lb)["client_cert"] == 2, 5, "both refusals to be counted as client_cert")
+    assert tls_failed(lb) == dict(dict.fromkeys(REASONS, 0), client_cert=2)
+
+
+def test_client_certificate_optional(pki, client_pki, origins, run_lb):
+    port, lb = mtls_lb(pki, client_pki, origins, run_lb, "optional")
+    # without one: the backend is told NONE, and what the client claimed is gone
+    echo = request_or_refusal(port, client_cert_ctx(pki), headers={
+        "X-Client-Cert-Subject": "CN=alice", "X-Client-Cert-Sha256": "00" * 32, "X-Client-Cert-Verify": "SUCCESS"})
+    assert (field(echo, "X-Client-Cert-Subject"), field(echo, "X-Client-Cert-Sha256"),
+            field(echo, "X-Client-Cert-Verify")) == ([], [], ["NONE"])
+    echo = request_or_refusal(port, client_cert_ctx(pki, client_pki["bob"]))
+    assert (field(echo, "X-Client-Cert-Subject"), field(echo, "X-Client-Cert-Verify")) == (["CN=bob"], ["SUCCESS"])
+    # a certificate that does not verify is refused even when optional
+    assert not isinstance(request_or_refusal(port, client_cert_ctx(pki, client_pki["mallory"])), dict)
+    wait_for(lambda: tls_failed(lb)["client_cert"] == 1, 5, "the refusal to be counted")
+
+
+def test_client_certificate_fields_renamed_and_kept_by_resumption(pki, client_pki, origins, run_lb):
+    port = free_port()
+    tls = (certs_toml(pki.a) + f'client_ca = "{client_pki["ca"].path}"\n'
+           'client_headers = { subject = "X-SSL-Client-DN", fingerprint = "X-SSL-Client-SHA256", '
+           'verify = "X-SSL-Client-Verify" }\n')
+    run_lb(tls_config(port, [origins()], tls))
+    ctx = client_cert_ctx(pki, client_pki["alice"])
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2     # a session to resume at once
+    session = None
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            with ctx.wrap_socket(s, session=session) as t:
+                t.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                data = b""
+                while chunk := t.recv(65536):
+                    data += chunk
+                reused, session = t.session_reused, t.session
+        echo = json.loads(split_response(data)[2])
+        assert field(echo, "X-SSL-Client-DN") == ["CN=alice"]
+        assert field(echo, "X-SSL-Client-SHA256") == [client_pki["alice"].fingerprint]
+        assert field(echo, "X-Client-Cert-Subject") == []
+    assert reused, "the second connection resumed"

@@ -30,6 +30,7 @@ from lb.config.listeners import KEYS as LISTENER_KEYS
 from lb.config.listeners import HTTP_LISTENER_KEYS, ROUTE_KEYS, HttpSettings, Listener, Route
 from lb.config.pools import KEYS as POOL_KEYS
 from lb.config.tls import CERTIFICATE_KEYS as TLS_CERTIFICATE_KEYS
+from lb.config.tls import CLIENT_HEADER_KEYS as TLS_CLIENT_HEADER_KEYS
 from lb.config.tls import GLOBAL_KEYS as GLOBAL_TLS_KEYS
 from lb.config.tls import KEYS as TLS_KEYS
 from lb.config.tls import POOL_KEYS as POOL_TLS_KEYS
@@ -88,6 +89,7 @@ __all__ = [
     "Route",
     "SECTIONS",
     "TLS_CERTIFICATE_KEYS",
+    "TLS_CLIENT_HEADER_KEYS",
     "TLS_KEYS",
     "TOP_KEYS",
     "Certificate",

@@ -55,7 +55,7 @@ def check_field_value(value: str, path: str) -> str:
     return value
 
 
-def _check_rewritable(name: str, path: str) -> None:
+def check_rewritable(name: str, path: str) -> None:
     if name.lower() in MANAGED_HEADERS:
         raise ConfigError(
             path,
@@ -71,7 +71,7 @@ def parse_header_rules(parent: Table, key: str) -> HeaderRules:
 
     def claim(name: str, path: str) -> None:
         check_header_name(name, path)
-        _check_rewritable(name, path)
+        check_rewritable(name, path)
         # One entry per name keeps the result independent of the order in
         # which set, add and remove are applied.
         lower = name.lower()

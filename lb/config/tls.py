@@ -16,6 +16,7 @@ import os
 import re
 import time
 
+from lb.config.headers import check_header_name, check_rewritable
 from lb.config.values import HOSTNAME, MIN_TIMEOUT, ConfigError, Table, check_absolute_path, wrong_type
 
 GLOBAL_KEYS = ("tickets", "ticket_keys", "ticket_rotate")
@@ -24,7 +25,12 @@ POOL_KEYS = ("verify", "ca", "sni", "cert", "key")
 SYSTEM_CA = "/etc/ssl/certs/ca-certificates.crt"
 TICKET_KEY_BYTES = 80  # 16 name, 32 AES-256, 32 HMAC-SHA256: HAProxy's tls-ticket-keys format
 KEYS = ("certificates", "directory", "alpn", "protocols", "ciphers", "ciphersuites", "groups",
-        "handshake_timeout", "hsts")
+        "handshake_timeout", "hsts", "client_ca", "client_verify", "client_headers")
+CLIENT_VERIFY = ("required", "optional")
+CLIENT_HEADER_KEYS = ("subject", "fingerprint", "verify")
+# what the backend is told of a client certificate (http mode), by default
+CLIENT_HEADERS = (("subject", "X-Client-Cert-Subject"), ("fingerprint", "X-Client-Cert-Sha256"),
+                  ("verify", "X-Client-Cert-Verify"))
 CERTIFICATE_KEYS = ("cert", "key")
 PROTOCOLS = ("TLSv1.2", "TLSv1.3")
 # Mozilla's intermediate configuration (ssl-config.mozilla.org, guidelines 5.7):
@@ -172,6 +178,10 @@ class TlsSettings:
     groups: str = INTERMEDIATE_GROUPS
     handshake_timeout: float = 10.0
     hsts: str = ""  # the Strict-Transport-Security value http responses get; "" = none
+    client_ca: str = ""  # client certificates are asked for and verified against it; "" = not asked for
+    client_verify: str = "required"
+    # http mode: the field names (subject, fingerprint, verify) that tell the backend about it
+    client_headers: tuple[str, str, str] = tuple(name for _, name in CLIENT_HEADERS)
 
 
 def parse(t: Table, mode: str, warnings: list[str]) -> TlsSettings:
@@ -194,6 +204,17 @@ def parse(t: Table, mode: str, warnings: list[str]) -> TlsSettings:
     if hsts and not _HSTS.fullmatch(hsts):
         raise ConfigError(t.path_of("hsts"), f'{hsts!r} is not a Strict-Transport-Security value '
                                              '(e.g. "max-age=63072000; includeSubDomains")')
+    client_ca = t.string("client_ca", "")
+    if client_ca:
+        check_absolute_path(client_ca, t.path_of("client_ca"))
+        if not os.access(client_ca, os.R_OK):
+            raise ConfigError(t.path_of("client_ca"), f"cannot read {client_ca}")
+    client_verify = t.choice("client_verify", "required", CLIENT_VERIFY)
+    client_headers = _client_headers(t, mode)
+    if not client_ca:
+        for key in ("client_verify", "client_headers"):
+            if t.has(key):
+                warnings.append(f"{t.path_of(key)}: has no effect unless client_ca is set")
     sources = _sources(t)
     certificates = load_certificates(sources, warnings)
     if not certificates:
@@ -206,8 +227,26 @@ def parse(t: Table, mode: str, warnings: list[str]) -> TlsSettings:
         protocols=protocols,
         handshake_timeout=t.duration("handshake_timeout", "10s", MIN_TIMEOUT),
         hsts=hsts,
+        client_ca=client_ca,
+        client_verify=client_verify,
+        client_headers=client_headers,
         **settings,
     )
+
+
+def _client_headers(t: Table, mode: str) -> tuple[str, str, str]:
+    table = t.table("client_headers", CLIENT_HEADER_KEYS)
+    if mode != "http" and t.has("client_headers"):
+        raise ConfigError(t.path_of("client_headers"), 'needs mode = "http" (they are request header fields)')
+    names = []
+    for key, default in CLIENT_HEADERS:
+        name = table.string(key, default)
+        check_header_name(name, table.path_of(key))
+        check_rewritable(name, table.path_of(key))
+        if name.lower() in (n.lower() for n in names):
+            raise ConfigError(table.path_of(key), f"{name!r} names another of client_headers too")
+        names.append(name)
+    return tuple(names)
 
 
 def _strings(t: Table, key: str, default: tuple[str, ...]) -> list[tuple[str, str]]:

@@ -8,8 +8,9 @@
 #   accept    tcp and http, at accept,              address rules, connection limits
 #             before a byte is read
 #   request   http, on each request head            route (which route's settings apply: it comes
-#                                                   first), access rules, authentication, rate
-#                                                   limits, cache lookup, split, header rules
+#                                                   first), client certificate fields, access
+#                                                   rules, authentication, rate limits, cache
+#                                                   lookup, split, header rules
 #   response  http, on each final response head     cache store, header rules
 #   end       once per http exchange and per tcp    the record for logs and metrics
 #             connection, however it ended
@@ -67,6 +68,7 @@ def _http(listener):
 ACCEPT_STEPS = ()
 REQUEST_STEPS = (
     ("route", <size_t><void *>step_route, _http),
+    ("client_cert", <size_t><void *>step_client_cert, wants_client_cert),
     ("request_headers", <size_t><void *>step_request_headers, wants_request_headers),
 )
 RESPONSE_STEPS = (

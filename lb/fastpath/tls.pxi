@@ -698,6 +698,8 @@ cdef class TlsServer:
             SSL_CTX_free(<SSL_CTX *><size_t>ctx)
         free(self.t.exact)
         free(self.t.wild)
+        if self.t.bio != NULL:
+            BIO_free(<BIO *>self.t.bio)
 
     def __init__(self, settings, str name="", bint tickets=True):
         """settings: a config.TlsSettings; name: the listener's (resumption
@@ -726,6 +728,8 @@ cdef class TlsServer:
         self.t.handshake_timeout_ms = max(1, <uint64_t>(settings.handshake_timeout * 1000))
         if settings.hsts:
             rules_init(&self.t.resp, _HeaderSet((("Strict-Transport-Security", settings.hsts),)))
+        if settings.client_ca:
+            self._client_fields(settings.client_headers)
 
     cdef size_t _context(self, settings, list pairs) except 0:
         cdef SSL_CTX *ctx = SSL_CTX_new(TLS_server_method())
@@ -749,6 +753,14 @@ cdef class TlsServer:
         # by tickets, whose keys every worker shares (tls_ticket_cb)
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF)
         SSL_CTX_set_session_id_context(ctx, self.sid, len(self.sid))
+        if settings.client_ca:
+            # the CAs are told to the client (which certificate to send) and
+            # verify what it sends; the SNI-chosen context must verify alike
+            if SSL_CTX_load_verify_locations(ctx, settings.client_ca.encode(), NULL) != 1:
+                raise TlsError(f"{settings.client_ca}: no CA certificate in it ({_openssl_errors()})", "client_ca")
+            SSL_CTX_set_client_CA_list(ctx, SSL_load_client_CA_file(settings.client_ca.encode()))
+            SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | (SSL_VERIFY_FAIL_IF_NO_PEER_CERT
+                                                       if settings.client_verify == "required" else 0), NULL)
         if self.tickets:
             SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, tls_ticket_cb)
         else:
@@ -758,6 +770,25 @@ cdef class TlsServer:
         SSL_CTX_set_tlsext_servername_arg(ctx, &self.t)
         SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_cb, &self.t)
         return <size_t>ctx
+
+    cdef int _client_fields(self, names) except -1:
+        """The scratch rule set the client_cert step fills per request."""
+        cdef lb_hrules *r = &self.t.client_fields
+        self.t.client_cert = 1
+        self.t.bio = BIO_new(BIO_s_mem())
+        r.set_name = <lb_str *>calloc(3, sizeof(lb_str))
+        r.set_lower = <lb_str *>calloc(3, sizeof(lb_str))
+        r.set_value = <lb_str *>calloc(3, sizeof(lb_str))
+        r.remove = <lb_str *>calloc(3, sizeof(lb_str))
+        if self.t.bio == NULL or r.set_name == NULL or r.set_lower == NULL or r.set_value == NULL or r.remove == NULL:
+            raise MemoryError()
+        for i, name in enumerate(names):
+            self.t.client_names[i] = mkstr(name)
+            self.t.client_lower[i] = mkstr(name.lower())
+            self.t.client_values[i].p = <char *>malloc(CLIENT_VALUE_MAX)
+            if self.t.client_values[i].p == NULL:
+                raise MemoryError()
+        return 0
 
     cdef lb_tls_name *_table(self, dict names, uint32_t *n) except? NULL:
         cdef lb_tls_name *a = <lb_tls_name *>calloc(max(1, len(names)), sizeof(lb_tls_name))

@@ -125,6 +125,9 @@ cdef extern from "openssl/ssl.h" nogil:
     void SSL_SESSION_free(SSL_SESSION *session)
     X509_VERIFY_PARAM *SSL_get0_param(SSL *ssl)
     int SSL_CTX_set_default_verify_paths(SSL_CTX *ctx)
+    void *SSL_load_client_CA_file(const char *file)
+    void SSL_CTX_set_client_CA_list(SSL_CTX *ctx, void *names)
+    X509 *SSL_get0_peer_certificate(const SSL *ssl)
 
 cdef extern from "openssl/sslerr.h" nogil:
     enum:
@@ -229,6 +232,7 @@ cdef extern from "openssl/bio.h" nogil:
     const void *BIO_s_mem()
     int BIO_free(BIO *a)
     long BIO_get_mem_data(BIO *b, char **pp)
+    int BIO_reset(BIO *b)
 
 cdef extern from "openssl/rand.h" nogil:
     int RAND_bytes(unsigned char *buf, int num)

@@ -1,0 +1,60 @@
+# The client_cert step (request phase, http mode, TLS listeners with client_ca):
+# the backend is told about the client's certificate in three fields (subject,
+# SHA-256 fingerprint, verify result), and whatever the client sent under
+# those names itself is removed. The handshake already enforced the policy
+# (client_verify): a certificate that reached this point verified, or there
+# is none (optional).
+
+cdef enum:
+    CLIENT_VALUE_MAX = 2048          # a subject in RFC 2253 form longer than this is cut
+
+
+cdef inline void client_field(lb_tls_server *t, uint32_t i, const char *value, size_t n) noexcept nogil:
+    """Field i gets the value (set), or, without one, none at all (remove)."""
+    cdef lb_hrules *r = &t.client_fields
+    if n == 0:
+        r.remove[r.n_remove] = t.client_lower[i]
+        r.n_remove += 1
+        return
+    if n > CLIENT_VALUE_MAX:
+        n = CLIENT_VALUE_MAX
+    memcpy(t.client_values[i].p, value, n)
+    t.client_values[i].n = n
+    r.set_name[r.n_set] = t.client_names[i]
+    r.set_lower[r.n_set] = t.client_lower[i]
+    r.set_value[r.n_set] = t.client_values[i]
+    r.n_set += 1
+
+
+cdef int step_client_cert(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
+    cdef lb_tls_server *t = w.listeners[h.c.listener].tls
+    cdef SSL *ssl = <SSL *>h.c.sk[SIDE_CLIENT].ctx
+    cdef X509 *cert = SSL_get0_peer_certificate(ssl)
+    cdef unsigned char md[32]
+    cdef unsigned int mdlen = 32
+    cdef char hexv[64]
+    cdef char *subject
+    cdef long n, i
+    t.client_fields.n_set = 0
+    t.client_fields.n_remove = 0
+    if cert == NULL:
+        client_field(t, 0, NULL, 0)
+        client_field(t, 1, NULL, 0)
+        client_field(t, 2, b"NONE", 4)
+    else:
+        BIO_reset(<BIO *>t.bio)
+        X509_NAME_print_ex(<BIO *>t.bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253)
+        n = BIO_get_mem_data(<BIO *>t.bio, &subject)
+        client_field(t, 0, subject, n)
+        X509_digest(cert, EVP_sha256(), md, &mdlen)
+        for i in range(32):
+            hexv[2 * i] = b"0123456789abcdef"[md[i] >> 4]
+            hexv[2 * i + 1] = b"0123456789abcdef"[md[i] & 15]
+        client_field(t, 1, hexv, 64)
+        client_field(t, 2, b"SUCCESS", 7)
+    rulesets_push(h.rq_rules, &h.n_rq_rules, &t.client_fields)
+    return STEP_CONTINUE
+
+
+def wants_client_cert(listener):
+    return listener.mode == "http" and listener.tls is not None and bool(listener.tls.client_ca)
