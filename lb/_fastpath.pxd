@@ -191,6 +191,7 @@ cdef struct shm_tls_tickets:         # writer: supervisor (at start, reload and 
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn
+cdef struct lb_route
 cdef struct lb_hconn
 cdef struct lb_http_listener
 cdef struct lb_tls_server
@@ -223,7 +224,7 @@ cdef enum:
     CS_ESTABLISHED = 2
     CS_CLOSED = 3
     CS_PROXY_WAIT = 4                # accept_proxy: reading the client's PROXY header, no backend yet
-    CS_TLS_WAIT = 5                  # TLS listener: the client's handshake, no backend yet
+    CS_TLS_WAIT = 5                  # TLS listener: the client's handshake (or, passthrough: its ClientHello), no backend yet
 
 # lb_conn.flags bits, per side (shift by side) or per direction (shift by dir).
 cdef enum:
@@ -352,6 +353,10 @@ cdef struct lb_listener_rt:
     lb_list proxy_wait               # connections in CS_PROXY_WAIT, oldest first
     lb_tls_server *tls               # NULL: plain sockets
     lb_list tls_wait                 # tcp: connections in CS_TLS_WAIT, oldest first
+    uint64_t tls_wait_ms             # ... for at most this: the handshake, or the ClientHello (passthrough)
+    uint8_t passthrough              # tls_passthrough: the ClientHello's server name picks the pool
+    lb_route *sni_routes             # ... by these routes' hosts, else the listener's pool
+    uint32_t n_sni_routes
 
 cdef struct lb_pool_rt:
     shm_pool *shm

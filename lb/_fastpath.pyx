@@ -26,6 +26,7 @@ from lb.includes.xxhash64 cimport lb_xxh64, lb_splitmix64
 include "fastpath/shm.pxi"
 include "fastpath/transport.pxi"
 include "fastpath/tls.pxi"
+include "fastpath/tls_passthrough.pxi"
 include "fastpath/conn.pxi"
 include "fastpath/select.pxi"
 include "fastpath/select_roundrobin.pxi"

@@ -131,6 +131,7 @@ hide_server = true
 bind = "*:5432"
 mode = "tcp"
 pool = "api"
+tls_passthrough = true
 
 [pools.app]
 algorithm = "maglev"
@@ -266,6 +267,7 @@ def test_full_config_loads_every_key():
     db = cfg.listeners["db"]
     assert db.bind == (config.BindAddr("0.0.0.0", 5432, socket.AF_INET),)
     assert (db.mode, db.pool, db.routes, db.http) == ("tcp", "api", (), config.HttpSettings())
+    assert (db.tls_passthrough, web.tls_passthrough) == (True, False)
 
     assert list(cfg.pools) == ["app", "api"]
     app = cfg.pools["app"]

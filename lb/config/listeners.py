@@ -47,7 +47,11 @@ HTTP_LISTENER_KEYS = (
     "response_headers",
 )
 NAMED = True
-KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", *HTTP_LISTENER_KEYS)
+KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", "tls_passthrough",
+        *HTTP_LISTENER_KEYS)
+# What a route of a tls_passthrough listener may say: it matches the server name
+# of the ClientHello, nothing of the request (which stays encrypted).
+PASSTHROUGH_ROUTE_KEYS = ("host", "pool")
 ROUTE_KEYS = (
     "host",
     "path_prefix",
@@ -102,6 +106,7 @@ class Listener:
     backlog: int
     http: HttpSettings = HttpSettings()
     tls: TlsSettings | None = None  # [listeners.NAME.tls]; None: plain sockets
+    tls_passthrough: bool = False  # tcp: the ClientHello's server name picks the pool (routes' host)
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
@@ -173,6 +178,15 @@ def _parse_methods(t: Table, warnings: list[str]) -> tuple[str, ...]:
     return tuple(methods)
 
 
+def _parse_passthrough_route(t: Table, pools: dict[str, Pool]) -> Route:
+    for key in ROUTE_KEYS:
+        if t.has(key) and key not in PASSTHROUGH_ROUTE_KEYS:
+            raise ConfigError(t.path_of(key), "a tls_passthrough route matches the ClientHello's server name: "
+                                              "only host and pool apply")
+    return Route(host=_parse_route_host(t.string("host"), t.path_of("host")), path_prefix=None,
+                 pool=_check_pool_ref(t.string("pool"), t.path_of("pool"), pools))
+
+
 def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str]) -> Route:
     if not any(t.has(key) for key in ROUTE_MATCHERS):
         raise ConfigError(t.path, f"a route needs at least one of {', '.join(ROUTE_MATCHERS)}")
@@ -239,14 +253,23 @@ def _parse_listener(
         raise ConfigError(t.path_of("pool"), 'required key is missing (mode = "tcp" needs a pool)')
     if pool is not None:
         _check_pool_ref(pool, t.path_of("pool"), pools)
+    passthrough = t.boolean("tls_passthrough", False)
+    if passthrough and mode != "tcp":
+        raise ConfigError(t.path_of("tls_passthrough"),
+                          'needs mode = "tcp" (an http listener reads requests: terminate TLS with its tls table)')
+    if passthrough and t.has("tls"):
+        raise ConfigError(t.path_of("tls_passthrough"), "and tls exclude each other: lb passes TLS on, or ends it")
     if mode != "http":
         for key in HTTP_LISTENER_KEYS:
-            if t.has(key):
+            if t.has(key) and not (key == "routes" and passthrough):
                 raise ConfigError(t.path_of(key), 'needs mode = "http"')
     # Before the routes, so errors come in file order ([[routes]] follow the listener's keys).
     http = _parse_http_settings(t) if mode == "http" else HttpSettings()
     tls = tls_section.parse(t.table("tls", tls_section.KEYS), mode, warnings) if t.has("tls") else None
-    routes = tuple(_parse_route(rt, pools, warnings) for rt in t.array_of_tables("routes", ROUTE_KEYS))
+    if passthrough:
+        routes = tuple(_parse_passthrough_route(rt, pools) for rt in t.array_of_tables("routes", ROUTE_KEYS))
+    else:
+        routes = tuple(_parse_route(rt, pools, warnings) for rt in t.array_of_tables("routes", ROUTE_KEYS))
     if pool is None and not routes:
         raise ConfigError(t.path_of("pool"), "required key is missing (a listener needs a pool or at least one route)")
     return Listener(
@@ -260,4 +283,5 @@ def _parse_listener(
         backlog=t.integer("backlog", 4096, 1, 65535),
         http=http,
         tls=tls,
+        tls_passthrough=passthrough,
     )

@@ -47,7 +47,6 @@ cdef int rules_init(lb_hrules *r, object rules) except -1:
 cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index) except -1:
     """The http settings of one listener, from its config.Listener."""
     cdef lb_http_listener *hl = <lb_http_listener *>calloc(1, sizeof(lb_http_listener))
-    cdef lb_route *rt
     if hl == NULL:
         raise MemoryError()
     l.http = hl
@@ -67,13 +66,20 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index)
     hl.ka_timer.timeout_ms = max(1, <uint64_t>(getattr(hs, "keepalive_timeout", 60.0) * 1000))
     hl.idle_timer.timeout_ms = max(1, <uint64_t>(listener.idle_timeout * 1000))
     hl.tls_timer.timeout_ms = l.tls.handshake_timeout_ms if l.tls != NULL else 1
-    routes = list(listener.routes)
-    hl.n_routes = len(routes)
-    hl.routes = <lb_route *>calloc(max(1, len(routes)), sizeof(lb_route))
-    if hl.routes == NULL:
+    hl.n_routes = len(listener.routes)
+    hl.routes = routes_init(listener.routes, pool_index)
+    return 0
+
+
+cdef lb_route *routes_init(object routes, dict pool_index) except NULL:
+    """A listener's routes (config.Route), in order: http routes, or the SNI
+    routes of a tls_passthrough listener (host and pool only)."""
+    cdef lb_route *rt
+    cdef lb_route *out = <lb_route *>calloc(max(1, len(routes)), sizeof(lb_route))
+    if out == NULL:
         raise MemoryError()
     for i, route in enumerate(routes):
-        rt = &hl.routes[i]
+        rt = &out[i]
         host = route.host or ""
         rt.host_wild = host.startswith("*.")
         rt.host = mkstr(host[1:] if rt.host_wild else host)
@@ -89,7 +95,7 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index)
         rt.pool = pool_index[route.pool]
         rules_init(&rt.req, getattr(route, "request_headers", None))
         rules_init(&rt.resp, getattr(route, "response_headers", None))
-    return 0
+    return out
 
 
 _HK_KINDS = {"path": HKH_PATH, "header": HKH_HEADER, "cookie": HKH_COOKIE, "query": HKH_QUERY}

@@ -46,21 +46,28 @@ cdef void req_host_path(const uint8_t *b, http_req *r, uint32_t *hoff, uint32_t 
             break
 
 
+cdef bint route_host_matches(lb_route *rt, const uint8_t *name, uint32_t n) noexcept nogil:
+    """The route's host is the name (exact, without regard to case), or a
+    wildcard the name is a subdomain of. Also the SNI routes of tls_passthrough."""
+    cdef uint32_t i
+    if not rt.host_wild:
+        return ieq_str(name, n, &rt.host)
+    # "*.example.com" (stored ".example.com"): a subdomain, not the bare name
+    if n <= rt.host.n:
+        return False
+    for i in range(rt.host.n):
+        if lower(name[n - rt.host.n + i]) != <uint8_t>rt.host.p[i]:
+            return False
+    return True
+
+
 cdef bint route_matches(lb_route *rt, const uint8_t *b, http_req *r, uint32_t hoff, uint32_t hlen,
                         uint32_t poff, uint32_t plen) noexcept nogil:
     cdef uint32_t i, j
     cdef const uint8_t *m
     cdef bint found
-    if rt.host.n:
-        if rt.host_wild:
-            # "*.example.com" (stored ".example.com"): a subdomain, not the bare name
-            if hlen <= rt.host.n:
-                return False
-            for i in range(rt.host.n):
-                if lower(b[hoff + hlen - rt.host.n + i]) != <uint8_t>rt.host.p[i]:
-                    return False
-        elif not ieq_str(b + hoff, hlen, &rt.host):
-            return False
+    if rt.host.n and not route_host_matches(rt, b + hoff, hlen):
+        return False
     if rt.path.n:
         if rt.path_exact:
             if plen != rt.path.n or memcmp(b + poff, rt.path.p, plen) != 0:

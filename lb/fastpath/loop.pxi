@@ -95,7 +95,10 @@ cdef void on_conn_event(lb_worker *w, lb_conn *c, int side, uint32_t events) noe
         conn_proxy_read(w, c)
         return
     if c.state == CS_TLS_WAIT:
-        conn_tls_step(w, c)
+        if w.listeners[c.listener].passthrough:
+            conn_sni_read(w, c)
+        else:
+            conn_tls_step(w, c)
         return
     conn_prefill(w, c)
     if c.state == CS_ESTABLISHED:
@@ -355,6 +358,12 @@ cdef class Worker:
             l.proxy_timeout_ms = min(l.idle_timeout_ms, PROXY_WAIT_MAX_MS)
             if listener.tls is not None:
                 l.tls = &(<TlsServer>self.tls["listeners"][listener.name]).t
+                l.tls_wait_ms = l.tls.handshake_timeout_ms
+            if listener.tls_passthrough:
+                l.passthrough = 1
+                l.tls_wait_ms = min(l.idle_timeout_ms, SNI_WAIT_MAX_MS)
+                l.n_sni_routes = len(listener.routes)
+                l.sni_routes = routes_init(listener.routes, pool_index)
             phases_init(&l.phases, listener)
             if listener.mode == "http":
                 http_listener_init(l, listener, pool_index)

@@ -413,7 +413,11 @@ cdef void conn_start(lb_worker *w, lb_conn *c) noexcept nogil:
 
 cdef void conn_ready(lb_worker *w, lb_conn *c, sockaddr_storage *dst) noexcept nogil:
     """The client's PROXY header (if any) is in: queue ours (send_proxy), then
-    the TLS handshake on a TLS listener, or connect."""
+    the TLS handshake on a TLS listener, or connect; with tls_passthrough, the
+    pool (and so our header) waits for the client's ClientHello."""
+    if w.listeners[c.listener].passthrough:
+        conn_sni_start(w, c, dst)
+        return
     if conn_proxy_prepend(w, c, dst) != 0:
         conn_close(w, c, True)
         return

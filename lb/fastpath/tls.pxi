@@ -232,13 +232,17 @@ cdef void conn_tls_step(lb_worker *w, lb_conn *c) noexcept nogil:
 
 
 cdef void tls_wait_sweep(lb_worker *w) noexcept nogil:
-    """Close the tcp-mode clients whose handshake did not end in time."""
+    """Close the tcp-mode clients whose handshake (or, passthrough, whose
+    ClientHello: an idle timeout) did not come in time."""
     cdef int i
     cdef lb_listener_rt *l
     for i in range(w.n_listeners):
         l = &w.listeners[i]
-        while l.tls_wait.head != NULL and l.tls_wait.head.queued_ms + l.tls.handshake_timeout_ms <= w.now_ms:
-            tls_count_failure(w, TLS_FAIL_TIMEOUT)
+        while l.tls_wait.head != NULL and l.tls_wait.head.queued_ms + l.tls_wait_ms <= w.now_ms:
+            if l.passthrough:
+                lb_add_u64(&w.stats.idle_timeouts, 1)
+            else:
+                tls_count_failure(w, TLS_FAIL_TIMEOUT)
             conn_close(w, l.tls_wait.head, False)
 
 
@@ -248,7 +252,7 @@ cdef uint64_t tls_wait_deadline(lb_worker *w, uint64_t deadline) noexcept nogil:
     cdef uint64_t t
     for i in range(w.n_listeners):
         if w.listeners[i].tls_wait.head != NULL:
-            t = w.listeners[i].tls_wait.head.queued_ms + w.listeners[i].tls.handshake_timeout_ms
+            t = w.listeners[i].tls_wait.head.queued_ms + w.listeners[i].tls_wait_ms
             if t < deadline:
                 deadline = t
     return deadline
