@@ -333,7 +333,9 @@ cdef bint hc_tls_start(hc_loop *L, hc_target *t) noexcept nogil:
     if ssl == NULL:
         ERR_clear_error()
         return False
-    SSL_set_fd(ssl, t.fd)
+    if not ssl_set_socket(ssl, t.fd):
+        SSL_free(ssl)
+        return False
     SSL_set_connect_state(ssl)
     tls_client_names(ssl, tls, &L.backends[t.slot])
     if t.session != NULL:

@@ -31,6 +31,81 @@ cdef enum:
     TLS_NAME_MAX = 255               # a DNS name (RFC 1035), without the trailing dot
 
 
+# ---- the socket under OpenSSL ----------------------------------------------------------
+# OpenSSL reads through this BIO with read-ahead on: one recv takes every record
+# the socket has (instead of a header and then a body, record by record), and
+# the BIO remembers whether that recv took less than it asked for, i.e. whether
+# the socket is now empty. tls_recv then stops without the extra recv that
+# would only say EAGAIN. Its state lives in the BIO's data word: the fd, the
+# end of stream, the socket emptied.
+
+cdef enum:
+    BIOD_DRAINED = 1
+    BIOD_EOF = 2
+    BIOD_SHIFT = 2
+
+
+cdef int lb_bio_read(BIO *b, char *buf, int n) noexcept nogil:
+    cdef size_t d = <size_t>BIO_get_data(b)
+    cdef ssize_t r
+    BIO_clear_retry_flags(b)
+    while True:
+        r = recv(<int>(d >> BIOD_SHIFT), buf, n, MSG_DONTWAIT)
+        if r >= 0 or errno != EINTR:
+            break
+    if r > 0:
+        BIO_set_data(b, <void *>((d & ~<size_t>BIOD_DRAINED) | (BIOD_DRAINED if r < n else 0)))
+        return <int>r
+    if r == 0:
+        BIO_set_data(b, <void *>(d | BIOD_EOF | BIOD_DRAINED))
+    elif errno == EAGAIN:
+        BIO_set_data(b, <void *>(d | BIOD_DRAINED))
+        BIO_set_retry_read(b)
+    return <int>r
+
+
+cdef int lb_bio_write(BIO *b, const char *buf, int n) noexcept nogil:
+    cdef size_t d = <size_t>BIO_get_data(b)
+    cdef ssize_t r
+    BIO_clear_retry_flags(b)
+    while True:
+        r = send(<int>(d >> BIOD_SHIFT), buf, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if r >= 0 or errno != EINTR:
+            break
+    if r < 0 and errno == EAGAIN:
+        BIO_set_retry_write(b)
+    return <int>r
+
+
+cdef long lb_bio_ctrl(BIO *b, int cmd, long num, void *ptr) noexcept nogil:
+    if cmd == BIO_CTRL_FLUSH:
+        return 1                     # nothing is buffered here
+    if cmd == BIO_CTRL_EOF:          # so that OpenSSL knows an EOF from a failure
+        return 1 if <size_t>BIO_get_data(b) & BIOD_EOF else 0
+    return 0
+
+
+cdef BIO_METHOD *LB_BIO = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, b"lb socket")
+BIO_meth_set_read(LB_BIO, lb_bio_read)
+BIO_meth_set_write(LB_BIO, lb_bio_write)
+BIO_meth_set_ctrl(LB_BIO, lb_bio_ctrl)
+
+
+cdef bint ssl_set_socket(SSL *ssl, int fd) noexcept nogil:
+    cdef BIO *b = BIO_new(<const void *>LB_BIO)
+    if b == NULL:
+        return False
+    BIO_set_data(b, <void *>(<size_t>fd << BIOD_SHIFT))
+    BIO_set_init(b, 1)
+    SSL_set_bio(ssl, b, b)
+    return True
+
+
+cdef inline bint ssl_socket_drained(SSL *ssl) noexcept nogil:
+    """The last read from the socket took less than it asked: it is empty."""
+    return (<size_t>BIO_get_data(SSL_get_rbio(ssl)) & BIOD_DRAINED) != 0
+
+
 # ---- the transport ------------------------------------------------------------------
 
 cdef inline ssize_t tls_want(SSL *ssl, int r) noexcept nogil:
@@ -52,11 +127,14 @@ cdef ssize_t tls_recv(lb_sock *s, void *buf, size_t n) noexcept nogil:
     cdef int r
     cdef ssize_t rc
     # One SSL_read returns at most one record: keep going until the caller's
-    # buffer is full or OpenSSL needs the socket (see the top of this file).
+    # buffer is full or OpenSSL needs the socket (see the top of this file),
+    # or the socket is known to be empty and OpenSSL holds nothing more
     while got < n:
         r = SSL_read(ssl, <char *>buf + got, <int>(n - got))
         if r > 0:
             got += r
+            if ssl_socket_drained(ssl) and not SSL_has_pending(ssl):
+                return got
             continue
         rc = tls_want(ssl, r)
         return got if got else rc
@@ -118,7 +196,9 @@ cdef bint sock_tls_accept(lb_sock *s, lb_tls_server *t) noexcept nogil:
     if ssl == NULL:
         ERR_clear_error()
         return False
-    SSL_set_fd(ssl, s.fd)
+    if not ssl_set_socket(ssl, s.fd):
+        SSL_free(ssl)
+        return False
     SSL_set_accept_state(ssl)
     s.xp = &XPRT_TLS
     s.ctx = ssl
@@ -179,7 +259,9 @@ cdef bint sock_tls_connect(lb_worker *w, lb_pool_rt *p, lb_sock *s, int32_t slot
     if ssl == NULL:
         ERR_clear_error()
         return False
-    SSL_set_fd(ssl, s.fd)
+    if not ssl_set_socket(ssl, s.fd):
+        SSL_free(ssl)
+        return False
     SSL_set_connect_state(ssl)
     tls_client_names(ssl, t, &w.backends[slot])
     if cell[0] != NULL:
@@ -753,6 +835,7 @@ cdef class TlsServer:
         # buffers that move; release buffers: an idle connection holds none
         SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                          | SSL_MODE_RELEASE_BUFFERS)
+        SSL_CTX_set_read_ahead(ctx, 1)   # see lb_bio_read
         # no server-side session cache: it would be per worker; resumption is
         # by tickets, whose keys every worker shares (tls_ticket_cb)
         SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF)
@@ -835,6 +918,7 @@ cdef class TlsClient:
         SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF)
         SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                          | SSL_MODE_RELEASE_BUFFERS)
+        SSL_CTX_set_read_ahead(ctx, 1)
         if settings.verify:
             SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL)
             if SSL_CTX_load_verify_locations(ctx, settings.ca.encode(), NULL) != 1:

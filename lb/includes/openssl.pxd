@@ -101,6 +101,10 @@ cdef extern from "openssl/ssl.h" nogil:
     int SSL_peek(SSL *ssl, void *buf, int num)
     int SSL_write(SSL *ssl, const void *buf, int num)
     int SSL_pending(const SSL *ssl)
+    int SSL_has_pending(const SSL *ssl)
+    void SSL_set_bio(SSL *ssl, BIO *rbio, BIO *wbio)
+    BIO *SSL_get_rbio(const SSL *ssl)
+    long SSL_CTX_set_read_ahead(SSL_CTX *ctx, long m)
     int SSL_shutdown(SSL *ssl)
     int SSL_get_error(const SSL *ssl, int ret)
     SSL_CTX *SSL_set_SSL_CTX(SSL *ssl, SSL_CTX *ctx)
@@ -233,6 +237,22 @@ cdef extern from "openssl/bio.h" nogil:
     int BIO_free(BIO *a)
     long BIO_get_mem_data(BIO *b, char **pp)
     int BIO_reset(BIO *b)
+    ctypedef struct BIO_METHOD
+    enum:
+        BIO_TYPE_SOURCE_SINK
+        BIO_CTRL_FLUSH
+        BIO_CTRL_EOF
+    int BIO_get_new_index()
+    BIO_METHOD *BIO_meth_new(int type, const char *name)
+    int BIO_meth_set_write(BIO_METHOD *m, int (*write)(BIO *, const char *, int) noexcept nogil)
+    int BIO_meth_set_read(BIO_METHOD *m, int (*read)(BIO *, char *, int) noexcept nogil)
+    int BIO_meth_set_ctrl(BIO_METHOD *m, long (*ctrl)(BIO *, int, long, void *) noexcept nogil)
+    void BIO_set_data(BIO *b, void *ptr)
+    void *BIO_get_data(BIO *b)
+    void BIO_set_init(BIO *b, int init)
+    void BIO_set_retry_read(BIO *b)
+    void BIO_set_retry_write(BIO *b)
+    void BIO_clear_retry_flags(BIO *b)
 
 cdef extern from "openssl/rand.h" nogil:
     int RAND_bytes(unsigned char *buf, int num)
