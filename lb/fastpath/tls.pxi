@@ -527,8 +527,12 @@ cdef void tickets_read(shm_tls_tickets *src, shm_tls_tickets *out) noexcept nogi
 
 cdef int tls_ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP_CIPHER_CTX *ectx,
                        EVP_MAC_CTX *hctx, int enc) noexcept nogil:
-    """1: ticket made or opened; 2: opened with an older key, issue a new one;
-    0: no ticket (enc), or a full handshake (a key no longer known)."""
+    """1: ticket made or opened; 2: opened, and a new one is to be issued; 0:
+    no ticket (enc), or a full handshake (a key no longer known). A new ticket
+    goes out when the old one was sealed with another key than the current,
+    and after every TLS 1.3 resumption: clients use a TLS 1.3 ticket once
+    (RFC 8446 4.6.1), so without a new one every other connection would pay
+    for a full handshake."""
     cdef shm_tls_tickets k
     cdef shm_ticket_key *key = NULL
     cdef OSSL_PARAM params[3]
@@ -548,7 +552,7 @@ cdef int tls_ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP
         for i in range(k.n):
             if memcmp(key_name, k.keys[i].name, 16) == 0:
                 key = &k.keys[i]
-                rc = 1 if i == k.current else 2
+                rc = 1 if i == k.current and SSL_version(ssl) != TLS1_3_VERSION else 2
                 break
         if key == NULL or EVP_DecryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1:
             rc = 0

@@ -112,6 +112,7 @@ cdef extern from "openssl/ssl.h" nogil:
     const char *SSL_get_servername(const SSL *ssl, const int type)
     int SSL_session_reused(const SSL *ssl)
     const char *SSL_get_version(const SSL *ssl)
+    int SSL_version(const SSL *ssl)
     const SSL_CIPHER *SSL_get_current_cipher(const SSL *ssl)
     const char *SSL_CIPHER_get_name(const SSL_CIPHER *c)
     void SSL_get0_alpn_selected(const SSL *ssl, const unsigned char **data, unsigned int *len)
