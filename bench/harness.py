@@ -2,8 +2,8 @@
 
 One run starts one nginx origin, then for every scenario starts each target
 afresh (direct, HAProxy, nginx, lb; as L4 forwarders or as HTTP reverse
-proxies, after the scenario's MODE), measures it alone with identical
-settings, and stops it before the next one starts. Figures are comparable only
+proxies, with or without TLS, after the scenario's MODE), measures it alone
+with identical settings, and stops it before the next one starts. Figures are comparable only
 within one run; the ratios lb/haproxy and lb/nginx are the point. With
 --repeat N, a wrk scenario runs N rounds (targets in rotated order, each
 started afresh) and reports per-target medians and the per-round ratio spread.
@@ -18,7 +18,7 @@ Scenarios live in ``bench/scenarios/``, one per file, each exposing:
     METRICS  tuple[Metric]  table columns; a Metric with `better` set gets ratios
     measure(ctx, target) -> dict   metric values for one running target
 and optionally
-    MODE     str            "tcp" (default) or "http": how the proxies are set up
+    MODE     str            "tcp" (default), "http" or "https": how the proxies are set up
     GOALS    dict           {metric key: ratio}: targets for lb against the better
                             of HAProxy and nginx; a scenario with GOALS (even
                             empty) also gets the ratio lb/best
@@ -49,6 +49,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -57,11 +58,15 @@ from pathlib import Path
 
 import psutil
 
+from bench import tls
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
-# What a scenario's targets proxy: L4 forwarding, or HTTP with keep-alive to the origin.
-MODES = ("tcp", "http")
+# What a scenario's targets proxy: L4 forwarding, HTTP with keep-alive to the
+# origin, or the same HTTP behind TLS that each proxy terminates (the origin
+# stays plain HTTP).
+MODES = ("tcp", "http", "https")
 DEFAULT_SCENARIO_PREFIXES = ("tcp_", "http_")  # what `python -m bench` runs without names
 
 # Order in which targets run within a scenario, and which of them are proxies.
@@ -324,30 +329,47 @@ class Service:
         self._log.close()
 
 
-def _http_probe(addr: tuple[str, int], path: str, timeout: float) -> bool:
-    """One GET through addr; True on a 200 response."""
+def connect(addr: tuple[str, int], timeout: float,
+            tls_client: ssl.SSLContext | None = None) -> socket.socket:
+    """A connection to addr; with tls_client, after a completed handshake
+    (which verifies the run's certificate chain: see bench/tls.py)."""
+    s = socket.create_connection(addr, timeout=timeout)
+    if tls_client is None:
+        return s
+    try:
+        return tls_client.wrap_socket(s, server_hostname=tls.SERVER_NAME)
+    except BaseException:
+        s.close()
+        raise
+
+
+def _http_probe(addr: tuple[str, int], path: str, timeout: float,
+                tls_client: ssl.SSLContext | None = None) -> str | None:
+    """One GET through addr; None on a 200 response, else what went wrong."""
     req = (f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").encode()
     try:
-        with socket.create_connection(addr, timeout=timeout) as s:
+        with connect(addr, timeout, tls_client) as s:
             s.sendall(req)
             head = s.recv(64)
-    except OSError:
-        return False
-    return head.startswith(b"HTTP/1.1 200")
+    except OSError as exc:   # ssl.SSLError too: a proxy still starting, or a chain that does not verify
+        return str(exc) or type(exc).__name__
+    return None if head.startswith(b"HTTP/1.1 200") else f"answered {head[:32]!r}"
 
 
-def wait_ready(service: Service, addr: tuple[str, int], timeout: float) -> None:
+def wait_ready(service: Service, addr: tuple[str, int], timeout: float,
+               tls_client: ssl.SSLContext | None = None) -> None:
     """Until addr answers GET /small with 200 through the service (bounded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not service.alive():
             raise BenchError(f"{service.name} exited with code {service.proc.returncode} "
                              f"before serving {addr[0]}:{addr[1]}", tail(service.log_path))
-        if _http_probe(addr, "/small", timeout=1.0):
+        error = _http_probe(addr, "/small", timeout=1.0, tls_client=tls_client)
+        if error is None:
             return
         time.sleep(0.05)
     raise BenchError(f"{service.name} did not serve GET /small on {addr[0]}:{addr[1]} "
-                     f"within {timeout:.0f}s", tail(service.log_path))
+                     f"within {timeout:.0f}s (last try: {error})", tail(service.log_path))
 
 
 # --------------------------------------------------------------------------
@@ -457,9 +479,10 @@ class Target(abc.ABC):
     """A thing under test on its own loopback address.
 
     `mode` is the scenario's MODE: "tcp" (L4 forwarding: HAProxy `mode tcp`,
-    nginx `stream`, an lb tcp listener) or "http" (a reverse proxy with
+    nginx `stream`, an lb tcp listener), "http" (a reverse proxy with
     keep-alive to the origin: HAProxy `mode http`, nginx `http`, an lb http
-    listener).
+    listener) or "https" (the same, terminating TLS with the run's
+    certificate and the settings of bench/tls.py).
     """
 
     name = ""
@@ -470,6 +493,8 @@ class Target(abc.ABC):
             raise BenchError(f"unknown scenario mode {mode!r}; have {', '.join(MODES)}")
         self.ctx = ctx
         self.mode = mode
+        self.http = mode != "tcp"       # a reverse proxy, not an L4 forwarder
+        self.tls = mode == "https"      # it terminates TLS
         self.dir = ctx.workdir / f"{scenario}-{self.name}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
@@ -477,13 +502,25 @@ class Target(abc.ABC):
         self.addr: tuple[str, int] = ("127.0.0.1", 0)
 
     def url(self, path: str) -> str:
-        return f"http://{self.addr[0]}:{self.addr[1]}{path}"
+        return f"{'https' if self.tls else 'http'}://{self.addr[0]}:{self.addr[1]}{path}"
+
+    def tls_client(self) -> ssl.SSLContext | None:
+        """How the harness's own clients (readiness probe, idle connections)
+        talk to this target: a context that verifies the run's chain, or None."""
+        return self.ctx.tls_client() if self.tls else None
+
+    def tls_counters(self) -> dict[str, int] | None:
+        """{"handshakes", "resumed"}: TLS handshakes the target completed so
+        far and how many resumed a session, from its own counters; None when
+        it has none to read (nginx) or speaks no TLS."""
+        return None
 
     def start(self) -> None:
         self.addr = ("127.0.0.1", self.ctx.ports.take())
         cmd = self.configure()
         self.service = Service(self.name, cmd, self.dir / "output.log", cwd=self.cwd())
-        wait_ready(self.service, self.addr, READY_TIMEOUT_S.get(self.name, DEFAULT_READY_TIMEOUT_S))
+        wait_ready(self.service, self.addr, READY_TIMEOUT_S.get(self.name, DEFAULT_READY_TIMEOUT_S),
+                   self.tls_client())
 
     def cwd(self) -> Path | None:
         return self.dir
@@ -541,7 +578,7 @@ class HAProxyTarget(Target):
         # Two fds per proxied connection, plus headroom, within our hard limit.
         maxconn = max(1000, (self.ctx.nofile - 200) // 2)
         origin = f"{self.ctx.origin.addr[0]}:{self.ctx.origin.addr[1]}"
-        if self.mode == "http":
+        if self.http:
             # http-reuse always: any request, a new client's first included,
             # may go over an idle origin connection, as nginx's upstream
             # keepalive and lb's backend pool do; "safe" would open a new
@@ -560,7 +597,7 @@ class HAProxyTarget(Target):
     timeout http-keep-alive 300s
 """
             rules = f"""\
-    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Proto {"https" if self.tls else "http"}
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     server origin {origin} pool-max-conn 64
 """
@@ -572,7 +609,7 @@ global
     nbthread 1
     maxconn {maxconn}
     pidfile {self.dir}/haproxy.pid
-
+{self._tls_global() if self.tls else ""}
 defaults
 {defaults}    maxconn {maxconn}
     timeout connect 5s
@@ -580,11 +617,45 @@ defaults
     timeout server 300s
 
 listen bench
-    bind {self.addr[0]}:{self.addr[1]}
+    bind {self.addr[0]}:{self.addr[1]}{self._tls_bind() if self.tls else ""}
 {rules}"""
         path = self.dir / "haproxy.cfg"
         path.write_text(conf)
         return [self.ctx.tools["haproxy"], "-db", "-f", str(path)]
+
+    def _tls_global(self) -> str:
+        # No session cache (default 20,000 sessions): lb keeps none and nginx
+        # runs with `ssl_session_cache off`; resumption is by tickets alone
+        # for all three. The stats socket is only read, between runs, for the
+        # handshake counters (tls_counters).
+        return (f"    tune.ssl.cachesize 0\n"
+                f"    stats socket {self.dir}/stats.sock mode 600 level user\n")
+
+    def _tls_bind(self) -> str:
+        # bench/tls.py's settings, lb's defaults: versions, suites, groups,
+        # and the client's cipher order (HAProxy's default is its own).
+        cert = self.ctx.certificate()
+        return (f" ssl crt {cert.combined} alpn http/1.1"
+                f" ssl-min-ver {tls.PROTOCOLS[0]} ssl-max-ver {tls.PROTOCOLS[-1]}"
+                f" ciphers {tls.CIPHERS} ciphersuites {tls.CIPHERSUITES} curves {tls.GROUPS}"
+                f" prefer-client-ciphers")
+
+    def tls_counters(self) -> dict[str, int] | None:
+        # The frontend's row of `show stat`: ssl_sess counts the full
+        # handshakes, ssl_reused_sess the resumed ones.
+        if not self.tls:
+            return None
+        try:
+            lines = _unix_exchange(self.dir / "stats.sock", b"show stat\n").splitlines()
+        except OSError:
+            return None
+        header = lines[0].lstrip("# ").split(",") if lines else []
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(",")))
+            if row.get("svname") == "FRONTEND" and row.get("ssl_sess", "").isdigit():
+                full, resumed = int(row["ssl_sess"]), int(row.get("ssl_reused_sess") or 0)
+                return {"handshakes": full + resumed, "resumed": resumed}
+        return None
 
     def candidates(self) -> list[psutil.Process]:
         return _procs([self.service.pid])
@@ -599,7 +670,7 @@ class NginxTarget(Target):
     def configure(self) -> list[str]:
         nofile = self.ctx.nofile
         load = ""
-        if self.mode == "http":
+        if self.http:
             (self.dir / "tmp").mkdir(exist_ok=True)
             (self.dir / "tmp").chmod(0o755)
             block = self._http_block()
@@ -657,7 +728,7 @@ http {{
         keepalive_timeout 300s;
     }}
     server {{
-        listen {self.addr[0]}:{self.addr[1]} backlog=4096;
+        listen {self.addr[0]}:{self.addr[1]}{" ssl" if self.tls else ""} backlog=4096;{self._tls_server() if self.tls else ""}
         location / {{
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -673,6 +744,25 @@ http {{
     }}
 }}
 """
+
+    def _tls_server(self) -> str:
+        # bench/tls.py's settings, lb's defaults; the client's cipher order
+        # (nginx's default too). Tickets as lb and HAProxy issue them;
+        # ssl_session_cache off (nginx's default, `none`, also stores nothing
+        # but tells clients it may): lb keeps no session cache, HAProxy runs
+        # without one, so all three resume by tickets alone. With one worker
+        # a shared cache would save nothing that tickets do not.
+        cert = self.ctx.certificate()
+        return f"""
+        ssl_certificate {cert.chain};
+        ssl_certificate_key {cert.key};
+        ssl_protocols {" ".join(tls.PROTOCOLS)};
+        ssl_ciphers {tls.CIPHERS};
+        ssl_conf_command Ciphersuites {tls.CIPHERSUITES};
+        ssl_ecdh_curve {tls.GROUPS};
+        ssl_prefer_server_ciphers off;
+        ssl_session_cache off;
+        ssl_session_tickets on;"""
 
     def candidates(self) -> list[psutil.Process]:
         return _children(self.service.pid)
@@ -697,7 +787,7 @@ class LbTarget(Target):
         # http: the defaults of docs/configuration.md (X-Forwarded-For,
         # -Proto and -Host added), but as many idle origin connections kept
         # as nginx's `keepalive 64` and HAProxy's pool-max-conn 64.
-        pool_keys = 'keepalive_max_idle = 64\n' if self.mode == "http" else ""
+        pool_keys = 'keepalive_max_idle = 64\n' if self.http else ""
         conf = f"""\
 [global]
 workers = 1
@@ -708,9 +798,9 @@ group = "{group}"
 
 [listeners.bench]
 bind = ["{self.addr[0]}:{self.addr[1]}"]
-mode = "{self.mode}"
+mode = "{"http" if self.http else "tcp"}"
 pool = "origin"
-
+{self._tls_listener() if self.tls else ""}
 [pools.origin]
 algorithm = "roundrobin"
 {pool_keys}
@@ -723,6 +813,35 @@ algorithm = "roundrobin"
         path = self.dir / "lb.toml"
         path.write_text(conf)
         return [sys.executable, "-m", "lb", "run", "-c", str(path)]
+
+    def _tls_listener(self) -> str:
+        # bench/tls.py's settings, written out although they are lb's
+        # defaults (docs/configuration.md, 3c): the three proxies stay alike
+        # if those defaults change.
+        cert = self.ctx.certificate()
+        protocols = ", ".join(f'"{p}"' for p in tls.PROTOCOLS)
+        return f"""
+  [listeners.bench.tls]
+  certificates = [{{ cert = "{cert.chain}", key = "{cert.key}" }}]
+  protocols = [{protocols}]
+  ciphers = "{tls.CIPHERS}"
+  ciphersuites = "{tls.CIPHERSUITES}"
+  groups = "{tls.GROUPS}"
+"""
+
+    def tls_counters(self) -> dict[str, int] | None:
+        # lb's own counters (docs/tls.md): tls_handshakes counts every
+        # completed handshake, tls_resumed those that resumed.
+        if not self.tls:
+            return None
+        try:
+            reply = json.loads(_unix_exchange(self.dir / "admin.sock",
+                                              b'{"v": 1, "cmd": "status"}\n', lines=1))
+        except (OSError, ValueError):
+            return None
+        workers = (reply.get("result") or {}).get("workers") or []
+        return {"handshakes": sum(w.get("tls_handshakes", 0) for w in workers),
+                "resumed": sum(w.get("tls_resumed", 0) for w in workers)}
 
     def candidates(self) -> list[psutil.Process]:
         # Worker(s) and maybe a checker; callers pick the busiest or fullest one.
@@ -740,6 +859,21 @@ class LbBaseTarget(LbTarget):
 
 TARGET_CLASSES = {cls.name: cls for cls in (DirectTarget, HAProxyTarget, NginxTarget, LbTarget,
                                             LbBaseTarget)}
+
+
+def _unix_exchange(path: Path, request: bytes, lines: int | None = None) -> str:
+    """The answer of a UNIX stream socket to one request: its first `lines`
+    lines, or everything until it closes."""
+    chunks = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5.0)
+        s.connect(str(path))
+        s.sendall(request)
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+            if lines is not None and b"".join(chunks).count(b"\n") >= lines:
+                break
+    return b"".join(chunks).decode(errors="replace")
 
 
 def _procs(pids: list[int]) -> list[psutil.Process]:
@@ -883,6 +1017,7 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     if origin is not None:
         tree[origin.pid] = origin
     accepts0 = ctx.origin.accepts()
+    tls0 = target.tls_counters()
     cpu0 = {pid: _cpu_seconds(p) for pid, p in tree.items()}
     host0, wrk0 = _host_busy_seconds(), _children_cpu_seconds()
     t0 = time.monotonic()
@@ -890,6 +1025,7 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     wall = time.monotonic() - t0
     host1, wrk1 = _host_busy_seconds(), _children_cpu_seconds()
     accepts1 = ctx.origin.accepts()
+    result.update(_tls_delta(tls0, target.tls_counters()))
     # New origin connections during the timed run (the second query counts
     # itself): how well a proxy reuses its keep-alive connections to the origin.
     result["origin_conns"] = (accepts1 - accepts0 - 1
@@ -927,6 +1063,16 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     if result["errors"]:
         log(f"  {target.name}: wrk reported errors {result['errors']}")
     return result
+
+
+def _tls_delta(before: dict | None, after: dict | None) -> dict:
+    """TLS handshakes a target completed between two readings of its
+    counters, and the share that resumed a session (None: not counted)."""
+    if before is None or after is None:
+        return {"tls_handshakes": None, "tls_resumed_pct": None}
+    n = after["handshakes"] - before["handshakes"]
+    resumed = after["resumed"] - before["resumed"]
+    return {"tls_handshakes": n, "tls_resumed_pct": 100.0 * resumed / n if n else None}
 
 
 # --------------------------------------------------------------------------
@@ -1055,6 +1201,14 @@ WRK_EXTRA_METRICS = (
     Metric("other_cpu_pct", "other cpu %", ".0f"),
 )
 ORIGIN_CONNS_METRIC = Metric("origin_conns", "origin conns", ",.0f")
+# https: what the proxy's own counters say it did during the timed run (lb
+# and HAProxy count handshakes; nginx has no counter: "-"). They show which
+# handshake a scenario measured.
+TLS_METRICS = (
+    Metric("tls_handshakes", "handshakes", ",.0f"),
+    Metric("tls_resumed_pct", "resumed %", ".0f"),
+)
+HTTPS_WRK_METRICS = WRK_METRICS + WRK_EXTRA_METRICS + (ORIGIN_CONNS_METRIC,) + TLS_METRICS
 
 
 def scenario_mode(scenario) -> str:
@@ -1316,6 +1470,19 @@ class Context:
     ports: PortAllocator
     nofile: int
     origin: Origin | None = None
+    _cert: tls.Certificate | None = None
+    _tls_client: ssl.SSLContext | None = None
+
+    def certificate(self) -> tls.Certificate:
+        """The certificate every https target serves: made on first use, once per run."""
+        if self._cert is None:
+            self._cert = tls.make_certificate(self.workdir / "tls")
+        return self._cert
+
+    def tls_client(self) -> ssl.SSLContext:
+        if self._tls_client is None:
+            self._tls_client = tls.client_context(self.certificate())
+        return self._tls_client
 
 
 def run_targets(opts: Options) -> list[str]:
