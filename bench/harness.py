@@ -62,6 +62,7 @@ from bench import tls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+FRESH_TLS_SOURCE = Path(__file__).resolve().parent / "fresh_tls_session.c"
 
 # What a scenario's targets proxy: L4 forwarding, HTTP with keep-alive to the
 # origin, or the same HTTP behind TLS that each proxy terminates (the origin
@@ -957,14 +958,15 @@ def parse_wrk(text: str) -> dict:
     return out
 
 
-def run_wrk(ctx: "Context", url: str, seconds: int, headers: tuple[str, ...] = ()) -> dict:
+def run_wrk(ctx: "Context", url: str, seconds: int, headers: tuple[str, ...] = (),
+            env: dict[str, str] | None = None) -> dict:
     cmd = [ctx.tools["wrk"], "-t", str(ctx.opts.threads), "-c", str(ctx.opts.connections),
            "-d", f"{seconds}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
     cmd.append(url)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_die_with_parent)
+                            env={**os.environ, **env} if env else None, preexec_fn=_die_with_parent)
     try:
         stdout, stderr = proc.communicate(timeout=seconds + 30)
     except subprocess.TimeoutExpired as exc:
@@ -994,7 +996,8 @@ def _children_cpu_seconds() -> float:
 
 
 def wrk_measure(ctx: "Context", target: Target, path: str,
-                headers: tuple[str, ...] = (), gbps: bool = False) -> dict:
+                headers: tuple[str, ...] = (), gbps: bool = False,
+                env: dict[str, str] | None = None) -> dict:
     """Warm up, then one timed wrk run; add CPU shares and the worker's RSS.
 
     cpu_us_req is the CPU (user + system) of the target's whole process
@@ -1005,10 +1008,11 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     """
     url = target.url(path)
     hdr = "".join(f' -H "{h}"' for h in headers)
+    prefix = "".join(f"{k}={v} " for k, v in (env or {}).items())
     if ctx.opts.warmup_s > 0:
-        run_wrk(ctx, url, max(1, round(ctx.opts.warmup_s)), headers)
+        run_wrk(ctx, url, max(1, round(ctx.opts.warmup_s)), headers, env)
     seconds = max(1, round(ctx.opts.duration_s))
-    log(f"  {target.name}: wrk -t{ctx.opts.threads} -c{ctx.opts.connections} -d{seconds}s --latency{hdr} {url}")
+    log(f"  {target.name}: {prefix}wrk -t{ctx.opts.threads} -c{ctx.opts.connections} -d{seconds}s --latency{hdr} {url}")
 
     procs = target.candidates()
     own = {p.pid: p for p in target.processes()}
@@ -1021,7 +1025,7 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     cpu0 = {pid: _cpu_seconds(p) for pid, p in tree.items()}
     host0, wrk0 = _host_busy_seconds(), _children_cpu_seconds()
     t0 = time.monotonic()
-    result = run_wrk(ctx, url, seconds, headers)
+    result = run_wrk(ctx, url, seconds, headers, env)
     wall = time.monotonic() - t0
     host1, wrk1 = _host_busy_seconds(), _children_cpu_seconds()
     accepts1 = ctx.origin.accepts()
@@ -1472,6 +1476,7 @@ class Context:
     origin: Origin | None = None
     _cert: tls.Certificate | None = None
     _tls_client: ssl.SSLContext | None = None
+    _fresh_tls_lib: Path | None = None
 
     def certificate(self) -> tls.Certificate:
         """The certificate every https target serves: made on first use, once per run."""
@@ -1483,6 +1488,21 @@ class Context:
         if self._tls_client is None:
             self._tls_client = tls.client_context(self.certificate())
         return self._tls_client
+
+    def fresh_tls_env(self) -> dict[str, str]:
+        """wrk's environment for a full TLS handshake on every new connection
+        (bench/fresh_tls_session.c), the library built on first use."""
+        if self._fresh_tls_lib is None:
+            cc = find_tool("cc") or find_tool("gcc")
+            if cc is None:
+                raise BenchError(f"no C compiler (cc) to build {FRESH_TLS_SOURCE.name} for wrk")
+            lib = self.workdir / "fresh_tls_session.so"
+            out = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(FRESH_TLS_SOURCE), "-ldl"],
+                                 capture_output=True, text=True, timeout=60, check=False)
+            if out.returncode != 0:
+                raise BenchError(f"building {FRESH_TLS_SOURCE.name} failed", out.stderr[-2000:])
+            self._fresh_tls_lib = lib
+        return {"LD_PRELOAD": str(self._fresh_tls_lib)}
 
 
 def run_targets(opts: Options) -> list[str]:
