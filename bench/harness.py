@@ -20,7 +20,8 @@ Scenarios live in ``bench/scenarios/``, one per file, each exposing:
 and optionally
     MODE     str            "tcp" (default), "http" or "https": how the proxies are set up
     GOALS    dict           {metric key: ratio}: targets for lb against the better
-                            of HAProxy and nginx; a scenario with GOALS (even
+                            of HAProxy and nginx, or {metric key: Absolute(value)}
+                            on lb's own figure; a scenario with GOALS (even
                             empty) also gets the ratio lb/best
 
 A "local" scenario measures code in the harness's own process and starts no
@@ -33,6 +34,7 @@ A run of local scenarios only starts no process and needs no tool.
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import ctypes
 import dataclasses
 import datetime
@@ -1104,6 +1106,68 @@ def open_idle_connections(addr: tuple[str, int], n: int, timeout: float) -> list
     return socks
 
 
+IDLE_TLS_THREADS = 4   # handshakes in flight at once: the client's share of the two cores
+
+
+def open_tls_connections(addr: tuple[str, int], n: int, timeout: float,
+                         tls_client: ssl.SSLContext) -> list[socket.socket]:
+    """n TLS connections, each with its handshake completed (a full one: the
+    harness's client never resumes) and one keep-alive GET /small answered,
+    then left idle: every proxy has set the connection up entirely, its
+    request state included, and holds it open waiting for the next request.
+    A few threads at a time: Python's ssl releases the GIL in the handshake."""
+    req = b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n"
+    deadline = time.monotonic() + timeout
+
+    def one(i: int) -> socket.socket:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BenchError(f"could not open {n} TLS connections within {timeout:.0f}s")
+        try:
+            s = connect(addr, min(left, 5.0), tls_client)
+        except OSError as exc:
+            raise BenchError(f"TLS connection {i + 1} of {n} to {addr[0]}:{addr[1]} failed: {exc}") from exc
+        try:
+            s.sendall(req)
+            _read_response(s)
+        except (OSError, BenchError) as exc:
+            s.close()
+            raise BenchError(f"TLS connection {i + 1} of {n}: GET /small failed: {exc}") from exc
+        return s
+
+    pool = concurrent.futures.ThreadPoolExecutor(IDLE_TLS_THREADS)
+    futures = [pool.submit(one, i) for i in range(n)]
+    try:
+        concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+        return [f.result() for f in futures]      # raises the first failure
+    except BaseException:
+        pool.shutdown(cancel_futures=True)        # lets those in flight end, then closes all
+        close_connections([f.result() for f in futures
+                           if f.done() and not f.cancelled() and f.exception() is None])
+        raise
+    finally:
+        pool.shutdown()
+
+
+def _read_response(s: socket.socket) -> None:
+    """One whole response with a Content-Length body (all the origin sends)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise BenchError("connection closed before the response head")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    if not head.startswith(b"HTTP/1.1 200") or not m:
+        raise BenchError(f"unexpected response {head[:64]!r}")
+    while len(body) < int(m.group(1)):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise BenchError("connection closed in the response body")
+        body += chunk
+
+
 def close_connections(socks: list[socket.socket]) -> None:
     # RST instead of FIN: no TIME_WAIT left behind for the next scenario.
     linger = (1).to_bytes(4, sys.byteorder) + (0).to_bytes(4, sys.byteorder)
@@ -1116,7 +1180,12 @@ def close_connections(socks: list[socket.socket]) -> None:
 
 
 def idle_measure(ctx: "Context", target: Target, n: int) -> dict:
-    """RSS/USS of the worker before and after it holds n idle client connections."""
+    """RSS/USS of the worker before and after it holds n idle client connections.
+
+    tcp: connections that never send a byte, each with its origin connection
+    (2 fds in the worker). https: each after its handshake and one request
+    (open_tls_connections), 1 fd each (a few origin connections besides,
+    kept idle in the proxy's pool)."""
     procs = target.candidates()
     if not procs:
         raise BenchError(f"{target.name}: no worker process found")
@@ -1135,10 +1204,15 @@ def idle_measure(ctx: "Context", target: Target, n: int) -> dict:
     origin = ctx.origin.worker()
     origin_fds0 = _num_fds(origin) if origin else -1
 
-    log(f"  {target.name}: opening {n} idle connections to {target.addr[0]}:{target.addr[1]}")
-    socks = open_idle_connections(target.addr, n, IDLE_OPEN_TIMEOUT_S)
+    per_conn = 2 if target.mode == "tcp" else 1      # worker fds per client connection
+    log(f"  {target.name}: opening {n} idle {'TLS ' if target.tls else ''}connections "
+        f"to {target.addr[0]}:{target.addr[1]}")
+    if target.tls:
+        socks = open_tls_connections(target.addr, n, IDLE_OPEN_TIMEOUT_S, target.tls_client())
+    else:
+        socks = open_idle_connections(target.addr, n, IDLE_OPEN_TIMEOUT_S)
     try:
-        # Wait until one worker holds both ends of every pair (2 fds each); if the
+        # Wait until one worker holds every connection (per_conn fds each); if the
         # count stops moving short of that, accept what it holds after 2 s of calm.
         deadline = time.monotonic() + IDLE_SETTLE_TIMEOUT_S
         last, last_change = -1, time.monotonic()
@@ -1147,7 +1221,8 @@ def idle_measure(ctx: "Context", target: Target, n: int) -> dict:
             now = time.monotonic()
             if grown != last:
                 last, last_change = grown, now
-            if grown >= 2 * n or now > deadline or (grown >= n and now - last_change > 2.0):
+            if (grown >= per_conn * n or now > deadline
+                    or (grown >= n * per_conn // 2 and now - last_change > 2.0)):
                 break
             time.sleep(0.1)
         time.sleep(0.5)    # let allocations that follow the last accept land
@@ -1173,14 +1248,21 @@ def idle_measure(ctx: "Context", target: Target, n: int) -> dict:
     if mem0["uss"] is not None and after["uss"] is not None:
         result["uss_growth_mib"] = (after["uss"] - mem0["uss"]) / ONE_MIB
         result["uss_per_conn"] = (after["uss"] - mem0["uss"]) / n
-    if fds_grown < 2 * n:
+    if fds_grown < per_conn * n:
         log(f"  {target.name}: worker gained only {fds_grown} fds for {n} connections "
-            f"(expected {2 * n}); figures cover what it held")
+            f"(expected {per_conn * n}); figures cover what it held")
     return result
 
 
 # --------------------------------------------------------------------------
 # Scenarios and reporting
+
+@dataclasses.dataclass(frozen=True)
+class Absolute:
+    """A GOALS entry on lb's own figure instead of on lb/best (memory per
+    connection, say): met when lb's value is on the metric's better side."""
+    value: float
+
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
@@ -1205,6 +1287,17 @@ WRK_EXTRA_METRICS = (
     Metric("other_cpu_pct", "other cpu %", ".0f"),
 )
 ORIGIN_CONNS_METRIC = Metric("origin_conns", "origin conns", ",.0f")
+# Idle connections: the worker's memory before, after, and per connection.
+IDLE_METRICS = (
+    Metric("conns", "conns", "d"),
+    Metric("worker_fds_added", "fds added", "d"),
+    Metric("rss_before_mib", "rss0 MiB", ".1f"),
+    Metric("rss_after_mib", "rss1 MiB", ".1f"),
+    Metric("rss_growth_mib", "rss +MiB", ".2f", "lower"),
+    Metric("rss_per_conn", "rss B/conn", ",.0f", "lower"),
+    Metric("uss_growth_mib", "uss +MiB", ".2f", "lower"),
+    Metric("uss_per_conn", "uss B/conn", ",.0f", "lower"),
+)
 # https: what the proxy's own counters say it did during the timed run (lb
 # and HAProxy count handshakes; nginx has no counter: "-"). They show which
 # handshake a scenario measured.
@@ -1289,13 +1382,24 @@ def goal_report(scenario, results: dict, rat: dict, spread: dict | None = None) 
 
     `ratio` and `met` are None when lb (or an anchor) did not run; `met` comes
     from the ratio of the medians, `rounds_disagree` says whether the
-    per-round ratios fall on both sides of the target.
+    per-round ratios fall on both sides of the target. An Absolute goal has
+    "absolute": true, lb's own median as "value" (ratio and vs None), and no
+    rounds to disagree (the scenarios that have one run one round).
     """
     metrics = {m.key: m for m in scenario.METRICS}
     anchors = best_of(results, scenario.METRICS)
+    lb = results.get("lb", {})
     out = {}
     for key, target in getattr(scenario, "GOALS", {}).items():
         m = metrics[key]
+        if isinstance(target, Absolute):
+            value = lb.get(key) if lb.get("ok") else None
+            met = None
+            if _is_number(value):
+                met = value >= target.value if m.better == "higher" else value <= target.value
+            out[key] = {"target": target.value, "absolute": True, "better": m.better, "vs": None,
+                        "value": value, "ratio": None, "met": met, "rounds_disagree": False}
+            continue
         ratio = rat.get("lb/best", {}).get(key)
         met = None
         if ratio is not None:
@@ -1426,18 +1530,30 @@ def format_table(name: str, scenario, header: str, results: dict, rat: dict,
 
 def _format_goals(scenario, results: dict, rat: dict, spread: dict | None) -> list[str]:
     """Which of HAProxy and nginx is "best" on each figure, then lb against the
-    scenario's GOALS (when lb ran)."""
+    scenario's GOALS (when lb ran): those on lb/best, then the Absolute ones."""
     anchors = best_of(results, scenario.METRICS)
-    if not anchors:
-        return []
     labels = {m.key: m for m in scenario.METRICS}
-    picks = ", ".join(f"{labels[k].label} {t} ({_cell(results[t].get(k), labels[k].fmt)})"
-                      for k, t in anchors.items())
-    lines = [f"   best of {' and '.join(BEST_OF)}: {picks}"]
     goals = goal_report(scenario, results, rat, spread)
-    if goals and results.get("lb", {}).get("ok"):
+    relative = {k: g for k, g in goals.items() if not g.get("absolute")}
+    absolute = {k: g for k, g in goals.items() if g.get("absolute")}
+    lines = []
+    if anchors:
+        picks = ", ".join(f"{labels[k].label} {t} ({_cell(results[t].get(k), labels[k].fmt)})"
+                          for k, t in anchors.items())
+        lines.append(f"   best of {' and '.join(BEST_OF)}: {picks}")
+    if not results.get("lb", {}).get("ok"):
+        return lines
+    if absolute:
+        lines.append("   targets on lb's own figure:")
+        for key, g in absolute.items():
+            m = labels[key]
+            sign = ">=" if g["better"] == "higher" else "<="
+            verdict = "n/a" if g["met"] is None else "met" if g["met"] else "NOT met"
+            lines.append(f"     {m.label:<12} lb = {_cell(g['value'], m.fmt)}, "
+                         f"target {sign} {_cell(g['target'], m.fmt)}: {verdict}")
+    if relative and anchors:
         lines.append("   targets, lb/best (lb against the better of the two on that figure):")
-        for key, g in goals.items():
+        for key, g in relative.items():
             sign = ">=" if g["better"] == "higher" else "<="
             if g["ratio"] is None:
                 lines.append(f"     {labels[key].label:<12} target {sign} {g['target']:.2f}x: n/a")
@@ -1583,7 +1699,9 @@ def run_local(ctx: Context, scenario) -> dict:
 
 def _header(ctx: Context, scenario) -> str:
     if getattr(scenario, "KIND", "wrk") == "idle":
-        return f"{ctx.opts.idle_conns} idle client connections, one worker per proxy"
+        what = ("TLS client connections (handshake and one request each)"
+                if scenario_mode(scenario) == "https" else "client connections")
+        return f"{ctx.opts.idle_conns} idle {what}, one worker per proxy"
     return (f"wrk -t{ctx.opts.threads} -c{ctx.opts.connections} "
             f"-d{max(1, round(ctx.opts.duration_s))}s --latency, one worker per proxy")
 
