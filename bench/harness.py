@@ -70,7 +70,7 @@ FRESH_TLS_SOURCE = Path(__file__).resolve().parent / "fresh_tls_session.c"
 # origin, or the same HTTP behind TLS that each proxy terminates (the origin
 # stays plain HTTP).
 MODES = ("tcp", "http", "https")
-DEFAULT_SCENARIO_PREFIXES = ("tcp_", "http_")  # what `python -m bench` runs without names
+DEFAULT_SCENARIO_PREFIXES = ("tcp_", "http_", "https_")  # what `python -m bench` runs without names
 
 # Order in which targets run within a scenario, and which of them are proxies.
 # BASELINE is lb run from another checkout (--baseline DIR): a change measured
