@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rounds per wrk scenario, targets in rotated order; figures are "
                         "medians, ratios show their per-round min..max (default 1)")
     p.add_argument("--idle-conns", type=int, default=4000, metavar="N",
-                   help="idle connections for tcp_idle_rss (default 4000)")
+                   help="idle connections for tcp_idle_rss and https_idle_mem (default 4000)")
     p.add_argument("--only", type=_targets, default=harness.ONLY_NAMES, metavar="LIST",
                    help="proxies to run, comma-separated (default lb,haproxy,nginx)")
     p.add_argument("--baseline", type=_checkout, metavar="DIR",

@@ -2,8 +2,8 @@
 
 One run starts one nginx origin, then for every scenario starts each target
 afresh (direct, HAProxy, nginx, lb; as L4 forwarders or as HTTP reverse
-proxies, after the scenario's MODE), measures it alone with identical
-settings, and stops it before the next one starts. Figures are comparable only
+proxies, with or without TLS, after the scenario's MODE), measures it alone
+with identical settings, and stops it before the next one starts. Figures are comparable only
 within one run; the ratios lb/haproxy and lb/nginx are the point. With
 --repeat N, a wrk scenario runs N rounds (targets in rotated order, each
 started afresh) and reports per-target medians and the per-round ratio spread.
@@ -18,9 +18,10 @@ Scenarios live in ``bench/scenarios/``, one per file, each exposing:
     METRICS  tuple[Metric]  table columns; a Metric with `better` set gets ratios
     measure(ctx, target) -> dict   metric values for one running target
 and optionally
-    MODE     str            "tcp" (default) or "http": how the proxies are set up
+    MODE     str            "tcp" (default), "http" or "https": how the proxies are set up
     GOALS    dict           {metric key: ratio}: targets for lb against the better
-                            of HAProxy and nginx; a scenario with GOALS (even
+                            of HAProxy and nginx, or {metric key: Absolute(value)}
+                            on lb's own figure; a scenario with GOALS (even
                             empty) also gets the ratio lb/best
 
 A "local" scenario measures code in the harness's own process and starts no
@@ -33,6 +34,7 @@ A run of local scenarios only starts no process and needs no tool.
 from __future__ import annotations
 
 import abc
+import concurrent.futures
 import ctypes
 import dataclasses
 import datetime
@@ -49,6 +51,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -57,12 +60,17 @@ from pathlib import Path
 
 import psutil
 
+from bench import tls
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+FRESH_TLS_SOURCE = Path(__file__).resolve().parent / "fresh_tls_session.c"
 
-# What a scenario's targets proxy: L4 forwarding, or HTTP with keep-alive to the origin.
-MODES = ("tcp", "http")
-DEFAULT_SCENARIO_PREFIXES = ("tcp_", "http_")  # what `python -m bench` runs without names
+# What a scenario's targets proxy: L4 forwarding, HTTP with keep-alive to the
+# origin, or the same HTTP behind TLS that each proxy terminates (the origin
+# stays plain HTTP).
+MODES = ("tcp", "http", "https")
+DEFAULT_SCENARIO_PREFIXES = ("tcp_", "http_", "https_")  # what `python -m bench` runs without names
 
 # Order in which targets run within a scenario, and which of them are proxies.
 # BASELINE is lb run from another checkout (--baseline DIR): a change measured
@@ -324,30 +332,47 @@ class Service:
         self._log.close()
 
 
-def _http_probe(addr: tuple[str, int], path: str, timeout: float) -> bool:
-    """One GET through addr; True on a 200 response."""
+def connect(addr: tuple[str, int], timeout: float,
+            tls_client: ssl.SSLContext | None = None) -> socket.socket:
+    """A connection to addr; with tls_client, after a completed handshake
+    (which verifies the run's certificate chain: see bench/tls.py)."""
+    s = socket.create_connection(addr, timeout=timeout)
+    if tls_client is None:
+        return s
+    try:
+        return tls_client.wrap_socket(s, server_hostname=tls.SERVER_NAME)
+    except BaseException:
+        s.close()
+        raise
+
+
+def _http_probe(addr: tuple[str, int], path: str, timeout: float,
+                tls_client: ssl.SSLContext | None = None) -> str | None:
+    """One GET through addr; None on a 200 response, else what went wrong."""
     req = (f"GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").encode()
     try:
-        with socket.create_connection(addr, timeout=timeout) as s:
+        with connect(addr, timeout, tls_client) as s:
             s.sendall(req)
             head = s.recv(64)
-    except OSError:
-        return False
-    return head.startswith(b"HTTP/1.1 200")
+    except OSError as exc:   # ssl.SSLError too: a proxy still starting, or a chain that does not verify
+        return str(exc) or type(exc).__name__
+    return None if head.startswith(b"HTTP/1.1 200") else f"answered {head[:32]!r}"
 
 
-def wait_ready(service: Service, addr: tuple[str, int], timeout: float) -> None:
+def wait_ready(service: Service, addr: tuple[str, int], timeout: float,
+               tls_client: ssl.SSLContext | None = None) -> None:
     """Until addr answers GET /small with 200 through the service (bounded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not service.alive():
             raise BenchError(f"{service.name} exited with code {service.proc.returncode} "
                              f"before serving {addr[0]}:{addr[1]}", tail(service.log_path))
-        if _http_probe(addr, "/small", timeout=1.0):
+        error = _http_probe(addr, "/small", timeout=1.0, tls_client=tls_client)
+        if error is None:
             return
         time.sleep(0.05)
     raise BenchError(f"{service.name} did not serve GET /small on {addr[0]}:{addr[1]} "
-                     f"within {timeout:.0f}s", tail(service.log_path))
+                     f"within {timeout:.0f}s (last try: {error})", tail(service.log_path))
 
 
 # --------------------------------------------------------------------------
@@ -457,9 +482,10 @@ class Target(abc.ABC):
     """A thing under test on its own loopback address.
 
     `mode` is the scenario's MODE: "tcp" (L4 forwarding: HAProxy `mode tcp`,
-    nginx `stream`, an lb tcp listener) or "http" (a reverse proxy with
+    nginx `stream`, an lb tcp listener), "http" (a reverse proxy with
     keep-alive to the origin: HAProxy `mode http`, nginx `http`, an lb http
-    listener).
+    listener) or "https" (the same, terminating TLS with the run's
+    certificate and the settings of bench/tls.py).
     """
 
     name = ""
@@ -470,6 +496,8 @@ class Target(abc.ABC):
             raise BenchError(f"unknown scenario mode {mode!r}; have {', '.join(MODES)}")
         self.ctx = ctx
         self.mode = mode
+        self.http = mode != "tcp"       # a reverse proxy, not an L4 forwarder
+        self.tls = mode == "https"      # it terminates TLS
         self.dir = ctx.workdir / f"{scenario}-{self.name}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
@@ -477,13 +505,25 @@ class Target(abc.ABC):
         self.addr: tuple[str, int] = ("127.0.0.1", 0)
 
     def url(self, path: str) -> str:
-        return f"http://{self.addr[0]}:{self.addr[1]}{path}"
+        return f"{'https' if self.tls else 'http'}://{self.addr[0]}:{self.addr[1]}{path}"
+
+    def tls_client(self) -> ssl.SSLContext | None:
+        """How the harness's own clients (readiness probe, idle connections)
+        talk to this target: a context that verifies the run's chain, or None."""
+        return self.ctx.tls_client() if self.tls else None
+
+    def tls_counters(self) -> dict[str, int] | None:
+        """{"handshakes", "resumed"}: TLS handshakes the target completed so
+        far and how many resumed a session, from its own counters; None when
+        it has none to read (nginx) or speaks no TLS."""
+        return None
 
     def start(self) -> None:
         self.addr = ("127.0.0.1", self.ctx.ports.take())
         cmd = self.configure()
         self.service = Service(self.name, cmd, self.dir / "output.log", cwd=self.cwd())
-        wait_ready(self.service, self.addr, READY_TIMEOUT_S.get(self.name, DEFAULT_READY_TIMEOUT_S))
+        wait_ready(self.service, self.addr, READY_TIMEOUT_S.get(self.name, DEFAULT_READY_TIMEOUT_S),
+                   self.tls_client())
 
     def cwd(self) -> Path | None:
         return self.dir
@@ -541,7 +581,7 @@ class HAProxyTarget(Target):
         # Two fds per proxied connection, plus headroom, within our hard limit.
         maxconn = max(1000, (self.ctx.nofile - 200) // 2)
         origin = f"{self.ctx.origin.addr[0]}:{self.ctx.origin.addr[1]}"
-        if self.mode == "http":
+        if self.http:
             # http-reuse always: any request, a new client's first included,
             # may go over an idle origin connection, as nginx's upstream
             # keepalive and lb's backend pool do; "safe" would open a new
@@ -560,7 +600,7 @@ class HAProxyTarget(Target):
     timeout http-keep-alive 300s
 """
             rules = f"""\
-    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Proto {"https" if self.tls else "http"}
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
     server origin {origin} pool-max-conn 64
 """
@@ -572,7 +612,7 @@ global
     nbthread 1
     maxconn {maxconn}
     pidfile {self.dir}/haproxy.pid
-
+{self._tls_global() if self.tls else ""}
 defaults
 {defaults}    maxconn {maxconn}
     timeout connect 5s
@@ -580,11 +620,45 @@ defaults
     timeout server 300s
 
 listen bench
-    bind {self.addr[0]}:{self.addr[1]}
+    bind {self.addr[0]}:{self.addr[1]}{self._tls_bind() if self.tls else ""}
 {rules}"""
         path = self.dir / "haproxy.cfg"
         path.write_text(conf)
         return [self.ctx.tools["haproxy"], "-db", "-f", str(path)]
+
+    def _tls_global(self) -> str:
+        # No session cache (default 20,000 sessions): lb keeps none and nginx
+        # runs with `ssl_session_cache off`; resumption is by tickets alone
+        # for all three. The stats socket is only read, between runs, for the
+        # handshake counters (tls_counters).
+        return (f"    tune.ssl.cachesize 0\n"
+                f"    stats socket {self.dir}/stats.sock mode 600 level user\n")
+
+    def _tls_bind(self) -> str:
+        # bench/tls.py's settings, lb's defaults: versions, suites, groups,
+        # and the client's cipher order (HAProxy's default is its own).
+        cert = self.ctx.certificate()
+        return (f" ssl crt {cert.combined} alpn http/1.1"
+                f" ssl-min-ver {tls.PROTOCOLS[0]} ssl-max-ver {tls.PROTOCOLS[-1]}"
+                f" ciphers {tls.CIPHERS} ciphersuites {tls.CIPHERSUITES} curves {tls.GROUPS}"
+                f" prefer-client-ciphers")
+
+    def tls_counters(self) -> dict[str, int] | None:
+        # The frontend's row of `show stat`: ssl_sess counts the full
+        # handshakes, ssl_reused_sess the resumed ones.
+        if not self.tls:
+            return None
+        try:
+            lines = _unix_exchange(self.dir / "stats.sock", b"show stat\n").splitlines()
+        except OSError:
+            return None
+        header = lines[0].lstrip("# ").split(",") if lines else []
+        for line in lines[1:]:
+            row = dict(zip(header, line.split(",")))
+            if row.get("svname") == "FRONTEND" and row.get("ssl_sess", "").isdigit():
+                full, resumed = int(row["ssl_sess"]), int(row.get("ssl_reused_sess") or 0)
+                return {"handshakes": full + resumed, "resumed": resumed}
+        return None
 
     def candidates(self) -> list[psutil.Process]:
         return _procs([self.service.pid])
@@ -599,7 +673,7 @@ class NginxTarget(Target):
     def configure(self) -> list[str]:
         nofile = self.ctx.nofile
         load = ""
-        if self.mode == "http":
+        if self.http:
             (self.dir / "tmp").mkdir(exist_ok=True)
             (self.dir / "tmp").chmod(0o755)
             block = self._http_block()
@@ -657,7 +731,7 @@ http {{
         keepalive_timeout 300s;
     }}
     server {{
-        listen {self.addr[0]}:{self.addr[1]} backlog=4096;
+        listen {self.addr[0]}:{self.addr[1]}{" ssl" if self.tls else ""} backlog=4096;{self._tls_server() if self.tls else ""}
         location / {{
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -673,6 +747,25 @@ http {{
     }}
 }}
 """
+
+    def _tls_server(self) -> str:
+        # bench/tls.py's settings, lb's defaults; the client's cipher order
+        # (nginx's default too). Tickets as lb and HAProxy issue them;
+        # ssl_session_cache off (nginx's default, `none`, also stores nothing
+        # but tells clients it may): lb keeps no session cache, HAProxy runs
+        # without one, so all three resume by tickets alone. With one worker
+        # a shared cache would save nothing that tickets do not.
+        cert = self.ctx.certificate()
+        return f"""
+        ssl_certificate {cert.chain};
+        ssl_certificate_key {cert.key};
+        ssl_protocols {" ".join(tls.PROTOCOLS)};
+        ssl_ciphers {tls.CIPHERS};
+        ssl_conf_command Ciphersuites {tls.CIPHERSUITES};
+        ssl_ecdh_curve {tls.GROUPS};
+        ssl_prefer_server_ciphers off;
+        ssl_session_cache off;
+        ssl_session_tickets on;"""
 
     def candidates(self) -> list[psutil.Process]:
         return _children(self.service.pid)
@@ -697,7 +790,7 @@ class LbTarget(Target):
         # http: the defaults of docs/configuration.md (X-Forwarded-For,
         # -Proto and -Host added), but as many idle origin connections kept
         # as nginx's `keepalive 64` and HAProxy's pool-max-conn 64.
-        pool_keys = 'keepalive_max_idle = 64\n' if self.mode == "http" else ""
+        pool_keys = 'keepalive_max_idle = 64\n' if self.http else ""
         conf = f"""\
 [global]
 workers = 1
@@ -708,9 +801,9 @@ group = "{group}"
 
 [listeners.bench]
 bind = ["{self.addr[0]}:{self.addr[1]}"]
-mode = "{self.mode}"
+mode = "{"http" if self.http else "tcp"}"
 pool = "origin"
-
+{self._tls_listener() if self.tls else ""}
 [pools.origin]
 algorithm = "roundrobin"
 {pool_keys}
@@ -723,6 +816,35 @@ algorithm = "roundrobin"
         path = self.dir / "lb.toml"
         path.write_text(conf)
         return [sys.executable, "-m", "lb", "run", "-c", str(path)]
+
+    def _tls_listener(self) -> str:
+        # bench/tls.py's settings, written out although they are lb's
+        # defaults (docs/configuration.md, 3c): the three proxies stay alike
+        # if those defaults change.
+        cert = self.ctx.certificate()
+        protocols = ", ".join(f'"{p}"' for p in tls.PROTOCOLS)
+        return f"""
+  [listeners.bench.tls]
+  certificates = [{{ cert = "{cert.chain}", key = "{cert.key}" }}]
+  protocols = [{protocols}]
+  ciphers = "{tls.CIPHERS}"
+  ciphersuites = "{tls.CIPHERSUITES}"
+  groups = "{tls.GROUPS}"
+"""
+
+    def tls_counters(self) -> dict[str, int] | None:
+        # lb's own counters (docs/tls.md): tls_handshakes counts every
+        # completed handshake, tls_resumed those that resumed.
+        if not self.tls:
+            return None
+        try:
+            reply = json.loads(_unix_exchange(self.dir / "admin.sock",
+                                              b'{"v": 1, "cmd": "status"}\n', lines=1))
+        except (OSError, ValueError):
+            return None
+        workers = (reply.get("result") or {}).get("workers") or []
+        return {"handshakes": sum(w.get("tls_handshakes", 0) for w in workers),
+                "resumed": sum(w.get("tls_resumed", 0) for w in workers)}
 
     def candidates(self) -> list[psutil.Process]:
         # Worker(s) and maybe a checker; callers pick the busiest or fullest one.
@@ -740,6 +862,21 @@ class LbBaseTarget(LbTarget):
 
 TARGET_CLASSES = {cls.name: cls for cls in (DirectTarget, HAProxyTarget, NginxTarget, LbTarget,
                                             LbBaseTarget)}
+
+
+def _unix_exchange(path: Path, request: bytes, lines: int | None = None) -> str:
+    """The answer of a UNIX stream socket to one request: its first `lines`
+    lines, or everything until it closes."""
+    chunks = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(5.0)
+        s.connect(str(path))
+        s.sendall(request)
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+            if lines is not None and b"".join(chunks).count(b"\n") >= lines:
+                break
+    return b"".join(chunks).decode(errors="replace")
 
 
 def _procs(pids: list[int]) -> list[psutil.Process]:
@@ -823,14 +960,15 @@ def parse_wrk(text: str) -> dict:
     return out
 
 
-def run_wrk(ctx: "Context", url: str, seconds: int, headers: tuple[str, ...] = ()) -> dict:
+def run_wrk(ctx: "Context", url: str, seconds: int, headers: tuple[str, ...] = (),
+            env: dict[str, str] | None = None) -> dict:
     cmd = [ctx.tools["wrk"], "-t", str(ctx.opts.threads), "-c", str(ctx.opts.connections),
            "-d", f"{seconds}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
     cmd.append(url)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=_die_with_parent)
+                            env={**os.environ, **env} if env else None, preexec_fn=_die_with_parent)
     try:
         stdout, stderr = proc.communicate(timeout=seconds + 30)
     except subprocess.TimeoutExpired as exc:
@@ -860,7 +998,8 @@ def _children_cpu_seconds() -> float:
 
 
 def wrk_measure(ctx: "Context", target: Target, path: str,
-                headers: tuple[str, ...] = (), gbps: bool = False) -> dict:
+                headers: tuple[str, ...] = (), gbps: bool = False,
+                env: dict[str, str] | None = None) -> dict:
     """Warm up, then one timed wrk run; add CPU shares and the worker's RSS.
 
     cpu_us_req is the CPU (user + system) of the target's whole process
@@ -871,10 +1010,11 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     """
     url = target.url(path)
     hdr = "".join(f' -H "{h}"' for h in headers)
+    prefix = "".join(f"{k}={v} " for k, v in (env or {}).items())
     if ctx.opts.warmup_s > 0:
-        run_wrk(ctx, url, max(1, round(ctx.opts.warmup_s)), headers)
+        run_wrk(ctx, url, max(1, round(ctx.opts.warmup_s)), headers, env)
     seconds = max(1, round(ctx.opts.duration_s))
-    log(f"  {target.name}: wrk -t{ctx.opts.threads} -c{ctx.opts.connections} -d{seconds}s --latency{hdr} {url}")
+    log(f"  {target.name}: {prefix}wrk -t{ctx.opts.threads} -c{ctx.opts.connections} -d{seconds}s --latency{hdr} {url}")
 
     procs = target.candidates()
     own = {p.pid: p for p in target.processes()}
@@ -883,13 +1023,15 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     if origin is not None:
         tree[origin.pid] = origin
     accepts0 = ctx.origin.accepts()
+    tls0 = target.tls_counters()
     cpu0 = {pid: _cpu_seconds(p) for pid, p in tree.items()}
     host0, wrk0 = _host_busy_seconds(), _children_cpu_seconds()
     t0 = time.monotonic()
-    result = run_wrk(ctx, url, seconds, headers)
+    result = run_wrk(ctx, url, seconds, headers, env)
     wall = time.monotonic() - t0
     host1, wrk1 = _host_busy_seconds(), _children_cpu_seconds()
     accepts1 = ctx.origin.accepts()
+    result.update(_tls_delta(tls0, target.tls_counters()))
     # New origin connections during the timed run (the second query counts
     # itself): how well a proxy reuses its keep-alive connections to the origin.
     result["origin_conns"] = (accepts1 - accepts0 - 1
@@ -929,6 +1071,16 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     return result
 
 
+def _tls_delta(before: dict | None, after: dict | None) -> dict:
+    """TLS handshakes a target completed between two readings of its
+    counters, and the share that resumed a session (None: not counted)."""
+    if before is None or after is None:
+        return {"tls_handshakes": None, "tls_resumed_pct": None}
+    n = after["handshakes"] - before["handshakes"]
+    resumed = after["resumed"] - before["resumed"]
+    return {"tls_handshakes": n, "tls_resumed_pct": 100.0 * resumed / n if n else None}
+
+
 # --------------------------------------------------------------------------
 # Idle connections: memory held per connection by one worker.
 
@@ -954,6 +1106,68 @@ def open_idle_connections(addr: tuple[str, int], n: int, timeout: float) -> list
     return socks
 
 
+IDLE_TLS_THREADS = 4   # handshakes in flight at once: the client's share of the two cores
+
+
+def open_tls_connections(addr: tuple[str, int], n: int, timeout: float,
+                         tls_client: ssl.SSLContext) -> list[socket.socket]:
+    """n TLS connections, each with its handshake completed (a full one: the
+    harness's client never resumes) and one keep-alive GET /small answered,
+    then left idle: every proxy has set the connection up entirely, its
+    request state included, and holds it open waiting for the next request.
+    A few threads at a time: Python's ssl releases the GIL in the handshake."""
+    req = b"GET /small HTTP/1.1\r\nHost: bench\r\n\r\n"
+    deadline = time.monotonic() + timeout
+
+    def one(i: int) -> socket.socket:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise BenchError(f"could not open {n} TLS connections within {timeout:.0f}s")
+        try:
+            s = connect(addr, min(left, 5.0), tls_client)
+        except OSError as exc:
+            raise BenchError(f"TLS connection {i + 1} of {n} to {addr[0]}:{addr[1]} failed: {exc}") from exc
+        try:
+            s.sendall(req)
+            _read_response(s)
+        except (OSError, BenchError) as exc:
+            s.close()
+            raise BenchError(f"TLS connection {i + 1} of {n}: GET /small failed: {exc}") from exc
+        return s
+
+    pool = concurrent.futures.ThreadPoolExecutor(IDLE_TLS_THREADS)
+    futures = [pool.submit(one, i) for i in range(n)]
+    try:
+        concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_EXCEPTION)
+        return [f.result() for f in futures]      # raises the first failure
+    except BaseException:
+        pool.shutdown(cancel_futures=True)        # lets those in flight end, then closes all
+        close_connections([f.result() for f in futures
+                           if f.done() and not f.cancelled() and f.exception() is None])
+        raise
+    finally:
+        pool.shutdown()
+
+
+def _read_response(s: socket.socket) -> None:
+    """One whole response with a Content-Length body (all the origin sends)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(4096)
+        if not chunk:
+            raise BenchError("connection closed before the response head")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    m = re.search(rb"(?im)^content-length:\s*(\d+)\s*$", head)
+    if not head.startswith(b"HTTP/1.1 200") or not m:
+        raise BenchError(f"unexpected response {head[:64]!r}")
+    while len(body) < int(m.group(1)):
+        chunk = s.recv(4096)
+        if not chunk:
+            raise BenchError("connection closed in the response body")
+        body += chunk
+
+
 def close_connections(socks: list[socket.socket]) -> None:
     # RST instead of FIN: no TIME_WAIT left behind for the next scenario.
     linger = (1).to_bytes(4, sys.byteorder) + (0).to_bytes(4, sys.byteorder)
@@ -966,7 +1180,12 @@ def close_connections(socks: list[socket.socket]) -> None:
 
 
 def idle_measure(ctx: "Context", target: Target, n: int) -> dict:
-    """RSS/USS of the worker before and after it holds n idle client connections."""
+    """RSS/USS of the worker before and after it holds n idle client connections.
+
+    tcp: connections that never send a byte, each with its origin connection
+    (2 fds in the worker). https: each after its handshake and one request
+    (open_tls_connections), 1 fd each (a few origin connections besides,
+    kept idle in the proxy's pool)."""
     procs = target.candidates()
     if not procs:
         raise BenchError(f"{target.name}: no worker process found")
@@ -985,10 +1204,15 @@ def idle_measure(ctx: "Context", target: Target, n: int) -> dict:
     origin = ctx.origin.worker()
     origin_fds0 = _num_fds(origin) if origin else -1
 
-    log(f"  {target.name}: opening {n} idle connections to {target.addr[0]}:{target.addr[1]}")
-    socks = open_idle_connections(target.addr, n, IDLE_OPEN_TIMEOUT_S)
+    per_conn = 2 if target.mode == "tcp" else 1      # worker fds per client connection
+    log(f"  {target.name}: opening {n} idle {'TLS ' if target.tls else ''}connections "
+        f"to {target.addr[0]}:{target.addr[1]}")
+    if target.tls:
+        socks = open_tls_connections(target.addr, n, IDLE_OPEN_TIMEOUT_S, target.tls_client())
+    else:
+        socks = open_idle_connections(target.addr, n, IDLE_OPEN_TIMEOUT_S)
     try:
-        # Wait until one worker holds both ends of every pair (2 fds each); if the
+        # Wait until one worker holds every connection (per_conn fds each); if the
         # count stops moving short of that, accept what it holds after 2 s of calm.
         deadline = time.monotonic() + IDLE_SETTLE_TIMEOUT_S
         last, last_change = -1, time.monotonic()
@@ -997,7 +1221,8 @@ def idle_measure(ctx: "Context", target: Target, n: int) -> dict:
             now = time.monotonic()
             if grown != last:
                 last, last_change = grown, now
-            if grown >= 2 * n or now > deadline or (grown >= n and now - last_change > 2.0):
+            if (grown >= per_conn * n or now > deadline
+                    or (grown >= n * per_conn // 2 and now - last_change > 2.0)):
                 break
             time.sleep(0.1)
         time.sleep(0.5)    # let allocations that follow the last accept land
@@ -1023,14 +1248,21 @@ def idle_measure(ctx: "Context", target: Target, n: int) -> dict:
     if mem0["uss"] is not None and after["uss"] is not None:
         result["uss_growth_mib"] = (after["uss"] - mem0["uss"]) / ONE_MIB
         result["uss_per_conn"] = (after["uss"] - mem0["uss"]) / n
-    if fds_grown < 2 * n:
+    if fds_grown < per_conn * n:
         log(f"  {target.name}: worker gained only {fds_grown} fds for {n} connections "
-            f"(expected {2 * n}); figures cover what it held")
+            f"(expected {per_conn * n}); figures cover what it held")
     return result
 
 
 # --------------------------------------------------------------------------
 # Scenarios and reporting
+
+@dataclasses.dataclass(frozen=True)
+class Absolute:
+    """A GOALS entry on lb's own figure instead of on lb/best (memory per
+    connection, say): met when lb's value is on the metric's better side."""
+    value: float
+
 
 @dataclasses.dataclass(frozen=True)
 class Metric:
@@ -1055,6 +1287,25 @@ WRK_EXTRA_METRICS = (
     Metric("other_cpu_pct", "other cpu %", ".0f"),
 )
 ORIGIN_CONNS_METRIC = Metric("origin_conns", "origin conns", ",.0f")
+# Idle connections: the worker's memory before, after, and per connection.
+IDLE_METRICS = (
+    Metric("conns", "conns", "d"),
+    Metric("worker_fds_added", "fds added", "d"),
+    Metric("rss_before_mib", "rss0 MiB", ".1f"),
+    Metric("rss_after_mib", "rss1 MiB", ".1f"),
+    Metric("rss_growth_mib", "rss +MiB", ".2f", "lower"),
+    Metric("rss_per_conn", "rss B/conn", ",.0f", "lower"),
+    Metric("uss_growth_mib", "uss +MiB", ".2f", "lower"),
+    Metric("uss_per_conn", "uss B/conn", ",.0f", "lower"),
+)
+# https: what the proxy's own counters say it did during the timed run (lb
+# and HAProxy count handshakes; nginx has no counter: "-"). They show which
+# handshake a scenario measured.
+TLS_METRICS = (
+    Metric("tls_handshakes", "handshakes", ",.0f"),
+    Metric("tls_resumed_pct", "resumed %", ".0f"),
+)
+HTTPS_WRK_METRICS = WRK_METRICS + WRK_EXTRA_METRICS + (ORIGIN_CONNS_METRIC,) + TLS_METRICS
 
 
 def scenario_mode(scenario) -> str:
@@ -1131,13 +1382,24 @@ def goal_report(scenario, results: dict, rat: dict, spread: dict | None = None) 
 
     `ratio` and `met` are None when lb (or an anchor) did not run; `met` comes
     from the ratio of the medians, `rounds_disagree` says whether the
-    per-round ratios fall on both sides of the target.
+    per-round ratios fall on both sides of the target. An Absolute goal has
+    "absolute": true, lb's own median as "value" (ratio and vs None), and no
+    rounds to disagree (the scenarios that have one run one round).
     """
     metrics = {m.key: m for m in scenario.METRICS}
     anchors = best_of(results, scenario.METRICS)
+    lb = results.get("lb", {})
     out = {}
     for key, target in getattr(scenario, "GOALS", {}).items():
         m = metrics[key]
+        if isinstance(target, Absolute):
+            value = lb.get(key) if lb.get("ok") else None
+            met = None
+            if _is_number(value):
+                met = value >= target.value if m.better == "higher" else value <= target.value
+            out[key] = {"target": target.value, "absolute": True, "better": m.better, "vs": None,
+                        "value": value, "ratio": None, "met": met, "rounds_disagree": False}
+            continue
         ratio = rat.get("lb/best", {}).get(key)
         met = None
         if ratio is not None:
@@ -1268,18 +1530,30 @@ def format_table(name: str, scenario, header: str, results: dict, rat: dict,
 
 def _format_goals(scenario, results: dict, rat: dict, spread: dict | None) -> list[str]:
     """Which of HAProxy and nginx is "best" on each figure, then lb against the
-    scenario's GOALS (when lb ran)."""
+    scenario's GOALS (when lb ran): those on lb/best, then the Absolute ones."""
     anchors = best_of(results, scenario.METRICS)
-    if not anchors:
-        return []
     labels = {m.key: m for m in scenario.METRICS}
-    picks = ", ".join(f"{labels[k].label} {t} ({_cell(results[t].get(k), labels[k].fmt)})"
-                      for k, t in anchors.items())
-    lines = [f"   best of {' and '.join(BEST_OF)}: {picks}"]
     goals = goal_report(scenario, results, rat, spread)
-    if goals and results.get("lb", {}).get("ok"):
+    relative = {k: g for k, g in goals.items() if not g.get("absolute")}
+    absolute = {k: g for k, g in goals.items() if g.get("absolute")}
+    lines = []
+    if anchors:
+        picks = ", ".join(f"{labels[k].label} {t} ({_cell(results[t].get(k), labels[k].fmt)})"
+                          for k, t in anchors.items())
+        lines.append(f"   best of {' and '.join(BEST_OF)}: {picks}")
+    if not results.get("lb", {}).get("ok"):
+        return lines
+    if absolute:
+        lines.append("   targets on lb's own figure:")
+        for key, g in absolute.items():
+            m = labels[key]
+            sign = ">=" if g["better"] == "higher" else "<="
+            verdict = "n/a" if g["met"] is None else "met" if g["met"] else "NOT met"
+            lines.append(f"     {m.label:<12} lb = {_cell(g['value'], m.fmt)}, "
+                         f"target {sign} {_cell(g['target'], m.fmt)}: {verdict}")
+    if relative and anchors:
         lines.append("   targets, lb/best (lb against the better of the two on that figure):")
-        for key, g in goals.items():
+        for key, g in relative.items():
             sign = ">=" if g["better"] == "higher" else "<="
             if g["ratio"] is None:
                 lines.append(f"     {labels[key].label:<12} target {sign} {g['target']:.2f}x: n/a")
@@ -1316,6 +1590,35 @@ class Context:
     ports: PortAllocator
     nofile: int
     origin: Origin | None = None
+    _cert: tls.Certificate | None = None
+    _tls_client: ssl.SSLContext | None = None
+    _fresh_tls_lib: Path | None = None
+
+    def certificate(self) -> tls.Certificate:
+        """The certificate every https target serves: made on first use, once per run."""
+        if self._cert is None:
+            self._cert = tls.make_certificate(self.workdir / "tls")
+        return self._cert
+
+    def tls_client(self) -> ssl.SSLContext:
+        if self._tls_client is None:
+            self._tls_client = tls.client_context(self.certificate())
+        return self._tls_client
+
+    def fresh_tls_env(self) -> dict[str, str]:
+        """wrk's environment for a full TLS handshake on every new connection
+        (bench/fresh_tls_session.c), the library built on first use."""
+        if self._fresh_tls_lib is None:
+            cc = find_tool("cc") or find_tool("gcc")
+            if cc is None:
+                raise BenchError(f"no C compiler (cc) to build {FRESH_TLS_SOURCE.name} for wrk")
+            lib = self.workdir / "fresh_tls_session.so"
+            out = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(FRESH_TLS_SOURCE), "-ldl"],
+                                 capture_output=True, text=True, timeout=60, check=False)
+            if out.returncode != 0:
+                raise BenchError(f"building {FRESH_TLS_SOURCE.name} failed", out.stderr[-2000:])
+            self._fresh_tls_lib = lib
+        return {"LD_PRELOAD": str(self._fresh_tls_lib)}
 
 
 def run_targets(opts: Options) -> list[str]:
@@ -1396,7 +1699,9 @@ def run_local(ctx: Context, scenario) -> dict:
 
 def _header(ctx: Context, scenario) -> str:
     if getattr(scenario, "KIND", "wrk") == "idle":
-        return f"{ctx.opts.idle_conns} idle client connections, one worker per proxy"
+        what = ("TLS client connections (handshake and one request each)"
+                if scenario_mode(scenario) == "https" else "client connections")
+        return f"{ctx.opts.idle_conns} idle {what}, one worker per proxy"
     return (f"wrk -t{ctx.opts.threads} -c{ctx.opts.connections} "
             f"-d{max(1, round(ctx.opts.duration_s))}s --latency, one worker per proxy")
 

@@ -13,16 +13,7 @@ ORDER = 40
 KIND = "idle"
 SUMMARY = "N idle proxied connections held by one worker: memory growth per connection"
 TARGETS = harness.PROXY_NAMES
-METRICS = (
-    harness.Metric("conns", "conns", "d"),
-    harness.Metric("worker_fds_added", "fds added", "d"),
-    harness.Metric("rss_before_mib", "rss0 MiB", ".1f"),
-    harness.Metric("rss_after_mib", "rss1 MiB", ".1f"),
-    harness.Metric("rss_growth_mib", "rss +MiB", ".2f", "lower"),
-    harness.Metric("rss_per_conn", "rss B/conn", ",.0f", "lower"),
-    harness.Metric("uss_growth_mib", "uss +MiB", ".2f", "lower"),
-    harness.Metric("uss_per_conn", "uss B/conn", ",.0f", "lower"),
-)
+METRICS = harness.IDLE_METRICS
 
 
 def measure(ctx, target):
