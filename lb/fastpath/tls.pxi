@@ -511,6 +511,9 @@ cdef int tls_alpn_cb(SSL *ssl, const unsigned char **out, unsigned char *outlen,
 # issues (enc) and every ticket a client offers.
 
 cdef shm_tls_tickets *TLS_TICKETS = NULL   # this worker's region (Worker.__init__)
+# Fetched once: a cipher named at each call (EVP_aes_256_cbc()) is looked up in
+# the providers every time, a cost every handshake would pay twice.
+cdef const EVP_CIPHER *TICKET_CIPHER = EVP_CIPHER_fetch(NULL, b"AES-256-CBC", NULL)
 
 
 cdef void tickets_read(shm_tls_tickets *src, shm_tls_tickets *out) noexcept nogil:
@@ -545,7 +548,7 @@ cdef int tls_ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP
         return 0
     if enc:
         key = &k.keys[k.current]
-        if RAND_bytes(iv, 16) != 1 or EVP_EncryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1:
+        if RAND_bytes(iv, 16) != 1 or EVP_EncryptInit_ex(ectx, TICKET_CIPHER, NULL, key.aes, iv) != 1:
             rc = 0
         memcpy(key_name, key.name, 16)
     else:
@@ -554,7 +557,7 @@ cdef int tls_ticket_cb(SSL *ssl, unsigned char *key_name, unsigned char *iv, EVP
                 key = &k.keys[i]
                 rc = 1 if i == k.current and SSL_version(ssl) != TLS1_3_VERSION else 2
                 break
-        if key == NULL or EVP_DecryptInit_ex(ectx, EVP_aes_256_cbc(), NULL, key.aes, iv) != 1:
+        if key == NULL or EVP_DecryptInit_ex(ectx, TICKET_CIPHER, NULL, key.aes, iv) != 1:
             rc = 0
     if rc:
         params[0] = OSSL_PARAM_construct_octet_string(b"key", key.hmac, 32)
@@ -854,6 +857,11 @@ cdef class TlsServer:
                                                        if settings.client_verify == "required" else 0), NULL)
         if self.tickets:
             SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, tls_ticket_cb)
+            # one TLS 1.3 ticket per handshake, not OpenSSL's two: a client
+            # keeps one session per server, and every resumption brings it a
+            # new ticket, so the second one would cost each handshake a ticket
+            # encryption and a record for nothing
+            SSL_CTX_set_num_tickets(ctx, 1)
         else:
             SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET)
             SSL_CTX_set_num_tickets(ctx, 0)

@@ -230,6 +230,7 @@ cdef extern from "openssl/params.h" nogil:
 
 cdef extern from "openssl/evp.h" nogil:
     int EVP_MAC_CTX_set_params(EVP_MAC_CTX *ctx, const OSSL_PARAM *params)
+    EVP_CIPHER *EVP_CIPHER_fetch(void *libctx, const char *algorithm, const char *properties)
 
 cdef extern from "openssl/bio.h" nogil:
     BIO *BIO_new_file(const char *filename, const char *mode)
