@@ -194,6 +194,23 @@ class LbProcess:
 
 
 @pytest.fixture
+def origins():
+    """origins(name="o"): an http origin (tests/http_origin.py), stopped at the end of the test."""
+    from http_origin import Origin
+
+    started = []
+
+    def start(name: str = "o"):
+        o = Origin(name)
+        started.append(o)
+        return o
+
+    yield start
+    for o in started:
+        o.stop()
+
+
+@pytest.fixture
 def run_lb(tmp_path):
     started: list[LbProcess] = []
 

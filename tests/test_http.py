@@ -33,20 +33,6 @@ BIG = 5 * MIB
 # ---- set-up ----------------------------------------------------------------------------
 
 @pytest.fixture
-def origins():
-    started: list[Origin] = []
-
-    def start(name: str) -> Origin:
-        o = Origin(name)
-        started.append(o)
-        return o
-
-    yield start
-    for o in started:
-        o.stop()
-
-
-@pytest.fixture
 def one_origin(origins, run_lb):
     """The port of an lb with one worker and one origin, "o"."""
     o = origins("o")

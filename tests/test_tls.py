@@ -131,20 +131,6 @@ def handshakes(lb: LbProcess) -> int:
     return sum(w["tls_handshakes"] for w in lb.worker_stats())
 
 
-@pytest.fixture
-def origins():
-    started: list[Origin] = []
-
-    def start(name: str = "o") -> Origin:
-        o = Origin(name)
-        started.append(o)
-        return o
-
-    yield start
-    for o in started:
-        o.stop()
-
-
 @contextlib.contextmanager
 def https(port: int, ctx: ssl.SSLContext, timeout: float = 10):
     """A keep-alive client (no SNI: it connects to an address), closed after the block."""

@@ -22,6 +22,7 @@ from lb.config.values import (
     check_url_path,
     did_you_mean,
     parse_bind,
+    string_list,
     wrong_type,
 )
 
@@ -125,13 +126,7 @@ def _parse_bind_list(t: Table) -> list[tuple[str, str]]:
         return [(value, t.path_of("bind"))]
     if not value:
         raise ConfigError(t.path_of("bind"), "at least one address is required")
-    out = []
-    for i, item in enumerate(value):
-        path = f"{t.path_of('bind')}[{i}]"
-        if not isinstance(item, str):
-            raise wrong_type(path, item, "a string")
-        out.append((item, path))
-    return out
+    return string_list(t, "bind", REQUIRED, "a list of addresses")
 
 
 def _check_pool_ref(pool: str, path: str, pools: dict[str, Pool]) -> str:

@@ -17,7 +17,7 @@ import re
 import time
 
 from lb.config.headers import check_header_name, check_rewritable
-from lb.config.values import HOSTNAME, MIN_TIMEOUT, ConfigError, Table, check_absolute_path, wrong_type
+from lb.config.values import HOSTNAME, MIN_TIMEOUT, ConfigError, Table, check_absolute_path, string_list
 
 GLOBAL_KEYS = ("tickets", "ticket_keys", "ticket_rotate")
 POOL_KEYS = ("verify", "ca", "sni", "cert", "key")
@@ -249,20 +249,8 @@ def _client_headers(t: Table, mode: str) -> tuple[str, str, str]:
     return tuple(names)
 
 
-def _strings(t: Table, key: str, default: tuple[str, ...]) -> list[tuple[str, str]]:
-    """A list of strings, each with its key path."""
-    value = t.get(key, list(default), "a list of strings", lambda v: isinstance(v, list))
-    out = []
-    for i, item in enumerate(value):
-        path = f"{t.path_of(key)}[{i}]"
-        if not isinstance(item, str):
-            raise wrong_type(path, item, "a string")
-        out.append((item, path))
-    return out
-
-
 def _protocols(t: Table) -> tuple[str, ...]:
-    items = _strings(t, "protocols", PROTOCOLS)
+    items = string_list(t, "protocols", list(PROTOCOLS))
     if not items:
         raise ConfigError(t.path_of("protocols"), f"at least one is required ({', '.join(PROTOCOLS)})")
     for value, path in items:
@@ -273,7 +261,7 @@ def _protocols(t: Table) -> tuple[str, ...]:
 
 
 def _alpn(t: Table, default: tuple[str, ...]) -> tuple[str, ...]:
-    items = _strings(t, "alpn", default)
+    items = string_list(t, "alpn", list(default))
     for value, path in items:
         if not _PROTOCOL_ID.fullmatch(value):
             raise ConfigError(path, f"{value!r} is not an ALPN protocol id (1 to 255 printable characters)")

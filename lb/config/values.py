@@ -206,6 +206,18 @@ class Table:
         return out
 
 
+def string_list(t: Table, key: str, default: object, expected: str = "a list of strings") -> list[tuple[str, str]]:
+    """A list of strings, each with its key path ([i])."""
+    value = t.get(key, default, expected, lambda v: isinstance(v, list))
+    out = []
+    for i, item in enumerate(value):
+        path = f"{t.path_of(key)}[{i}]"
+        if not isinstance(item, str):
+            raise wrong_type(path, item, "a string")
+        out.append((item, path))
+    return out
+
+
 def warn_set_but_unused(t: Table, keys: tuple[str, ...], condition: str, warnings: list[str]) -> None:
     for key in keys:
         if t.has(key):
