@@ -222,6 +222,17 @@ def test_new_backend_connections_resume_the_session(pki, nginx, run_lb, site):
     assert [e["reused"] for e in seen] == [".", "r", "r", "r"]
 
 
+def test_each_backend_resumes_its_own_session(pki, nginx, run_lb):
+    """Two backends of one pool (one TLS 1.3, one TLS 1.2 only), taken in
+    turn on new connections: each resumes the session lb made with it."""
+    port, _lb = http_lb(run_lb, [member(nginx, "good"), member(nginx, "good12")], ca_toml(pki),
+                        pool_extra="keepalive_max_idle = 0")
+    seen = [origin_saw(port, f"/two/{i}") for i in range(6)]
+    by_site = {site: [(e["protocol"], e["reused"]) for e in seen if e["site"] == site] for site in ("good", "good12")}
+    assert by_site == {"good": [("TLSv1.3", "."), ("TLSv1.3", "r"), ("TLSv1.3", "r")],
+                       "good12": [("TLSv1.2", "."), ("TLSv1.2", "r"), ("TLSv1.2", "r")]}
+
+
 def test_send_proxy_in_clear_before_the_handshake_http(pki, nginx, run_lb):
     """http mode, send_proxy with TLS: nginx (`listen ... ssl proxy_protocol`)
     reads lb's PROXY header before the handshake and sees the client's address."""
@@ -232,6 +243,17 @@ def test_send_proxy_in_clear_before_the_handshake_http(pki, nginx, run_lb):
     echo = origin_saw(port, "/proxied", conn=c)
     c.close()
     assert (echo["site"], echo["proxy_addr"], echo["proxy_port"]) == ("proxied", "127.0.0.1", str(client_port))
+
+
+def test_tls_pool_in_front_of_a_plain_backend(pki, run_lb, backends):
+    """A pool with TLS whose backend speaks plain text (a greeting as soon as
+    it is connected): that is no TLS answer, so the check says the handshake
+    failed (no certificate to blame) and no request gets through (503)."""
+    b = backends("plain", hello=True)
+    port, lb = http_lb(run_lb, [("plain", b.address)], ca_toml(pki), health=checks("tcp"))
+    status_b = wait_health(lb, {"plain": "down"})
+    assert status_b["plain"]["down_reason"].startswith("TLS handshake failed, check took"), status_b["plain"]
+    assert get(port) == (503, SERVICE_UNAVAILABLE)
 
 
 # ---- http mode: lb's client certificate -------------------------------------------------------
