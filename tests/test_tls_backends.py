@@ -376,7 +376,11 @@ def wait_health(lb, want: dict, timeout: float = 10) -> dict:
         b = status_backends(lb)
         return b if all(b[name]["health"] == h for name, h in want.items()) else None
 
-    return wait_for(ok, timeout, f"backends {want}")
+    try:
+        return wait_for(ok, timeout, f"backends {want}")
+    except AssertionError as e:
+        now = {name: (b["health"], b["check"]) for name, b in status_backends(lb).items()}
+        raise AssertionError(f"{e}; they are (health, last check): {now}") from None
 
 
 @pytest.mark.parametrize("kind,bad,reason", [
@@ -431,6 +435,20 @@ def test_tls_check_without_client_certificate_is_refused_by_an_mtls_origin(pki, 
     assert wait_health(lb, {"mtls": "up"})["mtls"]["check"].startswith("passed")
     _p, lb2 = http_lb(run_lb, [member(nginx, "mtls")], ca_toml(pki), health=checks("http"))
     assert wait_health(lb2, {"mtls": "down"})["mtls"]["down_reason"].startswith("bad status 400")
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls12", "tls13"])
+def test_tls_tcp_check_of_a_backend_that_refuses_lb(pki, run_lb, tls_servers, version):
+    """A backend that requires a client certificate lb does not have refuses
+    every connection lb makes: its tcp check ("passes when the handshake
+    does") must fail too. In TLS 1.3 the server's verdict on the client's
+    certificate comes after the client's side of the handshake is done."""
+    server = tls_servers("b1", pki.origin, client_ca=pki.client_ca.path, versions=(version, version))
+    _p, lb = http_lb(run_lb, [("b1", server.address)], ca_toml(pki), health=checks("tcp"))
+    conns = server.wait_conns(3)
+    assert all(c.error for c in conns), [c.error for c in conns]     # the backend refused every check
+    b = wait_health(lb, {"b1": "down"}, timeout=3)
+    assert b["b1"]["down_reason"].startswith("TLS handshake failed"), b["b1"]["down_reason"]
 
 
 @pytest.mark.parametrize("kind,version", [
