@@ -323,6 +323,21 @@ def test_no_resumption_without_tickets(pki, run_lb, origin, version):
     assert sum(w["tls_handshakes"] for w in lb.worker_stats()) == 4
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_session_resumes_only_on_the_listener_that_made_it(pki, run_lb, origin, version):
+    """Two TLS listeners of one lb, same certificate, same ticket keys: a
+    session made on one resumes there, and gets a full handshake on the other."""
+    port1, port2 = free_port(), free_port()
+    tls = f'certificates = [{{ cert = "{pki.site.cert}", key = "{pki.site.key}" }}]\n'
+    run_lb(lb_toml(listener_toml("one", port1, "p") + "\n[listeners.one.tls]\n" + tls,
+                   listener_toml("two", port2, "p") + "\n[listeners.two.tls]\n" + tls,
+                   pool_toml("p", [("o", origin.address)])))
+    ctx = version_ctx(pki, version)
+    session, _ = connect(port1, ctx)
+    assert connect(port1, ctx, session)[1]
+    assert not connect(port2, ctx, session)[1]
+
+
 def ticket_key() -> str:
     return base64.b64encode(os.urandom(80)).decode()
 
