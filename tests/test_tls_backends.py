@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -340,6 +341,24 @@ def test_tcp_mode_resumes_on_new_backend_connections(pki, run_lb, tls_servers):
     for i in range(3):
         assert exchange(port, b"hello %d" % i) == (b"hello %d" % i).translate(TRANSFORM)
     assert [c.reused for c in server.wait_conns(3)] == [False, True, True]
+
+
+def test_tcp_mode_session_survives_a_reset_connection(pki, run_lb, tls_servers):
+    """A client that resets its connection makes lb reset the backend's too:
+    the session lb keeps with that backend must still resume the next
+    connection (the reset is the client's doing, not the session's)."""
+    server = tls_servers("b1", pki.origin, versions=(ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_2))
+    port, lb = tcp_lb(run_lb, [("b1", server.address)], ca_toml(pki))
+    assert exchange(port, b"one") == b"one".translate(TRANSFORM)
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"two")
+    assert s.recv(3) == b"two".translate(TRANSFORM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()                                  # a reset
+    wait_for(lambda: sum(w["active"] for w in lb.worker_stats()) == 0, 5, "lb to close both sides")
+    for msg in (b"three", b"four"):
+        assert exchange(port, msg) == msg.translate(TRANSFORM)
+    assert [c.reused for c in server.wait_conns(4)] == [False, True, True, True]
 
 
 def test_tcp_mode_bad_backend_certificate_goes_to_the_next(pki, run_lb, tls_servers):
