@@ -370,7 +370,7 @@ def test_shared_ticket_keys_two_nodes_and_a_rotation(pki, origin, lb_pair, tmp_p
     glob = f'[global.tls]\nticket_keys = "{keys}"'
     port_a, port_b = free_port(), free_port()
     lb_a = lb_pair(lambda d: site_lb_text(pki, port_a, origin, global_extra=glob, workers=1, run_dir=d))
-    lb_b = lb_pair(lambda d: site_lb_text(pki, port_b, origin, global_extra=glob, workers=1, run_dir=d))
+    lb_pair(lambda d: site_lb_text(pki, port_b, origin, global_extra=glob, workers=1, run_dir=d))
     ctx = version_ctx(pki, version)
 
     def resumes(port, session) -> bool:
