@@ -31,6 +31,7 @@ cdef enum:
     HS_CONNECTING = 1
     HS_READING = 2
     HS_HANDSHAKE = 3                 # pools with TLS: the handshake, before the check proper
+    HS_SETTLING = 4                  # a TLS tcp check: handshaken, close_notify sent; what the backend says last
 
 cdef enum:
     HC_RESP_MAX = 16384          # an http check reads at most this much of a response
@@ -275,6 +276,9 @@ cdef void hc_on_event(hc_loop *L, hc_target *t, uint32_t events) noexcept nogil:
     if t.state == HS_HANDSHAKE:
         hc_handshake(L, t)
         return
+    if t.state == HS_SETTLING:
+        hc_settle(L, t)
+        return
     if t.state != HS_READING:
         return
     n = t.sk.xp.recv(&t.sk, t.buf + t.len, HC_RESP_MAX - t.len)
@@ -357,7 +361,13 @@ cdef void hc_handshake(hc_loop *L, hc_target *t) noexcept nogil:
     cdef long verify
     if r == 1:
         if L.hc[t.pool].type == HC_TCP:
-            hc_result(L, t, REASON_NONE, 0, 0)
+            # In TLS 1.3 the backend judges lb's certificate, and sends its
+            # session ticket, after lb's side of the handshake is done: end
+            # with close_notify and read what comes before the backend's own
+            # (an alert fails the check; a ticket is kept for the next one)
+            SSL_shutdown(ssl)
+            t.state = HS_SETTLING
+            hc_settle(L, t)
         else:
             hc_send_request(L, t)
         return
@@ -370,6 +380,35 @@ cdef void hc_handshake(hc_loop *L, hc_target *t) noexcept nogil:
     ERR_clear_error()
     verify = SSL_get_verify_result(ssl)
     hc_result(L, t, REASON_TLS, 0, <int>verify if verify != X509_V_OK else 0)
+
+
+cdef void hc_settle(hc_loop *L, hc_target *t) noexcept nogil:
+    """A TLS tcp check after its handshake: passes at the backend's
+    close_notify or close (or, from a backend that says nothing more, at the
+    check's timeout: see hc_scan); fails on an alert."""
+    cdef SSL *ssl = <SSL *>t.sk.ctx
+    cdef char sink[256]
+    cdef int r, err
+    cdef epoll_event ev
+    cdef long verify
+    while True:
+        r = SSL_read(ssl, sink, sizeof(sink))
+        if r > 0:
+            continue
+        err = SSL_get_error(ssl, r)
+        if err == SSL_ERROR_WANT_READ or err == SSL_ERROR_WANT_WRITE:
+            ev.events = EPOLLIN if err == SSL_ERROR_WANT_READ else EPOLLOUT
+            ev.data.ptr = t
+            epoll_ctl(L.epfd, EPOLL_CTL_MOD, t.fd, &ev)
+            return
+        if err == SSL_ERROR_ZERO_RETURN or (err == SSL_ERROR_SYSCALL and ERR_peek_error() == 0):
+            ERR_clear_error()
+            hc_result(L, t, REASON_NONE, 0, 0)
+            return
+        ERR_clear_error()
+        verify = SSL_get_verify_result(ssl)
+        hc_result(L, t, REASON_TLS, 0, <int>verify if verify != X509_V_OK else 0)
+        return
 
 
 cdef uint64_t hc_failure_sum(hc_loop *L, int32_t slot) noexcept nogil:
@@ -449,7 +488,8 @@ cdef void hc_scan(hc_loop *L) noexcept nogil:
                     # a free slot, or maint (out of rotation and unchecked): look again later
                     t.next_ms = L.now_ms + L.hc[t.pool].interval_ms
         elif t.deadline_ms <= L.now_ms:
-            hc_result(L, t, REASON_TIMEOUT, 0, 0)
+            # a TLS tcp check whose backend says nothing after the handshake passed
+            hc_result(L, t, REASON_NONE if t.state == HS_SETTLING else REASON_TIMEOUT, 0, 0)
         if t.state == HS_IDLE:
             if t.next_ms < next_scan:
                 next_scan = t.next_ms

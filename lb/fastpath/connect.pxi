@@ -108,13 +108,29 @@ cdef void conn_on_backend_connecting(lb_worker *w, lb_conn *c, uint32_t events) 
     """An event on a backend socket still connecting: done, or failed.
     A failed connect always raises EPOLLERR (or EPOLLHUP), so a plain EPOLLOUT
     means connected and no getsockopt(SO_ERROR) call is needed (HAProxy agrees)."""
+    cdef int rc
     if events & (EPOLLERR | EPOLLHUP):
         conn_connect_failed(w, c, False)
         return
-    if not (events & EPOLLOUT):
-        return
-    if w.pools[c.pool].tls != NULL and not conn_backend_tls(w, c):
-        conn_connect_failed(w, c, False)
+    if w.pools[c.pool].tls != NULL:
+        # a TLS pool: connected means handshaken, within connect_timeout; a
+        # handshake that fails (the certificate refused) is a failed connect
+        if not sock_is_tls(&c.sk[SIDE_BACKEND]):
+            if not (events & EPOLLOUT):
+                return
+            if not conn_backend_tls(w, c):
+                conn_connect_failed(w, c, False)
+                return
+        rc = tls_client_handshake(&c.sk[SIDE_BACKEND])
+        if rc == XPRT_WANT_READ or rc == XPRT_WANT_WRITE:
+            return
+        if rc != 1:
+            conn_connect_failed(w, c, False)
+            return
+        conn_proxy_sent(w, c)
+        # what the backend sent right after its Finished is OpenSSL's now
+        events |= EPOLLIN
+    elif not (events & EPOLLOUT):
         return
     lb_store_u64(&w.bstats[c.slot].consecutive_failures, 0)
     list_remove(c)
@@ -128,10 +144,6 @@ cdef void conn_on_backend_connecting(lb_worker *w, lb_conn *c, uint32_t events) 
         c.flags |= F_RDHUP << SIDE_BACKEND
     if w.splice_mode == SPLICE_ALWAYS and socks_splice(&c.sk[0], &c.sk[1]):
         c.flags |= (F_SPLICE << DIR_UP) | (F_SPLICE << DIR_DOWN)
-    if sock_is_tls(&c.sk[SIDE_BACKEND]):
-        # the handshake starts with the first read: make one, even if the
-        # backend waits for the client to speak first
-        c.flags |= F_READABLE << SIDE_BACKEND
     conn_pump(w, c)
 
 
@@ -139,15 +151,20 @@ cdef bint conn_backend_tls(lb_worker *w, lb_conn *c) noexcept nogil:
     """A pool with TLS: the connection just made goes on the TLS transport. A
     PROXY header (send_proxy) comes before the handshake, on the bare socket:
     at this point the up buffer holds exactly it (no client byte is read
-    before the backend is connected), and a fresh socket takes it whole."""
-    cdef ssize_t n
-    if c.buf_len[DIR_UP] != 0:
-        n = send(c.sk[SIDE_BACKEND].fd, c.buf[DIR_UP] + c.buf_off[DIR_UP], c.buf_len[DIR_UP],
-                 MSG_NOSIGNAL | MSG_DONTWAIT)
-        if n != <ssize_t>c.buf_len[DIR_UP]:
-            return False
-        c.buf_len[DIR_UP] = 0
-        c.buf_off[DIR_UP] = 0
+    before the backend is connected), and a fresh socket takes it whole. The
+    buffer keeps it until the handshake is done (conn_proxy_sent), for the
+    next backend should this one fail."""
+    if c.buf_len[DIR_UP] != 0 and send(c.sk[SIDE_BACKEND].fd, c.buf[DIR_UP] + c.buf_off[DIR_UP], c.buf_len[DIR_UP],
+                                       MSG_NOSIGNAL | MSG_DONTWAIT) != <ssize_t>c.buf_len[DIR_UP]:
+        return False
+    return sock_tls_connect(w, &w.pools[c.pool], &c.sk[SIDE_BACKEND], c.slot)
+
+
+cdef void conn_proxy_sent(lb_worker *w, lb_conn *c) noexcept nogil:
+    """The PROXY header went out in clear before the handshake: it is no
+    longer the up buffer's to send."""
+    if c.buf[DIR_UP] != NULL:
         buf_give(w, c.buf[DIR_UP])
         c.buf[DIR_UP] = NULL
-    return sock_tls_connect(w, &w.pools[c.pool], &c.sk[SIDE_BACKEND], c.slot)
+        c.buf_off[DIR_UP] = 0
+        c.buf_len[DIR_UP] = 0

@@ -61,7 +61,12 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
     if b.state == BS_CLOSED:
         return
     if b.state == BS_IDLE or b.state == BS_PRIVATE:
-        # a parked connection has nothing to say: the backend closed it (or broke it)
+        # a parked connection has nothing to say: the backend closed it (or broke
+        # it); but over TLS, a record that is not data (a session ticket sent
+        # late) leaves it reusable
+        if (events & EPOLLIN) and not (events & (EPOLLRDHUP | EPOLLHUP | EPOLLERR)) and sock_is_tls(&b.sk) \
+                and tls_quiet(&b.sk):
+            return
         if events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR):
             if b.state == BS_PRIVATE:
                 b.h.priv = NULL
@@ -71,23 +76,48 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
         return
     h = b.h
     if b.state == BS_CONNECTING:
-        if events & (EPOLLERR | EPOLLHUP):
-            h_backend_failed(w, h, False, True)
-            conn_queue(w, &h.c)
-            return
-        if not (events & EPOLLOUT):
+        if bconn_connecting(w, h, b, events) != 1:
             return
         tl_remove(&b.tn)
         lb_store_u64(&w.bstats[b.slot].consecutive_failures, 0)
         b.state = BS_READY
-        if not bconn_send_proxy(w, h, b) or (
-                w.pools[b.pool].tls != NULL and not sock_tls_connect(w, &w.pools[b.pool], &b.sk, b.slot)):
-            h_backend_failed(w, h, False, True)
-            conn_queue(w, &h.c)
-            return
+        if sock_is_tls(&b.sk):
+            # what came with the backend's Finished is OpenSSL's now; the
+            # first read or write that blocks clears these again
+            events |= EPOLLIN | EPOLLOUT
     b.flags = ev_flags(b.flags, events)
     h_read_backend(w, h)
     conn_queue(w, &h.c)
+
+
+cdef int bconn_connecting(lb_worker *w, lb_hconn *h, lb_bconn *b, uint32_t events) noexcept nogil:
+    """An event on a backend connection being made: 1 ready, 0 not yet, -1
+    failed (the request goes to another backend when it can). With a TLS pool,
+    ready means handshaken, within connect_timeout: a refused certificate is a
+    failed connect, which passive ejection counts."""
+    cdef lb_pool_rt *p = &w.pools[b.pool]
+    cdef int rc
+    if events & (EPOLLERR | EPOLLHUP):
+        h_backend_failed(w, h, False, True)
+        conn_queue(w, &h.c)
+        return -1
+    if not sock_is_tls(&b.sk):
+        if not (events & EPOLLOUT):
+            return 0
+        if not bconn_send_proxy(w, h, b) or (p.tls != NULL and not sock_tls_connect(w, p, &b.sk, b.slot)):
+            h_backend_failed(w, h, False, True)
+            conn_queue(w, &h.c)
+            return -1
+        if p.tls == NULL:
+            return 1
+    rc = tls_client_handshake(&b.sk)
+    if rc == XPRT_WANT_READ or rc == XPRT_WANT_WRITE:
+        return 0
+    if rc != 1:
+        h_backend_failed(w, h, False, True)
+        conn_queue(w, &h.c)
+        return -1
+    return 1
 
 
 # ---- timers ------------------------------------------------------------------------------

@@ -170,13 +170,20 @@ cdef void tls_shutw(lb_sock *s) noexcept nogil:
 
 
 cdef void tls_close(lb_sock *s, bint reset) noexcept nogil:
-    # a close that is not a reset ends the stream with close_notify (sent
-    # once: after tls_shutw this sends nothing more), so the peer can tell
-    # the end of a response delimited by the close from a cut
-    if not reset and SSL_is_init_finished(<SSL *>s.ctx):
-        if SSL_shutdown(<SSL *>s.ctx) < 0:
-            ERR_clear_error()
-    SSL_free(<SSL *>s.ctx)
+    cdef SSL *ssl = <SSL *>s.ctx
+    if SSL_is_init_finished(ssl):
+        if not reset:
+            # a close that is not a reset ends the stream with close_notify
+            # (sent once: after tls_shutw this sends nothing more), so the
+            # peer can tell the end of a response delimited by the close from a cut
+            if SSL_shutdown(ssl) < 0:
+                ERR_clear_error()
+        else:
+            # without this, OpenSSL takes a session whose connection ends
+            # without close_notify for a bad one and makes it not resumable:
+            # the session lb keeps for the next connection to that backend
+            SSL_set_shutdown(ssl, SSL_SENT_SHUTDOWN)
+    SSL_free(ssl)
     s.ctx = NULL
     plain_close(s, reset)
 
@@ -270,6 +277,15 @@ cdef bint sock_tls_connect(lb_worker *w, lb_pool_rt *p, lb_sock *s, int32_t slot
     s.xp = &XPRT_TLS
     s.ctx = ssl
     return True
+
+
+cdef int tls_client_handshake(lb_sock *s) noexcept nogil:
+    """Advance a handshake with a backend: 1 done, XPRT_WANT_* to wait, XPRT_ERROR."""
+    cdef SSL *ssl = <SSL *>s.ctx
+    cdef int r = SSL_do_handshake(ssl)
+    if r == 1:
+        return 1
+    return <int>tls_want(ssl, r) or XPRT_ERROR   # (an EOF mid-handshake is a failure too)
 
 
 cdef bint tls_quiet(lb_sock *s) noexcept nogil:

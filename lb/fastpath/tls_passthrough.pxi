@@ -108,6 +108,9 @@ cdef void conn_sni_start(lb_worker *w, lb_conn *c, sockaddr_storage *dst) noexce
         memcpy(c.buf[DIR_UP], dst, sizeof(sockaddr_storage))
     c.state = CS_TLS_WAIT
     list_append(&l.tls_wait, c, w.now_ms)
+    # the ClientHello may already be in the socket, in the segment of the PROXY
+    # header: no new edge would announce it
+    conn_sni_read(w, c)
 
 
 cdef void conn_sni_read(lb_worker *w, lb_conn *c) noexcept nogil:

@@ -106,6 +106,9 @@ cdef extern from "openssl/ssl.h" nogil:
     BIO *SSL_get_rbio(const SSL *ssl)
     long SSL_CTX_set_read_ahead(SSL_CTX *ctx, long m)
     int SSL_shutdown(SSL *ssl)
+    void SSL_set_shutdown(SSL *ssl, int mode)
+    enum:
+        SSL_SENT_SHUTDOWN
     int SSL_get_error(const SSL *ssl, int ret)
     SSL_CTX *SSL_set_SSL_CTX(SSL *ssl, SSL_CTX *ctx)
     SSL_CTX *SSL_get_SSL_CTX(const SSL *ssl)
@@ -152,6 +155,7 @@ cdef extern from "openssl/sslerr.h" nogil:
 cdef extern from "openssl/err.h" nogil:
     unsigned long ERR_get_error()
     unsigned long ERR_peek_last_error()
+    unsigned long ERR_peek_error()
     void ERR_clear_error()
     void ERR_error_string_n(unsigned long e, char *buf, size_t len)
     int ERR_GET_REASON(unsigned long e)
