@@ -1360,6 +1360,81 @@ def test_reload_serves_a_renewed_certificate(pki, site_lb):
         assert idle.recv_to_eof() == b""
 
 
+def test_cert_reload_under_load_drops_nothing(pki, origins, run_lb, tmp_path):
+    """`lb cert reload` while clients keep requesting, on new connections and on
+    kept-alive ones: not one request fails, new connections get the new
+    certificate, and a connection opened before keeps its own. The old
+    generation closes kept-alive connections once they are idle (docs/http.md);
+    the client then does what HTTP clients do (RFC 9112 9.3.1): it sends its
+    idempotent request again on a new connection, once."""
+    import threading
+
+    site = Site(tmp_path / "site")
+    site.dir.mkdir()
+    install(pki.a, site.dir)
+    port = free_port()
+    lb = run_lb(tls_config(port, [origins()], certs_toml(site), workers=2))
+    ctx = client_context(pki.ca_path)
+    renewed = pki.ca.leaf("a-renewed-load", ("a.test",), directory=tmp_path)
+    stop = threading.Event()
+    results: list[tuple[str, bool]] = []   # (kind, ok)
+
+    def fresh_connections():
+        while not stop.is_set():
+            try:
+                conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+                conn.request("GET", "/fresh", headers={"Host": "a.test"})
+                ok = conn.getresponse().status == 200
+                conn.close()
+            except OSError:
+                ok = False
+            results.append(("fresh", ok))
+
+    def kept_alive(conn):
+        while not stop.is_set():
+            for attempt in range(2):
+                try:
+                    conn.request("GET", "/kept", headers={"Host": "a.test"})
+                    r = conn.getresponse()
+                    ok = r.status == 200 and bool(r.read())
+                    break
+                except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                    # closed while idle, before any answer: again, on a new connection
+                    conn.close()
+                    ok = False
+                except (OSError, http.client.HTTPException):
+                    ok = False
+                    break
+            results.append(("kept", ok))
+
+    kept = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    kept.request("GET", "/first", headers={"Host": "a.test"})
+    assert kept.getresponse().read()
+    before = hashlib.sha256(kept.sock.getpeercert(binary_form=True)).hexdigest()
+    threads = [threading.Thread(target=fresh_connections) for _ in range(3)] + [
+        threading.Thread(target=kept_alive, args=(kept,))]
+    for th in threads:
+        th.start()
+    try:
+        wait_for(lambda: len(results) > 100, 20, "load to run")
+        install(renewed, site.dir)
+        res = lb_cli(lb.config_path, "cert", "reload")
+        assert res.returncode == 0, res.stderr
+        wait_for(lambda: handshake(port, ctx, "a.test").fingerprint == renewed.fingerprint, 5,
+                 "new connections to get the renewed certificate")
+        n = len(results)
+        wait_for(lambda: len(results) > n + 100, 20, "load after the swap")
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    kept.close()
+    failed = [kind for kind, ok in results if not ok]
+    assert not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
+    assert before == pki.a.fingerprint
+    assert any(kind == "kept" for kind, _ in results[n:]), "the kept-alive connection went on after the swap"
+
+
 def test_reload_keeps_tcp_tls_connections(pki, backends, run_lb, tmp_path):
     """tcp mode: a TLS connection of the old generation keeps moving bytes after
     the reload, while new ones get the new certificate."""
