@@ -35,7 +35,7 @@ from conftest import LbProcess, free_port, wait_for
 from http_origin import Origin, payload, ws_accept, ws_frame, ws_read_frame
 from tests.reference import proxy_ref
 from tls_certs import CA
-from tls_client import MemTls, client_context, describe, handshake
+from tls_client import MemTls, client_context, describe, handshake, lb_cli, read_until_closed
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1 << 20
@@ -112,12 +112,6 @@ def tls_config(port: int, members, tls: str, *, mode: str = "http", listener: st
     return text
 
 
-def lb_cli(config_path, *args, timeout: float = 30) -> subprocess.CompletedProcess:
-    """`lb -c FILE ARGS...` of this checkout."""
-    return subprocess.run([sys.executable, "-m", "lb", "-c", str(config_path), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def tls_failed(lb: LbProcess) -> dict:
     """workers[].tls_failed, summed over the workers."""
     out = dict.fromkeys(REASONS, 0)
@@ -187,10 +181,6 @@ def split_response(raw: bytes) -> tuple[str, dict, bytes]:
         name, _, value = line.partition(":")
         fields.setdefault(name.strip().lower(), []).append(value.strip())
     return lines[0], fields, body
-
-
-def has_openssl() -> bool:
-    return shutil.which("openssl") is not None
 
 
 def s_client(port: int, *args: str, servername: str | None = None, timeout: float = 15) -> subprocess.CompletedProcess:
@@ -298,7 +288,6 @@ def test_ecdsa_and_rsa_for_one_name(dual_lb, pki, client, want):
     assert peer.fingerprint == getattr(pki, want).fingerprint
 
 
-@pytest.mark.skipif(not has_openssl(), reason="needs the openssl command")
 @pytest.mark.parametrize("sigalgs,want", [
     ("rsa_pss_rsae_sha256:rsa_pkcs1_sha256", "dual_rsa"),
     ("ecdsa_secp256r1_sha256", "dual_ec"),
@@ -350,7 +339,6 @@ def test_every_intermediate_tls12_cipher_negotiates(pair_lb, pki, cipher):
     assert peer.fingerprint == want.fingerprint
 
 
-@pytest.mark.skipif(not has_openssl(), reason="needs the openssl command")
 @pytest.mark.parametrize("suite", INTERMEDIATE_TLS13)
 def test_every_tls13_suite_negotiates(pair_lb, pki, suite):
     port, _lb = pair_lb
@@ -840,19 +828,6 @@ def guarded(request, pki, origins, backends, run_lb):
     g = Guarded(mode, port, lb, member, pki)
     yield g
     g.close()
-
-
-def read_until_closed(s: socket.socket) -> tuple[bytes, str]:
-    """Everything lb sends until it closes: (bytes, "eof" or "reset")."""
-    out = bytearray()
-    try:
-        while chunk := s.recv(65536):
-            out += chunk
-    except ConnectionResetError:
-        return bytes(out), "reset"
-    except socket.timeout:
-        raise AssertionError(f"lb did not close the connection; got {bytes(out)[:100]!r}") from None
-    return bytes(out), "eof"
 
 
 def client_hello(ctx: ssl.SSLContext | None = None, name: str | None = "a.test") -> bytes:

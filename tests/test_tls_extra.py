@@ -17,8 +17,6 @@ import json
 import os
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,7 +27,7 @@ from conftest import LbProcess, free_port, wait_for
 from http_origin import Origin
 from tests.reference import proxy_ref
 from tls_certs import CA
-from tls_client import MemTls, client_context
+from tls_client import MemTls, client_context, lb_cli, read_until_closed
 from tls_servers import lb_toml, listener_toml, pool_toml, tls_servers  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,24 +46,6 @@ class Pki:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Pki:
     return Pki(tmp_path_factory.mktemp("extra-pki"))
-
-
-def lb_cli(config_path, *args, timeout: float = 30) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lb", "-c", str(config_path), *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def read_until_closed(s: socket.socket) -> tuple[bytes, str]:
-    """Everything lb sends until it closes: (bytes, "eof" or "reset")."""
-    out = bytearray()
-    try:
-        while chunk := s.recv(65536):
-            out += chunk
-    except ConnectionResetError:
-        return bytes(out), "reset"
-    except socket.timeout:
-        raise AssertionError(f"lb did not close the connection; got {bytes(out)[:100]!r}") from None
-    return bytes(out), "eof"
 
 
 # ---- 1. passthrough ----------------------------------------------------------------------------

@@ -11,8 +11,13 @@ import hashlib
 import selectors
 import socket
 import ssl
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 from typing import NamedTuple
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def client_context(ca=None, *, alpn=None, minimum_version=None, maximum_version=None,
@@ -255,3 +260,22 @@ class MemTls:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def lb_cli(config_path, *args, timeout: float = 30) -> subprocess.CompletedProcess:
+    """`lb -c FILE ARGS...` of this checkout."""
+    return subprocess.run([sys.executable, "-m", "lb", "-c", str(config_path), *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_until_closed(s: socket.socket) -> tuple[bytes, str]:
+    """Everything lb sends until it closes: (bytes, "eof" or "reset")."""
+    out = bytearray()
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except ConnectionResetError:
+        return bytes(out), "reset"
+    except socket.timeout:
+        raise AssertionError(f"lb did not close the connection; got {bytes(out)[:100]!r}") from None
+    return bytes(out), "eof"
