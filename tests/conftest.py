@@ -89,6 +89,18 @@ def backends():
 HEALTH_NONE = 'type = "none"'
 
 
+def global_toml(workers: int = 1, run_dir: str | None = None) -> str:
+    """The [global] table of a test config: its own admin socket and state file."""
+    run_dir = run_dir or tempfile.mkdtemp(prefix="lb-test-")
+    return textwrap.dedent(f"""\
+        [global]
+        workers = {workers}
+        drain_timeout = "5s"
+        admin_socket = "{run_dir}/admin.sock"
+        state_file = "{run_dir}/state.json"
+        """)
+
+
 def lb_config(port: int, backends, *, workers: int = 1, algorithm: str = "roundrobin",
               connect_timeout: str = "1s", pool_extra: str = "", listener_extra: str = "", global_extra: str = "",
               bind_host: str = "127.0.0.1", health: str = HEALTH_NONE, drain_timeout: str = "5s",

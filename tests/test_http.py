@@ -23,7 +23,7 @@ import time
 
 import pytest
 
-from conftest import free_port, wait_for
+from conftest import free_port, global_toml, wait_for
 from http_origin import Origin, payload, ws_accept, ws_frame, ws_read_frame
 
 MIB = 1 << 20
@@ -46,13 +46,7 @@ def http_config(port: int, pools: dict, *, default: str | None = "p", listener: 
     """An http listener "web" on port. pools: name -> list of backends (Origin,
     or (name, address)). listener: TOML lines of the listener (keys first, then
     its sub-tables and routes)."""
-    run_dir = tempfile.mkdtemp(prefix="lb-test-")
-    text = textwrap.dedent(f"""\
-        [global]
-        workers = {workers}
-        drain_timeout = "5s"
-        admin_socket = "{run_dir}/admin.sock"
-        state_file = "{run_dir}/state.json"
+    text = global_toml(workers) + textwrap.dedent(f"""\
 
         [listeners.web]
         bind = ["127.0.0.1:{port}"]

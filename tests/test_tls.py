@@ -23,7 +23,6 @@ import ssl
 import struct
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from backend_server import SPEAK_BYTES, TRANSFORM, speak_payload
-from conftest import LbProcess, free_port, wait_for
+from conftest import LbProcess, free_port, global_toml, wait_for
 from http_origin import Origin, payload, ws_accept, ws_frame, ws_read_frame
 from tests.reference import proxy_ref
 from tls_certs import CA
@@ -91,13 +90,7 @@ def tls_config(port: int, members, tls: str, *, mode: str = "http", listener: st
     """A TLS listener "web" on port in front of pool "p". members: Origins or
     Backends (anything with .name and .address). tls: the TOML lines of
     [listeners.web.tls]; listener: more keys of the listener."""
-    run_dir = admin_dir or tempfile.mkdtemp(prefix="lb-test-")
-    text = textwrap.dedent(f"""\
-        [global]
-        workers = {workers}
-        drain_timeout = "5s"
-        admin_socket = "{run_dir}/admin.sock"
-        state_file = "{run_dir}/state.json"
+    text = global_toml(workers, admin_dir) + textwrap.dedent(f"""\
 
         [listeners.web]
         bind = ["127.0.0.1:{port}"]

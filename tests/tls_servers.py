@@ -34,21 +34,14 @@ from pathlib import Path
 import pytest
 
 from backend_server import TRANSFORM
-from conftest import free_port, wait_for
+from conftest import free_port, global_toml, wait_for
 
 # ---- lb configs ----------------------------------------------------------------------------
 
 
 def lb_toml(*sections: str, workers: int = 1, global_extra: str = "", run_dir: str | None = None) -> str:
     """A whole config: [global] (own admin socket and state file), then the sections."""
-    run_dir = run_dir or tempfile.mkdtemp(prefix="lb-test-")
-    head = textwrap.dedent(f"""\
-        [global]
-        workers = {workers}
-        drain_timeout = "5s"
-        admin_socket = "{run_dir}/admin.sock"
-        state_file = "{run_dir}/state.json"
-        """) + textwrap.dedent(global_extra).strip() + "\n\n"
+    head = global_toml(workers, run_dir) + textwrap.dedent(global_extra).strip() + "\n\n"
     return head + "\n".join(textwrap.dedent(s).strip() + "\n" for s in sections)
 
 

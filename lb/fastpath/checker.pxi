@@ -357,8 +357,6 @@ cdef void hc_handshake(hc_loop *L, hc_target *t) noexcept nogil:
     cdef SSL *ssl = <SSL *>t.sk.ctx
     cdef int r = SSL_do_handshake(ssl)
     cdef int err
-    cdef epoll_event ev
-    cdef long verify
     if r == 1:
         if L.hc[t.pool].type == HC_TCP:
             # In TLS 1.3 the backend judges lb's certificate, and sends its
@@ -373,12 +371,23 @@ cdef void hc_handshake(hc_loop *L, hc_target *t) noexcept nogil:
         return
     err = SSL_get_error(ssl, r)
     if err == SSL_ERROR_WANT_READ or err == SSL_ERROR_WANT_WRITE:
-        ev.events = EPOLLIN if err == SSL_ERROR_WANT_READ else EPOLLOUT
-        ev.data.ptr = t
-        epoll_ctl(L.epfd, EPOLL_CTL_MOD, t.fd, &ev)
+        hc_tls_wait(L, t, err)
         return
+    hc_tls_failed(L, t)
+
+
+cdef void hc_tls_wait(hc_loop *L, hc_target *t, int err) noexcept nogil:
+    """The check's TLS call waits for the socket: readable or writable, as it said."""
+    cdef epoll_event ev
+    ev.events = EPOLLIN if err == SSL_ERROR_WANT_READ else EPOLLOUT
+    ev.data.ptr = t
+    epoll_ctl(L.epfd, EPOLL_CTL_MOD, t.fd, &ev)
+
+
+cdef void hc_tls_failed(hc_loop *L, hc_target *t) noexcept nogil:
+    """A TLS failure: the certificate verify result, when that is what failed."""
+    cdef long verify = SSL_get_verify_result(<SSL *>t.sk.ctx)
     ERR_clear_error()
-    verify = SSL_get_verify_result(ssl)
     hc_result(L, t, REASON_TLS, 0, <int>verify if verify != X509_V_OK else 0)
 
 
@@ -389,25 +398,19 @@ cdef void hc_settle(hc_loop *L, hc_target *t) noexcept nogil:
     cdef SSL *ssl = <SSL *>t.sk.ctx
     cdef char sink[256]
     cdef int r, err
-    cdef epoll_event ev
-    cdef long verify
     while True:
         r = SSL_read(ssl, sink, sizeof(sink))
         if r > 0:
             continue
         err = SSL_get_error(ssl, r)
         if err == SSL_ERROR_WANT_READ or err == SSL_ERROR_WANT_WRITE:
-            ev.events = EPOLLIN if err == SSL_ERROR_WANT_READ else EPOLLOUT
-            ev.data.ptr = t
-            epoll_ctl(L.epfd, EPOLL_CTL_MOD, t.fd, &ev)
+            hc_tls_wait(L, t, err)
             return
         if err == SSL_ERROR_ZERO_RETURN or (err == SSL_ERROR_SYSCALL and ERR_peek_error() == 0):
             ERR_clear_error()
             hc_result(L, t, REASON_NONE, 0, 0)
             return
-        ERR_clear_error()
-        verify = SSL_get_verify_result(ssl)
-        hc_result(L, t, REASON_TLS, 0, <int>verify if verify != X509_V_OK else 0)
+        hc_tls_failed(L, t)
         return
 
 

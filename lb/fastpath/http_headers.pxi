@@ -95,16 +95,16 @@ cdef int step_response_headers(lb_worker *w, lb_hconn *h, http_req *r, const uin
     return STEP_CONTINUE
 
 
-def _has_rules(rules):
-    return bool(rules.set or rules.add or rules.remove)
+def _has_rules(listener, which):
+    """The listener or one of its routes has header rules for `which` (request_headers, response_headers)."""
+    rules = [getattr(listener.http, which)] + [getattr(rt, which) for rt in listener.routes]
+    return any(r.set or r.add or r.remove for r in rules)
 
 
 def wants_request_headers(listener):
-    return listener.mode == "http" and (_has_rules(listener.http.request_headers)
-                                        or any(_has_rules(rt.request_headers) for rt in listener.routes))
+    return listener.mode == "http" and _has_rules(listener, "request_headers")
 
 
 def wants_response_headers(listener):
-    return listener.mode == "http" and (_has_rules(listener.http.response_headers)
-                                        or (listener.tls is not None and bool(listener.tls.hsts))
-                                        or any(_has_rules(rt.response_headers) for rt in listener.routes))
+    return listener.mode == "http" and (_has_rules(listener, "response_headers")
+                                        or (listener.tls is not None and bool(listener.tls.hsts)))

@@ -31,7 +31,6 @@
 
 from lb.includes.inet cimport inet_pton, inet_ntop, INET6_ADDRSTRLEN
 from libc.stdio cimport snprintf
-from libc.string cimport memmove
 
 cdef enum:
     PROXY_DONE = 0
