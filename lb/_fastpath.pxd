@@ -10,7 +10,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from lb.includes.socket cimport sockaddr_storage
 from lb.includes.epoll cimport epoll_event
-from lb.includes.openssl cimport SSL_CTX
+from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX
 
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
@@ -158,7 +158,9 @@ cdef struct shm_worker_stats:        # 256 bytes, one row per worker; writer: th
     uint64_t tls_fail_client_cert    # a client certificate missing or not verified
     uint64_t tls_fail_protocol       # anything else that is not TLS (garbage, bad records)
     uint64_t tls_fail_closed         # the client closed or reset the connection mid-handshake
-    uint64_t _pad[8]
+    uint64_t tls_record_layer        # handshakes after which lb's record layer took the connection
+    uint64_t tls_bad_records         # ... connections it closed for a record that broke the protocol
+    uint64_t _pad[6]
 
 cdef struct shm_backend_stats:       # 64 bytes, [row][slot]; writer: the row's worker
     int64_t active
@@ -655,6 +657,41 @@ cdef struct lb_tls_server:           # a TLS listener's contexts; built by the s
     lb_str client_lower[3]
     lb_str client_values[3]          # buffers of CLIENT_VALUE_MAX bytes
     void *bio                        # a memory BIO the subject is printed into
+
+# A client's TLS connection after its handshake (fastpath/tls_record.pxi):
+# OpenSSL's SSL object is freed and lb keeps the record layer's state alone,
+# a few hundred bytes and two cipher contexts; buffers exist only while bytes
+# are in them.
+cdef struct lb_tlsr:
+    int fd
+    uint16_t flags                   # TR_*
+    uint16_t version                 # TLS1_2_VERSION or TLS1_3_VERSION
+    uint16_t suite                   # the cipher suite's IANA number
+    uint8_t aead                     # AEAD_*
+    uint8_t hlen                     # TLS 1.3: the suite's hash length (key updates)
+    uint8_t nst                      # handshake: TLS 1.3 tickets written (the first write sequence number)
+    uint8_t secrets                  # handshake: which TLS 1.3 traffic secrets the key log gave (1 read, 2 write)
+    uint8_t hs_type                  # a post-handshake handshake message being read: its type,
+    uint8_t hs_got                   # ... the bytes of its header and body read so far,
+    uint8_t hs_body                  # ... and its body (the only one kept is a KeyUpdate's byte)
+    uint32_t hs_need                 # ... and how many more there are
+    char *rbuf                       # bytes read from the socket, TLSR_RBUF when allocated
+    uint32_t roff                    # the first not yet taken
+    uint32_t rlen
+    uint32_t poff                    # decrypted application data in rbuf not yet given out
+    uint32_t plen
+    char *wbuf                       # records the socket has not taken yet
+    uint32_t woff
+    uint32_t wlen
+    uint32_t wplain                  # the caller's bytes those records carry (0: alerts, key updates)
+    EVP_CIPHER_CTX *rx
+    EVP_CIPHER_CTX *tx
+    uint64_t rseq
+    uint64_t wseq
+    uint8_t riv[12]
+    uint8_t wiv[12]
+    uint8_t rsecret[48]              # TLS 1.3 traffic secrets, for key updates
+    uint8_t wsecret[48]
 
 cdef struct lb_tls_client:           # a pool's TLS to its backends; built by the supervisor before fork
     SSL_CTX *ctx

@@ -9,9 +9,9 @@ loop runs with the GIL released and allocates no Python object.
 """
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
-from libc.string cimport memset, memcpy, memmove, memcmp, memchr, strcmp, strlen
+from libc.string cimport memset, memcpy, memmove, memcmp, memchr, strcmp, strncmp, strlen
 from libc.stdlib cimport malloc, calloc, free, qsort
-from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, EMFILE, ENFILE, ENOBUFS, ENOMEM
+from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, EMFILE, ENFILE, ENOBUFS, ENOMEM, EPROTO, EPIPE, ECONNRESET
 
 from lb.includes.epoll cimport *
 from lb.includes.socket cimport *
@@ -26,6 +26,7 @@ from lb.includes.xxhash64 cimport lb_xxh64, lb_splitmix64
 include "fastpath/shm.pxi"
 include "fastpath/transport.pxi"
 include "fastpath/tls.pxi"
+include "fastpath/tls_record.pxi"
 include "fastpath/tls_passthrough.pxi"
 include "fastpath/conn.pxi"
 include "fastpath/select.pxi"

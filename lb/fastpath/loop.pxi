@@ -258,6 +258,7 @@ cdef int worker_attach(lb_worker *w, Shm shm, uint32_t row, uint64_t seed) excep
     w.base = shm.base
     w.backends = shm.backends
     w.stats = shm.wstats + row
+    TLSR_STATS[0] = w.stats
     w.bstats_all = shm.bstats
     w.bstats = w.bstats_all + <uint64_t>row * h.n_slots
     w.pstats_all = shm.pstats

@@ -375,6 +375,8 @@ cdef class Shm:
             "http_retries": lb_load_u64(&s.http_retries),
             "tls_handshakes": lb_load_u64(&s.tls_handshakes),
             "tls_resumed": lb_load_u64(&s.tls_resumed),
+            "tls_record_layer": lb_load_u64(&s.tls_record_layer),
+            "tls_bad_records": lb_load_u64(&s.tls_bad_records),
             "tls_failed": {
                 "timeout": lb_load_u64(&s.tls_fail_timeout),
                 "plain_http": lb_load_u64(&s.tls_fail_plain_http),

@@ -32,17 +32,35 @@ cdef enum:
 
 
 # ---- the socket under OpenSSL ----------------------------------------------------------
-# OpenSSL reads through this BIO with read-ahead on: one recv takes every record
-# the socket has (instead of a header and then a body, record by record), and
-# the BIO remembers whether that recv took less than it asked for, i.e. whether
-# the socket is now empty. tls_recv then stops without the extra recv that
-# would only say EAGAIN. Its state lives in the BIO's data word: the fd, the
-# end of stream, the socket emptied.
+# Two BIOs. For connections OpenSSL keeps to the end (backends, checks, clients
+# whose certificate is read per request) OpenSSL reads with read-ahead on: one
+# recv takes every record the socket has, and the BIO remembers whether that
+# recv took less than it asked for, i.e. whether the socket is now empty, so
+# tls_recv stops without the extra recv that would only say EAGAIN. Its state
+# lives in the BIO's data word: the fd, the end of stream, the socket emptied.
+#
+# For clients the record layer takes over after the handshake
+# (tls_record.pxi), the BIO reads ahead itself, into the lb_tlsr's receive
+# buffer, and OpenSSL's read-ahead is off: OpenSSL then takes exactly the
+# handshake's records, and whatever the client sent after its Finished is
+# still in that buffer when the record layer starts.
 
 cdef enum:
     BIOD_DRAINED = 1
     BIOD_EOF = 2
     BIOD_SHIFT = 2
+
+
+cdef int bio_send(BIO *b, int fd, const char *buf, int n) noexcept nogil:
+    cdef ssize_t r
+    BIO_clear_retry_flags(b)
+    while True:
+        r = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+        if r >= 0 or errno != EINTR:
+            break
+    if r < 0 and errno == EAGAIN:
+        BIO_set_retry_write(b)
+    return <int>r
 
 
 cdef int lb_bio_read(BIO *b, char *buf, int n) noexcept nogil:
@@ -65,16 +83,7 @@ cdef int lb_bio_read(BIO *b, char *buf, int n) noexcept nogil:
 
 
 cdef int lb_bio_write(BIO *b, const char *buf, int n) noexcept nogil:
-    cdef size_t d = <size_t>BIO_get_data(b)
-    cdef ssize_t r
-    BIO_clear_retry_flags(b)
-    while True:
-        r = send(<int>(d >> BIOD_SHIFT), buf, n, MSG_NOSIGNAL | MSG_DONTWAIT)
-        if r >= 0 or errno != EINTR:
-            break
-    if r < 0 and errno == EAGAIN:
-        BIO_set_retry_write(b)
-    return <int>r
+    return bio_send(b, <int>(<size_t>BIO_get_data(b) >> BIOD_SHIFT), buf, n)
 
 
 cdef long lb_bio_ctrl(BIO *b, int cmd, long num, void *ptr) noexcept nogil:
@@ -91,6 +100,76 @@ BIO_meth_set_write(LB_BIO, lb_bio_write)
 BIO_meth_set_ctrl(LB_BIO, lb_bio_ctrl)
 
 
+cdef int bior_read(BIO *b, char *buf, int n) noexcept nogil:
+    cdef lb_tlsr *t = <lb_tlsr *>BIO_get_data(b)
+    cdef ssize_t r
+    cdef uint32_t c
+    BIO_clear_retry_flags(b)
+    if t.roff == t.rlen:
+        if t.rbuf == NULL:
+            t.rbuf = <char *>malloc(TLSR_RBUF)
+            if t.rbuf == NULL:
+                return -1
+        t.roff = t.rlen = 0
+        while True:
+            r = recv(t.fd, t.rbuf, TLSR_RBUF, MSG_DONTWAIT)
+            if r >= 0 or errno != EINTR:
+                break
+        if r == 0:
+            t.flags |= TR_EOF | TR_DRAINED
+            return 0
+        if r < 0:
+            if errno == EAGAIN:
+                t.flags |= TR_DRAINED
+                BIO_set_retry_read(b)
+            return -1
+        t.rlen = <uint32_t>r
+        if r < TLSR_RBUF:
+            t.flags |= TR_DRAINED
+        else:
+            t.flags &= ~TR_DRAINED
+    c = min(<uint32_t>n, t.rlen - t.roff)
+    memcpy(buf, t.rbuf + t.roff, c)
+    t.roff += c
+    return <int>c
+
+
+cdef int bior_write(BIO *b, const char *buf, int n) noexcept nogil:
+    return bio_send(b, (<lb_tlsr *>BIO_get_data(b)).fd, buf, n)
+
+
+cdef long bior_ctrl(BIO *b, int cmd, long num, void *ptr) noexcept nogil:
+    if cmd == BIO_CTRL_FLUSH:
+        return 1
+    if cmd == BIO_CTRL_EOF:
+        return 1 if (<lb_tlsr *>BIO_get_data(b)).flags & TR_EOF else 0
+    return 0
+
+
+cdef int bior_destroy(BIO *b) noexcept nogil:
+    """With its SSL object (the record layer did not take the connection over)."""
+    cdef lb_tlsr *t = <lb_tlsr *>BIO_get_data(b)
+    if t != NULL:
+        tlsr_free(t)
+        BIO_set_data(b, NULL)
+    return 1
+
+
+cdef int LB_BIOR_TYPE = BIO_get_new_index() | BIO_TYPE_SOURCE_SINK
+cdef BIO_METHOD *LB_BIOR = BIO_meth_new(LB_BIOR_TYPE, b"lb socket, record layer next")
+BIO_meth_set_read(LB_BIOR, bior_read)
+BIO_meth_set_write(LB_BIOR, bior_write)
+BIO_meth_set_ctrl(LB_BIOR, bior_ctrl)
+BIO_meth_set_destroy(LB_BIOR, bior_destroy)
+
+
+cdef inline lb_tlsr *bio_tlsr(BIO *b) noexcept nogil:
+    """The record-layer state behind a BIO, or NULL (not such a BIO)."""
+    if b == NULL or BIO_method_type(b) != LB_BIOR_TYPE:
+        return NULL
+    return <lb_tlsr *>BIO_get_data(b)
+
+
 cdef bint ssl_set_socket(SSL *ssl, int fd) noexcept nogil:
     cdef BIO *b = BIO_new(<const void *>LB_BIO)
     if b == NULL:
@@ -101,9 +180,33 @@ cdef bint ssl_set_socket(SSL *ssl, int fd) noexcept nogil:
     return True
 
 
+cdef bint ssl_set_record_socket(SSL *ssl, int fd) noexcept nogil:
+    """The socket of a client the record layer takes over after the handshake."""
+    cdef lb_tlsr *t = <lb_tlsr *>calloc(1, sizeof(lb_tlsr))
+    cdef BIO *b
+    if t == NULL:
+        return False
+    b = BIO_new(<const void *>LB_BIOR)
+    if b == NULL:
+        free(t)
+        return False
+    t.fd = fd
+    BIO_set_data(b, t)
+    BIO_set_init(b, 1)
+    SSL_set_bio(ssl, b, b)
+    SSL_set_read_ahead(ssl, 0)
+    SSL_set_msg_callback(ssl, tlsr_msg_cb)
+    return True
+
+
 cdef inline bint ssl_socket_drained(SSL *ssl) noexcept nogil:
-    """The last read from the socket took less than it asked: it is empty."""
-    return (<size_t>BIO_get_data(SSL_get_rbio(ssl)) & BIOD_DRAINED) != 0
+    """The last read from the socket took less than it asked, and the BIO
+    holds nothing it read: the socket is empty."""
+    cdef BIO *b = SSL_get_rbio(ssl)
+    cdef lb_tlsr *t = bio_tlsr(b)
+    if t != NULL:
+        return (t.flags & TR_DRAINED) != 0 and t.roff == t.rlen
+    return (<size_t>BIO_get_data(b) & BIOD_DRAINED) != 0
 
 
 # ---- the transport ------------------------------------------------------------------
@@ -203,7 +306,9 @@ cdef bint sock_tls_accept(lb_sock *s, lb_tls_server *t) noexcept nogil:
     if ssl == NULL:
         ERR_clear_error()
         return False
-    if not ssl_set_socket(ssl, s.fd):
+    # the client_cert step reads the client's certificate from the SSL object
+    # at each request: those connections stay with OpenSSL
+    if not (ssl_set_socket(ssl, s.fd) if t.client_cert else ssl_set_record_socket(ssl, s.fd)):
         SSL_free(ssl)
         return False
     SSL_set_accept_state(ssl)
@@ -213,7 +318,7 @@ cdef bint sock_tls_accept(lb_sock *s, lb_tls_server *t) noexcept nogil:
 
 
 cdef inline bint sock_is_tls(lb_sock *s) noexcept nogil:
-    return s.xp == &XPRT_TLS
+    return s.xp == &XPRT_TLS or s.xp == &XPRT_TLSR
 
 
 # ---- TLS to backends (as the client) ----------------------------------------------------
@@ -367,6 +472,13 @@ cdef int tls_handshake(lb_worker *w, lb_sock *s, int *reason) noexcept nogil:
         lb_add_u64(&w.stats.tls_handshakes, 1)
         if SSL_session_reused(ssl):
             lb_add_u64(&w.stats.tls_resumed, 1)
+        r = tls_take_over(s)
+        if r < 0:
+            reason[0] = TLS_FAIL_PROTOCOL
+            tls_count_failure(w, reason[0])
+            return XPRT_ERROR
+        if r == 1:
+            lb_add_u64(&w.stats.tls_record_layer, 1)
         return 1
     err = SSL_get_error(ssl, r)
     if err == SSL_ERROR_WANT_READ:
@@ -881,6 +993,9 @@ cdef class TlsServer:
         else:
             SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET)
             SSL_CTX_set_num_tickets(ctx, 0)
+        if not settings.client_ca:
+            # the traffic secrets the record layer takes over with (TLS 1.3)
+            SSL_CTX_set_keylog_callback(ctx, tlsr_keylog_cb)
         SSL_CTX_set_tlsext_servername_callback(ctx, tls_servername_cb)
         SSL_CTX_set_tlsext_servername_arg(ctx, &self.t)
         SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_cb, &self.t)

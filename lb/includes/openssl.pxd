@@ -2,7 +2,7 @@
 # openssl/pem.h (OpenSSL 3.0). Several of these are macros in the headers
 # (SSL_CTX_set_mode, SSL_CTX_set_min_proto_version, ...): declared here as the
 # functions they expand to calls of, which is all Cython needs.
-from libc.stdint cimport uint8_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint64_t
 
 cdef extern from "openssl/ssl.h" nogil:
     ctypedef struct SSL_CTX
@@ -136,6 +136,19 @@ cdef extern from "openssl/ssl.h" nogil:
     void *SSL_load_client_CA_file(const char *file)
     void SSL_CTX_set_client_CA_list(SSL_CTX *ctx, void *names)
     X509 *SSL_get0_peer_certificate(const SSL *ssl)
+    void SSL_set_read_ahead(SSL *ssl, int yes)
+    void SSL_CTX_set_keylog_callback(SSL_CTX *ctx, void (*cb)(const SSL *, const char *) noexcept nogil)
+    void SSL_set_msg_callback(SSL *ssl, void (*cb)(int, int, int, const void *, size_t, SSL *, void *) noexcept nogil)
+    size_t SSL_get_client_random(const SSL *ssl, unsigned char *out, size_t outlen)
+    size_t SSL_get_server_random(const SSL *ssl, unsigned char *out, size_t outlen)
+    SSL_SESSION *SSL_get_session(const SSL *ssl)
+    size_t SSL_SESSION_get_master_key(const SSL_SESSION *sess, unsigned char *out, size_t outlen)
+    int SSL_CIPHER_get_cipher_nid(const SSL_CIPHER *c)
+    const EVP_MD *SSL_CIPHER_get_handshake_digest(const SSL_CIPHER *c)
+    uint16_t SSL_CIPHER_get_protocol_id(const SSL_CIPHER *c)
+    enum:
+        SSL3_RT_HANDSHAKE
+        SSL3_MT_NEWSESSION_TICKET
 
 cdef extern from "openssl/sslerr.h" nogil:
     enum:
@@ -214,6 +227,18 @@ cdef extern from "openssl/stack.h" nogil:
 
 cdef extern from "openssl/evp.h" nogil:
     const EVP_MD *EVP_sha256()
+    const EVP_MD *EVP_sha384()
+    int EVP_MD_get_size(const EVP_MD *md)
+    EVP_CIPHER_CTX *EVP_CIPHER_CTX_new()
+    void EVP_CIPHER_CTX_free(EVP_CIPHER_CTX *ctx)
+    int EVP_CipherInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, void *impl,
+                          const unsigned char *key, const unsigned char *iv, int enc)
+    int EVP_CipherUpdate(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl, const unsigned char *inp, int inl)
+    int EVP_CipherFinal_ex(EVP_CIPHER_CTX *ctx, unsigned char *out, int *outl)
+    int EVP_CIPHER_CTX_ctrl(EVP_CIPHER_CTX *ctx, int type, int arg, void *ptr)
+    enum:
+        EVP_CTRL_AEAD_GET_TAG
+        EVP_CTRL_AEAD_SET_TAG
     const EVP_CIPHER *EVP_aes_256_cbc()
     int EVP_EncryptInit_ex(EVP_CIPHER_CTX *ctx, const EVP_CIPHER *cipher, void *impl,
                            const unsigned char *key, const unsigned char *iv)
@@ -225,6 +250,19 @@ cdef extern from "openssl/evp.h" nogil:
         EVP_PKEY_RSA
         EVP_PKEY_EC
 
+cdef extern from "openssl/obj_mac.h" nogil:
+    enum:
+        NID_aes_128_gcm
+        NID_aes_256_gcm
+        NID_chacha20_poly1305
+
+cdef extern from "openssl/hmac.h" nogil:
+    unsigned char *HMAC(const EVP_MD *md, const void *key, int key_len, const unsigned char *d, size_t n,
+                        unsigned char *md_out, unsigned int *md_len)
+
+cdef extern from "openssl/crypto.h" nogil:
+    void OPENSSL_cleanse(void *ptr, size_t len)
+
 cdef extern from "openssl/params.h" nogil:
     ctypedef struct OSSL_PARAM:
         const char *key
@@ -233,7 +271,13 @@ cdef extern from "openssl/params.h" nogil:
     OSSL_PARAM OSSL_PARAM_construct_end()
 
 cdef extern from "openssl/evp.h" nogil:
+    ctypedef struct EVP_MAC
     int EVP_MAC_CTX_set_params(EVP_MAC_CTX *ctx, const OSSL_PARAM *params)
+    EVP_MAC *EVP_MAC_fetch(void *libctx, const char *algorithm, const char *properties)
+    EVP_MAC_CTX *EVP_MAC_CTX_new(EVP_MAC *mac)
+    int EVP_MAC_init(EVP_MAC_CTX *ctx, const unsigned char *key, size_t keylen, const OSSL_PARAM *params)
+    int EVP_MAC_update(EVP_MAC_CTX *ctx, const unsigned char *data, size_t datalen)
+    int EVP_MAC_final(EVP_MAC_CTX *ctx, unsigned char *out, size_t *outl, size_t outsize)
     EVP_CIPHER *EVP_CIPHER_fetch(void *libctx, const char *algorithm, const char *properties)
 
 cdef extern from "openssl/bio.h" nogil:
@@ -253,6 +297,8 @@ cdef extern from "openssl/bio.h" nogil:
     int BIO_meth_set_write(BIO_METHOD *m, int (*write)(BIO *, const char *, int) noexcept nogil)
     int BIO_meth_set_read(BIO_METHOD *m, int (*read)(BIO *, char *, int) noexcept nogil)
     int BIO_meth_set_ctrl(BIO_METHOD *m, long (*ctrl)(BIO *, int, long, void *) noexcept nogil)
+    int BIO_meth_set_destroy(BIO_METHOD *m, int (*destroy)(BIO *) noexcept nogil)
+    int BIO_method_type(const BIO *b)
     void BIO_set_data(BIO *b, void *ptr)
     void *BIO_get_data(BIO *b)
     void BIO_set_init(BIO *b, int init)
