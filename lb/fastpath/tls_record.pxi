@@ -428,6 +428,8 @@ cdef int tr_open(lb_tlsr *t, uint8_t *rec, uint32_t clen, uint8_t **plain, uint3
     n = clen - explicit - TLSR_TAG
     ct = rec + 5 + explicit
     if tls13:
+        if n > TLSR_MAX_PLAIN + 1:    # content, type and padding (RFC 8446 5.2)
+            return ALERT_RECORD_OVERFLOW
         tr_nonce(t.riv, t.rseq, nonce)
         if EVP_CipherInit_ex(t.rx, NULL, NULL, NULL, nonce, 0) != 1 \
                 or EVP_CipherUpdate(t.rx, NULL, &outl, rec, 5) != 1:
@@ -624,6 +626,8 @@ cdef int tr_record(lb_tlsr *t, uint8_t *rec, uint32_t clen) noexcept nogil:
         t.plen = n
         return 0
     if ctype == CT_HANDSHAKE:
+        if n == 0:                   # no empty handshake fragments (RFC 8446 5.1, RFC 5246 6.2.1)
+            return ALERT_UNEXPECTED_MESSAGE
         return tr_handshake(t, p, n)
     if ctype == CT_ALERT:
         if n != 2:
