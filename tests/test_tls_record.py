@@ -260,3 +260,41 @@ def test_connections_the_record_layer_leaves_to_openssl(pki, origins, run_lb, tm
         conn.request("GET", f"/bytes/{MIB}")
         assert conn.getresponse().read() == payload(MIB)
     assert stat(lb, "tls_handshakes") == 1 and stat(lb, "tls_record_layer") == 0
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_records_cut_anywhere_on_the_wire(pki, origins, run_lb, version):
+    """Forty pipelined requests, some with bodies, as TLS records cut into
+    segments of 1 to 700 bytes at random: lb reassembles every record and
+    answers every request in order."""
+    import random
+    rnd = random.Random(7)
+    port = free_port()
+    run_lb(tls_config(port, [origins()], certs_toml(pki.default)))
+    v = ssl.TLSVersion.TLSv1_2 if version == "tls12" else ssl.TLSVersion.TLSv1_3
+    with MemTls(port, client_context(pki.ca_path, minimum_version=v, maximum_version=v)) as t:
+        t.handshake()
+        t.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        bodies = [os.urandom(rnd.choice((0, 1, 300, 20000))) for _ in range(40)]
+        for i, body in enumerate(bodies):
+            t.obj.write(f"POST /cut/{i} HTTP/1.1\r\nHost: a.test\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                        + body)
+        wire = t.out.read()
+        pos = 0
+        while pos < len(wire):
+            n = rnd.randint(1, 700)
+            t.sock.sendall(wire[pos:pos + n])
+            pos += n
+        got = b""
+        for i, body in enumerate(bodies):
+            while True:
+                head, sep, rest = got.partition(b"\r\n\r\n")
+                if sep:
+                    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                      if line.lower().startswith(b"content-length:")))
+                    if len(rest) >= length:
+                        break
+                got += t.recv()
+            echo = json.loads(rest[:length])
+            assert (echo["target"], echo["body_sha256"]) == (f"/cut/{i}", hashlib.sha256(body).hexdigest())
+            got = rest[length:]
