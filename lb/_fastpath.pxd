@@ -674,6 +674,7 @@ cdef struct lb_tlsr:
     uint8_t hs_type                  # a post-handshake handshake message being read: its type,
     uint8_t hs_got                   # ... the bytes of its header and body read so far,
     uint8_t hs_body                  # ... and its body (the only one kept is a KeyUpdate's byte)
+    uint8_t quiet                    # records in a row that carried no application data
     uint32_t hs_need                 # ... and how many more there are
     char *rbuf                       # bytes read from the socket, TLSR_RBUF when allocated
     uint32_t roff                    # the first not yet taken

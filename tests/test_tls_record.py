@@ -160,7 +160,8 @@ class SClient:
 def test_key_updates_both_ways(pki, origins, run_lb):
     """The client updates its keys (k), and asks lb to update its own (K):
     requests go on being read, and lb answers K with its own KeyUpdate
-    (update_not_requested), after which its responses still decrypt."""
+    (update_not_requested) before its next record, after which its responses
+    still decrypt."""
     port = free_port()
     lb = run_lb(tls_config(port, [origins()], certs_toml(pki.default)))
     c = SClient(port, "-tls1_3", "-CAfile", str(pki.ca_path))
@@ -171,9 +172,11 @@ def test_key_updates_both_ways(pki, origins, run_lb):
         assert b'"target": "/2"' in c.get("/2")
         c.line("K\n")
         c.until(b">>> TLS 1.3, Handshake [length 0005], KeyUpdate\n    18 00 00 01 01")
-        # lb's own, update_not_requested
-        c.until(b"<<< TLS 1.3, Handshake [length 0005], KeyUpdate\n    18 00 00 01 00")
-        for i in range(3, 6):
+        # lb's own, update_not_requested, before its next record
+        out = c.get("/3")
+        assert b"<<< TLS 1.3, Handshake [length 0005], KeyUpdate\n    18 00 00 01 00" in out
+        assert b'"target": "/3"' in out
+        for i in range(4, 7):
             assert f'"target": "/{i}"'.encode() in c.get(f"/{i}")
     finally:
         c.close()
@@ -298,3 +301,43 @@ def test_records_cut_anywhere_on_the_wire(pki, origins, run_lb, version):
             echo = json.loads(rest[:length])
             assert (echo["target"], echo["body_sha256"]) == (f"/cut/{i}", hashlib.sha256(body).hexdigest())
             got = rest[length:]
+
+
+def test_a_run_of_key_updates_is_a_flood(pki, origins, run_lb):
+    """Records that carry no data cost lb work and give nothing: after 32 in a
+    row (OpenSSL's limit) the connection ends with unexpected_message. Asking
+    for lb's key update again and again gets one answer at lb's next record,
+    not one per request."""
+    port = free_port()
+    lb = run_lb(tls_config(port, [origins()], certs_toml(pki.default)))
+    c = SClient(port, "-tls1_3", "-CAfile", str(pki.ca_path))
+    try:
+        assert b'"target": "/1"' in c.get("/1")
+        for _ in range(3):
+            c.line("K\n")
+            c.until(b">>> TLS 1.3, Handshake [length 0005], KeyUpdate\n    18 00 00 01 01")
+        out = c.get("/2")
+        assert out.count(b"<<< TLS 1.3, Handshake [length 0005], KeyUpdate") == 1
+        for _ in range(33):
+            c.line("K\n")
+            c.until(b"KeyUpdate\n    18 00 00 01 01")
+        c.until(b"fatal unexpected_message")
+    finally:
+        c.close()
+    wait_for(lambda: stat(lb, "tls_bad_records") == 1, 5, "the flood counted")
+
+
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_max_fragment_length_is_kept(pki, origins, run_lb, version):
+    """A client that negotiated 512-byte records (RFC 6066) gets them: its
+    connection stays with OpenSSL, which keeps to the limit."""
+    port = free_port()
+    lb = run_lb(tls_config(port, [origins()], certs_toml(pki.default)))
+    c = SClient(port, version, "-maxfraglen", "512", "-CAfile", str(pki.ca_path))
+    try:
+        c.line("GET /bytes/100000 HTTP/1.1\nHost: a.test\n\n")
+        c.until(b"HTTP/1.1 200")
+        c.get("/after")
+    finally:
+        c.close()
+    assert stat(lb, "tls_record_layer") == 0 and stat(lb, "tls_bad_records") == 0

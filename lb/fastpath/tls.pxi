@@ -131,6 +131,10 @@ cdef int bior_read(BIO *b, char *buf, int n) noexcept nogil:
     c = min(<uint32_t>n, t.rlen - t.roff)
     memcpy(buf, t.rbuf + t.roff, c)
     t.roff += c
+    if t.roff == t.rlen:             # held only while it holds bytes
+        free(t.rbuf)
+        t.rbuf = NULL
+        t.roff = t.rlen = 0
     return <int>c
 
 

@@ -30,6 +30,7 @@ cdef enum:
     TR_CLOSED_IN = 4                 # the peer's close_notify
     TR_CLOSED_OUT = 8                # lb's close_notify is sent
     TR_FATAL = 16                    # a fatal alert went or came: nothing more is read or written
+    TR_KEY_UPDATE = 32               # the client asked for lb's key update: it goes before lb's next record
 
     AEAD_AES128_GCM = 0
     AEAD_AES256_GCM = 1
@@ -43,6 +44,7 @@ cdef enum:
     TLSR_RBUF = 2 * (5 + TLSR_MAX_CT12)          # a receive buffer: two of the largest records
     TLSR_BATCH = 4                   # records sealed per send(2)
     TLSR_KEY_UPDATE_AT = 1 << 23     # TLS 1.3: lb's own key update after this many records
+    TLSR_MAX_QUIET = 32              # records in a row without application data (OpenSSL's limit)
 
     CT_ALERT = 21
     CT_HANDSHAKE = 22
@@ -292,6 +294,10 @@ cdef int tls_take_over(lb_sock *s) noexcept nogil:
         t.aead = AEAD_CHACHA20_POLY1305
     else:
         return 0
+    # a client that negotiated smaller records (RFC 6066 max_fragment_length)
+    # stays with OpenSSL, which keeps to them
+    if SSL_SESSION_get_max_fragment_length(SSL_get_session(ssl)) != 0:
+        return 0
     version = SSL_version(ssl)
     if version == TLS1_3_VERSION and (t.secrets != 3 or t.hlen != EVP_MD_get_size(SSL_CIPHER_get_handshake_digest(c))):
         return 0
@@ -513,20 +519,19 @@ cdef int tr_flush(lb_tlsr *t) noexcept nogil:
 
 
 cdef void tr_alert(lb_tlsr *t, uint8_t level, uint8_t desc) noexcept nogil:
-    """Send an alert, best effort: behind records the socket does not take
-    now, or on a socket too full for it, there is none."""
+    """Send an alert. Like every record it goes behind those the socket has
+    not taken yet (a record dropped or cut would break the stream for every
+    record after it), and out as soon as the socket takes it."""
     cdef uint8_t rec[64]
     cdef uint8_t a[2]
     cdef int n
     if t.flags & (TR_FATAL | TR_CLOSED_OUT):
         return
-    if t.wlen and tr_flush(t) != 1:
-        return
     a[0] = level
     a[1] = desc
     n = tr_seal(t, CT_ALERT, a, 2, rec)
-    if n > 0:
-        send(t.fd, rec, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+    if n > 0 and tr_keep(t, rec, n):
+        tr_flush(t)
 
 
 cdef ssize_t tr_fail(lb_tlsr *t, int alert) noexcept nogil:
@@ -605,8 +610,10 @@ cdef int tr_handshake(lb_tlsr *t, const uint8_t *p, uint32_t n) noexcept nogil:
         if not tr13_next(t, t.rsecret, t.rx, t.riv, 0):
             return ALERT_INTERNAL_ERROR
         t.rseq = 0
-        if t.hs_body == 1 and not tr_send_key_update(t, 0):
-            return ALERT_INTERNAL_ERROR
+        # one answer however many requests come before lb writes again
+        # (RFC 8446 4.6.3), and none once lb has closed its side
+        if t.hs_body == 1 and not (t.flags & TR_CLOSED_OUT):
+            t.flags |= TR_KEY_UPDATE
     return 0
 
 
@@ -619,11 +626,19 @@ cdef int tr_record(lb_tlsr *t, uint8_t *rec, uint32_t clen) noexcept nogil:
     cdef int alert = tr_open(t, rec, clen, &p, &n, &ctype)
     if alert:
         return alert
-    if ctype == CT_APPLICATION_DATA:
+    if ctype == CT_APPLICATION_DATA and n:
         if t.hs_got:                 # no data inside a handshake message
             return ALERT_UNEXPECTED_MESSAGE
         t.poff = <uint32_t>(<char *>p - t.rbuf)
         t.plen = n
+        t.quiet = 0
+        return 0
+    # Records without data (empty ones, key updates, warnings) cost lb work
+    # and give nothing: a run of them is a flood, as OpenSSL judges it
+    t.quiet += 1
+    if t.quiet > TLSR_MAX_QUIET:
+        return ALERT_UNEXPECTED_MESSAGE
+    if ctype == CT_APPLICATION_DATA:
         return 0
     if ctype == CT_HANDSHAKE:
         if n == 0:                   # no empty handshake fragments (RFC 8446 5.1, RFC 5246 6.2.1)
@@ -632,10 +647,15 @@ cdef int tr_record(lb_tlsr *t, uint8_t *rec, uint32_t clen) noexcept nogil:
     if ctype == CT_ALERT:
         if n != 2:
             return ALERT_DECODE_ERROR
+        if p[0] != ALERT_WARNING and p[0] != ALERT_FATAL:
+            return ALERT_ILLEGAL_PARAMETER
         if p[1] == ALERT_CLOSE_NOTIFY:
             t.flags |= TR_CLOSED_IN
+            # the end of the stream must reach the loop even when the socket
+            # stays open and this read also gave data: an edge of its own
+            shutdown(t.fd, SHUT_RD)
             return 0
-        if p[1] == ALERT_USER_CANCELED or (t.version != TLS1_3_VERSION and p[0] == ALERT_WARNING):
+        if p[0] == ALERT_WARNING and (p[1] == ALERT_USER_CANCELED or t.version != TLS1_3_VERSION):
             return 0
         t.flags |= TR_FATAL
         set_errno(ECONNRESET)
@@ -656,7 +676,7 @@ cdef ssize_t tlsr_recv(lb_sock *s, void *buf, size_t n) noexcept nogil:
     if t.flags & TR_FATAL:
         set_errno(EPROTO)
         return XPRT_ERROR
-    if t.wlen and not t.wplain and tr_flush(t) < 0:   # a key update's answer
+    if t.wlen and tr_flush(t) < 0:
         return tr_fail(t, 0)
     # Decrypt and hand out whole records until the caller's buffer is full, or
     # the socket is empty and what is left is less than a record (the
@@ -746,16 +766,18 @@ cdef ssize_t tlsr_send(lb_sock *s, const void *buf, size_t n) noexcept nogil:
     # bytes (it calls again with the same bytes, as OpenSSL asks of SSL_write),
     # those count as sent once they are out, and the rest follows: a short
     # count must mean the socket is full, or no event would come to go on.
+    # (Another call may have sent them already: a read that flushed, an alert.)
     if t.wlen:
         r = tr_flush(t)
         if r < 0:
             return tr_fail(t, 0)
         if r == 0:
             return XPRT_WANT_WRITE
-        sent = t.wplain
-        t.wplain = 0
+    sent = min(<size_t>t.wplain, n)
+    t.wplain = 0
     while sent < n:
-        if t.version == TLS1_3_VERSION and t.wseq >= TLSR_KEY_UPDATE_AT:
+        if t.flags & TR_KEY_UPDATE or (t.version == TLS1_3_VERSION and t.wseq >= TLSR_KEY_UPDATE_AT):
+            t.flags &= ~TR_KEY_UPDATE
             if not tr_send_key_update(t, 0):
                 return tr_fail(t, ALERT_INTERNAL_ERROR)
             if t.wlen:

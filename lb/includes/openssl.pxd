@@ -142,6 +142,7 @@ cdef extern from "openssl/ssl.h" nogil:
     size_t SSL_get_client_random(const SSL *ssl, unsigned char *out, size_t outlen)
     size_t SSL_get_server_random(const SSL *ssl, unsigned char *out, size_t outlen)
     SSL_SESSION *SSL_get_session(const SSL *ssl)
+    uint8_t SSL_SESSION_get_max_fragment_length(const SSL_SESSION *sess)
     size_t SSL_SESSION_get_master_key(const SSL_SESSION *sess, unsigned char *out, size_t outlen)
     int SSL_CIPHER_get_cipher_nid(const SSL_CIPHER *c)
     const EVP_MD *SSL_CIPHER_get_handshake_digest(const SSL_CIPHER *c)
