@@ -656,7 +656,6 @@ cdef struct lb_tls_server:           # a TLS listener's contexts; built by the s
     lb_str client_names[3]           # subject, fingerprint, verify: as configured
     lb_str client_lower[3]
     lb_str client_values[3]          # buffers of CLIENT_VALUE_MAX bytes
-    void *bio                        # a memory BIO the subject is printed into
 
 # A client's TLS connection after its handshake (fastpath/tls_record.pxi):
 # OpenSSL's SSL object is freed and lb keeps the record layer's state alone,
@@ -693,6 +692,9 @@ cdef struct lb_tlsr:
     uint8_t wiv[12]
     uint8_t rsecret[48]              # TLS 1.3 traffic secrets, for key updates
     uint8_t wsecret[48]
+    char *peer                       # the client's certificate, for the client_cert step: its
+                                     # subject (RFC 2253) then its SHA-256 in hex; NULL: none
+    uint32_t peer_len
 
 cdef struct lb_tls_client:           # a pool's TLS to its backends; built by the supervisor before fork
     SSL_CTX *ctx

@@ -244,18 +244,12 @@ def test_close_notify_from_the_client_ends_the_request_stream(pki, origins, run_
     wait_for(lambda: stat(lb, "active") == 0, 5, "the connection closed")
 
 
-@pytest.mark.parametrize("case", ["client-certificates", "cbc-suite"])
-def test_connections_the_record_layer_leaves_to_openssl(pki, origins, run_lb, tmp_path, case):
-    """A listener that reads client certificates per request, and a TLS 1.2
-    suite that is not AEAD (configured on purpose), stay with OpenSSL: they
-    work as before, and tls_record_layer does not count them."""
+def test_a_cbc_suite_stays_with_openssl(pki, origins, run_lb):
+    """A TLS 1.2 suite that is not AEAD (configured on purpose) stays with
+    OpenSSL: it works as before, and tls_record_layer does not count it."""
     port = free_port()
-    if case == "client-certificates":
-        tls = certs_toml(pki.default) + f'client_ca = "{pki.ca_path}"\nclient_verify = "optional"'
-        ctx = client_context(pki.ca_path)
-    else:
-        tls = certs_toml(pki.default) + 'protocols = ["TLSv1.2"]\nciphers = "ECDHE-ECDSA-AES128-SHA256"'
-        ctx = client_context(pki.ca_path, maximum_version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-SHA256")
+    tls = certs_toml(pki.default) + 'protocols = ["TLSv1.2"]\nciphers = "ECDHE-ECDSA-AES128-SHA256"'
+    ctx = client_context(pki.ca_path, maximum_version=ssl.TLSVersion.TLSv1_2, ciphers="ECDHE-ECDSA-AES128-SHA256")
     lb = run_lb(tls_config(port, [origins()], tls))
     with https(port, ctx) as conn:
         for i in range(3):
@@ -263,6 +257,28 @@ def test_connections_the_record_layer_leaves_to_openssl(pki, origins, run_lb, tm
         conn.request("GET", f"/bytes/{MIB}")
         assert conn.getresponse().read() == payload(MIB)
     assert stat(lb, "tls_handshakes") == 1 and stat(lb, "tls_record_layer") == 0
+
+
+@pytest.mark.parametrize("version", ["tls12", "tls13"])
+def test_client_certificate_fields_after_the_hand_over(pki, origins, run_lb, tmp_path, version):
+    """With client certificates, the record layer takes the connection too:
+    the certificate's subject and fingerprint, summed up before the SSL
+    object went, reach the backend with every request of the connection."""
+    port = free_port()
+    client = pki.ca.leaf("client-x", ("client-x",), client=True)
+    tls = certs_toml(pki.default) + f'client_ca = "{pki.ca_path}"\nclient_verify = "required"'
+    lb = run_lb(tls_config(port, [origins()], tls))
+    v = ssl.TLSVersion.TLSv1_2 if version == "tls12" else ssl.TLSVersion.TLSv1_3
+    ctx = client_context(pki.ca_path, minimum_version=v, maximum_version=v)
+    ctx.load_cert_chain(str(client.cert), str(client.key))
+    with https(port, ctx) as conn:
+        for i in range(3):
+            echo = echo_of(conn, "GET", f"/{i}")
+            fields = {n.lower(): v for n, v in echo["headers"]}
+            assert fields["x-client-cert-sha256"] == client.fingerprint, fields
+            assert "CN=client-x" in fields["x-client-cert-subject"]
+            assert fields["x-client-cert-verify"] == "SUCCESS"
+    assert stat(lb, "tls_record_layer") == 1
 
 
 @pytest.mark.parametrize("version", ["tls12", "tls13"])

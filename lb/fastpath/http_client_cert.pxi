@@ -26,31 +26,59 @@ cdef inline void client_field(lb_tls_server *t, uint32_t i, const char *value, s
     r.n_set += 1
 
 
-cdef int step_client_cert(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
-    cdef lb_tls_server *t = w.listeners[h.c.listener].tls
-    cdef SSL *ssl = <SSL *>h.c.sk[SIDE_CLIENT].ctx
+cdef BIO *PEER_BIO = NULL            # a memory BIO subjects are printed into (made at first use)
+
+
+cdef size_t peer_summary(SSL *ssl, char *out) noexcept nogil:
+    """The client's certificate into out (CLIENT_VALUE_MAX + 64 bytes): its
+    subject in RFC 2253 form (cut at CLIENT_VALUE_MAX), then its SHA-256
+    fingerprint in hex; the length, 0 without a certificate."""
+    global PEER_BIO
     cdef X509 *cert = SSL_get0_peer_certificate(ssl)
     cdef unsigned char md[32]
     cdef unsigned int mdlen = 32
-    cdef char hexv[64]
     cdef char *subject
-    cdef long n, i
+    cdef long n = 0
+    cdef int i
+    if cert == NULL:
+        return 0
+    if PEER_BIO == NULL:
+        PEER_BIO = BIO_new(BIO_s_mem())
+    if PEER_BIO != NULL:
+        BIO_reset(PEER_BIO)
+        X509_NAME_print_ex(PEER_BIO, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253)
+        n = min(BIO_get_mem_data(PEER_BIO, &subject), <long>CLIENT_VALUE_MAX)
+        memcpy(out, subject, n)
+    X509_digest(cert, EVP_sha256(), md, &mdlen)
+    for i in range(32):
+        out[n + 2 * i] = b"0123456789abcdef"[md[i] >> 4]
+        out[n + 2 * i + 1] = b"0123456789abcdef"[md[i] & 15]
+    return n + 64
+
+
+cdef int step_client_cert(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
+    cdef lb_tls_server *t = w.listeners[h.c.listener].tls
+    cdef lb_sock *s = &h.c.sk[SIDE_CLIENT]
+    cdef char scratch[CLIENT_VALUE_MAX + 64]
+    cdef const char *peer
+    cdef size_t n
+    # lb's record layer kept the summary when it freed the SSL object; a
+    # connection OpenSSL still carries is asked
+    if s.xp == &XPRT_TLSR:
+        peer = (<lb_tlsr *>s.ctx).peer
+        n = (<lb_tlsr *>s.ctx).peer_len
+    else:
+        peer = scratch
+        n = peer_summary(<SSL *>s.ctx, scratch)
     t.client_fields.n_set = 0
     t.client_fields.n_remove = 0
-    if cert == NULL:
+    if n == 0:
         client_field(t, 0, NULL, 0)
         client_field(t, 1, NULL, 0)
         client_field(t, 2, b"NONE", 4)
     else:
-        BIO_reset(<BIO *>t.bio)
-        X509_NAME_print_ex(<BIO *>t.bio, X509_get_subject_name(cert), 0, XN_FLAG_RFC2253)
-        n = BIO_get_mem_data(<BIO *>t.bio, &subject)
-        client_field(t, 0, subject, n)
-        X509_digest(cert, EVP_sha256(), md, &mdlen)
-        for i in range(32):
-            hexv[2 * i] = b"0123456789abcdef"[md[i] >> 4]
-            hexv[2 * i + 1] = b"0123456789abcdef"[md[i] & 15]
-        client_field(t, 1, hexv, 64)
+        client_field(t, 0, peer, n - 64)
+        client_field(t, 1, peer + n - 64, 64)
         client_field(t, 2, b"SUCCESS", 7)
     rulesets_push(h.rq_rules, &h.n_rq_rules, &t.client_fields)
     return STEP_CONTINUE

@@ -310,9 +310,7 @@ cdef bint sock_tls_accept(lb_sock *s, lb_tls_server *t) noexcept nogil:
     if ssl == NULL:
         ERR_clear_error()
         return False
-    # the client_cert step reads the client's certificate from the SSL object
-    # at each request: those connections stay with OpenSSL
-    if not (ssl_set_socket(ssl, s.fd) if t.client_cert else ssl_set_record_socket(ssl, s.fd)):
+    if not ssl_set_record_socket(ssl, s.fd):
         SSL_free(ssl)
         return False
     SSL_set_accept_state(ssl)
@@ -923,8 +921,6 @@ cdef class TlsServer:
             SSL_CTX_free(<SSL_CTX *><size_t>ctx)
         free(self.t.exact)
         free(self.t.wild)
-        if self.t.bio != NULL:
-            BIO_free(<BIO *>self.t.bio)
 
     def __init__(self, settings, str name="", bint tickets=True):
         """settings: a config.TlsSettings; name: the listener's (resumption
@@ -997,9 +993,8 @@ cdef class TlsServer:
         else:
             SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET)
             SSL_CTX_set_num_tickets(ctx, 0)
-        if not settings.client_ca:
-            # the traffic secrets the record layer takes over with (TLS 1.3)
-            SSL_CTX_set_keylog_callback(ctx, tlsr_keylog_cb)
+        # the traffic secrets the record layer takes over with (TLS 1.3)
+        SSL_CTX_set_keylog_callback(ctx, tlsr_keylog_cb)
         SSL_CTX_set_tlsext_servername_callback(ctx, tls_servername_cb)
         SSL_CTX_set_tlsext_servername_arg(ctx, &self.t)
         SSL_CTX_set_alpn_select_cb(ctx, tls_alpn_cb, &self.t)
@@ -1009,12 +1004,11 @@ cdef class TlsServer:
         """The scratch rule set the client_cert step fills per request."""
         cdef lb_hrules *r = &self.t.client_fields
         self.t.client_cert = 1
-        self.t.bio = BIO_new(BIO_s_mem())
         r.set_name = <lb_str *>calloc(3, sizeof(lb_str))
         r.set_lower = <lb_str *>calloc(3, sizeof(lb_str))
         r.set_value = <lb_str *>calloc(3, sizeof(lb_str))
         r.remove = <lb_str *>calloc(3, sizeof(lb_str))
-        if self.t.bio == NULL or r.set_name == NULL or r.set_lower == NULL or r.set_value == NULL or r.remove == NULL:
+        if r.set_name == NULL or r.set_lower == NULL or r.set_value == NULL or r.remove == NULL:
             raise MemoryError()
         for i, name in enumerate(names):
             self.t.client_names[i] = mkstr(name)

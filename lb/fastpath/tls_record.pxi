@@ -8,8 +8,8 @@
 # only while bytes wait in them. It is RFC 8446 section 5 (TLS 1.3) and RFC 5246
 # section 6.2 with RFC 5288 and RFC 7905 (TLS 1.2) for the AEAD suites:
 # AES-GCM and ChaCha20-Poly1305, every suite of Mozilla's intermediate profile.
-# A connection on any other suite, or whose certificate the client_cert step
-# reads per request, stays with OpenSSL (XPRT_TLS).
+# A connection on any other suite stays with OpenSSL (XPRT_TLS). A client's
+# certificate is summed up for the client_cert step before the SSL object goes.
 #
 # Where the keys come from:
 # - TLS 1.3: the traffic secrets, from OpenSSL's key log callback. The client's
@@ -319,6 +319,8 @@ cdef int tls_take_over(lb_sock *s) noexcept nogil:
             return -1
         t.rseq = 1
         t.wseq = 1
+    if SSL_get0_peer_certificate(ssl) != NULL and not tr_keep_peer(t, ssl):
+        return -1
     BIO_set_data(b, NULL)            # the struct outlives the BIO now
     SSL_free(ssl)
     s.ctx = t
@@ -330,7 +332,21 @@ cdef int tls_take_over(lb_sock *s) noexcept nogil:
     return 1
 
 
+cdef bint tr_keep_peer(lb_tlsr *t, SSL *ssl) noexcept nogil:
+    """What the client_cert step tells backends about the client's
+    certificate, kept when the SSL object goes."""
+    cdef char out[CLIENT_VALUE_MAX + 64]
+    cdef size_t n = peer_summary(ssl, out)
+    t.peer = <char *>malloc(n)
+    if t.peer == NULL:
+        return False
+    memcpy(t.peer, out, n)
+    t.peer_len = <uint32_t>n
+    return True
+
+
 cdef void tlsr_free(lb_tlsr *t) noexcept nogil:
+    free(t.peer)
     free(t.rbuf)
     free(t.wbuf)
     if t.rx != NULL:
