@@ -9,7 +9,7 @@ APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl
 # What building the compiled data path needs beyond a compiler: OpenSSL's headers.
 BUILD_DEPS := libssl-dev
 
-.PHONY: install build-deps demo test test-deps bench debug clean deb rpm deb-deps rpm-deps
+.PHONY: install build-deps demo test test-deps bench debug clean deb rpm deb-deps rpm-deps asan-test
 
 build-deps:
 	@$(call apt_ensure,$(BUILD_DEPS))
@@ -33,6 +33,24 @@ test: test-deps install
 
 bench: test-deps install
 	$(PYTHON) -m bench
+
+# The functional suite against the compiled part built with AddressSanitizer
+# and UndefinedBehaviorSanitizer, in a copy of the tree (build/asan), so the
+# normal build stays. The interpreter is not instrumented: libasan is
+# preloaded into it and every lb it starts. Any report (kept in
+# build/asan/reports) fails the run, even one from a worker the supervisor
+# replaced.
+ASAN_DIR := build/asan
+asan-test: test-deps install
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)/reports
+	tar --exclude=./build --exclude=./.git --exclude='./lb/*.so' --exclude=./lb/_fastpath.c -cf - . | tar -xf - -C $(ASAN_DIR)
+	cd $(ASAN_DIR) && LB_SANITIZE=1 $(PYTHON) setup.py build_ext --inplace -q
+	cd $(ASAN_DIR) && LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:log_path=$(CURDIR)/$(ASAN_DIR)/reports/asan \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(CURDIR)/$(ASAN_DIR)/reports/ubsan \
+	  $(PYTHON) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
+	@if ls $(ASAN_DIR)/reports/* >/dev/null 2>&1; then cat $(ASAN_DIR)/reports/*; exit 1; fi
+	@echo "asan-test: no sanitizer reports"
 
 # line tracing and -O0 -g3, for gdb and coverage of the Cython code
 debug:

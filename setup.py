@@ -81,8 +81,16 @@ def _use_shipped_c(extensions) -> bool:
 
 
 CFLAGS = ["-O2", "-D_GNU_SOURCE", "-fno-strict-aliasing", "-Wno-unused-function"]
+LDFLAGS = []
 if os.environ.get("LB_DEBUG"):
     CFLAGS = ["-O0", "-g3", "-D_GNU_SOURCE", "-DCYTHON_TRACE_NOGIL=1"]
+if os.environ.get("LB_SANITIZE"):
+    # `make asan-test`: AddressSanitizer and UndefinedBehaviorSanitizer, every
+    # report fatal (the interpreter itself is not instrumented: libasan is
+    # preloaded into it)
+    SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+    CFLAGS = ["-O1", "-g", "-D_GNU_SOURCE", "-fno-strict-aliasing", "-Wno-unused-function"] + SANITIZE
+    LDFLAGS = SANITIZE
 
 setup(
     ext_modules=[
@@ -90,6 +98,7 @@ setup(
             "lb._fastpath",
             ["lb/_fastpath.pyx"],
             extra_compile_args=CFLAGS,
+            extra_link_args=LDFLAGS,
             # TLS (lb/fastpath/tls.pxi): OpenSSL 3, libssl-dev to build
             libraries=["ssl", "crypto"],
             depends=["lb/_fastpath.pxd"],

@@ -130,9 +130,10 @@ class SClient:
         self.out = b""
         self.until(b"Verify return code")
 
-    def until(self, marker: bytes, timeout: float = 10) -> bytes:
-        """Read the output until marker appears (after what was read before); what came."""
-        start = len(self.out)
+    def until(self, marker: bytes, timeout: float = 10, since: int | None = None) -> bytes:
+        """Read the output until marker appears after offset since (default:
+        after what was read before); what came from there."""
+        start = len(self.out) if since is None else since
         deadline = time.monotonic() + timeout
         while marker not in self.out[start:]:
             left = deadline - time.monotonic()
@@ -334,10 +335,11 @@ def test_a_run_of_key_updates_is_a_flood(pki, origins, run_lb):
             c.until(b">>> TLS 1.3, Handshake [length 0005], KeyUpdate\n    18 00 00 01 01")
         out = c.get("/2")
         assert out.count(b"<<< TLS 1.3, Handshake [length 0005], KeyUpdate") == 1
+        flood = len(c.out)
         for _ in range(33):
             c.line("K\n")
             c.until(b"KeyUpdate\n    18 00 00 01 01")
-        c.until(b"fatal unexpected_message")
+        c.until(b"<<< TLS 1.3, Alert [length 0002], fatal unexpected_message", since=flood)
     finally:
         c.close()
     wait_for(lambda: stat(lb, "tls_bad_records") == 1, 5, "the flood counted")
