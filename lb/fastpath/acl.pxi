@@ -210,8 +210,10 @@ cdef int step_acl_route(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b
     return access_check(w, ac, &h.c.peer)
 
 
-def _has_access(x):
-    return bool(getattr(x, "allow", ()) or getattr(x, "deny", ()))
+def _has_access(site):
+    """A listener or route (config) with an allow or deny list."""
+    access = getattr(site, "access", None)
+    return access is not None and bool(access.allow or access.deny)
 
 
 def wants_acl(listener):
@@ -224,7 +226,7 @@ def wants_acl_route(listener):
 
 cdef lb_access *access_init(object rules, dict acl_index) except? NULL:
     """A listener's or a route's lists (a config Access, or None) -> its lb_access."""
-    if rules is None or not _has_access(rules):
+    if rules is None or not (rules.allow or rules.deny):
         return NULL
     if len(rules.allow) > ACL_MAX_PER_LIST or len(rules.deny) > ACL_MAX_PER_LIST:
         raise ValueError(f"at most {ACL_MAX_PER_LIST} ACLs in one allow or deny list")
@@ -254,7 +256,7 @@ cdef int acl_parse_prefix(const char *p, size_t n, int *family, uint32_t *v4, lb
     (10.0.0.1/8 is refused: 10.0.0.0/8 or 10.0.0.1/32 was meant, who knows)."""
     cdef char text[INET6_ADDRSTRLEN]
     cdef uint8_t raw[16]
-    cdef size_t slash = n, i, alen
+    cdef size_t slash, i, alen
     cdef uint32_t length = 0, maxlen
     cdef int k
     cdef lb_u128 mask6
@@ -263,6 +265,7 @@ cdef int acl_parse_prefix(const char *p, size_t n, int *family, uint32_t *v4, lb
         neg[0] = 1
         p += 1
         n -= 1
+    slash = n
     for i in range(n):
         if p[i] == 47:           # "/"
             slash = i
