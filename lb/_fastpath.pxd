@@ -540,6 +540,7 @@ cdef struct lb_route:
     lb_hrules req
     lb_hrules resp
     lb_access *access                # allow/deny on requests of this route (403); NULL: none
+    int64_t max_body                 # max_body_size; 0: none, -1: the listener's
 
 cdef struct lb_tnode:                # a timer-list link; lists hold nodes of one constant timeout
     lb_tnode *prev
@@ -562,6 +563,7 @@ cdef struct lb_http_listener:
     uint32_t max_target
     uint32_t max_head
     uint32_t max_fields
+    uint64_t max_body                # max_body_size; 0: none
     uint8_t xfwd                     # send X-Forwarded-For/-Proto/-Host
     uint8_t fwd                      # send Forwarded (RFC 7239)
     uint8_t hide_server
@@ -645,6 +647,8 @@ cdef struct lb_hconn:                # the client side of an http session
     uint8_t tls_sniff                # TLS listener: the first bytes are not looked at yet (plain HTTP?)
     uint8_t n_rq_rules
     uint8_t n_rs_rules
+    uint64_t body_max                # max_body_size of this request's listener or route; 0: none
+    uint64_t body_seen               # chunked request: data bytes announced so far
     lb_hrules *rq_rules[MAX_RULESETS]    # header rules the request's steps chose, applied in order (later sets win)
     lb_hrules *rs_rules[MAX_RULESETS]    # and the response's
     uint64_t key                     # hash key of the request

@@ -87,6 +87,7 @@ max_header_size = 8192
 max_header_count = 50
 forwarded = "both"
 hide_server = true
+max_body_size = "10MiB"
 
   [listeners.web.tls]
   certificates = [{ cert = "TLS_CERT", key = "TLS_KEY" }]
@@ -119,6 +120,7 @@ hide_server = true
   pool = "api"
   allow = ["office"]
   deny = ["blocked"]
+  max_body_size = 0
 
   [[listeners.web.routes]]
   host = "*.static.example.com"
@@ -248,6 +250,7 @@ def test_full_config_loads_every_key():
         max_header_count=50,
         forwarded="both",
         hide_server=True,
+        max_body_size=10 << 20,
         request_headers=config.HeaderRules(
             set=(("X-Env", "prod"), ("X-Tier", "web")),
             add=(("X-Via-Lb", "1"),),
@@ -264,7 +267,7 @@ def test_full_config_loads_every_key():
         2, 1, ("10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"))
     assert (cfg.acls["blocked"].ipv4, cfg.acls["blocked"].ipv6, cfg.acls["blocked"].file) == (2, 1, str(ACL_FILE))
     assert web.routes == (
-        config.Route(host="api.example.com", path_prefix="/v1/", pool="api", name="api",
+        config.Route(host="api.example.com", path_prefix="/v1/", pool="api", name="api", max_body_size=0,
                      access=config.Access(allow=("office",), deny=("blocked",), rule=3)),
         config.Route(host="*.static.example.com", path_prefix=None, pool="app"),
         config.Route(
@@ -780,6 +783,7 @@ HTTP_LISTENER_VALUES = {
     "hide_server": "hide_server = false",
     "request_headers": "request_headers = {}",
     "response_headers": '[listeners.web.response_headers]\nremove = ["Server"]',
+    "max_body_size": 'max_body_size = "1MiB"',
 }
 
 

@@ -23,6 +23,7 @@ from lb.config.values import (
     check_url_path,
     did_you_mean,
     parse_bind,
+    parse_size,
     string_list,
     wrong_type,
 )
@@ -47,6 +48,7 @@ HTTP_LISTENER_KEYS = (
     "hide_server",
     "request_headers",
     "response_headers",
+    "max_body_size",
 )
 NAMED = True
 KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", "tls_passthrough",
@@ -66,6 +68,7 @@ ROUTE_KEYS = (
     "request_headers",
     "response_headers",
     *ACCESS_KEYS,
+    "max_body_size",
 )
 ROUTE_MATCHERS = ("host", "path_prefix", "path", "methods", "header")
 
@@ -83,6 +86,7 @@ class Route:
     response_headers: HeaderRules = HeaderRules()
     access: Access | None = None  # allow/deny by ACL: 403 for a refused client
     name: str | None = None  # for status and the commands that address a route
+    max_body_size: int | None = None  # bytes; 0: no limit; None: the listener's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +102,7 @@ class HttpSettings:
     hide_server: bool = False
     request_headers: HeaderRules = HeaderRules()
     response_headers: HeaderRules = HeaderRules()
+    max_body_size: int = 0  # bytes of a request body; 0: no limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +223,7 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: di
         response_headers=parse_header_rules(t, "response_headers"),
         access=parse_access(t, acls, rules),
         name=name,
+        max_body_size=parse_body_size(t) if t.has("max_body_size") else None,
     )
 
 
@@ -240,7 +246,16 @@ def _parse_http_settings(t: Table) -> HttpSettings:
         hide_server=t.boolean("hide_server", False),
         request_headers=parse_header_rules(t, "request_headers"),
         response_headers=parse_header_rules(t, "response_headers"),
+        max_body_size=parse_body_size(t),
     )
+
+
+def parse_body_size(t: Table) -> int:
+    """max_body_size: a size ("10MiB", 1048576) or 0 for none."""
+    value = t.get("max_body_size", 0, "a size", lambda v: isinstance(v, (int, str)) and not isinstance(v, bool))
+    if isinstance(value, int) and value < 0:
+        raise ConfigError(t.path_of("max_body_size"), f"{value} is negative (0 means no limit)")
+    return parse_size(value, t.path_of("max_body_size"))
 
 
 def _parse_listener(

@@ -54,6 +54,7 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index,
     hl.max_target = getattr(hs, "max_target", 8192)
     hl.max_head = getattr(hs, "max_header_size", 16384)
     hl.max_fields = getattr(hs, "max_header_count", 100)
+    hl.max_body = getattr(hs, "max_body_size", 0)
     forwarded = getattr(hs, "forwarded", "x-forwarded")
     hl.xfwd = forwarded in ("x-forwarded", "both")
     hl.fwd = forwarded in ("forwarded", "both")
@@ -96,6 +97,8 @@ cdef lb_route *routes_init(object routes, dict pool_index, dict acl_index=None) 
         rules_init(&rt.req, getattr(route, "request_headers", None))
         rules_init(&rt.resp, getattr(route, "response_headers", None))
         rt.access = access_init(getattr(route, "access", None), acl_index or {})
+        limit = getattr(route, "max_body_size", None)
+        rt.max_body = -1 if limit is None else limit
     return out
 
 
