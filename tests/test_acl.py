@@ -444,7 +444,8 @@ def test_load_replaces_the_prefixes_and_a_broken_reload_keeps_serving(backends, 
     broken = tmp_path / "broken.txt"
     broken.write_text("127.0.0.2/32\nbogus\n")
     proc = lb_cli(sock, "acl", "load", "blocked", str(broken))
-    assert proc.returncode == 2 and f"{broken} line 2" in proc.stderr
+    assert proc.returncode == 2 and f"{broken} line 2: not an IPv4 or IPv6 address" in proc.stderr
+    assert "bogus" not in proc.stderr                                   # the daemon echoes no file content
     assert tcp_hello(port, "127.0.0.2") is None                         # the loaded list still serves
 
     # a reload whose ACL file is broken is refused: the running config serves on

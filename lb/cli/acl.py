@@ -10,7 +10,7 @@ import click
 
 from lb import config
 from lb.cli import render
-from lb.cli.app import EXIT_USAGE, App, print_json
+from lb.cli.app import ACL, EXIT_USAGE, App, print_json
 
 
 @click.group()
@@ -23,7 +23,7 @@ def _json_option(f):
 
 
 @acl.command()
-@click.argument("name", required=False)
+@click.argument("name", required=False, type=ACL)
 @click.argument("address", required=False)
 @click.option("--prefixes", is_flag=True, help="List every prefix of the ACL (a million lines for a million).")
 @click.option("-c", "--config", "config_path", metavar="FILE",
@@ -100,7 +100,7 @@ def _change(app: App, verb: str, name: str, prefixes: tuple[str, ...], as_json: 
 
 
 @acl.command()
-@click.argument("name")
+@click.argument("name", type=ACL)
 @click.argument("prefixes", nargs=-1, required=True, metavar="PREFIX...")
 @_json_option
 @click.pass_obj
@@ -111,7 +111,7 @@ def add(app: App, name: str, prefixes: tuple[str, ...], as_json: bool) -> None:
 
 
 @acl.command()
-@click.argument("name")
+@click.argument("name", type=ACL)
 @click.argument("prefixes", nargs=-1, required=True, metavar="PREFIX...")
 @_json_option
 @click.pass_obj
@@ -122,7 +122,7 @@ def remove(app: App, name: str, prefixes: tuple[str, ...], as_json: bool) -> Non
 
 
 @acl.command()
-@click.argument("name")
+@click.argument("name", type=ACL)
 @click.argument("file", type=click.Path(dir_okay=False))
 @_json_option
 @click.pass_obj

@@ -37,7 +37,10 @@ def _key(prefix: str) -> tuple[str, str]:
 
 
 def read_file_set(path: str):
-    """The prefixes of a file, finished: (AclSet, None), or (None, why not)."""
+    """The prefixes of a file, finished: (AclSet, None), or (None, why not).
+    The supervisor reads it with its own rights (root, often) for whoever may
+    use the admin socket: why not names the line and what is wrong, never
+    what the line holds."""
     from lb._fastpath import ACL_SOURCES, AclParseError, AclSet
 
     try:
@@ -50,8 +53,8 @@ def read_file_set(path: str):
         entries.parse_text(data, ACL_SOURCES["file"])
         entries.finish()
     except AclParseError as e:
-        return None, f"{path} line {e.line}: {e.message}"
-    except ValueError as e:
+        return None, f"{path} line {e.line}: {e.reason}"
+    except ValueError as e:  # a conflict or too many: prefixes, not the file's other content
         return None, f"{path}: {e}"
     return entries, None
 

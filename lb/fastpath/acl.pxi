@@ -438,18 +438,22 @@ cdef void acl_index6(const lb_u128 *bounds, uint32_t nb, uint32_t *idx) noexcept
 
 class AclParseError(ValueError):
     """A prefix that is not one: line is 1-based (a line of a file, or 1 + the
-    index in a list), text the offending entry."""
+    index in a list), text the offending entry, message what is wrong with it
+    (quoting it), reason the same without quoting it (for files the daemon
+    reads at an operator's request: their content is not echoed)."""
 
-    def __init__(self, line, text, message):
+    def __init__(self, line, text, code):
         self.line = line
         self.text = text
-        self.message = message
-        super().__init__(f"line {line}: {message}")
+        self.message = _parse_message(code, text)
+        self.reason = _PARSE_REASONS[code]
+        super().__init__(f"line {line}: {self.message}")
 
 
-_PARSE_MESSAGES = {
+_PARSE_REASONS = {
     ACL_BAD_ADDRESS: "not an IPv4 or IPv6 address",
     ACL_BAD_LENGTH: "invalid prefix length (0..32 for IPv4, 0..128 for IPv6, no leading zeros)",
+    ACL_HOST_BITS: "host bits set",
     ACL_TOO_LONG: "longer than any prefix",
 }
 
@@ -459,7 +463,7 @@ def _parse_message(int code, str text):
         import ipaddress
         net = ipaddress.ip_network(text.lstrip("!"), strict=False)
         return f"{text!r} has host bits set (the prefix is {net}; write it so, or a /{net.max_prefixlen} address)"
-    return f"{text!r}: {_PARSE_MESSAGES[code]}"
+    return f"{text!r}: {_PARSE_REASONS[code]}"
 
 
 cdef object acl_u128_to_py(lb_u128 x):
@@ -551,7 +555,7 @@ cdef class AclSet:
             rc = acl_parse_prefix(b + s, e - s, &family, &v4, &v6, &plen, &neg)
             if rc != ACL_OK:
                 text = (b + s)[:e - s].decode("utf-8", "replace")
-                raise AclParseError(line, text, _parse_message(rc, text))
+                raise AclParseError(line, text, rc)
             if family == 4:
                 if self.n4 == self.cap4:
                     self._grow4()
@@ -572,7 +576,7 @@ cdef class AclSet:
         cdef uint8_t neg = 0
         rc = acl_parse_prefix(raw, len(raw), &family, &v4, &v6, &plen, &neg) if raw else ACL_BAD_ADDRESS
         if rc != ACL_OK:
-            raise AclParseError(line, text, _parse_message(rc, text))
+            raise AclParseError(line, text, rc)
         self._append(family, v4, v6, plen, neg, line, src)
 
     def finish(self):
@@ -681,7 +685,7 @@ cdef class AclSet:
         assert self.finished
         rc = acl_parse_prefix(raw, len(raw), &family, &v4, &v6, &plen, &neg) if raw else ACL_BAD_ADDRESS
         if rc != ACL_OK:
-            raise AclParseError(1, text, _parse_message(rc, text))
+            raise AclParseError(1, text, rc)
         if family == 4:
             key = (<uint64_t>v4 << 6) | plen
             found = self._find4(key, &at)
