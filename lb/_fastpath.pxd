@@ -210,7 +210,8 @@ cdef struct shm_acl:                 # 128 bytes; writer: supervisor
     uint32_t gen                     # the live half is (gen & 1); stored with release once the other half is complete
     uint32_t n4[2]                   # boundaries in each half, IPv4
     uint32_t n6[2]                   # and IPv6
-    uint32_t _pad0
+    uint8_t shift4[2]                # leading bits every boundary of the half shares: buckets
+    uint8_t shift6[2]                # index the 16 bits after them
     uint64_t off                     # the two halves, one after the other, from the start of the mapping
     uint64_t _pad[4]
 

@@ -8,9 +8,13 @@
 # covers it is an included one. The supervisor flattens that longest-prefix
 # match into the sorted addresses where membership flips (boundaries): an
 # address is in the ACL when an odd number of boundaries are <= it. A table of
-# 65537 bucket starts, by the address's top 16 bits, narrows the binary search
-# to the boundaries of one bucket (a million random IPv4 prefixes leave ~30 per
-# bucket: five probes). IPv4 boundaries are uint32, IPv6 ones 128-bit.
+# 65537 bucket starts, by 16 bits of the address, narrows the binary search to
+# the boundaries of one bucket (a million random IPv4 prefixes leave ~30 per
+# bucket: five probes). The 16 bits are the ones after the leading bits all
+# boundaries share (shift): an ACL of prefixes inside 2001:db8::/32 buckets by
+# bits 32..47, not by the 16 bits every one of them has in common; an address
+# outside that shared part is below or above every boundary. IPv4 boundaries
+# are uint32, IPv6 ones 128-bit.
 #
 # Sharing. Each ACL has two halves in the acls region; the supervisor writes
 # the one not in use, then flips the ACL's generation with a release store. A
@@ -118,12 +122,21 @@ cdef inline bint acl_v4_mapped(const uint8_t *b) noexcept nogil:
     return b[10] == 0xff and b[11] == 0xff
 
 
-cdef inline int acl_half_v4(const char *half, uint32_t n, uint32_t a) noexcept nogil:
+cdef inline int acl_half_v4(const char *half, uint32_t n, uint32_t shift, uint32_t a) noexcept nogil:
     """1: a is in the table of this half, 0: not, -1: the half changed under us."""
     cdef const uint32_t *idx = <const uint32_t *>(half + ACL_IDX4_OFF)
     cdef const uint32_t *bounds = <const uint32_t *>(half + ACL_B4_OFF)
-    cdef uint32_t bucket = a >> 16
-    cdef uint32_t lo = idx[bucket], hi = idx[bucket + 1], mid
+    cdef uint32_t bucket, lo, hi, mid, top, common
+    if n == 0 or n > ACL_BOUNDS_CAP or shift > 16:
+        return 0 if n == 0 else -1
+    if shift:
+        top = a >> (32 - shift)
+        common = bounds[0] >> (32 - shift)
+        if top != common:
+            return 0 if top < common else <int>(n & 1)
+    bucket = (a << shift) >> 16
+    lo = idx[bucket]
+    hi = idx[bucket + 1]
     if hi > ACL_BOUNDS_CAP or lo > hi:
         return -1
     while lo < hi:
@@ -135,11 +148,21 @@ cdef inline int acl_half_v4(const char *half, uint32_t n, uint32_t a) noexcept n
     return lo & 1
 
 
-cdef inline int acl_half_v6(const char *half, uint32_t n, lb_u128 a) noexcept nogil:
+cdef inline int acl_half_v6(const char *half, uint32_t n, uint32_t shift, lb_u128 a) noexcept nogil:
     cdef const uint32_t *idx = <const uint32_t *>(half + ACL_IDX6_OFF)
     cdef const lb_u128 *bounds = <const lb_u128 *>(half + ACL_B6_OFF)
-    cdef uint32_t bucket = <uint32_t>(a >> 112)
-    cdef uint32_t lo = idx[bucket], hi = idx[bucket + 1], mid
+    cdef uint32_t bucket, lo, hi, mid
+    cdef lb_u128 top, common
+    if n == 0 or n > ACL_BOUNDS_CAP or shift > 112:
+        return 0 if n == 0 else -1
+    if shift:
+        top = a >> (128 - shift)
+        common = bounds[0] >> (128 - shift)
+        if top != common:
+            return 0 if top < common else <int>(n & 1)
+    bucket = <uint32_t>((a << shift) >> 112)
+    lo = idx[bucket]
+    hi = idx[bucket + 1]
     if hi > ACL_BOUNDS_CAP or lo > hi:
         return -1
     while lo < hi:
@@ -160,9 +183,9 @@ cdef bint acl_match(const char *base, shm_acl *acl, acl_addr *a) noexcept nogil:
         gen = lb_acquire_u32(&acl.gen)
         half = gen & 1
         if a.family == 4:
-            r = acl_half_v4(base + acl.off + half * ACL_HALF_SIZE, acl.n4[half], a.v4)
+            r = acl_half_v4(base + acl.off + half * ACL_HALF_SIZE, acl.n4[half], acl.shift4[half], a.v4)
         elif a.family == 6:
-            r = acl_half_v6(base + acl.off + half * ACL_HALF_SIZE, acl.n6[half], a.v6)
+            r = acl_half_v6(base + acl.off + half * ACL_HALF_SIZE, acl.n6[half], acl.shift6[half], a.v6)
         else:
             return False
         lb_fence_acquire()
@@ -416,22 +439,32 @@ cdef uint32_t acl_flatten6(const acl_e6 *e, uint32_t n, lb_u128 *out) noexcept n
     return nb
 
 
-cdef void acl_index4(const uint32_t *bounds, uint32_t nb, uint32_t *idx) noexcept nogil:
-    cdef uint32_t j = 0, b
+cdef uint32_t acl_index4(const uint32_t *bounds, uint32_t nb, uint32_t *idx) noexcept nogil:
+    """The bucket starts; returns the shift (leading bits shared, at most 16)."""
+    cdef uint32_t j = 0, b, shift = 0
+    if nb:
+        while shift < 16 and ((bounds[0] ^ bounds[nb - 1]) >> (31 - shift)) == 0:
+            shift += 1
     for b in range(65536):
-        while j < nb and (bounds[j] >> 16) < b:
+        while j < nb and ((bounds[j] << shift) >> 16) < b:
             j += 1
         idx[b] = j
     idx[65536] = nb
+    return shift
 
 
-cdef void acl_index6(const lb_u128 *bounds, uint32_t nb, uint32_t *idx) noexcept nogil:
-    cdef uint32_t j = 0, b
+cdef uint32_t acl_index6(const lb_u128 *bounds, uint32_t nb, uint32_t *idx) noexcept nogil:
+    """The bucket starts; returns the shift (leading bits shared, at most 112)."""
+    cdef uint32_t j = 0, b, shift = 0
+    if nb:
+        while shift < 112 and ((bounds[0] ^ bounds[nb - 1]) >> (127 - shift)) == 0:
+            shift += 1
     for b in range(65536):
-        while j < nb and <uint32_t>(bounds[j] >> 112) < b:
+        while j < nb and <uint32_t>((bounds[j] << shift) >> 112) < b:
             j += 1
         idx[b] = j
     idx[65536] = nb
+    return shift
 
 
 # ---- the supervisor's sets ----------------------------------------------------------------
@@ -787,16 +820,18 @@ cdef class AclSet:
         cdef uint32_t gen = acl.gen
         cdef uint32_t half = (gen + 1) & 1
         cdef char *h = shm.base + acl.off + half * ACL_HALF_SIZE
-        cdef uint32_t k4, k6
+        cdef uint32_t k4, k6, s4, s6
         if not self.finished:
             raise ValueError("finish() the set before publishing it")
         with nogil:
             k4 = acl_flatten4(self.e4, self.n4, <uint32_t *>(h + ACL_B4_OFF))
-            acl_index4(<uint32_t *>(h + ACL_B4_OFF), k4, <uint32_t *>(h + ACL_IDX4_OFF))
+            s4 = acl_index4(<uint32_t *>(h + ACL_B4_OFF), k4, <uint32_t *>(h + ACL_IDX4_OFF))
             k6 = acl_flatten6(self.e6, self.n6, <lb_u128 *>(h + ACL_B6_OFF))
-            acl_index6(<lb_u128 *>(h + ACL_B6_OFF), k6, <uint32_t *>(h + ACL_IDX6_OFF))
+            s6 = acl_index6(<lb_u128 *>(h + ACL_B6_OFF), k6, <uint32_t *>(h + ACL_IDX6_OFF))
         acl.n4[half] = k4
         acl.n6[half] = k6
+        acl.shift4[half] = s4
+        acl.shift6[half] = s6
         lb_release_u32(&acl.gen, gen + 1)
         return gen + 1
 
@@ -844,21 +879,32 @@ def acl_lookup(Shm shm, uint32_t index, addresses):
     return out
 
 
-def acl_lookup_ns(Shm shm, uint32_t index, int family, uint32_t n, uint64_t seed=1):
+def acl_lookup_ns(Shm shm, uint32_t index, int family, uint32_t n, uint64_t seed=1, str within=None):
     """Nanoseconds per lookup of n random addresses of a family (4 or 6) in
-    ACL `index`, and how many matched: the workers' lookup, timed in C."""
+    ACL `index` (within that prefix, when given), and how many matched: the
+    workers' lookup, timed in C."""
     cdef shm_acl *acl = shm._acl(index)
     cdef acl_addr *addrs = <acl_addr *>malloc(max(1, n) * sizeof(acl_addr))
     cdef uint64_t rng = seed, r, hits = 0
-    cdef uint32_t i
+    cdef uint32_t i, keep4 = 0xffffffff, base4 = 0
+    cdef lb_u128 keep6 = ~(<lb_u128>0), base6 = 0
     cdef timespec t0, t1
     if addrs == NULL:
         raise MemoryError()
+    if within is not None:
+        import ipaddress
+        net = ipaddress.ip_network(within)
+        if net.version == 4:
+            keep4 = int(net.hostmask)
+            base4 = int(net.network_address)
+        else:
+            keep6 = acl_py_to_u128(int(net.hostmask))
+            base6 = acl_py_to_u128(int(net.network_address))
     for i in range(n):
         r = lb_splitmix64(&rng)
         addrs[i].family = family
-        addrs[i].v4 = <uint32_t>r
-        addrs[i].v6 = ((<lb_u128>r) << 64) | lb_splitmix64(&rng)
+        addrs[i].v4 = (<uint32_t>r & keep4) | base4
+        addrs[i].v6 = ((((<lb_u128>r) << 64) | lb_splitmix64(&rng)) & keep6) | base6
     with nogil:
         clock_gettime(CLOCK_MONOTONIC, &t0)
         for i in range(n):
