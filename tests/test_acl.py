@@ -18,7 +18,7 @@ import pytest
 
 from conftest import free_port, lb_config, wait_for
 from http_client import parse_responses, read_to_eof
-from lb import config
+from lb import admin_client, config
 from lb._fastpath import AclSet, Shm, acl_lookup, acl_lookup_ns, proxy_header
 from tests.reference.acl_ref import AclRef
 
@@ -451,6 +451,14 @@ def test_live_changes_take_effect_at_once_and_outlive_a_restart(backends, run_lb
 
     lb_ok(sock, "acl", "remove", "blocked", "127.0.0.3/32")           # a prefix of the config
     _time_until(lambda: tcp_hello(port, "127.0.0.3") == "b1", 0.1)
+    # from the request on the admin socket (the daemon compiles, flips and saves
+    # the state file before it answers) to the first refused client
+    t0 = time.monotonic()
+    admin_client.call(str(sock), "acl.add", {"name": "blocked", "prefixes": ["127.0.0.8"]})
+    _time_until(lambda: tcp_hello(port, "127.0.0.8") is None, 0.1)
+    print(f"acl.add on the admin socket: refused {(time.monotonic() - t0) * 1000:.1f} ms after the request")
+    assert time.monotonic() - t0 < 0.1
+    admin_client.call(str(sock), "acl.remove", {"name": "blocked", "prefixes": ["127.0.0.8/32"]})
     lb_ok(sock, "acl", "add", "blocked", "127.0.0.0/8", "!127.0.0.7")  # a range with an exception
     _time_until(lambda: tcp_hello(port, "127.0.0.6") is None, 0.1)
     assert tcp_hello(port, "127.0.0.7") == "b1"
@@ -469,7 +477,8 @@ def test_live_changes_take_effect_at_once_and_outlive_a_restart(backends, run_lb
     wait_for(lambda: not sock.exists(), 5, "the admin socket to go")
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["acls"]["blocked"]["prefixes"] == {"127.0.0.2/32": "include", "127.0.0.3/32": "absent",
-                                                    "127.0.0.0/8": "include", "127.0.0.7/32": "exclude"}
+                                                    "127.0.0.0/8": "include", "127.0.0.7/32": "exclude",
+                                                    "127.0.0.8/32": "absent"}
     lb, sock, port = start(run_lb, tmp_path, [b1], listener_extra='deny = ["blocked"]', port=port)
     assert lb.config_path.read_text() == config_text
     assert tcp_hello(port, "127.0.0.2") is None

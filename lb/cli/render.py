@@ -150,12 +150,16 @@ def rule_site(rule: dict) -> str:
     return f"route {name}" if name else f"listener {rule.get('listener')} route {rule.get('route')}"
 
 
+def _rule_table(rules: list[dict]) -> tuple[list[str], list[list]]:
+    rows = [[rule_site(r), r.get("rule"), r.get("count") if r.get("decision") == "allowed" else None,
+             r.get("count") if r.get("decision") == "denied" else None] for r in rules]
+    return ["ACCESS", "RULE", "ALLOWED", "DENIED"], rows
+
+
 def access_rule_lines(rules: list[dict]) -> list[str]:
     """Each allow/deny rule with the decisions it made: what `lb status`
     shows of ACLs (denials by rule)."""
-    rows = [[rule_site(r), r.get("rule"), r.get("count") if r.get("decision") == "allowed" else None,
-             r.get("count") if r.get("decision") == "denied" else None] for r in rules]
-    return table(["ACCESS", "RULE", "ALLOWED", "DENIED"], rows)
+    return table(*_rule_table(rules))
 
 
 def acl_lines(acls: list[dict]) -> list[str]:
@@ -165,7 +169,8 @@ def acl_lines(acls: list[dict]) -> list[str]:
     for a in acls:
         if a.get("rules"):
             lines.append("")
-            lines += [f"{a.get('name')}: " + line for line in access_rule_lines(a["rules"])]
+            lines.append(f"rules using {a.get('name')}:")
+            lines += table(*_rule_table(a["rules"]), indent="  ")
         verdict = a.get("address")
         if verdict:
             lines.append("")

@@ -74,6 +74,9 @@ def apply_state(state: StateFile, gen: Generation) -> None:
         if name not in gen.acls:
             log.warning("state file: ACL %r is not in the config any more; its runtime changes are skipped", name)
             continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("prefixes", {}), dict):
+            log.warning("state file: ACL %r: its entry is not a table of prefixes; skipped", name)
+            continue
         if entry.get("file"):
             loaded, why = read_file_set(entry["file"])
             if loaded is None:
@@ -82,6 +85,10 @@ def apply_state(state: StateFile, gen: Generation) -> None:
             else:
                 gen.acls[name] = loaded
         for prefix, what in entry.get("prefixes", {}).items():
+            if what not in ("include", "exclude", "absent") or not isinstance(prefix, str):
+                log.warning("state file: ACL %r: %r: %r is not include, exclude or absent; skipped",
+                            name, prefix, what)
+                continue
             try:
                 _set_prefix(gen.acls[name], prefix, what)
             except ValueError as e:
