@@ -199,6 +199,47 @@ def test_live_changes_flip_to_a_new_table(region):
     assert entries.prefixes() == ["10.0.0.0/8", "!10.1.0.0/16", "192.0.2.0/24"]
 
 
+def test_lookups_during_flips_never_see_half_a_table(region):
+    """Lookups (in a thread, without the GIL) while the supervisor's side
+    publishes other tables over and over (its compile runs without the GIL
+    too): an address in every table always matches, one in none never does."""
+    import threading
+
+    rnd = random.Random(5)
+    sets = []
+    for _ in range(2):
+        lines = ["10.0.0.0/8", "!10.9.0.0/16"]
+        for _ in range(200_000):   # and churn elsewhere, in 100.0.0.0/6
+            plen = rnd.randint(12, 32)
+            a = ((100 << 24) | rnd.getrandbits(26)) & ~((1 << (32 - plen)) - 1)
+            lines.append(f"{ipaddress.IPv4Address(a)}/{plen}")
+        entries = AclSet()
+        entries.parse_text("\n".join(lines).encode())
+        entries.finish()
+        sets.append(entries)
+    sets[0].publish(region, 0)
+    results = []
+    done = threading.Event()
+
+    def look():
+        while not done.is_set():
+            results.append((acl_lookup_ns(region, 0, 4, 200_000, within="10.0.0.5/32")[1],
+                            acl_lookup_ns(region, 0, 4, 200_000, within="10.9.0.5/32")[1]))
+
+    t = threading.Thread(target=look)
+    t.start()
+    flips = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 2.0 or len(results) < 5:
+        sets[flips % 2].publish(region, 0)
+        flips += 1
+    done.set()
+    t.join()
+    print(f"\n{flips} flips, {len(results)} rounds of 2 x 200,000 lookups meanwhile")
+    assert flips > 20 and results
+    assert all(inside == 200_000 and excluded == 0 for inside, excluded in results), results
+
+
 # ---- the config section -----------------------------------------------------------------------
 
 BASE = """
@@ -485,6 +526,22 @@ def test_live_changes_take_effect_at_once_and_outlive_a_restart(backends, run_lb
     assert tcp_hello(port, "127.0.0.7") == "b1"
     shown = json.loads(lb_ok(sock, "acl", "show", "blocked", "--prefixes", "--json"))["acls"][0]
     assert shown["prefixes"] == ["127.0.0.0/8", "127.0.0.2/32", "!127.0.0.7/32"]
+
+
+def test_a_state_file_entry_that_no_longer_fits_is_skipped(backends, run_lb, tmp_path):
+    b1 = backends("b1", hello=True)
+    (tmp_path / "state.json").write_text(json.dumps({"version": 1, "pools": {}, "acls": {
+        "gone": {"prefixes": {"10.0.0.0/8": "include"}},
+        "blocked": {"file": str(tmp_path / "nosuch.txt"),
+                    "prefixes": {"127.0.0.2/32": "include", "300.0.0.0/8": "include", "127.0.0.9/32": "maybe"}},
+    }}))
+    lb, sock, port = start(run_lb, tmp_path, [b1], listener_extra='deny = ["blocked"]')
+    assert tcp_hello(port, "127.0.0.2") is None      # what could be applied was
+    assert tcp_hello(port, "127.0.0.3") is None      # the config's prefixes stand in for the missing file
+    assert tcp_hello(port, "127.0.0.9") == "b1"
+    log = lb.log()
+    assert "ACL 'gone' is not in the config any more" in log and "nosuch.txt" in log
+    assert "300.0.0.0/8 skipped" in log and "'maybe' is not include, exclude or absent" in log
 
 
 def test_load_replaces_the_prefixes_and_a_broken_reload_keeps_serving(backends, run_lb, tmp_path):
