@@ -413,6 +413,39 @@ def test_tcp_listener_allows_and_denies_at_accept(backends, run_lb, tmp_path):
     assert "listener t" in text and "deny blocked" in text and "DENIED" in text
 
 
+def test_a_tls_listener_refuses_before_the_handshake(backends, run_lb, tmp_path):
+    import ssl
+
+    from tls_certs import CA
+
+    ca = CA(tmp_path / "ca")
+    leaf = ca.leaf("lb", ("lb.test",))
+    b1 = backends("b1", hello=True)
+    lb, sock, port = start(run_lb, tmp_path, [b1], listener_extra=f"""deny = ["blocked"]
+[listeners.t.tls]
+certificates = [{{ cert = "{leaf.cert}", key = "{leaf.key}" }}]
+""")
+    ctx = ssl.create_default_context(cafile=str(ca.path))
+
+    def hello_over_tls(source: str) -> str | None:
+        with socket.socket() as raw:
+            raw.settimeout(5)
+            raw.bind((source, 0))
+            try:
+                raw.connect(("127.0.0.1", port))
+                with ctx.wrap_socket(raw, server_hostname="lb.test") as s:
+                    return s.makefile("rb").readline().decode().strip()
+            except (ConnectionResetError, BrokenPipeError, ssl.SSLError, ssl.SSLEOFError):
+                return None
+
+    assert hello_over_tls("127.0.0.3") is None
+    assert hello_over_tls("127.0.0.2") == "b1"
+    (worker,) = json.loads(lb_ok(sock, "status", "--json"))["workers"]
+    # the refused client got no handshake, not even a failed one
+    assert worker["tls_handshakes"] == 1 and not any(worker["tls_failed"].values()), worker
+    assert {r["rule"]: r["count"] for r in rules(sock)} == {"deny blocked": 1, "default": 1}
+
+
 def test_ipv6_source(backends, run_lb, tmp_path):
     b1 = backends("b1", hello=True)
     lb, sock, port = start(run_lb, tmp_path, [b1], listener_extra='deny = ["office"]', bind_host="::1")
