@@ -158,6 +158,33 @@ def test_tables_of_one_or_two_boundaries(region):
         assert acl_lookup(region, 0, probes) == [p in ref for p in probes], prefixes
 
 
+def test_a_full_tmpfs_fails_a_publish_and_the_old_table_serves(tmp_path):
+    """The tables live in a sparse tmpfs file: a publish reserves its pages
+    first, so that no room is an error (ENOSPC), not a SIGBUS."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    shm = None
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        shm = Shm.create(str(mnt / "acl.shm"), [("p", 64, "roundrobin", 0, "", 0)], 3, os.getpid(), acls=["a"])
+        small = AclSet()
+        small.parse_one("10.0.0.0/8")
+        small.finish()
+        small.publish(shm, 0)
+        big = AclSet()
+        big.parse_text("\n".join(f"{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}.0/24" for i in range(1 << 20)).encode())
+        big.finish()
+        with pytest.raises(OSError) as e:
+            big.publish(shm, 0)
+        assert e.value.errno == 28  # ENOSPC
+        assert shm.acl_generation(0) == 1 and acl_lookup(shm, 0, ["10.1.1.1", "11.1.1.1"]) == [True, False]
+    finally:
+        shm = None  # unmapped, so that the tmpfs is not busy
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
 def test_nesting_exclusions_and_the_ends_of_the_space(region):
     prefixes = ["0.0.0.0/0", "!10.0.0.0/8", "10.1.0.0/16", "!10.1.2.3", "255.255.255.255/32",
                 "::/0", "!2001:db8::/32", "2001:db8:1::/48", "!ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",

@@ -161,6 +161,17 @@ def address_verdict(entries, address: str) -> dict:
     return {"address": address, "match": included, "prefix": prefix if included else "!" + prefix}
 
 
+def _publish(sup, entries, name: str, index: int) -> int:
+    """Compile entries into ACL index's table and make them the set in force."""
+    try:
+        generation = entries.publish(sup.gen.shm, index)
+    except OSError as e:
+        raise AdminError("failed", f"ACL {name!r} unchanged: no room for its table in shared memory "
+                                   f"({e.strerror})") from None
+    sup.gen.acls[name] = entries
+    return generation
+
+
 def _change(sup, args: dict, add: bool) -> dict:
     index, name = _acl_arg(sup, args)
     prefixes = args.get("prefixes")
@@ -177,9 +188,11 @@ def _change(sup, args: dict, add: bool) -> dict:
             check.parse_one(prefix, i + 1)
         except AclParseError as e:
             raise AdminError("invalid", e.message) from None
-    entries = sup.gen.acls[name]
+    # changed on a copy, which replaces the set in force once its table is
+    # published: a table that cannot be published changes nothing
+    entries = sup.gen.acls[name].copy()
     changed, unchanged = [], []
-    record = sup.state.acls().setdefault(name, {})
+    outcome: dict[str, str] = {}
     full = None
     for prefix in prefixes:
         try:
@@ -192,9 +205,10 @@ def _change(sup, args: dict, add: bool) -> dict:
             continue
         (changed if did else unchanged).append(canonical)
         bare, sign = _key(canonical)
-        record.setdefault("prefixes", {})[bare] = sign if add else "absent"
+        outcome[bare] = sign if add else "absent"
     if changed:
-        generation = entries.publish(sup.gen.shm, index)
+        generation = _publish(sup, entries, name, index)
+        sup.state.acls().setdefault(name, {}).setdefault("prefixes", {}).update(outcome)
         save_state(sup.state)
         log.info("admin: ACL %s: %s %s (generation %d)", name, "added" if add else "removed",
                  ", ".join(changed[:10]) + (f" and {len(changed) - 10} more" if len(changed) > 10 else ""),
@@ -228,8 +242,7 @@ def load(sup, args: dict) -> dict:
     entries, why = read_file_set(path)
     if entries is None:
         raise AdminError("invalid", why)
-    sup.gen.acls[name] = entries
-    generation = entries.publish(sup.gen.shm, index)
+    generation = _publish(sup, entries, name, index)
     sup.state.acls()[name] = {"file": path, "prefixes": {}}
     save_state(sup.state)
     log.info("admin: ACL %s loaded from %s: %d IPv4 and %d IPv6 prefixes (generation %d)", name, path,

@@ -823,6 +823,7 @@ cdef class AclSet:
         cdef uint32_t k4, k6, s4, s6
         if not self.finished:
             raise ValueError("finish() the set before publishing it")
+        _reserve(shm, acl.off + half * ACL_HALF_SIZE, self.n4, self.n6)
         with nogil:
             k4 = acl_flatten4(self.e4, self.n4, <uint32_t *>(h + ACL_B4_OFF))
             s4 = acl_index4(<uint32_t *>(h + ACL_B4_OFF), k4, <uint32_t *>(h + ACL_IDX4_OFF))
@@ -847,6 +848,25 @@ class AclConflict(ValueError):
 
 
 ACL_SOURCES = {"cidrs": ACL_SRC_CIDRS, "file": ACL_SRC_FILE, "runtime": ACL_SRC_RUNTIME}
+
+
+cdef int _reserve(Shm shm, uint64_t half, uint32_t n4, uint32_t n6) except -1:
+    """Allocate the pages a half's tables will use before writing them: a full
+    tmpfs then fails the publish with ENOSPC (OSError) instead of killing the
+    supervisor with SIGBUS at the first page it cannot have."""
+    try:
+        fd = _os.open(shm.path, _os.O_RDWR | _os.O_CLOEXEC)
+    except FileNotFoundError:
+        return 0                     # unlinked (a stop): the mapping still serves
+    try:
+        _os.posix_fallocate(fd, half, ACL_B4_OFF)
+        if n4:
+            _os.posix_fallocate(fd, half + ACL_B4_OFF, <uint64_t>2 * n4 * sizeof(uint32_t))
+        if n6:
+            _os.posix_fallocate(fd, half + ACL_B6_OFF, <uint64_t>2 * n6 * sizeof(lb_u128))
+    finally:
+        _os.close(fd)
+    return 0
 
 
 cdef int _sockaddr_from_text(str address, sockaddr_storage *ss) except -1:
