@@ -60,7 +60,6 @@ cdef enum:
     ACL_BAD_ADDRESS = 1
     ACL_BAD_LENGTH = 2
     ACL_HOST_BITS = 3
-    ACL_TOO_LONG = 4
 
 assert sizeof(shm_acl_head) == 64
 assert sizeof(shm_acl) == 128
@@ -487,7 +486,6 @@ _PARSE_REASONS = {
     ACL_BAD_ADDRESS: "not an IPv4 or IPv6 address",
     ACL_BAD_LENGTH: "invalid prefix length (0..32 for IPv4, 0..128 for IPv6, no leading zeros)",
     ACL_HOST_BITS: "host bits set",
-    ACL_TOO_LONG: "longer than any prefix",
 }
 
 
