@@ -776,6 +776,10 @@ http {{
 
 class LbTarget(Target):
     name = "lb"
+    # what a scenario adds to the config (acl_cpu: an ACL and the lists that
+    # use it): keys of [listeners.bench] (and its routes), and more tables
+    listener_extra = ""
+    config_extra = ""
 
     def cwd(self) -> Path | None:
         return REPO_ROOT     # `python -m lb` runs this checkout
@@ -803,6 +807,7 @@ group = "{group}"
 bind = ["{self.addr[0]}:{self.addr[1]}"]
 mode = "{"http" if self.http else "tcp"}"
 pool = "origin"
+{self.listener_extra}
 {self._tls_listener() if self.tls else ""}
 [pools.origin]
 algorithm = "roundrobin"
@@ -812,7 +817,7 @@ algorithm = "roundrobin"
 
   [[pools.origin.backends]]
   address = "{origin[0]}:{origin[1]}"
-"""
+{self.config_extra}"""
         path = self.dir / "lb.toml"
         path.write_text(conf)
         return [sys.executable, "-m", "lb", "run", "-c", str(path)]

@@ -15,7 +15,7 @@ from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 3
+    LB_SHM_VERSION = 4
     LB_MAX_REGIONS = 24                # entries of the header's region directory
     LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
@@ -190,6 +190,34 @@ cdef struct shm_tls_tickets:         # writer: supervisor (at start, reload and 
     shm_ticket_key keys[TICKET_KEYS]
 
 
+# ACLs (fastpath/acl.pxi): each ACL's prefixes compiled into sorted boundaries,
+# where membership flips, found by binary search within a bucket of the
+# address's top 16 bits. Two halves per ACL, flipped by generation.
+cdef enum:
+    ACL_MAX_PREFIXES = 1048576       # per address family and ACL
+    ACL_BOUNDS_CAP = 2097152         # a prefix adds at most two boundaries
+    ACL_INDEX_LEN = 65537            # bucket b holds boundaries [idx[b], idx[b + 1])
+    ACL_MAX_PER_LIST = 16            # ACL names in one allow or deny list
+
+cdef struct shm_acl_head:            # 64 bytes, the start of the acls region; writer: supervisor, at creation
+    uint32_t n_acls
+    uint32_t n_rules                 # decision counters in each worker row of acl_stats
+    uint32_t rule_stride             # counters from one row to the next (whole cache lines)
+    uint32_t _pad0
+    uint64_t half_size               # bytes of one half of one ACL's tables
+    uint64_t _pad[5]
+
+cdef struct shm_acl:                 # 128 bytes; writer: supervisor
+    char name[64]
+    uint32_t gen                     # the live half is (gen & 1); stored with release once the other half is complete
+    uint32_t n4[2]                   # boundaries in each half, IPv4
+    uint32_t n6[2]                   # and IPv6
+    uint8_t shift4[2]                # leading bits every boundary of the half shares: buckets
+    uint8_t shift6[2]                # index the 16 bits after them
+    uint64_t off                     # the two halves, one after the other, from the start of the mapping
+    uint64_t _pad[4]
+
+
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn
@@ -343,9 +371,20 @@ cdef struct lb_phases:
     lb_head_step response[MAX_STEPS] # http, on a final response head: cache store, header rules
     lb_end_step end[MAX_STEPS]       # once per http exchange or tcp connection, at its end: the record for logs and metrics
 
+# The allow and deny lists of a listener or a route, for the acl steps. Each
+# list entry, and the default, is one rule with its own decision counter.
+cdef struct lb_access:
+    uint32_t n_deny
+    uint32_t n_allow
+    uint32_t deny[ACL_MAX_PER_LIST]  # ACL indices in the acls region
+    uint32_t allow[ACL_MAX_PER_LIST]
+    uint32_t rule                    # counter of deny[i]: rule + i; of allow[j]: rule + n_deny + j;
+                                     # of the default (no deny matched, no allow matched): rule + n_deny + n_allow
+
 cdef struct lb_listener_rt:
     int fd
     lb_phases phases
+    lb_access *access                # allow/deny at accept; NULL: none
     int32_t pool
     uint64_t idle_timeout_ms
     lb_list conns                    # established connections, oldest activity first (lazily)
@@ -396,6 +435,8 @@ cdef struct lb_worker:
     shm_backend_stats *bstats_all    # every row: leastconn sums them
     shm_pool_stats *pstats_all       # [row][pool]
     char *base                       # the shared-memory region (maglev tables hang off it)
+    shm_acl *acls                    # the ACLs of the acls region
+    uint64_t *acl_stats              # this worker's row of rule decision counters
     uint64_t rng                     # splitmix64 state: random and p2c
     lb_listener_rt *listeners
     int n_listeners
@@ -501,6 +542,8 @@ cdef struct lb_route:
     int32_t pool
     lb_hrules req
     lb_hrules resp
+    lb_access *access                # allow/deny on requests of this route (403); NULL: none
+    int64_t max_body                 # max_body_size; 0: none, -1: the listener's
 
 cdef struct lb_tnode:                # a timer-list link; lists hold nodes of one constant timeout
     lb_tnode *prev
@@ -523,6 +566,7 @@ cdef struct lb_http_listener:
     uint32_t max_target
     uint32_t max_head
     uint32_t max_fields
+    uint64_t max_body                # max_body_size; 0: none
     uint8_t xfwd                     # send X-Forwarded-For/-Proto/-Host
     uint8_t fwd                      # send Forwarded (RFC 7239)
     uint8_t hide_server
@@ -606,6 +650,8 @@ cdef struct lb_hconn:                # the client side of an http session
     uint8_t tls_sniff                # TLS listener: the first bytes are not looked at yet (plain HTTP?)
     uint8_t n_rq_rules
     uint8_t n_rs_rules
+    uint64_t body_max                # max_body_size of this request's listener or route; 0: none
+    uint64_t body_seen               # chunked request: data bytes announced so far
     lb_hrules *rq_rules[MAX_RULESETS]    # header rules the request's steps chose, applied in order (later sets win)
     lb_hrules *rs_rules[MAX_RULESETS]    # and the response's
     uint64_t key                     # hash key of the request

@@ -18,12 +18,13 @@ from lb.includes.socket cimport *
 from lb.includes.fcntl cimport *
 from lb.includes.unistd cimport close, pipe2, read, getpid
 from lb.includes.signalfd cimport *
-from lb.includes.time cimport timespec, clock_gettime, CLOCK_MONOTONIC_COARSE
+from lb.includes.time cimport timespec, clock_gettime, CLOCK_MONOTONIC, CLOCK_MONOTONIC_COARSE
 from lb.includes.mman cimport *
 from lb.includes.atomics cimport *
 from lb.includes.xxhash64 cimport lb_xxh64, lb_splitmix64
 
 include "fastpath/shm.pxi"
+include "fastpath/acl.pxi"
 include "fastpath/transport.pxi"
 include "fastpath/tls.pxi"
 include "fastpath/tls_record.pxi"
@@ -49,6 +50,7 @@ include "fastpath/http_keys.pxi"
 include "fastpath/http_route.pxi"
 include "fastpath/http_headers.pxi"
 include "fastpath/http_client_cert.pxi"
+include "fastpath/http_body_limit.pxi"
 include "fastpath/http_phases.pxi"
 include "fastpath/http.pxi"
 include "fastpath/http_io.pxi"

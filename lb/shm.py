@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 from lb._fastpath import REGIONS, Shm  # noqa: F401 (REGIONS: the layout, for readers of this module)
+from lb.config.acls import access_rules
 
 # Free slots per pool for backends added at run time, without a reload.
 MIN_POOL_CAPACITY = 64
@@ -36,11 +37,15 @@ def create_for_config(config, n_rows: int, path: str | None = None) -> Shm:
     """
     pools = [(name, pool_capacity(len(p.backends)), p.algorithm, p.table_size, p.hash_key, p.balance_factor)
              for name, p in config.pools.items()]
-    shm = Shm.create(path or region_path(), pools, n_rows, os.getpid())
+    rules = access_rules(config.listeners)
+    shm = Shm.create(path or region_path(), pools, n_rows, os.getpid(), acls=list(config.acls), n_rules=len(rules))
     for pool_index, pool in enumerate(config.pools.values()):
         for index, b in enumerate(pool.backends):
             shm.set_backend(pool_index, index, b.host, b.port, b.name, b.weight, b.backup)
     shm.rebuild_changed()
+    # the config's prefixes; the supervisor publishes its runtime changes over them
+    for index, acl in enumerate(config.acls.values()):
+        acl.entries.publish(shm, index)
     return shm
 
 

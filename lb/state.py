@@ -1,7 +1,7 @@
 """Runtime changes that outlive the process: the state file.
 
 Every change an operator makes through the admin socket (a weight, an admin
-state, an added or removed backend) is recorded here before it is answered,
+state, an added or removed backend, an ACL's prefixes) is recorded here before it is answered,
 written with write + fsync + rename so a crash leaves the old file or the new
 one, never half of one. At start and at every reload the file is applied over
 the config. Entries that no longer match the config are reported and skipped,
@@ -100,3 +100,13 @@ class StateFile:
 
     def pools(self) -> dict:
         return self.data["pools"]
+
+    def acls(self) -> dict:
+        """ACL name -> {"file": the file last loaded (optional), "prefixes":
+        {prefix: "include" | "exclude" | "absent"} touched since}; changed in
+        place by lb.control.acl, then save()."""
+        acls = self.data.setdefault("acls", {})
+        if not isinstance(acls, dict):
+            log.warning("state file %s: its acls entry is not a table; ignored", self.path)
+            acls = self.data["acls"] = {}
+        return acls

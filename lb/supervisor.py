@@ -111,6 +111,11 @@ class Generation:
     handed_over: dict = field(default_factory=dict)
     # the TLS contexts its workers inherit (lb.tls.contexts)
     tls: dict = field(default_factory=dict)
+    # name -> the ACL's prefixes in force (lb._fastpath.AclSet): the config's
+    # and the runtime changes over them (lb.control.acl)
+    acls: dict = field(default_factory=dict)
+    # ACL rule decision counts copied into the next generation, by rule key
+    rules_handed_over: dict = field(default_factory=dict)
 
     @property
     def pool_names(self) -> list[str]:
@@ -260,6 +265,7 @@ class Supervisor:
             tls=tls,
         )
         control.backend.apply_state(self.state, gen)
+        control.acl.apply_state(self.state, gen)
         # keys lb made carry over to the new generation, keys from a file do not
         made_keys = previous is not None and not previous.config.global_.tls.keys_file
         tls_mod.publish_ticket_keys(region, config.global_.tls, previous.shm if made_keys else None)
@@ -282,12 +288,14 @@ class Supervisor:
                 totals = _totals(old.shm.backend_stats(opi, oidx))
                 old.handed_over[(pool, name)] = totals
                 new.shm.add_carried(pi, idx, new.carried_row, totals)
+        control.acl.carry_over(old, new)
 
     def _fold_drained(self, old: Generation) -> None:
         """An old generation is gone: what its connections counted after the
         reload is added to the live one, so totals never go backwards."""
         if self.gen is None:
             return
+        control.acl.fold_drained(old, self.gen)
         for (pool, name), before in old.handed_over.items():
             if pool not in self.gen.backends or name not in self.gen.backends[pool]:
                 continue

@@ -171,6 +171,13 @@ def test_one_request_line_and_the_result_as_json(fake):
     (["backend", "maint", "app", "app1"], "backend.set_state", {"pool": "app", "name": "app1", "state": "maint"}),
     (["backend", "ready", "app", "app1"], "backend.set_state", {"pool": "app", "name": "app1", "state": "ready"}),
     (["reload"], "reload", None),
+    (["acl", "show"], "acl.show", None),
+    (["acl", "show", "office", "10.1.2.3", "--prefixes"], "acl.show",
+     {"name": "office", "address": "10.1.2.3", "prefixes": True}),
+    (["acl", "add", "office", "10.0.0.0/8", "!10.1.0.0/16"], "acl.add",
+     {"name": "office", "prefixes": ["10.0.0.0/8", "!10.1.0.0/16"]}),
+    (["acl", "remove", "office", "10.0.0.0/8"], "acl.remove", {"name": "office", "prefixes": ["10.0.0.0/8"]}),
+    (["acl", "load", "office", "/etc/lb/office.txt"], "acl.load", {"name": "office", "file": "/etc/lb/office.txt"}),
     (["stop"], "stop", {"fast": False}),
     (["stop", "--fast"], "stop", {"fast": True}),
 ])
@@ -217,7 +224,8 @@ def test_every_read_and_write_command_has_json(fake):
     d = fake(ok(result))
     for argv in (["backend", "set-weight", "app", "app1", "5"], ["pool", "list"], ["pool", "show", "app"],
                  ["reload"], ["stop"], ["backend", "add", "app", "1.2.3.4:5"], ["backend", "remove", "app", "x"],
-                 ["backend", "ready", "app", "x"]):
+                 ["backend", "ready", "app", "x"], ["acl", "show"], ["acl", "add", "a", "10.0.0.0/8"],
+                 ["acl", "remove", "a", "10.0.0.0/8"], ["acl", "load", "a", "/tmp/a.txt"]):
         rc, out, err = invoke("--socket", d.path, *argv, "--json")
         assert rc == 0, (argv, err)
         assert json.loads(out) == result, argv

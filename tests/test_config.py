@@ -45,6 +45,9 @@ def _check_command():
     return check
 
 
+ACL_FILE = TLS_DIR / "blocked.txt"
+ACL_FILE.write_text("# abusers\n192.0.2.0/24\n\n198.51.100.7  # one address\n2001:db8:bad::/48\n")
+
 # Every key of the contract, none at its default.
 FULL = """
 [global]
@@ -62,11 +65,19 @@ max_worker_rss = "512MiB"
   ticket_keys = "TLS_TICKETS"
   ticket_rotate = "30m"
 
+[acls.office]
+cidrs = ["10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"]
+
+[acls.blocked]
+file = "ACL_FILE"
+
 [listeners.web]
 bind = ["0.0.0.0:8080", "[::1]:8080"]
 mode = "http"
 pool = "app"
 accept_proxy = true
+allow = ["office"]
+deny = ["blocked"]
 idle_timeout = "30s"
 backlog = 1024
 http_request_timeout = "5s"
@@ -76,6 +87,7 @@ max_header_size = 8192
 max_header_count = 50
 forwarded = "both"
 hide_server = true
+max_body_size = "10MiB"
 
   [listeners.web.tls]
   certificates = [{ cert = "TLS_CERT", key = "TLS_KEY" }]
@@ -102,9 +114,13 @@ hide_server = true
   remove = ["X-Powered-By"]
 
   [[listeners.web.routes]]
+  name = "api"
   host = "API.example.com"
   path_prefix = "/v1/"
   pool = "api"
+  allow = ["office"]
+  deny = ["blocked"]
+  max_body_size = 0
 
   [[listeners.web.routes]]
   host = "*.static.example.com"
@@ -187,7 +203,7 @@ algorithm = "leastconn"
 
   [[pools.api.backends]]
   address = "10.0.1.1:9000"
-""".replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace(
+""".replace("ACL_FILE", str(ACL_FILE)).replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace(
     "TLS_CA_FILE", str(TLS_CA.path)).replace("TLS_CLIENT_CERT", str(TLS_CLIENT.cert)).replace(
     "TLS_CLIENT_KEY", str(TLS_CLIENT.key)).replace("TLS_CERT", str(TLS_LEAF.cert)).replace(
     "TLS_KEY", str(TLS_LEAF.key))
@@ -234,6 +250,7 @@ def test_full_config_loads_every_key():
         max_header_count=50,
         forwarded="both",
         hide_server=True,
+        max_body_size=10 << 20,
         request_headers=config.HeaderRules(
             set=(("X-Env", "prod"), ("X-Tier", "web")),
             add=(("X-Via-Lb", "1"),),
@@ -245,8 +262,13 @@ def test_full_config_loads_every_key():
             remove=("x-powered-by",),
         ),
     )
+    assert web.access == config.Access(allow=("office",), deny=("blocked",), rule=0)
+    assert (cfg.acls["office"].ipv4, cfg.acls["office"].ipv6, cfg.acls["office"].cidrs) == (
+        2, 1, ("10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"))
+    assert (cfg.acls["blocked"].ipv4, cfg.acls["blocked"].ipv6, cfg.acls["blocked"].file) == (2, 1, str(ACL_FILE))
     assert web.routes == (
-        config.Route(host="api.example.com", path_prefix="/v1/", pool="api"),
+        config.Route(host="api.example.com", path_prefix="/v1/", pool="api", name="api", max_body_size=0,
+                     access=config.Access(allow=("office",), deny=("blocked",), rule=3)),
         config.Route(host="*.static.example.com", path_prefix=None, pool="app"),
         config.Route(
             host=None,
@@ -310,7 +332,7 @@ def _keys(table: dict, prefix: str = "") -> set[str]:
     out = set()
     for key, value in table.items():
         path = f"{prefix}.{key}" if prefix else key
-        if prefix in ("listeners", "pools"):
+        if prefix in ("listeners", "pools", "acls"):
             path = f"{prefix}.*"
         out.add(path)
         if isinstance(value, dict):
@@ -339,6 +361,7 @@ def _contract_keys() -> set[str]:
         "pools.*.passive": config.PASSIVE_KEYS,
         "pools.*.backends": config.BACKEND_KEYS,
         "pools.*.tls": config.POOL_TLS_KEYS,
+        "acls.*": config.ACL_KEYS,
     }
     return {f"{section}.{key}" for section, keys in sections.items() for key in keys}
 
@@ -760,6 +783,7 @@ HTTP_LISTENER_VALUES = {
     "hide_server": "hide_server = false",
     "request_headers": "request_headers = {}",
     "response_headers": '[listeners.web.response_headers]\nremove = ["Server"]',
+    "max_body_size": 'max_body_size = "1MiB"',
 }
 
 

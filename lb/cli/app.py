@@ -1,7 +1,7 @@
 """The application object of the `lb` command (`ctx.obj`): which daemon to talk
 to, one admin connection shared by a command's requests, and the mapping of
 docs/admin.md's error codes to exit codes. Also the parameter types that
-complete pool and backend names from the running daemon."""
+complete pool, backend and ACL names from the running daemon."""
 
 from __future__ import annotations
 
@@ -147,5 +147,18 @@ class BackendName(click.ParamType):
         return [CompletionItem(n) for n in names if n.startswith(incomplete)]
 
 
+class AclName(click.ParamType):
+    name = "acl"
+
+    def shell_complete(self, ctx, param, incomplete):
+        result = _quiet_call(ctx, "acl.show")
+        try:
+            names = [a["name"] for a in result["acls"]]
+        except (TypeError, KeyError):
+            return []
+        return [CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
 POOL = PoolName()
 BACKEND = BackendName()
+ACL = AclName()

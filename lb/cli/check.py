@@ -23,6 +23,8 @@ def _summary(cfg: config.Config) -> dict:
         "listeners": len(cfg.listeners),
         "pools": len(cfg.pools),
         "backends": sum(len(pool.backends) for pool in cfg.pools.values()),
+        "acls": len(cfg.acls),
+        "prefixes": sum(len(acl.entries) for acl in cfg.acls.values()),
         "warnings": list(cfg.warnings),
     }
 
@@ -54,6 +56,8 @@ def check(config_path: str, as_json: bool) -> None:
         click.echo(json.dumps(summary))
         return
     counts = ", ".join(_plural(summary[key], key[:-1]) for key in ("listeners", "pools", "backends"))
+    if cfg.acls:
+        counts += f", {_plural(summary['acls'], 'acl')} of {summary['prefixes']} prefixes"
     click.echo(f"{cfg.source}: ok ({counts})")
     for warning in cfg.warnings:
         click.echo(f"warning: {warning}", err=True)

@@ -132,11 +132,70 @@ def status_lines(status: dict, rates: dict | None = None) -> list[str]:
     for name, pool in (status.get("pools") or {}).items():
         lines += pool_lines(name, pool, None if rates is None else rates.get(name, {}))
         lines.append("")
+    if status.get("access_rules"):
+        lines += access_rule_lines(status["access_rules"])
+        lines.append("")
     lines += worker_lines(status.get("workers") or [])
     checker = status.get("checker")
     if checker:
         lines.append(f"checker pid {cell(checker.get('pid'))}, {cell(checker.get('restarts'))} restart(s)")
     return lines
+
+
+def rule_site(rule: dict) -> str:
+    """Where an allow/deny rule is: a listener, or one of its routes."""
+    if rule.get("route") is None:
+        return f"listener {rule.get('listener')}"
+    name = rule.get("route_name")
+    return f"route {name}" if name else f"listener {rule.get('listener')} route {rule.get('route')}"
+
+
+def _rule_table(rules: list[dict]) -> tuple[list[str], list[list]]:
+    rows = [[rule_site(r), r.get("rule"), r.get("count") if r.get("decision") == "allowed" else None,
+             r.get("count") if r.get("decision") == "denied" else None] for r in rules]
+    return ["ACCESS", "RULE", "ALLOWED", "DENIED"], rows
+
+
+def access_rule_lines(rules: list[dict]) -> list[str]:
+    """Each allow/deny rule with the decisions it made: what `lb status`
+    shows of ACLs (denials by rule)."""
+    return table(*_rule_table(rules))
+
+
+def acl_lines(acls: list[dict]) -> list[str]:
+    """`lb acl show`: each ACL, the rules using it, and an address's verdict."""
+    lines = table(["ACL", "IPV4", "IPV6", "GENERATION", "SOURCE"],
+                  [[a.get("name"), a.get("ipv4"), a.get("ipv6"), a.get("generation"), _acl_source(a)] for a in acls])
+    for a in acls:
+        if a.get("rules"):
+            lines.append("")
+            lines.append(f"rules using {a.get('name')}:")
+            lines += table(*_rule_table(a["rules"]), indent="  ")
+        verdict = a.get("address")
+        if verdict:
+            lines.append("")
+            decided = f"by {verdict['prefix']}" if verdict.get("prefix") else "no prefix covers it"
+            lines.append(f"{verdict.get('address')}: {'in' if verdict.get('match') else 'not in'} "
+                         f"{a.get('name')} ({decided})")
+        for prefix in a.get("prefixes") or []:
+            lines.append(prefix)
+    return lines
+
+
+def _acl_source(a: dict) -> str:
+    state = a.get("state") or {}
+    config = a.get("config") or {}
+    parts = []
+    if state.get("file"):
+        parts.append(f"loaded {state['file']}")
+    else:
+        if config.get("cidrs"):
+            parts.append(f"{config['cidrs']} cidrs")
+        if config.get("file"):
+            parts.append(config["file"])
+    if state.get("prefixes"):
+        parts.append(f"{len(state['prefixes'])} runtime change(s)")
+    return ", ".join(parts) or "-"
 
 
 def pool_list_lines(pools: list[dict]) -> list[str]:

@@ -22,7 +22,9 @@ import keyword
 import re
 import tomllib
 
-from lb.config import global_, listeners, pools
+from lb.config import acls, global_, listeners, pools
+from lb.config.acls import KEYS as ACL_KEYS
+from lb.config.acls import Access, Acl, access_rules
 from lb.config.global_ import KEYS as GLOBAL_KEYS
 from lb.config.global_ import MAX_WORKERS, GlobalSettings
 from lb.config.headers import HEADER_RULE_KEYS, MANAGED_HEADERS, HeaderRules
@@ -59,6 +61,10 @@ from lb.config.values import (
 )
 
 __all__ = [
+    "ACL_KEYS",
+    "Access",
+    "Acl",
+    "access_rules",
     "BACKEND_KEYS",
     "BackendTls",
     "Backend",
@@ -111,6 +117,7 @@ __all__ = [
 # and its result is the Config field of the same name (global_ for "global").
 SECTIONS = (
     ("global", global_),
+    ("acls", acls),
     ("pools", pools),
     ("listeners", listeners),
 )
@@ -125,6 +132,7 @@ class Config:
     global_: GlobalSettings
     listeners: dict[str, Listener]
     pools: dict[str, Pool]
+    acls: dict[str, Acl]
     source: str
     sha256: str
     warnings: tuple[str, ...]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from lb.config import tls as tls_section
+from lb.config.acls import ACCESS_KEYS, Access, Acl, parse_access
 from lb.config.headers import HeaderRules, check_field_value, check_header_name, parse_header_rules
 from lb.config.pools import Pool
 from lb.config.tls import TlsSettings
@@ -22,6 +23,7 @@ from lb.config.values import (
     check_url_path,
     did_you_mean,
     parse_bind,
+    parse_size,
     string_list,
     wrong_type,
 )
@@ -46,14 +48,16 @@ HTTP_LISTENER_KEYS = (
     "hide_server",
     "request_headers",
     "response_headers",
+    "max_body_size",
 )
 NAMED = True
 KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", "tls_passthrough",
-        *HTTP_LISTENER_KEYS)
+        *ACCESS_KEYS, *HTTP_LISTENER_KEYS)
 # What a route of a tls_passthrough listener may say: it matches the server name
 # of the ClientHello, nothing of the request (which stays encrypted).
 PASSTHROUGH_ROUTE_KEYS = ("host", "pool")
 ROUTE_KEYS = (
+    "name",
     "host",
     "path_prefix",
     "path",
@@ -63,6 +67,8 @@ ROUTE_KEYS = (
     "pool",
     "request_headers",
     "response_headers",
+    *ACCESS_KEYS,
+    "max_body_size",
 )
 ROUTE_MATCHERS = ("host", "path_prefix", "path", "methods", "header")
 
@@ -78,6 +84,9 @@ class Route:
     header_value: str | None = None  # with header: its value equals this exactly
     request_headers: HeaderRules = HeaderRules()
     response_headers: HeaderRules = HeaderRules()
+    access: Access | None = None  # allow/deny by ACL: 403 for a refused client
+    name: str | None = None  # for status and the commands that address a route
+    max_body_size: int | None = None  # bytes; 0: no limit; None: the listener's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +102,7 @@ class HttpSettings:
     hide_server: bool = False
     request_headers: HeaderRules = HeaderRules()
     response_headers: HeaderRules = HeaderRules()
+    max_body_size: int = 0  # bytes of a request body; 0: no limit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,12 +118,15 @@ class Listener:
     http: HttpSettings = HttpSettings()
     tls: TlsSettings | None = None  # [listeners.NAME.tls]; None: plain sockets
     tls_passthrough: bool = False  # tcp: the ClientHello's server name picks the pool (routes' host)
+    access: Access | None = None  # allow/deny by ACL at accept, before a byte is read
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
     pools = ctx.sections["pools"]
+    acls = ctx.sections["acls"]
     bound: dict[BindAddr, str] = {}
-    listeners = {name: _parse_listener(name, t, pools, bound, ctx.warnings) for name, t in tables}
+    rules = [0]  # numbers the ACL decision counters, in file order
+    listeners = {name: _parse_listener(name, t, pools, acls, bound, ctx.warnings, rules) for name, t in tables}
     if not listeners:
         raise ConfigError("listeners", "at least one listener is required")
     return listeners
@@ -182,9 +195,13 @@ def _parse_passthrough_route(t: Table, pools: dict[str, Pool]) -> Route:
                  pool=_check_pool_ref(t.string("pool"), t.path_of("pool"), pools))
 
 
-def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str]) -> Route:
+def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: dict[str, Acl],
+                 rules: list[int]) -> Route:
     if not any(t.has(key) for key in ROUTE_MATCHERS):
         raise ConfigError(t.path, f"a route needs at least one of {', '.join(ROUTE_MATCHERS)}")
+    name = t.string("name", None)
+    if name is not None:
+        check_name(name, t.path_of("name"), "route name")
     host = t.string("host", None)
     path_prefix = t.string("path_prefix", None)
     path = t.string("path", None)
@@ -204,6 +221,9 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str]) -> Route
         pool=_check_pool_ref(t.string("pool"), t.path_of("pool"), pools),
         request_headers=parse_header_rules(t, "request_headers"),
         response_headers=parse_header_rules(t, "response_headers"),
+        access=parse_access(t, acls, rules),
+        name=name,
+        max_body_size=parse_body_size(t) if t.has("max_body_size") else None,
     )
 
 
@@ -226,11 +246,21 @@ def _parse_http_settings(t: Table) -> HttpSettings:
         hide_server=t.boolean("hide_server", False),
         request_headers=parse_header_rules(t, "request_headers"),
         response_headers=parse_header_rules(t, "response_headers"),
+        max_body_size=parse_body_size(t),
     )
 
 
+def parse_body_size(t: Table) -> int:
+    """max_body_size: a size ("10MiB", 1048576) or 0 for none."""
+    value = t.get("max_body_size", 0, "a size", lambda v: isinstance(v, (int, str)) and not isinstance(v, bool))
+    if isinstance(value, int) and value < 0:
+        raise ConfigError(t.path_of("max_body_size"), f"{value} is negative (0 means no limit)")
+    return parse_size(value, t.path_of("max_body_size"))
+
+
 def _parse_listener(
-    name: str, t: Table, pools: dict[str, Pool], bound: dict[BindAddr, str], warnings: list[str]
+    name: str, t: Table, pools: dict[str, Pool], acls: dict[str, Acl], bound: dict[BindAddr, str],
+    warnings: list[str], rules: list[int],
 ) -> Listener:
     """One [listeners.NAME] table; ``bound`` maps addresses taken so far to their listener."""
     check_name(name, t.path, "listener name")
@@ -260,11 +290,20 @@ def _parse_listener(
                 raise ConfigError(t.path_of(key), 'needs mode = "http"')
     # Before the routes, so errors come in file order ([[routes]] follow the listener's keys).
     http = _parse_http_settings(t) if mode == "http" else HttpSettings()
+    access = parse_access(t, acls, rules)
     tls = tls_section.parse(t.table("tls", tls_section.KEYS), mode, warnings) if t.has("tls") else None
     if passthrough:
         routes = tuple(_parse_passthrough_route(rt, pools) for rt in t.array_of_tables("routes", ROUTE_KEYS))
     else:
-        routes = tuple(_parse_route(rt, pools, warnings) for rt in t.array_of_tables("routes", ROUTE_KEYS))
+        routes = tuple(_parse_route(rt, pools, warnings, acls, rules)
+                       for rt in t.array_of_tables("routes", ROUTE_KEYS))
+        named: dict[str, int] = {}
+        for i, route in enumerate(routes):
+            if route.name is not None:
+                if route.name in named:
+                    raise ConfigError(f"{t.path_of('routes')}[{i}].name",
+                                      f"{route.name!r} already names routes[{named[route.name]}]")
+                named[route.name] = i
     if pool is None and not routes:
         raise ConfigError(t.path_of("pool"), "required key is missing (a listener needs a pool or at least one route)")
     return Listener(
@@ -279,4 +318,5 @@ def _parse_listener(
         http=http,
         tls=tls,
         tls_passthrough=passthrough,
+        access=access,
     )

@@ -11,6 +11,7 @@ import psutil
 from lb import __version__
 from lb.admin import PROTOCOL
 from lb.checker import describe
+from lb.control import acl
 
 
 def hello(sup, args: dict) -> dict:
@@ -65,11 +66,13 @@ def document(sup) -> dict:
         del sup.procs[pid]
     listeners = [{"name": name, "bind": [str(b) for b in l.bind], "mode": l.mode, "pool": l.pool}
                  for name, l in gen.config.listeners.items()]
+    acls = [acl.summary(gen, name, i) for i, name in enumerate(gen.config.acls)]
     return {
         "version": __version__, "pid": os.getpid(), "uptime": time.time() - sup.started,
         "generation": gen.number,
         "config": {"path": gen.config.source, "sha256": gen.config.sha256},
         "listeners": listeners, "pools": pools, "workers": workers,
+        "acls": acls, "access_rules": acl.rules_with_counts(gen),
         "checker": {"pid": gen.checker.pid, "restarts": gen.checker.restarts,
                     "crash_loop": gen.checker.crash_looping},
     }

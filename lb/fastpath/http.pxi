@@ -490,6 +490,9 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
                 memcpy(&h.c.peer, &src, sizeof(sockaddr_storage))
                 memcpy(&h.local, &dst, sizeof(sockaddr_storage))
                 h_set_ip(h)
+            if phase_accept(w, &w.listeners[h.c.listener], &h.c) != STEP_CONTINUE:
+                h_close(w, h, True)  # refused on the address the header gave
+                return
             h.hflags |= HF_READABLE  # what follows the header is still in the socket
             h_client_ready(w, h)
             progress = 1

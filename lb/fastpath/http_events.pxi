@@ -30,9 +30,11 @@ cdef void http_on_accept(lb_worker *w, int li) noexcept nogil:
         tl_append(&l.http.req_timer, &h.tphase, w.now_ms, h)
         if not accept_register(w, fd, <uint64_t><size_t>h | TAG_SIGNAL):
             h_close(w, h, True)
+        elif l.http.accept_proxy:
+            pass                     # the accept phase runs once the PROXY header is read (h_run)
         elif phase_accept(w, l, &h.c) != STEP_CONTINUE:
-            h_close(w, h, False)     # refused at the door, before a byte is read
-        elif not l.http.accept_proxy:
+            h_close(w, h, True)      # refused at the door, before a byte is read (a reset: no TIME_WAIT)
+        else:
             h_client_ready(w, h)
 
 

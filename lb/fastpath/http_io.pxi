@@ -259,9 +259,13 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
         if n > HBUF_SIZE - h.upb.len:
             n = HBUF_SIZE - h.upb.len
         st = chunk_advance(&h.rq_chunk_phase, &h.rq_left, <const uint8_t *>h.inb.p + h.inb.off, n, &ok,
-                           w.http.scratch, h.hl.max_head)
+                           w.http.scratch, h.hl.max_head, &h.body_seen)
         if st == 400:
             h_error(w, h, 400)
+            return 1
+        if h.body_max and h.body_seen > h.body_max:
+            # max_body_size: a chunk announced past the limit; none of its bytes go on
+            h_error(w, h, 413)
             return 1
         if ok:
             ob_put(&h.upb, h.inb.p + h.inb.off, ok)
@@ -368,13 +372,14 @@ cdef int h_resp_body(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef uint32_t n
     cdef size_t ok
     cdef int st, progress = 0
+    cdef uint64_t rs_total = 0           # responses have no size limit
     if h.rs_state == RS_BODY_CHUNKED:
         while b.inb.len and hb_room(&h.outb) and hb_need(w, &h.outb):
             n = b.inb.len
             if n > hb_room(&h.outb):
                 n = hb_room(&h.outb)
             st = chunk_advance(&h.rs_chunk_phase, &h.rs_left, <const uint8_t *>b.inb.p + b.inb.off, n, &ok,
-                               w.http.scratch, HBUF_SIZE)
+                               w.http.scratch, HBUF_SIZE, &rs_total)
             if st == 400:
                 h_close(w, h, True)  # the client already has part of this response
                 return 1

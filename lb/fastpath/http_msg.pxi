@@ -105,12 +105,14 @@ cdef int http_parse_response_c(const uint8_t *b, size_t n, http_req *r, uint32_t
 
 
 cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t n, size_t *ok,
-                       http_req *scratch, uint32_t max_head) noexcept nogil:
+                       http_req *scratch, uint32_t max_head, uint64_t *total) noexcept nogil:
     """Walk a chunked body through b[:n], the next bytes of the stream.
 
     Returns 0 with b[:ok] part of the body (the caller forwards and drops them;
     b[ok:] is the start of a line still incomplete, offered again with more
-    bytes), 1 when the body ends at ok, or 400. The same rules as http_chunked_c."""
+    bytes), 1 when the body ends at ok, or 400. The same rules as http_chunked_c.
+    total grows by each chunk's size as its line is read, before its data
+    (max_body_size refuses a chunk that would take the body over the limit)."""
     cdef size_t p = 0, after, take, tend
     cdef uint64_t size
     cdef int st
@@ -147,6 +149,7 @@ cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t 
                 phase[0] = CK_TRAILERS
             else:
                 left[0] = size
+                total[0] += size
                 phase[0] = CK_DATA
                 continue
         if phase[0] == CK_TRAILERS:
@@ -201,7 +204,7 @@ def http_chunk_stream(pieces, uint32_t max_head=16384):
     (status, consumed): 0 complete after consumed bytes, -1 incomplete, 400."""
     cdef http_req *scratch = <http_req *>malloc(sizeof(http_req))
     cdef uint8_t phase = CK_LINE
-    cdef uint64_t left = 0
+    cdef uint64_t left = 0, total = 0
     cdef size_t ok = 0
     cdef int st = 0
     cdef const uint8_t *b
@@ -216,7 +219,7 @@ def http_chunk_stream(pieces, uint32_t max_head=16384):
             if not pending:
                 continue
             b = pending
-            st = chunk_advance(&phase, &left, b, len(pending), &ok, scratch, max_head)
+            st = chunk_advance(&phase, &left, b, len(pending), &ok, scratch, max_head, &total)
             if st == 400:
                 return 400, 0
             consumed += ok

@@ -5,8 +5,10 @@
 # the status lb answers with through its error path (403, 401, 429, ...).
 #
 #   phase     runs                                  its steps, in order
-#   accept    tcp and http, at accept,              address rules, connection limits
-#             before a byte is read
+#   accept    tcp and http, at accept,              address rules (acl), connection limits
+#             before a byte is read; on an
+#             accept_proxy listener, once the
+#             PROXY header gave the client's address
 #   request   http, on each request head            route (which route's settings apply: it comes
 #                                                   first), client certificate fields, access
 #                                                   rules, authentication, rate limits, cache
@@ -65,10 +67,14 @@ def _http(listener):
 
 
 # (name, entry point, wanted by a listener: its config.Listener -> bool)
-ACCEPT_STEPS = ()
+ACCEPT_STEPS = (
+    ("acl", <size_t><void *>step_acl, wants_acl),
+)
 REQUEST_STEPS = (
     ("route", <size_t><void *>step_route, _http),
     ("client_cert", <size_t><void *>step_client_cert, wants_client_cert),
+    ("acl_route", <size_t><void *>step_acl_route, wants_acl_route),
+    ("body_limit", <size_t><void *>step_body_limit, wants_body_limit),
     ("request_headers", <size_t><void *>step_request_headers, wants_request_headers),
 )
 RESPONSE_STEPS = (

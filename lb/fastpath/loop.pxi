@@ -71,10 +71,18 @@ cdef void on_accept(lb_worker *w, int li) noexcept nogil:
         if not accept_register(w, fd, <uint64_t><size_t>c | SIDE_CLIENT):
             conn_close(w, c, True)
             continue
-        if phase_accept(w, l, c) != STEP_CONTINUE:
-            conn_close(w, c, False)  # refused at the door
+        # an accept_proxy listener knows the client's address only from its
+        # header: its accept phase runs once that is read (conn_proxy_read)
+        if not l.accept_proxy and phase_accept(w, l, c) != STEP_CONTINUE:
+            conn_refuse(w, c)
             continue
         conn_start(w, c)
+
+
+cdef inline void conn_refuse(lb_worker *w, lb_conn *c) noexcept nogil:
+    """Refused at the door (the accept phase said no): a reset, so that a
+    flood of refused clients leaves no TIME_WAIT behind here."""
+    conn_close(w, c, True)
 
 
 cdef void on_conn_event(lb_worker *w, lb_conn *c, int side, uint32_t events) noexcept nogil:
@@ -262,6 +270,8 @@ cdef int worker_attach(lb_worker *w, Shm shm, uint32_t row, uint64_t seed) excep
     w.bstats_all = shm.bstats
     w.bstats = w.bstats_all + <uint64_t>row * h.n_slots
     w.pstats_all = shm.pstats
+    w.acls = shm.acls
+    w.acl_stats = shm.acl_stats + <uint64_t>row * shm.acl_head.rule_stride
     w.rng = seed
     w.n_pools = h.n_pools
     w.pools = <lb_pool_rt *>calloc(max(1, w.n_pools), sizeof(lb_pool_rt))
@@ -333,6 +343,7 @@ cdef class Worker:
         if w.free_pipes == NULL or w.listeners == NULL:
             raise MemoryError()
         pool_index = {pool.name: i for i, pool in enumerate(pools)}
+        acl_index = {name: i for i, name in enumerate(shm.acl_names())}
         for i, pool in enumerate(pools):
             p = &w.pools[i]
             p.retries = pool.retries
@@ -356,6 +367,7 @@ cdef class Worker:
             l.idle_timeout_ms = max(1, <uint64_t>(listener.idle_timeout * 1000))
             # an http listener reads its PROXY header in the http engine
             l.accept_proxy = listener.accept_proxy and listener.mode == "tcp"
+            l.access = access_init(getattr(listener, "access", None), acl_index)
             l.proxy_timeout_ms = min(l.idle_timeout_ms, PROXY_WAIT_MAX_MS)
             if listener.tls is not None:
                 l.tls = &(<TlsServer>self.tls["listeners"][listener.name]).t
@@ -367,7 +379,7 @@ cdef class Worker:
                 l.sni_routes = routes_init(listener.routes, pool_index)
             phases_init(&l.phases, listener)
             if listener.mode == "http":
-                http_listener_init(l, listener, pool_index)
+                http_listener_init(l, listener, pool_index, acl_index)
 
     def run(self):
         """Serve until SIGTERM has drained every connection (or the drain timed

@@ -441,6 +441,9 @@ cdef void conn_proxy_read(lb_worker *w, lb_conn *c) noexcept nogil:
     c.state = CS_CONNECTING
     if src.ss_family != 0:
         memcpy(&c.peer, &src, sizeof(sockaddr_storage))
+    if phase_accept(w, &w.listeners[c.listener], c) != STEP_CONTINUE:
+        conn_refuse(w, c)            # the accept phase, on the address the header gave
+        return
     # what came after the header is still in the socket: forwarding reads it
     c.flags |= F_READABLE << SIDE_CLIENT
     conn_ready(w, c, &dst)

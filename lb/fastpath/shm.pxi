@@ -38,9 +38,16 @@ cdef inline uint64_t _line(uint64_t n) noexcept nogil:
 #
 # The size of each region is computed from the layout's dimensions d: pools,
 # slots (backend slots of all pools), rows (worker counter rows) and tables
-# (the table size of each maglev pool).
+# (the table size of each maglev pool), acls (ACLs) and rules (their users'
+# decision counters: each allow or deny entry and each default).
 
-Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables")
+Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules")
+
+
+cdef inline uint64_t _rule_stride(uint64_t rules) noexcept nogil:
+    """Counters per worker row of acl_stats: whole cache lines, so no two
+    workers write one line."""
+    return _line(max(1, rules) * sizeof(uint64_t)) // sizeof(uint64_t)
 
 REGIONS = (
     # name, writer, size in bytes
@@ -58,6 +65,10 @@ REGIONS = (
      lambda d: sum(_line(2 * size * sizeof(uint16_t)) for size in d.tables)),
     ("tls_tickets", "supervisor (TLS session ticket keys: at start, reload and rotation; seqlock)",
      lambda d: sizeof(shm_tls_tickets)),
+    ("acls", "supervisor (each ACL's two halves of prefix tables, flipped by generation)",
+     lambda d: _line(sizeof(shm_acl_head) + d.acls * sizeof(shm_acl)) + d.acls * 2 * ACL_HALF_SIZE),
+    ("acl_stats", "each worker, its own row of every ACL rule's decision counter",
+     lambda d: d.rows * _rule_stride(d.rules) * sizeof(uint64_t)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
@@ -77,6 +88,9 @@ cdef class Shm:
     cdef shm_backend_stats *bstats
     cdef shm_pool_stats *pstats
     cdef shm_tls_tickets *tickets
+    cdef shm_acl_head *acl_head
+    cdef shm_acl *acls
+    cdef uint64_t *acl_stats
 
     def __dealloc__(self):
         if self.base != NULL:
@@ -84,16 +98,19 @@ cdef class Shm:
             self.base = NULL
 
     @staticmethod
-    def create(str path, pools, int n_rows, int supervisor_pid=0):
+    def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0):
         """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
         balance_factor); table_size counts only for maglev, hash_key is a config
         hash_key string (keys the tcp path cannot compute, and every key of a
-        pool that is not maglev, hash to nothing)."""
+        pool that is not maglev, hash to nothing). acls: the ACL names, in
+        config order (their tables start empty: AclSet.publish fills them);
+        n_rules: the decision counters of their users (lb.config.access_rules)."""
         for spec in pools:
             if not 0 < spec[1] <= MAX_POOL_CAPACITY:
                 raise ValueError(f"pool {spec[0]!r}: capacity {spec[1]} out of range 1..{MAX_POOL_CAPACITY}")
         dims = Dimensions(pools=len(pools), slots=sum(spec[1] for spec in pools), rows=n_rows,
-                          tables=[spec[3] for spec in pools if spec[2] == "maglev"])
+                          tables=[spec[3] for spec in pools if spec[2] == "maglev"], acls=len(acls),
+                          rules=n_rules)
         layout = []
         cdef uint64_t total = _line(sizeof(shm_header))
         for name, _, size_of in REGIONS:
@@ -103,12 +120,13 @@ cdef class Shm:
         cdef int fd = open(bpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         if fd < 0:
             raise OSError(errno, "cannot create shared memory", path)
-        if ftruncate(fd, total) != 0:
+        # truncated to nothing first: the file reads as zeros and holds no page
+        # until one is written, so the ACL halves' unused capacity costs nothing
+        if ftruncate(fd, 0) != 0 or ftruncate(fd, total) != 0:
             close(fd)
             raise OSError(errno, "cannot size shared memory", path)
         cdef Shm self = Shm._map(fd, total, path)
         close(fd)
-        memset(self.base, 0, total)
         cdef shm_header *h = self.hdr
         h.version = LB_SHM_VERSION
         h.header_size = sizeof(shm_header)
@@ -124,6 +142,7 @@ cdef class Shm:
             h.regions[i].off = off
             h.regions[i].size = size
         self._find_regions()
+        self._acls_init(acls, n_rules, n_rows)
         cdef uint32_t first = 0
         cdef uint64_t table_off = <uint64_t><size_t>(self.region_addr("maglev_tables") - self.base)
         cdef shm_pool *p
@@ -197,7 +216,57 @@ cdef class Shm:
         self.bstats = <shm_backend_stats *>self.region_addr("backend_stats")
         self.pstats = <shm_pool_stats *>self.region_addr("pool_stats")
         self.tickets = <shm_tls_tickets *>self.region_addr("tls_tickets")
+        self.acl_head = <shm_acl_head *>self.region_addr("acls")
+        self.acls = <shm_acl *>(<char *>self.acl_head + sizeof(shm_acl_head))
+        self.acl_stats = <uint64_t *>self.region_addr("acl_stats")
         return 0
+
+    cdef int _acls_init(self, acls, uint32_t n_rules, uint32_t n_rows) except -1:
+        cdef shm_acl_head *head = self.acl_head
+        cdef uint64_t halves = <uint64_t><size_t>(<char *>self.acls - self.base) + _line(
+            sizeof(shm_acl_head) + len(acls) * sizeof(shm_acl)) - sizeof(shm_acl_head)
+        head.n_acls = len(acls)
+        head.n_rules = n_rules
+        head.rule_stride = _rule_stride(n_rules)
+        head.half_size = ACL_HALF_SIZE
+        for i, name in enumerate(acls):
+            bname = name.encode()
+            if len(bname) >= 64:
+                raise ValueError(f"ACL name longer than 63 bytes: {name!r}")
+            memcpy(self.acls[i].name, <char *>bname, len(bname))
+            self.acls[i].off = halves + <uint64_t>i * 2 * ACL_HALF_SIZE
+        return 0
+
+    cdef shm_acl *_acl(self, uint32_t i) except NULL:
+        if i >= self.acl_head.n_acls:
+            raise IndexError(f"ACL index {i} out of range")
+        return self.acls + i
+
+    # -- ACLs (tables: AclSet.publish; writer of the counters: each worker, its row) --
+    def acl_names(self):
+        return [self.acls[i].name[:64].split(b"\0", 1)[0].decode() for i in range(self.acl_head.n_acls)]
+
+    def acl_generation(self, uint32_t i):
+        return lb_acquire_u32(&self._acl(i).gen)
+
+    def acl_rule_counts(self):
+        """Every rule's decisions, summed over the worker rows."""
+        cdef shm_acl_head *head = self.acl_head
+        cdef uint32_t rule, row
+        cdef uint64_t total
+        out = []
+        for rule in range(head.n_rules):
+            total = 0
+            for row in range(self.hdr.n_rows):
+                total += lb_load_u64(&self.acl_stats[<uint64_t>row * head.rule_stride + rule])
+            out.append(total)
+        return out
+
+    def add_carried_rule(self, uint32_t row, uint32_t rule, uint64_t count):
+        """Add an older generation's decisions to a row no worker writes (a reload)."""
+        if row >= self.hdr.n_rows or rule >= self.acl_head.n_rules:
+            raise IndexError(f"row {row} or rule {rule} out of range")
+        lb_add_u64(&self.acl_stats[<uint64_t>row * self.acl_head.rule_stride + rule], count)
 
     def regions(self):
         """The directory: (name, offset, size) of each region, in layout order."""
