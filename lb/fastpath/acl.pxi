@@ -615,8 +615,11 @@ cdef class AclSet:
         an error (ValueError naming both places: (src, line) pairs)."""
         cdef uint32_t i, j
         with nogil:
-            qsort(self.e4, self.n4, sizeof(acl_e4), acl_cmp4)
-            qsort(self.e6, self.n6, sizeof(acl_e6), acl_cmp6)
+            # (an empty list has no array: qsort must not see its NULL)
+            if self.n4:
+                qsort(self.e4, self.n4, sizeof(acl_e4), acl_cmp4)
+            if self.n6:
+                qsort(self.e6, self.n6, sizeof(acl_e6), acl_cmp6)
         # duplicates: the same address and length (the key without its last bit)
         j = 0
         for i in range(self.n4):
