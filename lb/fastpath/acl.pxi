@@ -328,7 +328,8 @@ cdef int acl_parse_prefix(const char *p, size_t n, int *family, uint32_t *v4, lb
     for k in range(16):
         v6[0] = (v6[0] << 8) | raw[k]
     if length < 128:
-        mask6 = ((<lb_u128>1) << (128 - length)) - 1
+        # (a /0 keeps every bit: a shift by 128 would be undefined)
+        mask6 = ~(<lb_u128>0) if length == 0 else ((<lb_u128>1) << (128 - length)) - 1
         if v6[0] & mask6:
             return ACL_HOST_BITS
     if acl_v4_mapped(raw) and length >= 96:
