@@ -37,20 +37,25 @@ bench: test-deps install
 # The functional suite against the compiled part built with AddressSanitizer
 # and UndefinedBehaviorSanitizer, in a copy of the tree (build/asan), so the
 # normal build stays. The interpreter is not instrumented: libasan is
-# preloaded into it and every lb it starts. Any report (kept in
-# build/asan/reports) fails the run, even one from a worker the supervisor
-# replaced.
+# preloaded into it and into every lb it starts. The sanitizers write to
+# stderr, so the run keeps everything: pytest's output uncaptured in
+# build/asan/pytest.log, and each lb's log in its test's directory under
+# build/asan/tmp. Any report there fails the run, even one from a worker the
+# supervisor replaced and whose test passed.
 ASAN_DIR := build/asan
 asan-test: test-deps install
-	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)/reports
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
 	tar --exclude=./build --exclude=./.git --exclude='./lb/*.so' --exclude=./lb/_fastpath.c -cf - . | tar -xf - -C $(ASAN_DIR)
 	cd $(ASAN_DIR) && LB_SANITIZE=1 $(PYTHON) setup.py build_ext --inplace -q
-	cd $(ASAN_DIR) && LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
-	  ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:log_path=$(CURDIR)/$(ASAN_DIR)/reports/asan \
-	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(CURDIR)/$(ASAN_DIR)/reports/ubsan \
-	  $(PYTHON) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
-	@if ls $(ASAN_DIR)/reports/* >/dev/null 2>&1; then cat $(ASAN_DIR)/reports/*; exit 1; fi
-	@echo "asan-test: no sanitizer reports"
+	@cd $(ASAN_DIR) && rc=0; \
+	  LD_PRELOAD=$$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 \
+	  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	  $(PYTHON) -m pytest -q -s -p no:cacheprovider --basetemp=tmp $(ASAN_TESTS) > pytest.log 2>&1 || rc=$$?; \
+	  tail -n 5 pytest.log; \
+	  if grep -rlE "runtime error:|ERROR: AddressSanitizer" pytest.log tmp; then \
+	    grep -rhE -A12 "runtime error:|ERROR: AddressSanitizer" pytest.log tmp | head -n 200; \
+	    echo "asan-test: sanitizer reports (files above)"; exit 1; fi; \
+	  [ $$rc -eq 0 ] && echo "asan-test: no sanitizer reports"; exit $$rc
 
 # line tracing and -O0 -g3, for gdb and coverage of the Cython code
 debug:
