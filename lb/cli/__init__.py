@@ -24,7 +24,7 @@ def main(ctx: click.Context, socket_path: str | None, config_path: str | None):
 
 
 def _register():
-    from lb.cli import backend, cert, check, control, pool, run, status, top
+    from lb.cli import backend, cert, check, control, logs, pool, run, status, top
 
     main.add_command(check.check)
     main.add_command(run.run)
@@ -36,6 +36,7 @@ def _register():
     main.add_command(control.reload)
     main.add_command(control.stop)
     main.add_command(cert.cert)
+    main.add_command(logs.logs)
 
 
 _register()

@@ -22,11 +22,13 @@ import keyword
 import re
 import tomllib
 
-from lb.config import global_, listeners, pools
+from lb.config import global_, listeners, logs, pools
 from lb.config.global_ import KEYS as GLOBAL_KEYS
 from lb.config.global_ import MAX_WORKERS, GlobalSettings
 from lb.config.headers import HEADER_RULE_KEYS, MANAGED_HEADERS, HeaderRules
 from lb.config.listeners import KEYS as LISTENER_KEYS
+from lb.config.logs import KEYS as LOG_KEYS
+from lb.config.logs import LogSettings
 from lb.config.listeners import HTTP_LISTENER_KEYS, ROUTE_KEYS, HttpSettings, Listener, Route
 from lb.config.pools import KEYS as POOL_KEYS
 from lb.config.tls import CERTIFICATE_KEYS as TLS_CERTIFICATE_KEYS
@@ -76,6 +78,8 @@ __all__ = [
     "Health",
     "HttpSettings",
     "LISTENER_KEYS",
+    "LOG_KEYS",
+    "LogSettings",
     "Listener",
     "MANAGED_HEADERS",
     "MAX_NAME_BYTES",
@@ -112,6 +116,7 @@ __all__ = [
 SECTIONS = (
     ("global", global_),
     ("pools", pools),
+    ("logs", logs),
     ("listeners", listeners),
 )
 # Unknown keys are errors, here as in every table: a typo must not silently
@@ -125,6 +130,7 @@ class Config:
     global_: GlobalSettings
     listeners: dict[str, Listener]
     pools: dict[str, Pool]
+    logs: dict[str, LogSettings]
     source: str
     sha256: str
     warnings: tuple[str, ...]

@@ -7,6 +7,7 @@ import dataclasses
 
 from lb.config import tls as tls_section
 from lb.config.headers import HeaderRules, check_field_value, check_header_name, parse_header_rules
+from lb.config.logs import LogSettings, listener_logs
 from lb.config.pools import Pool
 from lb.config.tls import TlsSettings
 from lb.config.values import (
@@ -46,14 +47,17 @@ HTTP_LISTENER_KEYS = (
     "hide_server",
     "request_headers",
     "response_headers",
+    "request_id",
 )
 NAMED = True
-KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", "tls_passthrough",
+KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", "tls_passthrough", "logs", "log",
         *HTTP_LISTENER_KEYS)
+DEFAULT_REQUEST_ID = "X-Request-Id"
 # What a route of a tls_passthrough listener may say: it matches the server name
 # of the ClientHello, nothing of the request (which stays encrypted).
-PASSTHROUGH_ROUTE_KEYS = ("host", "pool")
+PASSTHROUGH_ROUTE_KEYS = ("name", "host", "pool")
 ROUTE_KEYS = (
+    "name",
     "host",
     "path_prefix",
     "path",
@@ -78,6 +82,7 @@ class Route:
     header_value: str | None = None  # with header: its value equals this exactly
     request_headers: HeaderRules = HeaderRules()
     response_headers: HeaderRules = HeaderRules()
+    name: str = ""  # as logs show it: `name`, else "routes[INDEX]"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,12 +113,15 @@ class Listener:
     http: HttpSettings = HttpSettings()
     tls: TlsSettings | None = None  # [listeners.NAME.tls]; None: plain sockets
     tls_passthrough: bool = False  # tcp: the ClientHello's server name picks the pool (routes' host)
+    logs: tuple[LogSettings, ...] = ()  # the access logs its exchanges and connections go to
+    request_id: str = ""  # http: the request-id header's name; "" = off
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
     pools = ctx.sections["pools"]
+    logs = ctx.sections.get("logs", {})
     bound: dict[BindAddr, str] = {}
-    listeners = {name: _parse_listener(name, t, pools, bound, ctx.warnings) for name, t in tables}
+    listeners = {name: _parse_listener(name, t, pools, bound, ctx.warnings, logs) for name, t in tables}
     if not listeners:
         raise ConfigError("listeners", "at least one listener is required")
     return listeners
@@ -230,7 +238,8 @@ def _parse_http_settings(t: Table) -> HttpSettings:
 
 
 def _parse_listener(
-    name: str, t: Table, pools: dict[str, Pool], bound: dict[BindAddr, str], warnings: list[str]
+    name: str, t: Table, pools: dict[str, Pool], bound: dict[BindAddr, str], warnings: list[str],
+    logs: dict[str, LogSettings],
 ) -> Listener:
     """One [listeners.NAME] table; ``bound`` maps addresses taken so far to their listener."""
     check_name(name, t.path, "listener name")
@@ -265,6 +274,8 @@ def _parse_listener(
         routes = tuple(_parse_passthrough_route(rt, pools) for rt in t.array_of_tables("routes", ROUTE_KEYS))
     else:
         routes = tuple(_parse_route(rt, pools, warnings) for rt in t.array_of_tables("routes", ROUTE_KEYS))
+    routes = _name_routes(routes, t)
+    listener_log = listener_logs(t, mode, logs)
     if pool is None and not routes:
         raise ConfigError(t.path_of("pool"), "required key is missing (a listener needs a pool or at least one route)")
     return Listener(
@@ -279,4 +290,41 @@ def _parse_listener(
         http=http,
         tls=tls,
         tls_passthrough=passthrough,
+        logs=listener_log,
+        request_id=_parse_request_id(t, mode, bool(listener_log)),
     )
+
+
+def _name_routes(routes: tuple[Route, ...], t: Table) -> tuple[Route, ...]:
+    """Each route's name as written, else its position; names are unique."""
+    out = []
+    seen: dict[str, int] = {}
+    raw = t.get("routes", [], "an array of tables", lambda v: isinstance(v, list))
+    for i, (route, data) in enumerate(zip(routes, raw)):
+        path = f"{t.path_of('routes')}[{i}].name"
+        name = data.get("name")
+        if name is None:
+            name = f"routes[{i}]"
+        elif not isinstance(name, str):
+            raise wrong_type(path, name, "a string")
+        else:
+            check_name(name, path, "route name")
+        if name in seen:
+            raise ConfigError(path, f"duplicate route name {name!r} (also routes[{seen[name]}])")
+        seen[name] = i
+        out.append(dataclasses.replace(route, name=name))
+    return tuple(out)
+
+
+def _parse_request_id(t: Table, mode: str, logged: bool) -> str:
+    """The request-id header: on by default where an access log serves the
+    listener (lines and backends then share one id per request)."""
+    if not t.has("request_id"):
+        return DEFAULT_REQUEST_ID if mode == "http" and logged else ""
+    value = t.get("request_id", None, 'a header name, true or false', lambda v: isinstance(v, (str, bool)))
+    if value is False:
+        return ""
+    if value is True:
+        return DEFAULT_REQUEST_ID
+    check_header_name(value, t.path_of("request_id"))
+    return value

@@ -8,7 +8,7 @@ module here beside its lb/cli/ module, and its rows in VERBS."""
 from __future__ import annotations
 
 from lb.admin import AdminError
-from lb.control import backend, cert, control, pool, status
+from lb.control import backend, cert, control, logs, pool, status
 
 # verb -> function; "unknown command" lists the verbs in this order
 VERBS = {
@@ -24,6 +24,7 @@ VERBS = {
     "stop": control.stop,
     "cert.list": cert.list_certificates,
     "cert.reload": cert.reload,
+    "logs.reopen": logs.reopen,
 }
 
 

@@ -11,6 +11,7 @@ import psutil
 from lb import __version__
 from lb.admin import PROTOCOL
 from lb.checker import describe
+from lb.control import logs
 
 
 def hello(sup, args: dict) -> dict:
@@ -72,6 +73,7 @@ def document(sup) -> dict:
         "listeners": listeners, "pools": pools, "workers": workers,
         "checker": {"pid": gen.checker.pid, "restarts": gen.checker.restarts,
                     "crash_loop": gen.checker.crash_looping},
+        "access_logs": logs.status(sup),
     }
 
 

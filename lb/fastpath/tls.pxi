@@ -367,6 +367,7 @@ cdef int tls_handshake(lb_worker *w, lb_sock *s, int *reason) noexcept nogil:
         lb_add_u64(&w.stats.tls_handshakes, 1)
         if SSL_session_reused(ssl):
             lb_add_u64(&w.stats.tls_resumed, 1)
+        tls_note_session(s, ssl)     # the access log's TLS facts (log.pxi)
         return 1
     err = SSL_get_error(ssl, r)
     if err == SSL_ERROR_WANT_READ:
