@@ -103,6 +103,8 @@ def custom_ops(line: str, path: str) -> tuple[tuple[str, str | None], ...]:
     work = line.replace("{{", "\0").replace("}}", "\1")
     for m in _FIELD.finditer(work):
         lit += work[pos:m.start()]
+        if "{" in lit or "}" in lit:
+            raise ConfigError(path, 'unbalanced brace (write "{{" or "}}" for a brace of its own)')
         field = m.group(1)
         if field not in FIELDS and field != "bytes_out_clf":
             hint = did_you_mean(field, FIELDS)
@@ -112,7 +114,7 @@ def custom_ops(line: str, path: str) -> tuple[tuple[str, str | None], ...]:
         lit = ""
         pos = m.end()
     rest = work[pos:]
-    if "{" in rest or "}" in rest or any("{" in l or "}" in l for l, _ in ops):
+    if "{" in rest or "}" in rest:
         raise ConfigError(path, 'unbalanced brace (write "{{" or "}}" for a brace of its own)')
     ops.append((_unescape(rest), None))
     if len(ops) == 1:

@@ -115,6 +115,8 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     only honest signal left is to cut the connection. lb's own answer is an
     exchange even when no request head was taken (400, 408): it ends here."""
     lb_add_u64(&w.stats.http_errors, 1)
+    if not h.in_exchange:
+        log_exchange_bare(w, h)
     h.in_exchange = 1
     h.c.lg.status = code
     h.c.lg.answered = 1

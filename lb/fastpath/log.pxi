@@ -153,6 +153,19 @@ cdef void log_exchange_start(lb_worker *w, lb_hconn *h, http_req *r, const uint8
         rec.flags = LOGF_RID_NEW
 
 
+cdef void log_exchange_bare(lb_worker *w, lb_hconn *h) noexcept nogil:
+    """lb answers before a request head was taken (400, 408): no strings to
+    log, but the answer and its line share a request id all the same."""
+    if h.hl.rid_name.n == 0 or h.lrec != NULL:
+        return
+    h.lrec = log_rec_take(w)
+    if h.lrec == NULL:
+        return
+    memset(h.lrec, 0, <size_t>(<char *>&h.lrec.method - <char *>h.lrec))
+    rid_make(w, h.lrec.rid)
+    h.lrec.rid_len = RID_HEX
+
+
 cdef inline bint rid_emit(lb_hconn *h, lb_hbuf *o) noexcept nogil:
     """The request id field into a head being written (to the backend: only
     one lb made; to the client: always)."""
