@@ -692,3 +692,49 @@ def test_no_logs_no_logger_no_request_id(tmp_path, run_lb):
         assert r.returncode != 0 and "no access log" in r.stderr
     finally:
         o.stop()
+
+
+# ---- TLS -----------------------------------------------------------------------------------------
+
+def test_tls_version_cipher_and_sni_are_logged(tmp_path, run_lb, backends):
+    import ssl
+
+    from tls_certs import CA
+
+    ca = CA(tmp_path / "ca")
+    leaf = ca.leaf("a", ("a.test",))
+    o = Origin("o")
+    try:
+        port, tport = free_port(), free_port()
+        log = tmp_path / "access.log"
+        tls = f'[listeners.web.tls]\ncertificates = [{{ cert = "{leaf.cert}", key = "{leaf.key}" }}]\n'
+        text = http_lb_config(port, {"p": [o]}, listener=tls, logs=log_toml(f"file:{log}"))
+        text += textwrap.dedent(f"""
+            [listeners.t]
+            bind = ["127.0.0.1:{tport}"]
+            mode = "tcp"
+            pool = "p"
+            [listeners.t.tls]
+            certificates = [{{ cert = "{leaf.cert}", key = "{leaf.key}" }}]
+            """)
+        run_lb(text)
+        ctx = ssl.create_default_context(cafile=str(ca.path))
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            with ctx.wrap_socket(raw, server_hostname="a.test") as s:
+                s.sendall(b"GET /tls HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+                while s.recv(65536):
+                    pass
+                version, cipher = s.version(), s.cipher()[0]
+        (line,) = wait_lines(log, 1)
+        assert (line["tls_version"], line["tls_cipher"], line["sni"]) == (version, cipher, "a.test")
+        assert line["path"] == "/tls" and line["status"] == 200
+        # a tcp TLS listener: a client that is not TLS fails its handshake
+        with socket.create_connection(("127.0.0.1", tport), timeout=5) as s:
+            s.sendall(b"\x16\x03\x01\x00\x05hello")
+            while s.recv(65536):
+                pass
+        line = wait_lines(log, 2)[1]
+        assert (line["mode"], line["termination"], line["backend"], line["tls_version"]) == (
+            "tcp", "tls_handshake", None, None)
+    finally:
+        o.stop()
