@@ -220,11 +220,14 @@ cdef void step_log(lb_worker *w, lb_conn *c) noexcept nogil:
         lb_add_u64(&ring.drops, 1)
         return
     rec = &w.log_recs[head & w.log_mask]
+    # only the bytes in use: the ring is many MiB, each line of it a cache miss
     if h != NULL and h.lrec != NULL:
-        memcpy(rec, h.lrec, sizeof(shm_log_record))
-        rec.flags &= ~LOGF_RID_NEW
+        log_copy_strings(rec, h.lrec)
     else:
-        memset(rec, 0, <size_t>(<char *>&rec.method - <char *>rec))
+        rec.http_version = 0
+        rec.method_len = rec.host_len = rec.rid_len = rec.ua_len = rec.referer_len = 0
+        rec.path_len = 0
+    rec.sni_len = 0
     now = mono_us()
     start = c.lg.t_start if c.lg.t_start else now
     clock_gettime(CLOCK_REALTIME, &ts)
@@ -249,10 +252,10 @@ cdef void step_log(lb_worker *w, lb_conn *c) noexcept nogil:
     rec.term = c.lg.term
     rec.step = c.lg.step
     rec.worker = <uint8_t>w.row
+    rec.tls_version = c.lg.tls_version
+    rec.tls_cipher = c.lg.tls_cipher
     if c.lg.tls_version:
         flags |= LOGF_TLS
-        rec.tls_version = c.lg.tls_version
-        rec.tls_cipher = c.lg.tls_cipher
         rec.sni_len = c.lg.sni_len
         memcpy(rec.sni, c.lg.sni, c.lg.sni_len)
     if c.peer.ss_family == AF_INET6:
@@ -262,8 +265,24 @@ cdef void step_log(lb_worker *w, lb_conn *c) noexcept nogil:
     else:
         memcpy(rec.client_addr, &(<sockaddr_in *>&c.peer).sin_addr.s_addr, 4)
         rec.client_port = ntohs((<sockaddr_in *>&c.peer).sin_port)
-    rec.flags = flags | (rec.flags & ~(LOGF_HTTP | LOGF_ANSWERED | LOGF_ERROR | LOGF_TLS | LOGF_V6))
+    rec.flags = flags
     lb_release_u64(&ring.head, head + 1)
+
+
+cdef inline void log_copy_strings(shm_log_record *rec, const shm_log_record *src) noexcept nogil:
+    rec.http_version = src.http_version
+    rec.method_len = src.method_len
+    memcpy(rec.method, src.method, src.method_len)
+    rec.host_len = src.host_len
+    memcpy(rec.host, src.host, src.host_len)
+    rec.rid_len = src.rid_len
+    memcpy(rec.rid, src.rid, src.rid_len)
+    rec.ua_len = src.ua_len
+    memcpy(rec.ua, src.ua, src.ua_len)
+    rec.referer_len = src.referer_len
+    memcpy(rec.referer, src.referer, src.referer_len)
+    rec.path_len = src.path_len
+    memcpy(rec.path, src.path, src.path_len)
 
 
 cdef inline void log_exchange_reset(lb_conn *c) noexcept nogil:

@@ -139,7 +139,16 @@ cdef void out_str(lf_out *o, const char *s, size_t n, bint json) noexcept nogil:
     if json:
         o.p[o.len] = 34
         o.len += 1
+    # most values need no escape: find the first byte that does, copy up to it at once
     for i in range(n):
+        c = <uint8_t>s[i]
+        if c < 0x20 or c >= 0x7f or c == 34 or c == 92:
+            break
+    else:
+        i = n
+    memcpy(o.p + o.len, s, i)
+    o.len += i
+    for i in range(i, n):
         c = <uint8_t>s[i]
         if c >= 0x20 and c < 0x7f and c != 34 and c != 92:
             o.p[o.len] = <char>c
@@ -397,6 +406,7 @@ cdef class LogFormat:
         cdef int i, ms
         cdef bint json = self.json
         cdef bint quoted
+        cdef int k
         cdef char ip[48]
         cdef const char *s
         cdef lb_str *name
@@ -429,8 +439,18 @@ cdef class LogFormat:
                 else:
                     out_put(o, self.cached_clf, 26)
             elif f == F_CLIENT:
-                s = inet_ntop(AF_INET6 if r.flags & LOGF_V6 else AF_INET, r.client_addr, ip, sizeof(ip))
-                out_str(o, ip, strlen(ip) if s != NULL else 0, json)
+                if r.flags & LOGF_V6:
+                    s = inet_ntop(AF_INET6, r.client_addr, ip, sizeof(ip))
+                    out_str(o, ip, strlen(ip) if s != NULL else 0, json)
+                else:
+                    if json:
+                        out_put(o, b"\"", 1)
+                    for k in range(4):
+                        if k:
+                            out_put(o, b".", 1)
+                        out_u64(o, r.client_addr[k])
+                    if json:
+                        out_put(o, b"\"", 1)
             elif f == F_CLIENT_PORT:
                 out_u64(o, r.client_port)
             elif f == F_LISTENER:
