@@ -68,16 +68,57 @@ def syslog_ops(settings, hostname: str, pid: int) -> tuple:
     return ((f"<{pri}>1 ", "syslog_time"), (f" {hostname} lb {pid} access - {first_lit}", first_field), *ops[1:])
 
 
+def prepare_files(config, account) -> None:
+    """Run by the supervisor (root, when started as root) before a logger
+    starts and before it reopens: each log file exists and, when the
+    children drop privileges, belongs to their account, so the logger can
+    open it in a directory only root may write to (/var/log/lb)."""
+    for settings in config.logs.values():
+        if settings.target.kind != "file":
+            continue
+        try:
+            fd = os.open(settings.target.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         0o640)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            log.error("access log %s: cannot create it: %s", settings.target, e)
+            continue
+        try:
+            if account is not None:
+                os.fchown(fd, account.uid, account.gid)
+        finally:
+            os.close(fd)
+
+
 class Sink:
-    """Where one log's lines go."""
+    """Where one log's lines go. A file that cannot be opened is tried again
+    at most every RETRY seconds (and at each reopen); its lines meanwhile are
+    lost and counted, and the logger goes on with its other logs."""
+
+    RETRY = 1.0
 
     def __init__(self, target):
         self.target = target
         self.fd = -1
         self.sock = None
+        self.failed_at = 0.0
         self.open()
 
-    def open(self) -> None:
+    def open(self) -> bool:
+        try:
+            self._open()
+        except OSError as e:
+            if not self.failed_at:
+                log.error("access log %s: cannot open it: %s; its lines are lost until it can", self.target, e)
+            self.failed_at = time.monotonic()
+            return False
+        if self.failed_at:
+            log.info("access log %s: open again", self.target)
+        self.failed_at = 0.0
+        return True
+
+    def _open(self) -> None:
         t = self.target
         if t.kind == "stdout":
             self.fd = 1
@@ -93,18 +134,18 @@ class Sink:
     def reopen(self) -> None:
         if self.target.kind == "file":
             old = self.fd
-            try:
-                self.open()
-            except OSError as e:
-                log.error("access log %s: cannot reopen: %s; writing on to the old file", self.target, e)
-                self.fd = old
+            if not self.open():
+                self.fd = old        # on to the old file rather than nowhere
                 return
-            os.close(old)
+            if old >= 0:
+                os.close(old)
 
     def write(self, data: bytes) -> tuple[int, int]:
         """(lines written, lines lost)."""
         if self.sock is not None:
             return self._send(data)
+        if self.fd < 0 and not (time.monotonic() - self.failed_at >= self.RETRY and self.open()):
+            return 0, data.count(b"\n")
         lines = data.count(b"\n")
         view = memoryview(data)
         while view:

@@ -266,6 +266,7 @@ class Supervisor:
             # the workers inherit the mapping; processes that attach later by path
             # (admin tools) open it as the account
             os.chown(region.path, self.account.uid, self.account.gid)
+        logger_mod.prepare_files(config, self.account)
         gen = Generation(
             number=self.generations, config=config, shm=region,
             slots=[WorkerSlot(index=i, row=i, sockets=per_slot[i]) for i in range(n)],
@@ -516,6 +517,7 @@ class Supervisor:
         asked = []
         for gen in [self.gen, *self.old]:
             if gen is not None and gen.logger is not None:
+                logger_mod.prepare_files(gen.config, self.account)
                 asked.append((gen, gen.shm.log_reopen()))
         if asked:
             log.info("access logs: reopening files")
