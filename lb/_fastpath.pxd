@@ -553,6 +553,8 @@ cdef struct lb_worker:
     shm_log_record *log_free         # staging records of http exchanges in flight, a free list (first 8 bytes: next)
     uint64_t rid_prefix              # request ids: random per worker start
     uint64_t rid_seq
+    uint64_t now_us                  # access logs: CLOCK_MONOTONIC at this turn's start, microseconds
+    uint64_t unix_us                 # ... and the wall clock then
 
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a

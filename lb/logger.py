@@ -32,7 +32,7 @@ log = logging.getLogger("lb")
 # How often the rings are read: soon again while records flow, less often
 # when they do not. At 8192 records a ring holds a quarter second of one
 # worker's full speed, many polls.
-BUSY_POLL = 0.005
+BUSY_POLL = 0.01
 IDLE_POLL = 0.02
 SEVERITY_INFO = 6
 
@@ -181,6 +181,9 @@ class Logger:
         self.config = gen.config
         self.shm = shm if shm is not None else gen.shm
         self.reader = LogReader(self.shm)
+        # every row a worker may write: the slots' and the spares' (the last,
+        # the carried-over totals' row, has no worker)
+        self.rows = range(max(0, self.reader.n_rows - 1)) if self.reader.n_records else range(0)
         self.stopping = False
         names = names_of(self.config)
         listeners = list(self.config.listeners.values())
@@ -198,17 +201,18 @@ class Logger:
     def drain_once(self) -> int:
         """Take and write what every ring holds; the number of records taken."""
         taken = lines = lost = 0
-        for row in range(self.reader.n_rows):
-            raw = self.reader.take(row)
-            if not raw:
+        for row in self.rows:
+            n = self.reader.available(row)
+            if not n:
                 continue
-            taken += len(raw)
+            taken += n
             for fmt, sink in self.outputs:
-                data = fmt.format(raw)
+                data = fmt.format_ring(self.reader, row, n)
                 if data:
                     ok, bad = sink.write(data)
                     lines += ok
                     lost += bad
+            self.reader.release(row, n)
         if lines or lost:
             self.reader.count_lines(lines, lost)
         req = self.reader.reopen_wanted()
@@ -219,7 +223,7 @@ class Logger:
         return taken
 
     def workers_gone(self) -> bool:
-        for row in range(self.reader.n_rows):
+        for row in self.rows:
             pid = self.shm.worker_stats(row)["pid"]
             if pid and _alive(pid):
                 return False
@@ -237,8 +241,8 @@ class Logger:
                     return
             if not taken:
                 time.sleep(IDLE_POLL)
-            elif taken < 64 * 1024:
-                time.sleep(BUSY_POLL)
+            elif taken < 1024:
+                time.sleep(BUSY_POLL)    # (more: a backlog, read again at once)
 
 
 def _alive(pid: int) -> bool:

@@ -138,7 +138,7 @@ cdef void conn_on_backend_connecting(lb_worker *w, lb_conn *c, uint32_t events) 
     lb_store_u64(&w.bstats[c.slot].consecutive_failures, 0)
     list_remove(c)
     c.lg.term = TERM_OK              # earlier tries failed, this one did not
-    log_mark(c, &c.lg.t_connect)
+    log_mark(w, c, &c.lg.t_connect)
     c.state = CS_ESTABLISHED
     c.last_ms = w.now_ms
     list_append(&w.listeners[c.listener].conns, c, w.now_ms)

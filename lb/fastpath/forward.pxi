@@ -32,7 +32,7 @@ cdef inline void dir_account(lb_worker *w, lb_conn *c, int d, ssize_t n, bint sp
         lb_add_u64(&bs.bytes_out, n)
         lb_add_u64(&w.stats.bytes_out, n)
         c.lg.bytes_out += n
-        log_mark(c, &c.lg.t_response)
+        log_mark(w, c, &c.lg.t_response)
     if spliced:
         lb_add_u64(&w.stats.splice_bytes, n)
 

@@ -220,7 +220,7 @@ cdef void h_connect(lb_worker *w, lb_hconn *h) noexcept nogil:
         b.h = h
         h.b = b
         if b.state == BS_READY:
-            log_mark(&h.c, &h.c.lg.t_connect)    # a kept-alive connection: connected already
+            log_mark(w, &h.c, &h.c.lg.t_connect)    # a kept-alive connection: connected already
         conn_backend_take(w, &h.c, slot)
         h.set_sticky = p.http.sticky.n != 0 and slot != h.sticky_slot
         h.b_last_ms = w.now_ms

@@ -82,7 +82,7 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
         tl_remove(&b.tn)
         lb_store_u64(&w.bstats[b.slot].consecutive_failures, 0)
         b.state = BS_READY
-        log_mark(&h.c, &h.c.lg.t_connect)
+        log_mark(w, &h.c, &h.c.lg.t_connect)
         if sock_is_tls(&b.sk):
             # what came with the backend's Finished is OpenSSL's now; the
             # first read or write that blocks clears these again

@@ -107,7 +107,7 @@ cdef int h_read_client(lb_worker *w, lb_hconn *h) noexcept nogil:
             return 1
         h.inb.len += n
         if h.st == HS_HEAD and h.c.lg.t_start == 0:
-            log_mark(&h.c, &h.c.lg.t_start)
+            log_mark(w, &h.c, &h.c.lg.t_start)
         if h.st == HS_HEAD and h.tphase.list == &h.hl.ka_timer:
             # the next request began: its head has http_request_timeout from now
             tl_append(&h.hl.req_timer, &h.tphase, w.now_ms, h)
@@ -307,7 +307,7 @@ cdef int h_resp_head(lb_worker *w, lb_hconn *h) noexcept nogil:
             return 1
         return 0
     h.resp_started = 1
-    log_mark(&h.c, &h.c.lg.t_response)
+    log_mark(w, &h.c, &h.c.lg.t_response)
     if st != 0:
         log_term(&h.c, TERM_BAD_RESPONSE)
         h_error(w, h, 502)

@@ -238,6 +238,17 @@ cdef class LogReader:
         lb_release_u64(&ring.tail, tail + n)
         return out
 
+    def available(self, uint32_t row):
+        """Records waiting in a row's ring: format them in place
+        (LogFormat.format_ring), then release() them."""
+        cdef shm_log_ring *ring = self._ring(row)
+        return lb_acquire_u64(&ring.head) - ring.tail
+
+    def release(self, uint32_t row, uint64_t n):
+        """Give n records back to the row's worker."""
+        cdef shm_log_ring *ring = self._ring(row)
+        lb_release_u64(&ring.tail, ring.tail + n)
+
     def pending(self):
         cdef uint32_t row
         cdef shm_log_ring *ring
@@ -350,20 +361,41 @@ cdef class LogFormat:
         """The lines of the records in raw (LogReader.take) this log keeps,
         each ending in a newline."""
         cdef const shm_log_record *recs = <const shm_log_record *>PyBytes_AS_STRING(raw)
-        cdef size_t n = len(raw) // sizeof(shm_log_record), i
-        cdef const shm_log_record *r
+        cdef size_t n = len(raw) // sizeof(shm_log_record)
         self.out.len = 0
         with nogil:
-            for i in range(n):
-                r = &recs[i]
-                if r.listener >= self.n_listeners or not self.serves[r.listener]:
-                    continue
-                if not (r.flags & LOGF_ERROR) and r.sample >= self.sample:
-                    continue
-                if not out_room(&self.out, 8192 + 16 * LOG_RECORD_SIZE):
-                    break
-                self._line(r)
+            self._lines(recs, n)
         return PyBytes_FromStringAndSize(self.out.p, self.out.len)
+
+    def format_ring(self, LogReader reader, uint32_t row, uint64_t n):
+        """The lines of the next n records of a row's ring, read where they
+        are (LogReader.available; the reader releases them after every log
+        had its turn)."""
+        cdef shm_log_ring *ring = reader._ring(row)
+        cdef shm_log_record *recs = <shm_log_record *>(<char *>ring + sizeof(shm_log_ring))
+        cdef uint64_t first = ring.tail & (reader.n_records - 1)
+        cdef uint64_t part = reader.n_records - first
+        if part > n:
+            part = n
+        self.out.len = 0
+        with nogil:
+            self._lines(&recs[first], part)
+            if n > part:
+                self._lines(recs, n - part)
+        return PyBytes_FromStringAndSize(self.out.p, self.out.len)
+
+    cdef void _lines(self, const shm_log_record *recs, size_t n) noexcept nogil:
+        cdef size_t i
+        cdef const shm_log_record *r
+        for i in range(n):
+            r = &recs[i]
+            if r.listener >= self.n_listeners or not self.serves[r.listener]:
+                continue
+            if not (r.flags & LOGF_ERROR) and r.sample >= self.sample:
+                continue
+            if not out_room(&self.out, 8192 + 16 * LOG_RECORD_SIZE):
+                return
+            self._line(r)
 
     cdef void _time(self, uint64_t us) noexcept nogil:
         cdef time_t sec = <time_t>(us // 1000000)

@@ -211,6 +211,8 @@ cdef int worker_loop(lb_worker *w) noexcept nogil:
     while True:
         n = epoll_wait(w.epfd, events, MAX_EVENTS, next_timeout(w))
         w.now_ms = now_ms()
+        if w.log_ring != NULL:
+            log_clock(w)
         lb_store_u64(&w.stats.heartbeat_ms, w.now_ms)
         if n < 0 and errno != EINTR:
             return -1
@@ -395,6 +397,7 @@ cdef class Worker:
         ev.data.u64 = TAG_SIGNAL
         epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.sigfd, &ev)
         w.now_ms = now_ms()
+        log_clock(w)
         lb_store_u64(&w.stats.heartbeat_ms, w.now_ms)
         lb_store_u64(&w.stats.pid, getpid())
         lb_store_u64(&w.stats.stopping, 0)
