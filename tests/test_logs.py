@@ -738,3 +738,57 @@ def test_tls_version_cipher_and_sni_are_logged(tmp_path, run_lb, backends):
             "tcp", "tls_handshake", None, None)
     finally:
         o.stop()
+
+
+# ---- the daemon's life: reload, stop, stdout ------------------------------------------------------
+
+def test_a_reload_under_traffic_loses_no_line(tmp_path, run_lb):
+    o = Origin("o")
+    try:
+        port = free_port()
+        log = tmp_path / "access.log"
+        lbp = run_lb(http_lb_config(port, {"p": [o]}, workers=2, logs=log_toml(f"file:{log}")))
+        stop, count = threading.Event(), [0]
+        t = threading.Thread(target=_requests_in_thread, args=(port, stop, count))
+        t.start()
+        try:
+            wait_for(lambda: len(lines_of(log)) >= 50, 10, "lines before the reload")
+            r = lb_cli(lbp.config_path, "reload")
+            assert r.returncode == 0, r.stderr
+            after = count[0] + 50
+            wait_for(lambda: len(lines_of(log)) >= after, 20, "lines after the reload")
+        finally:
+            stop.set()
+            t.join()
+        # the old generation's logger wrote its workers' last lines, then left
+        wait_for(lambda: len(lines_of(log)) >= count[0], 20, "every line")
+        assert len(lines_of(log)) == count[0]
+        status = lb_status(lbp)
+        assert status["access_logs"]["drops"] == 0
+    finally:
+        o.stop()
+
+
+def test_a_stop_writes_the_last_lines(tmp_path, run_lb):
+    o = Origin("o")
+    try:
+        port = free_port()
+        log = tmp_path / "access.log"
+        lbp = run_lb(http_lb_config(port, {"p": [o]}, logs=log_toml(f"file:{log}")))
+        for i in range(30):
+            get(port, f"/{i}")
+        assert lbp.stop(signal.SIGTERM) == 0
+        assert len(lines_of(log)) == 30
+    finally:
+        o.stop()
+
+
+def test_stdout_is_the_default_target(tmp_path, run_lb):
+    o = Origin("o")
+    try:
+        port = free_port()
+        lbp = run_lb(http_lb_config(port, {"p": [o]}, logs="\n[logs.access]\n"))
+        get(port, "/to-stdout", {"User-Agent": "ua"})
+        wait_for(lambda: re.search(r'"GET /to-stdout HTTP/1\.1" 200 \d+ "-" "ua"', lbp.log()), 10, "the line")
+    finally:
+        o.stop()
