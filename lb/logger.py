@@ -103,6 +103,7 @@ class Sink:
         self.fd = -1
         self.sock = None
         self.failed_at = 0.0
+        self.write_failing = False   # said once, not once a batch
         self.open()
 
     def open(self) -> bool:
@@ -157,9 +158,15 @@ class Sink:
                 if e.errno == errno.EAGAIN:
                     time.sleep(0.001)  # a stdout pipe that is full: the logger waits, never a worker
                     continue
-                log.error("access log %s: write failed: %s", self.target, e)
-                return lines - view.tobytes().count(b"\n"), view.tobytes().count(b"\n")
+                if not self.write_failing:
+                    log.error("access log %s: write failed: %s; its lines are lost until it works", self.target, e)
+                    self.write_failing = True
+                lost = view.tobytes().count(b"\n")
+                return lines - lost, lost
             view = view[n:]
+        if self.write_failing:
+            log.info("access log %s: writing again", self.target)
+            self.write_failing = False
         return lines, 0
 
     def _send(self, data: bytes) -> tuple[int, int]:
