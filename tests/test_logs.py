@@ -744,6 +744,14 @@ def test_tls_version_cipher_and_sni_are_logged(tmp_path, run_lb, backends):
         line = wait_lines(log, 2)[1]
         assert (line["mode"], line["termination"], line["backend"], line["tls_version"]) == (
             "tcp", "tls_handshake", None, None)
+        # an http TLS listener: the same, logged as an exchange without a request
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"\x16\x03\x01\x00\x05hello")
+            while s.recv(65536):
+                pass
+        line = wait_lines(log, 3)[2]
+        assert (line["mode"], line["termination"], line["method"], line["status"]) == (
+            "http", "tls_handshake", None, None)
     finally:
         o.stop()
 

@@ -519,6 +519,8 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
             if st == PROXY_INCOMPLETE:
                 return
             if st != PROXY_DONE:
+                if st == PROXY_INVALID:
+                    log_conn_failed(h, TERM_PROXY_FAILED)
                 h_close(w, h, st == PROXY_INVALID)
                 return
             if src.ss_family != 0:
@@ -539,6 +541,7 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
             if st == SNIFF_HTTP:
                 tls_count_failure(w, TLS_FAIL_PLAIN_HTTP)
                 tls_answer_plain_http(&h.c.sk[SIDE_CLIENT])
+                log_conn_failed(h, TERM_TLS_FAILED)
                 h_close(w, h, False)
                 return
         if h.st == HS_TLS:
@@ -548,6 +551,7 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
             if st != 1:
                 if reason == TLS_FAIL_PLAIN_HTTP:
                     tls_answer_plain_http(&h.c.sk[SIDE_CLIENT])
+                log_conn_failed(h, TERM_TLS_FAILED)
                 h_close(w, h, False)
                 return
             h.st = HS_HEAD

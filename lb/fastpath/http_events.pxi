@@ -159,6 +159,7 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             if n == NULL:
                 break
             tls_count_failure(w, TLS_FAIL_TIMEOUT)
+            log_conn_failed(<lb_hconn *>n.owner, TERM_TLS_FAILED)
             h_close(w, <lb_hconn *>n.owner, False)
         while True:
             n = tl_expired(&hl.ka_timer, now)

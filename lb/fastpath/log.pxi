@@ -44,6 +44,15 @@ cdef inline void log_mark(lb_worker *w, lb_conn *c, uint64_t *field) noexcept no
         field[0] = w.now_us
 
 
+cdef inline void log_conn_failed(lb_hconn *h, uint8_t term) noexcept nogil:
+    """An http client connection fails before its first request (its TLS
+    handshake, its PROXY header): logged as an exchange of its own, as a tcp
+    listener logs the same failures."""
+    if h.c.lg.on:
+        h.in_exchange = 1
+        h.c.lg.term = term
+
+
 cdef inline void log_term(lb_conn *c, uint8_t term) noexcept nogil:
     """Why it ends; the first cause named wins (a reset after a timeout is
     still a timeout)."""
