@@ -817,11 +817,13 @@ def test_odd_bytes_stay_one_valid_line(tmp_path, run_lb):
         log, text = tmp_path / "access.log", tmp_path / "text.log"
         run_lb(http_lb_config(port, {"p": [o]}, logs=log_toml(f"file:{log}")
                               + log_toml(f"file:{text}", "{user_agent}|{host}", name="text")))
-        raw = raw_exchange(port, b'GET / HTTP/1.1\r\nHost: h\r\nUser-Agent: a\tb\xe9"\\\r\nConnection: close\r\n\r\n')
+        ua = b'a\tb\xe9"\\ ' + "ü€".encode()
+        raw = raw_exchange(port, b"GET / HTTP/1.1\r\nHost: h\r\nUser-Agent: " + ua + b"\r\nConnection: close\r\n\r\n")
         assert raw.startswith(b"HTTP/1.1 200")
         (line,) = wait_lines(log, 1)
-        assert line["user_agent"] == 'a\tb\u00e9"\\'           # bytes above 127 as \u00XX: valid JSON always
+        # well-formed UTF-8 as it is, a stray byte as \u00XX: valid JSON always
+        assert line["user_agent"] == 'a\tb\u00e9"\\ ü€', ua
         wait_for(lambda: lines_of(text), 10, "the text line")
-        assert lines_of(text) == ["a\\x09b\\xe9\\x22\\x5c|h"]
+        assert lines_of(text) == ["a\\x09b\\xe9\\x22\\x5c \\xc3\\xbc\\xe2\\x82\\xac|h"]
     finally:
         o.stop()

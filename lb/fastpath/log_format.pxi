@@ -125,10 +125,40 @@ cdef inline void out_2(lf_out *o, int v) noexcept nogil:
     o.len += 2
 
 
+cdef inline size_t utf8_len(const uint8_t *s, size_t n) noexcept nogil:
+    """The length of the well-formed UTF-8 sequence at s (RFC 3629: no
+    overlong forms, no surrogates, nothing above U+10FFFF), or 0."""
+    cdef uint8_t c = s[0]
+    cdef size_t k, i
+    cdef uint8_t lo = 0x80, hi = 0xbf
+    if 0xc2 <= c <= 0xdf:
+        k = 2
+    elif 0xe0 <= c <= 0xef:
+        k = 3
+        if c == 0xe0:
+            lo = 0xa0
+        elif c == 0xed:
+            hi = 0x9f
+    elif 0xf0 <= c <= 0xf4:
+        k = 4
+        if c == 0xf0:
+            lo = 0x90
+        elif c == 0xf4:
+            hi = 0x8f
+    else:
+        return 0
+    if n < k or not (lo <= s[1] <= hi):
+        return 0
+    for i in range(2, k):
+        if not (0x80 <= s[i] <= 0xbf):
+            return 0
+    return k
+
+
 cdef void out_str(lf_out *o, const char *s, size_t n, bint json) noexcept nogil:
     """A string value: quoted and escaped in json, escaped in text, and its
     absence (n = 0) as null or "-"."""
-    cdef size_t i
+    cdef size_t i, k
     cdef uint8_t c
     if n == 0:
         if json:
@@ -148,8 +178,17 @@ cdef void out_str(lf_out *o, const char *s, size_t n, bint json) noexcept nogil:
         i = n
     memcpy(o.p + o.len, s, i)
     o.len += i
-    for i in range(i, n):
+    while i < n:
         c = <uint8_t>s[i]
+        if json and c >= 0x80:
+            # JSON is UTF-8: a well-formed sequence goes as it is, a stray byte as \u00XX
+            k = utf8_len(<const uint8_t *>s + i, n - i)
+            if k:
+                memcpy(o.p + o.len, s + i, k)
+                o.len += k
+                i += k
+                continue
+        i += 1
         if c >= 0x20 and c < 0x7f and c != 34 and c != 92:
             o.p[o.len] = <char>c
             o.len += 1
