@@ -200,6 +200,7 @@ cdef enum:
     LOG_UA_MAX = 160
     LOG_REFERER_MAX = 160
     LOG_PATH_MAX = 320
+    LOG_HEAD_SIZE = 112                # the fixed part of a record, before its strings
 
 # Why an exchange or a tcp connection ended (shm_log_record.term); the words
 # are TERMINATIONS in fastpath/log.pxi, the names a log line shows.
@@ -256,21 +257,18 @@ cdef struct shm_log_record:          # LOG_RECORD_SIZE bytes; writer: the ring's
     uint8_t tries                    # backends tried
     uint8_t worker                   # the row
     uint8_t client_addr[16]
+    # the strings lie back to back in data, in this order, each cut at its
+    # LOG_*_MAX: a record touches only the cache lines it uses, in the
+    # worker that writes it and in the logger that reads it
     uint8_t method_len
     uint8_t host_len
-    uint8_t rid_len
-    uint8_t sni_len
     uint16_t path_len
+    uint8_t rid_len
     uint8_t ua_len
     uint8_t referer_len
-    char method[LOG_METHOD_MAX]
-    char host[LOG_HOST_MAX]
-    char rid[LOG_RID_MAX]
-    char sni[LOG_SNI_MAX]
-    char ua[LOG_UA_MAX]
-    char referer[LOG_REFERER_MAX]
-    char path[LOG_PATH_MAX]
-    uint8_t _pad[4]
+    uint8_t sni_len
+    uint32_t _pad0
+    char data[LOG_RECORD_SIZE - LOG_HEAD_SIZE]
 
 cdef struct shm_log_ring:            # 128 bytes, one per worker row, before its records
     uint64_t head                    # writer: the row's worker; records written (release store after each)

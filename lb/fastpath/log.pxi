@@ -100,6 +100,15 @@ cdef inline void log_rec_give(lb_worker *w, lb_hconn *h) noexcept nogil:
         h.lrec = NULL
 
 
+cdef inline uint32_t log_data_len(const shm_log_record *r) noexcept nogil:
+    return (<uint32_t>r.method_len + r.host_len + r.path_len + r.rid_len + r.ua_len + r.referer_len
+            + r.sni_len)
+
+
+cdef inline char *log_rid(shm_log_record *r) noexcept nogil:
+    return r.data + <uint32_t>r.method_len + r.host_len + r.path_len
+
+
 cdef inline uint32_t log_copy(char *dst, uint32_t cap, const uint8_t *src, uint32_t n) noexcept nogil:
     if n > cap:
         n = cap
@@ -127,8 +136,11 @@ cdef void log_exchange_start(lb_worker *w, lb_hconn *h, http_req *r, const uint8
     cdef lb_http_listener *l = h.hl
     cdef shm_log_record *rec
     cdef http_field *f
+    cdef http_field *ua = NULL
+    cdef http_field *referer = NULL
+    cdef http_field *rid = NULL
+    cdef char *p
     cdef uint32_t i
-    cdef bint rid_seen = False
     if h.c.lg.on:
         if h.c.lg.t_start == 0:
             h.c.lg.t_start = w.now_us    # a pipelined request: it starts now
@@ -143,29 +155,40 @@ cdef void log_exchange_start(lb_worker *w, lb_hconn *h, http_req *r, const uint8
     rec = h.lrec
     rec.flags = 0
     rec.http_version = <uint8_t>r.version
-    rec.method_len = <uint8_t>log_copy(rec.method, LOG_METHOD_MAX, b + r.method_off, r.method_len)
-    rec.path_len = <uint16_t>log_copy(rec.path, LOG_PATH_MAX, b + r.target_off, r.target_len)
-    rec.host_len = 0
-    rec.ua_len = 0
-    rec.referer_len = 0
-    rec.rid_len = 0
-    if r.host >= 0:
-        f = &r.fields[r.host]
-        rec.host_len = <uint8_t>log_copy(rec.host, LOG_HOST_MAX, b + f.value_off, f.value_len)
     for i in range(r.n_fields):
         f = &r.fields[i]
         if f.name_len == 10 and ieq(b + f.name_off, 10, b"user-agent"):
-            rec.ua_len = <uint8_t>log_copy(rec.ua, LOG_UA_MAX, b + f.value_off, f.value_len)
+            ua = f
         elif f.name_len == 7 and ieq(b + f.name_off, 7, b"referer"):
-            rec.referer_len = <uint8_t>log_copy(rec.referer, LOG_REFERER_MAX, b + f.value_off, f.value_len)
-        elif l.rid_name.n and not rid_seen and ieq_str(b + f.name_off, f.name_len, &l.rid_lower) and f.value_len:
-            # the client's (or an upstream proxy's) id is kept and passed on as it is
-            rec.rid_len = <uint8_t>log_copy(rec.rid, LOG_RID_MAX, b + f.value_off, f.value_len)
-            rid_seen = True
-    if l.rid_name.n and not rid_seen:
-        rid_make(w, rec.rid)
+            referer = f
+        elif l.rid_name.n and rid == NULL and f.value_len and ieq_str(b + f.name_off, f.name_len, &l.rid_lower):
+            rid = f                  # the client's (or an upstream proxy's) id is kept and passed on as it is
+    # the strings back to back, in the record's order
+    p = rec.data
+    rec.method_len = <uint8_t>log_copy(p, LOG_METHOD_MAX, b + r.method_off, r.method_len)
+    p += rec.method_len
+    rec.host_len = 0
+    if r.host >= 0:
+        rec.host_len = <uint8_t>log_copy(p, LOG_HOST_MAX, b + r.fields[r.host].value_off, r.fields[r.host].value_len)
+        p += rec.host_len
+    rec.path_len = <uint16_t>log_copy(p, LOG_PATH_MAX, b + r.target_off, r.target_len)
+    p += rec.path_len
+    rec.rid_len = 0
+    if rid != NULL:
+        rec.rid_len = <uint8_t>log_copy(p, LOG_RID_MAX, b + rid.value_off, rid.value_len)
+    elif l.rid_name.n:
+        rid_make(w, p)
         rec.rid_len = RID_HEX
         rec.flags = LOGF_RID_NEW
+    p += rec.rid_len
+    rec.ua_len = 0
+    if ua != NULL:
+        rec.ua_len = <uint8_t>log_copy(p, LOG_UA_MAX, b + ua.value_off, ua.value_len)
+        p += rec.ua_len
+    rec.referer_len = 0
+    if referer != NULL:
+        rec.referer_len = <uint8_t>log_copy(p, LOG_REFERER_MAX, b + referer.value_off, referer.value_len)
+    rec.sni_len = 0
 
 
 cdef void log_exchange_bare(lb_worker *w, lb_hconn *h) noexcept nogil:
@@ -176,15 +199,15 @@ cdef void log_exchange_bare(lb_worker *w, lb_hconn *h) noexcept nogil:
     h.lrec = log_rec_take(w)
     if h.lrec == NULL:
         return
-    memset(h.lrec, 0, <size_t>(<char *>&h.lrec.method - <char *>h.lrec))
-    rid_make(w, h.lrec.rid)
+    memset(h.lrec, 0, LOG_HEAD_SIZE)
+    rid_make(w, h.lrec.data)
     h.lrec.rid_len = RID_HEX
 
 
 cdef inline bint rid_emit(lb_hconn *h, lb_hbuf *o) noexcept nogil:
     """The request id field into a head being written (to the backend: only
     one lb made; to the client: always)."""
-    return ob_field(o, h.hl.rid_name.p, h.hl.rid_name.n, h.lrec.rid, h.lrec.rid_len)
+    return ob_field(o, h.hl.rid_name.p, h.hl.rid_name.n, log_rid(h.lrec), h.lrec.rid_len)
 
 
 cdef inline bint rid_has(lb_hconn *h) noexcept nogil:
@@ -269,8 +292,8 @@ cdef void step_log(lb_worker *w, lb_conn *c) noexcept nogil:
     rec.tls_cipher = c.lg.tls_cipher
     if c.lg.tls_version:
         flags |= LOGF_TLS
+        memcpy(rec.data + log_data_len(rec), c.lg.sni, c.lg.sni_len)   # last of the strings
         rec.sni_len = c.lg.sni_len
-        memcpy(rec.sni, c.lg.sni, c.lg.sni_len)
     if c.peer.ss_family == AF_INET6:
         flags |= LOGF_V6
         memcpy(rec.client_addr, (<sockaddr_in6 *>&c.peer).sin6_addr.s6_addr, 16)
@@ -285,17 +308,12 @@ cdef void step_log(lb_worker *w, lb_conn *c) noexcept nogil:
 cdef inline void log_copy_strings(shm_log_record *rec, const shm_log_record *src) noexcept nogil:
     rec.http_version = src.http_version
     rec.method_len = src.method_len
-    memcpy(rec.method, src.method, src.method_len)
     rec.host_len = src.host_len
-    memcpy(rec.host, src.host, src.host_len)
-    rec.rid_len = src.rid_len
-    memcpy(rec.rid, src.rid, src.rid_len)
-    rec.ua_len = src.ua_len
-    memcpy(rec.ua, src.ua, src.ua_len)
-    rec.referer_len = src.referer_len
-    memcpy(rec.referer, src.referer, src.referer_len)
     rec.path_len = src.path_len
-    memcpy(rec.path, src.path, src.path_len)
+    rec.rid_len = src.rid_len
+    rec.ua_len = src.ua_len
+    rec.referer_len = src.referer_len
+    memcpy(rec.data, src.data, log_data_len(src) - src.sni_len)
 
 
 cdef inline void log_exchange_reset(lb_conn *c) noexcept nogil:

@@ -483,6 +483,13 @@ cdef class LogFormat:
         cdef lb_str *name
         cdef shm_backend *b
         cdef int f
+        # where each string lies in data (they follow each other in this order)
+        cdef uint32_t o_host = r.method_len
+        cdef uint32_t o_path = o_host + r.host_len
+        cdef uint32_t o_rid = o_path + r.path_len
+        cdef uint32_t o_ua = o_rid + r.rid_len
+        cdef uint32_t o_referer = o_ua + r.ua_len
+        cdef uint32_t o_sni = o_referer + r.referer_len
         for i in range(self.n_ops):
             out_put(o, self.ops[i].lit.p, self.ops[i].lit.n)
             f = self.ops[i].field
@@ -546,11 +553,11 @@ cdef class LogFormat:
                 else:
                     out_none(o, json)
             elif f == F_METHOD:
-                out_str(o, r.method, r.method_len, json)
+                out_str(o, r.data, r.method_len, json)
             elif f == F_HOST:
-                out_str(o, r.host, r.host_len, json)
+                out_str(o, r.data + o_host, r.host_len, json)
             elif f == F_PATH:
-                out_str(o, r.path, r.path_len, json)
+                out_str(o, r.data + o_path, r.path_len, json)
             elif f == F_PROTOCOL:
                 if not (r.flags & LOGF_HTTP):
                     out_str(o, b"TCP", 3, json)
@@ -591,7 +598,7 @@ cdef class LogFormat:
                     name = &self.terms[TERM_LB_ERROR]
                 out_str(o, name.p, name.n, json)
             elif f == F_REQUEST_ID:
-                out_str(o, r.rid, r.rid_len, json)
+                out_str(o, r.data + o_rid, r.rid_len, json)
             elif f == F_TLS_VERSION:
                 if r.tls_version == 0x0304:
                     out_str(o, b"TLSv1.3", 7, json)
@@ -610,11 +617,11 @@ cdef class LogFormat:
                 else:
                     out_none(o, json)
             elif f == F_SNI:
-                out_str(o, r.sni, r.sni_len, json)
+                out_str(o, r.data + o_sni, r.sni_len, json)
             elif f == F_USER_AGENT:
-                out_str(o, r.ua, r.ua_len, json)
+                out_str(o, r.data + o_ua, r.ua_len, json)
             elif f == F_REFERER:
-                out_str(o, r.referer, r.referer_len, json)
+                out_str(o, r.data + o_referer, r.referer_len, json)
             elif f == F_MODE:
                 if r.flags & LOGF_HTTP:
                     out_str(o, b"http", 4, json)

@@ -25,6 +25,9 @@ assert sizeof(shm_worker_stats) == 256
 assert sizeof(shm_backend_stats) == 64
 assert sizeof(shm_ticket_key) == 80
 assert sizeof(shm_log_record) == LOG_RECORD_SIZE
+assert <size_t>&(<shm_log_record *>NULL).data == LOG_HEAD_SIZE
+assert (LOG_METHOD_MAX + LOG_HOST_MAX + LOG_PATH_MAX + LOG_RID_MAX + LOG_UA_MAX + LOG_REFERER_MAX + LOG_SNI_MAX
+        == LOG_RECORD_SIZE - LOG_HEAD_SIZE)
 assert sizeof(shm_log_ring) == 128
 assert sizeof(shm_log_head) == 64
 
