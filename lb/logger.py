@@ -141,14 +141,13 @@ class Sink:
             if old >= 0:
                 os.close(old)
 
-    def write(self, data: bytes) -> tuple[int, int]:
-        """(lines written, lines lost)."""
+    def write(self, view: memoryview, lines: int) -> tuple[int, int]:
+        """Write `lines` lines (view: whole lines, each ending in a newline);
+        (lines written, lines lost)."""
         if self.sock is not None:
-            return self._send(data)
+            return self._send(bytes(view))
         if self.fd < 0 and not (time.monotonic() - self.failed_at >= self.RETRY and self.open()):
-            return 0, data.count(b"\n")
-        lines = data.count(b"\n")
-        view = memoryview(data)
+            return 0, lines
         while view:
             try:
                 n = os.write(self.fd, view)
@@ -161,7 +160,7 @@ class Sink:
                 if not self.write_failing:
                     log.error("access log %s: write failed: %s; its lines are lost until it works", self.target, e)
                     self.write_failing = True
-                lost = view.tobytes().count(b"\n")
+                lost = bytes(view).count(b"\n")
                 return lines - lost, lost
             view = view[n:]
         if self.write_failing:
@@ -214,9 +213,9 @@ class Logger:
                 continue
             taken += n
             for fmt, sink in self.outputs:
-                data = fmt.format_ring(self.reader, row, n)
-                if data:
-                    ok, bad = sink.write(data)
+                made = fmt.format_ring(self.reader, row, n)
+                if made:
+                    ok, bad = sink.write(fmt.view(), made)
                     lines += ok
                     lost += bad
             self.reader.release(row, n)
