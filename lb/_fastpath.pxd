@@ -394,7 +394,7 @@ cdef struct lb_logctx:
     uint8_t _pad0
     uint16_t tls_version
     uint16_t tls_cipher
-    char sni[LOG_SNI_MAX]
+    char *sni                        # LOG_SNI_MAX bytes, allocated for TLS clients only (freed with the connection)
 
 cdef struct lb_conn:
     uint32_t kind                    # KIND_L4, or KIND_HTTP when embedded first in an lb_hconn

@@ -76,6 +76,7 @@ cdef lb_conn *conn_alloc(lb_worker *w) noexcept nogil:
 
 
 cdef inline void conn_release(lb_worker *w, lb_conn *c) noexcept nogil:
+    log_conn_free(c)
     c.state = CS_FREE
     c.next = w.free_conns
     w.free_conns = c

@@ -75,7 +75,9 @@ cdef void tls_note_session(lb_sock *s, SSL *ssl) noexcept nogil:
     c.lg.tls_cipher = <uint16_t>SSL_CIPHER_get_protocol_id(cipher) if cipher != NULL else 0
     name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)
     c.lg.sni_len = 0
-    if name != NULL:
+    if name != NULL and c.lg.sni == NULL:
+        c.lg.sni = <char *>malloc(LOG_SNI_MAX)   # a plain connection pays nothing for it
+    if name != NULL and c.lg.sni != NULL:
         n = strlen(name)
         if n > LOG_SNI_MAX:
             n = LOG_SNI_MAX
@@ -292,8 +294,9 @@ cdef void step_log(lb_worker *w, lb_conn *c) noexcept nogil:
     rec.tls_cipher = c.lg.tls_cipher
     if c.lg.tls_version:
         flags |= LOGF_TLS
-        memcpy(rec.data + log_data_len(rec), c.lg.sni, c.lg.sni_len)   # last of the strings
-        rec.sni_len = c.lg.sni_len
+        if c.lg.sni_len:
+            memcpy(rec.data + log_data_len(rec), c.lg.sni, c.lg.sni_len)   # last of the strings
+            rec.sni_len = c.lg.sni_len
     if c.peer.ss_family == AF_INET6:
         flags |= LOGF_V6
         memcpy(rec.client_addr, (<sockaddr_in6 *>&c.peer).sin6_addr.s6_addr, 16)
@@ -314,6 +317,13 @@ cdef inline void log_copy_strings(shm_log_record *rec, const shm_log_record *src
     rec.ua_len = src.ua_len
     rec.referer_len = src.referer_len
     memcpy(rec.data, src.data, log_data_len(src) - src.sni_len)
+
+
+cdef inline void log_conn_free(lb_conn *c) noexcept nogil:
+    """A connection's struct goes back to its free list."""
+    if c.lg.sni != NULL:
+        free(c.lg.sni)
+        c.lg.sni = NULL
 
 
 cdef inline void log_exchange_reset(lb_conn *c) noexcept nogil:
