@@ -490,6 +490,9 @@ class Target(abc.ABC):
 
     name = ""
     is_proxy = True
+    # an access log of every request, as JSON lines to this file (nginx, lb):
+    # the scenarios that price logging set it before start()
+    access_log: Path | None = None
 
     def __init__(self, ctx: "Context", scenario: str, mode: str = "tcp"):
         if mode not in MODES:
@@ -719,7 +722,7 @@ stream {{
         origin = f"{self.ctx.origin.addr[0]}:{self.ctx.origin.addr[1]}"
         return f"""\
 http {{
-    access_log off;
+    {self._access_log()}
     {_nginx_temp_paths(self.ctx.tools["nginx"], self.dir)}
     keepalive_requests 1000000;
     keepalive_timeout 300s;
@@ -747,6 +750,20 @@ http {{
     }}
 }}
 """
+
+    def _access_log(self) -> str:
+        """Off, or JSON lines with the fields lb's json format has that nginx
+        can say, written as nginx does by default (one write per request)."""
+        if self.access_log is None:
+            return "access_log off;"
+        fields = ('"time":"$time_iso8601","client":"$remote_addr","method":"$request_method",'
+                  '"host":"$host","path":"$request_uri","protocol":"$server_protocol","status":$status,'
+                  '"bytes_in":$request_length,"bytes_out":$bytes_sent,"backend":"$upstream_addr",'
+                  '"duration_ms":$request_time,"connect_ms":"$upstream_connect_time",'
+                  '"response_ms":"$upstream_header_time","request_id":"$request_id",'
+                  '"user_agent":"$http_user_agent","referer":"$http_referer"')
+        return (f"log_format bench escape=json '{{{fields}}}';\n"
+                f"    access_log {self.access_log} bench;")
 
     def _tls_server(self) -> str:
         # bench/tls.py's settings, lb's defaults; the client's cipher order
@@ -818,6 +835,9 @@ algorithm = "roundrobin"
   [[pools.origin.backends]]
   address = "{origin[0]}:{origin[1]}"
 {self.config_extra}"""
+        if self.access_log is not None:
+            conf += f'\n[logs.bench]\nformat = "json"\ntarget = "file:{self.access_log}"\n'
+
         path = self.dir / "lb.toml"
         path.write_text(conf)
         return [sys.executable, "-m", "lb", "run", "-c", str(path)]

@@ -7,7 +7,7 @@
 #
 # Part 2 is per-worker private state: connections, free lists, pools' runtime.
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 from lb.includes.socket cimport sockaddr_storage
 from lb.includes.epoll cimport epoll_event
 from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX
@@ -15,7 +15,7 @@ from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 4
+    LB_SHM_VERSION = 5
     LB_MAX_REGIONS = 24                # entries of the header's region directory
     LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
@@ -218,6 +218,105 @@ cdef struct shm_acl:                 # 128 bytes; writer: supervisor
     uint64_t _pad[4]
 
 
+# Access logs (fastpath/log.pxi). Each worker row has its own ring of fixed-size
+# records; the worker is its one producer, the logger process its one consumer.
+# A full ring drops the record (counted), so a worker never waits for the logger.
+cdef enum:
+    LOG_RECORD_SIZE = 1024
+    LOG_METHOD_MAX = 16
+    LOG_HOST_MAX = 128
+    LOG_RID_MAX = 64
+    LOG_SNI_MAX = 64
+    LOG_UA_MAX = 160
+    LOG_REFERER_MAX = 160
+    LOG_PATH_MAX = 320
+    LOG_HEAD_SIZE = 112                # the fixed part of a record, before its strings
+
+# Why an exchange or a tcp connection ended (shm_log_record.term); the words
+# are TERMINATIONS in fastpath/log.pxi, the names a log line shows.
+cdef enum:
+    TERM_OK = 0
+    TERM_CLIENT_ABORT = 1            # the client closed or reset before the end
+    TERM_CLIENT_TIMEOUT = 2          # idle_timeout: the client went silent mid-exchange
+    TERM_REQUEST_TIMEOUT = 3         # http_request_timeout: the head did not come in time (408)
+    TERM_BAD_REQUEST = 4             # lb refused a malformed request (400, 414, 431, ...)
+    TERM_REFUSED = 5                 # a request step refused it (shm_log_record.step names it)
+    TERM_NO_BACKEND = 6              # no backend to pick (503)
+    TERM_BACKEND_REFUSED = 7         # connects failed: refused, unreachable, TLS refused
+    TERM_CONNECT_TIMEOUT = 8         # connect_timeout
+    TERM_BACKEND_RESET = 9           # the backend closed or reset before its response was whole
+    TERM_SERVER_TIMEOUT = 10         # response_timeout (504)
+    TERM_BAD_RESPONSE = 11           # the backend's response broke the rules (502)
+    TERM_IDLE_TIMEOUT = 12           # tcp: idle_timeout
+    TERM_TLS_FAILED = 13             # the client's TLS handshake failed or timed out
+    TERM_PROXY_FAILED = 14           # the client's PROXY header was invalid or late
+    TERM_LB_ERROR = 15               # out of memory, buffers or fds
+    TERM_STOPPING = 16               # the worker stopped (fast stop, or drain_timeout)
+    TERM_CLIENT_RESET = 17           # tcp: the client reset the connection
+    N_TERMS = 18
+
+# shm_log_record.flags
+cdef enum:
+    LOGF_HTTP = 1                    # an http exchange (else a tcp connection)
+    LOGF_ANSWERED = 2                # lb answered itself (an error page)
+    LOGF_ERROR = 4                   # always logged: status >= 500, lb's answer, or an abnormal end
+    LOGF_TLS = 8                     # the client spoke TLS to lb
+    LOGF_V6 = 16                     # client address is IPv6
+
+cdef struct shm_log_record:          # LOG_RECORD_SIZE bytes; writer: the ring's worker
+    uint64_t time_us                 # unix time of the start, microseconds
+    int64_t t_request_us             # from the start: request head received (-1: not reached)
+    int64_t t_connect_us             # ... backend connected (TLS handshake included)
+    int64_t t_response_us            # ... first response byte (http: the response head)
+    int64_t t_total_us               # ... the end
+    uint64_t bytes_in                # from the client (http: the request head and body)
+    uint64_t bytes_out               # to the client
+    uint32_t sample                  # 32 random bits: a log keeps the record when sample < its rate
+    uint16_t status                  # http status (0: none)
+    uint16_t listener                # config index
+    int16_t route                    # index in the listener's routes, -1 none
+    int16_t pool                     # -1 none
+    int32_t slot                     # backend slot, -1 none
+    uint16_t tls_version             # 0x0304 ... (0: not TLS)
+    uint16_t tls_cipher              # IANA cipher suite id
+    uint16_t client_port
+    uint8_t term                     # TERM_*
+    uint8_t step                     # TERM_REFUSED: 1 + the index of the request step that refused
+    uint8_t flags                    # LOGF_*
+    uint8_t http_version             # 10, 11
+    uint8_t tries                    # backends tried
+    uint8_t worker                   # the row
+    uint8_t client_addr[16]
+    # the strings lie back to back in data, in this order, each cut at its
+    # LOG_*_MAX: a record touches only the cache lines it uses, in the
+    # worker that writes it and in the logger that reads it
+    uint8_t method_len
+    uint8_t host_len
+    uint16_t path_len
+    uint8_t rid_len
+    uint8_t ua_len
+    uint8_t referer_len
+    uint8_t sni_len
+    uint32_t _pad0
+    char data[LOG_RECORD_SIZE - LOG_HEAD_SIZE]
+
+cdef struct shm_log_ring:            # 128 bytes, one per worker row, before its records
+    uint64_t head                    # writer: the row's worker; records written (release store after each)
+    uint64_t drops                   # writer: the row's worker; records dropped, the ring being full
+    uint64_t _pad0[6]
+    uint64_t tail                    # writer: the logger; records consumed (release store)
+    uint64_t _pad1[7]
+
+cdef struct shm_log_head:            # 64 bytes, the start of the log_rings region
+    uint32_t n_records               # per ring, a power of two (0: no access logs)
+    uint32_t reopen_req              # writer: supervisor; bumped to ask the logger to reopen its files
+    uint32_t reopened                # writer: logger; reopen_req it last acted on
+    uint32_t logger_pid              # writer: logger
+    uint64_t lines                   # writer: logger; lines written
+    uint64_t write_errors            # writer: logger; lines lost to a failed write or send
+    uint64_t _pad[4]
+
+
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn
@@ -306,6 +405,27 @@ cdef struct lb_sock:                 # one connected socket and its transport
     const lb_xprt *xp
     void *ctx                        # the transport's per-connection state (NULL for plain)
 
+# What the access log needs of one tcp connection or http exchange, kept as
+# it happens (fastpath/log.pxi): timings, bytes, how it ended, and what the
+# TLS handshake agreed, captured when it completed. Metrics read the same.
+cdef struct lb_logctx:
+    uint64_t t_start                 # monotonic us: accept, or the request's first byte
+    uint64_t t_request               # request head parsed (0: not reached)
+    uint64_t t_connect               # backend connected
+    uint64_t t_response              # first response byte
+    uint64_t bytes_in                # from the client
+    uint64_t bytes_out               # to the client
+    uint16_t status
+    uint8_t term                     # TERM_*; set by whoever ends it abnormally, first one wins
+    uint8_t step                     # the request step that refused (1-based)
+    uint8_t answered                 # lb answered itself
+    uint8_t on                       # the listener logs: keep this up to date
+    uint8_t sni_len
+    uint8_t _pad0
+    uint16_t tls_version
+    uint16_t tls_cipher
+    char *sni                        # LOG_SNI_MAX bytes, allocated for TLS clients only (freed with the connection)
+
 cdef struct lb_conn:
     uint32_t kind                    # KIND_L4, or KIND_HTTP when embedded first in an lb_hconn
     lb_sock sk[2]                    # [SIDE_CLIENT], [SIDE_BACKEND]; fd -1 when not open
@@ -329,6 +449,7 @@ cdef struct lb_conn:
     lb_conn *next
     lb_conn *pending_next
     sockaddr_storage peer
+    lb_logctx lg
 
 cdef struct mg_entry:               # one backend while a Maglev table is built
     const char *name
@@ -381,6 +502,10 @@ cdef struct lb_access:
     uint32_t rule                    # counter of deny[i]: rule + i; of allow[j]: rule + n_deny + j;
                                      # of the default (no deny matched, no allow matched): rule + n_deny + n_allow
 
+cdef struct lb_str:                  # an owned, NUL-terminated byte string
+    char *p
+    uint32_t n
+
 cdef struct lb_listener_rt:
     int fd
     lb_phases phases
@@ -398,6 +523,9 @@ cdef struct lb_listener_rt:
     uint8_t passthrough              # tls_passthrough: the ClientHello's server name picks the pool
     lb_route *sni_routes             # ... by these routes' hosts, else the listener's pool
     uint32_t n_sni_routes
+    uint16_t cfg_index               # the listener's index in the config (log records name it so)
+    uint8_t log_on                   # an access log serves this listener: the end phase writes records
+    uint64_t log_sample              # keep a non-error record when 32 random bits are below this (1 << 32: all)
 
 cdef struct lb_pool_rt:
     shm_pool *shm
@@ -460,6 +588,14 @@ cdef struct lb_worker:
     int splice_mode                  # SPLICE_NEVER / SPLICE_AUTO / SPLICE_ALWAYS
     uint64_t now_ms
     lb_http_worker *http             # the http engine's per-worker state (NULL: no http listener)
+    shm_log_ring *log_ring           # this worker's access-log ring (NULL: no access logs)
+    shm_log_record *log_recs         # its records
+    uint64_t log_mask                # n_records - 1
+    shm_log_record *log_free         # staging records of http exchanges in flight, a free list (first 8 bytes: next)
+    uint64_t rid_prefix              # request ids: random per worker start
+    uint64_t rid_seq
+    uint64_t now_us                  # access logs: CLOCK_MONOTONIC at this turn's start, microseconds
+    uint64_t unix_us                 # ... and the wall clock then
 
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a
@@ -514,10 +650,6 @@ cdef struct http_req:                # a parsed request or response head (offset
     uint32_t n_fields
     uint32_t head_len
     http_field fields[HTTP_MAX_FIELDS_CAP]
-
-cdef struct lb_str:                  # an owned, NUL-terminated byte string
-    char *p
-    uint32_t n
 
 cdef struct lb_hrules:               # header rules of a listener or a route
     uint32_t n_set
@@ -580,6 +712,8 @@ cdef struct lb_http_listener:
     lb_tlist ka_timer                # keepalive_timeout, between requests
     lb_tlist idle_timer              # idle_timeout, client inactivity during an exchange (lazy)
     lb_tlist tls_timer               # tls.handshake_timeout, from accept (or the PROXY header)
+    lb_str rid_name                  # request ids: the header's name (n = 0: off)
+    lb_str rid_lower
 
 cdef struct lb_http_pool:
     uint32_t max_idle                # idle keep-alive connections per backend (this worker)
@@ -664,6 +798,7 @@ cdef struct lb_hconn:                # the client side of an http session
     sockaddr_storage local           # the address the client connected to
     char ip[48]                      # the client's address as text (X-Forwarded-For)
     uint32_t ip_len
+    shm_log_record *lrec             # the access-log record being built, while an exchange is in flight
     lb_hconn *free_next
 
 cdef struct lb_http_worker:

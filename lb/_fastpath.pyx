@@ -8,9 +8,12 @@ at start, at stop, and through the shared-memory accessors of `Shm`; the worker
 loop runs with the GIL released and allocates no Python object.
 """
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 from libc.string cimport memset, memcpy, memmove, memcmp, memchr, strcmp, strncmp, strlen
-from libc.stdlib cimport malloc, calloc, free, qsort
+from libc.stdlib cimport malloc, calloc, realloc, free, qsort
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from cpython.buffer cimport PyBUF_READ
 from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, EMFILE, ENFILE, ENOBUFS, ENOMEM, EPROTO, EPIPE, ECONNRESET
 
 from lb.includes.epoll cimport *
@@ -51,8 +54,10 @@ include "fastpath/http_route.pxi"
 include "fastpath/http_headers.pxi"
 include "fastpath/http_client_cert.pxi"
 include "fastpath/http_body_limit.pxi"
+include "fastpath/log.pxi"
 include "fastpath/http_phases.pxi"
 include "fastpath/http.pxi"
 include "fastpath/http_io.pxi"
 include "fastpath/http_events.pxi"
 include "fastpath/http_init.pxi"
+include "fastpath/log_format.pxi"

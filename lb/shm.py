@@ -38,7 +38,10 @@ def create_for_config(config, n_rows: int, path: str | None = None) -> Shm:
     pools = [(name, pool_capacity(len(p.backends)), p.algorithm, p.table_size, p.hash_key, p.balance_factor)
              for name, p in config.pools.items()]
     rules = access_rules(config.listeners)
-    shm = Shm.create(path or region_path(), pools, n_rows, os.getpid(), acls=list(config.acls), n_rules=len(rules))
+    # access-log rings only when a listener logs: else the region is its header alone
+    logged = any(listener.logs for listener in config.listeners.values())
+    shm = Shm.create(path or region_path(), pools, n_rows, os.getpid(), acls=list(config.acls), n_rules=len(rules),
+                     log_records=config.global_.log_ring if logged else 0)
     for pool_index, pool in enumerate(config.pools.values()):
         for index, b in enumerate(pool.backends):
             shm.set_backend(pool_index, index, b.host, b.port, b.name, b.weight, b.backup)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from lb import checker as checker_mod
+from lb import logger as logger_mod
 from lb import config as config_mod
 from lb import control, privileges, sdnotify
 from lb import shm as shm_mod
@@ -58,6 +59,11 @@ RELOAD_READY_TIMEOUT = 5.0
 RSS_CHECK_INTERVAL = 2.0
 
 
+# WorkerSlot.index of the checker and of the logger (access logs)
+CHECKER_INDEX = -1
+LOGGER_INDEX = -2
+
+
 @dataclass
 class WorkerSlot:
     """One child position of a generation (a worker, or the checker with index
@@ -75,6 +81,8 @@ class WorkerSlot:
 
     @property
     def name(self) -> str:
+        if self.index == LOGGER_INDEX:
+            return "logger"
         return "checker" if self.index < 0 else f"worker {self.index}"
 
     @property
@@ -116,6 +124,13 @@ class Generation:
     acls: dict = field(default_factory=dict)
     # ACL rule decision counts copied into the next generation, by rule key
     rules_handed_over: dict = field(default_factory=dict)
+    # the access-log process; None when no listener logs
+    logger: WorkerSlot | None = None
+
+    @property
+    def helpers(self) -> list[WorkerSlot]:
+        """The processes beside the workers: the checker, and the logger."""
+        return [self.checker] + ([self.logger] if self.logger is not None else [])
 
     @property
     def pool_names(self) -> list[str]:
@@ -256,10 +271,13 @@ class Supervisor:
             # the workers inherit the mapping; processes that attach later by path
             # (admin tools) open it as the account
             os.chown(region.path, self.account.uid, self.account.gid)
+        logger_mod.prepare_files(config, self.account)
         gen = Generation(
             number=self.generations, config=config, shm=region,
             slots=[WorkerSlot(index=i, row=i, sockets=per_slot[i]) for i in range(n)],
-            checker=WorkerSlot(index=-1, row=-1, sockets=[]),
+            checker=WorkerSlot(index=CHECKER_INDEX, row=-1, sockets=[]),
+            logger=(WorkerSlot(index=LOGGER_INDEX, row=-1, sockets=[])
+                    if any(l.logs for l in config.listeners.values()) else None),
             free_rows=set(range(n, 2 * n)), carried_row=2 * n,
             backends={name: {b.name: i for i, b in enumerate(p.backends)} for name, p in config.pools.items()},
             tls=tls,
@@ -308,7 +326,7 @@ class Supervisor:
     def _install_signals(self) -> None:
         self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1):
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
@@ -319,7 +337,8 @@ class Supervisor:
     def _spawn_generation(self, gen: Generation) -> None:
         for slot in gen.slots:
             self._spawn(gen, slot, slot.row)
-        self._spawn(gen, gen.checker, -1)
+        for slot in gen.helpers:
+            self._spawn(gen, slot, -1)
 
     def _spawn(self, gen: Generation, slot: WorkerSlot, row: int) -> int:
         if row >= 0:
@@ -329,7 +348,9 @@ class Supervisor:
         if pid == 0:
             code = 1
             try:
-                if slot.index < 0:
+                if slot.index == LOGGER_INDEX:
+                    code = logger_mod.child_main(self, gen)
+                elif slot.index < 0:
                     code = checker_mod.child_main(self, gen)
                 else:
                     code = worker_mod.child_main(self, gen, slot, row, keep)
@@ -390,7 +411,7 @@ class Supervisor:
 
     def _respawn_due(self) -> None:
         now = time.monotonic()
-        for slot in [*self.gen.slots, self.gen.checker]:
+        for slot in [*self.gen.slots, *self.gen.helpers]:
             if slot.pid == 0 and slot.respawn_at and now >= slot.respawn_at:
                 self._spawn(self.gen, slot, slot.row)
 
@@ -496,6 +517,20 @@ class Supervisor:
                 sock.close()
                 del self.sockets[key]
 
+    # ---- access logs ----------------------------------------------------------
+
+    def reopen_logs(self) -> list[tuple]:
+        """Ask every generation's logger to reopen its files (logrotate); the
+        (generation, request) pairs to wait for (lb.control.logs)."""
+        asked = []
+        for gen in [self.gen, *self.old]:
+            if gen is not None and gen.logger is not None:
+                logger_mod.prepare_files(gen.config, self.account)
+                asked.append((gen, gen.shm.log_reopen()))
+        if asked:
+            log.info("access logs: reopening files")
+        return asked
+
     # ---- stop -----------------------------------------------------------------
 
     def stop(self, fast: bool = False) -> None:
@@ -593,6 +628,8 @@ class Supervisor:
                     self.reload()
                 except AdminError:
                     pass  # logged; the running config keeps serving
+            elif signum == signal.SIGUSR1:
+                self.reopen_logs()
         self._reap()
 
     def _status_text(self) -> str:

@@ -66,7 +66,8 @@ def child_main(sup, gen, slot, row: int, keep: list[int]) -> int:
         fds_open = len(os.listdir("/proc/self/fd"))
         worker = Worker(gen.shm, row, [(sock.fileno(), by_index[li]) for sock, li in slot.sockets],
                         list(config.pools.values()), splice=config.global_.splice, fd_limit=soft - fds_open,
-                        drain_timeout=config.global_.drain_timeout, tls=gen.tls)
+                        drain_timeout=config.global_.drain_timeout, tls=gen.tls,
+                        listener_names=list(config.listeners))
         worker.run()
         return 0
     except Exception:

@@ -59,6 +59,7 @@ group = "www-data"
 drain_timeout = "1m30s"
 splice = "never"
 max_worker_rss = "512MiB"
+log_ring = 4096
 
   [global.tls]
   tickets = false
@@ -88,6 +89,8 @@ max_header_count = 50
 forwarded = "both"
 hide_server = true
 max_body_size = "10MiB"
+logs = ["access", "audit"]
+request_id = "X-Trace-Id"
 
   [listeners.web.tls]
   certificates = [{ cert = "TLS_CERT", key = "TLS_KEY" }]
@@ -148,6 +151,17 @@ bind = "*:5432"
 mode = "tcp"
 pool = "api"
 tls_passthrough = true
+log = "audit"
+
+[logs.access]
+format = "json"
+target = "file:/tmp/lb-access.log"
+sample = 0.5
+facility = "local7"
+
+[logs.audit]
+format = "{time} {client} {status}"
+target = "syslog:udp:127.0.0.1:514"
 
 [pools.app]
 algorithm = "maglev"
@@ -269,7 +283,7 @@ def test_full_config_loads_every_key():
     assert web.routes == (
         config.Route(host="api.example.com", path_prefix="/v1/", pool="api", name="api", max_body_size=0,
                      access=config.Access(allow=("office",), deny=("blocked",), rule=3)),
-        config.Route(host="*.static.example.com", path_prefix=None, pool="app"),
+        config.Route(host="*.static.example.com", path_prefix=None, pool="app", name="routes[1]"),
         config.Route(
             host=None,
             path_prefix=None,
@@ -284,8 +298,17 @@ def test_full_config_loads_every_key():
             response_headers=config.HeaderRules(
                 set=(("Cache-Control", "no-store"),), add=(("X-Route", "upload"),), remove=("etag",)
             ),
+            name="routes[2]",
         ),
     )
+    assert g.log_ring == 4096
+    assert [l.name for l in web.logs] == ["access", "audit"] and web.request_id == "X-Trace-Id"
+    assert [l.name for l in cfg.listeners["db"].logs] == ["audit"] and cfg.listeners["db"].request_id == ""
+    access, audit = cfg.logs["access"], cfg.logs["audit"]
+    assert (access.json, str(access.target), access.sample, access.facility) == (
+        True, "file:/tmp/lb-access.log", 0.5, 23)
+    assert (audit.json, str(audit.target), audit.ops) == (
+        False, "syslog:udp:127.0.0.1:514", (("", "time"), (" ", "client"), (" ", "status"), ("", None)))
     db = cfg.listeners["db"]
     assert db.bind == (config.BindAddr("0.0.0.0", 5432, socket.AF_INET),)
     assert (db.mode, db.pool, db.routes, db.http) == ("tcp", "api", (), config.HttpSettings())
@@ -332,7 +355,7 @@ def _keys(table: dict, prefix: str = "") -> set[str]:
     out = set()
     for key, value in table.items():
         path = f"{prefix}.{key}" if prefix else key
-        if prefix in ("listeners", "pools", "acls"):
+        if prefix in ("listeners", "pools", "acls", "logs"):
             path = f"{prefix}.*"
         out.add(path)
         if isinstance(value, dict):
@@ -362,6 +385,7 @@ def _contract_keys() -> set[str]:
         "pools.*.backends": config.BACKEND_KEYS,
         "pools.*.tls": config.POOL_TLS_KEYS,
         "acls.*": config.ACL_KEYS,
+        "logs.*": config.LOG_KEYS,
     }
     return {f"{section}.{key}" for section, keys in sections.items() for key in keys}
 
@@ -784,6 +808,7 @@ HTTP_LISTENER_VALUES = {
     "request_headers": "request_headers = {}",
     "response_headers": '[listeners.web.response_headers]\nremove = ["Server"]',
     "max_body_size": 'max_body_size = "1MiB"',
+    "request_id": 'request_id = "X-Request-Id"',
 }
 
 
@@ -941,7 +966,7 @@ def _routes(text: str) -> tuple:
     ],
 )
 def test_route_matchers(lines, fields):
-    expected = {"host": None, "path_prefix": None, "pool": "app", **fields}
+    expected = {"host": None, "path_prefix": None, "pool": "app", "name": "routes[0]", **fields}
     assert _routes(_route(lines + '\npool = "app"\n')) == (config.Route(**expected),)
 
 

@@ -139,6 +139,13 @@ def status_lines(status: dict, rates: dict | None = None) -> list[str]:
     checker = status.get("checker")
     if checker:
         lines.append(f"checker pid {cell(checker.get('pid'))}, {cell(checker.get('restarts'))} restart(s)")
+    logs = status.get("access_logs")
+    if logs:
+        logger = logs.get("logger") or {}
+        lines.append(f"access logs {', '.join(logs.get('logs') or [])}: {cell(logs.get('lines'))} line(s) written, "
+                     f"{cell(logs.get('drops'))} record(s) dropped (rings of {cell(logs.get('ring_records'))}), "
+                     f"{cell(logs.get('write_errors'))} lost in writing; "
+                     f"logger pid {cell(logger.get('pid'))}, {cell(logger.get('restarts'))} restart(s)")
     return lines
 
 
@@ -146,8 +153,7 @@ def rule_site(rule: dict) -> str:
     """Where an allow/deny rule is: a listener, or one of its routes."""
     if rule.get("route") is None:
         return f"listener {rule.get('listener')}"
-    name = rule.get("route_name")
-    return f"route {name}" if name else f"listener {rule.get('listener')} route {rule.get('route')}"
+    return f"listener {rule.get('listener')} route {rule.get('route_name') or rule.get('route')}"
 
 
 def _rule_table(rules: list[dict]) -> tuple[list[str], list[list]]:

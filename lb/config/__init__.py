@@ -22,13 +22,15 @@ import keyword
 import re
 import tomllib
 
-from lb.config import acls, global_, listeners, pools
+from lb.config import acls, global_, listeners, logs, pools
 from lb.config.acls import KEYS as ACL_KEYS
 from lb.config.acls import Access, Acl, access_rules
 from lb.config.global_ import KEYS as GLOBAL_KEYS
 from lb.config.global_ import MAX_WORKERS, GlobalSettings
 from lb.config.headers import HEADER_RULE_KEYS, MANAGED_HEADERS, HeaderRules
 from lb.config.listeners import KEYS as LISTENER_KEYS
+from lb.config.logs import KEYS as LOG_KEYS
+from lb.config.logs import LogSettings
 from lb.config.listeners import HTTP_LISTENER_KEYS, ROUTE_KEYS, HttpSettings, Listener, Route
 from lb.config.pools import KEYS as POOL_KEYS
 from lb.config.tls import CERTIFICATE_KEYS as TLS_CERTIFICATE_KEYS
@@ -82,6 +84,8 @@ __all__ = [
     "Health",
     "HttpSettings",
     "LISTENER_KEYS",
+    "LOG_KEYS",
+    "LogSettings",
     "Listener",
     "MANAGED_HEADERS",
     "MAX_NAME_BYTES",
@@ -119,6 +123,7 @@ SECTIONS = (
     ("global", global_),
     ("acls", acls),
     ("pools", pools),
+    ("logs", logs),
     ("listeners", listeners),
 )
 # Unknown keys are errors, here as in every table: a typo must not silently
@@ -133,6 +138,7 @@ class Config:
     listeners: dict[str, Listener]
     pools: dict[str, Pool]
     acls: dict[str, Acl]
+    logs: dict[str, LogSettings]
     source: str
     sha256: str
     warnings: tuple[str, ...]

@@ -15,7 +15,12 @@ UNIX_PATH_MAX = 107  # sun_path is char[108], NUL included
 SPLICE_MODES = ("auto", "always", "never")
 
 NAMED = False
-KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice", "max_worker_rss", "tls")
+KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice", "max_worker_rss", "tls",
+        "log_ring")
+# Records in each worker's access-log ring (1 KiB each): room for a burst while
+# the logger process is not scheduled; full, a record is dropped and counted.
+DEFAULT_LOG_RING = 8192
+MAX_LOG_RING = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +34,7 @@ class GlobalSettings:
     splice: str
     max_worker_rss: int = 0  # bytes; a worker over it is replaced (new first, old drains); 0 = off
     tls: TicketSettings = TicketSettings()  # [global.tls]: TLS session resumption, shared by every listener
+    log_ring: int = DEFAULT_LOG_RING  # records per worker's access-log ring, a power of two
     # Whether user or group is written in the file. When started as root, a
     # missing account is an error if it was named, and only a warning (lb keeps
     # running as root) for the default "lb" the packages create.
@@ -64,8 +70,16 @@ def parse(t: Table, ctx: Context) -> GlobalSettings:
         ),
         splice=t.choice("splice", "auto", SPLICE_MODES),
         tls=tls_section.parse_global(t.table("tls", tls_section.GLOBAL_KEYS)),
+        log_ring=_log_ring(t),
         account_explicit=t.has("user") or t.has("group"),
     )
+
+
+def _log_ring(t: Table) -> int:
+    n = t.integer("log_ring", DEFAULT_LOG_RING, 1, MAX_LOG_RING)
+    if n & (n - 1):
+        raise ConfigError(t.path_of("log_ring"), f"{n} is not a power of two (e.g. 4096, 8192, 16384)")
+    return n
 
 
 def _nonempty(t: Table, key: str, default: str) -> str:

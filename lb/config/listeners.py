@@ -8,6 +8,7 @@ import dataclasses
 from lb.config import tls as tls_section
 from lb.config.acls import ACCESS_KEYS, Access, Acl, parse_access
 from lb.config.headers import HeaderRules, check_field_value, check_header_name, parse_header_rules
+from lb.config.logs import LogSettings, listener_logs
 from lb.config.pools import Pool
 from lb.config.tls import TlsSettings
 from lb.config.values import (
@@ -49,13 +50,15 @@ HTTP_LISTENER_KEYS = (
     "request_headers",
     "response_headers",
     "max_body_size",
+    "request_id",
 )
 NAMED = True
-KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", "tls_passthrough",
+KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", "tls_passthrough", "logs", "log",
         *ACCESS_KEYS, *HTTP_LISTENER_KEYS)
+DEFAULT_REQUEST_ID = "X-Request-Id"
 # What a route of a tls_passthrough listener may say: it matches the server name
 # of the ClientHello, nothing of the request (which stays encrypted).
-PASSTHROUGH_ROUTE_KEYS = ("host", "pool")
+PASSTHROUGH_ROUTE_KEYS = ("name", "host", "pool")
 ROUTE_KEYS = (
     "name",
     "host",
@@ -85,7 +88,7 @@ class Route:
     request_headers: HeaderRules = HeaderRules()
     response_headers: HeaderRules = HeaderRules()
     access: Access | None = None  # allow/deny by ACL: 403 for a refused client
-    name: str | None = None  # for status and the commands that address a route
+    name: str = ""  # as logs and status show it: `name`, else "routes[INDEX]"
     max_body_size: int | None = None  # bytes; 0: no limit; None: the listener's
 
 
@@ -119,14 +122,17 @@ class Listener:
     tls: TlsSettings | None = None  # [listeners.NAME.tls]; None: plain sockets
     tls_passthrough: bool = False  # tcp: the ClientHello's server name picks the pool (routes' host)
     access: Access | None = None  # allow/deny by ACL at accept, before a byte is read
+    logs: tuple[LogSettings, ...] = ()  # the access logs its exchanges and connections go to
+    request_id: str = ""  # http: the request-id header's name; "" = off
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
     pools = ctx.sections["pools"]
     acls = ctx.sections["acls"]
+    logs = ctx.sections.get("logs", {})
     bound: dict[BindAddr, str] = {}
     rules = [0]  # numbers the ACL decision counters, in file order
-    listeners = {name: _parse_listener(name, t, pools, acls, bound, ctx.warnings, rules) for name, t in tables}
+    listeners = {name: _parse_listener(name, t, pools, acls, bound, ctx.warnings, rules, logs) for name, t in tables}
     if not listeners:
         raise ConfigError("listeners", "at least one listener is required")
     return listeners
@@ -199,9 +205,6 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: di
                  rules: list[int]) -> Route:
     if not any(t.has(key) for key in ROUTE_MATCHERS):
         raise ConfigError(t.path, f"a route needs at least one of {', '.join(ROUTE_MATCHERS)}")
-    name = t.string("name", None)
-    if name is not None:
-        check_name(name, t.path_of("name"), "route name")
     host = t.string("host", None)
     path_prefix = t.string("path_prefix", None)
     path = t.string("path", None)
@@ -222,7 +225,6 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: di
         request_headers=parse_header_rules(t, "request_headers"),
         response_headers=parse_header_rules(t, "response_headers"),
         access=parse_access(t, acls, rules),
-        name=name,
         max_body_size=parse_body_size(t) if t.has("max_body_size") else None,
     )
 
@@ -260,7 +262,7 @@ def parse_body_size(t: Table) -> int:
 
 def _parse_listener(
     name: str, t: Table, pools: dict[str, Pool], acls: dict[str, Acl], bound: dict[BindAddr, str],
-    warnings: list[str], rules: list[int],
+    warnings: list[str], rules: list[int], logs: dict[str, LogSettings],
 ) -> Listener:
     """One [listeners.NAME] table; ``bound`` maps addresses taken so far to their listener."""
     check_name(name, t.path, "listener name")
@@ -297,13 +299,8 @@ def _parse_listener(
     else:
         routes = tuple(_parse_route(rt, pools, warnings, acls, rules)
                        for rt in t.array_of_tables("routes", ROUTE_KEYS))
-        named: dict[str, int] = {}
-        for i, route in enumerate(routes):
-            if route.name is not None:
-                if route.name in named:
-                    raise ConfigError(f"{t.path_of('routes')}[{i}].name",
-                                      f"{route.name!r} already names routes[{named[route.name]}]")
-                named[route.name] = i
+    routes = _name_routes(routes, t)
+    listener_log = listener_logs(t, mode, logs)
     if pool is None and not routes:
         raise ConfigError(t.path_of("pool"), "required key is missing (a listener needs a pool or at least one route)")
     return Listener(
@@ -319,4 +316,41 @@ def _parse_listener(
         tls=tls,
         tls_passthrough=passthrough,
         access=access,
+        logs=listener_log,
+        request_id=_parse_request_id(t, mode, bool(listener_log)),
     )
+
+
+def _name_routes(routes: tuple[Route, ...], t: Table) -> tuple[Route, ...]:
+    """Each route's name as written, else its position; names are unique."""
+    out = []
+    seen: dict[str, int] = {}
+    raw = t.get("routes", [], "an array of tables", lambda v: isinstance(v, list))
+    for i, (route, data) in enumerate(zip(routes, raw)):
+        path = f"{t.path_of('routes')}[{i}].name"
+        name = data.get("name")
+        if name is None:
+            name = f"routes[{i}]"
+        elif not isinstance(name, str):
+            raise wrong_type(path, name, "a string")
+        else:
+            check_name(name, path, "route name")
+        if name in seen:
+            raise ConfigError(path, f"duplicate route name {name!r} (also routes[{seen[name]}])")
+        seen[name] = i
+        out.append(dataclasses.replace(route, name=name))
+    return tuple(out)
+
+
+def _parse_request_id(t: Table, mode: str, logged: bool) -> str:
+    """The request-id header: on by default where an access log serves the
+    listener (lines and backends then share one id per request)."""
+    if not t.has("request_id"):
+        return DEFAULT_REQUEST_ID if mode == "http" and logged else ""
+    value = t.get("request_id", None, 'a header name, true or false', lambda v: isinstance(v, (str, bool)))
+    if value is False:
+        return ""
+    if value is True:
+        return DEFAULT_REQUEST_ID
+    check_header_name(value, t.path_of("request_id"))
+    return value

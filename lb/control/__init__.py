@@ -8,7 +8,7 @@ module here beside its lb/cli/ module, and its rows in VERBS."""
 from __future__ import annotations
 
 from lb.admin import AdminError
-from lb.control import acl, backend, cert, control, pool, status
+from lb.control import acl, backend, cert, control, logs, pool, status
 
 # verb -> function; "unknown command" lists the verbs in this order
 VERBS = {
@@ -28,6 +28,7 @@ VERBS = {
     "acl.add": acl.add,
     "acl.remove": acl.remove,
     "acl.load": acl.load,
+    "logs.reopen": logs.reopen,
 }
 
 

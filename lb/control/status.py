@@ -12,6 +12,7 @@ from lb import __version__
 from lb.admin import PROTOCOL
 from lb.checker import describe
 from lb.control import acl
+from lb.control import logs
 
 
 def hello(sup, args: dict) -> dict:
@@ -75,6 +76,7 @@ def document(sup) -> dict:
         "acls": acls, "access_rules": acl.rules_with_counts(gen),
         "checker": {"pid": gen.checker.pid, "restarts": gen.checker.restarts,
                     "crash_loop": gen.checker.crash_looping},
+        "access_logs": logs.status(sup),
     }
 
 

@@ -76,6 +76,7 @@ cdef lb_conn *conn_alloc(lb_worker *w) noexcept nogil:
 
 
 cdef inline void conn_release(lb_worker *w, lb_conn *c) noexcept nogil:
+    log_conn_free(c)
     c.state = CS_FREE
     c.next = w.free_conns
     w.free_conns = c
@@ -189,6 +190,15 @@ cdef void conn_close(lb_worker *w, lb_conn *c, bint reset) noexcept nogil:
     if c.state == CS_CLOSED or c.state == CS_FREE:
         return
     if c.kind == KIND_L4:
+        if c.lg.term == TERM_OK:
+            if c.state == CS_TLS_WAIT and w.listeners[c.listener].passthrough == 0:
+                c.lg.term = TERM_TLS_FAILED
+            elif c.state == CS_PROXY_WAIT:
+                c.lg.term = TERM_PROXY_FAILED
+            elif c.state == CS_TLS_WAIT:
+                c.lg.term = TERM_CLIENT_ABORT    # passthrough: gone, or idle, before its ClientHello
+            elif w.stopping == 2:
+                c.lg.term = TERM_STOPPING
         phase_end(w, c)              # an http tunnel's exchange ended at its upgrade
     list_remove(c)
     for side in range(2):

@@ -77,6 +77,7 @@ cdef void conn_connect(lb_worker *w, lb_conn *c) noexcept nogil:
         fd = backend_connect(w, slot)
         if fd < 0:
             conn_count_failure(w, slot, False)
+            c.lg.term = TERM_BACKEND_REFUSED
             continue
         ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
         ev.data.u64 = <uint64_t><size_t>c | SIDE_BACKEND
@@ -92,11 +93,13 @@ cdef void conn_connect(lb_worker *w, lb_conn *c) noexcept nogil:
         list_append(&p.connecting, c, w.now_ms)
         return
     lb_add_u64(&w.stats.no_backend, 1)
+    log_term(c, TERM_NO_BACKEND)     # (unless a connect failed: that says more)
     conn_close(w, c, False)
 
 
 cdef void conn_connect_failed(lb_worker *w, lb_conn *c, bint timeout) noexcept nogil:
     conn_count_failure(w, c.slot, timeout)
+    c.lg.term = TERM_CONNECT_TIMEOUT if timeout else TERM_BACKEND_REFUSED   # the last failure names it
     list_remove(c)
     conn_backend_drop(w, c)
     sock_close(&c.sk[SIDE_BACKEND], False)      # also removes it from the epoll set
@@ -134,6 +137,8 @@ cdef void conn_on_backend_connecting(lb_worker *w, lb_conn *c, uint32_t events) 
         return
     lb_store_u64(&w.bstats[c.slot].consecutive_failures, 0)
     list_remove(c)
+    c.lg.term = TERM_OK              # earlier tries failed, this one did not
+    log_mark(w, c, &c.lg.t_connect)
     c.state = CS_ESTABLISHED
     c.last_ms = w.now_ms
     list_append(&w.listeners[c.listener].conns, c, w.now_ms)

@@ -27,9 +27,12 @@ cdef inline void dir_account(lb_worker *w, lb_conn *c, int d, ssize_t n, bint sp
     if d == DIR_UP:
         lb_add_u64(&bs.bytes_in, n)
         lb_add_u64(&w.stats.bytes_in, n)
+        c.lg.bytes_in += n
     else:
         lb_add_u64(&bs.bytes_out, n)
         lb_add_u64(&w.stats.bytes_out, n)
+        c.lg.bytes_out += n
+        log_mark(w, c, &c.lg.t_response)
     if spliced:
         lb_add_u64(&w.stats.splice_bytes, n)
 
@@ -131,6 +134,7 @@ cdef int dir_forward(lb_worker *w, lb_conn *c, int d) noexcept nogil:
             if not (c.flags & (F_WRITABLE << t)):
                 return 0
             if dir_flush(w, c, d) < 0:
+                log_term(c, TERM_CLIENT_RESET if t == SIDE_CLIENT else TERM_BACKEND_RESET)
                 return -1
             if c.buf_len[d] != 0 or c.pipe_len[d] != 0:
                 return 0
@@ -156,6 +160,7 @@ cdef int dir_forward(lb_worker *w, lb_conn *c, int d) noexcept nogil:
         elif n == -2:
             return 0
         else:
+            log_term(c, TERM_CLIENT_RESET if d == SIDE_CLIENT else TERM_BACKEND_RESET)
             return -1
 
 
@@ -178,6 +183,7 @@ cdef void conn_prefill(lb_worker *w, lb_conn *c) noexcept nogil:
                 c.flags |= F_EOF << d
                 c.flags &= ~(F_READABLE << d)
             elif n == -1:
+                log_term(c, TERM_CLIENT_RESET if d == SIDE_CLIENT else TERM_BACKEND_RESET)
                 conn_close(w, c, True)
                 return
 

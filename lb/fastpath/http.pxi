@@ -58,11 +58,20 @@ cdef inline void h_exchange_end(lb_worker *w, lb_hconn *h) noexcept nogil:
     if h.in_exchange:
         h.in_exchange = 0
         phase_end(w, &h.c)
+        log_exchange_reset(&h.c)     # (its staging record stays until its answer is written)
 
 
 cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
     if h.c.state == CS_CLOSED or h.c.state == CS_FREE:
         return
+    if h.in_exchange and h.c.lg.term == TERM_OK:
+        # whoever closed it without saying why: the client left, or lb stopped
+        if h.hflags & (HF_EOF | HF_ERR):
+            h.c.lg.term = TERM_CLIENT_ABORT
+        elif w.stopping:
+            h.c.lg.term = TERM_STOPPING
+        else:
+            h.c.lg.term = TERM_LB_ERROR
     h_exchange_end(w, h)             # cut off in the middle: the client left, a reset, a timeout
     tl_remove(&h.tphase)
     tl_remove(&h.tidle)
@@ -106,7 +115,15 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     only honest signal left is to cut the connection. lb's own answer is an
     exchange even when no request head was taken (400, 408): it ends here."""
     lb_add_u64(&w.stats.http_errors, 1)
+    if not h.in_exchange:
+        log_exchange_bare(w, h)
     h.in_exchange = 1
+    h.c.lg.status = code
+    h.c.lg.answered = 1
+    if h.c.lg.term == TERM_OK:
+        h.c.lg.term = log_default_term(code)
+    if not h.resp_sent and ERR_PAGES[code].p != NULL:
+        h.c.lg.bytes_out += ERR_PAGES[code].n
     h_exchange_end(w, h)
     h_release_backend(w, h, False)
     if h.resp_sent or ERR_PAGES[code].p == NULL:
@@ -115,6 +132,7 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     if not hb_need(w, &h.outb) or not h_put_page(w, h, &ERR_PAGES[code]):
         h_close(w, h, True)
         return
+    log_rec_give(w, h)
     h.resp_sent = 1
     h.errored = 1
     h_closing(w, h)
@@ -124,16 +142,18 @@ cdef bint h_put_page(lb_worker *w, lb_hconn *h, lb_str *page) noexcept nogil:
     """One of lb's own answers into outb. On a TLS listener with HSTS it
     carries Strict-Transport-Security too, as every response there does."""
     cdef lb_tls_server *t = w.listeners[h.c.listener].tls
-    cdef lb_hrules *hsts
+    cdef lb_hrules *hsts = NULL
     cdef const char *eol
     cdef uint32_t line
-    if t == NULL or not rules_any(&t.resp):
+    cdef bint rid = rid_has(h)
+    if not rid and (t == NULL or not rules_any(&t.resp)):
         return ob_put(&h.outb, page.p, page.n)
-    hsts = &t.resp
+    if t != NULL and rules_any(&t.resp):
+        hsts = &t.resp
     eol = <const char *>memchr(page.p, 10, page.n)
     line = <uint32_t>(eol - page.p) + 1
-    return (ob_put(&h.outb, page.p, line) and rulesets_emit(&h.outb, &hsts, 1)
-            and ob_put(&h.outb, page.p + line, page.n - line))
+    return (ob_put(&h.outb, page.p, line) and (hsts == NULL or rulesets_emit(&h.outb, &hsts, 1))
+            and (not rid or rid_emit(h, &h.outb)) and ob_put(&h.outb, page.p + line, page.n - line))
 
 
 cdef void h_cut(lb_worker *w, lb_hconn *h) noexcept nogil:
@@ -142,6 +162,7 @@ cdef void h_cut(lb_worker *w, lb_hconn *h) noexcept nogil:
     the client it is short). Closing at once would drop those bytes, and a
     close before any response byte reads as an idle keep-alive close, which
     clients answer by sending the request again."""
+    log_term(&h.c, TERM_BACKEND_RESET)
     h_release_backend(w, h, False)
     h.client_ka = 0
     h_closing(w, h)
@@ -198,6 +219,8 @@ cdef void h_connect(lb_worker *w, lb_hconn *h) noexcept nogil:
             tl_append(&p.http.connect_timer, &b.tn, w.now_ms, b)
         b.h = h
         h.b = b
+        if b.state == BS_READY:
+            log_mark(w, &h.c, &h.c.lg.t_connect)    # a kept-alive connection: connected already
         conn_backend_take(w, &h.c, slot)
         h.set_sticky = p.http.sticky.n != 0 and slot != h.sticky_slot
         h.b_last_ms = w.now_ms
@@ -214,6 +237,12 @@ cdef void h_backend_failed(lb_worker *w, lb_hconn *h, bint timeout, bint connect
     cdef bint reused = b.served > 0
     if connecting or not reused:
         conn_count_failure(w, b.slot, timeout)
+    # the last failure names the end, unless another backend answers
+    if connecting:
+        h.c.lg.term = TERM_CONNECT_TIMEOUT if timeout else TERM_BACKEND_REFUSED
+    else:
+        h.c.lg.term = TERM_BACKEND_RESET
+    h.c.lg.t_connect = 0
     h_release_backend(w, h, True)
     tl_remove(&h.tresp)
     # A request is sent again only when it never left, or when it is idempotent
@@ -259,6 +288,7 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     h.n_rq_rules = 0
     h.n_rs_rules = 0
     h.in_exchange = 1
+    log_exchange_start(w, h, r, b)
     rc = phase_request(w, h, r, b)
     if rc != STEP_CONTINUE:
         if rc != STEP_ANSWERED:
@@ -315,7 +345,10 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     the next request (or close, when either side asked for it)."""
     cdef lb_bconn *b = h.b
     cdef lb_http_listener *hl = h.hl
+    h.c.lg.term = TERM_OK            # whole: whatever failed on the way was made good
+    h.c.lg.bytes_out += h.outb.len   # on its way to the client
     h_exchange_end(w, h)             # while the backend it used is still known
+    log_rec_give(w, h)
     if h.c.slot >= 0:
         conn_backend_drop(w, &h.c)
     if b != NULL:
@@ -410,9 +443,11 @@ cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
         # applies, the idle timer watches the client taking the rest
         tl_remove(&h.tresp)
     elif h.hflags & HF_ERR:
+        log_term(&h.c, TERM_CLIENT_ABORT)
         h_close(w, h, True)
         return 1
     elif (h.hflags & HF_EOF) and h.rq_state != RQ_DONE:
+        log_term(&h.c, TERM_CLIENT_ABORT)
         h_close(w, h, True)          # the client went away in the middle of its request
         return 1
     return progress
@@ -425,6 +460,7 @@ cdef void h_tunnel(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef lb_conn *c = &h.c
     cdef epoll_event ev
     h_exchange_end(w, h)             # the upgrade was its answer; the tunnel is a connection of its own
+    log_rec_give(w, h)
     tl_remove(&h.tphase)
     tl_remove(&h.tidle)
     tl_remove(&h.tresp)
@@ -483,6 +519,8 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
             if st == PROXY_INCOMPLETE:
                 return
             if st != PROXY_DONE:
+                if st == PROXY_INVALID:
+                    log_conn_failed(h, TERM_PROXY_FAILED)
                 h_close(w, h, st == PROXY_INVALID)
                 return
             if src.ss_family != 0:
@@ -506,6 +544,7 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
             if st == SNIFF_HTTP:
                 tls_count_failure(w, TLS_FAIL_PLAIN_HTTP)
                 tls_answer_plain_http(&h.c.sk[SIDE_CLIENT])
+                log_conn_failed(h, TERM_TLS_FAILED)
                 h_close(w, h, False)
                 return
         if h.st == HS_TLS:
@@ -515,6 +554,7 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
             if st != 1:
                 if reason == TLS_FAIL_PLAIN_HTTP:
                     tls_answer_plain_http(&h.c.sk[SIDE_CLIENT])
+                log_conn_failed(h, TERM_TLS_FAILED)
                 h_close(w, h, False)
                 return
             h.st = HS_HEAD

@@ -145,6 +145,8 @@ cdef lb_hconn *hconn_alloc(lb_worker *w) noexcept nogil:
 
 
 cdef inline void hconn_release(lb_worker *w, lb_hconn *h) noexcept nogil:
+    log_rec_give(w, h)
+    log_conn_free(&h.c)
     h.c.state = CS_FREE
     h.free_next = w.http.free_hconns
     w.http.free_hconns = h

@@ -22,6 +22,7 @@ cdef void http_on_accept(lb_worker *w, int li) noexcept nogil:
         sock_plain(&h.c.sk[SIDE_CLIENT], fd)
         h.c.listener = li
         h.c.state = CS_CONNECTING
+        log_conn_start(w, &h.c)
         h.hl = l.http
         # TCP_NODELAY comes from the listening socket; the local address is
         # looked up only when a PROXY header needs it
@@ -83,6 +84,7 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
         tl_remove(&b.tn)
         lb_store_u64(&w.bstats[b.slot].consecutive_failures, 0)
         b.state = BS_READY
+        log_mark(w, &h.c, &h.c.lg.t_connect)
         if sock_is_tls(&b.sk):
             # what came with the backend's Finished is OpenSSL's now; the
             # first read or write that blocks clears these again
@@ -159,6 +161,7 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             if n == NULL:
                 break
             tls_count_failure(w, TLS_FAIL_TIMEOUT)
+            log_conn_failed(<lb_hconn *>n.owner, TERM_TLS_FAILED)
             h_close(w, <lb_hconn *>n.owner, False)
         while True:
             n = tl_expired(&hl.ka_timer, now)
@@ -173,6 +176,7 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             last = h.c.last_ms if h.c.last_ms > h.b_last_ms else h.b_last_ms
             if last + hl.idle_timer.timeout_ms <= now:
                 lb_add_u64(&w.stats.idle_timeouts, 1)
+                log_term(&h.c, TERM_CLIENT_TIMEOUT)
                 h_close(w, h, True)
             else:
                 tl_append(&hl.idle_timer, n, last, h)
@@ -204,6 +208,7 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
                 tl_append(&hp.resp_timer, n, now, h)
             else:
                 tl_remove(n)
+                log_term(&h.c, TERM_SERVER_TIMEOUT)
                 if h.resp_sent:
                     h_close(w, h, True)
                 else:

@@ -69,6 +69,7 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index,
     hl.tls_timer.timeout_ms = l.tls.handshake_timeout_ms if l.tls != NULL else 1
     hl.n_routes = len(listener.routes)
     hl.routes = routes_init(listener.routes, pool_index, acl_index)
+    rid_listener_init(hl, listener)
     return 0
 
 

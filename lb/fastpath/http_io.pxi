@@ -15,6 +15,7 @@ cdef inline void h_account(lb_worker *w, lb_hconn *h, ssize_t n, bint up, bint s
         lb_add_u64(&w.stats.bytes_in, n)
     else:
         lb_add_u64(&w.stats.bytes_out, n)
+        h.c.lg.bytes_out += n
     if spliced:
         lb_add_u64(&w.stats.splice_bytes, n)
 
@@ -105,6 +106,8 @@ cdef int h_read_client(lb_worker *w, lb_hconn *h) noexcept nogil:
             hb_give(w, &h.inb)       # what a client sends after its answer is dropped
             return 1
         h.inb.len += n
+        if h.st == HS_HEAD and h.c.lg.t_start == 0:
+            log_mark(w, &h.c, &h.c.lg.t_start)
         if h.st == HS_HEAD and h.tphase.list == &h.hl.ka_timer:
             # the next request began: its head has http_request_timeout from now
             tl_append(&h.hl.req_timer, &h.tphase, w.now_ms, h)
@@ -185,6 +188,7 @@ cdef int h_flush_out(lb_worker *w, lb_hconn *h) noexcept nogil:
         if n != XPRT_ERROR:
             h.hflags &= ~xprt_wait_flag(n, HF_READABLE, HF_WRITABLE)
             return 0
+        log_term(&h.c, TERM_CLIENT_ABORT)
         h_close(w, h, True)
         return 1
     h_account(w, h, n, False, False)
@@ -219,6 +223,7 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef size_t ok
     cdef int st, progress = 0
     cdef lb_bconn *b
+    cdef uint64_t left
     if h.rq_state == RQ_BODY_CL:
         while h.rq_left and h.inb.len:
             if not up_make_room(h, 1):     # any room will do: data goes in by the byte
@@ -231,6 +236,7 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             ob_put(&h.upb, h.inb.p + h.inb.off, n)
             hb_drop(w, &h.inb, n)
             h.rq_left -= n
+            h.c.lg.bytes_in += n
             progress = 1
         if h.pipe_len or (h.rq_left and h_splice_up(w, h)):
             b = h.b
@@ -238,7 +244,9 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             if h.pipe[0] < 0 and pipe_take(w, h.pipe) != 0:
                 h.no_splice = 1
                 return progress
+            left = h.rq_left
             st = h_splice(w, h, h.c.sk[SIDE_CLIENT].fd, b.sk.fd, h.pipe, &h.pipe_len, &h.rq_left, &h.hflags, &b.flags, True)
+            h.c.lg.bytes_in += left - h.rq_left
             if st < 0:
                 b.flags |= HF_EOF | HF_ERR
                 return 1
@@ -270,6 +278,7 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
         if ok:
             ob_put(&h.upb, h.inb.p + h.inb.off, ok)
             hb_drop(w, &h.inb, ok)
+            h.c.lg.bytes_in += ok
             progress = 1
         if st == 1:
             h.rq_state = RQ_DONE
@@ -297,14 +306,20 @@ cdef int h_resp_head(lb_worker *w, lb_hconn *h) noexcept nogil:
     st = http_parse_response_c(p, b.inb.len, r, HBUF_SIZE)
     if st == HTTP_INCOMPLETE:
         if b.flags & HF_EOF:
+            log_term(&h.c, TERM_BACKEND_RESET)
             h_error(w, h, 502)       # the head was cut short
             return 1
         return 0
     h.resp_started = 1
+    log_mark(w, &h.c, &h.c.lg.t_response)
     if st != 0:
+        log_term(&h.c, TERM_BAD_RESPONSE)
         h_error(w, h, 502)
         return 1
+    if r.status >= 200 or r.status == 101:
+        h.c.lg.status = r.status
     if not hb_need(w, &h.outb):
+        log_term(&h.c, TERM_LB_ERROR)
         h_close(w, h, True)
         return 1
     before = h.outb.len
@@ -381,6 +396,7 @@ cdef int h_resp_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             st = chunk_advance(&h.rs_chunk_phase, &h.rs_left, <const uint8_t *>b.inb.p + b.inb.off, n, &ok,
                                w.http.scratch, HBUF_SIZE, &rs_total)
             if st == 400:
+                log_term(&h.c, TERM_BAD_RESPONSE)
                 h_close(w, h, True)  # the client already has part of this response
                 return 1
             if ok:
@@ -409,6 +425,7 @@ cdef int h_resp_body(lb_worker *w, lb_hconn *h) noexcept nogil:
                 return progress
             st = h_splice(w, h, b.sk.fd, h.c.sk[SIDE_CLIENT].fd, b.pipe, &b.pipe_len, &h.rs_left, &b.flags, &h.hflags, False)
             if st < 0:
+                log_term(&h.c, TERM_CLIENT_ABORT)
                 h_close(w, h, True)
                 return 1
             if st:

@@ -45,7 +45,17 @@ cdef inline int phase_head(lb_head_step *steps, uint32_t n, lb_worker *w, lb_hco
 
 cdef inline int phase_request(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
     cdef lb_phases *ph = &w.listeners[h.c.listener].phases
-    return phase_head(ph.request, ph.n_request, w, h, r, b)
+    cdef uint32_t i
+    cdef int rc
+    for i in range(ph.n_request):
+        rc = ph.request[i](w, h, r, b)
+        if rc != STEP_CONTINUE:
+            if rc != STEP_ANSWERED:
+                # the access log names the step that refused (its index in phase_plan)
+                h.c.lg.term = TERM_REFUSED
+                h.c.lg.step = <uint8_t>(i + 1)
+            return rc
+    return STEP_CONTINUE
 
 
 cdef inline int phase_response(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
@@ -80,7 +90,9 @@ REQUEST_STEPS = (
 RESPONSE_STEPS = (
     ("response_headers", <size_t><void *>step_response_headers, wants_response_headers),
 )
-END_STEPS = ()
+END_STEPS = (
+    ("log", <size_t><void *>step_log, wants_log),
+)
 PHASES = (("accept", ACCEPT_STEPS), ("request", REQUEST_STEPS), ("response", RESPONSE_STEPS), ("end", END_STEPS))
 
 

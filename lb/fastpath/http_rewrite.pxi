@@ -146,6 +146,8 @@ cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, uint8_t to
         return False
     if not rulesets_emit(o, rules, n_rules):
         return False
+    if rid_has(h) and (h.lrec.flags & LOGF_RID_NEW) and not rid_emit(h, o):
+        return False
     if hl.xfwd and not rulesets_claim(rules, n_rules, b"x-forwarded-for"):
         if not ob_str(o, b"X-Forwarded-For: "):
             return False
@@ -220,6 +222,8 @@ cdef bint rewrite_response(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req
                 continue
             if h.n_rs_rules and rulesets_drop(h.rs_rules, h.n_rs_rules, name, f.name_len):
                 continue
+            if rid_has(h) and ieq_str(name, f.name_len, &hl.rid_lower):
+                continue             # the client gets the id lb logged, once
         if not (ob_put(o, name, f.name_len) and ob_put(o, b": ", 2) and ob_put(o, b + f.value_off, f.value_len)
                 and ob_put(o, b"\r\n", 2)):
             return False
@@ -230,6 +234,8 @@ cdef bint rewrite_response(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req
         if not rulesets_emit(o, h.rs_rules, h.n_rs_rules):
             return False
         if h.set_sticky and not sticky_emit(w, &w.pools[h.c.pool], o, h.c.slot):
+            return False
+        if rid_has(h) and not rid_emit(h, o):
             return False
         if not h.client_ka:
             if not ob_str(o, b"Connection: close\r\n"):

@@ -67,6 +67,7 @@ cdef void on_accept(lb_worker *w, int li) noexcept nogil:
         sock_plain(&c.sk[SIDE_CLIENT], fd)
         c.listener = li
         c.pool = l.pool
+        log_conn_start(w, c)
         c.state = CS_CONNECTING
         if not accept_register(w, fd, <uint64_t><size_t>c | SIDE_CLIENT):
             conn_close(w, c, True)
@@ -159,6 +160,7 @@ cdef void timers_sweep(lb_worker *w) noexcept nogil:
             c = l.conns.head
             if c.last_ms + l.idle_timeout_ms <= w.now_ms:
                 lb_add_u64(&w.stats.idle_timeouts, 1)
+                log_term(c, TERM_IDLE_TIMEOUT)
                 conn_close(w, c, False)
             else:
                 # active since it was queued: requeue at its real last activity
@@ -217,6 +219,8 @@ cdef int worker_loop(lb_worker *w) noexcept nogil:
     while True:
         n = epoll_wait(w.epfd, events, MAX_EVENTS, next_timeout(w))
         w.now_ms = now_ms()
+        if w.log_ring != NULL:
+            log_clock(w)
         lb_store_u64(&w.stats.heartbeat_ms, w.now_ms)
         if n < 0 and errno != EINTR:
             return -1
@@ -322,7 +326,7 @@ cdef class Worker:
         self.w.sigfd = -1
 
     def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
-                 int64_t fd_limit=1024, double drain_timeout=30.0, tls=None):
+                 int64_t fd_limit=1024, double drain_timeout=30.0, tls=None, listener_names=None):
         cdef lb_pool_rt *p
         cdef lb_listener_rt *l
         if len(pools) != shm.hdr.n_pools:
@@ -332,6 +336,7 @@ cdef class Worker:
         w = &self.w
         worker_attach(w, shm, row, int.from_bytes(_os.urandom(8), "little"))
         tickets_attach(shm)
+        log_worker_init(w, shm, row)
         w.splice_mode = _SPLICE_MODES[splice]
         w.drain_timeout_ms = <uint64_t>(drain_timeout * 1000)
         # the fds this worker may use for connections and pipes
@@ -377,6 +382,9 @@ cdef class Worker:
                 l.tls_wait_ms = min(l.idle_timeout_ms, SNI_WAIT_MAX_MS)
                 l.n_sni_routes = len(listener.routes)
                 l.sni_routes = routes_init(listener.routes, pool_index)
+            # records name the listener by its config index (listener_names: the
+            # config's order), not by this worker's socket index
+            log_listener_init(l, listener, listener_names.index(listener.name) if listener_names else i)
             phases_init(&l.phases, listener)
             if listener.mode == "http":
                 http_listener_init(l, listener, pool_index, acl_index)
@@ -402,6 +410,7 @@ cdef class Worker:
         ev.data.u64 = TAG_SIGNAL
         epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.sigfd, &ev)
         w.now_ms = now_ms()
+        log_clock(w)
         lb_store_u64(&w.stats.heartbeat_ms, w.now_ms)
         lb_store_u64(&w.stats.pid, getpid())
         lb_store_u64(&w.stats.stopping, 0)

@@ -24,6 +24,12 @@ assert sizeof(shm_backend) == 192
 assert sizeof(shm_worker_stats) == 256
 assert sizeof(shm_backend_stats) == 64
 assert sizeof(shm_ticket_key) == 80
+assert sizeof(shm_log_record) == LOG_RECORD_SIZE
+assert <size_t>&(<shm_log_record *>NULL).data == LOG_HEAD_SIZE
+assert (LOG_METHOD_MAX + LOG_HOST_MAX + LOG_PATH_MAX + LOG_RID_MAX + LOG_UA_MAX + LOG_REFERER_MAX + LOG_SNI_MAX
+        == LOG_RECORD_SIZE - LOG_HEAD_SIZE)
+assert sizeof(shm_log_ring) == 128
+assert sizeof(shm_log_head) == 64
 
 
 cdef inline uint64_t _line(uint64_t n) noexcept nogil:
@@ -41,7 +47,8 @@ cdef inline uint64_t _line(uint64_t n) noexcept nogil:
 # (the table size of each maglev pool), acls (ACLs) and rules (their users'
 # decision counters: each allow or deny entry and each default).
 
-Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules")
+# (and log_records: the records of each worker's access-log ring, 0 for none)
+Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules log_records")
 
 
 cdef inline uint64_t _rule_stride(uint64_t rules) noexcept nogil:
@@ -69,6 +76,8 @@ REGIONS = (
      lambda d: _line(sizeof(shm_acl_head) + d.acls * sizeof(shm_acl)) + d.acls * 2 * ACL_HALF_SIZE),
     ("acl_stats", "each worker, its own row of every ACL rule's decision counter",
      lambda d: d.rows * _rule_stride(d.rules) * sizeof(uint64_t)),
+    ("log_rings", "each worker, its own ring's head and drops; the logger, the tails (access logs)",
+     lambda d: sizeof(shm_log_head) + (d.rows * (sizeof(shm_log_ring) + d.log_records * sizeof(shm_log_record)) if d.log_records else 0)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
@@ -98,19 +107,23 @@ cdef class Shm:
             self.base = NULL
 
     @staticmethod
-    def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0):
+    def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0):
         """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
         balance_factor); table_size counts only for maglev, hash_key is a config
         hash_key string (keys the tcp path cannot compute, and every key of a
         pool that is not maglev, hash to nothing). acls: the ACL names, in
         config order (their tables start empty: AclSet.publish fills them);
-        n_rules: the decision counters of their users (lb.config.access_rules)."""
+        n_rules: the decision counters of their users (lb.config.access_rules).
+        log_records: the size of each worker's access-log ring, a power of two
+        (0: no access logs)."""
+        if log_records & (log_records - 1):
+            raise ValueError(f"log ring size {log_records} is not a power of two")
         for spec in pools:
             if not 0 < spec[1] <= MAX_POOL_CAPACITY:
                 raise ValueError(f"pool {spec[0]!r}: capacity {spec[1]} out of range 1..{MAX_POOL_CAPACITY}")
         dims = Dimensions(pools=len(pools), slots=sum(spec[1] for spec in pools), rows=n_rows,
                           tables=[spec[3] for spec in pools if spec[2] == "maglev"], acls=len(acls),
-                          rules=n_rules)
+                          rules=n_rules, log_records=log_records)
         layout = []
         cdef uint64_t total = _line(sizeof(shm_header))
         for name, _, size_of in REGIONS:
@@ -143,6 +156,7 @@ cdef class Shm:
             h.regions[i].size = size
         self._find_regions()
         self._acls_init(acls, n_rules, n_rows)
+        (<shm_log_head *>self.region_addr("log_rings")).n_records = log_records
         cdef uint32_t first = 0
         cdef uint64_t table_off = <uint64_t><size_t>(self.region_addr("maglev_tables") - self.base)
         cdef shm_pool *p
@@ -455,6 +469,32 @@ cdef class Shm:
                 "closed": lb_load_u64(&s.tls_fail_closed),
             },
         }
+
+    def log_stats(self):
+        """The access logs' counters: ring size, records dropped (by row and in
+        all), lines written and lost by the logger, and the logger's pid."""
+        cdef shm_log_head *lh = <shm_log_head *>self.region_addr("log_rings")
+        cdef shm_log_ring *ring
+        cdef uint32_t row
+        drops = []
+        pending = 0
+        if lh.n_records:
+            for row in range(self.hdr.n_rows):
+                ring = <shm_log_ring *>(<char *>lh + sizeof(shm_log_head) + <uint64_t>row * log_ring_bytes(lh.n_records))
+                drops.append(lb_load_u64(&ring.drops))
+                pending += lb_load_u64(&ring.head) - lb_load_u64(&ring.tail)
+        return {"ring_records": lh.n_records, "drops": sum(drops), "drops_by_row": drops, "pending": pending,
+                "lines": lb_load_u64(&lh.lines), "write_errors": lb_load_u64(&lh.write_errors),
+                "logger_pid": lb_load_u32(&lh.logger_pid), "reopen_requested": lb_load_u32(&lh.reopen_req),
+                "reopened": lb_load_u32(&lh.reopened)}
+
+    def log_reopen(self):
+        """Ask the logger to reopen its files (logrotate); the request number,
+        which log_stats()["reopened"] reaches once it has."""
+        cdef shm_log_head *lh = <shm_log_head *>self.region_addr("log_rings")
+        cdef uint32_t req = lh.reopen_req + 1
+        lb_release_u32(&lh.reopen_req, req)
+        return req
 
     def pool_active(self, uint32_t pool):
         """Active connections of a pool, summed over every worker row."""

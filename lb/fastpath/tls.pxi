@@ -474,6 +474,7 @@ cdef int tls_handshake(lb_worker *w, lb_sock *s, int *reason) noexcept nogil:
         lb_add_u64(&w.stats.tls_handshakes, 1)
         if SSL_session_reused(ssl):
             lb_add_u64(&w.stats.tls_resumed, 1)
+        tls_note_session(s, ssl)     # the access log's TLS facts (log.pxi), before the SSL object goes
         r = tls_take_over(s)
         if r < 0:
             reason[0] = TLS_FAIL_PROTOCOL

@@ -15,6 +15,8 @@ cdef extern from *:
     #define lb_store_i64(p, v)    __atomic_store_n((p), (v), __ATOMIC_RELAXED)
     #define lb_store_u8(p, v)     __atomic_store_n((p), (v), __ATOMIC_RELAXED)
     #define lb_release_u32(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+    #define lb_acquire_u64(p)     __atomic_load_n((p), __ATOMIC_ACQUIRE)
+    #define lb_release_u64(p, v)  __atomic_store_n((p), (v), __ATOMIC_RELEASE)
     #define lb_fence_acquire()    __atomic_thread_fence(__ATOMIC_ACQUIRE)
     #define lb_fence_release()    __atomic_thread_fence(__ATOMIC_RELEASE)
     /* single writer per counter: a load and a store, never a locked RMW */
@@ -31,6 +33,8 @@ cdef extern from *:
     void lb_store_i64(int64_t *p, int64_t v) nogil
     void lb_store_u8(unsigned char *p, unsigned char v) nogil
     void lb_release_u32(uint32_t *p, uint32_t v) nogil
+    uint64_t lb_acquire_u64(uint64_t *p) nogil
+    void lb_release_u64(uint64_t *p, uint64_t v) nogil
     void lb_fence_acquire() nogil
     void lb_fence_release() nogil
     void lb_add_i64(int64_t *p, int64_t v) nogil
