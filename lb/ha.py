@@ -20,12 +20,18 @@ import time
 
 log = logging.getLogger("lb")
 
-# The health file holds one number, as keepalived's track_file reads it:
-# 0 healthy; anything else unhealthy. With `weight 0` keepalived puts the
-# VRRP instance in FAULT on a non-zero value, which makes a master send a
-# priority-0 advert and give the VIPs up at once.
+# The health file holds one number, as keepalived's track_file reads it
+# (rendered with `weight 1`: the number is added to the VRRP priority):
+#   0     healthy;
+#   -253  drained: the priority drops to keepalived's floor of 1, below any
+#         peer, so a peer takes the VIPs over while this node still holds
+#         them; the VIP never points at a node that has let it go;
+#   -254  unhealthy: below -253 keepalived puts the instance in FAULT, and a
+#         master gives the VIPs up at once with a priority-0 advert.
+# Anything non-zero means "not serving" to a reader that only asks that.
 HEALTHY = 0
-UNHEALTHY = 1
+DRAINED = -253
+UNHEALTHY = -254
 # A worker loop stamps its heartbeat at least once a second (its longest
 # timer); three missed beats mean it is not serving.
 HEARTBEAT_STALE_MS = 3000
@@ -48,7 +54,14 @@ class HealthFile:
         self.changed_at = 0.0
 
     def set(self, reasons: list[str] | tuple[str, ...]) -> bool:
-        value = UNHEALTHY if reasons else HEALTHY
+        """reasons: why the node should not hold the VIPs ("drained" alone
+        hands them over gracefully; anything else is a fault)."""
+        if not reasons:
+            value = HEALTHY
+        elif set(reasons) == {"drained"}:
+            value = DRAINED
+        else:
+            value = UNHEALTHY
         self.reasons = tuple(reasons)
         if value == self.value:
             return False
@@ -157,15 +170,15 @@ def render_keepalived(cfg, instance: str = "lb") -> str:
         "    vrrp_garp_master_refresh 60",
         "}",
         "",
-        "# lb's own verdict on this node (docs/ha.md, \"The health file\"): 0 healthy,",
-        "# anything else unhealthy. weight 0: unhealthy puts the instance in FAULT,",
-        "# a master hands the VIPs over at once with a priority-0 advert.",
+        "# lb's own verdict on this node (docs/ha.md, \"The health file\"), added to",
+        "# the priority: 0 healthy; -253 drained (priority 1: a peer takes over",
+        "# gracefully); -254 unhealthy (FAULT: the VIPs are given up at once).",
         f"vrrp_track_file {instance}_health {{",
         f"    file {ha.health_file}",
-        "    weight 0",
+        "    weight 1",
         # until lb has written it, the file does not exist: count that as
         # unhealthy, so a node whose lb never started does not take the VIPs
-        "    init_file 1",
+        f"    init_file {UNHEALTHY}",
         "}",
         "",
         f"vrrp_instance {name} {{",
@@ -194,7 +207,7 @@ def render_keepalived(cfg, instance: str = "lb") -> str:
     lines.append("    virtual_ipaddress {")
     lines += [f"        {vip.text}" for vip in ha.vips]
     lines.append("    }")
-    lines += ["    track_file {", f"        {instance}_health weight 0", "    }", "}", ""]
+    lines += ["    track_file {", f"        {instance}_health weight 1", "    }", "}", ""]
     return "\n".join(lines)
 
 
