@@ -276,6 +276,29 @@ def test_health_file_follows_the_node(run_lb, backends, tmp_path):
     assert read_health(health) == "-254"
 
 
+def test_no_worker_serving_is_unhealthy(run_lb, backends, tmp_path):
+    health = tmp_path / "health"
+    port = free_port()
+    lb = run_lb(lb_config(port, [backends("b1")], global_extra=(
+        f'admin_socket = "{tmp_path}/admin.sock"\nstate_file = "{tmp_path}/state.json"\n')) + textwrap.dedent(f"""
+        [ha]
+        mode = "vrrp"
+        vips = ["10.99.7.100/24 dev lo"]
+        virtual_router_id = 7
+        health_file = "{health}"
+        """))
+    wait_for(lambda: read_health(health) == "0", 5, "a healthy node")
+    worker = lb.worker_pid(0)
+    os.kill(worker, signal.SIGSTOP)  # alive, but its loop beats no more
+    try:
+        wait_for(lambda: read_health(health) == "-254", 6, "unhealthy once the heartbeat is stale")
+        code, out, _ = admin(lb, "node", "status", "--json")
+        assert json.loads(out)["health"]["reasons"] == ["no worker serving"]
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    wait_for(lambda: read_health(health) == "0", 5, "healthy once it beats again")
+
+
 def test_drain_needs_ha(run_lb, backends):
     lb = run_lb(lb_config(free_port(), [backends("b1")]))
     sock = config.load(str(lb.config_path)).global_.admin_socket
