@@ -260,6 +260,11 @@ def kernel_checks(cfg) -> list[dict]:
             add(f"interface {iface}", False, "does not exist", f"check ha.interface and ha.vips; `ip link` lists them")
         else:
             add(f"interface {iface}", state == "up", f"is {state}", f"ip link set dev {iface} up")
+    if ha.unicast_src and links is not None and ha.interface in links:
+        held = _addresses(ha.interface)
+        add(f"unicast_src {ha.unicast_src} on {ha.interface}", ha.unicast_src in held,
+            "present" if ha.unicast_src in held else f"not an address of {ha.interface} ({', '.join(held) or 'none'})",
+            f"ip addr add {ha.unicast_src}/PREFIX dev {ha.interface}, or correct ha.unicast_src")
     for vip in ha.vips:
         ok, how = _can_freebind(vip.address)
         fix = ("sysctl -w net.ipv6.ip_nonlocal_bind=1" if ":" in vip.address
@@ -301,6 +306,18 @@ def _links() -> dict[str, str] | None:
             return out
     except OSError:
         return None
+
+
+def _addresses(iface: str) -> list[str]:
+    """The addresses of one interface in this network namespace."""
+    try:
+        from pyroute2 import IPRoute
+
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname=iface)
+            return [a.get_attr("IFA_ADDRESS") for a in ipr.get_addr(index=index[0])] if index else []
+    except (ImportError, OSError):
+        return []
 
 
 def held_vips(cfg) -> list[str]:

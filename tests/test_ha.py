@@ -195,6 +195,11 @@ def test_ha_check_reports_what_is_wrong_with_its_fix(tmp_path):
     assert checks[f"health file directory {tmp_path}"]["ok"]
     assert code == (0 if report["ok"] else 1)
 
+    code, out, _ = cli("ha", "check", "-c", write(tmp_path, VRRP.replace("eth0", "lo") + 'peers = ["10.0.0.2"]\n'
+                                                  'unicast_src = "10.0.0.1"\n', "src.toml"))
+    assert code == 1 and "FAIL unicast_src 10.0.0.1 on lo: not an address of lo (127.0.0.1" in out
+    assert "fix: ip addr add 10.0.0.1/PREFIX dev lo" in out
+
     bad_path = write(tmp_path, VRRP.replace("eth0", "lbnosuch0") + 'health_file = "/nonexistent/dir/health"\n',
                      "bad.toml")
     code, out, _ = cli("ha", "check", "-c", bad_path)

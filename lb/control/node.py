@@ -72,7 +72,8 @@ def drain(sup, args: dict):
 
 
 def undrain(sup, args: dict) -> dict:
-    _require_ha(sup)
+    # no [ha] check: a node drained before a reload turned [ha] off must
+    # still be able to clear the state it keeps
     was = sup.node_drained
     sup.node_drained = False
     sup._update_health()
@@ -80,5 +81,5 @@ def undrain(sup, args: dict) -> dict:
     save_state(sup.state)
     if was:
         log.info("admin: node undrained: the health file follows the node's health again")
-    return {"drained": False, "health": sup.health.describe(),
+    return {"drained": False, "health": sup.health.describe() if sup.health is not None else None,
             "preempt": sup.config.ha.preempt}
