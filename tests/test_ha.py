@@ -85,6 +85,7 @@ def test_vrrp_settings():
     assert ha.peers == ("10.0.0.2",) and ha.unicast_src == "10.0.0.1"
     assert ha.priority == 150 and ha.preempt is False
     assert load(VRRP).ha.vrrp_version == 2
+    assert load(VRRP.replace("10.0.0.100/24", "2001:db8::100/64")).ha.vrrp_version == 3
 
 
 @pytest.mark.parametrize("extra, path, words", [
@@ -101,6 +102,8 @@ def test_vrrp_settings():
     ('peers = ["fe80::1"]', "ha.peers[0]", "IPv6 peer"),
     ('unicast_src = "10.0.0.1"', "ha.unicast_src", "only used with ha.peers"),
     ('vrid = 5', "ha.vrid", "unknown key"),
+    ('vips = ["2001:db8::100/64 dev eth0"]\nvrrp_version = 2', "ha.vrrp_version", "IPv6 VIPs need VRRP version 3"),
+    ('vips = ["10.0.0.100/24 dev eth0", "2001:db8::100/64 dev eth0"]', "ha.vips", "one address family"),
 ])
 def test_vrrp_errors(extra, path, words):
     key = extra.split(" ", 1)[0]

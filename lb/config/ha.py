@@ -93,7 +93,10 @@ def parse(t: Table, ctx: Context) -> HaSettings:
     _check_ifname(interface, t.path_of("interface"))
     advert = t.duration("advert_interval", "1s", minimum=0.01)
     fractional = abs(advert - round(advert)) > 1e-9
-    version = t.integer("vrrp_version", 3 if fractional else 2, 2, 3)
+    family = ipaddress.ip_address(vips[0].address).version
+    version = t.integer("vrrp_version", 3 if fractional or family == 6 else 2, 2, 3)
+    if version == 2 and family == 6:
+        raise ConfigError(t.path_of("vrrp_version"), "IPv6 VIPs need VRRP version 3 (version 2 is IPv4 only)")
     if version == 2 and fractional:
         raise ConfigError(t.path_of("advert_interval"),
                           f"{format_seconds(advert)} is fractional: VRRP version 2 counts whole seconds "
@@ -109,7 +112,6 @@ def parse(t: Table, ctx: Context) -> HaSettings:
                                              "drop ha.auth, or use whole-second adverts with vrrp_version = 2")
     if len(auth.encode()) > MAX_AUTH_BYTES:
         raise ConfigError(t.path_of("auth"), f"at most {MAX_AUTH_BYTES} bytes (VRRPv2 simple password)")
-    family = ipaddress.ip_address(vips[0].address).version
     peers = []
     for text, path in string_list(t, "peers", [], "a list of IP addresses"):
         ip = _ip(text, path)
