@@ -3,9 +3,10 @@
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests and benchmarks use: the peers lb is measured
-# against, the load generator, curl for the demo test, and openssl (s_client)
-# for the TLS tests.
-APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl
+# against, the load generator, curl for the demo test, openssl (s_client)
+# for the TLS tests, keepalived for the VRRP failover tests (tests/test_ha.py)
+# and iproute2 (ip netns) to build their network namespaces.
+APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepalived iproute2
 # What building the compiled data path needs beyond a compiler: OpenSSL's headers.
 BUILD_DEPS := libssl-dev
 
@@ -21,7 +22,8 @@ demo: install
 	$(PYTHON) -m lb demo
 
 test-deps:
-	@missing=""; for cmd in haproxy nginx wrk curl openssl; do command -v $$cmd >/dev/null || missing=1; done; \
+	@missing=""; for cmd in haproxy nginx wrk curl openssl keepalived ip; do \
+	  command -v $$cmd >/dev/null || [ -x /usr/sbin/$$cmd ] || [ -x /sbin/$$cmd ] || missing=1; done; \
 	[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  $(SUDO) apt-get update -qq && \

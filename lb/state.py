@@ -1,7 +1,7 @@
 """Runtime changes that outlive the process: the state file.
 
 Every change an operator makes through the admin socket (a weight, an admin
-state, an added or removed backend, an ACL's prefixes) is recorded here before it is answered,
+state, an added or removed backend, an ACL's prefixes, a drained node) is recorded here before it is answered,
 written with write + fsync + rename so a crash leaves the old file or the new
 one, never half of one. At start and at every reload the file is applied over
 the config. Entries that no longer match the config are reported and skipped,
@@ -100,6 +100,14 @@ class StateFile:
 
     def pools(self) -> dict:
         return self.data["pools"]
+
+    def node_drained(self) -> bool:
+        """Whether `lb node drain` is in force (lb.control.node)."""
+        node = self.data.get("node")
+        return isinstance(node, dict) and node.get("drained") is True
+
+    def set_node_drained(self, drained: bool) -> None:
+        self.data.setdefault("node", {})["drained"] = drained
 
     def acls(self) -> dict:
         """ACL name -> {"file": the file last loaded (optional), "prefixes":

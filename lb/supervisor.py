@@ -30,7 +30,7 @@ import psutil
 from lb import checker as checker_mod
 from lb import logger as logger_mod
 from lb import config as config_mod
-from lb import control, privileges, sdnotify
+from lb import control, ha, privileges, sdnotify
 from lb import shm as shm_mod
 from lb import tls as tls_mod
 from lb import worker as worker_mod
@@ -145,9 +145,16 @@ def raise_nofile_limit() -> int:
     return hard
 
 
-def open_listen_socket(bind, backlog: int) -> socket.socket:
+def open_listen_socket(bind, backlog: int, freebind: bool = False) -> socket.socket:
+    """freebind: the address is a VIP this node may not hold yet (a VRRP
+    backup); the socket is bound anyway and serves once the VIP arrives."""
     sock = socket.socket(bind.family, socket.SOCK_STREAM)
     try:
+        if freebind:
+            if bind.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, ha.IPV6_FREEBIND, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, ha.IP_FREEBIND, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # one accept queue per worker: the kernel spreads new connections over them
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -192,6 +199,10 @@ class Supervisor:
         self._selector = None
         # the status verb's: cpu_percent is measured between two calls on one Process
         self.procs: dict[int, psutil.Process] = {}
+        # [ha]: the file keepalived tracks (None when ha.mode is "none") and
+        # whether an operator drained this node (kept in the state file)
+        self.health: ha.HealthFile | None = None
+        self.node_drained = False
 
     # ---- convenience for single-generation callers (demo, tests) ----------------
 
@@ -228,6 +239,8 @@ class Supervisor:
         nofile = raise_nofile_limit()
         g = self.config.global_
         self.state = StateFile(g.state_file)
+        self.node_drained = self.state.node_drained()
+        self._update_health()  # unhealthy until the workers have entered their loops
         self.admin = AdminServer(g.admin_socket, Access(g.user, g.group), functools.partial(control.dispatch, self))
         self.admin.open()
         self._install_signals()
@@ -245,6 +258,7 @@ class Supervisor:
         """Each worker slot's listening sockets for this config, reusing the ones
         already open: a reload never closes an accept queue it still serves."""
         n = config.global_.worker_count()
+        vips = config.ha.vip_addresses()
         per_slot: list[list[tuple[socket.socket, int]]] = [[] for _ in range(n)]
         for li, listener in enumerate(config.listeners.values()):
             for bind in listener.bind:
@@ -252,7 +266,8 @@ class Supervisor:
                     key = (f"{bind}", slot)
                     sock = self.sockets.get(key)
                     if sock is None:
-                        sock = self.sockets[key] = open_listen_socket(bind, listener.backlog)
+                        sock = self.sockets[key] = open_listen_socket(bind, listener.backlog,
+                                                                      freebind=bind.host in vips)
                     else:
                         sock.listen(listener.backlog)  # takes a changed backlog in place
                     per_slot[slot].append((sock, li))
@@ -543,6 +558,8 @@ class Supervisor:
         grace = FAST_STOP_GRACE if fast else self.config.global_.drain_timeout + FAST_STOP_GRACE
         self.stop_deadline = time.monotonic() + grace
         log.info("stopping (%s)", self.stopping)
+        # first: keepalived moves the VIPs while the workers still finish
+        self._update_health()
         sdnotify.stopping(f"stopping ({self.stopping})")
         for sock in self.sockets.values():
             sock.close()
@@ -609,6 +626,7 @@ class Supervisor:
             # a weight or state change bumped a pool's generation: its Maglev
             # table is rebuilt here, the tables' only writer
             self.gen.shm.rebuild_changed()
+            self._update_health()
             self.admin.tick()
             if next_status is not None and time.monotonic() >= next_status:
                 self.on_status(self)
@@ -631,6 +649,20 @@ class Supervisor:
             elif signum == signal.SIGUSR1:
                 self.reopen_logs()
         self._reap()
+
+    def _update_health(self) -> None:
+        """The health file follows the node's state; written only on change."""
+        want = self.config.ha.health_file if self.config.ha.enabled else None
+        if self.health is not None and self.health.path != want:
+            # a reload moved the file or turned [ha] off: the old one must not
+            # keep saying healthy to a keepalived still reading it
+            self.health.set(["no longer tracked"])
+            self.health = None
+        if want is None:
+            return
+        if self.health is None:
+            self.health = ha.HealthFile(want)
+        self.health.set(ha.unhealthy_reasons(self))
 
     def _status_text(self) -> str:
         return f"serving: {len(self.gen.slots)} worker(s) on {self._binds(self.config)}, generation {self.gen.number}"
@@ -664,6 +696,8 @@ class Supervisor:
                     gen.shm.set_weight(pi, bi, weight, eff)
 
     def _cleanup(self) -> None:
+        if self.health is not None:
+            self.health.set(["stopped"])
         self._signal(list(self.children), signal.SIGKILL)
         for pid in list(self.children):
             try:

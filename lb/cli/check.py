@@ -52,6 +52,11 @@ def check(config_path: str, as_json: bool) -> None:
         sys.exit(EXIT_CONFIG)
 
     summary = _summary(cfg)
+    # the node's kernel settings for [ha]: reported, never a reason to refuse
+    # the file (it may be checked on another machine than the one it runs on)
+    from lb import ha
+
+    summary["ha"] = [c for c in ha.kernel_checks(cfg) if not c["ok"]]
     if as_json:
         click.echo(json.dumps(summary))
         return
@@ -61,3 +66,6 @@ def check(config_path: str, as_json: bool) -> None:
     click.echo(f"{cfg.source}: ok ({counts})")
     for warning in cfg.warnings:
         click.echo(f"warning: {warning}", err=True)
+    for c in summary["ha"]:
+        click.echo(f"warning: ha: {c['check']}: {c['detail']}" + (f" (fix: {c['fix']})" if c["fix"] else ""),
+                   err=True)

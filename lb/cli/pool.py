@@ -1,5 +1,6 @@
 """`lb pool`: commands about pools. `list` and `show` ask the running daemon;
-`simulate` previews a change to a pool of a config file."""
+`simulate` previews a change to a pool of a config file; `fingerprint` asks
+either."""
 
 import json
 import sys
@@ -100,3 +101,37 @@ def simulate(config_path: str, pool_name: str, remove: tuple[str, ...], add: tup
         click.echo(json.dumps(report))
         return
     click.echo(sim.format_report(report))
+
+
+@pool.command()
+@click.argument("pool_name", metavar="POOL", type=POOL)
+@click.option("-c", "--config", "config_path", metavar="FILE",
+              help="Compute it from this config file (every backend up) instead of asking the running lb.")
+@click.option("--json", "as_json", is_flag=True, help="Print the fingerprint as one JSON object on stdout.")
+@click.pass_obj
+def fingerprint(app: App, pool_name: str, config_path: str | None, as_json: bool) -> None:
+    """A digest of POOL's Maglev table, to compare nodes.
+
+    Two nodes with the same digest send every flow key to the same backend.
+    The table depends only on the backends' names and weights (and
+    table_size), never on their order or on the node. Without -c, the
+    running lb's table as its workers read it now (backends that are down are
+    not in it); with -c, the table the config builds with every backend up.
+    Pools that do not hash get a digest of their backends' weights."""
+    from lb import ha
+
+    if config_path is None:
+        result = app.call("pool.fingerprint", {"pool": pool_name})
+    else:
+        try:
+            cfg = config.load(config_path)
+        except config.ConfigError as e:
+            _fail(str(e))
+        if pool_name not in cfg.pools:
+            _fail(f"{cfg.source}: no pool {pool_name!r} (pools: {', '.join(cfg.pools) or 'none'})")
+        result = ha.config_fingerprint(cfg.pools[pool_name])
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"{result['fingerprint']}  {result['pool']} ({result['algorithm']}, {result['backends']} backends"
+               + (f", table {result['table_size']}" if result["table_size"] else "") + ")")

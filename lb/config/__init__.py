@@ -6,7 +6,7 @@ offending key by its path: ``pools.app.backends[2].address: port out of range``.
 The result is a tree of frozen dataclasses; nothing downstream re-validates.
 
 One module per top-level section, listed in SECTIONS below: global_ ([global]),
-pools ([pools.NAME]), listeners ([listeners.NAME]). What they share is in
+pools ([pools.NAME]), listeners ([listeners.NAME]), ha ([ha]). What they share is in
 values (the table reader, ConfigError, durations, sizes, addresses, names) and
 headers (the header rules of listeners and routes); tls is the [listeners.NAME.tls]
 table of a listener. This module reads the
@@ -22,11 +22,12 @@ import keyword
 import re
 import tomllib
 
-from lb.config import acls, global_, listeners, logs, pools
+from lb.config import acls, global_, ha, listeners, logs, pools
 from lb.config.acls import KEYS as ACL_KEYS
 from lb.config.acls import Access, Acl, access_rules
 from lb.config.global_ import KEYS as GLOBAL_KEYS
 from lb.config.global_ import MAX_WORKERS, GlobalSettings
+from lb.config.ha import HaSettings, Vip
 from lb.config.headers import HEADER_RULE_KEYS, MANAGED_HEADERS, HeaderRules
 from lb.config.listeners import KEYS as LISTENER_KEYS
 from lb.config.logs import KEYS as LOG_KEYS
@@ -76,6 +77,7 @@ __all__ = [
     "GLOBAL_KEYS",
     "GLOBAL_TLS_KEYS",
     "GlobalSettings",
+    "HaSettings",
     "HEADER_RULE_KEYS",
     "HEALTH_KEYS",
     "HTTP_LISTENER_KEYS",
@@ -104,6 +106,7 @@ __all__ = [
     "TOP_KEYS",
     "Certificate",
     "TicketSettings",
+    "Vip",
     "TlsSettings",
     "check_runnable",
     "load",
@@ -125,6 +128,7 @@ SECTIONS = (
     ("pools", pools),
     ("logs", logs),
     ("listeners", listeners),
+    ("ha", ha),
 )
 # Unknown keys are errors, here as in every table: a typo must not silently
 # fall back to a default. Sorted: messages list them, and parse order is no
@@ -139,6 +143,7 @@ class Config:
     pools: dict[str, Pool]
     acls: dict[str, Acl]
     logs: dict[str, LogSettings]
+    ha: HaSettings
     source: str
     sha256: str
     warnings: tuple[str, ...]

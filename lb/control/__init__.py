@@ -8,7 +8,7 @@ module here beside its lb/cli/ module, and its rows in VERBS."""
 from __future__ import annotations
 
 from lb.admin import AdminError
-from lb.control import acl, backend, cert, control, logs, pool, status
+from lb.control import acl, backend, cert, control, logs, node, pool, status
 
 # verb -> function; "unknown command" lists the verbs in this order
 VERBS = {
@@ -16,6 +16,7 @@ VERBS = {
     "status": status.status,
     "pool.list": pool.list_pools,
     "pool.show": pool.show,
+    "pool.fingerprint": pool.fingerprint,
     "backend.add": backend.add,
     "backend.remove": backend.remove,
     "backend.set_weight": backend.set_weight,
@@ -29,6 +30,9 @@ VERBS = {
     "acl.remove": acl.remove,
     "acl.load": acl.load,
     "logs.reopen": logs.reopen,
+    "node.status": node.status,
+    "node.drain": node.drain,
+    "node.undrain": node.undrain,
 }
 
 

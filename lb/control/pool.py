@@ -1,8 +1,9 @@
-"""`pool.list` and `pool.show` (lb/cli/pool.py): the pools of the running
-daemon, read from the status document."""
+"""`pool.list`, `pool.show` and `pool.fingerprint` (lb/cli/pool.py): the pools
+of the running daemon, read from the status document and shared memory."""
 
 from __future__ import annotations
 
+from lb import ha
 from lb.admin import AdminError
 from lb.control import status
 
@@ -30,3 +31,10 @@ def list_pools(sup, args: dict) -> dict:
 def show(sup, args: dict) -> dict:
     _, pool = pool_arg(sup, args)
     return {"name": pool, **status.document(sup)["pools"][pool]}
+
+
+def fingerprint(sup, args: dict) -> dict:
+    """The digest of the table the workers read now (lb.ha.live_fingerprint):
+    nodes with equal digests send every flow key to the same backend."""
+    _, pool = pool_arg(sup, args)
+    return ha.live_fingerprint(sup.gen, pool)
