@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import free_port, lb_config, wait_for
 from http_client import parse_responses, read_to_eof
-from lb import admin_client, config
 from lb._fastpath import AclSet, Shm, acl_lookup, acl_lookup_ns, proxy_header
-from tests.reference.acl_ref import AclRef
+
+from lb import admin_client, config
+from tests.reference.acl_ref import AclRef, clustered_prefixes, random_prefixes
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,28 +28,6 @@ MILLION = 1_000_000
 
 
 # ---- the tables against the reference -------------------------------------------------------
-
-
-def _random_prefixes(rnd: random.Random, n: int, version: int) -> list[str]:
-    """n distinct random prefixes, one in 20 an exclusion, lengths spread so
-    that many nest (short ones hold longer ones)."""
-    bits = 32 if version == 4 else 128
-    lo, hi = (8, 32) if version == 4 else (16, 64)
-    nets: dict[tuple[int, int], bool] = {}
-    while len(nets) < n:
-        plen = rnd.randint(lo, hi) if rnd.random() < 0.97 else rnd.randint(0, lo)
-        if version == 6 and rnd.random() < 0.01:
-            plen = rnd.randint(hi, 128)
-        a = rnd.getrandbits(bits) & ~((1 << (bits - plen)) - 1)
-        nets[(a, plen)] = rnd.random() < 0.05
-    out = []
-    for (a, plen), excluded in nets.items():
-        if version == 4:
-            text = f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}"
-        else:
-            text = ":".join(f"{(a >> s) & 0xffff:x}" for s in range(112, -1, -16))
-        out.append(f"{'!' if excluded else ''}{text}/{plen}")
-    return out
 
 
 def _addresses(rnd: random.Random, prefixes: list[str], n: int, version: int) -> list[str]:
@@ -79,7 +57,7 @@ def region(tmp_path):
 @pytest.mark.parametrize("version", [4, 6])
 def test_a_million_prefixes_decide_as_the_reference(region, version):
     rnd = random.Random(13 + version)
-    prefixes = _random_prefixes(rnd, MILLION, version)
+    prefixes = random_prefixes(rnd, MILLION, version)
     data = ("# generated\n" + "\n".join(prefixes) + "\n").encode()
     t0 = time.perf_counter()
     entries = AclSet()
@@ -114,13 +92,8 @@ def test_prefixes_clustered_in_one_block_bucket_by_the_bits_after_it(region, ver
     rnd = random.Random(7)
     net = ipaddress.ip_network(within)
     bits = net.max_prefixlen
-    nets = set()
-    while len(nets) < 300_000:
-        plen = rnd.randint(*lengths)
-        a = (int(net.network_address) | rnd.getrandbits(bits - net.prefixlen)) & ~((1 << (bits - plen)) - 1)
-        nets.add((a, plen))
     cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
-    prefixes = [f"{'!' if i % 17 == 0 else ''}{cls(a)}/{plen}" for i, (a, plen) in enumerate(sorted(nets))]
+    prefixes = clustered_prefixes(rnd, within, lengths, 300_000)
     entries = AclSet()
     entries.parse_text("\n".join(prefixes).encode())
     entries.finish()

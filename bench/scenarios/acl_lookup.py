@@ -2,7 +2,8 @@
 
 No proxy runs: the harness calls `measure_local` in its own process. For each
 address family, a million random distinct prefixes (one in twenty an
-exclusion, many nested) are parsed, compiled and published into a
+exclusion, many nested: the lists tests/test_acl.py checks against the
+reference, tests/reference/acl_ref.py) are parsed, compiled and published into a
 shared-memory region, as the supervisor does at a reload or `lb acl load`;
 then a million random addresses are looked up by the workers' own lookup,
 timed in C (best of 3), and the same for a list clustered in one block (an
@@ -13,7 +14,6 @@ keep a lookup short. Targets (issue 13): a million prefixes load in under
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import random
 import tempfile
@@ -33,32 +33,10 @@ LOAD_LIMIT_S = 2.0
 LOOKUP_LIMIT_NS = 100.0
 
 
-def _spread(rnd: random.Random, n: int, version: int) -> list[str]:
-    bits = 32 if version == 4 else 128
-    lo, hi = (8, 32) if version == 4 else (16, 64)
-    nets: dict[tuple[int, int], bool] = {}
-    while len(nets) < n:
-        plen = rnd.randint(lo, hi) if rnd.random() < 0.97 else rnd.randint(0, lo)
-        a = rnd.getrandbits(bits) & ~((1 << (bits - plen)) - 1)
-        nets[(a, plen)] = rnd.random() < 0.05
-    cls = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
-    return [f"{'!' if excluded else ''}{cls(a)}/{plen}" for (a, plen), excluded in nets.items()]
-
-
-def _clustered(rnd: random.Random, within: str, lengths: tuple[int, int]) -> list[str]:
-    net = ipaddress.ip_network(within)
-    bits = net.max_prefixlen
-    nets = set()
-    while len(nets) < CLUSTERED:
-        plen = rnd.randint(*lengths)
-        a = (int(net.network_address) | rnd.getrandbits(bits - net.prefixlen)) & ~((1 << (bits - plen)) - 1)
-        nets.add((a, plen))
-    cls = ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address
-    return [f"{cls(a)}/{plen}" for a, plen in sorted(nets)]
-
-
 def measure_local(ctx) -> dict:
     from lb._fastpath import AclSet, Shm, acl_lookup_ns
+
+    from tests.reference.acl_ref import clustered_prefixes, random_prefixes
 
     rnd = random.Random(13)
     points = []
@@ -66,10 +44,10 @@ def measure_local(ctx) -> dict:
         shm = Shm.create(os.path.join(d, "acl.shm"), [("p", 64, "roundrobin", 0, "", 0)], 1, os.getpid(),
                          acls=["a"], n_rules=1)
         try:
-            cases = [(f"IPv{v}, {MILLION:,} spread", v, _spread(rnd, MILLION, v), None) for v in (4, 6)]
-            cases += [(f"IPv4, {CLUSTERED:,} in 10/8", 4, _clustered(rnd, "10.0.0.0/8", (16, 32)), "10.0.0.0/8"),
+            cases = [(f"IPv{v}, {MILLION:,} spread", v, random_prefixes(rnd, MILLION, v), None) for v in (4, 6)]
+            cases += [(f"IPv4, {CLUSTERED:,} in 10/8", 4, clustered_prefixes(rnd, "10.0.0.0/8", (16, 32), CLUSTERED), "10.0.0.0/8"),
                       (f"IPv6, {CLUSTERED:,} in 2001:db8::/32", 6,
-                       _clustered(rnd, "2001:db8::/32", (48, 64)), "2001:db8::/32")]
+                       clustered_prefixes(rnd, "2001:db8::/32", (48, 64), CLUSTERED), "2001:db8::/32")]
             for label, version, prefixes, within in cases:
                 data = "\n".join(prefixes).encode()
                 t0 = time.perf_counter()

@@ -6,6 +6,7 @@ address. Slow and obviously right: a dict of networks per prefix length."""
 from __future__ import annotations
 
 import ipaddress
+import random
 
 
 class AclRef:
@@ -36,3 +37,41 @@ class AclRef:
 
     def __contains__(self, address: str) -> bool:
         return self.decide(address)[0]
+
+
+# ---- the lists the tests and bench acl_lookup check it on ------------------------------------
+
+def random_prefixes(rnd: random.Random, n: int, version: int) -> list[str]:
+    """n distinct random prefixes, one in 20 an exclusion, lengths spread so
+    that many nest (short ones hold longer ones)."""
+    bits = 32 if version == 4 else 128
+    lo, hi = (8, 32) if version == 4 else (16, 64)
+    nets: dict[tuple[int, int], bool] = {}
+    while len(nets) < n:
+        plen = rnd.randint(lo, hi) if rnd.random() < 0.97 else rnd.randint(0, lo)
+        if version == 6 and rnd.random() < 0.01:
+            plen = rnd.randint(hi, 128)
+        a = rnd.getrandbits(bits) & ~((1 << (bits - plen)) - 1)
+        nets[(a, plen)] = rnd.random() < 0.05
+    out = []
+    for (a, plen), excluded in nets.items():
+        if version == 4:
+            text = f"{a >> 24}.{(a >> 16) & 255}.{(a >> 8) & 255}.{a & 255}"
+        else:
+            text = ":".join(f"{(a >> s) & 0xffff:x}" for s in range(112, -1, -16))
+        out.append(f"{'!' if excluded else ''}{text}/{plen}")
+    return out
+
+
+def clustered_prefixes(rnd: random.Random, within: str, lengths: tuple[int, int], n: int) -> list[str]:
+    """n distinct prefixes inside one block (an operator's 10/8, an ISP's
+    /32), of lengths in the range given, one in 17 an exclusion, sorted."""
+    net = ipaddress.ip_network(within)
+    bits = net.max_prefixlen
+    nets = set()
+    while len(nets) < n:
+        plen = rnd.randint(*lengths)
+        a = (int(net.network_address) | rnd.getrandbits(bits - net.prefixlen)) & ~((1 << (bits - plen)) - 1)
+        nets.add((a, plen))
+    cls = ipaddress.IPv4Address if net.version == 4 else ipaddress.IPv6Address
+    return [f"{'!' if i % 17 == 0 else ''}{cls(a)}/{plen}" for i, (a, plen) in enumerate(sorted(nets))]
