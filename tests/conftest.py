@@ -171,7 +171,11 @@ class LbProcess:
 
         self.shm = wait_for(attached, 10, "lb's shared memory")
         self.n_workers = self.shm.n_rows // 2
-        wait_for(self.all_workers_running, 10, "lb workers to start")
+        try:
+            wait_for(self.all_workers_running, 10, "lb workers to start")
+        except AssertionError as e:
+            # the supervisor's log says which worker failed or what it waited on
+            raise AssertionError(f"{e}\nlb log:\n{self.log()}") from None
 
     def worker_pid(self, row: int) -> int:
         return self.shm.worker_stats(row)["pid"]
