@@ -99,8 +99,9 @@ setup(
             ["lb/_fastpath.pyx"],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS,
-            # TLS (lb/fastpath/tls.pxi): OpenSSL 3, libssl-dev to build
-            libraries=["ssl", "crypto"],
+            # TLS (lb/fastpath/tls.pxi): OpenSSL 3, libssl-dev to build; HTTP/2
+            # (lb/fastpath/h2.pxi): libnghttp2, libnghttp2-dev to build
+            libraries=["ssl", "crypto", "nghttp2"],
             depends=["lb/_fastpath.pxd"],
         )
     ],

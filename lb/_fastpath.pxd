@@ -11,11 +11,12 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t
 from lb.includes.socket cimport sockaddr_storage
 from lb.includes.epoll cimport epoll_event
 from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX
+from lb.includes.nghttp2 cimport nghttp2_session, nghttp2_session_callbacks, nghttp2_option, nghttp2_nv
 
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 5
+    LB_SHM_VERSION = 6
     LB_MAX_REGIONS = 24                # entries of the header's region directory
     LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
@@ -160,7 +161,11 @@ cdef struct shm_worker_stats:        # 256 bytes, one row per worker; writer: th
     uint64_t tls_fail_closed         # the client closed or reset the connection mid-handshake
     uint64_t tls_record_layer        # handshakes after which lb's record layer took the connection
     uint64_t tls_bad_records         # ... connections it closed for a record that broke the protocol
-    uint64_t _pad[6]
+    uint64_t h2_connections          # client connections that spoke HTTP/2
+    uint64_t h2_streams              # requests (streams) they opened
+    uint64_t h2_goaways              # GOAWAY frames lb sent (stop, reload, idle, errors)
+    uint64_t h2_refused              # connections ended for breaking HTTP/2 or for abuse (floods, rapid reset)
+    uint64_t _pad[2]
 
 cdef struct shm_backend_stats:       # 64 bytes, [row][slot]; writer: the row's worker
     int64_t active
@@ -622,6 +627,8 @@ cdef enum:
 
 cdef struct lb_tlist
 cdef struct lb_bconn
+cdef struct lb_h2
+cdef struct lb_h2s
 
 cdef enum:
     MAX_RULESETS = 4                 # header rule sets one message can have (listener, route, ...)
@@ -714,6 +721,13 @@ cdef struct lb_http_listener:
     lb_tlist tls_timer               # tls.handshake_timeout, from accept (or the PROXY header)
     lb_str rid_name                  # request ids: the header's name (n = 0: off)
     lb_str rid_lower
+    # HTTP/2 (fastpath/h2.pxi): on through ALPN "h2" (TLS) or h2c prior knowledge (plain)
+    uint8_t h2c                      # a plain listener takes HTTP/2 connection prefaces
+    uint32_t h2_max_streams          # SETTINGS_MAX_CONCURRENT_STREAMS
+    uint32_t h2_window               # SETTINGS_INITIAL_WINDOW_SIZE: each stream's request body in flight
+    uint32_t h2_conn_window          # the connection's receive window
+    uint32_t h2_max_frame            # SETTINGS_MAX_FRAME_SIZE
+    uint32_t h2_max_glitches         # frames that do no work (control floods, resets of unanswered streams) before GOAWAY
 
 cdef struct lb_http_pool:
     uint32_t max_idle                # idle keep-alive connections per backend (this worker)
@@ -800,6 +814,8 @@ cdef struct lb_hconn:                # the client side of an http session
     uint32_t ip_len
     shm_log_record *lrec             # the access-log record being built, while an exchange is in flight
     lb_hconn *free_next
+    lb_h2 *h2                        # HTTP/2: the connection's session (h2role H2_CONN), or its stream's (H2_STREAM)
+    uint8_t h2role                   # 0: HTTP/1; H2_CONN: the connection; H2_STREAM: one request of it
 
 cdef struct lb_http_worker:
     http_req *req                    # scratch: the head being handled
@@ -811,6 +827,12 @@ cdef struct lb_http_worker:
     lb_bconn *free_bconns
     lb_bconn *closed_b               # closed this turn, freed after its events
     lb_tlist linger_timer            # closing connections draining the client's last bytes
+    # HTTP/2 (fastpath/h2.pxi)
+    nghttp2_session_callbacks *h2cbs
+    nghttp2_option *h2opt
+    nghttp2_nv *h2nv                 # scratch: a response's fields for nghttp2
+    char *h2low                      # scratch: their names in lower case
+    lb_h2 *h2_all                    # every HTTP/2 connection of the worker (GOAWAY at stop)
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------
@@ -881,3 +903,68 @@ cdef struct lb_tls_client:           # a pool's TLS to its backends; built by th
     SSL_CTX *ctx
     char *sni                        # sent and verified; "" = none sent, the backend's IP address verified
     uint8_t verify
+
+
+# ---- Part 5: HTTP/2 to clients (fastpath/h2.pxi) ------------------------------------
+# libnghttp2 keeps the protocol (frames, HPACK, flow control, stream states).
+# Each stream's request becomes an HTTP/1.1 request on an lb_hconn of its own
+# (h2role H2_STREAM), whose client transport is the stream: it goes through the
+# same parser, phases, routing, retries and logs as any HTTP/1.1 request.
+
+cdef struct lb_bytes:                # a growable byte buffer, allocated while it holds bytes
+    char *p
+    uint32_t off
+    uint32_t len
+    uint32_t cap
+
+cdef struct lb_h2:
+    nghttp2_session *ng
+    lb_worker *w
+    lb_hconn *h                      # the connection (h2role H2_CONN)
+    lb_h2s *streams                  # the streams lb holds state for
+    lb_h2 *next                      # w.http.h2_all
+    lb_h2 *prev
+    lb_bytes wbuf                    # frames made and not yet taken by the socket
+    uint32_t n_streams
+    uint32_t glitches                # frames that did no work, and resets of streams not yet answered
+    uint64_t answered                # streams whose response ended
+    uint64_t decoded                 # header bytes of the block coming in (HPACK bombs)
+    uint8_t dying                    # being torn down: streams detach without calling nghttp2
+    uint8_t goaway                   # a graceful GOAWAY was sent
+    uint8_t empty_run                # empty DATA frames in a row
+
+cdef struct lb_h2s:
+    int32_t id
+    uint8_t closed                   # nghttp2 closed it
+    uint8_t reset                    # ... before lb ended its response (a client reset, an error)
+    uint8_t req_end                  # the request ended (END_STREAM)
+    uint8_t req_chunked              # its body goes to the backend chunked (no content-length)
+    uint8_t has_cl
+    uint8_t is_head
+    uint8_t bad                      # the header block broke a limit: this status answers it
+    uint8_t ts                       # TX_*: the response as h writes it
+    uint8_t tck                      # CKD_*: its chunked framing
+    uint8_t tx_eof                   # the response's body is whole in tx
+    uint8_t deferred                 # nghttp2 waits for data (resume_data)
+    uint8_t submitted                # the final response head went to nghttp2
+    uint8_t ended                    # lb's END_STREAM went out
+    uint8_t wblocked                 # h waits for room in tx
+    uint8_t req_whole                # h read the request whole (its length or chunked end)
+    uint8_t held                     # a small body with a length: no session before END_STREAM
+    uint8_t expect                   # Expect: 100-continue
+    uint16_t bad_status
+    uint64_t tleft
+    uint64_t cl                      # the request's content-length
+    uint64_t rx_total                # DATA bytes it sent
+    lb_h2 *sess
+    lb_hconn *h                      # the request's session; NULL once it let go
+    lb_bytes rx                      # the request, as HTTP/1.1 bytes, for h to read
+    uint64_t rx_data                 # DATA bytes in rx not yet given back to the flow-control window
+    lb_bytes hdrs                    # while the header block comes: its regular fields, as HTTP/1.1 lines
+    lb_bytes cookie                  # cookie fields, joined with "; " (RFC 9113 8.2.3)
+    lb_bytes pseudo                  # :method, :path, :authority, host values, back to back
+    uint16_t p_len[4]
+    lb_bytes tx                      # the response body, framing removed, for nghttp2
+    lb_bytes trailers                # response trailer lines, sent as a HEADERS frame at the end
+    lb_h2s *next
+    lb_h2s *prev

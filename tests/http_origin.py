@@ -7,7 +7,8 @@ number on that connection, from 1).
 It answers, on any connection, with one thread per connection:
 
 - `/bytes/N`: N bytes of `payload(N)`, with Content-Length, or chunked in
-  pieces of `piece` bytes (default 10000) with `?chunked=1`. HEAD: the same
+  pieces of `piece` bytes (default 10000) with `?chunked=1`, then the trailer
+  fields given as `t=Name:Value` (repeatable). HEAD: the same
   head, no body. An HTTP/1.0 request never gets chunked: `?chunked=1` then
   sends the body delimited by the close of the connection.
 - `/status/CODE`: that status; no body for 1xx, 204 and 304, otherwise
@@ -291,7 +292,8 @@ class OriginHandler(socketserver.StreamRequestHandler):
             for i in range(0, len(body), piece):
                 part = body[i:i + piece]
                 self.wfile.write(b"%x\r\n" % len(part) + part + b"\r\n")
-            self.wfile.write(b"0\r\n\r\n")
+            trailers = "".join(f"{v}\r\n" for k, v in req.query if k == "t")
+            self.wfile.write(b"0\r\n" + trailers.encode("latin-1") + b"\r\n")
         else:
             self.wfile.write(out + body)
         if ("report_sent", "1") in req.query:

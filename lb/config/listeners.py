@@ -51,7 +51,10 @@ HTTP_LISTENER_KEYS = (
     "response_headers",
     "max_body_size",
     "request_id",
+    "http2",
 )
+HTTP2_KEYS = ("h2c", "max_concurrent_streams", "initial_window_size", "connection_window_size", "max_frame_size",
+              "max_glitches")
 NAMED = True
 KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", "tls_passthrough", "logs", "log",
         *ACCESS_KEYS, *HTTP_LISTENER_KEYS)
@@ -93,6 +96,19 @@ class Route:
 
 
 @dataclasses.dataclass(frozen=True)
+class Http2Settings:
+    """[listeners.NAME.http2]: HTTP/2 to clients. TLS listeners speak it when
+    their tls.alpn offers "h2"; plain ones when h2c is on (prior knowledge)."""
+
+    h2c: bool = False
+    max_concurrent_streams: int = 100
+    initial_window_size: int = 65535  # bytes of a request body in flight per stream
+    connection_window_size: int = 1048576  # ... and per connection
+    max_frame_size: int = 16384
+    max_glitches: int = 1000  # frames that do no work (floods, resets of unanswered streams) before GOAWAY
+
+
+@dataclasses.dataclass(frozen=True)
 class HttpSettings:
     """The http-only settings of a listener (Listener.http); defaults on a tcp listener."""
 
@@ -106,6 +122,7 @@ class HttpSettings:
     request_headers: HeaderRules = HeaderRules()
     response_headers: HeaderRules = HeaderRules()
     max_body_size: int = 0  # bytes of a request body; 0: no limit
+    http2: Http2Settings = Http2Settings()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,6 +266,19 @@ def _parse_http_settings(t: Table) -> HttpSettings:
         request_headers=parse_header_rules(t, "request_headers"),
         response_headers=parse_header_rules(t, "response_headers"),
         max_body_size=parse_body_size(t),
+        http2=_parse_http2(t.table("http2", HTTP2_KEYS)) if t.has("http2") else Http2Settings(),
+    )
+
+
+def _parse_http2(t: Table) -> Http2Settings:
+    # the bounds are RFC 9113's (section 6.5.2), the stream count a sane cap
+    return Http2Settings(
+        h2c=t.boolean("h2c", False),
+        max_concurrent_streams=t.integer("max_concurrent_streams", 100, 1, 10000),
+        initial_window_size=t.integer("initial_window_size", 65535, 1024, 2**31 - 1),
+        connection_window_size=t.integer("connection_window_size", 1048576, 65535, 2**31 - 1),
+        max_frame_size=t.integer("max_frame_size", 16384, 16384, 2**24 - 1),
+        max_glitches=t.integer("max_glitches", 1000, 10, 1000000),
     )
 
 

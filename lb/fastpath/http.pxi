@@ -19,6 +19,7 @@ cdef enum:
     HS_LINGER = 7                    # write side shut; reading what the client still sends
     HS_CLOSED = 8
     HS_TLS = 9                       # the client's TLS handshake
+    HS_H2 = 10                       # an HTTP/2 connection (fastpath/h2.pxi): its streams are sessions of their own
 
 # request methods that matter to the proxy
 cdef enum:
@@ -73,6 +74,8 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
         else:
             h.c.lg.term = TERM_LB_ERROR
     h_exchange_end(w, h)             # cut off in the middle: the client left, a reset, a timeout
+    if h.h2role == H2_CONN:
+        h2_teardown(w, h)            # its streams' sessions end first
     tl_remove(&h.tphase)
     tl_remove(&h.tidle)
     tl_remove(&h.tresp)
@@ -83,6 +86,8 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
     if h.c.sk[SIDE_CLIENT].fd >= 0:
         sock_close(&h.c.sk[SIDE_CLIENT], reset)
         w.fds -= 1
+    elif h.h2role == H2_STREAM:
+        sock_close(&h.c.sk[SIDE_CLIENT], reset)  # the stream ends (or is reset); no socket of its own
     hb_give(w, &h.inb)
     hb_give(w, &h.outb)
     hb_give(w, &h.upb)
@@ -92,7 +97,8 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
     h.st = HS_CLOSED
     h.c.next = w.closed
     w.closed = &h.c
-    lb_add_i64(&w.stats.active, -1)
+    if h.h2role != H2_STREAM:
+        lb_add_i64(&w.stats.active, -1)
     lb_store_i64(&w.stats.fds, w.fds)
     if not w.accepting and w.fds < w.fd_resume:
         listeners_resume(w)
@@ -282,7 +288,7 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     # what the request says of itself, before any step looks at it
     h.method = method_kind(b + r.method_off, r.method_len)
     h.version = r.version
-    h.client_ka = r.keep_alive
+    h.client_ka = r.keep_alive and h.h2role != H2_STREAM    # a stream carries one request
     h.upgrade = r.upgrade
     h.expect = r.expect_continue
     h.n_rq_rules = 0
@@ -557,16 +563,24 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
                 log_conn_failed(h, TERM_TLS_FAILED)
                 h_close(w, h, False)
                 return
-            h.st = HS_HEAD
             # the request may have come with the client's Finished
             h.hflags |= HF_READABLE | HF_WRITABLE
-            tl_append(&h.hl.req_timer, &h.tphase, w.now_ms, h)
             progress = 1
+            if reason == TLS_ALPN_H2:
+                tl_remove(&h.tphase)
+                if not h2_start(w, h):
+                    h_close(w, h, True)
+                    return
+                continue
+            h.st = HS_HEAD
+            tl_append(&h.hl.req_timer, &h.tphase, w.now_ms, h)
             continue                 # read it
         if h.st == HS_HEAD:
             progress |= h_head(w, h)
         elif h.st == HS_EXCH:
             progress |= h_exchange(w, h)
+        elif h.st == HS_H2:
+            progress |= h2_run(w, h)
         elif h.st == HS_UPGRADE:
             progress |= h_flush_out(w, h)
             if h.c.state != CS_CLOSED and h.outb.len == 0:
@@ -575,7 +589,7 @@ cdef void h_run(lb_worker *w, lb_hconn *h) noexcept nogil:
         elif h.st == HS_CLOSING:
             progress |= h_flush_out(w, h)
             if h.c.state != CS_CLOSED and h.outb.len == 0:
-                if not h.errored and h.inb.len == 0 and not (h.hflags & HF_READABLE):
+                if h.h2role == H2_STREAM or (not h.errored and h.inb.len == 0 and not (h.hflags & HF_READABLE)):
                     # the client's last request was read whole and nothing
                     # more came: a plain close sends a FIN, not a reset
                     h_close(w, h, False)
@@ -623,6 +637,16 @@ cdef int h_head(lb_worker *w, lb_hconn *h) noexcept nogil:
             h_close(w, h, False)
             return 1
         return 0
+    if hl.h2c and h.h2role == 0 and h.inb.p[h.inb.off] == 80:
+        # h2c with prior knowledge: the HTTP/2 connection preface ("PRI * HTTP/2.0 ...")
+        st = h2_preface(h)
+        if st == 2:
+            tl_remove(&h.tphase)
+            if not h2_start(w, h):
+                h_close(w, h, True)
+            return 1
+        if st == 1 and not (h.hflags & HF_EOF):
+            return 0
     st = http_parse_request_c(<const uint8_t *>h.inb.p + h.inb.off, h.inb.len, r, hl.max_target, hl.max_head,
                               hl.max_fields)
     if st == HTTP_INCOMPLETE:

@@ -58,7 +58,7 @@ cdef size_t peer_summary(SSL *ssl, char *out) noexcept nogil:
 
 cdef int step_client_cert(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
     cdef lb_tls_server *t = w.listeners[h.c.listener].tls
-    cdef lb_sock *s = &h.c.sk[SIDE_CLIENT]
+    cdef lb_sock *s = h_client_sock(h)
     cdef char scratch[CLIENT_VALUE_MAX + 64]
     cdef const char *peer
     cdef size_t n

@@ -152,6 +152,8 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             tl_remove(n)
             if h.st == HS_PROXY:
                 h_close(w, h, False)
+            elif h.st == HS_H2:
+                h2_idle_close(w, h)  # a header block that did not come whole in time
             else:
                 h_error(w, h, 408)
                 if h.c.state != CS_CLOSED:
@@ -167,7 +169,11 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             n = tl_expired(&hl.ka_timer, now)
             if n == NULL:
                 break
-            h_close(w, <lb_hconn *>n.owner, False)
+            h = <lb_hconn *>n.owner
+            if h.st == HS_H2:
+                h2_idle_close(w, h)
+            else:
+                h_close(w, h, False)
         while True:
             n = tl_expired(&hl.idle_timer, now)
             if n == NULL:
@@ -262,4 +268,9 @@ cdef void http_stop_idle(lb_worker *w) noexcept nogil:
         if hl == NULL:
             continue
         while hl.ka_timer.head != NULL:
-            h_close(w, <lb_hconn *>hl.ka_timer.head.owner, False)
+            if (<lb_hconn *>hl.ka_timer.head.owner).st == HS_H2:
+                h2_idle_close(w, <lb_hconn *>hl.ka_timer.head.owner)
+            else:
+                h_close(w, <lb_hconn *>hl.ka_timer.head.owner, False)
+    if w.http != NULL:
+        h2_stop_all(w)               # busy HTTP/2 connections: GOAWAY, their streams finish

@@ -70,6 +70,13 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index,
     hl.n_routes = len(listener.routes)
     hl.routes = routes_init(listener.routes, pool_index, acl_index)
     rid_listener_init(hl, listener)
+    h2 = getattr(hs, "http2", None)
+    hl.h2c = bool(getattr(h2, "h2c", False))
+    hl.h2_max_streams = getattr(h2, "max_concurrent_streams", 100)
+    hl.h2_window = getattr(h2, "initial_window_size", 65535)
+    hl.h2_conn_window = getattr(h2, "connection_window_size", 1048576)
+    hl.h2_max_frame = getattr(h2, "max_frame_size", 16384)
+    hl.h2_max_glitches = getattr(h2, "max_glitches", 1000)
     return 0
 
 
@@ -147,4 +154,5 @@ cdef int http_worker_init(lb_worker *w) except -1:
     if hw.req == NULL or hw.resp == NULL or hw.scratch == NULL or hw.free_bufs == NULL:
         raise MemoryError()
     hw.linger_timer.timeout_ms = LINGER_MS
+    h2_worker_init(w)
     return 0

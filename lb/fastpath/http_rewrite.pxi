@@ -109,7 +109,7 @@ cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, uint8_t to
     cdef const uint8_t *name
     cdef lb_hrules **rules = h.rq_rules
     cdef uint32_t n_rules = h.n_rq_rules
-    cdef bint tls = sock_is_tls(&h.c.sk[SIDE_CLIENT])
+    cdef bint tls = sock_is_tls(h_client_sock(h))
     if not (ob_put(o, b + r.method_off, r.method_len) and ob_put(o, b" ", 1)
             and ob_put(o, b + r.target_off, r.target_len)
             and ob_str(o, b" HTTP/1.1\r\n" if to_version == 11 else b" HTTP/1.0\r\n")):

@@ -156,7 +156,7 @@ cdef void log_exchange_start(lb_worker *w, lb_hconn *h, http_req *r, const uint8
             return
     rec = h.lrec
     rec.flags = 0
-    rec.http_version = <uint8_t>r.version
+    rec.http_version = 20 if h.h2role == H2_STREAM else <uint8_t>r.version
     for i in range(r.n_fields):
         f = &r.fields[i]
         if f.name_len == 10 and ieq(b + f.name_off, 10, b"user-agent"):

@@ -589,6 +589,8 @@ cdef class LogFormat:
                     out_str(o, b"HTTP/1.0", 8, json)
                 elif r.http_version == 11:
                     out_str(o, b"HTTP/1.1", 8, json)
+                elif r.http_version == 20:
+                    out_str(o, b"HTTP/2.0", 8, json)
                 else:
                     out_none(o, json)
             elif f == F_STATUS:

@@ -460,6 +460,10 @@ cdef class Shm:
             "tls_resumed": lb_load_u64(&s.tls_resumed),
             "tls_record_layer": lb_load_u64(&s.tls_record_layer),
             "tls_bad_records": lb_load_u64(&s.tls_bad_records),
+            "h2_connections": lb_load_u64(&s.h2_connections),
+            "h2_streams": lb_load_u64(&s.h2_streams),
+            "h2_goaways": lb_load_u64(&s.h2_goaways),
+            "h2_refused": lb_load_u64(&s.h2_refused),
             "tls_failed": {
                 "timeout": lb_load_u64(&s.tls_fail_timeout),
                 "plain_http": lb_load_u64(&s.tls_fail_plain_http),

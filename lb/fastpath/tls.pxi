@@ -28,6 +28,7 @@ cdef enum:
     TLS_FAIL_CLIENT_CERT = 4
     TLS_FAIL_PROTOCOL = 5
     TLS_FAIL_CLOSED = 6
+    TLS_ALPN_H2 = 16                 # not a failure: a handshake that agreed on "h2"
     TLS_NAME_MAX = 255               # a DNS name (RFC 1035), without the trailing dot
 
 
@@ -475,6 +476,7 @@ cdef int tls_handshake(lb_worker *w, lb_sock *s, int *reason) noexcept nogil:
         if SSL_session_reused(ssl):
             lb_add_u64(&w.stats.tls_resumed, 1)
         tls_note_session(s, ssl)     # the access log's TLS facts (log.pxi), before the SSL object goes
+        reason[0] = tls_alpn_h2(ssl)
         r = tls_take_over(s)
         if r < 0:
             reason[0] = TLS_FAIL_PROTOCOL
@@ -496,6 +498,15 @@ cdef int tls_handshake(lb_worker *w, lb_sock *s, int *reason) noexcept nogil:
     ERR_clear_error()
     tls_count_failure(w, reason[0])
     return XPRT_ERROR
+
+
+cdef inline int tls_alpn_h2(SSL *ssl) noexcept nogil:
+    """What a completed handshake tells its caller in *reason: the client
+    and lb agreed on HTTP/2."""
+    cdef const unsigned char *p
+    cdef unsigned int n = 0
+    SSL_get0_alpn_selected(ssl, &p, &n)
+    return TLS_ALPN_H2 if n == 2 and p[0] == 104 and p[1] == 50 else 0
 
 
 cdef int tls_fail_reason(int r) noexcept nogil:
