@@ -77,8 +77,8 @@ clean:
 # and the Debian source package, or the .rpm and .src.rpm, land in dist/.
 # Debian's own tools build them; Cython 3 for the tarball's generated C comes
 # from $(PYTHON) (pip-installed there if missing).
-DEB_BUILD_DEPS := build-essential dpkg-dev debhelper dh-python libssl-dev python3-all-dev python3-click python3-setuptools
-RPM_BUILD_DEPS := rpm gcc libssl-dev python3-dev python3-click python3-setuptools
+DEB_BUILD_DEPS := build-essential dpkg-dev debhelper dh-python libssl-dev libnghttp2-dev python3-all-dev python3-click python3-setuptools
+RPM_BUILD_DEPS := rpm gcc libssl-dev libnghttp2-dev python3-dev python3-click python3-setuptools
 
 # apt-get install, unless every package named is installed already
 apt_ensure = [ "$$(dpkg-query -W -f='$${db:Status-Abbrev}\n' $(1) 2>/dev/null | grep -c '^ii')" = "$(words $(1))" ] || \
