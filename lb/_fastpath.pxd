@@ -932,6 +932,7 @@ cdef struct lb_h2:
     uint8_t dying                    # being torn down: streams detach without calling nghttp2
     uint8_t goaway                   # a graceful GOAWAY was sent
     uint8_t empty_run                # empty DATA frames in a row
+    int32_t hblock                   # the stream whose header block is coming in (0: none)
 
 cdef struct lb_h2s:
     int32_t id

@@ -10,6 +10,7 @@ make them."""
 from __future__ import annotations
 
 import struct
+import time
 
 import psutil
 import pytest
@@ -253,3 +254,23 @@ def test_content_length_must_equal_the_data_sent(edge, declared, sent):
         r = c.response(1)
         assert r.reset == "PROTOCOL_ERROR", r
     edge.still_serves()
+
+
+def test_a_refused_header_block_leaves_the_connection_usable(run_lb, origin):
+    """The header block timer (http_request_timeout) stops when nghttp2
+    refuses a block midway, as when the block ends."""
+    edge = Edge(run_lb, origin, h2="")
+    edge.lb.stop()
+    port = free_port()
+    listener = listener_toml("h2", port, "p", extra='http_request_timeout = "200ms"') + "\n[listeners.h2.http2]\nh2c = true\n"
+    edge.lb = run_lb(lb_toml(listener, pool_toml("p", [("o", origin.address)])))
+    edge.port = port
+    with edge.client() as c:
+        c.raw(frame("HEADERS", END_HEADERS | END_STREAM, 1, c.header_block(BASE + [("connection", "x")])))
+        assert c.response(1).reset == "PROTOCOL_ERROR"
+        # longer than http_request_timeout: no event to wait for, only the
+        # absence of a GOAWAY
+        time.sleep(0.5)
+        c.raw(frame("HEADERS", END_HEADERS | END_STREAM, 3, get_block(c, "/after")))
+        r = c.response(3)
+        assert r.ended and dict(r.headers)[b":status"] == b"200" and c.goaway is None

@@ -492,6 +492,7 @@ cdef int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, vo
     cdef lb_h2s *s
     s2.decoded = 0
     # a header block has http_request_timeout to come in whole (CONTINUATIONs too)
+    s2.hblock = frame.hd.stream_id
     tl_append(&h.hl.req_timer, &h.tphase, s2.w.now_ms, h)
     if frame.headers.cat != NGHTTP2_HCAT_REQUEST:
         return 0
@@ -639,6 +640,7 @@ cdef int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void 
             s2.empty_run = 0
     elif t == NGHTTP2_HEADERS:
         s2.empty_run = 0
+        s2.hblock = 0
         h2_idle_timer(s2)
     elif t == NGHTTP2_RST_STREAM:
         s = h2_stream(ng, frame.hd.stream_id)
@@ -699,6 +701,11 @@ cdef int h2_on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t err
                             void *user_data) noexcept nogil:
     cdef lb_h2 *s2 = <lb_h2 *>user_data
     cdef lb_h2s *s = h2_stream(ng, stream_id)
+    if s2.hblock == stream_id:
+        # its header block was refused before it ended: the request timer
+        # no longer applies
+        s2.hblock = 0
+        h2_idle_timer(s2)
     if s == NULL:
         return 0
     nghttp2_session_set_stream_user_data(ng, stream_id, NULL)
@@ -991,6 +998,9 @@ cdef int h2_run(lb_worker *w, lb_hconn *h) noexcept nogil:
         h_close(w, h, True)
         return 1
     progress |= st
+    if h.hflags & HF_ERR:
+        h_close(w, h, True)          # the connection broke (a reset, a bad TLS record)
+        return 1
     if s2.wbuf.len == 0 and not nghttp2_session_want_write(s2.ng):
         if (h.hflags & HF_EOF) and s2.n_streams == 0:
             h_close(w, h, False)     # the client left
@@ -998,9 +1008,6 @@ cdef int h2_run(lb_worker *w, lb_hconn *h) noexcept nogil:
         if not nghttp2_session_want_read(s2.ng) or (s2.goaway and s2.n_streams == 0):
             h2_close(w, h)           # GOAWAY sent and every stream done
             return 1
-    elif h.hflags & HF_ERR:
-        h_close(w, h, True)
-        return 1
     if s2.n_streams == 0 and h.tphase.list == NULL:
         h2_idle_timer(s2)
     return progress
