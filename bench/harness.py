@@ -12,13 +12,15 @@ Scenarios live in ``bench/scenarios/``, one per file, each exposing:
 
     NAME     str            scenario name on the command line
     ORDER    int            position in a full run
-    KIND     str            "wrk" (needs wrk, gets a header line), "idle", or "local"
+    KIND     str            "wrk" (needs wrk, gets a header line), "h2load" (needs
+                            h2load: HTTP/2, CONNECTIONS and STREAMS of its own),
+                            "idle", or "local"
     SUMMARY  str            one line: what is measured
     TARGETS  tuple[str]     targets it applies to (subset of TARGET_NAMES)
     METRICS  tuple[Metric]  table columns; a Metric with `better` set gets ratios
     measure(ctx, target) -> dict   metric values for one running target
 and optionally
-    MODE     str            "tcp" (default), "http" or "https": how the proxies are set up
+    MODE     str            "tcp" (default), "http", "https" or "h2": how the proxies are set up
     GOALS    dict           {metric key: ratio}: targets for lb against the better
                             of HAProxy and nginx, or {metric key: Absolute(value)}
                             on lb's own figure; a scenario with GOALS (even
@@ -68,9 +70,17 @@ FRESH_TLS_SOURCE = Path(__file__).resolve().parent / "fresh_tls_session.c"
 
 # What a scenario's targets proxy: L4 forwarding, HTTP with keep-alive to the
 # origin, or the same HTTP behind TLS that each proxy terminates (the origin
-# stays plain HTTP).
-MODES = ("tcp", "http", "https")
-DEFAULT_SCENARIO_PREFIXES = ("tcp_", "http_", "https_")  # what `python -m bench` runs without names
+# stays plain HTTP); "h2" is https with ALPN h2 offered first: HTTP/2 to the
+# client, HTTP/1.1 to the origin.
+MODES = ("tcp", "http", "https", "h2")
+DEFAULT_SCENARIO_PREFIXES = ("tcp_", "http_", "https_", "h2_")  # what `python -m bench` runs without names
+LOAD_KINDS = ("wrk", "h2load")
+# Idle origin connections each reverse proxy keeps (HAProxy pool-max-conn,
+# nginx upstream keepalive, lb keepalive_max_idle): wrk's 64 requests in
+# flight; in h2 mode h2_small's 16 connections x 32 streams = 512, else each
+# proxy would close and reopen origin connections beyond 64 all run long.
+ORIGIN_IDLE = {"h2": 512}
+DEFAULT_ORIGIN_IDLE = 64   # scenarios timed by a load generator: rounds, cpu us/req
 
 # Order in which targets run within a scenario, and which of them are proxies.
 # BASELINE is lb run from another checkout (--baseline DIR): a change measured
@@ -192,13 +202,14 @@ def nginx_stream_module(nginx: str) -> tuple[bool, str | None]:
 
 
 def ensure_tools(need: set[str]) -> dict[str, str]:
-    """Paths of the tools in `need` ("haproxy", "nginx", "nginx-stream", "wrk").
+    """Paths of the tools in `need` ("haproxy", "nginx", "nginx-stream", "wrk", "h2load").
 
     Missing ones are installed with apt-get when running as root; otherwise
     the error says what to install.
     """
     packages = {"haproxy": ["haproxy"], "nginx": ["nginx-light"],
-                "nginx-stream": ["libnginx-mod-stream"], "wrk": ["wrk"]}
+                "nginx-stream": ["libnginx-mod-stream"], "wrk": ["wrk"],
+                "h2load": ["nghttp2-client"]}
 
     def missing() -> list[str]:
         gone = [t for t in sorted(need - {"nginx-stream"}) if not find_tool(t)]
@@ -255,6 +266,8 @@ def tool_versions(tools: dict[str, str], lb_dirs: dict[str, Path]) -> dict[str, 
         # wrk -v prints its banner and exits 1.
         out = subprocess.run([tools["wrk"], "-v"], capture_output=True, text=True, timeout=10)
         versions["wrk"] = (out.stdout + out.stderr).strip().splitlines()[0]
+    if tools.get("h2load"):
+        versions["h2load"] = _first_line([tools["h2load"], "--version"])
     for name, cwd in lb_dirs.items():
         versions[name] = _first_line([sys.executable, "-m", "lb", "--version"], cwd)
     return versions
@@ -485,7 +498,8 @@ class Target(abc.ABC):
     nginx `stream`, an lb tcp listener), "http" (a reverse proxy with
     keep-alive to the origin: HAProxy `mode http`, nginx `http`, an lb http
     listener) or "https" (the same, terminating TLS with the run's
-    certificate and the settings of bench/tls.py).
+    certificate and the settings of bench/tls.py), or "h2" (https with ALPN
+    h2 offered before http/1.1: HTTP/2 to h2load, HTTP/1.1 to the origin).
     """
 
     name = ""
@@ -500,7 +514,9 @@ class Target(abc.ABC):
         self.ctx = ctx
         self.mode = mode
         self.http = mode != "tcp"       # a reverse proxy, not an L4 forwarder
-        self.tls = mode == "https"      # it terminates TLS
+        self.tls = mode in ("https", "h2")   # it terminates TLS
+        self.h2 = mode == "h2"          # and offers ALPN h2 (then http/1.1)
+        self.origin_idle = ORIGIN_IDLE.get(mode, DEFAULT_ORIGIN_IDLE)
         self.dir = ctx.workdir / f"{scenario}-{self.name}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
@@ -593,7 +609,7 @@ class HAProxyTarget(Target):
             # safe here: the origin never closes an idle connection first.
             # Every proxy adds the same three X-Forwarded-* fields lb adds by
             # default. pool-max-conn 64 = nginx `keepalive 64` = lb
-            # keepalive_max_idle = 64.
+            # keepalive_max_idle = 64 (512 in h2 mode: ORIGIN_IDLE).
             defaults = """\
     mode http
     option http-keep-alive
@@ -605,7 +621,7 @@ class HAProxyTarget(Target):
             rules = f"""\
     http-request set-header X-Forwarded-Proto {"https" if self.tls else "http"}
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    server origin {origin} pool-max-conn 64
+    server origin {origin} pool-max-conn {self.origin_idle}
 """
         else:
             defaults = "    mode tcp\n"
@@ -641,7 +657,8 @@ listen bench
         # bench/tls.py's settings, lb's defaults: versions, suites, groups,
         # and the client's cipher order (HAProxy's default is its own).
         cert = self.ctx.certificate()
-        return (f" ssl crt {cert.combined} alpn http/1.1"
+        alpn = "h2,http/1.1" if self.h2 else "http/1.1"
+        return (f" ssl crt {cert.combined} alpn {alpn}"
                 f" ssl-min-ver {tls.PROTOCOLS[0]} ssl-max-ver {tls.PROTOCOLS[-1]}"
                 f" ciphers {tls.CIPHERS} ciphersuites {tls.CIPHERSUITES} curves {tls.GROUPS}"
                 f" prefer-client-ciphers")
@@ -729,12 +746,12 @@ http {{
     client_header_timeout 10s;
     upstream origin {{
         server {origin};
-        keepalive 64;
+        keepalive {self.origin_idle};
         keepalive_requests 1000000;
         keepalive_timeout 300s;
     }}
     server {{
-        listen {self.addr[0]}:{self.addr[1]}{" ssl" if self.tls else ""} backlog=4096;{self._tls_server() if self.tls else ""}
+        listen {self.addr[0]}:{self.addr[1]}{self._listen_flags()} backlog=4096;{self._tls_server() if self.tls else ""}
         location / {{
             proxy_pass http://origin;
             proxy_http_version 1.1;
@@ -750,6 +767,10 @@ http {{
     }}
 }}
 """
+
+    def _listen_flags(self) -> str:
+        # nginx 1.22: `http2` on the listen line turns ALPN h2 on (before http/1.1).
+        return " ssl http2" if self.h2 else " ssl" if self.tls else ""
 
     def _access_log(self) -> str:
         """Off, or JSON lines with the fields lb's json format has that nginx
@@ -811,7 +832,7 @@ class LbTarget(Target):
         # http: the defaults of docs/configuration.md (X-Forwarded-For,
         # -Proto and -Host added), but as many idle origin connections kept
         # as nginx's `keepalive 64` and HAProxy's pool-max-conn 64.
-        pool_keys = 'keepalive_max_idle = 64\n' if self.http else ""
+        pool_keys = f'keepalive_max_idle = {self.origin_idle}\n' if self.http else ""
         conf = f"""\
 [global]
 workers = 1
@@ -855,6 +876,7 @@ algorithm = "roundrobin"
   ciphers = "{tls.CIPHERS}"
   ciphersuites = "{tls.CIPHERSUITES}"
   groups = "{tls.GROUPS}"
+{'  alpn = ["h2", "http/1.1"]' if self.h2 else ""}
 """
 
     def tls_counters(self) -> dict[str, int] | None:
@@ -1040,7 +1062,19 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
         run_wrk(ctx, url, max(1, round(ctx.opts.warmup_s)), headers, env)
     seconds = max(1, round(ctx.opts.duration_s))
     log(f"  {target.name}: {prefix}wrk -t{ctx.opts.threads} -c{ctx.opts.connections} -d{seconds}s --latency{hdr} {url}")
+    result = _measure_run(ctx, target, lambda: run_wrk(ctx, url, seconds, headers, env))
+    if gbps:
+        result["gbps"] = result.pop("bytes_s") / 1e9
+    else:
+        result.pop("bytes_s")
+    if result["errors"]:
+        log(f"  {target.name}: wrk reported errors {result['errors']}")
+    return result
 
+
+def _measure_run(ctx: "Context", target: Target, run) -> dict:
+    """run() (one timed load-generator run, our waited-for child: its result
+    dict with "requests") with the CPU accounting of wrk_measure around it."""
     procs = target.candidates()
     own = {p.pid: p for p in target.processes()}
     tree = dict(own)
@@ -1052,7 +1086,7 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     cpu0 = {pid: _cpu_seconds(p) for pid, p in tree.items()}
     host0, wrk0 = _host_busy_seconds(), _children_cpu_seconds()
     t0 = time.monotonic()
-    result = run_wrk(ctx, url, seconds, headers, env)
+    result = run()
     wall = time.monotonic() - t0
     host1, wrk1 = _host_busy_seconds(), _children_cpu_seconds()
     accepts1 = ctx.origin.accepts()
@@ -1067,10 +1101,6 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
         if c1 is not None and cpu0[pid] is not None:
             used[pid] = c1 - cpu0[pid]
 
-    if gbps:
-        result["gbps"] = result.pop("bytes_s") / 1e9
-    else:
-        result.pop("bytes_s")
     # The proxy's own cost per request: unlike req/s, it leaves out how the two
     # cores were shared with wrk and the origin during the run.
     own_used = [used[pid] for pid in own if pid in used]
@@ -1091,8 +1121,6 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     if result["other_cpu_pct"] > NOISY_OTHER_CPU_PCT:
         log(f"  {target.name}: other processes used {result['other_cpu_pct']:.0f}% CPU "
             f"during the run; figures are noisy")
-    if result["errors"]:
-        log(f"  {target.name}: wrk reported errors {result['errors']}")
     return result
 
 
@@ -1104,6 +1132,110 @@ def _tls_delta(before: dict | None, after: dict | None) -> dict:
     n = after["handshakes"] - before["handshakes"]
     resumed = after["resumed"] - before["resumed"]
     return {"tls_handshakes": n, "tls_resumed_pct": 100.0 * resumed / n if n else None}
+
+
+# --------------------------------------------------------------------------
+# h2load: HTTP/2, many streams per connection
+
+_RE_H2_FINISHED = re.compile(r"^finished in ([0-9.]+)(us|ms|s|m|h), ([0-9.]+) req/s, ([0-9.]+)([KMGTP]?B)/s",
+                             re.M)
+_RE_H2_REQUESTS = re.compile(r"^requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                             r"(\d+) failed, (\d+) errored, (\d+) timeout", re.M)
+_RE_H2_STATUS = re.compile(r"^status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", re.M)
+_RE_H2_PROTO = re.compile(r"^Application protocol: (\S+)", re.M)
+_RE_H2_MEAN = re.compile(r"^time for request:\s+\S+\s+\S+\s+([0-9.]+)(us|ms|s|m|h)\s", re.M)
+
+
+def parse_h2load(text: str) -> dict:
+    """h2load output -> req_s (succeeded requests over the timed duration),
+    bytes_s, avg_ms, requests (succeeded), protocol, errors. No percentiles:
+    p99 comes from its --log-file (h2load_p99_ms)."""
+    fin, reqs = _RE_H2_FINISHED.search(text), _RE_H2_REQUESTS.search(text)
+    if not (fin and reqs):
+        raise BenchError("could not parse h2load output", text[-2000:])
+    seconds = float(fin.group(1)) * _TIME_UNITS[fin.group(2)] / 1e3
+    done, ok, failed, errored, timeout = (int(reqs.group(i)) for i in (3, 4, 5, 6, 7))
+    out = {"req_s": ok / seconds if seconds > 0 else 0.0,
+           "bytes_s": float(fin.group(4)) * _SIZE_UNITS[fin.group(5)],
+           "requests": ok, "p99_ms": None}
+    mean = _RE_H2_MEAN.search(text)
+    out["avg_ms"] = float(mean.group(1)) * _TIME_UNITS[mean.group(2)] if mean else None
+    proto = _RE_H2_PROTO.search(text)
+    out["protocol"] = proto.group(1) if proto else None
+    errors = {"failed": failed, "errored": errored, "timeout": timeout}
+    status = _RE_H2_STATUS.search(text)
+    if status:
+        errors["non_2xx"] = sum(int(status.group(i)) for i in (2, 3, 4))
+    out["errors"] = {k: v for k, v in errors.items() if v}
+    return out
+
+
+def h2load_p99_ms(log_file: Path) -> float | None:
+    """The 99th percentile (nearest rank) of the per-request durations in an
+    h2load --log-file (tab-separated: start time in us since the epoch, status,
+    us until the end of the response); failed streams (status -1) left out."""
+    durations = []
+    with open(log_file) as f:
+        for line in f:
+            cols = line.split("\t")
+            if len(cols) >= 3 and cols[1] != "-1":
+                durations.append(int(cols[2]))
+    if not durations:
+        return None
+    durations.sort()
+    return durations[max(0, -(-99 * len(durations) // 100) - 1)] / 1e3
+
+
+def run_h2load(ctx: "Context", url: str, seconds: int, connections: int, streams: int,
+               log_file: Path | None = None) -> dict:
+    """One h2load run, one thread, `connections` HTTP/2 connections with up to
+    `streams` requests in flight on each, for `seconds`; it must have spoken h2."""
+    cmd = [ctx.tools["h2load"], "-t", "1", "-c", str(connections), "-m", str(streams),
+           "-D", str(seconds)]
+    if log_file is not None:
+        cmd.append(f"--log-file={log_file}")
+    cmd.append(url)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_die_with_parent)
+    try:
+        stdout, stderr = proc.communicate(timeout=seconds + 30)
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"h2load did not finish within {seconds + 30}s") from exc
+    finally:
+        if proc.poll() is None:      # timeout or Ctrl-C: kill and reap, leave no zombie
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise BenchError(f"h2load exited with code {proc.returncode}", (stderr or stdout)[-2000:])
+    result = parse_h2load(stdout)
+    if not result["requests"]:
+        raise BenchError("h2load completed no request", (stdout + stderr)[-2000:])
+    if result["protocol"] != "h2":
+        raise BenchError(f"h2load spoke {result['protocol']}, not h2", stdout[-2000:])
+    return result
+
+
+def h2load_measure(ctx: "Context", target: Target, path: str, connections: int, streams: int) -> dict:
+    """wrk_measure with h2load: an untimed h2load run (--warmup), then a timed
+    one of --duration with the same CPU accounting around it; cpu_us_req is
+    per succeeded request, p99 from the timed run's per-request log. The
+    warm-up is a run of its own rather than h2load's --warm-up-time so that
+    the CPU sampled covers exactly the requests counted."""
+    url = target.url(path)
+    if ctx.opts.warmup_s > 0:
+        run_h2load(ctx, url, max(1, round(ctx.opts.warmup_s)), connections, streams)
+    seconds = max(1, round(ctx.opts.duration_s))
+    log_file = target.dir / "h2load.log"
+    log(f"  {target.name}: h2load -t1 -c{connections} -m{streams} -D{seconds} --log-file={log_file.name} {url}")
+    result = _measure_run(ctx, target,
+                          lambda: run_h2load(ctx, url, seconds, connections, streams, log_file))
+    result.pop("bytes_s")
+    result.pop("protocol")
+    result["p99_ms"] = h2load_p99_ms(log_file)
+    log_file.unlink()      # tens of MB
+    if result["errors"]:
+        log(f"  {target.name}: h2load reported errors {result['errors']}")
+    return result
 
 
 # --------------------------------------------------------------------------
@@ -1691,7 +1823,7 @@ def run_rounds(ctx: Context, scenario) -> list[dict]:
     only one target runs at a time. A target that fails is skipped in the
     rounds after. Each round: {"order", "results", "ratios"}.
     """
-    n = ctx.opts.repeat if getattr(scenario, "KIND", "wrk") == "wrk" else 1
+    n = ctx.opts.repeat if getattr(scenario, "KIND", "wrk") in LOAD_KINDS else 1
     names = scenario_targets(ctx, scenario)
     rounds: list[dict] = []
     dead: set[str] = set()
@@ -1727,6 +1859,9 @@ def _header(ctx: Context, scenario) -> str:
         what = ("TLS client connections (handshake and one request each)"
                 if scenario_mode(scenario) == "https" else "client connections")
         return f"{ctx.opts.idle_conns} idle {what}, one worker per proxy"
+    if getattr(scenario, "KIND", "wrk") == "h2load":
+        return (f"h2load -t1 -c{scenario.CONNECTIONS} -m{scenario.STREAMS} "
+                f"-D{max(1, round(ctx.opts.duration_s))}, HTTP/2 over TLS, one worker per proxy")
     return (f"wrk -t{ctx.opts.threads} -c{ctx.opts.connections} "
             f"-d{max(1, round(ctx.opts.duration_s))}s --latency, one worker per proxy")
 
@@ -1757,6 +1892,8 @@ def run(opts: Options) -> int:
     need = {"nginx"} if remote else set()
     if any(getattr(s, "KIND", "wrk") == "wrk" for s in remote):
         need.add("wrk")
+    if any(getattr(s, "KIND", "wrk") == "h2load" for s in remote):
+        need.add("h2load")
     if remote and "haproxy" in opts.only:
         need.add("haproxy")
     if "nginx" in opts.only and any(scenario_mode(s) == "tcp" for s in remote):

@@ -84,14 +84,15 @@ def test_bench_baseline_must_be_a_built_checkout(tmp_path, files, message):
 
 def test_cpu_per_request_leads_every_wrk_scenario():
     """cpu us/req comes first everywhere; it is a target only where the TLS
-    issue sets one (https_small, https_connrate), never in tcp_* or http_*."""
+    issue or issue 19 sets one (https_small, https_connrate, h2_small), never
+    in tcp_* or http_*."""
     from bench import harness
 
     for scenario in harness.load_scenarios().values():
-        if scenario.KIND == "wrk":
+        if scenario.KIND in harness.LOAD_KINDS:
             assert scenario.METRICS[0] is harness.CPU_US_REQ_METRIC, scenario.NAME
             if "cpu_us_req" in getattr(scenario, "GOALS", {}):
-                assert harness.scenario_mode(scenario) == "https", scenario.NAME
+                assert harness.scenario_mode(scenario) in ("https", "h2"), scenario.NAME
 
 
 # --------------------------------------------------------------------------
@@ -288,3 +289,52 @@ def test_absolute_goal_is_on_lbs_own_figure():
     assert "uss B/conn   lb = 7,000, target <= 6,144: NOT met" in table
     results["lb"]["uss_per_conn"] = 5000.0
     assert harness.goal_report(scenario, results, rat)["uss_per_conn"]["met"] is True
+
+
+# --------------------------------------------------------------------------
+# h2_small: h2load, HTTP/2 over TLS, against each proxy.
+
+H2LOAD_OUTPUT = """\
+starting benchmark...
+spawning thread #0: 16 total client(s). Timing-based test with 0s of warm-up time and 10s of main duration for measurements.
+TLS Protocol: TLSv1.3
+Cipher: TLS_AES_256_GCM_SHA384
+Server Temp Key: X25519 253 bits
+Application protocol: h2
+Main benchmark duration is started for thread #0.
+Main benchmark duration is over for thread #0. Stopping all clients.
+Stopped all clients for thread #0
+
+finished in 10.00s, 21000.50 req/s, 2.93MB/s
+requests: 210005 total, 210517 started, 210005 done, 209990 succeeded, 15 failed, 15 errored, 0 timeout
+status codes: 209990 2xx, 0 3xx, 0 4xx, 3 5xx
+traffic: 29.30MB (30720000) total, 1.20MB (1258291) headers (space savings 93.33%), 19.63MB (20582000) data
+                     min         max         mean         sd        +/- sd
+time for request:      612us     45.12ms     24.21ms      4.01ms    71.20%
+time for connect:     1.19ms      3.70ms      2.48ms       793us    62.50%
+time to 1st byte:     4.51ms      6.91ms      5.73ms       805us    56.25%
+req/s           :    1300.01     1325.90     1312.53        7.90    62.50%
+"""
+
+
+def test_h2load_output_and_log_file_are_parsed(tmp_path):
+    """req/s and cpu/req count succeeded requests only; failures and non-2xx
+    are errors; p99 is the nearest rank of the log's durations, failed
+    streams (status -1) left out."""
+    from bench import harness
+
+    out = harness.parse_h2load(H2LOAD_OUTPUT)
+    assert out["requests"] == 209990 and out["req_s"] == pytest.approx(20999.0)
+    assert out["protocol"] == "h2" and out["avg_ms"] == pytest.approx(24.21)
+    assert out["bytes_s"] == pytest.approx(2.93 * (1 << 20))
+    assert out["errors"] == {"failed": 15, "errored": 15, "non_2xx": 3}
+    with pytest.raises(harness.BenchError):
+        harness.parse_h2load("h2load: connection refused\n")
+
+    log = tmp_path / "h2load.log"
+    rows = [f"{1764900000000000 + i}\t200\t{(i + 1) * 1000}\n" for i in range(200)]
+    log.write_text("".join(rows[::-1]) + "1764900000000000\t-1\t999999999\n")
+    assert harness.h2load_p99_ms(log) == 198.0      # rank ceil(0.99 * 200) = 198 of 1..200 ms
+    log.write_text("1764900000000000\t-1\t5\n")
+    assert harness.h2load_p99_ms(log) is None
+
