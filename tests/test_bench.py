@@ -338,3 +338,20 @@ def test_h2load_output_and_log_file_are_parsed(tmp_path):
     log.write_text("1764900000000000\t-1\t5\n")
     assert harness.h2load_p99_ms(log) is None
 
+
+def test_bench_h2_small_runs_all_three_over_http2():
+    """Each proxy answered h2load over HTTP/2 (run_h2load refuses any other
+    protocol) without an error, one handshake per h2load connection, with
+    issue 19's targets on lb/best."""
+    doc = run_bench("h2_small")
+    scenario = doc["scenarios"]["h2_small"]
+    assert scenario["mode"] == "h2"
+    assert set(scenario["results"]) == {"haproxy", "nginx", "lb"}     # no direct: the origin is plain
+    for proxy, result in scenario["results"].items():
+        assert result["ok"], (proxy, result)
+        assert result["req_s"] > 0 and result["cpu_us_req"] > 0 and not result["errors"], (proxy, result)
+        assert result["p99_ms"] > 0, (proxy, result)
+    for proxy in ("lb", "haproxy"):
+        assert scenario["results"][proxy]["tls_handshakes"] == 16, scenario["results"][proxy]
+    assert set(scenario["goals"]) == {"cpu_us_req", "req_s"}
+    assert scenario["goals"]["cpu_us_req"]["target"] == 0.85
