@@ -930,7 +930,8 @@ cdef struct lb_h2:
     uint64_t answered                # streams whose response ended
     uint64_t decoded                 # header bytes of the block coming in (HPACK bombs)
     uint8_t dying                    # being torn down: streams detach without calling nghttp2
-    uint8_t goaway                   # a graceful GOAWAY was sent
+    uint8_t goaway                   # 0; 1 the shutdown notice and its PING went out; 2 ended for abuse;
+                                     # 3 the final GOAWAY went out
     uint8_t empty_run                # empty DATA frames in a row
     int32_t hblock                   # the stream whose header block is coming in (0: none)
 

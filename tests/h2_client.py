@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import hpack
+import hyperframe.frame
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.settings
 
@@ -70,6 +72,10 @@ class H2Client:
         config = h2.config.H2Configuration(client_side=True, header_encoding=None, validate_outbound_headers=False,
                                            normalize_outbound_headers=False, validate_inbound_headers=False)
         self.conn = h2.connection.H2Connection(config)
+        # a graceful GOAWAY lets the streams up to its last one go on (RFC 9113
+        # 6.8), and the connection with them (its PINGs answered, its windows
+        # opened); python-h2 closes the connection at once
+        self.conn._frame_dispatch_table[hyperframe.frame.GoAwayFrame] = self._graceful_goaway
         self.conn.initiate_connection()
         if settings:
             self.conn.update_settings(settings)
@@ -83,6 +89,15 @@ class H2Client:
         self.rbuf = bytearray()
         self.decoder = hpack.Decoder()
         self.flush()
+
+    def _graceful_goaway(self, f):
+        if f.error_code:
+            return h2.connection.H2Connection._receive_goaway_frame(self.conn, f)
+        ev = h2.events.ConnectionTerminated()
+        ev.error_code = h2.errors._error_code_from_int(f.error_code)
+        ev.last_stream_id = f.last_stream_id
+        ev.additional_data = f.additional_data or None
+        return [], [ev]
 
     # ---- sending -----------------------------------------------------------------------------
 
@@ -198,6 +213,8 @@ class H2Client:
                 self.sock.sendall(frame("SETTINGS", ACK, 0))
             elif kind == FRAME["PING"] and flags & ACK:
                 self.pings_acked += 1
+            elif kind == FRAME["PING"]:
+                self.sock.sendall(frame("PING", ACK, 0, body))
 
     def feed(self, data: bytes):
         if self.raw_mode:
@@ -225,10 +242,6 @@ class H2Client:
                     r.reset = ERRORS.get(ev.error_code, str(ev.error_code))
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.goaway = ev
-                if ev.error_code == 0:
-                    # a graceful GOAWAY: streams up to its last one go on (RFC 9113
-                    # 6.8), which python-h2's state machine does not allow for
-                    self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
             elif isinstance(ev, h2.events.RemoteSettingsChanged):
                 self.server_settings.update({k: v.new_value for k, v in ev.changed_settings.items()})
             elif isinstance(ev, h2.events.PingAckReceived):

@@ -646,6 +646,9 @@ cdef int h2_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void 
         s = h2_stream(ng, frame.hd.stream_id)
         if s != NULL and not s.ended:
             h2_glitch(s2, 1)         # a stream cancelled before its answer: rapid reset
+    elif t == NGHTTP2_PING and (frame.hd.flags & NGHTTP2_FLAG_ACK):
+        if s2.goaway == 1:
+            h2_goaway_final(s2)      # the answer to the shutdown notice's PING
     elif t == NGHTTP2_PING or t == NGHTTP2_PRIORITY or t == NGHTTP2_WINDOW_UPDATE or \
             (t == NGHTTP2_SETTINGS and not (frame.hd.flags & NGHTTP2_FLAG_ACK)):
         # control frames do little work each, but without limit they are a
@@ -921,11 +924,24 @@ cdef void h2_teardown(lb_worker *w, lb_hconn *h) noexcept nogil:
 
 
 cdef void h2_goaway(lb_h2 *s2) noexcept nogil:
-    """Graceful: streams up to the last one taken are served; the client sends
-    the others again on a new connection."""
+    """Graceful, in two steps (RFC 9113 6.8): a GOAWAY naming the highest
+    possible stream tells the client to open no more, and a PING measures
+    the round trip; once its answer is back, no stream the client opened
+    before it read the first GOAWAY can still be on its way, and the final
+    GOAWAY names the last stream lb took. Streams up to it are served; the
+    client sends any later request again on a new connection."""
     if s2.goaway:
         return
     s2.goaway = 1
+    nghttp2_submit_shutdown_notice(s2.ng)
+    nghttp2_submit_ping(s2.ng, NGHTTP2_FLAG_NONE, NULL)
+    h2_kick(s2)
+
+
+cdef void h2_goaway_final(lb_h2 *s2) noexcept nogil:
+    if s2.goaway == 3 or s2.goaway == 2:
+        return
+    s2.goaway = 3
     nghttp2_submit_goaway(s2.ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(s2.ng),
                           NGHTTP2_NO_ERROR, NULL, 0)
     h2_kick(s2)
@@ -1005,8 +1021,8 @@ cdef int h2_run(lb_worker *w, lb_hconn *h) noexcept nogil:
         if (h.hflags & HF_EOF) and s2.n_streams == 0:
             h_close(w, h, False)     # the client left
             return 1
-        if not nghttp2_session_want_read(s2.ng) or (s2.goaway and s2.n_streams == 0):
-            h2_close(w, h)           # GOAWAY sent and every stream done
+        if not nghttp2_session_want_read(s2.ng) or (s2.goaway == 3 and s2.n_streams == 0):
+            h2_close(w, h)           # the final GOAWAY sent and every stream done
             return 1
     if s2.n_streams == 0 and h.tphase.list == NULL:
         h2_idle_timer(s2)
@@ -1015,8 +1031,9 @@ cdef int h2_run(lb_worker *w, lb_hconn *h) noexcept nogil:
 
 cdef void h2_idle_close(lb_worker *w, lb_hconn *h) noexcept nogil:
     """keepalive_timeout, or a graceful stop, on a connection without streams:
-    GOAWAY, then close."""
-    h2_goaway(h.h2)
+    GOAWAY, then close. (One step: a request that crosses it is one an idle
+    HTTP/1.1 connection's close would cross too, and clients retry those.)"""
+    h2_goaway_final(h.h2)
     h2_close(w, h)
 
 
