@@ -351,6 +351,8 @@ def test_status_counts_connections_streams_and_goaways(site):
     res = lb_cli(site.lb.config_path, "status", "--json")
     workers = json.loads(res.stdout)["workers"]
     assert sum(w["h2_streams"] for w in workers) == 5
+    text = lb_cli(site.lb.config_path, "status").stdout
+    assert "http/2  1 connections  5 streams" in text, text
 
 
 def test_reloads_under_h2load_drop_no_started_request(pki, run_lb, origin):

@@ -113,6 +113,16 @@ def worker_lines(workers: list[dict]) -> list[str]:
     return table(headers, rows)
 
 
+def h2_lines(workers: list[dict]) -> list[str]:
+    """HTTP/2 to clients, all workers together; nothing when none spoke it."""
+    total = {k: sum(w.get(k) or 0 for w in workers)
+             for k in ("h2_connections", "h2_streams", "h2_goaways", "h2_refused")}
+    if not total["h2_connections"]:
+        return []
+    return [f"http/2  {total['h2_connections']} connections  {total['h2_streams']} streams  "
+            f"{total['h2_goaways']} goaways sent  {total['h2_refused']} refused for abuse or broken framing"]
+
+
 def status_lines(status: dict, rates: dict | None = None) -> list[str]:
     """rates: {pool: {backend: (connections/s, bytes/s)}}, for `lb top`."""
     config = status.get("config") or {}
@@ -136,6 +146,7 @@ def status_lines(status: dict, rates: dict | None = None) -> list[str]:
         lines += access_rule_lines(status["access_rules"])
         lines.append("")
     lines += worker_lines(status.get("workers") or [])
+    lines += h2_lines(status.get("workers") or [])
     checker = status.get("checker")
     if checker:
         lines.append(f"checker pid {cell(checker.get('pid'))}, {cell(checker.get('restarts'))} restart(s)")
