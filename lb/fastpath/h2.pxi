@@ -974,7 +974,6 @@ cdef int h2_write(lb_worker *w, lb_hconn *h) noexcept nogil:
                 h.hflags &= ~xprt_wait_flag(n, HF_READABLE, HF_WRITABLE)
                 return progress
             return -1
-        lb_add_u64(&w.stats.bytes_out, n)
         h.c.last_ms = w.now_ms
         progress = 1
         if <uint32_t>n < s2.wbuf.len:
@@ -1004,7 +1003,6 @@ cdef int h2_run(lb_worker *w, lb_hconn *h) noexcept nogil:
                 rv == NGHTTP2_ERR_FLOODED or rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
                 or rv == NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE) else NGHTTP2_PROTOCOL_ERROR)
             return 1
-        lb_add_u64(&w.stats.bytes_in, h.inb.len)
         hb_drop(w, &h.inb, h.inb.len)
         progress = 1
     if w.stopping and not s2.goaway:
