@@ -203,6 +203,9 @@ class Supervisor:
         # whether an operator drained this node (kept in the state file)
         self.health: ha.HealthFile | None = None
         self.node_drained = False
+        # BGP mode: the VIPs on lo and the routes BIRD announces, which follow
+        # the health file's verdict
+        self.announcer = ha.Announcer()
 
     # ---- convenience for single-generation callers (demo, tests) ----------------
 
@@ -240,6 +243,8 @@ class Supervisor:
         g = self.config.global_
         self.state = StateFile(g.state_file)
         self.node_drained = self.state.node_drained()
+        # the VIPs on lo before the sockets bind them; nothing announced yet
+        self.announcer.configure(self.config.ha)
         self._update_health()  # unhealthy until the workers have entered their loops
         self.admin = AdminServer(g.admin_socket, Access(g.user, g.group), functools.partial(control.dispatch, self))
         self.admin.open()
@@ -493,6 +498,8 @@ class Supervisor:
             while not self._workers_running(gen) and time.monotonic() < deadline:
                 time.sleep(0.005)
             self.gen, self.config = gen, new_config
+            self.announcer.configure(new_config.ha)
+            self._update_health()
             old.draining = True
             old.drain_deadline = time.monotonic() + old.config.global_.drain_timeout + FAST_STOP_GRACE
             self.old.append(old)
@@ -662,7 +669,9 @@ class Supervisor:
             return
         if self.health is None:
             self.health = ha.HealthFile(want)
-        self.health.set(ha.unhealthy_reasons(self))
+        reasons = ha.unhealthy_reasons(self)
+        self.health.set(reasons)
+        self.announcer.sync(not reasons)
 
     def _status_text(self) -> str:
         return f"serving: {len(self.gen.slots)} worker(s) on {self._binds(self.config)}, generation {self.gen.number}"
@@ -698,6 +707,7 @@ class Supervisor:
     def _cleanup(self) -> None:
         if self.health is not None:
             self.health.set(["stopped"])
+        self.announcer.sync(False)
         self._signal(list(self.children), signal.SIGKILL)
         for pid in list(self.children):
             try:
@@ -705,6 +715,7 @@ class Supervisor:
             except ChildProcessError:
                 pass
         self.children.clear()
+        self.announcer.close()  # the VIPs leave lo once nothing serves them
         for sock in self.sockets.values():
             sock.close()
         self.sockets.clear()
