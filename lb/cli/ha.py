@@ -57,7 +57,9 @@ def render(engine: str, config_path: str, output: str | None) -> None:
     try:
         with open(tmp, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o640)  # it may hold the VRRP password
+        # keepalived's may hold the VRRP password; BIRD's holds no secret and
+        # BIRD re-reads it as its own user (`birdc configure`)
+        os.chmod(tmp, 0o640 if engine == "keepalived" else 0o644)
         os.replace(tmp, output)
     except OSError as e:
         fail(f"cannot write {output}: {e.strerror}", EXIT_FAILED)
