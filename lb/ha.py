@@ -138,6 +138,23 @@ def active_connections(sup) -> int:
     return total
 
 
+# How long, after this node has given its VIPs up, clients may still reach
+# it. VRRP: a peer takes over after at most 3 adverts and sends gratuitous
+# ARPs. BGP: the withdrawal is an UPDATE to each router, then a change of
+# its FIB; milliseconds, with room for a loaded router.
+SETTLE_ADVERTS = 3
+SETTLE_MIN = 0.2
+SETTLE_BGP = 0.5
+
+
+def handover_settle(ha_settings) -> float:
+    if ha_settings.mode == "bgp":
+        return SETTLE_BGP
+    if ha_settings.mode == "vrrp":
+        return max(SETTLE_MIN, SETTLE_ADVERTS * ha_settings.advert_interval)
+    return 0.0
+
+
 # ---- keepalived --------------------------------------------------------------
 
 
@@ -358,6 +375,7 @@ class Announcer:
             return
         if self._routes(self.ha, self.ha.vips, announce):
             self.announced = announce
+            self.error = ""
             log.log(logging.INFO if announce else logging.WARNING, "ha: %s %s (kernel table %d, read by BIRD)",
                     "announcing" if announce else "withdrew", ", ".join(v.address for v in self.ha.vips),
                     self.ha.announce_table)
@@ -441,8 +459,11 @@ class Announcer:
                         self._fail(f"cannot remove {address}/{prefixlen} from lo: {os.strerror(e.code)}")
 
     def _fail(self, message: str) -> None:
+        # a failed announce is retried every tick: say it once, not ten
+        # times a second
+        if message != self.error:
+            log.error("ha: %s (lb ha check shows what the node needs)", message)
         self.error = message
-        log.error("ha: %s (lb ha check shows what the node needs)", message)
 
     def describe(self) -> dict:
         if self.ha is None:

@@ -192,6 +192,9 @@ class Supervisor:
         self.started = time.time()
         self.stopping = None  # None, "graceful" or "fast"
         self.stop_deadline = 0.0
+        # [ha] BGP, graceful stop: when the listening sockets close, once the
+        # routers have taken the traffic over (0: not waiting)
+        self.stop_listening_at = 0.0
         self.generations = 0
         self._wakeup_r = self._wakeup_w = -1
         self._pending_signals: list[int] = []
@@ -558,16 +561,34 @@ class Supervisor:
     def stop(self, fast: bool = False) -> None:
         """Begin a stop. Graceful: close the listening sockets (new connections are
         refused at once), let workers finish their connections up to drain_timeout.
-        Fast: workers close everything now."""
+        Fast: workers close everything now.
+
+        A graceful stop of a node that announces VIPs (BGP mode, healthy,
+        not drained) first withdraws them, then keeps accepting for the time
+        the routers take to move the traffic (ha.handover_settle), so the
+        clients' last SYNs to this node are served, not refused. (In VRRP
+        mode keepalived takes the VIPs off this node at once: nothing more
+        would arrive.)"""
         if self.stopping == "fast" or (self.stopping and not fast):
             return
+        announcing = self.config.ha.mode == "bgp" and self.health is not None and self.health.value == ha.HEALTHY
         self.stopping = "fast" if fast else "graceful"
+        settle = ha.handover_settle(self.config.ha) if announcing and not fast else 0.0
         grace = FAST_STOP_GRACE if fast else self.config.global_.drain_timeout + FAST_STOP_GRACE
-        self.stop_deadline = time.monotonic() + grace
+        self.stop_deadline = time.monotonic() + settle + grace
         log.info("stopping (%s)", self.stopping)
-        # first: keepalived moves the VIPs while the workers still finish
+        # first: keepalived moves the VIPs, BIRD withdraws them, while the
+        # workers still serve
         self._update_health()
         sdnotify.stopping(f"stopping ({self.stopping})")
+        if settle:
+            log.info("ha: accepting for %.1fs more while the traffic moves to the other nodes", settle)
+            self.stop_listening_at = time.monotonic() + settle
+            return
+        self._stop_listening(fast)
+
+    def _stop_listening(self, fast: bool) -> None:
+        self.stop_listening_at = 0.0
         for sock in self.sockets.values():
             sock.close()
         self.sockets.clear()
@@ -618,6 +639,8 @@ class Supervisor:
             self._handle_signals()
             if self.stopping:
                 self.admin.stop_listening(sel)
+                if self.stop_listening_at and time.monotonic() >= self.stop_listening_at:
+                    self._stop_listening(fast=False)
                 if not self.children:
                     return
                 if time.monotonic() >= self.stop_deadline:

@@ -74,6 +74,7 @@ def test_bgp_settings_and_defaults():
     ("peer_as = 4294967296", "ha.peer_as", "out of range"),
     ("announce_table = 254", "ha.announce_table", "main"),
     ('hold_time = "1s"', "ha.hold_time", ""),
+    ('hold_time = "4500ms"', "ha.hold_time", "whole seconds"),
     ("bfd_multiplier = 0", "ha.bfd_multiplier", ""),
     ("priority = 100", "ha.priority", 'a VRRP setting, but ha.mode is "bgp"'),
 ])
@@ -574,3 +575,75 @@ def test_bgp_unhealthy_lb_is_withdrawn_while_bird_lives(fabric):
     wait_for(lambda: fabric.procs["n1-lb"].poll() is not None, 10, "n1's lb to exit")
     assert f"{VIP}/32" not in fabric.exec("n1", "ip", "-o", "addr", "show", "dev", "lo").stdout
     assert fabric.exec("n1", "ip", "route", "show", "table", "4242").stdout.strip() == ""
+
+
+# ---- the VIPs on lo and the announce routes, without BIRD ------------------------
+
+
+def test_bgp_vips_routes_and_sysctls_follow_lb(tmp_path):
+    """One namespace, one lb in BGP mode: what it does to the kernel at start,
+    drain, reload and stop (BIRD only reads the result)."""
+    reason = _netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    f = Fabric(tmp_path)
+    ns = f.ns["n1"]
+    sh("ip", "netns", "add", ns)  # lo down, sysctls at the namespace's defaults
+    try:
+        d = f.node_config("n1")
+        text = (d / "lb.toml").read_text().replace("[ha]\n", "[ha]\nannounce_table = 77\n")
+        (d / "lb.toml").write_text(text)
+        sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=0",
+           "net.ipv4.conf.all.arp_announce=0", "net.ipv4.conf.all.rp_filter=1")
+        code, out, _ = f.lb_cli("n1", "ha", "check", "-c", str(d / "lb.toml"))
+        assert code == 1
+        for line in ("FAIL interface lo: is down", f"FAIL VIP {VIP} on lo", "fix: ip link set dev lo up",
+                     "fix: sysctl -w net.ipv4.conf.all.arp_ignore=1",
+                     "fix: sysctl -w net.ipv4.conf.all.arp_announce=2",
+                     "fix: sysctl -w net.ipv4.conf.all.rp_filter=2"):
+            assert line in out, out
+
+        def addrs() -> str:
+            return sh("ip", "-n", ns, "-o", "addr", "show", "dev", "lo").stdout
+
+        def routes() -> str:
+            # "FIB table does not exist" until the first route: empty
+            return sh("ip", "-n", ns, "route", "show", "table", "77", check=False).stdout
+
+        f.spawn("n1-lb", "n1", [sys.executable, "-m", "lb", "run", "-c", str(d / "lb.toml")])
+        wait_for(lambda: read_health(d / "health") == "0", 10, "lb healthy")
+        wait_for(lambda: f"blackhole {VIP} proto static" in routes(), 5, "the announce route")
+        assert f"inet {VIP}/32" in addrs()
+        code, out, _ = f.lb_cli("n1", "ha", "check", "-c", str(d / "lb.toml"))
+        assert code == 0, out  # lb fixed lo and every sysctl
+
+        # drained: the route goes, the VIP stays on lo for what still arrives
+        code, _, err = f.admin("n1", "node", "drain", "--no-wait")
+        assert code == 0, err
+        assert routes().strip() == "" and f"inet {VIP}/32" in addrs()
+        code, out, _ = f.admin("n1", "node", "status")
+        assert "BGP: withdrawn; routes in kernel table 77: none" in out
+        code, _, err = f.admin("n1", "node", "undrain")
+        assert code == 0, err
+        wait_for(lambda: f"blackhole {VIP}" in routes(), 5, "announced again")
+
+        # a reload with a second VIP puts it on lo and announces it too
+        second = "10.99.100.2"
+        (d / "lb.toml").write_text(text.replace(f'vips = ["{VIP}"]', f'vips = ["{VIP}", "{second}"]'))
+        code, _, err = f.admin("n1", "reload")
+        assert code == 0, err
+        wait_for(lambda: f"blackhole {second}" in routes() and f"blackhole {VIP}" in routes(), 5, "both announced")
+        assert f"inet {second}/32" in addrs()
+        # a reload that drops it withdraws it and takes it off lo
+        (d / "lb.toml").write_text(text)
+        code, _, err = f.admin("n1", "reload")
+        assert code == 0, err
+        assert second not in routes() and f"inet {second}/32" not in addrs()
+        assert f"blackhole {VIP}" in routes()
+
+        # a stop withdraws everything and takes the VIP lb added off lo
+        f.procs["n1-lb"].send_signal(signal.SIGTERM)
+        f.procs["n1-lb"].wait(20)
+        assert routes().strip() == "" and VIP not in addrs()
+    finally:
+        f.close()

@@ -202,6 +202,8 @@ def _parse_bgp(t: Table, vips: tuple[Vip, ...], health_file: str, unhealthy: boo
         raise ConfigError(t.path_of("announce_table"), f"table {table} is one the kernel routes with "
                                                        "(default/main/local): use a table of lb's own")
     hold = t.duration("hold_time", "9s", minimum=3)
+    if hold != int(hold):
+        raise ConfigError(t.path_of("hold_time"), "BGP counts the hold time in whole seconds")
     if hold > 65535:
         raise ConfigError(t.path_of("hold_time"), "at most 65535s (a 16-bit field of BGP's OPEN)")
     bfd_interval = t.duration("bfd_interval", "100ms", minimum=0.001)

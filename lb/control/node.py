@@ -16,14 +16,6 @@ from lb.control.backend import save_state
 
 log = logging.getLogger("lb")
 
-# keepalived sees the health file at once (inotify), but clients may still
-# open connections to this node until the peer's gratuitous ARPs have been
-# heard: the node counts as empty only after this many advert intervals.
-SETTLE_ADVERTS = 3
-SETTLE_MIN = 0.2
-# BGP: the withdrawal is an UPDATE to each router, then a change of its FIB;
-# both take milliseconds, this leaves room for a loaded router.
-SETTLE_BGP = 0.5
 
 
 def _require_ha(sup) -> None:
@@ -60,10 +52,9 @@ def drain(sup, args: dict):
     if not was:
         log.info("admin: node drained: the health file says unhealthy, the VIPs move to a peer")
     started = time.monotonic()
-    if sup.config.ha.mode == "bgp":
-        settle = SETTLE_BGP
-    else:
-        settle = max(SETTLE_MIN, SETTLE_ADVERTS * sup.config.ha.advert_interval)
+    # clients may still open connections to this node until the peer or the
+    # routers have taken over: the node counts as empty only after that
+    settle = ha.handover_settle(sup.config.ha)
 
     def empty() -> bool:
         return time.monotonic() - started >= settle and ha.active_connections(sup) == 0
