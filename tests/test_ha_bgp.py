@@ -516,7 +516,8 @@ def test_bgp_drain_withdraws_the_route_with_no_failed_request(fabric):
     assert (code, answer["empty"]) == (0, True) or (code == 1 and answer["active"] <= 2), (code, answer, err)
     failed = [r for r in results if not r["ok"]]
     withdrawn = watch.first(["10.99.12.1"], t0)
-    print(f"bgp drain: route withdrawn after {withdrawn - t0:.3f}s, {len(failed)} failed of {len(results)}")
+    print(f"bgp drain: route withdrawn after {withdrawn - t0:.3f}s, {len(failed)} failed of {len(results)}, "
+          f"drain exit {code}, {answer['active']} connection(s) left")
     assert not failed, failed
     assert not any(r["node"].startswith("n1/") for r in results if r["t"] > t1 + 0.5)
     code, out, _ = fabric.admin("n1", "node", "status", "--json")
@@ -591,7 +592,11 @@ def test_bgp_vips_routes_and_sysctls_follow_lb(tmp_path):
     sh("ip", "netns", "add", ns)  # lo down, sysctls at the namespace's defaults
     try:
         d = f.node_config("n1")
-        text = (d / "lb.toml").read_text().replace("[ha]\n", "[ha]\nannounce_table = 77\n")
+        # an IPv6 VIP too, with a neighbor of its family (no BIRD here: nothing dials it)
+        v6 = "fd00:99::1"
+        text = (d / "lb.toml").read_text().replace("[ha]\n", "[ha]\nannounce_table = 77\n") \
+            .replace(f'vips = ["{VIP}"]', f'vips = ["{VIP}", "{v6}"]') \
+            .replace('neighbors = ["10.99.11.254"]', 'neighbors = ["10.99.11.254", "fd00:11::254"]')
         (d / "lb.toml").write_text(text)
         sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.arp_ignore=0",
            "net.ipv4.conf.all.arp_announce=0", "net.ipv4.conf.all.rp_filter=1")
@@ -608,19 +613,23 @@ def test_bgp_vips_routes_and_sysctls_follow_lb(tmp_path):
 
         def routes() -> str:
             # "FIB table does not exist" until the first route: empty
-            return sh("ip", "-n", ns, "route", "show", "table", "77", check=False).stdout
+            return sh("ip", "-n", ns, "route", "show", "table", "77", check=False).stdout + \
+                sh("ip", "-n", ns, "-6", "route", "show", "table", "77", check=False).stdout
 
         f.spawn("n1-lb", "n1", [sys.executable, "-m", "lb", "run", "-c", str(d / "lb.toml")])
         wait_for(lambda: read_health(d / "health") == "0", 10, "lb healthy")
         wait_for(lambda: f"blackhole {VIP} proto static" in routes(), 5, "the announce route")
         assert f"inet {VIP}/32" in addrs()
+        assert f"blackhole {v6} " in routes() and f"inet6 {v6}/128" in addrs()
         code, out, _ = f.lb_cli("n1", "ha", "check", "-c", str(d / "lb.toml"))
         assert code == 0, out  # lb fixed lo and every sysctl
+        code, out, _ = f.admin("n1", "node", "status")
+        assert f"BGP: announcing; routes in kernel table 77: {VIP}/32, {v6}/128" in out, out
 
         # drained: the route goes, the VIP stays on lo for what still arrives
         code, _, err = f.admin("n1", "node", "drain", "--no-wait")
         assert code == 0, err
-        assert routes().strip() == "" and f"inet {VIP}/32" in addrs()
+        assert routes().strip() == "" and f"inet {VIP}/32" in addrs() and f"inet6 {v6}/128" in addrs()
         code, out, _ = f.admin("n1", "node", "status")
         assert "BGP: withdrawn; routes in kernel table 77: none" in out
         code, _, err = f.admin("n1", "node", "undrain")
@@ -629,7 +638,7 @@ def test_bgp_vips_routes_and_sysctls_follow_lb(tmp_path):
 
         # a reload with a second VIP puts it on lo and announces it too
         second = "10.99.100.2"
-        (d / "lb.toml").write_text(text.replace(f'vips = ["{VIP}"]', f'vips = ["{VIP}", "{second}"]'))
+        (d / "lb.toml").write_text(text.replace(f'vips = ["{VIP}", ', f'vips = ["{VIP}", "{second}", '))
         code, _, err = f.admin("n1", "reload")
         assert code == 0, err
         wait_for(lambda: f"blackhole {second}" in routes() and f"blackhole {VIP}" in routes(), 5, "both announced")
@@ -644,6 +653,6 @@ def test_bgp_vips_routes_and_sysctls_follow_lb(tmp_path):
         # a stop withdraws everything and takes the VIP lb added off lo
         f.procs["n1-lb"].send_signal(signal.SIGTERM)
         f.procs["n1-lb"].wait(20)
-        assert routes().strip() == "" and VIP not in addrs()
+        assert routes().strip() == "" and VIP not in addrs() and v6 not in addrs()
     finally:
         f.close()
