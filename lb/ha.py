@@ -397,7 +397,12 @@ class Announcer:
             self._fail("pyroute2 is not installed")
             return False
         ok = True
-        with IPRoute() as ipr:
+        try:
+            ipr = IPRoute()
+        except OSError as e:
+            self._fail(f"cannot open a netlink socket: {e.strerror}")
+            return False
+        with ipr:
             for vip in vips:
                 address, prefixlen, family = _vip_network(vip)
                 # a blackhole: the table is never used for forwarding (no
@@ -421,12 +426,20 @@ class Announcer:
         except ImportError:
             self._fail("pyroute2 is not installed")
             return
-        with IPRoute() as ipr:
+        try:
+            ipr = IPRoute()
+        except OSError as e:
+            self._fail(f"cannot open a netlink socket: {e.strerror}")
+            return
+        with ipr:
             index = ipr.link_lookup(ifname="lo")[0]
             if not ipr.get_links(index)[0]["flags"] & 1:  # IFF_UP
                 # new network namespaces start with lo down, and a down lo
                 # delivers nothing, VIP or not
-                ipr.link("set", index=index, state="up")
+                try:
+                    ipr.link("set", index=index, state="up")
+                except NetlinkError as e:
+                    self._fail(f"cannot bring lo up: {os.strerror(e.code)}")
             have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
             for vip in vips:
                 address, prefixlen, family = _vip_network(vip)
@@ -446,7 +459,12 @@ class Announcer:
         from pyroute2 import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError
 
-        with IPRoute() as ipr:
+        try:
+            ipr = IPRoute()
+        except OSError as e:
+            self._fail(f"cannot open a netlink socket: {e.strerror}")
+            return
+        with ipr:
             index = ipr.link_lookup(ifname="lo")[0]
             for vip in mine:
                 address, prefixlen, family = _vip_network(vip)
