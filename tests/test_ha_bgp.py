@@ -656,3 +656,54 @@ def test_bgp_vips_routes_and_sysctls_follow_lb(tmp_path):
         assert routes().strip() == "" and VIP not in addrs() and v6 not in addrs()
     finally:
         f.close()
+
+
+def test_announcer_without_netlink_rights_says_so_once(monkeypatch, caplog):
+    """A node lb may not change (no CAP_NET_ADMIN): the start goes on, the
+    error is logged once, not at every tick that retries, and shown by
+    `lb node status`; nothing counts as announced."""
+    import errno
+    import logging
+
+    import pyroute2
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from lb import ha
+
+    class Refusing:
+        def __init__(self):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def route(self, *args, **kwargs):
+            raise NetlinkError(errno.EPERM)
+
+        def link_lookup(self, ifname):
+            return [1]
+
+        def get_links(self, index):
+            return [{"flags": 1}]
+
+        def get_addr(self, index=None):
+            return []
+
+        def addr(self, *args, **kwargs):
+            raise NetlinkError(errno.EPERM)
+
+    monkeypatch.setattr(pyroute2, "IPRoute", Refusing)
+    settings = load(BGP + "manage_sysctls = false\n").ha
+    announcer = ha.Announcer()
+    with caplog.at_level(logging.ERROR, logger="lb"):
+        announcer.configure(settings)
+        for _ in range(5):
+            announcer.sync(True)
+    assert announcer.announced is None
+    assert "Operation not permitted" in announcer.error and "4242" in announcer.error
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len([m for m in errors if "cannot add 10.0.0.100/32 to lo" in m]) == 1, errors
+    assert len([m for m in errors if "in table 4242" in m]) == 1, errors
