@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from conftest import wait_for
-from lb import config
 from test_ha import cli, error_of, load, read_health, sh, write
 
 HERE = Path(__file__).parent

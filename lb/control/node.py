@@ -17,7 +17,6 @@ from lb.control.backend import save_state
 log = logging.getLogger("lb")
 
 
-
 def _require_ha(sup) -> None:
     if not sup.config.ha.enabled:
         raise AdminError("failed", 'ha.mode is "none": there is no peer to hand the traffic to '
@@ -50,7 +49,8 @@ def drain(sup, args: dict):
     sup.state.set_node_drained(True)
     save_state(sup.state)
     if not was:
-        log.info("admin: node drained: the health file says unhealthy, the VIPs move to a peer")
+        log.info("admin: node drained: the health file says unhealthy, the VIPs move to a peer "
+                 "(VRRP) or are withdrawn (BGP)")
     started = time.monotonic()
     # clients may still open connections to this node until the peer or the
     # routers have taken over: the node counts as empty only after that
