@@ -4,10 +4,11 @@ PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests and benchmarks use: the peers lb is measured
 # against, the load generator, curl for the demo test, openssl (s_client)
-# for the TLS tests, keepalived for the VRRP failover tests (tests/test_ha.py)
-# and iproute2 (ip netns) to build their network namespaces; nghttp2-client
-# (nghttp, h2load) for the HTTP/2 tests and benchmark.
-APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepalived iproute2 nghttp2-client
+# for the TLS tests, keepalived for the VRRP failover tests (tests/test_ha.py),
+# bird2 for the BGP/ECMP tests (tests/test_ha_bgp.py) and iproute2 (ip netns)
+# to build their network namespaces; nghttp2-client (nghttp, h2load) for the
+# HTTP/2 tests and benchmark.
+APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepalived bird2 iproute2 nghttp2-client
 # What building the compiled data path needs beyond a compiler: OpenSSL's headers.
 BUILD_DEPS := libssl-dev libnghttp2-dev
 
@@ -23,7 +24,7 @@ demo: install
 	$(PYTHON) -m lb demo
 
 test-deps:
-	@missing=""; for cmd in haproxy nginx wrk curl openssl keepalived ip h2load nghttp; do \
+	@missing=""; for cmd in haproxy nginx wrk curl openssl keepalived bird ip h2load nghttp; do \
 	  command -v $$cmd >/dev/null || [ -x /usr/sbin/$$cmd ] || [ -x /sbin/$$cmd ] || missing=1; done; \
 	[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing=1; \
 	if [ -n "$$missing" ]; then \
@@ -51,7 +52,7 @@ asan-test: test-deps install
 	tar --exclude=./build --exclude=./.git --exclude='./lb/*.so' --exclude=./lb/_fastpath.c -cf - . | tar -xf - -C $(ASAN_DIR)
 	cd $(ASAN_DIR) && LB_SANITIZE=1 $(PYTHON) setup.py build_ext --inplace -q
 	@# the tools the tests run beside lb get no libasan (curl hangs with it)
-	@mkdir -p $(ASAN_DIR)/bin; for tool in curl nginx haproxy wrk openssl keepalived ip h2load; do \
+	@mkdir -p $(ASAN_DIR)/bin; for tool in curl nginx haproxy wrk openssl keepalived bird ip h2load; do \
 	  path=$$(command -v $$tool) || continue; \
 	  printf '#!/bin/sh\nunset LD_PRELOAD\nexec %s "$$@"\n' "$$path" > $(ASAN_DIR)/bin/$$tool; \
 	  chmod +x $(ASAN_DIR)/bin/$$tool; done

@@ -1,7 +1,8 @@
 """High availability with the network's own engines (docs/ha.md): the
-keepalived config rendered from [ha], the health file the supervisor keeps
-for keepalived's track_file, the kernel settings a node needs, and the
-fingerprint of a pool's Maglev table that lets nodes be compared.
+keepalived and BIRD configs rendered from [ha], the health file the
+supervisor keeps for keepalived's track_file, the VIPs and routes it keeps
+for BIRD in BGP mode, the kernel settings a node needs, and the fingerprint
+of a pool's Maglev table that lets nodes be compared.
 
 Nothing here runs per connection: the supervisor evaluates the node's health
 on its 100 ms tick from what is already in shared memory, and writes the file
@@ -37,6 +38,7 @@ UNHEALTHY = -254
 HEARTBEAT_STALE_MS = 3000
 IP_FREEBIND = getattr(socket, "IP_FREEBIND", 15)
 IPV6_FREEBIND = 78  # linux/in6.h; not exported by the socket module
+RTPROT_STATIC = 4  # the announce routes' origin: BIRD's `learn` takes any but "kernel" and its own
 
 
 # ---- the health file ---------------------------------------------------------
@@ -136,6 +138,23 @@ def active_connections(sup) -> int:
     return total
 
 
+# How long, after this node has given its VIPs up, clients may still reach
+# it. VRRP: a peer takes over after at most 3 adverts and sends gratuitous
+# ARPs. BGP: the withdrawal is an UPDATE to each router, then a change of
+# its FIB; milliseconds, with room for a loaded router.
+SETTLE_ADVERTS = 3
+SETTLE_MIN = 0.2
+SETTLE_BGP = 0.5
+
+
+def handover_settle(ha_settings) -> float:
+    if ha_settings.mode == "bgp":
+        return SETTLE_BGP
+    if ha_settings.mode == "vrrp":
+        return max(SETTLE_MIN, SETTLE_ADVERTS * ha_settings.advert_interval)
+    return 0.0
+
+
 # ---- keepalived --------------------------------------------------------------
 
 
@@ -211,6 +230,331 @@ def render_keepalived(cfg, instance: str = "lb") -> str:
     return "\n".join(lines)
 
 
+# ---- BIRD (BGP) ---------------------------------------------------------------
+
+
+def _families(ha) -> list[int]:
+    return sorted({4 if ":" not in v.address else 6 for v in ha.vips})
+
+
+def _host_routes(ha, family: int) -> str:
+    return ", ".join(f"{v.address}/{v.prefixlen}" for v in ha.vips if (":" in v.address) == (family == 6))
+
+
+def render_bird(cfg) -> str:
+    """A complete bird.conf (BIRD 2) for this node from cfg.ha (mode bgp).
+
+    BIRD learns what to announce from the kernel table ha.announce_table,
+    where the supervisor keeps one route per VIP while the node is healthy
+    and in service (Announcer). A deleted route reaches BIRD as a netlink
+    event, not at its next scan, so the withdrawal leaves at once; the state
+    lives in the kernel, so a BIRD restart finds it as lb left it, and lb
+    needs no access to BIRD's control socket."""
+    ha = cfg.ha
+    if ha.mode != "bgp":
+        raise ValueError(f'ha.mode is "{ha.mode}": only "bgp" renders a BIRD config')
+    bfd_ms = max(1, round(ha.bfd_interval * 1000))
+    lines = [
+        f"# bird.conf (BIRD 2) for lb, rendered by `lb ha render bird` from {cfg.source}",
+        f"# (config sha256 {cfg.sha256[:12]}). Render it again after changing [ha];",
+        "# do not edit: see docs/ha.md.",
+        "",
+        f"router id {ha.router_id};",
+        "",
+    ]
+    for fam in _families(ha):
+        lines.append(f"ipv{fam} table lb_vips{fam};")
+    lines += ["", "protocol device {", "}", ""]
+    lines += [
+        f"# lb's verdict on this node: a route per VIP in kernel table {ha.announce_table} while",
+        "# it is healthy and in service, none when it is unhealthy, drained or stopped",
+        "# (docs/ha.md, \"Announcing\"). BIRD hears each change from netlink at once.",
+    ]
+    for fam in _families(ha):
+        lines += [
+            f"protocol kernel lb_vips{fam}_from_lb {{",
+            f"    kernel table {ha.announce_table};",
+            "    learn;",
+            # netlink events carry every change at once; the scan only
+            # re-reads the table in case one was lost
+            "    scan time 10;",
+            f"    ipv{fam} {{",
+            f"        table lb_vips{fam};",
+            f"        import where net ~ [ {_host_routes(ha, fam)} ];",
+            "        export none;",
+            "    };",
+            "}",
+            "",
+        ]
+    if ha.bfd:
+        lines += [
+            "protocol bfd lb_bfd {",
+            "    interface \"*\" {",
+            f"        min rx interval {bfd_ms} ms;",
+            f"        min tx interval {bfd_ms} ms;",
+            f"        multiplier {ha.bfd_multiplier};",
+            "    };",
+            "}",
+            "",
+        ]
+    for i, neighbor in enumerate(ha.neighbors, 1):
+        fam = 6 if ":" in neighbor else 4
+        lines += [
+            f"protocol bgp lb_router{i} {{",
+            f"    local as {ha.local_as};",
+            f"    neighbor {neighbor} as {ha.peer_as};",
+            f"    hold time {_seconds(round(ha.hold_time))};",
+            # a crashed node's routes must go at once: no peer may keep them
+            # as stale while waiting for this node to come back
+            "    graceful restart off;",
+            # back in service quickly after a fault, not after BIRD's 60 s
+            "    connect retry time 5;",
+            "    error wait time 5, 60;",
+        ]
+        if ha.bfd:
+            lines.append("    bfd on;")
+        if fam in _families(ha):
+            lines += [
+                f"    ipv{fam} {{",
+                f"        table lb_vips{fam};",
+                "        import none;",
+                f"        export where net ~ [ {_host_routes(ha, fam)} ];",
+                # the routers send the VIP's traffic to this node's own address
+                "        next hop self;",
+                "    };",
+            ]
+        lines += ["}", ""]
+    return "\n".join(lines)
+
+
+def _vip_network(vip) -> tuple[str, int, int]:
+    family = socket.AF_INET6 if ":" in vip.address else socket.AF_INET
+    return vip.address, vip.prefixlen, family
+
+
+class Announcer:
+    """BGP mode, run by the supervisor: the VIPs on lo, and the routes in
+    ha.announce_table that BIRD announces (render_bird). Netlink is spoken
+    only when something changes: on start, reload, health change and stop.
+
+    The VIPs stay on lo while the node is drained or unhealthy, so
+    connections that still reach it finish; only the announcement goes."""
+
+    def __init__(self):
+        self.ha = None
+        self.announced: bool | None = None
+        self.added: set[tuple[str, int]] = set()  # the VIPs lb put on lo itself, removed at stop
+        self.error = ""
+
+    def configure(self, ha) -> None:
+        """Take a (new) [ha]: VIPs dropped from it are withdrawn and taken
+        off lo; new ones are put on lo and announced with the others."""
+        old = self.ha
+        self.ha = ha if ha.mode == "bgp" else None
+        new_vips = set(self.ha.vips) if self.ha else set()
+        if old is not None:
+            gone = [v for v in old.vips if v not in new_vips]
+            self._routes(old, gone, False)
+            if self.ha is None or old.announce_table != self.ha.announce_table:
+                self._routes(old, [v for v in old.vips if v in new_vips], False)
+            self._remove_addresses(gone)
+        if self.ha is None:
+            self.announced = None
+            return
+        if self.ha.manage_sysctls and any(":" not in v.address for v in self.ha.vips):
+            for name, _now, want, _why in bgp_sysctl_problems():
+                _set_sysctl(name, want)
+        self._add_addresses(self.ha.vips)
+        # announced again at the next sync, as the health says
+        announce, self.announced = self.announced, None
+        if announce is not None:
+            self.sync(announce)
+
+    def sync(self, announce: bool) -> None:
+        if self.ha is None or announce == self.announced:
+            return
+        if self._routes(self.ha, self.ha.vips, announce):
+            self.announced = announce
+            self.error = ""
+            log.log(logging.INFO if announce else logging.WARNING, "ha: %s %s (kernel table %d, read by BIRD)",
+                    "announcing" if announce else "withdrew", ", ".join(v.address for v in self.ha.vips),
+                    self.ha.announce_table)
+
+    def close(self) -> None:
+        """At stop, after the workers have finished: withdraw, then take the
+        VIPs lb added off lo."""
+        if self.ha is None:
+            return
+        self._routes(self.ha, self.ha.vips, False)
+        self.announced = False
+        self._remove_addresses(self.ha.vips)
+
+    def _routes(self, ha, vips, present: bool) -> bool:
+        try:
+            from pyroute2 import IPRoute
+            from pyroute2.netlink.exceptions import NetlinkError
+        except ImportError:
+            self._fail("pyroute2 is not installed")
+            return False
+        ok = True
+        try:
+            ipr = IPRoute()
+        except OSError as e:
+            self._fail(f"cannot open a netlink socket: {e.strerror}")
+            return False
+        with ipr:
+            for vip in vips:
+                address, prefixlen, family = _vip_network(vip)
+                # a blackhole: the table is never used for forwarding (no
+                # rule points at it), it only tells BIRD what to announce
+                spec = dict(dst=address, dst_len=prefixlen, family=family, table=ha.announce_table,
+                            type="blackhole", proto=RTPROT_STATIC)
+                try:
+                    ipr.route("replace" if present else "del", **spec)
+                except NetlinkError as e:
+                    if not present and e.code in (errno.ESRCH, errno.ENOENT):
+                        continue  # not there: withdrawn already
+                    self._fail(f"cannot {'add' if present else 'delete'} the route {address}/{prefixlen} in "
+                               f"table {ha.announce_table}: {os.strerror(e.code)}")
+                    ok = False
+        return ok
+
+    def _add_addresses(self, vips) -> None:
+        try:
+            from pyroute2 import IPRoute
+            from pyroute2.netlink.exceptions import NetlinkError
+        except ImportError:
+            self._fail("pyroute2 is not installed")
+            return
+        try:
+            ipr = IPRoute()
+        except OSError as e:
+            self._fail(f"cannot open a netlink socket: {e.strerror}")
+            return
+        with ipr:
+            index = ipr.link_lookup(ifname="lo")[0]
+            if not ipr.get_links(index)[0]["flags"] & 1:  # IFF_UP
+                # new network namespaces start with lo down, and a down lo
+                # delivers nothing, VIP or not
+                try:
+                    ipr.link("set", index=index, state="up")
+                except NetlinkError as e:
+                    self._fail(f"cannot bring lo up: {os.strerror(e.code)}")
+            have = {(a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index)}
+            for vip in vips:
+                address, prefixlen, family = _vip_network(vip)
+                if (address, prefixlen) in have:
+                    continue
+                try:
+                    ipr.addr("add", index=index, address=address, prefixlen=prefixlen, family=family)
+                    self.added.add((address, prefixlen))
+                    log.info("ha: %s/%d added to lo", address, prefixlen)
+                except NetlinkError as e:
+                    self._fail(f"cannot add {address}/{prefixlen} to lo: {os.strerror(e.code)}")
+
+    def _remove_addresses(self, vips) -> None:
+        mine = [v for v in vips if (v.address, v.prefixlen) in self.added]
+        if not mine:
+            return
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.exceptions import NetlinkError
+
+        try:
+            ipr = IPRoute()
+        except OSError as e:
+            self._fail(f"cannot open a netlink socket: {e.strerror}")
+            return
+        with ipr:
+            index = ipr.link_lookup(ifname="lo")[0]
+            for vip in mine:
+                address, prefixlen, family = _vip_network(vip)
+                self.added.discard((address, prefixlen))
+                try:
+                    ipr.addr("del", index=index, address=address, prefixlen=prefixlen, family=family)
+                    log.info("ha: %s/%d removed from lo", address, prefixlen)
+                except NetlinkError as e:
+                    if e.code != errno.EADDRNOTAVAIL:
+                        self._fail(f"cannot remove {address}/{prefixlen} from lo: {os.strerror(e.code)}")
+
+    def _fail(self, message: str) -> None:
+        # a failed announce is retried every tick: say it once, not ten
+        # times a second
+        if message != self.error:
+            log.error("ha: %s (lb ha check shows what the node needs)", message)
+        self.error = message
+
+    def describe(self) -> dict:
+        if self.ha is None:
+            return {}
+        return {"announced": bool(self.announced), "table": self.ha.announce_table,
+                "routes": announced_routes(self.ha), "error": self.error}
+
+
+def announced_routes(ha) -> list[str]:
+    """The VIP routes in ha.announce_table now, as BIRD reads them."""
+    try:
+        from pyroute2 import IPRoute
+
+        out = []
+        with IPRoute() as ipr:
+            for family in (socket.AF_INET, socket.AF_INET6):
+                for r in ipr.get_routes(family=family, table=ha.announce_table):
+                    if r.get_attr("RTA_TABLE", r["table"]) == ha.announce_table and r.get_attr("RTA_DST"):
+                        out.append(f"{r.get_attr('RTA_DST')}/{r['dst_len']}")
+        wanted = {f"{v.address}/{v.prefixlen}" for v in ha.vips}
+        return sorted(r for r in out if r in wanted)
+    except (ImportError, OSError):
+        return []
+
+
+_BGP_SYSCTLS = (
+    ("arp_ignore", "1", "answer ARP only for addresses of the interface asked: the VIP on lo stays silent on "
+                        "the LAN, so no neighbour sends the VIP's traffic here past the routers"),
+    ("arp_announce", "2", "never give the VIP as the source of this node's ARP requests"),
+    ("rp_filter", "2", "loose reverse-path filtering: a client's packets may come in through another uplink "
+                       "than the one its replies leave by, and strict mode (1) drops them"),
+)
+
+
+def bgp_sysctl_problems() -> list[tuple[str, str | None, str, str]]:
+    """(sysctl, value now, value needed, why) for each IPv4 setting BGP mode
+    needs and the node lacks. For these three the kernel applies the larger
+    of `all` and the interface's own value, so setting `all` fixes every
+    interface, present and future."""
+    out = []
+    for key, want, why in _BGP_SYSCTLS:
+        name = f"net.ipv4.conf.all.{key}"
+        now = _sysctl(name)
+        if key == "rp_filter":
+            # off (0) or loose (2) both let the traffic in; strict (1)
+            # anywhere does not
+            strict = [i for i in _iface_names() if _sysctl(f"net.ipv4.conf.{i}.rp_filter") == "1"]
+            ok = now == "2" or (now == "0" and not strict)
+            if not ok and now == "0":
+                why += f" (strict on {', '.join(strict)})"
+        else:
+            ok = now is not None and int(now) >= int(want)
+        if not ok:
+            out.append((name, now, want, why))
+    return out
+
+
+def _iface_names() -> list[str]:
+    try:
+        return sorted(os.listdir("/proc/sys/net/ipv4/conf"))
+    except OSError:
+        return []
+
+
+def _set_sysctl(name: str, value: str) -> None:
+    try:
+        with open("/proc/sys/" + name.replace(".", "/"), "w") as f:
+            f.write(value)
+        log.info("ha: sysctl %s = %s", name, value)
+    except OSError as e:
+        log.error("ha: cannot set %s = %s: %s (lb ha check shows the fix)", name, value, e.strerror)
+
+
 # ---- kernel settings ---------------------------------------------------------
 
 
@@ -251,6 +595,9 @@ def kernel_checks(cfg) -> list[dict]:
     def add(check: str, ok: bool, detail: str, fix: str = "") -> None:
         out.append({"check": check, "ok": ok, "detail": detail, "fix": "" if ok else fix})
 
+    if ha.mode == "bgp":
+        _bgp_checks(cfg, add)
+        return out
     links = _links()
     for iface in dict.fromkeys([ha.interface, *(v.interface for v in ha.vips)]):
         state = links.get(iface) if links is not None else None
@@ -289,6 +636,34 @@ def kernel_checks(cfg) -> list[dict]:
         "writable" if writable else "lb cannot create the health file there",
         f"mkdir -p {directory} (the lb unit's RuntimeDirectory=lb creates /run/lb)")
     return out
+
+
+def _bgp_checks(cfg, add) -> None:
+    ha = cfg.ha
+    links = _links()
+    if links is None:
+        add("interface lo", False, "cannot list the interfaces (pyroute2)", "")
+    else:
+        state = links.get("lo", "missing")
+        add("interface lo", state == "up", f"is {state}", "ip link set dev lo up")
+    held = set(_addresses("lo"))
+    for vip in ha.vips:
+        here = vip.address in held
+        add(f"VIP {vip.address} on lo", here, "present" if here else "absent (lb adds it when it starts)",
+            f"ip addr add {vip.address}/{vip.prefixlen} dev lo, or start lb")
+    if any(":" not in v.address for v in ha.vips):
+        problems = {p[0]: p for p in bgp_sysctl_problems()}
+        for key, want, _why in _BGP_SYSCTLS:
+            name = f"net.ipv4.conf.all.{key}"
+            if name in problems:
+                _, now, want, why = problems[name]
+                add(name, False, f"is {now}, needs {want}: {why}",
+                    f"sysctl -w {name}={want}" + ("" if ha.manage_sysctls else
+                                                  " (or set ha.manage_sysctls = true: lb sets it at start)"))
+            else:
+                add(name, True, f"is {_sysctl(name)}")
+    bird = shutil.which("bird") or next((p for p in ("/usr/sbin/bird", "/sbin/bird") if os.path.exists(p)), None)
+    add("BIRD installed", bird is not None, bird or "not found", "apt-get install bird2 (or dnf install bird)")
 
 
 def _links() -> dict[str, str] | None:

@@ -192,6 +192,9 @@ class Supervisor:
         self.started = time.time()
         self.stopping = None  # None, "graceful" or "fast"
         self.stop_deadline = 0.0
+        # [ha] BGP, graceful stop: when the listening sockets close, once the
+        # routers have taken the traffic over (0: not waiting)
+        self.stop_listening_at = 0.0
         self.generations = 0
         self._wakeup_r = self._wakeup_w = -1
         self._pending_signals: list[int] = []
@@ -203,6 +206,9 @@ class Supervisor:
         # whether an operator drained this node (kept in the state file)
         self.health: ha.HealthFile | None = None
         self.node_drained = False
+        # BGP mode: the VIPs on lo and the routes BIRD announces, which follow
+        # the health file's verdict
+        self.announcer = ha.Announcer()
 
     # ---- convenience for single-generation callers (demo, tests) ----------------
 
@@ -240,6 +246,8 @@ class Supervisor:
         g = self.config.global_
         self.state = StateFile(g.state_file)
         self.node_drained = self.state.node_drained()
+        # the VIPs on lo before the sockets bind them; nothing announced yet
+        self.announcer.configure(self.config.ha)
         self._update_health()  # unhealthy until the workers have entered their loops
         self.admin = AdminServer(g.admin_socket, Access(g.user, g.group), functools.partial(control.dispatch, self))
         self.admin.open()
@@ -493,6 +501,8 @@ class Supervisor:
             while not self._workers_running(gen) and time.monotonic() < deadline:
                 time.sleep(0.005)
             self.gen, self.config = gen, new_config
+            self.announcer.configure(new_config.ha)
+            self._update_health()
             old.draining = True
             old.drain_deadline = time.monotonic() + old.config.global_.drain_timeout + FAST_STOP_GRACE
             self.old.append(old)
@@ -551,16 +561,34 @@ class Supervisor:
     def stop(self, fast: bool = False) -> None:
         """Begin a stop. Graceful: close the listening sockets (new connections are
         refused at once), let workers finish their connections up to drain_timeout.
-        Fast: workers close everything now."""
+        Fast: workers close everything now.
+
+        A graceful stop of a node that announces VIPs (BGP mode, healthy,
+        not drained) first withdraws them, then keeps accepting for the time
+        the routers take to move the traffic (ha.handover_settle), so the
+        clients' last SYNs to this node are served, not refused. (In VRRP
+        mode keepalived takes the VIPs off this node at once: nothing more
+        would arrive.)"""
         if self.stopping == "fast" or (self.stopping and not fast):
             return
+        announcing = self.config.ha.mode == "bgp" and self.health is not None and self.health.value == ha.HEALTHY
         self.stopping = "fast" if fast else "graceful"
+        settle = ha.handover_settle(self.config.ha) if announcing and not fast else 0.0
         grace = FAST_STOP_GRACE if fast else self.config.global_.drain_timeout + FAST_STOP_GRACE
-        self.stop_deadline = time.monotonic() + grace
+        self.stop_deadline = time.monotonic() + settle + grace
         log.info("stopping (%s)", self.stopping)
-        # first: keepalived moves the VIPs while the workers still finish
+        # first: keepalived moves the VIPs, BIRD withdraws them, while the
+        # workers still serve
         self._update_health()
         sdnotify.stopping(f"stopping ({self.stopping})")
+        if settle:
+            log.info("ha: accepting for %.1fs more while the traffic moves to the other nodes", settle)
+            self.stop_listening_at = time.monotonic() + settle
+            return
+        self._stop_listening(fast)
+
+    def _stop_listening(self, fast: bool) -> None:
+        self.stop_listening_at = 0.0
         for sock in self.sockets.values():
             sock.close()
         self.sockets.clear()
@@ -611,6 +639,8 @@ class Supervisor:
             self._handle_signals()
             if self.stopping:
                 self.admin.stop_listening(sel)
+                if self.stop_listening_at and time.monotonic() >= self.stop_listening_at:
+                    self._stop_listening(fast=False)
                 if not self.children:
                     return
                 if time.monotonic() >= self.stop_deadline:
@@ -662,7 +692,9 @@ class Supervisor:
             return
         if self.health is None:
             self.health = ha.HealthFile(want)
-        self.health.set(ha.unhealthy_reasons(self))
+        reasons = ha.unhealthy_reasons(self)
+        self.health.set(reasons)
+        self.announcer.sync(not reasons)
 
     def _status_text(self) -> str:
         return f"serving: {len(self.gen.slots)} worker(s) on {self._binds(self.config)}, generation {self.gen.number}"
@@ -698,6 +730,7 @@ class Supervisor:
     def _cleanup(self) -> None:
         if self.health is not None:
             self.health.set(["stopped"])
+        self.announcer.sync(False)
         self._signal(list(self.children), signal.SIGKILL)
         for pid in list(self.children):
             try:
@@ -705,6 +738,7 @@ class Supervisor:
             except ChildProcessError:
                 pass
         self.children.clear()
+        self.announcer.close()  # the VIPs leave lo once nothing serves them
         for sock in self.sockets.values():
             sock.close()
         self.sockets.clear()

@@ -5,7 +5,8 @@ Every --interval seconds it starts one request, whether or not the earlier
 ones have finished: connect (at most --timeout), read the backend's hello
 line (the node's name), close. Each result is printed as soon as it is known,
 one JSON line: {"t": wall time the request started, "ok": bool, "node": name
-or null, "error": text or null}. It runs until stdin closes or SIGTERM."""
+or null, "error": text or null, "source": the local address or null}. With
+--sources the requests take those local addresses in turn. It runs until stdin closes or SIGTERM."""
 
 import argparse
 import asyncio
@@ -15,11 +16,12 @@ import sys
 import time
 
 
-async def one(host: str, port: int, timeout: float) -> None:
+async def one(host: str, port: int, timeout: float, source: str | None) -> None:
     started = time.time()
     node = error = None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, local_addr=local), timeout)
         try:
             line = await asyncio.wait_for(reader.readline(), 1.0)
             node = line.decode().strip() or None
@@ -31,7 +33,8 @@ async def one(host: str, port: int, timeout: float) -> None:
         error = "timeout"
     except OSError as e:
         error = e.strerror or str(e)
-    print(json.dumps({"t": started, "ok": node is not None, "node": node, "error": error}), flush=True)
+    print(json.dumps({"t": started, "ok": node is not None, "node": node, "error": error, "source": source}),
+          flush=True)
 
 
 async def main() -> None:
@@ -40,15 +43,19 @@ async def main() -> None:
     ap.add_argument("port", type=int)
     ap.add_argument("--interval", type=float, default=0.01)
     ap.add_argument("--timeout", type=float, default=0.1)
+    ap.add_argument("--sources", default="", help="Comma-separated local addresses, taken in turn.")
     args = ap.parse_args()
+    sources = args.sources.split(",") if args.sources else [None]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.buffer.read1(4096) else None)
     tasks = set()
     next_at = loop.time()
+    n = 0
     while not stop.is_set():
-        task = asyncio.create_task(one(args.host, args.port, args.timeout))
+        task = asyncio.create_task(one(args.host, args.port, args.timeout, sources[n % len(sources)]))
+        n += 1
         tasks.add(task)
         task.add_done_callback(tasks.discard)
         next_at += args.interval

@@ -116,9 +116,7 @@ def test_required_and_mode_errors():
     assert error_of('[ha]\nmode = "vrrp"\nvips = ["10.0.0.100/24 dev eth0"]\n').startswith(
         "ha.virtual_router_id: required")
     assert error_of('[ha]\nmode = "vrrp"\nvirtual_router_id = 1\n').startswith("ha.vips: VRRP needs")
-    # BGP is a reserved spelling: refused by key, not half served
-    message = error_of('[ha]\nmode = "bgp"\n')
-    assert message.startswith("ha.mode:") and "not in this build yet" in message
+    assert error_of('[ha]\nmode = "bgp"\n').startswith("ha.vips: BGP needs")
     # VRRP keys without mode = "vrrp" are a forgotten mode, not a silent no-op
     assert error_of("[ha]\npriority = 100\n").startswith('ha.priority: a VRRP setting, but ha.mode is "none"')
 
@@ -179,9 +177,9 @@ def test_render_refusals(tmp_path):
     code, _, err = cli("ha", "render", "keepalived", "-c", write(tmp_path, ""))
     assert code == 2 and 'needs mode = "vrrp"' in err
     code, _, err = cli("ha", "render", "bird", "-c", write(tmp_path, VRRP))
-    assert code == 2 and "not in this build yet" in err
+    assert code == 2 and 'needs mode = "bgp"' in err
     code, _, err = cli("ha", "render", "keepalived", "-c", write(tmp_path, '[ha]\nmode = "bgp"\n'))
-    assert code == 2 and err.startswith("error: ha.mode:")
+    assert code == 2 and err.startswith("error: ha.vips:")
 
 
 # ---- lb ha check ---------------------------------------------------------------

@@ -37,16 +37,19 @@ def render(engine: str, config_path: str, output: str | None) -> None:
     keepalived: a vrrp_instance with the VIPs, tracking lb's health file
     (ha.health_file) so that an unhealthy or drained lb gives the VIPs up.
     Run keepalived with it (docs/ha.md shows the systemd drop-in), and render
-    it again after every change to [ha]. bird: not in this build yet.
+    it again after every change to [ha].
+
+    bird: a BIRD 2 config announcing the VIPs as host routes to the BGP
+    neighbors (with BFD), from the routes lb keeps in ha.announce_table
+    while the node is healthy and in service.
     """
     from lb import ha as ha_mod
 
     cfg = _load(config_path)
-    if engine == "bird":
-        fail("ha.mode: BGP announcements through BIRD are not in this build yet (docs/ha.md)", EXIT_USAGE)
-    if cfg.ha.mode != "vrrp":
-        fail(f'ha.mode: is "{cfg.ha.mode}" in {cfg.source}; a keepalived config needs mode = "vrrp"', EXIT_USAGE)
-    text = ha_mod.render_keepalived(cfg)
+    want = "vrrp" if engine == "keepalived" else "bgp"
+    if cfg.ha.mode != want:
+        fail(f'ha.mode: is "{cfg.ha.mode}" in {cfg.source}; a {engine} config needs mode = "{want}"', EXIT_USAGE)
+    text = ha_mod.render_keepalived(cfg) if engine == "keepalived" else ha_mod.render_bird(cfg)
     if output is None:
         click.echo(text, nl=False)
         return
@@ -54,11 +57,17 @@ def render(engine: str, config_path: str, output: str | None) -> None:
     try:
         with open(tmp, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o640)  # it may hold the VRRP password
+        # keepalived's may hold the VRRP password; BIRD's holds no secret and
+        # BIRD re-reads it as its own user (`birdc configure`)
+        os.chmod(tmp, 0o640 if engine == "keepalived" else 0o644)
         os.replace(tmp, output)
     except OSError as e:
         fail(f"cannot write {output}: {e.strerror}", EXIT_FAILED)
-    click.echo(f"{output}: keepalived config for virtual router {cfg.ha.virtual_router_id} written", err=True)
+    if engine == "keepalived":
+        click.echo(f"{output}: keepalived config for virtual router {cfg.ha.virtual_router_id} written", err=True)
+    else:
+        click.echo(f"{output}: BIRD config announcing {len(cfg.ha.vips)} VIP(s) to "
+                   f"{len(cfg.ha.neighbors)} neighbor(s) written", err=True)
 
 
 @ha.command()

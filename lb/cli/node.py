@@ -35,6 +35,12 @@ def status(app: App, as_json: bool) -> None:
     click.echo(_health_text(result.get("health")))
     if result.get("vips"):
         click.echo(f"VIPs: {', '.join(result['vips'])}; held here: {', '.join(result['holds']) or 'none'}")
+    announce = result.get("announce")
+    if announce:
+        routes = ", ".join(announce["routes"]) or "none"
+        click.echo(f"BGP: {'announcing' if announce['announced'] else 'withdrawn'}; "
+                   f"routes in kernel table {announce['table']}: {routes}"
+                   + (f"; error: {announce['error']}" if announce.get("error") else ""))
 
 
 @node.command()
@@ -46,8 +52,9 @@ def status(app: App, as_json: bool) -> None:
 def drain(app: App, timeout: float | None, no_wait: bool, as_json: bool) -> None:
     """Give up the VIPs and wait until this node carries no connection.
 
-    The health file turns unhealthy, so keepalived hands the VIPs to a peer;
-    established connections go on until they finish. Exits 0 when the node is
+    The health file turns unhealthy, so keepalived hands the VIPs to a peer
+    (VRRP), or the VIP routes are withdrawn through BIRD (BGP); established
+    connections go on until they finish. Exits 0 when the node is
     empty, 1 when connections were still open at the timeout. The node stays
     drained, across restarts too, until `lb node undrain`."""
     args: dict = {"wait": not no_wait}

@@ -1,10 +1,10 @@
 """The [ha] section: several lb nodes behind virtual IPs (docs/ha.md).
 
-lb does not run the failover itself: keepalived (VRRP) moves the VIPs, from a
-config `lb ha render keepalived` writes out of this section, and lb tells it
-its own health through the health file (lb.ha). Only "vrrp" and "none" are
-served by this build; "bgp" is a reserved spelling, refused by key path
-until its BIRD rendering exists.
+lb does not run the failover itself: keepalived (VRRP) moves the VIPs, or
+BIRD (BGP) announces them to the routers, from a config `lb ha render
+keepalived|bird` writes out of this section; lb tells the engine its own
+health (lb.ha): keepalived through the health file, BIRD through the routes
+lb keeps in a kernel table while the node is healthy.
 """
 
 from __future__ import annotations
@@ -20,13 +20,17 @@ KEYS = (
     "mode", "vips", "health_file", "unhealthy_when_all_backends_down",
     "interface", "virtual_router_id", "priority", "advert_interval", "vrrp_version",
     "unicast_src", "peers", "auth", "preempt", "preempt_delay",
+    "local_as", "peer_as", "neighbors", "router_id", "bfd", "bfd_interval", "bfd_multiplier",
+    "hold_time", "announce_table", "manage_sysctls",
 )
 MODES = ("vrrp", "bgp", "none")
-# What this build renders and serves; the rest are refused with a "not yet".
-IMPLEMENTED_MODES = ("vrrp", "none")
-# Keys that only mean something for VRRP: set in another mode they are errors,
+# Keys that only mean something in one mode: set in another they are errors,
 # not silently ignored (a forgotten mode = "vrrp" would otherwise go unseen).
-VRRP_KEYS = KEYS[4:]
+VRRP_KEYS = KEYS[4:14]
+BGP_KEYS = KEYS[14:]
+MAX_AS = 2**32 - 1  # 4-byte AS numbers (RFC 6793)
+# Linux routing tables 253-255 are default/main/local, 0 is unspecified.
+RESERVED_TABLES = (0, 253, 254, 255)
 IFNAMSIZ = 15  # interface names are char[16], NUL included
 # VRRPv3 counts the advert interval in centiseconds, 12 bits (RFC 5798 5.2.7);
 # VRRPv2 in whole seconds, 8 bits (RFC 3768 5.3.7).
@@ -65,6 +69,17 @@ class HaSettings:
     auth: str = ""  # VRRPv2 PASS authentication; "" = none
     preempt: bool = True
     preempt_delay: float = 0.0
+    # BGP (BIRD)
+    local_as: int = 0
+    peer_as: int = 0
+    neighbors: tuple[str, ...] = ()
+    router_id: str = ""
+    bfd: bool = True
+    bfd_interval: float = 0.1
+    bfd_multiplier: int = 3
+    hold_time: float = 9.0
+    announce_table: int = 4242
+    manage_sysctls: bool = True
 
     @property
     def enabled(self) -> bool:
@@ -76,17 +91,19 @@ class HaSettings:
 
 def parse(t: Table, ctx: Context) -> HaSettings:
     mode = t.choice("mode", "none", MODES)
-    if mode not in IMPLEMENTED_MODES:
-        raise ConfigError(t.path_of("mode"), f"{mode!r} is not in this build yet (BGP announcements through BIRD "
-                                             "come later); use \"vrrp\" or \"none\"")
-    vips = _vips(t)
+    vips = _vips(t, mode)
     health_file = check_absolute_path(t.string("health_file", "/run/lb/health"), t.path_of("health_file"))
     unhealthy = t.boolean("unhealthy_when_all_backends_down", True)
+    for key in VRRP_KEYS if mode != "vrrp" else ():
+        if t.has(key):
+            raise ConfigError(t.path_of(key), f'a VRRP setting, but ha.mode is "{mode}" (set mode = "vrrp")')
+    for key in BGP_KEYS if mode != "bgp" else ():
+        if t.has(key):
+            raise ConfigError(t.path_of(key), f'a BGP setting, but ha.mode is "{mode}" (set mode = "bgp")')
     if mode == "none":
-        for key in VRRP_KEYS:
-            if t.has(key):
-                raise ConfigError(t.path_of(key), 'a VRRP setting, but ha.mode is "none" (set mode = "vrrp")')
         return HaSettings(mode=mode, vips=vips, health_file=health_file, unhealthy_when_all_backends_down=unhealthy)
+    if mode == "bgp":
+        return _parse_bgp(t, vips, health_file, unhealthy)
     if not vips:
         raise ConfigError(t.path_of("vips"), 'VRRP needs at least one VIP, e.g. ["10.0.0.100/24 dev eth0"]')
     interface = t.string("interface", "") or vips[0].interface
@@ -144,6 +161,70 @@ def parse(t: Table, ctx: Context) -> HaSettings:
     )
 
 
+def _parse_bgp(t: Table, vips: tuple[Vip, ...], health_file: str, unhealthy: bool) -> HaSettings:
+    if not vips:
+        raise ConfigError(t.path_of("vips"), 'BGP needs at least one VIP, e.g. ["10.0.0.100/32"]')
+    local_as = _asn(t, "local_as")
+    peer_as = _asn(t, "peer_as")
+    neighbors: list[str] = []
+    for text, path in string_list(t, "neighbors", [], "a list of IP addresses (the BGP routers)"):
+        ip = str(_ip(text, path))
+        if ip in neighbors:
+            raise ConfigError(path, f"{ip} is listed twice")
+        if ip in {v.address for v in vips}:
+            raise ConfigError(path, f"{ip} is a VIP of this node, not a router")
+        neighbors.append(ip)
+    if not neighbors:
+        raise ConfigError(t.path_of("neighbors"), 'required in BGP mode: the routers to announce the VIPs to, '
+                                                  'e.g. ["10.0.0.1"]')
+    families = {ipaddress.ip_address(n).version for n in neighbors}
+    for i, v in enumerate(vips):
+        family = ipaddress.ip_address(v.address).version
+        if family not in families:
+            # BIRD sends a route over a session of its own family: an IPv6
+            # VIP over an IPv4-only session would need an IPv6 next hop the
+            # session cannot give
+            raise ConfigError(f"{t.path_of('vips')}[{i}]", f"an IPv{family} VIP needs an IPv{family} neighbor "
+                                                           "in ha.neighbors to be announced to")
+    if not t.has("router_id"):
+        raise ConfigError(t.path_of("router_id"), "required in BGP mode: an IPv4 address unique to this node, "
+                                                  "usually its own address towards the routers (BIRD would "
+                                                  "otherwise pick one, possibly the VIP every node shares)")
+    router_id = t.string("router_id")
+    rid = _ip(router_id, t.path_of("router_id"))
+    if rid.version != 4:
+        raise ConfigError(t.path_of("router_id"), "a BGP router id is written as an IPv4 address")
+    if str(rid) in {v.address for v in vips}:
+        raise ConfigError(t.path_of("router_id"), "is a VIP: every node holds it, but the router id must be "
+                                                  "unique to this node")
+    table = t.integer("announce_table", 4242, 1, 2**32 - 1)
+    if table in RESERVED_TABLES:
+        raise ConfigError(t.path_of("announce_table"), f"table {table} is one the kernel routes with "
+                                                       "(default/main/local): use a table of lb's own")
+    hold = t.duration("hold_time", "9s", minimum=3)
+    if hold != int(hold):
+        raise ConfigError(t.path_of("hold_time"), "BGP counts the hold time in whole seconds")
+    if hold > 65535:
+        raise ConfigError(t.path_of("hold_time"), "at most 65535s (a 16-bit field of BGP's OPEN)")
+    bfd_interval = t.duration("bfd_interval", "100ms", minimum=0.001)
+    if bfd_interval > 60:
+        raise ConfigError(t.path_of("bfd_interval"), "at most 60s")
+    return HaSettings(
+        mode="bgp", vips=vips, health_file=health_file, unhealthy_when_all_backends_down=unhealthy,
+        local_as=local_as, peer_as=peer_as, neighbors=tuple(neighbors), router_id=str(rid),
+        bfd=t.boolean("bfd", True), bfd_interval=bfd_interval,
+        bfd_multiplier=t.integer("bfd_multiplier", 3, 1, 255),
+        hold_time=hold, announce_table=table, manage_sysctls=t.boolean("manage_sysctls", True),
+    )
+
+
+def _asn(t: Table, key: str) -> int:
+    if not t.has(key):
+        raise ConfigError(t.path_of(key), f"required in BGP mode: an AS number, 1..{MAX_AS} "
+                                          "(private: 64512-65534, 4200000000-4294967294)")
+    return t.integer(key, 0, 1, MAX_AS)
+
+
 def _router_id(t: Table) -> int:
     # No default: two clusters on one segment with the same id fight over
     # their VIPs.
@@ -153,10 +234,17 @@ def _router_id(t: Table) -> int:
     return t.integer("virtual_router_id", 0, 1, 255)
 
 
-def _vips(t: Table) -> tuple[Vip, ...]:
+def _vips(t: Table, mode: str) -> tuple[Vip, ...]:
     out: list[Vip] = []
     for text, path in string_list(t, "vips", [], 'a list of "ADDR/LEN dev IFACE"'):
         m = _VIP.fullmatch(text.strip())
+        if mode == "bgp" and not m and "dev" not in text.split():
+            # the VIP goes on lo in BGP mode: "dev lo" may be left out, and
+            # the prefix length too
+            addr = text.strip()
+            if "/" not in addr:
+                addr += "/128" if ":" in addr else "/32"
+            m = _VIP.fullmatch(f"{addr} dev lo")
         if not m:
             raise ConfigError(path, f'{text!r}: expected "ADDR/LEN dev IFACE", e.g. "10.0.0.100/24 dev eth0"')
         try:
@@ -165,6 +253,14 @@ def _vips(t: Table) -> tuple[Vip, ...]:
             raise ConfigError(path, f"{m[1]!r} is not an address with its prefix length (ADDR/LEN)") from None
         _check_ifname(m[2], path)
         vip = Vip(str(iface.ip), iface.network.prefixlen, m[2])
+        if mode == "bgp":
+            host = iface.max_prefixlen
+            if vip.prefixlen != host:
+                raise ConfigError(path, f"BGP announces each VIP as a host route: write {vip.address}/{host} "
+                                        "(or the address alone)")
+            if vip.interface != "lo":
+                raise ConfigError(path, f"in BGP mode lb puts the VIP on lo (the routers send its traffic here); "
+                                        f"write {vip.address}/{host} dev lo, or the address alone")
         if any(v.address == vip.address for v in out):
             raise ConfigError(path, f"{vip.address} is listed twice")
         out.append(vip)

@@ -1,8 +1,9 @@
 """`node.drain`, `node.undrain` and `node.status` (lb/cli/node.py): this node
 as a member of an [ha] cluster. Draining makes the health file unhealthy, so
-keepalived hands the VIPs to a peer, then waits while the connections this
-node still carries finish; the drained state is kept in the state file, so a
-restart keeps a drained node drained."""
+keepalived hands the VIPs to a peer (VRRP) or the VIP routes leave the
+announce table and BIRD withdraws them (BGP), then waits while the
+connections this node still carries finish; the drained state is kept in the
+state file, so a restart keeps a drained node drained."""
 
 from __future__ import annotations
 
@@ -15,17 +16,11 @@ from lb.control.backend import save_state
 
 log = logging.getLogger("lb")
 
-# keepalived sees the health file at once (inotify), but clients may still
-# open connections to this node until the peer's gratuitous ARPs have been
-# heard: the node counts as empty only after this many advert intervals.
-SETTLE_ADVERTS = 3
-SETTLE_MIN = 0.2
-
 
 def _require_ha(sup) -> None:
     if not sup.config.ha.enabled:
         raise AdminError("failed", 'ha.mode is "none": there is no peer to hand the traffic to '
-                                   '(set [ha] mode = "vrrp", see docs/ha.md)')
+                                   '(set [ha] mode = "vrrp" or "bgp", see docs/ha.md)')
 
 
 def status(sup, args: dict) -> dict:
@@ -37,6 +32,8 @@ def status(sup, args: dict) -> dict:
         "active": ha.active_connections(sup),
         "vips": [v.text for v in cfg.ha.vips],
         "holds": ha.held_vips(cfg) if cfg.ha.enabled else [],
+        # BGP: whether the VIP routes are in the announce table BIRD reads
+        "announce": sup.announcer.describe(),
     }
 
 
@@ -52,9 +49,12 @@ def drain(sup, args: dict):
     sup.state.set_node_drained(True)
     save_state(sup.state)
     if not was:
-        log.info("admin: node drained: the health file says unhealthy, the VIPs move to a peer")
+        log.info("admin: node drained: the health file says unhealthy, the VIPs move to a peer "
+                 "(VRRP) or are withdrawn (BGP)")
     started = time.monotonic()
-    settle = max(SETTLE_MIN, SETTLE_ADVERTS * sup.config.ha.advert_interval)
+    # clients may still open connections to this node until the peer or the
+    # routers have taken over: the node counts as empty only after that
+    settle = ha.handover_settle(sup.config.ha)
 
     def empty() -> bool:
         return time.monotonic() - started >= settle and ha.active_connections(sup) == 0
