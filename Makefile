@@ -9,7 +9,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # to build their network namespaces; nghttp2-client (nghttp, h2load) for the
 # HTTP/2 tests and benchmark.
 APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepalived bird2 iproute2 nghttp2-client
-# What building the compiled data path needs beyond a compiler: OpenSSL's headers.
+# What building the compiled data path needs beyond a compiler: the headers of
+# OpenSSL (TLS) and libnghttp2 (HTTP/2).
 BUILD_DEPS := libssl-dev libnghttp2-dev
 
 .PHONY: install build-deps demo test test-deps bench debug clean deb rpm deb-deps rpm-deps asan-test
@@ -52,7 +53,7 @@ asan-test: test-deps install
 	tar --exclude=./build --exclude=./.git --exclude='./lb/*.so' --exclude=./lb/_fastpath.c -cf - . | tar -xf - -C $(ASAN_DIR)
 	cd $(ASAN_DIR) && LB_SANITIZE=1 $(PYTHON) setup.py build_ext --inplace -q
 	@# the tools the tests run beside lb get no libasan (curl hangs with it)
-	@mkdir -p $(ASAN_DIR)/bin; for tool in curl nginx haproxy wrk openssl keepalived bird ip h2load; do \
+	@mkdir -p $(ASAN_DIR)/bin; for tool in curl nginx haproxy wrk openssl keepalived bird ip h2load nghttp; do \
 	  path=$$(command -v $$tool) || continue; \
 	  printf '#!/bin/sh\nunset LD_PRELOAD\nexec %s "$$@"\n' "$$path" > $(ASAN_DIR)/bin/$$tool; \
 	  chmod +x $(ASAN_DIR)/bin/$$tool; done
