@@ -15,7 +15,7 @@ from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 5
+    LB_SHM_VERSION = 6
     LB_MAX_REGIONS = 24                # entries of the header's region directory
     LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
@@ -216,6 +216,67 @@ cdef struct shm_acl:                 # 128 bytes; writer: supervisor
     uint8_t shift6[2]                # index the 16 bits after them
     uint64_t off                     # the two halves, one after the other, from the start of the mapping
     uint64_t _pad[4]
+
+
+# Rate and concurrency limits (fastpath/limits.pxi). Each [limits.NAME] has a
+# table of keys in shared memory, shared by every worker of the node, so that N
+# workers admit what one would. A key's rate is a GCRA: one 64-bit theoretical
+# arrival time, moved by compare-and-swap. Requests in flight are counted per
+# worker row ([entry][row]), so the counts of a worker that dies go with it.
+cdef enum:
+    LIMIT_PROBE = 32                 # the slots a key may take, from its home slot on
+    LIMIT_MAX_PER_LIST = 4           # limits in one listener's or route's list
+    LIMIT_MAX_HELD = 8               # requests-in-flight counts one connection holds
+    LIMIT_TEXT_MAX = 30              # bytes of a key kept for `lb limits show`
+    LK_SOURCE_IP = 1                 # shm_limit.key_kind
+    LK_HEADER = 2
+    LK_COOKIE = 3
+    LIMIT_F_DRY_RUN = 1              # shm_limit.flags: count, never refuse
+    LIMIT_F_REFUSE_NEW = 2           # a key that finds the table full is refused (else admitted)
+
+cdef struct shm_limits_head:         # 64 bytes, the start of the limits region; writer: supervisor, at creation
+    uint32_t n_limits
+    uint32_t n_rows                  # conc counts per entry
+    uint64_t _pad[7]
+
+cdef struct shm_limit:               # 256 bytes; writer: supervisor, at creation
+    char name[64]
+    char key_name[64]                # header (lower case) or cookie name
+    uint8_t key_kind                 # LK_*
+    uint8_t prefix4                  # source_ip: the prefix length that makes the key
+    uint8_t prefix6
+    uint8_t flags                    # LIMIT_F_*
+    uint32_t concurrent              # requests (tcp: connections) in flight per key; 0: no limit
+    uint64_t capacity                # entries, a power of two
+    uint64_t emission_ns             # GCRA T = period / rate; 0: no rate
+    uint64_t tolerance_ns            # GCRA tau = burst * T
+    uint64_t period_ns
+    uint32_t rate                    # requests per period
+    uint32_t burst
+    uint64_t seed                    # of the key hashes: random per region (no chosen collisions)
+    uint64_t entries_off             # capacity shm_limit_entry, from the start of the mapping
+    uint64_t conc_off                # capacity x n_rows uint32 ([entry][row]); 0: concurrent = 0
+    uint8_t _pad[56]
+
+cdef struct shm_limit_entry:         # 64 bytes; writers: every worker (CAS and the entry lock), supervisor (a dead row's locks)
+    uint64_t key                     # hash of the key, never 0; 0: a free slot. Set by CAS from 0, or by an evictor holding lock
+    uint64_t tat                     # GCRA theoretical arrival time, CLOCK_MONOTONIC ns; CAS, or under lock when concurrent
+    uint64_t window                  # requests seen: period number (24 bits) | in it (20) | in the one before (20)
+    uint32_t lock                    # 0, or 1 + the row of the worker holding it (evictions; concurrent limits)
+    uint32_t refused                 # this key's refusals (dry_run: would-be refusals)
+    uint8_t text_len                 # the key, for `lb limits show`: an address (text_kind 4 or 6) or the
+    uint8_t text_kind                # first LIMIT_TEXT_MAX bytes of a header or cookie value (text_kind 0)
+    char text[LIMIT_TEXT_MAX]
+
+cdef struct shm_limit_stats:         # 64 bytes, [row][limit]; writer: the row's worker
+    uint64_t admitted
+    uint64_t refused_rate            # over the rate (429; tcp: closed at accept)
+    uint64_t refused_concurrent      # over concurrent
+    uint64_t dry_run                 # refusals dry_run let through (refused_* count them too)
+    uint64_t unkeyed                 # requests without the key (no such header or cookie): not limited
+    uint64_t table_full              # keys that found no free slot and nothing to evict
+    uint64_t evicted                 # keys evicted (their bucket was full again, nothing in flight)
+    uint64_t _pad
 
 
 # Access logs (fastpath/log.pxi). Each worker row has its own ring of fixed-size
@@ -450,6 +511,11 @@ cdef struct lb_conn:
     lb_conn *pending_next
     sockaddr_storage peer
     lb_logctx lg
+    # the requests-in-flight counts this connection (tcp) or its request in
+    # flight (http) holds in limit tables, given back by the end phase
+    uint32_t n_held
+    uint32_t held_limit[LIMIT_MAX_HELD]
+    uint32_t held_entry[LIMIT_MAX_HELD]
 
 cdef struct mg_entry:               # one backend while a Maglev table is built
     const char *name
@@ -502,6 +568,12 @@ cdef struct lb_access:
     uint32_t rule                    # counter of deny[i]: rule + i; of allow[j]: rule + n_deny + j;
                                      # of the default (no deny matched, no allow matched): rule + n_deny + n_allow
 
+# The limits a listener or a route names (its `limits` key), by index in the
+# limits region, in the order written.
+cdef struct lb_limit_list:
+    uint32_t n
+    uint32_t idx[LIMIT_MAX_PER_LIST]
+
 cdef struct lb_str:                  # an owned, NUL-terminated byte string
     char *p
     uint32_t n
@@ -526,6 +598,7 @@ cdef struct lb_listener_rt:
     uint16_t cfg_index               # the listener's index in the config (log records name it so)
     uint8_t log_on                   # an access log serves this listener: the end phase writes records
     uint64_t log_sample              # keep a non-error record when 32 random bits are below this (1 << 32: all)
+    lb_limit_list *limits            # tcp: at accept, per connection; http: per request, before the route's; NULL: none
 
 cdef struct lb_pool_rt:
     shm_pool *shm
@@ -596,7 +669,9 @@ cdef struct lb_worker:
     uint64_t rid_seq
     uint64_t now_us                  # access logs: CLOCK_MONOTONIC at this turn's start, microseconds
     uint64_t unix_us                 # ... and the wall clock then
-
+    shm_limit *limits                # the limits region's descriptors
+    uint32_t n_limits
+    shm_limit_stats *limit_stats     # this worker's row of their counters
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a
 # global backend slot or -1; it must skip the slots the connection already tried.
@@ -619,6 +694,7 @@ cdef enum:
 
 cdef enum:
     HTTP_MAX_FIELDS_CAP = 256
+    LIMIT_ANSWER_MAX = 512
 
 cdef struct lb_tlist
 cdef struct lb_bconn
@@ -676,6 +752,7 @@ cdef struct lb_route:
     lb_hrules resp
     lb_access *access                # allow/deny on requests of this route (403); NULL: none
     int64_t max_body                 # max_body_size; 0: none, -1: the listener's
+    lb_limit_list *limits            # rate and concurrency limits of this route's requests; NULL: none
 
 cdef struct lb_tnode:                # a timer-list link; lists hold nodes of one constant timeout
     lb_tnode *prev
@@ -811,6 +888,8 @@ cdef struct lb_http_worker:
     lb_bconn *free_bconns
     lb_bconn *closed_b               # closed this turn, freed after its events
     lb_tlist linger_timer            # closing connections draining the client's last bytes
+    char answer_fields[LIMIT_ANSWER_MAX] # fields for lb's next own answer (429: Retry-After, RateLimit...),
+    uint32_t answer_len              # set by a request step that refuses, emitted and cleared by h_error
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------

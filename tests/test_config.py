@@ -72,6 +72,21 @@ cidrs = ["10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"]
 [acls.blocked]
 file = "ACL_FILE"
 
+[limits.per_ip]
+key = "source_ip"
+rate = "100/10s"
+burst = 20
+concurrent = 10
+ipv4_prefix = 24
+ipv6_prefix = 64
+capacity = 131072
+on_full = "refuse"
+dry_run = true
+
+[limits.per_user]
+key = "header:X-User"
+rate = "5/s"
+
 [listeners.web]
 bind = ["0.0.0.0:8080", "[::1]:8080"]
 mode = "http"
@@ -79,6 +94,7 @@ pool = "app"
 accept_proxy = true
 allow = ["office"]
 deny = ["blocked"]
+limits = ["per_ip"]
 idle_timeout = "30s"
 backlog = 1024
 http_request_timeout = "5s"
@@ -124,6 +140,7 @@ request_id = "X-Trace-Id"
   allow = ["office"]
   deny = ["blocked"]
   max_body_size = 0
+  limits = ["per_user"]
 
   [[listeners.web.routes]]
   host = "*.static.example.com"
@@ -277,12 +294,17 @@ def test_full_config_loads_every_key():
         ),
     )
     assert web.access == config.Access(allow=("office",), deny=("blocked",), rule=0)
+    assert web.limits == ("per_ip",)
+    assert cfg.limits["per_ip"] == config.Limit(
+        name="per_ip", key="source_ip", rate=100, period=10.0, burst=20, concurrent=10, ipv4_prefix=24,
+        ipv6_prefix=64, capacity=131072, on_full="refuse", dry_run=True)
+    assert (cfg.limits["per_user"].key, cfg.limits["per_user"].rate_text) == ("header:X-User", "5/1s")
     assert (cfg.acls["office"].ipv4, cfg.acls["office"].ipv6, cfg.acls["office"].cidrs) == (
         2, 1, ("10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"))
     assert (cfg.acls["blocked"].ipv4, cfg.acls["blocked"].ipv6, cfg.acls["blocked"].file) == (2, 1, str(ACL_FILE))
     assert web.routes == (
         config.Route(host="api.example.com", path_prefix="/v1/", pool="api", name="api", max_body_size=0,
-                     access=config.Access(allow=("office",), deny=("blocked",), rule=3)),
+                     access=config.Access(allow=("office",), deny=("blocked",), rule=3), limits=("per_user",)),
         config.Route(host="*.static.example.com", path_prefix=None, pool="app", name="routes[1]"),
         config.Route(
             host=None,

@@ -22,13 +22,15 @@ import keyword
 import re
 import tomllib
 
-from lb.config import acls, global_, ha, listeners, logs, pools
+from lb.config import acls, global_, ha, limits, listeners, logs, pools
 from lb.config.acls import KEYS as ACL_KEYS
 from lb.config.acls import Access, Acl, access_rules
 from lb.config.global_ import KEYS as GLOBAL_KEYS
 from lb.config.global_ import MAX_WORKERS, GlobalSettings
 from lb.config.ha import HaSettings, Vip
 from lb.config.headers import HEADER_RULE_KEYS, MANAGED_HEADERS, HeaderRules
+from lb.config.limits import KEYS as LIMIT_KEYS
+from lb.config.limits import Limit
 from lb.config.listeners import KEYS as LISTENER_KEYS
 from lb.config.logs import KEYS as LOG_KEYS
 from lb.config.logs import LogSettings
@@ -85,6 +87,8 @@ __all__ = [
     "HeaderRules",
     "Health",
     "HttpSettings",
+    "LIMIT_KEYS",
+    "Limit",
     "LISTENER_KEYS",
     "LOG_KEYS",
     "LogSettings",
@@ -125,6 +129,7 @@ __all__ = [
 SECTIONS = (
     ("global", global_),
     ("acls", acls),
+    ("limits", limits),
     ("pools", pools),
     ("logs", logs),
     ("listeners", listeners),
@@ -142,6 +147,7 @@ class Config:
     listeners: dict[str, Listener]
     pools: dict[str, Pool]
     acls: dict[str, Acl]
+    limits: dict[str, Limit]
     logs: dict[str, LogSettings]
     ha: HaSettings
     source: str

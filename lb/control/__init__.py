@@ -8,7 +8,7 @@ module here beside its lb/cli/ module, and its rows in VERBS."""
 from __future__ import annotations
 
 from lb.admin import AdminError
-from lb.control import acl, backend, cert, control, logs, node, pool, status
+from lb.control import acl, backend, cert, control, limits, logs, node, pool, status
 
 # verb -> function; "unknown command" lists the verbs in this order
 VERBS = {
@@ -29,6 +29,7 @@ VERBS = {
     "acl.add": acl.add,
     "acl.remove": acl.remove,
     "acl.load": acl.load,
+    "limits.show": limits.show,
     "logs.reopen": logs.reopen,
     "node.status": node.status,
     "node.drain": node.drain,

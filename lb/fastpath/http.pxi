@@ -123,7 +123,7 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     if h.c.lg.term == TERM_OK:
         h.c.lg.term = log_default_term(code)
     if not h.resp_sent and ERR_PAGES[code].p != NULL:
-        h.c.lg.bytes_out += ERR_PAGES[code].n
+        h.c.lg.bytes_out += ERR_PAGES[code].n + w.http.answer_len
     h_exchange_end(w, h)
     h_release_backend(w, h, False)
     if h.resp_sent or ERR_PAGES[code].p == NULL:
@@ -146,14 +146,18 @@ cdef bint h_put_page(lb_worker *w, lb_hconn *h, lb_str *page) noexcept nogil:
     cdef const char *eol
     cdef uint32_t line
     cdef bint rid = rid_has(h)
-    if not rid and (t == NULL or not rules_any(&t.resp)):
+    cdef uint32_t extra = w.http.answer_len
+    if not rid and extra == 0 and (t == NULL or not rules_any(&t.resp)):
         return ob_put(&h.outb, page.p, page.n)
     if t != NULL and rules_any(&t.resp):
         hsts = &t.resp
     eol = <const char *>memchr(page.p, 10, page.n)
     line = <uint32_t>(eol - page.p) + 1
+    # the refusing step's own fields (a 429's Retry-After) belong to this answer only
+    w.http.answer_len = 0
     return (ob_put(&h.outb, page.p, line) and (hsts == NULL or rulesets_emit(&h.outb, &hsts, 1))
-            and (not rid or rid_emit(h, &h.outb)) and ob_put(&h.outb, page.p + line, page.n - line))
+            and (not rid or rid_emit(h, &h.outb)) and (extra == 0 or ob_put(&h.outb, w.http.answer_fields, extra))
+            and ob_put(&h.outb, page.p + line, page.n - line))
 
 
 cdef void h_cut(lb_worker *w, lb_hconn *h) noexcept nogil:
@@ -293,6 +297,7 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     if rc != STEP_CONTINUE:
         if rc != STEP_ANSWERED:
             h_error(w, h, rc)
+        w.http.answer_len = 0        # an answer that could not be sent leaves no fields for the next
         return
     p = &w.pools[h.c.pool]
     h.c.tries = 0

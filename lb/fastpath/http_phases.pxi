@@ -79,11 +79,13 @@ def _http(listener):
 # (name, entry point, wanted by a listener: its config.Listener -> bool)
 ACCEPT_STEPS = (
     ("acl", <size_t><void *>step_acl, wants_acl),
+    ("limits_accept", <size_t><void *>step_limits_accept, wants_limits_accept),
 )
 REQUEST_STEPS = (
     ("route", <size_t><void *>step_route, _http),
     ("client_cert", <size_t><void *>step_client_cert, wants_client_cert),
     ("acl_route", <size_t><void *>step_acl_route, wants_acl_route),
+    ("limits", <size_t><void *>step_limits, wants_limits),
     ("body_limit", <size_t><void *>step_body_limit, wants_body_limit),
     ("request_headers", <size_t><void *>step_request_headers, wants_request_headers),
 )
@@ -91,6 +93,7 @@ RESPONSE_STEPS = (
     ("response_headers", <size_t><void *>step_response_headers, wants_response_headers),
 )
 END_STEPS = (
+    ("limits_release", <size_t><void *>step_limits_release, wants_limits_release),
     ("log", <size_t><void *>step_log, wants_log),
 )
 PHASES = (("accept", ACCEPT_STEPS), ("request", REQUEST_STEPS), ("response", RESPONSE_STEPS), ("end", END_STEPS))

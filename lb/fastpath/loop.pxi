@@ -276,6 +276,9 @@ cdef int worker_attach(lb_worker *w, Shm shm, uint32_t row, uint64_t seed) excep
     w.pstats_all = shm.pstats
     w.acls = shm.acls
     w.acl_stats = shm.acl_stats + <uint64_t>row * shm.acl_head.rule_stride
+    w.limits = shm.lims
+    w.n_limits = shm.lim_head.n_limits
+    w.limit_stats = shm.lim_stats + <uint64_t>row * shm.lim_head.n_limits
     w.rng = seed
     w.n_pools = h.n_pools
     w.pools = <lb_pool_rt *>calloc(max(1, w.n_pools), sizeof(lb_pool_rt))
@@ -349,6 +352,7 @@ cdef class Worker:
             raise MemoryError()
         pool_index = {pool.name: i for i, pool in enumerate(pools)}
         acl_index = {name: i for i, name in enumerate(shm.acl_names())}
+        limit_index = {name: i for i, name in enumerate(shm.limit_names())}
         for i, pool in enumerate(pools):
             p = &w.pools[i]
             p.retries = pool.retries
@@ -373,6 +377,7 @@ cdef class Worker:
             # an http listener reads its PROXY header in the http engine
             l.accept_proxy = listener.accept_proxy and listener.mode == "tcp"
             l.access = access_init(getattr(listener, "access", None), acl_index)
+            l.limits = limit_list_init(getattr(listener, "limits", ()), limit_index)
             l.proxy_timeout_ms = min(l.idle_timeout_ms, PROXY_WAIT_MAX_MS)
             if listener.tls is not None:
                 l.tls = &(<TlsServer>self.tls["listeners"][listener.name]).t
@@ -387,7 +392,7 @@ cdef class Worker:
             log_listener_init(l, listener, listener_names.index(listener.name) if listener_names else i)
             phases_init(&l.phases, listener)
             if listener.mode == "http":
-                http_listener_init(l, listener, pool_index, acl_index)
+                http_listener_init(l, listener, pool_index, acl_index, limit_index)
 
     def run(self):
         """Serve until SIGTERM has drained every connection (or the drain timed
