@@ -5,17 +5,17 @@
 # the status lb answers with through its error path (403, 401, 429, ...).
 #
 #   phase     runs                                  its steps, in order
-#   accept    tcp and http, at accept,              address rules (acl), connection limits
+#   accept    tcp and http, at accept,              address rules (acl), connection limits (tcp)
 #             before a byte is read; on an
 #             accept_proxy listener, once the
 #             PROXY header gave the client's address
 #   request   http, on each request head            route (which route's settings apply: it comes
 #                                                   first), client certificate fields, access
-#                                                   rules, authentication, rate limits, cache
-#                                                   lookup, split, header rules
+#                                                   rules, authentication, rate limits, body
+#                                                   limit, cache lookup, split, header rules
 #   response  http, on each final response head     cache store, header rules
-#   end       once per http exchange and per tcp    the record for logs and metrics
-#             connection, however it ended
+#   end       once per http exchange and per tcp    requests in flight given back (limits),
+#             connection, however it ended          the record for logs and metrics
 #
 # The tables below are the one order of each phase. A step joins a listener's
 # phase only when that listener's config asks for its feature (the predicate
