@@ -186,6 +186,17 @@ def test_keys_show_by_current_rate(region):
     assert [(k[1], k[2]) for k in keys] == [(b"busy", 30), (b"quiet", 1)]
 
 
+def test_scanning_a_big_table_costs_the_memory_of_its_keys_only(region):
+    """A table for a million keys is 64 MiB of tmpfs that holds no page until a
+    key comes; `lb limits show`, a reaped worker's release and a reload's carry
+    scan it without making tmpfs fill it in."""
+    shm = region('[limits.l]\nkey = "header:X-Key"\nrate = "1/h"\nconcurrent = 5\ncapacity = 1048576\n')
+    shm.limit_take(0, b"k", 1, SEC)
+    assert [k[1] for k in shm.limit_keys(0, SEC)] == [b"k"]
+    assert shm.limits_release_row(1) == 1
+    assert os.stat(shm.path).st_blocks * 512 < 8 << 20
+
+
 # ---- config -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("limit, listener, message", [

@@ -57,6 +57,43 @@ Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls
                                      defaults=((),))
 
 
+cdef class _Resident:
+    """Which pages of a range of the mapping hold data (mincore). A scan of a
+    limit table skips the pages no key ever touched: reading them would make
+    tmpfs allocate them, and a table sized for millions of keys would then
+    cost its full size in memory for one `lb limits show`."""
+
+    cdef unsigned char *vec
+    cdef size_t start
+    cdef size_t page
+
+    def __dealloc__(self):
+        free(self.vec)
+
+    @staticmethod
+    cdef _Resident of(char *p, uint64_t n):
+        cdef _Resident r = _Resident.__new__(_Resident)
+        r.page = <size_t>_os.sysconf("SC_PAGE_SIZE")
+        r.start = <size_t>p & ~(r.page - 1)
+        cdef size_t pages = (<size_t>p + n - r.start + r.page - 1) // r.page
+        r.vec = <unsigned char *>calloc(max(1, pages), 1)
+        if r.vec == NULL:
+            raise MemoryError()
+        if mincore(<void *>r.start, pages * r.page, r.vec) != 0:
+            memset(r.vec, 1, pages)   # cannot tell: read it all
+        return r
+
+    cdef inline bint has(self, const void *p, size_t n) noexcept:
+        """Any byte of [p, p + n) on a resident page."""
+        cdef size_t first = (<size_t>p - self.start) // self.page
+        cdef size_t last = (<size_t>p + n - 1 - self.start) // self.page
+        cdef size_t i
+        for i in range(first, last + 1):
+            if self.vec[i] & 1:
+                return True
+        return False
+
+
 cdef inline uint64_t _limit_table_bytes(uint64_t capacity, uint64_t concurrent, uint64_t rows) noexcept nogil:
     """One limit's entries, then (concurrent limits) its [entry][row] counts."""
     return _line(capacity * sizeof(shm_limit_entry)) + (_line(capacity * rows * sizeof(uint32_t)) if concurrent else 0)
@@ -405,9 +442,10 @@ cdef class Shm:
         cdef uint64_t j, wd, p = now // L.period_ns, wp, cur, prev, tat
         cdef uint32_t rows = self.lim_head.n_rows, inflight
         cdef double frac = <double>(now % L.period_ns) / L.period_ns, rate
+        cdef _Resident res = _Resident.of(<char *>e, L.capacity * sizeof(shm_limit_entry))
         out = []
         for j in range(L.capacity):
-            if lb_acquire_u64(&e[j].key) == 0:
+            if not res.has(&e[j], sizeof(shm_limit_entry)) or lb_acquire_u64(&e[j].key) == 0:
                 continue
             wd = lb_load_u64(&e[j].window)
             wp = wd >> 40
@@ -440,15 +478,24 @@ cdef class Shm:
         cdef uint64_t j
         cdef uint32_t i, rows = self.lim_head.n_rows
         cdef uint32_t freed = 0
+        cdef uint32_t *counts
+        cdef _Resident res, cres = None
         if row >= rows:
             raise IndexError(f"row {row} out of range")
         for i in range(self.lim_head.n_limits):
-            L = self.lims + <uint32_t>i
+            L = self.lims + i
             e = lim_entries(self.base, L)
+            res = _Resident.of(<char *>e, L.capacity * sizeof(shm_limit_entry))
+            if L.conc_off:
+                cres = _Resident.of(<char *>lim_conc(self.base, L, 0, rows), L.capacity * rows * sizeof(uint32_t))
             for j in range(L.capacity):
+                if not res.has(&e[j], sizeof(shm_limit_entry)):
+                    continue         # no key ever here: no count, no lock
                 if L.conc_off:
-                    freed += lim_conc(self.base, L, j, rows)[row]
-                    lb_store_u32(lim_conc(self.base, L, j, rows) + row, 0)
+                    counts = lim_conc(self.base, L, j, rows)
+                    if cres.has(counts, rows * sizeof(uint32_t)) and counts[row]:
+                        freed += counts[row]
+                        lb_store_u32(counts + row, 0)
                 if lb_load_u32(&e[j].lock) == row + 1:
                     lim_unlock(&e[j].lock)
         return freed
@@ -492,9 +539,12 @@ cdef class Shm:
         cdef uint64_t j, now = now_ns()
         cdef int64_t slot
         cdef uint32_t n = 0
+        cdef _Resident res = _Resident.of(<char *>oe, O.capacity * sizeof(shm_limit_entry))
         if L.seed != O.seed:
             raise ValueError("limit tables of different seeds")
         for j in range(O.capacity):
+            if not res.has(&oe[j], sizeof(shm_limit_entry)):
+                continue
             k.hash = lb_acquire_u64(&oe[j].key)
             if k.hash == 0 or lb_load_u64(&oe[j].tat) <= now:
                 continue             # a full bucket is what a new key gets anyway
