@@ -231,6 +231,7 @@ cdef enum:
     LK_SOURCE_IP = 1                 # shm_limit.key_kind
     LK_HEADER = 2
     LK_COOKIE = 3
+    LK_API_KEY = 4                   # the identity of the request's API key (the auth step found it)
     LIMIT_F_DRY_RUN = 1              # shm_limit.flags: count, never refuse
     LIMIT_F_REFUSE_NEW = 2           # a key that finds the table full is refused (else admitted)
 
@@ -277,6 +278,41 @@ cdef struct shm_limit_stats:         # 64 bytes, [row][limit]; writer: the row's
     uint64_t table_full              # keys that found no free slot and nothing to evict
     uint64_t evicted                 # keys evicted (their bucket was full again, nothing in flight)
     uint64_t _pad
+
+
+# API keys (fastpath/auth.pxi): per [auth.NAME] of type api_key, the SHA-256
+# of each key and its identity, in an open-addressing table; two halves,
+# flipped by generation (as the ACLs): `lb key add|revoke` rewrites the half
+# not in use and flips.
+cdef enum:
+    AUTH_MAX_KEYS = 65536            # per auth
+    AUTH_HALF_SLOTS = 131072         # slots a half can have (twice the keys at most)
+    AUTH_ID_MAX = 63                 # bytes of an identity
+
+cdef struct shm_auth_head:           # 64 bytes, the start of the auth_keys region; writer: supervisor, at creation
+    uint32_t n_auths
+    uint32_t _pad0
+    uint64_t _pad[7]
+
+cdef struct shm_auth:                # 128 bytes; writer: supervisor
+    char name[64]
+    uint32_t gen                     # the live half is (gen & 1); stored with release once the other half is complete
+    uint32_t n_slots[2]              # slots of each half: a power of two, twice its keys or more (0: no key)
+    uint32_t n_keys[2]
+    uint32_t _pad0
+    uint64_t off                     # the two halves (AUTH_HALF_SLOTS entries each), from the start of the mapping
+    uint64_t _pad[4]
+
+cdef struct shm_auth_key:            # 96 bytes; writer: supervisor (the half not in use)
+    uint8_t sha256[32]               # of the key
+    uint8_t id_len                   # 0: a free slot
+    char id[AUTH_ID_MAX]
+
+cdef struct shm_auth_stats:          # 64 bytes, [row][auth]; writer: the row's worker
+    uint64_t ok                      # requests with a known key
+    uint64_t missing                 # no key (401)
+    uint64_t invalid                 # a key not in the table (401)
+    uint64_t _pad[5]
 
 
 # Access logs (fastpath/log.pxi). Each worker row has its own ring of fixed-size
@@ -672,6 +708,7 @@ cdef struct lb_worker:
     shm_limit *limits                # the limits region's descriptors
     uint32_t n_limits
     shm_limit_stats *limit_stats     # this worker's row of their counters
+    shm_auth_stats *auth_stats       # this worker's row of the API-key auths' counters
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a
 # global backend slot or -1; it must skip the slots the connection already tried.
@@ -753,6 +790,7 @@ cdef struct lb_route:
     lb_access *access                # allow/deny on requests of this route (403); NULL: none
     int64_t max_body                 # max_body_size; 0: none, -1: the listener's
     lb_limit_list *limits            # rate and concurrency limits of this route's requests; NULL: none
+    int32_t auth                     # [auth.NAME] index of this route's requests; -1: the listener's
 
 cdef struct lb_tnode:                # a timer-list link; lists hold nodes of one constant timeout
     lb_tnode *prev
@@ -791,6 +829,7 @@ cdef struct lb_http_listener:
     lb_tlist tls_timer               # tls.handshake_timeout, from accept (or the PROXY header)
     lb_str rid_name                  # request ids: the header's name (n = 0: off)
     lb_str rid_lower
+    int32_t auth                     # [auth.NAME] index of its requests; -1: none
 
 cdef struct lb_http_pool:
     uint32_t max_idle                # idle keep-alive connections per backend (this worker)
@@ -878,6 +917,17 @@ cdef struct lb_hconn:                # the client side of an http session
     shm_log_record *lrec             # the access-log record being built, while an exchange is in flight
     lb_hconn *free_next
 
+cdef struct lb_auth_rt:               # a worker's view of one [auth.NAME] (fastpath/auth.pxi)
+    shm_auth *shm
+    uint8_t strip                    # remove the key's header before the backend
+    uint8_t from_query               # the key comes from a query parameter (else a header)
+    lb_str key_name                  # header (lower case) or query parameter name
+    lb_str id_name                   # identity header, as written, and lower case
+    lb_str id_lower
+    lb_str id_value                  # buffer of AUTH_ID_MAX bytes, this request's identity
+    lb_hrules fields                 # set: the identity; remove: the key's header (strip)
+    lb_str realm                     # the answer's WWW-Authenticate realm: the auth's name
+
 cdef struct lb_http_worker:
     http_req *req                    # scratch: the head being handled
     http_req *resp
@@ -890,6 +940,10 @@ cdef struct lb_http_worker:
     lb_tlist linger_timer            # closing connections draining the client's last bytes
     char answer_fields[LIMIT_ANSWER_MAX] # fields for lb's next own answer (429: Retry-After, RateLimit...),
     uint32_t answer_len              # set by a request step that refuses, emitted and cleared by h_error
+    lb_auth_rt *auth                 # [n_auth]: each API-key auth's fields for the backend
+    uint32_t n_auth
+    uint8_t id_len                   # the identity the auth step found for the request in flight (0: none),
+    char id[AUTH_ID_MAX]             # for the limits keyed by api_key; set anew by each request's auth step
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------

@@ -43,7 +43,7 @@ def create_for_config(config, n_rows: int, path: str | None = None, seeds: dict[
     logged = any(listener.logs for listener in config.listeners.values())
     limits = [{**limit_spec(limit), "seed": (seeds or {}).get(name, 0)} for name, limit in config.limits.items()]
     shm = Shm.create(path or region_path(), pools, n_rows, os.getpid(), acls=list(config.acls), n_rules=len(rules),
-                     log_records=config.global_.log_ring if logged else 0, limits=limits)
+                     log_records=config.global_.log_ring if logged else 0, limits=limits, auths=list(config.auth))
     for pool_index, pool in enumerate(config.pools.values()):
         for index, b in enumerate(pool.backends):
             shm.set_backend(pool_index, index, b.host, b.port, b.name, b.weight, b.backup)
@@ -51,6 +51,9 @@ def create_for_config(config, n_rows: int, path: str | None = None, seeds: dict[
     # the config's prefixes; the supervisor publishes its runtime changes over them
     for index, acl in enumerate(config.acls.values()):
         acl.entries.publish(shm, index)
+    # the keys files as read with the config; `lb key` publishes its changes over them
+    for index, auth in enumerate(config.auth.values()):
+        shm.auth_publish(index, auth.keys)
     return shm
 
 

@@ -126,6 +126,8 @@ class Generation:
     rules_handed_over: dict = field(default_factory=dict)
     # limit decision counts copied into the next generation, by limit name
     limits_handed_over: dict = field(default_factory=dict)
+    # API-key auth counts copied into the next generation, by auth name
+    auth_handed_over: dict = field(default_factory=dict)
     # the access-log process; None when no listener logs
     logger: WorkerSlot | None = None
 
@@ -326,6 +328,7 @@ class Supervisor:
                 new.shm.add_carried(pi, idx, new.carried_row, totals)
         control.acl.carry_over(old, new)
         control.limits.carry_over(old, new)
+        control.key.carry_over(old, new)
 
     def _fold_drained(self, old: Generation) -> None:
         """An old generation is gone: what its connections counted after the
@@ -334,6 +337,7 @@ class Supervisor:
             return
         control.acl.fold_drained(old, self.gen)
         control.limits.fold_drained(old, self.gen)
+        control.key.fold_drained(old, self.gen)
         for (pool, name), before in old.handed_over.items():
             if pool not in self.gen.backends or name not in self.gen.backends[pool]:
                 continue

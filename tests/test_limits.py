@@ -200,7 +200,7 @@ def test_scanning_a_big_table_costs_the_memory_of_its_keys_only(region):
 # ---- config -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("limit, listener, message", [
-    ('rate = "100/10s"\nkey = "api_key"', "", "limits.l.key: 'api_key' needs authentication"),
+    ('rate = "100/10s"\nkey = "jwt:sub"', "", "limits.l.key: 'jwt:sub' needs JWT authentication"),
     ('rate = "100/10s"\nkey = "header:"', "", "limits.l.key: invalid key 'header:'"),
     ('rate = "100 per 10s"', "", "limits.l.rate: invalid rate '100 per 10s'"),
     ('rate = "0/10s"', "", "limits.l.rate: rate '0/10s': the count must be"),

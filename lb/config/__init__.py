@@ -22,13 +22,15 @@ import keyword
 import re
 import tomllib
 
-from lb.config import acls, global_, ha, limits, listeners, logs, pools
+from lb.config import acls, auth, global_, ha, limits, listeners, logs, pools
 from lb.config.acls import KEYS as ACL_KEYS
 from lb.config.acls import Access, Acl, access_rules
 from lb.config.global_ import KEYS as GLOBAL_KEYS
 from lb.config.global_ import MAX_WORKERS, GlobalSettings
 from lb.config.ha import HaSettings, Vip
 from lb.config.headers import HEADER_RULE_KEYS, MANAGED_HEADERS, HeaderRules
+from lb.config.auth import KEYS as AUTH_KEYS
+from lb.config.auth import Auth
 from lb.config.limits import KEYS as LIMIT_KEYS
 from lb.config.limits import Limit
 from lb.config.listeners import KEYS as LISTENER_KEYS
@@ -68,6 +70,8 @@ from lb.config.values import (
 __all__ = [
     "ACL_KEYS",
     "Access",
+    "AUTH_KEYS",
+    "Auth",
     "Acl",
     "access_rules",
     "BACKEND_KEYS",
@@ -130,6 +134,7 @@ SECTIONS = (
     ("global", global_),
     ("acls", acls),
     ("limits", limits),
+    ("auth", auth),
     ("pools", pools),
     ("logs", logs),
     ("listeners", listeners),
@@ -148,6 +153,7 @@ class Config:
     pools: dict[str, Pool]
     acls: dict[str, Acl]
     limits: dict[str, Limit]
+    auth: dict[str, Auth]
     logs: dict[str, LogSettings]
     ha: HaSettings
     source: str

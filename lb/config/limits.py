@@ -19,9 +19,9 @@ NAMED = True
 KEYS = ("key", "rate", "burst", "concurrent", "ipv4_prefix", "ipv6_prefix", "capacity", "on_full", "dry_run")
 # The key of listeners and routes that names limits.
 LIMITS_KEY = "limits"
-KEY_KINDS = ("source_ip", "header:NAME", "cookie:NAME")
-# Named in DESIGN.md 4b; they need an [auth] step that identifies clients first.
-LATER_KEY_KINDS = ("api_key", "jwt")
+KEY_KINDS = ("source_ip", "header:NAME", "cookie:NAME", "api_key")
+# Named in DESIGN.md 4b; it needs JWT authentication, which comes later.
+LATER_KEY_KINDS = ("jwt",)
 ON_FULL = ("admit", "refuse")
 MAX_PER_LIST = 4  # LIMIT_MAX_PER_LIST of the data plane
 MIN_CAPACITY = 64  # at least a probe window (LIMIT_PROBE, 32) of slots, and some room
@@ -99,9 +99,9 @@ def _parse_key(t: Table) -> str:
     key = t.string("key", "source_ip")
     kind, sep, name = key.partition(":")
     if kind in LATER_KEY_KINDS:
-        raise ConfigError(path, f"{key!r} needs authentication ([auth.NAME]), which this build does not have yet; "
+        raise ConfigError(path, f"{key!r} needs JWT authentication, which this build does not have yet; "
                                 f"use one of {', '.join(KEY_KINDS)}")
-    if kind == "source_ip" and not sep:
+    if kind in ("source_ip", "api_key") and not sep:
         return key
     if kind == "header" and name:
         check_header_name(name, path)

@@ -85,6 +85,7 @@ REQUEST_STEPS = (
     ("route", <size_t><void *>step_route, _http),
     ("client_cert", <size_t><void *>step_client_cert, wants_client_cert),
     ("acl_route", <size_t><void *>step_acl_route, wants_acl_route),
+    ("auth", <size_t><void *>step_auth, wants_auth),
     ("limits", <size_t><void *>step_limits, wants_limits),
     ("body_limit", <size_t><void *>step_body_limit, wants_body_limit),
     ("request_headers", <size_t><void *>step_request_headers, wants_request_headers),

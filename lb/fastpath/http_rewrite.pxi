@@ -250,7 +250,7 @@ cdef bint rewrite_response(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req
 cdef lb_str ERR_PAGES[600]
 
 def _make_error_pages():
-    reasons = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    reasons = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
                413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
                501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
                504: "Gateway Timeout", 505: "HTTP Version Not Supported", 500: "Internal Server Error"}

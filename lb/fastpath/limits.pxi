@@ -357,7 +357,8 @@ cdef bint lim_key_addr(shm_limit *L, sockaddr_storage *ss, lim_key *k) noexcept 
     return True
 
 
-cdef bint lim_key_http(shm_limit *L, lb_hconn *h, http_req *r, const uint8_t *b, lim_key *k) noexcept nogil:
+cdef bint lim_key_http(lb_http_worker *hw, shm_limit *L, lb_hconn *h, http_req *r, const uint8_t *b,
+                       lim_key *k) noexcept nogil:
     """The key of a request; False when the request does not carry it (no such
     header or cookie, or an empty one): such requests are not limited."""
     cdef lb_str name
@@ -365,6 +366,15 @@ cdef bint lim_key_http(shm_limit *L, lb_hconn *h, http_req *r, const uint8_t *b,
     cdef bint found = False
     if L.key_kind == LK_SOURCE_IP:
         return lim_key_addr(L, &h.c.peer, k)
+    if L.key_kind == LK_API_KEY:
+        # the identity the auth step found for this request (none: not limited)
+        if hw.id_len == 0:
+            return False
+        k.kind = 0
+        k.len = hw.id_len if hw.id_len < LIMIT_TEXT_MAX else LIMIT_TEXT_MAX
+        memcpy(k.text, hw.id, k.len)
+        lim_hash(L, k, <const uint8_t *>hw.id, hw.id_len)
+        return True
     name.p = L.key_name
     name.n = <uint32_t>strlen(L.key_name)
     if L.key_kind == LK_HEADER:
@@ -403,7 +413,7 @@ cdef int lim_run(lb_worker *w, lb_limit_list *ll, lb_conn *c, lb_hconn *h, http_
         li = ll.idx[i]
         L = &w.limits[li]
         st = &w.limit_stats[li]
-        if not (lim_key_http(L, h, r, b, &k) if h != NULL else lim_key_addr(L, &c.peer, &k)):
+        if not (lim_key_http(w.http, L, h, r, b, &k) if h != NULL else lim_key_addr(L, &c.peer, &k)):
             lb_add_u64(&st.unkeyed, 1)
             continue
         rc = lim_decide(w.base, L, st, w.n_rows, w.row, &k, now, &slot, &wait, &ahead)
@@ -504,7 +514,7 @@ cdef lb_limit_list *limit_list_init(object names, dict limit_index) except? NULL
     return ll
 
 
-_LIMIT_KEY_KINDS = {"source_ip": LK_SOURCE_IP, "header": LK_HEADER, "cookie": LK_COOKIE}
+_LIMIT_KEY_KINDS = {"source_ip": LK_SOURCE_IP, "header": LK_HEADER, "cookie": LK_COOKIE, "api_key": LK_API_KEY}
 LIMIT_PROBE_SLOTS = LIMIT_PROBE
 LIMIT_LIST_MAX = LIMIT_MAX_PER_LIST
 LIMIT_KEY_TEXT_MAX = LIMIT_TEXT_MAX

@@ -314,6 +314,7 @@ cdef class Worker:
 
     listeners: (fd, config.Listener) for each listening socket of this worker
     pools:     every config.Pool, in shared-memory order
+    auths:     every config.Auth (API keys), in shared-memory order
     tls:       {"listeners": {name: TlsServer}, "pools": {name: TlsClient}}: the
                contexts of the TLS listeners and pools (lb.tls.contexts, before fork)
     The caller blocks SIGTERM/SIGINT/SIGQUIT first: they arrive through a signalfd.
@@ -329,7 +330,7 @@ cdef class Worker:
         self.w.sigfd = -1
 
     def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
-                 int64_t fd_limit=1024, double drain_timeout=30.0, tls=None, listener_names=None):
+                 int64_t fd_limit=1024, double drain_timeout=30.0, tls=None, listener_names=None, auths=()):
         cdef lb_pool_rt *p
         cdef lb_listener_rt *l
         if len(pools) != shm.hdr.n_pools:
@@ -363,8 +364,12 @@ cdef class Worker:
                 p.tls_sessions = <void **>calloc(p.shm.capacity, sizeof(void *))
                 if p.tls_sessions == NULL:
                     raise MemoryError()
+        auth_index = {name: i for i, name in enumerate(shm.auth_names())}
+        if len(auths) != len(auth_index):
+            raise ValueError("one auth setting per shared-memory auth is needed")
         if any(listener.mode == "http" for _, listener in listeners):
             http_worker_init(w)
+            auth_worker_init(w, shm, auths)
             for i, pool in enumerate(pools):
                 http_pool_init(&w.pools[i], pool)
         for i, (fd, listener) in enumerate(listeners):
@@ -392,7 +397,7 @@ cdef class Worker:
             log_listener_init(l, listener, listener_names.index(listener.name) if listener_names else i)
             phases_init(&l.phases, listener)
             if listener.mode == "http":
-                http_listener_init(l, listener, pool_index, acl_index, limit_index)
+                http_listener_init(l, listener, pool_index, acl_index, limit_index, auth_index)
 
     def run(self):
         """Serve until SIGTERM has drained every connection (or the drain timed

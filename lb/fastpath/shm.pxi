@@ -34,6 +34,10 @@ assert sizeof(shm_limits_head) == 64
 assert sizeof(shm_limit) == 256
 assert sizeof(shm_limit_entry) == 64
 assert sizeof(shm_limit_stats) == 64
+assert sizeof(shm_auth_head) == 64
+assert sizeof(shm_auth) == 128
+assert sizeof(shm_auth_key) == 96
+assert sizeof(shm_auth_stats) == 64
 
 
 cdef inline uint64_t _line(uint64_t n) noexcept nogil:
@@ -53,8 +57,8 @@ cdef inline uint64_t _line(uint64_t n) noexcept nogil:
 
 # (and log_records: the records of each worker's access-log ring, 0 for none;
 # limits: (capacity, concurrent) of each rate limit table)
-Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules log_records limits",
-                                     defaults=((),))
+Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules log_records limits auths",
+                                     defaults=((), 0))
 
 
 cdef class _Resident:
@@ -131,6 +135,10 @@ REGIONS = (
      + sum(_limit_table_bytes(cap, conc, d.rows) for cap, conc in d.limits)),
     ("limit_stats", "each worker, its own row of every limit's counters",
      lambda d: d.rows * max(1, len(d.limits)) * sizeof(shm_limit_stats)),
+    ("auth_keys", "supervisor (each API-key auth's two halves of key hashes, flipped by generation)",
+     lambda d: _line(sizeof(shm_auth_head) + d.auths * sizeof(shm_auth)) + d.auths * 2 * AUTH_HALF_SLOTS * sizeof(shm_auth_key)),
+    ("auth_stats", "each worker, its own row of every API-key auth's counters",
+     lambda d: d.rows * max(1, d.auths) * sizeof(shm_auth_stats)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
@@ -156,6 +164,9 @@ cdef class Shm:
     cdef shm_limits_head *lim_head
     cdef shm_limit *lims
     cdef shm_limit_stats *lim_stats
+    cdef shm_auth_head *auth_head
+    cdef shm_auth *auths
+    cdef shm_auth_stats *auth_stats
 
     def __dealloc__(self):
         if self.base != NULL:
@@ -164,7 +175,7 @@ cdef class Shm:
 
     @staticmethod
     def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0,
-               limits=()):
+               limits=(), auths=()):
         """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
         balance_factor); table_size counts only for maglev, hash_key is a config
         hash_key string (keys the tcp path cannot compute, and every key of a
@@ -173,7 +184,9 @@ cdef class Shm:
         n_rules: the decision counters of their users (lb.config.access_rules).
         log_records: the size of each worker's access-log ring, a power of two
         (0: no access logs). limits: the rate limit tables, each a dict
-        (limits_spec in limits.pxi), in config order."""
+        (limits_spec in limits.pxi), in config order. auths: the names of the
+        API-key auths, in config order (their tables start empty: auth_publish
+        fills them)."""
         if log_records & (log_records - 1):
             raise ValueError(f"log ring size {log_records} is not a power of two")
         for spec in pools:
@@ -182,7 +195,8 @@ cdef class Shm:
         dims = Dimensions(pools=len(pools), slots=sum(spec[1] for spec in pools), rows=n_rows,
                           tables=[spec[3] for spec in pools if spec[2] == "maglev"], acls=len(acls),
                           rules=n_rules, log_records=log_records,
-                          limits=tuple((spec["capacity"], spec["concurrent"]) for spec in limits))
+                          limits=tuple((spec["capacity"], spec["concurrent"]) for spec in limits),
+                          auths=len(auths))
         layout = []
         cdef uint64_t total = _line(sizeof(shm_header))
         for name, _, size_of in REGIONS:
@@ -216,6 +230,7 @@ cdef class Shm:
         self._find_regions()
         self._acls_init(acls, n_rules, n_rows)
         self._limits_init(limits, n_rows)
+        self._auths_init(auths)
         (<shm_log_head *>self.region_addr("log_rings")).n_records = log_records
         cdef uint32_t first = 0
         cdef uint64_t table_off = <uint64_t><size_t>(self.region_addr("maglev_tables") - self.base)
@@ -296,6 +311,9 @@ cdef class Shm:
         self.lim_head = <shm_limits_head *>self.region_addr("limits")
         self.lims = <shm_limit *>(<char *>self.lim_head + sizeof(shm_limits_head))
         self.lim_stats = <shm_limit_stats *>self.region_addr("limit_stats")
+        self.auth_head = <shm_auth_head *>self.region_addr("auth_keys")
+        self.auths = <shm_auth *>(<char *>self.auth_head + sizeof(shm_auth_head))
+        self.auth_stats = <shm_auth_stats *>self.region_addr("auth_stats")
         return 0
 
     cdef int _acls_init(self, acls, uint32_t n_rules, uint32_t n_rows) except -1:
@@ -560,6 +578,81 @@ cdef class Shm:
             lb_store_u32(&en.refused, lb_load_u32(&oe[j].refused))
             n += 1
         return n
+
+    # -- API keys (tables: the supervisor, here; lookups: the workers, auth.pxi) --
+    cdef int _auths_init(self, auths) except -1:
+        cdef uint64_t off = <uint64_t><size_t>(<char *>self.auth_head - self.base) + _line(
+            sizeof(shm_auth_head) + len(auths) * sizeof(shm_auth))
+        self.auth_head.n_auths = len(auths)
+        for i, name in enumerate(auths):
+            bname = name.encode()
+            if len(bname) >= 64:
+                raise ValueError(f"auth name longer than 63 bytes: {name!r}")
+            memcpy(self.auths[<uint32_t>i].name, <char *>bname, len(bname))
+            self.auths[<uint32_t>i].off = off + <uint64_t>i * 2 * AUTH_HALF_SLOTS * sizeof(shm_auth_key)
+        return 0
+
+    cdef shm_auth *_auth(self, uint32_t i) except NULL:
+        if i >= self.auth_head.n_auths:
+            raise IndexError(f"auth index {i} out of range")
+        return self.auths + i
+
+    def auth_names(self):
+        return [self.auths[i].name[:64].split(b"\0", 1)[0].decode() for i in range(self.auth_head.n_auths)]
+
+    def auth_publish(self, uint32_t i, keys):
+        """Make keys ((sha256 bytes, identity str) pairs) the table of auth i:
+        written into the half not in use, then flipped. In force at the
+        workers' next lookup."""
+        cdef shm_auth *a = self._auth(i)
+        cdef uint32_t half = (a.gen + 1) & 1, n = len(keys), slots = 1, j
+        cdef shm_auth_key *t = <shm_auth_key *>(self.base + a.off) + <uint64_t>half * AUTH_HALF_SLOTS
+        if n > AUTH_MAX_KEYS:
+            raise ValueError(f"at most {AUTH_MAX_KEYS} keys")
+        while slots < 2 * n:
+            slots *= 2
+        memset(t, 0, slots * sizeof(shm_auth_key))
+        for digest, identity in keys:
+            bid = identity.encode()
+            if len(digest) != 32 or not 0 < len(bid) <= AUTH_ID_MAX:
+                raise ValueError(f"a key is a SHA-256 (32 bytes) and an identity of 1..{AUTH_ID_MAX} bytes")
+            j = <uint32_t>(int.from_bytes(digest[:8], "little") & (slots - 1))
+            while t[j].id_len:
+                if memcmp(t[j].sha256, <char *>digest, 32) == 0:
+                    break
+                j = (j + 1) & (slots - 1)
+            memcpy(t[j].sha256, <char *>digest, 32)
+            memcpy(t[j].id, <char *>bid, len(bid))
+            t[j].id_len = len(bid)
+        a.n_slots[half] = slots if n else 0
+        a.n_keys[half] = n
+        lb_release_u32(&a.gen, a.gen + 1)
+
+    def auth_lookup(self, uint32_t i, bytes key):
+        """The identity of key in auth i as the workers see it, or None."""
+        cdef char out[AUTH_ID_MAX]
+        cdef int n = auth_find(self.base, self._auth(i), <const uint8_t *><char *>key, len(key), out)
+        return out[:n].decode() if n > 0 else None
+
+    def auth_counts(self, uint32_t i):
+        self._auth(i)
+        cdef shm_auth_stats *st
+        out = {"ok": 0, "missing": 0, "invalid": 0}
+        for row in range(self.hdr.n_rows):
+            st = self.auth_stats + <uint64_t>row * self.auth_head.n_auths + i
+            out["ok"] += lb_load_u64(&st.ok)
+            out["missing"] += lb_load_u64(&st.missing)
+            out["invalid"] += lb_load_u64(&st.invalid)
+        return out
+
+    def add_carried_auth(self, uint32_t row, uint32_t i, counts):
+        self._auth(i)
+        if row >= self.hdr.n_rows:
+            raise IndexError(f"row {row} out of range")
+        cdef shm_auth_stats *st = self.auth_stats + <uint64_t>row * self.auth_head.n_auths + i
+        lb_add_u64(&st.ok, counts.get("ok", 0))
+        lb_add_u64(&st.missing, counts.get("missing", 0))
+        lb_add_u64(&st.invalid, counts.get("invalid", 0))
 
     def regions(self):
         """The directory: (name, offset, size) of each region, in layout order."""
