@@ -7,8 +7,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # for the TLS tests, keepalived for the VRRP failover tests (tests/test_ha.py)
 # and iproute2 (ip netns) to build their network namespaces.
 APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepalived iproute2
-# What building the compiled data path needs beyond a compiler: OpenSSL's headers.
-BUILD_DEPS := libssl-dev
+# What building the compiled data path needs beyond a compiler: OpenSSL's and libxcrypt's headers.
+BUILD_DEPS := libssl-dev libcrypt-dev
 
 .PHONY: install build-deps demo test test-deps bench debug clean deb rpm deb-deps rpm-deps asan-test
 
@@ -76,8 +76,8 @@ clean:
 # and the Debian source package, or the .rpm and .src.rpm, land in dist/.
 # Debian's own tools build them; Cython 3 for the tarball's generated C comes
 # from $(PYTHON) (pip-installed there if missing).
-DEB_BUILD_DEPS := build-essential dpkg-dev debhelper dh-python libssl-dev python3-all-dev python3-click python3-setuptools
-RPM_BUILD_DEPS := rpm gcc libssl-dev python3-dev python3-click python3-setuptools
+DEB_BUILD_DEPS := build-essential dpkg-dev debhelper dh-python libssl-dev libcrypt-dev python3-all-dev python3-click python3-setuptools
+RPM_BUILD_DEPS := rpm gcc libssl-dev libcrypt-dev python3-dev python3-click python3-setuptools
 
 # apt-get install, unless every package named is installed already
 apt_ensure = [ "$$(dpkg-query -W -f='$${db:Status-Abbrev}\n' $(1) 2>/dev/null | grep -c '^ii')" = "$(words $(1))" ] || \

@@ -99,8 +99,9 @@ setup(
             ["lb/_fastpath.pyx"],
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS,
-            # TLS (lb/fastpath/tls.pxi): OpenSSL 3, libssl-dev to build
-            libraries=["ssl", "crypto"],
+            # TLS (lb/fastpath/tls.pxi): OpenSSL 3, libssl-dev to build; htpasswd
+            # hashes (lb/fastpath/auth_basic.pxi): libxcrypt, libcrypt-dev to build
+            libraries=["ssl", "crypto", "crypt"],
             depends=["lb/_fastpath.pxd"],
         )
     ],

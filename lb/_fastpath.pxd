@@ -309,10 +309,13 @@ cdef struct shm_auth_key:            # 96 bytes; writer: supervisor (the half no
     char id[AUTH_ID_MAX]
 
 cdef struct shm_auth_stats:          # 64 bytes, [row][auth]; writer: the row's worker
-    uint64_t ok                      # requests with a known key
-    uint64_t missing                 # no key (401)
-    uint64_t invalid                 # a key not in the table (401)
-    uint64_t _pad[5]
+    uint64_t ok                      # requests with a known key (basic: good credentials)
+    uint64_t missing                 # no key, no credentials (401)
+    uint64_t invalid                 # a key not in the table, a wrong user or password (401)
+    uint64_t verified                # basic: passwords checked against their slow hash (off the loop)
+    uint64_t cached                  # basic: credentials found in the success cache
+    uint64_t busy                    # basic: the verification queue was full (503)
+    uint64_t _pad[2]
 
 
 # Access logs (fastpath/log.pxi). Each worker row has its own ring of fixed-size
@@ -576,6 +579,7 @@ cdef struct http_req
 cdef enum:
     STEP_CONTINUE = 0                # go on: the next step, then the exchange
     STEP_ANSWERED = 1                # the step answered the request itself; that response is on its way
+    STEP_PARKED = 2                  # the step waits for work done off the loop; it resumes the request
     # any other result is an HTTP status (403, 404, 429, ...) lb answers with
     # through its own error path, which ends the exchange
     MAX_STEPS = 8                    # per phase and listener
@@ -916,8 +920,23 @@ cdef struct lb_hconn:                # the client side of an http session
     uint32_t ip_len
     shm_log_record *lrec             # the access-log record being built, while an exchange is in flight
     lb_hconn *free_next
+    uint32_t park_seq                # HS_PARKED: the number of its verification, to know its answer
+    uint8_t park_step                # HS_PARKED: the request step to go on from
+
+
+cdef struct lb_auth_cache:            # a success of HTTP Basic (fastpath/auth_basic.pxi)
+    uint8_t mac[16]                  # HMAC-SHA256 of the credentials under the worker's secret (cut)
+    uint64_t until_ms
+    uint32_t user                    # index in the auth's users
 
 cdef struct lb_auth_rt:               # a worker's view of one [auth.NAME] (fastpath/auth.pxi)
+    uint8_t basic                    # HTTP Basic (else API keys)
+    char **users                     # basic: user names, sorted (strcmp), and their hashes
+    char **hashes
+    uint32_t n_users
+    lb_auth_cache *cache             # basic: successes, by their MAC; a power of two of them
+    uint32_t cache_mask
+    uint64_t cache_ttl_ms
     shm_auth *shm
     uint8_t strip                    # remove the key's header before the backend
     uint8_t from_query               # the key comes from a query parameter (else a header)
@@ -944,6 +963,8 @@ cdef struct lb_http_worker:
     uint32_t n_auth
     uint8_t id_len                   # the identity the auth step found for the request in flight (0: none),
     char id[AUTH_ID_MAX]             # for the limits keyed by api_key; set anew by each request's auth step
+    void *verifier                   # HTTP Basic: the threads that check passwords off the loop (auth_basic.pxi)
+    uint32_t park_seq                # numbers the requests parked for them
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------

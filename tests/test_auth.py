@@ -141,7 +141,7 @@ def test_a_request_needs_a_known_key_and_the_backend_learns_who(origins, run_lb,
     assert seen["x-api-identity"] == "alice"          # the client's own copy is gone
     assert "x-api-key" not in seen                     # strip = true by default
     counts = json.loads(lb_cli(sock, "key", "list", "api", "--json").stdout)["counts"]
-    assert counts == {"ok": 1, "missing": 2, "invalid": 1}
+    assert counts == {"ok": 1, "missing": 2, "invalid": 1, "verified": 0, "cached": 0, "busy": 0}
 
 
 def test_keys_added_and_revoked_live_and_kept_in_the_file(origins, run_lb, tmp_path):
@@ -184,3 +184,112 @@ def test_a_route_with_a_query_key_and_a_limit_per_identity(origins, run_lb, tmp_
     assert request(port, "", f"/api/x?api_key={BOB}").status == 200     # bob has his own
     shown = json.loads(lb_cli(sock, "limits", "show", "per_key", "--json").stdout)["limits"][0]["top"]
     assert sorted(k["key"] for k in shown) == ["alice", "bob"]
+
+
+# ---- HTTP Basic ------------------------------------------------------------------------------
+
+def crypt_hash(password: str, method: str, rounds: int | None = None) -> str:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+
+    return crypt.crypt(password, crypt.mksalt(getattr(crypt, method), rounds=rounds))
+
+
+def basic(user: str, password: str) -> str:
+    import base64
+
+    return "Authorization: Basic " + base64.b64encode(f"{user}:{password}".encode()).decode() + "\r\n"
+
+
+def start_basic(run_lb, tmp_path, origin, users: dict, extra: str = "", workers: int = 1):
+    sock = tmp_path / "admin.sock"
+    port = free_port()
+    path = tmp_path / "htpasswd"
+    path.write_text("# users\n" + "".join(f"{u}:{h}\n" for u, h in users.items()))
+    gextra = f'admin_socket = "{sock}"\nstate_file = "{tmp_path / "state.json"}"'
+    lb = run_lb(lb_config(port, [(origin.address, "o", 100)], global_extra=gextra, mode="http", workers=workers,
+                          listener_extra='\n  [[listeners.t.routes]]\n  path_prefix = "/private/"\n  pool = "p"\n'
+                                         '  auth = "staff"\n')
+                + f'\n[auth.staff]\ntype = "basic"\nhtpasswd = "{path}"\n{extra}\n')
+    wait_for(sock.exists, 10, "the admin socket")
+    return lb, sock, port
+
+
+def status_auth(sock) -> dict:
+    return {a["name"]: a for a in json.loads(lb_cli(sock, "status", "--json").stdout)["auth"]}
+
+
+def test_basic_checks_bcrypt_and_sha2_crypt_off_the_loop_and_caches_successes(origins, run_lb, tmp_path):
+    origin = origins()
+    users = {"ann": crypt_hash("ann-pw", "METHOD_BLOWFISH", 1 << 4), "ben": crypt_hash("ben-pw", "METHOD_SHA512"),
+             "cy": crypt_hash("cy-pw", "METHOD_SHA256")}
+    lb, sock, port = start_basic(run_lb, tmp_path, origin, users)
+    assert request(port, "", "/open").status == 200
+    for headers in ("", basic("ann", "wrong"), basic("nobody", "x"), "Authorization: Basic !!!\r\n",
+                    "Authorization: Bearer abc\r\n"):
+        r = request(port, headers, "/private/x")
+        assert_error_page(r, 401)
+        assert r.headers["www-authenticate"] == 'Basic realm="staff", charset="UTF-8"'
+    for user in users:
+        r = request(port, basic(user, f"{user}-pw") + "X-Auth-User: mallory\r\n", "/private/x")
+        assert r.status == 200, user
+        seen = echoed_headers(r)
+        assert seen["x-auth-user"] == user and "authorization" not in seen
+    assert len([line for line in origin.requests() if "/private/" in line]) == 3
+    # the same credentials again: from the cache, no second slow hash
+    assert request(port, basic("ann", "ann-pw"), "/private/y").status == 200
+    counts = status_auth(sock)["staff"]["counts"]
+    assert (counts["ok"], counts["cached"], counts["verified"]) == (4, 1, 4)
+    assert counts["missing"] == 2 and counts["invalid"] == 3
+
+
+def test_a_wrong_password_under_a_slow_hash_blocks_no_other_client(origins, run_lb, tmp_path):
+    """bcrypt cost 14 takes a second or more here: while a wrong password is
+    being checked, the worker's one event loop serves other clients, and a
+    cached user, at once."""
+    origin = origins()
+    users = {"slow": crypt_hash("right", "METHOD_BLOWFISH", 1 << 14), "fast": crypt_hash("pw", "METHOD_SHA256")}
+    lb, sock, port = start_basic(run_lb, tmp_path, origin, users)
+    assert request(port, basic("fast", "pw"), "/private/warm").status == 200
+    pending = socket.create_connection(("127.0.0.1", port), timeout=30)
+    pending.sendall(f"GET /private/x HTTP/1.1\r\nHost: x\r\n{basic('slow', 'wrong')}\r\n".encode())
+    # lb took its head (and parked it for the check) before the others come
+    wait_for(lambda: lb.shm.worker_stats(0)["http_requests"] == 2, 10, "the request taken")
+    # answered while the slow check is still running
+    for _ in range(3):
+        assert request(port, "", "/open").status == 200
+        assert request(port, basic("fast", "pw"), "/private/y").status == 200
+    pending.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        pending.recv(1)              # the wrong password's answer has not come yet
+    pending.settimeout(60)
+    r = parse_responses(read_to_eof(pending))[0]
+    assert_error_page(r, 401)
+    pending.close()
+    counts = status_auth(sock)["staff"]["counts"]
+    assert counts["invalid"] == 1 and counts["cached"] == 3
+
+
+def test_bad_htpasswd_lines_are_named(tmp_path):
+    path = tmp_path / "htpasswd"
+    path.write_text("ann:$2y$05$abcdefghijklmnopqrstuu5s2v8.xPLGhJgZb3ngf1G9lJXBb0D2a\nben:{SHA}abc\n")
+    text = auth_config(path).replace('type = "api_key"\n        keys_file', 'type = "basic"\n        htpasswd')
+    text = textwrap.dedent(f"""\
+        [auth.api]
+        type = "basic"
+        htpasswd = "{path}"
+        [listeners.w]
+        bind = ["127.0.0.1:1"]
+        pool = "p"
+        auth = "api"
+        [pools.p]
+        [[pools.p.backends]]
+        address = "127.0.0.1:9"
+        """)
+    with pytest.raises(config.ConfigError, match=r"auth.api.htpasswd: .*htpasswd line 2: user 'ben': not a bcrypt"):
+        config.loads(text)
+    with pytest.raises(config.ConfigError, match=r'auth.api.keys_file: not a key of type = "basic"'):
+        config.loads(text.replace('htpasswd = "', 'keys_file = "/x"\nhtpasswd = "'))

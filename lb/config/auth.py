@@ -1,8 +1,9 @@
 """The [auth.NAME] sections: how the requests of a listener or a route prove
 who they are (their `auth` key, read here too: parse_auth_name). This build
 has API keys (type = "api_key"): the SHA-256 of each key, with its identity,
-in a keys file that `lb key add|revoke` also writes. JWT and HTTP Basic
-(DESIGN.md 4b) are refused by name until they come.
+in a keys file that `lb key add|revoke` also writes; and HTTP Basic (type =
+"basic") against an htpasswd file of bcrypt or SHA-2 crypt hashes. JWT
+(DESIGN.md 4b) is refused by name until it comes.
 
 The keys file: one key a line, `<sha256 hex> <identity>`, `#` comments.
 The keys themselves are never stored: a client's key is hashed per request
@@ -18,11 +19,16 @@ from lb.config.values import ConfigError, Context, Table, check_absolute_path, d
 
 NAMED = True
 # type and the api_key keys, then the keys of the types to come (contract spellings)
-KEYS = ("type", "keys_file", "header", "query", "identity_header", "strip",
-        "jwks", "issuer", "audience", "leeway", "claims_to_headers", "htpasswd")
-TYPES = ("api_key",)
-LATER_TYPES = ("jwt", "basic")
-API_KEY_KEYS = ("keys_file", "header", "query", "identity_header", "strip")
+KEYS = ("type", "keys_file", "header", "query", "identity_header", "strip", "htpasswd", "cache_ttl", "cache_size",
+        "jwks", "issuer", "audience", "leeway", "claims_to_headers")
+TYPES = ("api_key", "basic")
+LATER_TYPES = ("jwt",)
+TYPE_KEYS = {"api_key": ("keys_file", "header", "query", "identity_header", "strip"),
+             "basic": ("htpasswd", "identity_header", "strip", "cache_ttl", "cache_size")}
+DEFAULT_IDENTITY_HEADER = {"api_key": "X-Api-Identity", "basic": "X-Auth-User"}
+# htpasswd hashes lb checks (libxcrypt): bcrypt and SHA-2 crypt
+HASH_PREFIXES = ("$2y$", "$2b$", "$2a$", "$5$", "$6$")
+USER = re.compile(r"[^:\s]{1,63}")
 MAX_KEYS = 65536  # AUTH_MAX_KEYS of the data plane
 IDENTITY = re.compile(r"[A-Za-z0-9_.@:+=-]{1,63}")
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,63}")
@@ -38,9 +44,14 @@ class Auth:
     header: str = "X-Api-Key"  # where the key comes, as written
     query: str = ""  # or this query parameter ("" = the header)
     identity_header: str = "X-Api-Identity"
-    strip: bool = True  # remove the key's header before the backend
+    strip: bool = True  # remove the key's header (basic: Authorization) before the backend
     # (sha256 bytes, identity) of each key in the file, in file order
     keys: tuple[tuple[bytes, str], ...] = dataclasses.field(default=(), compare=False, repr=False)
+    htpasswd: str = ""  # basic: the users' file
+    cache_ttl: float = 60.0  # basic: how long a success is remembered
+    cache_size: int = 4096  # basic: successes remembered per worker
+    # basic: (user, hash) of each user of the file
+    users: tuple[tuple[str, str], ...] = dataclasses.field(default=(), compare=False, repr=False)
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Auth]:
@@ -56,8 +67,10 @@ def _parse_auth(name: str, t: Table) -> Auth:
     if kind not in TYPES:
         raise ConfigError(t.path_of("type"), f"unknown type {kind!r} (one of {', '.join(TYPES + LATER_TYPES)})")
     for key in KEYS:
-        if t.has(key) and key != "type" and key not in API_KEY_KEYS:
+        if t.has(key) and key != "type" and key not in TYPE_KEYS[kind]:
             raise ConfigError(t.path_of(key), f'not a key of type = "{kind}"')
+    if kind == "basic":
+        return _parse_basic(name, t)
     keys_file = t.string("keys_file")
     check_absolute_path(keys_file, t.path_of("keys_file"))
     header = t.string("header", "X-Api-Key")
@@ -67,7 +80,7 @@ def _parse_auth(name: str, t: Table) -> Auth:
         raise ConfigError(t.path_of("query"), f"invalid query parameter name {query!r}")
     if query and t.has("header"):
         raise ConfigError(t.path_of("query"), "and header exclude each other: the key comes in one place")
-    identity_header = t.string("identity_header", "X-Api-Identity")
+    identity_header = t.string("identity_header", DEFAULT_IDENTITY_HEADER["api_key"])
     check_header_name(identity_header, t.path_of("identity_header"))
     strip = t.boolean("strip", True)
     if query and t.has("strip") and strip:
@@ -76,6 +89,43 @@ def _parse_auth(name: str, t: Table) -> Auth:
     return Auth(name=name, type=kind, keys_file=keys_file, header=header, query=query,
                 identity_header=identity_header, strip=strip and not query,
                 keys=read_keys(keys_file, t.path_of("keys_file")))
+
+
+def _parse_basic(name: str, t: Table) -> Auth:
+    htpasswd = t.string("htpasswd")
+    check_absolute_path(htpasswd, t.path_of("htpasswd"))
+    identity_header = t.string("identity_header", DEFAULT_IDENTITY_HEADER["basic"])
+    check_header_name(identity_header, t.path_of("identity_header"))
+    return Auth(name=name, type="basic", keys_file="", header="Authorization", identity_header=identity_header,
+                strip=t.boolean("strip", True), htpasswd=htpasswd,
+                cache_ttl=t.duration("cache_ttl", "60s"), cache_size=t.integer("cache_size", 4096, 0, 1 << 20),
+                users=read_htpasswd(htpasswd, t.path_of("htpasswd")))
+
+
+def read_htpasswd(path: str, key_path: str) -> tuple[tuple[str, str], ...]:
+    """The users of an htpasswd file: "user:hash" lines, bcrypt or SHA-2
+    crypt hashes (those lb checks off the event loop); an error names the
+    file and line."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(key_path, f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    users: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        user, sep, hashed = text.partition(":")
+        if not sep or not USER.fullmatch(user):
+            raise ConfigError(key_path, f"{path} line {number}: not 'user:hash'")
+        if not hashed.startswith(HASH_PREFIXES):
+            raise ConfigError(key_path, f"{path} line {number}: user {user!r}: not a bcrypt ($2y$, $2b$) or SHA-2 "
+                                        f"crypt ($5$, $6$) hash (htpasswd -B makes bcrypt)")
+        if user in users:
+            raise ConfigError(key_path, f"{path} line {number}: user {user!r} again")
+        users[user] = hashed
+    return tuple(users.items())
 
 
 def read_keys(path: str, key_path: str = "") -> tuple[tuple[bytes, str], ...]:

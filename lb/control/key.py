@@ -25,6 +25,8 @@ def _auth(sup, args: dict):
     auths = sup.gen.config.auth
     if name not in auths:
         raise AdminError("not_found", f"no auth {name!r} (auths: {', '.join(auths) or 'none'})")
+    if auths[name].type != "api_key":
+        raise AdminError("invalid", f"auth {name!r} is of type {auths[name].type!r}, not api_key")
     return name, auths[name]
 
 
@@ -117,7 +119,7 @@ def list_keys(sup, args: dict) -> dict:
 
 
 def status(gen) -> list[dict]:
-    return [{"name": name, "type": a.type, "keys_file": a.keys_file,
+    return [{"name": name, "type": a.type, "file": a.keys_file or a.htpasswd,
              "counts": gen.shm.auth_counts(i)} for i, (name, a) in enumerate(gen.config.auth.items())]
 
 

@@ -72,6 +72,8 @@ cdef int step_auth(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noe
         return STEP_CONTINUE
     ar = &hw.auth[ai]
     st = &w.auth_stats[ai]
+    if ar.basic:
+        return basic_step(w, h, r, b, <uint32_t>ai)
     if not auth_key_of(ar, b, r, &off, &n):
         lb_add_u64(&st.missing, 1)
         auth_answer(hw, ar)
@@ -116,7 +118,8 @@ cdef int auth_worker_init(lb_worker *w, Shm shm, object auths) except -1:
         ar.shm = shm._auth(i)
         ar.from_query = bool(a.query)
         ar.strip = a.strip and not a.query
-        ar.key_name = mkstr(a.query if a.query else a.header.lower())
+        # basic: the credentials come in Authorization, which strip removes
+        ar.key_name = mkstr(a.query if a.query else a.header.lower() if a.type == "api_key" else "authorization")
         ar.id_name = mkstr(a.identity_header)
         ar.id_lower = mkstr(a.identity_header.lower())
         ar.id_value.p = <char *>calloc(AUTH_ID_MAX + 1, 1)
@@ -135,5 +138,7 @@ cdef int auth_worker_init(lb_worker *w, Shm shm, object auths) except -1:
         if ar.strip:
             ar.fields.n_remove = 1
             ar.fields.remove[0] = ar.key_name
+        if a.type == "basic":
+            basic_worker_init(ar, a)
     w.auth_stats = shm.auth_stats + <uint64_t>w.row * shm.auth_head.n_auths
     return 0

@@ -19,6 +19,7 @@ cdef enum:
     HS_LINGER = 7                    # write side shut; reading what the client still sends
     HS_CLOSED = 8
     HS_TLS = 9                       # the client's TLS handshake
+    HS_PARKED = 10                   # a request step waits for work off the loop (a password hash)
 
 # request methods that matter to the proxy
 cdef enum:
@@ -296,10 +297,47 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     w.http.id_len = 0                # no API-key identity until this request's auth step finds one
     rc = phase_request(w, h, r, b)
     if rc != STEP_CONTINUE:
-        if rc != STEP_ANSWERED:
+        if rc == STEP_PARKED:
+            h.st = HS_PARKED         # until the step's work is done: h_resume_request
+        elif rc != STEP_ANSWERED:
             h_error(w, h, rc)
         w.http.answer_len = 0        # an answer that could not be sent leaves no fields for the next
         return
+    h_request_go(w, h, r)
+
+
+cdef void h_resume_request(lb_worker *w, lb_hconn *h, int rc) noexcept nogil:
+    """A parked request's step is done: rc STEP_CONTINUE goes on with the steps
+    after it, anything else is the status to answer. The head is still in
+    inb, where it was parsed: parsed again (the worker's scratch head served
+    other requests meanwhile)."""
+    cdef http_req *r = w.http.req
+    cdef lb_http_listener *hl = h.hl
+    cdef const uint8_t *b = <const uint8_t *>h.inb.p + h.inb.off
+    h.st = HS_HEAD
+    if rc == STEP_CONTINUE:
+        if http_parse_request_c(b, h.inb.len, r, hl.max_target, hl.max_head, hl.max_fields) != 0:
+            rc = 500                 # it parsed before: cannot happen
+        else:
+            rc = phase_request(w, h, r, b, h.park_step)
+    if rc == STEP_PARKED:
+        h.st = HS_PARKED
+    elif rc == STEP_CONTINUE:
+        h_request_go(w, h, r)
+    elif rc != STEP_ANSWERED:
+        h_error(w, h, rc)
+    w.http.answer_len = 0
+    if h.c.state != CS_CLOSED:
+        conn_queue(w, &h.c)          # its sockets may have waited on it: run it this turn
+
+
+cdef void h_request_go(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil:
+    """The request passed its steps: set up the exchange, rewrite the head for
+    the backend, and connect."""
+    cdef const uint8_t *b = <const uint8_t *>h.inb.p + h.inb.off
+    cdef lb_http_listener *hl = h.hl
+    cdef lb_pool_rt *p
+    cdef uint32_t head_len = r.head_len
     p = &w.pools[h.c.pool]
     h.c.tries = 0
     h.fresh = 0

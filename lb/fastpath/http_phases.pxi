@@ -43,14 +43,19 @@ cdef inline int phase_head(lb_head_step *steps, uint32_t n, lb_worker *w, lb_hco
     return STEP_CONTINUE
 
 
-cdef inline int phase_request(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
+cdef inline int phase_request(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b,
+                              uint32_t start=0) noexcept nogil:
+    """The request steps from `start` on (0; a parked request goes on from
+    the step after the one that parked it)."""
     cdef lb_phases *ph = &w.listeners[h.c.listener].phases
     cdef uint32_t i
     cdef int rc
-    for i in range(ph.n_request):
+    for i in range(start, ph.n_request):
         rc = ph.request[i](w, h, r, b)
         if rc != STEP_CONTINUE:
-            if rc != STEP_ANSWERED:
+            if rc == STEP_PARKED:
+                h.park_step = <uint8_t>(i + 1)
+            elif rc != STEP_ANSWERED:
                 # the access log names the step that refused (its index in phase_plan)
                 h.c.lg.term = TERM_REFUSED
                 h.c.lg.step = <uint8_t>(i + 1)

@@ -236,6 +236,8 @@ cdef int worker_loop(lb_worker *w) noexcept nogil:
             elif tag == TAG_SIGNAL:
                 if data == TAG_SIGNAL:
                     on_signal(w)
+                elif data == TAG_VERIFIED:
+                    basic_on_verified(w)
                 else:
                     http_on_event(w, <void *><size_t>(data & ~(<uint64_t>3)), events[i].events)
             else:

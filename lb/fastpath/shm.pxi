@@ -637,12 +637,15 @@ cdef class Shm:
     def auth_counts(self, uint32_t i):
         self._auth(i)
         cdef shm_auth_stats *st
-        out = {"ok": 0, "missing": 0, "invalid": 0}
+        out = {"ok": 0, "missing": 0, "invalid": 0, "verified": 0, "cached": 0, "busy": 0}
         for row in range(self.hdr.n_rows):
             st = self.auth_stats + <uint64_t>row * self.auth_head.n_auths + i
             out["ok"] += lb_load_u64(&st.ok)
             out["missing"] += lb_load_u64(&st.missing)
             out["invalid"] += lb_load_u64(&st.invalid)
+            out["verified"] += lb_load_u64(&st.verified)
+            out["cached"] += lb_load_u64(&st.cached)
+            out["busy"] += lb_load_u64(&st.busy)
         return out
 
     def add_carried_auth(self, uint32_t row, uint32_t i, counts):
@@ -653,6 +656,9 @@ cdef class Shm:
         lb_add_u64(&st.ok, counts.get("ok", 0))
         lb_add_u64(&st.missing, counts.get("missing", 0))
         lb_add_u64(&st.invalid, counts.get("invalid", 0))
+        lb_add_u64(&st.verified, counts.get("verified", 0))
+        lb_add_u64(&st.cached, counts.get("cached", 0))
+        lb_add_u64(&st.busy, counts.get("busy", 0))
 
     def regions(self):
         """The directory: (name, offset, size) of each region, in layout order."""
