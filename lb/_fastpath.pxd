@@ -922,6 +922,8 @@ cdef struct lb_hconn:                # the client side of an http session
     lb_hconn *free_next
     uint32_t park_seq                # HS_PARKED: the number of its verification, to know its answer
     uint8_t park_step                # HS_PARKED: the request step to go on from
+    uint32_t cut_off                 # a part of the target the backend does not get (an API key's query
+    uint32_t cut_len                 # parameter), from the start of the head; cut_len 0: none
 
 
 cdef struct lb_auth_cache:            # a success of HTTP Basic (fastpath/auth_basic.pxi)

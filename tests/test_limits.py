@@ -332,7 +332,13 @@ def test_many_connections_through_several_workers_get_the_rate_plus_the_burst(or
     assert abs((1 + ok) - 10) <= 1, f"{1 + ok} admitted in the window, not 10 (+-1)"
     counts = lb.shm.limit_counts(0)
     assert counts["admitted"] == 1 + ok and counts["refused_rate"] == refused
-    assert len([line for line in origin.requests() if line.startswith("request")]) == 1 + ok
+    seen: list = []
+
+    def reported():
+        seen.extend(origin.requests())
+        return len([line for line in seen if line.startswith("request")]) == 1 + ok
+    # the origin's reports come through a pipe, after its answers may have
+    wait_for(reported, 10, f"the origin to report {1 + ok} requests")
     # the workers shared the work: more than one of them decided
     assert sum(1 for w in lb.worker_stats() if w["http_requests"]) >= 2
 
@@ -457,6 +463,32 @@ def test_tcp_connections_are_refused_at_accept_and_a_killed_workers_count_goes_b
         s.close()
     counts = lb.shm.limit_counts(0)
     assert counts["refused_concurrent"] >= 2
+
+
+def test_an_ipv6_client_counts_by_its_64(backends, run_lb, tmp_path):
+    b1 = backends("b1", hello=True)
+    sock = tmp_path / "admin.sock"
+    port = free_port("::1")
+    extra = f'admin_socket = "{sock}"\nstate_file = "{tmp_path / "state.json"}"'
+    run_lb(lb_config(port, [b1], global_extra=extra, listener_extra='limits = ["net"]', bind_host="::1")
+           + '\n[limits.net]\nrate = "1/1h"\nipv6_prefix = 64\n')
+    wait_for(sock.exists, 10, "the admin socket")
+
+    def hello():
+        s = socket.socket(socket.AF_INET6)
+        s.settimeout(10)
+        try:
+            s.connect(("::1", port))
+            return s.makefile("rb").readline().strip() or None
+        except (ConnectionResetError, BrokenPipeError):
+            return None
+        finally:
+            s.close()
+
+    assert hello() == b"b1"
+    assert hello() is None
+    top = json.loads(lb_cli(sock, "limits", "show", "net", "--json"))["limits"][0]["top"]
+    assert [(k["key"], k["refused"]) for k in top] == [("::/64", 1)]
 
 
 def test_tcp_rate_closes_at_accept(backends, run_lb, tmp_path):

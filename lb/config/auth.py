@@ -44,7 +44,7 @@ class Auth:
     header: str = "X-Api-Key"  # where the key comes, as written
     query: str = ""  # or this query parameter ("" = the header)
     identity_header: str = "X-Api-Identity"
-    strip: bool = True  # remove the key's header (basic: Authorization) before the backend
+    strip: bool = True  # remove the key (its header, its query parameter; basic: Authorization) before the backend
     # (sha256 bytes, identity) of each key in the file, in file order
     keys: tuple[tuple[bytes, str], ...] = dataclasses.field(default=(), compare=False, repr=False)
     htpasswd: str = ""  # basic: the users' file
@@ -83,11 +83,8 @@ def _parse_auth(name: str, t: Table) -> Auth:
     identity_header = t.string("identity_header", DEFAULT_IDENTITY_HEADER["api_key"])
     check_header_name(identity_header, t.path_of("identity_header"))
     strip = t.boolean("strip", True)
-    if query and t.has("strip") and strip:
-        raise ConfigError(t.path_of("strip"), "a key in the query is not removed from the target (it reaches "
-                                              "the backend); set strip = false to say so")
     return Auth(name=name, type=kind, keys_file=keys_file, header=header, query=query,
-                identity_header=identity_header, strip=strip and not query,
+                identity_header=identity_header, strip=strip,
                 keys=read_keys(keys_file, t.path_of("keys_file")))
 
 

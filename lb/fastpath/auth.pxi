@@ -56,6 +56,21 @@ cdef bint auth_key_of(lb_auth_rt *ar, const uint8_t *b, http_req *r, uint32_t *o
     return False
 
 
+cdef void query_cut(lb_hconn *h, const uint8_t *b, http_req *r, uint32_t voff, uint32_t vlen,
+                    uint32_t name_len) noexcept nogil:
+    """Cut `name=value` out of the target, with one '&' beside it (or the
+    '?' when it was the only parameter), so that the backend never gets the key."""
+    cdef uint32_t ps = voff - 1 - name_len, pe = voff + vlen, end = r.target_off + r.target_len
+    if pe < end and b[pe] == 38:                      # "name=v&..." -> "..."
+        pe += 1
+    elif ps > r.target_off and b[ps - 1] == 38:       # "...&name=v" -> "..."
+        ps -= 1
+    elif ps > r.target_off and b[ps - 1] == 63:       # "?name=v" alone -> ""
+        ps -= 1
+    h.cut_off = ps
+    h.cut_len = pe - ps
+
+
 cdef int step_auth(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
     """Request phase, after the access rules: the route's auth (else the
     listener's) on the request's API key; 401 without a known one."""
@@ -84,6 +99,8 @@ cdef int step_auth(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noe
         auth_answer(hw, ar)
         return 401
     lb_add_u64(&st.ok, 1)
+    if ar.from_query and ar.strip:
+        query_cut(h, b, r, off, n, ar.key_name.n)
     ar.id_value.n = found
     memcpy(hw.id, ar.id_value.p, found)
     hw.id_len = <uint8_t>found
@@ -117,7 +134,7 @@ cdef int auth_worker_init(lb_worker *w, Shm shm, object auths) except -1:
         ar = &hw.auth[<uint32_t>i]
         ar.shm = shm._auth(i)
         ar.from_query = bool(a.query)
-        ar.strip = a.strip and not a.query
+        ar.strip = a.strip
         # basic: the credentials come in Authorization, which strip removes
         ar.key_name = mkstr(a.query if a.query else a.header.lower() if a.type == "api_key" else "authorization")
         ar.id_name = mkstr(a.identity_header)

@@ -279,9 +279,6 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     """A request head was parsed: run the request phase (route, rules, ...),
     then set up the exchange and rewrite the head for the backend."""
     cdef const uint8_t *b = <const uint8_t *>h.inb.p + h.inb.off
-    cdef lb_http_listener *hl = h.hl
-    cdef lb_pool_rt *p
-    cdef uint32_t head_len = r.head_len
     cdef int rc
     lb_add_u64(&w.stats.http_requests, 1)
     # what the request says of itself, before any step looks at it
@@ -295,6 +292,7 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     h.in_exchange = 1
     log_exchange_start(w, h, r, b)
     w.http.id_len = 0                # no API-key identity until this request's auth step finds one
+    h.cut_len = 0
     rc = phase_request(w, h, r, b)
     if rc != STEP_CONTINUE:
         if rc == STEP_PARKED:

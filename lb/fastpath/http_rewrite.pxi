@@ -110,9 +110,17 @@ cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, uint8_t to
     cdef lb_hrules **rules = h.rq_rules
     cdef uint32_t n_rules = h.n_rq_rules
     cdef bint tls = sock_is_tls(&h.c.sk[SIDE_CLIENT])
-    if not (ob_put(o, b + r.method_off, r.method_len) and ob_put(o, b" ", 1)
-            and ob_put(o, b + r.target_off, r.target_len)
-            and ob_str(o, b" HTTP/1.1\r\n" if to_version == 11 else b" HTTP/1.0\r\n")):
+    cdef uint32_t cut_end = h.cut_off + h.cut_len
+    if h.cut_len and r.target_off <= h.cut_off and cut_end <= r.target_off + r.target_len:
+        # the target without the part a step cut (an API key in the query)
+        if not (ob_put(o, b + r.method_off, r.method_len) and ob_put(o, b" ", 1)
+                and ob_put(o, b + r.target_off, h.cut_off - r.target_off)
+                and ob_put(o, b + cut_end, r.target_off + r.target_len - cut_end)):
+            return False
+    elif not (ob_put(o, b + r.method_off, r.method_len) and ob_put(o, b" ", 1)
+              and ob_put(o, b + r.target_off, r.target_len)):
+        return False
+    if not ob_str(o, b" HTTP/1.1\r\n" if to_version == 11 else b" HTTP/1.0\r\n"):
         return False
     for i in range(r.n_fields):
         f = &r.fields[i]
