@@ -312,11 +312,17 @@ cdef void h_resume_request(lb_worker *w, lb_hconn *h, int rc) noexcept nogil:
     cdef http_req *r = w.http.req
     cdef lb_http_listener *hl = h.hl
     cdef const uint8_t *b = <const uint8_t *>h.inb.p + h.inb.off
+    cdef lb_tls_server *t = w.listeners[h.c.listener].tls
     h.st = HS_HEAD
     if rc == STEP_CONTINUE:
         if http_parse_request_c(b, h.inb.len, r, hl.max_target, hl.max_head, hl.max_fields) != 0:
             rc = 500                 # it parsed before: cannot happen
         else:
+            if t != NULL and t.client_cert:
+                # the steps before the park wrote their fields into buffers
+                # other requests have used since: the client_cert step's are
+                # this connection's again (the auth step's are, by its resume)
+                client_cert_fill(w, h)
             rc = phase_request(w, h, r, b, h.park_step)
     if rc == STEP_PARKED:
         h.st = HS_PARKED
