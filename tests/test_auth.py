@@ -306,3 +306,50 @@ def test_bad_htpasswd_lines_are_named(tmp_path):
         config.loads(text)
     with pytest.raises(config.ConfigError, match=r'auth.api.keys_file: not a key of type = "basic"'):
         config.loads(text.replace('htpasswd = "', 'keys_file = "/x"\nhtpasswd = "'))
+
+
+def test_a_parked_request_keeps_its_own_client_certificate_fields(origins, run_lb, tmp_path):
+    """On a TLS listener with client certificates, the fields the client_cert
+    step wrote for a request are the connection's own when it resumes after
+    its password check, whatever other clients' requests wrote meanwhile."""
+    import ssl
+    import threading
+
+    from tests.test_tls import Pki, certs_toml, client_context, echo_of, https, tls_config
+
+    pki = Pki(tmp_path / "pki")
+    port = free_port()
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text(f"slow:{crypt_hash('pw', 'METHOD_BLOWFISH', 1 << 13)}\n"
+                        f"fast:{crypt_hash('pw', 'METHOD_SHA256')}\n")
+    tls = certs_toml(pki.default) + f'client_ca = "{pki.ca_path}"\nclient_verify = "required"'
+    lb = run_lb(tls_config(port, [origins()], tls, listener='auth = "staff"')
+                + f'\n[auth.staff]\ntype = "basic"\nhtpasswd = "{htpasswd}"\n')
+
+    def context(name):
+        leaf = pki.ca.leaf(name, (name,), client=True)
+        ctx = client_context(pki.ca_path)
+        ctx.load_cert_chain(str(leaf.cert), str(leaf.key))
+        return ctx
+
+    import base64
+
+    def creds(user):
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:pw".encode()).decode()}
+
+    got = {}
+
+    def slow():
+        with https(port, context("client-slow"), timeout=60) as conn:
+            got["echo"] = echo_of(conn, "GET", "/slow", headers=creds("slow"))
+
+    t = threading.Thread(target=slow)
+    t.start()
+    wait_for(lambda: sum(w["http_requests"] for w in lb.worker_stats()) == 1, 20, "the slow request taken")
+    with https(port, context("client-fast")) as conn:
+        for _ in range(3):
+            fields = {n.lower(): v for n, v in echo_of(conn, "GET", "/fast", headers=creds("fast"))["headers"]}
+            assert "CN=client-fast" in fields["x-client-cert-subject"]
+    t.join(60)
+    fields = {n.lower(): v for n, v in got["echo"]["headers"]}
+    assert "CN=client-slow" in fields["x-client-cert-subject"] and fields["x-auth-user"] == "slow"
