@@ -100,8 +100,9 @@ setup(
             extra_compile_args=CFLAGS,
             extra_link_args=LDFLAGS,
             # TLS (lb/fastpath/tls.pxi): OpenSSL 3, libssl-dev to build; HTTP/2
-            # (lb/fastpath/h2.pxi): libnghttp2, libnghttp2-dev to build
-            libraries=["ssl", "crypto", "nghttp2"],
+            # (lb/fastpath/h2.pxi): libnghttp2, libnghttp2-dev to build; htpasswd
+            # hashes (lb/fastpath/auth_basic.pxi): libxcrypt, libcrypt-dev to build
+            libraries=["ssl", "crypto", "nghttp2", "crypt"],
             depends=["lb/_fastpath.pxd"],
         )
     ],

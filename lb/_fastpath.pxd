@@ -223,6 +223,106 @@ cdef struct shm_acl:                 # 128 bytes; writer: supervisor
     uint64_t _pad[4]
 
 
+# Rate and concurrency limits (fastpath/limits.pxi). Each [limits.NAME] has a
+# table of keys in shared memory, shared by every worker of the node, so that N
+# workers admit what one would. A key's rate is a GCRA: one 64-bit theoretical
+# arrival time, moved by compare-and-swap. Requests in flight are counted per
+# worker row ([entry][row]), so the counts of a worker that dies go with it.
+cdef enum:
+    LIMIT_PROBE = 32                 # the slots a key may take, from its home slot on
+    LIMIT_MAX_PER_LIST = 4           # limits in one listener's or route's list
+    LIMIT_MAX_HELD = 8               # requests-in-flight counts one connection holds
+    LIMIT_TEXT_MAX = 30              # bytes of a key kept for `lb limits show`
+    LK_SOURCE_IP = 1                 # shm_limit.key_kind
+    LK_HEADER = 2
+    LK_COOKIE = 3
+    LK_API_KEY = 4                   # the identity of the request's API key (the auth step found it)
+    LIMIT_F_DRY_RUN = 1              # shm_limit.flags: count, never refuse
+    LIMIT_F_REFUSE_NEW = 2           # a key that finds the table full is refused (else admitted)
+
+cdef struct shm_limits_head:         # 64 bytes, the start of the limits region; writer: supervisor, at creation
+    uint32_t n_limits
+    uint32_t n_rows                  # conc counts per entry
+    uint64_t _pad[7]
+
+cdef struct shm_limit:               # 256 bytes; writer: supervisor, at creation
+    char name[64]
+    char key_name[64]                # header (lower case) or cookie name
+    uint8_t key_kind                 # LK_*
+    uint8_t prefix4                  # source_ip: the prefix length that makes the key
+    uint8_t prefix6
+    uint8_t flags                    # LIMIT_F_*
+    uint32_t concurrent              # requests (tcp: connections) in flight per key; 0: no limit
+    uint64_t capacity                # entries, a power of two
+    uint64_t emission_ns             # GCRA T = period / rate; 0: no rate
+    uint64_t tolerance_ns            # GCRA tau = burst * T
+    uint64_t period_ns
+    uint32_t rate                    # requests per period
+    uint32_t burst
+    uint64_t seed                    # of the key hashes: random per region (no chosen collisions)
+    uint64_t entries_off             # capacity shm_limit_entry, from the start of the mapping
+    uint64_t conc_off                # capacity x n_rows uint32 ([entry][row]); 0: concurrent = 0
+    uint8_t _pad[56]
+
+cdef struct shm_limit_entry:         # 64 bytes; writers: every worker (CAS and the entry lock), supervisor (a dead row's locks)
+    uint64_t key                     # hash of the key, never 0; 0: a free slot. Set by CAS from 0, or by an evictor holding lock
+    uint64_t tat                     # GCRA theoretical arrival time, CLOCK_MONOTONIC ns; CAS, or under lock when concurrent
+    uint64_t window                  # requests seen: period number (24 bits) | in it (20) | in the one before (20)
+    uint32_t lock                    # 0, or 1 + the row of the worker holding it (evictions; concurrent limits)
+    uint32_t refused                 # this key's refusals (dry_run: would-be refusals)
+    uint8_t text_len                 # the key, for `lb limits show`: an address (text_kind 4 or 6) or the
+    uint8_t text_kind                # first LIMIT_TEXT_MAX bytes of a header or cookie value (text_kind 0)
+    char text[LIMIT_TEXT_MAX]
+
+cdef struct shm_limit_stats:         # 64 bytes, [row][limit]; writer: the row's worker
+    uint64_t admitted
+    uint64_t refused_rate            # over the rate (429; tcp: closed at accept)
+    uint64_t refused_concurrent      # over concurrent
+    uint64_t dry_run                 # refusals dry_run let through (refused_* count them too)
+    uint64_t unkeyed                 # requests without the key (no such header or cookie): not limited
+    uint64_t table_full              # keys that found no free slot and nothing to evict
+    uint64_t evicted                 # keys evicted (their bucket was full again, nothing in flight)
+    uint64_t _pad
+
+
+# API keys (fastpath/auth.pxi): per [auth.NAME] of type api_key, the SHA-256
+# of each key and its identity, in an open-addressing table; two halves,
+# flipped by generation (as the ACLs): `lb key add|revoke` rewrites the half
+# not in use and flips.
+cdef enum:
+    AUTH_MAX_KEYS = 65536            # per auth
+    AUTH_HALF_SLOTS = 131072         # slots a half can have (twice the keys at most)
+    AUTH_ID_MAX = 63                 # bytes of an identity
+
+cdef struct shm_auth_head:           # 64 bytes, the start of the auth_keys region; writer: supervisor, at creation
+    uint32_t n_auths
+    uint32_t _pad0
+    uint64_t _pad[7]
+
+cdef struct shm_auth:                # 128 bytes; writer: supervisor
+    char name[64]
+    uint32_t gen                     # the live half is (gen & 1); stored with release once the other half is complete
+    uint32_t n_slots[2]              # slots of each half: a power of two, twice its keys or more (0: no key)
+    uint32_t n_keys[2]
+    uint32_t _pad0
+    uint64_t off                     # the two halves (AUTH_HALF_SLOTS entries each), from the start of the mapping
+    uint64_t _pad[4]
+
+cdef struct shm_auth_key:            # 96 bytes; writer: supervisor (the half not in use)
+    uint8_t sha256[32]               # of the key
+    uint8_t id_len                   # 0: a free slot
+    char id[AUTH_ID_MAX]
+
+cdef struct shm_auth_stats:          # 64 bytes, [row][auth]; writer: the row's worker
+    uint64_t ok                      # requests with a known key (basic: good credentials)
+    uint64_t missing                 # no key, no credentials (401)
+    uint64_t invalid                 # a key not in the table, a wrong user or password (401)
+    uint64_t verified                # basic: passwords checked against their slow hash (off the loop)
+    uint64_t cached                  # basic: credentials found in the success cache
+    uint64_t busy                    # basic: the verification queue was full (503)
+    uint64_t _pad[2]
+
+
 # Access logs (fastpath/log.pxi). Each worker row has its own ring of fixed-size
 # records; the worker is its one producer, the logger process its one consumer.
 # A full ring drops the record (counted), so a worker never waits for the logger.
@@ -455,6 +555,11 @@ cdef struct lb_conn:
     lb_conn *pending_next
     sockaddr_storage peer
     lb_logctx lg
+    # the requests-in-flight counts this connection (tcp) or its request in
+    # flight (http) holds in limit tables, given back by the end phase
+    uint32_t n_held
+    uint32_t held_limit[LIMIT_MAX_HELD]
+    uint32_t held_entry[LIMIT_MAX_HELD]
 
 cdef struct mg_entry:               # one backend while a Maglev table is built
     const char *name
@@ -479,6 +584,7 @@ cdef struct http_req
 cdef enum:
     STEP_CONTINUE = 0                # go on: the next step, then the exchange
     STEP_ANSWERED = 1                # the step answered the request itself; that response is on its way
+    STEP_PARKED = 2                  # the step waits for work done off the loop; it resumes the request
     # any other result is an HTTP status (403, 404, 429, ...) lb answers with
     # through its own error path, which ends the exchange
     MAX_STEPS = 8                    # per phase and listener
@@ -507,6 +613,12 @@ cdef struct lb_access:
     uint32_t rule                    # counter of deny[i]: rule + i; of allow[j]: rule + n_deny + j;
                                      # of the default (no deny matched, no allow matched): rule + n_deny + n_allow
 
+# The limits a listener or a route names (its `limits` key), by index in the
+# limits region, in the order written.
+cdef struct lb_limit_list:
+    uint32_t n
+    uint32_t idx[LIMIT_MAX_PER_LIST]
+
 cdef struct lb_str:                  # an owned, NUL-terminated byte string
     char *p
     uint32_t n
@@ -531,6 +643,7 @@ cdef struct lb_listener_rt:
     uint16_t cfg_index               # the listener's index in the config (log records name it so)
     uint8_t log_on                   # an access log serves this listener: the end phase writes records
     uint64_t log_sample              # keep a non-error record when 32 random bits are below this (1 << 32: all)
+    lb_limit_list *limits            # tcp: at accept, per connection; http: per request, before the route's; NULL: none
 
 cdef struct lb_pool_rt:
     shm_pool *shm
@@ -601,7 +714,10 @@ cdef struct lb_worker:
     uint64_t rid_seq
     uint64_t now_us                  # access logs: CLOCK_MONOTONIC at this turn's start, microseconds
     uint64_t unix_us                 # ... and the wall clock then
-
+    shm_limit *limits                # the limits region's descriptors
+    uint32_t n_limits
+    shm_limit_stats *limit_stats     # this worker's row of their counters
+    shm_auth_stats *auth_stats       # this worker's row of the API-key auths' counters
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a
 # global backend slot or -1; it must skip the slots the connection already tried.
@@ -624,6 +740,7 @@ cdef enum:
 
 cdef enum:
     HTTP_MAX_FIELDS_CAP = 256
+    LIMIT_ANSWER_MAX = 512
 
 cdef struct lb_tlist
 cdef struct lb_bconn
@@ -683,6 +800,8 @@ cdef struct lb_route:
     lb_hrules resp
     lb_access *access                # allow/deny on requests of this route (403); NULL: none
     int64_t max_body                 # max_body_size; 0: none, -1: the listener's
+    lb_limit_list *limits            # rate and concurrency limits of this route's requests; NULL: none
+    int32_t auth                     # [auth.NAME] index of this route's requests; -1: the listener's
 
 cdef struct lb_tnode:                # a timer-list link; lists hold nodes of one constant timeout
     lb_tnode *prev
@@ -728,6 +847,7 @@ cdef struct lb_http_listener:
     uint32_t h2_conn_window          # the connection's receive window
     uint32_t h2_max_frame            # SETTINGS_MAX_FRAME_SIZE
     uint32_t h2_max_glitches         # frames that do no work (control floods, resets of unanswered streams) before GOAWAY
+    int32_t auth                     # [auth.NAME] index of its requests; -1: none
 
 cdef struct lb_http_pool:
     uint32_t max_idle                # idle keep-alive connections per backend (this worker)
@@ -816,6 +936,34 @@ cdef struct lb_hconn:                # the client side of an http session
     lb_hconn *free_next
     lb_h2 *h2                        # HTTP/2: the connection's session (h2role H2_CONN), or its stream's (H2_STREAM)
     uint8_t h2role                   # 0: HTTP/1; H2_CONN: the connection; H2_STREAM: one request of it
+    uint32_t park_seq                # HS_PARKED: the number of its verification, to know its answer
+    uint8_t park_step                # HS_PARKED: the request step to go on from
+    uint32_t cut_off                 # a part of the target the backend does not get (an API key's query
+    uint32_t cut_len                 # parameter), from the start of the head; cut_len 0: none
+
+
+cdef struct lb_auth_cache:            # a success of HTTP Basic (fastpath/auth_basic.pxi)
+    uint8_t mac[16]                  # HMAC-SHA256 of the credentials under the worker's secret (cut)
+    uint64_t until_ms
+    uint32_t user                    # index in the auth's users
+
+cdef struct lb_auth_rt:               # a worker's view of one [auth.NAME] (fastpath/auth.pxi)
+    uint8_t basic                    # HTTP Basic (else API keys)
+    char **users                     # basic: user names, sorted (strcmp), and their hashes
+    char **hashes
+    uint32_t n_users
+    lb_auth_cache *cache             # basic: successes, by their MAC; a power of two of them
+    uint32_t cache_mask
+    uint64_t cache_ttl_ms
+    shm_auth *shm
+    uint8_t strip                    # remove the key's header before the backend
+    uint8_t from_query               # the key comes from a query parameter (else a header)
+    lb_str key_name                  # header (lower case) or query parameter name
+    lb_str id_name                   # identity header, as written, and lower case
+    lb_str id_lower
+    lb_str id_value                  # buffer of AUTH_ID_MAX bytes, this request's identity
+    lb_hrules fields                 # set: the identity; remove: the key's header (strip)
+    lb_str realm                     # the answer's WWW-Authenticate realm: the auth's name
 
 cdef struct lb_http_worker:
     http_req *req                    # scratch: the head being handled
@@ -833,6 +981,14 @@ cdef struct lb_http_worker:
     nghttp2_nv *h2nv                 # scratch: a response's fields for nghttp2
     char *h2low                      # scratch: their names in lower case
     lb_h2 *h2_all                    # every HTTP/2 connection of the worker (GOAWAY at stop)
+    char answer_fields[LIMIT_ANSWER_MAX] # fields for lb's next own answer (429: Retry-After, RateLimit...),
+    uint32_t answer_len              # set by a request step that refuses, emitted and cleared by h_error
+    lb_auth_rt *auth                 # [n_auth]: each API-key auth's fields for the backend
+    uint32_t n_auth
+    uint8_t id_len                   # the identity the auth step found for the request in flight (0: none),
+    char id[AUTH_ID_MAX]             # for the limits keyed by api_key; set anew by each request's auth step
+    void *verifier                   # HTTP Basic: the threads that check passwords off the loop (auth_basic.pxi)
+    uint32_t park_seq                # numbers the requests parked for them
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------

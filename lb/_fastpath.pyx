@@ -28,6 +28,9 @@ from lb.includes.xxhash64 cimport lb_xxh64, lb_splitmix64
 
 include "fastpath/shm.pxi"
 include "fastpath/acl.pxi"
+include "fastpath/limits.pxi"
+include "fastpath/auth.pxi"
+include "fastpath/auth_basic.pxi"
 include "fastpath/transport.pxi"
 include "fastpath/tls.pxi"
 include "fastpath/tls_record.pxi"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from lb._fastpath import REGIONS, Shm  # noqa: F401 (REGIONS: the layout, for readers of this module)
+from lb._fastpath import REGIONS, Shm, limit_spec  # noqa: F401 (REGIONS: the layout, for readers of this module)
 from lb.config.acls import access_rules
 
 # Free slots per pool for backends added at run time, without a reload.
@@ -29,19 +29,21 @@ def region_path(pid: int | None = None, generation: int = 1) -> str:
     return f"/dev/shm/lb-{pid or os.getpid()}{suffix}.shm"
 
 
-def create_for_config(config, n_rows: int, path: str | None = None) -> Shm:
+def create_for_config(config, n_rows: int, path: str | None = None, seeds: dict[str, int] | None = None) -> Shm:
     """Create the region (pools in config order) and publish every backend.
 
     A backend starts up: until the checker has a verdict, an unchecked backend
     is given traffic (HAProxy does the same for servers without `check`).
+    seeds: the key-hash seed of each limit to keep (a reload carries its keys over).
     """
     pools = [(name, pool_capacity(len(p.backends)), p.algorithm, p.table_size, p.hash_key, p.balance_factor)
              for name, p in config.pools.items()]
     rules = access_rules(config.listeners)
     # access-log rings only when a listener logs: else the region is its header alone
     logged = any(listener.logs for listener in config.listeners.values())
+    limits = [{**limit_spec(limit), "seed": (seeds or {}).get(name, 0)} for name, limit in config.limits.items()]
     shm = Shm.create(path or region_path(), pools, n_rows, os.getpid(), acls=list(config.acls), n_rules=len(rules),
-                     log_records=config.global_.log_ring if logged else 0)
+                     log_records=config.global_.log_ring if logged else 0, limits=limits, auths=list(config.auth))
     for pool_index, pool in enumerate(config.pools.values()):
         for index, b in enumerate(pool.backends):
             shm.set_backend(pool_index, index, b.host, b.port, b.name, b.weight, b.backup)
@@ -49,6 +51,9 @@ def create_for_config(config, n_rows: int, path: str | None = None) -> Shm:
     # the config's prefixes; the supervisor publishes its runtime changes over them
     for index, acl in enumerate(config.acls.values()):
         acl.entries.publish(shm, index)
+    # the keys files as read with the config; `lb key` publishes its changes over them
+    for index, auth in enumerate(config.auth.values()):
+        shm.auth_publish(index, auth.keys)
     return shm
 
 

@@ -124,6 +124,10 @@ class Generation:
     acls: dict = field(default_factory=dict)
     # ACL rule decision counts copied into the next generation, by rule key
     rules_handed_over: dict = field(default_factory=dict)
+    # limit decision counts copied into the next generation, by limit name
+    limits_handed_over: dict = field(default_factory=dict)
+    # API-key auth counts copied into the next generation, by auth name
+    auth_handed_over: dict = field(default_factory=dict)
     # the access-log process; None when no listener logs
     logger: WorkerSlot | None = None
 
@@ -289,7 +293,8 @@ class Supervisor:
         # rows 0..n-1 for the workers, n..2n-1 spares for replacing a worker while
         # the old one drains, and one more no worker writes: totals carried over
         rows = 2 * n + 1
-        region = shm_mod.create_for_config(config, rows, shm_mod.region_path(generation=self.generations))
+        region = shm_mod.create_for_config(config, rows, shm_mod.region_path(generation=self.generations),
+                                           seeds=control.limits.seeds(previous))
         if self.account is not None:
             # the workers inherit the mapping; processes that attach later by path
             # (admin tools) open it as the account
@@ -330,6 +335,8 @@ class Supervisor:
                 old.handed_over[(pool, name)] = totals
                 new.shm.add_carried(pi, idx, new.carried_row, totals)
         control.acl.carry_over(old, new)
+        control.limits.carry_over(old, new)
+        control.key.carry_over(old, new)
 
     def _fold_drained(self, old: Generation) -> None:
         """An old generation is gone: what its connections counted after the
@@ -337,6 +344,8 @@ class Supervisor:
         if self.gen is None:
             return
         control.acl.fold_drained(old, self.gen)
+        control.limits.fold_drained(old, self.gen)
+        control.key.fold_drained(old, self.gen)
         for (pool, name), before in old.handed_over.items():
             if pool not in self.gen.backends or name not in self.gen.backends[pool]:
                 continue
@@ -406,6 +415,10 @@ class Supervisor:
             if child is None:
                 continue
             gen, slot = child.gen, child.slot
+            if child.row >= 0:
+                # its requests in flight died with it: their counts in the
+                # limit tables go (and a table lock it held is let go)
+                gen.shm.limits_release_row(child.row)
             if child.row >= 0 and child.row != slot.row:
                 gen.free_rows.add(child.row)  # a replaced worker's row
             how = self._describe_exit(status)

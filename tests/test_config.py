@@ -47,6 +47,8 @@ def _check_command():
 
 ACL_FILE = TLS_DIR / "blocked.txt"
 ACL_FILE.write_text("# abusers\n192.0.2.0/24\n\n198.51.100.7  # one address\n2001:db8:bad::/48\n")
+API_KEYS_FILE = TLS_DIR / "keys.txt"
+API_KEYS_FILE.write_text(bytes(range(32)).hex() + " ci\n")
 
 # Every key of the contract, none at its default.
 FULL = """
@@ -72,6 +74,34 @@ cidrs = ["10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"]
 [acls.blocked]
 file = "ACL_FILE"
 
+[limits.per_ip]
+key = "source_ip"
+rate = "100/10s"
+burst = 20
+concurrent = 10
+ipv4_prefix = 24
+ipv6_prefix = 64
+capacity = 131072
+on_full = "refuse"
+dry_run = true
+
+[limits.per_user]
+key = "header:X-User"
+rate = "5/s"
+
+[auth.api]
+type = "api_key"
+keys_file = "API_KEYS_FILE"
+header = "X-Key"
+identity_header = "X-Client"
+strip = false
+
+[auth.partners]
+type = "api_key"
+keys_file = "API_KEYS_FILE"
+query = "key"
+strip = false
+
 [listeners.web]
 bind = ["0.0.0.0:8080", "[::1]:8080"]
 mode = "http"
@@ -79,6 +109,8 @@ pool = "app"
 accept_proxy = true
 allow = ["office"]
 deny = ["blocked"]
+limits = ["per_ip"]
+auth = "api"
 idle_timeout = "30s"
 backlog = 1024
 http_request_timeout = "5s"
@@ -106,6 +138,14 @@ request_id = "X-Trace-Id"
   client_verify = "optional"
   client_headers = { subject = "X-SSL-Client-DN", fingerprint = "X-SSL-Client-SHA256", verify = "X-SSL-Client-Verify" }
 
+  [listeners.web.http2]
+  h2c = true
+  max_concurrent_streams = 50
+  initial_window_size = 131072
+  connection_window_size = 2097152
+  max_frame_size = 32768
+  max_glitches = 500
+
   [listeners.web.request_headers]
   set = { "X-Env" = "prod", "X-Tier" = "web" }
   add = { "X-Via-Lb" = "1" }
@@ -124,6 +164,8 @@ request_id = "X-Trace-Id"
   allow = ["office"]
   deny = ["blocked"]
   max_body_size = 0
+  limits = ["per_user"]
+  auth = "partners"
 
   [[listeners.web.routes]]
   host = "*.static.example.com"
@@ -217,7 +259,7 @@ algorithm = "leastconn"
 
   [[pools.api.backends]]
   address = "10.0.1.1:9000"
-""".replace("ACL_FILE", str(ACL_FILE)).replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace(
+""".replace("ACL_FILE", str(ACL_FILE)).replace("API_KEYS_FILE", str(API_KEYS_FILE)).replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace(
     "TLS_CA_FILE", str(TLS_CA.path)).replace("TLS_CLIENT_CERT", str(TLS_CLIENT.cert)).replace(
     "TLS_CLIENT_KEY", str(TLS_CLIENT.key)).replace("TLS_CERT", str(TLS_LEAF.cert)).replace(
     "TLS_KEY", str(TLS_LEAF.key))
@@ -275,14 +317,27 @@ def test_full_config_loads_every_key():
             add=(("X-Served-By", "lb"),),
             remove=("x-powered-by",),
         ),
+        http2=config.Http2Settings(h2c=True, max_concurrent_streams=50, initial_window_size=131072,
+                                   connection_window_size=2097152, max_frame_size=32768, max_glitches=500),
     )
     assert web.access == config.Access(allow=("office",), deny=("blocked",), rule=0)
+    assert web.limits == ("per_ip",)
+    assert cfg.limits["per_ip"] == config.Limit(
+        name="per_ip", key="source_ip", rate=100, period=10.0, burst=20, concurrent=10, ipv4_prefix=24,
+        ipv6_prefix=64, capacity=131072, on_full="refuse", dry_run=True)
+    assert (cfg.limits["per_user"].key, cfg.limits["per_user"].rate_text) == ("header:X-User", "5/1s")
+    assert web.auth == "api" and web.routes[0].auth == "partners"
+    assert cfg.auth["api"] == config.Auth(name="api", type="api_key", keys_file=str(API_KEYS_FILE), header="X-Key",
+                                          identity_header="X-Client", strip=False)
+    assert cfg.auth["api"].keys == ((bytes(range(32)), "ci"),)
+    assert (cfg.auth["partners"].query, cfg.auth["partners"].strip) == ("key", False)
     assert (cfg.acls["office"].ipv4, cfg.acls["office"].ipv6, cfg.acls["office"].cidrs) == (
         2, 1, ("10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"))
     assert (cfg.acls["blocked"].ipv4, cfg.acls["blocked"].ipv6, cfg.acls["blocked"].file) == (2, 1, str(ACL_FILE))
     assert web.routes == (
         config.Route(host="api.example.com", path_prefix="/v1/", pool="api", name="api", max_body_size=0,
-                     access=config.Access(allow=("office",), deny=("blocked",), rule=3)),
+                     access=config.Access(allow=("office",), deny=("blocked",), rule=3), limits=("per_user",),
+                     auth="partners"),
         config.Route(host="*.static.example.com", path_prefix=None, pool="app", name="routes[1]"),
         config.Route(
             host=None,
@@ -377,6 +432,7 @@ def _contract_keys() -> set[str]:
         "listeners.*.routes.request_headers": config.HEADER_RULE_KEYS,
         "listeners.*.routes.response_headers": config.HEADER_RULE_KEYS,
         "listeners.*.tls": config.TLS_KEYS,
+        "listeners.*.http2": config.HTTP2_KEYS,
         "listeners.*.tls.certificates": config.TLS_CERTIFICATE_KEYS,
         "listeners.*.tls.client_headers": config.TLS_CLIENT_HEADER_KEYS,
         "pools.*": config.POOL_KEYS,
@@ -809,6 +865,8 @@ HTTP_LISTENER_VALUES = {
     "response_headers": '[listeners.web.response_headers]\nremove = ["Server"]',
     "max_body_size": 'max_body_size = "1MiB"',
     "request_id": 'request_id = "X-Request-Id"',
+    "auth": 'auth = "api"\n[auth.api]\ntype = "api_key"\nkeys_file = "/nonexistent/lb-keys.txt"',
+    "http2": "[listeners.web.http2]\nh2c = true",
 }
 
 

@@ -1,13 +1,16 @@
-"""acl_cpu: CPU per request of lb with a 100,000-prefix ACL against lb without one, same run.
+"""acl_cpu: CPU per request of lb with a 100,000-prefix ACL and a rate limit against lb without them, same run.
 
 keep-alive GET /small through an lb http listener, as http_small, twice: plain
 (the default config), then with a 100,000-prefix ACL (random IPv4 prefixes of
 /8 to /32 and some IPv6 ones, none covering the loopback client) that the
 listener denies at accept and a route matching every request (`path_prefix =
-"/"`) denies again on each request: every request pays a route match and a
-lookup. Only lb runs (HAProxy and nginx have no part in it). The issue's target
-(issue 13): the ACL (and, to come, a rate limit) adds at most 10% to the CPU
-per request; `acl +%` is that figure.
+"/"`) denies again on each request, and a rate limit by client address on
+the listener (`[limits.per_ip]`, a rate no run reaches): every request pays a
+route match, a lookup, and a limit decision against the shared table (one
+key, the loopback client: the hottest entry there can be). Only lb runs
+(HAProxy and nginx have no part in it). The issue's target (issue 13): the
+ACL and the rate limit add at most 10% to the CPU per request; `acl+limit +%`
+is that figure.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ NAME = "acl_cpu"
 ORDER = 55
 KIND = "wrk"
 MODE = "http"
-SUMMARY = "keep-alive GET /small, http mode: lb plain vs lb with a 100,000-prefix ACL (cpu/req, +%)"
+SUMMARY = "keep-alive GET /small, http mode: lb plain vs lb with a 100,000-prefix ACL and a rate limit (cpu/req, +%)"
 TARGETS = ("lb", harness.BASELINE)
 METRICS = (
     harness.CPU_US_REQ_METRIC,             # with the ACL
     harness.Metric("cpu_us_req_plain", "plain us/req", ",.1f"),
-    harness.Metric("acl_overhead_pct", "acl +%", "+.1f"),
+    harness.Metric("acl_overhead_pct", "acl+limit +%", "+.1f"),
     harness.Metric("req_s_plain", "plain req/s", ",.0f"),
     harness.REQ_S_METRIC,
     harness.P99_METRIC,
@@ -59,22 +62,25 @@ def measure(ctx, target):
     write_prefixes(acl_file)
     target.stop()
     target.listener_extra = """deny = ["blocklist"]
+limits = ["per_ip"]
 
   [[listeners.bench.routes]]
   path_prefix = "/"
   pool = "origin"
   deny = ["blocklist"]
 """
-    target.config_extra = f'\n[acls.blocklist]\nfile = "{acl_file}"\n'
+    # a rate far above what one wrk run sends: every request is decided, none refused
+    target.config_extra = (f'\n[acls.blocklist]\nfile = "{acl_file}"\n'
+                           '\n[limits.per_ip]\nrate = "100000000/1s"\nburst = 1000000\n')
     target.start()
     acl = harness.wrk_measure(ctx, target, "/small")
     refused = acl["errors"].get("non_2xx_3xx")
     if refused:
-        raise harness.BenchError(f"{refused} requests refused: the ACL covers the client")
+        raise harness.BenchError(f"{refused} requests refused: the ACL covers the client, or the limit refused")
     overhead = (100.0 * (acl["cpu_us_req"] / plain["cpu_us_req"] - 1)
                 if acl.get("cpu_us_req") and plain.get("cpu_us_req") else None)
     if overhead is not None:
-        harness.log(f"  {target.name}: the ACL adds {overhead:+.1f}% CPU per request "
+        harness.log(f"  {target.name}: the ACL and the limit add {overhead:+.1f}% CPU per request "
                     f"({plain['cpu_us_req']:.2f} -> {acl['cpu_us_req']:.2f} us; target at most +{LIMIT_PCT:.0f}%)")
     return {**acl, "cpu_us_req_plain": plain.get("cpu_us_req"), "req_s_plain": plain.get("req_s"),
             "acl_overhead_pct": overhead}

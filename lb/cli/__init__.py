@@ -24,7 +24,7 @@ def main(ctx: click.Context, socket_path: str | None, config_path: str | None):
 
 
 def _register():
-    from lb.cli import acl, backend, cert, check, control, ha, logs, node, pool, run, status, top
+    from lb.cli import acl, backend, cert, check, control, ha, key, limits, logs, node, pool, run, status, top
 
     main.add_command(check.check)
     main.add_command(run.run)
@@ -37,6 +37,8 @@ def _register():
     main.add_command(control.stop)
     main.add_command(cert.cert)
     main.add_command(acl.acl)
+    main.add_command(limits.limits)
+    main.add_command(key.key)
     main.add_command(logs.logs)
     main.add_command(ha.ha)
     main.add_command(node.node)

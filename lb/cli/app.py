@@ -159,6 +159,19 @@ class AclName(click.ParamType):
         return [CompletionItem(n) for n in names if n.startswith(incomplete)]
 
 
+class LimitName(click.ParamType):
+    name = "limit"
+
+    def shell_complete(self, ctx, param, incomplete):
+        result = _quiet_call(ctx, "limits.show")
+        try:
+            names = [lim["name"] for lim in result["limits"]]
+        except (TypeError, KeyError):
+            return []
+        return [CompletionItem(n) for n in names if n.startswith(incomplete)]
+
+
 POOL = PoolName()
 BACKEND = BackendName()
 ACL = AclName()
+LIMIT = LimitName()

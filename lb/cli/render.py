@@ -145,6 +145,9 @@ def status_lines(status: dict, rates: dict | None = None) -> list[str]:
     if status.get("access_rules"):
         lines += access_rule_lines(status["access_rules"])
         lines.append("")
+    if status.get("limits"):
+        lines += limit_lines(status["limits"])
+        lines.append("")
     lines += worker_lines(status.get("workers") or [])
     lines += h2_lines(status.get("workers") or [])
     checker = status.get("checker")
@@ -177,6 +180,50 @@ def access_rule_lines(rules: list[dict]) -> list[str]:
     """Each allow/deny rule with the decisions it made: what `lb status`
     shows of ACLs (denials by rule)."""
     return table(*_rule_table(rules))
+
+
+def _limit_rule(lim: dict) -> str:
+    parts = [lim.get("key") or "-"]
+    if lim.get("rate"):
+        parts.append(f"{lim['rate']} burst {lim.get('burst', 0)}")
+    if lim.get("concurrent"):
+        parts.append(f"{lim['concurrent']} in flight")
+    if lim.get("dry_run"):
+        parts.append("dry run")
+    return ", ".join(parts)
+
+
+def limit_lines(limits: list[dict]) -> list[str]:
+    """Each limit with its decisions: what `lb status` and `lb limits show`
+    show of rate limits (refusals by rule). In dry run, REFUSED counts the
+    requests that would have been refused and were let through."""
+    rows = []
+    for lim in limits:
+        c = lim.get("counts") or {}
+        rows.append([lim.get("name"), _limit_rule(lim), ", ".join(lim.get("used_by") or []) or "-",
+                     c.get("admitted"), c.get("refused_rate"), c.get("refused_concurrent"), c.get("unkeyed"),
+                     c.get("table_full"), c.get("evicted")])
+    return table(["LIMIT", "RULE", "USED BY", "ADMITTED", "REFUSED RATE", "REFUSED CONCURRENT", "UNKEYED",
+                  "TABLE FULL", "EVICTED"], rows)
+
+
+def limit_key_lines(lim: dict) -> list[str]:
+    """`lb limits show NAME`: the limit's most active keys."""
+    keys = lim.get("top") or []
+    if not keys:
+        return [f"no active key in {lim.get('name')}"]
+    period = (lim.get("rate") or "/1s").split("/", 1)[1]
+    headers = ["KEY", f"REQUESTS/{period}", "REFUSED", "IN FLIGHT"]
+    if lim.get("rate"):
+        headers += ["REMAINING", "FULL IN"]
+    rows = []
+    for k in keys:
+        row = [k.get("key") + ("..." if k.get("truncated") else ""), k.get("rate"), k.get("refused"),
+               k.get("in_flight")]
+        if lim.get("rate"):
+            row += [k.get("remaining"), f"{k.get('full_in')}s"]
+        rows.append(row)
+    return table(headers, rows)
 
 
 def acl_lines(acls: list[dict]) -> list[str]:

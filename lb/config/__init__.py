@@ -22,17 +22,21 @@ import keyword
 import re
 import tomllib
 
-from lb.config import acls, global_, ha, listeners, logs, pools
+from lb.config import acls, auth, global_, ha, limits, listeners, logs, pools
 from lb.config.acls import KEYS as ACL_KEYS
 from lb.config.acls import Access, Acl, access_rules
 from lb.config.global_ import KEYS as GLOBAL_KEYS
 from lb.config.global_ import MAX_WORKERS, GlobalSettings
 from lb.config.ha import HaSettings, Vip
 from lb.config.headers import HEADER_RULE_KEYS, MANAGED_HEADERS, HeaderRules
+from lb.config.auth import KEYS as AUTH_KEYS
+from lb.config.auth import Auth
+from lb.config.limits import KEYS as LIMIT_KEYS
+from lb.config.limits import Limit
 from lb.config.listeners import KEYS as LISTENER_KEYS
 from lb.config.logs import KEYS as LOG_KEYS
 from lb.config.logs import LogSettings
-from lb.config.listeners import HTTP_LISTENER_KEYS, ROUTE_KEYS, HttpSettings, Listener, Route
+from lb.config.listeners import HTTP2_KEYS, HTTP_LISTENER_KEYS, ROUTE_KEYS, Http2Settings, HttpSettings, Listener, Route
 from lb.config.pools import KEYS as POOL_KEYS
 from lb.config.tls import CERTIFICATE_KEYS as TLS_CERTIFICATE_KEYS
 from lb.config.tls import CLIENT_HEADER_KEYS as TLS_CLIENT_HEADER_KEYS
@@ -66,6 +70,8 @@ from lb.config.values import (
 __all__ = [
     "ACL_KEYS",
     "Access",
+    "AUTH_KEYS",
+    "Auth",
     "Acl",
     "access_rules",
     "BACKEND_KEYS",
@@ -80,11 +86,15 @@ __all__ = [
     "HaSettings",
     "HEADER_RULE_KEYS",
     "HEALTH_KEYS",
+    "HTTP2_KEYS",
     "HTTP_LISTENER_KEYS",
     "HTTP_POOL_KEYS",
     "HeaderRules",
     "Health",
+    "Http2Settings",
     "HttpSettings",
+    "LIMIT_KEYS",
+    "Limit",
     "LISTENER_KEYS",
     "LOG_KEYS",
     "LogSettings",
@@ -125,6 +135,8 @@ __all__ = [
 SECTIONS = (
     ("global", global_),
     ("acls", acls),
+    ("limits", limits),
+    ("auth", auth),
     ("pools", pools),
     ("logs", logs),
     ("listeners", listeners),
@@ -142,6 +154,8 @@ class Config:
     listeners: dict[str, Listener]
     pools: dict[str, Pool]
     acls: dict[str, Acl]
+    limits: dict[str, Limit]
+    auth: dict[str, Auth]
     logs: dict[str, LogSettings]
     ha: HaSettings
     source: str

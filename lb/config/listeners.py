@@ -7,6 +7,8 @@ import dataclasses
 
 from lb.config import tls as tls_section
 from lb.config.acls import ACCESS_KEYS, Access, Acl, parse_access
+from lb.config.auth import Auth, parse_auth_name
+from lb.config.limits import LIMITS_KEY, Limit, parse_limit_names
 from lb.config.headers import HeaderRules, check_field_value, check_header_name, parse_header_rules
 from lb.config.logs import LogSettings, listener_logs
 from lb.config.pools import Pool
@@ -52,12 +54,13 @@ HTTP_LISTENER_KEYS = (
     "max_body_size",
     "request_id",
     "http2",
+    "auth",
 )
 HTTP2_KEYS = ("h2c", "max_concurrent_streams", "initial_window_size", "connection_window_size", "max_frame_size",
               "max_glitches")
 NAMED = True
 KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", "tls_passthrough", "logs", "log",
-        *ACCESS_KEYS, *HTTP_LISTENER_KEYS)
+        *ACCESS_KEYS, LIMITS_KEY, *HTTP_LISTENER_KEYS)
 DEFAULT_REQUEST_ID = "X-Request-Id"
 # What a route of a tls_passthrough listener may say: it matches the server name
 # of the ClientHello, nothing of the request (which stays encrypted).
@@ -75,6 +78,8 @@ ROUTE_KEYS = (
     "response_headers",
     *ACCESS_KEYS,
     "max_body_size",
+    LIMITS_KEY,
+    "auth",
 )
 ROUTE_MATCHERS = ("host", "path_prefix", "path", "methods", "header")
 
@@ -93,6 +98,8 @@ class Route:
     access: Access | None = None  # allow/deny by ACL: 403 for a refused client
     name: str = ""  # as logs and status show it: `name`, else "routes[INDEX]"
     max_body_size: int | None = None  # bytes; 0: no limit; None: the listener's
+    limits: tuple[str, ...] = ()  # [limits.NAME] applied to its requests, after the listener's
+    auth: str = ""  # [auth.NAME] its requests must pass (instead of the listener's); "" = the listener's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,15 +148,20 @@ class Listener:
     access: Access | None = None  # allow/deny by ACL at accept, before a byte is read
     logs: tuple[LogSettings, ...] = ()  # the access logs its exchanges and connections go to
     request_id: str = ""  # http: the request-id header's name; "" = off
+    limits: tuple[str, ...] = ()  # [limits.NAME]: tcp, per connection at accept; http, per request
+    auth: str = ""  # http: [auth.NAME] every request must pass (a route may name its own); "" = none
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
     pools = ctx.sections["pools"]
     acls = ctx.sections["acls"]
+    limits = ctx.sections.get("limits", {})
+    auths = ctx.sections.get("auth", {})
     logs = ctx.sections.get("logs", {})
     bound: dict[BindAddr, str] = {}
     rules = [0]  # numbers the ACL decision counters, in file order
-    listeners = {name: _parse_listener(name, t, pools, acls, bound, ctx.warnings, rules, logs) for name, t in tables}
+    listeners = {name: _parse_listener(name, t, pools, acls, bound, ctx.warnings, rules, logs, limits, auths)
+                 for name, t in tables}
     if not listeners:
         raise ConfigError("listeners", "at least one listener is required")
     return listeners
@@ -219,7 +231,7 @@ def _parse_passthrough_route(t: Table, pools: dict[str, Pool]) -> Route:
 
 
 def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: dict[str, Acl],
-                 rules: list[int]) -> Route:
+                 rules: list[int], limits: dict[str, Limit], auths: dict[str, Auth]) -> Route:
     if not any(t.has(key) for key in ROUTE_MATCHERS):
         raise ConfigError(t.path, f"a route needs at least one of {', '.join(ROUTE_MATCHERS)}")
     host = t.string("host", None)
@@ -243,6 +255,8 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: di
         response_headers=parse_header_rules(t, "response_headers"),
         access=parse_access(t, acls, rules),
         max_body_size=parse_body_size(t) if t.has("max_body_size") else None,
+        limits=parse_limit_names(t, limits, "http"),
+        auth=parse_auth_name(t, auths),
     )
 
 
@@ -292,7 +306,8 @@ def parse_body_size(t: Table) -> int:
 
 def _parse_listener(
     name: str, t: Table, pools: dict[str, Pool], acls: dict[str, Acl], bound: dict[BindAddr, str],
-    warnings: list[str], rules: list[int], logs: dict[str, LogSettings],
+    warnings: list[str], rules: list[int], logs: dict[str, LogSettings], limits: dict[str, Limit],
+    auths: dict[str, Auth],
 ) -> Listener:
     """One [listeners.NAME] table; ``bound`` maps addresses taken so far to their listener."""
     check_name(name, t.path, "listener name")
@@ -323,11 +338,12 @@ def _parse_listener(
     # Before the routes, so errors come in file order ([[routes]] follow the listener's keys).
     http = _parse_http_settings(t) if mode == "http" else HttpSettings()
     access = parse_access(t, acls, rules)
+    limit_names = parse_limit_names(t, limits, mode)
     tls = tls_section.parse(t.table("tls", tls_section.KEYS), mode, warnings) if t.has("tls") else None
     if passthrough:
         routes = tuple(_parse_passthrough_route(rt, pools) for rt in t.array_of_tables("routes", ROUTE_KEYS))
     else:
-        routes = tuple(_parse_route(rt, pools, warnings, acls, rules)
+        routes = tuple(_parse_route(rt, pools, warnings, acls, rules, limits, auths)
                        for rt in t.array_of_tables("routes", ROUTE_KEYS))
     routes = _name_routes(routes, t)
     listener_log = listener_logs(t, mode, logs)
@@ -348,6 +364,8 @@ def _parse_listener(
         access=access,
         logs=listener_log,
         request_id=_parse_request_id(t, mode, bool(listener_log)),
+        limits=limit_names,
+        auth=parse_auth_name(t, auths),
     )
 
 

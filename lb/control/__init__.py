@@ -8,7 +8,7 @@ module here beside its lb/cli/ module, and its rows in VERBS."""
 from __future__ import annotations
 
 from lb.admin import AdminError
-from lb.control import acl, backend, cert, control, logs, node, pool, status
+from lb.control import acl, backend, cert, control, key, limits, logs, node, pool, status
 
 # verb -> function; "unknown command" lists the verbs in this order
 VERBS = {
@@ -29,6 +29,10 @@ VERBS = {
     "acl.add": acl.add,
     "acl.remove": acl.remove,
     "acl.load": acl.load,
+    "limits.show": limits.show,
+    "key.add": key.add,
+    "key.revoke": key.revoke,
+    "key.list": key.list_keys,
     "logs.reopen": logs.reopen,
     "node.status": node.status,
     "node.drain": node.drain,

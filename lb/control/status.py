@@ -12,6 +12,8 @@ from lb import __version__
 from lb.admin import PROTOCOL
 from lb.checker import describe
 from lb.control import acl
+from lb.control import key
+from lb.control import limits
 from lb.control import logs
 
 
@@ -73,7 +75,8 @@ def document(sup) -> dict:
         "generation": gen.number,
         "config": {"path": gen.config.source, "sha256": gen.config.sha256},
         "listeners": listeners, "pools": pools, "workers": workers,
-        "acls": acls, "access_rules": acl.rules_with_counts(gen),
+        "acls": acls, "access_rules": acl.rules_with_counts(gen), "limits": limits.status(gen),
+        "auth": key.status(gen),
         "checker": {"pid": gen.checker.pid, "restarts": gen.checker.restarts,
                     "crash_loop": gen.checker.crash_looping},
         "access_logs": logs.status(sup),

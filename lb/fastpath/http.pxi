@@ -20,6 +20,7 @@ cdef enum:
     HS_CLOSED = 8
     HS_TLS = 9                       # the client's TLS handshake
     HS_H2 = 10                       # an HTTP/2 connection (fastpath/h2.pxi): its streams are sessions of their own
+    HS_PARKED = 11                   # a request step waits for work off the loop (a password hash)
 
 # request methods that matter to the proxy
 cdef enum:
@@ -129,7 +130,7 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     if h.c.lg.term == TERM_OK:
         h.c.lg.term = log_default_term(code)
     if not h.resp_sent and ERR_PAGES[code].p != NULL:
-        h.c.lg.bytes_out += ERR_PAGES[code].n
+        h.c.lg.bytes_out += ERR_PAGES[code].n + w.http.answer_len
     h_exchange_end(w, h)
     h_release_backend(w, h, False)
     if h.resp_sent or ERR_PAGES[code].p == NULL:
@@ -152,14 +153,18 @@ cdef bint h_put_page(lb_worker *w, lb_hconn *h, lb_str *page) noexcept nogil:
     cdef const char *eol
     cdef uint32_t line
     cdef bint rid = rid_has(h)
-    if not rid and (t == NULL or not rules_any(&t.resp)):
+    cdef uint32_t extra = w.http.answer_len
+    if not rid and extra == 0 and (t == NULL or not rules_any(&t.resp)):
         return ob_put(&h.outb, page.p, page.n)
     if t != NULL and rules_any(&t.resp):
         hsts = &t.resp
     eol = <const char *>memchr(page.p, 10, page.n)
     line = <uint32_t>(eol - page.p) + 1
+    # the refusing step's own fields (a 429's Retry-After) belong to this answer only
+    w.http.answer_len = 0
     return (ob_put(&h.outb, page.p, line) and (hsts == NULL or rulesets_emit(&h.outb, &hsts, 1))
-            and (not rid or rid_emit(h, &h.outb)) and ob_put(&h.outb, page.p + line, page.n - line))
+            and (not rid or rid_emit(h, &h.outb)) and (extra == 0 or ob_put(&h.outb, w.http.answer_fields, extra))
+            and ob_put(&h.outb, page.p + line, page.n - line))
 
 
 cdef void h_cut(lb_worker *w, lb_hconn *h) noexcept nogil:
@@ -280,9 +285,6 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     """A request head was parsed: run the request phase (route, rules, ...),
     then set up the exchange and rewrite the head for the backend."""
     cdef const uint8_t *b = <const uint8_t *>h.inb.p + h.inb.off
-    cdef lb_http_listener *hl = h.hl
-    cdef lb_pool_rt *p
-    cdef uint32_t head_len = r.head_len
     cdef int rc
     lb_add_u64(&w.stats.http_requests, 1)
     # what the request says of itself, before any step looks at it
@@ -295,11 +297,57 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     h.n_rs_rules = 0
     h.in_exchange = 1
     log_exchange_start(w, h, r, b)
+    w.http.id_len = 0                # no API-key identity until this request's auth step finds one
+    h.cut_len = 0
     rc = phase_request(w, h, r, b)
     if rc != STEP_CONTINUE:
-        if rc != STEP_ANSWERED:
+        if rc == STEP_PARKED:
+            h.st = HS_PARKED         # until the step's work is done: h_resume_request
+        elif rc != STEP_ANSWERED:
             h_error(w, h, rc)
+        w.http.answer_len = 0        # an answer that could not be sent leaves no fields for the next
         return
+    h_request_go(w, h, r)
+
+
+cdef void h_resume_request(lb_worker *w, lb_hconn *h, int rc) noexcept nogil:
+    """A parked request's step is done: rc STEP_CONTINUE goes on with the steps
+    after it, anything else is the status to answer. The head is still in
+    inb, where it was parsed: parsed again (the worker's scratch head served
+    other requests meanwhile)."""
+    cdef http_req *r = w.http.req
+    cdef lb_http_listener *hl = h.hl
+    cdef const uint8_t *b = <const uint8_t *>h.inb.p + h.inb.off
+    cdef lb_tls_server *t = w.listeners[h.c.listener].tls
+    h.st = HS_HEAD
+    if rc == STEP_CONTINUE:
+        if http_parse_request_c(b, h.inb.len, r, hl.max_target, hl.max_head, hl.max_fields) != 0:
+            rc = 500                 # it parsed before: cannot happen
+        else:
+            if t != NULL and t.client_cert:
+                # the steps before the park wrote their fields into buffers
+                # other requests have used since: the client_cert step's are
+                # this connection's again (the auth step's are, by its resume)
+                client_cert_fill(w, h)
+            rc = phase_request(w, h, r, b, h.park_step)
+    if rc == STEP_PARKED:
+        h.st = HS_PARKED
+    elif rc == STEP_CONTINUE:
+        h_request_go(w, h, r)
+    elif rc != STEP_ANSWERED:
+        h_error(w, h, rc)
+    w.http.answer_len = 0
+    if h.c.state != CS_CLOSED:
+        conn_queue(w, &h.c)          # its sockets may have waited on it: run it this turn
+
+
+cdef void h_request_go(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil:
+    """The request passed its steps: set up the exchange, rewrite the head for
+    the backend, and connect."""
+    cdef const uint8_t *b = <const uint8_t *>h.inb.p + h.inb.off
+    cdef lb_http_listener *hl = h.hl
+    cdef lb_pool_rt *p
+    cdef uint32_t head_len = r.head_len
     p = &w.pools[h.c.pool]
     h.c.tries = 0
     h.fresh = 0

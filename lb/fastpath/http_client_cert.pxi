@@ -57,6 +57,14 @@ cdef size_t peer_summary(SSL *ssl, char *out) noexcept nogil:
 
 
 cdef int step_client_cert(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
+    client_cert_fill(w, h)
+    rulesets_push(h.rq_rules, &h.n_rq_rules, &w.listeners[h.c.listener].tls.client_fields)
+    return STEP_CONTINUE
+
+
+cdef void client_cert_fill(lb_worker *w, lb_hconn *h) noexcept nogil:
+    """The three fields' values for this connection's certificate, into the
+    listener's buffers (which the request being rewritten next uses)."""
     cdef lb_tls_server *t = w.listeners[h.c.listener].tls
     cdef lb_sock *s = h_client_sock(h)
     cdef char scratch[CLIENT_VALUE_MAX + 64]
@@ -80,8 +88,6 @@ cdef int step_client_cert(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t 
         client_field(t, 0, peer, n - 64)
         client_field(t, 1, peer + n - 64, 64)
         client_field(t, 2, b"SUCCESS", 7)
-    rulesets_push(h.rq_rules, &h.n_rq_rules, &t.client_fields)
-    return STEP_CONTINUE
 
 
 def wants_client_cert(listener):

@@ -5,17 +5,17 @@
 # the status lb answers with through its error path (403, 401, 429, ...).
 #
 #   phase     runs                                  its steps, in order
-#   accept    tcp and http, at accept,              address rules (acl), connection limits
+#   accept    tcp and http, at accept,              address rules (acl), connection limits (tcp)
 #             before a byte is read; on an
 #             accept_proxy listener, once the
 #             PROXY header gave the client's address
 #   request   http, on each request head            route (which route's settings apply: it comes
 #                                                   first), client certificate fields, access
-#                                                   rules, authentication, rate limits, cache
-#                                                   lookup, split, header rules
+#                                                   rules, authentication, rate limits, body
+#                                                   limit, cache lookup, split, header rules
 #   response  http, on each final response head     cache store, header rules
-#   end       once per http exchange and per tcp    the record for logs and metrics
-#             connection, however it ended
+#   end       once per http exchange and per tcp    requests in flight given back (limits),
+#             connection, however it ended          the record for logs and metrics
 #
 # The tables below are the one order of each phase. A step joins a listener's
 # phase only when that listener's config asks for its feature (the predicate
@@ -43,14 +43,19 @@ cdef inline int phase_head(lb_head_step *steps, uint32_t n, lb_worker *w, lb_hco
     return STEP_CONTINUE
 
 
-cdef inline int phase_request(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
+cdef inline int phase_request(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b,
+                              uint32_t start=0) noexcept nogil:
+    """The request steps from `start` on (0; a parked request goes on from
+    the step after the one that parked it)."""
     cdef lb_phases *ph = &w.listeners[h.c.listener].phases
     cdef uint32_t i
     cdef int rc
-    for i in range(ph.n_request):
+    for i in range(start, ph.n_request):
         rc = ph.request[i](w, h, r, b)
         if rc != STEP_CONTINUE:
-            if rc != STEP_ANSWERED:
+            if rc == STEP_PARKED:
+                h.park_step = <uint8_t>(i + 1)
+            elif rc != STEP_ANSWERED:
                 # the access log names the step that refused (its index in phase_plan)
                 h.c.lg.term = TERM_REFUSED
                 h.c.lg.step = <uint8_t>(i + 1)
@@ -79,11 +84,14 @@ def _http(listener):
 # (name, entry point, wanted by a listener: its config.Listener -> bool)
 ACCEPT_STEPS = (
     ("acl", <size_t><void *>step_acl, wants_acl),
+    ("limits_accept", <size_t><void *>step_limits_accept, wants_limits_accept),
 )
 REQUEST_STEPS = (
     ("route", <size_t><void *>step_route, _http),
     ("client_cert", <size_t><void *>step_client_cert, wants_client_cert),
     ("acl_route", <size_t><void *>step_acl_route, wants_acl_route),
+    ("auth", <size_t><void *>step_auth, wants_auth),
+    ("limits", <size_t><void *>step_limits, wants_limits),
     ("body_limit", <size_t><void *>step_body_limit, wants_body_limit),
     ("request_headers", <size_t><void *>step_request_headers, wants_request_headers),
 )
@@ -91,6 +99,7 @@ RESPONSE_STEPS = (
     ("response_headers", <size_t><void *>step_response_headers, wants_response_headers),
 )
 END_STEPS = (
+    ("limits_release", <size_t><void *>step_limits_release, wants_limits_release),
     ("log", <size_t><void *>step_log, wants_log),
 )
 PHASES = (("accept", ACCEPT_STEPS), ("request", REQUEST_STEPS), ("response", RESPONSE_STEPS), ("end", END_STEPS))

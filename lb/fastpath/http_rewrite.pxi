@@ -110,9 +110,17 @@ cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, uint8_t to
     cdef lb_hrules **rules = h.rq_rules
     cdef uint32_t n_rules = h.n_rq_rules
     cdef bint tls = sock_is_tls(h_client_sock(h))
-    if not (ob_put(o, b + r.method_off, r.method_len) and ob_put(o, b" ", 1)
-            and ob_put(o, b + r.target_off, r.target_len)
-            and ob_str(o, b" HTTP/1.1\r\n" if to_version == 11 else b" HTTP/1.0\r\n")):
+    cdef uint32_t cut_end = h.cut_off + h.cut_len
+    if h.cut_len and r.target_off <= h.cut_off and cut_end <= r.target_off + r.target_len:
+        # the target without the part a step cut (an API key in the query)
+        if not (ob_put(o, b + r.method_off, r.method_len) and ob_put(o, b" ", 1)
+                and ob_put(o, b + r.target_off, h.cut_off - r.target_off)
+                and ob_put(o, b + cut_end, r.target_off + r.target_len - cut_end)):
+            return False
+    elif not (ob_put(o, b + r.method_off, r.method_len) and ob_put(o, b" ", 1)
+              and ob_put(o, b + r.target_off, r.target_len)):
+        return False
+    if not ob_str(o, b" HTTP/1.1\r\n" if to_version == 11 else b" HTTP/1.0\r\n"):
         return False
     for i in range(r.n_fields):
         f = &r.fields[i]
@@ -250,8 +258,8 @@ cdef bint rewrite_response(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req
 cdef lb_str ERR_PAGES[600]
 
 def _make_error_pages():
-    reasons = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-               413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed", 431: "Request Header Fields Too Large",
+    reasons = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+               413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
                501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
                504: "Gateway Timeout", 505: "HTTP Version Not Supported", 500: "Internal Server Error"}
     for code, reason in reasons.items():

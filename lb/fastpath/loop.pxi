@@ -236,6 +236,8 @@ cdef int worker_loop(lb_worker *w) noexcept nogil:
             elif tag == TAG_SIGNAL:
                 if data == TAG_SIGNAL:
                     on_signal(w)
+                elif data == TAG_VERIFIED:
+                    basic_on_verified(w)
                 else:
                     http_on_event(w, <void *><size_t>(data & ~(<uint64_t>3)), events[i].events)
             else:
@@ -276,6 +278,9 @@ cdef int worker_attach(lb_worker *w, Shm shm, uint32_t row, uint64_t seed) excep
     w.pstats_all = shm.pstats
     w.acls = shm.acls
     w.acl_stats = shm.acl_stats + <uint64_t>row * shm.acl_head.rule_stride
+    w.limits = shm.lims
+    w.n_limits = shm.lim_head.n_limits
+    w.limit_stats = shm.lim_stats + <uint64_t>row * shm.lim_head.n_limits
     w.rng = seed
     w.n_pools = h.n_pools
     w.pools = <lb_pool_rt *>calloc(max(1, w.n_pools), sizeof(lb_pool_rt))
@@ -311,6 +316,7 @@ cdef class Worker:
 
     listeners: (fd, config.Listener) for each listening socket of this worker
     pools:     every config.Pool, in shared-memory order
+    auths:     every config.Auth (API keys), in shared-memory order
     tls:       {"listeners": {name: TlsServer}, "pools": {name: TlsClient}}: the
                contexts of the TLS listeners and pools (lb.tls.contexts, before fork)
     The caller blocks SIGTERM/SIGINT/SIGQUIT first: they arrive through a signalfd.
@@ -326,7 +332,7 @@ cdef class Worker:
         self.w.sigfd = -1
 
     def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
-                 int64_t fd_limit=1024, double drain_timeout=30.0, tls=None, listener_names=None):
+                 int64_t fd_limit=1024, double drain_timeout=30.0, tls=None, listener_names=None, auths=()):
         cdef lb_pool_rt *p
         cdef lb_listener_rt *l
         if len(pools) != shm.hdr.n_pools:
@@ -349,6 +355,7 @@ cdef class Worker:
             raise MemoryError()
         pool_index = {pool.name: i for i, pool in enumerate(pools)}
         acl_index = {name: i for i, name in enumerate(shm.acl_names())}
+        limit_index = {name: i for i, name in enumerate(shm.limit_names())}
         for i, pool in enumerate(pools):
             p = &w.pools[i]
             p.retries = pool.retries
@@ -359,8 +366,12 @@ cdef class Worker:
                 p.tls_sessions = <void **>calloc(p.shm.capacity, sizeof(void *))
                 if p.tls_sessions == NULL:
                     raise MemoryError()
+        auth_index = {name: i for i, name in enumerate(shm.auth_names())}
+        if len(auths) != len(auth_index):
+            raise ValueError("one auth setting per shared-memory auth is needed")
         if any(listener.mode == "http" for _, listener in listeners):
             http_worker_init(w)
+            auth_worker_init(w, shm, auths)
             for i, pool in enumerate(pools):
                 http_pool_init(&w.pools[i], pool)
         for i, (fd, listener) in enumerate(listeners):
@@ -373,6 +384,7 @@ cdef class Worker:
             # an http listener reads its PROXY header in the http engine
             l.accept_proxy = listener.accept_proxy and listener.mode == "tcp"
             l.access = access_init(getattr(listener, "access", None), acl_index)
+            l.limits = limit_list_init(getattr(listener, "limits", ()), limit_index)
             l.proxy_timeout_ms = min(l.idle_timeout_ms, PROXY_WAIT_MAX_MS)
             if listener.tls is not None:
                 l.tls = &(<TlsServer>self.tls["listeners"][listener.name]).t
@@ -387,7 +399,7 @@ cdef class Worker:
             log_listener_init(l, listener, listener_names.index(listener.name) if listener_names else i)
             phases_init(&l.phases, listener)
             if listener.mode == "http":
-                http_listener_init(l, listener, pool_index, acl_index)
+                http_listener_init(l, listener, pool_index, acl_index, limit_index, auth_index)
 
     def run(self):
         """Serve until SIGTERM has drained every connection (or the drain timed

@@ -30,6 +30,14 @@ assert (LOG_METHOD_MAX + LOG_HOST_MAX + LOG_PATH_MAX + LOG_RID_MAX + LOG_UA_MAX 
         == LOG_RECORD_SIZE - LOG_HEAD_SIZE)
 assert sizeof(shm_log_ring) == 128
 assert sizeof(shm_log_head) == 64
+assert sizeof(shm_limits_head) == 64
+assert sizeof(shm_limit) == 256
+assert sizeof(shm_limit_entry) == 64
+assert sizeof(shm_limit_stats) == 64
+assert sizeof(shm_auth_head) == 64
+assert sizeof(shm_auth) == 128
+assert sizeof(shm_auth_key) == 96
+assert sizeof(shm_auth_stats) == 64
 
 
 cdef inline uint64_t _line(uint64_t n) noexcept nogil:
@@ -47,8 +55,52 @@ cdef inline uint64_t _line(uint64_t n) noexcept nogil:
 # (the table size of each maglev pool), acls (ACLs) and rules (their users'
 # decision counters: each allow or deny entry and each default).
 
-# (and log_records: the records of each worker's access-log ring, 0 for none)
-Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules log_records")
+# (and log_records: the records of each worker's access-log ring, 0 for none;
+# limits: (capacity, concurrent) of each rate limit table)
+Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules log_records limits auths",
+                                     defaults=((), 0))
+
+
+cdef class _Resident:
+    """Which pages of a range of the mapping hold data (mincore). A scan of a
+    limit table skips the pages no key ever touched: reading them would make
+    tmpfs allocate them, and a table sized for millions of keys would then
+    cost its full size in memory for one `lb limits show`."""
+
+    cdef unsigned char *vec
+    cdef size_t start
+    cdef size_t page
+
+    def __dealloc__(self):
+        free(self.vec)
+
+    @staticmethod
+    cdef _Resident of(char *p, uint64_t n):
+        cdef _Resident r = _Resident.__new__(_Resident)
+        r.page = <size_t>_os.sysconf("SC_PAGE_SIZE")
+        r.start = <size_t>p & ~(r.page - 1)
+        cdef size_t pages = (<size_t>p + n - r.start + r.page - 1) // r.page
+        r.vec = <unsigned char *>calloc(max(1, pages), 1)
+        if r.vec == NULL:
+            raise MemoryError()
+        if mincore(<void *>r.start, pages * r.page, r.vec) != 0:
+            memset(r.vec, 1, pages)   # cannot tell: read it all
+        return r
+
+    cdef inline bint has(self, const void *p, size_t n) noexcept:
+        """Any byte of [p, p + n) on a resident page."""
+        cdef size_t first = (<size_t>p - self.start) // self.page
+        cdef size_t last = (<size_t>p + n - 1 - self.start) // self.page
+        cdef size_t i
+        for i in range(first, last + 1):
+            if self.vec[i] & 1:
+                return True
+        return False
+
+
+cdef inline uint64_t _limit_table_bytes(uint64_t capacity, uint64_t concurrent, uint64_t rows) noexcept nogil:
+    """One limit's entries, then (concurrent limits) its [entry][row] counts."""
+    return _line(capacity * sizeof(shm_limit_entry)) + (_line(capacity * rows * sizeof(uint32_t)) if concurrent else 0)
 
 
 cdef inline uint64_t _rule_stride(uint64_t rules) noexcept nogil:
@@ -78,6 +130,15 @@ REGIONS = (
      lambda d: d.rows * _rule_stride(d.rules) * sizeof(uint64_t)),
     ("log_rings", "each worker, its own ring's head and drops; the logger, the tails (access logs)",
      lambda d: sizeof(shm_log_head) + (d.rows * (sizeof(shm_log_ring) + d.log_records * sizeof(shm_log_record)) if d.log_records else 0)),
+    ("limits", "supervisor (descriptors, at creation); every worker (the tables' entries: CAS and entry locks)",
+     lambda d: _line(sizeof(shm_limits_head) + len(d.limits) * sizeof(shm_limit))
+     + sum(_limit_table_bytes(cap, conc, d.rows) for cap, conc in d.limits)),
+    ("limit_stats", "each worker, its own row of every limit's counters",
+     lambda d: d.rows * max(1, len(d.limits)) * sizeof(shm_limit_stats)),
+    ("auth_keys", "supervisor (each API-key auth's two halves of key hashes, flipped by generation)",
+     lambda d: _line(sizeof(shm_auth_head) + d.auths * sizeof(shm_auth)) + d.auths * 2 * AUTH_HALF_SLOTS * sizeof(shm_auth_key)),
+    ("auth_stats", "each worker, its own row of every API-key auth's counters",
+     lambda d: d.rows * max(1, d.auths) * sizeof(shm_auth_stats)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
@@ -100,6 +161,12 @@ cdef class Shm:
     cdef shm_acl_head *acl_head
     cdef shm_acl *acls
     cdef uint64_t *acl_stats
+    cdef shm_limits_head *lim_head
+    cdef shm_limit *lims
+    cdef shm_limit_stats *lim_stats
+    cdef shm_auth_head *auth_head
+    cdef shm_auth *auths
+    cdef shm_auth_stats *auth_stats
 
     def __dealloc__(self):
         if self.base != NULL:
@@ -107,7 +174,8 @@ cdef class Shm:
             self.base = NULL
 
     @staticmethod
-    def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0):
+    def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0,
+               limits=(), auths=()):
         """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
         balance_factor); table_size counts only for maglev, hash_key is a config
         hash_key string (keys the tcp path cannot compute, and every key of a
@@ -115,7 +183,10 @@ cdef class Shm:
         config order (their tables start empty: AclSet.publish fills them);
         n_rules: the decision counters of their users (lb.config.access_rules).
         log_records: the size of each worker's access-log ring, a power of two
-        (0: no access logs)."""
+        (0: no access logs). limits: the rate limit tables, each a dict
+        (limits_spec in limits.pxi), in config order. auths: the names of the
+        API-key auths, in config order (their tables start empty: auth_publish
+        fills them)."""
         if log_records & (log_records - 1):
             raise ValueError(f"log ring size {log_records} is not a power of two")
         for spec in pools:
@@ -123,7 +194,9 @@ cdef class Shm:
                 raise ValueError(f"pool {spec[0]!r}: capacity {spec[1]} out of range 1..{MAX_POOL_CAPACITY}")
         dims = Dimensions(pools=len(pools), slots=sum(spec[1] for spec in pools), rows=n_rows,
                           tables=[spec[3] for spec in pools if spec[2] == "maglev"], acls=len(acls),
-                          rules=n_rules, log_records=log_records)
+                          rules=n_rules, log_records=log_records,
+                          limits=tuple((spec["capacity"], spec["concurrent"]) for spec in limits),
+                          auths=len(auths))
         layout = []
         cdef uint64_t total = _line(sizeof(shm_header))
         for name, _, size_of in REGIONS:
@@ -156,6 +229,8 @@ cdef class Shm:
             h.regions[i].size = size
         self._find_regions()
         self._acls_init(acls, n_rules, n_rows)
+        self._limits_init(limits, n_rows)
+        self._auths_init(auths)
         (<shm_log_head *>self.region_addr("log_rings")).n_records = log_records
         cdef uint32_t first = 0
         cdef uint64_t table_off = <uint64_t><size_t>(self.region_addr("maglev_tables") - self.base)
@@ -233,6 +308,12 @@ cdef class Shm:
         self.acl_head = <shm_acl_head *>self.region_addr("acls")
         self.acls = <shm_acl *>(<char *>self.acl_head + sizeof(shm_acl_head))
         self.acl_stats = <uint64_t *>self.region_addr("acl_stats")
+        self.lim_head = <shm_limits_head *>self.region_addr("limits")
+        self.lims = <shm_limit *>(<char *>self.lim_head + sizeof(shm_limits_head))
+        self.lim_stats = <shm_limit_stats *>self.region_addr("limit_stats")
+        self.auth_head = <shm_auth_head *>self.region_addr("auth_keys")
+        self.auths = <shm_auth *>(<char *>self.auth_head + sizeof(shm_auth_head))
+        self.auth_stats = <shm_auth_stats *>self.region_addr("auth_stats")
         return 0
 
     cdef int _acls_init(self, acls, uint32_t n_rules, uint32_t n_rows) except -1:
@@ -281,6 +362,303 @@ cdef class Shm:
         if row >= self.hdr.n_rows or rule >= self.acl_head.n_rules:
             raise IndexError(f"row {row} or rule {rule} out of range")
         lb_add_u64(&self.acl_stats[<uint64_t>row * self.acl_head.rule_stride + rule], count)
+
+    # -- rate limits (tables: the workers, limits.pxi; descriptors: the supervisor, here) --
+    cdef int _limits_init(self, limits, uint32_t n_rows) except -1:
+        cdef shm_limits_head *head = self.lim_head
+        cdef shm_limit *L
+        cdef uint64_t off = <uint64_t><size_t>(<char *>head - self.base) + _line(
+            sizeof(shm_limits_head) + len(limits) * sizeof(shm_limit))
+        head.n_limits = len(limits)
+        head.n_rows = n_rows
+        for i, spec in enumerate(limits):
+            L = self.lims + <uint32_t>i
+            cap = spec["capacity"]
+            if cap < LIMIT_PROBE or cap & (cap - 1):
+                raise ValueError(f"limit {spec['name']!r}: capacity {cap} is not a power of two >= {LIMIT_PROBE}")
+            bname = spec["name"].encode()
+            bkey = spec["key_name"].encode()
+            if len(bname) >= 64 or len(bkey) >= 64:
+                raise ValueError(f"limit {spec['name']!r}: name or key name longer than 63 bytes")
+            memcpy(L.name, <char *>bname, len(bname))
+            memcpy(L.key_name, <char *>bkey, len(bkey))
+            L.key_kind = spec["key_kind"]
+            L.prefix4 = spec["prefix4"]
+            L.prefix6 = spec["prefix6"]
+            L.flags = spec["flags"]
+            L.concurrent = spec["concurrent"]
+            L.capacity = cap
+            L.rate = spec["rate"]
+            L.burst = spec["burst"]
+            L.period_ns = spec["period_ns"] if spec["rate"] else 1000000000
+            L.emission_ns = spec["period_ns"] // spec["rate"] if spec["rate"] else 0
+            L.tolerance_ns = L.emission_ns * L.burst
+            # a reload keeps the seed, so that the keys carried over hash alike
+            L.seed = spec.get("seed") or int.from_bytes(_os.urandom(8), "little")
+            L.entries_off = off
+            L.conc_off = off + _line(cap * sizeof(shm_limit_entry)) if L.concurrent else 0
+            off += _limit_table_bytes(cap, L.concurrent, n_rows)
+        return 0
+
+    cdef shm_limit *_limit(self, uint32_t i) except NULL:
+        if i >= self.lim_head.n_limits:
+            raise IndexError(f"limit index {i} out of range")
+        return self.lims + i
+
+    def limit_names(self):
+        return [self.lims[i].name[:64].split(b"\0", 1)[0].decode() for i in range(self.lim_head.n_limits)]
+
+    def limit_seed(self, uint32_t i):
+        return self._limit(i).seed
+
+    def limit_info(self, uint32_t i):
+        """What the region holds of limit i: its settings as the workers use them."""
+        cdef shm_limit *L = self._limit(i)
+        return {"name": L.name[:64].split(b"\0", 1)[0].decode(), "capacity": L.capacity, "rate": L.rate,
+                "burst": L.burst, "period_ns": L.period_ns, "emission_ns": L.emission_ns,
+                "tolerance_ns": L.tolerance_ns, "concurrent": L.concurrent,
+                "dry_run": bool(L.flags & LIMIT_F_DRY_RUN), "refuse_new": bool(L.flags & LIMIT_F_REFUSE_NEW)}
+
+    def limit_counts(self, uint32_t i):
+        """Limit i's decisions, summed over the worker rows."""
+        self._limit(i)
+        cdef shm_limit_stats *st
+        out = dict(admitted=0, refused_rate=0, refused_concurrent=0, dry_run=0, unkeyed=0, table_full=0, evicted=0)
+        for row in range(self.hdr.n_rows):
+            st = self.lim_stats + <uint64_t>row * self.lim_head.n_limits + i
+            out["admitted"] += lb_load_u64(&st.admitted)
+            out["refused_rate"] += lb_load_u64(&st.refused_rate)
+            out["refused_concurrent"] += lb_load_u64(&st.refused_concurrent)
+            out["dry_run"] += lb_load_u64(&st.dry_run)
+            out["unkeyed"] += lb_load_u64(&st.unkeyed)
+            out["table_full"] += lb_load_u64(&st.table_full)
+            out["evicted"] += lb_load_u64(&st.evicted)
+        return out
+
+    def add_carried_limit(self, uint32_t row, uint32_t i, counts):
+        """Add an older generation's decisions to a row no worker writes (a reload)."""
+        self._limit(i)
+        if row >= self.hdr.n_rows:
+            raise IndexError(f"row {row} out of range")
+        cdef shm_limit_stats *st = self.lim_stats + <uint64_t>row * self.lim_head.n_limits + i
+        lb_add_u64(&st.admitted, counts.get("admitted", 0))
+        lb_add_u64(&st.refused_rate, counts.get("refused_rate", 0))
+        lb_add_u64(&st.refused_concurrent, counts.get("refused_concurrent", 0))
+        lb_add_u64(&st.dry_run, counts.get("dry_run", 0))
+        lb_add_u64(&st.unkeyed, counts.get("unkeyed", 0))
+        lb_add_u64(&st.table_full, counts.get("table_full", 0))
+        lb_add_u64(&st.evicted, counts.get("evicted", 0))
+
+    def limit_keys(self, uint32_t i, now_ns_=None):
+        """Every key limit i tracks that is active: requests seen in this period
+        or the one before, a bucket not full, or requests in flight. Each:
+        (kind, key bytes, requests per period now, TAT - now in ns, in flight,
+        refused); kind 4 or 6 is an address, 0 the first bytes of a value."""
+        cdef shm_limit *L = self._limit(i)
+        cdef shm_limit_entry *e = lim_entries(self.base, L)
+        cdef uint64_t now = now_ns_ if now_ns_ is not None else now_ns()
+        cdef uint64_t j, wd, p = now // L.period_ns, wp, cur, prev, tat
+        cdef uint32_t rows = self.lim_head.n_rows, inflight
+        cdef double frac = <double>(now % L.period_ns) / L.period_ns, rate
+        cdef _Resident res = _Resident.of(<char *>e, L.capacity * sizeof(shm_limit_entry))
+        out = []
+        for j in range(L.capacity):
+            if not res.has(&e[j], sizeof(shm_limit_entry)) or lb_acquire_u64(&e[j].key) == 0:
+                continue
+            wd = lb_load_u64(&e[j].window)
+            wp = wd >> 40
+            cur = (wd >> 20) & 0xfffff
+            prev = wd & 0xfffff
+            # a sliding window: this period's requests, and the part of the last
+            # period's that the window still covers
+            if wd == 0:
+                rate = 0
+            elif wp == (p & 0xffffff):
+                rate = cur + prev * (1.0 - frac)
+            elif ((wp + 1) & 0xffffff) == (p & 0xffffff):
+                rate = cur * (1.0 - frac)
+            else:
+                rate = 0
+            tat = lb_load_u64(&e[j].tat)
+            inflight = lim_in_flight(lim_conc(self.base, L, j, rows), rows) if L.conc_off else 0
+            if rate == 0 and tat <= now and inflight == 0:
+                continue
+            out.append((e[j].text_kind, e[j].text[:min(e[j].text_len, LIMIT_TEXT_MAX)], rate,
+                        tat - now if tat > now else 0, inflight, lb_load_u32(&e[j].refused)))
+        return out
+
+    def limits_release_row(self, uint32_t row):
+        """A worker of this row is gone (reaped): its requests in flight died
+        with it, and a lock it held must not outlive it. Only the supervisor
+        calls this, and only once the row's writer is reaped."""
+        cdef shm_limit *L
+        cdef shm_limit_entry *e
+        cdef uint64_t j
+        cdef uint32_t i, rows = self.lim_head.n_rows
+        cdef uint32_t freed = 0
+        cdef uint32_t *counts
+        cdef _Resident res, cres = None
+        if row >= rows:
+            raise IndexError(f"row {row} out of range")
+        for i in range(self.lim_head.n_limits):
+            L = self.lims + i
+            e = lim_entries(self.base, L)
+            res = _Resident.of(<char *>e, L.capacity * sizeof(shm_limit_entry))
+            if L.conc_off:
+                cres = _Resident.of(<char *>lim_conc(self.base, L, 0, rows), L.capacity * rows * sizeof(uint32_t))
+            for j in range(L.capacity):
+                if not res.has(&e[j], sizeof(shm_limit_entry)):
+                    continue         # no key ever here: no count, no lock
+                if L.conc_off:
+                    counts = lim_conc(self.base, L, j, rows)
+                    if cres.has(counts, rows * sizeof(uint32_t)) and counts[row]:
+                        freed += counts[row]
+                        lb_store_u32(counts + row, 0)
+                if lb_load_u32(&e[j].lock) == row + 1:
+                    lim_unlock(&e[j].lock)
+        return freed
+
+    def limit_take(self, uint32_t i, bytes key, uint32_t row, uint64_t now):
+        """One decision of limit i for `key` (hashed as a header value) by worker
+        row `row` at CLOCK_MONOTONIC `now` (ns), as a worker makes it: for tests
+        and tools. Returns (decision, slot holding a count or -1, wait ns, TAT - now)."""
+        cdef shm_limit *L = self._limit(i)
+        cdef lim_key k
+        cdef int64_t slot
+        cdef uint64_t wait, ahead
+        if row >= self.lim_head.n_rows:
+            raise IndexError(f"row {row} out of range")
+        k.kind = 0
+        k.len = min(len(key), LIMIT_TEXT_MAX)
+        memcpy(k.text, <char *>key, k.len)
+        lim_hash(L, &k, <const uint8_t *><char *>key, len(key))
+        rc = lim_decide(self.base, L, self.lim_stats + <uint64_t>row * self.lim_head.n_limits + i,
+                        self.lim_head.n_rows, row, &k, now, &slot, &wait, &ahead)
+        return LIMIT_DECISIONS[rc], slot, wait, ahead
+
+    def limit_give(self, uint32_t i, uint64_t slot, uint32_t row):
+        """Give back a count limit_take took."""
+        cdef shm_limit *L = self._limit(i)
+        if not L.conc_off or slot >= L.capacity or row >= self.lim_head.n_rows:
+            raise IndexError("no such count")
+        lim_give(self.base, L, self.lim_head.n_rows, row, slot)
+
+    def limit_carry(self, uint32_t i, Shm old, uint32_t oi):
+        """At a reload: the keys of limit oi of the old region go on in limit i
+        of this one (same seed, so same hashes): their buckets' levels, not
+        their requests in flight (those stay counted in the old region, whose
+        workers finish them). Returns the keys carried."""
+        cdef shm_limit *L = self._limit(i)
+        cdef shm_limit *O = old._limit(oi)
+        cdef shm_limit_entry *oe = lim_entries(old.base, O)
+        cdef shm_limit_entry *en
+        cdef shm_limit_stats scratch
+        cdef lim_key k
+        cdef uint64_t j, now = now_ns()
+        cdef int64_t slot
+        cdef uint32_t n = 0
+        cdef _Resident res = _Resident.of(<char *>oe, O.capacity * sizeof(shm_limit_entry))
+        if L.seed != O.seed:
+            raise ValueError("limit tables of different seeds")
+        for j in range(O.capacity):
+            if not res.has(&oe[j], sizeof(shm_limit_entry)):
+                continue
+            k.hash = lb_acquire_u64(&oe[j].key)
+            if k.hash == 0 or lb_load_u64(&oe[j].tat) <= now:
+                continue             # a full bucket is what a new key gets anyway
+            k.kind = oe[j].text_kind
+            k.len = min(oe[j].text_len, LIMIT_TEXT_MAX)
+            memcpy(k.text, oe[j].text, k.len)
+            slot = lim_slot(self.base, L, self.lim_head.n_rows, &k, now, self.lim_head.n_rows, &scratch)
+            if slot < 0:
+                continue
+            en = lim_entries(self.base, L) + slot
+            lb_store_u64(&en.tat, lb_load_u64(&oe[j].tat))
+            lb_store_u64(&en.window, lb_load_u64(&oe[j].window))
+            lb_store_u32(&en.refused, lb_load_u32(&oe[j].refused))
+            n += 1
+        return n
+
+    # -- API keys (tables: the supervisor, here; lookups: the workers, auth.pxi) --
+    cdef int _auths_init(self, auths) except -1:
+        cdef uint64_t off = <uint64_t><size_t>(<char *>self.auth_head - self.base) + _line(
+            sizeof(shm_auth_head) + len(auths) * sizeof(shm_auth))
+        self.auth_head.n_auths = len(auths)
+        for i, name in enumerate(auths):
+            bname = name.encode()
+            if len(bname) >= 64:
+                raise ValueError(f"auth name longer than 63 bytes: {name!r}")
+            memcpy(self.auths[<uint32_t>i].name, <char *>bname, len(bname))
+            self.auths[<uint32_t>i].off = off + <uint64_t>i * 2 * AUTH_HALF_SLOTS * sizeof(shm_auth_key)
+        return 0
+
+    cdef shm_auth *_auth(self, uint32_t i) except NULL:
+        if i >= self.auth_head.n_auths:
+            raise IndexError(f"auth index {i} out of range")
+        return self.auths + i
+
+    def auth_names(self):
+        return [self.auths[i].name[:64].split(b"\0", 1)[0].decode() for i in range(self.auth_head.n_auths)]
+
+    def auth_publish(self, uint32_t i, keys):
+        """Make keys ((sha256 bytes, identity str) pairs) the table of auth i:
+        written into the half not in use, then flipped. In force at the
+        workers' next lookup."""
+        cdef shm_auth *a = self._auth(i)
+        cdef uint32_t half = (a.gen + 1) & 1, n = len(keys), slots = 1, j
+        cdef shm_auth_key *t = <shm_auth_key *>(self.base + a.off) + <uint64_t>half * AUTH_HALF_SLOTS
+        if n > AUTH_MAX_KEYS:
+            raise ValueError(f"at most {AUTH_MAX_KEYS} keys")
+        while slots < 2 * n:
+            slots *= 2
+        memset(t, 0, slots * sizeof(shm_auth_key))
+        for digest, identity in keys:
+            bid = identity.encode()
+            if len(digest) != 32 or not 0 < len(bid) <= AUTH_ID_MAX:
+                raise ValueError(f"a key is a SHA-256 (32 bytes) and an identity of 1..{AUTH_ID_MAX} bytes")
+            j = <uint32_t>(int.from_bytes(digest[:8], "little") & (slots - 1))
+            while t[j].id_len:
+                if memcmp(t[j].sha256, <char *>digest, 32) == 0:
+                    break
+                j = (j + 1) & (slots - 1)
+            memcpy(t[j].sha256, <char *>digest, 32)
+            memcpy(t[j].id, <char *>bid, len(bid))
+            t[j].id_len = len(bid)
+        a.n_slots[half] = slots if n else 0
+        a.n_keys[half] = n
+        lb_release_u32(&a.gen, a.gen + 1)
+
+    def auth_lookup(self, uint32_t i, bytes key):
+        """The identity of key in auth i as the workers see it, or None."""
+        cdef char out[AUTH_ID_MAX]
+        cdef int n = auth_find(self.base, self._auth(i), <const uint8_t *><char *>key, len(key), out)
+        return out[:n].decode() if n > 0 else None
+
+    def auth_counts(self, uint32_t i):
+        self._auth(i)
+        cdef shm_auth_stats *st
+        out = {"ok": 0, "missing": 0, "invalid": 0, "verified": 0, "cached": 0, "busy": 0}
+        for row in range(self.hdr.n_rows):
+            st = self.auth_stats + <uint64_t>row * self.auth_head.n_auths + i
+            out["ok"] += lb_load_u64(&st.ok)
+            out["missing"] += lb_load_u64(&st.missing)
+            out["invalid"] += lb_load_u64(&st.invalid)
+            out["verified"] += lb_load_u64(&st.verified)
+            out["cached"] += lb_load_u64(&st.cached)
+            out["busy"] += lb_load_u64(&st.busy)
+        return out
+
+    def add_carried_auth(self, uint32_t row, uint32_t i, counts):
+        self._auth(i)
+        if row >= self.hdr.n_rows:
+            raise IndexError(f"row {row} out of range")
+        cdef shm_auth_stats *st = self.auth_stats + <uint64_t>row * self.auth_head.n_auths + i
+        lb_add_u64(&st.ok, counts.get("ok", 0))
+        lb_add_u64(&st.missing, counts.get("missing", 0))
+        lb_add_u64(&st.invalid, counts.get("invalid", 0))
+        lb_add_u64(&st.verified, counts.get("verified", 0))
+        lb_add_u64(&st.cached, counts.get("cached", 0))
+        lb_add_u64(&st.busy, counts.get("busy", 0))
 
     def regions(self):
         """The directory: (name, offset, size) of each region, in layout order."""

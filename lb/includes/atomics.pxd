@@ -22,6 +22,14 @@ cdef extern from *:
     /* single writer per counter: a load and a store, never a locked RMW */
     #define lb_add_i64(p, v)      __atomic_store_n((p), __atomic_load_n((p), __ATOMIC_RELAXED) + (v), __ATOMIC_RELAXED)
     #define lb_add_u64(p, v)      __atomic_store_n((p), __atomic_load_n((p), __ATOMIC_RELAXED) + (v), __ATOMIC_RELAXED)
+    /* several writers (rate-limit tables): compare-and-swap; on failure *e gets the value seen */
+    #define lb_cas_u64(p, e, d)   __atomic_compare_exchange_n((p), (e), (d), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+    #define lb_cas_u32(p, e, d)   __atomic_compare_exchange_n((p), (e), (d), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+    #if defined(__x86_64__) || defined(__i386__)
+    #define lb_cpu_relax()        __builtin_ia32_pause()
+    #else
+    #define lb_cpu_relax()        __atomic_signal_fence(__ATOMIC_SEQ_CST)
+    #endif
     """
     uint32_t lb_load_u32(uint32_t *p) nogil
     uint64_t lb_load_u64(uint64_t *p) nogil
@@ -39,3 +47,6 @@ cdef extern from *:
     void lb_fence_release() nogil
     void lb_add_i64(int64_t *p, int64_t v) nogil
     void lb_add_u64(uint64_t *p, uint64_t v) nogil
+    bint lb_cas_u64(uint64_t *p, uint64_t *expected, uint64_t desired) nogil
+    bint lb_cas_u32(uint32_t *p, uint32_t *expected, uint32_t desired) nogil
+    void lb_cpu_relax() nogil

@@ -7,6 +7,7 @@ cdef extern from "sys/mman.h" nogil:
     void *MAP_FAILED
     void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)
     int munmap(void *addr, size_t len)
+    int mincore(void *addr, size_t length, unsigned char *vec)
 
 cdef extern from "unistd.h" nogil:
     int ftruncate(int fd, long length)

@@ -229,6 +229,8 @@ cdef extern from "openssl/stack.h" nogil:
 
 cdef extern from "openssl/evp.h" nogil:
     const EVP_MD *EVP_sha256()
+    int EVP_Digest(const void *data, size_t count, unsigned char *md, unsigned int *size, const EVP_MD *type,
+                   void *impl)
     const EVP_MD *EVP_sha384()
     int EVP_MD_get_size(const EVP_MD *md)
     EVP_CIPHER_CTX *EVP_CIPHER_CTX_new()
