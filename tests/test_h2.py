@@ -382,3 +382,51 @@ def test_reloads_under_h2load_drop_no_started_request(pki, run_lb, origin):
     # 4 connections, per reload); every request that reached lb is answered
     assert started > 500 and started - succeeded <= 2 * 4 * 10, out["r"].stdout
     assert f"status codes: {succeeded} 2xx, 0 3xx, 0 4xx, 0 5xx" in out["r"].stdout
+
+
+# ---- gateway rules over HTTP/2: each stream is decided as an HTTP/1.1 request ---------------------
+
+def test_basic_auth_and_rate_limits_per_stream(run_lb, origin, tmp_path):
+    """A stream parked for its password check waits alone: the connection's
+    other streams are served meanwhile. A rate limit counts streams as
+    requests."""
+    import base64
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt
+    (tmp_path / "htpasswd").write_text(
+        f"slow:{crypt.crypt('right', crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=1 << 13))}\n"
+        f"fast:{crypt.crypt('pw', crypt.mksalt(crypt.METHOD_SHA256))}\n")
+    port = free_port()
+    listener = listener_toml("h2", port, "p", extra="""
+        [listeners.h2.http2]
+        h2c = true
+        [[listeners.h2.routes]]
+        path_prefix = "/private/"
+        pool = "p"
+        auth = "staff"
+        [[listeners.h2.routes]]
+        path_prefix = "/limited/"
+        pool = "p"
+        limits = ["three"]
+        """)
+    extra = (f'[auth.staff]\ntype = "basic"\nhtpasswd = "{tmp_path / "htpasswd"}"\n\n'
+             '[limits.three]\nkey = "source_ip"\nrate = "3/1m"\nburst = 2\n')  # GCRA: 3 at once
+    run_lb(lb_toml(listener, pool_toml("p", [("o", origin.address)]), extra))
+
+    def creds(user, pw):
+        return [("authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())]
+    with H2Client(port) as c:
+        slow = c.request("/private/slow", headers=creds("slow", "wrong"))
+        fast = [c.request(f"/private/f{i}", headers=creds("fast", "pw")) for i in range(3)]
+        c.pump(lambda: all(c.responses[s].done for s in fast))
+        assert [c.responses[s].status for s in fast] == [200, 200, 200]
+        assert not c.responses[slow].done          # still being checked, off the loop
+        r = c.response(slow, timeout=60)
+        assert r.status == 401 and r.header("www-authenticate").startswith('Basic realm="staff"')
+        limited = [c.request(f"/limited/{i}") for i in range(5)]
+        statuses = sorted(c.response(s).status for s in limited)
+        assert statuses == [200, 200, 200, 429, 429]
+        refused = next(c.responses[s] for s in limited if c.responses[s].status == 429)
+        assert int(refused.header("retry-after")) > 0
