@@ -67,7 +67,7 @@ def child_main(sup, gen, slot, row: int, keep: list[int]) -> int:
         worker = Worker(gen.shm, row, [(sock.fileno(), by_index[li]) for sock, li in slot.sockets],
                         list(config.pools.values()), splice=config.global_.splice, fd_limit=soft - fds_open,
                         drain_timeout=config.global_.drain_timeout, tls=gen.tls,
-                        listener_names=list(config.listeners))
+                        listener_names=list(config.listeners), max_connections=config.global_.max_connections)
         worker.run()
         return 0
     except Exception:

@@ -8,6 +8,7 @@ import dataclasses
 from lb.config import tls as tls_section
 from lb.config.acls import ACCESS_KEYS, Access, Acl, parse_access
 from lb.config.headers import HeaderRules, check_field_value, check_header_name, parse_header_rules
+from lb.config.global_ import MAX_CONNECTIONS
 from lb.config.logs import LogSettings, listener_logs
 from lb.config.pools import Pool
 from lb.config.tls import TlsSettings
@@ -53,7 +54,8 @@ HTTP_LISTENER_KEYS = (
     "request_id",
 )
 NAMED = True
-KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", "tls_passthrough", "logs", "log",
+KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "max_connections", "tls", "tls_passthrough",
+        "logs", "log",
         *ACCESS_KEYS, *HTTP_LISTENER_KEYS)
 DEFAULT_REQUEST_ID = "X-Request-Id"
 # What a route of a tls_passthrough listener may say: it matches the server name
@@ -124,6 +126,7 @@ class Listener:
     access: Access | None = None  # allow/deny by ACL at accept, before a byte is read
     logs: tuple[LogSettings, ...] = ()  # the access logs its exchanges and connections go to
     request_id: str = ""  # http: the request-id header's name; "" = off
+    max_connections: int = 0  # client connections of this listener open at once, all workers; 0 = no limit
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
@@ -312,6 +315,7 @@ def _parse_listener(
         routes=routes,
         idle_timeout=t.duration("idle_timeout", "10m", MIN_TIMEOUT),
         backlog=t.integer("backlog", 4096, 1, 65535),
+        max_connections=t.integer("max_connections", 0, 0, MAX_CONNECTIONS),
         http=http,
         tls=tls,
         tls_passthrough=passthrough,

@@ -23,6 +23,7 @@ assert sizeof(shm_pool_stats) == 64
 assert sizeof(shm_backend) == 192
 assert sizeof(shm_worker_stats) == 256
 assert sizeof(shm_backend_stats) == 64
+assert sizeof(shm_listener_stats) == 64
 assert sizeof(shm_ticket_key) == 80
 assert sizeof(shm_log_record) == LOG_RECORD_SIZE
 assert <size_t>&(<shm_log_record *>NULL).data == LOG_HEAD_SIZE
@@ -47,8 +48,9 @@ cdef inline uint64_t _line(uint64_t n) noexcept nogil:
 # (the table size of each maglev pool), acls (ACLs) and rules (their users'
 # decision counters: each allow or deny entry and each default).
 
-# (and log_records: the records of each worker's access-log ring, 0 for none)
-Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules log_records")
+# (and log_records: the records of each worker's access-log ring, 0 for none;
+# listeners: the config's listeners)
+Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules log_records listeners")
 
 
 cdef inline uint64_t _rule_stride(uint64_t rules) noexcept nogil:
@@ -78,6 +80,8 @@ REGIONS = (
      lambda d: d.rows * _rule_stride(d.rules) * sizeof(uint64_t)),
     ("log_rings", "each worker, its own ring's head and drops; the logger, the tails (access logs)",
      lambda d: sizeof(shm_log_head) + (d.rows * (sizeof(shm_log_ring) + d.log_records * sizeof(shm_log_record)) if d.log_records else 0)),
+    ("listener_stats", "each worker, its own row of every listener's counters (max_connections sums them)",
+     lambda d: d.rows * max(1, d.listeners) * sizeof(shm_listener_stats)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
@@ -100,6 +104,7 @@ cdef class Shm:
     cdef shm_acl_head *acl_head
     cdef shm_acl *acls
     cdef uint64_t *acl_stats
+    cdef shm_listener_stats *lstats
 
     def __dealloc__(self):
         if self.base != NULL:
@@ -107,7 +112,8 @@ cdef class Shm:
             self.base = NULL
 
     @staticmethod
-    def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0):
+    def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0,
+               uint32_t n_listeners=1):
         """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
         balance_factor); table_size counts only for maglev, hash_key is a config
         hash_key string (keys the tcp path cannot compute, and every key of a
@@ -115,7 +121,7 @@ cdef class Shm:
         config order (their tables start empty: AclSet.publish fills them);
         n_rules: the decision counters of their users (lb.config.access_rules).
         log_records: the size of each worker's access-log ring, a power of two
-        (0: no access logs)."""
+        (0: no access logs). n_listeners: the config's listeners (their counters)."""
         if log_records & (log_records - 1):
             raise ValueError(f"log ring size {log_records} is not a power of two")
         for spec in pools:
@@ -123,7 +129,7 @@ cdef class Shm:
                 raise ValueError(f"pool {spec[0]!r}: capacity {spec[1]} out of range 1..{MAX_POOL_CAPACITY}")
         dims = Dimensions(pools=len(pools), slots=sum(spec[1] for spec in pools), rows=n_rows,
                           tables=[spec[3] for spec in pools if spec[2] == "maglev"], acls=len(acls),
-                          rules=n_rules, log_records=log_records)
+                          rules=n_rules, log_records=log_records, listeners=max(1, n_listeners))
         layout = []
         cdef uint64_t total = _line(sizeof(shm_header))
         for name, _, size_of in REGIONS:
@@ -148,6 +154,7 @@ cdef class Shm:
         h.n_slots = dims.slots
         h.n_rows = n_rows
         h.supervisor_pid = supervisor_pid
+        h.n_listeners = max(1, n_listeners)
         h.n_regions = len(layout)
         for i, (name, off, size) in enumerate(layout):
             bname = name.encode()
@@ -233,6 +240,7 @@ cdef class Shm:
         self.acl_head = <shm_acl_head *>self.region_addr("acls")
         self.acls = <shm_acl *>(<char *>self.acl_head + sizeof(shm_acl_head))
         self.acl_stats = <uint64_t *>self.region_addr("acl_stats")
+        self.lstats = <shm_listener_stats *>self.region_addr("listener_stats")
         return 0
 
     cdef int _acls_init(self, acls, uint32_t n_rules, uint32_t n_rows) except -1:
@@ -460,6 +468,8 @@ cdef class Shm:
             "tls_resumed": lb_load_u64(&s.tls_resumed),
             "tls_record_layer": lb_load_u64(&s.tls_record_layer),
             "tls_bad_records": lb_load_u64(&s.tls_bad_records),
+            "accept_limited": lb_load_u64(&s.accept_limited),
+            "accept_fd_errors": lb_load_u64(&s.accept_fd_errors),
             "tls_failed": {
                 "timeout": lb_load_u64(&s.tls_fail_timeout),
                 "plain_http": lb_load_u64(&s.tls_fail_plain_http),
@@ -469,6 +479,23 @@ cdef class Shm:
                 "closed": lb_load_u64(&s.tls_fail_closed),
             },
         }
+
+    def listener_stats(self, uint32_t index):
+        """Counters of the config's listener index, summed over every worker row."""
+        if index >= self.hdr.n_listeners:
+            raise IndexError(f"listener index {index} out of range")
+        cdef shm_listener_stats *ls
+        out = dict(active=0, accepted=0, limited=0)
+        for row in range(self.hdr.n_rows):
+            ls = self.lstats + <uint64_t>row * self.hdr.n_listeners + index
+            out["active"] += lb_load_i64(&ls.active)
+            out["accepted"] += lb_load_u64(&ls.accepted)
+            out["limited"] += lb_load_u64(&ls.limited)
+        return out
+
+    @property
+    def n_listeners(self):
+        return self.hdr.n_listeners
 
     def log_stats(self):
         """The access logs' counters: ring size, records dropped (by row and in
@@ -635,3 +662,5 @@ cdef class Shm:
         cdef shm_pool_stats *ps = self.pstats
         for pool in range(self.hdr.n_pools):
             lb_store_i64(&ps[<uint64_t>row * self.hdr.n_pools + pool].active, 0)
+        for li in range(self.hdr.n_listeners):
+            lb_store_i64(&self.lstats[<uint64_t>row * self.hdr.n_listeners + li].active, 0)
