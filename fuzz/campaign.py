@@ -40,7 +40,7 @@ def run(target: str, args) -> tuple[str, int, str]:
     env = dict(os.environ, LD_PRELOAD=preload(),
                ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1:handle_abort=1")
     cmd = [sys.executable, str(HERE / "run.py"), target, f"-max_total_time={args.seconds}", "-max_len=20000",
-           "-timeout=10", "-rss_limit_mb=2048", "-print_final_stats=1", f"-artifact_prefix={crashes}/",
+           "-timeout=60", "-rss_limit_mb=2048", "-print_final_stats=1", f"-artifact_prefix={crashes}/",
            str(corpus)]
     with open(log, "w") as f:
         rc = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=HERE.parent)
