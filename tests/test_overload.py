@@ -5,6 +5,8 @@ make room, and none is refused by lb."""
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import textwrap
 
@@ -100,12 +102,14 @@ def test_listener_max_connections_queues_clients_node_wide(backends, run_lb, wor
         wait_for((tmp_path / "admin.sock").exists, 10, "the admin socket")
         st = status_json(tmp_path / "admin.sock")
         a = st["listeners"][0]
-        assert (a["name"], a["max_connections"], a["active"], a["limited"]) == ("a", 2, 2, 1)
-        assert sum(w["accept_limited"] for w in st["workers"]) == 1
+        # (a worker that took both clients in one batch paused at the limit
+        # then, the one the third client came to pauses too: one or two)
+        assert (a["name"], a["max_connections"], a["active"]) == ("a", 2, 2) and a["limited"] >= 1
+        assert sum(w["accept_limited"] for w in st["workers"]) == a["limited"]
         text = lb_ok(tmp_path / "admin.sock", "status")
         rows = [line.split() for line in text.split("RESTARTS", 1)[1].splitlines()[1:1 + workers]]
         # PAUSED (for fds: none, "*": not accepting now), LIMITED, RESTARTS
-        assert any(row[-3:] == ["0*", "1", "0"] for row in rows), text
+        assert any(row[-3] == "0*" and int(row[-2]) >= 1 and row[-1] == "0" for row in rows), text
         for s in held[:2]:                   # the connected clients are not disturbed
             round_trip(s, b"still served")
         with connect(port_b) as other:       # another listener: no limit
@@ -171,9 +175,21 @@ def test_http_listener_max_connections(origins, run_lb):
 
 
 def set_nofile(pid: int, soft: int) -> None:
-    p = psutil.Process(pid)
-    _, hard = p.rlimit(psutil.RLIMIT_NOFILE)
-    p.rlimit(psutil.RLIMIT_NOFILE, (soft, hard))
+    """prlimit(2) on a worker: from a child with the worker's uid and gid, as
+    the worker may run as the lb account (when it exists) and root may lack
+    CAP_SYS_RESOURCE here (a container)."""
+    uids, gids = psutil.Process(pid).uids(), psutil.Process(pid).gids()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setgid(gids.real)
+            os.setuid(uids.real)
+            _, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    assert os.waitpid(child, 0)[1] == 0, f"prlimit on worker {pid} failed"
 
 
 def test_emfile_pauses_accepting_and_resumes(backends, run_lb):
