@@ -13,7 +13,7 @@ APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepali
 # OpenSSL (TLS), libnghttp2 (HTTP/2) and libxcrypt (htpasswd hashes).
 BUILD_DEPS := libssl-dev libnghttp2-dev libcrypt-dev
 
-.PHONY: install build-deps demo test test-deps bench debug clean deb rpm deb-deps rpm-deps asan-test
+.PHONY: install build-deps demo test test-deps bench debug clean deb rpm deb-deps rpm-deps asan-test fuzz fuzz-deps
 
 build-deps:
 	@$(call apt_ensure,$(BUILD_DEPS))
@@ -66,6 +66,30 @@ asan-test: test-deps install
 	    grep -rhE -A12 "runtime error:|ERROR: AddressSanitizer" pytest.log tmp | head -n 200; \
 	    echo "asan-test: sanitizer reports (files above)"; exit 1; fi; \
 	  [ $$rc -eq 0 ] && echo "asan-test: no sanitizer reports"; exit $$rc
+
+# Coverage-guided fuzzing (fuzz/): atheris drives each target of fuzz/targets.py
+# with libFuzzer, over the compiled module built with clang's coverage
+# counters and AddressSanitizer in a copy of the tree (build/fuzz), as
+# asan-test does. Each target runs FUZZ_SECONDS from its corpus
+# (build/fuzz/corpus/TARGET, seeded from fuzz/seeds/TARGET and kept between
+# runs); a crash is saved in fuzz/crashes/TARGET/, where
+# tests/test_fuzz_cases.py replays it in the normal suite, and fails the run.
+# FUZZ_TARGETS picks some; FUZZ_JOBS runs that many targets at once.
+FUZZ_DIR := build/fuzz
+FUZZ_SECONDS ?= 10
+FUZZ_JOBS ?= 1
+FUZZ_TARGETS ?= http_request http_response chunked proxy config tls_record
+FUZZ_DEPS := clang
+fuzz-deps:
+	@$(call apt_ensure,$(FUZZ_DEPS))
+	@$(PYTHON) -c "import atheris" 2>/dev/null || $(PYTHON) -m pip install --quiet --disable-pip-version-check 'atheris>=2.3'
+
+fuzz: fuzz-deps build-deps
+	mkdir -p $(FUZZ_DIR)/tree
+	tar --exclude=./build --exclude=./.git --exclude='./lb/*.so' --exclude=./lb/_fastpath.c -cf - . | tar -xf - -C $(FUZZ_DIR)/tree
+	cd $(FUZZ_DIR)/tree && LB_FUZZ=1 $(PYTHON) setup.py build_ext --inplace -q
+	cd $(FUZZ_DIR)/tree && $(PYTHON) fuzz/campaign.py --seconds $(FUZZ_SECONDS) --jobs $(FUZZ_JOBS) \
+	  --work $(CURDIR)/$(FUZZ_DIR) --crashes $(CURDIR)/fuzz/crashes --seeds $(CURDIR)/fuzz/seeds $(FUZZ_TARGETS)
 
 # line tracing and -O0 -g3, for gdb and coverage of the Cython code
 debug:

@@ -92,6 +92,17 @@ if os.environ.get("LB_SANITIZE"):
     CFLAGS = ["-O1", "-g", "-D_GNU_SOURCE", "-fno-strict-aliasing", "-Wno-unused-function"] + SANITIZE
     LDFLAGS = SANITIZE
 
+if os.environ.get("LB_FUZZ"):
+    # `make fuzz`: clang's libFuzzer coverage counters for atheris, and
+    # AddressSanitizer (its runtime comes preloaded: atheris's asan_with_fuzzer.so)
+    os.environ.setdefault("CC", "clang")
+    os.environ.setdefault("LDSHARED", "clang -shared")
+    FUZZ = ["-fsanitize=fuzzer-no-link,address", "-fno-omit-frame-pointer"]
+    CFLAGS = ["-O1", "-g", "-D_GNU_SOURCE", "-fno-strict-aliasing", "-Wno-unused-function", "-Wno-sign-compare"] + FUZZ
+    # no runtime linked in: the __asan_* and __sanitizer_cov_* symbols resolve
+    # at load time from the preloaded runtime (Debian's clang has no shared libasan)
+    LDFLAGS = []
+
 setup(
     ext_modules=[
         Extension(

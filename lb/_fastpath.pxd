@@ -16,7 +16,7 @@ from lb.includes.nghttp2 cimport nghttp2_session, nghttp2_session_callbacks, ngh
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 6
+    LB_SHM_VERSION = 7
     LB_MAX_REGIONS = 24                # entries of the header's region directory
     LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
@@ -85,7 +85,9 @@ cdef struct shm_header:              # writer: supervisor, once, before fork (bu
     uint32_t n_regions
     uint32_t _pad0
     shm_region regions[LB_MAX_REGIONS]
-    uint8_t _pad[200]
+    uint32_t n_listeners             # rows of listener_stats: the config's listeners
+    uint32_t _pad1
+    uint8_t _pad[192]
 
 cdef struct shm_pool:                # 128 bytes; writer: supervisor (generation: any writer of a backend field)
     uint32_t first_slot              # this pool's backends are slots [first_slot, first_slot + capacity)
@@ -139,8 +141,8 @@ cdef struct shm_worker_stats:        # 256 bytes, one row per worker; writer: th
     uint64_t accepted
     int64_t active                   # client connections open now
     int64_t fds                      # fds this worker holds for connections and pipes
-    uint64_t accept_paused           # times accepting was paused at the fd limit
-    uint64_t paused_now              # 1 while paused
+    uint64_t accept_paused           # times accepting was paused for want of fds (its budget, or an accept that failed)
+    uint64_t paused_now              # 1 while any listener of this worker is paused (fds or max_connections)
     uint64_t no_backend              # clients closed because no backend could be reached
     uint64_t bytes_in                # client -> backend
     uint64_t bytes_out               # backend -> client
@@ -165,7 +167,14 @@ cdef struct shm_worker_stats:        # 256 bytes, one row per worker; writer: th
     uint64_t h2_streams              # requests (streams) they opened
     uint64_t h2_goaways              # GOAWAY frames lb sent (stop, reload, idle, errors)
     uint64_t h2_refused              # connections ended for breaking HTTP/2 or for abuse (floods, rapid reset)
-    uint64_t _pad[2]
+    uint64_t accept_limited          # times accepting was paused at a max_connections (global or a listener's)
+    uint64_t accept_fd_errors        # accept(2) or a backend's socket(2) failed for want of fds or memory
+
+cdef struct shm_listener_stats:      # 64 bytes, [row][listener]; writer: the row's worker
+    int64_t active                   # client connections of this listener open now
+    uint64_t accepted
+    uint64_t limited                 # times accepting on it was paused at its max_connections
+    uint64_t _pad[5]
 
 cdef struct shm_backend_stats:       # 64 bytes, [row][slot]; writer: the row's worker
     int64_t active
@@ -644,6 +653,9 @@ cdef struct lb_listener_rt:
     uint8_t log_on                   # an access log serves this listener: the end phase writes records
     uint64_t log_sample              # keep a non-error record when 32 random bits are below this (1 << 32: all)
     lb_limit_list *limits            # tcp: at accept, per connection; http: per request, before the route's; NULL: none
+    int64_t max_conns                # max_connections, node-wide (0: none)
+    uint8_t limited                  # paused: the listener is at max_connections
+    uint8_t armed                    # its socket is in the epoll set
 
 cdef struct lb_pool_rt:
     shm_pool *shm
@@ -699,7 +711,6 @@ cdef struct lb_worker:
     int64_t fds
     int64_t fd_limit                 # stop accepting above this many fds
     int64_t fd_resume                # and start again below this
-    int accepting
     int stopping                     # 1 graceful drain, 2 fast stop
     uint64_t drain_deadline_ms
     uint64_t drain_timeout_ms
@@ -718,6 +729,16 @@ cdef struct lb_worker:
     uint32_t n_limits
     shm_limit_stats *limit_stats     # this worker's row of their counters
     shm_auth_stats *auth_stats       # this worker's row of the API-key auths' counters
+    shm_worker_stats *wstats_all     # every row: global.max_connections sums their active
+    shm_listener_stats *lstats_all   # [row][listener]
+    shm_listener_stats *lstats       # this worker's row of it
+    uint32_t n_cfg_listeners         # the config's listeners (a row's length)
+    uint32_t pause                   # PAUSE_* reasons for which no listener accepts
+    uint32_t n_limited               # listeners paused at their own max_connections
+    int64_t max_conns                # global.max_connections, node-wide (0: none)
+    int64_t fds_at_error             # w.fds when accept or socket() last failed for want of fds
+    uint64_t fd_retry_ms             # ... accepting is tried again then at the latest
+
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a
 # global backend slot or -1; it must skip the slots the connection already tried.

@@ -19,7 +19,7 @@ from libc.errno cimport errno, EAGAIN, EINTR, EINPROGRESS, EMFILE, ENFILE, ENOBU
 from lb.includes.epoll cimport *
 from lb.includes.socket cimport *
 from lb.includes.fcntl cimport *
-from lb.includes.unistd cimport close, pipe2, read, getpid
+from lb.includes.unistd cimport close, pipe2, read, getpid, dup
 from lb.includes.signalfd cimport *
 from lb.includes.time cimport timespec, clock_gettime, CLOCK_MONOTONIC, CLOCK_MONOTONIC_COARSE
 from lb.includes.mman cimport *
@@ -65,3 +65,4 @@ include "fastpath/h2.pxi"
 include "fastpath/http_events.pxi"
 include "fastpath/http_init.pxi"
 include "fastpath/log_format.pxi"
+include "fastpath/fuzz.pxi"

@@ -67,7 +67,8 @@ def child_main(sup, gen, slot, row: int, keep: list[int]) -> int:
         worker = Worker(gen.shm, row, [(sock.fileno(), by_index[li]) for sock, li in slot.sockets],
                         list(config.pools.values()), splice=config.global_.splice, fd_limit=soft - fds_open,
                         drain_timeout=config.global_.drain_timeout, tls=gen.tls,
-                        listener_names=list(config.listeners), auths=list(config.auth.values()))
+                        listener_names=list(config.listeners), auths=list(config.auth.values()),
+                        max_connections=config.global_.max_connections)
         worker.run()
         return 0
     except Exception:

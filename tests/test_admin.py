@@ -433,7 +433,9 @@ def test_read_commands_against_the_daemon(backends, run_lb, tmp_path):
     config_bytes = lb.config_path.read_bytes()
     assert st["pid"] == lb.proc.pid and st["generation"] == 1 and st["uptime"] >= 0
     assert st["config"] == {"path": str(lb.config_path), "sha256": hashlib.sha256(config_bytes).hexdigest()}
-    assert st["listeners"] == [{"name": "t", "bind": [f"127.0.0.1:{port}"], "mode": "tcp", "pool": "p"}]
+    assert st["listeners"] == [{"name": "t", "bind": [f"127.0.0.1:{port}"], "mode": "tcp", "pool": "p",
+                                "max_connections": 0, "active": 0, "accepted": 0, "limited": 0}]
+    assert st["max_connections"] == 0
     pool = st["pools"]["p"]
     assert pool["algorithm"] == "roundrobin" and pool["empty_because"] is None
     assert set(pool["backends"]) == {"b1", "b2"}

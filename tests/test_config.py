@@ -62,6 +62,7 @@ drain_timeout = "1m30s"
 splice = "never"
 max_worker_rss = "512MiB"
 log_ring = 4096
+max_connections = 20000
 
   [global.tls]
   tickets = false
@@ -113,6 +114,7 @@ limits = ["per_ip"]
 auth = "api"
 idle_timeout = "30s"
 backlog = 1024
+max_connections = 5000
 http_request_timeout = "5s"
 keepalive_timeout = "2m"
 max_target = 4096
@@ -272,6 +274,7 @@ def test_full_config_loads_every_key():
     assert (g.workers, g.admin_socket, g.state_file) == (4, "/tmp/lb/admin.sock", "/tmp/lb/state.json")
     assert (g.user, g.group, g.drain_timeout, g.splice) == ("www", "www-data", 90.0, "never")
     assert g.max_worker_rss == 512 << 20
+    assert g.max_connections == 20000
     assert (g.tls.enabled, g.tls.keys_file, g.tls.rotate) == (False, str(TLS_DIR / "tickets"), 1800.0)
     assert (g.tls.keys, g.tls.current) == (tuple(TICKET_KEYS[1:]), 1)
     assert g.worker_count() == 4
@@ -281,6 +284,7 @@ def test_full_config_loads_every_key():
     assert [str(b) for b in web.bind] == ["0.0.0.0:8080", "[::1]:8080"]
     assert [b.family for b in web.bind] == [socket.AF_INET, socket.AF_INET6]
     assert (web.mode, web.pool, web.accept_proxy, web.idle_timeout, web.backlog) == ("http", "app", True, 30.0, 1024)
+    assert web.max_connections == 5000
     tls = web.tls
     assert [(c.cert, c.key) for c in tls.certificates] == [
         (str(TLS_LEAF.cert), str(TLS_LEAF.key)), (str(TLS_DIR_LEAF.cert), str(TLS_DIR_LEAF.cert))]
@@ -489,6 +493,7 @@ def test_defaults():
     assert 1 <= cfg.global_.worker_count() <= config.MAX_WORKERS
     web = cfg.listeners["web"]
     assert (web.accept_proxy, web.routes, web.idle_timeout, web.backlog) == (False, (), 600.0, 4096)
+    assert web.max_connections == 0 and cfg.global_.max_connections == 0
     pool = cfg.pools["app"]
     assert (pool.algorithm, pool.hash_key, pool.balance_factor, pool.table_size) == (
         "roundrobin",
@@ -627,6 +632,8 @@ BAD = [
     (_cfg(listener='idle_timeout = "0s"'), "listeners.web.idle_timeout", "at least 1ms"),
     (_cfg(listener="backlog = 0"), "listeners.web.backlog", "out of range"),
     (_cfg(listener="backlog = 65536"), "listeners.web.backlog", "out of range"),
+    (_cfg(listener="max_connections = -1"), "listeners.web.max_connections", "out of range"),
+    (_cfg(listener='max_connections = "10"'), "listeners.web.max_connections", "integer"),
     (_cfg(listener="pol = 'app'"), "listeners.web.pol", "did you mean 'pool'"),
     (
         _cfg(listener='[[listeners.web.routes]]\nhost = "a.example.com"\npool = "app"'),

@@ -102,13 +102,22 @@ def pool_lines(name: str, pool: dict, rates: dict | None = None) -> list[str]:
     return lines
 
 
+def _paused(count, now) -> str | None:
+    if count is None:
+        return None
+    return f"{count}*" if now else f"{count}"
+
+
 def worker_lines(workers: list[dict]) -> list[str]:
     headers = ["WORKER", "PID", "GEN", "STATE", "CPU%", "RSS", "FDS", "ACTIVE", "ACCEPTED", "REQUESTS", "LB-ERRORS",
-               "PAUSED", "RESTARTS"]
-    # REQUESTS and LB-ERRORS count http requests, and the error pages lb answered itself
+               "PAUSED", "LIMITED", "RESTARTS"]
+    # REQUESTS and LB-ERRORS count http requests, and the error pages lb answered itself.
+    # PAUSED: times accepting stopped for want of fds; LIMITED: at a max_connections;
+    # a "*" after them: not accepting now
     rows = [[w.get("index"), w.get("pid"), w.get("generation"), w.get("state"), w.get("cpu_percent"),
              human_bytes(w.get("rss")), w.get("open_fds"), w.get("active"), w.get("accepted"),
-             w.get("http_requests"), w.get("http_errors"), w.get("accept_paused"), w.get("restarts")]
+             w.get("http_requests"), w.get("http_errors"), _paused(w.get("accept_paused"), w.get("paused_now")),
+             w.get("accept_limited"), w.get("restarts")]
             for w in workers]
     return table(headers, rows)
 
@@ -135,8 +144,9 @@ def status_lines(status: dict, rates: dict | None = None) -> list[str]:
     ]
     listeners = status.get("listeners") or []
     if listeners:
-        lines += table(["LISTENER", "BIND", "MODE", "POOL"],
-                       [[li.get("name"), ", ".join(li.get("bind") or []), li.get("mode"), li.get("pool")]
+        lines += table(["LISTENER", "BIND", "MODE", "POOL", "ACTIVE", "MAX", "LIMITED"],
+                       [[li.get("name"), ", ".join(li.get("bind") or []), li.get("mode"), li.get("pool"),
+                         li.get("active"), li.get("max_connections") or "-", li.get("limited")]
                         for li in listeners])
         lines.append("")
     for name, pool in (status.get("pools") or {}).items():

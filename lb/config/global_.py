@@ -16,11 +16,13 @@ SPLICE_MODES = ("auto", "always", "never")
 
 NAMED = False
 KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice", "max_worker_rss", "tls",
-        "log_ring")
+        "log_ring", "max_connections")
 # Records in each worker's access-log ring (1 KiB each): room for a burst while
 # the logger process is not scheduled; full, a record is dropped and counted.
 DEFAULT_LOG_RING = 8192
 MAX_LOG_RING = 1 << 20
+# Client connections (global and per listener); beyond, the fd budget stops a worker first anyway.
+MAX_CONNECTIONS = 1 << 24
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,7 @@ class GlobalSettings:
     max_worker_rss: int = 0  # bytes; a worker over it is replaced (new first, old drains); 0 = off
     tls: TicketSettings = TicketSettings()  # [global.tls]: TLS session resumption, shared by every listener
     log_ring: int = DEFAULT_LOG_RING  # records per worker's access-log ring, a power of two
+    max_connections: int = 0  # client connections open at once, all workers and listeners; 0 = no limit
     # Whether user or group is written in the file. When started as root, a
     # missing account is an error if it was named, and only a warning (lb keeps
     # running as root) for the default "lb" the packages create.
@@ -71,6 +74,7 @@ def parse(t: Table, ctx: Context) -> GlobalSettings:
         splice=t.choice("splice", "auto", SPLICE_MODES),
         tls=tls_section.parse_global(t.table("tls", tls_section.GLOBAL_KEYS)),
         log_ring=_log_ring(t),
+        max_connections=t.integer("max_connections", 0, 0, MAX_CONNECTIONS),
         account_explicit=t.has("user") or t.has("group"),
     )
 

@@ -10,6 +10,7 @@ from lb.config.acls import ACCESS_KEYS, Access, Acl, parse_access
 from lb.config.auth import Auth, parse_auth_name
 from lb.config.limits import LIMITS_KEY, Limit, parse_limit_names
 from lb.config.headers import HeaderRules, check_field_value, check_header_name, parse_header_rules
+from lb.config.global_ import MAX_CONNECTIONS
 from lb.config.logs import LogSettings, listener_logs
 from lb.config.pools import Pool
 from lb.config.tls import TlsSettings
@@ -59,8 +60,8 @@ HTTP_LISTENER_KEYS = (
 HTTP2_KEYS = ("h2c", "max_concurrent_streams", "initial_window_size", "connection_window_size", "max_frame_size",
               "max_glitches")
 NAMED = True
-KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "tls", "tls_passthrough", "logs", "log",
-        *ACCESS_KEYS, LIMITS_KEY, *HTTP_LISTENER_KEYS)
+KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "max_connections", "tls", "tls_passthrough",
+        "logs", "log", *ACCESS_KEYS, LIMITS_KEY, *HTTP_LISTENER_KEYS)
 DEFAULT_REQUEST_ID = "X-Request-Id"
 # What a route of a tls_passthrough listener may say: it matches the server name
 # of the ClientHello, nothing of the request (which stays encrypted).
@@ -150,6 +151,7 @@ class Listener:
     request_id: str = ""  # http: the request-id header's name; "" = off
     limits: tuple[str, ...] = ()  # [limits.NAME]: tcp, per connection at accept; http, per request
     auth: str = ""  # http: [auth.NAME] every request must pass (a route may name its own); "" = none
+    max_connections: int = 0  # client connections of this listener open at once, all workers; 0 = no limit
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
@@ -358,6 +360,7 @@ def _parse_listener(
         routes=routes,
         idle_timeout=t.duration("idle_timeout", "10m", MIN_TIMEOUT),
         backlog=t.integer("backlog", 4096, 1, 65535),
+        max_connections=t.integer("max_connections", 0, 0, MAX_CONNECTIONS),
         http=http,
         tls=tls,
         tls_passthrough=passthrough,

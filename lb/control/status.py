@@ -67,13 +67,15 @@ def document(sup) -> dict:
     workers.sort(key=lambda w: (w["generation"], w["index"]))
     for pid in set(sup.procs) - set(sup.children):
         del sup.procs[pid]
-    listeners = [{"name": name, "bind": [str(b) for b in l.bind], "mode": l.mode, "pool": l.pool}
-                 for name, l in gen.config.listeners.items()]
+    listeners = [{"name": name, "bind": [str(b) for b in l.bind], "mode": l.mode, "pool": l.pool,
+                  "max_connections": l.max_connections, **gen.shm.listener_stats(i)}
+                 for i, (name, l) in enumerate(gen.config.listeners.items())]
     acls = [acl.summary(gen, name, i) for i, name in enumerate(gen.config.acls)]
     return {
         "version": __version__, "pid": os.getpid(), "uptime": time.time() - sup.started,
         "generation": gen.number,
         "config": {"path": gen.config.source, "sha256": gen.config.sha256},
+        "max_connections": gen.config.global_.max_connections,
         "listeners": listeners, "pools": pools, "workers": workers,
         "acls": acls, "access_rules": acl.rules_with_counts(gen), "limits": limits.status(gen),
         "auth": key.status(gen),

@@ -160,27 +160,168 @@ cdef inline shm_backend_stats *slot_stats(lb_worker *w, int32_t slot) noexcept n
     return &w.bstats[slot]
 
 
-cdef void listeners_pause(lb_worker *w) noexcept nogil:
-    cdef int i
-    if not w.accepting:
-        return
-    for i in range(w.n_listeners):
-        epoll_ctl(w.epfd, EPOLL_CTL_DEL, w.listeners[i].fd, NULL)
-    w.accepting = 0
-    lb_store_u64(&w.stats.paused_now, 1)
+# ---- overload: when the listeners accept -----------------------------------------
+#
+# A paused listener is out of the epoll set: its clients wait in the kernel's
+# accept queue (backlog), and only what that queue cannot hold is refused, by
+# the kernel. No established client is ever closed to make room.
+
+cdef enum:
+    PAUSE_FDS = 1                    # this worker's fd budget is spent (before accept would fail)
+    PAUSE_FD_ERROR = 2               # accept(2) or socket(2) failed anyway (EMFILE, ENFILE, ENOBUFS, ENOMEM)
+    PAUSE_LIMIT = 4                  # global.max_connections reached, node-wide
+    FD_ERROR_RETRY_MS = 100          # after a failure for fds, try again this soon (HAProxy: 100 ms)
+    LIMIT_POLL_MS = 10               # at a node-wide limit, look this often whether another worker freed room
 
 
-cdef void listeners_resume(lb_worker *w) noexcept nogil:
+cdef void listeners_sync(lb_worker *w) noexcept nogil:
+    """Put each listening socket in the epoll set or take it out, as the pause
+    reasons say. A level-triggered listener out of the set costs nothing while
+    its queue fills: no wake-up, no accept that fails."""
+    cdef bint open_ = w.pause == 0 and not w.stopping
+    cdef bint want
     cdef int i
     cdef epoll_event ev
-    if w.accepting or w.stopping:
-        return
+    cdef lb_listener_rt *l
     for i in range(w.n_listeners):
-        ev.events = EPOLLIN
-        ev.data.u64 = (<uint64_t>i << 2) | TAG_LISTENER
-        epoll_ctl(w.epfd, EPOLL_CTL_ADD, w.listeners[i].fd, &ev)
-    w.accepting = 1
-    lb_store_u64(&w.stats.paused_now, 0)
+        l = &w.listeners[i]
+        want = open_ and not l.limited and l.fd >= 0
+        if want and not l.armed:
+            ev.events = EPOLLIN
+            ev.data.u64 = (<uint64_t>i << 2) | TAG_LISTENER
+            if epoll_ctl(w.epfd, EPOLL_CTL_ADD, l.fd, &ev) == 0:
+                l.armed = 1
+        elif not want and l.armed:
+            epoll_ctl(w.epfd, EPOLL_CTL_DEL, l.fd, NULL)
+            l.armed = 0
+    lb_store_u64(&w.stats.paused_now, w.pause != 0 or w.n_limited != 0)
+
+
+cdef inline int64_t node_active(lb_worker *w) noexcept nogil:
+    """Client connections open on this node (this generation): every row's gauge."""
+    cdef int64_t n = 0
+    cdef uint32_t r
+    for r in range(w.n_rows):
+        n += lb_load_i64(&w.wstats_all[r].active)
+    return n
+
+
+cdef inline int64_t listener_active(lb_worker *w, uint32_t cfg) noexcept nogil:
+    cdef int64_t n = 0
+    cdef uint32_t r
+    for r in range(w.n_rows):
+        n += lb_load_i64(&w.lstats_all[<uint64_t>r * w.n_cfg_listeners + cfg].active)
+    return n
+
+
+cdef void accept_pause(lb_worker *w, uint32_t reason) noexcept nogil:
+    if w.pause & reason:
+        return
+    w.pause |= reason
+    if reason == PAUSE_LIMIT:
+        lb_add_u64(&w.stats.accept_limited, 1)
+    else:
+        lb_add_u64(&w.stats.accept_paused, 1)
+    listeners_sync(w)
+
+
+cdef bint fds_available(lb_worker *w) noexcept nogil:
+    """Whether two fds (a client's and its backend's) can be had now."""
+    cdef int a = dup(w.epfd)
+    cdef int b = dup(w.epfd)
+    if a >= 0:
+        close(a)
+    if b >= 0:
+        close(b)
+    return a >= 0 and b >= 0
+
+
+cdef void accept_fd_error(lb_worker *w) noexcept nogil:
+    """accept(2) or a backend's socket(2) found no fd (or no memory for one):
+    stop accepting until this worker has closed two fds (a client's and its
+    backend's), or, looked at every FD_ERROR_RETRY_MS, two are free anyway."""
+    lb_add_u64(&w.stats.accept_fd_errors, 1)
+    w.fds_at_error = w.fds
+    w.fd_retry_ms = w.now_ms + FD_ERROR_RETRY_MS
+    accept_pause(w, PAUSE_FD_ERROR)
+
+
+cdef void listener_limit(lb_worker *w, lb_listener_rt *l) noexcept nogil:
+    if l.limited:
+        return
+    l.limited = 1
+    w.n_limited += 1
+    lb_add_u64(&w.stats.accept_limited, 1)
+    lb_add_u64(&w.lstats[l.cfg_index].limited, 1)
+    listeners_sync(w)
+
+
+cdef void accept_recheck(lb_worker *w) noexcept nogil:
+    """Lift the pauses whose reason has gone. Called when a connection of this
+    worker closes and at each turn of the loop while any pause holds (another
+    worker's close frees room under a node-wide limit too)."""
+    cdef uint32_t before = w.pause
+    cdef uint32_t n_before = w.n_limited
+    cdef int i
+    cdef lb_listener_rt *l
+    if w.pause & PAUSE_FDS and w.fds < w.fd_resume:
+        w.pause &= ~(<uint32_t>PAUSE_FDS)
+    if w.pause & PAUSE_FD_ERROR:
+        if w.fds + 2 <= w.fds_at_error:
+            w.pause &= ~(<uint32_t>PAUSE_FD_ERROR)
+        elif w.now_ms >= w.fd_retry_ms:
+            # fds freed elsewhere (another process, under ENFILE; a raised
+            # RLIMIT_NOFILE): look before accepting, since a client accepted
+            # without an fd for its backend would only be closed again
+            if fds_available(w):
+                w.pause &= ~(<uint32_t>PAUSE_FD_ERROR)
+            else:
+                w.fd_retry_ms = w.now_ms + FD_ERROR_RETRY_MS
+    if w.pause & PAUSE_LIMIT and node_active(w) < w.max_conns:
+        w.pause &= ~(<uint32_t>PAUSE_LIMIT)
+    if w.n_limited:
+        for i in range(w.n_listeners):
+            l = &w.listeners[i]
+            if l.limited and listener_active(w, l.cfg_index) < l.max_conns:
+                l.limited = 0
+                w.n_limited -= 1
+    if w.pause != before or w.n_limited != n_before:
+        listeners_sync(w)
+
+
+cdef inline bint accept_room(lb_worker *w, lb_listener_rt *l) noexcept nogil:
+    """Whether l may accept one more client now; if not, the reason pauses it.
+    Each client costs two fds (client, backend): stop before running out."""
+    if not l.armed:
+        return False                 # paused by the client just accepted (its backend found no fd)
+    if w.fds + 2 > w.fd_limit:
+        accept_pause(w, PAUSE_FDS)
+        return False
+    if w.max_conns and node_active(w) >= w.max_conns:
+        accept_pause(w, PAUSE_LIMIT)
+        return False
+    if l.max_conns and listener_active(w, l.cfg_index) >= l.max_conns:
+        listener_limit(w, l)
+        return False
+    return True
+
+
+cdef inline void conn_count_open(lb_worker *w, lb_conn *c) noexcept nogil:
+    cdef shm_listener_stats *ls = &w.lstats[w.listeners[c.listener].cfg_index]
+    lb_add_u64(&w.stats.accepted, 1)
+    lb_add_i64(&w.stats.active, 1)
+    lb_add_u64(&ls.accepted, 1)
+    lb_add_i64(&ls.active, 1)
+
+
+cdef inline void conn_count_closed(lb_worker *w, lb_conn *c) noexcept nogil:
+    """A client connection ended (its fds are closed): the gauges, then the
+    pauses that this may lift."""
+    lb_add_i64(&w.stats.active, -1)
+    lb_add_i64(&w.lstats[w.listeners[c.listener].cfg_index].active, -1)
+    lb_store_i64(&w.stats.fds, w.fds)
+    if w.pause or w.n_limited:
+        accept_recheck(w)
 
 
 cdef void conn_close(lb_worker *w, lb_conn *c, bint reset) noexcept nogil:
@@ -216,10 +357,7 @@ cdef void conn_close(lb_worker *w, lb_conn *c, bint reset) noexcept nogil:
     c.state = CS_CLOSED
     c.next = w.closed
     w.closed = c
-    lb_add_i64(&w.stats.active, -1)
-    lb_store_i64(&w.stats.fds, w.fds)
-    if not w.accepting and w.fds < w.fd_resume:
-        listeners_resume(w)
+    conn_count_closed(w, c)
 
 
 cdef inline void conn_backend_take(lb_worker *w, lb_conn *c, int32_t slot) noexcept nogil:

@@ -32,14 +32,23 @@ cdef int backend_sockaddr(shm_backend *b, sockaddr_storage *ss) noexcept nogil:
     return sizeof(sockaddr_in)
 
 
+cdef enum:
+    CONNECT_NO_FD = -2
+
+
 cdef int backend_connect(lb_worker *w, int32_t slot) noexcept nogil:
     """Start a non-blocking connect. Returns the fd (connect in progress or done),
-    or -1 when it failed at once (the caller counts it and tries the next)."""
+    -1 when it failed at once (the caller counts it and tries the next), or
+    CONNECT_NO_FD when this process has no fd for it: no fault of the backend's,
+    which must not be counted against it (a passive ejection of a healthy pool)."""
     cdef sockaddr_storage ss
     cdef int one = 1
     cdef int len = backend_sockaddr(&w.backends[slot], &ss)
     cdef int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
     if fd < 0:
+        if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
+            accept_fd_error(w)
+            return CONNECT_NO_FD
         return -1
     # No TCP_QUICKACK = 0 here (HAProxy sets it only when a request is already
     # waiting to be sent): with it, the handshake's last ACK waits for data, and
@@ -75,6 +84,8 @@ cdef void conn_connect(lb_worker *w, lb_conn *c) noexcept nogil:
         c.tried[c.tries] = slot
         c.tries += 1
         fd = backend_connect(w, slot)
+        if fd == CONNECT_NO_FD:
+            break
         if fd < 0:
             conn_count_failure(w, slot, False)
             c.lg.term = TERM_BACKEND_REFUSED

@@ -98,11 +98,8 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
     h.st = HS_CLOSED
     h.c.next = w.closed
     w.closed = &h.c
-    if h.h2role != H2_STREAM:
-        lb_add_i64(&w.stats.active, -1)
-    lb_store_i64(&w.stats.fds, w.fds)
-    if not w.accepting and w.fds < w.fd_resume:
-        listeners_resume(w)
+    if h.h2role != H2_STREAM:         # a stream is a request, not a client connection
+        conn_count_closed(w, &h.c)
 
 
 cdef void h_closing(lb_worker *w, lb_hconn *h) noexcept nogil:
@@ -209,6 +206,8 @@ cdef void h_connect(lb_worker *w, lb_hconn *h) noexcept nogil:
             b = idle_take(w, p, slot)
         if b == NULL:
             fd = backend_connect(w, slot)
+            if fd == CONNECT_NO_FD:
+                break                # 503: no fd here, no fault of the backend's
             if fd < 0:
                 conn_count_failure(w, slot, False)
                 continue

@@ -207,6 +207,8 @@ cdef void bconn_close(lb_worker *w, lb_bconn *b, bint reset) noexcept nogil:
     sock_close(&b.sk, reset)
     w.fds -= 1
     lb_store_i64(&w.stats.fds, w.fds)
+    if w.pause:
+        accept_recheck(w)
     hb_give(w, &b.inb)
     if b.pipe[0] >= 0:
         pipe_give(w, b.pipe, b.pipe_len != 0)

@@ -8,7 +8,7 @@ cdef void http_on_accept(lb_worker *w, int li) noexcept nogil:
     cdef lb_hconn *h
     cdef int fd, i
     for i in range(ACCEPT_BATCH):
-        if not accept_room(w):
+        if not accept_room(w, l):
             return
         h = hconn_alloc(w)
         if h == NULL:
@@ -29,7 +29,7 @@ cdef void http_on_accept(lb_worker *w, int li) noexcept nogil:
         h_set_ip(h)
         h.st = HS_PROXY
         tl_append(&l.http.req_timer, &h.tphase, w.now_ms, h)
-        if not accept_register(w, fd, <uint64_t><size_t>h | TAG_SIGNAL):
+        if not accept_register(w, &h.c, fd, <uint64_t><size_t>h | TAG_SIGNAL):
             h_close(w, h, True)
         elif l.http.accept_proxy:
             pass                     # the accept phase runs once the PROXY header is read (h_run)

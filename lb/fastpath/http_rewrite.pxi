@@ -45,7 +45,7 @@ cdef bint ieq_str(const uint8_t *a, uint32_t n, lb_str *s) noexcept nogil:
 cdef bint hop_by_hop(const uint8_t *name, uint32_t n) noexcept nogil:
     """Fields that describe one connection, not the message (RFC 9110 7.6.1).
     Transfer-Encoding is not among them here: the proxy forwards chunked bodies
-    as they are, so the framing field goes with them."""
+    as they are, so the framing goes with them (as framing_emit writes it)."""
     return (ieq(name, n, b"connection") or ieq(name, n, b"keep-alive") or ieq(name, n, b"proxy-connection")
             or ieq(name, n, b"te") or ieq(name, n, b"trailer") or ieq(name, n, b"upgrade"))
 
@@ -76,6 +76,61 @@ cdef bint conn_listed(const uint8_t *b, const uint8_t *name, uint32_t n, uint32_
         else:
             return True
     return False
+
+
+# ---- framing: lb's own ------------------------------------------------------------------
+#
+# A message forwarded with a body carries the framing lb validated, written by
+# lb in one canonical form: one Content-Length of the value it parsed, or
+# Transfer-Encoding with the codings it read, in lower case, ", " between them
+# (a request's is always exactly "chunked"). Never the header text as sent:
+# a form lb accepts ("CHUNKED", " , chunked", an empty Transfer-Encoding
+# field beside another, "007") might be read otherwise by a stricter or
+# looser parser behind or in front of lb.
+
+cdef inline bint is_framing(const uint8_t *name, uint32_t n) noexcept nogil:
+    return ieq(name, n, b"content-length") or ieq(name, n, b"transfer-encoding")
+
+
+cdef bint ob_lower(lb_hbuf *o, const uint8_t *s, uint32_t n) noexcept nogil:
+    """Append s[:n], its token part (before any ';') in lower case."""
+    cdef uint32_t i
+    cdef uint8_t *d
+    if not ob_put(o, s, n):
+        return False
+    d = <uint8_t *>o.p + o.off + o.len - n
+    for i in range(n):
+        if d[i] == 59:
+            break
+        d[i] = lower(d[i])
+    return True
+
+
+cdef bint framing_emit(lb_hbuf *o, const uint8_t *b, http_req *r) noexcept nogil:
+    """The framing fields of r as lb writes them (see above)."""
+    cdef char digits[24]
+    cdef int64_t v = r.content_length
+    cdef uint32_t i, pos, off, len, n = 0
+    cdef const uint8_t *val
+    if v >= 0:
+        i = 24
+        while True:
+            i -= 1
+            digits[i] = <char>(48 + v % 10)
+            v //= 10
+            if v == 0:
+                break
+        return ob_str(o, b"Content-Length: ") and ob_put(o, digits + i, 24 - i) and ob_put(o, b"\r\n", 2)
+    for i in range(r.n_fields):
+        if not ieq(b + r.fields[i].name_off, r.fields[i].name_len, b"transfer-encoding"):
+            continue
+        val = b + r.fields[i].value_off
+        pos = 0
+        while http_list_next(val, r.fields[i].value_len, &pos, &off, &len):
+            if not (ob_str(o, b", " if n else b"Transfer-Encoding: ") and ob_lower(o, val + off, len)):
+                return False
+            n += 1
+    return n == 0 or ob_put(o, b"\r\n", 2)
 
 
 # ---- rewriting heads --------------------------------------------------------------
@@ -125,10 +180,12 @@ cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, uint8_t to
     for i in range(r.n_fields):
         f = &r.fields[i]
         name = b + f.name_off
+        if is_framing(name, f.name_len):
+            continue                 # framing_emit writes lb's own
         if hop_by_hop(name, f.name_len):
             if not (h.upgrade and ieq(name, f.name_len, b"upgrade")):
                 continue
-        elif k and conn_listed(b, name, f.name_len, k, offs, lens) and not ieq(name, f.name_len, b"transfer-encoding"):
+        elif k and conn_listed(b, name, f.name_len, k, offs, lens):
             continue
         if hl.xfwd:
             if ieq(name, f.name_len, b"x-forwarded-for"):
@@ -150,6 +207,8 @@ cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, uint8_t to
         # "name:", the OWS as sent, and the value, in one copy
         if not (ob_put(o, name, f.value_off + f.value_len - f.name_off) and ob_put(o, b"\r\n", 2)):
             return False
+    if not framing_emit(o, b, r):
+        return False
     if h.upgrade and not ob_str(o, b"Connection: upgrade\r\n"):
         return False
     if not rulesets_emit(o, rules, n_rules):
@@ -220,10 +279,12 @@ cdef bint rewrite_response(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req
     for i in range(r.n_fields):
         f = &r.fields[i]
         name = b + f.name_off
+        if is_framing(name, f.name_len):
+            continue                 # framing_emit writes lb's own
         if hop_by_hop(name, f.name_len):
             if not (r.status == 101 and ieq(name, f.name_len, b"upgrade")):
                 continue
-        elif k and conn_listed(b, name, f.name_len, k, offs, lens) and not ieq(name, f.name_len, b"transfer-encoding"):
+        elif k and conn_listed(b, name, f.name_len, k, offs, lens):
             continue
         if final:
             if hl.hide_server and ieq(name, f.name_len, b"server"):
@@ -235,6 +296,8 @@ cdef bint rewrite_response(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req
         if not (ob_put(o, name, f.name_len) and ob_put(o, b": ", 2) and ob_put(o, b + f.value_off, f.value_len)
                 and ob_put(o, b"\r\n", 2)):
             return False
+    if not framing_emit(o, b, r):
+        return False
     if r.status == 101:
         if not ob_str(o, b"Connection: upgrade\r\n"):
             return False

@@ -13,15 +13,6 @@ cdef enum:
     ACCEPT_SKIP = -2                 # that one failed (ECONNABORTED and the like); the next may not
 
 
-cdef inline bint accept_room(lb_worker *w) noexcept nogil:
-    """Each client costs two fds (client, backend): stop before running out."""
-    if w.fds + 2 > w.fd_limit:
-        lb_add_u64(&w.stats.accept_paused, 1)
-        listeners_pause(w)
-        return False
-    return True
-
-
 cdef int accept_client(lb_worker *w, lb_listener_rt *l, sockaddr_storage *peer) noexcept nogil:
     """accept4 on l, the peer's address into peer: the fd, ACCEPT_STOP or ACCEPT_SKIP."""
     cdef socklen_t alen = sizeof(sockaddr_storage)
@@ -29,20 +20,18 @@ cdef int accept_client(lb_worker *w, lb_listener_rt *l, sockaddr_storage *peer) 
     if fd >= 0:
         return fd
     if errno == EMFILE or errno == ENFILE or errno == ENOBUFS or errno == ENOMEM:
-        lb_add_u64(&w.stats.accept_paused, 1)
-        listeners_pause(w)
+        accept_fd_error(w)
         return ACCEPT_STOP
     if errno == EAGAIN:
         return ACCEPT_STOP
     return ACCEPT_SKIP
 
 
-cdef bint accept_register(lb_worker *w, int fd, uint64_t data) noexcept nogil:
-    """Count an accepted client and add it to the epoll set under data."""
+cdef bint accept_register(lb_worker *w, lb_conn *c, int fd, uint64_t data) noexcept nogil:
+    """Count an accepted client (c.listener set) and add it to the epoll set under data."""
     cdef epoll_event ev
     w.fds += 1
-    lb_add_u64(&w.stats.accepted, 1)
-    lb_add_i64(&w.stats.active, 1)
+    conn_count_open(w, c)
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.u64 = data
     return epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) == 0
@@ -53,7 +42,7 @@ cdef void on_accept(lb_worker *w, int li) noexcept nogil:
     cdef lb_conn *c
     cdef int fd, i
     for i in range(ACCEPT_BATCH):
-        if not accept_room(w):
+        if not accept_room(w, l):
             return
         c = conn_alloc(w)
         if c == NULL:
@@ -69,7 +58,7 @@ cdef void on_accept(lb_worker *w, int li) noexcept nogil:
         c.pool = l.pool
         log_conn_start(w, c)
         c.state = CS_CONNECTING
-        if not accept_register(w, fd, <uint64_t><size_t>c | SIDE_CLIENT):
+        if not accept_register(w, c, fd, <uint64_t><size_t>c | SIDE_CLIENT):
             conn_close(w, c, True)
             continue
         # an accept_proxy listener knows the client's address only from its
@@ -121,9 +110,9 @@ cdef void on_signal(lb_worker *w) noexcept nogil:
             if not w.stopping:
                 # graceful: stop accepting (the supervisor keeps the listening sockets
                 # open, so nothing queued is refused) and let connections finish
-                listeners_pause(w)
-                listeners_close(w)
                 w.stopping = 1
+                listeners_sync(w)
+                listeners_close(w)
                 w.drain_deadline_ms = w.now_ms + w.drain_timeout_ms
                 if w.http != NULL:
                     http_stop_idle(w)
@@ -191,6 +180,10 @@ cdef int next_timeout(lb_worker *w) noexcept nogil:
     deadline = tls_wait_deadline(w, deadline)
     if w.stopping == 1 and w.drain_deadline_ms < deadline:
         deadline = w.drain_deadline_ms
+    if w.pause & PAUSE_FD_ERROR and w.fd_retry_ms < deadline:
+        deadline = w.fd_retry_ms
+    if (w.pause & PAUSE_LIMIT or w.n_limited) and w.now_ms + LIMIT_POLL_MS < deadline:
+        deadline = w.now_ms + LIMIT_POLL_MS
     if deadline <= w.now_ms:
         return 0
     return <int>(deadline - w.now_ms)
@@ -228,7 +221,8 @@ cdef int worker_loop(lb_worker *w) noexcept nogil:
             data = events[i].data.u64
             tag = data & 3
             if tag == TAG_LISTENER:
-                if w.accepting:
+                # (a listener paused earlier in this batch is skipped)
+                if w.listeners[data >> 2].armed:
                     if w.listeners[data >> 2].http != NULL:
                         http_on_accept(w, <int>(data >> 2))
                     else:
@@ -249,6 +243,8 @@ cdef int worker_loop(lb_worker *w) noexcept nogil:
         conns_free_closed(w)
         if w.http != NULL:
             http_free_closed(w)
+        if w.pause or w.n_limited:
+            accept_recheck(w)
         if w.stopping == 2:
             return 0
         if w.stopping == 1 and (lb_load_i64(&w.stats.active) == 0 or w.now_ms >= w.drain_deadline_ms):
@@ -272,6 +268,10 @@ cdef int worker_attach(lb_worker *w, Shm shm, uint32_t row, uint64_t seed) excep
     w.base = shm.base
     w.backends = shm.backends
     w.stats = shm.wstats + row
+    w.wstats_all = shm.wstats
+    w.n_cfg_listeners = h.n_listeners
+    w.lstats_all = shm.lstats
+    w.lstats = shm.lstats + <uint64_t>row * h.n_listeners
     TLSR_STATS[0] = w.stats
     w.bstats_all = shm.bstats
     w.bstats = w.bstats_all + <uint64_t>row * h.n_slots
@@ -319,6 +319,7 @@ cdef class Worker:
     auths:     every config.Auth (API keys), in shared-memory order
     tls:       {"listeners": {name: TlsServer}, "pools": {name: TlsClient}}: the
                contexts of the TLS listeners and pools (lb.tls.contexts, before fork)
+    max_connections: global.max_connections (each listener's own is in its config)
     The caller blocks SIGTERM/SIGINT/SIGQUIT first: they arrive through a signalfd.
     """
 
@@ -332,7 +333,8 @@ cdef class Worker:
         self.w.sigfd = -1
 
     def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
-                 int64_t fd_limit=1024, double drain_timeout=30.0, tls=None, listener_names=None, auths=()):
+                 int64_t fd_limit=1024, double drain_timeout=30.0, tls=None, listener_names=None, auths=(),
+                 int64_t max_connections=0):
         cdef lb_pool_rt *p
         cdef lb_listener_rt *l
         if len(pools) != shm.hdr.n_pools:
@@ -348,6 +350,7 @@ cdef class Worker:
         # the fds this worker may use for connections and pipes
         w.fd_limit = fd_limit - FD_RESERVE
         w.fd_resume = w.fd_limit * 9 // 10
+        w.max_conns = max_connections
         w.free_pipes = <lb_pipe *>calloc(FREE_PIPES_MAX, sizeof(lb_pipe))
         w.n_listeners = len(listeners)
         w.listeners = <lb_listener_rt *>calloc(max(1, w.n_listeners), sizeof(lb_listener_rt))
@@ -397,6 +400,9 @@ cdef class Worker:
             # records name the listener by its config index (listener_names: the
             # config's order), not by this worker's socket index
             log_listener_init(l, listener, listener_names.index(listener.name) if listener_names else i)
+            if l.cfg_index >= w.n_cfg_listeners:
+                raise ValueError(f"listener index {l.cfg_index} beyond the region's {w.n_cfg_listeners}")
+            l.max_conns = getattr(listener, "max_connections", 0)
             phases_init(&l.phases, listener)
             if listener.mode == "http":
                 http_listener_init(l, listener, pool_index, acl_index, limit_index, auth_index)
@@ -426,7 +432,7 @@ cdef class Worker:
         lb_store_u64(&w.stats.heartbeat_ms, w.now_ms)
         lb_store_u64(&w.stats.pid, getpid())
         lb_store_u64(&w.stats.stopping, 0)
-        listeners_resume(w)
+        listeners_sync(w)
         with nogil:
             rc = worker_loop(w)
         if rc != 0:

@@ -23,6 +23,7 @@ assert sizeof(shm_pool_stats) == 64
 assert sizeof(shm_backend) == 192
 assert sizeof(shm_worker_stats) == 256
 assert sizeof(shm_backend_stats) == 64
+assert sizeof(shm_listener_stats) == 64
 assert sizeof(shm_ticket_key) == 80
 assert sizeof(shm_log_record) == LOG_RECORD_SIZE
 assert <size_t>&(<shm_log_record *>NULL).data == LOG_HEAD_SIZE
@@ -56,9 +57,10 @@ cdef inline uint64_t _line(uint64_t n) noexcept nogil:
 # decision counters: each allow or deny entry and each default).
 
 # (and log_records: the records of each worker's access-log ring, 0 for none;
-# limits: (capacity, concurrent) of each rate limit table)
-Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules log_records limits auths",
-                                     defaults=((), 0))
+# limits: (capacity, concurrent) of each rate limit table; listeners: the config's listeners)
+Dimensions = _collections.namedtuple("Dimensions",
+                                     "pools slots rows tables acls rules log_records limits auths listeners",
+                                     defaults=((), 0, 1))
 
 
 cdef class _Resident:
@@ -139,6 +141,8 @@ REGIONS = (
      lambda d: _line(sizeof(shm_auth_head) + d.auths * sizeof(shm_auth)) + d.auths * 2 * AUTH_HALF_SLOTS * sizeof(shm_auth_key)),
     ("auth_stats", "each worker, its own row of every API-key auth's counters",
      lambda d: d.rows * max(1, d.auths) * sizeof(shm_auth_stats)),
+    ("listener_stats", "each worker, its own row of every listener's counters (max_connections sums them)",
+     lambda d: d.rows * max(1, d.listeners) * sizeof(shm_listener_stats)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
@@ -167,6 +171,7 @@ cdef class Shm:
     cdef shm_auth_head *auth_head
     cdef shm_auth *auths
     cdef shm_auth_stats *auth_stats
+    cdef shm_listener_stats *lstats
 
     def __dealloc__(self):
         if self.base != NULL:
@@ -175,7 +180,7 @@ cdef class Shm:
 
     @staticmethod
     def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0,
-               limits=(), auths=()):
+               limits=(), auths=(), uint32_t n_listeners=1):
         """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
         balance_factor); table_size counts only for maglev, hash_key is a config
         hash_key string (keys the tcp path cannot compute, and every key of a
@@ -186,7 +191,7 @@ cdef class Shm:
         (0: no access logs). limits: the rate limit tables, each a dict
         (limits_spec in limits.pxi), in config order. auths: the names of the
         API-key auths, in config order (their tables start empty: auth_publish
-        fills them)."""
+        fills them). n_listeners: the config's listeners (their counters)."""
         if log_records & (log_records - 1):
             raise ValueError(f"log ring size {log_records} is not a power of two")
         for spec in pools:
@@ -196,7 +201,7 @@ cdef class Shm:
                           tables=[spec[3] for spec in pools if spec[2] == "maglev"], acls=len(acls),
                           rules=n_rules, log_records=log_records,
                           limits=tuple((spec["capacity"], spec["concurrent"]) for spec in limits),
-                          auths=len(auths))
+                          auths=len(auths), listeners=max(1, n_listeners))
         layout = []
         cdef uint64_t total = _line(sizeof(shm_header))
         for name, _, size_of in REGIONS:
@@ -221,6 +226,7 @@ cdef class Shm:
         h.n_slots = dims.slots
         h.n_rows = n_rows
         h.supervisor_pid = supervisor_pid
+        h.n_listeners = max(1, n_listeners)
         h.n_regions = len(layout)
         for i, (name, off, size) in enumerate(layout):
             bname = name.encode()
@@ -314,6 +320,7 @@ cdef class Shm:
         self.auth_head = <shm_auth_head *>self.region_addr("auth_keys")
         self.auths = <shm_auth *>(<char *>self.auth_head + sizeof(shm_auth_head))
         self.auth_stats = <shm_auth_stats *>self.region_addr("auth_stats")
+        self.lstats = <shm_listener_stats *>self.region_addr("listener_stats")
         return 0
 
     cdef int _acls_init(self, acls, uint32_t n_rules, uint32_t n_rows) except -1:
@@ -842,6 +849,8 @@ cdef class Shm:
             "h2_streams": lb_load_u64(&s.h2_streams),
             "h2_goaways": lb_load_u64(&s.h2_goaways),
             "h2_refused": lb_load_u64(&s.h2_refused),
+            "accept_limited": lb_load_u64(&s.accept_limited),
+            "accept_fd_errors": lb_load_u64(&s.accept_fd_errors),
             "tls_failed": {
                 "timeout": lb_load_u64(&s.tls_fail_timeout),
                 "plain_http": lb_load_u64(&s.tls_fail_plain_http),
@@ -851,6 +860,23 @@ cdef class Shm:
                 "closed": lb_load_u64(&s.tls_fail_closed),
             },
         }
+
+    def listener_stats(self, uint32_t index):
+        """Counters of the config's listener index, summed over every worker row."""
+        if index >= self.hdr.n_listeners:
+            raise IndexError(f"listener index {index} out of range")
+        cdef shm_listener_stats *ls
+        out = dict(active=0, accepted=0, limited=0)
+        for row in range(self.hdr.n_rows):
+            ls = self.lstats + <uint64_t>row * self.hdr.n_listeners + index
+            out["active"] += lb_load_i64(&ls.active)
+            out["accepted"] += lb_load_u64(&ls.accepted)
+            out["limited"] += lb_load_u64(&ls.limited)
+        return out
+
+    @property
+    def n_listeners(self):
+        return self.hdr.n_listeners
 
     def log_stats(self):
         """The access logs' counters: ring size, records dropped (by row and in
@@ -1017,3 +1043,5 @@ cdef class Shm:
         cdef shm_pool_stats *ps = self.pstats
         for pool in range(self.hdr.n_pools):
             lb_store_i64(&ps[<uint64_t>row * self.hdr.n_pools + pool].active, 0)
+        for li in range(self.hdr.n_listeners):
+            lb_store_i64(&self.lstats[<uint64_t>row * self.hdr.n_listeners + li].active, 0)

@@ -5,3 +5,4 @@ cdef extern from "unistd.h" nogil:
     ssize_t read(int fd, void *buf, size_t n)
     ssize_t write(int fd, const void *buf, size_t n)
     int getpid()
+    int dup(int fd)
