@@ -15,7 +15,7 @@ from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 5
+    LB_SHM_VERSION = 6
     LB_MAX_REGIONS = 24                # entries of the header's region directory
     LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
@@ -317,6 +317,42 @@ cdef struct shm_log_head:            # 64 bytes, the start of the log_rings regi
     uint64_t _pad[4]
 
 
+# Metrics (fastpath/metrics.pxi): every listener, route, pool and backend slot
+# is one entity with the same counters and latency histograms, one row of
+# entities per worker; the metrics endpoint sums the rows at scrape.
+cdef enum:
+    MET_BOUNDS = 14                  # histogram bucket bounds (MET_BOUNDS_US); one more bucket for +Inf
+    MET_BUCKETS = 15
+    MET_HISTS = 3
+    HIST_TOTAL = 0                   # the whole exchange: first request byte (tcp: accept) to the end
+    HIST_CONNECT = 1                 # to the backend connected (TLS handshake included)
+    HIST_FIRST_BYTE = 2              # to the first response byte
+    MET_CLASSES = 6                  # responses by status class: 1xx .. 5xx, then "other" (tcp, or no status)
+
+cdef struct shm_metric_hist:         # 128 bytes
+    uint64_t buckets[MET_BUCKETS]    # not cumulative: an observation adds to one bucket
+    uint64_t sum_us
+
+cdef struct shm_metrics:             # 640 bytes, [row][entity]; writer: the row's worker
+    uint64_t requests                # http exchanges, and tcp connections, that ended
+    uint64_t responses[MET_CLASSES]  # ... by the status class the client got
+    uint64_t bytes_in                # from the client
+    uint64_t bytes_out               # to the client
+    uint64_t retries                 # backends tried beyond the first
+    uint64_t terms[N_TERMS]          # ... by how they ended (TERM_*; TERM_OK too)
+    shm_metric_hist hist[MET_HISTS]
+    uint64_t _pad[4]
+
+cdef struct shm_metrics_head:        # 64 bytes, the start of the metrics region; writer: supervisor, at creation
+    uint32_t n_listeners             # entities: listeners [0, n_listeners), then routes (every
+    uint32_t n_routes                # listener's, in config order), pools, backend slots
+    uint32_t n_pools
+    uint32_t n_slots
+    uint32_t n_entities
+    uint32_t _pad0
+    uint64_t _pad[5]
+
+
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn
@@ -526,6 +562,7 @@ cdef struct lb_listener_rt:
     uint16_t cfg_index               # the listener's index in the config (log records name it so)
     uint8_t log_on                   # an access log serves this listener: the end phase writes records
     uint64_t log_sample              # keep a non-error record when 32 random bits are below this (1 << 32: all)
+    uint32_t met_route_base          # metrics: the entity of this listener's route 0
 
 cdef struct lb_pool_rt:
     shm_pool *shm
@@ -596,6 +633,9 @@ cdef struct lb_worker:
     uint64_t rid_seq
     uint64_t now_us                  # access logs: CLOCK_MONOTONIC at this turn's start, microseconds
     uint64_t unix_us                 # ... and the wall clock then
+    shm_metrics *metrics             # this worker's row of metrics entities (fastpath/metrics.pxi)
+    uint32_t met_pool_base           # the entity of pool 0
+    uint32_t met_slot_base           # the entity of backend slot 0
 
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a

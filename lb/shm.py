@@ -41,7 +41,8 @@ def create_for_config(config, n_rows: int, path: str | None = None) -> Shm:
     # access-log rings only when a listener logs: else the region is its header alone
     logged = any(listener.logs for listener in config.listeners.values())
     shm = Shm.create(path or region_path(), pools, n_rows, os.getpid(), acls=list(config.acls), n_rules=len(rules),
-                     log_records=config.global_.log_ring if logged else 0)
+                     log_records=config.global_.log_ring if logged else 0,
+                     listener_routes=[len(listener.routes) for listener in config.listeners.values()])
     for pool_index, pool in enumerate(config.pools.values()):
         for index, b in enumerate(pool.backends):
             shm.set_backend(pool_index, index, b.host, b.port, b.name, b.weight, b.backup)

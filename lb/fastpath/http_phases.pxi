@@ -14,7 +14,7 @@
 #                                                   rules, authentication, rate limits, cache
 #                                                   lookup, split, header rules
 #   response  http, on each final response head     cache store, header rules
-#   end       once per http exchange and per tcp    the record for logs and metrics
+#   end       once per http exchange and per tcp    metrics, the record for logs
 #             connection, however it ended
 #
 # The tables below are the one order of each phase. A step joins a listener's
@@ -91,6 +91,7 @@ RESPONSE_STEPS = (
     ("response_headers", <size_t><void *>step_response_headers, wants_response_headers),
 )
 END_STEPS = (
+    ("metrics", <size_t><void *>step_metrics, wants_metrics),
     ("log", <size_t><void *>step_log, wants_log),
 )
 PHASES = (("accept", ACCEPT_STEPS), ("request", REQUEST_STEPS), ("response", RESPONSE_STEPS), ("end", END_STEPS))

@@ -219,7 +219,7 @@ cdef int worker_loop(lb_worker *w) noexcept nogil:
     while True:
         n = epoll_wait(w.epfd, events, MAX_EVENTS, next_timeout(w))
         w.now_ms = now_ms()
-        if w.log_ring != NULL:
+        if w.log_ring != NULL or w.metrics != NULL:
             log_clock(w)
         lb_store_u64(&w.stats.heartbeat_ms, w.now_ms)
         if n < 0 and errno != EINTR:
@@ -337,6 +337,7 @@ cdef class Worker:
         worker_attach(w, shm, row, int.from_bytes(_os.urandom(8), "little"))
         tickets_attach(shm)
         log_worker_init(w, shm, row)
+        metrics_worker_init(w, shm, row)
         w.splice_mode = _SPLICE_MODES[splice]
         w.drain_timeout_ms = <uint64_t>(drain_timeout * 1000)
         # the fds this worker may use for connections and pipes
@@ -385,6 +386,7 @@ cdef class Worker:
             # records name the listener by its config index (listener_names: the
             # config's order), not by this worker's socket index
             log_listener_init(l, listener, listener_names.index(listener.name) if listener_names else i)
+            metrics_listener_init(w, l, shm, len(listener.routes))
             phases_init(&l.phases, listener)
             if listener.mode == "http":
                 http_listener_init(l, listener, pool_index, acl_index)

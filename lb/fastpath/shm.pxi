@@ -47,8 +47,9 @@ cdef inline uint64_t _line(uint64_t n) noexcept nogil:
 # (the table size of each maglev pool), acls (ACLs) and rules (their users'
 # decision counters: each allow or deny entry and each default).
 
-# (and log_records: the records of each worker's access-log ring, 0 for none)
-Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules log_records")
+# (and log_records: the records of each worker's access-log ring, 0 for none;
+# listeners and routes: the metrics' entities beside pools and slots)
+Dimensions = _collections.namedtuple("Dimensions", "pools slots rows tables acls rules log_records listeners routes")
 
 
 cdef inline uint64_t _rule_stride(uint64_t rules) noexcept nogil:
@@ -78,6 +79,9 @@ REGIONS = (
      lambda d: d.rows * _rule_stride(d.rules) * sizeof(uint64_t)),
     ("log_rings", "each worker, its own ring's head and drops; the logger, the tails (access logs)",
      lambda d: sizeof(shm_log_head) + (d.rows * (sizeof(shm_log_ring) + d.log_records * sizeof(shm_log_record)) if d.log_records else 0)),
+    ("metrics", "each worker, its own row of every listener's, route's, pool's and backend's counters "
+     "and histograms; the supervisor, the carried row (fastpath/metrics.pxi)",
+     lambda d: metrics_region_size(d)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
@@ -107,7 +111,8 @@ cdef class Shm:
             self.base = NULL
 
     @staticmethod
-    def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0):
+    def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0,
+               listener_routes=()):
         """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
         balance_factor); table_size counts only for maglev, hash_key is a config
         hash_key string (keys the tcp path cannot compute, and every key of a
@@ -115,7 +120,8 @@ cdef class Shm:
         config order (their tables start empty: AclSet.publish fills them);
         n_rules: the decision counters of their users (lb.config.access_rules).
         log_records: the size of each worker's access-log ring, a power of two
-        (0: no access logs)."""
+        (0: no access logs). listener_routes: the routes of each listener, in
+        config order (the metrics' entities)."""
         if log_records & (log_records - 1):
             raise ValueError(f"log ring size {log_records} is not a power of two")
         for spec in pools:
@@ -123,7 +129,8 @@ cdef class Shm:
                 raise ValueError(f"pool {spec[0]!r}: capacity {spec[1]} out of range 1..{MAX_POOL_CAPACITY}")
         dims = Dimensions(pools=len(pools), slots=sum(spec[1] for spec in pools), rows=n_rows,
                           tables=[spec[3] for spec in pools if spec[2] == "maglev"], acls=len(acls),
-                          rules=n_rules, log_records=log_records)
+                          rules=n_rules, log_records=log_records, listeners=len(listener_routes),
+                          routes=sum(listener_routes))
         layout = []
         cdef uint64_t total = _line(sizeof(shm_header))
         for name, _, size_of in REGIONS:
@@ -157,6 +164,7 @@ cdef class Shm:
         self._find_regions()
         self._acls_init(acls, n_rules, n_rows)
         (<shm_log_head *>self.region_addr("log_rings")).n_records = log_records
+        metrics_init(self, listener_routes)
         cdef uint32_t first = 0
         cdef uint64_t table_off = <uint64_t><size_t>(self.region_addr("maglev_tables") - self.base)
         cdef shm_pool *p
@@ -495,6 +503,44 @@ cdef class Shm:
         cdef uint32_t req = lh.reopen_req + 1
         lb_release_u32(&lh.reopen_req, req)
         return req
+
+    # -- metrics (writer of the rows: each worker; of the carried row: the supervisor) --
+    def metrics_layout(self):
+        """The entities: (listeners, routes, pools, slots) counts, and each
+        listener's first route entity."""
+        cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
+        cdef uint32_t *route_base = <uint32_t *>(<char *>mh + sizeof(shm_metrics_head))
+        return {"listeners": mh.n_listeners, "routes": mh.n_routes, "pools": mh.n_pools, "slots": mh.n_slots,
+                "route_base": [route_base[i] for i in range(mh.n_listeners)]}
+
+    def metrics_totals(self):
+        """Every entity's counters summed over the worker rows: METRIC_WORDS
+        native uint64 words per entity, entities in layout order."""
+        cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
+        cdef uint64_t n = <uint64_t>mh.n_entities * MET_WORDS
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, n * sizeof(uint64_t))
+        cdef uint64_t *dst = <uint64_t *>PyBytes_AS_STRING(out)
+        cdef const uint64_t *src = <const uint64_t *>(<char *>mh + metrics_entities_off(mh.n_listeners))
+        cdef uint32_t row, rows = self.hdr.n_rows
+        cdef uint64_t i
+        with nogil:
+            memset(dst, 0, n * sizeof(uint64_t))
+            for row in range(rows):
+                for i in range(n):
+                    dst[i] += lb_load_u64(<uint64_t *>&src[<uint64_t>row * n + i])
+        return out
+
+    def metrics_add(self, uint32_t row, uint32_t entity, const uint64_t[:] words):
+        """Add counts (an older generation's, or a dead worker's) to an entity
+        of a row no worker writes."""
+        cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
+        if row >= self.hdr.n_rows or entity >= mh.n_entities or words.shape[0] != MET_WORDS:
+            raise IndexError(f"row {row}, entity {entity} or {words.shape[0]} words out of range")
+        cdef uint64_t *dst = <uint64_t *>(<char *>mh + metrics_entities_off(mh.n_listeners)) + (
+            <uint64_t>row * mh.n_entities + entity) * MET_WORDS
+        cdef uint32_t i
+        for i in range(MET_WORDS):
+            lb_add_u64(&dst[i], words[i])
 
     def pool_active(self, uint32_t pool):
         """Active connections of a pool, summed over every worker row."""

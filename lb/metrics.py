@@ -1,0 +1,467 @@
+"""The metrics endpoint ([global.metrics] bind): Prometheus text at /metrics
+(OpenMetrics when the scraper's Accept asks for it), served by the supervisor
+from shared memory, never by a worker (docs/observability.md).
+
+Workers count every exchange into their own row of entities (listeners,
+routes, pools, backend slots: lb/fastpath/metrics.pxi); a scrape sums the
+rows of the generation in force, adds what draining generations counted
+since the reload, and writes the text. The per-entity lines, most of a
+scrape, are written by the compiled module; this module names the entities
+and writes the rest.
+
+Counters never go backwards: a respawned worker writes on in its row; a
+reload carries every entity's totals, matched by name, into the new
+region's carried row (carry_over), and what the old generation counts while
+it drains is folded in when it is gone (fold_drained).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import logging
+import selectors
+import socket
+import time
+
+from lb import _fastpath as fp
+
+log = logging.getLogger("lb")
+
+W = fp.METRIC_WORDS
+OFF = fp.METRIC_OFFSETS
+CLASSES = fp.METRIC_CLASSES
+# TERMINATIONS: the words the access log uses for each TERM_*
+TERMS = tuple(fp.TERMINATIONS[i] for i in range(len(fp.TERMINATIONS)))
+HISTS = (("response", "the whole exchange: from its first byte (tcp: the accept) to its end"),
+         ("connect", "to the backend connected, TLS handshake included"),
+         ("first_byte", "to the first byte of the response"))
+
+CONTENT_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+# ---- entities -----------------------------------------------------------------------
+
+
+def entities(gen) -> dict[tuple, int]:
+    """Every entity of a generation's region by its name: ("listener", L),
+    ("route", L, R), ("pool", P), ("backend", P, B) -> its index."""
+    shm, config = gen.shm, gen.config
+    layout = shm.metrics_layout()
+    out: dict[tuple, int] = {}
+    for li, (lname, listener) in enumerate(config.listeners.items()):
+        out[("listener", lname)] = li
+        for ri, route in enumerate(listener.routes):
+            out[("route", lname, route.name)] = layout["route_base"][li] + ri
+    pool_base = layout["listeners"] + layout["routes"]
+    slot_base = pool_base + layout["pools"]
+    first = 0
+    for pi, pname in enumerate(config.pools):
+        out[("pool", pname)] = pool_base + pi
+        for bname, idx in gen.backends[pname].items():
+            out[("backend", pname, bname)] = slot_base + first + idx
+        first += shm.pool_capacity(pi)
+    return out
+
+
+def _words(totals: bytes | array.array, entity: int) -> array.array:
+    a = array.array("Q")
+    a.frombytes(bytes(memoryview(totals).cast("B")[entity * W * 8:(entity + 1) * W * 8]))
+    return a
+
+
+def carry_over(old, new) -> None:
+    """A reload: every entity of the new generation that the old one had keeps
+    its totals (in the new region's carried row, which no worker writes)."""
+    old_ids = entities(old)
+    totals = old.shm.metrics_totals()
+    for key, e in entities(new).items():
+        oe = old_ids.get(key)
+        if oe is None:
+            continue
+        words = _words(totals, oe)
+        old.metrics_handed_over[key] = words
+        new.shm.metrics_add(new.carried_row, e, words)
+
+
+def _deltas(old, cur_ids: dict[tuple, int]):
+    """What an old generation counted since it handed its totals over: (entity
+    of the current generation, words) for every entity both know."""
+    if not old.metrics_handed_over:
+        return
+    old_ids = entities(old)
+    after = old.shm.metrics_totals()
+    for key, before in old.metrics_handed_over.items():
+        e, oe = cur_ids.get(key), old_ids.get(key)
+        if e is None or oe is None:
+            continue
+        now = _words(after, oe)
+        yield e, array.array("Q", (a - b for a, b in zip(now, before)))
+
+
+def fold_drained(old, cur) -> None:
+    """An old generation is gone: what it counted after the reload joins the
+    generation in force, so totals stay exact and never go backwards."""
+    for e, delta in _deltas(old, entities(cur)):
+        cur.shm.metrics_add(cur.carried_row, e, delta)
+
+
+def totals(sup) -> tuple[bytes, dict[tuple, int]]:
+    """The summed counters of the generation in force, draining generations'
+    counts since the reload included, and its entities."""
+    gen = sup.gen
+    ids = entities(gen)
+    out = gen.shm.metrics_totals()
+    olds = [old for old in sup.old if old.metrics_handed_over]
+    if olds:
+        t = array.array("Q")
+        t.frombytes(out)
+        for old in olds:
+            for e, delta in _deltas(old, ids):
+                base = e * W
+                for i, d in enumerate(delta):
+                    t[base + i] += d
+        out = t.tobytes()
+    return out, ids
+
+
+# ---- the text -------------------------------------------------------------------------
+
+
+def escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(**kv) -> bytes:
+    return ",".join(f'{k}="{escape(str(v))}"' for k, v in kv.items()).encode()
+
+
+class Text:
+    """A scrape's text, one family at a time, in the Prometheus text format
+    or in OpenMetrics (counters are declared without their _total there)."""
+
+    def __init__(self, openmetrics: bool):
+        self.om = openmetrics
+        self.parts: list[bytes] = []
+
+    def family(self, name: str, kind: str, help_: str) -> bytes:
+        declared = name[:-6] if self.om and kind == "counter" and name.endswith("_total") else name
+        self.parts.append(f"# HELP {declared} {help_}\n# TYPE {declared} {kind}\n".encode())
+        return name.encode()
+
+    def line(self, name: bytes, labels: bytes, value) -> None:
+        self.parts.append(b"%s{%s} %s\n" % (name, labels, str(value).encode()) if labels
+                          else b"%s %s\n" % (name, str(value).encode()))
+
+    def add(self, chunk: bytes) -> None:
+        self.parts.append(chunk)
+
+    def bytes(self) -> bytes:
+        if self.om:
+            self.parts.append(b"# EOF\n")
+        return b"".join(self.parts)
+
+
+def _entity_families(text: Text, totals: bytes, kind: str, what: str, ids: list[int], labels: list[bytes]) -> None:
+    """The counters and histograms every entity of one kind has."""
+    if not ids:
+        return
+    p = f"lb_{kind}_"
+    name = text.family(p + "requests_total", "counter",
+                       f"Exchanges (http requests, tcp connections) that ended, per {what}, by the status "
+                       "class the client got (other: tcp, or no response)")
+    for ci, cls in enumerate(CLASSES):
+        text.add(fp.metrics_render_samples(totals, ids, labels, name, OFF["responses"] + ci,
+                                           f'code="{cls}"'.encode()))
+    name = text.family(p + "terminations_total", "counter",
+                       f"Exchanges per {what} by how they ended (the access log's termination; reasons "
+                       "appear once counted)")
+    for ti, term in enumerate(TERMS):
+        text.add(fp.metrics_render_samples(totals, ids, labels, name, OFF["terms"] + ti,
+                                           f'reason="{term}"'.encode(), skip_zero=True))
+    name = text.family(p + "received_bytes_total", "counter", f"Bytes from clients, per {what}")
+    text.add(fp.metrics_render_samples(totals, ids, labels, name, OFF["bytes_in"]))
+    name = text.family(p + "sent_bytes_total", "counter", f"Bytes to clients, per {what}")
+    text.add(fp.metrics_render_samples(totals, ids, labels, name, OFF["bytes_out"]))
+    name = text.family(p + "retries_total", "counter", f"Backends tried beyond the first, per {what}")
+    text.add(fp.metrics_render_samples(totals, ids, labels, name, OFF["retries"]))
+    for hi, (hname, hhelp) in enumerate(HISTS):
+        name = text.family(f"{p}{hname}_duration_seconds", "histogram", f"Time {hhelp}, per {what}")
+        text.add(fp.metrics_render_histogram(totals, ids, labels, name, hi))
+
+
+def render(sup, openmetrics: bool = False) -> bytes:
+    """The whole scrape."""
+    gen = sup.gen
+    config = gen.config
+    summed, ids = totals(sup)
+    text = Text(openmetrics)
+
+    name = text.family("lb_info", "gauge", "The running config's generation (a label) and this build")
+    text.line(name, _labels(version=_version(), config_sha256=config.sha256[:12], generation=gen.number), 1)
+    name = text.family("lb_start_time_seconds", "gauge", "When the supervisor started, unix time")
+    text.line(name, b"", f"{sup.started:.3f}")
+    name = text.family("lb_active_connections", "gauge", "Client connections open now, all workers")
+    text.line(name, b"", sum(gen.shm.worker_stats(s.row)["active"] for s in gen.slots)
+              + sum(old.shm.worker_stats(c.row)["active"] for old in sup.old for c in sup.children.values()
+                    if c.gen is old and c.row >= 0))
+
+    lids, llabels = [], []
+    rids, rlabels = [], []
+    for lname, listener in config.listeners.items():
+        lids.append(ids[("listener", lname)])
+        llabels.append(_labels(listener=lname))
+        for route in listener.routes:
+            rids.append(ids[("route", lname, route.name)])
+            rlabels.append(_labels(listener=lname, route=route.name))
+    _entity_families(text, summed, "listener", "listener", lids, llabels)
+    _entity_families(text, summed, "route", "route", rids, rlabels)
+
+    pids = [ids[("pool", p)] for p in config.pools]
+    plabels = [_labels(pool=p) for p in config.pools]
+    _entity_families(text, summed, "pool", "pool", pids, plabels)
+    name = text.family("lb_pool_active_connections", "gauge", "Connections open to the pool's backends")
+    for pi, p in enumerate(config.pools):
+        text.line(name, plabels[pi], gen.shm.pool_active(pi))
+
+    bids, blabels, binfo = [], [], []
+    for pi, p in enumerate(config.pools):
+        for bname, idx in gen.backends[p].items():
+            bids.append(ids[("backend", p, bname)])
+            blabels.append(_labels(pool=p, backend=bname))
+            binfo.append((pi, idx, config.pools[p].health.type != "none"))
+    _entity_families(text, summed, "backend", "backend", bids, blabels)
+    _backend_state(text, gen, blabels, binfo)
+    _acl_rules(text, gen)
+    return text.bytes()
+
+
+def _backend_state(text: Text, gen, blabels: list[bytes], binfo: list[tuple]) -> None:
+    shm = gen.shm
+    states = [shm.backend(pi, idx) for pi, idx, _ in binfo]
+    stats = [shm.backend_stats(pi, idx) for pi, idx, _ in binfo]
+    now_ms = time.monotonic() * 1000
+    name = text.family("lb_backend_active_connections", "gauge", "Connections open to the backend")
+    for lab, s in zip(blabels, stats):
+        text.line(name, lab, s["active"])
+    name = text.family("lb_backend_connection_errors_total", "counter",
+                       "Connects to the backend that failed, by reason (refused: refused, reset or "
+                       "unreachable; timeout: connect_timeout)")
+    for lab, s in zip(blabels, stats):
+        text.line(name, lab + b',reason="refused"', s["connect_errors"])
+        text.line(name, lab + b',reason="timeout"', s["connect_timeouts"])
+    name = text.family("lb_backend_up", "gauge", "1 while health checks (or passive checks) hold the backend up")
+    for lab, b in zip(blabels, states):
+        text.line(name, lab, 1 if b["health"] == "up" else 0)
+    name = text.family("lb_backend_admin_state", "gauge", "The backend's admin state: 1 for the state in force")
+    for lab, b in zip(blabels, states):
+        for state in ("ready", "drain", "maint"):
+            text.line(name, lab + f',state="{state}"'.encode(), 1 if b["admin"] == state else 0)
+    name = text.family("lb_backend_weight", "gauge", "The weight in effect (slow start ramps it up to the configured one)")
+    for lab, b in zip(blabels, states):
+        text.line(name, lab, b["eff_weight"])
+    name = text.family("lb_backend_ejected", "gauge", "1 while passive checks keep the backend ejected")
+    for lab, b in zip(blabels, states):
+        text.line(name, lab, 1 if b["eject_until_ms"] > now_ms and b["health"] == "down" else 0)
+    checked = [(lab, b) for lab, b, (_, _, active) in zip(blabels, states, binfo) if active]
+    if checked:
+        name = text.family("lb_backend_check_ok", "gauge", "1 if the backend's last health check passed")
+        for lab, b in checked:
+            text.line(name, lab, 1 if b["last_result"] == 0 else 0)
+        name = text.family("lb_backend_check_duration_seconds", "gauge", "How long the last health check took")
+        for lab, b in checked:
+            text.line(name, lab, f"{b['last_latency_us'] / 1e6:.6f}")
+
+
+def _acl_rules(text: Text, gen) -> None:
+    from lb.control.acl import rules_with_counts
+
+    rules = rules_with_counts(gen)
+    if not rules:
+        return
+    name = text.family("lb_rule_decisions_total", "counter",
+                       "Allow and deny rules' decisions (a denied request or connection is refused)")
+    for r in rules:
+        text.line(name, _labels(listener=r["listener"], route=r["route_name"] or "", rule=r["rule"],
+                                decision=r["decision"]), r["count"])
+
+
+def _version() -> str:
+    from lb import __version__
+
+    return __version__
+
+
+# ---- the HTTP server (in the supervisor's loop) -----------------------------------------
+
+MAX_HEAD = 16 * 1024
+PEER_TIMEOUT = 10.0
+
+
+class _Peer:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.out = memoryview(b"")
+        self.deadline = time.monotonic() + PEER_TIMEOUT
+
+
+class MetricsServer:
+    """A small HTTP/1.1 server on the supervisor's selector: one request per
+    connection, answered from shared memory. Slow clients cost a buffer,
+    never a wait: the supervisor's loop reads and writes only when ready."""
+
+    def __init__(self, bind, pages):
+        """pages: path -> callable(headers) -> (status, content type, body)."""
+        self.bind = bind
+        self.pages = pages
+        self.sock: socket.socket | None = None
+        self.peers: dict[int, _Peer] = {}
+
+    def open(self) -> None:
+        sock = socket.socket(self.bind.family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if self.bind.family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((self.bind.host, self.bind.port))
+            sock.listen(64)
+            sock.setblocking(False)
+        except OSError as e:
+            sock.close()
+            raise OSError(e.errno, f"metrics: cannot listen on {self.bind}: {e.strerror}") from None
+        self.sock = sock
+
+    def register(self, selector) -> None:
+        selector.register(self.sock, selectors.EVENT_READ, ("metrics", self))
+
+    def close(self, selector=None) -> None:
+        for peer in list(self.peers.values()):
+            self._drop(peer, selector)
+        if self.sock is not None:
+            if selector is not None:
+                try:
+                    selector.unregister(self.sock)
+                except (KeyError, ValueError):
+                    pass
+            self.sock.close()
+            self.sock = None
+
+    def fds(self) -> list[int]:
+        return [p.sock.fileno() for p in self.peers.values()] + ([self.sock.fileno()] if self.sock else [])
+
+    def on_event(self, selector, kind: str, obj, mask: int) -> None:
+        if kind == "metrics":
+            self._accept(selector)
+        elif mask & selectors.EVENT_WRITE:
+            self._write(selector, obj)
+        else:
+            self._read(selector, obj)
+
+    def tick(self, selector) -> None:
+        now = time.monotonic()
+        for peer in list(self.peers.values()):
+            if now >= peer.deadline:
+                self._drop(peer, selector)
+
+    def _accept(self, selector) -> None:
+        while self.sock is not None:
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("metrics: cannot accept: %s", e.strerror)
+                return
+            conn.setblocking(False)
+            peer = _Peer(conn)
+            self.peers[conn.fileno()] = peer
+            selector.register(conn, selectors.EVENT_READ, ("metrics-peer", peer))
+
+    def _read(self, selector, peer: _Peer) -> None:
+        try:
+            data = peer.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(peer, selector)
+            return
+        peer.inbuf += data
+        end = peer.inbuf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(peer.inbuf) > MAX_HEAD:
+                self._answer(selector, peer, 431, "text/plain", b"request head too large\n")
+            return
+        head = bytes(peer.inbuf[:end]).decode("latin-1")
+        lines = head.split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+            self._answer(selector, peer, 400, "text/plain", b"bad request\n")
+            return
+        method, target = parts[0], parts[1]
+        headers = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            headers[k.strip().lower()] = v.strip()
+        if method not in ("GET", "HEAD"):
+            self._answer(selector, peer, 405, "text/plain", b"GET or HEAD only\n", extra="Allow: GET, HEAD\r\n")
+            return
+        page = self.pages.get(target.split("?", 1)[0])
+        if page is None:
+            self._answer(selector, peer, 404, "text/plain", b"not found: try /metrics, /stats or /stats.json\n")
+            return
+        try:
+            status, ctype, body = page(headers)
+        except Exception:
+            log.exception("metrics: %s failed", target)
+            status, ctype, body = 500, "text/plain", b"internal error\n"
+        self._answer(selector, peer, status, ctype, body, head_only=method == "HEAD")
+
+    def _answer(self, selector, peer: _Peer, status: int, ctype: str, body: bytes, head_only: bool = False,
+                extra: str = "") -> None:
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  431: "Request Header Fields Too Large", 500: "Internal Server Error"}.get(status, "")
+        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                f"Cache-Control: no-store\r\n{extra}Connection: close\r\n\r\n").encode()
+        peer.out = memoryview(head if head_only else head + body)
+        peer.deadline = time.monotonic() + PEER_TIMEOUT
+        selector.modify(peer.sock, selectors.EVENT_WRITE, ("metrics-peer", peer))
+        self._write(selector, peer)
+
+    def _write(self, selector, peer: _Peer) -> None:
+        while peer.out:
+            try:
+                n = peer.sock.send(peer.out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._drop(peer, selector)
+                return
+            peer.out = peer.out[n:]
+            peer.deadline = time.monotonic() + PEER_TIMEOUT
+        self._drop(peer, selector)
+
+    def _drop(self, peer: _Peer, selector) -> None:
+        self.peers.pop(peer.sock.fileno(), None)
+        if selector is not None:
+            try:
+                selector.unregister(peer.sock)
+            except (KeyError, ValueError):
+                pass
+        peer.sock.close()
+
+
+def wants_openmetrics(headers: dict) -> bool:
+    return "application/openmetrics-text" in headers.get("accept", "")
+
+
+def pages(sup) -> dict:
+    def metrics(headers):
+        om = wants_openmetrics(headers)
+        return 200, CONTENT_OPENMETRICS if om else CONTENT_TEXT, render(sup, om)
+
+    return {"/metrics": metrics}

@@ -1,0 +1,258 @@
+"""The metrics endpoint ([global.metrics], docs/observability.md) end to end:
+a real `lb run`, real clients and origins on loopback, the scrape read with
+prometheus_client's parser and checked by Debian's promtool. Counts are
+exact: after N requests a counter says N, across a worker kill -9 and an
+lb reload too."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import psutil
+import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+from conftest import free_port, global_toml, wait_for
+from http_origin import Origin
+from lb import config
+from lb.config import ConfigError
+
+
+# ---- set-up ----------------------------------------------------------------------------
+
+def metrics_config(port: int, mport: int, pools: dict, *, workers: int = 1, routes: str = "",
+                   tcp_port: int | None = None, extra: str = "") -> str:
+    """An http listener "web" on port (default pool "p", routes as given), the
+    metrics endpoint on mport; pools: name -> [Origin]. tcp_port: a tcp
+    listener "raw" to pool "p" as well."""
+    text = global_toml(workers) + f'\n[global.metrics]\nbind = "127.0.0.1:{mport}"\n' + textwrap.dedent(f"""
+        [listeners.web]
+        bind = ["127.0.0.1:{port}"]
+        mode = "http"
+        pool = "p"
+        """) + textwrap.dedent(routes) + "\n"
+    if tcp_port:
+        text += f'[listeners.raw]\nbind = ["127.0.0.1:{tcp_port}"]\nmode = "tcp"\npool = "p"\n\n'
+    for pool, members in pools.items():
+        text += f'[pools.{pool}]\nconnect_timeout = "1s"\n[pools.{pool}.health]\ntype = "none"\n\n'
+        for o in members:
+            text += f'[[pools.{pool}.backends]]\naddress = "{o.address}"\nname = "{o.name}"\n\n'
+    return text + extra
+
+
+def get(port: int, path: str, accept: str | None = None) -> tuple[int, dict, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Accept": accept} if accept else {})
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def scrape(port: int) -> dict:
+    """{family name: [(sample name, labels, value)]}, as prometheus_client reads it."""
+    status, headers, body = get(port, "/metrics")
+    assert status == 200, body
+    assert headers["content-type"].startswith("text/plain; version=0.0.4")
+    out: dict = {}
+    for fam in parse_text(body.decode()):
+        out[fam.name] = [(s.name, s.labels, s.value) for s in fam.samples]
+    return out
+
+
+def value(fams: dict, sample: str, **labels) -> float:
+    """The sum of a sample over the series whose labels include `labels`."""
+    family = sample
+    for suffix in ("_total", "_bucket", "_count", "_sum"):
+        if family.endswith(suffix) and family[: -len(suffix)] in fams:
+            family = family[: -len(suffix)]
+            break
+    return sum(v for name, lab, v in fams.get(family, []) if name == sample
+               and all(lab.get(k) == str(x) for k, x in labels.items()))
+
+
+def requests(port: int, paths: list[str]) -> list[int]:
+    """One request per path over one keep-alive connection; the statuses."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    statuses = []
+    try:
+        for path in paths:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            r.read()
+            statuses.append(r.status)
+    finally:
+        conn.close()
+    return statuses
+
+
+@pytest.fixture
+def origin():
+    started = []
+
+    def start(name: str):
+        o = Origin(name)
+        started.append(o)
+        return o
+
+    yield start
+    for o in started:
+        o.stop()
+
+
+# ---- config ------------------------------------------------------------------------------
+
+def test_metrics_bind_is_checked_by_key():
+    base = '[pools.p]\nbackends = [{address = "127.0.0.1:1"}]\n[listeners.w]\nbind = ["127.0.0.1:1"]\npool = "p"\n'
+    cfg = config.loads('[global.metrics]\nbind = "127.0.0.1:9100"\n' + base)
+    assert str(cfg.global_.metrics_bind) == "127.0.0.1:9100"
+    assert config.loads(base).global_.metrics_bind is None
+    with pytest.raises(ConfigError, match=r"^global\.metrics\.bind: port out of range"):
+        config.loads('[global.metrics]\nbind = "127.0.0.1:0"\n' + base)
+    with pytest.raises(ConfigError, match=r"^global\.metrics\.listen: unknown key"):
+        config.loads('[global.metrics]\nlisten = "127.0.0.1:9100"\n' + base)
+
+
+# ---- the scrape --------------------------------------------------------------------------
+
+def test_counts_by_backend_route_and_code_and_promtool_accepts(run_lb, origin, tmp_path):
+    a, b = origin("a"), origin("b")
+    port, mport, tport = free_port(), free_port(), free_port()
+    routes = """
+        [[listeners.web.routes]]
+        name = "api"
+        path_prefix = "/api/"
+        pool = "api"
+        """
+    lb = run_lb(metrics_config(port, mport, {"p": [a], "api": [b]}, routes=routes, tcp_port=tport))
+    assert requests(port, ["/x"] * 7 + ["/status/404"] * 2 + ["/api/x"] * 5 + ["/status/503"]) == \
+        [200] * 7 + [404] * 2 + [200] * 5 + [503]
+    with socket.create_connection(("127.0.0.1", tport), timeout=5) as s:
+        s.sendall(b"GET /raw HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        while s.recv(65536):
+            pass
+
+    def counted():
+        fams = scrape(mport)
+        return fams if value(fams, "lb_listener_requests_total", listener="raw") == 1 else None
+
+    fams = wait_for(counted, 10, "the tcp connection counted")
+    # http: 7 x 200, 2 x 404, 1 x 503 from origin a; 5 x 200 from b; the tcp connection is "other"
+    assert value(fams, "lb_backend_requests_total", pool="p", backend="a", code="2xx") == 7
+    assert value(fams, "lb_backend_requests_total", pool="p", backend="a", code="4xx") == 2
+    assert value(fams, "lb_backend_requests_total", pool="p", backend="a", code="5xx") == 1
+    assert value(fams, "lb_backend_requests_total", pool="p", backend="a", code="other") == 1
+    assert value(fams, "lb_backend_requests_total", pool="api", backend="b") == 5
+    assert value(fams, "lb_backend_requests_total", pool="api", backend="b", code="2xx") == 5
+    assert value(fams, "lb_route_requests_total", listener="web", route="api") == 5
+    assert value(fams, "lb_listener_requests_total", listener="web") == 15
+    assert value(fams, "lb_pool_requests_total", pool="p") == 11
+    # the contract histogram: every exchange observed once, in cumulative buckets
+    assert value(fams, "lb_backend_response_duration_seconds_count", pool="p", backend="a") == 11
+    assert value(fams, "lb_backend_response_duration_seconds_bucket", pool="p", backend="a", le="+Inf") == 11
+    assert value(fams, "lb_backend_connect_duration_seconds_count", pool="api", backend="b") == 5
+    assert value(fams, "lb_backend_first_byte_duration_seconds_count", pool="api", backend="b") == 5
+    buckets = [(float(lab["le"]), v) for name, lab, v in fams["lb_backend_response_duration_seconds"]
+               if name.endswith("_bucket") and lab["backend"] == "a"]
+    assert [v for _, v in sorted(buckets)] == sorted(v for _, v in buckets)  # cumulative
+    assert value(fams, "lb_backend_up", pool="p", backend="a") == 1
+    assert value(fams, "lb_backend_admin_state", pool="p", backend="a", state="ready") == 1
+    assert value(fams, "lb_listener_terminations_total", listener="web", reason="ok") == 15
+    assert value(fams, "lb_listener_sent_bytes_total", listener="web") > 0
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is missing: `make test-deps` installs Debian's prometheus"
+    _, _, body = get(mport, "/metrics")
+    check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+    # promtool prints lint notes (e.g. counters without _total) on stdout and
+    # exits 1 on errors and lint problems alike; no note at all is the bar
+    assert check.returncode == 0, (check.stdout + check.stderr).decode()[:4000]
+
+
+def test_openmetrics_when_asked(run_lb, origin):
+    a = origin("a")
+    port, mport = free_port(), free_port()
+    run_lb(metrics_config(port, mport, {"p": [a]}))
+    assert requests(port, ["/x"] * 3) == [200] * 3
+    status, headers, body = get(mport, "/metrics", accept="application/openmetrics-text; version=1.0.0,text/plain;q=0.5")
+    assert status == 200
+    assert headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
+    text = body.decode()
+    assert text.endswith("# EOF\n")
+    fams = {f.name: f for f in parse_openmetrics(text)}
+    samples = [s for s in fams["lb_backend_requests"].samples if s.name == "lb_backend_requests_total"]
+    assert sum(s.value for s in samples if s.labels["backend"] == "a") == 3
+    assert fams["lb_backend_requests"].type == "counter"
+    assert fams["lb_backend_response_duration_seconds"].type == "histogram"
+
+
+def test_other_paths_and_methods(run_lb, origin):
+    a = origin("a")
+    port, mport = free_port(), free_port()
+    run_lb(metrics_config(port, mport, {"p": [a]}))
+    assert get(mport, "/nothing")[0] == 404
+    conn = http.client.HTTPConnection("127.0.0.1", mport, timeout=10)
+    conn.request("POST", "/metrics", body=b"x")
+    r = conn.getresponse()
+    assert r.status == 405 and r.getheader("Allow") == "GET, HEAD"
+    conn.close()
+
+
+# ---- exact across a worker kill -9 and a reload ---------------------------------------
+
+def test_counts_exact_across_worker_kill_and_reload(run_lb, origin):
+    a = origin("a")
+    port, mport = free_port(), free_port()
+    lb = run_lb(metrics_config(port, mport, {"p": [a]}, workers=2))
+    total = 0
+
+    def batch(n: int):
+        nonlocal total
+        # one connection per request: both workers' accept queues get some
+        for _ in range(n):
+            assert requests(port, ["/x"]) == [200]
+        total += n
+
+    def backend_count(fams=None):
+        fams = fams or scrape(mport)
+        return value(fams, "lb_backend_requests_total", pool="p", backend="a")
+
+    batch(20)
+    assert backend_count() == total
+    # kill -9 a worker: the respawned one writes on in the same row
+    victim = lb.worker_pid(0)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: lb.worker_pid(0) not in (0, victim) and lb.all_workers_running(), 10, "worker 0 respawned")
+    assert backend_count() == total
+    batch(20)
+    fams = scrape(mport)
+    assert backend_count(fams) == total
+    assert value(fams, "lb_listener_requests_total", listener="web") == total
+    assert value(fams, "lb_backend_response_duration_seconds_count", pool="p", backend="a") == total
+
+    # reload: the new generation's region carries every total by name
+    reload = subprocess.run([sys.executable, "-m", "lb", "-c", str(lb.config_path), "reload"],
+                            capture_output=True, text=True, timeout=30)
+    assert reload.returncode == 0, reload.stderr
+    fams = scrape(mport)
+    assert value(fams, "lb_info", generation=2) == 1
+    assert backend_count(fams) == total
+    batch(20)
+    assert backend_count() == total
+    # once the old generation is gone, its counts stay (folded into the new one)
+    old_shm = lb.shm_path
+    wait_for(lambda: not os.path.exists(old_shm), 20, "the old generation to drain")
+    fams = scrape(mport)
+    assert backend_count(fams) == total
+    assert value(fams, "lb_pool_requests_total", pool="p") == total
+    assert value(fams, "lb_backend_response_duration_seconds_count", pool="p", backend="a") == total
+    assert value(fams, "lb_backend_response_duration_seconds_bucket", pool="p", backend="a", le="+Inf") == total
