@@ -5,8 +5,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the tests and benchmarks use: the peers lb is measured
 # against, the load generator, curl for the demo test, openssl (s_client)
 # for the TLS tests, keepalived for the VRRP failover tests (tests/test_ha.py)
-# and iproute2 (ip netns) to build their network namespaces.
-APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepalived iproute2
+# and iproute2 (ip netns) to build their network namespaces; prometheus for
+# promtool (tests/test_metrics.py checks the scrape with it) and chromium,
+# headless, for the stats page's test.
+APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepalived iproute2 prometheus chromium
 # What building the compiled data path needs beyond a compiler: OpenSSL's headers.
 BUILD_DEPS := libssl-dev
 
@@ -22,7 +24,7 @@ demo: install
 	$(PYTHON) -m lb demo
 
 test-deps:
-	@missing=""; for cmd in haproxy nginx wrk curl openssl keepalived ip; do \
+	@missing=""; for cmd in haproxy nginx wrk curl openssl keepalived ip promtool chromium; do \
 	  command -v $$cmd >/dev/null || [ -x /usr/sbin/$$cmd ] || [ -x /sbin/$$cmd ] || missing=1; done; \
 	[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing=1; \
 	if [ -n "$$missing" ]; then \

@@ -228,10 +228,12 @@ def test_counts_exact_across_worker_kill_and_reload(run_lb, origin):
 
     batch(20)
     assert backend_count() == total
-    # kill -9 a worker: the respawned one writes on in the same row
-    victim = lb.worker_pid(0)
+    # kill -9 a worker that counted some of them: its replacement writes on in its row
+    row = max(range(lb.n_workers), key=lambda r: lb.shm.worker_stats(r)["http_requests"])
+    assert lb.shm.worker_stats(row)["http_requests"] > 0
+    victim = lb.worker_pid(row)
     os.kill(victim, signal.SIGKILL)
-    wait_for(lambda: lb.worker_pid(0) not in (0, victim) and lb.all_workers_running(), 10, "worker 0 respawned")
+    wait_for(lambda: lb.worker_pid(row) not in (0, victim) and lb.all_workers_running(), 10, "the worker respawned")
     assert backend_count() == total
     batch(20)
     fams = scrape(mport)
