@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import array
 import errno
+import json
 import logging
 import selectors
 import socket
 import time
+from pathlib import Path
 
 from lb import _fastpath as fp
 
@@ -459,9 +461,171 @@ def wants_openmetrics(headers: dict) -> bool:
     return "application/openmetrics-text" in headers.get("accept", "")
 
 
+def stats_page() -> bytes:
+    """The stats page: one self-contained file beside this module."""
+    return (Path(__file__).parent / "stats.html").read_bytes()
+
+
 def pages(sup) -> dict:
     def metrics(headers):
         om = wants_openmetrics(headers)
         return 200, CONTENT_OPENMETRICS if om else CONTENT_TEXT, render(sup, om)
 
-    return {"/metrics": metrics}
+    def stats_json(headers):
+        return 200, "application/json", json.dumps(stats_document(sup), separators=(",", ":")).encode()
+
+    def stats(headers):
+        return 200, "text/html; charset=utf-8", stats_page()
+
+    return {"/metrics": metrics, "/stats": stats, "/stats.json": stats_json}
+
+
+# ---- history: rates and last-minute percentiles ------------------------------------------
+#
+# Every HISTORY_STEP seconds the supervisor keeps a few words of every entity
+# (requests, 5xx, failures, the response-time buckets). A rate is the
+# difference of two samples over their interval, a last-minute percentile
+# the difference of the bucket counts over the oldest sample of the minute.
+# Samples name entities by name, so a reload in between changes nothing.
+
+HISTORY_STEP = 5.0
+HISTORY_LEN = 13  # a minute of steps, both ends kept
+MIN_SPAN = 1.0  # seconds between two samples a rate is taken over, at least
+FAILURE_TERMS = ("no_backend", "backend_refused", "connect_timeout", "backend_reset", "server_timeout",
+                 "bad_response")
+PICK = ([OFF["requests"], OFF["responses"] + CLASSES.index("5xx")]
+        + [OFF["terms"] + TERMS.index(t) for t in FAILURE_TERMS]
+        + [OFF["hist"] + i for i in range(len(fp.METRIC_BOUNDS_SECONDS) + 1)])
+P_REQ, P_5XX, P_FAIL, P_BUCKETS = 0, 1, 2, 2 + len(FAILURE_TERMS)
+K = len(PICK)
+
+
+class Sample:
+    __slots__ = ("t", "ids", "words")
+
+    def __init__(self, t: float, ids: dict, totals: bytes):
+        self.t = t
+        self.ids = ids
+        self.words = memoryview(fp.metrics_pick(totals, PICK)).cast("Q")
+
+    def get(self, key) -> memoryview | None:
+        e = self.ids.get(key)
+        return None if e is None else self.words[e * K:(e + 1) * K]
+
+
+class History:
+    def __init__(self):
+        self.samples: list[Sample] = []
+        self.next_at = 0.0
+
+    def tick(self, sup, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        if now < self.next_at:
+            return
+        self.next_at = now + HISTORY_STEP
+        summed, ids = totals(sup)
+        self.samples.append(Sample(now, ids, summed))
+        del self.samples[:-HISTORY_LEN]
+
+    def now(self, sup) -> Sample:
+        summed, ids = totals(sup)
+        return Sample(time.monotonic(), ids, summed)
+
+
+def quantile(q: float, buckets) -> float | None:
+    """Prometheus' histogram_quantile over non-cumulative bucket counts: linear
+    within the bucket the rank falls in; the last finite bound when it falls
+    in +Inf; None without observations."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank = q * total
+    bounds = fp.METRIC_BOUNDS_SECONDS
+    cum = 0
+    for i, n in enumerate(buckets):
+        if cum + n >= rank and n:
+            if i >= len(bounds):
+                return bounds[-1]
+            lo = bounds[i - 1] if i else 0.0
+            return lo + (bounds[i] - lo) * (rank - cum) / n
+        cum += n
+    return bounds[-1]
+
+
+def entity_stats(key, cur: Sample, samples: list[Sample]) -> dict:
+    """Totals, the rate over the last step, the last minute's p50/p99 and the
+    rate history of one entity."""
+    w = cur.get(key)
+    if w is None:
+        return {}
+    # the minute's oldest sample; none a second old yet (a start): since the start
+    old = next((s for s in samples if MIN_SPAN <= cur.t - s.t <= 60 + HISTORY_STEP and s.get(key) is not None),
+               None)
+    base = old.get(key) if old is not None else None
+    window = [w[P_BUCKETS + i] - (base[P_BUCKETS + i] if base is not None else 0) for i in range(K - P_BUCKETS)]
+    rates = []
+    points = [s for s in samples if s.get(key) is not None]
+    if not points or cur.t - points[-1].t >= MIN_SPAN:
+        points.append(cur)  # (a sample taken a moment ago would make a rate of noise)
+    for a, b in zip(points, points[1:]):
+        rates.append(round((b.get(key)[P_REQ] - a.get(key)[P_REQ]) / (b.t - a.t), 2))
+    p50, p99 = quantile(0.5, window), quantile(0.99, window)
+    return {
+        "requests": w[P_REQ], "5xx": w[P_5XX], "failed": sum(w[P_FAIL:P_BUCKETS]),
+        "rate": rates[-1] if rates else 0.0, "rate_history": rates[-12:],
+        "window_seconds": round(cur.t - old.t, 1) if old is not None else None,  # None: since the start
+        "window_requests": sum(window),
+        "p50_ms": None if p50 is None else round(p50 * 1000, 3),
+        "p99_ms": None if p99 is None else round(p99 * 1000, 3),
+    }
+
+
+def stats_document(sup) -> dict:
+    """What /stats.json, the stats page and `lb stats` show: listeners (and
+    their routes), pools and their backends, with state, weight, health,
+    active connections, totals, rates and the last minute's percentiles."""
+    gen = sup.gen
+    config = gen.config
+    history = sup.metrics_history
+    cur = history.now(sup)
+    samples = history.samples
+    listeners = []
+    for lname, listener in config.listeners.items():
+        routes = [{"name": r.name, "pool": r.pool, **entity_stats(("route", lname, r.name), cur, samples)}
+                  for r in listener.routes]
+        listeners.append({"name": lname, "mode": listener.mode, "bind": [str(b) for b in listener.bind],
+                          "pool": listener.pool, **entity_stats(("listener", lname), cur, samples),
+                          "routes": routes})
+    pools = []
+    for pi, (pname, pool) in enumerate(config.pools.items()):
+        backends = []
+        for bname, idx in gen.backends[pname].items():
+            b = gen.shm.backend(pi, idx)
+            if not b["in_use"]:
+                continue
+            s = gen.shm.backend_stats(pi, idx)
+            host = f"[{b['host']}]" if ":" in b["host"] else b["host"]
+            state = b["admin"] if b["admin"] != "ready" else b["health"]
+            backends.append({"name": bname, "address": f"{host}:{b['port']}", "state": state,
+                             "admin": b["admin"], "health": b["health"], "weight": b["weight"],
+                             "eff_weight": b["eff_weight"], "backup": b["backup"], "active": s["active"],
+                             "connect_errors": s["connect_errors"] + s["connect_timeouts"],
+                             "check_ms": round(b["last_latency_us"] / 1000, 3) if pool.health.type != "none" else None,
+                             **entity_stats(("backend", pname, bname), cur, samples)})
+        pools.append({"name": pname, "algorithm": pool.algorithm, "active": gen.shm.pool_active(pi),
+                      "up": sum(1 for b in backends if b["state"] == "up"), "backends": backends,
+                      **entity_stats(("pool", pname), cur, samples)})
+    return {"time": time.time(), "uptime": time.time() - sup.started, "generation": gen.number,
+            "step_seconds": HISTORY_STEP, "listeners": listeners, "pools": pools}
+
+
+def latencies(sup, kind: str = "backend") -> dict[tuple, tuple]:
+    """The last minute's (p50_ms, p99_ms) of every entity of a kind, by its
+    name without the kind: ("pool", "backend") for backends."""
+    cur = sup.metrics_history.now(sup)
+    out = {}
+    for key in cur.ids:
+        if key[0] == kind:
+            st = entity_stats(key, cur, sup.metrics_history.samples)
+            out[key[1:]] = (st["p50_ms"], st["p99_ms"])
+    return out

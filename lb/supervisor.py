@@ -204,6 +204,8 @@ class Supervisor:
         self.procs: dict[int, psutil.Process] = {}
         # [global.metrics]: /metrics, /stats, /stats.json (None: not configured)
         self.metrics: metrics_mod.MetricsServer | None = None
+        # samples for rates and last-minute percentiles (/stats.json, lb stats)
+        self.metrics_history = metrics_mod.History()
         # [ha]: the file keepalived tracks (None when ha.mode is "none") and
         # whether an operator drained this node (kept in the state file)
         self.health: ha.HealthFile | None = None
@@ -672,6 +674,7 @@ class Supervisor:
             self.admin.tick()
             if self.metrics is not None:
                 self.metrics.tick(sel)
+            self.metrics_history.tick(self)
             if next_status is not None and time.monotonic() >= next_status:
                 self.on_status(self)
                 next_status = time.monotonic() + self.status_interval

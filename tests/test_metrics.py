@@ -7,7 +7,9 @@ lb reload too."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -258,3 +260,77 @@ def test_counts_exact_across_worker_kill_and_reload(run_lb, origin):
     assert value(fams, "lb_pool_requests_total", pool="p") == total
     assert value(fams, "lb_backend_response_duration_seconds_count", pool="p", backend="a") == total
     assert value(fams, "lb_backend_response_duration_seconds_bucket", pool="p", backend="a", le="+Inf") == total
+
+
+# ---- the stats page, /stats.json, lb stats, lb top ----------------------------------------
+
+def lb_cli(lb, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lb", "-c", str(lb.config_path), *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_stats_json_and_lb_stats(run_lb, origin):
+    a, b = origin("a"), origin("b")
+    port, mport = free_port(), free_port()
+    lb = run_lb(metrics_config(port, mport, {"p": [a, b]}))
+    assert requests(port, ["/x"] * 10 + ["/status/500"] * 2) == [200] * 10 + [500] * 2
+    assert lb_cli(lb, "backend", "maint", "p", "b").returncode == 0
+    status, headers, body = get(mport, "/stats.json")
+    assert status == 200 and headers["content-type"] == "application/json"
+    doc = json.loads(body)
+    (web,) = doc["listeners"]
+    assert (web["name"], web["requests"], web["5xx"]) == ("web", 12, 2)
+    (pool,) = doc["pools"]
+    by_name = {x["name"]: x for x in pool["backends"]}
+    assert by_name["a"]["requests"] + by_name["b"]["requests"] == 12
+    assert by_name["b"]["state"] == "maint" and by_name["a"]["state"] == "up"
+    assert by_name["a"]["weight"] == 100
+    # percentiles of the histogram: within the bucket bounds lb keeps (0 .. 10 s)
+    assert 0 < web["p50_ms"] <= web["p99_ms"] <= 10_000
+
+    result = lb_cli(lb, "stats", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["listeners"][0]["requests"] == 12
+    result = lb_cli(lb, "stats")
+    assert result.returncode == 0, result.stderr
+    assert "P99" in result.stdout and any(line.split()[:2] == ["p", "b"] and "maint" in line
+                                          for line in result.stdout.splitlines())
+    top = lb_cli(lb, "top", "--iterations", "1")
+    assert top.returncode == 0, top.stderr
+    header = next(line for line in top.stdout.splitlines() if line.strip().startswith("BACKEND"))
+    assert "P50" in header.split() and "P99" in header.split()
+
+
+def test_stats_page_in_headless_chromium(run_lb, origin, tmp_path):
+    chromium = shutil.which("chromium")
+    assert chromium, "chromium is missing: `make test-deps` installs Debian's chromium"
+    a, b, c = origin("a"), origin("b"), origin("c")
+    port, mport = free_port(), free_port()
+    lb = run_lb(metrics_config(port, mport, {"p": [a, b], "q": [c]}))
+    assert requests(port, ["/x"] * 4) == [200] * 4
+    assert lb_cli(lb, "backend", "drain", "p", "b").returncode == 0
+    status, headers, page = get(mport, "/stats")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    # self-contained: nothing is fetched from elsewhere but /stats.json
+    assert not re.search(rb"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert b"<link" not in page
+    url = f"http://127.0.0.1:{mport}/stats"
+    # as root chromium needs --no-sandbox; a phone-sized window
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=390,844",
+             "--virtual-time-budget=5000"]
+    dom = subprocess.run([chromium, *flags, "--dump-dom", url], capture_output=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr.decode()[-2000:]
+    html = dom.stdout.decode()
+    states = dict(re.findall(r'data-backend="([^"$]+)" data-state="([^"]+)"', html))
+    assert states == {"p/a": "up", "p/b": "drain", "q/c": "up"}, html[-3000:]
+    for name, state in states.items():
+        row = re.search(rf'data-backend="{re.escape(name)}".*?</tr>', html, re.S).group(0)
+        assert f'class="state {state}">{state}</td>' in row
+    assert 'data-listener="web"' in html
+    shot = tmp_path / "stats.png"
+    run = subprocess.run([chromium, *flags, f"--screenshot={shot}", url], capture_output=True, timeout=120)
+    assert run.returncode == 0, run.stderr.decode()[-2000:]
+    data = shot.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (390, 844)

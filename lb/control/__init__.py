@@ -14,6 +14,7 @@ from lb.control import acl, backend, cert, control, logs, node, pool, status
 VERBS = {
     "hello": status.hello,
     "status": status.status,
+    "stats": status.stats,
     "pool.list": pool.list_pools,
     "pool.show": pool.show,
     "pool.fingerprint": pool.fingerprint,

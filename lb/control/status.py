@@ -23,10 +23,21 @@ def status(sup, args: dict) -> dict:
     return document(sup)
 
 
+def stats(sup, args: dict) -> dict:
+    """Traffic per listener, route, pool and backend: totals, rates and the
+    last minute's percentiles (lb.metrics.stats_document)."""
+    from lb import metrics
+
+    return metrics.stats_document(sup)
+
+
 def document(sup) -> dict:
     """The status document (docs/admin.md): listeners, pools and backends of
     the generation in force, workers of every generation still running."""
+    from lb import metrics
+
     gen = sup.gen
+    latency = metrics.latencies(sup)
     pools = {}
     for pi, (pname, pool) in enumerate(gen.config.pools.items()):
         backends = {}
@@ -39,6 +50,8 @@ def document(sup) -> dict:
                           if pool.health.type != "none" else None)
             b["down_reason"] = (describe(b["down_reason"], b["last_status"], b["last_errno"], b["last_latency_us"])
                                 if b["health"] == "down" else None)
+            # the last minute's response times (lb top)
+            b["p50_ms"], b["p99_ms"] = latency.get((pname, name), (None, None))
             backends[name] = b
         pools[pname] = {"algorithm": pool.algorithm, "backends": backends,
                         "empty_because": empty_because(backends)}

@@ -309,3 +309,27 @@ def metrics_render_histogram(bytes totals, entities, labels, bytes name, uint32_
         return mb_bytes(&b)
     finally:
         free(b.p)
+
+
+def metrics_pick(bytes totals, words):
+    """Some words of every entity (a history sample keeps only what rates and
+    percentiles need): [entity][k] native uint64, k in the order of words."""
+    cdef const uint64_t *t = <const uint64_t *>PyBytes_AS_STRING(totals)
+    cdef size_t n = len(totals) // (MET_WORDS * sizeof(uint64_t))
+    cdef size_t k = len(words), e, j
+    cdef uint32_t *w = <uint32_t *>malloc(max(1, k) * sizeof(uint32_t))
+    if w == NULL:
+        raise MemoryError()
+    try:
+        for j, word in enumerate(words):
+            if not 0 <= word < MET_WORDS:
+                raise IndexError(f"word {word}")
+            w[j] = word
+        out = PyBytes_FromStringAndSize(NULL, n * k * sizeof(uint64_t))
+        dst = <uint64_t *>PyBytes_AS_STRING(out)
+        for e in range(n):
+            for j in range(k):
+                dst[e * k + j] = t[e * MET_WORDS + w[j]]
+        return out
+    finally:
+        free(w)
