@@ -66,6 +66,9 @@ log_ring = 4096
   ticket_keys = "TLS_TICKETS"
   ticket_rotate = "30m"
 
+  [global.metrics]
+  bind = "127.0.0.1:9100"
+
 [acls.office]
 cidrs = ["10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"]
 
@@ -370,6 +373,7 @@ def _contract_keys() -> set[str]:
     sections = {
         "global": config.GLOBAL_KEYS,
         "global.tls": config.GLOBAL_TLS_KEYS,
+        "global.metrics": config.GLOBAL_METRICS_KEYS,
         "listeners.*": config.LISTENER_KEYS,
         "listeners.*.routes": config.ROUTE_KEYS,
         "listeners.*.request_headers": config.HEADER_RULE_KEYS,
