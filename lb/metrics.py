@@ -165,8 +165,10 @@ class Text:
         return b"".join(self.parts)
 
 
-def _entity_families(text: Text, totals: bytes, kind: str, what: str, ids: list[int], labels: list[bytes]) -> None:
-    """The counters and histograms every entity of one kind has."""
+def _entity_families(text: Text, totals: bytes, kind: str, what: str, ids: list[int], labels: list[bytes],
+                     hists=tuple(name for name, _ in HISTS)) -> None:
+    """The counters and histograms every entity of one kind has (hists: which
+    histograms)."""
     if not ids:
         return
     p = f"lb_{kind}_"
@@ -189,6 +191,8 @@ def _entity_families(text: Text, totals: bytes, kind: str, what: str, ids: list[
     name = text.family(p + "retries_total", "counter", f"Backends tried beyond the first, per {what}")
     text.add(fp.metrics_render_samples(totals, ids, labels, name, OFF["retries"]))
     for hi, (hname, hhelp) in enumerate(HISTS):
+        if hname not in hists:
+            continue
         name = text.family(f"{p}{hname}_duration_seconds", "histogram", f"Time {hhelp}, per {what}")
         text.add(fp.metrics_render_histogram(totals, ids, labels, name, hi))
 
@@ -233,47 +237,51 @@ def render(sup, openmetrics: bool = False) -> bytes:
             bids.append(ids[("backend", p, bname)])
             blabels.append(_labels(pool=p, backend=bname))
             binfo.append((pi, idx, config.pools[p].health.type != "none"))
-    _entity_families(text, summed, "backend", "backend", bids, blabels)
+    _entity_families(text, summed, "backend", "backend", bids, blabels,
+                     hists=config.global_.metrics_backend_histograms)
     _backend_state(text, gen, blabels, binfo)
     _acl_rules(text, gen)
     return text.bytes()
 
 
 def _backend_state(text: Text, gen, blabels: list[bytes], binfo: list[tuple]) -> None:
-    shm = gen.shm
-    states = [shm.backend(pi, idx) for pi, idx, _ in binfo]
-    stats = [shm.backend_stats(pi, idx) for pi, idx, _ in binfo]
-    now_ms = time.monotonic() * 1000
+    """The backends' gauges and connect errors, read a pool at a time."""
+    cols: dict[str, list] = {}
+    checked: list[bool] = []
+    now_ms = int(time.monotonic() * 1000)
+    by_pool: dict[int, list[int]] = {}
+    for pi, idx, active in binfo:
+        by_pool.setdefault(pi, []).append(idx)
+    for pi, indices in by_pool.items():
+        for k, v in gen.shm.backend_columns(pi, indices, now_ms).items():
+            cols.setdefault(k, []).extend(v)
+    checked = [active for _, _, active in binfo]
+    if not blabels:
+        return
+    render_list = fp.metrics_render_list
     name = text.family("lb_backend_active_connections", "gauge", "Connections open to the backend")
-    for lab, s in zip(blabels, stats):
-        text.line(name, lab, s["active"])
+    text.add(render_list(name, blabels, cols["active"]))
     name = text.family("lb_backend_connection_errors_total", "counter",
                        "Connects to the backend that failed, by reason (refused: refused, reset or "
                        "unreachable; timeout: connect_timeout)")
-    for lab, s in zip(blabels, stats):
-        text.line(name, lab + b',reason="refused"', s["connect_errors"])
-        text.line(name, lab + b',reason="timeout"', s["connect_timeouts"])
+    text.add(render_list(name, blabels, cols["connect_errors"], b'reason="refused"'))
+    text.add(render_list(name, blabels, cols["connect_timeouts"], b'reason="timeout"'))
     name = text.family("lb_backend_up", "gauge", "1 while health checks (or passive checks) hold the backend up")
-    for lab, b in zip(blabels, states):
-        text.line(name, lab, 1 if b["health"] == "up" else 0)
+    text.add(render_list(name, blabels, cols["up"]))
     name = text.family("lb_backend_admin_state", "gauge", "The backend's admin state: 1 for the state in force")
-    for lab, b in zip(blabels, states):
-        for state in ("ready", "drain", "maint"):
-            text.line(name, lab + f',state="{state}"'.encode(), 1 if b["admin"] == state else 0)
+    for code, state in enumerate(("ready", "drain", "maint")):  # ADMIN_READY, ADMIN_DRAIN, ADMIN_MAINT
+        text.add(render_list(name, blabels, [1 if a == code else 0 for a in cols["admin"]],
+                             f'state="{state}"'.encode()))
     name = text.family("lb_backend_weight", "gauge", "The weight in effect (slow start ramps it up to the configured one)")
-    for lab, b in zip(blabels, states):
-        text.line(name, lab, b["eff_weight"])
+    text.add(render_list(name, blabels, cols["eff_weight"]))
     name = text.family("lb_backend_ejected", "gauge", "1 while passive checks keep the backend ejected")
-    for lab, b in zip(blabels, states):
-        text.line(name, lab, 1 if b["eject_until_ms"] > now_ms and b["health"] == "down" else 0)
-    checked = [(lab, b) for lab, b, (_, _, active) in zip(blabels, states, binfo) if active]
-    if checked:
+    text.add(render_list(name, blabels, cols["ejected"]))
+    if any(checked):
+        clabels = [lab for lab, c in zip(blabels, checked) if c]
         name = text.family("lb_backend_check_ok", "gauge", "1 if the backend's last health check passed")
-        for lab, b in checked:
-            text.line(name, lab, 1 if b["last_result"] == 0 else 0)
+        text.add(render_list(name, clabels, [v for v, c in zip(cols["check_ok"], checked) if c]))
         name = text.family("lb_backend_check_duration_seconds", "gauge", "How long the last health check took")
-        for lab, b in checked:
-            text.line(name, lab, f"{b['last_latency_us'] / 1e6:.6f}")
+        text.add(render_list(name, clabels, [v for v, c in zip(cols["check_us"], checked) if c], micro=True))
 
 
 def _acl_rules(text: Text, gen) -> None:

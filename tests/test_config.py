@@ -68,6 +68,7 @@ log_ring = 4096
 
   [global.metrics]
   bind = "127.0.0.1:9100"
+  backend_histograms = ["response", "connect"]
 
 [acls.office]
 cidrs = ["10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"]

@@ -31,11 +31,11 @@ from lb.config import ConfigError
 # ---- set-up ----------------------------------------------------------------------------
 
 def metrics_config(port: int, mport: int, pools: dict, *, workers: int = 1, routes: str = "",
-                   tcp_port: int | None = None, extra: str = "") -> str:
+                   tcp_port: int | None = None, extra: str = "", metrics_extra: str = "") -> str:
     """An http listener "web" on port (default pool "p", routes as given), the
     metrics endpoint on mport; pools: name -> [Origin]. tcp_port: a tcp
     listener "raw" to pool "p" as well."""
-    text = global_toml(workers) + f'\n[global.metrics]\nbind = "127.0.0.1:{mport}"\n' + textwrap.dedent(f"""
+    text = global_toml(workers) + f'\n[global.metrics]\nbind = "127.0.0.1:{mport}"\n{metrics_extra}\n' + textwrap.dedent(f"""
         [listeners.web]
         bind = ["127.0.0.1:{port}"]
         mode = "http"
@@ -122,6 +122,9 @@ def test_metrics_bind_is_checked_by_key():
         config.loads('[global.metrics]\nbind = "127.0.0.1:0"\n' + base)
     with pytest.raises(ConfigError, match=r"^global\.metrics\.listen: unknown key"):
         config.loads('[global.metrics]\nlisten = "127.0.0.1:9100"\n' + base)
+    assert cfg.global_.metrics_backend_histograms == ("response",)
+    with pytest.raises(ConfigError, match=r"^global\.metrics\.backend_histograms\[1\]: 'ttfb' is not one of"):
+        config.loads('[global.metrics]\nbackend_histograms = ["connect", "ttfb"]\n' + base)
 
 
 # ---- the scrape --------------------------------------------------------------------------
@@ -135,7 +138,8 @@ def test_counts_by_backend_route_and_code_and_promtool_accepts(run_lb, origin, t
         path_prefix = "/api/"
         pool = "api"
         """
-    lb = run_lb(metrics_config(port, mport, {"p": [a], "api": [b]}, routes=routes, tcp_port=tport))
+    lb = run_lb(metrics_config(port, mport, {"p": [a], "api": [b]}, routes=routes, tcp_port=tport,
+                               metrics_extra='backend_histograms = ["response", "connect", "first_byte"]'))
     assert requests(port, ["/x"] * 7 + ["/status/404"] * 2 + ["/api/x"] * 5 + ["/status/503"]) == \
         [200] * 7 + [404] * 2 + [200] * 5 + [503]
     with socket.create_connection(("127.0.0.1", tport), timeout=5) as s:
@@ -180,11 +184,16 @@ def test_counts_by_backend_route_and_code_and_promtool_accepts(run_lb, origin, t
     assert check.returncode == 0, (check.stdout + check.stderr).decode()[:4000]
 
 
-def test_openmetrics_when_asked(run_lb, origin):
+def test_openmetrics_when_asked_and_backends_keep_one_histogram_by_default(run_lb, origin):
     a = origin("a")
     port, mport = free_port(), free_port()
     run_lb(metrics_config(port, mport, {"p": [a]}))
     assert requests(port, ["/x"] * 3) == [200] * 3
+    fams = scrape(mport)
+    assert value(fams, "lb_backend_response_duration_seconds_count", pool="p", backend="a") == 3
+    assert "lb_backend_connect_duration_seconds" not in fams
+    assert value(fams, "lb_pool_connect_duration_seconds_count", pool="p") == 3
+    assert value(fams, "lb_listener_first_byte_duration_seconds_count", listener="web") == 3
     status, headers, body = get(mport, "/metrics", accept="application/openmetrics-text; version=1.0.0,text/plain;q=0.5")
     assert status == 200
     assert headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")

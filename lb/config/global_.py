@@ -17,7 +17,10 @@ SPLICE_MODES = ("auto", "always", "never")
 NAMED = False
 KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice", "max_worker_rss", "tls",
         "log_ring", "metrics")
-METRICS_KEYS = ("bind",)
+METRICS_KEYS = ("bind", "backend_histograms")
+# lb_backend_*_duration_seconds: which histograms each backend exports. A
+# histogram is 17 series a backend; the response one is the contract's.
+BACKEND_HISTOGRAMS = ("response", "connect", "first_byte")
 # Records in each worker's access-log ring (1 KiB each): room for a burst while
 # the logger process is not scheduled; full, a record is dropped and counted.
 DEFAULT_LOG_RING = 8192
@@ -39,6 +42,7 @@ class GlobalSettings:
     # [global.metrics] bind: where the supervisor serves /metrics, /stats and
     # /stats.json (lb/metrics.py); None: nowhere
     metrics_bind: BindAddr | None = None
+    metrics_backend_histograms: tuple[str, ...] = ("response",)
     # Whether user or group is written in the file. When started as root, a
     # missing account is an error if it was named, and only a warning (lb keeps
     # running as root) for the default "lb" the packages create.
@@ -76,6 +80,7 @@ def parse(t: Table, ctx: Context) -> GlobalSettings:
         tls=tls_section.parse_global(t.table("tls", tls_section.GLOBAL_KEYS)),
         log_ring=_log_ring(t),
         metrics_bind=_metrics_bind(t.table("metrics", METRICS_KEYS)),
+        metrics_backend_histograms=_backend_histograms(t.table("metrics", METRICS_KEYS)),
         account_explicit=t.has("user") or t.has("group"),
     )
 
@@ -90,6 +95,16 @@ def _log_ring(t: Table) -> int:
 def _metrics_bind(t: Table) -> BindAddr | None:
     bind = t.string("bind", "")
     return parse_bind(bind, t.path_of("bind")) if bind else None
+
+
+def _backend_histograms(t: Table) -> tuple[str, ...]:
+    value = t.get("backend_histograms", ["response"], "a list of strings",
+                  lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+    for i, name in enumerate(value):
+        if name not in BACKEND_HISTOGRAMS:
+            raise ConfigError(f"{t.path_of('backend_histograms')}[{i}]",
+                              f"{name!r} is not one of {', '.join(BACKEND_HISTOGRAMS)}")
+    return tuple(dict.fromkeys(value))
 
 
 def _nonempty(t: Table, key: str, default: str) -> str:

@@ -333,3 +333,83 @@ def metrics_pick(bytes totals, words):
         return out
     finally:
         free(w)
+
+
+def metrics_step_ns(Shm shm, uint32_t row, uint64_t n, uint32_t n_backends, uint64_t seed=1):
+    """Nanoseconds per exchange of the workers' own `metrics` step, run n
+    times in row `row` for an http exchange of listener 0 and pool 0, its
+    backend drawn at random among the first n_backends slots, with random
+    timings (bench metrics_scrape: a worker's cost, with and without a
+    scrape reading the rows beside it)."""
+    cdef lb_worker w
+    cdef lb_listener_rt l
+    cdef lb_hconn *h = <lb_hconn *>calloc(1, sizeof(lb_hconn))
+    cdef uint64_t rng = seed, r, i
+    cdef timespec t0, t1
+    if h == NULL:
+        raise MemoryError()
+    memset(&w, 0, sizeof(lb_worker))
+    memset(&l, 0, sizeof(lb_listener_rt))
+    try:
+        metrics_worker_init(&w, shm, row)
+        if w.metrics == NULL or n_backends == 0 or n_backends > shm.hdr.n_slots:
+            raise ValueError("no metrics entities for that")
+        w.listeners = &l
+        h.c.kind = KIND_HTTP
+        h.c.listener = 0
+        h.route = -1
+        w.now_us = 1000000000
+        with nogil:
+            clock_gettime(CLOCK_MONOTONIC, &t0)
+            for i in range(n):
+                r = lb_splitmix64(&rng)
+                h.c.pool = 0
+                h.c.slot = <int32_t>((r >> 32) % n_backends)
+                h.c.tries = 1
+                h.c.lg.t_start = w.now_us - (r & 0xfffff)          # up to a second
+                h.c.lg.t_request = h.c.lg.t_start
+                h.c.lg.t_connect = h.c.lg.t_start + ((r >> 20) & 0x3ff)
+                h.c.lg.t_response = h.c.lg.t_connect + ((r >> 8) & 0xfff)
+                h.c.lg.status = 200
+                h.c.lg.bytes_in = 80
+                h.c.lg.bytes_out = 200
+                step_metrics(&w, &h.c)
+                w.now_us += 1
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+        return ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / max(1, n)
+    finally:
+        free(h)
+
+
+def metrics_render_list(bytes name, labels, values, bytes extra=b"", bint micro=False):
+    """One line per entity from a list of integers (gauges the supervisor
+    reads beside the rows); micro: the integers are microseconds, written
+    as seconds."""
+    cdef mbuf b
+    cdef bytes lab
+    cdef uint64_t v
+    cdef char num[32]
+    cdef int k
+    memset(&b, 0, sizeof(mbuf))
+    try:
+        for lab, value in zip(labels, values):
+            v = value
+            mb_reserve(&b, len(name) + len(lab) + len(extra) + 40)
+            mb_put(&b, name, len(name))
+            mb_put(&b, "{", 1)
+            mb_put(&b, lab, len(lab))
+            if extra:
+                if lab:
+                    mb_put(&b, ",", 1)
+                mb_put(&b, extra, len(extra))
+            mb_put(&b, "} ", 2)
+            if micro:
+                k = snprintf(num, sizeof(num), "%llu.%06llu", <unsigned long long>(v // 1000000),
+                             <unsigned long long>(v % 1000000))
+                mb_put(&b, num, k)
+            else:
+                mb_u64(&b, v)
+            mb_put(&b, "\n", 1)
+        return mb_bytes(&b)
+    finally:
+        free(b.p)

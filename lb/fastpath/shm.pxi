@@ -449,6 +449,42 @@ cdef class Shm:
                                               lb_load_u64(&s.consecutive_failures))
         return out
 
+    def backend_columns(self, uint32_t pool, indices, uint64_t now_ms):
+        """What the metrics endpoint shows of many backends of a pool, one list
+        per field (a dict per backend costs more than the scrape's text):
+        up, admin (ADMIN_*), eff_weight, ejected, check_ok, check_us, and the
+        active, connect_errors and connect_timeouts summed over the rows."""
+        cdef shm_pool *p = self._pool(pool)
+        cdef shm_backend *b
+        cdef shm_backend_stats *st
+        cdef uint32_t idx, row
+        cdef int64_t active
+        cdef uint64_t errs, touts
+        cols = {k: [] for k in ("up", "admin", "eff_weight", "ejected", "check_ok", "check_us", "active",
+                                "connect_errors", "connect_timeouts")}
+        for i in indices:
+            idx = i
+            if idx >= p.capacity:
+                raise IndexError(f"backend index {idx} beyond pool capacity {p.capacity}")
+            b = self.backends + p.first_slot + idx
+            cols["up"].append(1 if lb_load_u8(&b.health) == HEALTH_UP else 0)
+            cols["admin"].append(lb_load_u8(&b.admin))
+            cols["eff_weight"].append(lb_load_u32(&b.eff_weight))
+            cols["ejected"].append(1 if lb_load_u8(&b.health) == HEALTH_DOWN and lb_load_u64(&b.eject_until_ms) > now_ms else 0)
+            cols["check_ok"].append(1 if b.last_result == 0 else 0)
+            cols["check_us"].append(b.last_latency_us)
+            active = 0
+            errs = touts = 0
+            for row in range(self.hdr.n_rows):
+                st = self._bstats(row, p.first_slot + idx)
+                active += lb_load_i64(&st.active)
+                errs += lb_load_u64(&st.connect_errors)
+                touts += lb_load_u64(&st.connect_timeouts)
+            cols["active"].append(max(0, active))
+            cols["connect_errors"].append(errs)
+            cols["connect_timeouts"].append(touts)
+        return cols
+
     def worker_stats(self, uint32_t row):
         cdef shm_worker_stats *s = self._wstats(row)
         return {
