@@ -353,6 +353,38 @@ cdef struct shm_metrics_head:        # 64 bytes, the start of the metrics region
     uint64_t _pad[5]
 
 
+# Top talkers (fastpath/top.pxi): per worker row, the heaviest clients and
+# paths in a Space-Saving sketch of TOP_K entries, and every status exactly,
+# in two epochs of TOP_EPOCH_S seconds (the current one, and the one before
+# it: a reader merges both, a sliding window of one to two epochs).
+cdef enum:
+    TOP_K = 64
+    TOP_KEY_MAX = 80                 # bytes of a key kept: an address, or a path's start
+    TOP_STATUSES = 512               # status - 100
+    TOP_EPOCH_S = 30
+
+cdef struct shm_top_entry:           # 112 bytes
+    uint64_t hash                    # of the whole key (0: free)
+    uint64_t count
+    uint64_t error                   # Space-Saving: count may exceed the key's true count by this much
+    uint8_t len
+    uint8_t family                   # clients: AF_INET, AF_INET6
+    uint8_t _pad[6]
+    char key[TOP_KEY_MAX]
+
+cdef struct shm_top_sketch:          # writer: the row's worker
+    uint64_t epoch                   # monotonic seconds / TOP_EPOCH_S it counts (release store once cleared)
+    uint64_t _pad[7]
+    shm_top_entry e[TOP_K]
+
+cdef struct shm_top_row:             # one per worker row; writer: that worker
+    shm_top_sketch clients[2]        # [epoch & 1]
+    shm_top_sketch paths[2]
+    uint64_t status_epoch[2]
+    uint64_t _pad[6]
+    uint64_t status[2][TOP_STATUSES]
+
+
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn
@@ -636,6 +668,7 @@ cdef struct lb_worker:
     shm_metrics *metrics             # this worker's row of metrics entities (fastpath/metrics.pxi)
     uint32_t met_pool_base           # the entity of pool 0
     uint32_t met_slot_base           # the entity of backend slot 0
+    shm_top_row *top                 # this worker's top-talker sketches (fastpath/top.pxi)
 
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a

@@ -637,3 +637,24 @@ def latencies(sup, kind: str = "backend") -> dict[tuple, tuple]:
             st = entity_stats(key, cur, sup.metrics_history.samples)
             out[key[1:]] = (st["p50_ms"], st["p99_ms"])
     return out
+
+
+# ---- top talkers (lb top --by) ---------------------------------------------------------------
+
+
+def top_document(sup, by: str, n: int = 20) -> dict:
+    """The heaviest clients, paths or statuses of the last 30 to 60 seconds,
+    merged over the workers of every generation still running."""
+    if by not in ("client", "path", "status"):
+        raise ValueError(f"by: client, path or status, not {by!r}")
+    now_us = int(time.monotonic() * 1e6)
+    totals: dict[str, list[int]] = {}
+    for gen in [sup.gen, *sup.old]:
+        for key, count, err in fp.top_talkers(gen.shm, by, now_us, 10 * n):
+            t = totals.setdefault(key, [0, 0])
+            t[0] += count
+            t[1] += err
+    items = sorted(totals.items(), key=lambda kv: (-kv[1][0], kv[0]))[:n]
+    epoch = fp.TOP_EPOCH_SECONDS
+    return {"by": by, "window_seconds": [epoch, 2 * epoch], "exact": by == "status",
+            "items": [{"key": k, "count": c, "error": e} for k, (c, e) in items]}

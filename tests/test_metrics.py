@@ -343,3 +343,69 @@ def test_stats_page_in_headless_chromium(run_lb, origin, tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (390, 844)
+
+
+def test_top_clients_paths_and_statuses(run_lb, origin):
+    a = origin("a")
+    port, mport = free_port(), free_port()
+    lb = run_lb(metrics_config(port, mport, {"p": [a]}, workers=2))
+    # three client addresses (loopback has them all), paths with queries, and statuses
+    plan = {"127.0.0.1": 9, "127.0.0.2": 5, "127.0.0.3": 2}
+    for addr, n in plan.items():
+        for i in range(n):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(addr, 0))
+            conn.request("GET", f"/hot?i={i}" if i % 3 else "/status/404")
+            conn.getresponse().read()
+            conn.close()
+
+    def top(by: str) -> dict:
+        result = lb_cli(lb, "top", "--by", by, "--iterations", "1", "-n", "5")
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    # the admin verb's answer, exact here: fewer keys than the sketch holds
+    from lb import admin_client
+    from lb.config import load
+
+    sock = load(str(lb.config_path)).global_.admin_socket
+    clients = admin_client.call(sock, "top", {"by": "client", "n": 5})
+    assert [(i["key"], i["count"]) for i in clients["items"]] == list(plan.items())
+    assert all(i["error"] == 0 for i in clients["items"])
+    paths = admin_client.call(sock, "top", {"by": "path"})
+    expect_404 = sum((n + 2) // 3 for n in plan.values())      # i % 3 == 0
+    assert [(i["key"], i["count"]) for i in paths["items"]] == [("/hot", 16 - expect_404),
+                                                               ("/status/404", expect_404)]
+    statuses = admin_client.call(sock, "top", {"by": "status"})
+    assert statuses["exact"] and {i["key"]: i["count"] for i in statuses["items"]} == {
+        "200": 16 - expect_404, "404": expect_404}
+    out = top("client")
+    assert "127.0.0.1" in out and "ERROR" in out
+    assert "/hot" in top("path")
+    with pytest.raises(admin_client.AdminError):
+        admin_client.call(sock, "top", {"by": "host"})
+
+
+def test_top_paths_beyond_the_sketch_keep_the_heavy_ones_within_their_error(run_lb, origin):
+    a = origin("a")
+    port, mport = free_port(), free_port()
+    lb = run_lb(metrics_config(port, mport, {"p": [a]}))
+    # 300 paths seen once each (more than the 64 a sketch holds), interleaved
+    # with two heavy ones: a Space-Saving sketch keeps both, each count
+    # over the truth by at most its error
+    paths = []
+    for i in range(300):
+        paths.append(f"/cold/{i}")
+        if i % 3 == 0:
+            paths.append("/heavy")
+        if i % 5 == 0:
+            paths.append("/warm")
+    for k in range(0, len(paths), 100):
+        assert set(requests(port, paths[k:k + 100])) == {200}
+    from lb import admin_client
+    from lb.config import load
+
+    sock = load(str(lb.config_path)).global_.admin_socket
+    items = {i["key"]: i for i in admin_client.call(sock, "top", {"by": "path", "n": 2})["items"]}
+    assert set(items) == {"/heavy", "/warm"}
+    for key, truth in (("/heavy", 100), ("/warm", 60)):
+        assert items[key]["count"] - items[key]["error"] <= truth <= items[key]["count"]

@@ -272,3 +272,15 @@ def stats_lines(doc: dict) -> list[str]:
                    [[p.get("name"), b.get("name"), b.get("state"), b.get("active")] + cols(b)
                     for p in doc.get("pools") or [] for b in p.get("backends") or []])
     return lines
+
+
+def top_lines(doc: dict) -> list[str]:
+    """`lb top --by`: the heaviest keys of the window."""
+    lo, hi = doc.get("window_seconds") or (None, None)
+    what = {"client": "CLIENT", "path": "PATH", "status": "STATUS"}.get(doc.get("by"), "KEY")
+    lines = [f"top {doc.get('by')}s of the last {lo}-{hi} s, all workers"
+             + ("" if doc.get("exact") else " (a count may be over by at most its ERROR)"), ""]
+    headers = [what, "COUNT"] + ([] if doc.get("exact") else ["ERROR"])
+    rows = [[i.get("key"), i.get("count")] + ([] if doc.get("exact") else [i.get("error")])
+            for i in doc.get("items") or []]
+    return lines + (table(headers, rows) if rows else ["(nothing counted yet)"])

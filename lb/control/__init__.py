@@ -15,6 +15,7 @@ VERBS = {
     "hello": status.hello,
     "status": status.status,
     "stats": status.stats,
+    "top": status.top,
     "pool.list": pool.list_pools,
     "pool.show": pool.show,
     "pool.fingerprint": pool.fingerprint,

@@ -9,7 +9,7 @@ import time
 import psutil
 
 from lb import __version__
-from lb.admin import PROTOCOL
+from lb.admin import PROTOCOL, AdminError
 from lb.checker import describe
 from lb.control import acl
 from lb.control import logs
@@ -29,6 +29,20 @@ def stats(sup, args: dict) -> dict:
     from lb import metrics
 
     return metrics.stats_document(sup)
+
+
+def top(sup, args: dict) -> dict:
+    """The heaviest clients, paths or statuses of the last minute or so
+    (lb.metrics.top_document)."""
+    from lb import metrics
+
+    by = args.get("by", "client")
+    n = args.get("n", 20)
+    if by not in ("client", "path", "status"):
+        raise AdminError("invalid", f"by: client, path or status, not {by!r}")
+    if not isinstance(n, int) or not 1 <= n <= 1000:
+        raise AdminError("invalid", "n: an integer 1..1000")
+    return metrics.top_document(sup, by, n)
 
 
 def document(sup) -> dict:

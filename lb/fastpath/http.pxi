@@ -289,6 +289,7 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     h.n_rs_rules = 0
     h.in_exchange = 1
     log_exchange_start(w, h, r, b)
+    top_path(w, b + r.target_off, r.target_len)
     rc = phase_request(w, h, r, b)
     if rc != STEP_CONTINUE:
         if rc != STEP_ANSWERED:

@@ -338,6 +338,7 @@ cdef class Worker:
         tickets_attach(shm)
         log_worker_init(w, shm, row)
         metrics_worker_init(w, shm, row)
+        top_worker_init(w, shm, row)
         w.splice_mode = _SPLICE_MODES[splice]
         w.drain_timeout_ms = <uint64_t>(drain_timeout * 1000)
         # the fds this worker may use for connections and pipes

@@ -162,6 +162,7 @@ cdef void step_metrics(lb_worker *w, lb_conn *c) noexcept nogil:
         slot = c.tried[c.tries - 1]  # the last backend tried, when none is held now
     if slot >= 0:
         met_count(&m[w.met_slot_base + <uint32_t>slot], c, cls, retries, total, connect, first)
+    top_end(w, c)
 
 
 # ---- readers: the text of the metrics endpoint (lb/metrics.py) -------------------------
@@ -336,10 +337,10 @@ def metrics_pick(bytes totals, words):
 
 
 def metrics_step_ns(Shm shm, uint32_t row, uint64_t n, uint32_t n_backends, uint64_t seed=1):
-    """Nanoseconds per exchange of the workers' own `metrics` step, run n
-    times in row `row` for an http exchange of listener 0 and pool 0, its
-    backend drawn at random among the first n_backends slots, with random
-    timings (bench metrics_scrape: a worker's cost, with and without a
+    """Nanoseconds per exchange of the workers' own `metrics` step (its top
+    talkers' client and status included), run n times in row `row` for an
+    http exchange of listener 0 and pool 0 from 127.0.0.1, its backend drawn
+    at random among the first n_backends slots, with random timings (bench metrics_scrape: a worker's cost, with and without a
     scrape reading the rows beside it)."""
     cdef lb_worker w
     cdef lb_listener_rt l
@@ -352,11 +353,14 @@ def metrics_step_ns(Shm shm, uint32_t row, uint64_t n, uint32_t n_backends, uint
     memset(&l, 0, sizeof(lb_listener_rt))
     try:
         metrics_worker_init(&w, shm, row)
+        top_worker_init(&w, shm, row)
         if w.metrics == NULL or n_backends == 0 or n_backends > shm.hdr.n_slots:
             raise ValueError("no metrics entities for that")
         w.listeners = &l
         h.c.kind = KIND_HTTP
         h.c.listener = 0
+        h.c.peer.ss_family = AF_INET
+        memcpy(&(<sockaddr_in *>&h.c.peer).sin_addr.s_addr, b"\x7f\x00\x00\x01", 4)
         h.route = -1
         w.now_us = 1000000000
         with nogil:

@@ -82,6 +82,8 @@ REGIONS = (
     ("metrics", "each worker, its own row of every listener's, route's, pool's and backend's counters "
      "and histograms; the supervisor, the carried row (fastpath/metrics.pxi)",
      lambda d: metrics_region_size(d)),
+    ("top_talkers", "each worker, its own row of top-talker sketches (fastpath/top.pxi)",
+     lambda d: d.rows * sizeof(shm_top_row)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
