@@ -409,3 +409,50 @@ def test_top_paths_beyond_the_sketch_keep_the_heavy_ones_within_their_error(run_
     assert set(items) == {"/heavy", "/warm"}
     for key, truth in (("/heavy", 100), ("/warm", 60)):
         assert items[key]["count"] - items[key]["error"] <= truth <= items[key]["count"]
+
+
+def test_counts_exact_while_the_old_generation_drains(run_lb, origin):
+    """What the old generation still serves after a reload counts at once
+    (a scrape adds it while it drains) and stays counted when it is gone."""
+    a = origin("a")
+    port, mport = free_port(), free_port()
+    lb = run_lb(metrics_config(port, mport, {"p": [a]}))
+    assert requests(port, ["/x"] * 5) == [200] * 5
+    size = 64 << 20
+
+    def slow_download() -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(f"GET /bytes/{size} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        return s  # the rest waits, unread: the exchange stays in flight on the old generation
+
+    first, second = slow_download(), slow_download()
+    reload = lb_cli(lb, "reload")
+    assert reload.returncode == 0, reload.stderr
+
+    def count():
+        return value(scrape(mport), "lb_backend_requests_total", pool="p", backend="a")
+
+    assert count() == 5
+    assert requests(port, ["/x"] * 3) == [200] * 3   # the new generation's
+    assert count() == 8
+
+    def finish(s: socket.socket) -> None:
+        got = 0
+        s.settimeout(30)
+        while chunk := s.recv(1 << 20):
+            got += len(chunk)
+            if got >= size:
+                break
+        s.close()
+
+    finish(first)
+    # ended on the old generation, which still drains (the second download)
+    wait_for(lambda: count() == 9, 10, "the old generation's exchange counted")
+    assert os.path.exists(lb.shm_path), "the old generation should still be draining"
+    finish(second)
+    wait_for(lambda: not os.path.exists(lb.shm_path), 20, "the old generation to be gone")
+    assert count() == 10
+    fams = scrape(mport)
+    assert value(fams, "lb_listener_requests_total", listener="web") == 10
+    assert value(fams, "lb_backend_response_duration_seconds_count", pool="p", backend="a") == 10
