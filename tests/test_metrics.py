@@ -456,3 +456,26 @@ def test_counts_exact_while_the_old_generation_drains(run_lb, origin):
     fams = scrape(mport)
     assert value(fams, "lb_listener_requests_total", listener="web") == 10
     assert value(fams, "lb_backend_response_duration_seconds_count", pool="p", backend="a") == 10
+
+
+def test_reload_moves_the_endpoint_or_is_refused_when_it_cannot(run_lb, origin):
+    a = origin("a")
+    port, mport, mport2 = free_port(), free_port(), free_port()
+    lb = run_lb(metrics_config(port, mport, {"p": [a]}))
+    assert requests(port, ["/x"] * 2) == [200] * 2
+    text = lb.config_path.read_text()
+    # a port someone else holds: the reload is refused, the endpoint stays
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        lb.config_path.write_text(text.replace(f"127.0.0.1:{mport}", f"127.0.0.1:{taken.getsockname()[1]}"))
+        result = lb_cli(lb, "reload")
+        assert result.returncode != 0 and "metrics" in result.stderr, result.stderr
+    assert value(scrape(mport), "lb_backend_requests_total", backend="a") == 2
+    # a free one: the endpoint moves, the counts with it
+    lb.config_path.write_text(text.replace(f"127.0.0.1:{mport}", f"127.0.0.1:{mport2}"))
+    result = lb_cli(lb, "reload")
+    assert result.returncode == 0, result.stderr
+    assert value(scrape(mport2), "lb_backend_requests_total", backend="a") == 2
+    with pytest.raises(OSError):
+        get(mport, "/metrics")
