@@ -341,7 +341,8 @@ cdef struct shm_metrics:             # 640 bytes, [row][entity]; writer: the row
     uint64_t retries                 # backends tried beyond the first
     uint64_t terms[N_TERMS]          # ... by how they ended (TERM_*; TERM_OK too)
     shm_metric_hist hist[MET_HISTS]
-    uint64_t _pad[4]
+    int64_t active                   # listeners only: client connections open now (a gauge, not carried over)
+    uint64_t _pad[3]
 
 cdef struct shm_metrics_head:        # 64 bytes, the start of the metrics region; writer: supervisor, at creation
     uint32_t n_listeners             # entities: listeners [0, n_listeners), then routes (every

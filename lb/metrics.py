@@ -83,6 +83,7 @@ def carry_over(old, new) -> None:
         if oe is None:
             continue
         words = _words(totals, oe)
+        words[OFF["active"]] = 0  # a gauge: the old generation's connections are its own
         old.metrics_handed_over[key] = words
         new.shm.metrics_add(new.carried_row, e, words)
 
@@ -99,6 +100,7 @@ def _deltas(old, cur_ids: dict[tuple, int]):
         if e is None or oe is None:
             continue
         now = _words(after, oe)
+        now[OFF["active"]] = 0
         yield e, array.array("Q", (a - b for a, b in zip(now, before)))
 
 
@@ -222,6 +224,11 @@ def render(sup, openmetrics: bool = False) -> bytes:
             rids.append(ids[("route", lname, route.name)])
             rlabels.append(_labels(listener=lname, route=route.name))
     _entity_families(text, summed, "listener", "listener", lids, llabels)
+    name = text.family("lb_listener_active_connections", "gauge",
+                       "Client connections open now, per listener (draining generations' included)")
+    for lname, lab in zip(config.listeners, llabels):
+        text.line(name, lab, sum(g.shm.metrics_active(list(g.config.listeners).index(lname))
+                                 for g in [gen, *sup.old] if lname in g.config.listeners))
     _entity_families(text, summed, "route", "route", rids, rlabels)
 
     pids = [ids[("pool", p)] for p in config.pools]
@@ -598,11 +605,12 @@ def stats_document(sup) -> dict:
     cur = history.now(sup)
     samples = history.samples
     listeners = []
-    for lname, listener in config.listeners.items():
+    for li, (lname, listener) in enumerate(config.listeners.items()):
         routes = [{"name": r.name, "pool": r.pool, **entity_stats(("route", lname, r.name), cur, samples)}
                   for r in listener.routes]
         listeners.append({"name": lname, "mode": listener.mode, "bind": [str(b) for b in listener.bind],
-                          "pool": listener.pool, **entity_stats(("listener", lname), cur, samples),
+                          "pool": listener.pool, "active": gen.shm.metrics_active(li),
+                          **entity_stats(("listener", lname), cur, samples),
                           "routes": routes})
     pools = []
     for pi, (pname, pool) in enumerate(config.pools.items()):

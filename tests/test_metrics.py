@@ -479,3 +479,26 @@ def test_reload_moves_the_endpoint_or_is_refused_when_it_cannot(run_lb, origin):
     assert value(scrape(mport2), "lb_backend_requests_total", backend="a") == 2
     with pytest.raises(OSError):
         get(mport, "/metrics")
+
+
+def test_listener_active_connections_and_a_killed_workers_gauge(run_lb, origin):
+    a = origin("a")
+    port, mport, tport = free_port(), free_port(), free_port()
+    lb = run_lb(metrics_config(port, mport, {"p": [a]}, tcp_port=tport))
+
+    def active(listener: str) -> float:
+        return value(scrape(mport), "lb_listener_active_connections", listener=listener)
+
+    assert active("web") == 0 and active("raw") == 0
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    raw = socket.create_connection(("127.0.0.1", tport), timeout=5)
+    wait_for(lambda: active("web") == 3 and active("raw") == 1, 10, "the connections counted")
+    held.pop().close()
+    wait_for(lambda: active("web") == 2, 10, "a closed connection no longer counted")
+    # the worker dies with its connections: the gauge does not keep them
+    victim = lb.worker_pid(0)
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: lb.worker_pid(0) not in (0, victim) and lb.all_workers_running(), 10, "the worker respawned")
+    assert active("web") == 0 and active("raw") == 0
+    for s in held + [raw]:
+        s.close()

@@ -217,6 +217,7 @@ cdef void conn_close(lb_worker *w, lb_conn *c, bint reset) noexcept nogil:
     c.next = w.closed
     w.closed = c
     lb_add_i64(&w.stats.active, -1)
+    met_conn_closed(w, c)
     lb_store_i64(&w.stats.fds, w.fds)
     if not w.accepting and w.fds < w.fd_resume:
         listeners_resume(w)

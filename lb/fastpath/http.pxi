@@ -93,6 +93,7 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
     h.c.next = w.closed
     w.closed = &h.c
     lb_add_i64(&w.stats.active, -1)
+    met_conn_closed(w, &h.c)
     lb_store_i64(&w.stats.fds, w.fds)
     if not w.accepting and w.fds < w.fd_resume:
         listeners_resume(w)

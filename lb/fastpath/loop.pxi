@@ -69,6 +69,7 @@ cdef void on_accept(lb_worker *w, int li) noexcept nogil:
         c.pool = l.pool
         log_conn_start(w, c)
         c.state = CS_CONNECTING
+        met_conn_open(w, c)
         if not accept_register(w, fd, <uint64_t><size_t>c | SIDE_CLIENT):
             conn_close(w, c, True)
             continue

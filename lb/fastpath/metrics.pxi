@@ -32,6 +32,7 @@ METRIC_OFFSETS = {
     "retries": <size_t>&(<shm_metrics *>NULL).retries // 8,
     "terms": <size_t>&(<shm_metrics *>NULL).terms // 8,
     "hist": <size_t>&(<shm_metrics *>NULL).hist // 8,
+    "active": <size_t>&(<shm_metrics *>NULL).active // 8,
 }
 METRIC_HIST_WORDS = sizeof(shm_metric_hist) // sizeof(uint64_t)
 METRIC_BOUNDS_SECONDS = tuple(MET_BOUNDS_US[i] / 1e6 for i in range(MET_BOUNDS))
@@ -92,6 +93,17 @@ cdef int metrics_listener_init(lb_worker *w, lb_listener_rt *l, Shm shm, uint32_
         return 0
     l.met_route_base = route_base[l.cfg_index]
     return 0
+
+
+cdef inline void met_conn_open(lb_worker *w, lb_conn *c) noexcept nogil:
+    """A client connection of a listener opened (beside w.stats.active)."""
+    if w.metrics != NULL:
+        lb_add_i64(&w.metrics[w.listeners[c.listener].cfg_index].active, 1)
+
+
+cdef inline void met_conn_closed(lb_worker *w, lb_conn *c) noexcept nogil:
+    if w.metrics != NULL:
+        lb_add_i64(&w.metrics[w.listeners[c.listener].cfg_index].active, -1)
 
 
 def wants_metrics(listener):

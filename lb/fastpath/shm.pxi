@@ -568,6 +568,17 @@ cdef class Shm:
                     dst[i] += lb_load_u64(<uint64_t *>&src[<uint64_t>row * n + i])
         return out
 
+    def metrics_active(self, uint32_t entity):
+        """A listener's client connections open now, summed over the rows."""
+        cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
+        cdef shm_metrics *m = <shm_metrics *>(<char *>mh + metrics_entities_off(mh.n_listeners))
+        cdef int64_t total = 0
+        if entity >= mh.n_entities:
+            raise IndexError(f"entity {entity} out of range")
+        for row in range(self.hdr.n_rows):
+            total += lb_load_i64(&m[<uint64_t>row * mh.n_entities + entity].active)
+        return max(0, total)
+
     def metrics_add(self, uint32_t row, uint32_t entity, const uint64_t[:] words):
         """Add counts (an older generation's, or a dead worker's) to an entity
         of a row no worker writes."""
@@ -719,3 +730,7 @@ cdef class Shm:
         cdef shm_pool_stats *ps = self.pstats
         for pool in range(self.hdr.n_pools):
             lb_store_i64(&ps[<uint64_t>row * self.hdr.n_pools + pool].active, 0)
+        cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
+        cdef shm_metrics *m = <shm_metrics *>(<char *>mh + metrics_entities_off(mh.n_listeners))
+        for li in range(mh.n_listeners):
+            lb_store_i64(&m[<uint64_t>row * mh.n_entities + li].active, 0)
