@@ -130,7 +130,10 @@ cdef struct shm_backend:             # 192 bytes
     uint64_t up_since_ms             # writer: checker; monotonic ms of the last down -> up (slow start)
     uint64_t eject_until_ms          # writer: checker; passive ejection ends then (monotonic ms)
     uint64_t passive_base            # writer: checker; workers' failure count already acted on
-    uint8_t _pad[48]
+    uint64_t checks                  # writer: checker; active checks completed (metrics; carried over reloads)
+    uint64_t checks_failed           # writer: checker; ... of which failed
+    uint64_t ejections               # writer: checker; passive ejections
+    uint8_t _pad[24]
 
 cdef struct shm_worker_stats:        # 256 bytes, one row per worker; writer: that worker
     uint64_t pid

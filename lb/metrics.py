@@ -283,10 +283,17 @@ def _backend_state(text: Text, gen, blabels: list[bytes], binfo: list[tuple]) ->
     text.add(render_list(name, blabels, cols["eff_weight"]))
     name = text.family("lb_backend_ejected", "gauge", "1 while passive checks keep the backend ejected")
     text.add(render_list(name, blabels, cols["ejected"]))
+    name = text.family("lb_backend_ejections_total", "counter", "Times passive checks ejected the backend")
+    text.add(render_list(name, blabels, cols["ejections"]))
     if any(checked):
         clabels = [lab for lab, c in zip(blabels, checked) if c]
         name = text.family("lb_backend_check_ok", "gauge", "1 if the backend's last health check passed")
         text.add(render_list(name, clabels, [v for v, c in zip(cols["check_ok"], checked) if c]))
+        name = text.family("lb_backend_checks_total", "counter", "Active health checks completed, by result")
+        text.add(render_list(name, clabels, [ok - bad for ok, bad, c in zip(cols["checks"], cols["checks_failed"],
+                                                                              checked) if c], b'result="passed"'))
+        text.add(render_list(name, clabels, [v for v, c in zip(cols["checks_failed"], checked) if c],
+                             b'result="failed"'))
         name = text.family("lb_backend_check_duration_seconds", "gauge", "How long the last health check took")
         text.add(render_list(name, clabels, [v for v, c in zip(cols["check_us"], checked) if c], micro=True))
 

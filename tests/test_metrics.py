@@ -502,3 +502,78 @@ def test_listener_active_connections_and_a_killed_workers_gauge(run_lb, origin):
     assert active("web") == 0 and active("raw") == 0
     for s in held + [raw]:
         s.close()
+
+
+def test_check_results_and_ejections_counted_and_carried_over_a_reload(run_lb, origin):
+    a, b, c = origin("a"), origin("b"), origin("c")
+    port, mport = free_port(), free_port()
+    dead = f"127.0.0.1:{free_port()}"
+    text = global_toml(2) + textwrap.dedent(f"""
+        [global.metrics]
+        bind = "127.0.0.1:{mport}"
+
+        [listeners.web]
+        bind = ["127.0.0.1:{port}"]
+        mode = "http"
+        pool = "p"
+
+        [[listeners.web.routes]]
+        path_prefix = "/q/"
+        pool = "q"
+
+        [pools.p]
+        connect_timeout = "1s"
+        [pools.p.health]
+        type = "tcp"
+        interval = "60s"
+        [pools.p.passive]
+        consecutive_failures = 2
+        eject_time = "30s"
+        [[pools.p.backends]]
+        address = "{a.address}"
+        name = "a"
+        [[pools.p.backends]]
+        address = "{b.address}"
+        name = "b"
+
+        [pools.q]
+        [pools.q.health]
+        type = "tcp"
+        interval = "100ms"
+        timeout = "500ms"
+        [[pools.q.backends]]
+        address = "{c.address}"
+        name = "live"
+        [[pools.q.backends]]
+        address = "{dead}"
+        name = "dead"
+        """)
+    lb = run_lb(text)
+    fams = wait_for(lambda: (f := scrape(mport)) and value(f, "lb_backend_checks_total", pool="q", backend="dead",
+                                                             result="failed") >= 3 and f, 10, "checks counted")
+    assert value(fams, "lb_backend_checks_total", pool="q", backend="dead", result="passed") == 0
+    assert value(fams, "lb_backend_checks_total", pool="q", backend="live", result="passed") >= 1
+    assert value(fams, "lb_backend_checks_total", pool="q", backend="live", result="failed") == 0
+    assert value(fams, "lb_backend_up", pool="q", backend="dead") == 0
+
+    a.stop()  # its connects fail: two in a row eject it (retries serve the requests from b)
+
+    def ejected() -> bool:
+        if value(scrape(mport), "lb_backend_ejected", pool="p", backend="a") == 1:
+            return True
+        assert requests(port, ["/x"] * 4) == [200] * 4
+        return False
+
+    wait_for(ejected, 20, "a ejected")
+    fams = scrape(mport)
+    assert value(fams, "lb_backend_ejections_total", pool="p", backend="a") == 1
+    assert value(fams, "lb_backend_ejections_total", pool="p", backend="b") == 0
+    assert value(fams, "lb_backend_connection_errors_total", pool="p", backend="a", reason="refused") >= 2
+    assert value(fams, "lb_pool_retries_total", pool="p") >= 1
+    failed = value(fams, "lb_backend_checks_total", pool="q", backend="dead", result="failed")
+
+    assert lb_cli(lb, "reload").returncode == 0
+    fams = scrape(mport)
+    assert value(fams, "lb_info", generation=2) == 1
+    assert value(fams, "lb_backend_ejections_total", pool="p", backend="a") == 1
+    assert value(fams, "lb_backend_checks_total", pool="q", backend="dead", result="failed") >= failed

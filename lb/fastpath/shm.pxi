@@ -463,7 +463,7 @@ cdef class Shm:
         cdef int64_t active
         cdef uint64_t errs, touts
         cols = {k: [] for k in ("up", "admin", "eff_weight", "ejected", "check_ok", "check_us", "active",
-                                "connect_errors", "connect_timeouts")}
+                                "connect_errors", "connect_timeouts", "checks", "checks_failed", "ejections")}
         for i in indices:
             idx = i
             if idx >= p.capacity:
@@ -475,6 +475,9 @@ cdef class Shm:
             cols["ejected"].append(1 if lb_load_u8(&b.health) == HEALTH_DOWN and lb_load_u64(&b.eject_until_ms) > now_ms else 0)
             cols["check_ok"].append(1 if b.last_result == 0 else 0)
             cols["check_us"].append(b.last_latency_us)
+            cols["checks"].append(lb_load_u64(&b.checks))
+            cols["checks_failed"].append(lb_load_u64(&b.checks_failed))
+            cols["ejections"].append(lb_load_u64(&b.ejections))
             active = 0
             errs = touts = 0
             for row in range(self.hdr.n_rows):
@@ -701,6 +704,10 @@ cdef class Shm:
         b.last_result = o.last_result
         lb_store_u64(&b.up_since_ms, lb_load_u64(&o.up_since_ms))
         lb_store_u64(&b.eject_until_ms, lb_load_u64(&o.eject_until_ms))
+        # counters: the checker of the new region goes on from them
+        lb_store_u64(&b.checks, lb_load_u64(&o.checks))
+        lb_store_u64(&b.checks_failed, lb_load_u64(&o.checks_failed))
+        lb_store_u64(&b.ejections, lb_load_u64(&o.ejections))
         lb_store_u8(&b.health, lb_load_u8(&o.health))
         self._bump(self._pool(pool))
 
