@@ -67,6 +67,15 @@ def entities(gen) -> dict[tuple, int]:
     return out
 
 
+def counted_rows(gen) -> list[int]:
+    """The rows worth summing: the workers' own, a spare one a replacement
+    worker ever had (its pid stays), and the carried row. A spare row never
+    used is all zeros, and reading it would make tmpfs allocate its pages."""
+    shm = gen.shm
+    return [r for r in range(shm.n_rows)
+            if r < len(gen.slots) or r == gen.carried_row or shm.worker_stats(r)["pid"]]
+
+
 def _words(totals: bytes | array.array, entity: int) -> array.array:
     a = array.array("Q")
     a.frombytes(bytes(memoryview(totals).cast("B")[entity * W * 8:(entity + 1) * W * 8]))
@@ -77,7 +86,7 @@ def carry_over(old, new) -> None:
     """A reload: every entity of the new generation that the old one had keeps
     its totals (in the new region's carried row, which no worker writes)."""
     old_ids = entities(old)
-    totals = old.shm.metrics_totals()
+    totals = old.shm.metrics_totals(counted_rows(old))
     for key, e in entities(new).items():
         oe = old_ids.get(key)
         if oe is None:
@@ -94,7 +103,7 @@ def _deltas(old, cur_ids: dict[tuple, int]):
     if not old.metrics_handed_over:
         return
     old_ids = entities(old)
-    after = old.shm.metrics_totals()
+    after = old.shm.metrics_totals(counted_rows(old))
     for key, before in old.metrics_handed_over.items():
         e, oe = cur_ids.get(key), old_ids.get(key)
         if e is None or oe is None:
@@ -116,7 +125,7 @@ def totals(sup) -> tuple[bytes, dict[tuple, int]]:
     counts since the reload included, and its entities."""
     gen = sup.gen
     ids = entities(gen)
-    out = gen.shm.metrics_totals()
+    out = gen.shm.metrics_totals(counted_rows(gen))
     olds = [old for old in sup.old if old.metrics_handed_over]
     if olds:
         t = array.array("Q")

@@ -577,3 +577,26 @@ def test_check_results_and_ejections_counted_and_carried_over_a_reload(run_lb, o
     assert value(fams, "lb_info", generation=2) == 1
     assert value(fams, "lb_backend_ejections_total", pool="p", backend="a") == 1
     assert value(fams, "lb_backend_checks_total", pool="q", backend="dead", result="failed") >= failed
+
+
+def test_a_scrape_reads_no_page_nobody_wrote():
+    """tmpfs allocates a page on a read too: summing the rows must not touch
+    the backend slots a pool never used, nor the rows a caller leaves out."""
+    from lb._fastpath import METRIC_WORDS, Shm, metrics_step_ns
+
+    path = f"/dev/shm/lb-test-metrics-{os.getpid()}.shm"   # tmpfs, where lb keeps its regions
+    shm = Shm.create(path, [("p", 8192, "roundrobin", 0, "", 0)], 5, os.getpid(), listener_routes=[0])
+    try:
+        size = dict((n, s) for n, _, s in shm.regions())["metrics"]
+        assert size > 20 << 20
+        shm.set_backend(0, 0, "127.0.0.1", 80, "a", 100)
+        metrics_step_ns(shm, 0, 1000, 1)
+        before = os.stat(path).st_blocks * 512
+        totals = shm.metrics_totals([0, 4])
+        assert os.stat(path).st_blocks * 512 - before < 64 << 10
+        words = memoryview(totals).cast("Q")
+        slot0 = (1 + 1) * METRIC_WORDS      # after the listener and the pool
+        assert words[slot0] == 1000          # the used slot's requests are summed
+        assert words[0] == 1000              # and the listener's
+    finally:
+        shm.unlink()

@@ -554,21 +554,50 @@ cdef class Shm:
         return {"listeners": mh.n_listeners, "routes": mh.n_routes, "pools": mh.n_pools, "slots": mh.n_slots,
                 "route_base": [route_base[i] for i in range(mh.n_listeners)]}
 
-    def metrics_totals(self):
-        """Every entity's counters summed over the worker rows: METRIC_WORDS
-        native uint64 words per entity, entities in layout order."""
+    def metrics_totals(self, rows=None):
+        """Every entity's counters summed over the worker rows (rows: which;
+        default all): METRIC_WORDS native uint64 words per entity, entities in
+        layout order. Only the backend slots a pool ever used are read: a
+        page of the region nobody wrote stays unallocated (tmpfs allocates a
+        page on a read, too), and the rows to skip are the caller's to know
+        (spare rows no worker ever had)."""
         cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
         cdef uint64_t n = <uint64_t>mh.n_entities * MET_WORDS
         cdef bytes out = PyBytes_FromStringAndSize(NULL, n * sizeof(uint64_t))
         cdef uint64_t *dst = <uint64_t *>PyBytes_AS_STRING(out)
         cdef const uint64_t *src = <const uint64_t *>(<char *>mh + metrics_entities_off(mh.n_listeners))
-        cdef uint32_t row, rows = self.hdr.n_rows
-        cdef uint64_t i
+        cdef uint64_t i, lo, hi, r, slot_base = <uint64_t>mh.n_listeners + mh.n_routes + mh.n_pools
+        cdef uint32_t k, n_rows, p
+        cdef uint64_t *ranges
+        row_list = list(range(self.hdr.n_rows)) if rows is None else list(rows)
+        for r in row_list:
+            if r >= self.hdr.n_rows:
+                raise IndexError(f"row {r} out of range")
+        # [lo, hi) word ranges: listeners, routes and pools, then each pool's used slots
+        ranges = <uint64_t *>malloc((2 + 2 * mh.n_pools) * sizeof(uint64_t))
+        cdef uint32_t *row_ids = <uint32_t *>malloc(max(1, len(row_list)) * sizeof(uint32_t))
+        if ranges == NULL or row_ids == NULL:
+            free(ranges)
+            free(row_ids)
+            raise MemoryError()
+        n_rows = len(row_list)
+        for k in range(n_rows):
+            row_ids[k] = row_list[k]
+        ranges[0] = 0
+        ranges[1] = slot_base * MET_WORDS
+        for p in range(mh.n_pools):
+            ranges[2 + 2 * p] = (slot_base + self.pools[p].first_slot) * MET_WORDS
+            ranges[3 + 2 * p] = (slot_base + self.pools[p].first_slot + lb_load_u32(&self.pools[p].n_slots)) * MET_WORDS
         with nogil:
             memset(dst, 0, n * sizeof(uint64_t))
-            for row in range(rows):
-                for i in range(n):
-                    dst[i] += lb_load_u64(<uint64_t *>&src[<uint64_t>row * n + i])
+            for k in range(n_rows):
+                for p in range(1 + mh.n_pools):
+                    lo = ranges[2 * p]
+                    hi = ranges[2 * p + 1]
+                    for i in range(lo, hi):
+                        dst[i] += lb_load_u64(<uint64_t *>&src[<uint64_t>row_ids[k] * n + i])
+        free(ranges)
+        free(row_ids)
         return out
 
     def metrics_active(self, uint32_t entity):
