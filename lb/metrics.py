@@ -170,10 +170,12 @@ class Text:
     def add(self, chunk: bytes) -> None:
         self.parts.append(chunk)
 
-    def bytes(self) -> bytes:
+    def chunks(self) -> list[bytes]:
+        """The text in the pieces it was written in: the server sends them one
+        after the other (a join would copy tens of MB for a large scrape)."""
         if self.om:
             self.parts.append(b"# EOF\n")
-        return b"".join(self.parts)
+        return self.parts
 
 
 def _entity_families(text: Text, totals: bytes, kind: str, what: str, ids: list[int], labels: list[bytes],
@@ -210,6 +212,33 @@ def _entity_families(text: Text, totals: bytes, kind: str, what: str, ids: list[
 
 def render(sup, openmetrics: bool = False) -> bytes:
     """The whole scrape."""
+    return b"".join(render_chunks(sup, openmetrics))
+
+
+def _backend_labels(gen) -> tuple[list[int], list[bytes], list[tuple]]:
+    """Each backend's entity, label text and (pool index, slot, checked), kept
+    on the generation while its backends stay the same (10,000 label texts
+    cost more than summing their counters)."""
+    config = gen.config
+    key = tuple((p, tuple(gen.backends[p].items())) for p in config.pools)
+    cached = getattr(gen, "metrics_label_cache", None)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    ids = entities(gen)
+    bids, blabels, binfo = [], [], []
+    for pi, p in enumerate(config.pools):
+        checked = config.pools[p].health.type != "none"
+        plab = f'pool="{escape(p)}",backend="'.encode()
+        for bname, idx in gen.backends[p].items():
+            bids.append(ids[("backend", p, bname)])
+            blabels.append(plab + escape(bname).encode() + b'"')
+            binfo.append((pi, idx, checked))
+    gen.metrics_label_cache = (key, (bids, blabels, binfo))
+    return bids, blabels, binfo
+
+
+def render_chunks(sup, openmetrics: bool = False) -> list[bytes]:
+    """The whole scrape, in pieces."""
     gen = sup.gen
     config = gen.config
     summed, ids = totals(sup)
@@ -247,17 +276,12 @@ def render(sup, openmetrics: bool = False) -> bytes:
     for pi, p in enumerate(config.pools):
         text.line(name, plabels[pi], gen.shm.pool_active(pi))
 
-    bids, blabels, binfo = [], [], []
-    for pi, p in enumerate(config.pools):
-        for bname, idx in gen.backends[p].items():
-            bids.append(ids[("backend", p, bname)])
-            blabels.append(_labels(pool=p, backend=bname))
-            binfo.append((pi, idx, config.pools[p].health.type != "none"))
+    bids, blabels, binfo = _backend_labels(gen)
     _entity_families(text, summed, "backend", "backend", bids, blabels,
                      hists=config.global_.metrics_backend_histograms)
     _backend_state(text, gen, blabels, binfo)
     _acl_rules(text, gen)
-    return text.bytes()
+    return text.chunks()
 
 
 def _backend_state(text: Text, gen, blabels: list[bytes], binfo: list[tuple]) -> None:
@@ -337,6 +361,7 @@ class _Peer:
         self.sock = sock
         self.inbuf = bytearray()
         self.out = memoryview(b"")
+        self.rest: list[bytes] = []  # the body's pieces after out
         self.deadline = time.monotonic() + PEER_TIMEOUT
 
 
@@ -458,15 +483,22 @@ class MetricsServer:
                 extra: str = "") -> None:
         reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
                   431: "Request Header Fields Too Large", 500: "Internal Server Error"}.get(status, "")
-        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+        parts = [body] if isinstance(body, bytes) else body
+        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {sum(len(p) for p in parts)}\r\n"
                 f"Cache-Control: no-store\r\n{extra}Connection: close\r\n\r\n").encode()
-        peer.out = memoryview(head if head_only else head + body)
+        peer.out = memoryview(head)
+        peer.rest = [] if head_only else [p for p in parts if p]
+        peer.rest.reverse()  # popped from the end
         peer.deadline = time.monotonic() + PEER_TIMEOUT
         selector.modify(peer.sock, selectors.EVENT_WRITE, ("metrics-peer", peer))
         self._write(selector, peer)
 
     def _write(self, selector, peer: _Peer) -> None:
-        while peer.out:
+        while peer.out or peer.rest:
+            if not peer.out:
+                peer.out = memoryview(peer.rest.pop())
+                continue
             try:
                 n = peer.sock.send(peer.out)
             except (BlockingIOError, InterruptedError):
@@ -500,7 +532,7 @@ def stats_page() -> bytes:
 def pages(sup) -> dict:
     def metrics(headers):
         om = wants_openmetrics(headers)
-        return 200, CONTENT_OPENMETRICS if om else CONTENT_TEXT, render(sup, om)
+        return 200, CONTENT_OPENMETRICS if om else CONTENT_TEXT, render_chunks(sup, om)
 
     def stats_json(headers):
         return 200, "application/json", json.dumps(stats_document(sup), separators=(",", ":")).encode()

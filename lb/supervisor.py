@@ -127,6 +127,8 @@ class Generation:
     rules_handed_over: dict = field(default_factory=dict)
     # metrics copied into the next generation, by entity name (lb.metrics)
     metrics_handed_over: dict = field(default_factory=dict)
+    # the scrape's backend label texts while the backends stay the same (lb.metrics)
+    metrics_label_cache: tuple | None = None
     # the access-log process; None when no listener logs
     logger: WorkerSlot | None = None
 

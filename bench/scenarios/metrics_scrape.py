@@ -5,8 +5,8 @@ No proxy runs: the harness calls `measure_local` in its own process. A config
 of 10 pools of 1,000 backends each behind one http listener is made into a
 shared-memory region as the supervisor makes it (4 worker rows, as with two
 workers), every worker row of every entity is filled with counts, and the
-scrape is rendered by the supervisor's own code (lb.metrics.render), many
-times: the time per scrape (target: under 100 ms), its size and lines.
+scrape is rendered by the supervisor's own code (lb.metrics.render_chunks,
+the pieces the endpoint sends one after the other), many times: the time per scrape (target: under 100 ms), its size and lines.
 
 Then the workers' side: the `metrics` step itself (lb._fastpath
 metrics_step_ns, the workers' compiled code, timed in C) counts exchanges
@@ -108,16 +108,16 @@ def measure_local(ctx) -> dict:
                 number=1, config=cfg, shm=region, carried_row=ROWS - 1,
                 slots=[types.SimpleNamespace(row=r) for r in range(2)],
                 backends={name: {b.name: i for i, b in enumerate(p.backends)} for name, p in cfg.pools.items()},
-                metrics_handed_over={})
+                metrics_handed_over={}, metrics_label_cache=None)
             sup = types.SimpleNamespace(gen=gen, old=[], children={}, started=time.time(),
                                         metrics_history=metrics.History())
             times, size = [], 0
             for _ in range(SCRAPES):
                 t0 = time.perf_counter()
-                body = metrics.render(sup)
+                chunks = metrics.render_chunks(sup)   # as the server sends them
                 times.append((time.perf_counter() - t0) * 1000)
-                size = len(body)
-            lines = body.count(b"\n")
+                size = sum(len(c) for c in chunks)
+            lines = sum(c.count(b"\n") for c in chunks)
             t0 = time.perf_counter()
             for _ in range(5):
                 region.metrics_totals(metrics.counted_rows(gen))
