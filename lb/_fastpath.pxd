@@ -16,7 +16,7 @@ from lb.includes.nghttp2 cimport nghttp2_session, nghttp2_session_callbacks, ngh
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 7
+    LB_SHM_VERSION = 8
     LB_MAX_REGIONS = 24                # entries of the header's region directory
     LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
@@ -133,7 +133,10 @@ cdef struct shm_backend:             # 192 bytes
     uint64_t up_since_ms             # writer: checker; monotonic ms of the last down -> up (slow start)
     uint64_t eject_until_ms          # writer: checker; passive ejection ends then (monotonic ms)
     uint64_t passive_base            # writer: checker; workers' failure count already acted on
-    uint8_t _pad[48]
+    uint64_t checks                  # writer: checker; active checks completed (metrics; carried over reloads)
+    uint64_t checks_failed           # writer: checker; ... of which failed
+    uint64_t ejections               # writer: checker; passive ejections
+    uint8_t _pad[24]
 
 cdef struct shm_worker_stats:        # 256 bytes, one row per worker; writer: that worker
     uint64_t pid
@@ -431,6 +434,75 @@ cdef struct shm_log_head:            # 64 bytes, the start of the log_rings regi
     uint64_t _pad[4]
 
 
+# Metrics (fastpath/metrics.pxi): every listener, route, pool and backend slot
+# is one entity with the same counters and latency histograms, one row of
+# entities per worker; the metrics endpoint sums the rows at scrape.
+cdef enum:
+    MET_BOUNDS = 14                  # histogram bucket bounds (MET_BOUNDS_US); one more bucket for +Inf
+    MET_BUCKETS = 15
+    MET_HISTS = 3
+    HIST_TOTAL = 0                   # the whole exchange: first request byte (tcp: accept) to the end
+    HIST_CONNECT = 1                 # to the backend connected (TLS handshake included)
+    HIST_FIRST_BYTE = 2              # to the first response byte
+    MET_CLASSES = 6                  # responses by status class: 1xx .. 5xx, then "other" (tcp, or no status)
+
+cdef struct shm_metric_hist:         # 128 bytes
+    uint64_t buckets[MET_BUCKETS]    # not cumulative: an observation adds to one bucket
+    uint64_t sum_us
+
+cdef struct shm_metrics:             # 640 bytes, [row][entity]; writer: the row's worker
+    uint64_t requests                # http exchanges, and tcp connections, that ended
+    uint64_t responses[MET_CLASSES]  # ... by the status class the client got
+    uint64_t bytes_in                # from the client
+    uint64_t bytes_out               # to the client
+    uint64_t retries                 # backends tried beyond the first
+    uint64_t terms[N_TERMS]          # ... by how they ended (TERM_*; TERM_OK too)
+    shm_metric_hist hist[MET_HISTS]
+    int64_t active                   # listeners only: client connections open now (a gauge, not carried over)
+    uint64_t _pad[3]
+
+cdef struct shm_metrics_head:        # 64 bytes, the start of the metrics region; writer: supervisor, at creation
+    uint32_t n_listeners             # entities: listeners [0, n_listeners), then routes (every
+    uint32_t n_routes                # listener's, in config order), pools, backend slots
+    uint32_t n_pools
+    uint32_t n_slots
+    uint32_t n_entities
+    uint32_t _pad0
+    uint64_t _pad[5]
+
+
+# Top talkers (fastpath/top.pxi): per worker row, the heaviest clients and
+# paths in a Space-Saving sketch of TOP_K entries, and every status exactly,
+# in two epochs of TOP_EPOCH_S seconds (the current one, and the one before
+# it: a reader merges both, a sliding window of one to two epochs).
+cdef enum:
+    TOP_K = 64
+    TOP_KEY_MAX = 80                 # bytes of a key kept: an address, or a path's start
+    TOP_STATUSES = 512               # status - 100
+    TOP_EPOCH_S = 30
+
+cdef struct shm_top_entry:           # 112 bytes
+    uint64_t hash                    # of the whole key (0: free)
+    uint64_t count
+    uint64_t error                   # Space-Saving: count may exceed the key's true count by this much
+    uint8_t len
+    uint8_t family                   # clients: AF_INET, AF_INET6
+    uint8_t _pad[6]
+    char key[TOP_KEY_MAX]
+
+cdef struct shm_top_sketch:          # writer: the row's worker
+    uint64_t epoch                   # monotonic seconds / TOP_EPOCH_S it counts (release store once cleared)
+    uint64_t _pad[7]
+    shm_top_entry e[TOP_K]
+
+cdef struct shm_top_row:             # one per worker row; writer: that worker
+    shm_top_sketch clients[2]        # [epoch & 1]
+    shm_top_sketch paths[2]
+    uint64_t status_epoch[2]
+    uint64_t _pad[6]
+    uint64_t status[2][TOP_STATUSES]
+
+
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn
@@ -656,6 +728,7 @@ cdef struct lb_listener_rt:
     int64_t max_conns                # max_connections, node-wide (0: none)
     uint8_t limited                  # paused: the listener is at max_connections
     uint8_t armed                    # its socket is in the epoll set
+    uint32_t met_route_base          # metrics: the entity of this listener's route 0
 
 cdef struct lb_pool_rt:
     shm_pool *shm
@@ -738,6 +811,10 @@ cdef struct lb_worker:
     int64_t max_conns                # global.max_connections, node-wide (0: none)
     int64_t fds_at_error             # w.fds when accept or socket() last failed for want of fds
     uint64_t fd_retry_ms             # ... accepting is tried again then at the latest
+    shm_metrics *metrics             # this worker's row of metrics entities (fastpath/metrics.pxi)
+    uint32_t met_pool_base           # the entity of pool 0
+    uint32_t met_slot_base           # the entity of backend slot 0
+    shm_top_row *top                 # this worker's top-talker sketches (fastpath/top.pxi)
 
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a

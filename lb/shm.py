@@ -44,7 +44,8 @@ def create_for_config(config, n_rows: int, path: str | None = None, seeds: dict[
     limits = [{**limit_spec(limit), "seed": (seeds or {}).get(name, 0)} for name, limit in config.limits.items()]
     shm = Shm.create(path or region_path(), pools, n_rows, os.getpid(), acls=list(config.acls), n_rules=len(rules),
                      log_records=config.global_.log_ring if logged else 0, limits=limits, auths=list(config.auth),
-                     n_listeners=len(config.listeners))
+                     n_listeners=len(config.listeners),
+                     listener_routes=[len(listener.routes) for listener in config.listeners.values()])
     for pool_index, pool in enumerate(config.pools.values()):
         for index, b in enumerate(pool.backends):
             shm.set_backend(pool_index, index, b.host, b.port, b.name, b.weight, b.backup)

@@ -29,6 +29,7 @@ import psutil
 
 from lb import checker as checker_mod
 from lb import logger as logger_mod
+from lb import metrics as metrics_mod
 from lb import config as config_mod
 from lb import control, ha, privileges, sdnotify
 from lb import shm as shm_mod
@@ -128,6 +129,10 @@ class Generation:
     limits_handed_over: dict = field(default_factory=dict)
     # API-key auth counts copied into the next generation, by auth name
     auth_handed_over: dict = field(default_factory=dict)
+    # metrics copied into the next generation, by entity name (lb.metrics)
+    metrics_handed_over: dict = field(default_factory=dict)
+    # the scrape's backend label texts while the backends stay the same (lb.metrics)
+    metrics_label_cache: tuple | None = None
     # the access-log process; None when no listener logs
     logger: WorkerSlot | None = None
 
@@ -206,6 +211,10 @@ class Supervisor:
         self._selector = None
         # the status verb's: cpu_percent is measured between two calls on one Process
         self.procs: dict[int, psutil.Process] = {}
+        # [global.metrics]: /metrics, /stats, /stats.json (None: not configured)
+        self.metrics: metrics_mod.MetricsServer | None = None
+        # samples for rates and last-minute percentiles (/stats.json, lb stats)
+        self.metrics_history = metrics_mod.History()
         # [ha]: the file keepalived tracks (None when ha.mode is "none") and
         # whether an operator drained this node (kept in the state file)
         self.health: ha.HealthFile | None = None
@@ -255,6 +264,7 @@ class Supervisor:
         self._update_health()  # unhealthy until the workers have entered their loops
         self.admin = AdminServer(g.admin_socket, Access(g.user, g.group), functools.partial(control.dispatch, self))
         self.admin.open()
+        self.metrics = self._open_metrics(g.metrics_bind)
         self._install_signals()
         self.gen = self._new_generation(self.config, previous=None)
         self._spawn_generation(self.gen)
@@ -337,6 +347,7 @@ class Supervisor:
         control.acl.carry_over(old, new)
         control.limits.carry_over(old, new)
         control.key.carry_over(old, new)
+        metrics_mod.carry_over(old, new)
 
     def _fold_drained(self, old: Generation) -> None:
         """An old generation is gone: what its connections counted after the
@@ -346,6 +357,7 @@ class Supervisor:
         control.acl.fold_drained(old, self.gen)
         control.limits.fold_drained(old, self.gen)
         control.key.fold_drained(old, self.gen)
+        metrics_mod.fold_drained(old, self.gen)
         for (pool, name), before in old.handed_over.items():
             if pool not in self.gen.backends or name not in self.gen.backends[pool]:
                 continue
@@ -401,6 +413,8 @@ class Supervisor:
         fds = [self._wakeup_r, self._wakeup_w]
         if self.admin is not None:
             fds += self.admin.fds()
+        if self.metrics is not None:
+            fds += self.metrics.fds()
         return fds
 
     def _reap(self) -> None:
@@ -504,11 +518,18 @@ class Supervisor:
                 log.error("reload refused, the running config keeps serving: %s", e)
                 raise AdminError("config", str(e)) from None
             old = self.gen
+            new_metrics = None
             try:
+                if new_config.global_.metrics_bind != self.config.global_.metrics_bind:
+                    new_metrics = self._open_metrics(new_config.global_.metrics_bind)
                 gen = self._new_generation(new_config, previous=old)
             except (OSError, ValueError) as e:
+                if new_metrics is not None:
+                    new_metrics.close()
                 log.error("reload failed, the running config keeps serving: %s", e)
                 raise AdminError("failed", str(e)) from None
+            if new_config.global_.metrics_bind != self.config.global_.metrics_bind:
+                self._swap_metrics(new_metrics)
             self._spawn_generation(gen)
             deadline = time.monotonic() + RELOAD_READY_TIMEOUT
             while not self._workers_running(gen) and time.monotonic() < deadline:
@@ -554,6 +575,24 @@ class Supervisor:
             if id(sock) not in used:
                 sock.close()
                 del self.sockets[key]
+
+    # ---- metrics ----------------------------------------------------------------
+
+    def _open_metrics(self, bind) -> metrics_mod.MetricsServer | None:
+        """The metrics endpoint's socket, bound before anything changes: a
+        start or a reload that cannot bind it fails as a whole."""
+        if bind is None:
+            return None
+        server = metrics_mod.MetricsServer(bind, metrics_mod.pages(self))
+        server.open()
+        return server
+
+    def _swap_metrics(self, server) -> None:
+        if self.metrics is not None:
+            self.metrics.close(self._selector)
+        self.metrics = server
+        if server is not None and self._selector is not None:
+            server.register(self._selector)
 
     # ---- access logs ----------------------------------------------------------
 
@@ -605,6 +644,9 @@ class Supervisor:
         for sock in self.sockets.values():
             sock.close()
         self.sockets.clear()
+        if self.metrics is not None:
+            self.metrics.close(self._selector)
+            self.metrics = None
         self._signal(list(self.children), signal.SIGINT if fast else signal.SIGTERM)
 
     def stop_soon(self, fast: bool) -> None:
@@ -631,13 +673,15 @@ class Supervisor:
         sel = self._selector = selectors.DefaultSelector()
         sel.register(self._wakeup_r, selectors.EVENT_READ, ("wakeup", None))
         sel.register(self.admin.sock, selectors.EVENT_READ, ("admin", None))
+        if self.metrics is not None:
+            self.metrics.register(sel)
         next_status = time.monotonic() + self.status_interval if self.status_interval else None
         while True:
             now = time.monotonic()
             timeout = TICK
             if next_status is not None:
                 timeout = min(timeout, max(0.0, next_status - now))
-            for key, _ in sel.select(timeout):
+            for key, mask in sel.select(timeout):
                 kind, peer = key.data
                 if kind == "wakeup":
                     try:
@@ -649,6 +693,8 @@ class Supervisor:
                     self.admin.on_accept(sel)
                 elif kind == "admin-peer":
                     self.admin.on_readable(sel, peer)
+                elif kind in ("metrics", "metrics-peer") and self.metrics is not None:
+                    self.metrics.on_event(sel, kind, peer, mask)
             self._handle_signals()
             if self.stopping:
                 self.admin.stop_listening(sel)
@@ -671,6 +717,9 @@ class Supervisor:
             self.gen.shm.rebuild_changed()
             self._update_health()
             self.admin.tick()
+            if self.metrics is not None:
+                self.metrics.tick(sel)
+            self.metrics_history.tick(self)
             if next_status is not None and time.monotonic() >= next_status:
                 self.on_status(self)
                 next_status = time.monotonic() + self.status_interval
@@ -760,6 +809,9 @@ class Supervisor:
                 gen.shm.unlink()
         if self.admin is not None:
             self.admin.close()
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
         if self._wakeup_w >= 0:
             signal.set_wakeup_fd(-1)
             os.close(self._wakeup_r)

@@ -325,7 +325,7 @@ allow = ["a"]
 
     assert phase_plan(cfg.listeners["w"])["accept"] == ["acl"]
     assert phase_plan(cfg.listeners["w"])["request"] == ["route", "acl_route"]
-    assert phase_plan(cfg.listeners["t"]) == {"accept": ["acl"], "request": [], "response": [], "end": []}
+    assert phase_plan(cfg.listeners["t"]) == {"accept": ["acl"], "request": [], "response": [], "end": ["metrics"]}
 
 
 # ---- in a running lb ---------------------------------------------------------------------------

@@ -262,7 +262,10 @@ def test_bench_https_idle_mem_holds_every_tls_connection(https_run):
     for proxy, result in scenario["results"].items():
         # One fd per client connection (no origin connection per client in http mode).
         assert result["conns"] == 200 and result["worker_fds_added"] >= 200, (proxy, result)
-        assert result["uss_per_conn"] > 0 and result["rss_per_conn"] > 0, (proxy, result)
+        # USS is the figure: RSS may stay flat when the connections' memory lands
+        # in heap pages the worker inherited from the supervisor at fork (they
+        # turn private, which USS counts and RSS counted already)
+        assert result["uss_per_conn"] > 0 and result["rss_per_conn"] >= 0, (proxy, result)
     goal = scenario["goals"]["uss_per_conn"]
     assert goal["absolute"] and goal["target"] == 6 * 1024 and goal["ratio"] is None
     assert goal["value"] == scenario["results"]["lb"]["uss_per_conn"]

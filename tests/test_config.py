@@ -69,6 +69,10 @@ max_connections = 20000
   ticket_keys = "TLS_TICKETS"
   ticket_rotate = "30m"
 
+  [global.metrics]
+  bind = "127.0.0.1:9100"
+  backend_histograms = ["response", "connect"]
+
 [acls.office]
 cidrs = ["10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"]
 
@@ -429,6 +433,7 @@ def _contract_keys() -> set[str]:
     sections = {
         "global": config.GLOBAL_KEYS,
         "global.tls": config.GLOBAL_TLS_KEYS,
+        "global.metrics": config.GLOBAL_METRICS_KEYS,
         "listeners.*": config.LISTENER_KEYS,
         "listeners.*.routes": config.ROUTE_KEYS,
         "listeners.*.request_headers": config.HEADER_RULE_KEYS,

@@ -171,7 +171,10 @@ def test_window_overflow_is_a_flow_control_error(edge):
         c.raw(frame("HEADERS", END_HEADERS | END_STREAM, 3, get_block(c, "/fine")))
         r = c.response(3)                                          # the connection goes on
         assert r.ended and dict(r.headers)[b":status"] == b"200"
-    assert [line.split()[-1] for line in edge.origin.requests()] == ["/fine"]
+    seen = []
+    wait_for(lambda: seen.extend(line.split()[-1] for line in edge.origin.requests()) or "/fine" in seen, 10,
+             "the origin's report")
+    assert seen == ["/fine"]
 
 
 def test_too_many_streams_are_a_connection_error(run_lb, origin):

@@ -231,10 +231,10 @@ def test_rates_and_the_steps_a_listener_runs():
     assert (b.rate, b.period, b.key) == (6, 60.0, "cookie:sid")
     assert cfg.listeners["w"].limits == ("a",) and cfg.listeners["w"].routes[0].limits == ("b", "c")
     plan = phase_plan(cfg.listeners["w"])
-    assert plan["request"] == ["route", "limits"] and plan["end"] == ["limits_release"] and plan["accept"] == []
+    assert plan["request"] == ["route", "limits"] and plan["end"] == ["metrics", "limits_release"] and plan["accept"] == []
     tcp = config.loads(limits_config('[limits.a]\nconcurrent = 2\n', 'limits = ["a"]', mode="tcp"))
     assert phase_plan(tcp.listeners["w"]) == {"accept": ["limits_accept"], "request": [], "response": [],
-                                              "end": ["limits_release"]}
+                                              "end": ["metrics", "limits_release"]}
 
 
 # ---- in a running lb ------------------------------------------------------------------------

@@ -90,12 +90,13 @@ address = "127.0.0.1:9"
 
 def test_a_tcp_listener_runs_no_http_step():
     (tcp,) = _listeners('[listeners.t]\nbind = "127.0.0.1:1"\nmode = "tcp"\npool = "p"\n').values()
-    assert phase_plan(tcp) == {"accept": [], "request": [], "response": [], "end": []}
+    # metrics count every exchange of every listener (an end step, compiled)
+    assert phase_plan(tcp) == {"accept": [], "request": [], "response": [], "end": ["metrics"]}
 
 
 def test_a_plain_http_listener_only_routes():
     (web,) = _listeners('[listeners.w]\nbind = "127.0.0.1:1"\npool = "p"\n').values()
-    assert phase_plan(web) == {"accept": [], "request": ["route"], "response": [], "end": []}
+    assert phase_plan(web) == {"accept": [], "request": ["route"], "response": [], "end": ["metrics"]}
 
 
 def test_header_rules_add_their_steps_after_the_route():

@@ -24,7 +24,7 @@ def main(ctx: click.Context, socket_path: str | None, config_path: str | None):
 
 
 def _register():
-    from lb.cli import acl, backend, cert, check, control, ha, key, limits, logs, node, pool, run, status, top
+    from lb.cli import acl, backend, cert, check, control, ha, key, limits, logs, node, pool, run, stats, status, top
 
     main.add_command(check.check)
     main.add_command(run.run)
@@ -32,6 +32,7 @@ def _register():
     main.add_command(pool.pool)
     main.add_command(backend.backend)
     main.add_command(status.status)
+    main.add_command(stats.stats)
     main.add_command(top.top)
     main.add_command(control.reload)
     main.add_command(control.stop)

@@ -15,6 +15,14 @@ def human_bytes(n) -> str:
     return "-"  # not reached
 
 
+def human_ms(ms) -> str | None:
+    """A response time: the last minute's percentile of a histogram with
+    fixed buckets, so two significant digits say all it knows."""
+    if ms is None:
+        return None
+    return f"{ms:.2g}ms" if ms < 10 else f"{ms:.0f}ms"
+
+
 def human_duration(seconds) -> str:
     if not isinstance(seconds, (int, float)):
         return "-"
@@ -72,7 +80,7 @@ def backend_rows(backends: dict, rates: dict | None = None) -> tuple[list[str], 
     headers = ["BACKEND", "ADDRESS", "HEALTH", "ADMIN", "WEIGHT", "EFF", "ACTIVE", "TOTAL",
                "CONNERR", "TIMEOUT", "IN", "OUT"]
     if rates is not None:
-        headers += ["CONN/S", "BYTES/S"]
+        headers += ["CONN/S", "BYTES/S", "P50", "P99"]
     headers.append("CHECK")
     rows = []
     for name, b in backends.items():
@@ -82,7 +90,8 @@ def backend_rows(backends: dict, rates: dict | None = None) -> tuple[list[str], 
         if rates is not None:
             conns, nbytes = rates.get(name, (None, None))
             row += [None if conns is None else round(conns, 1),
-                    None if nbytes is None else human_bytes(nbytes)]
+                    None if nbytes is None else human_bytes(nbytes),
+                    human_ms(b.get("p50_ms")), human_ms(b.get("p99_ms"))]
         row.append(_check(b))
         rows.append(row)
     return headers, rows
@@ -307,3 +316,39 @@ def cert_lines(certificates: list[dict], now: float) -> list[str]:
         rows.append([c.get("listener"), "*" if c.get("default") else "", ", ".join(c.get("names") or []),
                      c.get("key"), expiry, c.get("issuer"), (c.get("sha256") or "")[:16], c.get("cert")])
     return table(["LISTENER", "DEFAULT", "NAMES", "KEY", "EXPIRES IN", "ISSUER", "SHA-256", "FILE"], rows)
+
+
+def stats_lines(doc: dict) -> list[str]:
+    """`lb stats`: traffic per listener and route, pool and backend, with the
+    last minute's response-time percentiles."""
+    headers = ["REQUESTS", "REQ/S", "5XX", "FAILED", "P50", "P99", "WINDOW"]
+
+    def cols(e: dict) -> list:
+        window = e.get("window_seconds")
+        return [e.get("requests"), e.get("rate"), e.get("5xx"), e.get("failed"), human_ms(e.get("p50_ms")),
+                human_ms(e.get("p99_ms")), "since start" if window is None else f"{window:.0f}s"]
+
+    rows = []
+    for li in doc.get("listeners") or []:
+        rows.append([li.get("name"), "-"] + cols(li))
+        rows += [[li.get("name"), r.get("name")] + cols(r) for r in li.get("routes") or []]
+    lines = table(["LISTENER", "ROUTE"] + headers, rows) + [""]
+    lines += table(["POOL", "ALGORITHM", "ACTIVE"] + headers,
+                   [[p.get("name"), p.get("algorithm"), p.get("active")] + cols(p) for p in doc.get("pools") or []])
+    lines.append("")
+    lines += table(["POOL", "BACKEND", "STATE", "ACTIVE"] + headers,
+                   [[p.get("name"), b.get("name"), b.get("state"), b.get("active")] + cols(b)
+                    for p in doc.get("pools") or [] for b in p.get("backends") or []])
+    return lines
+
+
+def top_lines(doc: dict) -> list[str]:
+    """`lb top --by`: the heaviest keys of the window."""
+    lo, hi = doc.get("window_seconds") or (None, None)
+    what = {"client": "CLIENT", "path": "PATH", "status": "STATUS"}.get(doc.get("by"), "KEY")
+    lines = [f"top {doc.get('by')}s of the last {lo}-{hi} s, all workers"
+             + ("" if doc.get("exact") else " (a count may be over by at most its ERROR)"), ""]
+    headers = [what, "COUNT"] + ([] if doc.get("exact") else ["ERROR"])
+    rows = [[i.get("key"), i.get("count")] + ([] if doc.get("exact") else [i.get("error")])
+            for i in doc.get("items") or []]
+    return lines + (table(headers, rows) if rows else ["(nothing counted yet)"])

@@ -36,10 +36,21 @@ def _status(app: App) -> dict:
               help="Time between two screens.")
 @click.option("--iterations", type=click.IntRange(min=1), metavar="N",
               help="Stop after N screens (default: run until Ctrl-C).")
+@click.option("--by", type=click.Choice(["client", "path", "status"]),
+              help="Show the heaviest clients, paths or statuses of the last 30-60 s instead.")
+@click.option("-n", "count", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="With --by: how many.")
 @click.pass_obj
-def top(app: App, interval: float, iterations: int | None) -> None:
+def top(app: App, interval: float, iterations: int | None, by: str | None, count: int) -> None:
     """A live view of the running lb: `lb status` on one screen, redrawn every
-    interval, with each backend's connections and bytes per second.
+    interval, with each backend's connections and bytes per second and the
+    last minute's p50 and p99 response times.
+
+    With --by client|path|status: the heaviest clients (addresses), paths
+    (without the query) or response statuses of the last 30 to 60 seconds,
+    merged over the workers. Clients and paths come from a sketch each worker
+    keeps (Space-Saving, 64 keys an epoch): a count may be over by at most
+    its ERROR column; statuses are exact.
 
     On a terminal the screen is cleared and redrawn; otherwise every screen is
     printed after the previous one, followed by an empty line. Ctrl-C quits."""
@@ -52,13 +63,16 @@ def top(app: App, interval: float, iterations: int | None) -> None:
     try:
         while True:
             try:
-                status = _status(app)
+                status = app.client.call("top", {"by": by, "n": count}) if by else _status(app)
             except (admin_client.DaemonUnreachable, admin_client.AdminError) as e:
                 error = e  # reported once the screen is back
                 break
             now = time.monotonic()
-            rates = render.rates(before, status, now - before_at) if before else {}
-            lines = render.status_lines(status, rates)
+            if by:
+                lines = render.top_lines(status)
+            else:
+                rates = render.rates(before, status, now - before_at) if before else {}
+                lines = render.status_lines(status, rates)
             if tty:
                 sys.stdout.write(CLEAR + _fit(lines))
                 sys.stdout.flush()

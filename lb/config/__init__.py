@@ -26,6 +26,7 @@ from lb.config import acls, auth, global_, ha, limits, listeners, logs, pools
 from lb.config.acls import KEYS as ACL_KEYS
 from lb.config.acls import Access, Acl, access_rules
 from lb.config.global_ import KEYS as GLOBAL_KEYS
+from lb.config.global_ import METRICS_KEYS as GLOBAL_METRICS_KEYS
 from lb.config.global_ import MAX_WORKERS, GlobalSettings
 from lb.config.ha import HaSettings, Vip
 from lb.config.headers import HEADER_RULE_KEYS, MANAGED_HEADERS, HeaderRules
@@ -81,6 +82,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "GLOBAL_KEYS",
+    "GLOBAL_METRICS_KEYS",
     "GLOBAL_TLS_KEYS",
     "GlobalSettings",
     "HaSettings",

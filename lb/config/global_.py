@@ -8,7 +8,7 @@ import os
 
 from lb.config import tls as tls_section
 from lb.config.tls import TicketSettings
-from lb.config.values import ConfigError, Context, Table, check_absolute_path, parse_size
+from lb.config.values import BindAddr, ConfigError, Context, Table, check_absolute_path, parse_bind, parse_size
 
 MAX_WORKERS = 64
 UNIX_PATH_MAX = 107  # sun_path is char[108], NUL included
@@ -16,7 +16,11 @@ SPLICE_MODES = ("auto", "always", "never")
 
 NAMED = False
 KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice", "max_worker_rss", "tls",
-        "log_ring", "max_connections")
+        "log_ring", "max_connections", "metrics")
+METRICS_KEYS = ("bind", "backend_histograms")
+# lb_backend_*_duration_seconds: which histograms each backend exports. A
+# histogram is 17 series a backend; the response one is the contract's.
+BACKEND_HISTOGRAMS = ("response", "connect", "first_byte")
 # Records in each worker's access-log ring (1 KiB each): room for a burst while
 # the logger process is not scheduled; full, a record is dropped and counted.
 DEFAULT_LOG_RING = 8192
@@ -38,6 +42,10 @@ class GlobalSettings:
     tls: TicketSettings = TicketSettings()  # [global.tls]: TLS session resumption, shared by every listener
     log_ring: int = DEFAULT_LOG_RING  # records per worker's access-log ring, a power of two
     max_connections: int = 0  # client connections open at once, all workers and listeners; 0 = no limit
+    # [global.metrics] bind: where the supervisor serves /metrics, /stats and
+    # /stats.json (lb/metrics.py); None: nowhere
+    metrics_bind: BindAddr | None = None
+    metrics_backend_histograms: tuple[str, ...] = ("response",)
     # Whether user or group is written in the file. When started as root, a
     # missing account is an error if it was named, and only a warning (lb keeps
     # running as root) for the default "lb" the packages create.
@@ -75,6 +83,8 @@ def parse(t: Table, ctx: Context) -> GlobalSettings:
         tls=tls_section.parse_global(t.table("tls", tls_section.GLOBAL_KEYS)),
         log_ring=_log_ring(t),
         max_connections=t.integer("max_connections", 0, 0, MAX_CONNECTIONS),
+        metrics_bind=_metrics_bind(t.table("metrics", METRICS_KEYS)),
+        metrics_backend_histograms=_backend_histograms(t.table("metrics", METRICS_KEYS)),
         account_explicit=t.has("user") or t.has("group"),
     )
 
@@ -84,6 +94,21 @@ def _log_ring(t: Table) -> int:
     if n & (n - 1):
         raise ConfigError(t.path_of("log_ring"), f"{n} is not a power of two (e.g. 4096, 8192, 16384)")
     return n
+
+
+def _metrics_bind(t: Table) -> BindAddr | None:
+    bind = t.string("bind", "")
+    return parse_bind(bind, t.path_of("bind")) if bind else None
+
+
+def _backend_histograms(t: Table) -> tuple[str, ...]:
+    value = t.get("backend_histograms", ["response"], "a list of strings",
+                  lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
+    for i, name in enumerate(value):
+        if name not in BACKEND_HISTOGRAMS:
+            raise ConfigError(f"{t.path_of('backend_histograms')}[{i}]",
+                              f"{name!r} is not one of {', '.join(BACKEND_HISTOGRAMS)}")
+    return tuple(dict.fromkeys(value))
 
 
 def _nonempty(t: Table, key: str, default: str) -> str:

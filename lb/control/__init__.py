@@ -14,6 +14,8 @@ from lb.control import acl, backend, cert, control, key, limits, logs, node, poo
 VERBS = {
     "hello": status.hello,
     "status": status.status,
+    "stats": status.stats,
+    "top": status.top,
     "pool.list": pool.list_pools,
     "pool.show": pool.show,
     "pool.fingerprint": pool.fingerprint,

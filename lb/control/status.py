@@ -9,7 +9,7 @@ import time
 import psutil
 
 from lb import __version__
-from lb.admin import PROTOCOL
+from lb.admin import PROTOCOL, AdminError
 from lb.checker import describe
 from lb.control import acl
 from lb.control import key
@@ -25,10 +25,35 @@ def status(sup, args: dict) -> dict:
     return document(sup)
 
 
+def stats(sup, args: dict) -> dict:
+    """Traffic per listener, route, pool and backend: totals, rates and the
+    last minute's percentiles (lb.metrics.stats_document)."""
+    from lb import metrics
+
+    return metrics.stats_document(sup)
+
+
+def top(sup, args: dict) -> dict:
+    """The heaviest clients, paths or statuses of the last minute or so
+    (lb.metrics.top_document)."""
+    from lb import metrics
+
+    by = args.get("by", "client")
+    n = args.get("n", 20)
+    if by not in ("client", "path", "status"):
+        raise AdminError("invalid", f"by: client, path or status, not {by!r}")
+    if not isinstance(n, int) or not 1 <= n <= 1000:
+        raise AdminError("invalid", "n: an integer 1..1000")
+    return metrics.top_document(sup, by, n)
+
+
 def document(sup) -> dict:
     """The status document (docs/admin.md): listeners, pools and backends of
     the generation in force, workers of every generation still running."""
+    from lb import metrics
+
     gen = sup.gen
+    latency = metrics.latencies(sup)
     pools = {}
     for pi, (pname, pool) in enumerate(gen.config.pools.items()):
         backends = {}
@@ -41,6 +66,8 @@ def document(sup) -> dict:
                           if pool.health.type != "none" else None)
             b["down_reason"] = (describe(b["down_reason"], b["last_status"], b["last_errno"], b["last_latency_us"])
                                 if b["health"] == "down" else None)
+            # the last minute's response times (lb top)
+            b["p50_ms"], b["p99_ms"] = latency.get((pname, name), (None, None))
             backends[name] = b
         pools[pname] = {"algorithm": pool.algorithm, "backends": backends,
                         "empty_because": empty_because(backends)}

@@ -159,6 +159,9 @@ cdef void hc_result(hc_loop *L, hc_target *t, uint32_t result, uint32_t status, 
         t.buf = NULL
     t.state = HS_IDLE
     lb_add_u64(&L.hdr.checks_total, 1)
+    lb_add_u64(&b.checks, 1)
+    if result != REASON_NONE:
+        lb_add_u64(&b.checks_failed, 1)
     b.last_result = result
     b.last_status = status
     b.last_errno = err
@@ -459,6 +462,7 @@ cdef void hc_passive(hc_loop *L) noexcept nogil:
                     eject_ms = hp.eject_ms << (b.eject_count if b.eject_count < HC_EJECT_DOUBLINGS else HC_EJECT_DOUBLINGS)
                     if b.eject_count < 255:
                         b.eject_count += 1
+                    lb_add_u64(&b.ejections, 1)
                     lb_store_u64(&b.eject_until_ms, L.now_ms + eject_ms)
                     b.last_result = REASON_PASSIVE
                     hc_set_health(L, t, HEALTH_DOWN, REASON_PASSIVE)

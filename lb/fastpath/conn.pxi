@@ -357,6 +357,7 @@ cdef void conn_close(lb_worker *w, lb_conn *c, bint reset) noexcept nogil:
     c.state = CS_CLOSED
     c.next = w.closed
     w.closed = c
+    met_conn_closed(w, c)
     conn_count_closed(w, c)
 
 

@@ -99,6 +99,7 @@ cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
     h.c.next = w.closed
     w.closed = &h.c
     if h.h2role != H2_STREAM:         # a stream is a request, not a client connection
+        met_conn_closed(w, &h.c)
         conn_count_closed(w, &h.c)
 
 
@@ -298,6 +299,7 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     log_exchange_start(w, h, r, b)
     w.http.id_len = 0                # no API-key identity until this request's auth step finds one
     h.cut_len = 0
+    top_path(w, b + r.target_off, r.target_len)
     rc = phase_request(w, h, r, b)
     if rc != STEP_CONTINUE:
         if rc == STEP_PARKED:

@@ -29,6 +29,7 @@ cdef void http_on_accept(lb_worker *w, int li) noexcept nogil:
         h_set_ip(h)
         h.st = HS_PROXY
         tl_append(&l.http.req_timer, &h.tphase, w.now_ms, h)
+        met_conn_open(w, &h.c)
         if not accept_register(w, &h.c, fd, <uint64_t><size_t>h | TAG_SIGNAL):
             h_close(w, h, True)
         elif l.http.accept_proxy:

@@ -14,8 +14,8 @@
 #                                                   rules, authentication, rate limits, body
 #                                                   limit, cache lookup, split, header rules
 #   response  http, on each final response head     cache store, header rules
-#   end       once per http exchange and per tcp    requests in flight given back (limits),
-#             connection, however it ended          the record for logs and metrics
+#   end       once per http exchange and per tcp    metrics, requests in flight given back
+#             connection, however it ended          (limits), the record for logs
 #
 # The tables below are the one order of each phase. A step joins a listener's
 # phase only when that listener's config asks for its feature (the predicate
@@ -99,6 +99,7 @@ RESPONSE_STEPS = (
     ("response_headers", <size_t><void *>step_response_headers, wants_response_headers),
 )
 END_STEPS = (
+    ("metrics", <size_t><void *>step_metrics, wants_metrics),
     ("limits_release", <size_t><void *>step_limits_release, wants_limits_release),
     ("log", <size_t><void *>step_log, wants_log),
 )

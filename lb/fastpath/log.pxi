@@ -32,8 +32,9 @@ cdef inline void log_clock(lb_worker *w) noexcept nogil:
 
 
 cdef inline void log_conn_start(lb_worker *w, lb_conn *c) noexcept nogil:
-    """At accept: whether this connection's listener logs, and its start."""
-    c.lg.on = w.listeners[c.listener].log_on
+    """At accept: whether this connection's timings are kept (its listener
+    logs, or metrics count), and its start."""
+    c.lg.on = w.listeners[c.listener].log_on or w.metrics != NULL
     if c.lg.on:
         c.lg.t_start = w.now_us
 
@@ -148,8 +149,8 @@ cdef void log_exchange_start(lb_worker *w, lb_hconn *h, http_req *r, const uint8
             h.c.lg.t_start = w.now_us    # a pipelined request: it starts now
         h.c.lg.t_request = w.now_us
         h.c.lg.bytes_in += r.head_len
-    if not h.c.lg.on and l.rid_name.n == 0:
-        return
+    if not w.listeners[h.c.listener].log_on and l.rid_name.n == 0:
+        return                       # metrics alone need no strings
     if h.lrec == NULL:
         h.lrec = log_rec_take(w)
         if h.lrec == NULL:
@@ -242,7 +243,7 @@ cdef void step_log(lb_worker *w, lb_conn *c) noexcept nogil:
     cdef uint64_t head, now, start, rnd
     cdef uint8_t flags = 0
     cdef int32_t slot
-    if ring == NULL or not c.lg.on:
+    if ring == NULL or not l.log_on:
         return
     if c.kind == KIND_HTTP:
         h = <lb_hconn *>c

@@ -58,6 +58,7 @@ cdef void on_accept(lb_worker *w, int li) noexcept nogil:
         c.pool = l.pool
         log_conn_start(w, c)
         c.state = CS_CONNECTING
+        met_conn_open(w, c)
         if not accept_register(w, c, fd, <uint64_t><size_t>c | SIDE_CLIENT):
             conn_close(w, c, True)
             continue
@@ -212,7 +213,7 @@ cdef int worker_loop(lb_worker *w) noexcept nogil:
     while True:
         n = epoll_wait(w.epfd, events, MAX_EVENTS, next_timeout(w))
         w.now_ms = now_ms()
-        if w.log_ring != NULL:
+        if w.log_ring != NULL or w.metrics != NULL:
             log_clock(w)
         lb_store_u64(&w.stats.heartbeat_ms, w.now_ms)
         if n < 0 and errno != EINTR:
@@ -345,6 +346,8 @@ cdef class Worker:
         worker_attach(w, shm, row, int.from_bytes(_os.urandom(8), "little"))
         tickets_attach(shm)
         log_worker_init(w, shm, row)
+        metrics_worker_init(w, shm, row)
+        top_worker_init(w, shm, row)
         w.splice_mode = _SPLICE_MODES[splice]
         w.drain_timeout_ms = <uint64_t>(drain_timeout * 1000)
         # the fds this worker may use for connections and pipes
@@ -403,6 +406,7 @@ cdef class Worker:
             if l.cfg_index >= w.n_cfg_listeners:
                 raise ValueError(f"listener index {l.cfg_index} beyond the region's {w.n_cfg_listeners}")
             l.max_conns = getattr(listener, "max_connections", 0)
+            metrics_listener_init(w, l, shm, len(listener.routes))
             phases_init(&l.phases, listener)
             if listener.mode == "http":
                 http_listener_init(l, listener, pool_index, acl_index, limit_index, auth_index)

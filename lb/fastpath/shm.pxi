@@ -57,10 +57,12 @@ cdef inline uint64_t _line(uint64_t n) noexcept nogil:
 # decision counters: each allow or deny entry and each default).
 
 # (and log_records: the records of each worker's access-log ring, 0 for none;
-# limits: (capacity, concurrent) of each rate limit table; listeners: the config's listeners)
+# limits: (capacity, concurrent) of each rate limit table; listeners: the
+# config's listeners; routes: all their routes (the metrics' entities beside
+# pools and slots))
 Dimensions = _collections.namedtuple("Dimensions",
-                                     "pools slots rows tables acls rules log_records limits auths listeners",
-                                     defaults=((), 0, 1))
+                                     "pools slots rows tables acls rules log_records limits auths listeners routes",
+                                     defaults=((), 0, 1, 0))
 
 
 cdef class _Resident:
@@ -143,6 +145,11 @@ REGIONS = (
      lambda d: d.rows * max(1, d.auths) * sizeof(shm_auth_stats)),
     ("listener_stats", "each worker, its own row of every listener's counters (max_connections sums them)",
      lambda d: d.rows * max(1, d.listeners) * sizeof(shm_listener_stats)),
+    ("metrics", "each worker, its own row of every listener's, route's, pool's and backend's counters "
+     "and histograms; the supervisor, the carried row (fastpath/metrics.pxi)",
+     lambda d: metrics_region_size(d)),
+    ("top_talkers", "each worker, its own row of top-talker sketches (fastpath/top.pxi)",
+     lambda d: d.rows * sizeof(shm_top_row)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
@@ -180,7 +187,7 @@ cdef class Shm:
 
     @staticmethod
     def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0,
-               limits=(), auths=(), uint32_t n_listeners=1):
+               limits=(), auths=(), uint32_t n_listeners=1, listener_routes=()):
         """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
         balance_factor); table_size counts only for maglev, hash_key is a config
         hash_key string (keys the tcp path cannot compute, and every key of a
@@ -191,7 +198,9 @@ cdef class Shm:
         (0: no access logs). limits: the rate limit tables, each a dict
         (limits_spec in limits.pxi), in config order. auths: the names of the
         API-key auths, in config order (their tables start empty: auth_publish
-        fills them). n_listeners: the config's listeners (their counters)."""
+        fills them). n_listeners: the config's listeners (their counters).
+        listener_routes: the routes of each listener, in config order (the
+        metrics' entities)."""
         if log_records & (log_records - 1):
             raise ValueError(f"log ring size {log_records} is not a power of two")
         for spec in pools:
@@ -201,7 +210,8 @@ cdef class Shm:
                           tables=[spec[3] for spec in pools if spec[2] == "maglev"], acls=len(acls),
                           rules=n_rules, log_records=log_records,
                           limits=tuple((spec["capacity"], spec["concurrent"]) for spec in limits),
-                          auths=len(auths), listeners=max(1, n_listeners))
+                          auths=len(auths), listeners=max(1, n_listeners, len(listener_routes)),
+                          routes=sum(listener_routes))
         layout = []
         cdef uint64_t total = _line(sizeof(shm_header))
         for name, _, size_of in REGIONS:
@@ -238,6 +248,7 @@ cdef class Shm:
         self._limits_init(limits, n_rows)
         self._auths_init(auths)
         (<shm_log_head *>self.region_addr("log_rings")).n_records = log_records
+        metrics_init(self, listener_routes)
         cdef uint32_t first = 0
         cdef uint64_t table_off = <uint64_t><size_t>(self.region_addr("maglev_tables") - self.base)
         cdef shm_pool *p
@@ -826,6 +837,45 @@ cdef class Shm:
                                               lb_load_u64(&s.consecutive_failures))
         return out
 
+    def backend_columns(self, uint32_t pool, indices, uint64_t now_ms):
+        """What the metrics endpoint shows of many backends of a pool, one list
+        per field (a dict per backend costs more than the scrape's text):
+        up, admin (ADMIN_*), eff_weight, ejected, check_ok, check_us, and the
+        active, connect_errors and connect_timeouts summed over the rows."""
+        cdef shm_pool *p = self._pool(pool)
+        cdef shm_backend *b
+        cdef shm_backend_stats *st
+        cdef uint32_t idx, row
+        cdef int64_t active
+        cdef uint64_t errs, touts
+        cols = {k: [] for k in ("up", "admin", "eff_weight", "ejected", "check_ok", "check_us", "active",
+                                "connect_errors", "connect_timeouts", "checks", "checks_failed", "ejections")}
+        for i in indices:
+            idx = i
+            if idx >= p.capacity:
+                raise IndexError(f"backend index {idx} beyond pool capacity {p.capacity}")
+            b = self.backends + p.first_slot + idx
+            cols["up"].append(1 if lb_load_u8(&b.health) == HEALTH_UP else 0)
+            cols["admin"].append(lb_load_u8(&b.admin))
+            cols["eff_weight"].append(lb_load_u32(&b.eff_weight))
+            cols["ejected"].append(1 if lb_load_u8(&b.health) == HEALTH_DOWN and lb_load_u64(&b.eject_until_ms) > now_ms else 0)
+            cols["check_ok"].append(1 if b.last_result == 0 else 0)
+            cols["check_us"].append(b.last_latency_us)
+            cols["checks"].append(lb_load_u64(&b.checks))
+            cols["checks_failed"].append(lb_load_u64(&b.checks_failed))
+            cols["ejections"].append(lb_load_u64(&b.ejections))
+            active = 0
+            errs = touts = 0
+            for row in range(self.hdr.n_rows):
+                st = self._bstats(row, p.first_slot + idx)
+                active += lb_load_i64(&st.active)
+                errs += lb_load_u64(&st.connect_errors)
+                touts += lb_load_u64(&st.connect_timeouts)
+            cols["active"].append(max(0, active))
+            cols["connect_errors"].append(errs)
+            cols["connect_timeouts"].append(touts)
+        return cols
+
     def worker_stats(self, uint32_t row):
         cdef shm_worker_stats *s = self._wstats(row)
         return {
@@ -903,6 +953,84 @@ cdef class Shm:
         cdef uint32_t req = lh.reopen_req + 1
         lb_release_u32(&lh.reopen_req, req)
         return req
+
+    # -- metrics (writer of the rows: each worker; of the carried row: the supervisor) --
+    def metrics_layout(self):
+        """The entities: (listeners, routes, pools, slots) counts, and each
+        listener's first route entity."""
+        cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
+        cdef uint32_t *route_base = <uint32_t *>(<char *>mh + sizeof(shm_metrics_head))
+        return {"listeners": mh.n_listeners, "routes": mh.n_routes, "pools": mh.n_pools, "slots": mh.n_slots,
+                "route_base": [route_base[i] for i in range(mh.n_listeners)]}
+
+    def metrics_totals(self, rows=None):
+        """Every entity's counters summed over the worker rows (rows: which;
+        default all): METRIC_WORDS native uint64 words per entity, entities in
+        layout order. Only the backend slots a pool ever used are read: a
+        page of the region nobody wrote stays unallocated (tmpfs allocates a
+        page on a read, too), and the rows to skip are the caller's to know
+        (spare rows no worker ever had)."""
+        cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
+        cdef uint64_t n = <uint64_t>mh.n_entities * MET_WORDS
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, n * sizeof(uint64_t))
+        cdef uint64_t *dst = <uint64_t *>PyBytes_AS_STRING(out)
+        cdef const uint64_t *src = <const uint64_t *>(<char *>mh + metrics_entities_off(mh.n_listeners))
+        cdef uint64_t i, lo, hi, r, slot_base = <uint64_t>mh.n_listeners + mh.n_routes + mh.n_pools
+        cdef uint32_t k, n_rows, p
+        cdef uint64_t *ranges
+        row_list = list(range(self.hdr.n_rows)) if rows is None else list(rows)
+        for r in row_list:
+            if r >= self.hdr.n_rows:
+                raise IndexError(f"row {r} out of range")
+        # [lo, hi) word ranges: listeners, routes and pools, then each pool's used slots
+        ranges = <uint64_t *>malloc((2 + 2 * mh.n_pools) * sizeof(uint64_t))
+        cdef uint32_t *row_ids = <uint32_t *>malloc(max(1, len(row_list)) * sizeof(uint32_t))
+        if ranges == NULL or row_ids == NULL:
+            free(ranges)
+            free(row_ids)
+            raise MemoryError()
+        n_rows = len(row_list)
+        for k in range(n_rows):
+            row_ids[k] = row_list[k]
+        ranges[0] = 0
+        ranges[1] = slot_base * MET_WORDS
+        for p in range(mh.n_pools):
+            ranges[2 + 2 * p] = (slot_base + self.pools[p].first_slot) * MET_WORDS
+            ranges[3 + 2 * p] = (slot_base + self.pools[p].first_slot + lb_load_u32(&self.pools[p].n_slots)) * MET_WORDS
+        with nogil:
+            memset(dst, 0, n * sizeof(uint64_t))
+            for k in range(n_rows):
+                for p in range(1 + mh.n_pools):
+                    lo = ranges[2 * p]
+                    hi = ranges[2 * p + 1]
+                    for i in range(lo, hi):
+                        dst[i] += lb_load_u64(<uint64_t *>&src[<uint64_t>row_ids[k] * n + i])
+        free(ranges)
+        free(row_ids)
+        return out
+
+    def metrics_active(self, uint32_t entity):
+        """A listener's client connections open now, summed over the rows."""
+        cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
+        cdef shm_metrics *m = <shm_metrics *>(<char *>mh + metrics_entities_off(mh.n_listeners))
+        cdef int64_t total = 0
+        if entity >= mh.n_entities:
+            raise IndexError(f"entity {entity} out of range")
+        for row in range(self.hdr.n_rows):
+            total += lb_load_i64(&m[<uint64_t>row * mh.n_entities + entity].active)
+        return max(0, total)
+
+    def metrics_add(self, uint32_t row, uint32_t entity, const uint64_t[:] words):
+        """Add counts (an older generation's, or a dead worker's) to an entity
+        of a row no worker writes."""
+        cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
+        if row >= self.hdr.n_rows or entity >= mh.n_entities or words.shape[0] != MET_WORDS:
+            raise IndexError(f"row {row}, entity {entity} or {words.shape[0]} words out of range")
+        cdef uint64_t *dst = <uint64_t *>(<char *>mh + metrics_entities_off(mh.n_listeners)) + (
+            <uint64_t>row * mh.n_entities + entity) * MET_WORDS
+        cdef uint32_t i
+        for i in range(MET_WORDS):
+            lb_add_u64(&dst[i], words[i])
 
     def pool_active(self, uint32_t pool):
         """Active connections of a pool, summed over every worker row."""
@@ -1014,6 +1142,10 @@ cdef class Shm:
         b.last_result = o.last_result
         lb_store_u64(&b.up_since_ms, lb_load_u64(&o.up_since_ms))
         lb_store_u64(&b.eject_until_ms, lb_load_u64(&o.eject_until_ms))
+        # counters: the checker of the new region goes on from them
+        lb_store_u64(&b.checks, lb_load_u64(&o.checks))
+        lb_store_u64(&b.checks_failed, lb_load_u64(&o.checks_failed))
+        lb_store_u64(&b.ejections, lb_load_u64(&o.ejections))
         lb_store_u8(&b.health, lb_load_u8(&o.health))
         self._bump(self._pool(pool))
 
@@ -1043,5 +1175,9 @@ cdef class Shm:
         cdef shm_pool_stats *ps = self.pstats
         for pool in range(self.hdr.n_pools):
             lb_store_i64(&ps[<uint64_t>row * self.hdr.n_pools + pool].active, 0)
+        cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
+        cdef shm_metrics *m = <shm_metrics *>(<char *>mh + metrics_entities_off(mh.n_listeners))
+        for li in range(mh.n_listeners):
+            lb_store_i64(&m[<uint64_t>row * mh.n_entities + li].active, 0)
         for li in range(self.hdr.n_listeners):
             lb_store_i64(&self.lstats[<uint64_t>row * self.hdr.n_listeners + li].active, 0)
