@@ -281,6 +281,7 @@ def render_chunks(sup, openmetrics: bool = False) -> list[bytes]:
                      hists=config.global_.metrics_backend_histograms)
     _backend_state(text, gen, blabels, binfo)
     _acl_rules(text, gen)
+    _gateway_rules(text, gen)
     return text.chunks()
 
 
@@ -329,6 +330,28 @@ def _backend_state(text: Text, gen, blabels: list[bytes], binfo: list[tuple]) ->
                              b'result="failed"'))
         name = text.family("lb_backend_check_duration_seconds", "gauge", "How long the last health check took")
         text.add(render_list(name, clabels, [v for v, c in zip(cols["check_us"], checked) if c], micro=True))
+
+
+def _gateway_rules(text: Text, gen) -> None:
+    """Rate limits' and authentications' decisions, carried over reloads as
+    lb status shows them."""
+    from lb.control import key, limits
+
+    rows = limits.status(gen)
+    if rows:
+        name = text.family("lb_limit_decisions_total", "counter",
+                           "A rate or concurrency limit's decisions (refused_*: answered 429, or closed at "
+                           "accept on tcp listeners)")
+        for row in rows:
+            for decision, count in row["counts"].items():
+                text.line(name, _labels(limit=row["name"], decision=decision), count)
+    rows = key.status(gen)
+    if rows:
+        name = text.family("lb_auth_decisions_total", "counter",
+                           "An authentication's results (missing, invalid: answered 401)")
+        for row in rows:
+            for result, count in row["counts"].items():
+                text.line(name, _labels(auth=row["name"], type=row["type"], result=result), count)
 
 
 def _acl_rules(text: Text, gen) -> None:

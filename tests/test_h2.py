@@ -413,7 +413,9 @@ def test_basic_auth_and_rate_limits_per_stream(run_lb, origin, tmp_path):
         """)
     extra = (f'[auth.staff]\ntype = "basic"\nhtpasswd = "{tmp_path / "htpasswd"}"\n\n'
              '[limits.three]\nkey = "source_ip"\nrate = "3/1m"\nburst = 2\n')  # GCRA: 3 at once
-    run_lb(lb_toml(listener, pool_toml("p", [("o", origin.address)]), extra))
+    mport = free_port()
+    run_lb(lb_toml(listener, pool_toml("p", [("o", origin.address)]), extra,
+                   global_extra=f'[global.metrics]\nbind = "127.0.0.1:{mport}"'))
 
     def creds(user, pw):
         return [("authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())]
@@ -430,3 +432,14 @@ def test_basic_auth_and_rate_limits_per_stream(run_lb, origin, tmp_path):
         assert statuses == [200, 200, 200, 429, 429]
         refused = next(c.responses[s] for s in limited if c.responses[s].status == 429)
         assert int(refused.header("retry-after")) > 0
+    # the same decisions in the metrics, and every stream counted as a request
+    from prometheus_client.parser import text_string_to_metric_families
+    import urllib.request
+    scrape = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=10).read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(scrape) for s in f.samples}
+    assert samples[("lb_limit_decisions_total", (("decision", "admitted"), ("limit", "three")))] == 3
+    assert samples[("lb_limit_decisions_total", (("decision", "refused_rate"), ("limit", "three")))] == 2
+    assert samples[("lb_auth_decisions_total", (("auth", "staff"), ("result", "invalid"), ("type", "basic")))] == 1
+    assert sum(v for (name, labels), v in samples.items()
+               if name == "lb_listener_requests_total" and ("listener", "h2") in labels) == 9
