@@ -40,6 +40,16 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
+def process_gone(pid: int) -> bool:
+    """The process has ended: reaped, or a zombie its parent has not reaped
+    yet. (pid_exists followed by Process would race that reaping: the parent
+    can reap it between the two calls.)"""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.01):
     """Poll a condition that has no event to wait on (another process's state)."""
     deadline = time.monotonic() + timeout
@@ -183,7 +193,7 @@ class LbProcess:
     def all_workers_running(self) -> bool:
         for row in range(self.n_workers):
             pid = self.worker_pid(row)
-            if not pid or not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            if not pid or process_gone(pid):
                 return False
         return True
 

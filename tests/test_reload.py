@@ -11,7 +11,7 @@ import sys
 import psutil
 
 from backend_server import TRANSFORM
-from conftest import free_port, lb_config, wait_for
+from conftest import free_port, lb_config, process_gone, wait_for
 
 
 def lb_cli(lb, *args) -> subprocess.CompletedProcess:
@@ -91,6 +91,5 @@ def test_memory_guard_replaces_a_worker_without_dropping_its_connections(backend
     for _ in range(20):
         assert echo_once(port) == b"x".translate(TRANSFORM)
     held.close()
-    wait_for(lambda: not psutil.pid_exists(first) or psutil.Process(first).status() == psutil.STATUS_ZOMBIE,
-             10, "the old worker to finish draining")
+    wait_for(lambda: process_gone(first), 10, "the old worker to finish draining")
     assert "over max_worker_rss" in lb.log()
