@@ -133,11 +133,7 @@ def carry_over(old, new) -> None:
 
 
 def fold_drained(old, new) -> None:
-    for i, name in enumerate(new.config.auth):
-        before = old.auth_handed_over.get(name)
-        if before is None or name not in old.config.auth:
-            continue
-        after = old.shm.auth_counts(list(old.config.auth).index(name))
-        delta = {k: after[k] - before[k] for k in after if after[k] > before[k]}
-        if delta:
-            new.shm.add_carried_auth(new.carried_row, i, delta)
+    from lb.control.limits import fold_counts
+
+    fold_counts(list(new.config.auth), list(old.config.auth), old.auth_handed_over, old.shm.auth_counts,
+                lambda i, delta: new.shm.add_carried_auth(new.carried_row, i, delta))

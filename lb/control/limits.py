@@ -119,13 +119,21 @@ def carry_over(old, new) -> None:
             new.shm.limit_carry(i, old.shm, oi)
 
 
-def fold_drained(old, new) -> None:
-    """What an old generation counted after the reload, into the live one."""
-    for i, name in enumerate(new.config.limits):
-        before = old.limits_handed_over.get(name)
-        if before is None or name not in old.config.limits:
+def fold_counts(new_names: list, old_names: list, handed_over: dict, counts_of, add) -> None:
+    """What an old generation counted after the reload (beyond what it handed
+    over), added to the live generation's entry of the same name: add(i, delta).
+    Shared by the limits' and the auths' counts."""
+    for i, name in enumerate(new_names):
+        before = handed_over.get(name)
+        if before is None or name not in old_names:
             continue
-        after = old.shm.limit_counts(list(old.config.limits).index(name))
+        after = counts_of(old_names.index(name))
         delta = {k: after[k] - before[k] for k in after if after[k] > before[k]}
         if delta:
-            new.shm.add_carried_limit(new.carried_row, i, delta)
+            add(i, delta)
+
+
+def fold_drained(old, new) -> None:
+    """What an old generation counted after the reload, into the live one."""
+    fold_counts(list(new.config.limits), list(old.config.limits), old.limits_handed_over, old.shm.limit_counts,
+                lambda i, delta: new.shm.add_carried_limit(new.carried_row, i, delta))
