@@ -951,6 +951,22 @@ def _cpu_seconds(p: psutil.Process) -> float | None:
     return t.user + t.system
 
 
+def _kernel_seconds(p: psutil.Process) -> float | None:
+    try:
+        return p.cpu_times().system
+    except psutil.Error:
+        return None
+
+
+def _ctx_switches(p: psutil.Process) -> int | None:
+    """Voluntary (a wait: epoll_wait found nothing) plus involuntary (preempted)."""
+    try:
+        c = p.num_ctx_switches()
+    except psutil.Error:
+        return None
+    return c.voluntary + c.involuntary
+
+
 def _num_fds(p: psutil.Process) -> int:
     try:
         return p.num_fds()
@@ -1051,7 +1067,9 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
 
     cpu_us_req is the CPU (user + system) of the target's whole process
     tree per request wrk completed, in microseconds; cpu_pct is the busiest
-    process of the target (its data-plane worker); other_cpu_pct is what the
+    process of the target (its data-plane worker); sys_us_req is the kernel's
+    part of cpu_us_req and ctxsw_req the tree's context switches per request
+    (waits and preemptions); other_cpu_pct is what the
     host spent outside wrk, the target and the origin during the run:
     anything well above zero means a noisy machine.
     """
@@ -1084,6 +1102,8 @@ def _measure_run(ctx: "Context", target: Target, run) -> dict:
     accepts0 = ctx.origin.accepts()
     tls0 = target.tls_counters()
     cpu0 = {pid: _cpu_seconds(p) for pid, p in tree.items()}
+    sys0 = {pid: _kernel_seconds(p) for pid, p in own.items()}
+    csw0 = {pid: _ctx_switches(p) for pid, p in own.items()}
     host0, wrk0 = _host_busy_seconds(), _children_cpu_seconds()
     t0 = time.monotonic()
     result = run()
@@ -1105,6 +1125,19 @@ def _measure_run(ctx: "Context", target: Target, run) -> dict:
     # cores were shared with wrk and the origin during the run.
     own_used = [used[pid] for pid in own if pid in used]
     result["cpu_us_req"] = 1e6 * sum(own_used) / result["requests"] if own_used else None
+    # Where that cost is: the kernel's share (on loopback, a send also pays
+    # for the peer's receive path and its wake-up) and how often the proxy
+    # was switched out, to wait (epoll_wait found nothing) or preempted.
+    result["sys_us_req"] = result["ctxsw_req"] = None
+    if own_used:
+        sys1 = {pid: _kernel_seconds(p) for pid, p in own.items()}
+        csw1 = {pid: _ctx_switches(p) for pid, p in own.items()}
+        sys_used = [sys1[pid] - sys0[pid] for pid in own if sys0[pid] is not None and sys1[pid] is not None]
+        csw_used = [csw1[pid] - csw0[pid] for pid in own if csw0[pid] is not None and csw1[pid] is not None]
+        if sys_used:
+            result["sys_us_req"] = 1e6 * sum(sys_used) / result["requests"]
+        if csw_used:
+            result["ctxsw_req"] = sum(csw_used) / result["requests"]
     result["cpu_pct"] = result["rss_mib"] = None
     busiest = max((p for p in procs if p.pid in used), key=lambda p: used[p.pid], default=None)
     if busiest is not None:
@@ -1438,6 +1471,8 @@ WRK_METRICS = (CPU_US_REQ_METRIC, REQ_S_METRIC, P99_METRIC)
 GBPS_METRIC = Metric("gbps", "GB/s", ".3f", "higher")
 WRK_GBPS_METRICS = (CPU_US_REQ_METRIC, REQ_S_METRIC, GBPS_METRIC, P99_METRIC)   # bulk scenarios
 WRK_EXTRA_METRICS = (
+    Metric("sys_us_req", "sys us/req", ",.1f"),
+    Metric("ctxsw_req", "ctxsw/req", ".3f"),
     Metric("cpu_pct", "cpu %", ".0f"),
     Metric("rss_mib", "rss MiB", ".1f"),
     Metric("origin_cpu_pct", "origin cpu %", ".0f"),

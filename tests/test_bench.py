@@ -57,6 +57,20 @@ def test_bench_reports_cpu_per_request_of_each_proxy(two_rounds):
     assert "cpu_us_req" not in scenario["ratios"]["lb/direct"]
 
 
+def test_bench_splits_cpu_per_request_into_kernel_and_switches(two_rounds):
+    """sys_us_req is the kernel's part of cpu_us_req (a part of it, never
+    more) and ctxsw_req the proxy tree's context switches per request: every
+    proxy sleeps in epoll_wait at some point of a run; direct has neither."""
+    scenario = two_rounds["scenarios"]["tcp_small"]
+    for rd in scenario["rounds"]:
+        for proxy in ("lb", "haproxy", "nginx", "lb-base"):
+            res = rd["results"][proxy]
+            assert 0 < res["sys_us_req"] <= res["cpu_us_req"], (proxy, res)
+            assert res["ctxsw_req"] > 0, (proxy, res)
+        assert rd["results"]["direct"]["sys_us_req"] is None
+        assert rd["results"]["direct"]["ctxsw_req"] is None
+
+
 def test_bench_baseline_runs_another_checkout_as_lb_base(two_rounds):
     meta, scenario = two_rounds["meta"], two_rounds["scenarios"]["tcp_small"]
     assert meta["baseline"]["dir"] == str(ROOT) and meta["versions"]["lb-base"]
