@@ -646,6 +646,19 @@ cdef class Shm:
         a.n_keys[half] = n
         lb_release_u32(&a.gen, a.gen + 1)
 
+    def auth_publish_blob(self, uint32_t i, bytes blob, uint32_t n_keys):
+        """Make blob (a JWT auth's packed keys, lb/config/jwks.py) the keys of
+        auth i: written into the half not in use, then flipped. The workers
+        rebuild their keys at their next token."""
+        cdef shm_auth *a = self._auth(i)
+        cdef uint32_t half = (a.gen + 1) & 1
+        if len(blob) > JWT_BLOB_MAX:
+            raise ValueError(f"at most {JWT_BLOB_MAX} bytes of keys")
+        memcpy(self.base + a.off + <uint64_t>half * AUTH_HALF_SLOTS * sizeof(shm_auth_key), <char *>blob, len(blob))
+        a.n_slots[half] = len(blob)
+        a.n_keys[half] = n_keys
+        lb_release_u32(&a.gen, a.gen + 1)
+
     def auth_lookup(self, uint32_t i, bytes key):
         """The identity of key in auth i as the workers see it, or None."""
         cdef char out[AUTH_ID_MAX]
