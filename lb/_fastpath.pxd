@@ -1065,6 +1065,7 @@ cdef struct lb_jwt_key:               # one key of a JWKS, as a worker built it 
     uint32_t algs                    # bit JA_* of each algorithm the key verifies: its JWKS alg, else its type's
     uint32_t kid_len                 # 0: no kid
     char kid[JWT_KID_MAX]
+    void *vctx[12]                   # per algorithm (JA_*): an EVP_PKEY_CTX ready to verify, made at first use
 
 cdef struct lb_jwt_cache:             # a verified signature (fastpath/auth_jwt.pxi)
     uint8_t sha256[32]               # of the whole token

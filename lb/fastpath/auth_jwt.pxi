@@ -23,15 +23,18 @@
 # lb/config/jwks.py, published by the supervisor, which watches the file): a
 # worker sees the generation move and rebuilds its EVP_PKEYs.
 
-from lb.includes.evp_verify cimport (EVP_MD_CTX, EVP_PKEY_CTX, EVP_sha512, EVP_MD_CTX_new, EVP_MD_CTX_free,
+from lb.includes.evp_verify cimport (EVP_MD_CTX, EVP_PKEY_CTX, EVP_MD_CTX_new, EVP_MD_CTX_free,
                                      EVP_DigestVerifyInit, EVP_DigestVerify, EVP_PKEY_free, EVP_PKEY_get_size,
                                      EVP_PKEY_get_id, EVP_PKEY_ED25519, EVP_PKEY_CTX_set_rsa_padding,
-                                     EVP_PKEY_CTX_set_rsa_pss_saltlen, RSA_PKCS1_PSS_PADDING, d2i_PUBKEY,
-                                     CRYPTO_memcmp)
+                                     EVP_PKEY_CTX_set_rsa_pss_saltlen, RSA_PKCS1_PADDING, RSA_PKCS1_PSS_PADDING,
+                                     d2i_PUBKEY, CRYPTO_memcmp, EVP_MD_fetch, EVP_PKEY_CTX_new, EVP_PKEY_CTX_free,
+                                     EVP_PKEY_verify_init, EVP_PKEY_verify, EVP_PKEY_CTX_set_signature_md)
 from lb.includes.openssl cimport (EVP_PKEY, EVP_MD, EVP_Digest, EVP_sha256, EVP_sha384, EVP_MD_get_size, HMAC,
                                   OPENSSL_cleanse, EVP_PKEY_get_base_id, EVP_PKEY_get_bits, EVP_PKEY_RSA,
                                   EVP_PKEY_EC, ERR_clear_error)
 from lb.includes.time cimport CLOCK_REALTIME as JWT_CLOCK
+
+import time as _time
 
 cdef enum:                           # token algorithms: a key's algs has bit 1 << JA_*
     JA_HS256 = 0
@@ -75,18 +78,48 @@ cdef const char *P384_N = (b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xf
                         b"\xc7\x63\x4d\x81\xf4\x37\x2d\xdf\x58\x1a\x0d\xb2\x48\xb0\xa7\x7a\xec\xec\x19\x6a\xcc\xc5\x29\x73")
 
 
+# SHA-256, -384, -512, fetched once: OpenSSL 3 fetches EVP_sha256() and its
+# kind again at every use, a cost paid per token otherwise
+cdef const EVP_MD *JWT_MDS[3]
+JWT_MDS[0] = EVP_MD_fetch(NULL, b"SHA256", NULL)
+JWT_MDS[1] = EVP_MD_fetch(NULL, b"SHA384", NULL)
+JWT_MDS[2] = EVP_MD_fetch(NULL, b"SHA512", NULL)
+
+
 cdef const EVP_MD *jwt_md(int alg) noexcept nogil:
     if alg == JA_EDDSA:
         return NULL
     if alg == JA_ES256:
-        return EVP_sha256()
+        return JWT_MDS[0]
     if alg == JA_ES384:
-        return EVP_sha384()
-    if alg % 3 == 0:
-        return EVP_sha256()
-    if alg % 3 == 1:
-        return EVP_sha384()
-    return EVP_sha512()
+        return JWT_MDS[1]
+    return JWT_MDS[alg % 3]
+
+
+cdef EVP_PKEY_CTX *jwt_vctx(lb_jwt_key *k, int alg) noexcept nogil:
+    """The key's context for alg, ready for EVP_PKEY_verify of a digest: made
+    once per key and algorithm (making one per token costs several
+    microseconds of provider look-ups)."""
+    cdef EVP_PKEY_CTX *ctx = <EVP_PKEY_CTX *>k.vctx[alg]
+    cdef const EVP_MD *md = jwt_md(alg)
+    cdef bint ok
+    if ctx != NULL:
+        return ctx
+    ctx = EVP_PKEY_CTX_new(k.pkey, NULL)
+    if ctx == NULL:
+        return NULL
+    ok = EVP_PKEY_verify_init(ctx) == 1 and EVP_PKEY_CTX_set_signature_md(ctx, md) > 0
+    if ok and JA_PS256 <= alg <= JA_PS512:
+        # RFC 7518 3.5: MGF1 with the same hash, a salt as long as the hash
+        ok = (EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PSS_PADDING) > 0
+              and EVP_PKEY_CTX_set_rsa_pss_saltlen(ctx, EVP_MD_get_size(md)) > 0)
+    elif ok and JA_RS256 <= alg <= JA_RS512:
+        ok = EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) > 0
+    if not ok:
+        EVP_PKEY_CTX_free(ctx)
+        return NULL
+    k.vctx[alg] = ctx
+    return ctx
 
 
 cdef int der_int(uint8_t *out, const uint8_t *v, uint32_t n) noexcept nogil:
@@ -135,7 +168,7 @@ cdef bint jwt_sig_ok(lb_jwt_key *k, int alg, const uint8_t *msg, uint32_t mlen, 
     cdef uint8_t der[112]
     cdef int dlen
     cdef EVP_MD_CTX *ctx
-    cdef EVP_PKEY_CTX *pctx = NULL
+    cdef EVP_PKEY_CTX *pctx
     cdef bint ok
     if alg <= JA_HS512:
         if k.secret == NULL or HMAC(md, k.secret, <int>k.secret_len, msg, mlen, mac, &maclen) == NULL:
@@ -151,16 +184,18 @@ cdef bint jwt_sig_ok(lb_jwt_key *k, int alg, const uint8_t *msg, uint32_t mlen, 
         slen = <uint32_t>dlen
     elif alg != JA_EDDSA and slen != <uint32_t>EVP_PKEY_get_size(k.pkey):
         return False                 # an RSA signature is exactly the modulus' size
-    ctx = EVP_MD_CTX_new()
-    if ctx == NULL:
-        return False
-    ok = EVP_DigestVerifyInit(ctx, &pctx, md, NULL, k.pkey) == 1
-    if ok and JA_PS256 <= alg <= JA_PS512:
-        # RFC 7518 3.5: MGF1 with the same hash, a salt as long as the hash
-        ok = (EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) > 0
-              and EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, EVP_MD_get_size(md)) > 0)
-    ok = ok and EVP_DigestVerify(ctx, sig, slen, msg, mlen) == 1
-    EVP_MD_CTX_free(ctx)
+    if alg == JA_EDDSA:
+        # Ed25519 signs the message itself: no digest, no reusable context
+        ctx = EVP_MD_CTX_new()
+        if ctx == NULL:
+            return False
+        ok = (EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, k.pkey) == 1
+              and EVP_DigestVerify(ctx, sig, slen, msg, mlen) == 1)
+        EVP_MD_CTX_free(ctx)
+    else:
+        pctx = jwt_vctx(k, alg)
+        ok = (pctx != NULL and EVP_Digest(msg, mlen, mac, &maclen, md, NULL) == 1
+              and EVP_PKEY_verify(pctx, sig, slen, mac, maclen) == 1)
     if not ok:
         ERR_clear_error()            # a TLS connection of this thread reads the error queue next
     return ok
@@ -169,8 +204,11 @@ cdef bint jwt_sig_ok(lb_jwt_key *k, int alg, const uint8_t *msg, uint32_t mlen, 
 # ---- keys --------------------------------------------------------------------------------------
 
 cdef void jwt_keys_free(lb_jwt_rt *jr) noexcept nogil:
-    cdef uint32_t i
+    cdef uint32_t i, a
     for i in range(jr.n_keys):
+        for a in range(JA_COUNT):
+            if jr.keys[i].vctx[a] != NULL:
+                EVP_PKEY_CTX_free(<EVP_PKEY_CTX *>jr.keys[i].vctx[a])
         if jr.keys[i].pkey != NULL:
             EVP_PKEY_free(jr.keys[i].pkey)
         if jr.keys[i].secret != NULL:
@@ -269,10 +307,11 @@ cdef inline double wall_seconds() noexcept nogil:
     return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
 
 
-cdef bint claim_number(const uint8_t *p, uint32_t n, const char *name, bint *present, double *v) noexcept nogil:
+cdef bint claim_number(const json_top *top, const uint8_t *p, const char *name, bint *present,
+                       double *v) noexcept nogil:
     """False when the claim is there but not a number."""
     cdef uint32_t off = 0, ln = 0
-    present[0] = json_member(p, n, name, <uint32_t>strlen(name), &off, &ln)
+    present[0] = json_top_find(top, p, name, <uint32_t>strlen(name), &off, &ln)
     return not present[0] or json_number_value(p, off, ln, v)
 
 
@@ -327,7 +366,8 @@ cdef inline bint aud_empty(const uint8_t *p, uint32_t off, uint32_t n) noexcept 
     return rd.i < rd.n and p[rd.i] == 93
 
 
-cdef int jwt_claims_ok(lb_jwt_rt *jr, const uint8_t *p, uint32_t n, double now, double *exp) noexcept nogil:
+cdef int jwt_claims_ok(lb_jwt_rt *jr, const json_top *top, const uint8_t *p, double now,
+                       double *exp) noexcept nogil:
     """The payload's registered claims against the time and the config: 0 or -1."""
     cdef bint present
     cdef double v
@@ -335,23 +375,23 @@ cdef int jwt_claims_ok(lb_jwt_rt *jr, const uint8_t *p, uint32_t n, double now, 
     cdef uint8_t buf[JWT_CLAIM_VALUE_MAX]
     cdef int len_
     exp[0] = -1
-    if not claim_number(p, n, b"exp", &present, &v):
+    if not claim_number(top, p, b"exp", &present, &v):
         return -1
     if present:
         if v <= now - jr.leeway:
             return -1
         exp[0] = v
-    if not claim_number(p, n, b"nbf", &present, &v) or (present and v > now + jr.leeway):
+    if not claim_number(top, p, b"nbf", &present, &v) or (present and v > now + jr.leeway):
         return -1
-    if not claim_number(p, n, b"iat", &present, &v) or (present and v > now + jr.leeway):
+    if not claim_number(top, p, b"iat", &present, &v) or (present and v > now + jr.leeway):
         return -1
     if jr.issuer.n:
-        if not json_member(p, n, b"iss", 3, &off, &ln):
+        if not json_top_find(top, p, b"iss", 3, &off, &ln):
             return -1
         len_ = json_string_value(p, off, ln, buf, JWT_CLAIM_VALUE_MAX)
         if len_ < 0 or <uint32_t>len_ != jr.issuer.n or memcmp(buf, jr.issuer.p, len_) != 0:
             return -1
-    if json_member(p, n, b"aud", 3, &off, &ln):
+    if json_top_find(top, p, b"aud", 3, &off, &ln):
         if jr.n_audiences == 0:
             if not aud_empty(p, off, ln):
                 return -1            # meant for someone, and lb was told of no one (RFC 7519 4.1.3)
@@ -360,18 +400,18 @@ cdef int jwt_claims_ok(lb_jwt_rt *jr, const uint8_t *p, uint32_t n, double now, 
     elif jr.n_audiences:
         return -1
     for i in range(jr.n_required):
-        if not json_member(p, n, jr.required[i].p, jr.required[i].n, &off, &ln):
+        if not json_top_find(top, p, jr.required[i].p, jr.required[i].n, &off, &ln):
             return -1
     return 0
 
 
-cdef int jwt_alg_of(const uint8_t *h, uint32_t n) noexcept nogil:
+cdef int jwt_alg_of(const json_top *top, const uint8_t *h) noexcept nogil:
     """The header's algorithm (JA_*), or -1: missing, not a string, not one of
     the list in exactly its spelling ("none", "None", "HS256 " are not)."""
     cdef uint32_t off = 0, ln = 0
     cdef uint8_t buf[16]
     cdef int len_, a
-    if not json_member(h, n, b"alg", 3, &off, &ln):
+    if not json_top_find(top, h, b"alg", 3, &off, &ln):
         return -1
     len_ = json_string_value(h, off, ln, buf, 15)
     if len_ <= 0:
@@ -383,9 +423,10 @@ cdef int jwt_alg_of(const uint8_t *h, uint32_t n) noexcept nogil:
 
 
 cdef int jwt_check(lb_jwt_rt *jr, shm_auth *a, char *base, const uint8_t *tok, uint32_t n,
-                   bint *cached) noexcept nogil:
+                   json_top *ptop, bint *cached) noexcept nogil:
     """0 when the token is valid for this auth (cached: its signature came
-    from the cache), else -1. The decoded payload stays in jr.pbuf (jr.plen)."""
+    from the cache), else -1. The decoded payload stays in jr.pbuf (jr.plen),
+    its members in ptop."""
     cdef const uint8_t *d1
     cdef const uint8_t *d2
     cdef int hl, pl, sl, alg
@@ -398,6 +439,7 @@ cdef int jwt_check(lb_jwt_rt *jr, shm_auth *a, char *base, const uint8_t *tok, u
     cdef uint64_t now_ms_wall
     cdef lb_jwt_cache *e
     cdef lb_jwt_key *k
+    cdef json_top htop
     cached[0] = False
     if n > jr.max_token:
         return -1
@@ -410,30 +452,30 @@ cdef int jwt_check(lb_jwt_rt *jr, shm_auth *a, char *base, const uint8_t *tok, u
     if d1 == tok or d2 == d1 + 1 or d2 + 1 == tok + n:
         return -1                    # an empty part: an unsigned token ("alg": "none") among them
     hl = b64url_decode(tok, <uint32_t>(d1 - tok), jr.hbuf, jr.max_token)
-    if hl <= 0 or json_check(jr.hbuf, hl) < 0:
+    if hl <= 0 or json_check(jr.hbuf, hl, &htop) < 0:
         return -1
-    alg = jwt_alg_of(jr.hbuf, hl)
+    alg = jwt_alg_of(&htop, jr.hbuf)
     if alg < 0:
         return -1
-    if json_member(jr.hbuf, hl, b"crit", 4, &koff, &kl) or json_member(jr.hbuf, hl, b"b64", 3, &koff, &kl):
+    if json_top_find(&htop, jr.hbuf, b"crit", 4, &koff, &kl) or json_top_find(&htop, jr.hbuf, b"b64", 3, &koff, &kl):
         return -1                    # extensions lb does not implement must not be ignored (RFC 7515 4.1.11)
-    if json_member(jr.hbuf, hl, b"kid", 3, &koff, &kl):
+    if json_top_find(&htop, jr.hbuf, b"kid", 3, &koff, &kl):
         kid_len = json_string_value(jr.hbuf, koff, kl, kid, JWT_KID_MAX)
         if kid_len < 0:
             return -1
     pl = b64url_decode(d1 + 1, <uint32_t>(d2 - d1 - 1), jr.pbuf, jr.max_token)
-    if pl <= 0 or json_check(jr.pbuf, pl) < 0:
+    if pl <= 0 or json_check(jr.pbuf, pl, ptop) < 0:
         return -1
     jr.plen = <uint32_t>pl
     sl = b64url_decode(d2 + 1, <uint32_t>(tok + n - d2 - 1), jr.sbuf, JWT_SIG_MAX)
     if sl <= 0:
         return -1
     now = wall_seconds()
-    if jwt_claims_ok(jr, jr.pbuf, pl, now, &exp) < 0:
+    if jwt_claims_ok(jr, ptop, jr.pbuf, now, &exp) < 0:
         return -1
     jwt_keys_refresh(jr, a, base)
     now_ms_wall = <uint64_t>(now * 1000)
-    if EVP_Digest(tok, n, md, &mdlen, EVP_sha256(), NULL) != 1:
+    if EVP_Digest(tok, n, md, &mdlen, JWT_MDS[0], NULL) != 1:
         return -1
     memcpy(&slot, md, 4)
     e = &jr.cache[slot & jr.cache_mask]
@@ -477,7 +519,7 @@ cdef bint jwt_token_of(lb_jwt_rt *jr, const uint8_t *b, http_req *r, uint32_t *o
     return False
 
 
-cdef void jwt_headers(lb_auth_rt *ar, lb_jwt_rt *jr, const uint8_t *p, uint32_t pl) noexcept nogil:
+cdef void jwt_headers(lb_auth_rt *ar, lb_jwt_rt *jr, const json_top *top, const uint8_t *p) noexcept nogil:
     """claims_to_headers: each present claim that is a string, a number or a
     boolean into its header; client copies of every such header are removed
     (fields.remove), present claim or not. A string with control characters
@@ -487,7 +529,7 @@ cdef void jwt_headers(lb_auth_rt *ar, lb_jwt_rt *jr, const uint8_t *p, uint32_t 
     cdef bint clean
     cdef uint8_t c
     for i in range(jr.n_claims):
-        if not json_member(p, pl, jr.claims[i].p, jr.claims[i].n, &off, &ln):
+        if not json_top_find(top, p, jr.claims[i].p, jr.claims[i].n, &off, &ln):
             continue
         c = p[off]
         if c == 34:
@@ -535,11 +577,12 @@ cdef int jwt_step(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b, uint
     cdef shm_auth_stats *st = &w.auth_stats[ai]
     cdef uint32_t off = 0, n = 0
     cdef bint cached = False
+    cdef json_top ptop
     if not jwt_token_of(jr, b, r, &off, &n):
         lb_add_u64(&st.missing, 1)
         jwt_answer(w.http, ar, False)
         return 401
-    if jwt_check(jr, ar.shm, w.base, b + off, n, &cached) < 0:
+    if jwt_check(jr, ar.shm, w.base, b + off, n, &ptop, &cached) < 0:
         lb_add_u64(&st.invalid, 1)
         jwt_answer(w.http, ar, True)
         return 401
@@ -547,7 +590,7 @@ cdef int jwt_step(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b, uint
     lb_add_u64(&st.cached if cached else &st.verified, 1)
     w.http.jwt_claims = jr.pbuf
     w.http.jwt_claims_len = jr.plen
-    jwt_headers(ar, jr, jr.pbuf, w.http.jwt_claims_len)
+    jwt_headers(ar, jr, &ptop, jr.pbuf)
     rulesets_push(h.rq_rules, &h.n_rq_rules, &ar.fields)
     return STEP_CONTINUE
 
@@ -659,14 +702,59 @@ def jwt_json_check(const unsigned char[:] data):
     cdef uint32_t n = data.shape[0]
     if n == 0:
         return False
-    return json_check(&data[0], n) == 0
+    return json_check(&data[0], n, NULL) == 0
 
 
 def jwt_json_member(const unsigned char[:] data, bytes name):
-    """The raw value of a top-level member of a checked object, or None."""
-    cdef uint32_t n = data.shape[0], off = 0, ln = 0
-    if n == 0 or json_check(&data[0], n) < 0:
+    """The raw value of a top-level member of a checked object, or None; found
+    both ways the data plane finds one (json_top_find after json_check, and
+    json_member), which must agree."""
+    cdef uint32_t n = data.shape[0], off = 0, ln = 0, off2 = 0, ln2 = 0
+    cdef json_top top
+    cdef bint a, b
+    if n == 0 or json_check(&data[0], n, &top) < 0:
         raise ValueError("not an object lb accepts")
-    if not json_member(&data[0], n, <const char *>name, len(name), &off, &ln):
-        return None
-    return bytes(data[off:off + ln])
+    a = json_top_find(&top, &data[0], <const char *>name, len(name), &off, &ln)
+    b = json_member(&data[0], n, <const char *>name, len(name), &off2, &ln2)
+    if a != b or (a and (off, ln) != (off2, ln2)):
+        raise AssertionError(f"json_top_find {a, off, ln} and json_member {b, off2, ln2} disagree")
+    return bytes(data[off:off + ln]) if a else None
+
+
+def jwt_check_loop(auth, bytes blob, uint32_t n_keys, bytes token, uint32_t rounds, bint use_cache=True):
+    """Check one token `rounds` times as a worker's auth step does, the keys
+    built from blob (a packed JWKS, lb/config/jwks.py), the cache emptied
+    before each check unless use_cache: (valid, its signature from the cache
+    on the last round, CPU seconds per check). For bench/jwt_cpu.py, which
+    reports the check's own cost beside the proxy's."""
+    cdef lb_auth_rt ar
+    cdef shm_auth a
+    cdef lb_jwt_rt *jr
+    cdef const uint8_t *t = <const uint8_t *><char *>token
+    cdef uint32_t n = len(token), i
+    cdef bint cached = False
+    cdef int rc = -1
+    cdef json_top top
+    memset(&ar, 0, sizeof(ar))
+    memset(&a, 0, sizeof(a))
+    jwt_worker_init(&ar, auth)
+    jr = ar.jwt
+    try:
+        jwt_keys_build(jr, <const uint8_t *><char *>blob, len(blob), n_keys)
+        jr.built = 1
+        t0 = _time.thread_time()
+        with nogil:
+            for i in range(rounds):
+                if not use_cache:
+                    memset(jr.cache, 0, (<size_t>jr.cache_mask + 1) * sizeof(lb_jwt_cache))
+                rc = jwt_check(jr, &a, NULL, t, n, &top, &cached)
+        elapsed = _time.thread_time() - t0
+    finally:
+        jwt_keys_free(jr)
+        free(jr.blob)
+        free(jr.hbuf)
+        free(jr.pbuf)
+        free(jr.sbuf)
+        free(jr.cache)
+        free(jr)
+    return rc == 0, bool(cached), elapsed / max(1, rounds)

@@ -64,6 +64,14 @@ cdef struct json_rd:
     uint32_t i
 
 
+cdef struct json_top:                # the members of a checked top-level object, so that a lookup
+    uint32_t n                       # is a walk over at most 64 names, not a parse
+    uint32_t name_off[JSON_MAX_MEMBERS]  # the name's span, quotes included
+    uint32_t name_end[JSON_MAX_MEMBERS]
+    uint32_t val_off[JSON_MAX_MEMBERS]
+    uint32_t val_len[JSON_MAX_MEMBERS]
+
+
 cdef inline void json_ws(json_rd *p) noexcept nogil:
     while p.i < p.n and (p.s[p.i] == 32 or p.s[p.i] == 9 or p.s[p.i] == 10 or p.s[p.i] == 13):
         p.i += 1
@@ -284,8 +292,9 @@ cdef int json_names_equal(const uint8_t *s, uint32_t a0, uint32_t a1, uint32_t b
     return 1 if na == nb and memcmp(da, db, na) == 0 else 0
 
 
-cdef int json_object(json_rd *p, uint32_t depth) noexcept nogil:
-    """The object at p.i ('{'): every member checked, no name twice."""
+cdef int json_object(json_rd *p, uint32_t depth, json_top *top) noexcept nogil:
+    """The object at p.i ('{'): every member checked, no name twice; its
+    members recorded in top (when not NULL)."""
     cdef uint32_t starts[JSON_MAX_MEMBERS]
     cdef uint32_t ends[JSON_MAX_MEMBERS]
     cdef uint32_t m = 0, j, name_len = 0
@@ -294,6 +303,8 @@ cdef int json_object(json_rd *p, uint32_t depth) noexcept nogil:
         return -1
     p.i += 1
     json_ws(p)
+    if top != NULL:
+        top.n = 0
     if p.i < p.n and p.s[p.i] == 125:
         p.i += 1
         return 0
@@ -314,8 +325,15 @@ cdef int json_object(json_rd *p, uint32_t depth) noexcept nogil:
             return -1
         p.i += 1
         json_ws(p)
+        if top != NULL:
+            top.name_off[m - 1] = starts[m - 1]
+            top.name_end[m - 1] = ends[m - 1]
+            top.val_off[m - 1] = p.i
         if json_value(p, depth) < 0:
             return -1
+        if top != NULL:
+            top.val_len[m - 1] = p.i - top.val_off[m - 1]
+            top.n = m
         json_ws(p)
         if p.i >= p.n:
             return -1
@@ -357,7 +375,7 @@ cdef int json_value(json_rd *p, uint32_t depth) noexcept nogil:
         return -1
     c = p.s[p.i]
     if c == 123:
-        return json_object(p, depth + 1)
+        return json_object(p, depth + 1, NULL)
     if c == 91:
         return json_array(p, depth + 1)
     if c == 34:
@@ -373,9 +391,10 @@ cdef int json_value(json_rd *p, uint32_t depth) noexcept nogil:
     return -1
 
 
-cdef int json_check(const uint8_t *s, uint32_t n) noexcept nogil:
+cdef int json_check(const uint8_t *s, uint32_t n, json_top *top) noexcept nogil:
     """0 when s is one JSON object (whitespace around it allowed), strictly
-    valid, within bounds, without duplicate members at any depth; else -1."""
+    valid, within bounds, without duplicate members at any depth; else -1.
+    Its members go in top (when not NULL), for json_top_find."""
     cdef json_rd p
     p.s = s
     p.n = n
@@ -383,10 +402,35 @@ cdef int json_check(const uint8_t *s, uint32_t n) noexcept nogil:
     json_ws(&p)
     if p.i >= n or s[p.i] != 123:
         return -1
-    if json_object(&p, 1) < 0:
+    if json_object(&p, 1, top) < 0:
         return -1
     json_ws(&p)
     return 0 if p.i == n else -1
+
+
+cdef bint json_top_find(const json_top *top, const uint8_t *s, const char *name, uint32_t name_len,
+                        uint32_t *voff, uint32_t *vlen) noexcept nogil:
+    """The value span of the member `name` of the object json_check recorded
+    in top (at most one: duplicates were refused)."""
+    cdef uint32_t i, a, b, dn = 0
+    cdef uint8_t dec[JSON_NAME_MAX]
+    cdef json_rd p
+    for i in range(top.n):
+        a = top.name_off[i]
+        b = top.name_end[i]
+        if memchr(s + a, 92, b - a) == NULL:
+            if b - a - 2 != name_len or memcmp(s + a + 1, name, name_len) != 0:
+                continue
+        else:
+            p.s = s
+            p.n = b
+            p.i = a
+            if json_string(&p, dec, JSON_NAME_MAX, &dn) < 0 or dn != name_len or memcmp(dec, name, name_len) != 0:
+                continue
+        voff[0] = top.val_off[i]
+        vlen[0] = top.val_len[i]
+        return True
+    return False
 
 
 cdef bint json_member(const uint8_t *s, uint32_t n, const char *name, uint32_t name_len,

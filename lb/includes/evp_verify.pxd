@@ -13,6 +13,13 @@ cdef extern from "openssl/evp.h" nogil:
     int EVP_DigestVerifyInit(EVP_MD_CTX *ctx, EVP_PKEY_CTX **pctx, const EVP_MD *type, void *e, EVP_PKEY *pkey)
     int EVP_DigestVerify(EVP_MD_CTX *ctx, const unsigned char *sig, size_t siglen, const unsigned char *tbs,
                          size_t tbslen)
+    EVP_MD *EVP_MD_fetch(void *libctx, const char *algorithm, const char *properties)
+    EVP_PKEY_CTX *EVP_PKEY_CTX_new(EVP_PKEY *pkey, void *e)
+    void EVP_PKEY_CTX_free(EVP_PKEY_CTX *ctx)
+    int EVP_PKEY_verify_init(EVP_PKEY_CTX *ctx)
+    int EVP_PKEY_verify(EVP_PKEY_CTX *ctx, const unsigned char *sig, size_t siglen, const unsigned char *tbs,
+                        size_t tbslen)
+    int EVP_PKEY_CTX_set_signature_md(EVP_PKEY_CTX *ctx, const EVP_MD *md)
     void EVP_PKEY_free(EVP_PKEY *pkey)
     int EVP_PKEY_get_size(const EVP_PKEY *pkey)
     int EVP_PKEY_get_id(const EVP_PKEY *pkey)
