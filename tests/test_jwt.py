@@ -13,7 +13,10 @@ import base64
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jwt  # PyJWT (pyproject.toml's test extras)
 import pytest
@@ -28,6 +31,7 @@ from lb._fastpath import JWT_ALGS, jwt_b64url_decode, jwt_json_check, jwt_json_m
 from lb.config import jwks as jwks_mod
 from tests.reference import jwt_ref
 
+ROOT = Path(__file__).resolve().parent.parent
 ISSUER = "https://issuer.example"
 AUDIENCE = "api://lb"
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -163,7 +167,10 @@ def echoed(response) -> dict:
 
 
 def backend_requests(origin) -> list[str]:
-    return [line for line in origin.requests() if line.startswith("request")]
+    """Every request line the origin reported so far (its reports are read once: kept here)."""
+    seen = origin.__dict__.setdefault("jwt_test_seen", [])
+    seen.extend(line for line in origin.requests() if line.startswith("request"))
+    return list(seen)
 
 
 def pyjwt_accepts(tok: str, alg: str, keys: Keys):
@@ -376,7 +383,7 @@ def test_cookie_tokens_and_claims_to_headers_replace_the_clients_copies(origins,
 
 def test_jwks_changes_are_read_without_a_reload(origins, run_lb, tmp_path, keys):
     origin = origins()
-    lb, port, path, _ = start(run_lb, tmp_path, origin, keys, auth_extra='required_claims = ["exp", "sub"]')
+    lb, port, path, sock = start(run_lb, tmp_path, origin, keys, auth_extra='required_claims = ["exp", "sub"]')
     new = token({"alg": "ES256", "kid": "new"}, claims(), "ES256", keys.extra_p256)
     old = token({"alg": "ES256", "kid": "es256"}, claims(), "ES256", keys.p256)
     assert request(port, bearer(new)).status == 401
@@ -394,6 +401,43 @@ def test_jwks_changes_are_read_without_a_reload(origins, run_lb, tmp_path, keys)
     assert request(port, bearer(new)).status == 200
     assert request(port, bearer(token({"alg": "ES256", "kid": "new"}, claims(sub=None), "ES256",
                                       keys.extra_p256))).status == 401          # sub is required here
+    # after a reload, the new generation's workers read the file, and changes go on being seen
+    reloaded = subprocess.run([sys.executable, "-m", "lb", "--socket", str(sock), "reload"], capture_output=True,
+                              text=True, cwd=ROOT, timeout=60)
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert request(port, bearer(old)).status == 401
+    write_jwks(path, keys.jwks(extra=True))
+    wait_for(lambda: request(port, bearer(old)).status == 200, 10, "the old key to be back")
+    status = json.loads(subprocess.run([sys.executable, "-m", "lb", "--socket", str(sock), "status", "--json"],
+                                       capture_output=True, text=True, cwd=ROOT, timeout=60).stdout)
+    auth = {a["name"]: a for a in status["auth"]}["api"]
+    assert (auth["type"], auth["file"]) == ("jwt", str(path))
+    assert auth["counts"]["ok"] >= 4 and auth["counts"]["invalid"] >= 3
+
+
+def test_tokens_on_http2_streams(origins, run_lb, tmp_path, keys):
+    """Each stream of an HTTP/2 connection is a request of its own: its token
+    checked, its claims forwarded, its 401 answered on that stream alone."""
+    from h2_client import H2Client
+
+    origin = origins()
+    _, port, _, _ = start(run_lb, tmp_path, origin, keys, listener_extra="[listeners.t.http2]\nh2c = true\n")
+    good = token({"alg": "PS256", "kid": "rsa"}, claims(sub="dora"), "PS256", keys.rsa)
+    bad = token({"alg": "HS256", "kid": "rsa"}, claims(), "HS256", keys.rsa.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    c = H2Client(port)
+    sids = [c.request("/a", headers=[("authorization", f"Bearer {good}"), ("x-user", "mallory")]),
+            c.request("/b", headers=[("authorization", f"Bearer {bad}")]),
+            c.request("/c", headers=[("cookie", f"token={good}")]),
+            c.request("/d")]
+    got = [c.response(sid) for sid in sids]
+    assert [r.status for r in got] == [200, 401, 200, 401]
+    assert got[1].header("www-authenticate") == 'Bearer realm="api", error="invalid_token"'
+    assert got[3].header("www-authenticate") == 'Bearer realm="api"'
+    for r in (got[0], got[2]):
+        assert {k.lower(): v for k, v in json.loads(bytes(r.body))["headers"]}["x-user"] == "dora"
+    wait_for(lambda: len(backend_requests(origin)) >= 2, 10, "the origin's reports")
+    assert sorted(line.split()[-1] for line in backend_requests(origin)) == ["/a", "/c"]
 
 
 def test_a_limit_keyed_by_a_claim(origins, run_lb, tmp_path, keys):

@@ -54,6 +54,7 @@ cdef enum:                           # token algorithms: a key's algs has bit 1 
     JK_SECRET = 1                    # a packed key's kind: an HMAC secret
     JK_PUBKEY = 2                    # a DER SubjectPublicKeyInfo
     JWT_NO_EXP_TTL_MS = 60000        # how long a verified token without exp stays cached
+    JWT_MAX_CACHE_S = 86400          # and one with an exp, at most
 
 # the names a token's header may give, in JA_* order (lb/config/jwks.py has the same list)
 JWT_ALGS = ("HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384",
@@ -491,7 +492,8 @@ cdef int jwt_check(lb_jwt_rt *jr, shm_auth *a, char *base, const uint8_t *tok, u
             continue
         if jwt_sig_ok(k, alg, tok, <uint32_t>(d2 - tok), jr.sbuf, <uint32_t>sl):
             memcpy(e.sha256, md, 32)
-            e.until_ms = (<uint64_t>((exp + jr.leeway) * 1000) if exp >= 0
+            # until exp (a day at most: an exp of 1e300 is no reason to overflow)
+            e.until_ms = (<uint64_t>(min(exp + jr.leeway, now + JWT_MAX_CACHE_S) * 1000) if exp >= 0
                           else now_ms_wall + JWT_NO_EXP_TTL_MS)
             return 0
     return -1
