@@ -760,3 +760,75 @@ def jwt_check_loop(auth, bytes blob, uint32_t n_keys, bytes token, uint32_t roun
         free(jr.cache)
         free(jr)
     return rc == 0, bool(cached), elapsed / max(1, rounds)
+
+
+cdef struct jwt_handoff:
+    pthread_mutex_t lock
+    pthread_cond_t wake
+    int efd
+    uint32_t posted
+    uint32_t taken
+    int stop
+
+
+cdef void *jwt_handoff_thread(void *arg) noexcept nogil:
+    cdef jwt_handoff *x = <jwt_handoff *>arg
+    cdef uint64_t one = 1
+    cdef int efd = x.efd
+    cdef bint stop
+    while True:
+        pthread_mutex_lock(&x.lock)
+        while x.taken == x.posted and not x.stop:
+            pthread_cond_wait(&x.wake, &x.lock)
+        stop = x.stop
+        if not stop:
+            x.taken += 1
+        pthread_mutex_unlock(&x.lock)
+        write(efd, &one, 8)          # after a stop, x is not touched again: the caller frees it
+        if stop:
+            return NULL
+
+
+def jwt_handoff_cost(uint32_t rounds):
+    """CPU seconds (every thread's) per hand-off of an empty job to a thread
+    and back through an eventfd in an epoll set, as HTTP Basic's verifier
+    threads do: what verifying a JWT off the loop would add to each token
+    verified (bench/jwt_cpu.py reports it beside the verification's cost)."""
+    cdef jwt_handoff *x = <jwt_handoff *>calloc(1, sizeof(jwt_handoff))
+    cdef pthread_t t
+    cdef epoll_event ev
+    cdef uint64_t count
+    cdef uint32_t i
+    cdef int epfd
+    if x == NULL:
+        raise MemoryError()
+    pthread_mutex_init(&x.lock, NULL)
+    pthread_cond_init(&x.wake, NULL)
+    x.efd = eventfd(0, EFD_CLOEXEC)
+    epfd = epoll_create1(EPOLL_CLOEXEC)
+    ev.events = EPOLLIN
+    ev.data.u64 = 0
+    if x.efd < 0 or epfd < 0 or epoll_ctl(epfd, EPOLL_CTL_ADD, x.efd, &ev) != 0 or pthread_create(
+            &t, NULL, jwt_handoff_thread, x) != 0:
+        raise OSError("jwt_handoff_cost: no eventfd, epoll or thread")
+    pthread_detach(t)
+    t0 = _time.process_time()
+    with nogil:
+        for i in range(rounds):
+            pthread_mutex_lock(&x.lock)
+            x.posted += 1
+            pthread_cond_signal(&x.wake)
+            pthread_mutex_unlock(&x.lock)
+            epoll_wait(epfd, &ev, 1, -1)
+            read(x.efd, &count, 8)
+    elapsed = _time.process_time() - t0
+    with nogil:
+        pthread_mutex_lock(&x.lock)
+        x.stop = 1
+        pthread_cond_signal(&x.wake)
+        pthread_mutex_unlock(&x.lock)
+        epoll_wait(epfd, &ev, 1, -1)
+    close(x.efd)
+    close(epfd)
+    free(x)
+    return elapsed / max(1, rounds)
