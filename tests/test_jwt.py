@@ -309,7 +309,8 @@ def attack_tokens(keys: Keys) -> list[tuple[str, str]]:
     add("ECDSA r = n", f"{eh}.{ep}.{b64(order + s_)}")
     add("ECDSA s = n + s", f"{eh}.{ep}.{b64(r + (int.from_bytes(s_, 'big') + P256_N).to_bytes(33, 'big')[-32:])}"
         if int.from_bytes(s_, "big") + P256_N < 1 << 256 else f"{eh}.{ep}.{b64(r + order)}")
-    add("ECDSA DER signature", f"{eh}.{ep}.{b64(encode_dss_signature(int.from_bytes(r, 'big'), int.from_bytes(s_, 'big')))}")
+    der = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s_, "big"))
+    add("ECDSA DER signature", f"{eh}.{ep}.{b64(der)}")
     add("ECDSA signature a byte too long", f"{eh}.{ep}.{b64(r + s_ + b'0')}")
     rh, rp, rsig = token({"alg": "RS256", "kid": "rsa"}, good, "RS256", keys.rsa).split(".")
     add("RSA signature with a leading zero", f"{rh}.{rp}.{b64(bytes(1) + ub64(rsig))}")
@@ -356,7 +357,8 @@ def test_every_attack_token_gets_401_and_never_reaches_the_backend(origins, run_
         assert request(port, f"Cookie: token={tok}\r\n").status == 401, what
     assert backend_requests(origin) == []
     # and the control: a good token passes, once
-    assert request(port, bearer(token({"alg": "HS256", "kid": "hs256"}, claims(), "HS256", keys.hs["HS256"]))).status == 200
+    good = token({"alg": "HS256", "kid": "hs256"}, claims(), "HS256", keys.hs["HS256"])
+    assert request(port, bearer(good)).status == 200
     wait_for(lambda: len(backend_requests(origin)) == 1, 10, "the origin's report")
     counts = lb.shm.auth_counts(0)
     assert counts["invalid"] == len(attacks) + 10 and counts["missing"] == 1 and counts["ok"] == 1

@@ -146,5 +146,6 @@ def measure(ctx, target):
     handoff = min(jwt_handoff_cost(20_000) for _ in range(3)) * 1e6
     harness.log(f"  {target.name}: the token check alone: {check_uncached:.1f} us verified, {check_cached:.2f} us "
                 f"from the cache; a hand-off to a thread and back {handoff:.1f} us")
-    return {**cached, "handoff_us": handoff, "check_us_uncached": check_uncached, "check_us_cached": check_cached, "cpu_us_req_plain": p, "req_s_plain": plain.get("req_s"), "cached_overhead_pct": overhead,
+    return {**cached, "handoff_us": handoff, "check_us_uncached": check_uncached, "check_us_cached": check_cached,
+            "cpu_us_req_plain": p, "req_s_plain": plain.get("req_s"), "cached_overhead_pct": overhead,
             "cpu_us_req_uncached": u, "req_s_uncached": uncached.get("req_s"), "es256_verify_us": verify}

@@ -74,10 +74,11 @@ JA_NAMES[10] = b"ES384"
 JA_NAMES[11] = b"EdDSA"
 
 # the order n of P-256 and P-384 (big-endian): r and s must be below it
-cdef const char *P256_N = b"\xff\xff\xff\xff\x00\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff\xbc\xe6\xfa\xad\xa7\x17\x9e\x84\xf3\xb9\xca\xc2\xfc\x63\x25\x51"
-cdef const char *P384_N = (b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"
-                        b"\xc7\x63\x4d\x81\xf4\x37\x2d\xdf\x58\x1a\x0d\xb2\x48\xb0\xa7\x7a\xec\xec\x19\x6a\xcc\xc5\x29\x73")
-
+cdef const char *P256_N = (b"\xff\xff\xff\xff\x00\x00\x00\x00\xff\xff\xff\xff\xff\xff\xff\xff"
+                          b"\xbc\xe6\xfa\xad\xa7\x17\x9e\x84\xf3\xb9\xca\xc2\xfc\x63\x25\x51")
+cdef const char *P384_N = (b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"
+                          b"\xff\xff\xff\xff\xff\xff\xff\xff\xc7\x63\x4d\x81\xf4\x37\x2d\xdf"
+                          b"\x58\x1a\x0d\xb2\x48\xb0\xa7\x7a\xec\xec\x19\x6a\xcc\xc5\x29\x73")
 
 # SHA-256, -384, -512, fetched once: OpenSSL 3 fetches EVP_sha256() and its
 # kind again at every use, a cost paid per token otherwise
@@ -458,7 +459,8 @@ cdef int jwt_check(lb_jwt_rt *jr, shm_auth *a, char *base, const uint8_t *tok, u
     alg = jwt_alg_of(&htop, jr.hbuf)
     if alg < 0:
         return -1
-    if json_top_find(&htop, jr.hbuf, b"crit", 4, &koff, &kl) or json_top_find(&htop, jr.hbuf, b"b64", 3, &koff, &kl):
+    if (json_top_find(&htop, jr.hbuf, b"crit", 4, &koff, &kl)
+            or json_top_find(&htop, jr.hbuf, b"b64", 3, &koff, &kl)):
         return -1                    # extensions lb does not implement must not be ignored (RFC 7515 4.1.11)
     if json_top_find(&htop, jr.hbuf, b"kid", 3, &koff, &kl):
         kid_len = json_string_value(jr.hbuf, koff, kl, kid, JWT_KID_MAX)

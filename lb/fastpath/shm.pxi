@@ -139,7 +139,7 @@ REGIONS = (
      + sum(_limit_table_bytes(cap, conc, d.rows) for cap, conc in d.limits)),
     ("limit_stats", "each worker, its own row of every limit's counters",
      lambda d: d.rows * max(1, len(d.limits)) * sizeof(shm_limit_stats)),
-    ("auth_keys", "supervisor (each API-key auth's two halves of key hashes, flipped by generation)",
+    ("auth_keys", "supervisor (each auth's two halves, flipped by generation: API-key hashes, or a JWKS's packed keys)",
      lambda d: _line(sizeof(shm_auth_head) + d.auths * sizeof(shm_auth)) + d.auths * 2 * AUTH_HALF_SLOTS * sizeof(shm_auth_key)),
     ("auth_stats", "each worker, its own row of every API-key auth's counters",
      lambda d: d.rows * max(1, d.auths) * sizeof(shm_auth_stats)),
