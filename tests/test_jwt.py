@@ -328,6 +328,10 @@ def attack_tokens(keys: Keys) -> list[tuple[str, str]]:
     add("header not JSON", token(b"alg=HS256", good, "HS256", hs))
     add("NaN exp", token(ok_h, dup[:dup.index(b'"exp"')] + b'"exp": NaN}', "HS256", hs))
     add("exp a string", token(ok_h, claims(exp=str(int(time.time()) + 600)), "HS256", hs))
+    add("exp infinite", token(ok_h, dup[:dup.index(b'"exp"')] + b'"exp": 1e400}', "HS256", hs))
+    add("a JWE (five parts)", ".".join([b64(json.dumps({"alg": "RSA-OAEP", "enc": "A256GCM"}).encode()),
+                                        b64(os.urandom(256)), b64(os.urandom(12)), b64(os.urandom(64)),
+                                        b64(os.urandom(16))]))
     # oversized
     add("token over max_token_size", token(ok_h, claims(pad="x" * 9000), "HS256", hs))
     # the claims

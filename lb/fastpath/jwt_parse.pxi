@@ -8,6 +8,7 @@
 # The fuzz target "jwt" (fuzz.pxi) runs both on arbitrary bytes.
 
 from libc.stdlib cimport strtod
+from libc.math cimport isfinite
 
 cdef enum:
     JSON_MAX_DEPTH = 16              # nesting of objects and arrays
@@ -490,12 +491,12 @@ cdef int json_string_value(const uint8_t *s, uint32_t off, uint32_t n, uint8_t *
 
 
 cdef bint json_number_value(const uint8_t *s, uint32_t off, uint32_t n, double *out) noexcept nogil:
-    """A value span that is a number, as a double (False: not a number, or
-    longer than any sane date)."""
+    """A value span that is a number, as a double (False: not a number,
+    longer than any sane date, or beyond a double: 1e400 is no date either)."""
     cdef char buf[40]
     if n == 0 or n >= 40 or not (s[off] == 45 or 48 <= s[off] <= 57):
         return False
     memcpy(buf, s + off, n)
     buf[n] = 0
     out[0] = strtod(buf, NULL)
-    return True
+    return isfinite(out[0])
