@@ -506,6 +506,25 @@ def test_jwt_config_keys(tmp_path, keys):
         config.loads(jwt_config(path))
 
 
+def test_the_check_alone_verifies_once_then_takes_the_cache(tmp_path, keys):
+    """jwt_check_loop (bench/jwt_cpu.py's in-process figures) runs the workers'
+    check: every algorithm verifies, the second check of a token comes from the
+    cache unless it is emptied, a changed signature never passes."""
+    from lb._fastpath import jwt_check_loop
+
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps(keys.jwks()))
+    auth = config.loads(jwt_config(path, f'issuer = "{ISSUER}"\naudience = "{AUDIENCE}"')).auth["api"]
+    blob, n = jwks_mod.pack(auth.jwt_keys), len(auth.jwt_keys)
+    for alg in JWT_ALGS:
+        tok = token({"alg": alg}, claims(), alg, keys.private(alg))
+        assert jwt_check_loop(auth, blob, n, tok.encode(), 2)[:2] == (True, True), alg
+        assert jwt_check_loop(auth, blob, n, tok.encode(), 2, False)[:2] == (True, False), alg
+        h, p, sig = tok.split(".")
+        forged = f"{h}.{p}.{b64(bytes([ub64(sig)[0] ^ 1]) + ub64(sig)[1:])}"
+        assert jwt_check_loop(auth, blob, n, forged.encode(), 2)[:2] == (False, False), alg
+
+
 # ---- the parsers ----------------------------------------------------------------------------
 
 def test_base64url_is_strict():
