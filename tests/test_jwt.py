@@ -401,6 +401,11 @@ def test_jwks_changes_are_read_without_a_reload(origins, run_lb, tmp_path, keys)
     path.write_text('{"keys": [')
     wait_for(lambda: "the keys read before stay in use" in lb.log(), 10, "the supervisor to refuse the file")
     assert request(port, bearer(new)).status == 200
+    # and so does a reload, which names the key and keeps the running config
+    refused = subprocess.run([sys.executable, "-m", "lb", "--socket", str(sock), "reload"], capture_output=True,
+                             text=True, cwd=ROOT, timeout=60)
+    assert refused.returncode != 0 and "auth.api.jwks" in refused.stderr, refused.stderr
+    assert request(port, bearer(new)).status == 200
     write_jwks(path, keys.jwks(only_extra=True))
     # the removed key stops working, its cached token too
     wait_for(lambda: request(port, bearer(old)).status == 401, 10, "the removed key to stop working")
