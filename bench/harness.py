@@ -1024,11 +1024,13 @@ def parse_wrk(text: str) -> dict:
 
 
 def run_wrk(ctx: "Context", url: str, seconds: int, headers: tuple[str, ...] = (),
-            env: dict[str, str] | None = None) -> dict:
+            env: dict[str, str] | None = None, script: str | None = None) -> dict:
     cmd = [ctx.tools["wrk"], "-t", str(ctx.opts.threads), "-c", str(ctx.opts.connections),
            "-d", f"{seconds}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
+    if script:                       # a Lua script that makes each request (jwt_cpu: a new token each)
+        cmd += ["-s", script]
     cmd.append(url)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **env} if env else None, preexec_fn=_die_with_parent)
@@ -1062,7 +1064,7 @@ def _children_cpu_seconds() -> float:
 
 def wrk_measure(ctx: "Context", target: Target, path: str,
                 headers: tuple[str, ...] = (), gbps: bool = False,
-                env: dict[str, str] | None = None) -> dict:
+                env: dict[str, str] | None = None, script: str | None = None) -> dict:
     """Warm up, then one timed wrk run; add CPU shares and the worker's RSS.
 
     cpu_us_req is the CPU (user + system) of the target's whole process
@@ -1077,10 +1079,12 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     hdr = "".join(f' -H "{h}"' for h in headers)
     prefix = "".join(f"{k}={v} " for k, v in (env or {}).items())
     if ctx.opts.warmup_s > 0:
-        run_wrk(ctx, url, max(1, round(ctx.opts.warmup_s)), headers, env)
+        run_wrk(ctx, url, max(1, round(ctx.opts.warmup_s)), headers, env, script)
     seconds = max(1, round(ctx.opts.duration_s))
-    log(f"  {target.name}: {prefix}wrk -t{ctx.opts.threads} -c{ctx.opts.connections} -d{seconds}s --latency{hdr} {url}")
-    result = _measure_run(ctx, target, lambda: run_wrk(ctx, url, seconds, headers, env))
+    lua = f" -s {script}" if script else ""
+    log(f"  {target.name}: {prefix}wrk -t{ctx.opts.threads} -c{ctx.opts.connections} -d{seconds}s --latency{hdr}{lua} "
+        f"{url}")
+    result = _measure_run(ctx, target, lambda: run_wrk(ctx, url, seconds, headers, env, script))
     if gbps:
         result["gbps"] = result.pop("bytes_s") / 1e9
     else:

@@ -10,7 +10,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 from lb.includes.socket cimport sockaddr_storage
 from lb.includes.epoll cimport epoll_event
-from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX
+from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX, EVP_PKEY
 from lb.includes.nghttp2 cimport nghttp2_session, nghttp2_session_callbacks, nghttp2_option, nghttp2_nv
 
 cdef enum:
@@ -249,6 +249,7 @@ cdef enum:
     LK_HEADER = 2
     LK_COOKIE = 3
     LK_API_KEY = 4                   # the identity of the request's API key (the auth step found it)
+    LK_JWT_CLAIM = 5                 # a claim (key_name) of the request's verified JWT (the auth step checked it)
     LIMIT_F_DRY_RUN = 1              # shm_limit.flags: count, never refuse
     LIMIT_F_REFUSE_NEW = 2           # a key that finds the table full is refused (else admitted)
 
@@ -301,6 +302,10 @@ cdef struct shm_limit_stats:         # 64 bytes, [row][limit]; writer: the row's
 # of each key and its identity, in an open-addressing table; two halves,
 # flipped by generation (as the ACLs): `lb key add|revoke` rewrites the half
 # not in use and flips.
+# JWT (fastpath/auth_jwt.pxi) uses the same halves for its JWKS: a half holds
+# the keys packed back to back (jwt_keys_pack), n_slots its bytes and n_keys
+# its keys; the supervisor rewrites the other half when the file changes and
+# flips, and each worker rebuilds its EVP_PKEYs when it sees gen move.
 cdef enum:
     AUTH_MAX_KEYS = 65536            # per auth
     AUTH_HALF_SLOTS = 131072         # slots a half can have (twice the keys at most)
@@ -1045,6 +1050,53 @@ cdef struct lb_auth_cache:            # a success of HTTP Basic (fastpath/auth_b
     uint64_t until_ms
     uint32_t user                    # index in the auth's users
 
+cdef enum:
+    JWT_MAX_KEYS = 64                # keys of one JWKS
+    JWT_KID_MAX = 64                 # bytes of a kid
+    JWT_BLOB_MAX = 262144            # bytes of one JWKS's packed keys in shared memory
+    JWT_MAX_CLAIM_HEADERS = 16       # claims_to_headers entries
+    JWT_MAX_LIST = 16                # audiences, required claims
+    JWT_CLAIM_VALUE_MAX = 256        # bytes of a claim forwarded in a header
+
+cdef struct lb_jwt_key:               # one key of a JWKS, as a worker built it (fastpath/auth_jwt.pxi)
+    EVP_PKEY *pkey                   # RSA, EC, Ed25519 public key; NULL for an HMAC secret
+    uint8_t *secret                  # oct: the HMAC secret
+    uint32_t secret_len
+    uint32_t algs                    # bit JA_* of each algorithm the key verifies: its JWKS alg, else its type's
+    uint32_t kid_len                 # 0: no kid
+    char kid[JWT_KID_MAX]
+    void *vctx[12]                   # per algorithm (JA_*): an EVP_PKEY_CTX ready to verify, made at first use
+
+cdef struct lb_jwt_cache:             # a verified signature (fastpath/auth_jwt.pxi)
+    uint8_t sha256[32]               # of the whole token
+    uint64_t until_ms                # wall clock: its exp plus the leeway
+
+cdef struct lb_jwt_rt:                # a worker's view of one [auth.NAME] of type jwt (fastpath/auth_jwt.pxi)
+    uint32_t gen                     # the shared keys' generation the keys were built from
+    uint8_t built                    # keys built at least once
+    lb_jwt_key keys[JWT_MAX_KEYS]
+    uint32_t n_keys
+    uint8_t *blob                    # scratch: a copy of the shared keys (JWT_BLOB_MAX bytes)
+    lb_jwt_cache *cache              # verified signatures, by the token's SHA-256; a power of two of them
+    uint32_t cache_mask
+    uint32_t max_token               # bytes of a token (more: 401)
+    uint8_t *hbuf                    # the decoded header, payload and signature of the token in hand
+    uint8_t *pbuf                    # (the payload stays there for the limits keyed by a claim)
+    uint32_t plen                    # the payload's length in pbuf
+    uint8_t *sbuf
+    double leeway                    # seconds
+    lb_str issuer                    # "" = not checked
+    lb_str audiences[JWT_MAX_LIST]
+    uint32_t n_audiences             # 0: a token with an aud is refused
+    lb_str required[JWT_MAX_LIST]    # claims that must be present
+    uint32_t n_required
+    lb_str cookie                    # "" = the Authorization header only
+    lb_str claims[JWT_MAX_CLAIM_HEADERS]       # claims_to_headers: the claims,
+    lb_str headers[JWT_MAX_CLAIM_HEADERS]      # their headers as written and in lower case,
+    lb_str lowers[JWT_MAX_CLAIM_HEADERS]
+    lb_str values[JWT_MAX_CLAIM_HEADERS]       # and this request's values (JWT_CLAIM_VALUE_MAX each)
+    uint32_t n_claims
+
 cdef struct lb_auth_rt:               # a worker's view of one [auth.NAME] (fastpath/auth.pxi)
     uint8_t basic                    # HTTP Basic (else API keys)
     char **users                     # basic: user names, sorted (strcmp), and their hashes
@@ -1062,6 +1114,7 @@ cdef struct lb_auth_rt:               # a worker's view of one [auth.NAME] (fast
     lb_str id_value                  # buffer of AUTH_ID_MAX bytes, this request's identity
     lb_hrules fields                 # set: the identity; remove: the key's header (strip)
     lb_str realm                     # the answer's WWW-Authenticate realm: the auth's name
+    lb_jwt_rt *jwt                   # JWT: its keys, cache and claims (NULL: not a JWT auth)
 
 cdef struct lb_http_worker:
     http_req *req                    # scratch: the head being handled
@@ -1087,6 +1140,8 @@ cdef struct lb_http_worker:
     char id[AUTH_ID_MAX]             # for the limits keyed by api_key; set anew by each request's auth step
     void *verifier                   # HTTP Basic: the threads that check passwords off the loop (auth_basic.pxi)
     uint32_t park_seq                # numbers the requests parked for them
+    const uint8_t *jwt_claims        # the payload (JSON) of the request's verified JWT, for the limits keyed
+    uint32_t jwt_claims_len          # by jwt:CLAIM; 0: none; set anew by each request's auth step
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------

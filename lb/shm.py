@@ -12,6 +12,7 @@ import os
 
 from lb._fastpath import REGIONS, Shm, limit_spec  # noqa: F401 (REGIONS: the layout, for readers of this module)
 from lb.config.acls import access_rules
+from lb.config.jwks import pack as jwks_pack
 
 # Free slots per pool for backends added at run time, without a reload.
 MIN_POOL_CAPACITY = 64
@@ -53,9 +54,13 @@ def create_for_config(config, n_rows: int, path: str | None = None, seeds: dict[
     # the config's prefixes; the supervisor publishes its runtime changes over them
     for index, acl in enumerate(config.acls.values()):
         acl.entries.publish(shm, index)
-    # the keys files as read with the config; `lb key` publishes its changes over them
+    # the keys files as read with the config; `lb key` publishes its changes
+    # over them (JWT: the JWKS files, which lb/control/jwks.py watches)
     for index, auth in enumerate(config.auth.values()):
-        shm.auth_publish(index, auth.keys)
+        if auth.type == "jwt":
+            shm.auth_publish_blob(index, jwks_pack(auth.jwt_keys), len(auth.jwt_keys))
+        else:
+            shm.auth_publish(index, auth.keys)
     return shm
 
 

@@ -32,6 +32,7 @@ from lb import logger as logger_mod
 from lb import metrics as metrics_mod
 from lb import config as config_mod
 from lb import control, ha, privileges, sdnotify
+from lb.control import jwks
 from lb import shm as shm_mod
 from lb import tls as tls_mod
 from lb import worker as worker_mod
@@ -712,6 +713,7 @@ class Supervisor:
             self._slow_start()
             self._check_worker_memory()
             tls_mod.rotate_ticket_keys(self.gen.shm, self.config.global_.tls)
+            jwks.tick(self)
             # a weight or state change bumped a pool's generation: its Maglev
             # table is rebuilt here, the tables' only writer
             self.gen.shm.rebuild_changed()

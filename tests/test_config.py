@@ -49,6 +49,10 @@ ACL_FILE = TLS_DIR / "blocked.txt"
 ACL_FILE.write_text("# abusers\n192.0.2.0/24\n\n198.51.100.7  # one address\n2001:db8:bad::/48\n")
 API_KEYS_FILE = TLS_DIR / "keys.txt"
 API_KEYS_FILE.write_text(bytes(range(32)).hex() + " ci\n")
+HTPASSWD_FILE = TLS_DIR / "htpasswd"
+HTPASSWD_FILE.write_text("ci:$2y$05$abcdefghijklmnopqrstuu5ZqXyVp0mm5L1JxwKvYbS0wPXzTrbKa\n")
+JWKS_FILE = TLS_DIR / "jwks.json"
+JWKS_FILE.write_text('{"keys": [{"kty": "oct", "kid": "ci", "alg": "HS256", "k": "' + "A" * 43 + '"}]}')
 
 # Every key of the contract, none at its default.
 FULL = """
@@ -106,6 +110,24 @@ type = "api_key"
 keys_file = "API_KEYS_FILE"
 query = "key"
 strip = false
+
+[auth.staff]
+type = "basic"
+htpasswd = "HTPASSWD_FILE"
+cache_ttl = "5m"
+cache_size = 100
+
+[auth.sso]
+type = "jwt"
+jwks = "JWKS_FILE"
+issuer = "https://sso.example"
+audience = ["api://web", "api://partners"]
+leeway = "10s"
+claims_to_headers = { sub = "X-User", tenant = "X-Tenant" }
+cookie = "sso_token"
+required_claims = ["exp", "sub"]
+max_token_size = 4096
+cache_size = 1024
 
 [listeners.web]
 bind = ["0.0.0.0:8080", "[::1]:8080"]
@@ -265,7 +287,7 @@ algorithm = "leastconn"
 
   [[pools.api.backends]]
   address = "10.0.1.1:9000"
-""".replace("ACL_FILE", str(ACL_FILE)).replace("API_KEYS_FILE", str(API_KEYS_FILE)).replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace(
+""".replace("ACL_FILE", str(ACL_FILE)).replace("API_KEYS_FILE", str(API_KEYS_FILE)).replace("HTPASSWD_FILE", str(HTPASSWD_FILE)).replace("JWKS_FILE", str(JWKS_FILE)).replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace(
     "TLS_CA_FILE", str(TLS_CA.path)).replace("TLS_CLIENT_CERT", str(TLS_CLIENT.cert)).replace(
     "TLS_CLIENT_KEY", str(TLS_CLIENT.key)).replace("TLS_CERT", str(TLS_LEAF.cert)).replace(
     "TLS_KEY", str(TLS_LEAF.key))
@@ -339,6 +361,14 @@ def test_full_config_loads_every_key():
                                           identity_header="X-Client", strip=False)
     assert cfg.auth["api"].keys == ((bytes(range(32)), "ci"),)
     assert (cfg.auth["partners"].query, cfg.auth["partners"].strip) == ("key", False)
+    assert (cfg.auth["staff"].users, cfg.auth["staff"].cache_ttl, cfg.auth["staff"].cache_size) == (
+        (("ci", HTPASSWD_FILE.read_text().split(":", 1)[1].strip()),), 300.0, 100)
+    sso = cfg.auth["sso"]
+    assert (sso.jwks, sso.issuer, sso.audience, sso.leeway, sso.claims_to_headers, sso.cookie, sso.required_claims,
+            sso.max_token_size, sso.cache_size) == (
+        str(JWKS_FILE), "https://sso.example", ("api://web", "api://partners"), 10.0,
+        (("sub", "X-User"), ("tenant", "X-Tenant")), "sso_token", ("exp", "sub"), 4096, 1024)
+    assert [(k.kid, k.algs, k.data) for k in sso.jwt_keys] == [("ci", ("HS256",), bytes(32))]
     assert (cfg.acls["office"].ipv4, cfg.acls["office"].ipv6, cfg.acls["office"].cidrs) == (
         2, 1, ("10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"))
     assert (cfg.acls["blocked"].ipv4, cfg.acls["blocked"].ipv6, cfg.acls["blocked"].file) == (2, 1, str(ACL_FILE))
@@ -418,7 +448,7 @@ def _keys(table: dict, prefix: str = "") -> set[str]:
     out = set()
     for key, value in table.items():
         path = f"{prefix}.{key}" if prefix else key
-        if prefix in ("listeners", "pools", "acls", "logs"):
+        if prefix in ("listeners", "pools", "acls", "logs", "auth"):
             path = f"{prefix}.*"
         out.add(path)
         if isinstance(value, dict):
@@ -451,6 +481,7 @@ def _contract_keys() -> set[str]:
         "pools.*.tls": config.POOL_TLS_KEYS,
         "acls.*": config.ACL_KEYS,
         "logs.*": config.LOG_KEYS,
+        "auth.*": config.AUTH_KEYS,
     }
     return {f"{section}.{key}" for section, keys in sections.items() for key in keys}
 

@@ -139,7 +139,7 @@ REGIONS = (
      + sum(_limit_table_bytes(cap, conc, d.rows) for cap, conc in d.limits)),
     ("limit_stats", "each worker, its own row of every limit's counters",
      lambda d: d.rows * max(1, len(d.limits)) * sizeof(shm_limit_stats)),
-    ("auth_keys", "supervisor (each API-key auth's two halves of key hashes, flipped by generation)",
+    ("auth_keys", "supervisor (each auth's two halves, flipped by generation: API-key hashes, or a JWKS's packed keys)",
      lambda d: _line(sizeof(shm_auth_head) + d.auths * sizeof(shm_auth)) + d.auths * 2 * AUTH_HALF_SLOTS * sizeof(shm_auth_key)),
     ("auth_stats", "each worker, its own row of every API-key auth's counters",
      lambda d: d.rows * max(1, d.auths) * sizeof(shm_auth_stats)),
@@ -644,6 +644,19 @@ cdef class Shm:
             t[j].id_len = len(bid)
         a.n_slots[half] = slots if n else 0
         a.n_keys[half] = n
+        lb_release_u32(&a.gen, a.gen + 1)
+
+    def auth_publish_blob(self, uint32_t i, bytes blob, uint32_t n_keys):
+        """Make blob (a JWT auth's packed keys, lb/config/jwks.py) the keys of
+        auth i: written into the half not in use, then flipped. The workers
+        rebuild their keys at their next token."""
+        cdef shm_auth *a = self._auth(i)
+        cdef uint32_t half = (a.gen + 1) & 1
+        if len(blob) > JWT_BLOB_MAX:
+            raise ValueError(f"at most {JWT_BLOB_MAX} bytes of keys")
+        memcpy(self.base + a.off + <uint64_t>half * AUTH_HALF_SLOTS * sizeof(shm_auth_key), <char *>blob, len(blob))
+        a.n_slots[half] = len(blob)
+        a.n_keys[half] = n_keys
         lb_release_u32(&a.gen, a.gen + 1)
 
     def auth_lookup(self, uint32_t i, bytes key):
