@@ -217,64 +217,70 @@ cdef int h2s_take_head(lb_h2s *s, const uint8_t *p, size_t n) noexcept nogil:
     return <int>r.head_len
 
 
-cdef size_t h2s_dechunk(lb_h2s *s, const uint8_t *p, size_t n) noexcept nogil:
-    """Chunked framing off the response body (framing the http engine checked
-    already), data into tx, trailer lines kept: bytes taken."""
+cdef inline size_t h2s_dechunk(lb_h2s *s, const uint8_t *p, size_t n) noexcept nogil:
+    return h2_dechunk(&s.ts, &s.tck, &s.tleft, &s.tx, &s.trailers, &s.tx_eof, p, n)
+
+
+cdef size_t h2_dechunk(uint8_t *ts, uint8_t *tck, uint64_t *tleft, lb_bytes *tx, lb_bytes *trailers,
+                       uint8_t *tx_eof, const uint8_t *p, size_t n) noexcept nogil:
+    """Chunked framing off a body the http engine wrote (framing it checked
+    already), data into tx (up to H2_TX_CAP), trailer lines kept: bytes taken.
+    The response to an HTTP/2 client, and the request to an HTTP/2 backend."""
     cdef size_t i = 0, k
     cdef uint32_t room
     cdef int v
-    while i < n and s.ts == TX_CHUNKED:
-        if s.tck == CKD_SIZE:
+    while i < n and ts[0] == TX_CHUNKED:
+        if tck[0] == CKD_SIZE:
             v = hexval(p[i])
             if v >= 0:
-                s.tleft = s.tleft * 16 + v
+                tleft[0] = tleft[0] * 16 + v
             elif p[i] == 10:
-                s.tck = CKD_DATA if s.tleft else CKD_TRAILER
+                tck[0] = CKD_DATA if tleft[0] else CKD_TRAILER
             else:
-                s.tck = CKD_EXT       # an extension, or the CR: skipped to the LF
+                tck[0] = CKD_EXT       # an extension, or the CR: skipped to the LF
             i += 1
-        elif s.tck == CKD_EXT:
+        elif tck[0] == CKD_EXT:
             if p[i] == 10:
-                s.tck = CKD_DATA if s.tleft else CKD_TRAILER
+                tck[0] = CKD_DATA if tleft[0] else CKD_TRAILER
             i += 1
-        elif s.tck == CKD_DATA:
-            room = H2_TX_CAP - s.tx.len if s.tx.len < H2_TX_CAP else 0
+        elif tck[0] == CKD_DATA:
+            room = H2_TX_CAP - tx.len if tx.len < H2_TX_CAP else 0
             k = n - i
-            if k > s.tleft:
-                k = <size_t>s.tleft
+            if k > tleft[0]:
+                k = <size_t>tleft[0]
             if k > room:
                 k = room
             if k == 0:
                 break
-            if not bytes_put(&s.tx, p + i, k):
+            if not bytes_put(tx, p + i, k):
                 break
-            s.tleft -= k
+            tleft[0] -= k
             i += k
-            if s.tleft == 0:
-                s.tck = CKD_DATA_END
-        elif s.tck == CKD_DATA_END:
+            if tleft[0] == 0:
+                tck[0] = CKD_DATA_END
+        elif tck[0] == CKD_DATA_END:
             if p[i] == 10:
-                s.tck = CKD_SIZE
+                tck[0] = CKD_SIZE
             i += 1
-        elif s.tck == CKD_TRAILER:
+        elif tck[0] == CKD_TRAILER:
             # the start of a trailer line, or the empty line that ends the body
             if p[i] == 13:
                 i += 1
             elif p[i] == 10:
                 i += 1
-                s.ts = TX_DONE
-                s.tx_eof = 1
+                ts[0] = TX_DONE
+                tx_eof[0] = 1
             else:
-                s.tck = CKD_TRAILER_LINE
+                tck[0] = CKD_TRAILER_LINE
         else:
             k = i
             while k < n and p[k] != 10:
                 k += 1
-            if not bytes_put(&s.trailers, p + i, k - i):
+            if not bytes_put(trailers, p + i, k - i):
                 break
             if k < n:
-                bytes_put(&s.trailers, b"\n", 1)
-                s.tck = CKD_TRAILER
+                bytes_put(trailers, b"\n", 1)
+                tck[0] = CKD_TRAILER
                 k += 1
             i = k
     return i
@@ -423,7 +429,7 @@ cdef ssize_t h2s_read_data(nghttp2_session *ng, int32_t stream_id, uint8_t *buf,
     if s.tx.len == 0 and s.tx_eof:
         data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
         if s.trailers.len:
-            n = h2_trailer_fields(s2, s)
+            n = h2_trailer_fields(s2.w.http.h2nv, &s.trailers)
             if n and nghttp2_submit_trailer(ng, stream_id, s2.w.http.h2nv, n) == 0:
                 data_flags[0] |= NGHTTP2_DATA_FLAG_NO_END_STREAM
         return <ssize_t>k
@@ -433,11 +439,10 @@ cdef ssize_t h2s_read_data(nghttp2_session *ng, int32_t stream_id, uint8_t *buf,
     return <ssize_t>k
 
 
-cdef uint32_t h2_trailer_fields(lb_h2 *s2, lb_h2s *s) noexcept nogil:
-    """The response's trailer lines ("name: value") as fields, names lowered."""
-    cdef nghttp2_nv *nv = s2.w.http.h2nv
-    cdef char *p = s.trailers.p + s.trailers.off
-    cdef uint32_t n = s.trailers.len, i = 0, start, colon, end, v, k = 0
+cdef uint32_t h2_trailer_fields(nghttp2_nv *nv, lb_bytes *trailers) noexcept nogil:
+    """Trailer lines ("name: value") as fields, names lowered."""
+    cdef char *p = trailers.p + trailers.off
+    cdef uint32_t n = trailers.len, i = 0, start, colon, end, v, k = 0
     while i < n and k < HTTP_MAX_FIELDS_CAP:
         start = i
         while i < n and p[i] != 10:
