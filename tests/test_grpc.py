@@ -42,7 +42,7 @@ class Backend:
     answers, and one that waits until n calls are in at once. peers holds
     every TCP connection (address:port) it saw a call on."""
 
-    def __init__(self, barrier_parties: int = 1):
+    def __init__(self, barrier_parties: int = 1, tls=None):
         self.port = free_port()
         self.peers: set[str] = set()
         self.lock = threading.Lock()
@@ -61,7 +61,11 @@ class Backend:
         }
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=48))
         self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        if tls is None:
+            self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        else:
+            creds = grpc.ssl_server_credentials([(tls.key.read_bytes(), tls.cert.read_bytes())])
+            self.server.add_secure_port(f"127.0.0.1:{self.port}", creds)
         self.server.start()
 
     @property
@@ -124,8 +128,8 @@ class Site:
     """lb in front of the backend: "plain" (h2c and HTTP/1.1) and "web"
     (TLS, ALPN h2), pool "g" with protocol = "h2"."""
 
-    def __init__(self, run_lb, pki_dir, backend: Backend, *, pool_tls: str | None = None, workers: int = 1):
-        self.ca = CA(pki_dir)
+    def __init__(self, run_lb, ca: CA, backend: Backend, *, pool_tls: str | None = None, workers: int = 1):
+        self.ca = ca
         self.site = self.ca.leaf("site", ("site.test", "127.0.0.1"))
         self.plain_port = free_port()
         self.tls_port = free_port()
@@ -154,7 +158,7 @@ def backend():
 
 @pytest.fixture
 def site(run_lb, tmp_path, backend):
-    return Site(run_lb, tmp_path / "pki", backend)
+    return Site(run_lb, CA(tmp_path / "pki"), backend)
 
 
 def method(ch: grpc.Channel, kind: str, name: str):
@@ -274,3 +278,23 @@ def test_a_stream_the_backend_resets_is_a_502(site, backend):
     with site.channel(False) as ch:
         assert method(ch, "unary_unary", "Unary")(b"x", timeout=20) == hashlib.sha256(b"x").digest() + b"x"
     assert len(backend.peers) == 1
+
+
+def test_h2_over_tls_to_the_backend_by_alpn(run_lb, tmp_path):
+    """A pool with [pools.X.tls]: HTTP/2 to the backend over TLS, chosen by
+    ALPN (grpcio's server speaks nothing else), the certificate verified."""
+    ca = CA(tmp_path / "pki")
+    leaf = ca.leaf("grpc-backend", ("backend.test",))
+    backend = Backend(tls=leaf)
+    try:
+        site = Site(run_lb, ca, backend, pool_tls=f'ca = "{ca.path}"\nsni = "backend.test"')
+        with site.channel(True) as ch:
+            req = blob(200_000, 3)
+            resp, c = method(ch, "unary_unary", "Unary").with_call(req, metadata=(("x-tag", "tls"),), timeout=20)
+            assert resp == hashlib.sha256(req).digest() + req[::-1]
+            assert dict(c.initial_metadata())["x-tag"] == "tls"
+            got = list(method(ch, "unary_stream", "ServerStream")((3).to_bytes(4, "big") + (90_000).to_bytes(4, "big"),
+                                                                  timeout=20))
+            assert got == [blob(90_000, i) for i in range(3)]
+    finally:
+        backend.stop()
