@@ -1194,6 +1194,8 @@ cdef struct lb_h2:
                                      # 3 the final GOAWAY went out
     uint8_t empty_run                # empty DATA frames in a row
     int32_t hblock                   # the stream whose header block is coming in (0: none)
+    uint32_t n_open                  # streams lb took that nghttp2 has not closed (max_concurrent_streams)
+    uint8_t advertised               # lb's SETTINGS went out, with the limit clients are told
 
 cdef struct lb_h2s:
     int32_t id

@@ -393,8 +393,10 @@ cdef void h2s_free(lb_h2 *s2, lb_h2s *s) noexcept nogil:
         s2.streams = s.next
     if s.next != NULL:
         s.next.prev = s.prev
-    if not s2.dying and not s.closed:
-        nghttp2_session_set_stream_user_data(s2.ng, s.id, NULL)
+    if not s.closed:
+        s2.n_open -= 1
+        if not s2.dying:
+            nghttp2_session_set_stream_user_data(s2.ng, s.id, NULL)
     bytes_free(&s.rx)
     bytes_free(&s.hdrs)
     bytes_free(&s.cookie)
@@ -501,6 +503,14 @@ cdef int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, vo
     tl_append(&h.hl.req_timer, &h.tphase, s2.w.now_ms, h)
     if frame.headers.cat != NGHTTP2_HCAT_REQUEST:
         return 0
+    if s2.n_open >= h.hl.h2_max_streams:
+        # past max_concurrent_streams: refused, so the client can send it again
+        # (RFC 9113 5.1.2, 8.7; HAProxy and nginx answer so too); its header
+        # block is still decoded (HPACK state) and then dropped. A client that
+        # keeps at it spends its glitch budget, or meets nghttp2's own limit.
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame.hd.stream_id, NGHTTP2_REFUSED_STREAM)
+        h2_glitch(s2, 1)
+        return 0
     s = <lb_h2s *>calloc(1, sizeof(lb_h2s))
     if s == NULL:
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
@@ -511,6 +521,7 @@ cdef int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, vo
         s.next.prev = s
     s2.streams = s
     s2.n_streams += 1
+    s2.n_open += 1
     nghttp2_session_set_stream_user_data(ng, s.id, s)
     lb_add_u64(&s2.w.stats.h2_streams, 1)
     return 0
@@ -718,6 +729,7 @@ cdef int h2_on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t err
         return 0
     nghttp2_session_set_stream_user_data(ng, stream_id, NULL)
     s.closed = 1
+    s2.n_open -= 1
     if s.h == NULL:
         h2s_free(s2, s)
         return 0
@@ -877,8 +889,11 @@ cdef bint h2_start(lb_worker *w, lb_hconn *h) noexcept nogil:
     w.http.h2_all = s2
     if h.local.ss_family == 0:
         getsockname(h.c.sk[SIDE_CLIENT].fd, <sockaddr *>&h.local, &alen)   # the streams' PROXY headers
+    # nghttp2 can only end the connection past the limit it knows: it is given
+    # a larger one, and clients are told the configured one (h2_advertise), so
+    # that lb refuses the streams between the two one by one (h2_on_begin_headers)
     iv[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
-    iv[0].value = hl.h2_max_streams
+    iv[0].value = h2_engine_streams(hl)
     iv[1].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
     iv[1].value = hl.h2_window
     iv[2].settings_id = NGHTTP2_SETTINGS_MAX_FRAME_SIZE
@@ -952,6 +967,30 @@ cdef void h2_goaway_final(lb_h2 *s2) noexcept nogil:
     h2_kick(s2)
 
 
+cdef inline uint32_t h2_engine_streams(lb_http_listener *hl) noexcept nogil:
+    """The stream limit nghttp2 enforces (with a connection error): well past
+    the one clients are told, which lb enforces stream by stream."""
+    return hl.h2_max_streams * 2 + 16
+
+
+cdef void h2_advertise(uint8_t *p, size_t n, uint32_t limit) noexcept nogil:
+    """In lb's first frames as nghttp2 made them, SETTINGS_MAX_CONCURRENT_STREAMS
+    says the configured limit instead of nghttp2's own (h2_engine_streams)."""
+    cdef size_t i = 0, j, end
+    while i + 9 <= n:
+        end = i + 9 + ((<size_t>p[i] << 16) | (<size_t>p[i + 1] << 8) | p[i + 2])
+        if p[i + 3] == NGHTTP2_SETTINGS and not (p[i + 4] & NGHTTP2_FLAG_ACK):
+            j = i + 9
+            while j + 6 <= end and j + 6 <= n:
+                if p[j] == 0 and p[j + 1] == NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS:
+                    p[j + 2] = <uint8_t>(limit >> 24)
+                    p[j + 3] = <uint8_t>(limit >> 16)
+                    p[j + 4] = <uint8_t>(limit >> 8)
+                    p[j + 5] = <uint8_t>limit
+                j += 6
+        i = end
+
+
 cdef int h2_write(lb_worker *w, lb_hconn *h) noexcept nogil:
     """Frames from nghttp2 to the socket, as far as the socket takes them.
     1 progress, 0 none, -1 the connection failed."""
@@ -968,6 +1007,10 @@ cdef int h2_write(lb_worker *w, lb_hconn *h) noexcept nogil:
                 break
             if not bytes_put(&s2.wbuf, data, n):
                 return -1
+            if not s2.advertised:
+                # the session's first frame is lb's SETTINGS
+                s2.advertised = 1
+                h2_advertise(<uint8_t *>s2.wbuf.p + s2.wbuf.off + s2.wbuf.len - n, <size_t>n, h.hl.h2_max_streams)
         if s2.wbuf.len == 0:
             bytes_free(&s2.wbuf)
             return progress
