@@ -677,7 +677,7 @@ cdef void h2b_fail(lb_worker *w, lb_h2b *conn) noexcept nogil:
                 if h.c.state != CS_CLOSED:
                     conn_queue(w, &h.c)
         else:
-            s.retry = not s.sent
+            s.retry = s.retry or not s.sent
             if not s.closed and s.rs != H2R_DONE:
                 h2bs_broken(s)
             s.closed = 1
