@@ -1093,6 +1093,8 @@ cdef struct lb_http_worker:
     uint32_t park_seq                # numbers the requests parked for them
     nghttp2_session_callbacks *h2bcbs    # HTTP/2 to backends (fastpath/h2_backend.pxi): the client sessions' callbacks
     nghttp2_option *h2bopt
+    lb_h2bs *free_h2bs               # backend streams' structs for reuse
+    uint32_t n_free_h2bs
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------
@@ -1280,11 +1282,13 @@ cdef struct lb_h2bs:                 # one request on an lb_h2b; the ctx of its 
     uint16_t status                  # of the header block coming in (0: trailers)
     uint64_t tleft
     lb_h2b *conn
+    lb_http_worker *hw               # whose free list it goes back to
     lb_bconn *b                      # the request's backend connection; NULL once the engine let go
     lb_bytes tx                      # the request body, framing removed, for nghttp2
     lb_bytes trailers                # request trailer lines, sent as a HEADERS frame at the end
     lb_bytes rx                      # the response, as HTTP/1.1 bytes, for the engine to read
     uint64_t rx_data                 # DATA bytes in rx not yet given back to the flow-control window
-    lb_bytes hdrs                    # the header block coming in, as HTTP/1.1 lines
+    uint32_t hbytes                  # of the header block coming in (H2B_HEAD_MAX)
+    uint8_t skip_block               # a header block lb drops (a 101, trailers of a body of known length)
     lb_h2bs *next
     lb_h2bs *prev

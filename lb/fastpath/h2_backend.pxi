@@ -152,13 +152,14 @@ cdef int h2bs_take_head(lb_h2bs *s, const uint8_t *p, size_t n) noexcept nogil:
     for i in range(r.n_fields):
         f = &r.fields[i]
         name = p + f.name_off
-        if ieq(name, f.name_len, b"te"):
+        if f.name_len == 2 and ieq(name, 2, b"te"):
             # the one value HTTP/2 allows (RFC 9113 8.2.2); gRPC servers want it
             if not ieq(p + f.value_off, f.value_len, b"trailers"):
                 continue
-        elif hop_by_hop(name, f.name_len) or ieq(name, f.name_len, b"transfer-encoding") \
-                or ieq(name, f.name_len, b"host"):
-            continue
+        elif (f.name_len == 4 or f.name_len == 7 or f.name_len == 10 or f.name_len >= 16) and (
+                hop_by_hop(name, f.name_len) or ieq(name, f.name_len, b"transfer-encoding")
+                or ieq(name, f.name_len, b"host")):
+            continue                 # (only these lengths can be connection-specific or Host)
         if used + f.name_len > HBUF_SIZE or k >= HTTP_MAX_FIELDS_CAP + 8:
             return -1
         for j in range(f.name_len):
@@ -302,8 +303,31 @@ cdef void h2bs_free(lb_h2b *conn, lb_h2bs *s) noexcept nogil:
     bytes_free(&s.tx)
     bytes_free(&s.trailers)
     bytes_free(&s.rx)
-    bytes_free(&s.hdrs)
-    free(s)
+    h2bs_give(s)
+
+
+cdef lb_h2bs *h2bs_take(lb_http_worker *hw) noexcept nogil:
+    cdef lb_h2bs *s = hw.free_h2bs
+    if s == NULL:
+        s = <lb_h2bs *>calloc(1, sizeof(lb_h2bs))
+        if s != NULL:
+            s.hw = hw
+        return s
+    hw.free_h2bs = s.next
+    hw.n_free_h2bs -= 1
+    memset(s, 0, sizeof(lb_h2bs))
+    s.hw = hw
+    return s
+
+
+cdef void h2bs_give(lb_h2bs *s) noexcept nogil:
+    cdef lb_http_worker *hw = s.hw
+    if hw.n_free_h2bs >= 1024:
+        free(s)
+        return
+    s.next = hw.free_h2bs
+    hw.free_h2bs = s
+    hw.n_free_h2bs += 1
 
 
 cdef void h2bs_broken(lb_h2bs *s) noexcept nogil:
@@ -356,39 +380,55 @@ cdef ssize_t h2bs_read_data(nghttp2_session *ng, int32_t stream_id, uint8_t *buf
 # ---- nghttp2's callbacks (the client sessions) ---------------------------------------------
 
 cdef int h2b_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *user_data) noexcept nogil:
+    """A header block goes straight into rx as HTTP/1.1 lines: a response head
+    (its status line first: nghttp2 has pseudo-header fields come first), or
+    trailers, which end a chunked body."""
     cdef lb_h2bs *s = <lb_h2bs *>nghttp2_session_get_stream_user_data(ng, frame.hd.stream_id)
-    if s != NULL:
-        bytes_free(&s.hdrs)
-        s.status = 0
+    if s == NULL or s.b == NULL:
+        return 0
+    s.status = 0
+    s.hbytes = 0
+    s.skip_block = 0
+    if s.rs == H2R_BODY:
+        if not s.rs_chunked:
+            s.skip_block = 1         # a body of known length has no place for trailers
+        elif not bytes_put(&s.rx, b"0\r\n", 3):
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
     return 0
 
 
 cdef int h2b_on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t namelen,
                        const uint8_t *value, size_t valuelen, uint8_t flags, void *user_data) noexcept nogil:
     cdef lb_h2bs *s = <lb_h2bs *>nghttp2_session_get_stream_user_data(ng, frame.hd.stream_id)
-    if s == NULL or s.b == NULL:
+    cdef char line[32]
+    cdef int k
+    if s == NULL or s.b == NULL or s.skip_block:
         return 0
     if namelen and name[0] == 58:
         if namelen == 7 and memcmp(name, b":status", 7) == 0 and valuelen == 3:
             # (nghttp2 checked it is three digits)
             s.status = <uint16_t>((value[0] - 48) * 100 + (value[1] - 48) * 10 + (value[2] - 48))
+            if s.status == 101:
+                s.skip_block = 1     # no upgrade over HTTP/2 (RFC 9113 8.6)
+                return 0
+            k = snprintf(line, sizeof(line), b"HTTP/1.1 %03u \r\n", <unsigned int>s.status)
+            if not bytes_put(&s.rx, line, k):
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
         return 0
-    if namelen == 14 and memcmp(name, b"content-length", 14) == 0 and s.rs == H2R_HEAD:
+    if namelen == 14 and s.rs == H2R_HEAD and memcmp(name, b"content-length", 14) == 0:
         s.has_cl = 1
-    if s.hdrs.len + namelen + valuelen + 4 > H2B_HEAD_MAX or not (
-            bytes_put(&s.hdrs, name, namelen) and bytes_put(&s.hdrs, b": ", 2)
-            and bytes_put(&s.hdrs, value, valuelen) and bytes_put(&s.hdrs, b"\r\n", 2)):
+    s.hbytes += namelen + valuelen + 4
+    if s.hbytes > H2B_HEAD_MAX or not (
+            bytes_put(&s.rx, name, namelen) and bytes_put(&s.rx, b": ", 2)
+            and bytes_put(&s.rx, value, valuelen) and bytes_put(&s.rx, b"\r\n", 2)):
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE     # the stream is reset: 502
     return 0
 
 
 cdef bint h2bs_head(lb_h2bs *s, bint end) noexcept nogil:
-    """A response head (interim or final) into rx as HTTP/1.1."""
-    cdef char line[32]
-    cdef int k = snprintf(line, sizeof(line), b"HTTP/1.1 %03u \r\n", <unsigned int>s.status)
-    cdef bint ok = bytes_put(&s.rx, line, k) and bytes_put(&s.rx, s.hdrs.p + s.hdrs.off, s.hdrs.len)
+    """The end of a response head (interim or final) in rx: its framing."""
+    cdef bint ok = True
     cdef bint bodiless = s.is_head or s.status == 204 or s.status == 304
-    bytes_free(&s.hdrs)
     if s.status < 200:
         return ok and bytes_put(&s.rx, b"\r\n", 2)
     s.rs = H2R_DONE if end else H2R_BODY
@@ -422,18 +462,14 @@ cdef int h2b_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void
         return 0
     if frame.hd.type == NGHTTP2_HEADERS:
         if s.rs == H2R_HEAD:
-            if s.status == 101 or s.status == 0:
-                bytes_free(&s.hdrs)
+            if s.skip_block or s.status == 0:
                 return 0
             if not h2bs_head(s, end):
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
         elif s.rs == H2R_BODY:
-            # trailers: the end of a chunked body; one of known length has no place for them
-            if s.rs_chunked and not (bytes_put(&s.rx, b"0\r\n", 3)
-                                     and bytes_put(&s.rx, s.hdrs.p + s.hdrs.off, s.hdrs.len)
-                                     and bytes_put(&s.rx, b"\r\n", 2)):
+            # trailers (begun in rx by h2b_on_begin_headers): the end of the body
+            if s.rs_chunked and not bytes_put(&s.rx, b"\r\n", 2):
                 return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
-            bytes_free(&s.hdrs)
             s.rs = H2R_DONE
     elif end and s.rs == H2R_BODY:
         if s.rs_chunked and not bytes_put(&s.rx, b"0\r\n\r\n", 5):
@@ -600,10 +636,11 @@ cdef lb_bconn *h2b_bconn(lb_worker *w, lb_pool_rt *p, int32_t slot, bint fresh, 
             c2 = c2.next
         if c2 != NULL:
             conn.hint_streams = h2b_max_streams(c2)
-    s = <lb_h2bs *>calloc(1, sizeof(lb_h2bs))
+    s = h2bs_take(w.http)
     b = bconn_alloc(w) if s != NULL else NULL
     if b == NULL:
-        free(s)
+        if s != NULL:
+            h2bs_give(s)
         err[0] = CONNECT_NO_FD
         if conn.n_streams == 0:
             h2b_kick(conn)           # its run closes or parks it
