@@ -64,7 +64,9 @@ cdef bint bytes_put(lb_bytes *b, const void *s, size_t n) noexcept nogil:
             memmove(b.p, b.p + b.off, b.len)
             b.off = 0
         else:
-            cap = b.cap if b.cap else 1024
+            # (1000: within glibc's thread cache, 1032-byte chunks at most,
+            # which takes most of these buffers' malloc and free off the slow path)
+            cap = b.cap if b.cap else 1000
             while cap < b.len + n:
                 cap *= 2
             if cap > H2_RX_MAX + 65536:
