@@ -8,6 +8,8 @@ Paths:
 - /goaway-once: the first request there gets a GOAWAY that refuses it
   (last stream id below it); later ones are answered as /echo
 - /reset-mid: a head, 1000 bytes of body, then RST_STREAM INTERNAL_ERROR
+- /hold-upload: its body is never given back to the stream's window (held
+  counts it; the connection's window is), and it is never answered
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class H2Origin:
         self.requests: list[tuple[str, dict, bytes]] = []   # path, headers, body, as they came whole
         self.goaway_sent = False
         self.blocked: set[tuple[int, int]] = set()     # (connection, stream) whose response waits for window
+        self.held: dict[tuple[int, int], int] = {}       # /hold-upload body bytes received per (connection, stream)
         self.stopping = False
         self.threads: list[threading.Thread] = []
         t = threading.Thread(target=self._accept, daemon=True)
@@ -84,6 +87,14 @@ class H2Origin:
                         heads[e.stream_id] = {k.decode(): v.decode() for k, v in e.headers}
                         bodies[e.stream_id] = bytearray()
                     elif isinstance(e, h2.events.DataReceived):
+                        if heads[e.stream_id][":path"] == "/hold-upload":
+                            with self.lock:
+                                key = (conn_no, e.stream_id)
+                                self.held[key] = self.held.get(key, 0) + len(e.data)
+                            if e.flow_controlled_length:
+                                # the connection's window is given back, the stream's is not
+                                c.increment_flow_control_window(e.flow_controlled_length)
+                            continue
                         bodies[e.stream_id] += e.data
                         c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
                     elif isinstance(e, h2.events.StreamEnded):

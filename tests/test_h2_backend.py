@@ -21,9 +21,9 @@ from tls_servers import lb_toml, listener_toml, pool_toml
 class Site:
     """Listener "plain" (h2c and HTTP/1.1) in front of pool "p", protocol h2."""
 
-    def __init__(self, run_lb, origin: H2Origin, *, pool_extra: str = "", retries: int = 2):
+    def __init__(self, run_lb, origin: H2Origin, *, pool_extra: str = "", retries: int = 2, http2: str = ""):
         self.port = free_port()
-        plain = listener_toml("plain", self.port, "p") + "\n[listeners.plain.http2]\nh2c = true\n"
+        plain = listener_toml("plain", self.port, "p") + f"\n[listeners.plain.http2]\nh2c = true\n{http2}\n"
         pool = pool_toml("p", [("o1", origin.address)], extra=f'protocol = "h2"\nretries = {retries}\n{pool_extra}')
         self.lb = run_lb(lb_toml(plain, pool))
 
@@ -109,6 +109,26 @@ def test_streams_share_one_backend_connection_and_a_slow_one_holds_no_other(site
         c.open_window(slow, 3_000_000)
         r = c.response(slow, timeout=30)
         assert r.status == 200 and bytes(r.body) == payload(3000000)
+    assert origin.connections == 1
+
+
+def test_an_upload_the_backend_does_not_read_holds_no_other_stream(run_lb, origin):
+    """The backend takes no more of one upload than its stream window (it never
+    gives it back), while the other streams on the same backend connection,
+    uploads too, go through."""
+    # (the client connection's window has room beside the held upload, which lb
+    # does not read past what the backend took: the listener's flow control)
+    site = Site(run_lb, origin, http2="initial_window_size = 1048576\nconnection_window_size = 4194304")
+    with site.client() as c:
+        held = c.request("/hold-upload", "POST", end=False)
+        c.send_body(held, os.urandom(1_000_000), end=False)     # (within lb's window: sent at once)
+        wait_for(lambda: sum(origin.held.values()) >= 65535, 10, "the origin's window to fill")
+        for i in range(4):
+            body = os.urandom(150_000 + i)
+            r = c.response(c.request("/echo", "POST", body=body), timeout=20)
+            assert r.status == 200 and bytes(r.body) == body
+        assert list(origin.held.values()) == [65535]              # the backend's window, not a byte more
+        assert not c.responses[held].done
     assert origin.connections == 1
 
 
