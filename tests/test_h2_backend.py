@@ -81,6 +81,17 @@ def test_an_http11_request_reaches_an_h2_backend_and_comes_back(site, origin):
     assert "connection" not in head and "transfer-encoding" not in head
 
 
+def test_an_http10_client_gets_a_body_that_ends_with_the_connection(site):
+    """HTTP/1.0 cannot read chunked: a body of unknown length from the h2
+    backend ends, for it, with the connection."""
+    body = os.urandom(90_000)
+    status, fields, rest = site.http11(b"POST /echo HTTP/1.0\r\nHost: h.test\r\nContent-Length: %d\r\n\r\n" % len(body)
+                                       + body)
+    assert status.startswith(b"HTTP/1.") and b" 200" in status, status
+    assert "transfer-encoding" not in fields and "content-length" not in fields
+    assert rest == body
+
+
 def test_te_other_than_trailers_does_not_reach_the_backend(site, origin):
     status, fields, _ = site.http11(b"GET /echo HTTP/1.1\r\nHost: h.test\r\nTE: gzip\r\nConnection: close\r\n\r\n")
     assert status.startswith(b"HTTP/1.1 200") and fields["x-te"] == ""
