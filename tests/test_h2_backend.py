@@ -21,11 +21,12 @@ from tls_servers import lb_toml, listener_toml, pool_toml
 class Site:
     """Listener "plain" (h2c and HTTP/1.1) in front of pool "p", protocol h2."""
 
-    def __init__(self, run_lb, origin: H2Origin, *, pool_extra: str = "", retries: int = 2, http2: str = ""):
+    def __init__(self, run_lb, origin: H2Origin, *, pool_extra: str = "", retries: int = 2, http2: str = "",
+                 sections=()):
         self.port = free_port()
         plain = listener_toml("plain", self.port, "p") + f"\n[listeners.plain.http2]\nh2c = true\n{http2}\n"
         pool = pool_toml("p", [("o1", origin.address)], extra=f'protocol = "h2"\nretries = {retries}\n{pool_extra}')
-        self.lb = run_lb(lb_toml(plain, pool))
+        self.lb = run_lb(lb_toml(plain, pool, *sections))
 
     def client(self, **kw) -> H2Client:
         return H2Client(self.port, **kw)
@@ -90,6 +91,21 @@ def test_an_http10_client_gets_a_body_that_ends_with_the_connection(site):
     assert status.startswith(b"HTTP/1.") and b" 200" in status, status
     assert "transfer-encoding" not in fields and "content-length" not in fields
     assert rest == body
+
+
+def test_access_logs_name_the_backend_and_status_as_over_http11(run_lb, origin, tmp_path):
+    log = tmp_path / "access.log"
+    logs = (f'[logs.access]\nformat = "{{protocol}} {{method}} {{path}} {{status}} {{pool}} {{backend}}"\n'
+            f'target = "file:{log}"\n')
+    site = Site(run_lb, origin, sections=[logs])
+    with site.client() as c:
+        assert c.response(c.request("/bytes/5")).status == 200
+        assert c.response(c.request("/reset-mid")).reset == "INTERNAL_ERROR"
+    site.http11(b"GET /bytes/7 HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n")
+    wait_for(lambda: log.exists() and len(log.read_text().splitlines()) == 3, 10, "three log lines")
+    lines = log.read_text().splitlines()
+    assert sorted(lines) == sorted(["HTTP/2.0 GET /bytes/5 200 p o1", "HTTP/2.0 GET /reset-mid 200 p o1",
+                                    "HTTP/1.1 GET /bytes/7 200 p o1"]), lines
 
 
 def test_te_other_than_trailers_does_not_reach_the_backend(site, origin):
