@@ -1257,6 +1257,7 @@ cdef struct lb_h2b:
     uint8_t settled                  # the backend's SETTINGS arrived
     uint32_t n_streams               # streams (or requests waiting to become one) attached
     uint32_t hint_streams            # until then: the stream limit another connection to it learned (0: none)
+    uint32_t served                  # responses it carried whole
     lb_bytes wbuf                    # frames made and not yet taken by the socket
     lb_tnode tn                      # the pool's idle_timer while no stream is attached
     lb_h2bs *streams

@@ -8,6 +8,8 @@ Paths:
 - /goaway-once: the first request there gets a GOAWAY that refuses it
   (last stream id below it); later ones are answered as /echo
 - /reset-mid: a head, 1000 bytes of body, then RST_STREAM INTERNAL_ERROR
+- /die-once: the first request there (of each method) makes the origin
+  drop its connection, answering nothing; later ones are answered as /echo
 - /hold-upload: its body is never given back to the stream's window (held
   counts it; the connection's window is), and it is never answered
 """
@@ -39,6 +41,7 @@ class H2Origin:
         self.connections = 0
         self.requests: list[tuple[str, dict, bytes]] = []   # path, headers, body, as they came whole
         self.goaway_sent = False
+        self.died_for: set[str] = set()                  # methods /die-once dropped a connection for
         self.blocked: set[tuple[int, int]] = set()     # (connection, stream) whose response waits for window
         self.held: dict[tuple[int, int], int] = {}       # /hold-upload body bytes received per (connection, stream)
         self.stopping = False
@@ -98,8 +101,16 @@ class H2Origin:
                         bodies[e.stream_id] += e.data
                         c.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
                     elif isinstance(e, h2.events.StreamEnded):
-                        self._answer(c, e.stream_id, heads[e.stream_id], bytes(bodies[e.stream_id]), conn_no,
-                                     pending)
+                        head = heads[e.stream_id]
+                        with self.lock:
+                            die = head[":path"] == "/die-once" and head[":method"] not in self.died_for
+                            if die:
+                                self.died_for.add(head[":method"])
+                                self.requests.append(("/die-once", head, bytes(bodies[e.stream_id])))
+                        if die:
+                            s.shutdown(socket.SHUT_RDWR)
+                            return
+                        self._answer(c, e.stream_id, head, bytes(bodies[e.stream_id]), conn_no, pending)
                     elif isinstance(e, h2.events.StreamReset):
                         pending.pop(e.stream_id, None)
                 self._flush(c, pending, conn_no)

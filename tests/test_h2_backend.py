@@ -190,6 +190,24 @@ def test_a_goaway_sends_the_unprocessed_request_again_on_a_new_connection(site, 
     assert origin.connections == 2
 
 
+def test_a_backend_connection_lost_under_a_request(site, origin):
+    """A connection that served before drops while a request is on it: a GET
+    is sent again on a new connection to the same backend, a POST is answered
+    502, as with a kept-alive HTTP/1.1 connection; the next request gets a
+    new connection."""
+    status, fields, _ = site.http11(b"GET /echo HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200") and fields["x-conn"] == "1"
+    status, fields, _ = site.http11(b"GET /die-once HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200") and fields["x-method"] == "GET" and fields["x-conn"] == "2"
+    status, _, _ = site.http11(b"POST /die-once HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n"
+                               b"Content-Length: 3\r\n\r\nabc")
+    assert status.startswith(b"HTTP/1.1 502"), status
+    assert [(p, h[":method"]) for p, h, _ in origin.requests] == [
+        ("/echo", "GET"), ("/die-once", "GET"), ("/die-once", "GET"), ("/die-once", "POST")]
+    status, fields, _ = site.http11(b"GET /echo HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200") and fields["x-conn"] == "3"
+
+
 def test_a_stream_reset_mid_response_is_cut_for_the_client(site):
     with site.client() as c:
         r = c.response(c.request("/reset-mid"))

@@ -476,6 +476,7 @@ cdef int h2b_on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
         s.rs = H2R_DONE
     if s.rs == H2R_DONE:
+        conn.served += 1
         s.b.flags |= HF_RDHUP        # (a body that ends with the stream: the engine reads to its end)
     s.b.flags |= HF_READABLE
     h2bs_wake(conn.w, s)
@@ -716,6 +717,11 @@ cdef void h2b_fail(lb_worker *w, lb_h2b *conn) noexcept nogil:
         else:
             s.retry = s.retry or not s.sent
             if not s.closed and s.rs != H2R_DONE:
+                if conn.served:
+                    # a connection that served before failed under it: as for
+                    # a kept-alive HTTP/1.1 connection, the request may go to
+                    # the same backend on a new one, and the backend is not blamed
+                    b.served = 1
                 h2bs_broken(s)
             s.closed = 1
             h2bs_wake(w, s)
