@@ -537,6 +537,7 @@ cdef enum:
     KIND_L4 = 0
     KIND_HTTP = 1                    # an lb_hconn (client side of an http session)
     KIND_BCONN = 2                   # an lb_bconn (a backend connection of the http engine)
+    KIND_H2B = 3                     # an lb_h2b (an HTTP/2 connection to a backend; fastpath/h2_backend.pxi)
 
 cdef enum:
     CS_FREE = 0
@@ -849,6 +850,7 @@ cdef struct lb_tlist
 cdef struct lb_bconn
 cdef struct lb_h2
 cdef struct lb_h2s
+cdef struct lb_h2b
 
 cdef enum:
     MAX_RULESETS = 4                 # header rule sets one message can have (listener, route, ...)
@@ -966,6 +968,8 @@ cdef struct lb_http_pool:
     lb_tlist idle_timer              # keepalive_timeout of parked connections
     lb_tlist connect_timer           # connect_timeout
     lb_tlist resp_timer              # response_timeout: backend inactivity while a response is due (lazy)
+    uint8_t h2                       # protocol = "h2": requests go as streams of multiplexed HTTP/2 connections
+    lb_h2b **h2_conns                # [capacity] this worker's HTTP/2 connections per slot offset (h2 pools)
 
 cdef struct lb_bconn:                # a backend connection of the http engine
     uint32_t kind                    # KIND_BCONN
@@ -1142,6 +1146,10 @@ cdef struct lb_http_worker:
     uint32_t park_seq                # numbers the requests parked for them
     const uint8_t *jwt_claims        # the payload (JSON) of the request's verified JWT, for the limits keyed
     uint32_t jwt_claims_len          # by jwt:CLAIM; 0: none; set anew by each request's auth step
+    nghttp2_session_callbacks *h2bcbs    # HTTP/2 to backends (fastpath/h2_backend.pxi): the client sessions' callbacks
+    nghttp2_option *h2bopt
+    lb_h2bs *free_h2bs               # backend streams' structs for reuse
+    uint32_t n_free_h2bs
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------
@@ -1243,6 +1251,8 @@ cdef struct lb_h2:
                                      # 3 the final GOAWAY went out
     uint8_t empty_run                # empty DATA frames in a row
     int32_t hblock                   # the stream whose header block is coming in (0: none)
+    uint32_t n_open                  # streams lb took that nghttp2 has not closed (max_concurrent_streams)
+    uint8_t advertised               # lb's SETTINGS went out, with the limit clients are told
 
 cdef struct lb_h2s:
     int32_t id
@@ -1279,3 +1289,62 @@ cdef struct lb_h2s:
     lb_bytes trailers                # response trailer lines, sent as a HEADERS frame at the end
     lb_h2s *next
     lb_h2s *prev
+
+
+# ---- Part 6: HTTP/2 to backends (fastpath/h2_backend.pxi) -----------------------------
+# A pool with protocol = "h2" speaks to its backends over multiplexed HTTP/2
+# connections (lb_h2b, one nghttp2 client session each). A request's backend
+# connection (lb_bconn) is then a stream of one of them: its transport
+# (XPRT_H2B) turns the HTTP/1.1 request the engine writes into HEADERS and DATA
+# frames, and the stream's frames back into an HTTP/1.1 response for it to read.
+
+cdef struct lb_h2bs
+cdef struct lb_h2b:
+    lb_conn c                        # first (kind KIND_H2B): the pending list runs it; c.sk[SIDE_BACKEND] is the socket
+    nghttp2_session *ng
+    lb_worker *w
+    int32_t pool
+    int32_t slot
+    uint32_t bflags                  # HF_* of the socket
+    uint8_t bstate                   # H2B_*
+    uint8_t goaway                   # the backend sent GOAWAY: no new streams
+    uint8_t dying                    # being torn down: streams detach without calling nghttp2
+    uint8_t settled                  # the backend's SETTINGS arrived
+    uint32_t n_streams               # streams (or requests waiting to become one) attached
+    uint32_t hint_streams            # until then: the stream limit another connection to it learned (0: none)
+    uint32_t served                  # responses it carried whole
+    lb_bytes wbuf                    # frames made and not yet taken by the socket
+    lb_tnode tn                      # the pool's idle_timer while no stream is attached
+    lb_h2bs *streams
+    lb_h2b *next                     # the slot's connections (lb_http_pool.h2_conns)
+    lb_h2b *prev
+
+cdef struct lb_h2bs:                 # one request on an lb_h2b; the ctx of its lb_bconn's XPRT_H2B transport
+    int32_t id                       # 0 until its HEADERS were submitted
+    uint8_t closed                   # nghttp2 closed it
+    uint8_t reset                    # ... before its response ended (or the connection failed)
+    uint8_t retry                    # ... and the backend never processed it (GOAWAY, REFUSED_STREAM)
+    uint8_t ts                       # TX_*: the request body as the engine writes it
+    uint8_t tck                      # CKD_*: its chunked framing
+    uint8_t tx_eof                   # the request body is whole in tx
+    uint8_t deferred                 # nghttp2 waits for data (resume_data)
+    uint8_t wblocked                 # the engine waits for room in tx
+    uint8_t sent                     # its HEADERS went out
+    uint8_t is_head                  # HEAD: the response has no body whatever it says
+    uint8_t v10                      # an HTTP/1.0 request: a response of unknown length ends with the stream
+    uint8_t rs                       # H2R_*: the response as the engine reads it
+    uint8_t rs_chunked               # its body goes to the engine chunked (no content-length)
+    uint8_t has_cl
+    uint16_t status                  # of the header block coming in (0: trailers)
+    uint64_t tleft
+    lb_h2b *conn
+    lb_http_worker *hw               # whose free list it goes back to
+    lb_bconn *b                      # the request's backend connection; NULL once the engine let go
+    lb_bytes tx                      # the request body, framing removed, for nghttp2
+    lb_bytes trailers                # request trailer lines, sent as a HEADERS frame at the end
+    lb_bytes rx                      # the response, as HTTP/1.1 bytes, for the engine to read
+    uint64_t rx_data                 # DATA bytes in rx not yet given back to the flow-control window
+    uint32_t hbytes                  # of the header block coming in (H2B_HEAD_MAX)
+    uint8_t skip_block               # a header block lb drops (a 101, trailers of a body of known length)
+    lb_h2bs *next
+    lb_h2bs *prev

@@ -284,6 +284,7 @@ sticky_cookie = "lb_srv"
 
 [pools.api]
 algorithm = "leastconn"
+protocol = "h2"
 
   [[pools.api.backends]]
   address = "10.0.1.1:9000"
@@ -439,6 +440,7 @@ def test_full_config_loads_every_key():
         config.Backend("[2001:db8::12]:8080", "2001:db8::12", 8080, socket.AF_INET6, "[2001:db8::12]:8080", 100, False),
     )
     assert cfg.pools["api"].algorithm == "leastconn"
+    assert (app.protocol, cfg.pools["api"].protocol) == ("http/1.1", "h2")
     assert (cfg.source, cfg.warnings) == ("full.toml", ())
     assert cfg.sha256 == hashlib.sha256(FULL.encode()).hexdigest()
 
@@ -831,6 +833,9 @@ BAD = [
     (_cfg(pool='sticky_cookie = "srv;"'), "pools.app.sticky_cookie", "invalid cookie name"),
     (_cfg(pool="sticky_cookie = true"), "pools.app.sticky_cookie", "string"),
     (_cfg(pool='stick_cookie = "srv"'), "pools.app.stick_cookie", "did you mean 'sticky_cookie'"),
+    (_cfg(pool='protocol = "h3"'), "pools.app.protocol", "http/1.1, h2"),
+    (_cfg(pool='protocol = "h2"\nsend_proxy = "v1"'), "pools.app.protocol", "send_proxy"),
+    (_cfg(pool='protocol = "h2"\n[pools.app.health]\ntype = "http"'), "pools.app.protocol", 'use "tcp"'),
     (_cfg().split("[pools.app]")[0] + "[pools]\napp = 5\n", "pools.app", "table"),
     (f"[pools.{'p' * 40}]\n" + POOL_APP, f"pools.{'p' * 40}", "39 bytes"),
     # health

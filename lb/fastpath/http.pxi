@@ -195,7 +195,15 @@ cdef void h_connect(lb_worker *w, lb_hconn *h) noexcept nogil:
         h.c.tried[h.c.tries] = slot
         h.c.tries += 1
         b = NULL
-        if h.priv != NULL:
+        if p.http.h2:
+            # a stream of an HTTP/2 connection (fastpath/h2_backend.pxi)
+            b = h2b_bconn(w, p, slot, h.fresh, &fd)
+            if b == NULL:
+                if fd == CONNECT_NO_FD:
+                    break
+                conn_count_failure(w, slot, False)
+                continue
+        elif h.priv != NULL:
             # a connection that announced this client (PROXY header) serves no other
             if h.priv.slot == slot and not h.fresh:
                 b = h.priv
@@ -372,7 +380,7 @@ cdef void h_request_go(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil:
     h.rs_state = RS_WAIT
     # HTTP/1.0 clients cannot read chunked responses: ask the backend in 1.0 too
     # (it then delimits by length or by close), and do not reuse that connection
-    if not hb_need(w, &h.upb) or not rewrite_request(h, b, r, r.version, &p.http.sticky):
+    if not hb_need(w, &h.upb) or not rewrite_request(h, b, r, r.version, &p.http.sticky, p.http.h2):
         h_error(w, h, 431)
         return
     hb_drop(w, &h.inb, head_len)
@@ -409,7 +417,9 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     if b != NULL:
         b.served += 1
         h.b = NULL
-        if h.backend_ka and h.rq_state == RQ_DONE and w.pools[b.pool].http.send_proxy and h.client_ka \
+        if b.sk.xp == &XPRT_H2B:
+            bconn_close(w, b, False)     # the stream ends; its connection stays for the others
+        elif h.backend_ka and h.rq_state == RQ_DONE and w.pools[b.pool].http.send_proxy and h.client_ka \
                 and bconn_quiet(b):
             # its PROXY header named this client: keep it for this client only
             # (HAProxy marks such connections private too)

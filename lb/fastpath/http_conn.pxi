@@ -199,14 +199,16 @@ cdef void idle_unlink(lb_worker *w, lb_bconn *b) noexcept nogil:
 
 
 cdef void bconn_close(lb_worker *w, lb_bconn *b, bint reset) noexcept nogil:
+    cdef bint own_fd = b.sk.fd >= 0     # (a stream of an HTTP/2 connection has none)
     if b.state == BS_CLOSED:
         return
     if b.state == BS_IDLE:
         idle_unlink(w, b)
     tl_remove(&b.tn)
     sock_close(&b.sk, reset)
-    w.fds -= 1
-    lb_store_i64(&w.stats.fds, w.fds)
+    if own_fd:
+        w.fds -= 1
+        lb_store_i64(&w.stats.fds, w.fds)
     if w.pause:
         accept_recheck(w)
     hb_give(w, &b.inb)

@@ -61,6 +61,9 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
         h_read_client(w, h)
         conn_queue(w, &h.c)
         return
+    if (<uint32_t *>obj)[0] == KIND_H2B:
+        h2b_on_event(w, <lb_h2b *>obj, events)
+        return
     b = <lb_bconn *>obj
     if b.state == BS_CLOSED:
         return
@@ -226,7 +229,10 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             n = tl_expired(&hp.idle_timer, now)
             if n == NULL:
                 break
-            bconn_close(w, <lb_bconn *>n.owner, False)
+            if (<uint32_t *>n.owner)[0] == KIND_H2B:
+                h2b_close(w, <lb_h2b *>n.owner)
+            else:
+                bconn_close(w, <lb_bconn *>n.owner, False)
     if w.http != NULL:
         while True:
             n = tl_expired(&w.http.linger_timer, now)

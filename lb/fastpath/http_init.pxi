@@ -139,7 +139,9 @@ cdef int http_pool_init(lb_pool_rt *p, object pool) except -1:
     hp.sticky_ids = <uint64_t *>calloc(cap, sizeof(uint64_t))
     hp.idle_top = <lb_bconn **>calloc(cap, sizeof(lb_bconn *))
     hp.idle_count = <uint32_t *>calloc(cap, sizeof(uint32_t))
-    if hp.sticky_ids == NULL or hp.idle_top == NULL or hp.idle_count == NULL:
+    hp.h2 = getattr(pool, "protocol", "http/1.1") == "h2"
+    hp.h2_conns = <lb_h2b **>calloc(cap, sizeof(lb_h2b *))
+    if hp.sticky_ids == NULL or hp.idle_top == NULL or hp.idle_count == NULL or hp.h2_conns == NULL:
         raise MemoryError()
     hp.idle_timer.timeout_ms = max(1, <uint64_t>(getattr(pool, "keepalive_timeout", 30.0) * 1000))
     hp.connect_timer.timeout_ms = max(1, <uint64_t>(pool.connect_timeout * 1000))
@@ -160,4 +162,5 @@ cdef int http_worker_init(lb_worker *w) except -1:
         raise MemoryError()
     hw.linger_timer.timeout_ms = LINGER_MS
     h2_worker_init(w)
+    h2b_worker_init(w)
     return 0

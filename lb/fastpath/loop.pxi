@@ -200,6 +200,8 @@ cdef void pending_run(lb_worker *w) noexcept nogil:
         c.flags &= ~F_QUEUED
         if c.kind == KIND_HTTP and (<lb_hconn *>c).st != HS_TUNNEL:
             h_run(w, <lb_hconn *>c)
+        elif c.kind == KIND_H2B:
+            h2b_run(w, <lb_h2b *>c)
         else:
             conn_pump(w, c)
         c = n
