@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from lb import _fastpath as fp
+from lb.config.splits import config_splits
 
 log = logging.getLogger("lb")
 
@@ -64,6 +65,13 @@ def entities(gen) -> dict[tuple, int]:
         for bname, idx in gen.backends[pname].items():
             out[("backend", pname, bname)] = slot_base + first + idx
         first += shm.pool_capacity(pi)
+    # the splits' variants follow the backend slots, in config order
+    variant = slot_base + layout["slots"]
+    if layout.get("variants"):
+        for split in config_splits(config.listeners):
+            for pool in split.pools:
+                out[("variant", split.name, pool)] = variant
+                variant += 1
     return out
 
 
@@ -280,6 +288,14 @@ def render_chunks(sup, openmetrics: bool = False) -> list[bytes]:
     _entity_families(text, summed, "backend", "backend", bids, blabels,
                      hists=config.global_.metrics_backend_histograms)
     _backend_state(text, gen, blabels, binfo)
+    vids, vlabels = [], []
+    for split in config_splits(config.listeners):
+        for pool in split.pools:
+            e = ids.get(("variant", split.name, pool))
+            if e is not None:
+                vids.append(e)
+                vlabels.append(_labels(route=split.name, pool=pool))
+    _entity_families(text, summed, "split", "split variant", vids, vlabels, hists=("response",))
     _acl_rules(text, gen)
     _gateway_rules(text, gen)
     return text.chunks()

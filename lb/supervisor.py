@@ -135,6 +135,8 @@ class Generation:
     metrics_label_cache: tuple | None = None
     # the access-log process; None when no listener logs
     logger: WorkerSlot | None = None
+    # split name -> its layout in force (lb.control.split): pools, weights, table
+    splits: dict = field(default_factory=dict)
 
     @property
     def helpers(self) -> list[WorkerSlot]:
@@ -322,6 +324,7 @@ class Supervisor:
         )
         control.backend.apply_state(self.state, gen)
         control.acl.apply_state(self.state, gen)
+        control.split.apply_state(self.state, gen, previous)
         # keys lb made carry over to the new generation, keys from a file do not
         made_keys = previous is not None and not previous.config.global_.tls.keys_file
         tls_mod.publish_ticket_keys(region, config.global_.tls, previous.shm if made_keys else None)

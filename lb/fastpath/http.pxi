@@ -299,6 +299,8 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     log_exchange_start(w, h, r, b)
     w.http.id_len = 0                # no API-key identity until this request's auth step finds one
     h.cut_len = 0
+    h.split = -1                     # until this request's split step picks a variant
+    h.split_cookie = 0
     top_path(w, b + r.target_off, r.target_len)
     rc = phase_request(w, h, r, b)
     if rc != STEP_CONTINUE:
@@ -436,6 +438,7 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     h.resp_started = 0
     h.resp_sent = 0                  # an error page for the next request is sent, not cut
     h.route = -1
+    h.split = -1
     if h.inb.len:
         tl_append(&hl.req_timer, &h.tphase, w.now_ms, h)
     else:

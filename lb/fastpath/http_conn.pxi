@@ -141,6 +141,7 @@ cdef lb_hconn *hconn_alloc(lb_worker *w) noexcept nogil:
     h.pipe[1] = -1
     h.route = -1
     h.sticky_slot = -1
+    h.split = -1
     return h
 
 
