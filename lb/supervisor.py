@@ -217,6 +217,8 @@ class Supervisor:
         self.metrics: metrics_mod.MetricsServer | None = None
         # samples for rates and last-minute percentiles (/stats.json, lb stats)
         self.metrics_history = metrics_mod.History()
+        # split name -> its rollout (lb.control.rollout), loaded from the state file at the first tick
+        self.rollouts: dict | None = None
         # [ha]: the file keepalived tracks (None when ha.mode is "none") and
         # whether an operator drained this node (kept in the state file)
         self.health: ha.HealthFile | None = None
@@ -723,6 +725,7 @@ class Supervisor:
             if self.metrics is not None:
                 self.metrics.tick(sel)
             self.metrics_history.tick(self)
+            control.rollout.tick(self)
             if next_status is not None and time.monotonic() >= next_status:
                 self.on_status(self)
                 next_status = time.monotonic() + self.status_interval
