@@ -335,3 +335,42 @@ def test_split_keys_without_a_split_are_warned_of():
     assert any("split_sticky: has no effect unless split is set" in w for w in cfg.warnings)
     cfg = _load(SPLIT + '\nsplit_override_allow = ["office"]')
     assert any("split_override_allow: has no effect unless split_override is set" in w for w in cfg.warnings)
+
+
+def test_over_http2_each_stream_is_split_and_keeps_its_cookie(pair, run_lb):
+    from h2_client import H2Client
+
+    port = free_port()
+    run_lb(split_config(port, *pair, weights=(50, 50), listener_extra="[listeners.web.http2]\nh2c = true"))
+    with H2Client(port) as c:
+        got = []
+        for _ in range(4):                       # within the 100 streams a connection may have open
+            sids = [c.request("/") for _ in range(50)]
+            got += [c.response(s) for s in sids]
+        assert all(r.status == 200 for r in got)
+        cookies = [r.header("set-cookie").split(";", 1)[0] for r in got]
+        variants = [r.header("server").removeprefix("http-origin/") for r in got]
+        assert {"stable", "canary"} == set(variants)
+        got2 = []
+        for i in range(0, len(cookies), 50):
+            again = [c.request("/", headers=[("cookie", ck)]) for ck in cookies[i:i + 50]]
+            got2 += [c.response(s) for s in again]
+        assert [r.header("server").removeprefix("http-origin/") for r in got2] == variants
+        assert all(r.header("set-cookie") is None for r in got2)
+
+
+def test_edited_config_weights_win_at_a_reload_moving_only_whom_they_must(pair, run_lb, tmp_path):
+    port = free_port()
+    run_dir = str(tmp_path)
+    lb = run_lb(split_config(port, *pair, run_dir=run_dir))
+    sock = f"{run_dir}/admin.sock"
+    lb_ok(sock, "split", "set", "web", "canary=30")
+    first = requests(port, [""] * 1000)
+    cookies, before = [cookie(r) for r in first], [variant(r) for r in first]
+    lb.config_path.write_text(split_config(port, *pair, run_dir=run_dir, weights=(80, 20)))
+    lb_ok(sock, "reload")
+    shown = json.loads(lb_ok(sock, "split", "show", "web", "--json"))["splits"][0]
+    assert [v["weight"] for v in shown["variants"]] == [80, 20]
+    after = [variant(r) for r in requests(port, [f"Cookie: {c}\r\n" for c in cookies])]
+    moved = {(a, b) for a, b in zip(before, after) if a != b}
+    assert moved == {("canary", "stable")}
