@@ -557,6 +557,7 @@ cdef enum:
     KIND_L4 = 0
     KIND_HTTP = 1                    # an lb_hconn (client side of an http session)
     KIND_BCONN = 2                   # an lb_bconn (a backend connection of the http engine)
+    KIND_MIRROR = 3                  # an lb_mirror (a request's copy to a shadow pool, fastpath/mirror.pxi)
 
 cdef enum:
     CS_FREE = 0
@@ -926,6 +927,7 @@ cdef struct lb_route:
     lb_limit_list *limits            # rate and concurrency limits of this route's requests; NULL: none
     int32_t auth                     # [auth.NAME] index of this route's requests; -1: the listener's
     int32_t split                    # its split (the splits region's index); -1: none, its pool
+    int32_t mirror                   # its mirror (w.http.mirrors); -1: the listener's
 
 cdef struct lb_tnode:                # a timer-list link; lists hold nodes of one constant timeout
     lb_tnode *prev
@@ -973,6 +975,7 @@ cdef struct lb_http_listener:
     uint32_t h2_max_glitches         # frames that do no work (control floods, resets of unanswered streams) before GOAWAY
     int32_t auth                     # [auth.NAME] index of its requests; -1: none
     int32_t split                    # the split of requests no route took (the splits region's index); -1: none
+    int32_t mirror                   # the mirror of its requests (w.http.mirrors), unless their route has one; -1: none
 
 cdef struct lb_http_pool:
     uint32_t max_idle                # idle keep-alive connections per backend (this worker)
@@ -1068,6 +1071,7 @@ cdef struct lb_hconn:                # the client side of an http session
     int32_t split                    # the split that chose the pool (-1: none)
     uint32_t split_cookie            # the response sets the split cookie to bucket split_cookie - 1 (0: none)
     uint8_t split_variant            # ... and the variant it chose
+    int32_t mirror                   # the request is copied to this mirror's pool when it is sent (-1: not)
 
 
 cdef struct lb_auth_cache:            # a success of HTTP Basic (fastpath/auth_basic.pxi)
@@ -1105,6 +1109,28 @@ cdef struct lb_split_rt:             # a worker's view of one split (fastpath/sp
     uint64_t seed                    # of the cookie's check and of the key hash: the split's name
     uint32_t met_base                # metrics: the entity of variant 0 (UINT32_MAX: none)
 
+cdef struct lb_mirror_rt:            # a listener's or route's mirror (fastpath/mirror.pxi)
+    int32_t pool                     # the shadow pool
+    uint64_t threshold               # a request is copied when 32 random bits are below it
+    uint32_t max_concurrent          # copies in flight at once, this worker
+    uint32_t max_body                # request bytes (head and body) a copy may have
+    uint32_t active
+    uint64_t copies                  # copies started, dropped (over max_concurrent, or too big), failed (connect, timeout)
+    uint64_t dropped
+    uint64_t failed
+    lb_tlist timer                   # each copy's whole life: connect, send, the answer discarded
+
+cdef struct lb_mirror:               # one copy in flight
+    uint32_t kind                    # KIND_MIRROR (first: epoll events find the kind here)
+    uint32_t state                   # MS_*
+    int fd
+    lb_mirror_rt *rt
+    char *buf                        # the request as sent to the backend, with Connection: close
+    uint32_t len
+    uint32_t sent
+    lb_tnode tn
+    lb_mirror *next                  # free or closed list
+
 cdef struct lb_http_worker:
     http_req *req                    # scratch: the head being handled
     http_req *resp
@@ -1131,6 +1157,10 @@ cdef struct lb_http_worker:
     uint32_t park_seq                # numbers the requests parked for them
     lb_split_rt *splits              # [n_splits] the splits of the config (fastpath/split.pxi)
     uint32_t n_splits
+    lb_mirror_rt *mirrors            # [n_mirrors] the mirrors of its listeners and routes (fastpath/mirror.pxi)
+    uint32_t n_mirrors
+    lb_mirror *mirror_free
+    lb_mirror *mirror_closed         # closed this turn, freed after its events
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------

@@ -201,6 +201,7 @@ request_id = "X-Trace-Id"
   split_sticky = "header:X-User"
   split_override = "header:X-Variant"
   split_override_allow = ["office"]
+  mirror = { pool = "api", percent = 5, timeout = "500ms", max_concurrent = 10, max_body = "16KiB" }
 
 [listeners.ab]
 bind = "127.0.0.1:8090"
@@ -208,6 +209,7 @@ split = [{ pool = "app", weight = 50 }, { pool = "api", weight = 50 }]
 split_sticky = "source_ip"
 split_override = "cookie:variant"
 split_override_allow = ["office"]
+mirror = { pool = "api", percent = 10, timeout = "2s", max_concurrent = 50, max_body = "64KiB" }
 
 [listeners.db]
 bind = "*:5432"
@@ -303,6 +305,10 @@ def test_full_config_loads_every_key():
     assert web.routes[-1].split == config.Split(
         variants=(("app", 90), ("api", 10)), sticky="header:X-User", override="header:X-Variant",
         override_allow=("office",), name="beta")
+    assert web.routes[-1].mirror == config.Mirror(pool="api", percent=5.0, timeout=0.5, max_concurrent=10,
+                                                  max_body=16384)
+    assert cfg.listeners["ab"].mirror == config.Mirror(pool="api", percent=10.0, timeout=2.0, max_concurrent=50,
+                                                       max_body=65536)
     assert cfg.listeners["ab"].split == config.Split(
         variants=(("app", 50), ("api", 50)), sticky="source_ip", override="cookie:variant",
         override_allow=("office",), name="ab")
@@ -459,6 +465,8 @@ def _contract_keys() -> set[str]:
         "listeners.*.routes": config.ROUTE_KEYS,
         "listeners.*.split": config.SPLIT_VARIANT_KEYS,
         "listeners.*.routes.split": config.SPLIT_VARIANT_KEYS,
+        "listeners.*.mirror": config.MIRROR_KEYS,
+        "listeners.*.routes.mirror": config.MIRROR_KEYS,
         "listeners.*.request_headers": config.HEADER_RULE_KEYS,
         "listeners.*.response_headers": config.HEADER_RULE_KEYS,
         "listeners.*.routes.request_headers": config.HEADER_RULE_KEYS,
@@ -907,6 +915,7 @@ HTTP_LISTENER_VALUES = {
     "split_sticky": 'split_sticky = "source_ip"',
     "split_override": 'split_override = "header:X-Variant"',
     "split_override_allow": 'split_override_allow = ["office"]',
+    "mirror": 'mirror = { pool = "app", percent = 10 }',
 }
 
 

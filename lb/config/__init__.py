@@ -41,6 +41,7 @@ from lb.config.listeners import HTTP2_KEYS, HTTP_LISTENER_KEYS, ROUTE_KEYS, Http
 from lb.config.pools import KEYS as POOL_KEYS
 from lb.config.splits import VARIANT_KEYS as SPLIT_VARIANT_KEYS
 from lb.config.splits import Split
+from lb.config.mirror import MIRROR_KEYS, Mirror
 from lb.config.tls import CERTIFICATE_KEYS as TLS_CERTIFICATE_KEYS
 from lb.config.tls import CLIENT_HEADER_KEYS as TLS_CLIENT_HEADER_KEYS
 from lb.config.tls import GLOBAL_KEYS as GLOBAL_TLS_KEYS
@@ -115,6 +116,8 @@ __all__ = [
     "Route",
     "SECTIONS",
     "SPLIT_VARIANT_KEYS",
+    "MIRROR_KEYS",
+    "Mirror",
     "Split",
     "TLS_CERTIFICATE_KEYS",
     "TLS_CLIENT_HEADER_KEYS",

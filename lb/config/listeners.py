@@ -15,6 +15,8 @@ from lb.config.logs import LogSettings, listener_logs
 from lb.config.pools import Pool
 from lb.config import splits as splits_section
 from lb.config.splits import Split
+from lb.config import mirror as mirror_section
+from lb.config.mirror import Mirror
 from lb.config.tls import TlsSettings
 from lb.config.values import (
     HOSTNAME,
@@ -59,6 +61,7 @@ HTTP_LISTENER_KEYS = (
     "http2",
     "auth",
     *splits_section.KEYS,
+    *mirror_section.KEYS,
 )
 HTTP2_KEYS = ("h2c", "max_concurrent_streams", "initial_window_size", "connection_window_size", "max_frame_size",
               "max_glitches")
@@ -85,6 +88,7 @@ ROUTE_KEYS = (
     LIMITS_KEY,
     "auth",
     *splits_section.KEYS,
+    *mirror_section.KEYS,
 )
 ROUTE_MATCHERS = ("host", "path_prefix", "path", "methods", "header")
 
@@ -106,6 +110,7 @@ class Route:
     limits: tuple[str, ...] = ()  # [limits.NAME] applied to its requests, after the listener's
     auth: str = ""  # [auth.NAME] its requests must pass (instead of the listener's); "" = the listener's
     split: Split | None = None  # weighted variants instead of one pool (pool: the first variant's)
+    mirror: Mirror | None = None  # a share of its requests copied to a shadow pool; None: the listener's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +163,7 @@ class Listener:
     auth: str = ""  # http: [auth.NAME] every request must pass (a route may name its own); "" = none
     max_connections: int = 0  # client connections of this listener open at once, all workers; 0 = no limit
     split: Split | None = None  # http: the variants of requests no route takes (pool: the first variant's)
+    mirror: Mirror | None = None  # http: a share of its requests (but those of routes with their own) copied
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
@@ -267,6 +273,7 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: di
         limits=parse_limit_names(t, limits, "http"),
         auth=parse_auth_name(t, auths),
         split=split,
+        mirror=mirror_section.parse(t, pools),
     )
 
 
@@ -381,6 +388,7 @@ def _parse_listener(
         limits=limit_names,
         auth=parse_auth_name(t, auths),
         split=split,
+        mirror=mirror_section.parse(t, pools) if mode == "http" else None,
     )
 
 

@@ -45,7 +45,8 @@ cdef int rules_init(lb_hrules *r, object rules) except -1:
 
 
 cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index, dict acl_index,
-                            dict limit_index=None, dict auth_index=None, dict split_index=None) except -1:
+                            dict limit_index=None, dict auth_index=None, dict split_index=None,
+                            dict mirror_index=None) except -1:
     """The http settings of one listener, from its config.Listener."""
     cdef lb_http_listener *hl = <lb_http_listener *>calloc(1, sizeof(lb_http_listener))
     if hl == NULL:
@@ -72,6 +73,10 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index,
     hl.routes = routes_init(listener.routes, pool_index, acl_index, limit_index, auth_index, split_index)
     split = getattr(listener, "split", None)
     hl.split = (split_index or {})[split.name] if split is not None else -1
+    mirror_index = mirror_index or {}
+    hl.mirror = mirror_index.get((listener.name, -1), -1)
+    for i in range(hl.n_routes):
+        hl.routes[i].mirror = mirror_index.get((listener.name, i), -1)
     hl.auth = (auth_index or {})[listener.auth] if getattr(listener, "auth", "") else -1
     rid_listener_init(hl, listener)
     h2 = getattr(hs, "http2", None)
@@ -114,6 +119,7 @@ cdef lb_route *routes_init(object routes, dict pool_index, dict acl_index=None, 
         rt.auth = (auth_index or {})[route.auth] if getattr(route, "auth", "") else -1
         split = getattr(route, "split", None)
         rt.split = (split_index or {})[split.name] if split is not None else -1
+        rt.mirror = -1
         limit = getattr(route, "max_body_size", None)
         rt.max_body = -1 if limit is None else limit
     return out
