@@ -221,3 +221,29 @@ def test_a_rollout_outlives_a_reload_and_a_restart_and_pauses_resumes_aborts(ser
     assert proc.returncode == 1 and "aborted already" in proc.stderr
     proc = lb_cli(sock, "rollout", "start", "app", "--to", "nosuch")
     assert proc.returncode == 2 and "not a variant" in proc.stderr
+
+
+# ---- the judgement, on figures made up ---------------------------------------------------------
+
+def _fig(requests, errors, p99_ms):
+    return {"requests": requests, "errors": errors, "error_rate": errors / requests if requests else None,
+            "p99_ms": p99_ms}
+
+
+RULES = {"max_error_rate": 0.01, "max_p99_ms": 500.0, "min_requests": 200}
+
+
+@pytest.mark.parametrize("canary, baseline, words", [
+    (_fig(1000, 5, 20.0), _fig(9000, 40, 18.0), ""),                          # as good as the baseline
+    (_fig(1000, 20, 20.0), _fig(9000, 0, 18.0), "above the bound 1.00%"),
+    (_fig(1000, 0, 600.0), _fig(9000, 0, 18.0), "p99 600.0ms above the bound 500.0ms"),
+    (_fig(1000, 8, 20.0), _fig(9000, 9, 18.0), "worse than the baseline's 0.10%"),
+    (_fig(1000, 0, 90.0), _fig(9000, 0, 20.0), "p99 90.0ms worse than the baseline's 20.0ms"),
+    (_fig(50, 0, 90.0), _fig(9000, 0, 20.0), ""),                             # the p99 of 50 is their slowest
+    (_fig(1000, 8, 90.0), _fig(100, 0, 20.0), ""),                            # a baseline too small to hold against
+])
+def test_the_judgement_holds_the_canary_to_its_bounds_and_to_the_baseline(canary, baseline, words):
+    from lb.control.rollout import judge
+
+    why = judge(RULES, canary, baseline)
+    assert (why == "") if not words else (words in why), why

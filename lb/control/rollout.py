@@ -41,6 +41,9 @@ ERROR_SLACK_ABS = 0.005
 ERROR_SLACK_REL = 0.5
 P99_SLACK_ABS = 0.025
 P99_SLACK_REL = 0.5
+# The canary's p99 is held against the baseline's only over this many of its
+# requests: the p99 of fewer is their slowest one, a single stall.
+P99_MIN_SAMPLES = 100
 ACTIVE = ("running", "paused")
 
 
@@ -98,8 +101,8 @@ def judge(r: dict, c: dict, b: dict) -> str:
         if rate > max(brate + ERROR_SLACK_ABS, brate * (1 + ERROR_SLACK_REL)):
             return f"error rate {_pct(rate)} worse than the baseline's {_pct(brate)}"
         bp99 = b["p99_ms"]
-        if p99 is not None and bp99 is not None and p99 > max(bp99 + P99_SLACK_ABS * 1000,
-                                                              bp99 * (1 + P99_SLACK_REL)):
+        p99_limit = None if bp99 is None else max(bp99 + P99_SLACK_ABS * 1000, bp99 * (1 + P99_SLACK_REL))
+        if p99 is not None and p99_limit is not None and c["requests"] >= P99_MIN_SAMPLES and p99 > p99_limit:
             return f"p99 {p99}ms worse than the baseline's {bp99}ms"
     return ""
 
@@ -125,6 +128,11 @@ def _rollouts(sup) -> dict:
                          r["to"], r["steps"][r["step"]])
         sup.state.data["rollouts"] = sup.rollouts
     return sup.rollouts
+
+
+def active_rollouts(sup) -> dict:
+    """The rollouts that own their split's weights (running or paused)."""
+    return {name: r for name, r in _rollouts(sup).items() if r.get("state") in ACTIVE}
 
 
 def _save(sup) -> None:

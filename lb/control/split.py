@@ -145,8 +145,10 @@ def set_weights(sup, s: dict, weights: list[int], why: str = "") -> None:
 
 
 def set_(sup, args: dict) -> dict:
+    from lb.control.rollout import active_rollouts  # (it imports this module)
+
     s = split_arg(sup, args)
-    rollout = (getattr(sup, "rollouts", None) or {}).get(s["split"].name)
+    rollout = active_rollouts(sup).get(s["split"].name)
     if rollout is not None and rollout.get("state") in ("running", "paused"):
         raise AdminError("failed", f"split {s['split'].name!r} is in a rollout ({rollout['state']}): "
                                    "lb rollout abort it first")

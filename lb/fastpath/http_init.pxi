@@ -73,10 +73,11 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index,
     hl.routes = routes_init(listener.routes, pool_index, acl_index, limit_index, auth_index, split_index)
     split = getattr(listener, "split", None)
     hl.split = (split_index or {})[split.name] if split is not None else -1
-    mirror_index = mirror_index or {}
-    hl.mirror = mirror_index.get((listener.name, -1), -1)
-    for i in range(hl.n_routes):
-        hl.routes[i].mirror = mirror_index.get((listener.name, i), -1)
+    hl.mirror = -1
+    if mirror_index:
+        hl.mirror = mirror_index.get((listener.name, -1), -1)
+        for i in range(hl.n_routes):
+            hl.routes[i].mirror = mirror_index.get((listener.name, i), -1)
     hl.auth = (auth_index or {})[listener.auth] if getattr(listener, "auth", "") else -1
     rid_listener_init(hl, listener)
     h2 = getattr(hs, "http2", None)
