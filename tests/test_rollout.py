@@ -175,6 +175,9 @@ def test_a_healthy_canary_reaches_100_through_every_step(served):
         assert d["canary"]["requests"] >= 20 and d["canary"]["errors"] == 0     # judged on enough requests
     assert weights(sock) == [0, 100]
     assert "rollout app: succeeded" in lb.log()
+    status = lb_json(sock, "status")
+    assert [(r["split"], r["state"]) for r in status["rollouts"]] == [("app", "succeeded")]
+    assert "canary succeeded" in lb_cli(sock, "status").stdout
 
 
 def test_a_canary_failing_5_percent_is_rolled_back_in_its_first_step(served):

@@ -51,7 +51,7 @@ def document(sup) -> dict:
     """The status document (docs/admin.md): listeners, pools and backends of
     the generation in force, workers of every generation still running."""
     from lb import metrics
-    from lb.control import split  # (it imports backend, which imports this module)
+    from lb.control import rollout, split  # (they import backend, which imports this module)
 
     gen = sup.gen
     latency = metrics.latencies(sup)
@@ -111,6 +111,7 @@ def document(sup) -> dict:
                     "crash_loop": gen.checker.crash_looping},
         "access_logs": logs.status(sup),
         "splits": split.show(sup, {})["splits"],
+        "rollouts": rollout.status(sup, {})["rollouts"],
     }
 
 
