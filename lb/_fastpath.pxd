@@ -527,6 +527,18 @@ cdef struct shm_split:               # 20160 bytes; writer: supervisor
     uint8_t table[2][SPLIT_BUCKETS]  # per half: bucket -> variant
     uint8_t _pad[24]
 
+# Mirrors (fastpath/mirror.pxi): what each worker's copies came to.
+cdef struct shm_mirror_head:         # 64 bytes, the start of the mirror_stats region; writer: supervisor, at creation
+    uint32_t n_mirrors               # the config's mirrors: each listener's, then its routes', in config order
+    uint32_t _pad0
+    uint64_t _pad[7]
+
+cdef struct shm_mirror_stats:        # 64 bytes, [row][mirror]; writer: the row's worker
+    uint64_t copies                  # copies started
+    uint64_t dropped                 # requests drawn but not copied: max_concurrent copies in flight, over max_body, a body still coming
+    uint64_t failed                  # copies that could not connect or send, or that the timeout ended before the shadow did
+    uint64_t _pad[5]
+
 
 # ---- Part 2: worker-private state --------------------------------------------
 
@@ -1115,9 +1127,7 @@ cdef struct lb_mirror_rt:            # a listener's or route's mirror (fastpath/
     uint32_t max_concurrent          # copies in flight at once, this worker
     uint32_t max_body                # request bytes (head and body) a copy may have
     uint32_t active
-    uint64_t copies                  # copies started, dropped (over max_concurrent, or too big), failed (connect, timeout)
-    uint64_t dropped
-    uint64_t failed
+    shm_mirror_stats *stats          # this worker's counters of it
     lb_tlist timer                   # each copy's whole life: connect, send, the answer discarded
 
 cdef struct lb_mirror:               # one copy in flight

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from lb._fastpath import REGIONS, Shm, limit_spec, split_publish  # noqa: F401 (REGIONS: the layout, for readers of this module)
+from lb._fastpath import REGIONS, Shm, limit_spec, mirror_sites, split_publish  # noqa: F401 (REGIONS: the layout, for readers of this module)
 from lb import splits as layout
 from lb.config.acls import access_rules
 from lb.config.splits import config_splits
@@ -50,7 +50,8 @@ def create_for_config(config, n_rows: int, path: str | None = None, seeds: dict[
                      log_records=config.global_.log_ring if logged else 0, limits=limits, auths=list(config.auth),
                      n_listeners=len(config.listeners),
                      listener_routes=[len(listener.routes) for listener in config.listeners.values()],
-                     splits=[(s.name, [pool_names.index(p) for p in s.pools]) for s in splits])
+                     splits=[(s.name, [pool_names.index(p) for p in s.pools]) for s in splits],
+                     n_mirrors=len(mirror_sites(config.listeners.values())))
     for pool_index, pool in enumerate(config.pools.values()):
         for index, b in enumerate(pool.backends):
             shm.set_backend(pool_index, index, b.host, b.port, b.name, b.weight, b.backup)

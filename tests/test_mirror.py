@@ -4,6 +4,7 @@ shadow gets about its share, a route's own mirror replaces the listener's."""
 
 from __future__ import annotations
 
+import json
 import socket
 import textwrap
 import threading
@@ -14,6 +15,7 @@ from conftest import free_port, global_toml, wait_for
 from http_client import parse_responses
 
 from lb import config
+from test_split import lb_ok
 
 
 class _Shadow(BaseHTTPRequestHandler):
@@ -102,7 +104,9 @@ def get_all(port: int, paths: list[str]):
 def test_a_shadow_that_never_answers_holds_no_client_and_gets_its_share(origins, shadow, run_lb):
     origin = origins("app")
     port = free_port()
-    run_lb(mirror_config(port, origin, shadow))
+    text = mirror_config(port, origin, shadow)
+    run_lb(text)
+    lb_sock = text.split('admin_socket = "', 1)[1].split('"', 1)[0]
     got = get_all(port, [f"/m/{i}" for i in range(400)]) + get_all(port, [f"/quiet/{i}" for i in range(50)])
     # every client request is answered by the origin while the shadow still holds every copy unanswered
     assert [r.status for r in got] == [200] * 450
@@ -112,6 +116,9 @@ def test_a_shadow_that_never_answers_holds_no_client_and_gets_its_share(origins,
     assert [r.status for r in got] == [200] * 20
     wait_for(lambda: sum(p.startswith("/all/") for p, _ in shadow.seen) == 20, 10,
              f"the route's copies ({sum(p.startswith('/all/') for p, _ in shadow.seen)} so far)")
+    # the shadow holds every copy past its 1 s timeout: lb ends them all
+    wait_for(lambda: sum(m["failed"] for m in json.loads(lb_ok(lb_sock, "status", "--json"))["mirrors"])
+             == len(shadow.seen), 10, "the copies' timeouts")
     shadow.release.set()
     seen = list(shadow.seen)
     copied = [p for p, _ in seen if p.startswith("/m/")]
@@ -119,6 +126,11 @@ def test_a_shadow_that_never_answers_holds_no_client_and_gets_its_share(origins,
     assert len(set(copied)) == len(copied)                             # each copied once
     assert not any(p.startswith("/quiet/") for p, _ in seen)           # its route's own mirror copies none
     assert all(conn == "close" for _, conn in seen)
+    # what the copies came to, in lb status
+    status = json.loads(lb_ok(lb_sock, "status", "--json"))
+    counts = {(m["listener"], m["route"]): m for m in status["mirrors"]}
+    assert counts[("web", None)]["copies"] == len(copied) and counts[("web", None)]["dropped"] == 0
+    assert counts[("web", "quiet")]["copies"] == 0 and counts[("web", "all")]["copies"] == 20
 
 
 @pytest.mark.parametrize("mirror, path, words", [

@@ -112,6 +112,7 @@ def document(sup) -> dict:
         "access_logs": logs.status(sup),
         "splits": split.show(sup, {})["splits"],
         "rollouts": rollout.status(sup, {})["rollouts"],
+        "mirrors": metrics.mirror_status(gen),
     }
 
 

@@ -381,7 +381,7 @@ cdef class Worker:
             for i, pool in enumerate(pools):
                 http_pool_init(&w.pools[i], pool)
             splits_worker_init(w, shm, [listener for _, listener in listeners], acl_index)
-            mirror_index = mirrors_worker_init(w, [listener for _, listener in listeners], pool_index)
+            mirror_index = mirrors_worker_init(w, shm, row, [listener for _, listener in listeners], pool_index)
         for i, (fd, listener) in enumerate(listeners):
             l = &w.listeners[i]
             l.fd = fd

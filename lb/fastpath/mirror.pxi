@@ -41,7 +41,7 @@ cdef void mirror_close(lb_worker *w, lb_mirror *m, bint failed) noexcept nogil:
     if m.state == MS_CLOSED:
         return
     if failed:
-        m.rt.failed += 1
+        lb_add_u64(&m.rt.stats.failed, 1)
     close(m.fd)                      # (which takes it out of the epoll set)
     w.fds -= 1
     lb_store_i64(&w.stats.fds, w.fds)
@@ -67,20 +67,20 @@ cdef void mirror_start(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef epoll_event ev
     h.mirror = -1
     if h.rq_state != RQ_DONE or not h.replayable or n == 0 or n > rt.max_body or rt.active >= rt.max_concurrent:
-        rt.dropped += 1
+        lb_add_u64(&rt.stats.dropped, 1)
         return
     while line + 1 < n and not (src[line] == 13 and src[line + 1] == 10):
         line += 1
     if line + 1 >= n:
-        rt.dropped += 1
+        lb_add_u64(&rt.stats.dropped, 1)
         return
     slot = p.ops.pick(w, p, &h.c, h.key)
     if slot < 0:
-        rt.failed += 1
+        lb_add_u64(&rt.stats.failed, 1)
         return
     fd = backend_connect(w, slot)
     if fd < 0:
-        rt.failed += 1
+        lb_add_u64(&rt.stats.failed, 1)
         return
     m = w.http.mirror_free
     if m != NULL:
@@ -95,7 +95,7 @@ cdef void mirror_start(lb_worker *w, lb_hconn *h) noexcept nogil:
             m.next = w.http.mirror_free
             w.http.mirror_free = m
         close(fd)
-        rt.failed += 1
+        lb_add_u64(&rt.stats.failed, 1)
         return
     # the request line, then lb's Connection: close, then the rest as sent
     memcpy(m.buf, src, line + 2)
@@ -111,7 +111,7 @@ cdef void mirror_start(lb_worker *w, lb_hconn *h) noexcept nogil:
     w.fds += 1
     lb_store_i64(&w.stats.fds, w.fds)
     rt.active += 1
-    rt.copies += 1
+    lb_add_u64(&rt.stats.copies, 1)
     tl_append(&rt.timer, &m.tn, w.now_ms, m)
     if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
         mirror_close(w, m, True)
@@ -179,17 +179,63 @@ cdef void mirror_free_closed(lb_worker *w) noexcept nogil:
         m = n
 
 
-cdef dict mirrors_worker_init(lb_worker *w, listeners, dict pool_index):
-    """Every mirror of the worker's listeners and their routes; the index of
-    each by (listener name, route index or -1)."""
-    cdef lb_mirror_rt *rt
-    sites = []
+def mirror_sites(listeners):
+    """((listener name, route index or -1), config.Mirror) of every mirror, in
+    config order: the order of their counters in the mirror_stats region."""
+    sites, seen = [], set()
     for listener in listeners:
+        if listener.name in seen:
+            continue                 # (a worker has a socket per bind address)
+        seen.add(listener.name)
         if getattr(listener, "mirror", None) is not None:
             sites.append(((listener.name, -1), listener.mirror))
         for i, route in enumerate(listener.routes):
             if getattr(route, "mirror", None) is not None:
                 sites.append(((listener.name, i), route.mirror))
+    return sites
+
+
+def mirrors_region_size(d):
+    return sizeof(shm_mirror_head) + d.rows * d.mirrors * sizeof(shm_mirror_stats)
+
+
+cdef int mirrors_init(Shm shm, uint32_t n_mirrors) except -1:
+    (<shm_mirror_head *>shm.region_addr("mirror_stats")).n_mirrors = n_mirrors
+    return 0
+
+
+def mirror_counts(Shm shm, rows=None):
+    """Each mirror's counters, summed over the rows (default all), in config order."""
+    cdef shm_mirror_head *mh = <shm_mirror_head *>shm.region_addr("mirror_stats")
+    cdef shm_mirror_stats *st = <shm_mirror_stats *>(<char *>mh + sizeof(shm_mirror_head))
+    cdef shm_mirror_stats *e
+    out = []
+    for i in range(mh.n_mirrors):
+        c = {"copies": 0, "dropped": 0, "failed": 0}
+        for r in (range(shm.hdr.n_rows) if rows is None else rows):
+            e = &st[<uint64_t>r * mh.n_mirrors + i]
+            c["copies"] += lb_load_u64(&e.copies)
+            c["dropped"] += lb_load_u64(&e.dropped)
+            c["failed"] += lb_load_u64(&e.failed)
+        out.append(c)
+    return out
+
+
+cdef dict mirrors_worker_init(lb_worker *w, Shm shm, uint32_t row, listeners, dict pool_index):
+    """Every mirror of the worker's listeners and their routes; the index of
+    each by (listener name, route index or -1)."""
+    cdef lb_mirror_rt *rt
+    cdef shm_mirror_head *mh = <shm_mirror_head *>shm.region_addr("mirror_stats")
+    cdef shm_mirror_stats *st = <shm_mirror_stats *>(<char *>mh + sizeof(shm_mirror_head))
+    cdef shm_mirror_stats *private
+    sites = mirror_sites(listeners)
+    if mh.n_mirrors != len(sites):
+        # a region made for another config (a test's): count where nobody reads
+        private = <shm_mirror_stats *>calloc(max(1, len(sites)), sizeof(shm_mirror_stats))
+        if private == NULL:
+            raise MemoryError()
+        st = private
+        row = 0
     w.http.n_mirrors = len(sites)
     w.http.mirrors = <lb_mirror_rt *>calloc(max(1, len(sites)), sizeof(lb_mirror_rt))
     if w.http.mirrors == NULL:
@@ -201,4 +247,5 @@ cdef dict mirrors_worker_init(lb_worker *w, listeners, dict pool_index):
         rt.max_concurrent = m.max_concurrent
         rt.max_body = m.max_body
         rt.timer.timeout_ms = max(1, <uint64_t>(m.timeout * 1000))
+        rt.stats = &st[<uint64_t>row * len(sites) + i]
     return {key: i for i, (key, _) in enumerate(sites)}

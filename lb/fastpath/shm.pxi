@@ -61,8 +61,8 @@ cdef inline uint64_t _line(uint64_t n) noexcept nogil:
 # config's listeners; routes: all their routes (the metrics' entities beside
 # pools and slots))
 Dimensions = _collections.namedtuple("Dimensions",
-                                     "pools slots rows tables acls rules log_records limits auths listeners routes splits variants",
-                                     defaults=((), 0, 1, 0, 0, 0))
+                                     "pools slots rows tables acls rules log_records limits auths listeners routes splits variants "
+                                     "mirrors", defaults=((), 0, 1, 0, 0, 0, 0))
 
 
 cdef class _Resident:
@@ -152,6 +152,8 @@ REGIONS = (
      lambda d: d.rows * sizeof(shm_top_row)),
     ("splits", "supervisor (each split's two halves of weights and bucket table, flipped by generation)",
      lambda d: splits_region_size(d)),
+    ("mirror_stats", "each worker, its own row of every mirror's counters (fastpath/mirror.pxi)",
+     lambda d: mirrors_region_size(d)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
@@ -189,7 +191,7 @@ cdef class Shm:
 
     @staticmethod
     def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0,
-               limits=(), auths=(), uint32_t n_listeners=1, listener_routes=(), splits=()):
+               limits=(), auths=(), uint32_t n_listeners=1, listener_routes=(), splits=(), uint32_t n_mirrors=0):
         """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
         balance_factor); table_size counts only for maglev, hash_key is a config
         hash_key string (keys the tcp path cannot compute, and every key of a
@@ -215,7 +217,7 @@ cdef class Shm:
                           limits=tuple((spec["capacity"], spec["concurrent"]) for spec in limits),
                           auths=len(auths), listeners=max(1, n_listeners, len(listener_routes)),
                           routes=sum(listener_routes), splits=len(splits),
-                          variants=sum(len(pools) for _, pools in splits))
+                          variants=sum(len(pools) for _, pools in splits), mirrors=n_mirrors)
         layout = []
         cdef uint64_t total = _line(sizeof(shm_header))
         for name, _, size_of in REGIONS:
@@ -254,6 +256,7 @@ cdef class Shm:
         (<shm_log_head *>self.region_addr("log_rings")).n_records = log_records
         metrics_init(self, listener_routes, sum(len(pools) for _, pools in splits))
         splits_init(self, splits)
+        mirrors_init(self, n_mirrors)
         cdef uint32_t first = 0
         cdef uint64_t table_off = <uint64_t><size_t>(self.region_addr("maglev_tables") - self.base)
         cdef shm_pool *p
