@@ -139,7 +139,6 @@ cdef uint32_t split_bucket(lb_worker *w, lb_hconn *h, lb_split_rt *sp, http_req 
     cookie a random bucket, and the response the cookie that keeps it."""
     cdef uint32_t off = 0, len = 0, i
     cdef int32_t bucket
-    cdef bint found = False
     if sp.sticky == SPK_COOKIE:
         if cookie_find(b, r, &sp.sticky_name, &off, &len):
             bucket = split_cookie_bucket(sp, b + off, len)
@@ -172,7 +171,7 @@ cdef uint32_t split_variant_of(shm_split *s, uint32_t bucket) noexcept nogil:
 cdef int32_t split_override(lb_worker *w, lb_hconn *h, lb_split_rt *sp, http_req *r, const uint8_t *b) noexcept nogil:
     """The variant the request names by its pool, where the split takes
     overrides and from where it takes them; -1: none."""
-    cdef uint32_t off = 0, len = 0, i
+    cdef uint32_t off = 0, len = 0, i, j
     cdef bint found = False
     cdef acl_addr a
     if sp.override == SPK_HEADER:
@@ -193,8 +192,8 @@ cdef int32_t split_override(lb_worker *w, lb_hconn *h, lb_split_rt *sp, http_req
         return -1
     if sp.n_allow:
         acl_addr_of(&h.c.peer, &a)
-        for off in range(sp.n_allow):
-            if acl_match(w.base, &w.acls[sp.allow[off]], &a):
+        for j in range(sp.n_allow):
+            if acl_match(w.base, &w.acls[sp.allow[j]], &a):
                 return <int32_t>i
         return -1
     return <int32_t>i
