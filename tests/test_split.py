@@ -376,3 +376,29 @@ def test_edited_config_weights_win_at_a_reload_moving_only_whom_they_must(pair, 
     after = [variant(r) for r in requests(port, [f"Cookie: {c}\r\n" for c in cookies])]
     moved = {(a, b) for a, b in zip(before, after) if a != b}
     assert moved == {("canary", "stable")}
+
+
+def test_with_three_variants_the_workers_follow_the_reference_layout(origins, run_lb, tmp_path):
+    names = ("stable", "canary", "beta")
+    o = {n: origins(n) for n in names}
+    port = free_port()
+    text = global_toml(run_dir=str(tmp_path)) + textwrap.dedent(f"""
+        [listeners.web]
+        bind = ["127.0.0.1:{port}"]
+        split = [{{ pool = "stable", weight = 60 }}, {{ pool = "canary", weight = 30 }}, {{ pool = "beta", weight = 10 }}]
+        """) + "".join(f'[pools.{n}]\n[[pools.{n}.backends]]\naddress = "{o[n].address}"\n' for n in names)
+    lb = run_lb(text)
+    sock = f"{tmp_path}/admin.sock"
+    table = layout.initial([60, 30, 10])
+    for weights in ([40, 30, 30], [40, 20, 40], [50, 20, 30]):
+        lb_ok(sock, "split", "set", "web", *(f"{n}={w}" for n, w in zip(names, weights)))
+        table = layout.move(table, weights)
+    buckets = random.Random(7).sample(range(layout.BUCKETS), 300)
+    got = requests(port, [f"Cookie: lb_variant={split_cookie_value('web', b)}\r\n" for b in buckets])
+    assert [variant(r) for r in got] == [names[table[b]] for b in buckets]
+    # a restart keeps the table the changes made, not a fresh layout of the weights
+    lb.stop()
+    run_lb(text)
+    got = requests(port, [f"Cookie: lb_variant={split_cookie_value('web', b)}\r\n" for b in buckets])
+    assert [variant(r) for r in got] == [names[table[b]] for b in buckets]
+    assert table != layout.initial([50, 20, 30])
