@@ -16,7 +16,7 @@ from lb.includes.nghttp2 cimport nghttp2_session, nghttp2_session_callbacks, ngh
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 8
+    LB_SHM_VERSION = 9
     LB_MAX_REGIONS = 24                # entries of the header's region directory
     LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
@@ -472,7 +472,7 @@ cdef struct shm_metrics_head:        # 64 bytes, the start of the metrics region
     uint32_t n_pools
     uint32_t n_slots
     uint32_t n_entities
-    uint32_t _pad0
+    uint32_t n_variants              # ... then every split's variants (fastpath/split.pxi), in config order
     uint64_t _pad[5]
 
 
@@ -508,6 +508,43 @@ cdef struct shm_top_row:             # one per worker row; writer: that worker
     uint64_t status[2][TOP_STATUSES]
 
 
+# Splits (fastpath/split.pxi): the weighted variants of a listener or a route.
+# A user's bucket (0 .. SPLIT_BUCKETS - 1: from lb's cookie, or a hash of the
+# sticky key) indexes the split's table, which names the variant. The table
+# is the supervisor's (lb/splits.py lays it out: a weight change moves only
+# the buckets it must), written into the half the workers do not read, then
+# flipped by generation.
+cdef enum:
+    SPLIT_MAX_VARIANTS = 8
+    SPLIT_BUCKETS = 10000
+
+cdef struct shm_split_head:          # 64 bytes, the start of the splits region; writer: supervisor, at creation
+    uint32_t n_splits
+    uint32_t _pad0
+    uint64_t _pad[7]
+
+cdef struct shm_split:               # 20160 bytes; writer: supervisor
+    uint32_t gen                     # the live half is (gen & 1); bumped with a release store after the other half is written
+    uint32_t n_variants              # at creation
+    int32_t pool[SPLIT_MAX_VARIANTS] # each variant's pool index, at creation
+    uint16_t weight[2][SPLIT_MAX_VARIANTS]  # per half: each variant's weight in percent (the table's counts / 100)
+    char name[LB_NAME_LEN]
+    uint8_t table[2][SPLIT_BUCKETS]  # per half: bucket -> variant
+    uint8_t _pad[24]
+
+# Mirrors (fastpath/mirror.pxi): what each worker's copies came to.
+cdef struct shm_mirror_head:         # 64 bytes, the start of the mirror_stats region; writer: supervisor, at creation
+    uint32_t n_mirrors               # the config's mirrors: each listener's, then its routes', in config order
+    uint32_t _pad0
+    uint64_t _pad[7]
+
+cdef struct shm_mirror_stats:        # 64 bytes, [row][mirror]; writer: the row's worker
+    uint64_t copies                  # copies started
+    uint64_t dropped                 # requests drawn but not copied: max_concurrent copies in flight, over max_body, a body still coming
+    uint64_t failed                  # copies that could not connect or send, or that the timeout ended before the shadow did
+    uint64_t _pad[5]
+
+
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn
@@ -538,6 +575,7 @@ cdef enum:
     KIND_HTTP = 1                    # an lb_hconn (client side of an http session)
     KIND_BCONN = 2                   # an lb_bconn (a backend connection of the http engine)
     KIND_H2B = 3                     # an lb_h2b (an HTTP/2 connection to a backend; fastpath/h2_backend.pxi)
+    KIND_MIRROR = 4                  # an lb_mirror (a request's copy to a shadow pool, fastpath/mirror.pxi)
 
 cdef enum:
     CS_FREE = 0
@@ -907,6 +945,8 @@ cdef struct lb_route:
     int64_t max_body                 # max_body_size; 0: none, -1: the listener's
     lb_limit_list *limits            # rate and concurrency limits of this route's requests; NULL: none
     int32_t auth                     # [auth.NAME] index of this route's requests; -1: the listener's
+    int32_t split                    # its split (the splits region's index); -1: none, its pool
+    int32_t mirror                   # its mirror (w.http.mirrors); -1: the listener's
 
 cdef struct lb_tnode:                # a timer-list link; lists hold nodes of one constant timeout
     lb_tnode *prev
@@ -953,6 +993,8 @@ cdef struct lb_http_listener:
     uint32_t h2_max_frame            # SETTINGS_MAX_FRAME_SIZE
     uint32_t h2_max_glitches         # frames that do no work (control floods, resets of unanswered streams) before GOAWAY
     int32_t auth                     # [auth.NAME] index of its requests; -1: none
+    int32_t split                    # the split of requests no route took (the splits region's index); -1: none
+    int32_t mirror                   # the mirror of its requests (w.http.mirrors), unless their route has one; -1: none
 
 cdef struct lb_http_pool:
     uint32_t max_idle                # idle keep-alive connections per backend (this worker)
@@ -1047,6 +1089,10 @@ cdef struct lb_hconn:                # the client side of an http session
     uint8_t park_step                # HS_PARKED: the request step to go on from
     uint32_t cut_off                 # a part of the target the backend does not get (an API key's query
     uint32_t cut_len                 # parameter), from the start of the head; cut_len 0: none
+    int32_t split                    # the split that chose the pool (-1: none)
+    uint32_t split_cookie            # the response sets the split cookie to bucket split_cookie - 1 (0: none)
+    uint8_t split_variant            # ... and the variant it chose
+    int32_t mirror                   # the request is copied to this mirror's pool when it is sent (-1: not)
 
 
 cdef struct lb_auth_cache:            # a success of HTTP Basic (fastpath/auth_basic.pxi)
@@ -1120,6 +1166,38 @@ cdef struct lb_auth_rt:               # a worker's view of one [auth.NAME] (fast
     lb_str realm                     # the answer's WWW-Authenticate realm: the auth's name
     lb_jwt_rt *jwt                   # JWT: its keys, cache and claims (NULL: not a JWT auth)
 
+cdef struct lb_split_rt:             # a worker's view of one split (fastpath/split.pxi)
+    shm_split *shm
+    uint8_t sticky                   # SPK_*: where a user's bucket comes from
+    uint8_t override                 # SPK_HEADER, SPK_COOKIE: a variant asked for by name; 0: none
+    lb_str sticky_name               # cookie name as written, header name lower case
+    lb_str override_name
+    lb_str *variant_names            # [n_variants] pool names, as the override names them
+    uint32_t n_allow                 # override only from the addresses of these ACLs (0: from anywhere)
+    uint32_t allow[ACL_MAX_PER_LIST]
+    uint64_t seed                    # of the cookie's check and of the key hash: the split's name
+    uint32_t met_base                # metrics: the entity of variant 0 (UINT32_MAX: none)
+
+cdef struct lb_mirror_rt:            # a listener's or route's mirror (fastpath/mirror.pxi)
+    int32_t pool                     # the shadow pool
+    uint64_t threshold               # a request is copied when 32 random bits are below it
+    uint32_t max_concurrent          # copies in flight at once, this worker
+    uint32_t max_body                # request bytes (head and body) a copy may have
+    uint32_t active
+    shm_mirror_stats *stats          # this worker's counters of it
+    lb_tlist timer                   # each copy's whole life: connect, send, the answer discarded
+
+cdef struct lb_mirror:               # one copy in flight
+    uint32_t kind                    # KIND_MIRROR (first: epoll events find the kind here)
+    uint32_t state                   # MS_*
+    int fd
+    lb_mirror_rt *rt
+    char *buf                        # the request as sent to the backend, with Connection: close
+    uint32_t len
+    uint32_t sent
+    lb_tnode tn
+    lb_mirror *next                  # free or closed list
+
 cdef struct lb_http_worker:
     http_req *req                    # scratch: the head being handled
     http_req *resp
@@ -1150,6 +1228,12 @@ cdef struct lb_http_worker:
     nghttp2_option *h2bopt
     lb_h2bs *free_h2bs               # backend streams' structs for reuse
     uint32_t n_free_h2bs
+    lb_split_rt *splits              # [n_splits] the splits of the config (fastpath/split.pxi)
+    uint32_t n_splits
+    lb_mirror_rt *mirrors            # [n_mirrors] the mirrors of its listeners and routes (fastpath/mirror.pxi)
+    uint32_t n_mirrors
+    lb_mirror *mirror_free
+    lb_mirror *mirror_closed         # closed this turn, freed after its events
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------

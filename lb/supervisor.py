@@ -136,6 +136,8 @@ class Generation:
     metrics_label_cache: tuple | None = None
     # the access-log process; None when no listener logs
     logger: WorkerSlot | None = None
+    # split name -> its layout in force (lb.control.split): pools, weights, table
+    splits: dict = field(default_factory=dict)
 
     @property
     def helpers(self) -> list[WorkerSlot]:
@@ -216,6 +218,8 @@ class Supervisor:
         self.metrics: metrics_mod.MetricsServer | None = None
         # samples for rates and last-minute percentiles (/stats.json, lb stats)
         self.metrics_history = metrics_mod.History()
+        # split name -> its rollout (lb.control.rollout), loaded from the state file at the first tick
+        self.rollouts: dict | None = None
         # [ha]: the file keepalived tracks (None when ha.mode is "none") and
         # whether an operator drained this node (kept in the state file)
         self.health: ha.HealthFile | None = None
@@ -323,6 +327,7 @@ class Supervisor:
         )
         control.backend.apply_state(self.state, gen)
         control.acl.apply_state(self.state, gen)
+        control.split.apply_state(self.state, gen, previous)
         # keys lb made carry over to the new generation, keys from a file do not
         made_keys = previous is not None and not previous.config.global_.tls.keys_file
         tls_mod.publish_ticket_keys(region, config.global_.tls, previous.shm if made_keys else None)
@@ -722,6 +727,7 @@ class Supervisor:
             if self.metrics is not None:
                 self.metrics.tick(sel)
             self.metrics_history.tick(self)
+            control.rollout.tick(self)
             if next_status is not None and time.monotonic() >= next_status:
                 self.on_status(self)
                 next_status = time.monotonic() + self.status_interval

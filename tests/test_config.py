@@ -216,6 +216,23 @@ request_id = "X-Trace-Id"
     add = { "X-Route" = "upload" }
     remove = ["ETag"]
 
+  [[listeners.web.routes]]
+  name = "beta"
+  path_prefix = "/beta/"
+  split = [{ pool = "app", weight = 90 }, { pool = "api", weight = 10 }]
+  split_sticky = "header:X-User"
+  split_override = "header:X-Variant"
+  split_override_allow = ["office"]
+  mirror = { pool = "api", percent = 5, timeout = "500ms", max_concurrent = 10, max_body = "16KiB" }
+
+[listeners.ab]
+bind = "127.0.0.1:8090"
+split = [{ pool = "app", weight = 50 }, { pool = "api", weight = 50 }]
+split_sticky = "source_ip"
+split_override = "cookie:variant"
+split_override_allow = ["office"]
+mirror = { pool = "api", percent = 10, timeout = "2s", max_concurrent = 50, max_body = "64KiB" }
+
 [listeners.db]
 bind = "*:5432"
 mode = "tcp"
@@ -306,8 +323,18 @@ def test_full_config_loads_every_key():
     assert (g.tls.keys, g.tls.current) == (tuple(TICKET_KEYS[1:]), 1)
     assert g.worker_count() == 4
 
-    assert list(cfg.listeners) == ["web", "db"]
+    assert list(cfg.listeners) == ["web", "ab", "db"]
     web = cfg.listeners["web"]
+    assert web.routes[-1].split == config.Split(
+        variants=(("app", 90), ("api", 10)), sticky="header:X-User", override="header:X-Variant",
+        override_allow=("office",), name="beta")
+    assert web.routes[-1].mirror == config.Mirror(pool="api", percent=5.0, timeout=0.5, max_concurrent=10,
+                                                  max_body=16384)
+    assert cfg.listeners["ab"].mirror == config.Mirror(pool="api", percent=10.0, timeout=2.0, max_concurrent=50,
+                                                       max_body=65536)
+    assert cfg.listeners["ab"].split == config.Split(
+        variants=(("app", 50), ("api", 50)), sticky="source_ip", override="cookie:variant",
+        override_allow=("office",), name="ab")
     assert [str(b) for b in web.bind] == ["0.0.0.0:8080", "[::1]:8080"]
     assert [b.family for b in web.bind] == [socket.AF_INET, socket.AF_INET6]
     assert (web.mode, web.pool, web.accept_proxy, web.idle_timeout, web.backlog) == ("http", "app", True, 30.0, 1024)
@@ -373,7 +400,7 @@ def test_full_config_loads_every_key():
     assert (cfg.acls["office"].ipv4, cfg.acls["office"].ipv6, cfg.acls["office"].cidrs) == (
         2, 1, ("10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"))
     assert (cfg.acls["blocked"].ipv4, cfg.acls["blocked"].ipv6, cfg.acls["blocked"].file) == (2, 1, str(ACL_FILE))
-    assert web.routes == (
+    assert web.routes[:-1] == (
         config.Route(host="api.example.com", path_prefix="/v1/", pool="api", name="api", max_body_size=0,
                      access=config.Access(allow=("office",), deny=("blocked",), rule=3), limits=("per_user",),
                      auth="partners"),
@@ -468,6 +495,10 @@ def _contract_keys() -> set[str]:
         "global.metrics": config.GLOBAL_METRICS_KEYS,
         "listeners.*": config.LISTENER_KEYS,
         "listeners.*.routes": config.ROUTE_KEYS,
+        "listeners.*.split": config.SPLIT_VARIANT_KEYS,
+        "listeners.*.routes.split": config.SPLIT_VARIANT_KEYS,
+        "listeners.*.mirror": config.MIRROR_KEYS,
+        "listeners.*.routes.mirror": config.MIRROR_KEYS,
         "listeners.*.request_headers": config.HEADER_RULE_KEYS,
         "listeners.*.response_headers": config.HEADER_RULE_KEYS,
         "listeners.*.routes.request_headers": config.HEADER_RULE_KEYS,
@@ -915,6 +946,12 @@ HTTP_LISTENER_VALUES = {
     "request_id": 'request_id = "X-Request-Id"',
     "auth": 'auth = "api"\n[auth.api]\ntype = "api_key"\nkeys_file = "/nonexistent/lb-keys.txt"',
     "http2": "[listeners.web.http2]\nh2c = true",
+    "split": 'split = [{ pool = "app", weight = 100 }, { pool = "app2", weight = 0 }]\n'
+             '[pools.app2]\n[[pools.app2.backends]]\naddress = "10.0.0.2:80"',
+    "split_sticky": 'split_sticky = "source_ip"',
+    "split_override": 'split_override = "header:X-Variant"',
+    "split_override_allow": 'split_override_allow = ["office"]',
+    "mirror": 'mirror = { pool = "app", percent = 10 }',
 }
 
 
@@ -1292,7 +1329,7 @@ def test_check_json(run_check):
     assert result.exit_code == 0
     out = json.loads(result.stdout)
     assert out["ok"] is True
-    assert (out["listeners"], out["pools"], out["backends"], out["warnings"]) == (2, 2, 3, [])
+    assert (out["listeners"], out["pools"], out["backends"], out["warnings"]) == (3, 2, 3, [])
     assert out["sha256"] == hashlib.sha256(FULL.encode()).hexdigest()
 
 

@@ -185,6 +185,8 @@ cdef void h_connect(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef int fd
     cdef lb_bconn *b
     cdef epoll_event ev
+    if h.mirror >= 0:
+        mirror_start(w, h)           # before the first try: the request is whole and not yet sent
     while h.c.tries <= <int32_t>p.retries:
         if h.sticky_slot >= 0 and h.c.tries == 0 and backend_hashable(&w.backends[h.sticky_slot]):
             slot = h.sticky_slot
@@ -307,6 +309,9 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     log_exchange_start(w, h, r, b)
     w.http.id_len = 0                # no API-key identity until this request's auth step finds one
     h.cut_len = 0
+    h.split = -1                     # until this request's split step picks a variant
+    h.split_cookie = 0
+    h.mirror = -1
     top_path(w, b + r.target_off, r.target_len)
     rc = phase_request(w, h, r, b)
     if rc != STEP_CONTINUE:
@@ -446,6 +451,7 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     h.resp_started = 0
     h.resp_sent = 0                  # an error page for the next request is sent, not cut
     h.route = -1
+    h.split = -1
     if h.inb.len:
         tl_append(&hl.req_timer, &h.tphase, w.now_ms, h)
     else:

@@ -141,6 +141,8 @@ cdef lb_hconn *hconn_alloc(lb_worker *w) noexcept nogil:
     h.pipe[1] = -1
     h.route = -1
     h.sticky_slot = -1
+    h.split = -1
+    h.mirror = -1
     return h
 
 
@@ -173,6 +175,7 @@ cdef void http_free_closed(lb_worker *w) noexcept nogil:
     """Backend connections closed in this turn, freed once its events are done."""
     cdef lb_bconn *b = w.http.closed_b
     cdef lb_bconn *n
+    mirror_free_closed(w)
     w.http.closed_b = NULL
     while b != NULL:
         n = b.idle_next

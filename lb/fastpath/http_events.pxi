@@ -63,6 +63,8 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
         return
     if (<uint32_t *>obj)[0] == KIND_H2B:
         h2b_on_event(w, <lb_h2b *>obj, events)
+    if (<uint32_t *>obj)[0] == KIND_MIRROR:
+        mirror_on_event(w, <lb_mirror *>obj, events)
         return
     b = <lb_bconn *>obj
     if b.state == BS_CLOSED:
@@ -144,6 +146,7 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
     cdef lb_http_listener *hl
     cdef lb_http_pool *hp
     cdef uint64_t now = w.now_ms, last
+    mirror_timers_sweep(w)
     for i in range(w.n_listeners):
         hl = w.listeners[i].http
         if hl == NULL:
@@ -262,6 +265,7 @@ cdef uint64_t http_next_deadline(lb_worker *w, uint64_t deadline) noexcept nogil
             deadline = tl_deadline(&hp.idle_timer, deadline)
     if w.http != NULL:
         deadline = tl_deadline(&w.http.linger_timer, deadline)
+        deadline = mirror_next_deadline(w, deadline)
     return deadline
 
 

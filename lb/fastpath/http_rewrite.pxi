@@ -308,6 +308,8 @@ cdef bint rewrite_response(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req
             return False
         if h.set_sticky and not sticky_emit(w, &w.pools[h.c.pool], o, h.c.slot):
             return False
+        if h.split_cookie and not split_emit(w, h, o):
+            return False
         if rid_has(h) and not rid_emit(h, o):
             return False
         if not h.client_ka:

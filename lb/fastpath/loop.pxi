@@ -382,6 +382,8 @@ cdef class Worker:
             auth_worker_init(w, shm, auths)
             for i, pool in enumerate(pools):
                 http_pool_init(&w.pools[i], pool)
+            splits_worker_init(w, shm, [listener for _, listener in listeners], acl_index)
+            mirror_index = mirrors_worker_init(w, shm, row, [listener for _, listener in listeners], pool_index)
         for i, (fd, listener) in enumerate(listeners):
             l = &w.listeners[i]
             l.fd = fd
@@ -411,7 +413,8 @@ cdef class Worker:
             metrics_listener_init(w, l, shm, len(listener.routes))
             phases_init(&l.phases, listener)
             if listener.mode == "http":
-                http_listener_init(l, listener, pool_index, acl_index, limit_index, auth_index)
+                http_listener_init(l, listener, pool_index, acl_index, limit_index, auth_index, split_index(shm),
+                                   mirror_index)
 
     def run(self):
         """Serve until SIGTERM has drained every connection (or the drain timed
