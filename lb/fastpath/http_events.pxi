@@ -63,6 +63,7 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
         return
     if (<uint32_t *>obj)[0] == KIND_H2B:
         h2b_on_event(w, <lb_h2b *>obj, events)
+        return
     if (<uint32_t *>obj)[0] == KIND_MIRROR:
         mirror_on_event(w, <lb_mirror *>obj, events)
         return
