@@ -446,6 +446,8 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
 cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef int progress = 0
     cdef lb_bconn *b
+    if h.cx != NULL and h.cx.serving:
+        return cache_serve(w, h)     # answered by lb: no backend
     if h.rq_state == RQ_BODY_CL or h.rq_state == RQ_BODY_CHUNKED:
         progress |= h_req_body(w, h)
         if h.st != HS_EXCH:
