@@ -158,7 +158,7 @@ def get(port, target, method="GET", headers=None, body=None):
 
 
 def cli(lb, *args):
-    out = subprocess.run([sys.executable, "-m", "lb", "cache", *args, "--socket", str(lb.run_dir / "admin.sock")],
+    out = subprocess.run([sys.executable, "-m", "lb", "--socket", str(lb.run_dir / "admin.sock"), *args],
                          capture_output=True, text=True, timeout=20, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     return out.stdout
@@ -221,3 +221,288 @@ def test_a_fresh_response_is_served_from_the_cache_with_age_and_cache_status(ori
     status, h, body = get(lb.port, "/a", method="HEAD")
     assert (status, body, h["content-length"]) == (200, b"", "5")
     assert origin.count("/a") == 1
+
+
+def httpdate(offset: float = 0.0) -> str:
+    return email.utils.formatdate(time.time() + offset, usegmt=True)
+
+
+def twice(origin, port, target, **kwargs):
+    """Two requests; the origin's count and the second answer's Cache-Status."""
+    get(port, target, **kwargs)
+    status, h, body = get(port, target, **kwargs)
+    return origin.count(target), h.get("cache-status", ""), status, body
+
+
+def test_what_a_shared_cache_must_not_store(origin, lb_cache):
+    origin.routes.update({
+        "/no-store": (200, [("Cache-Control", "max-age=60, no-store")], b"x"),
+        "/private": (200, [("Cache-Control", "private, max-age=60")], b"x"),
+        "/no-cache": (200, [("Cache-Control", "no-cache, max-age=60")], b"x"),
+        "/cookie": (200, [("Cache-Control", "max-age=60"), ("Set-Cookie", "s=1")], b"x"),
+        "/vary-star": (200, [("Cache-Control", "max-age=60"), ("Vary", "*")], b"x"),
+        "/partial": (206, [("Cache-Control", "max-age=60"), ("Content-Range", "bytes 0-0/2")], b"x"),
+        "/nothing": (200, [], b"x"),  # no freshness at all, no validator to guess from
+        "/redirect-heuristic": lambda m, h, n: (302, [("Last-Modified", httpdate(-3600)), ("Location", "/x")], b""),
+        "/expired": lambda m, h, n: (200, [("Expires", httpdate(-10))], b"x"),
+        "/bad-expires": (200, [("Expires", "0")], b"x"),
+        "/stale-on-arrival": (200, [("Cache-Control", "max-age=60"), ("Age", "100")], b"x"),
+        "/bad-max-age": (200, [("Cache-Control", "max-age=60, max-age=30")], b"x"),
+        "/chunked": (200, [("Cache-Control", "max-age=60"), ("Transfer-Encoding", "chunked")], b"1\r\nx\r\n0\r\n\r\n"),
+    })
+    lb = lb_cache()
+    for target in origin.routes:
+        count, cache_status, status, body = twice(origin, lb.port, target)
+        assert count == 2, target
+        assert "hit" not in cache_status, target
+    assert get(lb.port, "/chunked")[2] == b"x"
+    st = json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+    assert st["stored"] == 0 and st["not_stored"] >= 2 * len(origin.routes) - 2
+
+
+@pytest.mark.parametrize("fields, ttl", [
+    (lambda: [("Cache-Control", "max-age=0, s-maxage=60")], 60),                       # s-maxage wins
+    (lambda: [("Expires", httpdate(120))], 120),                                        # Expires - Date
+    (lambda: [("Cache-Control", "public"), ("Last-Modified", httpdate(-1000))], 100),   # heuristic: a tenth of its age
+    (lambda: [("Last-Modified", httpdate(-1000))], 100),
+    (lambda: [("Cache-Control", "max-age=60"), ("Age", "20")], 40),                     # the age it came with counts
+])
+def test_freshness_from_each_source(origin, lb_cache, fields, ttl):
+    origin.routes["/f"] = lambda method, headers, n: (200, fields(), b"fresh")
+    lb = lb_cache()
+    status, h, _ = get(lb.port, "/f")
+    assert h["cache-status"].startswith("lb; fwd=uri-miss; stored; ttl=")
+    assert abs(int(h["cache-status"].rsplit("=", 1)[1]) - ttl) <= 2
+    status, h, body = get(lb.port, "/f")
+    assert (status, body, origin.count("/f")) == (200, b"fresh", 1)
+    assert h["cache-status"].startswith("lb; hit")
+    assert abs(int(h["age"]) - (60 - ttl if ttl == 40 else 0)) <= 2
+
+
+def test_a_response_stops_being_served_once_stale(origin, lb_cache):
+    origin.routes["/short"] = (200, [("Cache-Control", "max-age=1")], b"short")
+    lb = lb_cache()
+    get(lb.port, "/short")
+    assert get(lb.port, "/short")[1]["cache-status"].startswith("lb; hit")
+    time.sleep(2.1)  # what is tested is the clock itself
+    status, h, body = get(lb.port, "/short")
+    assert (body, h["cache-status"], origin.count("/short")) == (b"short", "lb; fwd=stale; stored; ttl=1", 2)
+
+
+def test_request_directives(origin, lb_cache):
+    origin.routes["/r"] = (200, [("Cache-Control", "max-age=60")], b"r")
+    lb = lb_cache()
+    status, h, _ = get(lb.port, "/other", headers={"Cache-Control": "only-if-cached"})
+    assert status == 504 and origin.count("/other") == 0
+    get(lb.port, "/r")
+    status, h, _ = get(lb.port, "/r", headers={"Cache-Control": "no-cache"})
+    assert h["cache-status"].startswith("lb; fwd=request") and origin.count("/r") == 2
+    status, h, _ = get(lb.port, "/r", headers={"Pragma": "no-cache"})
+    assert origin.count("/r") == 3
+    status, h, _ = get(lb.port, "/r", headers={"Cache-Control": "max-age=0"})
+    assert h["cache-status"].startswith("lb; fwd=request") and origin.count("/r") == 4
+    status, h, _ = get(lb.port, "/r", headers={"Cache-Control": "min-fresh=3600"})
+    assert origin.count("/r") == 5
+    status, h, _ = get(lb.port, "/r", headers={"Cache-Control": "only-if-cached"})
+    assert status == 200 and h["cache-status"].startswith("lb; hit") and origin.count("/r") == 5
+
+
+def test_requests_with_authorization(origin, lb_cache):
+    origin.routes["/mine"] = (200, [("Cache-Control", "max-age=60")], b"mine")
+    origin.routes["/shared"] = (200, [("Cache-Control", "public, max-age=60")], b"shared")
+    lb = lb_cache()
+    auth = {"Authorization": "Bearer x"}
+    assert twice(origin, lb.port, "/mine", headers=auth)[0] == 2      # not stored from an authorized request
+    get(lb.port, "/mine")                                              # stored from an anonymous one ...
+    status, h, _ = get(lb.port, "/mine", headers=auth)                 # ... but not reused for an authorized one
+    assert origin.count("/mine") == 4 and "hit" not in h["cache-status"]
+    count, cache_status, _, body = twice(origin, lb.port, "/shared", headers=auth)   # public allows both
+    assert (count, body) == (1, b"shared") and cache_status.startswith("lb; hit")
+
+
+def test_vary_keeps_variants_apart(origin, lb_cache):
+    def answer(method, headers, n):
+        enc = headers.get("accept-encoding", ["identity"])[0]
+        return 200, [("Cache-Control", "max-age=60"), ("Vary", "Accept-Encoding")], f"{enc}-{n}"
+    origin.routes["/v"] = answer
+    lb = lb_cache()
+    assert get(lb.port, "/v", headers={"Accept-Encoding": "gzip"})[2] == b"gzip-1"
+    status, h, body = get(lb.port, "/v", headers={"Accept-Encoding": "br"})
+    assert body == b"br-2" and h["cache-status"].startswith("lb; fwd=vary-miss; stored")
+    assert get(lb.port, "/v", headers={"Accept-Encoding": "gzip"})[2] == b"gzip-1"
+    assert get(lb.port, "/v", headers={"Accept-Encoding": "br"})[2] == b"br-2"
+    assert get(lb.port, "/v")[2] == b"identity-3"          # absent is a variant of its own
+    assert get(lb.port, "/v")[2] == b"identity-3"
+    assert origin.count("/v") == 3
+
+
+def test_connection_listed_and_hop_by_hop_fields_are_not_stored(origin, lb_cache):
+    origin.routes["/hop"] = (200, [("Cache-Control", "max-age=60"), ("Connection", "X-Private"),
+                                   ("X-Private", "hop"), ("X-Kept", "end-to-end"), ("Keep-Alive", "timeout=5")],
+                             b"hop")
+    lb = lb_cache()
+    get(lb.port, "/hop")
+    status, h, body = get(lb.port, "/hop")
+    assert h["cache-status"].startswith("lb; hit") and body == b"hop"
+    assert h["x-kept"] == "end-to-end" and "x-private" not in h and "keep-alive" not in h
+
+
+def test_unsafe_methods_invalidate_target_location_and_content_location(origin, lb_cache):
+    for path in ("/item", "/list", "/alias", "/elsewhere"):
+        origin.routes[path] = (200, [("Cache-Control", "max-age=60")], path)
+
+    def post(method, headers, n):
+        if n == 1:
+            return 500, [], b"failed"                      # an error invalidates nothing
+        return 201, [("Location", "/list"), ("Content-Location", f"http://127.0.0.1:{lb.port}/alias")], b"ok"
+    origin.routes["/item-post"] = post
+    lb = lb_cache()
+    for path in ("/item", "/list", "/alias"):
+        get(lb.port, path)
+    assert get(lb.port, "/item")[1]["cache-status"].startswith("lb; hit")
+    # the unsafe request's own target is /item: route the POST there
+    origin.routes["/item"] = lambda m, h, n: (post(m, h, 1 if m == "POST" and n == 2 else 2) if m == "POST"
+                                              else (200, [("Cache-Control", "max-age=60")], b"/item"))
+    status, h, _ = get(lb.port, "/item", method="POST", body=b"x")
+    assert status == 500 and h["cache-status"] == "lb; fwd=bypass"
+    assert get(lb.port, "/item")[1]["cache-status"].startswith("lb; hit")
+    status, _, _ = get(lb.port, "/item", method="POST", body=b"x")
+    assert status == 201
+    for path in ("/item", "/list", "/alias"):
+        assert get(lb.port, path)[1]["cache-status"].startswith("lb; fwd=uri-miss"), path
+    st = json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+    assert st["invalidated"] == 3
+
+
+def test_purge_by_url_prefix_and_tag(origin, lb_cache):
+    for i in range(4):
+        origin.routes[f"/p/{i}"] = (200, [("Cache-Control", "max-age=60"), ("Surrogate-Key", f"all t{i}")], b"p")
+    origin.routes["/q"] = (200, [("Cache-Control", "max-age=60"), ("Surrogate-Key", "all")], b"q")
+    lb = lb_cache()
+    base = f"http://127.0.0.1:{lb.port}"
+
+    def fill():
+        for t in [f"/p/{i}" for i in range(4)] + ["/q"]:
+            get(lb.port, t)
+
+    def cached():
+        return {e["key"].split("/", 1)[1] for e in json.loads(cli(lb, "cache", "list", "--json"))["entries"]}
+    fill()
+    assert cached() == {"p/0", "p/1", "p/2", "p/3", "q"}
+    listed = json.loads(cli(lb, "cache", "list", "--prefix", f"{base}/p/", "--json"))["entries"]
+    assert len(listed) == 4 and listed[0]["tags"][0] == "all"
+    assert json.loads(cli(lb, "cache", "purge", f"{base}/p/0", "--json"))["total"] == 1
+    assert cached() == {"p/1", "p/2", "p/3", "q"}
+    assert json.loads(cli(lb, "cache", "purge", "--tag", "t1", "--json"))["total"] == 1
+    assert json.loads(cli(lb, "cache", "purge", "--prefix", f"{base}/p/", "--json"))["total"] == 2
+    assert cached() == {"q"}
+    fill()
+    assert json.loads(cli(lb, "cache", "purge", "--tag", "all", "--json"))["total"] == 5
+    assert cached() == set()
+    assert get(lb.port, "/q")[1]["cache-status"].startswith("lb; fwd=uri-miss")
+
+
+@pytest.mark.parametrize("allow, status", [('purge_allow = ["local"]', 200), ('purge_allow = ["far"]', 403),
+                                           ("", 405)])
+def test_http_purge_only_from_allowed_addresses(origin, lb_cache, allow, status):
+    origin.routes["/x"] = (200, [("Cache-Control", "max-age=60")], b"x")
+    lb = lb_cache(cache_extra=allow, more='[acls.far]\ncidrs = ["10.0.0.0/8"]\n')
+    get(lb.port, "/x")
+    got, h, body = get(lb.port, "/x", method="PURGE")
+    assert got == status
+    if status == 200:
+        assert body == b"purged 1\n"
+        assert get(lb.port, "/x", method="PURGE")[0] == 404
+        assert get(lb.port, "/x")[1]["cache-status"].startswith("lb; fwd=uri-miss")
+    else:
+        assert get(lb.port, "/x")[1]["cache-status"].startswith("lb; hit")
+    assert origin.count("/x") == (2 if status == 200 else 1)
+
+
+# ---- bodies, bounds, processes ---------------------------------------------------------------
+
+
+def body_of(n: int, seed: int = 0) -> bytes:
+    block = hashlib.sha256(b"%d" % seed).digest() * 2048
+    return (block * (n // len(block) + 1))[:n]
+
+
+def test_large_objects_intact_from_the_cache_and_larger_ones_stream_through(origin, lb_cache):
+    mib = body_of(1 << 20, 1)
+    big = body_of(3 << 20, 2)                     # above max_object_size (2m)
+    origin.routes["/mib"] = (200, [("Cache-Control", "max-age=60")], mib)
+    origin.routes["/big"] = (200, [("Cache-Control", "max-age=60")], big)
+    lb = lb_cache()
+    for _ in range(3):
+        status, h, body = get(lb.port, "/mib")
+        assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(mib).digest()
+        status, h, body = get(lb.port, "/mib", method="HEAD")
+        assert body == b"" and h["content-length"] == str(1 << 20)
+        status, h, body = get(lb.port, "/big")
+        assert status == 200 and len(body) == len(big) and body == big
+        assert "stored" not in h["cache-status"] and "hit" not in h["cache-status"]
+    assert origin.count("/mib") == 1 and origin.count("/big") == 3
+
+
+def test_the_size_bound_holds_and_a_hot_object_survives_a_scan(origin, lb_cache):
+    origin.routes["/hot"] = (200, [("Cache-Control", "max-age=600")], body_of(5000, 3))
+    for i in range(2500):
+        origin.routes[f"/scan/{i}"] = (200, [("Cache-Control", "max-age=600")], body_of(7000, i))
+    lb = lb_cache()
+    conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+    for _ in range(3):
+        conn.request("GET", "/hot")
+        conn.getresponse().read()
+    for i in range(2500):                         # 2500 x 8 KiB blocks: more than twice the cache
+        conn.request("GET", f"/scan/{i}")
+        resp = conn.getresponse()
+        assert resp.read() == body_of(7000, i)
+        if i % 100 == 0:
+            conn.request("GET", "/hot")       # the hot one keeps being asked for
+            conn.getresponse().read()
+    conn.close()
+    st = json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+    assert st["size"] <= 8 << 20
+    assert st["bytes"] <= st["capacity"] and st["blocks_used"] <= st["blocks"]
+    assert st["evicted"] > 1000 and st["objects"] < 1000
+    assert origin.count("/hot") == 1              # S3-FIFO: a scan of one-hit objects did not push it out
+    assert get(lb.port, "/hot")[1]["cache-status"].startswith("lb; hit")
+
+
+def test_the_cache_survives_a_reload_and_a_killed_worker(origin, lb_cache):
+    origin.routes["/keep"] = (200, [("Cache-Control", "max-age=600")], b"kept")
+    lb = lb_cache(workers=2)
+    get(lb.port, "/keep")
+    for _ in range(4):                            # whichever worker answers: one region
+        assert get(lb.port, "/keep")[1]["cache-status"].startswith("lb; hit")
+    pid = lb.worker_pid(0)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: process_gone(pid) and lb.worker_pid(0) not in (0, pid) and lb.all_workers_running(), 10,
+             "the worker respawned")
+    for _ in range(4):
+        assert get(lb.port, "/keep")[1]["cache-status"].startswith("lb; hit")
+    cli(lb, "reload")
+    for _ in range(4):
+        assert get(lb.port, "/keep")[1]["cache-status"].startswith("lb; hit")
+    assert origin.count("/keep") == 1
+    # a changed size is a new region: it starts empty
+    lb.config_path.write_text(lb.config_path.read_text().replace('size = "8m"', 'size = "4m"'))
+    cli(lb, "reload")
+    assert get(lb.port, "/keep")[1]["cache-status"].startswith("lb; fwd=uri-miss")
+    assert origin.count("/keep") == 2
+
+
+def test_status_and_metrics_show_the_cache(origin, lb_cache):
+    origin.routes["/m"] = (200, [("Cache-Control", "max-age=60")], b"m")
+    mport = free_port()
+    lb = lb_cache(more=f'[global.metrics]\nbind = "127.0.0.1:{mport}"\n')
+    get(lb.port, "/m")
+    get(lb.port, "/m")
+    get(lb.port, "/m", method="POST", body=b"")
+    status = json.loads(cli(lb, "status", "--json"))
+    counts = status["caches"][0]["counts"]
+    assert (counts["hit"], counts["miss"], counts["bypass"], counts["stored"], counts["objects"]) == (1, 1, 1, 1, 0)
+    text = get(mport, "/metrics")[2].decode()
+    assert 'lb_cache_requests_total{cache="c",result="hit"} 1' in text
+    assert 'lb_cache_objects{cache="c"} 0' in text
+    assert "lb_cache_bytes{" in text

@@ -722,9 +722,14 @@ cdef int cache_lookup(lb_cache_rt *rt, const char *key, uint32_t key_len, uint64
             age = out.age0 + (now_ms - out.resp_ms) // 1000
             if age < 0:
                 age = 0
-            if age >= out.fresh or (req_max_age >= 0 and age > req_max_age) \
-                    or (min_fresh >= 0 and out.fresh - age < min_fresh):
+            if age >= out.fresh:
                 result = CN_STALE
+                continue
+            # fresh, but older than the request accepts: a request's max-age is
+            # held to the millisecond, and max-age=0 (a reload) to none at all
+            if (req_max_age == 0 or (req_max_age > 0 and out.age0 * 1000 + now_ms - out.resp_ms > req_max_age * 1000)
+                    or (min_fresh >= 0 and out.fresh - age < min_fresh)):
+                result = CN_REQUEST
                 continue
             out.seq = seq
             idx[0] = i
