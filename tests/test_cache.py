@@ -506,3 +506,19 @@ def test_status_and_metrics_show_the_cache(origin, lb_cache):
     assert 'lb_cache_requests_total{cache="c",result="hit"} 1' in text
     assert 'lb_cache_objects{cache="c"} 0' in text
     assert "lb_cache_bytes{" in text
+
+
+def test_http2_streams_use_the_cache(origin, lb_cache):
+    from h2_client import H2Client
+
+    body = body_of(200000, 9)
+    origin.routes["/h2"] = (200, [("Cache-Control", "max-age=60")], body)
+    lb = lb_cache(listener_extra="[listeners.web.http2]\nh2c = true\n")
+    with H2Client(lb.port) as c:
+        first = c.response(c.request("/h2"))
+        second = c.response(c.request("/h2"))
+        head = c.response(c.request("/h2", "HEAD"))
+    assert (first.status, second.status, head.status) == (200, 200, 200)
+    assert bytes(first.body) == body and bytes(second.body) == body and bytes(head.body) == b""
+    assert second.header("cache-status").startswith("lb; hit") and second.header("age") is not None
+    assert origin.count("/h2") == 1
