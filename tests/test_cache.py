@@ -522,3 +522,20 @@ def test_http2_streams_use_the_cache(origin, lb_cache):
     assert bytes(first.body) == body and bytes(second.body) == body and bytes(head.body) == b""
     assert second.header("cache-status").startswith("lb; hit") and second.header("age") is not None
     assert origin.count("/h2") == 1
+
+
+def test_a_hit_answers_304_to_a_client_whose_validators_match(origin, lb_cache):
+    lm = httpdate(-3600)
+    origin.routes["/c"] = (200, [("Cache-Control", "max-age=60"), ("ETag", 'W/"v7"'), ("Last-Modified", lm)], b"body")
+    lb = lb_cache()
+    get(lb.port, "/c")
+    for headers in ({"If-None-Match": '"v7"'}, {"If-None-Match": '"x", W/"v7"'}, {"If-None-Match": "*"},
+                    {"If-Modified-Since": lm}, {"If-Modified-Since": httpdate()}):
+        status, h, body = get(lb.port, "/c", headers=headers)
+        assert (status, body) == (304, b""), headers
+        assert h["etag"] == 'W/"v7"' and h["cache-status"].startswith("lb; hit")
+    for headers in ({"If-None-Match": '"v8"'}, {"If-None-Match": '"v8"', "If-Modified-Since": httpdate()},
+                    {"If-Modified-Since": httpdate(-7200)}):
+        status, h, body = get(lb.port, "/c", headers=headers)
+        assert (status, body) == (200, b"body"), headers
+    assert origin.count("/c") == 1

@@ -837,15 +837,12 @@ cdef bint cache_emit(lb_hconn *h, lb_hbuf *o) noexcept nogil:
 
 # ---- answering from the cache -----------------------------------------------------------------
 
-cdef int cache_answer(lb_worker *w, lb_hconn *h, http_req *rq, char *head, uint32_t head_len) noexcept nogil:
-    """Answer the request with head (a response head ending in its empty
-    line, in scratch) and the body cx describes: the exchange begins as
-    h_request_go begins one, without a backend. STEP_ANSWERED, or a status."""
-    cdef http_req *rs = w.http.resp
+cdef int cache_answer(lb_worker *w, lb_hconn *h, http_req *rq, char *head, http_req *rs) noexcept nogil:
+    """Answer the request with head (a response head, in scratch, parsed
+    into rs) and the body cx describes: the exchange begins as h_request_go
+    begins one, without a backend. STEP_ANSWERED, or a status."""
     cdef lb_http_listener *hl = h.hl
     cdef int st
-    if http_parse_response_c(<const uint8_t *>head, head_len, rs, CACHE_HEAD_MAX + 4) != 0:
-        return 500
     h.c.lg.status = rs.status
     h.c.lg.answered = 1
     h.c.tries = 0
@@ -871,8 +868,49 @@ cdef int cache_answer(lb_worker *w, lb_hconn *h, http_req *rq, char *head, uint3
     return STEP_ANSWERED
 
 
-cdef int cache_hit(lb_worker *w, lb_hconn *h, http_req *rq, lb_cache_rt *rt, shm_cache_entry *meta,
-                   uint32_t idx, int64_t now_ms) noexcept nogil:
+cdef bint etag_weak_eq(const uint8_t *a, uint32_t an, const uint8_t *b, uint32_t bn) noexcept nogil:
+    """Weak comparison (RFC 9110 8.8.3.2): the opaque tags, W/ aside."""
+    if an >= 2 and a[0] == 87 and a[1] == 47:
+        a += 2
+        an -= 2
+    if bn >= 2 and b[0] == 87 and b[1] == 47:
+        b += 2
+        bn -= 2
+    return an == bn and an >= 2 and a[0] == 34 and memcmp(a, b, an) == 0
+
+
+cdef bint not_modified(const uint8_t *rb, http_req *rq, const uint8_t *sb, http_req *rs) noexcept nogil:
+    """The request's preconditions (RFC 9110 13.2.2) say the client holds the
+    stored response: If-None-Match against its ETag (weakly), else
+    If-Modified-Since against its Last-Modified."""
+    cdef int32_t inm = field_find(rb, rq, b"if-none-match"), etag, ims, lm
+    cdef uint32_t pos = 0, off, len, i
+    cdef int64_t t_ims, t_lm
+    cdef bint found
+    if rs.status != 200:
+        return False
+    if inm >= 0:
+        etag = field_find(sb, rs, b"etag")
+        for i in range(rq.n_fields):
+            if not name_is(rb, &rq.fields[i], b"if-none-match"):
+                continue
+            pos = 0
+            while http_list_next(rb + rq.fields[i].value_off, rq.fields[i].value_len, &pos, &off, &len):
+                if len == 1 and rb[rq.fields[i].value_off + off] == 42:
+                    return True
+                if etag >= 0 and etag_weak_eq(rb + rq.fields[i].value_off + off, len, sb + rs.fields[etag].value_off,
+                                              rs.fields[etag].value_len):
+                    return True
+        return False
+    ims = field_find(rb, rq, b"if-modified-since")
+    if ims < 0 or not http_date(rb + rq.fields[ims].value_off, rq.fields[ims].value_len, &t_ims):
+        return False
+    t_lm = field_date(sb, rs, b"last-modified", &found)
+    return t_lm >= 0 and t_lm <= t_ims
+
+
+cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, lb_cache_rt *rt,
+                   shm_cache_entry *meta, uint32_t idx, int64_t now_ms) noexcept nogil:
     cdef lb_cache_x *cx
     cdef shm_cache_entry *e = ce_at(rt, idx)
     cdef char *head = w.http.cache.scratch
@@ -883,6 +921,8 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, http_req *rq, lb_cache_rt *rt, shm
     if meta.head_len + 2 > CACHE_HEAD_MAX or not ce_copy(rt, e, meta.seq, off, head, meta.head_len):
         return -1                    # gone meanwhile: a miss after all
     memcpy(head + meta.head_len, b"\r\n", 2)
+    if http_parse_response_c(<const uint8_t *>head, meta.head_len + 2, w.http.resp, CACHE_HEAD_MAX + 4) != 0:
+        return -1
     cx = cx_alloc(w)
     if cx == NULL:
         return -1
@@ -906,7 +946,14 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, http_req *rq, lb_cache_rt *rt, shm
     age = meta.age0 + (now_ms - meta.resp_ms) // 1000
     cx_status(cx, CN_HIT, False, age, meta.fresh - age)
     cache_count(&rt.st.hit, 1)
-    st = cache_answer(w, h, rq, head, meta.head_len + 2)
+    if not_modified(rb, rq, <const uint8_t *>head, w.http.resp):
+        # the client has it already (RFC 9110 13.2.2): the stored head, as 304, no body
+        memcpy(head + meta.head_len + 2, b"Not Modified", 12)
+        w.http.resp.status = 304
+        w.http.resp.reason_off = meta.head_len + 2
+        w.http.resp.reason_len = 12
+        cx.left = 0
+    st = cache_answer(w, h, rq, head, w.http.resp)
     return st
 
 
@@ -939,7 +986,9 @@ cdef int cache_local(lb_worker *w, lb_hconn *h, http_req *rq, int status, const 
     memcpy(head + n, b"\r\n\r\n", 4)
     n += 4
     cx_status(cx, CN_LOCAL, False, 0, 0)
-    return cache_answer(w, h, rq, head, n)
+    if http_parse_response_c(<const uint8_t *>head, n, w.http.resp, CACHE_HEAD_MAX + 4) != 0:
+        return 500
+    return cache_answer(w, h, rq, head, w.http.resp)
 
 
 cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
@@ -1387,7 +1436,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     else:
         note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx)
         if note == CN_HIT:
-            st = cache_hit(w, h, r, rt, &meta, idx, now_ms)
+            st = cache_hit(w, h, b, r, rt, &meta, idx, now_ms)
             if st != -1:
                 if h.cx != NULL:
                     h.cx.cache = <uint32_t>(rt - w.http.cache.caches)
