@@ -848,7 +848,7 @@ cdef struct lb_cache_x
 cdef struct lb_cache_wk
 
 cdef enum:
-    MAX_RULESETS = 4                 # header rule sets one message can have (listener, route, ...)
+    MAX_RULESETS = 6                 # header rule sets one message can have (listener, route, cache, ...)
 
 cdef struct http_field:
     uint32_t name_off
@@ -1322,7 +1322,8 @@ cdef struct shm_cache_stats:         # writer: each worker, its row (the row of 
     uint64_t purged                  # entries removed by PURGE requests
     uint64_t hit_bytes               # body bytes served from the cache
     uint64_t store_failed            # storable, but no room could be made or the lock was busy
-    uint64_t _pad[5]
+    uint64_t revalidated             # stale entries the origin confirmed (304) and refreshed
+    uint64_t _pad[4]
 
 cdef struct lb_cache_rt:             # a worker's view of one cache
     shm_cache_head *hd
@@ -1370,10 +1371,20 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     int64_t ttl
     char hdr[160]                    # the fields the response gets: Age, Cache-Status
     uint32_t hdr_len
+    # revalidation: the request went on with the stale entry's validators
+    uint8_t reval
+    uint32_t stale_entry
+    uint32_t stale_seq
+    lb_hrules rules                  # If-None-Match / If-Modified-Since, for the origin
+    lb_str rv_name[2]
+    lb_str rv_lower[2]
+    lb_str rv_value[2]
+    char validators[320]             # their values
 
 cdef struct lb_cache_wk:             # a worker's caches
     lb_cache_rt *caches
     uint32_t n
     char *scratch                    # CACHE_HEAD_MAX + CACHE_KEY_MAX: a stored head, a key
     http_req *req                    # scratch: a saved request head parsed again
+    http_req *merged                 # scratch: a stored head updated by a 304
     lb_cache_x *free_cx

@@ -539,3 +539,45 @@ def test_a_hit_answers_304_to_a_client_whose_validators_match(origin, lb_cache):
         status, h, body = get(lb.port, "/c", headers=headers)
         assert (status, body) == (200, b"body"), headers
     assert origin.count("/c") == 1
+
+
+def test_a_stale_entry_is_revalidated_and_a_304_refreshes_its_headers(origin, lb_cache):
+    lm = httpdate(-3600)
+
+    def answer(method, headers, n):
+        if headers.get("if-none-match") == ['"e1"'] and headers.get("if-modified-since") == [lm]:
+            # still the same: only the fields that changed come back
+            return 304, [("Cache-Control", "max-age=60"), ("ETag", '"e1"'), ("X-Version", f"{n}"),
+                         ("Content-Length", "0")], b""
+        return 200, [("Cache-Control", "max-age=1"), ("ETag", '"e1"'), ("Last-Modified", lm), ("X-Version", "1"),
+                     ("Content-Type", "text/plain")], b"the body"
+    origin.routes["/rv"] = answer
+    lb = lb_cache()
+    get(lb.port, "/rv")
+    time.sleep(1.1)  # what is tested is the clock itself: the entry goes stale
+    status, h, body = get(lb.port, "/rv")
+    assert (status, body) == (200, b"the body")
+    assert h["cache-status"] == "lb; fwd=stale; fwd-status=304; stored; ttl=60"
+    assert (h["x-version"], h["content-type"], h["content-length"]) == ("2", "text/plain", "8")
+    method, target, sent = origin.requests[-1]
+    assert sent["if-none-match"] == ['"e1"'] and sent["if-modified-since"] == [lm]
+    status, h, body = get(lb.port, "/rv")             # fresh again, with the refreshed headers
+    assert (status, body, h["x-version"]) == (200, b"the body", "2")
+    assert h["cache-status"].startswith("lb; hit")
+    assert origin.count("/rv") == 2
+
+
+def test_a_revalidation_answers_304_to_a_client_that_has_it(origin, lb_cache):
+    def answer(method, headers, n):
+        if headers.get("if-none-match") == ['"z"']:
+            return 304, [("Cache-Control", "max-age=60"), ("ETag", '"z"')], b""
+        return 200, [("Cache-Control", "max-age=1"), ("ETag", '"z"')], b"zzz"
+    origin.routes["/rc"] = answer
+    lb = lb_cache()
+    get(lb.port, "/rc")
+    time.sleep(1.1)  # the clock: stale
+    status, h, body = get(lb.port, "/rc", headers={"If-None-Match": '"z"'})
+    assert (status, body) == (304, b"") and h["etag"] == '"z"'
+    status, h, body = get(lb.port, "/rc")
+    assert (status, body) == (200, b"zzz") and h["cache-status"].startswith("lb; hit")
+    assert origin.count("/rc") == 2

@@ -669,7 +669,7 @@ cdef inline bint _name_eq(const uint8_t *a, uint32_t an, const uint8_t *lower_b,
 
 cdef int cache_lookup(lb_cache_rt *rt, const char *key, uint32_t key_len, uint64_t hash, const uint8_t *b,
                       http_req *r, bint auth, int64_t now_ms, int64_t req_max_age, int64_t min_fresh,
-                      shm_cache_entry *out, uint32_t *idx) noexcept nogil:
+                      shm_cache_entry *out, uint32_t *idx, uint32_t *stale_seq) noexcept nogil:
     """CN_HIT with the entry's fields in out (and its index; out.seq is the
     seq the copy was good for), or why not: CN_URI_MISS, CN_VARY_MISS,
     CN_STALE. Without a lock: a chain that moves under the walk is walked
@@ -724,6 +724,8 @@ cdef int cache_lookup(lb_cache_rt *rt, const char *key, uint32_t key_len, uint64
                 age = 0
             if age >= out.fresh:
                 result = CN_STALE
+                idx[0] = i               # it may be revalidated
+                stale_seq[0] = seq
                 continue
             # fresh, but older than the request accepts: a request's max-age is
             # held to the millisecond, and max-age=0 (a reload) to none at all
@@ -809,6 +811,9 @@ cdef void cx_status(lb_cache_x *cx, uint8_t note, bint stored, int64_t age, int6
     s = CN_STATUS[note]
     memcpy(o + n, s, strlen(s))
     n += strlen(s)
+    if note == CN_STALE and cx.reval == 2:
+        memcpy(o + n, b"; fwd-status=304", 16)
+        n += 16
     if stored:
         memcpy(o + n, b"; stored", 8)
         n += 8
@@ -837,7 +842,8 @@ cdef bint cache_emit(lb_hconn *h, lb_hbuf *o) noexcept nogil:
 
 # ---- answering from the cache -----------------------------------------------------------------
 
-cdef int cache_answer(lb_worker *w, lb_hconn *h, http_req *rq, char *head, http_req *rs) noexcept nogil:
+cdef int cache_answer(lb_worker *w, lb_hconn *h, http_req *rq, char *head, http_req *rs,
+                      bint from_response=False) noexcept nogil:
     """Answer the request with head (a response head, in scratch, parsed
     into rs) and the body cx describes: the exchange begins as h_request_go
     begins one, without a backend. STEP_ANSWERED, or a status."""
@@ -850,10 +856,13 @@ cdef int cache_answer(lb_worker *w, lb_hconn *h, http_req *rq, char *head, http_
     h.rs_state = RS_BODY_CL
     h.resp_started = 1
     h.resp_sent = 0
-    h.backend_ka = 0
-    h.up_sent = 0
     h.client_ka = h.client_ka and not w.stopping
-    hb_drop(w, &h.inb, rq.head_len)
+    if from_response:
+        tl_remove(&h.tresp)          # the backend's part is over (its 304 was read whole)
+    else:
+        h.backend_ka = 0
+        h.up_sent = 0
+        hb_drop(w, &h.inb, rq.head_len)
     tl_remove(&h.tphase)
     h.c.last_ms = w.now_ms
     tl_append(&hl.idle_timer, &h.tidle, w.now_ms, h)
@@ -1384,7 +1393,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cdef lb_cache_rt *rt = cache_of(w, h)
     cdef lb_cache_x *cx
     cdef char *key = w.http.cache.scratch + CACHE_HEAD_MAX
-    cdef uint32_t n, host_len, idx = 0, qflags
+    cdef uint32_t n, host_len, idx = 0, qflags, stale_seq = 1
     cdef uint64_t hash
     cdef int64_t max_age, s_maxage, min_fresh, now_ms
     cdef int note, st
@@ -1434,7 +1443,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     if qflags & QCC_NO_CACHE:
         note = CN_REQUEST
     else:
-        note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx)
+        note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx, &stale_seq)
         if note == CN_HIT:
             st = cache_hit(w, h, b, r, rt, &meta, idx, now_ms)
             if st != -1:
@@ -1476,7 +1485,176 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cx.fill = 1
     cx.cache = <uint32_t>(rt - w.http.cache.caches)
     h.cx = cx
+    if note == CN_STALE and not (stale_seq & 1):
+        cache_reval_start(w, h, rt, idx, stale_seq)
     return STEP_CONTINUE
+
+
+cdef void cache_reval_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, uint32_t idx, uint32_t seq) noexcept nogil:
+    """A stale entry with validators: the request goes to the origin with
+    them (RFC 9111 4.3.1), in place of any the client sent; a 304 then
+    refreshes the entry (cache_revalidated)."""
+    cdef lb_cache_x *cx = h.cx
+    cdef shm_cache_entry *e = ce_at(rt, idx)
+    cdef shm_cache_entry meta
+    cdef char *head = w.http.cache.scratch
+    cdef http_req *rs = w.http.resp
+    cdef int32_t etag, lm
+    cdef uint32_t k = 0, used = 0, vn
+    memcpy(&meta, e, sizeof(shm_cache_entry))
+    if not ce_stable(e, seq) or meta.head_len + 2 > CACHE_HEAD_MAX:
+        return
+    if not ce_copy(rt, e, seq, <uint64_t>meta.key_len + meta.vary_len + meta.tags_len, head, meta.head_len):
+        return
+    memcpy(head + meta.head_len, b"\r\n", 2)
+    if http_parse_response_c(<const uint8_t *>head, meta.head_len + 2, rs, CACHE_HEAD_MAX + 4) != 0:
+        return
+    etag = field_find(<const uint8_t *>head, rs, b"etag")
+    lm = field_find(<const uint8_t *>head, rs, b"last-modified")
+    if etag >= 0 and rs.fields[etag].value_len <= 250:
+        vn = rs.fields[etag].value_len
+        memcpy(cx.validators, head + rs.fields[etag].value_off, vn)
+        cx.rv_name[k].p = b"If-None-Match"
+        cx.rv_name[k].n = 13
+        cx.rv_lower[k].p = b"if-none-match"
+        cx.rv_lower[k].n = 13
+        cx.rv_value[k].p = cx.validators
+        cx.rv_value[k].n = vn
+        used = vn
+        k += 1
+    if lm >= 0 and rs.fields[lm].value_len <= 60:
+        vn = rs.fields[lm].value_len
+        memcpy(cx.validators + used, head + rs.fields[lm].value_off, vn)
+        cx.rv_name[k].p = b"If-Modified-Since"
+        cx.rv_name[k].n = 17
+        cx.rv_lower[k].p = b"if-modified-since"
+        cx.rv_lower[k].n = 17
+        cx.rv_value[k].p = cx.validators + used
+        cx.rv_value[k].n = vn
+        k += 1
+    if k == 0 or h.n_rq_rules >= MAX_RULESETS:
+        return
+    memset(&cx.rules, 0, sizeof(lb_hrules))
+    cx.rules.n_set = k
+    cx.rules.set_name = cx.rv_name
+    cx.rules.set_lower = cx.rv_lower
+    cx.rules.set_value = cx.rv_value
+    rulesets_push(h.rq_rules, &h.n_rq_rules, &cx.rules)
+    cx.reval = 1
+    cx.stale_entry = idx
+    cx.stale_seq = seq
+
+
+cdef bint merged_put(char *m, uint32_t *n, uint32_t cap, const uint8_t *s, uint32_t len) noexcept nogil:
+    if n[0] + len > cap:
+        return False
+    memcpy(m + n[0], s, len)
+    n[0] += len
+    return True
+
+
+cdef int cache_revalidated(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req *r, const uint8_t *b) noexcept nogil:
+    """The origin answered the revalidation 304: the stored head takes the
+    304's fields (RFC 9111 4.3.4), the entry is stored again with its body,
+    and the client is answered from it (200, or 304 when its own
+    preconditions match). Response phase: STEP_ANSWERED, or a status."""
+    cdef lb_cache_x *cx = h.cx
+    cdef lb_cache_wk *cw = w.http.cache
+    cdef shm_cache_entry *e = ce_at(rt, cx.stale_entry)
+    cdef shm_cache_entry meta
+    cdef char *old = cw.scratch
+    cdef char *m
+    cdef http_req *os = cw.merged
+    cdef uint32_t cap, cap_all, n = 0, i, j, k
+    cdef bint client_has_it = False
+    cdef uint32_t offs[MAX_CONN_TOKENS]
+    cdef uint32_t lens[MAX_CONN_TOKENS]
+    cdef http_field *f
+    cdef const uint8_t *name
+    cdef bint replaced, stored = False
+    cdef int64_t now_ms
+    cdef int st
+    cdef uint64_t body_off
+    memcpy(&meta, e, sizeof(shm_cache_entry))
+    if not ce_stable(e, cx.stale_seq) or meta.state != CE_LIVE:
+        return 502                   # the stored response went meanwhile: nothing to complete the 304 with
+    body_off = <uint64_t>meta.key_len + meta.vary_len + meta.tags_len + meta.head_len
+    if not ce_copy(rt, e, cx.stale_seq, body_off - meta.head_len, old, meta.head_len):
+        return 502
+    memcpy(old + meta.head_len, b"\r\n", 2)
+    if http_parse_response_c(<const uint8_t *>old, meta.head_len + 2, os, CACHE_HEAD_MAX + 4) != 0:
+        return 502
+    cx.local = <char *>malloc(meta.body_len + 1)
+    if cx.local == NULL or not ce_copy(rt, e, cx.stale_seq, body_off, cx.local, meta.body_len):
+        return 502
+    # the merged head: the stored fields the 304 does not replace, then the 304's own
+    cap = meta.head_len + r.head_len + 32
+    cap_all = cap + 16               # and "Not Modified", for a 304 to the client
+    m = <char *>malloc(cap_all)
+    if m == NULL:
+        return 502
+    k = conn_tokens(b, r, offs, lens)
+    merged_put(m, &n, cap, <const uint8_t *>old, os.reason_off + os.reason_len)
+    merged_put(m, &n, cap, b"\r\n", 2)
+    for i in range(os.n_fields):
+        f = &os.fields[i]
+        name = <const uint8_t *>old + f.name_off
+        replaced = False
+        if not is_framing(name, f.name_len):
+            for j in range(r.n_fields):
+                if r.fields[j].name_len == f.name_len and ieq_bytes(b + r.fields[j].name_off, name, f.name_len):
+                    replaced = True
+                    break
+        if not replaced:
+            merged_put(m, &n, cap, name, f.value_off + f.value_len - f.name_off)
+            merged_put(m, &n, cap, b"\r\n", 2)
+    for j in range(r.n_fields):
+        f = &r.fields[j]
+        name = b + f.name_off
+        if hop_by_hop(name, f.name_len) or is_framing(name, f.name_len) or ieq(name, f.name_len, b"age") \
+                or ieq(name, f.name_len, b"cache-status") or (k and conn_listed(b, name, f.name_len, k, offs, lens)):
+            continue
+        merged_put(m, &n, cap, name, f.value_off + f.value_len - f.name_off)
+        merged_put(m, &n, cap, b"\r\n", 2)
+    merged_put(m, &n, cap, b"\r\n", 2)
+    hb_drop(w, &h.b.inb, r.head_len)  # the 304 is done with; the connection may be parked
+    if http_parse_response_c(<const uint8_t *>m, n, os, CACHE_HEAD_MAX + 4) != 0:
+        free(m)
+        return 502
+    cache_count(&rt.st.revalidated, 1)
+    cx.reval = 2
+    # the client's own preconditions, against the refreshed response (before
+    # the fill lets go of the saved request head)
+    if cx.req != NULL and http_parse_request_c(<const uint8_t *>cx.req, cx.req_len, cw.req, h.hl.max_target,
+                                               h.hl.max_head, h.hl.max_fields) == 0:
+        client_has_it = not_modified(<const uint8_t *>cx.req, cw.req, <const uint8_t *>m, os)
+    clock_now_ms(&now_ms)
+    if cache_fill_start(w, h, rt, os, <const uint8_t *>m, now_ms):
+        memcpy(cx.obj + cx.obj_len, cx.local, meta.body_len)
+        cx.obj_len += meta.body_len
+        cache_fill_done(w, h)
+        stored = True
+    cx.fill = 0
+    cx.serving = 1
+    cx.left = 0 if h.method == MT_HEAD else meta.body_len
+    cx_status(cx, CN_STALE, stored, 0, cx.ttl)
+    if client_has_it:
+        memcpy(m + n, b"Not Modified", 12)
+        os.status = 304
+        os.reason_off = n
+        os.reason_len = 12
+        cx.left = 0
+    st = cache_answer(w, h, NULL, m, os, True)
+    free(m)
+    return st
+
+
+cdef inline bint ieq_bytes(const uint8_t *a, const uint8_t *b, uint32_t n) noexcept nogil:
+    cdef uint32_t i
+    for i in range(n):
+        if lower(a[i]) != lower(b[i]):
+            return False
+    return True
 
 
 cdef int step_cache_store(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
@@ -1495,6 +1673,8 @@ cdef int step_cache_store(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t 
         if h.cache_note != CN_NONE:
             cx_status(cx, h.cache_note, False, 0, 0)
         return STEP_CONTINUE
+    if cx.reval == 1 and r.status == 304:
+        return cache_revalidated(w, h, rt, r, b)
     if cx.fill and not cx.filling and cx.obj == NULL:
         clock_now_ms(&now_ms)
         if h.method != MT_HEAD and cache_fill_start(w, h, rt, r, b, now_ms):
@@ -1552,7 +1732,8 @@ cdef int cache_worker_init(lb_worker *w, object caches, uint32_t row, dict acl_i
     cw.caches = <lb_cache_rt *>calloc(cw.n, sizeof(lb_cache_rt))
     cw.scratch = <char *>malloc(CACHE_HEAD_MAX + CACHE_KEY_MAX + 16)
     cw.req = <http_req *>malloc(sizeof(http_req))
-    if cw.caches == NULL or cw.scratch == NULL or cw.req == NULL:
+    cw.merged = <http_req *>malloc(sizeof(http_req))
+    if cw.caches == NULL or cw.scratch == NULL or cw.req == NULL or cw.merged == NULL:
         raise MemoryError()
     for i, (shm, cfg) in enumerate(caches):
         cs = <CacheShm>shm
@@ -1703,7 +1884,7 @@ cdef class CacheShm:
         cdef uint64_t *words
         cdef uint32_t r, k
         names = ("hit", "miss", "stale", "bypass", "stored", "evicted", "not_stored", "invalidated", "purged",
-                 "hit_bytes", "store_failed")
+                 "hit_bytes", "store_failed", "revalidated")
         totals = [0] * len(names)
         for r in range(CACHE_ROWS):
             words = <uint64_t *>&rows[r]

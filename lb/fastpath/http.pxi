@@ -467,8 +467,8 @@ cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
     if h.rs_state == RS_WAIT:
         if b.inb.len:
             progress |= h_resp_head(w, h)
-            if h.st != HS_EXCH:
-                return 1
+            if h.st != HS_EXCH or (h.cx != NULL and h.cx.serving):
+                return 1             # (the cache answers a revalidated request: cache_serve, next round)
         if h.rs_state == RS_WAIT and b.inb.len == 0 and (b.flags & HF_EOF):
             # closed or reset before any response byte
             h_backend_failed(w, h, False, False)
