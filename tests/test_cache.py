@@ -581,3 +581,19 @@ def test_a_revalidation_answers_304_to_a_client_that_has_it(origin, lb_cache):
     status, h, body = get(lb.port, "/rc")
     assert (status, body) == (200, b"zzz") and h["cache-status"].startswith("lb; hit")
     assert origin.count("/rc") == 2
+
+
+def test_a_no_cache_response_with_a_validator_is_revalidated_at_every_use(origin, lb_cache):
+    def answer(method, headers, n):
+        if headers.get("if-none-match") == ['"nc"']:
+            return 304, [("ETag", '"nc"')], b""
+        return 200, [("Cache-Control", "no-cache"), ("ETag", '"nc"')], b"revalidate me"
+    origin.routes["/nc"] = answer
+    lb = lb_cache()
+    assert get(lb.port, "/nc")[1]["cache-status"] == "lb; fwd=uri-miss; stored; ttl=0"
+    for i in range(3):
+        status, h, body = get(lb.port, "/nc")
+        assert (status, body) == (200, b"revalidate me")
+        assert h["cache-status"].startswith("lb; fwd=stale; fwd-status=304; stored")
+    assert origin.count("/nc") == 4
+    assert all(sent.get("if-none-match") == ['"nc"'] for _, _, sent in origin.requests[1:])

@@ -36,6 +36,7 @@ cdef enum:
     CQ_MAIN = 2
     CEF_AUTH_OK = 1                  # may answer requests with Authorization (public, s-maxage, must-revalidate)
     CEF_MUST_REVALIDATE = 2          # never served stale (must-revalidate, proxy-revalidate, s-maxage)
+    CEF_NO_CACHE = 4                 # no-cache: revalidated before every use
 
 # what the cache did with a request: the Cache-Status it gets
 cdef enum:
@@ -1138,8 +1139,10 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     if r.content_length > <int64_t>rt.hd.max_object:
         return False
     flags = cc_parse(b, r, True, &max_age, &s_maxage, &unused)
-    if flags & (RCC_NO_STORE | RCC_PRIVATE | RCC_NO_CACHE):
-        return False                 # no-cache: stored responses are revalidated, which lb does not do yet
+    if flags & (RCC_NO_STORE | RCC_PRIVATE):
+        return False
+    if (flags & RCC_NO_CACHE) and field_find(b, r, b"etag") < 0 and field_find(b, r, b"last-modified") < 0:
+        return False                 # no-cache without a validator: it could never be used
     if cx.auth and not (flags & (RCC_PUBLIC | RCC_MUST_REVALIDATE)) and s_maxage < 0:
         return False                 # RFC 9111 3.5
     if field_find(b, r, b"set-cookie") >= 0:
@@ -1184,7 +1187,12 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
                 fresh = (date - lm) // 10
                 if fresh > CACHE_HEURISTIC_MAX:
                     fresh = CACHE_HEURISTIC_MAX
-    if fresh <= 0 or not status_storable(r.status, explicit or (flags & RCC_PUBLIC) != 0):
+    if flags & RCC_NO_CACHE:
+        fresh = 0                    # stored to be revalidated each time (RFC 9111 5.2.2.4)
+        explicit = True
+    elif fresh <= 0:
+        return False
+    if not status_storable(r.status, explicit or (flags & RCC_PUBLIC) != 0):
         return False
     # age (RFC 9111 4.2.3): the Age the response came with, or the time since its Date
     fi = field_find(b, r, b"age")
@@ -1193,7 +1201,7 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     apparent = now_ms // 1000 - date if has_date else 0
     if apparent > age:
         age = apparent
-    if age >= fresh:
+    if age >= fresh and not (flags & RCC_NO_CACHE):
         return False                 # stale on arrival
     # the request's values of the Vary fields: its head was saved for this
     cx.meta.vhash = 0
@@ -1247,10 +1255,12 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
         cx.meta.flags |= CEF_AUTH_OK
     if flags & (RCC_MUST_REVALIDATE | RCC_PROXY_REVALIDATE) or s_maxage >= 0:
         cx.meta.flags |= CEF_MUST_REVALIDATE
+    if flags & RCC_NO_CACHE:
+        cx.meta.flags |= CEF_NO_CACHE
     cx.prefix_len = n
     cx.obj_len = n
     cx.obj_cap = n + cx.meta.body_len
-    cx.ttl = fresh - age
+    cx.ttl = fresh - age if fresh > age else 0
     cx.filling = 1
     h.no_splice = 1                  # the body passes through lb's buffers, where it is copied
     free(cx.req)
