@@ -1308,7 +1308,8 @@ cdef struct shm_cache_entry:         # writer: under the region's lock; seq odd 
     int64_t resp_ms                  # unix ms the response was received
     int64_t age0                     # its corrected initial age, seconds (RFC 9111 4.2.3)
     int64_t fresh                    # its freshness lifetime, seconds
-    uint8_t _pad[40]
+    int32_t stale_if_error           # seconds it may still answer, stale, when the origin fails (RFC 5861)
+    uint8_t _pad[36]
 
 cdef struct shm_cache_stats:         # writer: each worker, its row (the row of its pid's slot)
     uint64_t hit
@@ -1323,7 +1324,8 @@ cdef struct shm_cache_stats:         # writer: each worker, its row (the row of 
     uint64_t hit_bytes               # body bytes served from the cache
     uint64_t store_failed            # storable, but no room could be made or the lock was busy
     uint64_t revalidated             # stale entries the origin confirmed (304) and refreshed
-    uint64_t _pad[4]
+    uint64_t stale_served            # stale entries served because the origin failed (stale-if-error)
+    uint64_t _pad[3]
 
 cdef struct lb_cache_rt:             # a worker's view of one cache
     shm_cache_head *hd
@@ -1372,6 +1374,7 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     char hdr[160]                    # the fields the response gets: Age, Cache-Status
     uint32_t hdr_len
     # revalidation: the request went on with the stale entry's validators
+    uint8_t has_stale                # stale_entry/seq: a stale entry of the key (stale-if-error)
     uint8_t reval
     uint32_t stale_entry
     uint32_t stale_seq

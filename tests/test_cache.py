@@ -597,3 +597,36 @@ def test_a_no_cache_response_with_a_validator_is_revalidated_at_every_use(origin
         assert h["cache-status"].startswith("lb; fwd=stale; fwd-status=304; stored")
     assert origin.count("/nc") == 4
     assert all(sent.get("if-none-match") == ['"nc"'] for _, _, sent in origin.requests[1:])
+
+
+def test_stale_if_error_serves_the_stale_entry_while_the_origin_fails(origin, lb_cache):
+    state = {"mode": "ok"}
+
+    def answer(method, headers, n):
+        if state["mode"] == "gone":
+            raise ConnectionAbortedError("the origin drops the connection")
+        if state["mode"] == "503":
+            return 503, [("Retry-After", "1")], b"origin down"
+        return 200, [("Cache-Control", "max-age=1, stale-if-error=60")], b"last good"
+    origin.routes["/sie"] = answer
+    origin.routes["/strict"] = lambda m, h, n: ((503, [], b"down") if state["mode"] == "503"
+                                                else (200, [("Cache-Control", "max-age=1")], b"strict"))
+    lb = lb_cache()
+    get(lb.port, "/sie")
+    get(lb.port, "/strict")
+    time.sleep(1.1)  # the clock: both stale
+    state["mode"] = "503"
+    status, h, body = get(lb.port, "/sie")
+    assert (status, body) == (200, b"last good")
+    assert h["cache-status"].startswith("lb; fwd=stale") and h["cache-status"].endswith("fwd-status=503")
+    assert int(h["age"]) >= 1
+    status, h, body = get(lb.port, "/strict")          # no stale-if-error: the error goes through
+    assert (status, body) == (503, b"down")
+    # the origin gone altogether: lb's own answer (503: no backend could take it) is replaced too
+    state["mode"] = "gone"
+    origin.shutdown()
+    origin.server_close()
+    status, h, body = get(lb.port, "/sie")
+    assert (status, body) == (200, b"last good")
+    assert h["cache-status"].startswith("lb; fwd=stale") and h["cache-status"][-3:] in ("502", "503")
+    state["mode"] = "ok"

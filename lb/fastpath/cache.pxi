@@ -321,6 +321,7 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
     e.resp_ms = meta.resp_ms
     e.age0 = meta.age0
     e.fresh = meta.fresh
+    e.stale_if_error = meta.stale_if_error
     e.state = CE_LIVE
     e.chain = rt.buckets[meta.hash & (hd.n_buckets - 1)]
     ce_publish(e)
@@ -529,7 +530,7 @@ cdef int64_t field_date(const uint8_t *b, http_req *r, const char *lower_name, b
 
 
 cdef uint32_t cc_parse(const uint8_t *b, http_req *r, bint response, int64_t *max_age, int64_t *s_maxage,
-                       int64_t *min_fresh) noexcept nogil:
+                       int64_t *min_fresh, int64_t *sie=NULL) noexcept nogil:
     """The Cache-Control directives lb acts on: flags, and max-age (s-maxage,
     min-fresh) or -1. Unknown directives are ignored (RFC 9111 5.2.3)."""
     cdef uint32_t flags = 0, i, pos, off, len, nl, k
@@ -577,6 +578,9 @@ cdef uint32_t cc_parse(const uint8_t *b, http_req *r, bint response, int64_t *ma
             elif not response and ieq(d, nl, b"min-fresh"):
                 if delta_seconds(d + k, len - k, &x):
                     min_fresh[0] = x
+            elif response and sie != NULL and ieq(d, nl, b"stale-if-error"):
+                if delta_seconds(d + k, len - k, &x):
+                    sie[0] = x
     if not response and not (flags & QCC_NO_CACHE):
         # Pragma: no-cache, from HTTP/1.0 clients that send no Cache-Control
         for i in range(r.n_fields):
@@ -796,12 +800,13 @@ cdef uint32_t fmt_u64(char *out, uint64_t v) noexcept nogil:
     return n
 
 
-cdef void cx_status(lb_cache_x *cx, uint8_t note, bint stored, int64_t age, int64_t ttl) noexcept nogil:
+cdef void cx_status(lb_cache_x *cx, uint8_t note, bint stored, int64_t age, int64_t ttl,
+                    bint with_age=False) noexcept nogil:
     """The fields lb adds: Age on hits, Cache-Status (RFC 9211) always."""
     cdef char *o = cx.hdr
     cdef uint32_t n = 0
     cdef const char *s
-    if note == CN_HIT:
+    if note == CN_HIT or with_age:
         memcpy(o, b"Age: ", 5)
         n = 5
         n += fmt_u64(o + n, <uint64_t>(age if age > 0 else 0))
@@ -1121,7 +1126,7 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     so, begin its object: key, Vary names, tags, head. False: not stored."""
     cdef lb_cache_x *cx = h.cx
     cdef lb_cache_wk *cw = w.http.cache
-    cdef int64_t max_age, s_maxage, unused, fresh = -1, date, expires, lm, age = 0, apparent
+    cdef int64_t max_age, s_maxage, unused, fresh = -1, date, expires, lm, age = 0, apparent, sie = 0
     cdef uint32_t flags, i, k, pos, off, len, n, vn
     cdef bint found, explicit, has_date
     cdef uint32_t offs[MAX_CONN_TOKENS]
@@ -1138,7 +1143,7 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
         return False                 # only a known length is stored (chunked, until-close: streamed)
     if r.content_length > <int64_t>rt.hd.max_object:
         return False
-    flags = cc_parse(b, r, True, &max_age, &s_maxage, &unused)
+    flags = cc_parse(b, r, True, &max_age, &s_maxage, &unused, &sie)
     if flags & (RCC_NO_STORE | RCC_PRIVATE):
         return False
     if (flags & RCC_NO_CACHE) and field_find(b, r, b"etag") < 0 and field_find(b, r, b"last-modified") < 0:
@@ -1257,6 +1262,7 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
         cx.meta.flags |= CEF_MUST_REVALIDATE
     if flags & RCC_NO_CACHE:
         cx.meta.flags |= CEF_NO_CACHE
+    cx.meta.stale_if_error = <int32_t>(sie if sie < 2147483647 else 2147483647)
     cx.prefix_len = n
     cx.obj_len = n
     cx.obj_cap = n + cx.meta.body_len
@@ -1496,6 +1502,9 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cx.cache = <uint32_t>(rt - w.http.cache.caches)
     h.cx = cx
     if note == CN_STALE and not (stale_seq & 1):
+        cx.has_stale = 1
+        cx.stale_entry = idx
+        cx.stale_seq = stale_seq
         cache_reval_start(w, h, rt, idx, stale_seq)
     return STEP_CONTINUE
 
@@ -1659,6 +1668,72 @@ cdef int cache_revalidated(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     return st
 
 
+cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept nogil:
+    """stale-if-error (RFC 5861 4): the origin failed (a 5xx, or no answer:
+    lb's own 502, 503, 504) and the stale entry allows it: answer with the
+    entry instead. False: no such entry (the error goes to the client)."""
+    cdef lb_cache_x *cx = h.cx
+    cdef lb_cache_rt *rt
+    cdef shm_cache_entry *e
+    cdef shm_cache_entry meta
+    cdef int64_t now_ms, age
+    cdef char *head
+    cdef uint64_t off
+    cdef uint32_t b, k
+    if cx == NULL or not cx.has_stale or cx.serving or w.http.cache == NULL:
+        return False
+    rt = &w.http.cache.caches[cx.cache]
+    e = ce_at(rt, cx.stale_entry)
+    memcpy(&meta, e, sizeof(shm_cache_entry))
+    if not ce_stable(e, cx.stale_seq) or meta.state != CE_LIVE or meta.stale_if_error <= 0 \
+            or (meta.flags & (CEF_MUST_REVALIDATE | CEF_NO_CACHE)):
+        return False
+    clock_now_ms(&now_ms)
+    age = meta.age0 + (now_ms - meta.resp_ms) // 1000
+    if age >= meta.fresh + meta.stale_if_error:
+        return False
+    head = w.http.cache.scratch
+    off = <uint64_t>meta.key_len + meta.vary_len + meta.tags_len
+    if meta.head_len + 2 > CACHE_HEAD_MAX or not ce_copy(rt, e, cx.stale_seq, off, head, meta.head_len):
+        return False
+    memcpy(head + meta.head_len, b"\r\n", 2)
+    if http_parse_response_c(<const uint8_t *>head, meta.head_len + 2, w.http.resp, CACHE_HEAD_MAX + 4) != 0:
+        return False
+    off += meta.head_len
+    b = meta.first
+    for k in range(<uint32_t>(off // CACHE_BLOCK)):
+        if b >= rt.hd.n_blocks:
+            return False
+        b = lb_load_u32(&rt.next[b])
+    if not ce_stable(e, cx.stale_seq):
+        return False
+    if h.b != NULL:
+        h_release_backend(w, h, h.resp_started == 0)
+    free(cx.obj)
+    cx.obj = NULL
+    cx.filling = 0
+    cx.fill = 0
+    cx.serving = 1
+    cx.entry = cx.stale_entry
+    cx.seq = cx.stale_seq
+    cx.blk = b
+    cx.blk_off = <uint32_t>(off % CACHE_BLOCK)
+    cx.left = 0 if h.method == MT_HEAD else meta.body_len
+    cx.reval = 0
+    cx_status(cx, CN_STALE, False, age, meta.fresh - age, True)
+    # "; fwd-status=NNN": what the origin (or lb for it) answered
+    if cx.hdr_len + 20 < sizeof(cx.hdr):
+        cx.hdr_len -= 2
+        memcpy(cx.hdr + cx.hdr_len, b"; fwd-status=", 13)
+        cx.hdr_len += 13
+        cx.hdr_len += fmt_u64(cx.hdr + cx.hdr_len, <uint64_t>status)
+        memcpy(cx.hdr + cx.hdr_len, b"\r\n", 2)
+        cx.hdr_len += 2
+    cache_count(&rt.st.stale_served, 1)
+    h.c.lg.term = TERM_OK
+    return cache_answer(w, h, NULL, head, w.http.resp, True) == STEP_ANSWERED
+
+
 cdef inline bint ieq_bytes(const uint8_t *a, const uint8_t *b, uint32_t n) noexcept nogil:
     cdef uint32_t i
     for i in range(n):
@@ -1685,6 +1760,8 @@ cdef int step_cache_store(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t 
         return STEP_CONTINUE
     if cx.reval == 1 and r.status == 304:
         return cache_revalidated(w, h, rt, r, b)
+    if cx.has_stale and r.status in (500, 502, 503, 504) and cache_stale_on_error(w, h, r.status):
+        return STEP_ANSWERED         # (the error's backend connection was closed, its body unread)
     if cx.fill and not cx.filling and cx.obj == NULL:
         clock_now_ms(&now_ms)
         if h.method != MT_HEAD and cache_fill_start(w, h, rt, r, b, now_ms):
@@ -1894,7 +1971,7 @@ cdef class CacheShm:
         cdef uint64_t *words
         cdef uint32_t r, k
         names = ("hit", "miss", "stale", "bypass", "stored", "evicted", "not_stored", "invalidated", "purged",
-                 "hit_bytes", "store_failed", "revalidated")
+                 "hit_bytes", "store_failed", "revalidated", "stale_served")
         totals = [0] * len(names)
         for r in range(CACHE_ROWS):
             words = <uint64_t *>&rows[r]

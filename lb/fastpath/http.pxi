@@ -119,6 +119,8 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     """Answer with a built-in page and close. When a response already began, the
     only honest signal left is to cut the connection. lb's own answer is an
     exchange even when no request head was taken (400, 408): it ends here."""
+    if code >= 500 and h.cx != NULL and not h.resp_sent and h.in_exchange and cache_stale_on_error(w, h, code):
+        return                       # stale-if-error: the cache answers instead
     lb_add_u64(&w.stats.http_errors, 1)
     if not h.in_exchange:
         log_exchange_bare(w, h)
