@@ -1252,6 +1252,7 @@ cdef enum:
     CACHE_KEY_MAX = 4096             # longer keys (host + target) are not cached
     CACHE_META_MAX = 1024            # the Vary names and the tags of one object, each
     CACHE_HEAD_MAX = 32768           # a stored response head
+    CACHE_FILLS = 1024               # misses being fetched, by key hash (collapsed forwarding)
 
 cdef struct shm_cache_head:          # writer: under lock (supervisor at creation and purges; workers)
     uint32_t magic
@@ -1284,7 +1285,8 @@ cdef struct shm_cache_head:          # writer: under lock (supervisor at creatio
     uint64_t off_ghost
     uint64_t off_blocks
     uint64_t resets                  # times the supervisor emptied it (a worker died holding the lock)
-    uint8_t _pad[96]
+    uint64_t off_fills               # CACHE_FILLS shm_cache_fill: the misses being fetched (collapsed forwarding)
+    uint8_t _pad[88]
 
 cdef struct shm_cache_entry:         # writer: under the region's lock; seq odd while it changes
     uint32_t seq
@@ -1311,6 +1313,13 @@ cdef struct shm_cache_entry:         # writer: under the region's lock; seq odd 
     int32_t stale_if_error           # seconds it may still answer, stale, when the origin fails (RFC 5861)
     uint8_t _pad[36]
 
+cdef struct shm_cache_fill:          # writer: the worker that claims it (compare-and-swap on hash); supervisor (a dead pid's)
+    uint64_t hash                    # the key being fetched; 0: free
+    uint32_t pid                     # who fetches it
+    uint32_t pass_                   # 1: not storable, do not wait for it (until until_ms)
+    int64_t until_ms                 # the claim (or the pass) ends then at the latest
+    uint64_t _pad
+
 cdef struct shm_cache_stats:         # writer: each worker, its row (the row of its pid's slot)
     uint64_t hit
     uint64_t miss                    # forwarded: uri-miss, vary-miss
@@ -1325,7 +1334,8 @@ cdef struct shm_cache_stats:         # writer: each worker, its row (the row of 
     uint64_t store_failed            # storable, but no room could be made or the lock was busy
     uint64_t revalidated             # stale entries the origin confirmed (304) and refreshed
     uint64_t stale_served            # stale entries served because the origin failed (stale-if-error)
-    uint64_t _pad[3]
+    uint64_t collapsed               # requests that waited for another's fetch of their key
+    uint64_t _pad[2]
 
 cdef struct lb_cache_rt:             # a worker's view of one cache
     shm_cache_head *hd
@@ -1338,6 +1348,7 @@ cdef struct lb_cache_rt:             # a worker's view of one cache
     uint32_t *estack
     uint64_t *ghost
     char *blocks
+    shm_cache_fill *fills
     uint32_t pid
     lb_str tag_header                # lower case; n = 0: no tags
     uint32_t n_purge                 # purge_allow: ACL indices
@@ -1383,6 +1394,11 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     lb_str rv_lower[2]
     lb_str rv_value[2]
     char validators[320]             # their values
+    # collapsed forwarding
+    uint8_t claimed                  # this request fetches its key for the others (a fill slot holds its hash)
+    uint8_t waiting                  # parked until the key's fetch by another ends (twait polls)
+    int64_t wait_until_ms
+    lb_tnode twait
 
 cdef struct lb_cache_wk:             # a worker's caches
     lb_cache_rt *caches
@@ -1390,4 +1406,5 @@ cdef struct lb_cache_wk:             # a worker's caches
     char *scratch                    # CACHE_HEAD_MAX + CACHE_KEY_MAX: a stored head, a key
     http_req *req                    # scratch: a saved request head parsed again
     http_req *merged                 # scratch: a stored head updated by a 304
+    lb_tlist wait_list               # requests waiting for another's fetch (collapsed forwarding), polled
     lb_cache_x *free_cx

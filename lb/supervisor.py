@@ -438,6 +438,7 @@ class Supervisor:
                 # limit tables go (and a table lock it held is let go)
                 gen.shm.limits_release_row(child.row)
             for region in gen.caches.values():
+                region.reap_fills(pid)
                 if region.reap(pid):
                     log.warning("%s (pid %d) died holding the lock of a cache: it was emptied", slot.name, pid)
             if child.row >= 0 and child.row != slot.row:

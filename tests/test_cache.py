@@ -630,3 +630,46 @@ def test_stale_if_error_serves_the_stale_entry_while_the_origin_fails(origin, lb
     assert (status, body) == (200, b"last good")
     assert h["cache-status"].startswith("lb; fwd=stale") and h["cache-status"][-3:] in ("502", "503")
     state["mode"] = "ok"
+
+
+def test_concurrent_misses_for_one_key_reach_the_origin_once(origin, lb_cache):
+    body = body_of(300000, 5)
+    inflight = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def slow(cacheable):
+        def answer(method, headers, n):
+            with lock:
+                inflight["now"] += 1
+                inflight["max"] = max(inflight["max"], inflight["now"])
+            time.sleep(0.4)                   # the origin is slow: the other misses come meanwhile
+            with lock:
+                inflight["now"] -= 1
+            cc = "max-age=60" if cacheable else "no-store"
+            return 200, [("Cache-Control", cc)], body
+        return answer
+    origin.routes["/cold"] = slow(True)
+    origin.routes["/pass"] = slow(False)
+    lb = lb_cache(workers=2)
+    results = []
+
+    def client(target):
+        results.append((target,) + get(lb.port, target))
+    threads = [threading.Thread(target=client, args=("/cold",)) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 40 and all(r[1] == 200 and r[3] == body for r in results)
+    assert origin.count("/cold") == 1
+    st = json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+    assert st["collapsed"] >= 30 and st["stored"] == 1
+    # a response that may not be stored: the waiters are let go together, not one after the other
+    inflight["max"] = 0
+    threads = [threading.Thread(target=client, args=("/pass",)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r[1] == 200 and r[3] == body for r in results if r[0] == "/pass")
+    assert origin.count("/pass") == 8 and inflight["max"] >= 2

@@ -101,6 +101,7 @@ cdef void cache_rt_map(lb_cache_rt *rt, char *base) noexcept nogil:
     rt.estack = <uint32_t *>(base + hd.off_estack)
     rt.ghost = <uint64_t *>(base + hd.off_ghost)
     rt.blocks = base + hd.off_blocks
+    rt.fills = <shm_cache_fill *>(base + hd.off_fills)
 
 
 cdef bint cache_lock(lb_cache_rt *rt) noexcept nogil:
@@ -764,6 +765,9 @@ cdef lb_cache_x *cx_alloc(lb_worker *w) noexcept nogil:
 
 
 cdef void cx_free(lb_worker *w, lb_cache_x *cx) noexcept nogil:
+    if cx.claimed:
+        cache_unclaim(&w.http.cache.caches[cx.cache], cx, False)
+    tl_remove(&cx.twait)
     free(cx.key)
     free(cx.req)
     free(cx.obj)
@@ -1303,6 +1307,7 @@ cdef void cache_fill_done(lb_worker *w, lb_hconn *h) noexcept nogil:
         return
     st = cache_insert(rt, cx.obj, cx.obj_len, &cx.meta, &evicted)
     cache_unlock(rt)
+    cache_unclaim(rt, cx, st != 0)
     if evicted:
         cache_count(&rt.st.evicted, evicted)
     if st == 0:
@@ -1360,6 +1365,87 @@ cdef void cache_invalidate(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
         cache_count(&rt.st.invalidated, removed)
 
 
+# ---- collapsed forwarding -----------------------------------------------------------------------
+#
+# A miss that may be stored claims its key in the region's fill slots; the
+# misses for that key that come while it is fetched (on any worker) wait,
+# parked, polling every CACHE_WAIT_POLL_MS, and are answered from the cache
+# once the fill is published. A response that may not be stored leaves a
+# "pass" mark instead, so that the next misses go on at once rather than
+# one after the other. Waits are bounded (CACHE_WAIT_MAX_MS); a claim whose
+# worker died is cleared by the supervisor, one left by a client that went
+# away is given back at once: the waiters then fetch for themselves.
+
+cdef enum:
+    CLAIM_NONE = 0                   # go on, without a claim (the slot serves another key)
+    CLAIM_MINE = 1                   # go on: this request fetches the key for the others
+    CLAIM_WAIT = 2                   # another request fetches it: wait
+    CACHE_WAIT_POLL_MS = 2
+    CACHE_WAIT_MAX_MS = 5000
+    CACHE_FILL_CLAIM_MS = 30000      # a claim older than this no longer holds anyone back
+    CACHE_PASS_MS = 10000
+
+
+cdef int cache_claim(lb_cache_rt *rt, uint64_t hash, int64_t now_ms) noexcept nogil:
+    cdef shm_cache_fill *f = &rt.fills[hash & (CACHE_FILLS - 1)]
+    cdef uint64_t cur = lb_load_u64(&f.hash)
+    cdef int64_t until = lb_load_i64(&f.until_ms)
+    if cur == hash and until > now_ms:
+        return CLAIM_NONE if lb_load_u32(&f.pass_) else CLAIM_WAIT
+    if cur != 0 and cur != hash and until > now_ms:
+        return CLAIM_NONE
+    if not lb_cas_u64(&f.hash, &cur, hash):
+        return CLAIM_NONE            # someone else's, just now
+    lb_store_u32(&f.pid, rt.pid)
+    lb_store_u32(&f.pass_, 0)
+    lb_store_i64(&f.until_ms, now_ms + CACHE_FILL_CLAIM_MS)
+    return CLAIM_MINE
+
+
+cdef void cache_unclaim(lb_cache_rt *rt, lb_cache_x *cx, bint pass_) noexcept nogil:
+    """The fetch is over: published (the waiters find it), or not storable
+    (pass_: the next misses do not wait), or given up."""
+    cdef shm_cache_fill *f = &rt.fills[cx.hash & (CACHE_FILLS - 1)]
+    cdef int64_t now_ms
+    if not cx.claimed:
+        return
+    cx.claimed = 0
+    if lb_load_u64(&f.hash) != cx.hash or lb_load_u32(&f.pid) != rt.pid:
+        return
+    if pass_:
+        clock_now_ms(&now_ms)
+        lb_store_u32(&f.pass_, 1)
+        lb_store_i64(&f.until_ms, now_ms + CACHE_PASS_MS)
+    else:
+        lb_store_u64(&f.hash, 0)
+
+
+cdef void cache_waits_sweep(lb_worker *w) noexcept nogil:
+    """The loop's timers: each waiting request looks again (its cache step
+    runs anew: a hit, another wait, or its own fetch)."""
+    cdef lb_cache_wk *cw = w.http.cache
+    cdef lb_tnode *n
+    cdef lb_hconn *h
+    if cw == NULL:
+        return
+    while True:
+        n = tl_expired(&cw.wait_list, w.now_ms)
+        if n == NULL:
+            break
+        h = <lb_hconn *>n.owner
+        tl_remove(n)
+        if h.st != HS_PARKED or h.cx == NULL or not h.cx.waiting:
+            continue
+        h.park_step -= 1             # the cache step itself runs again
+        h_resume_request(w, h, STEP_CONTINUE)
+
+
+cdef inline uint64_t cache_next_deadline(lb_worker *w, uint64_t deadline) noexcept nogil:
+    if w.http.cache == NULL:
+        return deadline
+    return tl_deadline(&w.http.cache.wait_list, deadline)
+
+
 # ---- the steps -------------------------------------------------------------------------------------
 
 cdef inline bint method_is(const uint8_t *b, http_req *r, const char *m) noexcept nogil:
@@ -1412,11 +1498,14 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cdef uint32_t n, host_len, idx = 0, qflags, stale_seq = 1
     cdef uint64_t hash
     cdef int64_t max_age, s_maxage, min_fresh, now_ms
-    cdef int note, st
+    cdef int note, st, claim = CLAIM_NONE
     cdef bint get, auth
     cdef shm_cache_entry meta
+    cdef int64_t wait_until = 0
     h.cache_note = CN_NONE
     if h.cx != NULL:
+        if h.cx.waiting:
+            wait_until = h.cx.wait_until_ms   # it waited for another's fetch: it looks again
         cx_free(w, h.cx)
         h.cx = NULL
     if rt == NULL:
@@ -1463,6 +1552,8 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
         if note == CN_HIT:
             st = cache_hit(w, h, b, r, rt, &meta, idx, now_ms)
             if st != -1:
+                if wait_until:
+                    cache_count(&rt.st.collapsed, 1)
                 if h.cx != NULL:
                     h.cx.cache = <uint32_t>(rt - w.http.cache.caches)
                 return st
@@ -1473,6 +1564,18 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     if qflags & QCC_ONLY_IF_CACHED:
         cache_count(&rt.st.miss, 1)
         return 504                   # RFC 9111 5.2.1.7
+    if get and not (qflags & QCC_NO_STORE) and note != CN_REQUEST and note != CN_BYPASS:
+        claim = cache_claim(rt, hash, now_ms)
+        if claim == CLAIM_WAIT and (wait_until == 0 or now_ms < wait_until):
+            cx = cx_alloc(w)
+            if cx != NULL:
+                cx.waiting = 1
+                cx.wait_until_ms = wait_until if wait_until else now_ms + CACHE_WAIT_MAX_MS
+                cx.cache = <uint32_t>(rt - w.http.cache.caches)
+                h.cx = cx
+                tl_append(&w.http.cache.wait_list, &cx.twait, w.now_ms, h)
+                return STEP_PARKED
+            claim = CLAIM_NONE
     if note == CN_STALE:
         cache_count(&rt.st.stale, 1)
     elif note == CN_REQUEST or note == CN_BYPASS:
@@ -1500,6 +1603,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cx.auth = auth
     cx.fill = 1
     cx.cache = <uint32_t>(rt - w.http.cache.caches)
+    cx.claimed = claim == CLAIM_MINE
     h.cx = cx
     if note == CN_STALE and not (stale_seq & 1):
         cx.has_stale = 1
@@ -1770,6 +1874,7 @@ cdef int step_cache_store(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t 
                 cache_fill_done(w, h)    # no body to wait for
         else:
             cache_count(&rt.st.not_stored, 1)
+            cache_unclaim(rt, cx, True)
         cx.fill = 0
     cx_status(cx, h.cache_note, stored, 0, cx.ttl)
     return STEP_CONTINUE
@@ -1820,6 +1925,7 @@ cdef int cache_worker_init(lb_worker *w, object caches, uint32_t row, dict acl_i
     cw.scratch = <char *>malloc(CACHE_HEAD_MAX + CACHE_KEY_MAX + 16)
     cw.req = <http_req *>malloc(sizeof(http_req))
     cw.merged = <http_req *>malloc(sizeof(http_req))
+    cw.wait_list.timeout_ms = CACHE_WAIT_POLL_MS
     if cw.caches == NULL or cw.scratch == NULL or cw.req == NULL or cw.merged == NULL:
         raise MemoryError()
     for i, (shm, cfg) in enumerate(caches):
@@ -1848,7 +1954,8 @@ cdef inline uint64_t _pow2_at_least(uint64_t n) noexcept nogil:
 def cache_layout(uint64_t size):
     """(n_blocks, n_entries, n_buckets, n_ghost, total): the most blocks a
     region of `size` bytes holds with its index, which all fits in size."""
-    cdef uint64_t fixed = _line(sizeof(shm_cache_head)) + _line(CACHE_ROWS * sizeof(shm_cache_stats))
+    cdef uint64_t fixed = (_line(sizeof(shm_cache_head)) + _line(CACHE_ROWS * sizeof(shm_cache_stats))
+                           + _line(CACHE_FILLS * sizeof(shm_cache_fill)))
     cdef uint64_t nb, ne, nbk, ng, total
     # per block: its data, its next link and free-stack slot, an entry (with
     # its free-stack slot), a bucket and a ghost slot (both up to twice)
@@ -1909,6 +2016,8 @@ cdef class CacheShm:
         off = _line(sizeof(shm_cache_head))
         hd.off_rows = off
         off += _line(CACHE_ROWS * sizeof(shm_cache_stats))
+        hd.off_fills = off
+        off += _line(CACHE_FILLS * sizeof(shm_cache_fill))
         hd.off_buckets = off
         off += _line(nbk * 4)
         hd.off_entries = off
@@ -1964,6 +2073,17 @@ cdef class CacheShm:
         cache_unlock(&self.rt)
         return True
 
+    def reap_fills(self, uint32_t pid):
+        """A process died: the fetches it claimed will not end; its waiters
+        go to the origin themselves at their next poll."""
+        cdef uint32_t i, n = 0
+        cdef shm_cache_fill *f = <shm_cache_fill *>(self.base + self.rt.hd.off_fills)
+        for i in range(CACHE_FILLS):
+            if lb_load_u32(&f[i].pid) == pid and lb_load_u64(&f[i].hash):
+                lb_store_u64(&f[i].hash, 0)
+                n += 1
+        return n
+
     def stats(self):
         """Counters summed over the rows, and what the region holds."""
         cdef shm_cache_head *hd = self.rt.hd
@@ -1971,7 +2091,7 @@ cdef class CacheShm:
         cdef uint64_t *words
         cdef uint32_t r, k
         names = ("hit", "miss", "stale", "bypass", "stored", "evicted", "not_stored", "invalidated", "purged",
-                 "hit_bytes", "store_failed", "revalidated", "stale_served")
+                 "hit_bytes", "store_failed", "revalidated", "stale_served", "collapsed")
         totals = [0] * len(names)
         for r in range(CACHE_ROWS):
             words = <uint64_t *>&rows[r]
