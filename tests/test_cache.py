@@ -673,3 +673,13 @@ def test_concurrent_misses_for_one_key_reach_the_origin_once(origin, lb_cache):
         t.join()
     assert all(r[1] == 200 and r[3] == body for r in results if r[0] == "/pass")
     assert origin.count("/pass") == 8 and inflight["max"] >= 2
+
+
+def test_cdn_cache_control_takes_the_place_of_cache_control(origin, lb_cache):
+    origin.routes["/cdn-only"] = (200, [("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=60")], b"c")
+    origin.routes["/cdn-never"] = (200, [("Cache-Control", "max-age=60"), ("CDN-Cache-Control", "no-store")], b"c")
+    lb = lb_cache()
+    count, cache_status, _, _ = twice(origin, lb.port, "/cdn-only")
+    assert count == 1 and cache_status.startswith("lb; hit")
+    count, cache_status, _, _ = twice(origin, lb.port, "/cdn-never")
+    assert count == 2

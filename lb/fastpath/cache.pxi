@@ -538,11 +538,15 @@ cdef uint32_t cc_parse(const uint8_t *b, http_req *r, bint response, int64_t *ma
     cdef const uint8_t *v
     cdef const uint8_t *d
     cdef int64_t x
+    # RFC 9213: a response's CDN-Cache-Control, when it has one, is what a
+    # CDN's cache (lb here) obeys, in place of Cache-Control
+    cdef const char *field = b"cdn-cache-control" if response and field_find(b, r, b"cdn-cache-control") >= 0 \
+        else b"cache-control"
     max_age[0] = -1
     s_maxage[0] = -1
     min_fresh[0] = -1
     for i in range(r.n_fields):
-        if not name_is(b, &r.fields[i], b"cache-control"):
+        if not name_is(b, &r.fields[i], field):
             continue
         v = b + r.fields[i].value_off
         pos = 0
