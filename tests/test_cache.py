@@ -249,6 +249,7 @@ def test_what_a_shared_cache_must_not_store(origin, lb_cache):
         "/stale-on-arrival": (200, [("Cache-Control", "max-age=60"), ("Age", "100")], b"x"),
         "/bad-max-age": (200, [("Cache-Control", "max-age=60, max-age=30")], b"x"),
         "/chunked": (200, [("Cache-Control", "max-age=60"), ("Transfer-Encoding", "chunked")], b"1\r\nx\r\n0\r\n\r\n"),
+        "/two-etags": (200, [("Cache-Control", "max-age=60"), ("ETag", '"a"'), ("ETag", '"b"')], b"x"),
     })
     lb = lb_cache()
     for target in origin.routes:

@@ -1128,6 +1128,28 @@ cdef uint32_t tags_collect(const uint8_t *b, http_req *r, lb_str *name, char *ou
     return n
 
 
+cdef bint validators_conflict(const uint8_t *b, http_req *r) noexcept nogil:
+    """Two ETag (or Last-Modified) fields that differ."""
+    cdef int32_t first_etag = -1, first_lm = -1
+    cdef uint32_t i
+    cdef http_field *f
+    for i in range(r.n_fields):
+        f = &r.fields[i]
+        if name_is(b, f, b"etag"):
+            if first_etag < 0:
+                first_etag = <int32_t>i
+            elif f.value_len != r.fields[first_etag].value_len or memcmp(
+                    b + f.value_off, b + r.fields[first_etag].value_off, f.value_len) != 0:
+                return True
+        elif name_is(b, f, b"last-modified"):
+            if first_lm < 0:
+                first_lm = <int32_t>i
+            elif f.value_len != r.fields[first_lm].value_len or memcmp(
+                    b + f.value_off, b + r.fields[first_lm].value_off, f.value_len) != 0:
+                return True
+    return False
+
+
 cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req *r, const uint8_t *b,
                            int64_t now_ms) noexcept nogil:
     """Decide whether the response may be stored (RFC 9111 3, 4.2) and, if
@@ -1160,6 +1182,8 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
         return False                 # RFC 9111 3.5
     if field_find(b, r, b"set-cookie") >= 0:
         return False                 # one user's cookie is not for the next
+    if validators_conflict(b, r):
+        return False                 # which one a 304 would confirm cannot be told
     # Vary: its names, lower case; "*" never matches a later request
     vn = 0
     for i in range(r.n_fields):
