@@ -10,13 +10,13 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 from lb.includes.socket cimport sockaddr_storage
 from lb.includes.epoll cimport epoll_event
-from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX
+from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX, EVP_PKEY
 from lb.includes.nghttp2 cimport nghttp2_session, nghttp2_session_callbacks, nghttp2_option, nghttp2_nv
 
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 8
+    LB_SHM_VERSION = 9
     LB_MAX_REGIONS = 24                # entries of the header's region directory
     LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
@@ -249,6 +249,7 @@ cdef enum:
     LK_HEADER = 2
     LK_COOKIE = 3
     LK_API_KEY = 4                   # the identity of the request's API key (the auth step found it)
+    LK_JWT_CLAIM = 5                 # a claim (key_name) of the request's verified JWT (the auth step checked it)
     LIMIT_F_DRY_RUN = 1              # shm_limit.flags: count, never refuse
     LIMIT_F_REFUSE_NEW = 2           # a key that finds the table full is refused (else admitted)
 
@@ -301,6 +302,10 @@ cdef struct shm_limit_stats:         # 64 bytes, [row][limit]; writer: the row's
 # of each key and its identity, in an open-addressing table; two halves,
 # flipped by generation (as the ACLs): `lb key add|revoke` rewrites the half
 # not in use and flips.
+# JWT (fastpath/auth_jwt.pxi) uses the same halves for its JWKS: a half holds
+# the keys packed back to back (jwt_keys_pack), n_slots its bytes and n_keys
+# its keys; the supervisor rewrites the other half when the file changes and
+# flips, and each worker rebuilds its EVP_PKEYs when it sees gen move.
 cdef enum:
     AUTH_MAX_KEYS = 65536            # per auth
     AUTH_HALF_SLOTS = 131072         # slots a half can have (twice the keys at most)
@@ -467,7 +472,7 @@ cdef struct shm_metrics_head:        # 64 bytes, the start of the metrics region
     uint32_t n_pools
     uint32_t n_slots
     uint32_t n_entities
-    uint32_t _pad0
+    uint32_t n_variants              # ... then every split's variants (fastpath/split.pxi), in config order
     uint64_t _pad[5]
 
 
@@ -503,6 +508,43 @@ cdef struct shm_top_row:             # one per worker row; writer: that worker
     uint64_t status[2][TOP_STATUSES]
 
 
+# Splits (fastpath/split.pxi): the weighted variants of a listener or a route.
+# A user's bucket (0 .. SPLIT_BUCKETS - 1: from lb's cookie, or a hash of the
+# sticky key) indexes the split's table, which names the variant. The table
+# is the supervisor's (lb/splits.py lays it out: a weight change moves only
+# the buckets it must), written into the half the workers do not read, then
+# flipped by generation.
+cdef enum:
+    SPLIT_MAX_VARIANTS = 8
+    SPLIT_BUCKETS = 10000
+
+cdef struct shm_split_head:          # 64 bytes, the start of the splits region; writer: supervisor, at creation
+    uint32_t n_splits
+    uint32_t _pad0
+    uint64_t _pad[7]
+
+cdef struct shm_split:               # 20160 bytes; writer: supervisor
+    uint32_t gen                     # the live half is (gen & 1); bumped with a release store after the other half is written
+    uint32_t n_variants              # at creation
+    int32_t pool[SPLIT_MAX_VARIANTS] # each variant's pool index, at creation
+    uint16_t weight[2][SPLIT_MAX_VARIANTS]  # per half: each variant's weight in percent (the table's counts / 100)
+    char name[LB_NAME_LEN]
+    uint8_t table[2][SPLIT_BUCKETS]  # per half: bucket -> variant
+    uint8_t _pad[24]
+
+# Mirrors (fastpath/mirror.pxi): what each worker's copies came to.
+cdef struct shm_mirror_head:         # 64 bytes, the start of the mirror_stats region; writer: supervisor, at creation
+    uint32_t n_mirrors               # the config's mirrors: each listener's, then its routes', in config order
+    uint32_t _pad0
+    uint64_t _pad[7]
+
+cdef struct shm_mirror_stats:        # 64 bytes, [row][mirror]; writer: the row's worker
+    uint64_t copies                  # copies started
+    uint64_t dropped                 # requests drawn but not copied: max_concurrent copies in flight, over max_body, a body still coming
+    uint64_t failed                  # copies that could not connect or send, or that the timeout ended before the shadow did
+    uint64_t _pad[5]
+
+
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn
@@ -532,6 +574,8 @@ cdef enum:
     KIND_L4 = 0
     KIND_HTTP = 1                    # an lb_hconn (client side of an http session)
     KIND_BCONN = 2                   # an lb_bconn (a backend connection of the http engine)
+    KIND_H2B = 3                     # an lb_h2b (an HTTP/2 connection to a backend; fastpath/h2_backend.pxi)
+    KIND_MIRROR = 4                  # an lb_mirror (a request's copy to a shadow pool, fastpath/mirror.pxi)
 
 cdef enum:
     CS_FREE = 0
@@ -846,6 +890,7 @@ cdef struct lb_h2
 cdef struct lb_h2s
 cdef struct lb_cache_x
 cdef struct lb_cache_wk
+cdef struct lb_h2b
 
 cdef enum:
     MAX_RULESETS = 6                 # header rule sets one message can have (listener, route, cache, ...)
@@ -903,6 +948,8 @@ cdef struct lb_route:
     lb_limit_list *limits            # rate and concurrency limits of this route's requests; NULL: none
     int32_t auth                     # [auth.NAME] index of this route's requests; -1: the listener's
     int32_t cache                    # [caches.NAME] index of this route's requests; -1: the listener's
+    int32_t split                    # its split (the splits region's index); -1: none, its pool
+    int32_t mirror                   # its mirror (w.http.mirrors); -1: the listener's
 
 cdef struct lb_tnode:                # a timer-list link; lists hold nodes of one constant timeout
     lb_tnode *prev
@@ -950,6 +997,8 @@ cdef struct lb_http_listener:
     uint32_t h2_max_glitches         # frames that do no work (control floods, resets of unanswered streams) before GOAWAY
     int32_t auth                     # [auth.NAME] index of its requests; -1: none
     int32_t cache                    # [caches.NAME] index of its requests (a route may name its own); -1: none
+    int32_t split                    # the split of requests no route took (the splits region's index); -1: none
+    int32_t mirror                   # the mirror of its requests (w.http.mirrors), unless their route has one; -1: none
 
 cdef struct lb_http_pool:
     uint32_t max_idle                # idle keep-alive connections per backend (this worker)
@@ -965,6 +1014,8 @@ cdef struct lb_http_pool:
     lb_tlist idle_timer              # keepalive_timeout of parked connections
     lb_tlist connect_timer           # connect_timeout
     lb_tlist resp_timer              # response_timeout: backend inactivity while a response is due (lazy)
+    uint8_t h2                       # protocol = "h2": requests go as streams of multiplexed HTTP/2 connections
+    lb_h2b **h2_conns                # [capacity] this worker's HTTP/2 connections per slot offset (h2 pools)
 
 cdef struct lb_bconn:                # a backend connection of the http engine
     uint32_t kind                    # KIND_BCONN
@@ -1044,12 +1095,63 @@ cdef struct lb_hconn:                # the client side of an http session
     uint32_t cut_len                 # parameter), from the start of the head; cut_len 0: none
     lb_cache_x *cx                   # the cache's state of the exchange in flight (fastpath/cache.pxi); NULL: none
     uint8_t cache_note               # CN_*: what the cache did with the request (its Cache-Status); 0: no cache
+    int32_t split                    # the split that chose the pool (-1: none)
+    uint32_t split_cookie            # the response sets the split cookie to bucket split_cookie - 1 (0: none)
+    uint8_t split_variant            # ... and the variant it chose
+    int32_t mirror                   # the request is copied to this mirror's pool when it is sent (-1: not)
 
 
 cdef struct lb_auth_cache:            # a success of HTTP Basic (fastpath/auth_basic.pxi)
     uint8_t mac[16]                  # HMAC-SHA256 of the credentials under the worker's secret (cut)
     uint64_t until_ms
     uint32_t user                    # index in the auth's users
+
+cdef enum:
+    JWT_MAX_KEYS = 64                # keys of one JWKS
+    JWT_KID_MAX = 64                 # bytes of a kid
+    JWT_BLOB_MAX = 262144            # bytes of one JWKS's packed keys in shared memory
+    JWT_MAX_CLAIM_HEADERS = 16       # claims_to_headers entries
+    JWT_MAX_LIST = 16                # audiences, required claims
+    JWT_CLAIM_VALUE_MAX = 256        # bytes of a claim forwarded in a header
+
+cdef struct lb_jwt_key:               # one key of a JWKS, as a worker built it (fastpath/auth_jwt.pxi)
+    EVP_PKEY *pkey                   # RSA, EC, Ed25519 public key; NULL for an HMAC secret
+    uint8_t *secret                  # oct: the HMAC secret
+    uint32_t secret_len
+    uint32_t algs                    # bit JA_* of each algorithm the key verifies: its JWKS alg, else its type's
+    uint32_t kid_len                 # 0: no kid
+    char kid[JWT_KID_MAX]
+    void *vctx[12]                   # per algorithm (JA_*): an EVP_PKEY_CTX ready to verify, made at first use
+
+cdef struct lb_jwt_cache:             # a verified signature (fastpath/auth_jwt.pxi)
+    uint8_t sha256[32]               # of the whole token
+    uint64_t until_ms                # wall clock: its exp plus the leeway
+
+cdef struct lb_jwt_rt:                # a worker's view of one [auth.NAME] of type jwt (fastpath/auth_jwt.pxi)
+    uint32_t gen                     # the shared keys' generation the keys were built from
+    uint8_t built                    # keys built at least once
+    lb_jwt_key keys[JWT_MAX_KEYS]
+    uint32_t n_keys
+    uint8_t *blob                    # scratch: a copy of the shared keys (JWT_BLOB_MAX bytes)
+    lb_jwt_cache *cache              # verified signatures, by the token's SHA-256; a power of two of them
+    uint32_t cache_mask
+    uint32_t max_token               # bytes of a token (more: 401)
+    uint8_t *hbuf                    # the decoded header, payload and signature of the token in hand
+    uint8_t *pbuf                    # (the payload stays there for the limits keyed by a claim)
+    uint32_t plen                    # the payload's length in pbuf
+    uint8_t *sbuf
+    double leeway                    # seconds
+    lb_str issuer                    # "" = not checked
+    lb_str audiences[JWT_MAX_LIST]
+    uint32_t n_audiences             # 0: a token with an aud is refused
+    lb_str required[JWT_MAX_LIST]    # claims that must be present
+    uint32_t n_required
+    lb_str cookie                    # "" = the Authorization header only
+    lb_str claims[JWT_MAX_CLAIM_HEADERS]       # claims_to_headers: the claims,
+    lb_str headers[JWT_MAX_CLAIM_HEADERS]      # their headers as written and in lower case,
+    lb_str lowers[JWT_MAX_CLAIM_HEADERS]
+    lb_str values[JWT_MAX_CLAIM_HEADERS]       # and this request's values (JWT_CLAIM_VALUE_MAX each)
+    uint32_t n_claims
 
 cdef struct lb_auth_rt:               # a worker's view of one [auth.NAME] (fastpath/auth.pxi)
     uint8_t basic                    # HTTP Basic (else API keys)
@@ -1068,6 +1170,39 @@ cdef struct lb_auth_rt:               # a worker's view of one [auth.NAME] (fast
     lb_str id_value                  # buffer of AUTH_ID_MAX bytes, this request's identity
     lb_hrules fields                 # set: the identity; remove: the key's header (strip)
     lb_str realm                     # the answer's WWW-Authenticate realm: the auth's name
+    lb_jwt_rt *jwt                   # JWT: its keys, cache and claims (NULL: not a JWT auth)
+
+cdef struct lb_split_rt:             # a worker's view of one split (fastpath/split.pxi)
+    shm_split *shm
+    uint8_t sticky                   # SPK_*: where a user's bucket comes from
+    uint8_t override                 # SPK_HEADER, SPK_COOKIE: a variant asked for by name; 0: none
+    lb_str sticky_name               # cookie name as written, header name lower case
+    lb_str override_name
+    lb_str *variant_names            # [n_variants] pool names, as the override names them
+    uint32_t n_allow                 # override only from the addresses of these ACLs (0: from anywhere)
+    uint32_t allow[ACL_MAX_PER_LIST]
+    uint64_t seed                    # of the cookie's check and of the key hash: the split's name
+    uint32_t met_base                # metrics: the entity of variant 0 (UINT32_MAX: none)
+
+cdef struct lb_mirror_rt:            # a listener's or route's mirror (fastpath/mirror.pxi)
+    int32_t pool                     # the shadow pool
+    uint64_t threshold               # a request is copied when 32 random bits are below it
+    uint32_t max_concurrent          # copies in flight at once, this worker
+    uint32_t max_body                # request bytes (head and body) a copy may have
+    uint32_t active
+    shm_mirror_stats *stats          # this worker's counters of it
+    lb_tlist timer                   # each copy's whole life: connect, send, the answer discarded
+
+cdef struct lb_mirror:               # one copy in flight
+    uint32_t kind                    # KIND_MIRROR (first: epoll events find the kind here)
+    uint32_t state                   # MS_*
+    int fd
+    lb_mirror_rt *rt
+    char *buf                        # the request as sent to the backend, with Connection: close
+    uint32_t len
+    uint32_t sent
+    lb_tnode tn
+    lb_mirror *next                  # free or closed list
 
 cdef struct lb_http_worker:
     http_req *req                    # scratch: the head being handled
@@ -1094,6 +1229,18 @@ cdef struct lb_http_worker:
     void *verifier                   # HTTP Basic: the threads that check passwords off the loop (auth_basic.pxi)
     uint32_t park_seq                # numbers the requests parked for them
     lb_cache_wk *cache               # the [caches.NAME] this worker serves (fastpath/cache.pxi); NULL: none
+    const uint8_t *jwt_claims        # the payload (JSON) of the request's verified JWT, for the limits keyed
+    uint32_t jwt_claims_len          # by jwt:CLAIM; 0: none; set anew by each request's auth step
+    nghttp2_session_callbacks *h2bcbs    # HTTP/2 to backends (fastpath/h2_backend.pxi): the client sessions' callbacks
+    nghttp2_option *h2bopt
+    lb_h2bs *free_h2bs               # backend streams' structs for reuse
+    uint32_t n_free_h2bs
+    lb_split_rt *splits              # [n_splits] the splits of the config (fastpath/split.pxi)
+    uint32_t n_splits
+    lb_mirror_rt *mirrors            # [n_mirrors] the mirrors of its listeners and routes (fastpath/mirror.pxi)
+    uint32_t n_mirrors
+    lb_mirror *mirror_free
+    lb_mirror *mirror_closed         # closed this turn, freed after its events
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------
@@ -1195,6 +1342,8 @@ cdef struct lb_h2:
                                      # 3 the final GOAWAY went out
     uint8_t empty_run                # empty DATA frames in a row
     int32_t hblock                   # the stream whose header block is coming in (0: none)
+    uint32_t n_open                  # streams lb took that nghttp2 has not closed (max_concurrent_streams)
+    uint8_t advertised               # lb's SETTINGS went out, with the limit clients are told
 
 cdef struct lb_h2s:
     int32_t id
@@ -1233,7 +1382,66 @@ cdef struct lb_h2s:
     lb_h2s *prev
 
 
-# ---- Part 6: the shared cache (fastpath/cache.pxi) ----------------------------------
+# ---- Part 6: HTTP/2 to backends (fastpath/h2_backend.pxi) -----------------------------
+# A pool with protocol = "h2" speaks to its backends over multiplexed HTTP/2
+# connections (lb_h2b, one nghttp2 client session each). A request's backend
+# connection (lb_bconn) is then a stream of one of them: its transport
+# (XPRT_H2B) turns the HTTP/1.1 request the engine writes into HEADERS and DATA
+# frames, and the stream's frames back into an HTTP/1.1 response for it to read.
+
+cdef struct lb_h2bs
+cdef struct lb_h2b:
+    lb_conn c                        # first (kind KIND_H2B): the pending list runs it; c.sk[SIDE_BACKEND] is the socket
+    nghttp2_session *ng
+    lb_worker *w
+    int32_t pool
+    int32_t slot
+    uint32_t bflags                  # HF_* of the socket
+    uint8_t bstate                   # H2B_*
+    uint8_t goaway                   # the backend sent GOAWAY: no new streams
+    uint8_t dying                    # being torn down: streams detach without calling nghttp2
+    uint8_t settled                  # the backend's SETTINGS arrived
+    uint32_t n_streams               # streams (or requests waiting to become one) attached
+    uint32_t hint_streams            # until then: the stream limit another connection to it learned (0: none)
+    uint32_t served                  # responses it carried whole
+    lb_bytes wbuf                    # frames made and not yet taken by the socket
+    lb_tnode tn                      # the pool's idle_timer while no stream is attached
+    lb_h2bs *streams
+    lb_h2b *next                     # the slot's connections (lb_http_pool.h2_conns)
+    lb_h2b *prev
+
+cdef struct lb_h2bs:                 # one request on an lb_h2b; the ctx of its lb_bconn's XPRT_H2B transport
+    int32_t id                       # 0 until its HEADERS were submitted
+    uint8_t closed                   # nghttp2 closed it
+    uint8_t reset                    # ... before its response ended (or the connection failed)
+    uint8_t retry                    # ... and the backend never processed it (GOAWAY, REFUSED_STREAM)
+    uint8_t ts                       # TX_*: the request body as the engine writes it
+    uint8_t tck                      # CKD_*: its chunked framing
+    uint8_t tx_eof                   # the request body is whole in tx
+    uint8_t deferred                 # nghttp2 waits for data (resume_data)
+    uint8_t wblocked                 # the engine waits for room in tx
+    uint8_t sent                     # its HEADERS went out
+    uint8_t is_head                  # HEAD: the response has no body whatever it says
+    uint8_t v10                      # an HTTP/1.0 request: a response of unknown length ends with the stream
+    uint8_t rs                       # H2R_*: the response as the engine reads it
+    uint8_t rs_chunked               # its body goes to the engine chunked (no content-length)
+    uint8_t has_cl
+    uint16_t status                  # of the header block coming in (0: trailers)
+    uint64_t tleft
+    lb_h2b *conn
+    lb_http_worker *hw               # whose free list it goes back to
+    lb_bconn *b                      # the request's backend connection; NULL once the engine let go
+    lb_bytes tx                      # the request body, framing removed, for nghttp2
+    lb_bytes trailers                # request trailer lines, sent as a HEADERS frame at the end
+    lb_bytes rx                      # the response, as HTTP/1.1 bytes, for the engine to read
+    uint64_t rx_data                 # DATA bytes in rx not yet given back to the flow-control window
+    uint32_t hbytes                  # of the header block coming in (H2B_HEAD_MAX)
+    uint8_t skip_block               # a header block lb drops (a 101, trailers of a body of known length)
+    lb_h2bs *next
+    lb_h2bs *prev
+
+
+# ---- Part 7: the shared cache (fastpath/cache.pxi) ----------------------------------
 # One region per [caches.NAME], apart from the generation's region: the
 # supervisor creates it once and keeps it over reloads (while the cache's size
 # stays the same) and worker respawns. Objects live in fixed-size blocks

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from lb import _fastpath as fp
+from lb.config.splits import config_splits
 
 log = logging.getLogger("lb")
 
@@ -64,6 +65,13 @@ def entities(gen) -> dict[tuple, int]:
         for bname, idx in gen.backends[pname].items():
             out[("backend", pname, bname)] = slot_base + first + idx
         first += shm.pool_capacity(pi)
+    # the splits' variants follow the backend slots, in config order
+    variant = slot_base + layout["slots"]
+    if layout.get("variants"):
+        for split in config_splits(config.listeners):
+            for pool in split.pools:
+                out[("variant", split.name, pool)] = variant
+                variant += 1
     return out
 
 
@@ -280,10 +288,41 @@ def render_chunks(sup, openmetrics: bool = False) -> list[bytes]:
     _entity_families(text, summed, "backend", "backend", bids, blabels,
                      hists=config.global_.metrics_backend_histograms)
     _backend_state(text, gen, blabels, binfo)
+    vids, vlabels = [], []
+    for split in config_splits(config.listeners):
+        for pool in split.pools:
+            e = ids.get(("variant", split.name, pool))
+            if e is not None:
+                vids.append(e)
+                vlabels.append(_labels(route=split.name, pool=pool))
+    _entity_families(text, summed, "split", "split variant", vids, vlabels, hists=("response",))
+    _mirrors(text, gen)
     _acl_rules(text, gen)
     _gateway_rules(text, gen)
     _caches(text, gen)
     return text.chunks()
+
+
+def mirror_status(gen) -> list[dict]:
+    """Each mirror with what its copies came to, since its generation started."""
+    counts = fp.mirror_counts(gen.shm, counted_rows(gen))
+    return [{"listener": lname, "route": None if ri < 0 else gen.config.listeners[lname].routes[ri].name,
+             "pool": m.pool, "percent": m.percent, **c}
+            for ((lname, ri), m), c in zip(fp.mirror_sites(gen.config.listeners.values()), counts)]
+
+
+def _mirrors(text: Text, gen) -> None:
+    mirrors = mirror_status(gen)
+    if not mirrors:
+        return
+    name = text.family("lb_mirror_requests_total", "counter",
+                       "Requests a mirror drew, by what came of their copy: copied (sent to the shadow), "
+                       "dropped (not copied: max_concurrent, max_body), failed (connect, send or timeout); "
+                       "since the generation started")
+    for m in mirrors:
+        for result, key in (("copied", "copies"), ("dropped", "dropped"), ("failed", "failed")):
+            text.line(name, _labels(listener=m["listener"], route=m["route"] or "", pool=m["pool"], result=result),
+                      m[key])
 
 
 def _backend_state(text: Text, gen, blabels: list[bytes], binfo: list[tuple]) -> None:

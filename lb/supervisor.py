@@ -32,6 +32,7 @@ from lb import logger as logger_mod
 from lb import metrics as metrics_mod
 from lb import config as config_mod
 from lb import control, ha, privileges, sdnotify
+from lb.control import jwks
 from lb import shm as shm_mod
 from lb import tls as tls_mod
 from lb import worker as worker_mod
@@ -138,6 +139,8 @@ class Generation:
     # name -> CacheShm of each [caches.NAME] (lb.shm.caches_for_config): shared
     # with the generation before when the cache's size did not change
     caches: dict = field(default_factory=dict)
+    # split name -> its layout in force (lb.control.split): pools, weights, table
+    splits: dict = field(default_factory=dict)
 
     @property
     def helpers(self) -> list[WorkerSlot]:
@@ -218,6 +221,8 @@ class Supervisor:
         self.metrics: metrics_mod.MetricsServer | None = None
         # samples for rates and last-minute percentiles (/stats.json, lb stats)
         self.metrics_history = metrics_mod.History()
+        # split name -> its rollout (lb.control.rollout), loaded from the state file at the first tick
+        self.rollouts: dict | None = None
         # [ha]: the file keepalived tracks (None when ha.mode is "none") and
         # whether an operator drained this node (kept in the state file)
         self.health: ha.HealthFile | None = None
@@ -326,6 +331,7 @@ class Supervisor:
         )
         control.backend.apply_state(self.state, gen)
         control.acl.apply_state(self.state, gen)
+        control.split.apply_state(self.state, gen, previous)
         # keys lb made carry over to the new generation, keys from a file do not
         made_keys = previous is not None and not previous.config.global_.tls.keys_file
         tls_mod.publish_ticket_keys(region, config.global_.tls, previous.shm if made_keys else None)
@@ -720,6 +726,7 @@ class Supervisor:
             self._slow_start()
             self._check_worker_memory()
             tls_mod.rotate_ticket_keys(self.gen.shm, self.config.global_.tls)
+            jwks.tick(self)
             # a weight or state change bumped a pool's generation: its Maglev
             # table is rebuilt here, the tables' only writer
             self.gen.shm.rebuild_changed()
@@ -728,6 +735,7 @@ class Supervisor:
             if self.metrics is not None:
                 self.metrics.tick(sel)
             self.metrics_history.tick(self)
+            control.rollout.tick(self)
             if next_status is not None and time.monotonic() >= next_status:
                 self.on_status(self)
                 next_status = time.monotonic() + self.status_interval

@@ -57,6 +57,20 @@ def test_bench_reports_cpu_per_request_of_each_proxy(two_rounds):
     assert "cpu_us_req" not in scenario["ratios"]["lb/direct"]
 
 
+def test_bench_splits_cpu_per_request_into_kernel_and_switches(two_rounds):
+    """sys_us_req is the kernel's part of cpu_us_req (a part of it, never
+    more) and ctxsw_req the proxy tree's context switches per request: every
+    proxy sleeps in epoll_wait at some point of a run; direct has neither."""
+    scenario = two_rounds["scenarios"]["tcp_small"]
+    for rd in scenario["rounds"]:
+        for proxy in ("lb", "haproxy", "nginx", "lb-base"):
+            res = rd["results"][proxy]
+            assert 0 < res["sys_us_req"] <= res["cpu_us_req"], (proxy, res)
+            assert res["ctxsw_req"] > 0, (proxy, res)
+        assert rd["results"]["direct"]["sys_us_req"] is None
+        assert rd["results"]["direct"]["ctxsw_req"] is None
+
+
 def test_bench_baseline_runs_another_checkout_as_lb_base(two_rounds):
     meta, scenario = two_rounds["meta"], two_rounds["scenarios"]["tcp_small"]
     assert meta["baseline"]["dir"] == str(ROOT) and meta["versions"]["lb-base"]
@@ -84,7 +98,7 @@ def test_bench_baseline_must_be_a_built_checkout(tmp_path, files, message):
 
 def test_cpu_per_request_leads_every_wrk_scenario():
     """cpu us/req comes first everywhere; it is a target only where the TLS
-    issue or issue 19 sets one (https_small, https_connrate, h2_small), never
+    issue or issue 19 sets one (https_small, https_connrate, h2_small, h2_backend), never
     in tcp_* or http_*."""
     from bench import harness
 
@@ -92,7 +106,7 @@ def test_cpu_per_request_leads_every_wrk_scenario():
         if scenario.KIND in harness.LOAD_KINDS:
             assert scenario.METRICS[0] is harness.CPU_US_REQ_METRIC, scenario.NAME
             if "cpu_us_req" in getattr(scenario, "GOALS", {}):
-                assert harness.scenario_mode(scenario) in ("https", "h2"), scenario.NAME
+                assert harness.scenario_mode(scenario) in ("https", "h2", "h2b"), scenario.NAME
 
 
 # --------------------------------------------------------------------------
@@ -358,3 +372,16 @@ def test_bench_h2_small_runs_all_three_over_http2():
         assert scenario["results"][proxy]["tls_handshakes"] == 16, scenario["results"][proxy]
     assert set(scenario["goals"]) == {"cpu_us_req", "req_s"}
     assert scenario["goals"]["cpu_us_req"]["target"] == 0.85
+
+
+def test_bench_h2_backend_speaks_http2_to_the_origin_too():
+    """h2_backend: each proxy answers h2load over HTTP/2 without an error while
+    sending on in HTTP/2 (the origin's h2c port is the only one its config
+    names)."""
+    doc = run_bench("h2_backend")
+    scenario = doc["scenarios"]["h2_backend"]
+    assert scenario["mode"] == "h2b"
+    assert set(scenario["results"]) == {"haproxy", "nginx", "lb"}
+    for proxy, result in scenario["results"].items():
+        assert result["ok"], (proxy, result)
+        assert result["req_s"] > 0 and result["cpu_us_req"] > 0 and not result["errors"], (proxy, result)

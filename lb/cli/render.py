@@ -169,6 +169,16 @@ def status_lines(status: dict, rates: dict | None = None) -> list[str]:
     if status.get("caches"):
         lines += cache_lines(status["caches"])
         lines.append("")
+    if status.get("splits"):
+        from lb.cli.split import split_lines
+
+        lines += split_lines(status["splits"])
+        lines.append("")
+    if status.get("rollouts"):
+        from lb.cli.rollout import rollout_lines
+
+        lines += rollout_lines(status["rollouts"])
+        lines.append("")
     lines += worker_lines(status.get("workers") or [])
     lines += h2_lines(status.get("workers") or [])
     checker = status.get("checker")

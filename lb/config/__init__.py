@@ -41,6 +41,9 @@ from lb.config.logs import KEYS as LOG_KEYS
 from lb.config.logs import LogSettings
 from lb.config.listeners import HTTP2_KEYS, HTTP_LISTENER_KEYS, ROUTE_KEYS, Http2Settings, HttpSettings, Listener, Route
 from lb.config.pools import KEYS as POOL_KEYS
+from lb.config.splits import VARIANT_KEYS as SPLIT_VARIANT_KEYS
+from lb.config.splits import Split
+from lb.config.mirror import MIRROR_KEYS, Mirror
 from lb.config.tls import CERTIFICATE_KEYS as TLS_CERTIFICATE_KEYS
 from lb.config.tls import CLIENT_HEADER_KEYS as TLS_CLIENT_HEADER_KEYS
 from lb.config.tls import GLOBAL_KEYS as GLOBAL_TLS_KEYS
@@ -116,6 +119,10 @@ __all__ = [
     "ROUTE_KEYS",
     "Route",
     "SECTIONS",
+    "SPLIT_VARIANT_KEYS",
+    "MIRROR_KEYS",
+    "Mirror",
+    "Split",
     "TLS_CERTIFICATE_KEYS",
     "TLS_CLIENT_HEADER_KEYS",
     "TLS_KEYS",

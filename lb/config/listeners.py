@@ -14,6 +14,10 @@ from lb.config.headers import HeaderRules, check_field_value, check_header_name,
 from lb.config.global_ import MAX_CONNECTIONS
 from lb.config.logs import LogSettings, listener_logs
 from lb.config.pools import Pool
+from lb.config import splits as splits_section
+from lb.config.splits import Split
+from lb.config import mirror as mirror_section
+from lb.config.mirror import Mirror
 from lb.config.tls import TlsSettings
 from lb.config.values import (
     HOSTNAME,
@@ -58,6 +62,8 @@ HTTP_LISTENER_KEYS = (
     "http2",
     "auth",
     "cache",
+    *splits_section.KEYS,
+    *mirror_section.KEYS,
 )
 HTTP2_KEYS = ("h2c", "max_concurrent_streams", "initial_window_size", "connection_window_size", "max_frame_size",
               "max_glitches")
@@ -84,6 +90,8 @@ ROUTE_KEYS = (
     LIMITS_KEY,
     "auth",
     "cache",
+    *splits_section.KEYS,
+    *mirror_section.KEYS,
 )
 ROUTE_MATCHERS = ("host", "path_prefix", "path", "methods", "header")
 
@@ -105,6 +113,8 @@ class Route:
     limits: tuple[str, ...] = ()  # [limits.NAME] applied to its requests, after the listener's
     auth: str = ""  # [auth.NAME] its requests must pass (instead of the listener's); "" = the listener's
     cache: str = ""  # [caches.NAME] its GET/HEAD requests are served from (instead of the listener's); "" = the listener's
+    split: Split | None = None  # weighted variants instead of one pool (pool: the first variant's)
+    mirror: Mirror | None = None  # a share of its requests copied to a shadow pool; None: the listener's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +167,8 @@ class Listener:
     auth: str = ""  # http: [auth.NAME] every request must pass (a route may name its own); "" = none
     max_connections: int = 0  # client connections of this listener open at once, all workers; 0 = no limit
     cache: str = ""  # http: [caches.NAME] its requests are served from (a route may name its own); "" = none
+    split: Split | None = None  # http: the variants of requests no route takes (pool: the first variant's)
+    mirror: Mirror | None = None  # http: a share of its requests (but those of routes with their own) copied
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
@@ -173,7 +185,7 @@ def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
                  for name, t in tables}
     if not listeners:
         raise ConfigError("listeners", "at least one listener is required")
-    return listeners
+    return splits_section.name_splits(listeners)
 
 
 def _parse_bind_list(t: Table) -> list[tuple[str, str]]:
@@ -252,6 +264,7 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: di
     header_value = t.string("header_value", None)
     if header_value is not None and header is None:
         raise ConfigError(t.path_of("header_value"), "needs header, the name of the field to compare")
+    split = splits_section.parse(t, pools, acls, warnings)
     return Route(
         host=None if host is None else _parse_route_host(host, t.path_of("host")),
         path_prefix=None if path_prefix is None else _parse_route_path(path_prefix, t.path_of("path_prefix")),
@@ -259,7 +272,7 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: di
         methods=_parse_methods(t, warnings) if t.has("methods") else (),
         header=None if header is None else check_header_name(header, t.path_of("header")).lower(),
         header_value=None if header_value is None else check_field_value(header_value, t.path_of("header_value")),
-        pool=_check_pool_ref(t.string("pool"), t.path_of("pool"), pools),
+        pool=splits_section.pool_of(t, split, pools) if split is not None else _check_pool_ref(t.string("pool"), t.path_of("pool"), pools),
         request_headers=parse_header_rules(t, "request_headers"),
         response_headers=parse_header_rules(t, "response_headers"),
         access=parse_access(t, acls, rules),
@@ -267,6 +280,8 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: di
         limits=parse_limit_names(t, limits, "http"),
         auth=parse_auth_name(t, auths),
         cache=parse_cache_name(t, caches),
+        split=split,
+        mirror=mirror_section.parse(t, pools),
     )
 
 
@@ -347,6 +362,9 @@ def _parse_listener(
                 raise ConfigError(t.path_of(key), 'needs mode = "http"')
     # Before the routes, so errors come in file order ([[routes]] follow the listener's keys).
     http = _parse_http_settings(t) if mode == "http" else HttpSettings()
+    split = splits_section.parse(t, pools, acls, warnings) if mode == "http" else None
+    if split is not None:
+        pool = splits_section.pool_of(t, split, pools)
     access = parse_access(t, acls, rules)
     limit_names = parse_limit_names(t, limits, mode)
     tls = tls_section.parse(t.table("tls", tls_section.KEYS), mode, warnings) if t.has("tls") else None
@@ -378,6 +396,8 @@ def _parse_listener(
         limits=limit_names,
         auth=parse_auth_name(t, auths),
         cache=parse_cache_name(t, caches),
+        split=split,
+        mirror=mirror_section.parse(t, pools) if mode == "http" else None,
     )
 
 

@@ -51,6 +51,7 @@ def document(sup) -> dict:
     """The status document (docs/admin.md): listeners, pools and backends of
     the generation in force, workers of every generation still running."""
     from lb import metrics
+    from lb.control import rollout, split  # (they import backend, which imports this module)
 
     gen = sup.gen
     latency = metrics.latencies(sup)
@@ -110,6 +111,9 @@ def document(sup) -> dict:
                     "crash_loop": gen.checker.crash_looping},
         "access_logs": logs.status(sup),
         "caches": cache.stats(sup, {})["caches"],
+        "splits": split.show(sup, {})["splits"],
+        "rollouts": rollout.status(sup, {})["rollouts"],
+        "mirrors": metrics.mirror_status(gen),
     }
 
 

@@ -95,6 +95,8 @@ REQUEST_STEPS = (
     ("limits", <size_t><void *>step_limits, wants_limits),
     ("body_limit", <size_t><void *>step_body_limit, wants_body_limit),
     ("cache", <size_t><void *>step_cache, wants_cache),
+    ("split", <size_t><void *>step_split, wants_split),
+    ("mirror", <size_t><void *>step_mirror, wants_mirror),
     ("request_headers", <size_t><void *>step_request_headers, wants_request_headers),
 )
 RESPONSE_STEPS = (

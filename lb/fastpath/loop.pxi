@@ -200,6 +200,8 @@ cdef void pending_run(lb_worker *w) noexcept nogil:
         c.flags &= ~F_QUEUED
         if c.kind == KIND_HTTP and (<lb_hconn *>c).st != HS_TUNNEL:
             h_run(w, <lb_hconn *>c)
+        elif c.kind == KIND_H2B:
+            h2b_run(w, <lb_h2b *>c)
         else:
             conn_pump(w, c)
         c = n
@@ -382,6 +384,8 @@ cdef class Worker:
             auth_worker_init(w, shm, auths)
             for i, pool in enumerate(pools):
                 http_pool_init(&w.pools[i], pool)
+            splits_worker_init(w, shm, [listener for _, listener in listeners], acl_index)
+            mirror_index = mirrors_worker_init(w, shm, row, [listener for _, listener in listeners], pool_index)
             self.caches = list(caches)
             cache_worker_init(w, self.caches, row, acl_index)
         cache_index = {cfg.name: i for i, (_, cfg) in enumerate(caches)}
@@ -414,7 +418,8 @@ cdef class Worker:
             metrics_listener_init(w, l, shm, len(listener.routes))
             phases_init(&l.phases, listener)
             if listener.mode == "http":
-                http_listener_init(l, listener, pool_index, acl_index, limit_index, auth_index, cache_index)
+                http_listener_init(l, listener, pool_index, acl_index, limit_index, auth_index, split_index(shm),
+                                   mirror_index, cache_index)
 
     def run(self):
         """Serve until SIGTERM has drained every connection (or the drain timed
