@@ -286,6 +286,10 @@ def test_a_response_stops_being_served_once_stale(origin, lb_cache):
     get(lb.port, "/short")
     assert get(lb.port, "/short")[1]["cache-status"].startswith("lb; hit")
     time.sleep(2.1)  # what is tested is the clock itself
+    status, h, body = get(lb.port, "/short", headers={"Cache-Control": "max-stale"})   # the client accepts it stale
+    assert h["cache-status"].startswith("lb; hit; ttl=-") and origin.count("/short") == 1
+    status, h, body = get(lb.port, "/short", headers={"Cache-Control": "max-stale=3600"})
+    assert h["cache-status"].startswith("lb; hit") and origin.count("/short") == 1
     status, h, body = get(lb.port, "/short")
     assert (body, h["cache-status"], origin.count("/short")) == (b"short", "lb; fwd=stale; stored; ttl=1", 2)
 

@@ -586,6 +586,9 @@ cdef uint32_t cc_parse(const uint8_t *b, http_req *r, bint response, int64_t *ma
             elif response and sie != NULL and ieq(d, nl, b"stale-if-error"):
                 if delta_seconds(d + k, len - k, &x):
                     sie[0] = x
+            elif not response and sie != NULL and ieq(d, nl, b"max-stale"):
+                # a request's max-stale: any staleness without a value (RFC 9111 5.2.1.2)
+                sie[0] = x if nl < len and delta_seconds(d + k, len - k, &x) else CACHE_DELTA_MAX
     if not response and not (flags & QCC_NO_CACHE):
         # Pragma: no-cache, from HTTP/1.0 clients that send no Cache-Control
         for i in range(r.n_fields):
@@ -679,7 +682,7 @@ cdef inline bint _name_eq(const uint8_t *a, uint32_t an, const uint8_t *lower_b,
 
 cdef int cache_lookup(lb_cache_rt *rt, const char *key, uint32_t key_len, uint64_t hash, const uint8_t *b,
                       http_req *r, bint auth, int64_t now_ms, int64_t req_max_age, int64_t min_fresh,
-                      shm_cache_entry *out, uint32_t *idx, uint32_t *stale_seq) noexcept nogil:
+                      shm_cache_entry *out, uint32_t *idx, uint32_t *stale_seq, int64_t max_stale=-1) noexcept nogil:
     """CN_HIT with the entry's fields in out (and its index; out.seq is the
     seq the copy was good for), or why not: CN_URI_MISS, CN_VARY_MISS,
     CN_STALE. Without a lock: a chain that moves under the walk is walked
@@ -732,7 +735,8 @@ cdef int cache_lookup(lb_cache_rt *rt, const char *key, uint32_t key_len, uint64
             age = out.age0 + (now_ms - out.resp_ms) // 1000
             if age < 0:
                 age = 0
-            if age >= out.fresh:
+            if age >= out.fresh and not (max_stale >= 0 and age - out.fresh <= max_stale
+                                         and not (out.flags & (CEF_MUST_REVALIDATE | CEF_NO_CACHE))):
                 result = CN_STALE
                 idx[0] = i               # it may be revalidated
                 stale_seq[0] = seq
@@ -1525,7 +1529,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cdef char *key = w.http.cache.scratch + CACHE_HEAD_MAX
     cdef uint32_t n, host_len, idx = 0, qflags, stale_seq = 1
     cdef uint64_t hash
-    cdef int64_t max_age, s_maxage, min_fresh, now_ms
+    cdef int64_t max_age, s_maxage, min_fresh, now_ms, max_stale = -1
     cdef int note, st, claim = CLAIM_NONE
     cdef bint get, auth
     cdef shm_cache_entry meta
@@ -1570,13 +1574,14 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
         cache_count(&rt.st.bypass, 1)
         h.cache_note = CN_BYPASS
         return STEP_CONTINUE
-    qflags = cc_parse(b, r, False, &max_age, &s_maxage, &min_fresh)
+    qflags = cc_parse(b, r, False, &max_age, &s_maxage, &min_fresh, &max_stale)
     hash = lb_xxh64(<const uint8_t *>key, n, rt.hd.seed)
     clock_now_ms(&now_ms)
     if qflags & QCC_NO_CACHE:
         note = CN_REQUEST
     else:
-        note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx, &stale_seq)
+        note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx, &stale_seq,
+                            max_stale)
         if note == CN_HIT:
             st = cache_hit(w, h, b, r, rt, &meta, idx, now_ms)
             if st != -1:
