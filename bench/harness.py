@@ -410,9 +410,11 @@ class Origin:
         (self.root / "www").mkdir(parents=True)
         (self.root / "tmp").mkdir()
         (self.root / "www" / "1m").write_bytes(os.urandom(ONE_MIB))
+        (self.root / "www" / "cached100k").write_bytes(os.urandom(100 * 1024))
         for p in (self.root, self.root / "www", self.root / "tmp"):
             p.chmod(0o755)    # nginx workers run as nobody when we are root
         (self.root / "www" / "1m").chmod(0o644)
+        (self.root / "www" / "cached100k").chmod(0o644)
         self.port = ctx.ports.take()
         self.addr = ("127.0.0.1", self.port)
         self.h2c_addr = ("127.0.0.1", ctx.ports.take())    # the same server in h2c (prior knowledge)
@@ -448,6 +450,13 @@ http {{
             return 200 "{body}\\n";
         }}
         location = /1m {{ }}
+        # cache_hit: the same bodies, with an hour of freshness for caches
+        location = /cached {{
+            default_type text/plain;
+            add_header Cache-Control "max-age=3600";
+            return 200 "{body}\n";
+        }}
+        location = /cached100k {{ add_header Cache-Control "max-age=3600"; }}
         location = /origin_status {{ stub_status; }}
     }}
 }}
@@ -695,6 +704,10 @@ class NginxTarget(Target):
     with upstream keepalive in http mode."""
 
     name = "nginx"
+    # what a scenario adds (cache_hit: proxy_cache): lines of the http block
+    # and of its `location /`
+    http_extra = ""
+    location_extra = ""
 
     def configure(self) -> list[str]:
         nofile = self.ctx.nofile
@@ -756,6 +769,7 @@ http {{
     keepalive_requests 1000000;
     keepalive_timeout 300s;
     client_header_timeout 10s;
+    {self.http_extra}
     upstream origin {{
         server {origin};
         keepalive {self.origin_idle};
@@ -773,6 +787,7 @@ http {{
             proxy_connect_timeout 5s;
             proxy_read_timeout 300s;
             proxy_send_timeout 300s;
+            {self.location_extra}
         }}
     }}
 }}

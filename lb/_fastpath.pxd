@@ -712,7 +712,7 @@ cdef enum:
     STEP_PARKED = 2                  # the step waits for work done off the loop; it resumes the request
     # any other result is an HTTP status (403, 404, 429, ...) lb answers with
     # through its own error path, which ends the exchange
-    MAX_STEPS = 8                    # per phase and listener
+    MAX_STEPS = 12                   # per phase and listener
 
 ctypedef int (*lb_conn_step)(lb_worker *w, lb_conn *c) noexcept nogil
 ctypedef int (*lb_head_step)(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil
@@ -888,10 +888,12 @@ cdef struct lb_tlist
 cdef struct lb_bconn
 cdef struct lb_h2
 cdef struct lb_h2s
+cdef struct lb_cache_x
+cdef struct lb_cache_wk
 cdef struct lb_h2b
 
 cdef enum:
-    MAX_RULESETS = 4                 # header rule sets one message can have (listener, route, ...)
+    MAX_RULESETS = 6                 # header rule sets one message can have (listener, route, cache, ...)
 
 cdef struct http_field:
     uint32_t name_off
@@ -945,6 +947,7 @@ cdef struct lb_route:
     int64_t max_body                 # max_body_size; 0: none, -1: the listener's
     lb_limit_list *limits            # rate and concurrency limits of this route's requests; NULL: none
     int32_t auth                     # [auth.NAME] index of this route's requests; -1: the listener's
+    int32_t cache                    # [caches.NAME] index of this route's requests; -1: the listener's
     int32_t split                    # its split (the splits region's index); -1: none, its pool
     int32_t mirror                   # its mirror (w.http.mirrors); -1: the listener's
 
@@ -993,6 +996,7 @@ cdef struct lb_http_listener:
     uint32_t h2_max_frame            # SETTINGS_MAX_FRAME_SIZE
     uint32_t h2_max_glitches         # frames that do no work (control floods, resets of unanswered streams) before GOAWAY
     int32_t auth                     # [auth.NAME] index of its requests; -1: none
+    int32_t cache                    # [caches.NAME] index of its requests (a route may name its own); -1: none
     int32_t split                    # the split of requests no route took (the splits region's index); -1: none
     int32_t mirror                   # the mirror of its requests (w.http.mirrors), unless their route has one; -1: none
 
@@ -1089,6 +1093,8 @@ cdef struct lb_hconn:                # the client side of an http session
     uint8_t park_step                # HS_PARKED: the request step to go on from
     uint32_t cut_off                 # a part of the target the backend does not get (an API key's query
     uint32_t cut_len                 # parameter), from the start of the head; cut_len 0: none
+    lb_cache_x *cx                   # the cache's state of the exchange in flight (fastpath/cache.pxi); NULL: none
+    uint8_t cache_note               # CN_*: what the cache did with the request (its Cache-Status); 0: no cache
     int32_t split                    # the split that chose the pool (-1: none)
     uint32_t split_cookie            # the response sets the split cookie to bucket split_cookie - 1 (0: none)
     uint8_t split_variant            # ... and the variant it chose
@@ -1222,6 +1228,7 @@ cdef struct lb_http_worker:
     char id[AUTH_ID_MAX]             # for the limits keyed by api_key; set anew by each request's auth step
     void *verifier                   # HTTP Basic: the threads that check passwords off the loop (auth_basic.pxi)
     uint32_t park_seq                # numbers the requests parked for them
+    lb_cache_wk *cache               # the [caches.NAME] this worker serves (fastpath/cache.pxi); NULL: none
     const uint8_t *jwt_claims        # the payload (JSON) of the request's verified JWT, for the limits keyed
     uint32_t jwt_claims_len          # by jwt:CLAIM; 0: none; set anew by each request's auth step
     nghttp2_session_callbacks *h2bcbs    # HTTP/2 to backends (fastpath/h2_backend.pxi): the client sessions' callbacks
@@ -1432,3 +1439,180 @@ cdef struct lb_h2bs:                 # one request on an lb_h2b; the ctx of its 
     uint8_t skip_block               # a header block lb drops (a 101, trailers of a body of known length)
     lb_h2bs *next
     lb_h2bs *prev
+
+
+# ---- Part 7: the shared cache (fastpath/cache.pxi) ----------------------------------
+# One region per [caches.NAME], apart from the generation's region: the
+# supervisor creates it once and keeps it over reloads (while the cache's size
+# stays the same) and worker respawns. Objects live in fixed-size blocks
+# chained by block_next; the index is a bucket array of entry chains; eviction
+# is S3-FIFO over entries (a small and a main queue, ghost hashes). Every
+# change of the index, the queues or the free stacks is made under `lock`
+# (the pid of its holder: the supervisor takes over the lock of a worker that
+# died holding it, and empties the cache). Readers take no lock: an entry's
+# seq is odd while it changes, and a reader checks it after every copy.
+
+cdef enum:
+    CACHE_MAGIC = 0x6c626361         # "lbca"
+    CACHE_VERSION = 1
+    CACHE_BLOCK = 4096               # bytes of one block of object data
+    CACHE_ROWS = 130                 # counter rows: 2 x MAX_WORKERS (64) + 2, beside any generation's rows
+    CACHE_KEY_MAX = 4096             # longer keys (host + target) are not cached
+    CACHE_META_MAX = 1024            # the Vary names and the tags of one object, each
+    CACHE_HEAD_MAX = 32768           # a stored response head
+    CACHE_FILLS = 1024               # misses being fetched, by key hash (collapsed forwarding)
+
+cdef struct shm_cache_head:          # writer: under lock (supervisor at creation and purges; workers)
+    uint32_t magic
+    uint32_t version
+    uint64_t total_size              # the mapping's bytes: the configured size, never more
+    uint32_t n_blocks
+    uint32_t n_entries
+    uint32_t n_buckets               # a power of two
+    uint32_t n_ghost                 # a power of two
+    uint64_t max_object              # max_object_size
+    uint32_t lock                    # 0, or the pid of the process changing the index
+    uint32_t small_head              # the queues, entry index + 1 (0: empty): head = newest
+    uint32_t small_tail
+    uint32_t main_head
+    uint32_t main_tail
+    uint32_t small_blocks            # blocks of the entries in each queue
+    uint32_t main_blocks
+    uint32_t small_cap               # S3-FIFO: the small queue holds a tenth of the blocks
+    uint32_t free_blocks             # depth of the free block stack
+    uint32_t free_entries            # depth of the free entry stack
+    uint64_t objects                 # live entries
+    uint64_t bytes                   # their stored bytes (key, metadata, head, body)
+    uint64_t seed                    # of the key hashes
+    uint64_t off_rows                # offsets from the start of the mapping
+    uint64_t off_buckets
+    uint64_t off_entries
+    uint64_t off_next
+    uint64_t off_bstack
+    uint64_t off_estack
+    uint64_t off_ghost
+    uint64_t off_blocks
+    uint64_t resets                  # times the supervisor emptied it (a worker died holding the lock)
+    uint64_t off_fills               # CACHE_FILLS shm_cache_fill: the misses being fetched (collapsed forwarding)
+    uint8_t _pad[88]
+
+cdef struct shm_cache_entry:         # writer: under the region's lock; seq odd while it changes
+    uint32_t seq
+    uint32_t chain                   # next entry of its bucket, index + 1
+    uint32_t q_prev                  # its queue, index + 1
+    uint32_t q_next
+    uint32_t first                   # first block
+    uint32_t n_blocks
+    uint64_t hash                    # of the key (host and target)
+    uint64_t vhash                   # of the request's values of the Vary fields (0: no Vary)
+    uint8_t state                    # CE_*
+    uint8_t queue                    # CQ_*
+    uint8_t freq                     # hits since it entered its queue, at most 3 (S3-FIFO)
+    uint8_t flags                    # CEF_*
+    uint16_t status
+    uint16_t key_len
+    uint16_t vary_len                # the Vary names: lower case, ","-separated
+    uint16_t tags_len                # the tags: " "-separated
+    uint32_t head_len                # status line and fields, each line with CRLF, no empty line
+    uint64_t body_len
+    int64_t resp_ms                  # unix ms the response was received
+    int64_t age0                     # its corrected initial age, seconds (RFC 9111 4.2.3)
+    int64_t fresh                    # its freshness lifetime, seconds
+    int32_t stale_if_error           # seconds it may still answer, stale, when the origin fails (RFC 5861)
+    uint8_t _pad[36]
+
+cdef struct shm_cache_fill:          # writer: the worker that claims it (compare-and-swap on hash); supervisor (a dead pid's)
+    uint64_t hash                    # the key being fetched; 0: free
+    uint32_t pid                     # who fetches it
+    uint32_t pass_                   # 1: not storable, do not wait for it (until until_ms)
+    int64_t until_ms                 # the claim (or the pass) ends then at the latest
+    uint64_t _pad
+
+cdef struct shm_cache_stats:         # writer: each worker, its row (the row of its pid's slot)
+    uint64_t hit
+    uint64_t miss                    # forwarded: uri-miss, vary-miss
+    uint64_t stale                   # forwarded: the stored response was stale
+    uint64_t bypass                  # not looked up: method, Authorization, no-cache request, a body
+    uint64_t stored
+    uint64_t evicted
+    uint64_t not_stored              # forwarded and not storable (directives, status, size, framing)
+    uint64_t invalidated             # entries removed by unsafe methods
+    uint64_t purged                  # entries removed by PURGE requests
+    uint64_t hit_bytes               # body bytes served from the cache
+    uint64_t store_failed            # storable, but no room could be made or the lock was busy
+    uint64_t revalidated             # stale entries the origin confirmed (304) and refreshed
+    uint64_t stale_served            # stale entries served because the origin failed (stale-if-error)
+    uint64_t collapsed               # requests that waited for another's fetch of their key
+    uint64_t _pad[2]
+
+cdef struct lb_cache_rt:             # a worker's view of one cache
+    shm_cache_head *hd
+    char *base
+    shm_cache_stats *st              # this worker's row
+    uint32_t *buckets
+    shm_cache_entry *entries
+    uint32_t *next
+    uint32_t *bstack
+    uint32_t *estack
+    uint64_t *ghost
+    char *blocks
+    shm_cache_fill *fills
+    uint32_t pid
+    lb_str tag_header                # lower case; n = 0: no tags
+    uint32_t n_purge                 # purge_allow: ACL indices
+    uint32_t purge[8]
+
+cdef struct lb_cache_x:              # one exchange's cache state (allocated per cacheable request)
+    uint32_t cache                   # index in lb_cache_wk.caches
+    uint8_t fill                     # a GET that may be stored: req holds its head
+    uint8_t filling                  # the response is being stored: obj holds it
+    uint8_t inval                    # an unsafe method: its target is invalidated on success
+    uint8_t serving                  # answered by lb: the body comes from the cache (or local)
+    uint8_t auth                     # the request had Authorization
+    uint8_t stored
+    uint64_t hash
+    char *key                        # the key (host and target), key_len bytes (malloc)
+    uint32_t key_len
+    uint32_t host_len                # the host part of the key
+    char *req                        # fill: the request head (Vary values at store time)
+    uint32_t req_len
+    char *obj                        # filling: key, Vary names, tags, head, then the body as it comes
+    uint64_t obj_len
+    uint64_t obj_cap
+    uint32_t prefix_len              # key + Vary names + tags + head
+    shm_cache_entry meta             # filling: the entry to publish (sizes, times, flags)
+    # serving
+    uint32_t entry
+    uint32_t seq
+    uint32_t blk                     # block of the next byte
+    uint32_t blk_off
+    uint64_t left                    # body bytes still to send
+    char *local                      # a local answer's body (PURGE); NULL: the entry's
+    uint64_t local_off
+    int64_t ttl
+    char hdr[160]                    # the fields the response gets: Age, Cache-Status
+    uint32_t hdr_len
+    # revalidation: the request went on with the stale entry's validators
+    uint8_t has_stale                # stale_entry/seq: a stale entry of the key (stale-if-error)
+    uint8_t reval
+    uint32_t stale_entry
+    uint32_t stale_seq
+    lb_hrules rules                  # If-None-Match / If-Modified-Since, for the origin
+    lb_str rv_name[2]
+    lb_str rv_lower[2]
+    lb_str rv_value[2]
+    char validators[320]             # their values
+    # collapsed forwarding
+    uint8_t claimed                  # this request fetches its key for the others (a fill slot holds its hash)
+    uint8_t waiting                  # parked until the key's fetch by another ends (twait polls)
+    int64_t wait_until_ms
+    lb_tnode twait
+
+cdef struct lb_cache_wk:             # a worker's caches
+    lb_cache_rt *caches
+    uint32_t n
+    char *scratch                    # CACHE_HEAD_MAX + CACHE_KEY_MAX: a stored head, a key
+    http_req *req                    # scratch: a saved request head parsed again
+    http_req *merged                 # scratch: a stored head updated by a 304
+    lb_tlist wait_list               # requests waiting for another's fetch (collapsed forwarding), polled
+    lb_cache_x *free_cx

@@ -299,6 +299,7 @@ def render_chunks(sup, openmetrics: bool = False) -> list[bytes]:
     _mirrors(text, gen)
     _acl_rules(text, gen)
     _gateway_rules(text, gen)
+    _caches(text, gen)
     return text.chunks()
 
 
@@ -391,6 +392,39 @@ def _gateway_rules(text: Text, gen) -> None:
         for row in rows:
             for result, count in row["counts"].items():
                 text.line(name, _labels(auth=row["name"], type=row["type"], result=result), count)
+
+
+def _caches(text: Text, gen) -> None:
+    """The shared caches: requests by what the cache did, and what it holds.
+    The counters live in each cache's region, which reloads keep: they do
+    not start over with a generation."""
+    caches = getattr(gen, "caches", None) or {}
+    if not caches:
+        return
+    stats = {name: region.stats() for name, region in caches.items()}
+    name = text.family("lb_cache_requests_total", "counter",
+                       "Requests of a cache's listeners and routes by result (hit; miss, stale: forwarded; "
+                       "bypass: not looked up)")
+    for cache, st in stats.items():
+        for result in ("hit", "miss", "stale", "bypass"):
+            text.line(name, _labels(cache=cache, result=result), st[result])
+    name = text.family("lb_cache_stores_total", "counter",
+                       "Responses a cache stored, and objects it evicted, invalidated (unsafe methods) or purged; "
+                       "stale objects revalidated (304) or served because the origin failed; requests that "
+                       "waited for another's fetch (collapsed)")
+    for cache, st in stats.items():
+        for event in ("stored", "not_stored", "store_failed", "evicted", "invalidated", "purged", "revalidated",
+                      "stale_served", "collapsed"):
+            text.line(name, _labels(cache=cache, event=event), st[event])
+    name = text.family("lb_cache_bytes", "gauge", "Bytes a cache holds (keys, heads and bodies)")
+    for cache, st in stats.items():
+        text.line(name, _labels(cache=cache), st["bytes"])
+    name = text.family("lb_cache_capacity_bytes", "gauge", "Bytes of object blocks a cache has (its size bound)")
+    for cache, st in stats.items():
+        text.line(name, _labels(cache=cache), st["capacity"])
+    name = text.family("lb_cache_objects", "gauge", "Objects a cache holds")
+    for cache, st in stats.items():
+        text.line(name, _labels(cache=cache), st["objects"])
 
 
 def _acl_rules(text: Text, gen) -> None:

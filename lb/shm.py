@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from lb._fastpath import REGIONS, Shm, limit_spec, mirror_sites, split_publish  # noqa: F401 (REGIONS: the layout, for readers of this module)
+from lb._fastpath import REGIONS, CacheShm, Shm, limit_spec, mirror_sites, split_publish  # noqa: F401 (REGIONS: the layout, for readers of this module)
 from lb import splits as layout
 from lb.config.acls import access_rules
 from lb.config.jwks import pack as jwks_pack
@@ -76,3 +76,28 @@ def create_for_config(config, n_rows: int, path: str | None = None, seeds: dict[
 
 def pool_index(config, name: str) -> int:
     return list(config.pools).index(name)
+
+
+def cache_path(name: str, pid: int | None = None) -> str:
+    return f"/dev/shm/lb-{pid or os.getpid()}-cache-{name}.shm"
+
+
+def caches_for_config(config, running: dict | None = None) -> dict:
+    """name -> CacheShm for every [caches.NAME]: the running one when its
+    size is unchanged (a reload keeps what is stored; a changed
+    max_object_size applies in place), else a new region. The file is
+    unlinked once mapped: the workers inherit the mapping by fork, and the
+    memory goes with the last process that maps it, however lb ends."""
+    running = running or {}
+    out = {}
+    for name, cache in config.caches.items():
+        region = running.get(name)
+        if region is None or region.requested != cache.size:
+            path = cache_path(name)
+            region = CacheShm.create(path, cache.size, cache.max_object_size)
+            region.unlink()
+            region.requested = cache.size
+        else:
+            region.set_max_object(cache.max_object_size)
+        out[name] = region
+    return out

@@ -136,6 +136,9 @@ class Generation:
     metrics_label_cache: tuple | None = None
     # the access-log process; None when no listener logs
     logger: WorkerSlot | None = None
+    # name -> CacheShm of each [caches.NAME] (lb.shm.caches_for_config): shared
+    # with the generation before when the cache's size did not change
+    caches: dict = field(default_factory=dict)
     # split name -> its layout in force (lb.control.split): pools, weights, table
     splits: dict = field(default_factory=dict)
 
@@ -315,6 +318,7 @@ class Supervisor:
             # (admin tools) open it as the account
             os.chown(region.path, self.account.uid, self.account.gid)
         logger_mod.prepare_files(config, self.account)
+        caches = shm_mod.caches_for_config(config, previous.caches if previous is not None else None)
         gen = Generation(
             number=self.generations, config=config, shm=region,
             slots=[WorkerSlot(index=i, row=i, sockets=per_slot[i]) for i in range(n)],
@@ -323,7 +327,7 @@ class Supervisor:
                     if any(l.logs for l in config.listeners.values()) else None),
             free_rows=set(range(n, 2 * n)), carried_row=2 * n,
             backends={name: {b.name: i for i, b in enumerate(p.backends)} for name, p in config.pools.items()},
-            tls=tls,
+            tls=tls, caches=caches,
         )
         control.backend.apply_state(self.state, gen)
         control.acl.apply_state(self.state, gen)
@@ -439,6 +443,10 @@ class Supervisor:
                 # its requests in flight died with it: their counts in the
                 # limit tables go (and a table lock it held is let go)
                 gen.shm.limits_release_row(child.row)
+            for region in gen.caches.values():
+                region.reap_fills(pid)
+                if region.reap(pid):
+                    log.warning("%s (pid %d) died holding the lock of a cache: it was emptied", slot.name, pid)
             if child.row >= 0 and child.row != slot.row:
                 gen.free_rows.add(child.row)  # a replaced worker's row
             how = self._describe_exit(status)

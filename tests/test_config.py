@@ -111,6 +111,14 @@ keys_file = "API_KEYS_FILE"
 query = "key"
 strip = false
 
+[caches.static]
+size = "256m"
+max_object_size = "8m"
+tag_header = "Surrogate-Key"
+purge_allow = ["office"]
+
+[caches.api]
+size = "64m"
 [auth.staff]
 type = "basic"
 htpasswd = "HTPASSWD_FILE"
@@ -138,6 +146,7 @@ allow = ["office"]
 deny = ["blocked"]
 limits = ["per_ip"]
 auth = "api"
+cache = "static"
 idle_timeout = "30s"
 backlog = 1024
 max_connections = 5000
@@ -193,6 +202,7 @@ request_id = "X-Trace-Id"
   deny = ["blocked"]
   max_body_size = 0
   limits = ["per_user"]
+  cache = "api"
   auth = "partners"
 
   [[listeners.web.routes]]
@@ -385,6 +395,10 @@ def test_full_config_loads_every_key():
         ipv6_prefix=64, capacity=131072, on_full="refuse", dry_run=True)
     assert (cfg.limits["per_user"].key, cfg.limits["per_user"].rate_text) == ("header:X-User", "5/1s")
     assert web.auth == "api" and web.routes[0].auth == "partners"
+    assert web.cache == "static" and web.routes[0].cache == "api"
+    assert cfg.caches["static"] == config.Cache(name="static", size=256 << 20, max_object_size=8 << 20,
+                                                tag_header="Surrogate-Key", purge_allow=("office",))
+    assert cfg.caches["api"] == config.Cache(name="api", size=64 << 20, max_object_size=4 << 20)
     assert cfg.auth["api"] == config.Auth(name="api", type="api_key", keys_file=str(API_KEYS_FILE), header="X-Key",
                                           identity_header="X-Client", strip=False)
     assert cfg.auth["api"].keys == ((bytes(range(32)), "ci"),)
@@ -403,7 +417,7 @@ def test_full_config_loads_every_key():
     assert web.routes[:-1] == (
         config.Route(host="api.example.com", path_prefix="/v1/", pool="api", name="api", max_body_size=0,
                      access=config.Access(allow=("office",), deny=("blocked",), rule=3), limits=("per_user",),
-                     auth="partners"),
+                     auth="partners", cache="api"),
         config.Route(host="*.static.example.com", path_prefix=None, pool="app", name="routes[1]"),
         config.Route(
             host=None,
@@ -477,7 +491,7 @@ def _keys(table: dict, prefix: str = "") -> set[str]:
     out = set()
     for key, value in table.items():
         path = f"{prefix}.{key}" if prefix else key
-        if prefix in ("listeners", "pools", "acls", "logs", "auth"):
+        if prefix in ("listeners", "pools", "acls", "logs", "auth", "caches"):
             path = f"{prefix}.*"
         out.add(path)
         if isinstance(value, dict):
@@ -514,6 +528,7 @@ def _contract_keys() -> set[str]:
         "pools.*.tls": config.POOL_TLS_KEYS,
         "acls.*": config.ACL_KEYS,
         "logs.*": config.LOG_KEYS,
+        "caches.*": config.CACHE_KEYS,
         "auth.*": config.AUTH_KEYS,
     }
     return {f"{section}.{key}" for section, keys in sections.items() for key in keys}
@@ -946,6 +961,7 @@ HTTP_LISTENER_VALUES = {
     "request_id": 'request_id = "X-Request-Id"',
     "auth": 'auth = "api"\n[auth.api]\ntype = "api_key"\nkeys_file = "/nonexistent/lb-keys.txt"',
     "http2": "[listeners.web.http2]\nh2c = true",
+    "cache": 'cache = "c"\n[caches.c]\nsize = "1m"',
     "split": 'split = [{ pool = "app", weight = 100 }, { pool = "app2", weight = 0 }]\n'
              '[pools.app2]\n[[pools.app2.backends]]\naddress = "10.0.0.2:80"',
     "split_sticky": 'split_sticky = "source_ip"',

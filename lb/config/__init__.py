@@ -22,7 +22,7 @@ import keyword
 import re
 import tomllib
 
-from lb.config import acls, auth, global_, ha, limits, listeners, logs, pools
+from lb.config import acls, auth, caches, global_, ha, limits, listeners, logs, pools
 from lb.config.acls import KEYS as ACL_KEYS
 from lb.config.acls import Access, Acl, access_rules
 from lb.config.global_ import KEYS as GLOBAL_KEYS
@@ -32,6 +32,8 @@ from lb.config.ha import HaSettings, Vip
 from lb.config.headers import HEADER_RULE_KEYS, MANAGED_HEADERS, HeaderRules
 from lb.config.auth import KEYS as AUTH_KEYS
 from lb.config.auth import Auth
+from lb.config.caches import KEYS as CACHE_KEYS
+from lb.config.caches import Cache
 from lb.config.limits import KEYS as LIMIT_KEYS
 from lb.config.limits import Limit
 from lb.config.listeners import KEYS as LISTENER_KEYS
@@ -82,6 +84,8 @@ __all__ = [
     "BackendTls",
     "Backend",
     "BindAddr",
+    "CACHE_KEYS",
+    "Cache",
     "Config",
     "ConfigError",
     "GLOBAL_KEYS",
@@ -146,6 +150,7 @@ SECTIONS = (
     ("acls", acls),
     ("limits", limits),
     ("auth", auth),
+    ("caches", caches),
     ("pools", pools),
     ("logs", logs),
     ("listeners", listeners),
@@ -165,6 +170,7 @@ class Config:
     acls: dict[str, Acl]
     limits: dict[str, Limit]
     auth: dict[str, Auth]
+    caches: dict[str, Cache]
     logs: dict[str, LogSettings]
     ha: HaSettings
     source: str

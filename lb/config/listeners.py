@@ -8,6 +8,7 @@ import dataclasses
 from lb.config import tls as tls_section
 from lb.config.acls import ACCESS_KEYS, Access, Acl, parse_access
 from lb.config.auth import Auth, parse_auth_name
+from lb.config.caches import parse_cache_name
 from lb.config.limits import LIMITS_KEY, Limit, parse_limit_names
 from lb.config.headers import HeaderRules, check_field_value, check_header_name, parse_header_rules
 from lb.config.global_ import MAX_CONNECTIONS
@@ -60,6 +61,7 @@ HTTP_LISTENER_KEYS = (
     "request_id",
     "http2",
     "auth",
+    "cache",
     *splits_section.KEYS,
     *mirror_section.KEYS,
 )
@@ -87,6 +89,7 @@ ROUTE_KEYS = (
     "max_body_size",
     LIMITS_KEY,
     "auth",
+    "cache",
     *splits_section.KEYS,
     *mirror_section.KEYS,
 )
@@ -109,6 +112,7 @@ class Route:
     max_body_size: int | None = None  # bytes; 0: no limit; None: the listener's
     limits: tuple[str, ...] = ()  # [limits.NAME] applied to its requests, after the listener's
     auth: str = ""  # [auth.NAME] its requests must pass (instead of the listener's); "" = the listener's
+    cache: str = ""  # [caches.NAME] its GET/HEAD requests are served from (instead of the listener's); "" = the listener's
     split: Split | None = None  # weighted variants instead of one pool (pool: the first variant's)
     mirror: Mirror | None = None  # a share of its requests copied to a shadow pool; None: the listener's
 
@@ -162,6 +166,7 @@ class Listener:
     limits: tuple[str, ...] = ()  # [limits.NAME]: tcp, per connection at accept; http, per request
     auth: str = ""  # http: [auth.NAME] every request must pass (a route may name its own); "" = none
     max_connections: int = 0  # client connections of this listener open at once, all workers; 0 = no limit
+    cache: str = ""  # http: [caches.NAME] its requests are served from (a route may name its own); "" = none
     split: Split | None = None  # http: the variants of requests no route takes (pool: the first variant's)
     mirror: Mirror | None = None  # http: a share of its requests (but those of routes with their own) copied
 
@@ -171,10 +176,12 @@ def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
     acls = ctx.sections["acls"]
     limits = ctx.sections.get("limits", {})
     auths = ctx.sections.get("auth", {})
+    caches = ctx.sections.get("caches", {})
     logs = ctx.sections.get("logs", {})
     bound: dict[BindAddr, str] = {}
     rules = [0]  # numbers the ACL decision counters, in file order
-    listeners = {name: _parse_listener(name, t, pools, acls, bound, ctx.warnings, rules, logs, limits, auths)
+    listeners = {name: _parse_listener(name, t, pools, acls, bound, ctx.warnings, rules, logs, limits, auths,
+                                       caches)
                  for name, t in tables}
     if not listeners:
         raise ConfigError("listeners", "at least one listener is required")
@@ -245,7 +252,7 @@ def _parse_passthrough_route(t: Table, pools: dict[str, Pool]) -> Route:
 
 
 def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: dict[str, Acl],
-                 rules: list[int], limits: dict[str, Limit], auths: dict[str, Auth]) -> Route:
+                 rules: list[int], limits: dict[str, Limit], auths: dict[str, Auth], caches: dict) -> Route:
     if not any(t.has(key) for key in ROUTE_MATCHERS):
         raise ConfigError(t.path, f"a route needs at least one of {', '.join(ROUTE_MATCHERS)}")
     host = t.string("host", None)
@@ -272,6 +279,7 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: di
         max_body_size=parse_body_size(t) if t.has("max_body_size") else None,
         limits=parse_limit_names(t, limits, "http"),
         auth=parse_auth_name(t, auths),
+        cache=parse_cache_name(t, caches),
         split=split,
         mirror=mirror_section.parse(t, pools),
     )
@@ -324,7 +332,7 @@ def parse_body_size(t: Table) -> int:
 def _parse_listener(
     name: str, t: Table, pools: dict[str, Pool], acls: dict[str, Acl], bound: dict[BindAddr, str],
     warnings: list[str], rules: list[int], logs: dict[str, LogSettings], limits: dict[str, Limit],
-    auths: dict[str, Auth],
+    auths: dict[str, Auth], caches: dict,
 ) -> Listener:
     """One [listeners.NAME] table; ``bound`` maps addresses taken so far to their listener."""
     check_name(name, t.path, "listener name")
@@ -363,7 +371,7 @@ def _parse_listener(
     if passthrough:
         routes = tuple(_parse_passthrough_route(rt, pools) for rt in t.array_of_tables("routes", ROUTE_KEYS))
     else:
-        routes = tuple(_parse_route(rt, pools, warnings, acls, rules, limits, auths)
+        routes = tuple(_parse_route(rt, pools, warnings, acls, rules, limits, auths, caches)
                        for rt in t.array_of_tables("routes", ROUTE_KEYS))
     routes = _name_routes(routes, t)
     listener_log = listener_logs(t, mode, logs)
@@ -387,6 +395,7 @@ def _parse_listener(
         request_id=_parse_request_id(t, mode, bool(listener_log)),
         limits=limit_names,
         auth=parse_auth_name(t, auths),
+        cache=parse_cache_name(t, caches),
         split=split,
         mirror=mirror_section.parse(t, pools) if mode == "http" else None,
     )

@@ -13,7 +13,7 @@ from lb.admin import PROTOCOL, AdminError
 from lb.checker import describe
 from lb.control import acl
 from lb.control import key
-from lb.control import limits
+from lb.control import cache, limits
 from lb.control import logs
 
 
@@ -110,6 +110,7 @@ def document(sup) -> dict:
         "checker": {"pid": gen.checker.pid, "restarts": gen.checker.restarts,
                     "crash_loop": gen.checker.crash_looping},
         "access_logs": logs.status(sup),
+        "caches": cache.stats(sup, {})["caches"],
         "splits": split.show(sup, {})["splits"],
         "rollouts": rollout.status(sup, {})["rollouts"],
         "mirrors": metrics.mirror_status(gen),

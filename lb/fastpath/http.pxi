@@ -119,6 +119,8 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     """Answer with a built-in page and close. When a response already began, the
     only honest signal left is to cut the connection. lb's own answer is an
     exchange even when no request head was taken (400, 408): it ends here."""
+    if code >= 500 and h.cx != NULL and not h.resp_sent and h.in_exchange and cache_stale_on_error(w, h, code):
+        return                       # stale-if-error: the cache answers instead
     lb_add_u64(&w.stats.http_errors, 1)
     if not h.in_exchange:
         log_exchange_bare(w, h)
@@ -462,6 +464,8 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
 cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef int progress = 0
     cdef lb_bconn *b
+    if h.cx != NULL and h.cx.serving:
+        return cache_serve(w, h)     # answered by lb: no backend
     if h.rq_state == RQ_BODY_CL or h.rq_state == RQ_BODY_CHUNKED:
         progress |= h_req_body(w, h)
         if h.st != HS_EXCH:
@@ -481,8 +485,8 @@ cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
     if h.rs_state == RS_WAIT:
         if b.inb.len:
             progress |= h_resp_head(w, h)
-            if h.st != HS_EXCH:
-                return 1
+            if h.st != HS_EXCH or (h.cx != NULL and h.cx.serving):
+                return 1             # (the cache answers a revalidated request: cache_serve, next round)
         if h.rs_state == RS_WAIT and b.inb.len == 0 and (b.flags & HF_EOF):
             # closed or reset before any response byte
             h_backend_failed(w, h, False, False)

@@ -238,6 +238,7 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             else:
                 bconn_close(w, <lb_bconn *>n.owner, False)
     if w.http != NULL:
+        cache_waits_sweep(w)         # requests waiting for another's fetch of their key
         while True:
             n = tl_expired(&w.http.linger_timer, now)
             if n == NULL:
@@ -266,6 +267,7 @@ cdef uint64_t http_next_deadline(lb_worker *w, uint64_t deadline) noexcept nogil
             deadline = tl_deadline(&hp.idle_timer, deadline)
     if w.http != NULL:
         deadline = tl_deadline(&w.http.linger_timer, deadline)
+        deadline = cache_next_deadline(w, deadline)
         deadline = mirror_next_deadline(w, deadline)
     return deadline
 

@@ -46,7 +46,7 @@ cdef int rules_init(lb_hrules *r, object rules) except -1:
 
 cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index, dict acl_index,
                             dict limit_index=None, dict auth_index=None, dict split_index=None,
-                            dict mirror_index=None) except -1:
+                            dict mirror_index=None, dict cache_index=None) except -1:
     """The http settings of one listener, from its config.Listener."""
     cdef lb_http_listener *hl = <lb_http_listener *>calloc(1, sizeof(lb_http_listener))
     if hl == NULL:
@@ -70,7 +70,8 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index,
     hl.idle_timer.timeout_ms = max(1, <uint64_t>(listener.idle_timeout * 1000))
     hl.tls_timer.timeout_ms = l.tls.handshake_timeout_ms if l.tls != NULL else 1
     hl.n_routes = len(listener.routes)
-    hl.routes = routes_init(listener.routes, pool_index, acl_index, limit_index, auth_index, split_index)
+    hl.routes = routes_init(listener.routes, pool_index, acl_index, limit_index, auth_index, split_index, cache_index)
+    hl.cache = (cache_index or {})[listener.cache] if getattr(listener, "cache", "") else -1
     split = getattr(listener, "split", None)
     hl.split = (split_index or {})[split.name] if split is not None else -1
     hl.mirror = -1
@@ -91,7 +92,7 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index,
 
 
 cdef lb_route *routes_init(object routes, dict pool_index, dict acl_index=None, dict limit_index=None,
-                           dict auth_index=None, dict split_index=None) except NULL:
+                           dict auth_index=None, dict split_index=None, dict cache_index=None) except NULL:
     """A listener's routes (config.Route), in order: http routes, or the SNI
     routes of a tls_passthrough listener (host and pool only)."""
     cdef lb_route *rt
@@ -118,6 +119,7 @@ cdef lb_route *routes_init(object routes, dict pool_index, dict acl_index=None, 
         rt.access = access_init(getattr(route, "access", None), acl_index or {})
         rt.limits = limit_list_init(getattr(route, "limits", ()), limit_index or {})
         rt.auth = (auth_index or {})[route.auth] if getattr(route, "auth", "") else -1
+        rt.cache = (cache_index or {})[route.cache] if getattr(route, "cache", "") else -1
         split = getattr(route, "split", None)
         rt.split = (split_index or {})[split.name] if split is not None else -1
         rt.mirror = -1

@@ -312,6 +312,8 @@ cdef bint rewrite_response(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req
             return False
         if rid_has(h) and not rid_emit(h, o):
             return False
+        if h.cache_note and not cache_emit(h, o):
+            return False
         if not h.client_ka:
             if not ob_str(o, b"Connection: close\r\n"):
                 return False
