@@ -873,6 +873,12 @@ cdef struct http_req:                # a parsed request or response head (offset
     uint32_t head_len
     http_field fields[HTTP_MAX_FIELDS_CAP]
 
+cdef struct http_scan:              # where the parse of an incomplete head, chunk line or trailer section stopped
+    uint32_t line                    # start of its first incomplete line (0: still in the first line)
+    uint32_t n_fields                # complete fields before line
+    uint32_t seen                    # bytes already looked at for a line's end
+    uint32_t tried                   # bytes from line that the last parse saw
+
 cdef struct lb_hrules:               # header rules of a listener or a route
     uint32_t n_set
     uint32_t n_add
@@ -977,6 +983,7 @@ cdef struct lb_bconn:                # a backend connection of the http engine
     lb_tnode tn                      # connect timer while connecting, idle timer while parked
     lb_bconn *idle_next              # per-slot stack of parked connections
     lb_bconn *idle_prev
+    http_scan head_scan              # the response head still incomplete in inb
 
 cdef struct lb_hconn:                # the client side of an http session
     lb_conn c                        # first: tunnels (Upgrade) continue as an L4 connection
@@ -1038,6 +1045,8 @@ cdef struct lb_hconn:                # the client side of an http session
     uint8_t park_step                # HS_PARKED: the request step to go on from
     uint32_t cut_off                 # a part of the target the backend does not get (an API key's query
     uint32_t cut_len                 # parameter), from the start of the head; cut_len 0: none
+    http_scan rq_scan                # the request head, then its chunk lines and trailers, still incomplete in inb
+    http_scan rs_scan                # the response's chunk lines and trailers still incomplete
 
 
 cdef struct lb_auth_cache:            # a success of HTTP Basic (fastpath/auth_basic.pxi)

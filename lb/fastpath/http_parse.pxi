@@ -41,12 +41,15 @@ cdef bint ieq(const uint8_t *a, uint32_t n, const char *lit) noexcept nogil:
     return lit[n] == 0
 
 
-cdef int http_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_target, uint32_t max_fields) noexcept nogil:
+cdef int http_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_target, uint32_t max_fields,
+                   size_t *line) noexcept nogil:
     """Rules 1 to 3 over b[:n]: 0 with r filled (head_len set), -1 when b ends
-    first, or the status of the first offending byte."""
+    first (line: where the first incomplete line starts, 0 in the request line),
+    or the status of the first offending byte."""
     cdef size_t p = 0, start
     cdef uint32_t empty = 0, i
     cdef uint8_t c
+    line[0] = 0
     # 1. leading empty lines
     while True:
         if p >= n:
@@ -116,14 +119,18 @@ cdef int http_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_target,
     p += 5
     # 3. fields
     r.n_fields = 0
-    return http_fields(b, n, p, r, max_fields)
+    return http_fields(b, n, p, r, max_fields, line)
 
 
-cdef int http_fields(const uint8_t *b, size_t n, size_t p, http_req *r, uint32_t max_fields) noexcept nogil:
-    """Rule 3 from b[p]: fields until the empty line (r.head_len: just past it)."""
+cdef int http_fields(const uint8_t *b, size_t n, size_t p, http_req *r, uint32_t max_fields,
+                     size_t *line) noexcept nogil:
+    """Rule 3 from b[p]: fields until the empty line (r.head_len: just past it).
+    -1 when b ends first, line then at the start of the incomplete line (and
+    r.n_fields counting the complete ones before it)."""
     cdef size_t start, vend
     cdef uint8_t c
     while True:
+        line[0] = p
         if p >= n:
             return HTTP_INCOMPLETE
         c = b[p]
@@ -371,13 +378,102 @@ cdef int http_parse_request_c(const uint8_t *b, size_t n, http_req *r, uint32_t 
     """0 (r describes a complete, valid head of r.head_len bytes), -1 (need more
     bytes), or the status to answer before closing."""
     cdef int st
+    cdef size_t line
     if max_fields > HTTP_MAX_FIELDS_CAP:
         max_fields = HTTP_MAX_FIELDS_CAP
     # the head must end within max_head bytes: parse at most that much, and a
     # head still open there is too large
-    st = http_head(b, n if n < max_head else max_head, r, max_target, max_fields)
+    st = http_head(b, n if n < max_head else max_head, r, max_target, max_fields, &line)
     if st == HTTP_INCOMPLETE:
         return 431 if n > max_head else HTTP_INCOMPLETE
+    if st != 0:
+        return st
+    return http_semantics(b, r)
+
+
+# ---- resuming an incomplete parse --------------------------------------------------------
+#
+# A head, chunk-size line or trailer section that arrives in pieces would be
+# parsed again from its start on every read: 16 KiB read a byte at a time is
+# ~130 million steps. So a parse that stops short records where (http_scan, one
+# per message in flight), and the next starts at its first incomplete line with
+# the complete fields before it counted; bytes before that line are not looked
+# at again until the section is complete, when one parse from its start fills
+# the offsets (the worker's http_req is scratch, shared by its connections). A
+# read that ends no line is not parsed at all unless the incomplete line has
+# doubled since it was last tried. Every byte is then looked at a bounded number
+# of times. A bad byte in a complete line is still refused at once; one in a
+# line still open, when that line ends or doubles; the size limits (max_head,
+# max_target, a chunk line's) are decided at the same byte as before: past a
+# limit the parse always runs.
+
+cdef uint64_t HTTP_SCAN_WORK = 0     # bytes handed to the parsers, for tests (http_scan_work)
+
+
+cdef inline void scan_reset(http_scan *sc) noexcept nogil:
+    memset(sc, 0, sizeof(http_scan))
+
+
+cdef inline bint scan_due(const uint8_t *b, size_t n, http_scan *sc) noexcept nogil:
+    """Is parsing b[:n] again worth it? Not when the bytes that came since the
+    last look end no line and the incomplete line has not doubled."""
+    global HTTP_SCAN_WORK
+    cdef size_t s = sc.seen
+    if n <= s:
+        return True                  # the caller offers fewer bytes than before (room)
+    HTTP_SCAN_WORK += n - s
+    if memchr(b + s, 10, n - s) != NULL:
+        return True
+    if n - sc.line >= 2 * <size_t>sc.tried:
+        return True
+    sc.seen = <uint32_t>n
+    return False
+
+
+cdef inline void scan_keep(http_scan *sc, size_t line, uint32_t n_fields, size_t n) noexcept nogil:
+    sc.line = <uint32_t>line
+    sc.n_fields = n_fields if line else 0
+    sc.seen = <uint32_t>n
+    sc.tried = <uint32_t>(n - line)
+
+
+cdef int http_parse_request_at(const uint8_t *b, size_t n, http_req *r, uint32_t max_target, uint32_t max_head,
+                               uint32_t max_fields, http_scan *sc) noexcept nogil:
+    """http_parse_request_c for a head that may come in pieces, b[:n] growing
+    from call to call: sc (zeroed for a new head, and zeroed again here once
+    the head is decided) keeps where the last call stopped."""
+    global HTTP_SCAN_WORK
+    cdef size_t lim = n if n < max_head else max_head, line = 0
+    cdef int st
+    if max_fields > HTTP_MAX_FIELDS_CAP:
+        max_fields = HTTP_MAX_FIELDS_CAP
+    # (a request line past max_target may be a 414 already: decided at that byte)
+    if n <= max_head and not (sc.line == 0 and n > max_target) and not scan_due(b, n, sc):
+        return HTTP_INCOMPLETE
+    if sc.line:
+        # the request line and sc.n_fields fields before sc.line parsed before
+        r.n_fields = sc.n_fields
+        HTTP_SCAN_WORK += lim - sc.line
+        st = http_fields(b, lim, sc.line, r, max_fields, &line)
+        if st == HTTP_INCOMPLETE:
+            if n > max_head:
+                scan_reset(sc)
+                return 431
+            scan_keep(sc, line, r.n_fields, n)
+            return HTTP_INCOMPLETE
+        scan_reset(sc)
+        if st != 0:
+            return st
+        # complete: once more from its start, for the offsets of all of it
+    HTTP_SCAN_WORK += lim
+    st = http_head(b, lim, r, max_target, max_fields, &line)
+    if st == HTTP_INCOMPLETE:
+        if n > max_head:
+            scan_reset(sc)
+            return 431
+        scan_keep(sc, line, r.n_fields, n)
+        return HTTP_INCOMPLETE
+    scan_reset(sc)
     if st != 0:
         return st
     return http_semantics(b, r)
@@ -513,7 +609,7 @@ cdef int http_chunked_c(const uint8_t *b, size_t n, size_t *consumed, http_req *
                         size_t *n_chunks) noexcept nogil:
     """A whole chunked body at b: 0 (consumed set; data_offs/lens locate the
     chunk data, trailers the trailer fields), -1 incomplete, 400."""
-    cdef size_t p = 0, k = 0, after
+    cdef size_t p = 0, k = 0, after, line
     cdef uint64_t size
     cdef int st
     cdef size_t tstart
@@ -540,7 +636,7 @@ cdef int http_chunked_c(const uint8_t *b, size_t n, size_t *consumed, http_req *
     # trailer section: rule 3 fields up to the empty line, within max_head bytes
     tstart = p
     trailers.n_fields = 0
-    st = http_fields(b, n if n - tstart < max_head else tstart + max_head, p, trailers, HTTP_MAX_FIELDS_CAP)
+    st = http_fields(b, n if n - tstart < max_head else tstart + max_head, p, trailers, HTTP_MAX_FIELDS_CAP, &line)
     if st == HTTP_INCOMPLETE:
         return 400 if n - tstart > max_head else HTTP_INCOMPLETE
     if st != 0 or not trailers_ok(b, trailers):
@@ -564,21 +660,66 @@ def http_parse_request(const unsigned char[:] data, uint32_t max_target=8192, ui
             st = http_parse_request_c(b, data.shape[0], r, max_target, max_head, max_fields)
         if st != 0:
             return st, 0, None
-        raw = bytes(data[:r.head_len])
-        fields = [(raw[f.name_off:f.name_off + f.name_len], raw[f.value_off:f.value_off + f.value_len])
-                  for f in r.fields[:r.n_fields]]
-        return 0, r.head_len, {
-            "method": raw[r.method_off:r.method_off + r.method_len],
-            "target": raw[r.target_off:r.target_off + r.target_len],
-            "version": r.version,
-            "host": fields[r.host][1] if r.host >= 0 else None,
-            "content_length": r.content_length if r.content_length >= 0 else None,
-            "chunked": bool(r.chunked), "keep_alive": bool(r.keep_alive),
-            "upgrade": bool(r.upgrade), "expect_continue": bool(r.expect_continue),
-            "fields": fields,
-        }
+        return 0, r.head_len, http_request_info(bytes(data[:r.head_len]), r)
     finally:
         free(r)
+
+
+cdef dict http_request_info(bytes raw, http_req *r):
+    fields = [(raw[f.name_off:f.name_off + f.name_len], raw[f.value_off:f.value_off + f.value_len])
+              for f in r.fields[:r.n_fields]]
+    return {
+        "method": raw[r.method_off:r.method_off + r.method_len],
+        "target": raw[r.target_off:r.target_off + r.target_len],
+        "version": r.version,
+        "host": fields[r.host][1] if r.host >= 0 else None,
+        "content_length": r.content_length if r.content_length >= 0 else None,
+        "chunked": bool(r.chunked), "keep_alive": bool(r.keep_alive),
+        "upgrade": bool(r.upgrade), "expect_continue": bool(r.expect_continue),
+        "fields": fields,
+    }
+
+
+def http_request_stream(pieces, uint32_t max_target=8192, uint32_t max_head=16384, uint32_t max_fields=100):
+    """Feed a request head to the parser in the given pieces, as a worker reads
+    them (each call sees everything so far, resuming where the last stopped).
+    The result of http_parse_request at the first piece that decides it; with
+    more pieces than that, the rest are not offered."""
+    cdef http_req *r = <http_req *>malloc(sizeof(http_req))
+    cdef http_scan sc
+    cdef int st = HTTP_INCOMPLETE
+    cdef const uint8_t *b
+    cdef size_t n
+    if r == NULL:
+        raise MemoryError()
+    scan_reset(&sc)
+    pending = bytearray()
+    try:
+        for piece in pieces:
+            pending += piece
+            if not pending:
+                continue
+            b = <const uint8_t *><char *>pending
+            n = len(pending)
+            with nogil:
+                st = http_parse_request_at(b, n, r, max_target, max_head, max_fields, &sc)
+            if st == 0:
+                return 0, r.head_len, http_request_info(bytes(pending[:r.head_len]), r)
+            if st != HTTP_INCOMPLETE:
+                return st, 0, None
+        return st, 0, None
+    finally:
+        free(r)
+
+
+def http_scan_work():
+    """Bytes the parsers were handed (and looked through for line ends) since
+    the last call, in this process: how much work a head, chunk line or trailer
+    section cost, whatever its pieces."""
+    global HTTP_SCAN_WORK
+    cdef uint64_t w = HTTP_SCAN_WORK
+    HTTP_SCAN_WORK = 0
+    return w
 
 
 def http_parse_chunked(const unsigned char[:] data, uint32_t max_head=16384):
