@@ -26,16 +26,11 @@ def _pieces(data: bytes, seed: int) -> list[bytes]:
     return [data[i:i + step] for i in range(0, len(data), step)]
 
 
-def _streamed_as_whole(stream, data: bytes, seed: int, whole, incomplete) -> None:
-    """Fed in pieces (as a worker reads), a parser that resumes decides as
-    on the whole input. An offending byte in a line still incomplete may wait
-    for that line to end (docs/http-parser.md), so a decided input gets one
-    more piece, a line end, which decides it at the same byte."""
-    if whole == incomplete:
-        assert stream(_pieces(data, seed)) == incomplete
-    else:
-        got = stream(_pieces(data, seed) + [b"\n"])
-        assert got == whole, (got, whole)
+def _streamed_as_whole(stream, data: bytes, seed: int, whole) -> None:
+    """Fed in pieces (as a worker reads), a parser that resumes decides as on
+    the whole input, at the same byte (docs/http-parser.md)."""
+    got = stream(_pieces(data, seed))
+    assert got == whole, (got, whole)
 
 
 def http_request(data: bytes) -> None:
@@ -51,7 +46,7 @@ def http_request(data: bytes) -> None:
     want = _fields_as_tuples(http_ref.parse_request(data, **limits))
     assert got == want, (got, want)
     _streamed_as_whole(lambda p: _fields_as_tuples(fastpath.http_request_stream(p, **limits)), data, seed,
-                       got, (-1, 0, None))
+                       got)
 
 
 def http_response(data: bytes) -> None:
@@ -64,7 +59,7 @@ def http_response(data: bytes) -> None:
     want = _fields_as_tuples(http_ref.parse_response(data, max_head=max_head))
     assert got == want, (got, want)
     _streamed_as_whole(lambda p: fastpath.http_response_stream(p, max_head=max_head), data, seed,
-                       got[:2], (-1, 0))
+                       got[:2])
 
 
 def chunked(data: bytes) -> None:
@@ -82,7 +77,7 @@ def chunked(data: bytes) -> None:
     # pieces of 1 to 8 bytes: a chunk line or trailer section in pieces costs
     # work linear in its length (docs/http-parser.md)
     whole = (got[0], got[1]) if got[0] != -1 else (-1, 0)
-    _streamed_as_whole(lambda p: fastpath.http_chunk_stream(p, max_head=max_head), data, seed, whole, (-1, 0))
+    _streamed_as_whole(lambda p: fastpath.http_chunk_stream(p, max_head=max_head), data, seed, whole)
 
 
 def proxy(data: bytes) -> None:

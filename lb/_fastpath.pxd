@@ -876,8 +876,8 @@ cdef struct http_req:                # a parsed request or response head (offset
 cdef struct http_scan:              # where the parse of an incomplete head, chunk line or trailer section stopped
     uint32_t line                    # start of its first incomplete line (0: still in the first line)
     uint32_t n_fields                # complete fields before line
-    uint32_t seen                    # bytes already looked at for a line's end
-    uint32_t tried                   # bytes from line that the last parse saw
+    uint32_t seen                    # bytes already classified (http_parse.pxi, head_due)
+    uint32_t mark                    # a field line: its colon came; a request line: its spaces
 
 cdef struct lb_hrules:               # header rules of a listener or a route
     uint32_t n_set

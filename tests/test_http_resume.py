@@ -2,10 +2,11 @@
 
 A worker parses what it has read so far after every read. The parsers resume
 where the last call stopped (the first incomplete line, with the complete
-fields before it counted), so a head or trailer section read a byte at a time
-costs work in proportion to its size, not to its size squared; and the
-answer is the one the whole bytes get at once: the same fields, the same
-error, the same size limit. The work is counted, not timed: the compiled
+fields before it counted; a chunk line's state machine where it was), so a
+head, chunk line or trailer section read a byte at a time costs work in
+proportion to its size, not to its size squared; and the answer is the one
+the whole bytes get at once: the same fields, the same error, at the same
+byte, the same size limit. The work is counted, not timed: the compiled
 module counts the bytes its parsers are handed (`http_scan_work`), and the
 streaming wrappers (`http_request_stream`, `http_response_stream`,
 `http_chunk_stream`) feed pieces exactly as a worker's reads do.
@@ -23,8 +24,9 @@ import lb._fastpath as fp
 from conftest import LbProcess, free_port, lb_config
 from http_client import read_to_eof
 from recording_backend import RecordingBackend
+from test_http_msg import EARLY as EARLY_RESPONSES
 from test_http_msg import MALFORMED_RESPONSES, VALID_RESPONSES
-from test_http_parser import CHUNKED_MALFORMED, CHUNKED_VALID, MALFORMED, VALID
+from test_http_parser import CHUNKED_MALFORMED, CHUNKED_VALID, EARLY, MALFORMED, VALID
 
 # Linear: the bytes of the message, looked through for line ends once, parsed
 # again while a line doubles, and once more from the start when it is whole.
@@ -87,6 +89,70 @@ def test_chunked_body_in_pieces_ends_where_the_whole_does(name, data, body, trai
 @pytest.mark.parametrize("name,data,limits", CHUNKED_MALFORMED, ids=[c[0] for c in CHUNKED_MALFORMED])
 def test_malformed_chunked_body_in_pieces_is_refused(name, data, limits, how):
     assert fp.http_chunk_stream(pieces(data, how), **limits) == (400, 0)
+
+
+@pytest.mark.parametrize("name,data,status", EARLY, ids=[c[0] for c in EARLY])
+def test_request_cut_short_is_decided_at_the_offending_byte_in_pieces(name, data, status):
+    """An error in a line still incomplete is not left for the line's end."""
+    assert fp.http_parse_request(data)[0] == status
+    for how in HOW:
+        assert fp.http_request_stream(pieces(data, how)) == (status, 0, None), how
+
+
+LONG = b"a" * 300
+LONG_EARLY = [
+    ("target-nul-past-64", b"GET /" + LONG + b"\x00", 400),
+    ("target-high-byte-past-64", b"GET /" + LONG + b"\x80", 400),
+    ("version-2-after-long-target", b"GET /" + LONG + b" HTTP/2.0\r\n", 505),
+    ("version-letter-after-long-target", b"GET /" + LONG + b" HTTX", 400),
+    ("target-over-max-target", b"GET /" + b"a" * 64, 414),
+    ("value-ctl-in-long-value", b"GET / HTTP/1.1\r\nX: " + LONG + b"\x01", 400),
+    ("value-bare-cr-in-long-value", b"GET / HTTP/1.1\r\nX: " + LONG + b"\rY", 400),
+    ("name-space-in-long-name", b"GET / HTTP/1.1\r\nX" + LONG + b" ", 400),
+    ("obs-fold-after-long-field", b"GET / HTTP/1.1\r\nX: " + LONG + b"\r\n ", 400),
+    ("field-over-max-fields", b"GET / HTTP/1.1\r\nHost: a\r\nX: " + LONG + b"\r\nY", 431),
+]
+
+
+@pytest.mark.parametrize("name,data,status", LONG_EARLY, ids=[c[0] for c in LONG_EARLY])
+def test_long_line_cut_short_is_decided_at_the_offending_byte_in_pieces(name, data, status):
+    limits = {"max_target": 60} if name == "target-over-max-target" else \
+        {"max_fields": 2} if name == "field-over-max-fields" else {}
+    assert fp.http_parse_request(data, **limits) == (status, 0, None)
+    for how in HOW:
+        assert fp.http_request_stream(pieces(data, how), **limits) == (status, 0, None), how
+
+
+LONG_EARLY_BODIES = [
+    ("ext-bad-after-long-name", b"5;" + LONG + b"@"),
+    ("ext-ws-before-cr-after-long-value", b"5;a=" + LONG + b" \r"),
+    ("ext-ctl-in-long-quoted", b'5;a="' + LONG + b"\x01"),
+    ("trailer-ctl-in-long-value", b"0\r\nT: " + LONG + b"\x00"),
+    ("trailer-bare-cr-in-long-value", b"0\r\nT: " + LONG + b"\rX"),
+]
+
+
+@pytest.mark.parametrize("name,data", LONG_EARLY_BODIES, ids=[c[0] for c in LONG_EARLY_BODIES])
+def test_long_chunk_line_or_trailer_cut_short_is_decided_at_the_offending_byte(name, data):
+    assert fp.http_parse_chunked(data)[0] == 400
+    for how in HOW:
+        assert fp.http_chunk_stream(pieces(data, how)) == (400, 0), how
+
+
+@pytest.mark.parametrize("name,data,status", EARLY_RESPONSES, ids=[c[0] for c in EARLY_RESPONSES])
+def test_response_cut_short_is_decided_at_the_offending_byte_in_pieces(name, data, status):
+    for how in HOW:
+        assert fp.http_response_stream(pieces(data, how)) == (status, 0), how
+
+
+@pytest.mark.parametrize("name,data,limits", CHUNKED_MALFORMED, ids=[c[0] for c in CHUNKED_MALFORMED])
+def test_chunked_prefix_in_pieces_decides_as_the_whole_prefix(name, data, limits):
+    """Every prefix of a malformed body: incomplete or already 400, as the
+    whole-body parser says of that prefix, however it is cut."""
+    for k in range(1, len(data) + 1, max(1, len(data) // 200)):
+        whole = fp.http_parse_chunked(data[:k], **limits)
+        want = (whole[0], whole[1]) if whole[0] != -1 else (-1, 0)
+        assert fp.http_chunk_stream(pieces(data[:k], "bytes"), **limits) == want, k
 
 
 # ---- the work is linear ---------------------------------------------------------------------

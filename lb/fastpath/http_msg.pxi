@@ -28,7 +28,7 @@ cdef int http_parse_response_at(const uint8_t *b, size_t n, http_req *r, uint32_
     global HTTP_SCAN_WORK
     cdef size_t lim = n if n < max_head else max_head, line = 0
     cdef int st
-    if n <= max_head and not scan_due(b, n, sc):
+    if n <= max_head and not head_due(b, n, sc, SCAN_RESPONSE, 0):
         return HTTP_INCOMPLETE
     if sc.line:
         r.n_fields = sc.n_fields
@@ -38,7 +38,7 @@ cdef int http_parse_response_at(const uint8_t *b, size_t n, http_req *r, uint32_
             if n > max_head:
                 scan_reset(sc)
                 return 502
-            scan_keep(sc, line, r.n_fields, n)
+            scan_keep(sc, b, line, r.n_fields, n, SCAN_RESPONSE)
             return HTTP_INCOMPLETE
         scan_reset(sc)
         if st != 0:
@@ -46,7 +46,7 @@ cdef int http_parse_response_at(const uint8_t *b, size_t n, http_req *r, uint32_
     HTTP_SCAN_WORK += lim
     st = http_response_head(b, n, r, max_head, &line)
     if st == HTTP_INCOMPLETE:
-        scan_keep(sc, line, r.n_fields, n)
+        scan_keep(sc, b, line, r.n_fields, n, SCAN_RESPONSE)
     else:
         scan_reset(sc)
     return st
@@ -152,8 +152,9 @@ cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t 
     bytes), 1 when the body ends at ok, or 400. The same rules as http_chunked_c.
     total grows by each chunk's size as its line is read, before its data
     (max_body_size refuses a chunk that would take the body over the limit).
-    sc (zeroed with phase) keeps where a line still incomplete was left, so
-    that it is not parsed from its start again on every call."""
+    sc (zeroed with phase) keeps where an incomplete chunk line or trailer
+    section was left (http_parse.pxi: chunk_line_resume, head_due), so that
+    no byte is walked again on every call."""
     global HTTP_SCAN_WORK
     cdef size_t p = 0, after, take, tend, line
     cdef uint64_t size
@@ -180,16 +181,10 @@ cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t 
             p += 2
             phase[0] = CK_LINE
         if phase[0] == CK_LINE:
-            if n - p <= HTTP_MAX_CHUNK_LINE + 2 and not scan_due(b + p, n - p, sc):
-                ok[0] = p
-                return 0
-            HTTP_SCAN_WORK += n - p if n - p <= HTTP_MAX_CHUNK_LINE + 2 else HTTP_MAX_CHUNK_LINE + 2
-            st = chunk_line(b, n, p, &after, &size)
+            st = chunk_line_resume(b, n, p, &after, &size, sc)
             if st == HTTP_INCOMPLETE:
-                scan_keep(sc, 0, 0, n - p)
                 ok[0] = p
                 return 0
-            scan_reset(sc)
             if st != 0:
                 return 400
             p = after
@@ -201,7 +196,7 @@ cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t 
                 phase[0] = CK_DATA
                 continue
         if phase[0] == CK_TRAILERS:
-            if n - p <= max_head and not scan_due(b + p, n - p, sc):
+            if n - p <= max_head and not head_due(b + p, n - p, sc, SCAN_FIELDS, 0):
                 ok[0] = p
                 return 0
             tend = n if n - p < max_head else p + max_head
@@ -211,7 +206,7 @@ cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t 
             if st == HTTP_INCOMPLETE:
                 if n - p > max_head:
                     return 400
-                scan_keep(sc, line - p, scratch.n_fields, n - p)
+                scan_keep(sc, b + p, line - p, scratch.n_fields, n - p, SCAN_FIELDS)
                 ok[0] = p
                 return 0
             if st == 0 and sc.line:

@@ -399,42 +399,80 @@ cdef int http_parse_request_c(const uint8_t *b, size_t n, http_req *r, uint32_t 
 # per message in flight), and the next starts at its first incomplete line with
 # the complete fields before it counted; bytes before that line are not looked
 # at again until the section is complete, when one parse from its start fills
-# the offsets (the worker's http_req is scratch, shared by its connections). A
-# read that ends no line is not parsed at all unless the incomplete line has
-# doubled since it was last tried. Every byte is then looked at a bounded number
-# of times. A bad byte in a complete line is still refused at once; one in a
-# line still open, when that line ends or doubles; the size limits (max_head,
-# max_target, a chunk line's) are decided at the same byte as before: past a
-# limit the parse always runs.
+# the offsets (the worker's http_req is scratch, shared by its connections).
+#
+# Nor is the incomplete line parsed again for bytes that cannot change the
+# answer: the new bytes are only classified (head_due), and the parse runs
+# when one of them could decide something: a line's first byte (an empty
+# line ends the section; whitespace there is obs-fold; one field too many is
+# 431), a byte a field name may not hold (the colon ends it), a CR, LF or
+# other control byte in a value, the byte after a CR, and in a request line anything outside
+# 0x21..0x7E (the spaces around the target, the line's end), its first 64
+# bytes (method, target form, scheme), its version (after the second space)
+# and its bytes past max_target. So every decision falls at the same byte as
+# on the whole input, and a line costs its length a few times over.
 
 cdef uint64_t HTTP_SCAN_WORK = 0     # bytes handed to the parsers, for tests (http_scan_work)
+
+cdef enum:
+    SCAN_REQUEST = 0                 # a request head: request line, then fields
+    SCAN_RESPONSE = 1                # a response head: status line, then fields
+    SCAN_FIELDS = 2                  # a trailer section: fields only
+    SCAN_START_LINE_EAGER = 64       # a start line is parsed on every read up to this length
 
 
 cdef inline void scan_reset(http_scan *sc) noexcept nogil:
     memset(sc, 0, sizeof(http_scan))
 
 
-cdef inline bint scan_due(const uint8_t *b, size_t n, http_scan *sc) noexcept nogil:
-    """Is parsing b[:n] again worth it? Not when the bytes that came since the
-    last look end no line and the incomplete line has not doubled."""
+cdef bint head_due(const uint8_t *b, size_t n, http_scan *sc, int kind, uint32_t max_target) noexcept nogil:
+    """Can parsing b[:n] from sc.line answer anything but "incomplete", when
+    b[:sc.seen] did? Classifies only the bytes past sc.seen (sc.mark: a
+    field line's colon seen, or a request line's spaces)."""
     global HTTP_SCAN_WORK
-    cdef size_t s = sc.seen
-    if n <= s:
-        return True                  # the caller offers fewer bytes than before (room)
-    HTTP_SCAN_WORK += n - s
-    if memchr(b + s, 10, n - s) != NULL:
-        return True
-    if n - sc.line >= 2 * <size_t>sc.tried:
-        return True
+    cdef size_t p = sc.seen
+    cdef uint8_t c
+    if n <= p or p == sc.line or b[p - 1] == 13:
+        return True                  # fewer bytes than before (room), a line's first byte, the byte after a CR
+    HTTP_SCAN_WORK += n - p
+    if sc.line == 0 and kind != SCAN_FIELDS:
+        if n <= SCAN_START_LINE_EAGER or (kind == SCAN_REQUEST and (sc.mark >= 2 or n > max_target)):
+            return True
+        while p < n:
+            c = b[p]
+            if kind == SCAN_REQUEST:
+                if c < 0x21 or c > 0x7e:
+                    return True      # a space (which the parse counts), the end, a bad byte
+            elif (c < 32 and c != 9) or c == 127:
+                return True          # the reason phrase's end or a bad byte
+            p += 1
+    else:
+        while p < n:
+            c = b[p]
+            if sc.mark == 0:
+                if c == 58:
+                    sc.mark = 1      # the name ends; the value begins
+                elif not is_tchar(c):
+                    return True
+            elif (c < 32 and c != 9) or c == 127:
+                return True
+            p += 1
     sc.seen = <uint32_t>n
     return False
 
 
-cdef inline void scan_keep(http_scan *sc, size_t line, uint32_t n_fields, size_t n) noexcept nogil:
+cdef void scan_keep(http_scan *sc, const uint8_t *b, size_t line, uint32_t n_fields, size_t n, int kind) noexcept nogil:
+    """After a parse that stopped at the incomplete line b[line:n]."""
+    cdef size_t i
     sc.line = <uint32_t>line
     sc.n_fields = n_fields if line else 0
     sc.seen = <uint32_t>n
-    sc.tried = <uint32_t>(n - line)
+    sc.mark = 0
+    if line == 0 and kind == SCAN_REQUEST:
+        for i in range(n):
+            sc.mark += b[i] == 32
+    elif line < n and memchr(b + line, 58, n - line) != NULL:
+        sc.mark = 1
 
 
 cdef int http_parse_request_at(const uint8_t *b, size_t n, http_req *r, uint32_t max_target, uint32_t max_head,
@@ -447,8 +485,7 @@ cdef int http_parse_request_at(const uint8_t *b, size_t n, http_req *r, uint32_t
     cdef int st
     if max_fields > HTTP_MAX_FIELDS_CAP:
         max_fields = HTTP_MAX_FIELDS_CAP
-    # (a request line past max_target may be a 414 already: decided at that byte)
-    if n <= max_head and not (sc.line == 0 and n > max_target) and not scan_due(b, n, sc):
+    if n <= max_head and not head_due(b, n, sc, SCAN_REQUEST, max_target):
         return HTTP_INCOMPLETE
     if sc.line:
         # the request line and sc.n_fields fields before sc.line parsed before
@@ -459,7 +496,7 @@ cdef int http_parse_request_at(const uint8_t *b, size_t n, http_req *r, uint32_t
             if n > max_head:
                 scan_reset(sc)
                 return 431
-            scan_keep(sc, line, r.n_fields, n)
+            scan_keep(sc, b, line, r.n_fields, n, SCAN_REQUEST)
             return HTTP_INCOMPLETE
         scan_reset(sc)
         if st != 0:
@@ -471,7 +508,7 @@ cdef int http_parse_request_at(const uint8_t *b, size_t n, http_req *r, uint32_t
         if n > max_head:
             scan_reset(sc)
             return 431
-        scan_keep(sc, line, r.n_fields, n)
+        scan_keep(sc, b, line, r.n_fields, n, SCAN_REQUEST)
         return HTTP_INCOMPLETE
     scan_reset(sc)
     if st != 0:
@@ -591,6 +628,123 @@ cdef int chunk_line(const uint8_t *b, size_t n, size_t p, size_t *after, uint64_
     after[0] = q + 2
     size[0] = s
     return 0
+
+
+cdef enum:                           # where chunk_line_resume stopped in a chunk line
+    CKL_SIZE = 0                     # the size's hex digits
+    CKL_TOP = 1                      # before a ";" or the CR (BWS may come first)
+    CKL_SEMI = 2                     # after ";": BWS, then an extension's name
+    CKL_NAME = 3
+    CKL_AFTER_NAME = 4               # BWS after the name: "=" or the next element
+    CKL_EQ = 5                       # after "=": BWS, then a token or a quoted-string
+    CKL_VALUE = 6
+    CKL_QUOTED = 7
+    CKL_QESC = 8                     # after a backslash in a quoted-string
+    CKL_CR = 9                       # after the CR: the LF
+
+
+cdef int chunk_line_resume(const uint8_t *b, size_t n, size_t p, size_t *after, uint64_t *size,
+                           http_scan *sc) noexcept nogil:
+    """chunk_line for a line that may come in pieces (the same answers at the
+    same bytes): the rules of chunk_line and http_chunk_ext as a state machine
+    that goes through each byte once, its state kept in sc between calls
+    (seen: bytes from p already walked; mark: phase | ws << 4 | digits << 5).
+    Once the line ends, chunk_line reads its size."""
+    global HTTP_SCAN_WORK
+    cdef size_t lim = p + HTTP_MAX_CHUNK_LINE + 2, q
+    cdef uint32_t phase, ws, digits
+    cdef uint8_t c
+    if lim > n:
+        lim = n
+    if p + sc.seen > n:
+        scan_reset(sc)               # fewer bytes than before (room): walk again
+    q = p + sc.seen
+    phase = sc.mark & 15
+    ws = (sc.mark >> 4) & 1
+    digits = sc.mark >> 5
+    if lim > q:
+        HTTP_SCAN_WORK += lim - q
+    while q < lim:
+        c = b[q]
+        if phase == CKL_SIZE:
+            if hexval(c) >= 0:
+                digits += 1
+                if digits > 16:
+                    return 400
+                q += 1
+                continue
+            if digits == 0:
+                return 400
+            phase = CKL_TOP
+            ws = 0
+            continue                 # this byte again, as the start of the extensions
+        if phase == CKL_TOP:
+            if c == 32 or c == 9:
+                ws = 1
+            elif c == 13:
+                if ws:
+                    return 400       # whitespace before the CRLF
+                phase = CKL_CR
+            elif c == 59:
+                phase = CKL_SEMI
+            else:
+                return 400
+        elif phase == CKL_SEMI:
+            if is_tchar(c):
+                phase = CKL_NAME
+            elif c != 32 and c != 9:
+                return 400
+        elif phase == CKL_NAME:
+            if c == 61:
+                phase = CKL_EQ
+            elif c == 32 or c == 9:
+                ws = 1
+                phase = CKL_AFTER_NAME
+            elif not is_tchar(c):
+                phase = CKL_TOP
+                ws = 0
+                continue
+        elif phase == CKL_AFTER_NAME:
+            if c == 61:
+                phase = CKL_EQ
+            elif c != 32 and c != 9:
+                phase = CKL_TOP      # with ws: a CR next is 400
+                continue
+        elif phase == CKL_EQ:
+            if c == 34:
+                phase = CKL_QUOTED
+            elif is_tchar(c):
+                phase = CKL_VALUE
+            elif c != 32 and c != 9:
+                return 400
+        elif phase == CKL_VALUE:
+            if not is_tchar(c):
+                phase = CKL_TOP
+                ws = 0
+                continue
+        elif phase == CKL_QUOTED:
+            if c == 34:
+                phase = CKL_TOP
+                ws = 0
+            elif c == 92:
+                phase = CKL_QESC
+            elif (c < 32 and c != 9) or c == 127:
+                return 400
+        elif phase == CKL_QESC:
+            if (c < 32 and c != 9) or c == 127:
+                return 400
+            phase = CKL_QUOTED
+        else:                        # CKL_CR
+            if c != 10:
+                return 400
+            scan_reset(sc)
+            return chunk_line(b, n, p, after, size)
+        q += 1
+    if n > p + HTTP_MAX_CHUNK_LINE + 2:
+        return 400                   # the line did not end within its 4098 bytes
+    sc.seen = <uint32_t>(q - p)
+    sc.mark = phase | ws << 4 | digits << 5
+    return HTTP_INCOMPLETE
 
 
 cdef bint trailers_ok(const uint8_t *b, http_req *t) noexcept nogil:
