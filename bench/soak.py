@@ -439,6 +439,32 @@ class Lb:
             raise harness.BenchError(f"lb status: {res.stderr.strip()}")
         return json.loads(res.stdout)["workers"]
 
+    def status(self) -> dict:
+        """The admin socket's status verb (docs/admin.md), without a CLI process per call."""
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(10)
+            s.connect(str(self.config.parent / "admin.sock"))
+            s.sendall(b'{"v": 1, "cmd": "status"}\n')
+            buf = b""
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    raise OSError("admin socket closed")
+                buf += chunk
+        answer = json.loads(buf)
+        if not answer.get("ok"):
+            raise OSError(f"status: {answer}")
+        return answer["result"]
+
+    def steady_pids(self) -> set[int]:
+        """The supervisor, the workers of the generation in force and its checker:
+        not the generations still draining after a reload, which end with
+        their last connection (and take their memory with them)."""
+        st = self.status()
+        pids = {self.svc.pid, st["checker"]["pid"]}
+        pids.update(w["pid"] for w in st["workers"] if w["state"] == "running")
+        return pids
+
     def tree(self) -> list[psutil.Process]:
         try:
             top = psutil.Process(self.svc.pid)
@@ -461,28 +487,54 @@ def active_connections(text: str) -> int:
 
 # ---- sampling ------------------------------------------------------------------------------
 
+def pipe_fds(pid: int) -> int:
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("pipe:")
+        except OSError:
+            pass                         # closed meanwhile
+    return n
+
+
 class Sampler(threading.Thread):
-    """RSS and open fds of lb's whole process tree, every SAMPLE_EVERY seconds."""
+    """RSS and open fds of lb's process tree, every SAMPLE_EVERY seconds: the
+    whole tree, and its steady part (Lb.steady_pids), whose fds are counted
+    without its established TCP connections and pipes."""
 
     def __init__(self, lb: Lb, t0: float):
         super().__init__(name="sampler", daemon=True)
         self.lb, self.t0 = lb, t0
-        self.samples: list[tuple[float, int, int, int]] = []   # (t, rss bytes, fds, processes)
+        # (t, rss bytes, fds, processes) of the whole tree, then rss and fds of the steady part
+        self.samples: list[tuple[float, int, int, int, int, int]] = []
         self.halt = threading.Event()
 
     def run(self):
         while not self.halt.wait(SAMPLE_EVERY):
-            rss = fds = n = 0
+            try:
+                steady = self.lb.steady_pids()
+            except (OSError, ValueError, KeyError):
+                continue                 # the supervisor busy with a reload: the next tick
+            rss = fds = n = srss = sfds = 0
             for p in self.lb.tree():
                 try:
                     with p.oneshot():
-                        rss += p.memory_info().rss
-                        fds += p.num_fds()
-                        n += 1
+                        r, f = p.memory_info().rss, p.num_fds()
+                    live = 0
+                    if p.pid in steady:
+                        live = sum(c.status == psutil.CONN_ESTABLISHED for c in p.net_connections("tcp"))
+                        live += pipe_fds(p.pid)
                 except psutil.Error:
-                    pass                 # a worker that just died or ended its drain
+                    continue             # a worker that just died or ended its drain
+                rss, fds, n = rss + r, fds + f, n + 1
+                if p.pid in steady:
+                    # connections in flight and kept for reuse, and the splice
+                    # pipes of transfers in flight and kept for the next ones,
+                    # come and go with the traffic; a connection lb failed to
+                    # close would stay (CLOSE_WAIT) and count
+                    srss, sfds = srss + r, sfds + f - live
             if n:
-                self.samples.append((time.monotonic() - self.t0, rss, fds, n))
+                self.samples.append((time.monotonic() - self.t0, rss, fds, n, srss, sfds))
 
 
 def flatness(samples, schedule: Schedule) -> dict:
@@ -490,33 +542,39 @@ def flatness(samples, schedule: Schedule) -> dict:
     last_lo = schedule.duration - schedule.window
     out = {"warmup_s": schedule.warmup, "window_s": schedule.window,
            "first_window": [first_lo, first_hi], "last_window": [last_lo, schedule.duration]}
-    for key, idx in (("rss", 1), ("fds", 2)):
-        first = [s[idx] for s in samples if first_lo <= s[0] < first_hi]
-        last = [s[idx] for s in samples if last_lo <= s[0] <= schedule.duration]
-        allv = [s[idx] for s in samples]
+    for key, idx, steady in (("rss", 1, 4), ("fds", 2, 5)):
+        first = [s[steady] for s in samples if first_lo <= s[0] < first_hi]
+        last = [s[steady] for s in samples if last_lo <= s[0] <= schedule.duration]
+        tree = [s[idx] for s in samples]
         if not first or not last:
             out[key] = {"ok": False, "why": "no samples in a window"}
             continue
         m1, m2 = statistics.median(first), statistics.median(last)
         growth = m2 / m1 - 1
-        out[key] = {"start": allv[0], "end": allv[-1], "max": max(allv), "first_median": m1,
+        out[key] = {"start": tree[0], "end": tree[-1], "max": max(tree), "first_median": m1,
                     "last_median": m2, "growth": round(growth, 4), "ok": growth <= FLAT_LIMIT}
     return out
 
 
 # ---- judging -------------------------------------------------------------------------------
 
-def classify(out: Outcome, kills: list[float], flaps: list[float], reloads: list[float]) -> str:
+def overlaps(spans: list[tuple[float, float]], lo: float, hi: float) -> bool:
+    return any(s <= hi and e >= lo for s, e in spans)
+
+
+def classify(out: Outcome, kills, flaps, reloads) -> str:
+    """kills, flaps, reloads: (start, end) of each event (a reload lasts as
+    long as `lb reload` does; the old generation closes its idle connections
+    as it ends)."""
     if out.error is None:
         return "ok"
-    during = lambda ts: any(out.t_start <= t <= out.t_end for t in ts)   # noqa: E731
     if out.reused and out.got == 0 and out.error in ("reset", "eof"):
         # the connection was closed while idle: by a reload's drain or a killed worker
-        if any(out.idle_since - 1.0 <= t <= out.t_end for t in kills + reloads):
+        if overlaps(kills + reloads, out.idle_since - 1.0, out.t_end):
             return "stale_keepalive"
-    if during(kills) and out.error in ("reset", "eof", "truncated", "timeout"):
+    if overlaps(kills, out.t_start, out.t_end) and out.error in ("reset", "eof", "truncated", "timeout"):
         return "killed"
-    if during(flaps) and (out.error in ("reset", "eof", "truncated")
+    if overlaps(flaps, out.t_start, out.t_end) and (out.error in ("reset", "eof", "truncated")
                           or (out.error == "status" and out.status in (502, 503, 504))):
         return "flap"
     return "unexpected"
@@ -543,7 +601,7 @@ def account(outcomes: list[Outcome], kills: list[float], lb_counts: dict[str, in
     for o in outcomes:
         if o.klass == "stale_keepalive":
             continue
-        if any(o.t_start <= t <= o.t_end + (1.0 if o.kind == "aborted_upload" else 0.0) for t in kills):
+        if overlaps(kills, o.t_start, o.t_end + (1.0 if o.kind == "aborted_upload" else 0.0)):
             uncertain += 1
             continue
         k = "other" if o.kind == "aborted_upload" else code_class(o.status)
@@ -567,7 +625,7 @@ def run(minutes: float, as_json: bool, keep_workdir: bool) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="lb-soak-"))
     os.chmod(workdir, 0o755)
     origins = lb = sampler = traffic = None
-    events: list[tuple[float, str, str]] = []
+    events: list[tuple[float, str, str, float]] = []   # (start, kind, detail, end), seconds from t0
     failed = True
     report: dict = {}
     try:
@@ -597,7 +655,8 @@ def run(minutes: float, as_json: bool, keep_workdir: bool) -> int:
             for at, i in [r for r in restarts if r[0] <= now]:
                 restarts.remove((at, i))
                 origins.start(i)
-                events.append((time.monotonic() - t0, "restart", f"o{i}"))
+                at = time.monotonic() - t0
+                events.append((at, "restart", f"o{i}", at))
             while pending and pending[0][0] <= now:
                 _at, kind = pending.pop(0)
                 events.append(do_event(kind, lb, origins, flap_n, t0, schedule, restarts))
@@ -612,8 +671,9 @@ def run(minutes: float, as_json: bool, keep_workdir: bool) -> int:
         sampler.halt.set()
         sampler.join()
         lb_counts = settle(lb)
+        leftover = wait_drained(lb)
         lb_counts = {k: v - baseline.get(k, 0) for k, v in lb_counts.items() if v - baseline.get(k, 0)}
-        report = judge(traffic.outcomes, events, t0, lb_counts, sampler.samples, schedule, probes)
+        report = judge(traffic.outcomes, events, t0, lb_counts, sampler.samples, schedule, probes, leftover)
         failed = not report["ok"]
     except harness.BenchError as exc:
         report = {"ok": False, "error": str(exc)}
@@ -664,27 +724,28 @@ def wait_ready(lb: Lb) -> int:
 
 
 def do_event(kind: str, lb: Lb, origins: Origins, flap_n: int, t0: float, schedule: Schedule,
-             restarts: list) -> tuple[float, str, str]:
+             restarts: list) -> tuple[float, str, str, float]:
     if kind == "reload":
         at = time.monotonic() - t0
         res = lb.cli("reload")
         if res.returncode != 0:
             raise harness.BenchError(f"lb reload failed: {res.stderr.strip() or res.stdout.strip()}")
-        log(f"soak: reload at {at:.0f}s")
-        return at, "reload", res.stdout.strip()[:80]
+        end = time.monotonic() - t0
+        log(f"soak: reload at {at:.0f}s ({end - at:.1f}s)")
+        return at, "reload", res.stdout.strip()[:80], end
     if kind == "kill":
         running = [w for w in lb.workers() if w["state"] == "running"]
         victim = random.Random(int(t0 * 1000) + flap_n).choice(running)
         at = time.monotonic() - t0       # before the signal: a failure it causes comes after
         os.kill(victim["pid"], signal.SIGKILL)
         log(f"soak: kill -9 worker {victim['pid']} at {at:.0f}s")
-        return at, "kill", str(victim["pid"])
+        return at, "kill", str(victim["pid"]), at
     i = flap_n % BACKENDS
     at = time.monotonic() - t0
     origins.kill(i)
     restarts.append((at + schedule.flap_down, i))
     log(f"soak: backend o{i} killed at {at:.0f}s, back in {schedule.flap_down:g}s")
-    return at, "flap", f"o{i}"
+    return at, "flap", f"o{i}", at
 
 
 def settle(lb: Lb) -> dict[str, int]:
@@ -702,10 +763,21 @@ def settle(lb: Lb) -> dict[str, int]:
     raise harness.BenchError("lb's counts did not settle within 60 s (connections still open)")
 
 
-def judge(outcomes, events, t0, lb_counts, samples, schedule, probes) -> dict:
-    kills = [t0 + at for at, kind, _ in events if kind == "kill"]
-    flaps = [t0 + at for at, kind, _ in events if kind == "flap"]
-    reloads = [t0 + at for at, kind, _ in events if kind == "reload"]
+def wait_drained(lb: Lb) -> list[str]:
+    """Once no client is connected, every draining generation ends: the tree
+    is the steady part again. What is left after 30 s (as "pid name")."""
+    end = time.monotonic() + 30
+    while True:
+        steady = lb.steady_pids()
+        extra = [f"{p.pid} {p.name()}" for p in lb.tree() if p.pid not in steady]
+        if not extra or time.monotonic() > end:
+            return extra
+        time.sleep(0.2)
+
+
+def judge(outcomes, events, t0, lb_counts, samples, schedule, probes, leftover) -> dict:
+    spans = lambda k: [(t0 + at, t0 + end) for at, kind, _, end in events if kind == k]   # noqa: E731
+    kills, flaps, reloads = spans("kill"), spans("flap"), spans("reload")
     for o in outcomes:
         o.klass = classify(o, kills, flaps, reloads)
     probe_outcomes = [Outcome("probe", 0, 0, status=200, klass="ok") for _ in range(probes)]
@@ -722,15 +794,16 @@ def judge(outcomes, events, t0, lb_counts, samples, schedule, probes) -> dict:
     unexpected = [dataclasses.asdict(o) | {"t_start": round(o.t_start - t0, 3), "t_end": round(o.t_end - t0, 3)}
                   for o in outcomes if o.klass == "unexpected"]
     flat = flatness(samples, schedule)
-    counts = {k: sum(1 for _at, kind, _ in events if kind == k) for k in ("reload", "kill", "flap", "restart")}
+    counts = {k: sum(1 for e in events if e[1] == k) for k in ("reload", "kill", "flap", "restart")}
     ok = acc["ok"] and not unexpected and flat["rss"]["ok"] and flat["fds"]["ok"] and \
-        counts["reload"] >= 2 and counts["kill"] >= 1
+        counts["reload"] >= 2 and counts["kill"] >= 1 and not leftover
     return {
         "ok": ok,
         "minutes": schedule.duration / 60,
         "schedule": dataclasses.asdict(schedule),
         "events": counts,
-        "event_log": [{"t": round(at, 2), "kind": kind, "detail": d} for at, kind, d in events],
+        "event_log": [{"t": round(at, 2), "end": round(end, 2), "kind": kind, "detail": d}
+                      for at, kind, d, end in events],
         "requests": by_kind,
         "requests_total": len(outcomes),
         "errors": errors,
@@ -738,7 +811,8 @@ def judge(outcomes, events, t0, lb_counts, samples, schedule, probes) -> dict:
         "unexpected_total": len(unexpected),
         "accounting": acc,
         "memory": flat,
-        "samples": [[round(t, 1), rss, fds, n] for t, rss, fds, n in samples],
+        "left_at_end": leftover,
+        "samples": [[round(s[0], 1), *s[1:]] for s in samples],   # t, tree rss, fds, processes, steady rss, fds
     }
 
 
@@ -765,8 +839,10 @@ def format_report(r: dict) -> str:
     lines.append(f"    {'total':<6} {acc['client_total']:>8} / {acc['lb_total']:<8} {'ok' if acc['ok'] else 'MISMATCH'}")
     lines.append("")
     mem = r["memory"]
-    lines.append(f"  lb process tree (median of {mem['first_window'][0]:g}-{mem['first_window'][1]:g}s vs "
-                 f"{mem['last_window'][0]:g}-{mem['last_window'][1]:g}s; limit +{FLAT_LIMIT:.0%})")
+    lines.append(f"  lb process tree: whole tree at start, end, max; its steady part's medians (fds: less "
+                 f"established connections and pipes) over "
+                 f"{mem['first_window'][0]:g}-{mem['first_window'][1]:g}s and "
+                 f"{mem['last_window'][0]:g}-{mem['last_window'][1]:g}s (limit +{FLAT_LIMIT:.0%})")
     lines.append(f"    {'':<5}{'start':>10}{'end':>10}{'max':>10}{'first':>10}{'last':>10}{'growth':>9}")
     for key, scale, unit in (("rss", 1 / (1 << 20), "MiB"), ("fds", 1, "")):
         m = mem[key]
@@ -777,6 +853,8 @@ def format_report(r: dict) -> str:
         lines.append(f"    {key + (' ' + unit if unit else ''):<5}" + fmt(m["start"]) + fmt(m["end"]) + fmt(m["max"])
                      + fmt(m["first_median"]) + fmt(m["last_median"]) + f"{m['growth']:+9.1%}"
                      + ("" if m["ok"] else "  NOT FLAT"))
+    if r["left_at_end"]:
+        lines.append(f"  processes of a drained generation still there at the end: {', '.join(r['left_at_end'])}")
     if r["unexpected"]:
         lines.append("")
         lines.append(f"  unexpected ({r['unexpected_total']}), the first:")
