@@ -522,7 +522,9 @@ class Sampler(threading.Thread):
                         r, f = p.memory_info().rss, p.num_fds()
                     live = 0
                     if p.pid in steady:
-                        live = sum(c.status == psutil.CONN_ESTABLISHED for c in p.net_connections("tcp"))
+                        # (net_connections: psutil 6; connections before it)
+                        conns = getattr(p, "net_connections", None) or p.connections
+                        live = sum(c.status == psutil.CONN_ESTABLISHED for c in conns("tcp"))
                         live += pipe_fds(p.pid)
                 except psutil.Error:
                     continue             # a worker that just died or ended its drain

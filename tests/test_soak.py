@@ -34,5 +34,7 @@ def test_one_minute_soak_passes():
     acc = doc["accounting"]
     assert acc["ok"] and acc["classes"]["2xx"]["lb"] >= acc["classes"]["2xx"]["client"] > 1000
     assert acc["lb_total"] - acc["client_total"] <= acc["uncertain"]
+    # flat within 5%: the steady part's medians, first window after warm-up against the last
     for key in ("rss", "fds"):
         assert doc["memory"][key]["ok"] and doc["memory"][key]["growth"] <= 0.05, doc["memory"][key]
+    assert doc["left_at_end"] == []             # every draining generation ended
