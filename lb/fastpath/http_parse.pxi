@@ -432,8 +432,13 @@ cdef bint head_due(const uint8_t *b, size_t n, http_scan *sc, int kind, uint32_t
     global HTTP_SCAN_WORK
     cdef size_t p = sc.seen
     cdef uint8_t c
-    if n <= p or p == sc.line or b[p - 1] == 13:
-        return True                  # fewer bytes than before (room), a line's first byte, the byte after a CR
+    if n < p:
+        scan_reset(sc)               # fewer bytes than before (a caller's room): from the start
+        return True
+    if n == p:
+        return False                 # nothing new: the same answer
+    if p == sc.line or b[p - 1] == 13:
+        return True                  # a line's first byte, the byte after a CR
     HTTP_SCAN_WORK += n - p
     if sc.line == 0 and kind != SCAN_FIELDS:
         if n <= SCAN_START_LINE_EAGER or (kind == SCAN_REQUEST and (sc.mark >= 2 or n > max_target)):
