@@ -1,5 +1,6 @@
 """python -m bench [SCENARIO ...] [--duration 10s] [--connections 64] [--repeat N] [--json] [--only lb,haproxy,nginx]
-[--baseline DIR]"""
+[--baseline DIR]
+python -m bench soak [--minutes N] [--json] [--keep-workdir]"""
 
 from __future__ import annotations
 
@@ -72,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:
+        # lb alone for minutes, not a comparison: its own options and report (bench/soak.py)
+        from bench import soak
+        return soak.main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.connections < 1 or args.idle_conns < 1 or args.repeat < 1:
         print("bench: --connections, --idle-conns and --repeat must be positive", file=sys.stderr)

@@ -22,26 +22,45 @@ def _fields_as_tuples(result):
     return status, consumed, info
 
 
+def _pieces(data: bytes, seed: int) -> list[bytes]:
+    step = ((seed >> 1) & 7) + 1     # 1 to 8 bytes: a worker's reads at their smallest
+    return [data[i:i + step] for i in range(0, len(data), step)]
+
+
+def _streamed_as_whole(stream, data: bytes, seed: int, whole) -> None:
+    """Fed in pieces (as a worker reads), a parser that resumes decides as on
+    the whole input, at the same byte (docs/http-parser.md)."""
+    got = stream(_pieces(data, seed))
+    assert got == whole, (got, whole)
+
+
 def http_request(data: bytes) -> None:
     """The compiled request parser decides as the reference does, with the
-    default limits and with small ones (data[0] picks; the rest is the input)."""
+    default limits and with small ones (data[0] picks; the rest is the input),
+    whole and in pieces."""
     if not data:
         return
-    limits = {} if data[0] & 1 else {"max_target": 64, "max_head": 256, "max_fields": 4}
+    seed = data[0]
+    limits = {} if seed & 1 else {"max_target": 64, "max_head": 256, "max_fields": 4}
     data = data[1:]
     got = _fields_as_tuples(fastpath.http_parse_request(data, **limits))
     want = _fields_as_tuples(http_ref.parse_request(data, **limits))
     assert got == want, (got, want)
+    _streamed_as_whole(lambda p: _fields_as_tuples(fastpath.http_request_stream(p, **limits)), data, seed,
+                       got)
 
 
 def http_response(data: bytes) -> None:
     if not data:
         return
-    max_head = 65536 if data[0] & 1 else 128
+    seed = data[0]
+    max_head = 65536 if seed & 1 else 128
     data = data[1:]
     got = _fields_as_tuples(fastpath.http_parse_response(data, max_head=max_head))
     want = _fields_as_tuples(http_ref.parse_response(data, max_head=max_head))
     assert got == want, (got, want)
+    _streamed_as_whole(lambda p: fastpath.http_response_stream(p, max_head=max_head), data, seed,
+                       got[:2])
 
 
 def chunked(data: bytes) -> None:
@@ -56,14 +75,10 @@ def chunked(data: bytes) -> None:
     want = http_ref.parse_chunked(data, max_head=max_head)
     assert tuple(got[:3]) == tuple(want[:3]), (got[:3], want[:3])
     assert [tuple(f) for f in got[3]] == [tuple(f) for f in want[3]]
-    # at most 64 pieces: an incomplete trailer section is parsed again from its
-    # start with each piece, so byte-sized pieces cost O(n^2) (bounded by
-    # max_head; 16 KiB in 1-byte pieces is 0.2 s) and would only time out
-    step = max((seed >> 1) + 1, len(data) // 64)
-    pieces = [data[i:i + step] for i in range(0, len(data), step)]
-    streamed = fastpath.http_chunk_stream(pieces, max_head=max_head)
+    # pieces of 1 to 8 bytes: a chunk line or trailer section in pieces costs
+    # work linear in its length (docs/http-parser.md)
     whole = (got[0], got[1]) if got[0] != -1 else (-1, 0)
-    assert streamed == whole, (streamed, whole, step)
+    _streamed_as_whole(lambda p: fastpath.http_chunk_stream(p, max_head=max_head), data, seed, whole)
 
 
 def proxy(data: bytes) -> None:

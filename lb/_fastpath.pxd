@@ -920,6 +920,12 @@ cdef struct http_req:                # a parsed request or response head (offset
     uint32_t head_len
     http_field fields[HTTP_MAX_FIELDS_CAP]
 
+cdef struct http_scan:              # where the parse of an incomplete head, chunk line or trailer section stopped
+    uint32_t line                    # start of its first incomplete line (0: still in the first line)
+    uint32_t n_fields                # complete fields before line
+    uint32_t seen                    # bytes already classified (http_parse.pxi, head_due)
+    uint32_t mark                    # a field line: its colon came; a request line: its spaces
+
 cdef struct lb_hrules:               # header rules of a listener or a route
     uint32_t n_set
     uint32_t n_add
@@ -1032,6 +1038,7 @@ cdef struct lb_bconn:                # a backend connection of the http engine
     lb_tnode tn                      # connect timer while connecting, idle timer while parked
     lb_bconn *idle_next              # per-slot stack of parked connections
     lb_bconn *idle_prev
+    http_scan head_scan              # the response head still incomplete in inb
 
 cdef struct lb_hconn:                # the client side of an http session
     lb_conn c                        # first: tunnels (Upgrade) continue as an L4 connection
@@ -1099,6 +1106,8 @@ cdef struct lb_hconn:                # the client side of an http session
     uint32_t split_cookie            # the response sets the split cookie to bucket split_cookie - 1 (0: none)
     uint8_t split_variant            # ... and the variant it chose
     int32_t mirror                   # the request is copied to this mirror's pool when it is sent (-1: not)
+    http_scan rq_scan                # the request head, then its chunk lines and trailers, still incomplete in inb
+    http_scan rs_scan                # the response's chunk lines and trailers still incomplete
 
 
 cdef struct lb_auth_cache:            # a success of HTTP Basic (fastpath/auth_basic.pxi)

@@ -421,6 +421,10 @@ class Supervisor:
     def inherited_fds(self) -> list[int]:
         """What a forked child must close: the supervisor's own fds."""
         fds = [self._wakeup_r, self._wakeup_w]
+        if self._selector is not None:
+            # the loop's epoll: children forked from it (after a reload or a
+            # respawn) would each keep a copy (found by `python -m bench soak`)
+            fds.append(self._selector.fileno())
         if self.admin is not None:
             fds += self.admin.fds()
         if self.metrics is not None:

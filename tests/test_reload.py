@@ -4,6 +4,7 @@ guard replacing a worker without dropping a connection."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -93,3 +94,43 @@ def test_memory_guard_replaces_a_worker_without_dropping_its_connections(backend
     held.close()
     wait_for(lambda: process_gone(first), 10, "the old worker to finish draining")
     assert "over max_worker_rss" in lb.log()
+
+
+def fd_kinds(pid: int) -> dict[str, int]:
+    """The process's fds by what they are ("anon_inode:[eventpoll]", a file's
+    path), sockets and pipes left out: those come and go with connections."""
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue                     # closed meanwhile
+        if not target.startswith(("socket:", "pipe:")):
+            kinds[target] = kinds.get(target, 0) + 1
+    return kinds
+
+
+def test_children_forked_after_a_reload_hold_only_their_own_fds(backends, run_lb):
+    """A worker or checker of a later generation is forked from the
+    supervisor's running loop: it must not keep a copy of that loop's epoll
+    (nor anything else of the supervisor's). Each child has exactly its own
+    epoll, and the fds the first generation's children had."""
+    backend = backends("b1")
+    port = free_port()
+    lb = run_lb(lb_config(port, [backend], workers=1))
+    sup = psutil.Process(lb.proc.pid)
+    first = {c.pid: c.name() for c in sup.children()}
+    before = {name: fd_kinds(pid) for pid, name in first.items()}
+    assert all(kinds.get("anon_inode:[eventpoll]") == 1 for kinds in before.values()), before
+    result = lb_cli(lb, "reload")
+    assert result.returncode == 0, result.stderr
+
+    def second_generation():
+        kids = {c.pid: c.name() for c in sup.children() if c.pid not in first}
+        return kids if set(kids.values()) == set(first.values()) else None
+
+    later = wait_for(second_generation, 10, "the second generation")
+    assert echo_once(port) == b"x".translate(TRANSFORM)
+    for pid, name in later.items():
+        # (polled: a child just forked is still opening its own)
+        wait_for(lambda: fd_kinds(pid) == before[name], 10, f"{name}'s fds as the first generation's")

@@ -378,6 +378,7 @@ cdef void h_request_go(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil:
     if r.chunked:
         h.rq_state = RQ_BODY_CHUNKED
         h.rq_chunk_phase = CK_LINE
+        scan_reset(&h.rq_scan)
         h.rq_left = 0
     elif r.content_length > 0:
         h.rq_state = RQ_BODY_CL
@@ -450,6 +451,7 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     h.st = HS_HEAD
     h.rq_state = RQ_NONE
     h.rs_state = RS_NONE
+    scan_reset(&h.rq_scan)           # (a chunked body that ended resets it already)
     h.resp_started = 0
     h.resp_sent = 0                  # an error page for the next request is sent, not cut
     h.route = -1
@@ -716,8 +718,8 @@ cdef int h_head(lb_worker *w, lb_hconn *h) noexcept nogil:
             return 1
         if st == 1 and not (h.hflags & HF_EOF):
             return 0
-    st = http_parse_request_c(<const uint8_t *>h.inb.p + h.inb.off, h.inb.len, r, hl.max_target, hl.max_head,
-                              hl.max_fields)
+    st = http_parse_request_at(<const uint8_t *>h.inb.p + h.inb.off, h.inb.len, r, hl.max_target, hl.max_head,
+                               hl.max_fields, &h.rq_scan)
     if st == HTTP_INCOMPLETE:
         if h.hflags & HF_EOF:
             h_close(w, h, False)     # a request cut short is not answered

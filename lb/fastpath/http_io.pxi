@@ -267,7 +267,7 @@ cdef int h_req_body(lb_worker *w, lb_hconn *h) noexcept nogil:
         if n > HBUF_SIZE - h.upb.len:
             n = HBUF_SIZE - h.upb.len
         st = chunk_advance(&h.rq_chunk_phase, &h.rq_left, <const uint8_t *>h.inb.p + h.inb.off, n, &ok,
-                           w.http.scratch, h.hl.max_head, &h.body_seen)
+                           w.http.scratch, h.hl.max_head, &h.body_seen, &h.rq_scan)
         if st == 400:
             h_error(w, h, 400)
             return 1
@@ -303,7 +303,7 @@ cdef int h_resp_head(lb_worker *w, lb_hconn *h) noexcept nogil:
     if b == NULL or b.inb.len == 0:
         return 0
     p = <const uint8_t *>b.inb.p + b.inb.off
-    st = http_parse_response_c(p, b.inb.len, r, HBUF_SIZE)
+    st = http_parse_response_at(p, b.inb.len, r, HBUF_SIZE, &b.head_scan)
     if st == HTTP_INCOMPLETE:
         if b.flags & HF_EOF:
             log_term(&h.c, TERM_BACKEND_RESET)
@@ -352,6 +352,7 @@ cdef int h_resp_head(lb_worker *w, lb_hconn *h) noexcept nogil:
     elif r.chunked:
         h.rs_state = RS_BODY_CHUNKED
         h.rs_chunk_phase = CK_LINE
+        scan_reset(&h.rs_scan)
         h.rs_left = 0
     elif r.content_length >= 0:
         h.rs_state = RS_BODY_CL if r.content_length else RS_DONE
@@ -394,7 +395,7 @@ cdef int h_resp_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             if n > hb_room(&h.outb):
                 n = hb_room(&h.outb)
             st = chunk_advance(&h.rs_chunk_phase, &h.rs_left, <const uint8_t *>b.inb.p + b.inb.off, n, &ok,
-                               w.http.scratch, HBUF_SIZE, &rs_total)
+                               w.http.scratch, HBUF_SIZE, &rs_total, &h.rs_scan)
             if st == 400:
                 log_term(&h.c, TERM_BAD_RESPONSE)
                 h_close(w, h, True)  # the client already has part of this response

@@ -17,6 +17,44 @@ cdef enum:
 cdef int http_parse_response_c(const uint8_t *b, size_t n, http_req *r, uint32_t max_head) noexcept nogil:
     """0 (r describes a complete, valid response head of r.head_len bytes), -1
     (need more bytes), or 502 (malformed: do not forward, do not reuse)."""
+    cdef size_t line
+    return http_response_head(b, n, r, max_head, &line)
+
+
+cdef int http_parse_response_at(const uint8_t *b, size_t n, http_req *r, uint32_t max_head,
+                                http_scan *sc) noexcept nogil:
+    """http_parse_response_c for a head that may come in pieces: sc as for
+    http_parse_request_at (http_parse.pxi)."""
+    global HTTP_SCAN_WORK
+    cdef size_t lim = n if n < max_head else max_head, line = 0
+    cdef int st
+    if n <= max_head and not head_due(b, n, sc, SCAN_RESPONSE, 0):
+        return HTTP_INCOMPLETE
+    if sc.line:
+        r.n_fields = sc.n_fields
+        HTTP_SCAN_WORK += lim - sc.line
+        st = http_fields(b, lim, sc.line, r, HTTP_MAX_FIELDS_CAP, &line)
+        if st == HTTP_INCOMPLETE:
+            if n > max_head:
+                scan_reset(sc)
+                return 502
+            scan_keep(sc, b, line, r.n_fields, n, SCAN_RESPONSE)
+            return HTTP_INCOMPLETE
+        scan_reset(sc)
+        if st != 0:
+            return 502
+    HTTP_SCAN_WORK += lim
+    st = http_response_head(b, n, r, max_head, &line)
+    if st == HTTP_INCOMPLETE:
+        scan_keep(sc, b, line, r.n_fields, n, SCAN_RESPONSE)
+    else:
+        scan_reset(sc)
+    return st
+
+
+cdef int http_response_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_head, size_t *line) noexcept nogil:
+    """http_parse_response_c; when b ends first, line is where its first
+    incomplete line starts (0 in the status line)."""
     cdef size_t p = 0, lim = n if n < max_head else max_head
     cdef uint32_t i, cls = 0, pos, off, len, codings = 0, chunked_n = 0, chunked_at = 0
     cdef int st
@@ -25,6 +63,7 @@ cdef int http_parse_response_c(const uint8_t *b, size_t n, http_req *r, uint32_t
     cdef const uint8_t *v
     cdef uint32_t vlen
     cdef uint8_t c
+    line[0] = 0
     # status line: HTTP/1.D SP DDD [SP reason] CRLF
     for i in range(12):
         if p + i >= lim:
@@ -62,7 +101,7 @@ cdef int http_parse_response_c(const uint8_t *b, size_t n, http_req *r, uint32_t
         return 502
     p += 2
     r.n_fields = 0
-    st = http_fields(b, lim, p, r, HTTP_MAX_FIELDS_CAP)
+    st = http_fields(b, lim, p, r, HTTP_MAX_FIELDS_CAP, line)
     if st == HTTP_INCOMPLETE:
         return 502 if n > max_head else HTTP_INCOMPLETE
     if st != 0:
@@ -105,15 +144,19 @@ cdef int http_parse_response_c(const uint8_t *b, size_t n, http_req *r, uint32_t
 
 
 cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t n, size_t *ok,
-                       http_req *scratch, uint32_t max_head, uint64_t *total) noexcept nogil:
+                       http_req *scratch, uint32_t max_head, uint64_t *total, http_scan *sc) noexcept nogil:
     """Walk a chunked body through b[:n], the next bytes of the stream.
 
     Returns 0 with b[:ok] part of the body (the caller forwards and drops them;
     b[ok:] is the start of a line still incomplete, offered again with more
     bytes), 1 when the body ends at ok, or 400. The same rules as http_chunked_c.
     total grows by each chunk's size as its line is read, before its data
-    (max_body_size refuses a chunk that would take the body over the limit)."""
-    cdef size_t p = 0, after, take, tend
+    (max_body_size refuses a chunk that would take the body over the limit).
+    sc (zeroed with phase) keeps where an incomplete chunk line or trailer
+    section was left (http_parse.pxi: chunk_line_resume, head_due), so that
+    no byte is walked again on every call."""
+    global HTTP_SCAN_WORK
+    cdef size_t p = 0, after, take, tend, line
     cdef uint64_t size
     cdef int st
     while True:
@@ -138,7 +181,7 @@ cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t 
             p += 2
             phase[0] = CK_LINE
         if phase[0] == CK_LINE:
-            st = chunk_line(b, n, p, &after, &size)
+            st = chunk_line_resume(b, n, p, &after, &size, sc)
             if st == HTTP_INCOMPLETE:
                 ok[0] = p
                 return 0
@@ -153,14 +196,25 @@ cdef int chunk_advance(uint8_t *phase, uint64_t *left, const uint8_t *b, size_t 
                 phase[0] = CK_DATA
                 continue
         if phase[0] == CK_TRAILERS:
-            scratch.n_fields = 0
+            if n - p <= max_head and not head_due(b + p, n - p, sc, SCAN_FIELDS, 0):
+                ok[0] = p
+                return 0
             tend = n if n - p < max_head else p + max_head
-            st = http_fields(b, tend, p, scratch, HTTP_MAX_FIELDS_CAP)
+            scratch.n_fields = sc.n_fields
+            HTTP_SCAN_WORK += tend - p - sc.line
+            st = http_fields(b, tend, p + sc.line, scratch, HTTP_MAX_FIELDS_CAP, &line)
             if st == HTTP_INCOMPLETE:
                 if n - p > max_head:
                     return 400
+                scan_keep(sc, b + p, line - p, scratch.n_fields, n - p, SCAN_FIELDS)
                 ok[0] = p
                 return 0
+            if st == 0 and sc.line:
+                # complete: once more from its start, for trailers_ok to see every field
+                scratch.n_fields = 0
+                HTTP_SCAN_WORK += tend - p
+                st = http_fields(b, tend, p, scratch, HTTP_MAX_FIELDS_CAP, &line)
+            scan_reset(sc)
             if st != 0 or not trailers_ok(b, scratch):
                 return 400
             phase[0] = CK_DONE
@@ -208,24 +262,53 @@ def http_chunk_stream(pieces, uint32_t max_head=16384):
     cdef size_t ok = 0
     cdef int st = 0
     cdef const uint8_t *b
-    cdef bytes pending
+    cdef http_scan sc
     if scratch == NULL:
         raise MemoryError()
-    pending = b""
+    scan_reset(&sc)
+    pending = bytearray()
     consumed = 0
     try:
         for piece in pieces:
-            pending += bytes(piece)
+            pending += piece
             if not pending:
                 continue
-            b = pending
-            st = chunk_advance(&phase, &left, b, len(pending), &ok, scratch, max_head, &total)
+            b = <const uint8_t *><char *>pending
+            st = chunk_advance(&phase, &left, b, len(pending), &ok, scratch, max_head, &total, &sc)
             if st == 400:
                 return 400, 0
             consumed += ok
-            pending = pending[ok:]
+            del pending[:ok]
             if st == 1:
                 return 0, consumed
         return -1, 0
     finally:
         free(scratch)
+
+
+def http_response_stream(pieces, uint32_t max_head=65536):
+    """http_parse_response's answer for a head fed in the given pieces, as a
+    worker reads them (see http_request_stream): (status, consumed)."""
+    cdef http_req *r = <http_req *>malloc(sizeof(http_req))
+    cdef http_scan sc
+    cdef int st = HTTP_INCOMPLETE
+    cdef const uint8_t *b
+    cdef size_t n
+    if r == NULL:
+        raise MemoryError()
+    scan_reset(&sc)
+    pending = bytearray()
+    try:
+        for piece in pieces:
+            pending += piece
+            if not pending:
+                continue
+            b = <const uint8_t *><char *>pending
+            n = len(pending)
+            with nogil:
+                st = http_parse_response_at(b, n, r, max_head, &sc)
+            if st != HTTP_INCOMPLETE:
+                return st, r.head_len if st == 0 else 0
+        return st, 0
+    finally:
+        free(r)

@@ -41,12 +41,15 @@ cdef bint ieq(const uint8_t *a, uint32_t n, const char *lit) noexcept nogil:
     return lit[n] == 0
 
 
-cdef int http_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_target, uint32_t max_fields) noexcept nogil:
+cdef int http_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_target, uint32_t max_fields,
+                   size_t *line) noexcept nogil:
     """Rules 1 to 3 over b[:n]: 0 with r filled (head_len set), -1 when b ends
-    first, or the status of the first offending byte."""
+    first (line: where the first incomplete line starts, 0 in the request line),
+    or the status of the first offending byte."""
     cdef size_t p = 0, start
     cdef uint32_t empty = 0, i
     cdef uint8_t c
+    line[0] = 0
     # 1. leading empty lines
     while True:
         if p >= n:
@@ -116,14 +119,18 @@ cdef int http_head(const uint8_t *b, size_t n, http_req *r, uint32_t max_target,
     p += 5
     # 3. fields
     r.n_fields = 0
-    return http_fields(b, n, p, r, max_fields)
+    return http_fields(b, n, p, r, max_fields, line)
 
 
-cdef int http_fields(const uint8_t *b, size_t n, size_t p, http_req *r, uint32_t max_fields) noexcept nogil:
-    """Rule 3 from b[p]: fields until the empty line (r.head_len: just past it)."""
+cdef int http_fields(const uint8_t *b, size_t n, size_t p, http_req *r, uint32_t max_fields,
+                     size_t *line) noexcept nogil:
+    """Rule 3 from b[p]: fields until the empty line (r.head_len: just past it).
+    -1 when b ends first, line then at the start of the incomplete line (and
+    r.n_fields counting the complete ones before it)."""
     cdef size_t start, vend
     cdef uint8_t c
     while True:
+        line[0] = p
         if p >= n:
             return HTTP_INCOMPLETE
         c = b[p]
@@ -371,13 +378,144 @@ cdef int http_parse_request_c(const uint8_t *b, size_t n, http_req *r, uint32_t 
     """0 (r describes a complete, valid head of r.head_len bytes), -1 (need more
     bytes), or the status to answer before closing."""
     cdef int st
+    cdef size_t line
     if max_fields > HTTP_MAX_FIELDS_CAP:
         max_fields = HTTP_MAX_FIELDS_CAP
     # the head must end within max_head bytes: parse at most that much, and a
     # head still open there is too large
-    st = http_head(b, n if n < max_head else max_head, r, max_target, max_fields)
+    st = http_head(b, n if n < max_head else max_head, r, max_target, max_fields, &line)
     if st == HTTP_INCOMPLETE:
         return 431 if n > max_head else HTTP_INCOMPLETE
+    if st != 0:
+        return st
+    return http_semantics(b, r)
+
+
+# ---- resuming an incomplete parse --------------------------------------------------------
+#
+# A head, chunk-size line or trailer section that arrives in pieces would be
+# parsed again from its start on every read: 16 KiB read a byte at a time is
+# ~130 million steps. So a parse that stops short records where (http_scan, one
+# per message in flight), and the next starts at its first incomplete line with
+# the complete fields before it counted; bytes before that line are not looked
+# at again until the section is complete, when one parse from its start fills
+# the offsets (the worker's http_req is scratch, shared by its connections).
+#
+# Nor is the incomplete line parsed again for bytes that cannot change the
+# answer: the new bytes are only classified (head_due), and the parse runs
+# when one of them could decide something: a line's first byte (an empty
+# line ends the section; whitespace there is obs-fold; one field too many is
+# 431), a byte a field name may not hold (the colon ends it), a CR, LF or
+# other control byte in a value, the byte after a CR, and in a request line anything outside
+# 0x21..0x7E (the spaces around the target, the line's end), its first 64
+# bytes (method, target form, scheme), its version (after the second space)
+# and its bytes past max_target. So every decision falls at the same byte as
+# on the whole input, and a line costs its length a few times over.
+
+cdef uint64_t HTTP_SCAN_WORK = 0     # bytes handed to the parsers, for tests (http_scan_work)
+
+cdef enum:
+    SCAN_REQUEST = 0                 # a request head: request line, then fields
+    SCAN_RESPONSE = 1                # a response head: status line, then fields
+    SCAN_FIELDS = 2                  # a trailer section: fields only
+    SCAN_START_LINE_EAGER = 64       # a start line is parsed on every read up to this length
+
+
+cdef inline void scan_reset(http_scan *sc) noexcept nogil:
+    memset(sc, 0, sizeof(http_scan))
+
+
+cdef bint head_due(const uint8_t *b, size_t n, http_scan *sc, int kind, uint32_t max_target) noexcept nogil:
+    """Can parsing b[:n] from sc.line answer anything but "incomplete", when
+    b[:sc.seen] did? Classifies only the bytes past sc.seen (sc.mark: a
+    field line's colon seen, or a request line's spaces)."""
+    global HTTP_SCAN_WORK
+    cdef size_t p = sc.seen
+    cdef uint8_t c
+    if n < p:
+        scan_reset(sc)               # fewer bytes than before (a caller's room): from the start
+        return True
+    if n == p:
+        return False                 # nothing new: the same answer
+    if p == sc.line or b[p - 1] == 13:
+        return True                  # a line's first byte, the byte after a CR
+    HTTP_SCAN_WORK += n - p
+    if sc.line == 0 and kind != SCAN_FIELDS:
+        if n <= SCAN_START_LINE_EAGER or (kind == SCAN_REQUEST and (sc.mark >= 2 or n > max_target)):
+            return True
+        while p < n:
+            c = b[p]
+            if kind == SCAN_REQUEST:
+                if c < 0x21 or c > 0x7e:
+                    return True      # a space (which the parse counts), the end, a bad byte
+            elif (c < 32 and c != 9) or c == 127:
+                return True          # the reason phrase's end or a bad byte
+            p += 1
+    else:
+        while p < n:
+            c = b[p]
+            if sc.mark == 0:
+                if c == 58:
+                    sc.mark = 1      # the name ends; the value begins
+                elif not is_tchar(c):
+                    return True
+            elif (c < 32 and c != 9) or c == 127:
+                return True
+            p += 1
+    sc.seen = <uint32_t>n
+    return False
+
+
+cdef void scan_keep(http_scan *sc, const uint8_t *b, size_t line, uint32_t n_fields, size_t n, int kind) noexcept nogil:
+    """After a parse that stopped at the incomplete line b[line:n]."""
+    cdef size_t i
+    sc.line = <uint32_t>line
+    sc.n_fields = n_fields if line else 0
+    sc.seen = <uint32_t>n
+    sc.mark = 0
+    if line == 0 and kind == SCAN_REQUEST:
+        for i in range(n):
+            sc.mark += b[i] == 32
+    elif line < n and memchr(b + line, 58, n - line) != NULL:
+        sc.mark = 1
+
+
+cdef int http_parse_request_at(const uint8_t *b, size_t n, http_req *r, uint32_t max_target, uint32_t max_head,
+                               uint32_t max_fields, http_scan *sc) noexcept nogil:
+    """http_parse_request_c for a head that may come in pieces, b[:n] growing
+    from call to call: sc (zeroed for a new head, and zeroed again here once
+    the head is decided) keeps where the last call stopped."""
+    global HTTP_SCAN_WORK
+    cdef size_t lim = n if n < max_head else max_head, line = 0
+    cdef int st
+    if max_fields > HTTP_MAX_FIELDS_CAP:
+        max_fields = HTTP_MAX_FIELDS_CAP
+    if n <= max_head and not head_due(b, n, sc, SCAN_REQUEST, max_target):
+        return HTTP_INCOMPLETE
+    if sc.line:
+        # the request line and sc.n_fields fields before sc.line parsed before
+        r.n_fields = sc.n_fields
+        HTTP_SCAN_WORK += lim - sc.line
+        st = http_fields(b, lim, sc.line, r, max_fields, &line)
+        if st == HTTP_INCOMPLETE:
+            if n > max_head:
+                scan_reset(sc)
+                return 431
+            scan_keep(sc, b, line, r.n_fields, n, SCAN_REQUEST)
+            return HTTP_INCOMPLETE
+        scan_reset(sc)
+        if st != 0:
+            return st
+        # complete: once more from its start, for the offsets of all of it
+    HTTP_SCAN_WORK += lim
+    st = http_head(b, lim, r, max_target, max_fields, &line)
+    if st == HTTP_INCOMPLETE:
+        if n > max_head:
+            scan_reset(sc)
+            return 431
+        scan_keep(sc, b, line, r.n_fields, n, SCAN_REQUEST)
+        return HTTP_INCOMPLETE
+    scan_reset(sc)
     if st != 0:
         return st
     return http_semantics(b, r)
@@ -497,6 +635,123 @@ cdef int chunk_line(const uint8_t *b, size_t n, size_t p, size_t *after, uint64_
     return 0
 
 
+cdef enum:                           # where chunk_line_resume stopped in a chunk line
+    CKL_SIZE = 0                     # the size's hex digits
+    CKL_TOP = 1                      # before a ";" or the CR (BWS may come first)
+    CKL_SEMI = 2                     # after ";": BWS, then an extension's name
+    CKL_NAME = 3
+    CKL_AFTER_NAME = 4               # BWS after the name: "=" or the next element
+    CKL_EQ = 5                       # after "=": BWS, then a token or a quoted-string
+    CKL_VALUE = 6
+    CKL_QUOTED = 7
+    CKL_QESC = 8                     # after a backslash in a quoted-string
+    CKL_CR = 9                       # after the CR: the LF
+
+
+cdef int chunk_line_resume(const uint8_t *b, size_t n, size_t p, size_t *after, uint64_t *size,
+                           http_scan *sc) noexcept nogil:
+    """chunk_line for a line that may come in pieces (the same answers at the
+    same bytes): the rules of chunk_line and http_chunk_ext as a state machine
+    that goes through each byte once, its state kept in sc between calls
+    (seen: bytes from p already walked; mark: phase | ws << 4 | digits << 5).
+    Once the line ends, chunk_line reads its size."""
+    global HTTP_SCAN_WORK
+    cdef size_t lim = p + HTTP_MAX_CHUNK_LINE + 2, q
+    cdef uint32_t phase, ws, digits
+    cdef uint8_t c
+    if lim > n:
+        lim = n
+    if p + sc.seen > n:
+        scan_reset(sc)               # fewer bytes than before (room): walk again
+    q = p + sc.seen
+    phase = sc.mark & 15
+    ws = (sc.mark >> 4) & 1
+    digits = sc.mark >> 5
+    if lim > q:
+        HTTP_SCAN_WORK += lim - q
+    while q < lim:
+        c = b[q]
+        if phase == CKL_SIZE:
+            if hexval(c) >= 0:
+                digits += 1
+                if digits > 16:
+                    return 400
+                q += 1
+                continue
+            if digits == 0:
+                return 400
+            phase = CKL_TOP
+            ws = 0
+            continue                 # this byte again, as the start of the extensions
+        if phase == CKL_TOP:
+            if c == 32 or c == 9:
+                ws = 1
+            elif c == 13:
+                if ws:
+                    return 400       # whitespace before the CRLF
+                phase = CKL_CR
+            elif c == 59:
+                phase = CKL_SEMI
+            else:
+                return 400
+        elif phase == CKL_SEMI:
+            if is_tchar(c):
+                phase = CKL_NAME
+            elif c != 32 and c != 9:
+                return 400
+        elif phase == CKL_NAME:
+            if c == 61:
+                phase = CKL_EQ
+            elif c == 32 or c == 9:
+                ws = 1
+                phase = CKL_AFTER_NAME
+            elif not is_tchar(c):
+                phase = CKL_TOP
+                ws = 0
+                continue
+        elif phase == CKL_AFTER_NAME:
+            if c == 61:
+                phase = CKL_EQ
+            elif c != 32 and c != 9:
+                phase = CKL_TOP      # with ws: a CR next is 400
+                continue
+        elif phase == CKL_EQ:
+            if c == 34:
+                phase = CKL_QUOTED
+            elif is_tchar(c):
+                phase = CKL_VALUE
+            elif c != 32 and c != 9:
+                return 400
+        elif phase == CKL_VALUE:
+            if not is_tchar(c):
+                phase = CKL_TOP
+                ws = 0
+                continue
+        elif phase == CKL_QUOTED:
+            if c == 34:
+                phase = CKL_TOP
+                ws = 0
+            elif c == 92:
+                phase = CKL_QESC
+            elif (c < 32 and c != 9) or c == 127:
+                return 400
+        elif phase == CKL_QESC:
+            if (c < 32 and c != 9) or c == 127:
+                return 400
+            phase = CKL_QUOTED
+        else:                        # CKL_CR
+            if c != 10:
+                return 400
+            scan_reset(sc)
+            return chunk_line(b, n, p, after, size)
+        q += 1
+    if n > p + HTTP_MAX_CHUNK_LINE + 2:
+        return 400                   # the line did not end within its 4098 bytes
+    sc.seen = <uint32_t>(q - p)
+    sc.mark = phase | ws << 4 | digits << 5
+    return HTTP_INCOMPLETE
+
+
 cdef bint trailers_ok(const uint8_t *b, http_req *t) noexcept nogil:
     """No trailer field may reframe or re-route the message."""
     cdef uint32_t i
@@ -513,7 +768,7 @@ cdef int http_chunked_c(const uint8_t *b, size_t n, size_t *consumed, http_req *
                         size_t *n_chunks) noexcept nogil:
     """A whole chunked body at b: 0 (consumed set; data_offs/lens locate the
     chunk data, trailers the trailer fields), -1 incomplete, 400."""
-    cdef size_t p = 0, k = 0, after
+    cdef size_t p = 0, k = 0, after, line
     cdef uint64_t size
     cdef int st
     cdef size_t tstart
@@ -540,7 +795,7 @@ cdef int http_chunked_c(const uint8_t *b, size_t n, size_t *consumed, http_req *
     # trailer section: rule 3 fields up to the empty line, within max_head bytes
     tstart = p
     trailers.n_fields = 0
-    st = http_fields(b, n if n - tstart < max_head else tstart + max_head, p, trailers, HTTP_MAX_FIELDS_CAP)
+    st = http_fields(b, n if n - tstart < max_head else tstart + max_head, p, trailers, HTTP_MAX_FIELDS_CAP, &line)
     if st == HTTP_INCOMPLETE:
         return 400 if n - tstart > max_head else HTTP_INCOMPLETE
     if st != 0 or not trailers_ok(b, trailers):
@@ -564,21 +819,66 @@ def http_parse_request(const unsigned char[:] data, uint32_t max_target=8192, ui
             st = http_parse_request_c(b, data.shape[0], r, max_target, max_head, max_fields)
         if st != 0:
             return st, 0, None
-        raw = bytes(data[:r.head_len])
-        fields = [(raw[f.name_off:f.name_off + f.name_len], raw[f.value_off:f.value_off + f.value_len])
-                  for f in r.fields[:r.n_fields]]
-        return 0, r.head_len, {
-            "method": raw[r.method_off:r.method_off + r.method_len],
-            "target": raw[r.target_off:r.target_off + r.target_len],
-            "version": r.version,
-            "host": fields[r.host][1] if r.host >= 0 else None,
-            "content_length": r.content_length if r.content_length >= 0 else None,
-            "chunked": bool(r.chunked), "keep_alive": bool(r.keep_alive),
-            "upgrade": bool(r.upgrade), "expect_continue": bool(r.expect_continue),
-            "fields": fields,
-        }
+        return 0, r.head_len, http_request_info(bytes(data[:r.head_len]), r)
     finally:
         free(r)
+
+
+cdef dict http_request_info(bytes raw, http_req *r):
+    fields = [(raw[f.name_off:f.name_off + f.name_len], raw[f.value_off:f.value_off + f.value_len])
+              for f in r.fields[:r.n_fields]]
+    return {
+        "method": raw[r.method_off:r.method_off + r.method_len],
+        "target": raw[r.target_off:r.target_off + r.target_len],
+        "version": r.version,
+        "host": fields[r.host][1] if r.host >= 0 else None,
+        "content_length": r.content_length if r.content_length >= 0 else None,
+        "chunked": bool(r.chunked), "keep_alive": bool(r.keep_alive),
+        "upgrade": bool(r.upgrade), "expect_continue": bool(r.expect_continue),
+        "fields": fields,
+    }
+
+
+def http_request_stream(pieces, uint32_t max_target=8192, uint32_t max_head=16384, uint32_t max_fields=100):
+    """Feed a request head to the parser in the given pieces, as a worker reads
+    them (each call sees everything so far, resuming where the last stopped).
+    The result of http_parse_request at the first piece that decides it; with
+    more pieces than that, the rest are not offered."""
+    cdef http_req *r = <http_req *>malloc(sizeof(http_req))
+    cdef http_scan sc
+    cdef int st = HTTP_INCOMPLETE
+    cdef const uint8_t *b
+    cdef size_t n
+    if r == NULL:
+        raise MemoryError()
+    scan_reset(&sc)
+    pending = bytearray()
+    try:
+        for piece in pieces:
+            pending += piece
+            if not pending:
+                continue
+            b = <const uint8_t *><char *>pending
+            n = len(pending)
+            with nogil:
+                st = http_parse_request_at(b, n, r, max_target, max_head, max_fields, &sc)
+            if st == 0:
+                return 0, r.head_len, http_request_info(bytes(pending[:r.head_len]), r)
+            if st != HTTP_INCOMPLETE:
+                return st, 0, None
+        return st, 0, None
+    finally:
+        free(r)
+
+
+def http_scan_work():
+    """Bytes the parsers were handed (and looked through for line ends) since
+    the last call, in this process: how much work a head, chunk line or trailer
+    section cost, whatever its pieces."""
+    global HTTP_SCAN_WORK
+    cdef uint64_t w = HTTP_SCAN_WORK
+    HTTP_SCAN_WORK = 0
+    return w
 
 
 def http_parse_chunked(const unsigned char[:] data, uint32_t max_head=16384):
