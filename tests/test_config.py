@@ -201,6 +201,12 @@ pool = "api"
 tls_passthrough = true
 log = "audit"
 
+[listeners.raw]
+bind = "*:6000"
+mode = "tcp"
+pool = "api"
+forward = "sockmap"
+
 [logs.access]
 format = "json"
 target = "file:/tmp/lb-access.log"
@@ -283,7 +289,8 @@ def test_full_config_loads_every_key():
     assert (g.tls.keys, g.tls.current) == (tuple(TICKET_KEYS[1:]), 1)
     assert g.worker_count() == 4
 
-    assert list(cfg.listeners) == ["web", "db"]
+    assert list(cfg.listeners) == ["web", "db", "raw"]
+    assert (cfg.listeners["raw"].forward, cfg.listeners["db"].forward) == ("sockmap", "userspace")
     web = cfg.listeners["web"]
     assert [str(b) for b in web.bind] == ["0.0.0.0:8080", "[::1]:8080"]
     assert [b.family for b in web.bind] == [socket.AF_INET, socket.AF_INET6]

@@ -219,3 +219,7 @@ cdef void conn_pump(lb_worker *w, lb_conn *c) noexcept nogil:
     c.last_ms = w.now_ms
     if up == 1 or down == 1:
         conn_queue(w, c)
+    elif c.skm == SKM_NO and w.listeners[c.listener].sockmap and skm_ready(c):
+        if skm_enter(w, c) < 0:
+            log_term(c, TERM_CLIENT_RESET)
+            conn_close(w, c, True)
