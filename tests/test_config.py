@@ -1263,7 +1263,7 @@ def test_check_json(run_check):
     assert result.exit_code == 0
     out = json.loads(result.stdout)
     assert out["ok"] is True
-    assert (out["listeners"], out["pools"], out["backends"], out["warnings"]) == (2, 2, 3, [])
+    assert (out["listeners"], out["pools"], out["backends"], out["warnings"]) == (3, 2, 3, [])
     assert out["sha256"] == hashlib.sha256(FULL.encode()).hexdigest()
 
 
