@@ -175,7 +175,8 @@ cdef struct shm_worker_stats:        # 320 bytes, one row per worker; writer: th
     uint64_t accept_fd_errors        # accept(2) or a backend's socket(2) failed for want of fds or memory
     uint64_t sockmap_pairs           # tcp connections handed to the kernel (forward = "sockmap")
     uint64_t sockmap_fallbacks       # ... that stayed in lb instead: bpf(2) refused, or the pair could not enter the maps
-    uint64_t _pad_w[6]
+    uint64_t sockmap_overruns        # ... reset for holding more than lb's bound inside the kernel (a reader far behind)
+    uint64_t _pad_w[5]
 
 cdef struct shm_listener_stats:      # 64 bytes, [row][listener]; writer: the row's worker
     int64_t active                   # client connections of this listener open now
@@ -654,7 +655,6 @@ cdef struct lb_conn:
     int64_t skm_counted[2]           # [dir] bytes moved by the kernel already added to the counters
     uint64_t skm_seen                # both sockets' received totals at the last idle check
     lb_conn *skm_next                # on the worker's list of half-closed pairs still draining
-    uint8_t skm_paused               # 1 << dir: its source is out of the verdict map (backpressure)
 
 cdef struct mg_entry:               # one backend while a Maglev table is built
     const char *name

@@ -340,9 +340,9 @@ cdef void conn_close(lb_worker *w, lb_conn *c, bint reset) noexcept nogil:
                 c.lg.term = TERM_CLIENT_ABORT    # passthrough: gone, or idle, before its ClientHello
             elif w.stopping == 2:
                 c.lg.term = TERM_STOPPING
-        phase_end(w, c)              # an http tunnel's exchange ended at its upgrade
         if c.skm == SKM_IN:
-            skm_leave(w, c)
+            skm_leave(w, c)          # (first: it counts the kernel's last bytes for the log record)
+        phase_end(w, c)              # an http tunnel's exchange ended at its upgrade
     list_remove(c)
     for side in range(2):
         if c.sk[side].fd >= 0:

@@ -903,6 +903,7 @@ cdef class Shm:
             "accept_fd_errors": lb_load_u64(&s.accept_fd_errors),
             "sockmap_pairs": lb_load_u64(&s.sockmap_pairs),
             "sockmap_fallbacks": lb_load_u64(&s.sockmap_fallbacks),
+            "sockmap_overruns": lb_load_u64(&s.sockmap_overruns),
             "tls_failed": {
                 "timeout": lb_load_u64(&s.tls_fail_timeout),
                 "plain_http": lb_load_u64(&s.tls_fail_plain_http),

@@ -36,19 +36,18 @@
 # Backpressure: the kernel does NOT provide it. A redirected skb is taken off
 # the source's receive queue at once (tcp_read_skb; its memory is no longer
 # charged to the source, whose window stays open) and queued on the target's
-# psock without limit (sk_psock_skb_redirect): measured, a client sent 512 MiB
-# to a backend that read nothing. So lb bounds it: every SKM_CHECK_MS it reads
-# each pair's totals (one TCP_INFO per socket) and, when more than
-# SKM_PAUSE_BYTES of a direction are inside the kernel (received by the source,
-# not yet acknowledged by the target's peer: the psock's queue plus the
-# target's send queue), takes the source out of the verdict map. Its segments
-# then stay in its own receive queue, charged to it, and TCP's window closes on
-# the sender as usual, while the psock keeps draining what it holds. Below
-# SKM_RESUME_BYTES the source goes back in (and is kicked, as at the handoff):
-# whatever it queued meanwhile goes through the verdict first, behind what the
-# psock still holds (one FIFO per target), so the order holds across a pause.
-# The bound is thus SKM_PAUSE_BYTES plus what a sender can push in one
-# SKM_CHECK_MS, per direction.
+# psock without limit (sk_psock_skb_redirect): measured here, a client sent
+# 512 MiB into a pair whose backend read nothing. Pausing a direction by
+# taking its source out of the verdict map is not safe: that clears the
+# psock's program while a segment may be in sk_psock_verdict_recv on another
+# CPU, which then drops it (verdict __SK_DROP without a program) after TCP has
+# acknowledged it. So lb bounds the memory by ending the pair instead: every
+# SKM_CHECK_MS it reads each pair's totals (one TCP_INFO per socket) and
+# resets a pair with more than SKM_MAX_BYTES of one direction inside the
+# kernel (received by the source, not yet acknowledged by the target's peer:
+# the psock's queue plus the target's send queue). Explicit, counted
+# (sockmap_overruns) and logged (termination lb_error); never a silent hole.
+# The bound is SKM_MAX_BYTES plus what a sender pushes in SKM_CHECK_MS.
 #
 # Counters: bytes the kernel moved are added from the same totals when a
 # direction ends or the pair closes. The idle timeout sees activity as a change
@@ -60,8 +59,7 @@ cdef enum:
     SKM_NEVER = 2                    # stays in lb (plain copy) for its whole life
     SKM_DRAIN_POLL_MS = 1
     SKM_CHECK_MS = 10
-    SKM_PAUSE_BYTES = 8388608
-    SKM_RESUME_BYTES = 4194304
+    SKM_MAX_BYTES = 33554432
     TCP_STATE_ESTABLISHED = 1
 
 # Opened before the worker drops its privileges (sockmap_prepare); the Worker
@@ -243,11 +241,6 @@ cdef void skm_on_event(lb_worker *w, lb_conn *c, int side, uint32_t events) noex
     n = recv(c.sk[side].fd, &b, 1, MSG_PEEK | MSG_DONTWAIT)
     if n < 0 and (errno == EAGAIN or errno == EINTR):
         return
-    if n > 0 and c.skm_paused & (1 << side):
-        # paused: its bytes wait in its own queue, ahead of its FIN; looked
-        # at again when it goes back in the verdict map (skm_resume)
-        c.flags |= F_RDHUP << side
-        return
     if n != 0:
         # a reset; or a byte for lb, which cannot be forwarded in order any more
         log_term(c, TERM_CLIENT_RESET if side == SIDE_CLIENT else TERM_BACKEND_RESET)
@@ -283,19 +276,8 @@ cdef bint skm_moved(lb_conn *c) noexcept nogil:
     return True
 
 
-cdef void skm_resume(lb_worker *w, lb_conn *c, int d) noexcept nogil:
-    cdef int fd = c.sk[d].fd
-    if lb_skm_update(w.skm.verdict, c.skm_cookie[d], fd) != 0:
-        return                       # (ENOMEM) still paused: tried again at the next check
-    c.skm_paused &= ~(1 << d)
-    lb_sock_rcvlowat_kick(fd)
-    if c.flags & (F_RDHUP << d):
-        # its end came while it was paused: everything before it is through the verdict now
-        skm_on_event(w, c, d, EPOLLRDHUP)
-
-
 cdef void skm_check(lb_worker *w, lb_conn *c) noexcept nogil:
-    """Pause or resume each direction of c by the bytes it has inside the kernel."""
+    """Reset c when one direction holds more than SKM_MAX_BYTES inside the kernel."""
     cdef uint64_t acked[2]
     cdef uint64_t received[2]
     cdef uint8_t state
@@ -305,16 +287,12 @@ cdef void skm_check(lb_worker *w, lb_conn *c) noexcept nogil:
         if lb_tcp_totals(c.sk[d].fd, &acked[d], &received[d], &state) != 0:
             return
     for d in range(2):
-        if c.flags & (F_EOF << d):
-            continue
         inside = (<int64_t>received[d] - c.skm_read[d]) - (<int64_t>acked[1 - d] - c.skm_w0[d])
-        if not (c.skm_paused & (1 << d)):
-            if inside > SKM_PAUSE_BYTES and lb_skm_delete(w.skm.verdict, c.skm_cookie[d]) == 0:
-                c.skm_paused |= 1 << d
-        elif inside < SKM_RESUME_BYTES:
-            skm_resume(w, c, d)
-            if c.state != CS_ESTABLISHED:
-                return
+        if inside > SKM_MAX_BYTES:
+            lb_add_u64(&w.stats.sockmap_overruns, 1)
+            log_term(c, TERM_LB_ERROR)
+            conn_close(w, c, True)
+            return
 
 
 cdef void skm_check_all(lb_worker *w) noexcept nogil:
