@@ -833,7 +833,8 @@ cdef struct lb_worker:
     lb_skm skm                       # the BPF maps and program (fastpath/sockmap.pxi); skm.prog < 0: none
     lb_conn *skm_draining            # half-closed pairs whose last bytes the kernel is still moving
     int64_t skm_n                    # pairs in the maps now
-    uint64_t skm_check_ms            # the next backpressure check of those pairs
+    uint64_t skm_check_ms            # the next memory check of those pairs
+    int64_t skm_cursor               # ... starting at this pair (fastpath/sockmap.pxi, skm_check_all)
 
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a

@@ -125,17 +125,17 @@ def test_large_random_transfer_both_ways_intact_and_counted(run_lb, servers):
     server = servers(echo)
     lb, port = start_sockmap(run_lb, server)
     payload = os.urandom(12 << 20)
-    got = echo_through(port, payload)
+    got = echo_through(port, payload, warm_up=True)
     assert len(got) == len(payload)
     assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
     wait_for(lambda: stat(lb, "active") == 0, 10, "the pair to close")
     assert stat(lb, "sockmap_pairs") == 1
     assert stat(lb, "sockmap_fallbacks") == 0
     # what the kernel moved is counted like what lb moves (from TCP_INFO)
-    assert stat(lb, "bytes_in") == len(payload)
-    assert stat(lb, "bytes_out") == len(payload)
-    assert lb.backend_stats(0)["bytes_in"] == len(payload)
-    assert lb.backend_stats(0)["bytes_out"] == len(payload)
+    assert stat(lb, "bytes_in") == len(payload) + 2
+    assert stat(lb, "bytes_out") == len(payload) + 2
+    assert lb.backend_stats(0)["bytes_in"] == len(payload) + 2
+    assert lb.backend_stats(0)["bytes_out"] == len(payload) + 2
     assert not server.errors
 
 
@@ -219,6 +219,8 @@ def test_backend_half_close_then_client_keeps_sending(run_lb, servers):
     body = os.urandom(3 << 20)
 
     def speak_then_listen(conn):
+        conn.sendall(b"ready\n")
+        assert conn.recv(1) == b"g"
         conn.sendall(body)
         conn.shutdown(socket.SHUT_WR)
         tail.append(read_to_eof(conn))
@@ -226,16 +228,19 @@ def test_backend_half_close_then_client_keeps_sending(run_lb, servers):
     server = servers(speak_then_listen)
     lb, port = start_sockmap(run_lb, server)
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        assert read_exactly(s, 6) == b"ready\n"
+        wait_for(lambda: stat(lb, "sockmap_pairs") == 1, 10, "the pair to enter the maps")
+        s.sendall(b"g")
         assert read_to_eof(s) == body
         late = os.urandom(1 << 20)
         s.sendall(late)
         s.shutdown(socket.SHUT_WR)
         wait_for(lambda: tail, 10, "the backend to read the client's bytes to EOF")
     assert tail == [late]
-    assert stat(lb, "sockmap_pairs") == 1
+    assert not server.errors
     wait_for(lambda: stat(lb, "active") == 0, 10, "the pair to close")
-    assert stat(lb, "bytes_out") == len(body)
-    assert stat(lb, "bytes_in") == len(late)
+    assert stat(lb, "bytes_out") == len(body) + 6
+    assert stat(lb, "bytes_in") == len(late) + 1
 
 
 def test_client_reset_closes_the_backend(run_lb, servers):
@@ -436,3 +441,23 @@ def test_access_log_counts_the_kernels_bytes(run_lb, servers, tmp_path):
     assert (line["bytes_in"], line["bytes_out"]) == (len(payload) + 2, len(payload) + 2)
     assert line["termination"] == "ok"
     assert stat(lb, "sockmap_pairs") == 1
+
+
+def test_worker_killed_ends_its_pairs_and_a_new_worker_serves(run_lb, servers):
+    server = servers(echo)
+    lb, port = start_sockmap(run_lb, server)
+    old_pid = lb.worker_pid(0)
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"one\n")
+    assert read_exactly(s, 4) == b"one\n"
+    wait_for(lambda: lb.shm.worker_stats(0)["sockmap_pairs"] == 1, 10, "the pair to enter the maps")
+    os.kill(old_pid, signal.SIGKILL)
+    # the kernel closes the worker's sockets, and with them the maps: the
+    # client sees the end, it is not left hanging on a pair nobody owns
+    try:
+        assert s.recv(100) == b""
+    except ConnectionResetError:
+        pass
+    s.close()
+    wait_for(lambda: lb.worker_pid(0) not in (0, old_pid), 10, "the worker to be respawned")
+    assert echo_through(port, b"after\n", warm_up=True) == b"after\n"

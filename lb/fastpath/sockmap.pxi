@@ -47,7 +47,9 @@
 # kernel (received by the source, not yet acknowledged by the target's peer:
 # the psock's queue plus the target's send queue). Explicit, counted
 # (sockmap_overruns) and logged (termination lb_error); never a silent hole.
-# The bound is SKM_MAX_BYTES plus what a sender pushes in SKM_CHECK_MS.
+# The bound is SKM_MAX_BYTES plus what a sender pushes between two checks of
+# its pair: SKM_CHECK_MS while a worker holds up to SKM_CHECK_BATCH pairs,
+# proportionally longer beyond (the checks' syscalls stay bounded).
 #
 # Counters: bytes the kernel moved are added from the same totals when a
 # direction ends or the pair closes. The idle timeout sees activity as a change
@@ -60,6 +62,7 @@ cdef enum:
     SKM_DRAIN_POLL_MS = 1
     SKM_CHECK_MS = 10
     SKM_MAX_BYTES = 33554432
+    SKM_CHECK_BATCH = 128                # pairs per check: at most 2 x 128 TCP_INFO per SKM_CHECK_MS
     TCP_STATE_ESTABLISHED = 1
 
 # Opened before the worker drops its privileges (sockmap_prepare); the Worker
@@ -296,18 +299,27 @@ cdef void skm_check(lb_worker *w, lb_conn *c) noexcept nogil:
 
 
 cdef void skm_check_all(lb_worker *w) noexcept nogil:
+    """Check the next SKM_CHECK_BATCH pairs (by their position in the
+    listeners' lists, from where the last check stopped): the syscalls per
+    second stay bounded however many pairs a worker holds, and with more than
+    a batch each pair is looked at less often."""
     cdef int i
+    cdef int64_t k = 0
+    cdef int64_t first = w.skm_cursor
     cdef lb_conn *c
     cdef lb_conn *n
     for i in range(w.n_listeners):
         if not w.listeners[i].sockmap:
             continue
         c = w.listeners[i].conns.head
-        while c != NULL:
+        while c != NULL and k < first + SKM_CHECK_BATCH:
             n = c.next               # (a check may close c; closed ones stay in memory until the turn ends)
             if c.skm == SKM_IN and c.state == CS_ESTABLISHED:
-                skm_check(w, c)
+                if k >= first:
+                    skm_check(w, c)
+                k += 1
             c = n
+    w.skm_cursor = first + SKM_CHECK_BATCH if k >= first + SKM_CHECK_BATCH else 0
     w.skm_check_ms = w.now_ms + SKM_CHECK_MS
 
 
