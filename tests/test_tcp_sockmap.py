@@ -462,3 +462,32 @@ def test_worker_killed_ends_its_pairs_and_a_new_worker_serves(run_lb, servers):
     s.close()
     wait_for(lambda: lb.worker_pid(0) not in (0, old_pid), 10, "the worker to be respawned")
     assert echo_through(port, b"after\n", warm_up=True) == b"after\n"
+
+
+def test_proxy_headers_both_ways_then_the_kernel(run_lb, servers):
+    """accept_proxy: lb reads the client's header (those bytes are lb's, not
+    forwarded); send_proxy: lb sends its own before anything else. The pair
+    goes to the kernel only once that header is out: the backend reads the
+    header, then the client's bytes, in order."""
+    headers = []
+
+    def expect_header_then_echo(conn):
+        f = conn.makefile("rb")
+        headers.append(f.readline())
+        while line := f.readline():
+            conn.sendall(line)
+
+    server = servers(expect_header_then_echo)
+    port = free_port()
+    lb = run_lb(lb_config(port, [server.entry], listener_extra=SOCKMAP + "\naccept_proxy = true",
+                          pool_extra='send_proxy = "v1"'))
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        lines = [b"line %d %s\n" % (i, os.urandom(4).hex().encode()) for i in range(50)]
+        s.sendall(b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 443\r\n" + b"".join(lines[:5]))
+        assert read_exactly(s, sum(map(len, lines[:5]))) == b"".join(lines[:5])
+        wait_for(lambda: stat(lb, "sockmap_pairs") == 1, 10, "the pair to enter the maps")
+        s.sendall(b"".join(lines[5:]))
+        assert read_exactly(s, sum(map(len, lines[5:]))) == b"".join(lines[5:])
+    assert headers == [b"PROXY TCP4 192.0.2.7 198.51.100.1 40000 443\r\n"]
+    wait_for(lambda: stat(lb, "active") == 0, 10, "the pair to close")
+    assert stat(lb, "bytes_out") == sum(map(len, lines))
