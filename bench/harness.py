@@ -72,14 +72,14 @@ FRESH_TLS_SOURCE = Path(__file__).resolve().parent / "fresh_tls_session.c"
 # origin, or the same HTTP behind TLS that each proxy terminates (the origin
 # stays plain HTTP); "h2" is https with ALPN h2 offered first: HTTP/2 to the
 # client, HTTP/1.1 to the origin.
-MODES = ("tcp", "http", "https", "h2")
+MODES = ("tcp", "http", "https", "h2", "h2b")
 DEFAULT_SCENARIO_PREFIXES = ("tcp_", "http_", "https_", "h2_")  # what `python -m bench` runs without names
 LOAD_KINDS = ("wrk", "h2load")
 # Idle origin connections each reverse proxy keeps (HAProxy pool-max-conn,
 # nginx upstream keepalive, lb keepalive_max_idle): wrk's 64 requests in
 # flight; in h2 mode h2_small's 16 connections x 32 streams = 512, else each
 # proxy would close and reopen origin connections beyond 64 all run long.
-ORIGIN_IDLE = {"h2": 512}
+ORIGIN_IDLE = {"h2": 512, "h2b": 512}
 DEFAULT_ORIGIN_IDLE = 64   # scenarios timed by a load generator: rounds, cpu us/req
 
 # Order in which targets run within a scenario, and which of them are proxies.
@@ -410,11 +410,14 @@ class Origin:
         (self.root / "www").mkdir(parents=True)
         (self.root / "tmp").mkdir()
         (self.root / "www" / "1m").write_bytes(os.urandom(ONE_MIB))
+        (self.root / "www" / "cached100k").write_bytes(os.urandom(100 * 1024))
         for p in (self.root, self.root / "www", self.root / "tmp"):
             p.chmod(0o755)    # nginx workers run as nobody when we are root
         (self.root / "www" / "1m").chmod(0o644)
+        (self.root / "www" / "cached100k").chmod(0o644)
         self.port = ctx.ports.take()
         self.addr = ("127.0.0.1", self.port)
+        self.h2c_addr = ("127.0.0.1", ctx.ports.take())    # the same server in h2c (prior knowledge)
         nofile = ctx.nofile
         body = SMALL_BODY.decode().rstrip("\n").replace('"', "")
         conf = f"""\
@@ -440,12 +443,20 @@ http {{
     open_file_cache max=16 inactive=300s;
     server {{
         listen 127.0.0.1:{self.port} backlog=4096;
+        listen 127.0.0.1:{self.h2c_addr[1]} http2 backlog=4096;
         root {self.root}/www;
         location = /small {{
             default_type text/plain;
             return 200 "{body}\\n";
         }}
         location = /1m {{ }}
+        # cache_hit: the same bodies, with an hour of freshness for caches
+        location = /cached {{
+            default_type text/plain;
+            add_header Cache-Control "max-age=3600";
+            return 200 "{body}\n";
+        }}
+        location = /cached100k {{ add_header Cache-Control "max-age=3600"; }}
         location = /origin_status {{ stub_status; }}
     }}
 }}
@@ -499,7 +510,9 @@ class Target(abc.ABC):
     keep-alive to the origin: HAProxy `mode http`, nginx `http`, an lb http
     listener) or "https" (the same, terminating TLS with the run's
     certificate and the settings of bench/tls.py), or "h2" (https with ALPN
-    h2 offered before http/1.1: HTTP/2 to h2load, HTTP/1.1 to the origin).
+    h2 offered before http/1.1: HTTP/2 to h2load, HTTP/1.1 to the origin),
+    or "h2b" (h2, and HTTP/2 to the origin too, on its h2c port: HAProxy
+    `proto h2`, nginx `grpc_pass`, an lb pool with `protocol = "h2"`).
     """
 
     name = ""
@@ -514,8 +527,9 @@ class Target(abc.ABC):
         self.ctx = ctx
         self.mode = mode
         self.http = mode != "tcp"       # a reverse proxy, not an L4 forwarder
-        self.tls = mode in ("https", "h2")   # it terminates TLS
-        self.h2 = mode == "h2"          # and offers ALPN h2 (then http/1.1)
+        self.tls = mode in ("https", "h2", "h2b")   # it terminates TLS
+        self.h2 = mode in ("h2", "h2b")  # and offers ALPN h2 (then http/1.1)
+        self.h2b = mode == "h2b"        # and speaks HTTP/2 (h2c) to the origin
         self.origin_idle = ORIGIN_IDLE.get(mode, DEFAULT_ORIGIN_IDLE)
         self.dir = ctx.workdir / f"{scenario}-{self.name}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -599,7 +613,8 @@ class HAProxyTarget(Target):
     def configure(self) -> list[str]:
         # Two fds per proxied connection, plus headroom, within our hard limit.
         maxconn = max(1000, (self.ctx.nofile - 200) // 2)
-        origin = f"{self.ctx.origin.addr[0]}:{self.ctx.origin.addr[1]}"
+        oaddr = self.ctx.origin.h2c_addr if self.h2b else self.ctx.origin.addr
+        origin = f"{oaddr[0]}:{oaddr[1]}"
         if self.http:
             # http-reuse always: any request, a new client's first included,
             # may go over an idle origin connection, as nginx's upstream
@@ -621,7 +636,7 @@ class HAProxyTarget(Target):
             rules = f"""\
     http-request set-header X-Forwarded-Proto {"https" if self.tls else "http"}
     http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    server origin {origin} pool-max-conn {self.origin_idle}
+    server origin {origin} pool-max-conn {self.origin_idle}{" proto h2" if self.h2b else ""}
 """
         else:
             defaults = "    mode tcp\n"
@@ -689,6 +704,10 @@ class NginxTarget(Target):
     with upstream keepalive in http mode."""
 
     name = "nginx"
+    # what a scenario adds (cache_hit: proxy_cache): lines of the http block
+    # and of its `location /`
+    http_extra = ""
+    location_extra = ""
 
     def configure(self) -> list[str]:
         nofile = self.ctx.nofile
@@ -736,7 +755,13 @@ stream {{
         # a body larger than the proxy buffers waits for the client instead
         # of going to a temp file on disk; no proxy touches the disk.
         # X-Forwarded-*: the three fields lb adds by default.
-        origin = f"{self.ctx.origin.addr[0]}:{self.ctx.origin.addr[1]}"
+        oaddr = self.ctx.origin.h2c_addr if self.h2b else self.ctx.origin.addr
+        origin = f"{oaddr[0]}:{oaddr[1]}"
+        # h2b: nginx proxies HTTP/2 to an origin only through its grpc module
+        # (one stream per upstream connection, kept alive)
+        upstream_pass = "grpc_pass grpc://origin;" if self.h2b else """proxy_pass http://origin;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";"""
         return f"""\
 http {{
     {self._access_log()}
@@ -744,6 +769,7 @@ http {{
     keepalive_requests 1000000;
     keepalive_timeout 300s;
     client_header_timeout 10s;
+    {self.http_extra}
     upstream origin {{
         server {origin};
         keepalive {self.origin_idle};
@@ -753,9 +779,7 @@ http {{
     server {{
         listen {self.addr[0]}:{self.addr[1]}{self._listen_flags()} backlog=4096;{self._tls_server() if self.tls else ""}
         location / {{
-            proxy_pass http://origin;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            {upstream_pass}
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $http_host;
@@ -763,6 +787,7 @@ http {{
             proxy_connect_timeout 5s;
             proxy_read_timeout 300s;
             proxy_send_timeout 300s;
+            {self.location_extra}
         }}
     }}
 }}
@@ -828,11 +853,13 @@ class LbTarget(Target):
         account = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.getuid())
         user = account.pw_name
         group = grp.getgrgid(account.pw_gid).gr_name
-        origin = self.ctx.origin.addr
+        origin = self.ctx.origin.h2c_addr if self.h2b else self.ctx.origin.addr
         # http: the defaults of docs/configuration.md (X-Forwarded-For,
         # -Proto and -Host added), but as many idle origin connections kept
         # as nginx's `keepalive 64` and HAProxy's pool-max-conn 64.
         pool_keys = f'keepalive_max_idle = {self.origin_idle}\n' if self.http else ""
+        if self.h2b:
+            pool_keys += 'protocol = "h2"\n'
         conf = f"""\
 [global]
 workers = 1
@@ -1024,11 +1051,13 @@ def parse_wrk(text: str) -> dict:
 
 
 def run_wrk(ctx: "Context", url: str, seconds: int, headers: tuple[str, ...] = (),
-            env: dict[str, str] | None = None) -> dict:
+            env: dict[str, str] | None = None, script: str | None = None) -> dict:
     cmd = [ctx.tools["wrk"], "-t", str(ctx.opts.threads), "-c", str(ctx.opts.connections),
            "-d", f"{seconds}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
+    if script:                       # a Lua script that makes each request (jwt_cpu: a new token each)
+        cmd += ["-s", script]
     cmd.append(url)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **env} if env else None, preexec_fn=_die_with_parent)
@@ -1077,7 +1106,7 @@ def _children_cpu_seconds() -> float:
 
 def wrk_measure(ctx: "Context", target: Target, path: str,
                 headers: tuple[str, ...] = (), gbps: bool = False,
-                env: dict[str, str] | None = None) -> dict:
+                env: dict[str, str] | None = None, script: str | None = None) -> dict:
     """Warm up, then one timed wrk run; add CPU shares and the worker's RSS.
 
     cpu_us_req is the CPU (user + system) of the target's whole process
@@ -1092,10 +1121,12 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     hdr = "".join(f' -H "{h}"' for h in headers)
     prefix = "".join(f"{k}={v} " for k, v in (env or {}).items())
     if ctx.opts.warmup_s > 0:
-        run_wrk(ctx, url, max(1, round(ctx.opts.warmup_s)), headers, env)
+        run_wrk(ctx, url, max(1, round(ctx.opts.warmup_s)), headers, env, script)
     seconds = max(1, round(ctx.opts.duration_s))
-    log(f"  {target.name}: {prefix}wrk -t{ctx.opts.threads} -c{ctx.opts.connections} -d{seconds}s --latency{hdr} {url}")
-    result = _measure_run(ctx, target, lambda: run_wrk(ctx, url, seconds, headers, env))
+    lua = f" -s {script}" if script else ""
+    log(f"  {target.name}: {prefix}wrk -t{ctx.opts.threads} -c{ctx.opts.connections} -d{seconds}s --latency{hdr}{lua} "
+        f"{url}")
+    result = _measure_run(ctx, target, lambda: run_wrk(ctx, url, seconds, headers, env, script))
     if gbps:
         result["gbps"] = result.pop("bytes_s") / 1e9
     else:

@@ -30,7 +30,7 @@ def tls_records(*records: tuple[int, bytes]) -> bytes:
 
 def seeds() -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = {name: [] for name in
-                                   ("http_request", "http_response", "chunked", "proxy", "config", "tls_record")}
+                                   ("http_request", "http_response", "chunked", "proxy", "config", "tls_record", "jwt")}
     for case in parser.VALID + parser.MALFORMED:
         out["http_request"] += [b"\x01" + case[1], b"\x00" + case[1]]
     for name, lines, body, _want in framing.REQUEST_FORMS:
@@ -59,6 +59,16 @@ def seeds() -> dict[str, list[bytes]]:
         b"\x00" + tls_records((23, b"a"), (0xFF, b"\x17\x03\x03\x00\x20" + b"x" * 32)),  # a forged record
         b"\x01" + tls_records((23, b""), (23, b""), (21, b"\x02\x28")),                 # empty records, a fatal alert
     ]
+    # jwt: the JSON cases of the tests (\x01), and the parts of the attack tokens,
+    # as base64url (\x00) and decoded (\x01)
+    import test_jwt
+    out["jwt"] += [b"\x01" + case for case in test_jwt.JSON_CASES]
+    for _what, tok in test_jwt.attack_tokens(test_jwt.Keys())[:60]:
+        for part in tok.split(".")[:3]:
+            out["jwt"].append(b"\x00" + part.encode())
+            decoded = test_jwt.jwt_b64url_decode(part.encode())
+            if decoded:
+                out["jwt"].append(b"\x01" + decoded)
     return out
 
 

@@ -8,10 +8,11 @@ every seed and every saved crash through these functions in the normal suite.
 
 from __future__ import annotations
 
+import json
 import struct
 
 import lb._fastpath as fastpath
-from tests.reference import http_ref, proxy_ref
+from tests.reference import http_ref, jwt_ref, proxy_ref
 
 
 def _fields_as_tuples(result):
@@ -121,6 +122,27 @@ def tls_record(data: bytes) -> None:
     assert bad in (0, 1), bad
 
 
+def jwt(data: bytes) -> None:
+    """JWT's strict parsers agree with their references (data[0] bit 0: the
+    JSON checker, else the base64url decoder); in an object both accept, the
+    lookup of each top-level member gives that member's value."""
+    if not data:
+        return
+    json_mode, data = data[0] & 1, data[1:]
+    if not json_mode:
+        got = fastpath.jwt_b64url_decode(data)
+        assert got == jwt_ref.b64url_decode(data), (got, data)
+        return
+    want = jwt_ref.json_object(data)
+    assert fastpath.jwt_json_check(data) == (want is not None), data
+    if want is None:
+        return
+    for name in list(want)[:8]:
+        raw = fastpath.jwt_json_member(data, name.encode())
+        assert raw is not None and json.loads(raw) == want[name], (name, raw)
+    assert fastpath.jwt_json_member(data, b"\x00not a member") is None
+
+
 TARGETS = {
     "http_request": http_request,
     "http_response": http_response,
@@ -128,4 +150,5 @@ TARGETS = {
     "proxy": proxy,
     "config": config,
     "tls_record": tls_record,
+    "jwt": jwt,
 }

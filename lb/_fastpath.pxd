@@ -10,14 +10,14 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
 from lb.includes.socket cimport sockaddr_storage
 from lb.includes.epoll cimport epoll_event
-from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX
+from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX, EVP_PKEY
 from lb.includes.nghttp2 cimport nghttp2_session, nghttp2_session_callbacks, nghttp2_option, nghttp2_nv
 from lb.includes.sockmap cimport lb_skm
 
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 9
+    LB_SHM_VERSION = 10
     LB_MAX_REGIONS = 24                # entries of the header's region directory
     LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
@@ -254,6 +254,7 @@ cdef enum:
     LK_HEADER = 2
     LK_COOKIE = 3
     LK_API_KEY = 4                   # the identity of the request's API key (the auth step found it)
+    LK_JWT_CLAIM = 5                 # a claim (key_name) of the request's verified JWT (the auth step checked it)
     LIMIT_F_DRY_RUN = 1              # shm_limit.flags: count, never refuse
     LIMIT_F_REFUSE_NEW = 2           # a key that finds the table full is refused (else admitted)
 
@@ -306,6 +307,10 @@ cdef struct shm_limit_stats:         # 64 bytes, [row][limit]; writer: the row's
 # of each key and its identity, in an open-addressing table; two halves,
 # flipped by generation (as the ACLs): `lb key add|revoke` rewrites the half
 # not in use and flips.
+# JWT (fastpath/auth_jwt.pxi) uses the same halves for its JWKS: a half holds
+# the keys packed back to back (jwt_keys_pack), n_slots its bytes and n_keys
+# its keys; the supervisor rewrites the other half when the file changes and
+# flips, and each worker rebuilds its EVP_PKEYs when it sees gen move.
 cdef enum:
     AUTH_MAX_KEYS = 65536            # per auth
     AUTH_HALF_SLOTS = 131072         # slots a half can have (twice the keys at most)
@@ -472,7 +477,7 @@ cdef struct shm_metrics_head:        # 64 bytes, the start of the metrics region
     uint32_t n_pools
     uint32_t n_slots
     uint32_t n_entities
-    uint32_t _pad0
+    uint32_t n_variants              # ... then every split's variants (fastpath/split.pxi), in config order
     uint64_t _pad[5]
 
 
@@ -508,6 +513,43 @@ cdef struct shm_top_row:             # one per worker row; writer: that worker
     uint64_t status[2][TOP_STATUSES]
 
 
+# Splits (fastpath/split.pxi): the weighted variants of a listener or a route.
+# A user's bucket (0 .. SPLIT_BUCKETS - 1: from lb's cookie, or a hash of the
+# sticky key) indexes the split's table, which names the variant. The table
+# is the supervisor's (lb/splits.py lays it out: a weight change moves only
+# the buckets it must), written into the half the workers do not read, then
+# flipped by generation.
+cdef enum:
+    SPLIT_MAX_VARIANTS = 8
+    SPLIT_BUCKETS = 10000
+
+cdef struct shm_split_head:          # 64 bytes, the start of the splits region; writer: supervisor, at creation
+    uint32_t n_splits
+    uint32_t _pad0
+    uint64_t _pad[7]
+
+cdef struct shm_split:               # 20160 bytes; writer: supervisor
+    uint32_t gen                     # the live half is (gen & 1); bumped with a release store after the other half is written
+    uint32_t n_variants              # at creation
+    int32_t pool[SPLIT_MAX_VARIANTS] # each variant's pool index, at creation
+    uint16_t weight[2][SPLIT_MAX_VARIANTS]  # per half: each variant's weight in percent (the table's counts / 100)
+    char name[LB_NAME_LEN]
+    uint8_t table[2][SPLIT_BUCKETS]  # per half: bucket -> variant
+    uint8_t _pad[24]
+
+# Mirrors (fastpath/mirror.pxi): what each worker's copies came to.
+cdef struct shm_mirror_head:         # 64 bytes, the start of the mirror_stats region; writer: supervisor, at creation
+    uint32_t n_mirrors               # the config's mirrors: each listener's, then its routes', in config order
+    uint32_t _pad0
+    uint64_t _pad[7]
+
+cdef struct shm_mirror_stats:        # 64 bytes, [row][mirror]; writer: the row's worker
+    uint64_t copies                  # copies started
+    uint64_t dropped                 # requests drawn but not copied: max_concurrent copies in flight, over max_body, a body still coming
+    uint64_t failed                  # copies that could not connect or send, or that the timeout ended before the shadow did
+    uint64_t _pad[5]
+
+
 # ---- Part 2: worker-private state --------------------------------------------
 
 cdef struct lb_conn
@@ -537,6 +579,8 @@ cdef enum:
     KIND_L4 = 0
     KIND_HTTP = 1                    # an lb_hconn (client side of an http session)
     KIND_BCONN = 2                   # an lb_bconn (a backend connection of the http engine)
+    KIND_H2B = 3                     # an lb_h2b (an HTTP/2 connection to a backend; fastpath/h2_backend.pxi)
+    KIND_MIRROR = 4                  # an lb_mirror (a request's copy to a shadow pool, fastpath/mirror.pxi)
 
 cdef enum:
     CS_FREE = 0
@@ -682,7 +726,7 @@ cdef enum:
     STEP_PARKED = 2                  # the step waits for work done off the loop; it resumes the request
     # any other result is an HTTP status (403, 404, 429, ...) lb answers with
     # through its own error path, which ends the exchange
-    MAX_STEPS = 8                    # per phase and listener
+    MAX_STEPS = 12                   # per phase and listener
 
 ctypedef int (*lb_conn_step)(lb_worker *w, lb_conn *c) noexcept nogil
 ctypedef int (*lb_head_step)(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil
@@ -864,9 +908,12 @@ cdef struct lb_tlist
 cdef struct lb_bconn
 cdef struct lb_h2
 cdef struct lb_h2s
+cdef struct lb_cache_x
+cdef struct lb_cache_wk
+cdef struct lb_h2b
 
 cdef enum:
-    MAX_RULESETS = 4                 # header rule sets one message can have (listener, route, ...)
+    MAX_RULESETS = 6                 # header rule sets one message can have (listener, route, cache, ...)
 
 cdef struct http_field:
     uint32_t name_off
@@ -920,6 +967,9 @@ cdef struct lb_route:
     int64_t max_body                 # max_body_size; 0: none, -1: the listener's
     lb_limit_list *limits            # rate and concurrency limits of this route's requests; NULL: none
     int32_t auth                     # [auth.NAME] index of this route's requests; -1: the listener's
+    int32_t cache                    # [caches.NAME] index of this route's requests; -1: the listener's
+    int32_t split                    # its split (the splits region's index); -1: none, its pool
+    int32_t mirror                   # its mirror (w.http.mirrors); -1: the listener's
 
 cdef struct lb_tnode:                # a timer-list link; lists hold nodes of one constant timeout
     lb_tnode *prev
@@ -966,6 +1016,9 @@ cdef struct lb_http_listener:
     uint32_t h2_max_frame            # SETTINGS_MAX_FRAME_SIZE
     uint32_t h2_max_glitches         # frames that do no work (control floods, resets of unanswered streams) before GOAWAY
     int32_t auth                     # [auth.NAME] index of its requests; -1: none
+    int32_t cache                    # [caches.NAME] index of its requests (a route may name its own); -1: none
+    int32_t split                    # the split of requests no route took (the splits region's index); -1: none
+    int32_t mirror                   # the mirror of its requests (w.http.mirrors), unless their route has one; -1: none
 
 cdef struct lb_http_pool:
     uint32_t max_idle                # idle keep-alive connections per backend (this worker)
@@ -981,6 +1034,8 @@ cdef struct lb_http_pool:
     lb_tlist idle_timer              # keepalive_timeout of parked connections
     lb_tlist connect_timer           # connect_timeout
     lb_tlist resp_timer              # response_timeout: backend inactivity while a response is due (lazy)
+    uint8_t h2                       # protocol = "h2": requests go as streams of multiplexed HTTP/2 connections
+    lb_h2b **h2_conns                # [capacity] this worker's HTTP/2 connections per slot offset (h2 pools)
 
 cdef struct lb_bconn:                # a backend connection of the http engine
     uint32_t kind                    # KIND_BCONN
@@ -1058,12 +1113,65 @@ cdef struct lb_hconn:                # the client side of an http session
     uint8_t park_step                # HS_PARKED: the request step to go on from
     uint32_t cut_off                 # a part of the target the backend does not get (an API key's query
     uint32_t cut_len                 # parameter), from the start of the head; cut_len 0: none
+    lb_cache_x *cx                   # the cache's state of the exchange in flight (fastpath/cache.pxi); NULL: none
+    uint8_t cache_note               # CN_*: what the cache did with the request (its Cache-Status); 0: no cache
+    int32_t split                    # the split that chose the pool (-1: none)
+    uint32_t split_cookie            # the response sets the split cookie to bucket split_cookie - 1 (0: none)
+    uint8_t split_variant            # ... and the variant it chose
+    int32_t mirror                   # the request is copied to this mirror's pool when it is sent (-1: not)
 
 
 cdef struct lb_auth_cache:            # a success of HTTP Basic (fastpath/auth_basic.pxi)
     uint8_t mac[16]                  # HMAC-SHA256 of the credentials under the worker's secret (cut)
     uint64_t until_ms
     uint32_t user                    # index in the auth's users
+
+cdef enum:
+    JWT_MAX_KEYS = 64                # keys of one JWKS
+    JWT_KID_MAX = 64                 # bytes of a kid
+    JWT_BLOB_MAX = 262144            # bytes of one JWKS's packed keys in shared memory
+    JWT_MAX_CLAIM_HEADERS = 16       # claims_to_headers entries
+    JWT_MAX_LIST = 16                # audiences, required claims
+    JWT_CLAIM_VALUE_MAX = 256        # bytes of a claim forwarded in a header
+
+cdef struct lb_jwt_key:               # one key of a JWKS, as a worker built it (fastpath/auth_jwt.pxi)
+    EVP_PKEY *pkey                   # RSA, EC, Ed25519 public key; NULL for an HMAC secret
+    uint8_t *secret                  # oct: the HMAC secret
+    uint32_t secret_len
+    uint32_t algs                    # bit JA_* of each algorithm the key verifies: its JWKS alg, else its type's
+    uint32_t kid_len                 # 0: no kid
+    char kid[JWT_KID_MAX]
+    void *vctx[12]                   # per algorithm (JA_*): an EVP_PKEY_CTX ready to verify, made at first use
+
+cdef struct lb_jwt_cache:             # a verified signature (fastpath/auth_jwt.pxi)
+    uint8_t sha256[32]               # of the whole token
+    uint64_t until_ms                # wall clock: its exp plus the leeway
+
+cdef struct lb_jwt_rt:                # a worker's view of one [auth.NAME] of type jwt (fastpath/auth_jwt.pxi)
+    uint32_t gen                     # the shared keys' generation the keys were built from
+    uint8_t built                    # keys built at least once
+    lb_jwt_key keys[JWT_MAX_KEYS]
+    uint32_t n_keys
+    uint8_t *blob                    # scratch: a copy of the shared keys (JWT_BLOB_MAX bytes)
+    lb_jwt_cache *cache              # verified signatures, by the token's SHA-256; a power of two of them
+    uint32_t cache_mask
+    uint32_t max_token               # bytes of a token (more: 401)
+    uint8_t *hbuf                    # the decoded header, payload and signature of the token in hand
+    uint8_t *pbuf                    # (the payload stays there for the limits keyed by a claim)
+    uint32_t plen                    # the payload's length in pbuf
+    uint8_t *sbuf
+    double leeway                    # seconds
+    lb_str issuer                    # "" = not checked
+    lb_str audiences[JWT_MAX_LIST]
+    uint32_t n_audiences             # 0: a token with an aud is refused
+    lb_str required[JWT_MAX_LIST]    # claims that must be present
+    uint32_t n_required
+    lb_str cookie                    # "" = the Authorization header only
+    lb_str claims[JWT_MAX_CLAIM_HEADERS]       # claims_to_headers: the claims,
+    lb_str headers[JWT_MAX_CLAIM_HEADERS]      # their headers as written and in lower case,
+    lb_str lowers[JWT_MAX_CLAIM_HEADERS]
+    lb_str values[JWT_MAX_CLAIM_HEADERS]       # and this request's values (JWT_CLAIM_VALUE_MAX each)
+    uint32_t n_claims
 
 cdef struct lb_auth_rt:               # a worker's view of one [auth.NAME] (fastpath/auth.pxi)
     uint8_t basic                    # HTTP Basic (else API keys)
@@ -1082,6 +1190,39 @@ cdef struct lb_auth_rt:               # a worker's view of one [auth.NAME] (fast
     lb_str id_value                  # buffer of AUTH_ID_MAX bytes, this request's identity
     lb_hrules fields                 # set: the identity; remove: the key's header (strip)
     lb_str realm                     # the answer's WWW-Authenticate realm: the auth's name
+    lb_jwt_rt *jwt                   # JWT: its keys, cache and claims (NULL: not a JWT auth)
+
+cdef struct lb_split_rt:             # a worker's view of one split (fastpath/split.pxi)
+    shm_split *shm
+    uint8_t sticky                   # SPK_*: where a user's bucket comes from
+    uint8_t override                 # SPK_HEADER, SPK_COOKIE: a variant asked for by name; 0: none
+    lb_str sticky_name               # cookie name as written, header name lower case
+    lb_str override_name
+    lb_str *variant_names            # [n_variants] pool names, as the override names them
+    uint32_t n_allow                 # override only from the addresses of these ACLs (0: from anywhere)
+    uint32_t allow[ACL_MAX_PER_LIST]
+    uint64_t seed                    # of the cookie's check and of the key hash: the split's name
+    uint32_t met_base                # metrics: the entity of variant 0 (UINT32_MAX: none)
+
+cdef struct lb_mirror_rt:            # a listener's or route's mirror (fastpath/mirror.pxi)
+    int32_t pool                     # the shadow pool
+    uint64_t threshold               # a request is copied when 32 random bits are below it
+    uint32_t max_concurrent          # copies in flight at once, this worker
+    uint32_t max_body                # request bytes (head and body) a copy may have
+    uint32_t active
+    shm_mirror_stats *stats          # this worker's counters of it
+    lb_tlist timer                   # each copy's whole life: connect, send, the answer discarded
+
+cdef struct lb_mirror:               # one copy in flight
+    uint32_t kind                    # KIND_MIRROR (first: epoll events find the kind here)
+    uint32_t state                   # MS_*
+    int fd
+    lb_mirror_rt *rt
+    char *buf                        # the request as sent to the backend, with Connection: close
+    uint32_t len
+    uint32_t sent
+    lb_tnode tn
+    lb_mirror *next                  # free or closed list
 
 cdef struct lb_http_worker:
     http_req *req                    # scratch: the head being handled
@@ -1107,6 +1248,19 @@ cdef struct lb_http_worker:
     char id[AUTH_ID_MAX]             # for the limits keyed by api_key; set anew by each request's auth step
     void *verifier                   # HTTP Basic: the threads that check passwords off the loop (auth_basic.pxi)
     uint32_t park_seq                # numbers the requests parked for them
+    lb_cache_wk *cache               # the [caches.NAME] this worker serves (fastpath/cache.pxi); NULL: none
+    const uint8_t *jwt_claims        # the payload (JSON) of the request's verified JWT, for the limits keyed
+    uint32_t jwt_claims_len          # by jwt:CLAIM; 0: none; set anew by each request's auth step
+    nghttp2_session_callbacks *h2bcbs    # HTTP/2 to backends (fastpath/h2_backend.pxi): the client sessions' callbacks
+    nghttp2_option *h2bopt
+    lb_h2bs *free_h2bs               # backend streams' structs for reuse
+    uint32_t n_free_h2bs
+    lb_split_rt *splits              # [n_splits] the splits of the config (fastpath/split.pxi)
+    uint32_t n_splits
+    lb_mirror_rt *mirrors            # [n_mirrors] the mirrors of its listeners and routes (fastpath/mirror.pxi)
+    uint32_t n_mirrors
+    lb_mirror *mirror_free
+    lb_mirror *mirror_closed         # closed this turn, freed after its events
 
 
 # ---- Part 4: TLS (fastpath/tls.pxi) ------------------------------------------------
@@ -1208,6 +1362,8 @@ cdef struct lb_h2:
                                      # 3 the final GOAWAY went out
     uint8_t empty_run                # empty DATA frames in a row
     int32_t hblock                   # the stream whose header block is coming in (0: none)
+    uint32_t n_open                  # streams lb took that nghttp2 has not closed (max_concurrent_streams)
+    uint8_t advertised               # lb's SETTINGS went out, with the limit clients are told
 
 cdef struct lb_h2s:
     int32_t id
@@ -1244,3 +1400,239 @@ cdef struct lb_h2s:
     lb_bytes trailers                # response trailer lines, sent as a HEADERS frame at the end
     lb_h2s *next
     lb_h2s *prev
+
+
+# ---- Part 6: HTTP/2 to backends (fastpath/h2_backend.pxi) -----------------------------
+# A pool with protocol = "h2" speaks to its backends over multiplexed HTTP/2
+# connections (lb_h2b, one nghttp2 client session each). A request's backend
+# connection (lb_bconn) is then a stream of one of them: its transport
+# (XPRT_H2B) turns the HTTP/1.1 request the engine writes into HEADERS and DATA
+# frames, and the stream's frames back into an HTTP/1.1 response for it to read.
+
+cdef struct lb_h2bs
+cdef struct lb_h2b:
+    lb_conn c                        # first (kind KIND_H2B): the pending list runs it; c.sk[SIDE_BACKEND] is the socket
+    nghttp2_session *ng
+    lb_worker *w
+    int32_t pool
+    int32_t slot
+    uint32_t bflags                  # HF_* of the socket
+    uint8_t bstate                   # H2B_*
+    uint8_t goaway                   # the backend sent GOAWAY: no new streams
+    uint8_t dying                    # being torn down: streams detach without calling nghttp2
+    uint8_t settled                  # the backend's SETTINGS arrived
+    uint32_t n_streams               # streams (or requests waiting to become one) attached
+    uint32_t hint_streams            # until then: the stream limit another connection to it learned (0: none)
+    uint32_t served                  # responses it carried whole
+    lb_bytes wbuf                    # frames made and not yet taken by the socket
+    lb_tnode tn                      # the pool's idle_timer while no stream is attached
+    lb_h2bs *streams
+    lb_h2b *next                     # the slot's connections (lb_http_pool.h2_conns)
+    lb_h2b *prev
+
+cdef struct lb_h2bs:                 # one request on an lb_h2b; the ctx of its lb_bconn's XPRT_H2B transport
+    int32_t id                       # 0 until its HEADERS were submitted
+    uint8_t closed                   # nghttp2 closed it
+    uint8_t reset                    # ... before its response ended (or the connection failed)
+    uint8_t retry                    # ... and the backend never processed it (GOAWAY, REFUSED_STREAM)
+    uint8_t ts                       # TX_*: the request body as the engine writes it
+    uint8_t tck                      # CKD_*: its chunked framing
+    uint8_t tx_eof                   # the request body is whole in tx
+    uint8_t deferred                 # nghttp2 waits for data (resume_data)
+    uint8_t wblocked                 # the engine waits for room in tx
+    uint8_t sent                     # its HEADERS went out
+    uint8_t is_head                  # HEAD: the response has no body whatever it says
+    uint8_t v10                      # an HTTP/1.0 request: a response of unknown length ends with the stream
+    uint8_t rs                       # H2R_*: the response as the engine reads it
+    uint8_t rs_chunked               # its body goes to the engine chunked (no content-length)
+    uint8_t has_cl
+    uint16_t status                  # of the header block coming in (0: trailers)
+    uint64_t tleft
+    lb_h2b *conn
+    lb_http_worker *hw               # whose free list it goes back to
+    lb_bconn *b                      # the request's backend connection; NULL once the engine let go
+    lb_bytes tx                      # the request body, framing removed, for nghttp2
+    lb_bytes trailers                # request trailer lines, sent as a HEADERS frame at the end
+    lb_bytes rx                      # the response, as HTTP/1.1 bytes, for the engine to read
+    uint64_t rx_data                 # DATA bytes in rx not yet given back to the flow-control window
+    uint32_t hbytes                  # of the header block coming in (H2B_HEAD_MAX)
+    uint8_t skip_block               # a header block lb drops (a 101, trailers of a body of known length)
+    lb_h2bs *next
+    lb_h2bs *prev
+
+
+# ---- Part 7: the shared cache (fastpath/cache.pxi) ----------------------------------
+# One region per [caches.NAME], apart from the generation's region: the
+# supervisor creates it once and keeps it over reloads (while the cache's size
+# stays the same) and worker respawns. Objects live in fixed-size blocks
+# chained by block_next; the index is a bucket array of entry chains; eviction
+# is S3-FIFO over entries (a small and a main queue, ghost hashes). Every
+# change of the index, the queues or the free stacks is made under `lock`
+# (the pid of its holder: the supervisor takes over the lock of a worker that
+# died holding it, and empties the cache). Readers take no lock: an entry's
+# seq is odd while it changes, and a reader checks it after every copy.
+
+cdef enum:
+    CACHE_MAGIC = 0x6c626361         # "lbca"
+    CACHE_VERSION = 1
+    CACHE_BLOCK = 4096               # bytes of one block of object data
+    CACHE_ROWS = 130                 # counter rows: 2 x MAX_WORKERS (64) + 2, beside any generation's rows
+    CACHE_KEY_MAX = 4096             # longer keys (host + target) are not cached
+    CACHE_META_MAX = 1024            # the Vary names and the tags of one object, each
+    CACHE_HEAD_MAX = 32768           # a stored response head
+    CACHE_FILLS = 1024               # misses being fetched, by key hash (collapsed forwarding)
+
+cdef struct shm_cache_head:          # writer: under lock (supervisor at creation and purges; workers)
+    uint32_t magic
+    uint32_t version
+    uint64_t total_size              # the mapping's bytes: the configured size, never more
+    uint32_t n_blocks
+    uint32_t n_entries
+    uint32_t n_buckets               # a power of two
+    uint32_t n_ghost                 # a power of two
+    uint64_t max_object              # max_object_size
+    uint32_t lock                    # 0, or the pid of the process changing the index
+    uint32_t small_head              # the queues, entry index + 1 (0: empty): head = newest
+    uint32_t small_tail
+    uint32_t main_head
+    uint32_t main_tail
+    uint32_t small_blocks            # blocks of the entries in each queue
+    uint32_t main_blocks
+    uint32_t small_cap               # S3-FIFO: the small queue holds a tenth of the blocks
+    uint32_t free_blocks             # depth of the free block stack
+    uint32_t free_entries            # depth of the free entry stack
+    uint64_t objects                 # live entries
+    uint64_t bytes                   # their stored bytes (key, metadata, head, body)
+    uint64_t seed                    # of the key hashes
+    uint64_t off_rows                # offsets from the start of the mapping
+    uint64_t off_buckets
+    uint64_t off_entries
+    uint64_t off_next
+    uint64_t off_bstack
+    uint64_t off_estack
+    uint64_t off_ghost
+    uint64_t off_blocks
+    uint64_t resets                  # times the supervisor emptied it (a worker died holding the lock)
+    uint64_t off_fills               # CACHE_FILLS shm_cache_fill: the misses being fetched (collapsed forwarding)
+    uint8_t _pad[88]
+
+cdef struct shm_cache_entry:         # writer: under the region's lock; seq odd while it changes
+    uint32_t seq
+    uint32_t chain                   # next entry of its bucket, index + 1
+    uint32_t q_prev                  # its queue, index + 1
+    uint32_t q_next
+    uint32_t first                   # first block
+    uint32_t n_blocks
+    uint64_t hash                    # of the key (host and target)
+    uint64_t vhash                   # of the request's values of the Vary fields (0: no Vary)
+    uint8_t state                    # CE_*
+    uint8_t queue                    # CQ_*
+    uint8_t freq                     # hits since it entered its queue, at most 3 (S3-FIFO)
+    uint8_t flags                    # CEF_*
+    uint16_t status
+    uint16_t key_len
+    uint16_t vary_len                # the Vary names: lower case, ","-separated
+    uint16_t tags_len                # the tags: " "-separated
+    uint32_t head_len                # status line and fields, each line with CRLF, no empty line
+    uint64_t body_len
+    int64_t resp_ms                  # unix ms the response was received
+    int64_t age0                     # its corrected initial age, seconds (RFC 9111 4.2.3)
+    int64_t fresh                    # its freshness lifetime, seconds
+    int32_t stale_if_error           # seconds it may still answer, stale, when the origin fails (RFC 5861)
+    uint8_t _pad[36]
+
+cdef struct shm_cache_fill:          # writer: the worker that claims it (compare-and-swap on hash); supervisor (a dead pid's)
+    uint64_t hash                    # the key being fetched; 0: free
+    uint32_t pid                     # who fetches it
+    uint32_t pass_                   # 1: not storable, do not wait for it (until until_ms)
+    int64_t until_ms                 # the claim (or the pass) ends then at the latest
+    uint64_t _pad
+
+cdef struct shm_cache_stats:         # writer: each worker, its row (the row of its pid's slot)
+    uint64_t hit
+    uint64_t miss                    # forwarded: uri-miss, vary-miss
+    uint64_t stale                   # forwarded: the stored response was stale
+    uint64_t bypass                  # not looked up: method, Authorization, no-cache request, a body
+    uint64_t stored
+    uint64_t evicted
+    uint64_t not_stored              # forwarded and not storable (directives, status, size, framing)
+    uint64_t invalidated             # entries removed by unsafe methods
+    uint64_t purged                  # entries removed by PURGE requests
+    uint64_t hit_bytes               # body bytes served from the cache
+    uint64_t store_failed            # storable, but no room could be made or the lock was busy
+    uint64_t revalidated             # stale entries the origin confirmed (304) and refreshed
+    uint64_t stale_served            # stale entries served because the origin failed (stale-if-error)
+    uint64_t collapsed               # requests that waited for another's fetch of their key
+    uint64_t _pad[2]
+
+cdef struct lb_cache_rt:             # a worker's view of one cache
+    shm_cache_head *hd
+    char *base
+    shm_cache_stats *st              # this worker's row
+    uint32_t *buckets
+    shm_cache_entry *entries
+    uint32_t *next
+    uint32_t *bstack
+    uint32_t *estack
+    uint64_t *ghost
+    char *blocks
+    shm_cache_fill *fills
+    uint32_t pid
+    lb_str tag_header                # lower case; n = 0: no tags
+    uint32_t n_purge                 # purge_allow: ACL indices
+    uint32_t purge[8]
+
+cdef struct lb_cache_x:              # one exchange's cache state (allocated per cacheable request)
+    uint32_t cache                   # index in lb_cache_wk.caches
+    uint8_t fill                     # a GET that may be stored: req holds its head
+    uint8_t filling                  # the response is being stored: obj holds it
+    uint8_t inval                    # an unsafe method: its target is invalidated on success
+    uint8_t serving                  # answered by lb: the body comes from the cache (or local)
+    uint8_t auth                     # the request had Authorization
+    uint8_t stored
+    uint64_t hash
+    char *key                        # the key (host and target), key_len bytes (malloc)
+    uint32_t key_len
+    uint32_t host_len                # the host part of the key
+    char *req                        # fill: the request head (Vary values at store time)
+    uint32_t req_len
+    char *obj                        # filling: key, Vary names, tags, head, then the body as it comes
+    uint64_t obj_len
+    uint64_t obj_cap
+    uint32_t prefix_len              # key + Vary names + tags + head
+    shm_cache_entry meta             # filling: the entry to publish (sizes, times, flags)
+    # serving
+    uint32_t entry
+    uint32_t seq
+    uint32_t blk                     # block of the next byte
+    uint32_t blk_off
+    uint64_t left                    # body bytes still to send
+    char *local                      # a local answer's body (PURGE); NULL: the entry's
+    uint64_t local_off
+    int64_t ttl
+    char hdr[160]                    # the fields the response gets: Age, Cache-Status
+    uint32_t hdr_len
+    # revalidation: the request went on with the stale entry's validators
+    uint8_t has_stale                # stale_entry/seq: a stale entry of the key (stale-if-error)
+    uint8_t reval
+    uint32_t stale_entry
+    uint32_t stale_seq
+    lb_hrules rules                  # If-None-Match / If-Modified-Since, for the origin
+    lb_str rv_name[2]
+    lb_str rv_lower[2]
+    lb_str rv_value[2]
+    char validators[320]             # their values
+    # collapsed forwarding
+    uint8_t claimed                  # this request fetches its key for the others (a fill slot holds its hash)
+    uint8_t waiting                  # parked until the key's fetch by another ends (twait polls)
+    int64_t wait_until_ms
+    lb_tnode twait
+
+cdef struct lb_cache_wk:             # a worker's caches
+    lb_cache_rt *caches
+    uint32_t n
+    char *scratch                    # CACHE_HEAD_MAX + CACHE_KEY_MAX: a stored head, a key
+    http_req *req                    # scratch: a saved request head parsed again
+    http_req *merged                 # scratch: a stored head updated by a 304
+    lb_tlist wait_list               # requests waiting for another's fetch (collapsed forwarding), polled
+    lb_cache_x *free_cx

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from lb import _fastpath as fp
+from lb.config.splits import config_splits
 
 log = logging.getLogger("lb")
 
@@ -64,6 +65,13 @@ def entities(gen) -> dict[tuple, int]:
         for bname, idx in gen.backends[pname].items():
             out[("backend", pname, bname)] = slot_base + first + idx
         first += shm.pool_capacity(pi)
+    # the splits' variants follow the backend slots, in config order
+    variant = slot_base + layout["slots"]
+    if layout.get("variants"):
+        for split in config_splits(config.listeners):
+            for pool in split.pools:
+                out[("variant", split.name, pool)] = variant
+                variant += 1
     return out
 
 
@@ -280,9 +288,41 @@ def render_chunks(sup, openmetrics: bool = False) -> list[bytes]:
     _entity_families(text, summed, "backend", "backend", bids, blabels,
                      hists=config.global_.metrics_backend_histograms)
     _backend_state(text, gen, blabels, binfo)
+    vids, vlabels = [], []
+    for split in config_splits(config.listeners):
+        for pool in split.pools:
+            e = ids.get(("variant", split.name, pool))
+            if e is not None:
+                vids.append(e)
+                vlabels.append(_labels(route=split.name, pool=pool))
+    _entity_families(text, summed, "split", "split variant", vids, vlabels, hists=("response",))
+    _mirrors(text, gen)
     _acl_rules(text, gen)
     _gateway_rules(text, gen)
+    _caches(text, gen)
     return text.chunks()
+
+
+def mirror_status(gen) -> list[dict]:
+    """Each mirror with what its copies came to, since its generation started."""
+    counts = fp.mirror_counts(gen.shm, counted_rows(gen))
+    return [{"listener": lname, "route": None if ri < 0 else gen.config.listeners[lname].routes[ri].name,
+             "pool": m.pool, "percent": m.percent, **c}
+            for ((lname, ri), m), c in zip(fp.mirror_sites(gen.config.listeners.values()), counts)]
+
+
+def _mirrors(text: Text, gen) -> None:
+    mirrors = mirror_status(gen)
+    if not mirrors:
+        return
+    name = text.family("lb_mirror_requests_total", "counter",
+                       "Requests a mirror drew, by what came of their copy: copied (sent to the shadow), "
+                       "dropped (not copied: max_concurrent, max_body), failed (connect, send or timeout); "
+                       "since the generation started")
+    for m in mirrors:
+        for result, key in (("copied", "copies"), ("dropped", "dropped"), ("failed", "failed")):
+            text.line(name, _labels(listener=m["listener"], route=m["route"] or "", pool=m["pool"], result=result),
+                      m[key])
 
 
 def _backend_state(text: Text, gen, blabels: list[bytes], binfo: list[tuple]) -> None:
@@ -352,6 +392,39 @@ def _gateway_rules(text: Text, gen) -> None:
         for row in rows:
             for result, count in row["counts"].items():
                 text.line(name, _labels(auth=row["name"], type=row["type"], result=result), count)
+
+
+def _caches(text: Text, gen) -> None:
+    """The shared caches: requests by what the cache did, and what it holds.
+    The counters live in each cache's region, which reloads keep: they do
+    not start over with a generation."""
+    caches = getattr(gen, "caches", None) or {}
+    if not caches:
+        return
+    stats = {name: region.stats() for name, region in caches.items()}
+    name = text.family("lb_cache_requests_total", "counter",
+                       "Requests of a cache's listeners and routes by result (hit; miss, stale: forwarded; "
+                       "bypass: not looked up)")
+    for cache, st in stats.items():
+        for result in ("hit", "miss", "stale", "bypass"):
+            text.line(name, _labels(cache=cache, result=result), st[result])
+    name = text.family("lb_cache_stores_total", "counter",
+                       "Responses a cache stored, and objects it evicted, invalidated (unsafe methods) or purged; "
+                       "stale objects revalidated (304) or served because the origin failed; requests that "
+                       "waited for another's fetch (collapsed)")
+    for cache, st in stats.items():
+        for event in ("stored", "not_stored", "store_failed", "evicted", "invalidated", "purged", "revalidated",
+                      "stale_served", "collapsed"):
+            text.line(name, _labels(cache=cache, event=event), st[event])
+    name = text.family("lb_cache_bytes", "gauge", "Bytes a cache holds (keys, heads and bodies)")
+    for cache, st in stats.items():
+        text.line(name, _labels(cache=cache), st["bytes"])
+    name = text.family("lb_cache_capacity_bytes", "gauge", "Bytes of object blocks a cache has (its size bound)")
+    for cache, st in stats.items():
+        text.line(name, _labels(cache=cache), st["capacity"])
+    name = text.family("lb_cache_objects", "gauge", "Objects a cache holds")
+    for cache, st in stats.items():
+        text.line(name, _labels(cache=cache), st["objects"])
 
 
 def _acl_rules(text: Text, gen) -> None:

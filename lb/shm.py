@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 
-from lb._fastpath import REGIONS, Shm, limit_spec  # noqa: F401 (REGIONS: the layout, for readers of this module)
+from lb._fastpath import REGIONS, CacheShm, Shm, limit_spec, mirror_sites, split_publish  # noqa: F401 (REGIONS: the layout, for readers of this module)
+from lb import splits as layout
 from lb.config.acls import access_rules
+from lb.config.jwks import pack as jwks_pack
+from lb.config.splits import config_splits
 
 # Free slots per pool for backends added at run time, without a reload.
 MIN_POOL_CAPACITY = 64
@@ -42,10 +45,14 @@ def create_for_config(config, n_rows: int, path: str | None = None, seeds: dict[
     # access-log rings only when a listener logs: else the region is its header alone
     logged = any(listener.logs for listener in config.listeners.values())
     limits = [{**limit_spec(limit), "seed": (seeds or {}).get(name, 0)} for name, limit in config.limits.items()]
+    pool_names = list(config.pools)
+    splits = config_splits(config.listeners)
     shm = Shm.create(path or region_path(), pools, n_rows, os.getpid(), acls=list(config.acls), n_rules=len(rules),
                      log_records=config.global_.log_ring if logged else 0, limits=limits, auths=list(config.auth),
                      n_listeners=len(config.listeners),
-                     listener_routes=[len(listener.routes) for listener in config.listeners.values()])
+                     listener_routes=[len(listener.routes) for listener in config.listeners.values()],
+                     splits=[(s.name, [pool_names.index(p) for p in s.pools]) for s in splits],
+                     n_mirrors=len(mirror_sites(config.listeners.values())))
     for pool_index, pool in enumerate(config.pools.values()):
         for index, b in enumerate(pool.backends):
             shm.set_backend(pool_index, index, b.host, b.port, b.name, b.weight, b.backup)
@@ -53,11 +60,44 @@ def create_for_config(config, n_rows: int, path: str | None = None, seeds: dict[
     # the config's prefixes; the supervisor publishes its runtime changes over them
     for index, acl in enumerate(config.acls.values()):
         acl.entries.publish(shm, index)
-    # the keys files as read with the config; `lb key` publishes its changes over them
+    # the keys files as read with the config; `lb key` publishes its changes
+    # over them (JWT: the JWKS files, which lb/control/jwks.py watches)
     for index, auth in enumerate(config.auth.values()):
-        shm.auth_publish(index, auth.keys)
+        if auth.type == "jwt":
+            shm.auth_publish_blob(index, jwks_pack(auth.jwt_keys), len(auth.jwt_keys))
+        else:
+            shm.auth_publish(index, auth.keys)
+    # the config's weights, laid out afresh; the supervisor publishes the
+    # layout in force over them (lb.control.split.apply_state)
+    for index, split in enumerate(splits):
+        split_publish(shm, index, list(split.weights), layout.initial(split.weights))
     return shm
 
 
 def pool_index(config, name: str) -> int:
     return list(config.pools).index(name)
+
+
+def cache_path(name: str, pid: int | None = None) -> str:
+    return f"/dev/shm/lb-{pid or os.getpid()}-cache-{name}.shm"
+
+
+def caches_for_config(config, running: dict | None = None) -> dict:
+    """name -> CacheShm for every [caches.NAME]: the running one when its
+    size is unchanged (a reload keeps what is stored; a changed
+    max_object_size applies in place), else a new region. The file is
+    unlinked once mapped: the workers inherit the mapping by fork, and the
+    memory goes with the last process that maps it, however lb ends."""
+    running = running or {}
+    out = {}
+    for name, cache in config.caches.items():
+        region = running.get(name)
+        if region is None or region.requested != cache.size:
+            path = cache_path(name)
+            region = CacheShm.create(path, cache.size, cache.max_object_size)
+            region.unlink()
+            region.requested = cache.size
+        else:
+            region.set_max_object(cache.max_object_size)
+        out[name] = region
+    return out

@@ -32,6 +32,7 @@ from lb import logger as logger_mod
 from lb import metrics as metrics_mod
 from lb import config as config_mod
 from lb import control, ha, privileges, sdnotify
+from lb.control import jwks
 from lb import shm as shm_mod
 from lb import tls as tls_mod
 from lb import worker as worker_mod
@@ -135,6 +136,11 @@ class Generation:
     metrics_label_cache: tuple | None = None
     # the access-log process; None when no listener logs
     logger: WorkerSlot | None = None
+    # name -> CacheShm of each [caches.NAME] (lb.shm.caches_for_config): shared
+    # with the generation before when the cache's size did not change
+    caches: dict = field(default_factory=dict)
+    # split name -> its layout in force (lb.control.split): pools, weights, table
+    splits: dict = field(default_factory=dict)
 
     @property
     def helpers(self) -> list[WorkerSlot]:
@@ -215,6 +221,8 @@ class Supervisor:
         self.metrics: metrics_mod.MetricsServer | None = None
         # samples for rates and last-minute percentiles (/stats.json, lb stats)
         self.metrics_history = metrics_mod.History()
+        # split name -> its rollout (lb.control.rollout), loaded from the state file at the first tick
+        self.rollouts: dict | None = None
         # [ha]: the file keepalived tracks (None when ha.mode is "none") and
         # whether an operator drained this node (kept in the state file)
         self.health: ha.HealthFile | None = None
@@ -310,6 +318,7 @@ class Supervisor:
             # (admin tools) open it as the account
             os.chown(region.path, self.account.uid, self.account.gid)
         logger_mod.prepare_files(config, self.account)
+        caches = shm_mod.caches_for_config(config, previous.caches if previous is not None else None)
         gen = Generation(
             number=self.generations, config=config, shm=region,
             slots=[WorkerSlot(index=i, row=i, sockets=per_slot[i]) for i in range(n)],
@@ -318,10 +327,11 @@ class Supervisor:
                     if any(l.logs for l in config.listeners.values()) else None),
             free_rows=set(range(n, 2 * n)), carried_row=2 * n,
             backends={name: {b.name: i for i, b in enumerate(p.backends)} for name, p in config.pools.items()},
-            tls=tls,
+            tls=tls, caches=caches,
         )
         control.backend.apply_state(self.state, gen)
         control.acl.apply_state(self.state, gen)
+        control.split.apply_state(self.state, gen, previous)
         # keys lb made carry over to the new generation, keys from a file do not
         made_keys = previous is not None and not previous.config.global_.tls.keys_file
         tls_mod.publish_ticket_keys(region, config.global_.tls, previous.shm if made_keys else None)
@@ -433,6 +443,10 @@ class Supervisor:
                 # its requests in flight died with it: their counts in the
                 # limit tables go (and a table lock it held is let go)
                 gen.shm.limits_release_row(child.row)
+            for region in gen.caches.values():
+                region.reap_fills(pid)
+                if region.reap(pid):
+                    log.warning("%s (pid %d) died holding the lock of a cache: it was emptied", slot.name, pid)
             if child.row >= 0 and child.row != slot.row:
                 gen.free_rows.add(child.row)  # a replaced worker's row
             how = self._describe_exit(status)
@@ -712,6 +726,7 @@ class Supervisor:
             self._slow_start()
             self._check_worker_memory()
             tls_mod.rotate_ticket_keys(self.gen.shm, self.config.global_.tls)
+            jwks.tick(self)
             # a weight or state change bumped a pool's generation: its Maglev
             # table is rebuilt here, the tables' only writer
             self.gen.shm.rebuild_changed()
@@ -720,6 +735,7 @@ class Supervisor:
             if self.metrics is not None:
                 self.metrics.tick(sel)
             self.metrics_history.tick(self)
+            control.rollout.tick(self)
             if next_status is not None and time.monotonic() >= next_status:
                 self.on_status(self)
                 next_status = time.monotonic() + self.status_interval

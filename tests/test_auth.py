@@ -86,8 +86,8 @@ def test_bad_auth_is_named_by_key_path(tmp_path, extra, listener_extra, message)
 
 
 def test_other_types_and_bad_key_files_are_refused(tmp_path):
-    with pytest.raises(config.ConfigError, match=r"auth.api.type: 'jwt' is not in this build yet"):
-        config.loads(auth_config(tmp_path / "k").replace('type = "api_key"', 'type = "jwt"'))
+    with pytest.raises(config.ConfigError, match=r"auth.api.type: unknown type 'oauth' \(one of api_key, basic, jwt\)"):
+        config.loads(auth_config(tmp_path / "k").replace('type = "api_key"', 'type = "oauth"'))
     bad = tmp_path / "bad.txt"
     bad.write_text(f"{sha(ALICE)} alice\nnot-a-hash bob\n")
     with pytest.raises(config.ConfigError, match=r"auth.api.keys_file: .*bad.txt line 2: not '<sha256 hex> <identity>'"):

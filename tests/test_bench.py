@@ -113,7 +113,7 @@ def test_bench_baseline_must_be_a_built_checkout(tmp_path, files, message):
 
 def test_cpu_per_request_leads_every_wrk_scenario():
     """cpu us/req comes first everywhere; it is a target only where the TLS
-    issue or issue 19 sets one (https_small, https_connrate, h2_small), never
+    issue or issue 19 sets one (https_small, https_connrate, h2_small, h2_backend), never
     in tcp_* or http_*."""
     from bench import harness
 
@@ -121,7 +121,7 @@ def test_cpu_per_request_leads_every_wrk_scenario():
         if scenario.KIND in harness.LOAD_KINDS:
             assert scenario.METRICS[0] is harness.CPU_US_REQ_METRIC, scenario.NAME
             if "cpu_us_req" in getattr(scenario, "GOALS", {}):
-                assert harness.scenario_mode(scenario) in ("https", "h2"), scenario.NAME
+                assert harness.scenario_mode(scenario) in ("https", "h2", "h2b"), scenario.NAME
 
 
 # --------------------------------------------------------------------------
@@ -387,3 +387,16 @@ def test_bench_h2_small_runs_all_three_over_http2():
         assert scenario["results"][proxy]["tls_handshakes"] == 16, scenario["results"][proxy]
     assert set(scenario["goals"]) == {"cpu_us_req", "req_s"}
     assert scenario["goals"]["cpu_us_req"]["target"] == 0.85
+
+
+def test_bench_h2_backend_speaks_http2_to_the_origin_too():
+    """h2_backend: each proxy answers h2load over HTTP/2 without an error while
+    sending on in HTTP/2 (the origin's h2c port is the only one its config
+    names)."""
+    doc = run_bench("h2_backend")
+    scenario = doc["scenarios"]["h2_backend"]
+    assert scenario["mode"] == "h2b"
+    assert set(scenario["results"]) == {"haproxy", "nginx", "lb"}
+    for proxy, result in scenario["results"].items():
+        assert result["ok"], (proxy, result)
+        assert result["req_s"] > 0 and result["cpu_us_req"] > 0 and not result["errors"], (proxy, result)

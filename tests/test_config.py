@@ -49,6 +49,10 @@ ACL_FILE = TLS_DIR / "blocked.txt"
 ACL_FILE.write_text("# abusers\n192.0.2.0/24\n\n198.51.100.7  # one address\n2001:db8:bad::/48\n")
 API_KEYS_FILE = TLS_DIR / "keys.txt"
 API_KEYS_FILE.write_text(bytes(range(32)).hex() + " ci\n")
+HTPASSWD_FILE = TLS_DIR / "htpasswd"
+HTPASSWD_FILE.write_text("ci:$2y$05$abcdefghijklmnopqrstuu5ZqXyVp0mm5L1JxwKvYbS0wPXzTrbKa\n")
+JWKS_FILE = TLS_DIR / "jwks.json"
+JWKS_FILE.write_text('{"keys": [{"kty": "oct", "kid": "ci", "alg": "HS256", "k": "' + "A" * 43 + '"}]}')
 
 # Every key of the contract, none at its default.
 FULL = """
@@ -107,6 +111,32 @@ keys_file = "API_KEYS_FILE"
 query = "key"
 strip = false
 
+[caches.static]
+size = "256m"
+max_object_size = "8m"
+tag_header = "Surrogate-Key"
+purge_allow = ["office"]
+
+[caches.api]
+size = "64m"
+[auth.staff]
+type = "basic"
+htpasswd = "HTPASSWD_FILE"
+cache_ttl = "5m"
+cache_size = 100
+
+[auth.sso]
+type = "jwt"
+jwks = "JWKS_FILE"
+issuer = "https://sso.example"
+audience = ["api://web", "api://partners"]
+leeway = "10s"
+claims_to_headers = { sub = "X-User", tenant = "X-Tenant" }
+cookie = "sso_token"
+required_claims = ["exp", "sub"]
+max_token_size = 4096
+cache_size = 1024
+
 [listeners.web]
 bind = ["0.0.0.0:8080", "[::1]:8080"]
 mode = "http"
@@ -116,6 +146,7 @@ allow = ["office"]
 deny = ["blocked"]
 limits = ["per_ip"]
 auth = "api"
+cache = "static"
 idle_timeout = "30s"
 backlog = 1024
 max_connections = 5000
@@ -171,6 +202,7 @@ request_id = "X-Trace-Id"
   deny = ["blocked"]
   max_body_size = 0
   limits = ["per_user"]
+  cache = "api"
   auth = "partners"
 
   [[listeners.web.routes]]
@@ -193,6 +225,23 @@ request_id = "X-Trace-Id"
     set = { "Cache-Control" = "no-store" }
     add = { "X-Route" = "upload" }
     remove = ["ETag"]
+
+  [[listeners.web.routes]]
+  name = "beta"
+  path_prefix = "/beta/"
+  split = [{ pool = "app", weight = 90 }, { pool = "api", weight = 10 }]
+  split_sticky = "header:X-User"
+  split_override = "header:X-Variant"
+  split_override_allow = ["office"]
+  mirror = { pool = "api", percent = 5, timeout = "500ms", max_concurrent = 10, max_body = "16KiB" }
+
+[listeners.ab]
+bind = "127.0.0.1:8090"
+split = [{ pool = "app", weight = 50 }, { pool = "api", weight = 50 }]
+split_sticky = "source_ip"
+split_override = "cookie:variant"
+split_override_allow = ["office"]
+mirror = { pool = "api", percent = 10, timeout = "2s", max_concurrent = 50, max_body = "64KiB" }
 
 [listeners.db]
 bind = "*:5432"
@@ -268,10 +317,11 @@ sticky_cookie = "lb_srv"
 
 [pools.api]
 algorithm = "leastconn"
+protocol = "h2"
 
   [[pools.api.backends]]
   address = "10.0.1.1:9000"
-""".replace("ACL_FILE", str(ACL_FILE)).replace("API_KEYS_FILE", str(API_KEYS_FILE)).replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace(
+""".replace("ACL_FILE", str(ACL_FILE)).replace("API_KEYS_FILE", str(API_KEYS_FILE)).replace("HTPASSWD_FILE", str(HTPASSWD_FILE)).replace("JWKS_FILE", str(JWKS_FILE)).replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace(
     "TLS_CA_FILE", str(TLS_CA.path)).replace("TLS_CLIENT_CERT", str(TLS_CLIENT.cert)).replace(
     "TLS_CLIENT_KEY", str(TLS_CLIENT.key)).replace("TLS_CERT", str(TLS_LEAF.cert)).replace(
     "TLS_KEY", str(TLS_LEAF.key))
@@ -289,9 +339,19 @@ def test_full_config_loads_every_key():
     assert (g.tls.keys, g.tls.current) == (tuple(TICKET_KEYS[1:]), 1)
     assert g.worker_count() == 4
 
-    assert list(cfg.listeners) == ["web", "db", "raw"]
+    assert list(cfg.listeners) == ["web", "ab", "db", "raw"]
     assert (cfg.listeners["raw"].forward, cfg.listeners["db"].forward) == ("sockmap", "userspace")
     web = cfg.listeners["web"]
+    assert web.routes[-1].split == config.Split(
+        variants=(("app", 90), ("api", 10)), sticky="header:X-User", override="header:X-Variant",
+        override_allow=("office",), name="beta")
+    assert web.routes[-1].mirror == config.Mirror(pool="api", percent=5.0, timeout=0.5, max_concurrent=10,
+                                                  max_body=16384)
+    assert cfg.listeners["ab"].mirror == config.Mirror(pool="api", percent=10.0, timeout=2.0, max_concurrent=50,
+                                                       max_body=65536)
+    assert cfg.listeners["ab"].split == config.Split(
+        variants=(("app", 50), ("api", 50)), sticky="source_ip", override="cookie:variant",
+        override_allow=("office",), name="ab")
     assert [str(b) for b in web.bind] == ["0.0.0.0:8080", "[::1]:8080"]
     assert [b.family for b in web.bind] == [socket.AF_INET, socket.AF_INET6]
     assert (web.mode, web.pool, web.accept_proxy, web.idle_timeout, web.backlog) == ("http", "app", True, 30.0, 1024)
@@ -342,17 +402,29 @@ def test_full_config_loads_every_key():
         ipv6_prefix=64, capacity=131072, on_full="refuse", dry_run=True)
     assert (cfg.limits["per_user"].key, cfg.limits["per_user"].rate_text) == ("header:X-User", "5/1s")
     assert web.auth == "api" and web.routes[0].auth == "partners"
+    assert web.cache == "static" and web.routes[0].cache == "api"
+    assert cfg.caches["static"] == config.Cache(name="static", size=256 << 20, max_object_size=8 << 20,
+                                                tag_header="Surrogate-Key", purge_allow=("office",))
+    assert cfg.caches["api"] == config.Cache(name="api", size=64 << 20, max_object_size=4 << 20)
     assert cfg.auth["api"] == config.Auth(name="api", type="api_key", keys_file=str(API_KEYS_FILE), header="X-Key",
                                           identity_header="X-Client", strip=False)
     assert cfg.auth["api"].keys == ((bytes(range(32)), "ci"),)
     assert (cfg.auth["partners"].query, cfg.auth["partners"].strip) == ("key", False)
+    assert (cfg.auth["staff"].users, cfg.auth["staff"].cache_ttl, cfg.auth["staff"].cache_size) == (
+        (("ci", HTPASSWD_FILE.read_text().split(":", 1)[1].strip()),), 300.0, 100)
+    sso = cfg.auth["sso"]
+    assert (sso.jwks, sso.issuer, sso.audience, sso.leeway, sso.claims_to_headers, sso.cookie, sso.required_claims,
+            sso.max_token_size, sso.cache_size) == (
+        str(JWKS_FILE), "https://sso.example", ("api://web", "api://partners"), 10.0,
+        (("sub", "X-User"), ("tenant", "X-Tenant")), "sso_token", ("exp", "sub"), 4096, 1024)
+    assert [(k.kid, k.algs, k.data) for k in sso.jwt_keys] == [("ci", ("HS256",), bytes(32))]
     assert (cfg.acls["office"].ipv4, cfg.acls["office"].ipv6, cfg.acls["office"].cidrs) == (
         2, 1, ("10.0.0.0/8", "2001:db8::/32", "!10.66.0.0/16"))
     assert (cfg.acls["blocked"].ipv4, cfg.acls["blocked"].ipv6, cfg.acls["blocked"].file) == (2, 1, str(ACL_FILE))
-    assert web.routes == (
+    assert web.routes[:-1] == (
         config.Route(host="api.example.com", path_prefix="/v1/", pool="api", name="api", max_body_size=0,
                      access=config.Access(allow=("office",), deny=("blocked",), rule=3), limits=("per_user",),
-                     auth="partners"),
+                     auth="partners", cache="api"),
         config.Route(host="*.static.example.com", path_prefix=None, pool="app", name="routes[1]"),
         config.Route(
             host=None,
@@ -416,6 +488,7 @@ def test_full_config_loads_every_key():
         config.Backend("[2001:db8::12]:8080", "2001:db8::12", 8080, socket.AF_INET6, "[2001:db8::12]:8080", 100, False),
     )
     assert cfg.pools["api"].algorithm == "leastconn"
+    assert (app.protocol, cfg.pools["api"].protocol) == ("http/1.1", "h2")
     assert (cfg.source, cfg.warnings) == ("full.toml", ())
     assert cfg.sha256 == hashlib.sha256(FULL.encode()).hexdigest()
 
@@ -425,7 +498,7 @@ def _keys(table: dict, prefix: str = "") -> set[str]:
     out = set()
     for key, value in table.items():
         path = f"{prefix}.{key}" if prefix else key
-        if prefix in ("listeners", "pools", "acls", "logs"):
+        if prefix in ("listeners", "pools", "acls", "logs", "auth", "caches"):
             path = f"{prefix}.*"
         out.add(path)
         if isinstance(value, dict):
@@ -443,6 +516,10 @@ def _contract_keys() -> set[str]:
         "global.metrics": config.GLOBAL_METRICS_KEYS,
         "listeners.*": config.LISTENER_KEYS,
         "listeners.*.routes": config.ROUTE_KEYS,
+        "listeners.*.split": config.SPLIT_VARIANT_KEYS,
+        "listeners.*.routes.split": config.SPLIT_VARIANT_KEYS,
+        "listeners.*.mirror": config.MIRROR_KEYS,
+        "listeners.*.routes.mirror": config.MIRROR_KEYS,
         "listeners.*.request_headers": config.HEADER_RULE_KEYS,
         "listeners.*.response_headers": config.HEADER_RULE_KEYS,
         "listeners.*.routes.request_headers": config.HEADER_RULE_KEYS,
@@ -458,6 +535,8 @@ def _contract_keys() -> set[str]:
         "pools.*.tls": config.POOL_TLS_KEYS,
         "acls.*": config.ACL_KEYS,
         "logs.*": config.LOG_KEYS,
+        "caches.*": config.CACHE_KEYS,
+        "auth.*": config.AUTH_KEYS,
     }
     return {f"{section}.{key}" for section, keys in sections.items() for key in keys}
 
@@ -807,6 +886,9 @@ BAD = [
     (_cfg(pool='sticky_cookie = "srv;"'), "pools.app.sticky_cookie", "invalid cookie name"),
     (_cfg(pool="sticky_cookie = true"), "pools.app.sticky_cookie", "string"),
     (_cfg(pool='stick_cookie = "srv"'), "pools.app.stick_cookie", "did you mean 'sticky_cookie'"),
+    (_cfg(pool='protocol = "h3"'), "pools.app.protocol", "http/1.1, h2"),
+    (_cfg(pool='protocol = "h2"\nsend_proxy = "v1"'), "pools.app.protocol", "send_proxy"),
+    (_cfg(pool='protocol = "h2"\n[pools.app.health]\ntype = "http"'), "pools.app.protocol", 'use "tcp"'),
     (_cfg().split("[pools.app]")[0] + "[pools]\napp = 5\n", "pools.app", "table"),
     (f"[pools.{'p' * 40}]\n" + POOL_APP, f"pools.{'p' * 40}", "39 bytes"),
     # health
@@ -886,6 +968,13 @@ HTTP_LISTENER_VALUES = {
     "request_id": 'request_id = "X-Request-Id"',
     "auth": 'auth = "api"\n[auth.api]\ntype = "api_key"\nkeys_file = "/nonexistent/lb-keys.txt"',
     "http2": "[listeners.web.http2]\nh2c = true",
+    "cache": 'cache = "c"\n[caches.c]\nsize = "1m"',
+    "split": 'split = [{ pool = "app", weight = 100 }, { pool = "app2", weight = 0 }]\n'
+             '[pools.app2]\n[[pools.app2.backends]]\naddress = "10.0.0.2:80"',
+    "split_sticky": 'split_sticky = "source_ip"',
+    "split_override": 'split_override = "header:X-Variant"',
+    "split_override_allow": 'split_override_allow = ["office"]',
+    "mirror": 'mirror = { pool = "app", percent = 10 }',
 }
 
 
@@ -1263,7 +1352,7 @@ def test_check_json(run_check):
     assert result.exit_code == 0
     out = json.loads(result.stdout)
     assert out["ok"] is True
-    assert (out["listeners"], out["pools"], out["backends"], out["warnings"]) == (3, 2, 3, [])
+    assert (out["listeners"], out["pools"], out["backends"], out["warnings"]) == (4, 2, 3, [])
     assert out["sha256"] == hashlib.sha256(FULL.encode()).hexdigest()
 
 

@@ -177,27 +177,50 @@ def test_window_overflow_is_a_flow_control_error(edge):
     assert seen == ["/fine"]
 
 
-def test_too_many_streams_are_a_connection_error(run_lb, origin):
-    """nghttp2 answers a stream past an acknowledged SETTINGS_MAX_CONCURRENT_STREAMS
-    with a connection error (RFC 9113 5.1.2 allows a stream error too): the
-    connection ends, and no request of it reaches the origin unfinished."""
+def test_too_many_streams_are_refused_one_by_one(run_lb, origin):
+    """A stream past SETTINGS_MAX_CONCURRENT_STREAMS gets RST_STREAM
+    REFUSED_STREAM (RFC 9113 5.1.2, as from HAProxy and nginx): the client may
+    send it again, and the connection and its other streams go on. Nothing of a
+    refused stream reaches the origin."""
     edge = Edge(run_lb, origin, h2="max_concurrent_streams = 5")
     with edge.client() as c:
         assert c.server_settings[h2_settings().MAX_CONCURRENT_STREAMS] == 5
-        # five requests whose bodies are still to come, then one more
-        for i in range(6):
+        # five requests whose bodies are still to come, then two more
+        for i in range(7):
             c.raw(frame("HEADERS", END_HEADERS, 1 + 2 * i, c.header_block([
                 (":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", f"/s{i}"),
                 ("content-length", "3")])))
-        c.wait_closed()
-        assert c.goaway_error == "PROTOCOL_ERROR" and c.goaway.last_stream_id == 9
-    edge.still_serves()
-    # within the limit, streams are served
+        c.pump(lambda: all(c.responses.get(sid) and c.responses[sid].reset for sid in (11, 13)))
+        assert c.responses[11].reset == c.responses[13].reset == "REFUSED_STREAM"
+        assert c.goaway is None
+        for i in range(5):
+            c.raw(frame("DATA", END_STREAM, 1 + 2 * i, b"abc"))
+        c.pump(lambda: all(c.responses.get(1 + 2 * i) and c.responses[1 + 2 * i].ended for i in range(5)))
+        assert [c.responses[1 + 2 * i].status for i in range(5)] == [200] * 5
+        # once there is room, the refused request is taken
+        c.raw(frame("HEADERS", END_HEADERS | END_STREAM, 15, c.header_block([
+            (":method", "GET"), (":scheme", "http"), (":authority", "a"), (":path", "/again")])))
+        c.pump(lambda: c.responses.get(15) and c.responses[15].ended)
+        assert c.responses[15].status == 200 and c.goaway is None
+    seen = []
+    wait_for(lambda: seen.extend(line.split()[-1] for line in edge.origin.requests()) or "/again" in seen, 10,
+             "the origin's report")
+    assert sorted(seen) == ["/again", "/s0", "/s1", "/s2", "/s3", "/s4"], seen
+
+
+def test_a_client_that_keeps_overshooting_the_stream_limit_is_ended(run_lb, origin):
+    """Refused streams cost the client its glitch budget: one that keeps
+    opening them gets GOAWAY ENHANCE_YOUR_CALM, and the origin sees none."""
+    edge = Edge(run_lb, origin, h2="max_concurrent_streams = 2\nmax_glitches = 20")
     with edge.client() as c:
-        sids = [c.request(f"/ok{i}", "POST", [("content-length", "3")], end=False) for i in range(5)]
-        for sid in sids:
-            c.send_body(sid, b"abc")
-        assert all(c.response(sid).status == 200 for sid in sids)
+        for i in range(40):
+            if not c.raw(frame("HEADERS", END_HEADERS, 1 + 2 * i, c.header_block([
+                    (":method", "POST"), (":scheme", "http"), (":authority", "a"), (":path", f"/s{i}"),
+                    ("content-length", "3")]))):
+                break
+        c.wait_closed()
+        assert c.goaway_error in ("ENHANCE_YOUR_CALM", "PROTOCOL_ERROR")
+    edge.still_serves()
 
 
 def h2_settings():

@@ -200,7 +200,8 @@ def test_scanning_a_big_table_costs_the_memory_of_its_keys_only(region):
 # ---- config -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("limit, listener, message", [
-    ('rate = "100/10s"\nkey = "jwt:sub"', "", "limits.l.key: 'jwt:sub' needs JWT authentication"),
+    ('rate = "100/10s"\nkey = "jwt:"', "", "limits.l.key: invalid key 'jwt:'"),
+    ('rate = "100/10s"\nkey = "jwt:a b"', "", "limits.l.key: invalid claim name 'a b'"),
     ('rate = "100/10s"\nkey = "header:"', "", "limits.l.key: invalid key 'header:'"),
     ('rate = "100 per 10s"', "", "limits.l.rate: invalid rate '100 per 10s'"),
     ('rate = "0/10s"', "", "limits.l.rate: rate '0/10s': the count must be"),

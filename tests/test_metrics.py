@@ -189,8 +189,13 @@ def test_openmetrics_when_asked_and_backends_keep_one_histogram_by_default(run_l
     port, mport = free_port(), free_port()
     run_lb(metrics_config(port, mport, {"p": [a]}))
     assert requests(port, ["/x"] * 3) == [200] * 3
-    fams = scrape(mport)
-    assert value(fams, "lb_backend_response_duration_seconds_count", pool="p", backend="a") == 3
+
+    def recorded():
+        # an exchange is recorded when it ends, which may be just after its
+        # client has read the response
+        fams = scrape(mport)
+        return fams if value(fams, "lb_backend_response_duration_seconds_count", pool="p", backend="a") == 3 else None
+    fams = wait_for(recorded, 5, "the three responses in the histogram")
     assert "lb_backend_connect_duration_seconds" not in fams
     assert value(fams, "lb_pool_connect_duration_seconds_count", pool="p") == 3
     assert value(fams, "lb_listener_first_byte_duration_seconds_count", listener="web") == 3

@@ -24,7 +24,8 @@ def main(ctx: click.Context, socket_path: str | None, config_path: str | None):
 
 
 def _register():
-    from lb.cli import acl, backend, cert, check, control, ha, key, limits, logs, node, pool, run, stats, status, top
+    from lb.cli import (acl, backend, cache, cert, check, control, ha, key, limits, logs, node, pool, rollout, run,
+                        split, stats, status, top)
 
     main.add_command(check.check)
     main.add_command(run.run)
@@ -43,6 +44,9 @@ def _register():
     main.add_command(logs.logs)
     main.add_command(ha.ha)
     main.add_command(node.node)
+    main.add_command(cache.cache)
+    main.add_command(split.split)
+    main.add_command(rollout.rollout)
 
 
 _register()

@@ -166,6 +166,18 @@ def status_lines(status: dict, rates: dict | None = None) -> list[str]:
         lines.append("")
     if status.get("limits"):
         lines += limit_lines(status["limits"])
+    if status.get("caches"):
+        lines += cache_lines(status["caches"])
+        lines.append("")
+    if status.get("splits"):
+        from lb.cli.split import split_lines
+
+        lines += split_lines(status["splits"])
+        lines.append("")
+    if status.get("rollouts"):
+        from lb.cli.rollout import rollout_lines
+
+        lines += rollout_lines(status["rollouts"])
         lines.append("")
     lines += worker_lines(status.get("workers") or [])
     lines += h2_lines(status.get("workers") or [])
@@ -352,3 +364,13 @@ def top_lines(doc: dict) -> list[str]:
     rows = [[i.get("key"), i.get("count")] + ([] if doc.get("exact") else [i.get("error")])
             for i in doc.get("items") or []]
     return lines + (table(headers, rows) if rows else ["(nothing counted yet)"])
+
+
+def cache_lines(caches: list[dict]) -> list[str]:
+    """Each [caches.NAME]: what it holds and what it did, for `lb status`."""
+    lines = ["", "CACHE      OBJECTS  BYTES         HIT        MISS       STALE      BYPASS     STORED     EVICTED"]
+    for item in caches:
+        c = item["counts"]
+        lines.append(f"{item['name']:<10} {c['objects']:<8} {c['bytes']:<13} {c['hit']:<10} {c['miss']:<10} "
+                     f"{c['stale']:<10} {c['bypass']:<10} {c['stored']:<10} {c['evicted']}")
+    return lines

@@ -22,7 +22,7 @@ import keyword
 import re
 import tomllib
 
-from lb.config import acls, auth, global_, ha, limits, listeners, logs, pools
+from lb.config import acls, auth, caches, global_, ha, limits, listeners, logs, pools
 from lb.config.acls import KEYS as ACL_KEYS
 from lb.config.acls import Access, Acl, access_rules
 from lb.config.global_ import KEYS as GLOBAL_KEYS
@@ -32,6 +32,8 @@ from lb.config.ha import HaSettings, Vip
 from lb.config.headers import HEADER_RULE_KEYS, MANAGED_HEADERS, HeaderRules
 from lb.config.auth import KEYS as AUTH_KEYS
 from lb.config.auth import Auth
+from lb.config.caches import KEYS as CACHE_KEYS
+from lb.config.caches import Cache
 from lb.config.limits import KEYS as LIMIT_KEYS
 from lb.config.limits import Limit
 from lb.config.listeners import KEYS as LISTENER_KEYS
@@ -39,6 +41,9 @@ from lb.config.logs import KEYS as LOG_KEYS
 from lb.config.logs import LogSettings
 from lb.config.listeners import HTTP2_KEYS, HTTP_LISTENER_KEYS, ROUTE_KEYS, Http2Settings, HttpSettings, Listener, Route
 from lb.config.pools import KEYS as POOL_KEYS
+from lb.config.splits import VARIANT_KEYS as SPLIT_VARIANT_KEYS
+from lb.config.splits import Split
+from lb.config.mirror import MIRROR_KEYS, Mirror
 from lb.config.tls import CERTIFICATE_KEYS as TLS_CERTIFICATE_KEYS
 from lb.config.tls import CLIENT_HEADER_KEYS as TLS_CLIENT_HEADER_KEYS
 from lb.config.tls import GLOBAL_KEYS as GLOBAL_TLS_KEYS
@@ -79,6 +84,8 @@ __all__ = [
     "BackendTls",
     "Backend",
     "BindAddr",
+    "CACHE_KEYS",
+    "Cache",
     "Config",
     "ConfigError",
     "GLOBAL_KEYS",
@@ -112,6 +119,10 @@ __all__ = [
     "ROUTE_KEYS",
     "Route",
     "SECTIONS",
+    "SPLIT_VARIANT_KEYS",
+    "MIRROR_KEYS",
+    "Mirror",
+    "Split",
     "TLS_CERTIFICATE_KEYS",
     "TLS_CLIENT_HEADER_KEYS",
     "TLS_KEYS",
@@ -139,6 +150,7 @@ SECTIONS = (
     ("acls", acls),
     ("limits", limits),
     ("auth", auth),
+    ("caches", caches),
     ("pools", pools),
     ("logs", logs),
     ("listeners", listeners),
@@ -158,6 +170,7 @@ class Config:
     acls: dict[str, Acl]
     limits: dict[str, Limit]
     auth: dict[str, Auth]
+    caches: dict[str, Cache]
     logs: dict[str, LogSettings]
     ha: HaSettings
     source: str

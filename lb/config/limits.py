@@ -1,5 +1,6 @@
 """The [limits.NAME] sections: rate and concurrency limits per key (a client
-address or its /24 or /64, a header, a cookie), that listeners and routes
+address or its /24 or /64, a header, a cookie, an API key's identity, a claim
+of a verified JWT), that listeners and routes
 apply by name (their `limits` key, read here too: parse_limit_names).
 
 The data plane keeps one table per limit in shared memory, shared by every
@@ -19,9 +20,8 @@ NAMED = True
 KEYS = ("key", "rate", "burst", "concurrent", "ipv4_prefix", "ipv6_prefix", "capacity", "on_full", "dry_run")
 # The key of listeners and routes that names limits.
 LIMITS_KEY = "limits"
-KEY_KINDS = ("source_ip", "header:NAME", "cookie:NAME", "api_key")
-# Named in DESIGN.md 4b; it needs JWT authentication, which comes later.
-LATER_KEY_KINDS = ("jwt",)
+KEY_KINDS = ("source_ip", "header:NAME", "cookie:NAME", "api_key", "jwt:CLAIM")
+_CLAIM = re.compile(r"[\x21-\x7e]{1,63}")
 ON_FULL = ("admit", "refuse")
 MAX_PER_LIST = 4  # LIMIT_MAX_PER_LIST of the data plane
 MIN_CAPACITY = 64  # at least a probe window (LIMIT_PROBE, 32) of slots, and some room
@@ -98,9 +98,6 @@ def _parse_key(t: Table) -> str:
     path = t.path_of("key")
     key = t.string("key", "source_ip")
     kind, sep, name = key.partition(":")
-    if kind in LATER_KEY_KINDS:
-        raise ConfigError(path, f"{key!r} needs JWT authentication, which this build does not have yet; "
-                                f"use one of {', '.join(KEY_KINDS)}")
     if kind in ("source_ip", "api_key") and not sep:
         return key
     if kind == "header" and name:
@@ -109,6 +106,11 @@ def _parse_key(t: Table) -> str:
     if kind == "cookie" and name:
         if not _COOKIE_NAME.fullmatch(name):
             raise ConfigError(path, f"invalid cookie name {name!r}")
+        return key
+    if kind == "jwt" and name:
+        # requests without a verified token (no jwt auth on their route) are not limited
+        if not _CLAIM.fullmatch(name):
+            raise ConfigError(path, f"invalid claim name {name!r}")
         return key
     raise ConfigError(path, f"invalid key {key!r} (one of {', '.join(KEY_KINDS)})")
 

@@ -8,11 +8,16 @@ import dataclasses
 from lb.config import tls as tls_section
 from lb.config.acls import ACCESS_KEYS, Access, Acl, parse_access
 from lb.config.auth import Auth, parse_auth_name
+from lb.config.caches import parse_cache_name
 from lb.config.limits import LIMITS_KEY, Limit, parse_limit_names
 from lb.config.headers import HeaderRules, check_field_value, check_header_name, parse_header_rules
 from lb.config.global_ import MAX_CONNECTIONS
 from lb.config.logs import LogSettings, listener_logs
 from lb.config.pools import Pool
+from lb.config import splits as splits_section
+from lb.config.splits import Split
+from lb.config import mirror as mirror_section
+from lb.config.mirror import Mirror
 from lb.config.tls import TlsSettings
 from lb.config.values import (
     HOSTNAME,
@@ -56,6 +61,9 @@ HTTP_LISTENER_KEYS = (
     "request_id",
     "http2",
     "auth",
+    "cache",
+    *splits_section.KEYS,
+    *mirror_section.KEYS,
 )
 HTTP2_KEYS = ("h2c", "max_concurrent_streams", "initial_window_size", "connection_window_size", "max_frame_size",
               "max_glitches")
@@ -83,6 +91,9 @@ ROUTE_KEYS = (
     "max_body_size",
     LIMITS_KEY,
     "auth",
+    "cache",
+    *splits_section.KEYS,
+    *mirror_section.KEYS,
 )
 ROUTE_MATCHERS = ("host", "path_prefix", "path", "methods", "header")
 
@@ -103,6 +114,9 @@ class Route:
     max_body_size: int | None = None  # bytes; 0: no limit; None: the listener's
     limits: tuple[str, ...] = ()  # [limits.NAME] applied to its requests, after the listener's
     auth: str = ""  # [auth.NAME] its requests must pass (instead of the listener's); "" = the listener's
+    cache: str = ""  # [caches.NAME] its GET/HEAD requests are served from (instead of the listener's); "" = the listener's
+    split: Split | None = None  # weighted variants instead of one pool (pool: the first variant's)
+    mirror: Mirror | None = None  # a share of its requests copied to a shadow pool; None: the listener's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +169,9 @@ class Listener:
     auth: str = ""  # http: [auth.NAME] every request must pass (a route may name its own); "" = none
     max_connections: int = 0  # client connections of this listener open at once, all workers; 0 = no limit
     forward: str = "userspace"  # tcp: "sockmap" = established pairs' bytes moved by the kernel (BPF)
+    cache: str = ""  # http: [caches.NAME] its requests are served from (a route may name its own); "" = none
+    split: Split | None = None  # http: the variants of requests no route takes (pool: the first variant's)
+    mirror: Mirror | None = None  # http: a share of its requests (but those of routes with their own) copied
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
@@ -162,14 +179,16 @@ def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Listener]:
     acls = ctx.sections["acls"]
     limits = ctx.sections.get("limits", {})
     auths = ctx.sections.get("auth", {})
+    caches = ctx.sections.get("caches", {})
     logs = ctx.sections.get("logs", {})
     bound: dict[BindAddr, str] = {}
     rules = [0]  # numbers the ACL decision counters, in file order
-    listeners = {name: _parse_listener(name, t, pools, acls, bound, ctx.warnings, rules, logs, limits, auths)
+    listeners = {name: _parse_listener(name, t, pools, acls, bound, ctx.warnings, rules, logs, limits, auths,
+                                       caches)
                  for name, t in tables}
     if not listeners:
         raise ConfigError("listeners", "at least one listener is required")
-    return listeners
+    return splits_section.name_splits(listeners)
 
 
 def _parse_bind_list(t: Table) -> list[tuple[str, str]]:
@@ -236,7 +255,7 @@ def _parse_passthrough_route(t: Table, pools: dict[str, Pool]) -> Route:
 
 
 def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: dict[str, Acl],
-                 rules: list[int], limits: dict[str, Limit], auths: dict[str, Auth]) -> Route:
+                 rules: list[int], limits: dict[str, Limit], auths: dict[str, Auth], caches: dict) -> Route:
     if not any(t.has(key) for key in ROUTE_MATCHERS):
         raise ConfigError(t.path, f"a route needs at least one of {', '.join(ROUTE_MATCHERS)}")
     host = t.string("host", None)
@@ -248,6 +267,7 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: di
     header_value = t.string("header_value", None)
     if header_value is not None and header is None:
         raise ConfigError(t.path_of("header_value"), "needs header, the name of the field to compare")
+    split = splits_section.parse(t, pools, acls, warnings)
     return Route(
         host=None if host is None else _parse_route_host(host, t.path_of("host")),
         path_prefix=None if path_prefix is None else _parse_route_path(path_prefix, t.path_of("path_prefix")),
@@ -255,13 +275,16 @@ def _parse_route(t: Table, pools: dict[str, Pool], warnings: list[str], acls: di
         methods=_parse_methods(t, warnings) if t.has("methods") else (),
         header=None if header is None else check_header_name(header, t.path_of("header")).lower(),
         header_value=None if header_value is None else check_field_value(header_value, t.path_of("header_value")),
-        pool=_check_pool_ref(t.string("pool"), t.path_of("pool"), pools),
+        pool=splits_section.pool_of(t, split, pools) if split is not None else _check_pool_ref(t.string("pool"), t.path_of("pool"), pools),
         request_headers=parse_header_rules(t, "request_headers"),
         response_headers=parse_header_rules(t, "response_headers"),
         access=parse_access(t, acls, rules),
         max_body_size=parse_body_size(t) if t.has("max_body_size") else None,
         limits=parse_limit_names(t, limits, "http"),
         auth=parse_auth_name(t, auths),
+        cache=parse_cache_name(t, caches),
+        split=split,
+        mirror=mirror_section.parse(t, pools),
     )
 
 
@@ -312,7 +335,7 @@ def parse_body_size(t: Table) -> int:
 def _parse_listener(
     name: str, t: Table, pools: dict[str, Pool], acls: dict[str, Acl], bound: dict[BindAddr, str],
     warnings: list[str], rules: list[int], logs: dict[str, LogSettings], limits: dict[str, Limit],
-    auths: dict[str, Auth],
+    auths: dict[str, Auth], caches: dict,
 ) -> Listener:
     """One [listeners.NAME] table; ``bound`` maps addresses taken so far to their listener."""
     check_name(name, t.path, "listener name")
@@ -350,13 +373,16 @@ def _parse_listener(
                 raise ConfigError(t.path_of(key), 'needs mode = "http"')
     # Before the routes, so errors come in file order ([[routes]] follow the listener's keys).
     http = _parse_http_settings(t) if mode == "http" else HttpSettings()
+    split = splits_section.parse(t, pools, acls, warnings) if mode == "http" else None
+    if split is not None:
+        pool = splits_section.pool_of(t, split, pools)
     access = parse_access(t, acls, rules)
     limit_names = parse_limit_names(t, limits, mode)
     tls = tls_section.parse(t.table("tls", tls_section.KEYS), mode, warnings) if t.has("tls") else None
     if passthrough:
         routes = tuple(_parse_passthrough_route(rt, pools) for rt in t.array_of_tables("routes", ROUTE_KEYS))
     else:
-        routes = tuple(_parse_route(rt, pools, warnings, acls, rules, limits, auths)
+        routes = tuple(_parse_route(rt, pools, warnings, acls, rules, limits, auths, caches)
                        for rt in t.array_of_tables("routes", ROUTE_KEYS))
     routes = _name_routes(routes, t)
     listener_log = listener_logs(t, mode, logs)
@@ -381,6 +407,9 @@ def _parse_listener(
         limits=limit_names,
         auth=parse_auth_name(t, auths),
         forward=forward,
+        cache=parse_cache_name(t, caches),
+        split=split,
+        mirror=mirror_section.parse(t, pools) if mode == "http" else None,
     )
 
 

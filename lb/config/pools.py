@@ -36,7 +36,8 @@ HASH_KEYS_L4 = ("source_ip", "source_addr")
 HASH_KEY_PREFIXES = ("header", "cookie", "query")  # "PREFIX:NAME", http only
 
 # Pool keys only http listeners act on; a tcp listener ignores them.
-HTTP_POOL_KEYS = ("response_timeout", "keepalive_max_idle", "keepalive_timeout", "sticky_cookie")
+HTTP_POOL_KEYS = ("response_timeout", "keepalive_max_idle", "keepalive_timeout", "sticky_cookie", "protocol")
+PROTOCOLS = ("http/1.1", "h2")
 NAMED = True
 KEYS = (
     "algorithm",
@@ -127,6 +128,7 @@ class Pool:
     keepalive_timeout: float = 30.0  # an idle backend connection is closed after this
     sticky_cookie: str = ""  # cookie name lb inserts for sticky sessions; "" = off
     tls: BackendTls | None = None  # [pools.NAME.tls]: TLS to the backends; None = plain
+    protocol: str = "http/1.1"  # http only: "h2" speaks HTTP/2 to the backends (h2c, or h2 by ALPN over TLS)
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Pool]:
@@ -316,7 +318,18 @@ def _parse_pool(name: str, t: Table, warnings: list[str]) -> Pool:
         passive=_parse_passive(t.table("passive", PASSIVE_KEYS)),
         backends=_parse_backends(t),
         tls=tls_section.parse_pool(t.table("tls", tls_section.POOL_KEYS), warnings) if t.has("tls") else None,
+        protocol=t.choice("protocol", "http/1.1", PROTOCOLS),
     )
+    if pool.protocol == "h2":
+        # one HTTP/2 connection carries many clients' requests: a PROXY header
+        # could name only one of them
+        if pool.send_proxy != "off":
+            raise ConfigError(t.path_of("protocol"), 'send_proxy cannot be used with protocol = "h2"')
+        # health checks of an h2 pool never speak HTTP/1.1, which an HTTP/2-only backend refuses
+        if pool.health.type == "http":
+            raise ConfigError(
+                t.path_of("protocol"), 'health.type = "http" checks speak HTTP/1.1; use "tcp" with protocol = "h2"'
+            )
     if len(pool.backends) > MAX_BACKENDS_PER_POOL:
         raise ConfigError(t.path_of("backends"), f"{len(pool.backends)} backends; at most {MAX_BACKENDS_PER_POOL}")
     if pool.algorithm == "maglev":

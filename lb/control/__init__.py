@@ -8,7 +8,7 @@ module here beside its lb/cli/ module, and its rows in VERBS."""
 from __future__ import annotations
 
 from lb.admin import AdminError
-from lb.control import acl, backend, cert, control, key, limits, logs, node, pool, status
+from lb.control import acl, backend, cache, cert, control, key, limits, logs, node, pool, rollout, split, status
 
 # verb -> function; "unknown command" lists the verbs in this order
 VERBS = {
@@ -36,9 +36,19 @@ VERBS = {
     "key.revoke": key.revoke,
     "key.list": key.list_keys,
     "logs.reopen": logs.reopen,
+    "cache.purge": cache.purge,
+    "cache.stats": cache.stats,
+    "cache.list": cache.list_entries,
     "node.status": node.status,
     "node.drain": node.drain,
     "node.undrain": node.undrain,
+    "split.show": split.show,
+    "split.set": split.set_,
+    "rollout.start": rollout.start,
+    "rollout.status": rollout.status,
+    "rollout.pause": rollout.pause,
+    "rollout.resume": rollout.resume,
+    "rollout.abort": rollout.abort,
 }
 
 

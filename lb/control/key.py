@@ -119,7 +119,7 @@ def list_keys(sup, args: dict) -> dict:
 
 
 def status(gen) -> list[dict]:
-    return [{"name": name, "type": a.type, "file": a.keys_file or a.htpasswd,
+    return [{"name": name, "type": a.type, "file": a.keys_file or a.htpasswd or a.jwks,
              "counts": gen.shm.auth_counts(i)} for i, (name, a) in enumerate(gen.config.auth.items())]
 
 

@@ -13,7 +13,7 @@ from lb.admin import PROTOCOL, AdminError
 from lb.checker import describe
 from lb.control import acl
 from lb.control import key
-from lb.control import limits
+from lb.control import cache, limits
 from lb.control import logs
 
 
@@ -51,6 +51,7 @@ def document(sup) -> dict:
     """The status document (docs/admin.md): listeners, pools and backends of
     the generation in force, workers of every generation still running."""
     from lb import metrics
+    from lb.control import rollout, split  # (they import backend, which imports this module)
 
     gen = sup.gen
     latency = metrics.latencies(sup)
@@ -109,6 +110,10 @@ def document(sup) -> dict:
         "checker": {"pid": gen.checker.pid, "restarts": gen.checker.restarts,
                     "crash_loop": gen.checker.crash_looping},
         "access_logs": logs.status(sup),
+        "caches": cache.stats(sup, {})["caches"],
+        "splits": split.show(sup, {})["splits"],
+        "rollouts": rollout.status(sup, {})["rollouts"],
+        "mirrors": metrics.mirror_status(gen),
     }
 
 

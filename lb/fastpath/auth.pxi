@@ -73,7 +73,8 @@ cdef void query_cut(lb_hconn *h, const uint8_t *b, http_req *r, uint32_t voff, u
 
 cdef int step_auth(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noexcept nogil:
     """Request phase, after the access rules: the route's auth (else the
-    listener's) on the request's API key; 401 without a known one."""
+    listener's) on the request's API key (or Basic credentials, or JWT);
+    401 without a known one."""
     cdef lb_http_worker *hw = w.http
     cdef int32_t ai = h.hl.auth
     cdef lb_auth_rt *ar
@@ -81,6 +82,7 @@ cdef int step_auth(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noe
     cdef uint32_t off = 0, n = 0
     cdef int found, len_
     hw.id_len = 0
+    hw.jwt_claims_len = 0
     if h.route >= 0 and h.hl.routes[h.route].auth != -1:
         ai = h.hl.routes[h.route].auth
     if ai < 0:
@@ -89,6 +91,8 @@ cdef int step_auth(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) noe
     st = &w.auth_stats[ai]
     if ar.basic:
         return basic_step(w, h, r, b, <uint32_t>ai)
+    if ar.jwt != NULL:
+        return jwt_step(w, h, r, b, <uint32_t>ai)
     if not auth_key_of(ar, b, r, &off, &n):
         lb_add_u64(&st.missing, 1)
         auth_answer(hw, ar)
@@ -157,5 +161,7 @@ cdef int auth_worker_init(lb_worker *w, Shm shm, object auths) except -1:
             ar.fields.remove[0] = ar.key_name
         if a.type == "basic":
             basic_worker_init(ar, a)
+        elif a.type == "jwt":
+            jwt_worker_init(ar, a)
     w.auth_stats = shm.auth_stats + <uint64_t>w.row * shm.auth_head.n_auths
     return 0

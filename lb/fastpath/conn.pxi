@@ -96,6 +96,8 @@ cdef void conns_free_closed(lb_worker *w) noexcept nogil:
             w.closed = c
         elif c.kind == KIND_HTTP:
             hconn_release(w, <lb_hconn *>c)
+        elif c.kind == KIND_H2B:
+            h2b_free(<lb_h2b *>c)
         else:
             conn_release(w, c)
         c = n

@@ -64,7 +64,9 @@ cdef bint bytes_put(lb_bytes *b, const void *s, size_t n) noexcept nogil:
             memmove(b.p, b.p + b.off, b.len)
             b.off = 0
         else:
-            cap = b.cap if b.cap else 1024
+            # (1000: within glibc's thread cache, 1032-byte chunks at most,
+            # which takes most of these buffers' malloc and free off the slow path)
+            cap = b.cap if b.cap else 1000
             while cap < b.len + n:
                 cap *= 2
             if cap > H2_RX_MAX + 65536:
@@ -217,64 +219,70 @@ cdef int h2s_take_head(lb_h2s *s, const uint8_t *p, size_t n) noexcept nogil:
     return <int>r.head_len
 
 
-cdef size_t h2s_dechunk(lb_h2s *s, const uint8_t *p, size_t n) noexcept nogil:
-    """Chunked framing off the response body (framing the http engine checked
-    already), data into tx, trailer lines kept: bytes taken."""
+cdef inline size_t h2s_dechunk(lb_h2s *s, const uint8_t *p, size_t n) noexcept nogil:
+    return h2_dechunk(&s.ts, &s.tck, &s.tleft, &s.tx, &s.trailers, &s.tx_eof, p, n)
+
+
+cdef size_t h2_dechunk(uint8_t *ts, uint8_t *tck, uint64_t *tleft, lb_bytes *tx, lb_bytes *trailers,
+                       uint8_t *tx_eof, const uint8_t *p, size_t n) noexcept nogil:
+    """Chunked framing off a body the http engine wrote (framing it checked
+    already), data into tx (up to H2_TX_CAP), trailer lines kept: bytes taken.
+    The response to an HTTP/2 client, and the request to an HTTP/2 backend."""
     cdef size_t i = 0, k
     cdef uint32_t room
     cdef int v
-    while i < n and s.ts == TX_CHUNKED:
-        if s.tck == CKD_SIZE:
+    while i < n and ts[0] == TX_CHUNKED:
+        if tck[0] == CKD_SIZE:
             v = hexval(p[i])
             if v >= 0:
-                s.tleft = s.tleft * 16 + v
+                tleft[0] = tleft[0] * 16 + v
             elif p[i] == 10:
-                s.tck = CKD_DATA if s.tleft else CKD_TRAILER
+                tck[0] = CKD_DATA if tleft[0] else CKD_TRAILER
             else:
-                s.tck = CKD_EXT       # an extension, or the CR: skipped to the LF
+                tck[0] = CKD_EXT       # an extension, or the CR: skipped to the LF
             i += 1
-        elif s.tck == CKD_EXT:
+        elif tck[0] == CKD_EXT:
             if p[i] == 10:
-                s.tck = CKD_DATA if s.tleft else CKD_TRAILER
+                tck[0] = CKD_DATA if tleft[0] else CKD_TRAILER
             i += 1
-        elif s.tck == CKD_DATA:
-            room = H2_TX_CAP - s.tx.len if s.tx.len < H2_TX_CAP else 0
+        elif tck[0] == CKD_DATA:
+            room = H2_TX_CAP - tx.len if tx.len < H2_TX_CAP else 0
             k = n - i
-            if k > s.tleft:
-                k = <size_t>s.tleft
+            if k > tleft[0]:
+                k = <size_t>tleft[0]
             if k > room:
                 k = room
             if k == 0:
                 break
-            if not bytes_put(&s.tx, p + i, k):
+            if not bytes_put(tx, p + i, k):
                 break
-            s.tleft -= k
+            tleft[0] -= k
             i += k
-            if s.tleft == 0:
-                s.tck = CKD_DATA_END
-        elif s.tck == CKD_DATA_END:
+            if tleft[0] == 0:
+                tck[0] = CKD_DATA_END
+        elif tck[0] == CKD_DATA_END:
             if p[i] == 10:
-                s.tck = CKD_SIZE
+                tck[0] = CKD_SIZE
             i += 1
-        elif s.tck == CKD_TRAILER:
+        elif tck[0] == CKD_TRAILER:
             # the start of a trailer line, or the empty line that ends the body
             if p[i] == 13:
                 i += 1
             elif p[i] == 10:
                 i += 1
-                s.ts = TX_DONE
-                s.tx_eof = 1
+                ts[0] = TX_DONE
+                tx_eof[0] = 1
             else:
-                s.tck = CKD_TRAILER_LINE
+                tck[0] = CKD_TRAILER_LINE
         else:
             k = i
             while k < n and p[k] != 10:
                 k += 1
-            if not bytes_put(&s.trailers, p + i, k - i):
+            if not bytes_put(trailers, p + i, k - i):
                 break
             if k < n:
-                bytes_put(&s.trailers, b"\n", 1)
-                s.tck = CKD_TRAILER
+                bytes_put(trailers, b"\n", 1)
+                tck[0] = CKD_TRAILER
                 k += 1
             i = k
     return i
@@ -387,8 +395,10 @@ cdef void h2s_free(lb_h2 *s2, lb_h2s *s) noexcept nogil:
         s2.streams = s.next
     if s.next != NULL:
         s.next.prev = s.prev
-    if not s2.dying and not s.closed:
-        nghttp2_session_set_stream_user_data(s2.ng, s.id, NULL)
+    if not s.closed:
+        s2.n_open -= 1
+        if not s2.dying:
+            nghttp2_session_set_stream_user_data(s2.ng, s.id, NULL)
     bytes_free(&s.rx)
     bytes_free(&s.hdrs)
     bytes_free(&s.cookie)
@@ -423,7 +433,7 @@ cdef ssize_t h2s_read_data(nghttp2_session *ng, int32_t stream_id, uint8_t *buf,
     if s.tx.len == 0 and s.tx_eof:
         data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
         if s.trailers.len:
-            n = h2_trailer_fields(s2, s)
+            n = h2_trailer_fields(s2.w.http.h2nv, &s.trailers)
             if n and nghttp2_submit_trailer(ng, stream_id, s2.w.http.h2nv, n) == 0:
                 data_flags[0] |= NGHTTP2_DATA_FLAG_NO_END_STREAM
         return <ssize_t>k
@@ -433,11 +443,10 @@ cdef ssize_t h2s_read_data(nghttp2_session *ng, int32_t stream_id, uint8_t *buf,
     return <ssize_t>k
 
 
-cdef uint32_t h2_trailer_fields(lb_h2 *s2, lb_h2s *s) noexcept nogil:
-    """The response's trailer lines ("name: value") as fields, names lowered."""
-    cdef nghttp2_nv *nv = s2.w.http.h2nv
-    cdef char *p = s.trailers.p + s.trailers.off
-    cdef uint32_t n = s.trailers.len, i = 0, start, colon, end, v, k = 0
+cdef uint32_t h2_trailer_fields(nghttp2_nv *nv, lb_bytes *trailers) noexcept nogil:
+    """Trailer lines ("name: value") as fields, names lowered."""
+    cdef char *p = trailers.p + trailers.off
+    cdef uint32_t n = trailers.len, i = 0, start, colon, end, v, k = 0
     while i < n and k < HTTP_MAX_FIELDS_CAP:
         start = i
         while i < n and p[i] != 10:
@@ -496,6 +505,14 @@ cdef int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, vo
     tl_append(&h.hl.req_timer, &h.tphase, s2.w.now_ms, h)
     if frame.headers.cat != NGHTTP2_HCAT_REQUEST:
         return 0
+    if s2.n_open >= h.hl.h2_max_streams:
+        # past max_concurrent_streams: refused, so the client can send it again
+        # (RFC 9113 5.1.2, 8.7; HAProxy and nginx answer so too); its header
+        # block is still decoded (HPACK state) and then dropped. A client that
+        # keeps at it spends its glitch budget, or meets nghttp2's own limit.
+        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame.hd.stream_id, NGHTTP2_REFUSED_STREAM)
+        h2_glitch(s2, 1)
+        return 0
     s = <lb_h2s *>calloc(1, sizeof(lb_h2s))
     if s == NULL:
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
@@ -506,6 +523,7 @@ cdef int h2_on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, vo
         s.next.prev = s
     s2.streams = s
     s2.n_streams += 1
+    s2.n_open += 1
     nghttp2_session_set_stream_user_data(ng, s.id, s)
     lb_add_u64(&s2.w.stats.h2_streams, 1)
     return 0
@@ -713,6 +731,7 @@ cdef int h2_on_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t err
         return 0
     nghttp2_session_set_stream_user_data(ng, stream_id, NULL)
     s.closed = 1
+    s2.n_open -= 1
     if s.h == NULL:
         h2s_free(s2, s)
         return 0
@@ -872,8 +891,11 @@ cdef bint h2_start(lb_worker *w, lb_hconn *h) noexcept nogil:
     w.http.h2_all = s2
     if h.local.ss_family == 0:
         getsockname(h.c.sk[SIDE_CLIENT].fd, <sockaddr *>&h.local, &alen)   # the streams' PROXY headers
+    # nghttp2 can only end the connection past the limit it knows: it is given
+    # a larger one, and clients are told the configured one (h2_advertise), so
+    # that lb refuses the streams between the two one by one (h2_on_begin_headers)
     iv[0].settings_id = NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS
-    iv[0].value = hl.h2_max_streams
+    iv[0].value = h2_engine_streams(hl)
     iv[1].settings_id = NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE
     iv[1].value = hl.h2_window
     iv[2].settings_id = NGHTTP2_SETTINGS_MAX_FRAME_SIZE
@@ -947,6 +969,30 @@ cdef void h2_goaway_final(lb_h2 *s2) noexcept nogil:
     h2_kick(s2)
 
 
+cdef inline uint32_t h2_engine_streams(lb_http_listener *hl) noexcept nogil:
+    """The stream limit nghttp2 enforces (with a connection error): well past
+    the one clients are told, which lb enforces stream by stream."""
+    return hl.h2_max_streams * 2 + 16
+
+
+cdef void h2_advertise(uint8_t *p, size_t n, uint32_t limit) noexcept nogil:
+    """In lb's first frames as nghttp2 made them, SETTINGS_MAX_CONCURRENT_STREAMS
+    says the configured limit instead of nghttp2's own (h2_engine_streams)."""
+    cdef size_t i = 0, j, end
+    while i + 9 <= n:
+        end = i + 9 + ((<size_t>p[i] << 16) | (<size_t>p[i + 1] << 8) | p[i + 2])
+        if p[i + 3] == NGHTTP2_SETTINGS and not (p[i + 4] & NGHTTP2_FLAG_ACK):
+            j = i + 9
+            while j + 6 <= end and j + 6 <= n:
+                if p[j] == 0 and p[j + 1] == NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS:
+                    p[j + 2] = <uint8_t>(limit >> 24)
+                    p[j + 3] = <uint8_t>(limit >> 16)
+                    p[j + 4] = <uint8_t>(limit >> 8)
+                    p[j + 5] = <uint8_t>limit
+                j += 6
+        i = end
+
+
 cdef int h2_write(lb_worker *w, lb_hconn *h) noexcept nogil:
     """Frames from nghttp2 to the socket, as far as the socket takes them.
     1 progress, 0 none, -1 the connection failed."""
@@ -963,6 +1009,10 @@ cdef int h2_write(lb_worker *w, lb_hconn *h) noexcept nogil:
                 break
             if not bytes_put(&s2.wbuf, data, n):
                 return -1
+            if not s2.advertised:
+                # the session's first frame is lb's SETTINGS
+                s2.advertised = 1
+                h2_advertise(<uint8_t *>s2.wbuf.p + s2.wbuf.off + s2.wbuf.len - n, <size_t>n, h.hl.h2_max_streams)
         if s2.wbuf.len == 0:
             bytes_free(&s2.wbuf)
             return progress

@@ -119,6 +119,8 @@ cdef void h_error(lb_worker *w, lb_hconn *h, int code) noexcept nogil:
     """Answer with a built-in page and close. When a response already began, the
     only honest signal left is to cut the connection. lb's own answer is an
     exchange even when no request head was taken (400, 408): it ends here."""
+    if code >= 500 and h.cx != NULL and not h.resp_sent and h.in_exchange and cache_stale_on_error(w, h, code):
+        return                       # stale-if-error: the cache answers instead
     lb_add_u64(&w.stats.http_errors, 1)
     if not h.in_exchange:
         log_exchange_bare(w, h)
@@ -185,6 +187,8 @@ cdef void h_connect(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef int fd
     cdef lb_bconn *b
     cdef epoll_event ev
+    if h.mirror >= 0:
+        mirror_start(w, h)           # before the first try: the request is whole and not yet sent
     while h.c.tries <= <int32_t>p.retries:
         if h.sticky_slot >= 0 and h.c.tries == 0 and backend_hashable(&w.backends[h.sticky_slot]):
             slot = h.sticky_slot
@@ -195,7 +199,15 @@ cdef void h_connect(lb_worker *w, lb_hconn *h) noexcept nogil:
         h.c.tried[h.c.tries] = slot
         h.c.tries += 1
         b = NULL
-        if h.priv != NULL:
+        if p.http.h2:
+            # a stream of an HTTP/2 connection (fastpath/h2_backend.pxi)
+            b = h2b_bconn(w, p, slot, h.fresh, &fd)
+            if b == NULL:
+                if fd == CONNECT_NO_FD:
+                    break
+                conn_count_failure(w, slot, False)
+                continue
+        elif h.priv != NULL:
             # a connection that announced this client (PROXY header) serves no other
             if h.priv.slot == slot and not h.fresh:
                 b = h.priv
@@ -299,6 +311,9 @@ cdef void h_start_request(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil
     log_exchange_start(w, h, r, b)
     w.http.id_len = 0                # no API-key identity until this request's auth step finds one
     h.cut_len = 0
+    h.split = -1                     # until this request's split step picks a variant
+    h.split_cookie = 0
+    h.mirror = -1
     top_path(w, b + r.target_off, r.target_len)
     rc = phase_request(w, h, r, b)
     if rc != STEP_CONTINUE:
@@ -372,7 +387,7 @@ cdef void h_request_go(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil:
     h.rs_state = RS_WAIT
     # HTTP/1.0 clients cannot read chunked responses: ask the backend in 1.0 too
     # (it then delimits by length or by close), and do not reuse that connection
-    if not hb_need(w, &h.upb) or not rewrite_request(h, b, r, r.version, &p.http.sticky):
+    if not hb_need(w, &h.upb) or not rewrite_request(h, b, r, r.version, &p.http.sticky, p.http.h2):
         h_error(w, h, 431)
         return
     hb_drop(w, &h.inb, head_len)
@@ -409,7 +424,9 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     if b != NULL:
         b.served += 1
         h.b = NULL
-        if h.backend_ka and h.rq_state == RQ_DONE and w.pools[b.pool].http.send_proxy and h.client_ka \
+        if b.sk.xp == &XPRT_H2B:
+            bconn_close(w, b, False)     # the stream ends; its connection stays for the others
+        elif h.backend_ka and h.rq_state == RQ_DONE and w.pools[b.pool].http.send_proxy and h.client_ka \
                 and bconn_quiet(b):
             # its PROXY header named this client: keep it for this client only
             # (HAProxy marks such connections private too)
@@ -436,6 +453,7 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     h.resp_started = 0
     h.resp_sent = 0                  # an error page for the next request is sent, not cut
     h.route = -1
+    h.split = -1
     if h.inb.len:
         tl_append(&hl.req_timer, &h.tphase, w.now_ms, h)
     else:
@@ -446,6 +464,8 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
 cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef int progress = 0
     cdef lb_bconn *b
+    if h.cx != NULL and h.cx.serving:
+        return cache_serve(w, h)     # answered by lb: no backend
     if h.rq_state == RQ_BODY_CL or h.rq_state == RQ_BODY_CHUNKED:
         progress |= h_req_body(w, h)
         if h.st != HS_EXCH:
@@ -465,8 +485,8 @@ cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
     if h.rs_state == RS_WAIT:
         if b.inb.len:
             progress |= h_resp_head(w, h)
-            if h.st != HS_EXCH:
-                return 1
+            if h.st != HS_EXCH or (h.cx != NULL and h.cx.serving):
+                return 1             # (the cache answers a revalidated request: cache_serve, next round)
         if h.rs_state == RS_WAIT and b.inb.len == 0 and (b.flags & HF_EOF):
             # closed or reset before any response byte
             h_backend_failed(w, h, False, False)

@@ -141,6 +141,8 @@ cdef lb_hconn *hconn_alloc(lb_worker *w) noexcept nogil:
     h.pipe[1] = -1
     h.route = -1
     h.sticky_slot = -1
+    h.split = -1
+    h.mirror = -1
     return h
 
 
@@ -173,6 +175,7 @@ cdef void http_free_closed(lb_worker *w) noexcept nogil:
     """Backend connections closed in this turn, freed once its events are done."""
     cdef lb_bconn *b = w.http.closed_b
     cdef lb_bconn *n
+    mirror_free_closed(w)
     w.http.closed_b = NULL
     while b != NULL:
         n = b.idle_next
@@ -199,14 +202,16 @@ cdef void idle_unlink(lb_worker *w, lb_bconn *b) noexcept nogil:
 
 
 cdef void bconn_close(lb_worker *w, lb_bconn *b, bint reset) noexcept nogil:
+    cdef bint own_fd = b.sk.fd >= 0     # (a stream of an HTTP/2 connection has none)
     if b.state == BS_CLOSED:
         return
     if b.state == BS_IDLE:
         idle_unlink(w, b)
     tl_remove(&b.tn)
     sock_close(&b.sk, reset)
-    w.fds -= 1
-    lb_store_i64(&w.stats.fds, w.fds)
+    if own_fd:
+        w.fds -= 1
+        lb_store_i64(&w.stats.fds, w.fds)
     if w.pause:
         accept_recheck(w)
     hb_give(w, &b.inb)

@@ -61,6 +61,12 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
         h_read_client(w, h)
         conn_queue(w, &h.c)
         return
+    if (<uint32_t *>obj)[0] == KIND_H2B:
+        h2b_on_event(w, <lb_h2b *>obj, events)
+        return
+    if (<uint32_t *>obj)[0] == KIND_MIRROR:
+        mirror_on_event(w, <lb_mirror *>obj, events)
+        return
     b = <lb_bconn *>obj
     if b.state == BS_CLOSED:
         return
@@ -141,6 +147,7 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
     cdef lb_http_listener *hl
     cdef lb_http_pool *hp
     cdef uint64_t now = w.now_ms, last
+    mirror_timers_sweep(w)
     for i in range(w.n_listeners):
         hl = w.listeners[i].http
         if hl == NULL:
@@ -226,8 +233,12 @@ cdef void http_timers_sweep(lb_worker *w) noexcept nogil:
             n = tl_expired(&hp.idle_timer, now)
             if n == NULL:
                 break
-            bconn_close(w, <lb_bconn *>n.owner, False)
+            if (<uint32_t *>n.owner)[0] == KIND_H2B:
+                h2b_close(w, <lb_h2b *>n.owner)
+            else:
+                bconn_close(w, <lb_bconn *>n.owner, False)
     if w.http != NULL:
+        cache_waits_sweep(w)         # requests waiting for another's fetch of their key
         while True:
             n = tl_expired(&w.http.linger_timer, now)
             if n == NULL:
@@ -256,6 +267,8 @@ cdef uint64_t http_next_deadline(lb_worker *w, uint64_t deadline) noexcept nogil
             deadline = tl_deadline(&hp.idle_timer, deadline)
     if w.http != NULL:
         deadline = tl_deadline(&w.http.linger_timer, deadline)
+        deadline = cache_next_deadline(w, deadline)
+        deadline = mirror_next_deadline(w, deadline)
     return deadline
 
 

@@ -45,7 +45,8 @@ cdef int rules_init(lb_hrules *r, object rules) except -1:
 
 
 cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index, dict acl_index,
-                            dict limit_index=None, dict auth_index=None) except -1:
+                            dict limit_index=None, dict auth_index=None, dict split_index=None,
+                            dict mirror_index=None, dict cache_index=None) except -1:
     """The http settings of one listener, from its config.Listener."""
     cdef lb_http_listener *hl = <lb_http_listener *>calloc(1, sizeof(lb_http_listener))
     if hl == NULL:
@@ -69,7 +70,15 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index,
     hl.idle_timer.timeout_ms = max(1, <uint64_t>(listener.idle_timeout * 1000))
     hl.tls_timer.timeout_ms = l.tls.handshake_timeout_ms if l.tls != NULL else 1
     hl.n_routes = len(listener.routes)
-    hl.routes = routes_init(listener.routes, pool_index, acl_index, limit_index, auth_index)
+    hl.routes = routes_init(listener.routes, pool_index, acl_index, limit_index, auth_index, split_index, cache_index)
+    hl.cache = (cache_index or {})[listener.cache] if getattr(listener, "cache", "") else -1
+    split = getattr(listener, "split", None)
+    hl.split = (split_index or {})[split.name] if split is not None else -1
+    hl.mirror = -1
+    if mirror_index:
+        hl.mirror = mirror_index.get((listener.name, -1), -1)
+        for i in range(hl.n_routes):
+            hl.routes[i].mirror = mirror_index.get((listener.name, i), -1)
     hl.auth = (auth_index or {})[listener.auth] if getattr(listener, "auth", "") else -1
     rid_listener_init(hl, listener)
     h2 = getattr(hs, "http2", None)
@@ -83,7 +92,7 @@ cdef int http_listener_init(lb_listener_rt *l, object listener, dict pool_index,
 
 
 cdef lb_route *routes_init(object routes, dict pool_index, dict acl_index=None, dict limit_index=None,
-                           dict auth_index=None) except NULL:
+                           dict auth_index=None, dict split_index=None, dict cache_index=None) except NULL:
     """A listener's routes (config.Route), in order: http routes, or the SNI
     routes of a tls_passthrough listener (host and pool only)."""
     cdef lb_route *rt
@@ -110,6 +119,10 @@ cdef lb_route *routes_init(object routes, dict pool_index, dict acl_index=None, 
         rt.access = access_init(getattr(route, "access", None), acl_index or {})
         rt.limits = limit_list_init(getattr(route, "limits", ()), limit_index or {})
         rt.auth = (auth_index or {})[route.auth] if getattr(route, "auth", "") else -1
+        rt.cache = (cache_index or {})[route.cache] if getattr(route, "cache", "") else -1
+        split = getattr(route, "split", None)
+        rt.split = (split_index or {})[split.name] if split is not None else -1
+        rt.mirror = -1
         limit = getattr(route, "max_body_size", None)
         rt.max_body = -1 if limit is None else limit
     return out
@@ -139,7 +152,9 @@ cdef int http_pool_init(lb_pool_rt *p, object pool) except -1:
     hp.sticky_ids = <uint64_t *>calloc(cap, sizeof(uint64_t))
     hp.idle_top = <lb_bconn **>calloc(cap, sizeof(lb_bconn *))
     hp.idle_count = <uint32_t *>calloc(cap, sizeof(uint32_t))
-    if hp.sticky_ids == NULL or hp.idle_top == NULL or hp.idle_count == NULL:
+    hp.h2 = getattr(pool, "protocol", "http/1.1") == "h2"
+    hp.h2_conns = <lb_h2b **>calloc(cap, sizeof(lb_h2b *))
+    if hp.sticky_ids == NULL or hp.idle_top == NULL or hp.idle_count == NULL or hp.h2_conns == NULL:
         raise MemoryError()
     hp.idle_timer.timeout_ms = max(1, <uint64_t>(getattr(pool, "keepalive_timeout", 30.0) * 1000))
     hp.connect_timer.timeout_ms = max(1, <uint64_t>(pool.connect_timeout * 1000))
@@ -160,4 +175,5 @@ cdef int http_worker_init(lb_worker *w) except -1:
         raise MemoryError()
     hw.linger_timer.timeout_ms = LINGER_MS
     h2_worker_init(w)
+    h2b_worker_init(w)
     return 0

@@ -416,6 +416,8 @@ cdef int h_resp_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             if n > hb_room(&h.outb):
                 n = hb_room(&h.outb)
             ob_put(&h.outb, b.inb.p + b.inb.off, n)
+            if h.cx != NULL:
+                cache_fill_put(h, b.inb.p + b.inb.off, n)
             hb_drop(w, &b.inb, n)
             h.rs_left -= n
             progress = 1
@@ -434,6 +436,8 @@ cdef int h_resp_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             progress |= st
         if h.rs_left == 0 and b.pipe_len == 0:
             h.rs_state = RS_DONE
+            if h.cx != NULL:
+                cache_fill_done(w, h)
             return 1
     else:                            # RS_BODY_EOF: everything until the backend closes
         while b.inb.len and hb_room(&h.outb) and hb_need(w, &h.outb):

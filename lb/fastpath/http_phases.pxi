@@ -14,6 +14,7 @@
 #                                                   rules, authentication, rate limits, body
 #                                                   limit, cache lookup, split, header rules
 #   response  http, on each final response head     cache store, header rules
+#   (end: the cache's state of the exchange is freed after the limits')
 #   end       once per http exchange and per tcp    metrics, requests in flight given back
 #             connection, however it ended          (limits), the record for logs
 #
@@ -93,14 +94,19 @@ REQUEST_STEPS = (
     ("auth", <size_t><void *>step_auth, wants_auth),
     ("limits", <size_t><void *>step_limits, wants_limits),
     ("body_limit", <size_t><void *>step_body_limit, wants_body_limit),
+    ("cache", <size_t><void *>step_cache, wants_cache),
+    ("split", <size_t><void *>step_split, wants_split),
+    ("mirror", <size_t><void *>step_mirror, wants_mirror),
     ("request_headers", <size_t><void *>step_request_headers, wants_request_headers),
 )
 RESPONSE_STEPS = (
+    ("cache_store", <size_t><void *>step_cache_store, wants_cache_store),
     ("response_headers", <size_t><void *>step_response_headers, wants_response_headers),
 )
 END_STEPS = (
     ("metrics", <size_t><void *>step_metrics, wants_metrics),
     ("limits_release", <size_t><void *>step_limits_release, wants_limits_release),
+    ("cache_end", <size_t><void *>step_cache_end, wants_cache_end),
     ("log", <size_t><void *>step_log, wants_log),
 )
 PHASES = (("accept", ACCEPT_STEPS), ("request", REQUEST_STEPS), ("response", RESPONSE_STEPS), ("end", END_STEPS))

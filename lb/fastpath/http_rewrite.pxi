@@ -151,9 +151,10 @@ cdef bint put_cookie_without(lb_hbuf *o, const uint8_t *b, http_field *f, lb_str
 
 
 cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, uint8_t to_version,
-                          lb_str *sticky) noexcept nogil:
+                          lb_str *sticky, bint keep_te=False) noexcept nogil:
     """The head sent to the backend, into h.upb, with the header rules the
-    request phase chose (h.rq_rules)."""
+    request phase chose (h.rq_rules). keep_te: an HTTP/2 backend gets
+    "te: trailers" (the one TE value HTTP/2 carries; gRPC servers require it)."""
     cdef lb_hbuf *o = &h.upb
     cdef lb_http_listener *hl = h.hl
     cdef uint32_t offs[MAX_CONN_TOKENS]
@@ -183,7 +184,8 @@ cdef bint rewrite_request(lb_hconn *h, const uint8_t *b, http_req *r, uint8_t to
         if is_framing(name, f.name_len):
             continue                 # framing_emit writes lb's own
         if hop_by_hop(name, f.name_len):
-            if not (h.upgrade and ieq(name, f.name_len, b"upgrade")):
+            if not (h.upgrade and ieq(name, f.name_len, b"upgrade")) and not (
+                    keep_te and ieq(name, f.name_len, b"te") and ieq(b + f.value_off, f.value_len, b"trailers")):
                 continue
         elif k and conn_listed(b, name, f.name_len, k, offs, lens):
             continue
@@ -306,7 +308,11 @@ cdef bint rewrite_response(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req
             return False
         if h.set_sticky and not sticky_emit(w, &w.pools[h.c.pool], o, h.c.slot):
             return False
+        if h.split_cookie and not split_emit(w, h, o):
+            return False
         if rid_has(h) and not rid_emit(h, o):
+            return False
+        if h.cache_note and not cache_emit(h, o):
             return False
         if not h.client_ka:
             if not ob_str(o, b"Connection: close\r\n"):

@@ -364,6 +364,7 @@ cdef bint lim_key_http(lb_http_worker *hw, shm_limit *L, lb_hconn *h, http_req *
     cdef lb_str name
     cdef uint32_t off = 0, n = 0, i
     cdef bint found = False
+    cdef const uint8_t *cv = NULL
     if L.key_kind == LK_SOURCE_IP:
         return lim_key_addr(L, &h.c.peer, k)
     if L.key_kind == LK_API_KEY:
@@ -374,6 +375,15 @@ cdef bint lim_key_http(lb_http_worker *hw, shm_limit *L, lb_hconn *h, http_req *
         k.len = hw.id_len if hw.id_len < LIMIT_TEXT_MAX else LIMIT_TEXT_MAX
         memcpy(k.text, hw.id, k.len)
         lim_hash(L, k, <const uint8_t *>hw.id, hw.id_len)
+        return True
+    if L.key_kind == LK_JWT_CLAIM:
+        # a claim of the token the auth step verified (none: not limited)
+        if not jwt_claim_key(hw, L.key_name, &cv, &n):
+            return False
+        k.kind = 0
+        k.len = <uint8_t>(n if n < LIMIT_TEXT_MAX else LIMIT_TEXT_MAX)
+        memcpy(k.text, cv, k.len)
+        lim_hash(L, k, cv, n)
         return True
     name.p = L.key_name
     name.n = <uint32_t>strlen(L.key_name)
@@ -514,7 +524,8 @@ cdef lb_limit_list *limit_list_init(object names, dict limit_index) except? NULL
     return ll
 
 
-_LIMIT_KEY_KINDS = {"source_ip": LK_SOURCE_IP, "header": LK_HEADER, "cookie": LK_COOKIE, "api_key": LK_API_KEY}
+_LIMIT_KEY_KINDS = {"source_ip": LK_SOURCE_IP, "header": LK_HEADER, "cookie": LK_COOKIE, "api_key": LK_API_KEY,
+                    "jwt": LK_JWT_CLAIM}
 LIMIT_PROBE_SLOTS = LIMIT_PROBE
 LIMIT_LIST_MAX = LIMIT_MAX_PER_LIST
 LIMIT_KEY_TEXT_MAX = LIMIT_TEXT_MAX

@@ -209,6 +209,8 @@ cdef void pending_run(lb_worker *w) noexcept nogil:
         c.flags &= ~F_QUEUED
         if c.kind == KIND_HTTP and (<lb_hconn *>c).st != HS_TUNNEL:
             h_run(w, <lb_hconn *>c)
+        elif c.kind == KIND_H2B:
+            h2b_run(w, <lb_h2b *>c)
         else:
             conn_pump(w, c)
         c = n
@@ -334,12 +336,14 @@ cdef class Worker:
     tls:       {"listeners": {name: TlsServer}, "pools": {name: TlsClient}}: the
                contexts of the TLS listeners and pools (lb.tls.contexts, before fork)
     max_connections: global.max_connections (each listener's own is in its config)
+    caches:    (CacheShm, config.Cache) of every [caches.NAME], in config order
     The caller blocks SIGTERM/SIGINT/SIGQUIT first: they arrive through a signalfd.
     """
 
     cdef lb_worker w
     cdef Shm shm
     cdef dict tls                    # the TlsServers its listeners point into
+    cdef list caches                 # the CacheShms its caches point into
 
     def __cinit__(self):
         memset(&self.w, 0, sizeof(lb_worker))
@@ -351,7 +355,7 @@ cdef class Worker:
 
     def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
                  int64_t fd_limit=1024, double drain_timeout=30.0, tls=None, listener_names=None, auths=(),
-                 int64_t max_connections=0):
+                 int64_t max_connections=0, caches=()):
         cdef lb_pool_rt *p
         cdef lb_listener_rt *l
         if len(pools) != shm.hdr.n_pools:
@@ -396,6 +400,11 @@ cdef class Worker:
             auth_worker_init(w, shm, auths)
             for i, pool in enumerate(pools):
                 http_pool_init(&w.pools[i], pool)
+            splits_worker_init(w, shm, [listener for _, listener in listeners], acl_index)
+            mirror_index = mirrors_worker_init(w, shm, row, [listener for _, listener in listeners], pool_index)
+            self.caches = list(caches)
+            cache_worker_init(w, self.caches, row, acl_index)
+        cache_index = {cfg.name: i for i, (_, cfg) in enumerate(caches)}
         for i, (fd, listener) in enumerate(listeners):
             l = &w.listeners[i]
             l.fd = fd
@@ -431,7 +440,8 @@ cdef class Worker:
             metrics_listener_init(w, l, shm, len(listener.routes))
             phases_init(&l.phases, listener)
             if listener.mode == "http":
-                http_listener_init(l, listener, pool_index, acl_index, limit_index, auth_index)
+                http_listener_init(l, listener, pool_index, acl_index, limit_index, auth_index, split_index(shm),
+                                   mirror_index, cache_index)
 
     def run(self):
         """Serve until SIGTERM has drained every connection (or the drain timed

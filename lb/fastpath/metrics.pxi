@@ -51,11 +51,11 @@ cdef inline uint64_t metrics_entities_off(uint64_t n_listeners) noexcept nogil:
 
 
 def metrics_region_size(d):
-    entities = d.listeners + d.routes + d.pools + d.slots
+    entities = d.listeners + d.routes + d.pools + d.slots + d.variants
     return metrics_entities_off(d.listeners) + d.rows * entities * sizeof(shm_metrics)
 
 
-cdef int metrics_init(Shm shm, listener_routes) except -1:
+cdef int metrics_init(Shm shm, listener_routes, uint32_t n_variants=0) except -1:
     """At creation: the entities of each kind, and each listener's first route."""
     cdef shm_metrics_head *mh = <shm_metrics_head *>shm.region_addr("metrics")
     cdef uint32_t *route_base = <uint32_t *>(<char *>mh + sizeof(shm_metrics_head))
@@ -67,7 +67,8 @@ cdef int metrics_init(Shm shm, listener_routes) except -1:
     mh.n_routes = base - mh.n_listeners
     mh.n_pools = shm.hdr.n_pools
     mh.n_slots = shm.hdr.n_slots
-    mh.n_entities = mh.n_listeners + mh.n_routes + mh.n_pools + mh.n_slots
+    mh.n_variants = n_variants
+    mh.n_entities = mh.n_listeners + mh.n_routes + mh.n_pools + mh.n_slots + n_variants
     return 0
 
 
@@ -169,6 +170,8 @@ cdef void step_metrics(lb_worker *w, lb_conn *c) noexcept nogil:
         pooled = c.lg.term != TERM_REFUSED
     if c.pool >= 0 and pooled:
         met_count(&m[w.met_pool_base + <uint32_t>c.pool], c, cls, retries, total, connect, first)
+        if h != NULL and h.split >= 0 and w.http.splits[h.split].met_base != <uint32_t>0xffffffff:
+            met_count(&m[w.http.splits[h.split].met_base + h.split_variant], c, cls, retries, total, connect, first)
     slot = c.slot
     if slot < 0 and c.tries > 0:
         slot = c.tried[c.tries - 1]  # the last backend tried, when none is held now
@@ -374,6 +377,7 @@ def metrics_step_ns(Shm shm, uint32_t row, uint64_t n, uint32_t n_backends, uint
         h.c.peer.ss_family = AF_INET
         memcpy(&(<sockaddr_in *>&h.c.peer).sin_addr.s_addr, b"\x7f\x00\x00\x01", 4)
         h.route = -1
+        h.split = -1
         w.now_us = 1000000000
         with nogil:
             clock_gettime(CLOCK_MONOTONIC, &t0)

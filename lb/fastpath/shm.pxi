@@ -61,8 +61,8 @@ cdef inline uint64_t _line(uint64_t n) noexcept nogil:
 # config's listeners; routes: all their routes (the metrics' entities beside
 # pools and slots))
 Dimensions = _collections.namedtuple("Dimensions",
-                                     "pools slots rows tables acls rules log_records limits auths listeners routes",
-                                     defaults=((), 0, 1, 0))
+                                     "pools slots rows tables acls rules log_records limits auths listeners routes splits variants "
+                                     "mirrors", defaults=((), 0, 1, 0, 0, 0, 0))
 
 
 cdef class _Resident:
@@ -139,7 +139,7 @@ REGIONS = (
      + sum(_limit_table_bytes(cap, conc, d.rows) for cap, conc in d.limits)),
     ("limit_stats", "each worker, its own row of every limit's counters",
      lambda d: d.rows * max(1, len(d.limits)) * sizeof(shm_limit_stats)),
-    ("auth_keys", "supervisor (each API-key auth's two halves of key hashes, flipped by generation)",
+    ("auth_keys", "supervisor (each auth's two halves, flipped by generation: API-key hashes, or a JWKS's packed keys)",
      lambda d: _line(sizeof(shm_auth_head) + d.auths * sizeof(shm_auth)) + d.auths * 2 * AUTH_HALF_SLOTS * sizeof(shm_auth_key)),
     ("auth_stats", "each worker, its own row of every API-key auth's counters",
      lambda d: d.rows * max(1, d.auths) * sizeof(shm_auth_stats)),
@@ -150,6 +150,10 @@ REGIONS = (
      lambda d: metrics_region_size(d)),
     ("top_talkers", "each worker, its own row of top-talker sketches (fastpath/top.pxi)",
      lambda d: d.rows * sizeof(shm_top_row)),
+    ("splits", "supervisor (each split's two halves of weights and bucket table, flipped by generation)",
+     lambda d: splits_region_size(d)),
+    ("mirror_stats", "each worker, its own row of every mirror's counters (fastpath/mirror.pxi)",
+     lambda d: mirrors_region_size(d)),
 )
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
@@ -187,7 +191,7 @@ cdef class Shm:
 
     @staticmethod
     def create(str path, pools, int n_rows, int supervisor_pid=0, acls=(), int n_rules=0, uint32_t log_records=0,
-               limits=(), auths=(), uint32_t n_listeners=1, listener_routes=()):
+               limits=(), auths=(), uint32_t n_listeners=1, listener_routes=(), splits=(), uint32_t n_mirrors=0):
         """pools: sequence of (name, capacity, algorithm, table_size, hash_key,
         balance_factor); table_size counts only for maglev, hash_key is a config
         hash_key string (keys the tcp path cannot compute, and every key of a
@@ -200,7 +204,8 @@ cdef class Shm:
         API-key auths, in config order (their tables start empty: auth_publish
         fills them). n_listeners: the config's listeners (their counters).
         listener_routes: the routes of each listener, in config order (the
-        metrics' entities)."""
+        metrics' entities). splits: (name, [pool index of each
+        variant]) of each split, in config order (split_publish fills their tables)."""
         if log_records & (log_records - 1):
             raise ValueError(f"log ring size {log_records} is not a power of two")
         for spec in pools:
@@ -211,7 +216,8 @@ cdef class Shm:
                           rules=n_rules, log_records=log_records,
                           limits=tuple((spec["capacity"], spec["concurrent"]) for spec in limits),
                           auths=len(auths), listeners=max(1, n_listeners, len(listener_routes)),
-                          routes=sum(listener_routes))
+                          routes=sum(listener_routes), splits=len(splits),
+                          variants=sum(len(pools) for _, pools in splits), mirrors=n_mirrors)
         layout = []
         cdef uint64_t total = _line(sizeof(shm_header))
         for name, _, size_of in REGIONS:
@@ -248,7 +254,9 @@ cdef class Shm:
         self._limits_init(limits, n_rows)
         self._auths_init(auths)
         (<shm_log_head *>self.region_addr("log_rings")).n_records = log_records
-        metrics_init(self, listener_routes)
+        metrics_init(self, listener_routes, sum(len(pools) for _, pools in splits))
+        splits_init(self, splits)
+        mirrors_init(self, n_mirrors)
         cdef uint32_t first = 0
         cdef uint64_t table_off = <uint64_t><size_t>(self.region_addr("maglev_tables") - self.base)
         cdef shm_pool *p
@@ -646,6 +654,19 @@ cdef class Shm:
         a.n_keys[half] = n
         lb_release_u32(&a.gen, a.gen + 1)
 
+    def auth_publish_blob(self, uint32_t i, bytes blob, uint32_t n_keys):
+        """Make blob (a JWT auth's packed keys, lb/config/jwks.py) the keys of
+        auth i: written into the half not in use, then flipped. The workers
+        rebuild their keys at their next token."""
+        cdef shm_auth *a = self._auth(i)
+        cdef uint32_t half = (a.gen + 1) & 1
+        if len(blob) > JWT_BLOB_MAX:
+            raise ValueError(f"at most {JWT_BLOB_MAX} bytes of keys")
+        memcpy(self.base + a.off + <uint64_t>half * AUTH_HALF_SLOTS * sizeof(shm_auth_key), <char *>blob, len(blob))
+        a.n_slots[half] = len(blob)
+        a.n_keys[half] = n_keys
+        lb_release_u32(&a.gen, a.gen + 1)
+
     def auth_lookup(self, uint32_t i, bytes key):
         """The identity of key in auth i as the workers see it, or None."""
         cdef char out[AUTH_ID_MAX]
@@ -964,7 +985,7 @@ cdef class Shm:
         cdef shm_metrics_head *mh = <shm_metrics_head *>self.region_addr("metrics")
         cdef uint32_t *route_base = <uint32_t *>(<char *>mh + sizeof(shm_metrics_head))
         return {"listeners": mh.n_listeners, "routes": mh.n_routes, "pools": mh.n_pools, "slots": mh.n_slots,
-                "route_base": [route_base[i] for i in range(mh.n_listeners)]}
+                "variants": mh.n_variants, "route_base": [route_base[i] for i in range(mh.n_listeners)]}
 
     def metrics_totals(self, rows=None):
         """Every entity's counters summed over the worker rows (rows: which;
@@ -985,8 +1006,9 @@ cdef class Shm:
         for r in row_list:
             if r >= self.hdr.n_rows:
                 raise IndexError(f"row {r} out of range")
-        # [lo, hi) word ranges: listeners, routes and pools, then each pool's used slots
-        ranges = <uint64_t *>malloc((2 + 2 * mh.n_pools) * sizeof(uint64_t))
+        # [lo, hi) word ranges: listeners, routes and pools, then each pool's used slots,
+        # then the splits' variants
+        ranges = <uint64_t *>malloc((4 + 2 * mh.n_pools) * sizeof(uint64_t))
         cdef uint32_t *row_ids = <uint32_t *>malloc(max(1, len(row_list)) * sizeof(uint32_t))
         if ranges == NULL or row_ids == NULL:
             free(ranges)
@@ -1000,10 +1022,12 @@ cdef class Shm:
         for p in range(mh.n_pools):
             ranges[2 + 2 * p] = (slot_base + self.pools[p].first_slot) * MET_WORDS
             ranges[3 + 2 * p] = (slot_base + self.pools[p].first_slot + lb_load_u32(&self.pools[p].n_slots)) * MET_WORDS
+        ranges[2 + 2 * mh.n_pools] = (slot_base + mh.n_slots) * MET_WORDS
+        ranges[3 + 2 * mh.n_pools] = n
         with nogil:
             memset(dst, 0, n * sizeof(uint64_t))
             for k in range(n_rows):
-                for p in range(1 + mh.n_pools):
+                for p in range(2 + mh.n_pools):
                     lo = ranges[2 * p]
                     hi = ranges[2 * p + 1]
                     for i in range(lo, hi):

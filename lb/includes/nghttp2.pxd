@@ -61,6 +61,7 @@ cdef extern from "nghttp2/nghttp2.h" nogil:
         NGHTTP2_ERR_FLOODED
         NGHTTP2_ERR_TOO_MANY_CONTINUATIONS
         NGHTTP2_ERR_BAD_CLIENT_MAGIC
+        NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE
 
     enum:
         NGHTTP2_DATA_FLAG_NONE
@@ -164,7 +165,12 @@ cdef extern from "nghttp2/nghttp2.h" nogil:
 
     int nghttp2_session_server_new2(nghttp2_session **session_ptr, const nghttp2_session_callbacks *callbacks,
                                     void *user_data, const nghttp2_option *option)
+    int nghttp2_session_client_new2(nghttp2_session **session_ptr, const nghttp2_session_callbacks *callbacks,
+                                    void *user_data, const nghttp2_option *option)
     void nghttp2_session_del(nghttp2_session *session)
+    uint32_t nghttp2_session_get_remote_settings(nghttp2_session *session, int settings_id)
+    int32_t nghttp2_submit_request(nghttp2_session *session, const void *pri_spec, const nghttp2_nv *nva,
+                                   size_t nvlen, const nghttp2_data_provider *data_prd, void *stream_user_data)
     ssize_t nghttp2_session_mem_recv(nghttp2_session *session, const uint8_t *data, size_t datalen)
     ssize_t nghttp2_session_mem_send(nghttp2_session *session, const uint8_t **data_ptr)
     int nghttp2_session_want_read(nghttp2_session *session)

@@ -119,6 +119,7 @@ cdef extern from "openssl/ssl.h" nogil:
     const SSL_CIPHER *SSL_get_current_cipher(const SSL *ssl)
     const char *SSL_CIPHER_get_name(const SSL_CIPHER *c)
     uint16_t SSL_CIPHER_get_protocol_id(const SSL_CIPHER *c)
+    int SSL_set_alpn_protos(SSL *ssl, const unsigned char *protos, unsigned int protos_len)
     void SSL_get0_alpn_selected(const SSL *ssl, const unsigned char **data, unsigned int *len)
     int SSL_select_next_proto(unsigned char **out, unsigned char *outlen, const unsigned char *server,
                               unsigned int server_len, const unsigned char *client, unsigned int client_len)

@@ -1,0 +1,72 @@
+"""cache_hit: cache hits of a small and a 100 KiB response, lb's cache against nginx proxy_cache, same run.
+
+The origin sends both bodies with `Cache-Control: max-age=3600`. Each proxy
+caches them: lb with a `[caches.bench]` of 256m on its listener (shared
+memory, hits answered by the compiled loop), nginx with `proxy_cache` (a
+keys zone in shared memory, the bodies in files, read through the page
+cache). One request fills the cache, then wrk runs GET /cached (100 B) and
+GET /cached100k on 64 keep-alive connections; the origin sees no request
+during the runs (checked for lb by its cache's hit counter). Issue 15's
+targets: req/s at least 1.0x, CPU per request at most 0.85x nginx's.
+HAProxy's cache is left out (its objects are limited to a buffer by default).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+from bench import harness
+
+NAME = "cache_hit"
+ORDER = 57
+KIND = "wrk"
+MODE = "http"
+SUMMARY = "cache hits, GET 100 B and 100 KiB: lb's cache vs nginx proxy_cache (cpu/req, req/s)"
+TARGETS = ("nginx", "lb")
+METRICS = (
+    harness.CPU_US_REQ_METRIC,
+    harness.REQ_S_METRIC,
+    harness.P99_METRIC,
+    harness.Metric("cpu_us_req_100k", "100k us/req", ",.1f", "lower"),
+    harness.Metric("req_s_100k", "100k req/s", ",.0f", "higher"),
+    harness.Metric("hit_pct", "hit %", ".1f"),
+)
+GOALS = {"req_s": 1.0}
+
+
+def _configure(target) -> None:
+    if target.name == "lb":
+        target.listener_extra = 'cache = "bench"\n'
+        target.config_extra = '\n[caches.bench]\nsize = "256m"\nmax_object_size = "1m"\n'
+    else:
+        (target.dir / "cache").mkdir(exist_ok=True)
+        (target.dir / "cache").chmod(0o777)
+        target.http_extra = (f"proxy_cache_path {target.dir}/cache levels=1:2 keys_zone=bench:16m "
+                             "max_size=256m inactive=60m use_temp_path=off;")
+        target.location_extra = "proxy_cache bench;"
+
+
+def _hits(target) -> tuple[int, int] | None:
+    if target.name != "lb":
+        return None
+    reply = json.loads(harness._unix_exchange(target.dir / "admin.sock",
+                                              b'{"v": 1, "cmd": "cache.stats"}\n', lines=1))
+    c = reply["result"]["caches"][0]["counts"]
+    return c["hit"], c["hit"] + c["miss"] + c["stale"] + c["bypass"]
+
+
+def measure(ctx, target):
+    target.stop()
+    _configure(target)
+    target.start()
+    for path in ("/cached", "/cached100k"):
+        with urllib.request.urlopen(target.url(path), timeout=5) as r:
+            r.read()
+    small = harness.wrk_measure(ctx, target, "/cached")
+    big = harness.wrk_measure(ctx, target, "/cached100k")
+    hits = _hits(target)
+    hit_pct = 100.0 * hits[0] / hits[1] if hits and hits[1] else None
+    if hit_pct is not None:
+        harness.log(f"  {target.name}: {hit_pct:.2f}% of requests were cache hits")
+    return {**small, "cpu_us_req_100k": big.get("cpu_us_req"), "req_s_100k": big.get("req_s"), "hit_pct": hit_pct}

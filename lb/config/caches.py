@@ -1,0 +1,79 @@
+"""The [caches.NAME] sections: shared HTTP caches (docs/cache.md), each one
+region of shared memory that every worker reads and fills, used by the http
+listeners and routes that name it (their `cache` key, read here too:
+parse_cache_name)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from lb.config.headers import check_header_name
+from lb.config.values import ConfigError, Context, Table, did_you_mean
+
+NAMED = True
+KEYS = ("size", "max_object_size", "tag_header", "purge_allow")
+NAME = re.compile(r"[A-Za-z0-9_.-]{1,63}")
+MIN_SIZE = 1 << 20  # the index and a few blocks
+MAX_SIZE = 1 << 40
+MAX_PURGE_ACLS = 8
+# "256m" (DESIGN.md 4b), "256M", "256MiB", "1g", plain bytes
+_SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@dataclasses.dataclass(frozen=True)
+class Cache:
+    name: str
+    size: int = 256 << 20  # bytes of shared memory: the index and the objects, all of it
+    max_object_size: int = 8 << 20  # larger responses stream through, not stored
+    tag_header: str = ""  # the origin's field of purge tags ("Surrogate-Key", "Cache-Tag"); "" = none
+    purge_allow: tuple[str, ...] = ()  # ACLs whose addresses may send PURGE; () = PURGE refused (405)
+
+
+def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Cache]:
+    acls = ctx.sections.get("acls", {})
+    return {name: _parse_cache(name, t, acls) for name, t in tables}
+
+
+def parse_size(t: Table, key: str, default: int, lo: int, hi: int) -> int:
+    value = t.get(key, default, 'a size like "256m"', lambda v: isinstance(v, (int, str)) and not isinstance(v, bool))
+    m = _SIZE.fullmatch(str(value).strip())
+    if not m:
+        raise ConfigError(t.path_of(key), f'invalid size {value!r} (use e.g. "256m", "8MiB", "1g")')
+    n = int(m.group(1)) * _UNITS[m.group(2).lower()]
+    if not lo <= n <= hi:
+        raise ConfigError(t.path_of(key), f"{value!r} is out of range ({lo} to {hi} bytes)")
+    return n
+
+
+def _parse_cache(name: str, t: Table, acls: dict) -> Cache:
+    if not NAME.fullmatch(name):
+        raise ConfigError(t.path, f"cache name {name!r}: letters, digits, '_', '.' and '-', up to 63")
+    size = parse_size(t, "size", 256 << 20, MIN_SIZE, MAX_SIZE)
+    max_object = parse_size(t, "max_object_size", min(8 << 20, size // 16), 0, 1 << 31)
+    if max_object > size // 2:
+        raise ConfigError(t.path_of("max_object_size"), f"must be at most half of size ({size // 2} bytes)")
+    tag_header = t.string("tag_header", "")
+    if tag_header:
+        check_header_name(tag_header, t.path_of("tag_header"))
+    allow = t.get("purge_allow", [], "a list of ACL names", lambda v: isinstance(v, list)
+                  and all(isinstance(x, str) for x in v))
+    if len(allow) > MAX_PURGE_ACLS:
+        raise ConfigError(t.path_of("purge_allow"), f"at most {MAX_PURGE_ACLS} ACLs")
+    for acl in allow:
+        if acl not in acls:
+            hint = did_you_mean(acl, list(acls))
+            raise ConfigError(t.path_of("purge_allow"), f"unknown ACL {acl!r}" + (f" ({hint})" if hint else
+                                                                                  " (define it in an [acls.NAME] table)"))
+    return Cache(name=name, size=size, max_object_size=max_object, tag_header=tag_header, purge_allow=tuple(allow))
+
+
+def parse_cache_name(t: Table, caches: dict[str, Cache]) -> str:
+    """The `cache` key of an http listener or route: a [caches.NAME], or ""."""
+    name = t.string("cache", "")
+    if name and name not in caches:
+        hint = did_you_mean(name, list(caches))
+        raise ConfigError(t.path_of("cache"), f"unknown cache {name!r}" + (f" ({hint})" if hint else
+                                                                             " (define it in a [caches.NAME] table)"))
+    return name

@@ -1,0 +1,690 @@
+"""The shared cache ([caches.NAME], docs/cache.md) against a real origin
+over loopback that counts its requests: what is stored and reused (RFC 9111
+for a shared cache), Age and Cache-Status, Vary, invalidation by unsafe
+methods, purge (admin socket and HTTP PURGE), the size bound, reloads and
+worker deaths, and bodies intact from the cache."""
+
+from __future__ import annotations
+
+import collections
+import email.utils
+import hashlib
+import http.client
+import json
+import os
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, process_gone, wait_for
+from lb import config
+from lb._fastpath import CacheShm, phase_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ---- an origin that counts ------------------------------------------------------------
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        origin = self.server.origin
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                return
+            method, target, _ = line.decode("latin-1").split(" ", 2)
+            headers = {}
+            while True:
+                h = self.rfile.readline()
+                if h in (b"\r\n", b"\n", b""):
+                    break
+                name, _, value = h.decode("latin-1").partition(":")
+                headers.setdefault(name.strip().lower(), []).append(value.strip())
+            body = b""
+            if "content-length" in headers:
+                body = self.rfile.read(int(headers["content-length"][0]))
+            with origin.lock:
+                origin.hits[target] += 1
+                origin.requests.append((method, target, headers))
+                n = origin.hits[target]
+            spec = origin.routes.get(target.split("?")[0], (200, [], b"default"))
+            if callable(spec):
+                spec = spec(method, headers, n)
+            status, fields, payload = spec
+            if isinstance(payload, str):
+                payload = payload.encode()
+            head = f"HTTP/1.1 {status} X\r\n"
+            names = {k.lower() for k, _ in fields}
+            if "date" not in names:
+                head += f"Date: {email.utils.formatdate(usegmt=True)}\r\n"
+            for k, v in fields:
+                head += f"{k}: {v}\r\n"
+            if "content-length" not in names and "transfer-encoding" not in names:
+                head += f"Content-Length: {len(payload)}\r\n"
+            self.wfile.write(head.encode("latin-1") + b"\r\n" + (b"" if method == "HEAD" else payload))
+            self.wfile.flush()
+
+
+class CountingOrigin(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.origin = self
+        self.routes: dict = {}
+        self.hits: collections.Counter = collections.Counter()
+        self.requests: list = []
+        self.lock = threading.Lock()
+        self.port = self.server_address[1]
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def count(self, target: str) -> int:
+        with self.lock:
+            return self.hits[target]
+
+
+@pytest.fixture
+def origin():
+    o = CountingOrigin()
+    yield o
+    o.shutdown()
+    o.server_close()
+
+
+def cache_config(port, origin_port, run_dir, *, workers=1, cache_extra="", listener_extra="", more=""):
+    return textwrap.dedent(f"""\
+        [global]
+        workers = {workers}
+        drain_timeout = "2s"
+        admin_socket = "{run_dir}/admin.sock"
+        state_file = "{run_dir}/state.json"
+
+        [acls.local]
+        cidrs = ["127.0.0.0/8"]
+
+        [caches.c]
+        size = "8m"
+        max_object_size = "2m"
+        tag_header = "Surrogate-Key"
+        {cache_extra}
+
+        [listeners.web]
+        bind = ["127.0.0.1:{port}"]
+        mode = "http"
+        pool = "p"
+        cache = "c"
+        {listener_extra}
+
+        [pools.p]
+        [pools.p.health]
+        type = "none"
+        [[pools.p.backends]]
+        address = "127.0.0.1:{origin_port}"
+        """) + textwrap.dedent(more)
+
+
+@pytest.fixture
+def lb_cache(run_lb, tmp_path, origin):
+    def start(**kwargs):
+        port = free_port()
+        run_dir = tmp_path / "run"
+        run_dir.mkdir(exist_ok=True)
+        lb = run_lb(cache_config(port, origin.port, run_dir, **kwargs))
+        lb.port = port
+        lb.run_dir = run_dir
+        return lb
+    return start
+
+
+def get(port, target, method="GET", headers=None, body=None):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request(method, target, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        data = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
+    finally:
+        conn.close()
+
+
+def cli(lb, *args):
+    out = subprocess.run([sys.executable, "-m", "lb", "--socket", str(lb.run_dir / "admin.sock"), *args],
+                         capture_output=True, text=True, timeout=20, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+# ---- config and layout -----------------------------------------------------------------
+
+
+def test_a_cache_listener_runs_its_steps():
+    cfg = config.loads(cache_config(1, 2, "/tmp"))
+    assert cfg.caches["c"].size == 8 << 20
+    assert cfg.caches["c"].max_object_size == 2 << 20
+    plan = phase_plan(cfg.listeners["web"])
+    assert "cache" in plan["request"] and plan["response"][0] == "cache_store" and "cache_end" in plan["end"]
+
+
+@pytest.mark.parametrize("extra, listener_extra, path", [
+    ('', 'cache = "nope"', "listeners.web.cache"),
+    ('purge_allow = ["nope"]', '', "caches.c.purge_allow"),
+    ('', '', None),
+])
+def test_bad_cache_config_names_the_key(extra, listener_extra, path):
+    text = cache_config(1, 2, "/tmp", cache_extra=extra, listener_extra=listener_extra)
+    if path is None:
+        text = text.replace('size = "8m"', 'size = "lots"')
+        path = "caches.c.size"
+    else:
+        text = text.replace('cache = "c"\n' + listener_extra, listener_extra) if listener_extra else text
+    with pytest.raises(config.ConfigError) as info:
+        config.loads(text)
+    assert info.value.path == path
+
+
+def test_the_region_never_exceeds_its_size(tmp_path):
+    for size in (1 << 20, 8 << 20, (64 << 20) + 12345):
+        region = CacheShm.create(str(tmp_path / "c.shm"), size, 1 << 20)
+        try:
+            assert os.path.getsize(tmp_path / "c.shm") <= size
+            st = region.stats()
+            assert st["size"] <= size and st["capacity"] > size * 0.8
+        finally:
+            region.unlink()
+
+
+# ---- serving --------------------------------------------------------------------------------
+
+
+def test_a_fresh_response_is_served_from_the_cache_with_age_and_cache_status(origin, lb_cache):
+    origin.routes["/a"] = (200, [("Cache-Control", "max-age=60"), ("ETag", '"v1"')], b"hello")
+    lb = lb_cache()
+    status, h, body = get(lb.port, "/a")
+    assert (status, body) == (200, b"hello")
+    assert h["cache-status"] == "lb; fwd=uri-miss; stored; ttl=60"
+    assert "age" not in h
+    status, h, body = get(lb.port, "/a")
+    assert (status, body) == (200, b"hello")
+    assert h["cache-status"].startswith("lb; hit; ttl=")
+    assert int(h["age"]) >= 0 and h["etag"] == '"v1"'
+    assert origin.count("/a") == 1
+    status, h, body = get(lb.port, "/a", method="HEAD")
+    assert (status, body, h["content-length"]) == (200, b"", "5")
+    assert origin.count("/a") == 1
+
+
+def httpdate(offset: float = 0.0) -> str:
+    return email.utils.formatdate(time.time() + offset, usegmt=True)
+
+
+def twice(origin, port, target, **kwargs):
+    """Two requests; the origin's count and the second answer's Cache-Status."""
+    get(port, target, **kwargs)
+    status, h, body = get(port, target, **kwargs)
+    return origin.count(target), h.get("cache-status", ""), status, body
+
+
+def test_what_a_shared_cache_must_not_store(origin, lb_cache):
+    origin.routes.update({
+        "/no-store": (200, [("Cache-Control", "max-age=60, no-store")], b"x"),
+        "/private": (200, [("Cache-Control", "private, max-age=60")], b"x"),
+        "/no-cache": (200, [("Cache-Control", "no-cache, max-age=60")], b"x"),
+        "/cookie": (200, [("Cache-Control", "max-age=60"), ("Set-Cookie", "s=1")], b"x"),
+        "/vary-star": (200, [("Cache-Control", "max-age=60"), ("Vary", "*")], b"x"),
+        "/partial": (206, [("Cache-Control", "max-age=60"), ("Content-Range", "bytes 0-0/2")], b"x"),
+        "/nothing": (200, [], b"x"),  # no freshness at all, no validator to guess from
+        "/redirect-heuristic": lambda m, h, n: (302, [("Last-Modified", httpdate(-3600)), ("Location", "/x")], b""),
+        "/expired": lambda m, h, n: (200, [("Expires", httpdate(-10))], b"x"),
+        "/bad-expires": (200, [("Expires", "0")], b"x"),
+        "/stale-on-arrival": (200, [("Cache-Control", "max-age=60"), ("Age", "100")], b"x"),
+        "/bad-max-age": (200, [("Cache-Control", "max-age=60, max-age=30")], b"x"),
+        "/chunked": (200, [("Cache-Control", "max-age=60"), ("Transfer-Encoding", "chunked")], b"1\r\nx\r\n0\r\n\r\n"),
+        "/two-etags": (200, [("Cache-Control", "max-age=60"), ("ETag", '"a"'), ("ETag", '"b"')], b"x"),
+    })
+    lb = lb_cache()
+    for target in origin.routes:
+        count, cache_status, status, body = twice(origin, lb.port, target)
+        assert count == 2, target
+        assert "hit" not in cache_status, target
+    assert get(lb.port, "/chunked")[2] == b"x"
+    st = json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+    assert st["stored"] == 0 and st["not_stored"] >= 2 * len(origin.routes) - 2
+
+
+@pytest.mark.parametrize("fields, ttl", [
+    (lambda: [("Cache-Control", "max-age=0, s-maxage=60")], 60),                       # s-maxage wins
+    (lambda: [("Expires", httpdate(120))], 120),                                        # Expires - Date
+    (lambda: [("Cache-Control", "public"), ("Last-Modified", httpdate(-1000))], 100),   # heuristic: a tenth of its age
+    (lambda: [("Last-Modified", httpdate(-1000))], 100),
+    (lambda: [("Cache-Control", "max-age=60"), ("Age", "20")], 40),                     # the age it came with counts
+])
+def test_freshness_from_each_source(origin, lb_cache, fields, ttl):
+    origin.routes["/f"] = lambda method, headers, n: (200, fields(), b"fresh")
+    lb = lb_cache()
+    status, h, _ = get(lb.port, "/f")
+    assert h["cache-status"].startswith("lb; fwd=uri-miss; stored; ttl=")
+    assert abs(int(h["cache-status"].rsplit("=", 1)[1]) - ttl) <= 2
+    status, h, body = get(lb.port, "/f")
+    assert (status, body, origin.count("/f")) == (200, b"fresh", 1)
+    assert h["cache-status"].startswith("lb; hit")
+    assert abs(int(h["age"]) - (60 - ttl if ttl == 40 else 0)) <= 2
+
+
+def test_a_response_stops_being_served_once_stale(origin, lb_cache):
+    origin.routes["/short"] = (200, [("Cache-Control", "max-age=1")], b"short")
+    lb = lb_cache()
+    get(lb.port, "/short")
+    assert get(lb.port, "/short")[1]["cache-status"].startswith("lb; hit")
+    time.sleep(2.1)  # what is tested is the clock itself
+    status, h, body = get(lb.port, "/short", headers={"Cache-Control": "max-stale"})   # the client accepts it stale
+    assert h["cache-status"].startswith("lb; hit; ttl=-") and origin.count("/short") == 1
+    status, h, body = get(lb.port, "/short", headers={"Cache-Control": "max-stale=3600"})
+    assert h["cache-status"].startswith("lb; hit") and origin.count("/short") == 1
+    status, h, body = get(lb.port, "/short")
+    assert (body, h["cache-status"], origin.count("/short")) == (b"short", "lb; fwd=stale; stored; ttl=1", 2)
+
+
+def test_request_directives(origin, lb_cache):
+    origin.routes["/r"] = (200, [("Cache-Control", "max-age=60")], b"r")
+    lb = lb_cache()
+    status, h, _ = get(lb.port, "/other", headers={"Cache-Control": "only-if-cached"})
+    assert status == 504 and origin.count("/other") == 0
+    get(lb.port, "/r")
+    status, h, _ = get(lb.port, "/r", headers={"Cache-Control": "no-cache"})
+    assert h["cache-status"].startswith("lb; fwd=request") and origin.count("/r") == 2
+    status, h, _ = get(lb.port, "/r", headers={"Pragma": "no-cache"})
+    assert origin.count("/r") == 3
+    status, h, _ = get(lb.port, "/r", headers={"Cache-Control": "max-age=0"})
+    assert h["cache-status"].startswith("lb; fwd=request") and origin.count("/r") == 4
+    status, h, _ = get(lb.port, "/r", headers={"Cache-Control": "min-fresh=3600"})
+    assert origin.count("/r") == 5
+    status, h, _ = get(lb.port, "/r", headers={"Cache-Control": "only-if-cached"})
+    assert status == 200 and h["cache-status"].startswith("lb; hit") and origin.count("/r") == 5
+
+
+def test_requests_with_authorization(origin, lb_cache):
+    origin.routes["/mine"] = (200, [("Cache-Control", "max-age=60")], b"mine")
+    origin.routes["/shared"] = (200, [("Cache-Control", "public, max-age=60")], b"shared")
+    lb = lb_cache()
+    auth = {"Authorization": "Bearer x"}
+    assert twice(origin, lb.port, "/mine", headers=auth)[0] == 2      # not stored from an authorized request
+    get(lb.port, "/mine")                                              # stored from an anonymous one ...
+    status, h, _ = get(lb.port, "/mine", headers=auth)                 # ... but not reused for an authorized one
+    assert origin.count("/mine") == 4 and "hit" not in h["cache-status"]
+    count, cache_status, _, body = twice(origin, lb.port, "/shared", headers=auth)   # public allows both
+    assert (count, body) == (1, b"shared") and cache_status.startswith("lb; hit")
+
+
+def test_vary_keeps_variants_apart(origin, lb_cache):
+    def answer(method, headers, n):
+        enc = headers.get("accept-encoding", ["identity"])[0]
+        return 200, [("Cache-Control", "max-age=60"), ("Vary", "Accept-Encoding")], f"{enc}-{n}"
+    origin.routes["/v"] = answer
+    lb = lb_cache()
+    assert get(lb.port, "/v", headers={"Accept-Encoding": "gzip"})[2] == b"gzip-1"
+    status, h, body = get(lb.port, "/v", headers={"Accept-Encoding": "br"})
+    assert body == b"br-2" and h["cache-status"].startswith("lb; fwd=vary-miss; stored")
+    assert get(lb.port, "/v", headers={"Accept-Encoding": "gzip"})[2] == b"gzip-1"
+    assert get(lb.port, "/v", headers={"Accept-Encoding": "br"})[2] == b"br-2"
+    assert get(lb.port, "/v")[2] == b"identity-3"          # absent is a variant of its own
+    assert get(lb.port, "/v")[2] == b"identity-3"
+    assert origin.count("/v") == 3
+
+
+def test_connection_listed_and_hop_by_hop_fields_are_not_stored(origin, lb_cache):
+    origin.routes["/hop"] = (200, [("Cache-Control", "max-age=60"), ("Connection", "X-Private"),
+                                   ("X-Private", "hop"), ("X-Kept", "end-to-end"), ("Keep-Alive", "timeout=5")],
+                             b"hop")
+    lb = lb_cache()
+    get(lb.port, "/hop")
+    status, h, body = get(lb.port, "/hop")
+    assert h["cache-status"].startswith("lb; hit") and body == b"hop"
+    assert h["x-kept"] == "end-to-end" and "x-private" not in h and "keep-alive" not in h
+
+
+def test_unsafe_methods_invalidate_target_location_and_content_location(origin, lb_cache):
+    for path in ("/item", "/list", "/alias", "/elsewhere"):
+        origin.routes[path] = (200, [("Cache-Control", "max-age=60")], path)
+
+    def post(method, headers, n):
+        if n == 1:
+            return 500, [], b"failed"                      # an error invalidates nothing
+        return 201, [("Location", "/list"), ("Content-Location", f"http://127.0.0.1:{lb.port}/alias")], b"ok"
+    origin.routes["/item-post"] = post
+    lb = lb_cache()
+    for path in ("/item", "/list", "/alias"):
+        get(lb.port, path)
+    assert get(lb.port, "/item")[1]["cache-status"].startswith("lb; hit")
+    # the unsafe request's own target is /item: route the POST there
+    origin.routes["/item"] = lambda m, h, n: (post(m, h, 1 if m == "POST" and n == 2 else 2) if m == "POST"
+                                              else (200, [("Cache-Control", "max-age=60")], b"/item"))
+    status, h, _ = get(lb.port, "/item", method="POST", body=b"x")
+    assert status == 500 and h["cache-status"] == "lb; fwd=bypass"
+    assert get(lb.port, "/item")[1]["cache-status"].startswith("lb; hit")
+    status, _, _ = get(lb.port, "/item", method="POST", body=b"x")
+    assert status == 201
+    for path in ("/item", "/list", "/alias"):
+        assert get(lb.port, path)[1]["cache-status"].startswith("lb; fwd=uri-miss"), path
+    st = json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+    assert st["invalidated"] == 3
+
+
+def test_purge_by_url_prefix_and_tag(origin, lb_cache):
+    for i in range(4):
+        origin.routes[f"/p/{i}"] = (200, [("Cache-Control", "max-age=60"), ("Surrogate-Key", f"all t{i}")], b"p")
+    origin.routes["/q"] = (200, [("Cache-Control", "max-age=60"), ("Surrogate-Key", "all")], b"q")
+    lb = lb_cache()
+    base = f"http://127.0.0.1:{lb.port}"
+
+    def fill():
+        for t in [f"/p/{i}" for i in range(4)] + ["/q"]:
+            get(lb.port, t)
+
+    def cached():
+        return {e["key"].split("/", 1)[1] for e in json.loads(cli(lb, "cache", "list", "--json"))["entries"]}
+    fill()
+    assert cached() == {"p/0", "p/1", "p/2", "p/3", "q"}
+    listed = json.loads(cli(lb, "cache", "list", "--prefix", f"{base}/p/", "--json"))["entries"]
+    assert len(listed) == 4 and listed[0]["tags"][0] == "all"
+    assert json.loads(cli(lb, "cache", "purge", f"{base}/p/0", "--json"))["total"] == 1
+    assert cached() == {"p/1", "p/2", "p/3", "q"}
+    assert json.loads(cli(lb, "cache", "purge", "--tag", "t1", "--json"))["total"] == 1
+    assert json.loads(cli(lb, "cache", "purge", "--prefix", f"{base}/p/", "--json"))["total"] == 2
+    assert cached() == {"q"}
+    fill()
+    assert json.loads(cli(lb, "cache", "purge", "--tag", "all", "--json"))["total"] == 5
+    assert cached() == set()
+    assert get(lb.port, "/q")[1]["cache-status"].startswith("lb; fwd=uri-miss")
+
+
+@pytest.mark.parametrize("allow, status", [('purge_allow = ["local"]', 200), ('purge_allow = ["far"]', 403),
+                                           ("", 405)])
+def test_http_purge_only_from_allowed_addresses(origin, lb_cache, allow, status):
+    origin.routes["/x"] = (200, [("Cache-Control", "max-age=60")], b"x")
+    lb = lb_cache(cache_extra=allow, more='[acls.far]\ncidrs = ["10.0.0.0/8"]\n')
+    get(lb.port, "/x")
+    got, h, body = get(lb.port, "/x", method="PURGE")
+    assert got == status
+    if status == 200:
+        assert body == b"purged 1\n"
+        assert get(lb.port, "/x", method="PURGE")[0] == 404
+        assert get(lb.port, "/x")[1]["cache-status"].startswith("lb; fwd=uri-miss")
+    else:
+        assert get(lb.port, "/x")[1]["cache-status"].startswith("lb; hit")
+    assert origin.count("/x") == (2 if status == 200 else 1)
+
+
+# ---- bodies, bounds, processes ---------------------------------------------------------------
+
+
+def body_of(n: int, seed: int = 0) -> bytes:
+    block = hashlib.sha256(b"%d" % seed).digest() * 2048
+    return (block * (n // len(block) + 1))[:n]
+
+
+def test_large_objects_intact_from_the_cache_and_larger_ones_stream_through(origin, lb_cache):
+    mib = body_of(1 << 20, 1)
+    big = body_of(3 << 20, 2)                     # above max_object_size (2m)
+    origin.routes["/mib"] = (200, [("Cache-Control", "max-age=60")], mib)
+    origin.routes["/big"] = (200, [("Cache-Control", "max-age=60")], big)
+    lb = lb_cache()
+    for _ in range(3):
+        status, h, body = get(lb.port, "/mib")
+        assert status == 200 and hashlib.sha256(body).digest() == hashlib.sha256(mib).digest()
+        status, h, body = get(lb.port, "/mib", method="HEAD")
+        assert body == b"" and h["content-length"] == str(1 << 20)
+        status, h, body = get(lb.port, "/big")
+        assert status == 200 and len(body) == len(big) and body == big
+        assert "stored" not in h["cache-status"] and "hit" not in h["cache-status"]
+    assert origin.count("/mib") == 1 and origin.count("/big") == 3
+
+
+def test_the_size_bound_holds_and_a_hot_object_survives_a_scan(origin, lb_cache):
+    origin.routes["/hot"] = (200, [("Cache-Control", "max-age=600")], body_of(5000, 3))
+    for i in range(2500):
+        origin.routes[f"/scan/{i}"] = (200, [("Cache-Control", "max-age=600")], body_of(7000, i))
+    lb = lb_cache()
+    conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+    for _ in range(3):
+        conn.request("GET", "/hot")
+        conn.getresponse().read()
+    for i in range(2500):                         # 2500 x 8 KiB blocks: more than twice the cache
+        conn.request("GET", f"/scan/{i}")
+        resp = conn.getresponse()
+        assert resp.read() == body_of(7000, i)
+        if i % 100 == 0:
+            conn.request("GET", "/hot")       # the hot one keeps being asked for
+            conn.getresponse().read()
+    conn.close()
+    st = json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+    assert st["size"] <= 8 << 20
+    assert st["bytes"] <= st["capacity"] and st["blocks_used"] <= st["blocks"]
+    assert st["evicted"] > 1000 and st["objects"] < 1000
+    assert origin.count("/hot") == 1              # S3-FIFO: a scan of one-hit objects did not push it out
+    assert get(lb.port, "/hot")[1]["cache-status"].startswith("lb; hit")
+
+
+def test_the_cache_survives_a_reload_and_a_killed_worker(origin, lb_cache):
+    origin.routes["/keep"] = (200, [("Cache-Control", "max-age=600")], b"kept")
+    lb = lb_cache(workers=2)
+    get(lb.port, "/keep")
+    for _ in range(4):                            # whichever worker answers: one region
+        assert get(lb.port, "/keep")[1]["cache-status"].startswith("lb; hit")
+    pid = lb.worker_pid(0)
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: process_gone(pid) and lb.worker_pid(0) not in (0, pid) and lb.all_workers_running(), 10,
+             "the worker respawned")
+    for _ in range(4):
+        assert get(lb.port, "/keep")[1]["cache-status"].startswith("lb; hit")
+    cli(lb, "reload")
+    for _ in range(4):
+        assert get(lb.port, "/keep")[1]["cache-status"].startswith("lb; hit")
+    assert origin.count("/keep") == 1
+    # a changed size is a new region: it starts empty
+    lb.config_path.write_text(lb.config_path.read_text().replace('size = "8m"', 'size = "4m"'))
+    cli(lb, "reload")
+    assert get(lb.port, "/keep")[1]["cache-status"].startswith("lb; fwd=uri-miss")
+    assert origin.count("/keep") == 2
+
+
+def test_status_and_metrics_show_the_cache(origin, lb_cache):
+    origin.routes["/m"] = (200, [("Cache-Control", "max-age=60")], b"m")
+    mport = free_port()
+    lb = lb_cache(more=f'[global.metrics]\nbind = "127.0.0.1:{mport}"\n')
+    get(lb.port, "/m")
+    get(lb.port, "/m")
+    get(lb.port, "/m", method="POST", body=b"")
+    status = json.loads(cli(lb, "status", "--json"))
+    counts = status["caches"][0]["counts"]
+    assert (counts["hit"], counts["miss"], counts["bypass"], counts["stored"], counts["objects"]) == (1, 1, 1, 1, 0)
+    text = get(mport, "/metrics")[2].decode()
+    assert 'lb_cache_requests_total{cache="c",result="hit"} 1' in text
+    assert 'lb_cache_objects{cache="c"} 0' in text
+    assert "lb_cache_bytes{" in text
+
+
+def test_http2_streams_use_the_cache(origin, lb_cache):
+    from h2_client import H2Client
+
+    body = body_of(200000, 9)
+    origin.routes["/h2"] = (200, [("Cache-Control", "max-age=60")], body)
+    lb = lb_cache(listener_extra="[listeners.web.http2]\nh2c = true\n")
+    with H2Client(lb.port) as c:
+        first = c.response(c.request("/h2"))
+        second = c.response(c.request("/h2"))
+        head = c.response(c.request("/h2", "HEAD"))
+    assert (first.status, second.status, head.status) == (200, 200, 200)
+    assert bytes(first.body) == body and bytes(second.body) == body and bytes(head.body) == b""
+    assert second.header("cache-status").startswith("lb; hit") and second.header("age") is not None
+    assert origin.count("/h2") == 1
+
+
+def test_a_hit_answers_304_to_a_client_whose_validators_match(origin, lb_cache):
+    lm = httpdate(-3600)
+    origin.routes["/c"] = (200, [("Cache-Control", "max-age=60"), ("ETag", 'W/"v7"'), ("Last-Modified", lm)], b"body")
+    lb = lb_cache()
+    get(lb.port, "/c")
+    for headers in ({"If-None-Match": '"v7"'}, {"If-None-Match": '"x", W/"v7"'}, {"If-None-Match": "*"},
+                    {"If-Modified-Since": lm}, {"If-Modified-Since": httpdate()}):
+        status, h, body = get(lb.port, "/c", headers=headers)
+        assert (status, body) == (304, b""), headers
+        assert h["etag"] == 'W/"v7"' and h["cache-status"].startswith("lb; hit")
+    for headers in ({"If-None-Match": '"v8"'}, {"If-None-Match": '"v8"', "If-Modified-Since": httpdate()},
+                    {"If-Modified-Since": httpdate(-7200)}):
+        status, h, body = get(lb.port, "/c", headers=headers)
+        assert (status, body) == (200, b"body"), headers
+    assert origin.count("/c") == 1
+
+
+def test_a_stale_entry_is_revalidated_and_a_304_refreshes_its_headers(origin, lb_cache):
+    lm = httpdate(-3600)
+
+    def answer(method, headers, n):
+        if headers.get("if-none-match") == ['"e1"'] and headers.get("if-modified-since") == [lm]:
+            # still the same: only the fields that changed come back
+            return 304, [("Cache-Control", "max-age=60"), ("ETag", '"e1"'), ("X-Version", f"{n}"),
+                         ("Content-Length", "0")], b""
+        return 200, [("Cache-Control", "max-age=1"), ("ETag", '"e1"'), ("Last-Modified", lm), ("X-Version", "1"),
+                     ("Content-Type", "text/plain")], b"the body"
+    origin.routes["/rv"] = answer
+    lb = lb_cache()
+    get(lb.port, "/rv")
+    time.sleep(1.1)  # what is tested is the clock itself: the entry goes stale
+    status, h, body = get(lb.port, "/rv")
+    assert (status, body) == (200, b"the body")
+    assert h["cache-status"] == "lb; fwd=stale; fwd-status=304; stored; ttl=60"
+    assert (h["x-version"], h["content-type"], h["content-length"]) == ("2", "text/plain", "8")
+    method, target, sent = origin.requests[-1]
+    assert sent["if-none-match"] == ['"e1"'] and sent["if-modified-since"] == [lm]
+    status, h, body = get(lb.port, "/rv")             # fresh again, with the refreshed headers
+    assert (status, body, h["x-version"]) == (200, b"the body", "2")
+    assert h["cache-status"].startswith("lb; hit")
+    assert origin.count("/rv") == 2
+
+
+def test_a_revalidation_answers_304_to_a_client_that_has_it(origin, lb_cache):
+    def answer(method, headers, n):
+        if headers.get("if-none-match") == ['"z"']:
+            return 304, [("Cache-Control", "max-age=60"), ("ETag", '"z"')], b""
+        return 200, [("Cache-Control", "max-age=1"), ("ETag", '"z"')], b"zzz"
+    origin.routes["/rc"] = answer
+    lb = lb_cache()
+    get(lb.port, "/rc")
+    time.sleep(1.1)  # the clock: stale
+    status, h, body = get(lb.port, "/rc", headers={"If-None-Match": '"z"'})
+    assert (status, body) == (304, b"") and h["etag"] == '"z"'
+    status, h, body = get(lb.port, "/rc")
+    assert (status, body) == (200, b"zzz") and h["cache-status"].startswith("lb; hit")
+    assert origin.count("/rc") == 2
+
+
+def test_a_no_cache_response_with_a_validator_is_revalidated_at_every_use(origin, lb_cache):
+    def answer(method, headers, n):
+        if headers.get("if-none-match") == ['"nc"']:
+            return 304, [("ETag", '"nc"')], b""
+        return 200, [("Cache-Control", "no-cache"), ("ETag", '"nc"')], b"revalidate me"
+    origin.routes["/nc"] = answer
+    lb = lb_cache()
+    assert get(lb.port, "/nc")[1]["cache-status"] == "lb; fwd=uri-miss; stored; ttl=0"
+    for i in range(3):
+        status, h, body = get(lb.port, "/nc")
+        assert (status, body) == (200, b"revalidate me")
+        assert h["cache-status"].startswith("lb; fwd=stale; fwd-status=304; stored")
+    assert origin.count("/nc") == 4
+    assert all(sent.get("if-none-match") == ['"nc"'] for _, _, sent in origin.requests[1:])
+
+
+def test_stale_if_error_serves_the_stale_entry_while_the_origin_fails(origin, lb_cache):
+    state = {"mode": "ok"}
+
+    def answer(method, headers, n):
+        if state["mode"] == "gone":
+            raise ConnectionAbortedError("the origin drops the connection")
+        if state["mode"] == "503":
+            return 503, [("Retry-After", "1")], b"origin down"
+        return 200, [("Cache-Control", "max-age=1, stale-if-error=60")], b"last good"
+    origin.routes["/sie"] = answer
+    origin.routes["/strict"] = lambda m, h, n: ((503, [], b"down") if state["mode"] == "503"
+                                                else (200, [("Cache-Control", "max-age=1")], b"strict"))
+    lb = lb_cache()
+    get(lb.port, "/sie")
+    get(lb.port, "/strict")
+    time.sleep(1.1)  # the clock: both stale
+    state["mode"] = "503"
+    status, h, body = get(lb.port, "/sie")
+    assert (status, body) == (200, b"last good")
+    assert h["cache-status"].startswith("lb; fwd=stale") and h["cache-status"].endswith("fwd-status=503")
+    assert int(h["age"]) >= 1
+    status, h, body = get(lb.port, "/strict")          # no stale-if-error: the error goes through
+    assert (status, body) == (503, b"down")
+    # the origin gone altogether: lb's own answer (503: no backend could take it) is replaced too
+    state["mode"] = "gone"
+    origin.shutdown()
+    origin.server_close()
+    status, h, body = get(lb.port, "/sie")
+    assert (status, body) == (200, b"last good")
+    assert h["cache-status"].startswith("lb; fwd=stale") and h["cache-status"][-3:] in ("502", "503")
+    state["mode"] = "ok"
+
+
+def test_concurrent_misses_for_one_key_reach_the_origin_once(origin, lb_cache):
+    body = body_of(300000, 5)
+    inflight = {"now": 0, "max": 0}
+    lock = threading.Lock()
+
+    def slow(cacheable):
+        def answer(method, headers, n):
+            with lock:
+                inflight["now"] += 1
+                inflight["max"] = max(inflight["max"], inflight["now"])
+            time.sleep(0.4)                   # the origin is slow: the other misses come meanwhile
+            with lock:
+                inflight["now"] -= 1
+            cc = "max-age=60" if cacheable else "no-store"
+            return 200, [("Cache-Control", cc)], body
+        return answer
+    origin.routes["/cold"] = slow(True)
+    origin.routes["/pass"] = slow(False)
+    lb = lb_cache(workers=2)
+    results = []
+
+    def client(target):
+        results.append((target,) + get(lb.port, target))
+    threads = [threading.Thread(target=client, args=("/cold",)) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 40 and all(r[1] == 200 and r[3] == body for r in results)
+    assert origin.count("/cold") == 1
+    st = json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+    assert st["collapsed"] >= 30 and st["stored"] == 1
+    # a response that may not be stored: the waiters are let go together, not one after the other
+    inflight["max"] = 0
+    threads = [threading.Thread(target=client, args=("/pass",)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(r[1] == 200 and r[3] == body for r in results if r[0] == "/pass")
+    assert origin.count("/pass") == 8 and inflight["max"] >= 2
+
+
+def test_cdn_cache_control_takes_the_place_of_cache_control(origin, lb_cache):
+    origin.routes["/cdn-only"] = (200, [("Cache-Control", "no-store"), ("CDN-Cache-Control", "max-age=60")], b"c")
+    origin.routes["/cdn-never"] = (200, [("Cache-Control", "max-age=60"), ("CDN-Cache-Control", "no-store")], b"c")
+    lb = lb_cache()
+    count, cache_status, _, _ = twice(origin, lb.port, "/cdn-only")
+    assert count == 1 and cache_status.startswith("lb; hit")
+    count, cache_status, _, _ = twice(origin, lb.port, "/cdn-never")
+    assert count == 2
