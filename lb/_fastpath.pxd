@@ -12,11 +12,12 @@ from lb.includes.socket cimport sockaddr_storage
 from lb.includes.epoll cimport epoll_event
 from lb.includes.openssl cimport SSL_CTX, EVP_CIPHER_CTX, EVP_PKEY
 from lb.includes.nghttp2 cimport nghttp2_session, nghttp2_session_callbacks, nghttp2_option, nghttp2_nv
+from lb.includes.sockmap cimport lb_skm
 
 cdef enum:
     LB_SHM_MAGIC_LO = 0x4d454d53      # "SMEM"
     LB_SHM_MAGIC_HI = 0x31304c42      # "BL01"
-    LB_SHM_VERSION = 9
+    LB_SHM_VERSION = 10
     LB_MAX_REGIONS = 24                # entries of the header's region directory
     LB_REGION_NAME_LEN = 16
     LB_NAME_LEN = 64
@@ -138,7 +139,7 @@ cdef struct shm_backend:             # 192 bytes
     uint64_t ejections               # writer: checker; passive ejections
     uint8_t _pad[24]
 
-cdef struct shm_worker_stats:        # 256 bytes, one row per worker; writer: that worker
+cdef struct shm_worker_stats:        # 320 bytes, one row per worker; writer: that worker
     uint64_t pid
     uint64_t heartbeat_ms            # monotonic ms of the loop's last turn
     uint64_t accepted
@@ -172,6 +173,10 @@ cdef struct shm_worker_stats:        # 256 bytes, one row per worker; writer: th
     uint64_t h2_refused              # connections ended for breaking HTTP/2 or for abuse (floods, rapid reset)
     uint64_t accept_limited          # times accepting was paused at a max_connections (global or a listener's)
     uint64_t accept_fd_errors        # accept(2) or a backend's socket(2) failed for want of fds or memory
+    uint64_t sockmap_pairs           # tcp connections handed to the kernel (forward = "sockmap")
+    uint64_t sockmap_fallbacks       # ... that stayed in lb instead: bpf(2) refused, or the pair could not enter the maps
+    uint64_t sockmap_overruns        # ... reset for holding more than lb's bound inside the kernel (a reader far behind)
+    uint64_t _pad_w[5]
 
 cdef struct shm_listener_stats:      # 64 bytes, [row][listener]; writer: the row's worker
     int64_t active                   # client connections of this listener open now
@@ -594,6 +599,7 @@ cdef enum:
     F_SPLICE = 256           # << dir: this direction currently moves data by splice
     F_QUEUED = 1024          # on the worker's pending list (budget ran out)
     F_RDHUP = 2048           # << side: the peer's FIN (or an error) was signalled: read to EOF
+    F_SKM_DRAIN = 8192       # on the worker's skm_draining list
 
 cdef struct lb_list:
     lb_conn *head
@@ -685,6 +691,14 @@ cdef struct lb_conn:
     uint32_t n_held
     uint32_t held_limit[LIMIT_MAX_HELD]
     uint32_t held_entry[LIMIT_MAX_HELD]
+    # forward = "sockmap" (fastpath/sockmap.pxi): the kernel moves the bytes
+    uint8_t skm                      # SKM_*: in the maps, or never to enter them
+    uint64_t skm_cookie[2]           # [side] SO_COOKIE: the keys in the maps
+    int64_t skm_w0[2]                # [dir] bytes written into the target socket when the pair entered
+    int64_t skm_read[2]              # [dir] bytes lb had read from the source socket by then
+    int64_t skm_counted[2]           # [dir] bytes moved by the kernel already added to the counters
+    uint64_t skm_seen                # both sockets' received totals at the last idle check
+    lb_conn *skm_next                # on the worker's list of half-closed pairs still draining
 
 cdef struct mg_entry:               # one backend while a Maglev table is built
     const char *name
@@ -773,6 +787,7 @@ cdef struct lb_listener_rt:
     uint8_t limited                  # paused: the listener is at max_connections
     uint8_t armed                    # its socket is in the epoll set
     uint32_t met_route_base          # metrics: the entity of this listener's route 0
+    uint8_t sockmap                  # forward = "sockmap": established pairs go to the kernel
 
 cdef struct lb_pool_rt:
     shm_pool *shm
@@ -859,6 +874,11 @@ cdef struct lb_worker:
     uint32_t met_pool_base           # the entity of pool 0
     uint32_t met_slot_base           # the entity of backend slot 0
     shm_top_row *top                 # this worker's top-talker sketches (fastpath/top.pxi)
+    lb_skm skm                       # the BPF maps and program (fastpath/sockmap.pxi); skm.prog < 0: none
+    lb_conn *skm_draining            # half-closed pairs whose last bytes the kernel is still moving
+    int64_t skm_n                    # pairs in the maps now
+    uint64_t skm_check_ms            # the next memory check of those pairs
+    int64_t skm_cursor               # ... starting at this pair (fastpath/sockmap.pxi, skm_check_all)
 
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a

@@ -25,6 +25,7 @@ from lb.includes.time cimport timespec, clock_gettime, CLOCK_MONOTONIC, CLOCK_MO
 from lb.includes.mman cimport *
 from lb.includes.atomics cimport *
 from lb.includes.xxhash64 cimport lb_xxh64, lb_splitmix64
+from lb.includes.sockmap cimport *
 
 include "fastpath/shm.pxi"
 include "fastpath/acl.pxi"
@@ -46,6 +47,7 @@ include "fastpath/select_p2c.pxi"
 include "fastpath/select_maglev.pxi"
 include "fastpath/proxy_proto.pxi"
 include "fastpath/forward.pxi"
+include "fastpath/sockmap.pxi"
 include "fastpath/connect.pxi"
 include "fastpath/loop.pxi"
 include "fastpath/selector.pxi"

@@ -10,7 +10,7 @@ import resource
 import signal
 
 from lb import privileges
-from lb._fastpath import Worker
+from lb._fastpath import Worker, sockmap_prepare
 
 log = logging.getLogger("lb")
 
@@ -50,10 +50,26 @@ def drop_privileges(sup) -> None:
         privileges.drop(sup.account.uid, sup.account.gid)
 
 
+def prepare_sockmap(config, index: int) -> None:
+    """The BPF maps and program of forward = "sockmap" listeners, made while
+    the worker still has the privileges bpf(2) needs. When the kernel refuses
+    (an unprivileged container, no bpf(2)), those listeners forward in lb as
+    without the option: said once (by worker 0), counted per connection."""
+    if not any(listener.forward == "sockmap" for listener in config.listeners.values()):
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    failed = sockmap_prepare(soft)
+    if failed is not None and index == 0:
+        err, step = failed
+        log.warning('forward = "sockmap": the kernel refused %s (%s); those listeners forward in lb '
+                    '(worker stats: sockmap_fallbacks)', step, os.strerror(err))
+
+
 def child_main(sup, gen, slot, row: int, keep: list[int]) -> int:
     """Entry point in the forked child. Returns the exit code."""
     try:
         detach_from_supervisor(sup, keep)
+        prepare_sockmap(gen.config, slot.index)
         drop_privileges(sup)
         # a worker must not outlive a supervisor that was killed outright
         prctl(PR_SET_PDEATHSIG, signal.SIGTERM)

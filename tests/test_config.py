@@ -250,6 +250,12 @@ pool = "api"
 tls_passthrough = true
 log = "audit"
 
+[listeners.raw]
+bind = "*:6000"
+mode = "tcp"
+pool = "api"
+forward = "sockmap"
+
 [logs.access]
 format = "json"
 target = "file:/tmp/lb-access.log"
@@ -333,7 +339,8 @@ def test_full_config_loads_every_key():
     assert (g.tls.keys, g.tls.current) == (tuple(TICKET_KEYS[1:]), 1)
     assert g.worker_count() == 4
 
-    assert list(cfg.listeners) == ["web", "ab", "db"]
+    assert list(cfg.listeners) == ["web", "ab", "db", "raw"]
+    assert (cfg.listeners["raw"].forward, cfg.listeners["db"].forward) == ("sockmap", "userspace")
     web = cfg.listeners["web"]
     assert web.routes[-1].split == config.Split(
         variants=(("app", 90), ("api", 10)), sticky="header:X-User", override="header:X-Variant",
@@ -1345,7 +1352,7 @@ def test_check_json(run_check):
     assert result.exit_code == 0
     out = json.loads(result.stdout)
     assert out["ok"] is True
-    assert (out["listeners"], out["pools"], out["backends"], out["warnings"]) == (3, 2, 3, [])
+    assert (out["listeners"], out["pools"], out["backends"], out["warnings"]) == (4, 2, 3, [])
     assert out["sha256"] == hashlib.sha256(FULL.encode()).hexdigest()
 
 

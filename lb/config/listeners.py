@@ -68,7 +68,9 @@ HTTP_LISTENER_KEYS = (
 HTTP2_KEYS = ("h2c", "max_concurrent_streams", "initial_window_size", "connection_window_size", "max_frame_size",
               "max_glitches")
 NAMED = True
+FORWARD_MODES = ("userspace", "sockmap")
 KEYS = ("bind", "mode", "pool", "accept_proxy", "idle_timeout", "backlog", "max_connections", "tls", "tls_passthrough",
+        "forward",
         "logs", "log", *ACCESS_KEYS, LIMITS_KEY, *HTTP_LISTENER_KEYS)
 DEFAULT_REQUEST_ID = "X-Request-Id"
 # What a route of a tls_passthrough listener may say: it matches the server name
@@ -166,6 +168,7 @@ class Listener:
     limits: tuple[str, ...] = ()  # [limits.NAME]: tcp, per connection at accept; http, per request
     auth: str = ""  # http: [auth.NAME] every request must pass (a route may name its own); "" = none
     max_connections: int = 0  # client connections of this listener open at once, all workers; 0 = no limit
+    forward: str = "userspace"  # tcp: "sockmap" = established pairs' bytes moved by the kernel (BPF)
     cache: str = ""  # http: [caches.NAME] its requests are served from (a route may name its own); "" = none
     split: Split | None = None  # http: the variants of requests no route takes (pool: the first variant's)
     mirror: Mirror | None = None  # http: a share of its requests (but those of routes with their own) copied
@@ -356,6 +359,14 @@ def _parse_listener(
                           'needs mode = "tcp" (an http listener reads requests: terminate TLS with its tls table)')
     if passthrough and t.has("tls"):
         raise ConfigError(t.path_of("tls_passthrough"), "and tls exclude each other: lb passes TLS on, or ends it")
+    forward = t.choice("forward", "userspace", FORWARD_MODES)
+    if forward == "sockmap":
+        if mode != "tcp":
+            raise ConfigError(t.path_of("forward"), '"sockmap" needs mode = "tcp" (the kernel moves opaque bytes)')
+        if passthrough or t.has("tls"):
+            raise ConfigError(t.path_of("forward"), '"sockmap" needs a plain listener (no tls, no tls_passthrough)')
+        if pool is not None and pools[pool].tls is not None:
+            raise ConfigError(t.path_of("forward"), f'"sockmap" needs plain backends (pools.{pool}.tls is set)')
     if mode != "http":
         for key in HTTP_LISTENER_KEYS:
             if t.has(key) and not (key == "routes" and passthrough):
@@ -395,6 +406,7 @@ def _parse_listener(
         request_id=_parse_request_id(t, mode, bool(listener_log)),
         limits=limit_names,
         auth=parse_auth_name(t, auths),
+        forward=forward,
         cache=parse_cache_name(t, caches),
         split=split,
         mirror=mirror_section.parse(t, pools) if mode == "http" else None,

@@ -90,8 +90,8 @@ cdef void conns_free_closed(lb_worker *w) noexcept nogil:
     w.closed = NULL
     while c != NULL:
         n = c.next
-        if c.flags & F_QUEUED:
-            # still linked on the pending list: release it once that run dropped it
+        if c.flags & (F_QUEUED | F_SKM_DRAIN):
+            # still linked on the pending (or sockmap draining) list: release it once that run dropped it
             c.next = w.closed
             w.closed = c
         elif c.kind == KIND_HTTP:
@@ -342,6 +342,8 @@ cdef void conn_close(lb_worker *w, lb_conn *c, bint reset) noexcept nogil:
                 c.lg.term = TERM_CLIENT_ABORT    # passthrough: gone, or idle, before its ClientHello
             elif w.stopping == 2:
                 c.lg.term = TERM_STOPPING
+        if c.skm == SKM_IN:
+            skm_leave(w, c)          # (first: it counts the kernel's last bytes for the log record)
         phase_end(w, c)              # an http tunnel's exchange ended at its upgrade
     list_remove(c)
     for side in range(2):

@@ -173,7 +173,7 @@ cdef void conn_prefill(lb_worker *w, lb_conn *c) noexcept nogil:
     fewer context switches per request on a 2-core machine."""
     cdef int d
     cdef ssize_t n
-    if c.state != CS_ESTABLISHED:
+    if c.state != CS_ESTABLISHED or c.skm == SKM_IN:
         return
     for d in range(2):
         if (c.buf_len[d] == 0 and c.pipe_len[d] == 0 and (c.flags & (F_READABLE << d))
@@ -203,8 +203,8 @@ cdef inline void conn_queue(lb_worker *w, lb_conn *c) noexcept nogil:
 cdef void conn_pump(lb_worker *w, lb_conn *c) noexcept nogil:
     """Forward both directions; close when both are finished or one failed."""
     cdef int up, down
-    if c.state != CS_ESTABLISHED:
-        return
+    if c.state != CS_ESTABLISHED or c.skm == SKM_IN:
+        return                       # (in the maps: the kernel forwards, sockmap.pxi)
     up = dir_forward(w, c, DIR_UP)
     if up < 0:
         conn_close(w, c, True)
@@ -219,3 +219,7 @@ cdef void conn_pump(lb_worker *w, lb_conn *c) noexcept nogil:
     c.last_ms = w.now_ms
     if up == 1 or down == 1:
         conn_queue(w, c)
+    elif c.skm == SKM_NO and w.listeners[c.listener].sockmap and skm_ready(c):
+        if skm_enter(w, c) < 0:
+            log_term(c, TERM_CLIENT_RESET)
+            conn_close(w, c, True)

@@ -79,6 +79,9 @@ cdef inline void conn_refuse(lb_worker *w, lb_conn *c) noexcept nogil:
 cdef void on_conn_event(lb_worker *w, lb_conn *c, int side, uint32_t events) noexcept nogil:
     if c.state == CS_CLOSED:
         return
+    if c.skm == SKM_IN:
+        skm_on_event(w, c, side, events)
+        return
     if side == SIDE_BACKEND and c.state == CS_CONNECTING:
         conn_on_backend_connecting(w, c, events)
         return
@@ -148,6 +151,8 @@ cdef void timers_sweep(lb_worker *w) noexcept nogil:
         l = &w.listeners[i]
         while l.conns.head != NULL and l.conns.head.queued_ms + l.idle_timeout_ms <= w.now_ms:
             c = l.conns.head
+            if c.skm == SKM_IN and skm_moved(c):
+                c.last_ms = w.now_ms
             if c.last_ms + l.idle_timeout_ms <= w.now_ms:
                 lb_add_u64(&w.stats.idle_timeouts, 1)
                 log_term(c, TERM_IDLE_TIMEOUT)
@@ -165,6 +170,10 @@ cdef int next_timeout(lb_worker *w) noexcept nogil:
     cdef int i
     if w.pending != NULL:
         return 0
+    if w.skm_draining != NULL:
+        deadline = w.now_ms + SKM_DRAIN_POLL_MS
+    if w.skm_n > 0 and w.skm_check_ms < deadline:
+        deadline = w.skm_check_ms
     for i in range(w.n_pools):
         if w.pools[i].connecting.head != NULL:
             t = w.pools[i].connecting.head.queued_ms + w.pools[i].connect_timeout_ms
@@ -241,6 +250,10 @@ cdef int worker_loop(lb_worker *w) noexcept nogil:
                 on_conn_event(w, <lb_conn *><size_t>(data & ~(<uint64_t>3)), tag, events[i].events)
         pending_run(w)
         timers_sweep(w)
+        if w.skm_draining != NULL:
+            skm_drain_sweep(w)
+        if w.skm_n > 0 and w.now_ms >= w.skm_check_ms:
+            skm_check_all(w)
         if w.http != NULL:
             http_timers_sweep(w)
         conns_free_closed(w)
@@ -336,6 +349,9 @@ cdef class Worker:
         memset(&self.w, 0, sizeof(lb_worker))
         self.w.epfd = -1
         self.w.sigfd = -1
+        self.w.skm.peers = -1
+        self.w.skm.verdict = -1
+        self.w.skm.prog = -1
 
     def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
                  int64_t fd_limit=1024, double drain_timeout=30.0, tls=None, listener_names=None, auths=(),
@@ -415,6 +431,12 @@ cdef class Worker:
             if l.cfg_index >= w.n_cfg_listeners:
                 raise ValueError(f"listener index {l.cfg_index} beyond the region's {w.n_cfg_listeners}")
             l.max_conns = getattr(listener, "max_connections", 0)
+            l.sockmap = getattr(listener, "forward", "userspace") == "sockmap" and l.tls == NULL and not l.passthrough
+            if l.sockmap and w.skm.prog < 0:
+                # the maps of sockmap_prepare (made before privileges were
+                # dropped); failing those, try now; failing that, lb forwards
+                sockmap_prepare(<uint32_t>max(64, w.fd_limit))
+                w.skm = SKM_PREPARED
             metrics_listener_init(w, l, shm, len(listener.routes))
             phases_init(&l.phases, listener)
             if listener.mode == "http":

@@ -21,7 +21,7 @@ assert sizeof(shm_header) == 1024
 assert sizeof(shm_pool) == 128
 assert sizeof(shm_pool_stats) == 64
 assert sizeof(shm_backend) == 192
-assert sizeof(shm_worker_stats) == 256
+assert sizeof(shm_worker_stats) == 320
 assert sizeof(shm_backend_stats) == 64
 assert sizeof(shm_listener_stats) == 64
 assert sizeof(shm_ticket_key) == 80
@@ -922,6 +922,9 @@ cdef class Shm:
             "h2_refused": lb_load_u64(&s.h2_refused),
             "accept_limited": lb_load_u64(&s.accept_limited),
             "accept_fd_errors": lb_load_u64(&s.accept_fd_errors),
+            "sockmap_pairs": lb_load_u64(&s.sockmap_pairs),
+            "sockmap_fallbacks": lb_load_u64(&s.sockmap_fallbacks),
+            "sockmap_overruns": lb_load_u64(&s.sockmap_overruns),
             "tls_failed": {
                 "timeout": lb_load_u64(&s.tls_fail_timeout),
                 "plain_http": lb_load_u64(&s.tls_fail_plain_http),
