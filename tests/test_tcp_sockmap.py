@@ -93,8 +93,33 @@ def read_to_eof(s: socket.socket) -> bytes:
     return bytes(out)
 
 
+def _kernel_allows_bpf() -> str:
+    """'' when this process may create a SOCKHASH map (what a worker does at
+    start), else why not: containers often refuse bpf(2), and lb then
+    forwards in user space (test_fallback_when_bpf_is_refused)."""
+    import ctypes
+    import struct
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(struct.pack("IIII", 18, 8, 8, 16) + bytes(112), 128)  # BPF_MAP_TYPE_SOCKHASH
+    fd = libc.syscall(321, 0, attr, 128)   # bpf(BPF_MAP_CREATE) on x86_64
+    if fd < 0:
+        return f"the kernel refuses bpf(2) here ({os.strerror(ctypes.get_errno())})"
+    os.close(fd)
+    return ""
+
+
+BPF_REFUSED = _kernel_allows_bpf() if os.uname().machine == "x86_64" else "bpf(2) probe written for x86_64"
+
+
+def require_kernel_path():
+    if BPF_REFUSED and not os.environ.get("LB_SOCKMAP_FAIL"):
+        pytest.skip(BPF_REFUSED)
+
+
 def start_sockmap(run_lb, server, listener_extra: str = "", **kwargs):
+    require_kernel_path()
     port = free_port()
+    require_kernel_path()
     lb = run_lb(lb_config(port, [server.entry], listener_extra=SOCKMAP + "\n" + listener_extra, **kwargs))
     return lb, port
 
@@ -362,6 +387,7 @@ def test_a_reader_far_behind_gets_its_pair_reset_not_unbounded_kernel_memory(run
 
     server = servers(stalled)
     port = free_port()
+    require_kernel_path()
     lb = run_lb(lb_config(port, [server.entry], listener_extra=SOCKMAP
                           + '\n[logs.access]\nformat = "json"\ntarget = "stdout"\n'))
     s = socket.create_connection(("127.0.0.1", port), timeout=10)
@@ -433,6 +459,7 @@ def test_access_log_counts_the_kernels_bytes(run_lb, servers, tmp_path):
     server = servers(echo)
     log = tmp_path / "access.log"
     port = free_port()
+    require_kernel_path()
     lb = run_lb(lb_config(port, [server.entry], listener_extra=SOCKMAP)
                 + f'\n[logs.access]\nformat = "json"\ntarget = "file:{log}"\n')
     payload = os.urandom(3 << 20)
@@ -479,6 +506,7 @@ def test_proxy_headers_both_ways_then_the_kernel(run_lb, servers):
 
     server = servers(expect_header_then_echo)
     port = free_port()
+    require_kernel_path()
     lb = run_lb(lb_config(port, [server.entry], listener_extra=SOCKMAP + "\naccept_proxy = true",
                           pool_extra='send_proxy = "v1"'))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
