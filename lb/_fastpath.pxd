@@ -1619,7 +1619,7 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     char *local                      # a local answer's body (PURGE); NULL: the entry's
     uint64_t local_off
     int64_t ttl
-    char hdr[160]                    # the fields the response gets: Age, Cache-Status
+    char hdr[256]                    # the fields the response gets: Age, Cache-Status, Content-Range
     uint32_t hdr_len
     # revalidation: the request went on with the stale entry's validators
     uint8_t has_stale                # stale_entry/seq: a stale entry of the key (stale-if-error)

@@ -688,3 +688,74 @@ def test_cdn_cache_control_takes_the_place_of_cache_control(origin, lb_cache):
     assert count == 1 and cache_status.startswith("lb; hit")
     count, cache_status, _, _ = twice(origin, lb.port, "/cdn-never")
     assert count == 2
+
+
+# ---- range requests -------------------------------------------------------------------------
+
+
+def test_a_range_is_answered_from_a_stored_full_response(origin, lb_cache):
+    body = body_of(100000, 4)
+    modified = httpdate(-3600)
+    origin.routes["/r"] = (200, [("Cache-Control", "max-age=60"), ("ETag", '"v1"'), ("Last-Modified", modified),
+                                 ("Content-Type", "application/octet-stream")], body)
+    lb = lb_cache()
+    assert get(lb.port, "/r")[2] == body
+    conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+
+    def ask(headers, method="GET"):
+        # one kept-alive connection: a 206 or 416 framed wrong would break the next answer
+        conn.request(method, "/r", headers=headers)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+
+    try:
+        for spec, first, last in [("bytes=0-9", 0, 9), ("bytes=70000-", 70000, 99999), ("bytes=-5", 99995, 99999),
+                                  ("bytes=99990-200000", 99990, 99999), ("bytes=-200000", 0, 99999),
+                                  ("Bytes=5-5", 5, 5), ("bytes=4095-4097", 4095, 4097)]:
+            status, h, data = ask({"Range": spec})
+            assert status == 206, spec
+            assert h["content-range"] == f"bytes {first}-{last}/100000", spec
+            assert int(h["content-length"]) == last - first + 1 and data == body[first:last + 1], spec
+            assert h["cache-status"].startswith("lb; hit") and h["etag"] == '"v1"', spec
+        # several ranges get the whole response (RFC 9110 14.2), and so do ranges lb cannot read
+        for spec in ["bytes=0-1,5-6", "bytes=5-1", "items=0-1", "bytes=a-"]:
+            status, h, data = ask({"Range": spec})
+            assert (status, data) == (200, body) and "content-range" not in h, spec
+        for spec in ["bytes=100000-", "bytes=-0"]:
+            status, h, data = ask({"Range": spec})
+            assert (status, data, h["content-range"], h["content-length"]) == (416, b"", "bytes */100000", "0"), spec
+            assert h["cache-status"].startswith("lb; hit; ttl=") and h["cache-status"] != "lb; hit; ttl=0", spec
+        # If-Range: the range only while the client's validator is the stored one, and strong
+        for if_range, expect in [('"v1"', 206), ('"v2"', 200), ('W/"v1"', 200), (modified, 206), (httpdate(-60), 200)]:
+            status, h, data = ask({"Range": "bytes=10-19", "If-Range": if_range})
+            assert status == expect, if_range
+            assert data == (body[10:20] if expect == 206 else body), if_range
+        status, h, data = ask({"Range": "bytes=0-9"}, method="HEAD")
+        assert (status, data, h["content-length"]) == (200, b"", "100000") and "content-range" not in h
+        # validators that match win over the range: 304
+        status, h, data = ask({"Range": "bytes=0-9", "If-None-Match": '"v1"'})
+        assert (status, data) == (304, b"")
+    finally:
+        conn.close()
+    assert origin.count("/r") == 1
+
+
+def test_a_range_miss_goes_to_the_origin_and_a_full_answer_is_stored(origin, lb_cache):
+    body = body_of(5000, 5)
+
+    def respond(method, headers, n):
+        fields = [("Cache-Control", "max-age=60")]
+        if "range" in headers:
+            # the origin's own 206: passed on, never stored
+            return 206, fields + [("Content-Range", "bytes 0-9/5000")], body[:10]
+        return 200, fields, body
+
+    origin.routes["/m"] = respond
+    lb = lb_cache()
+    status, h, data = get(lb.port, "/m", headers={"Range": "bytes=0-9"})
+    assert (status, data, h["content-range"]) == (206, body[:10], "bytes 0-9/5000")
+    assert origin.requests[-1][2]["range"] == ["bytes=0-9"]
+    assert get(lb.port, "/m")[:3:2] == (200, body)
+    status, h, data = get(lb.port, "/m", headers={"Range": "bytes=10-19"})
+    assert (status, data, h["content-range"]) == (206, body[10:20], "bytes 10-19/5000")
+    assert origin.count("/m") == 2

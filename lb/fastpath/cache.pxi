@@ -6,7 +6,8 @@
 #                          without locks; a fresh hit is answered here, its
 #                          body copied from the region into the client's
 #                          buffer (the one copy), the entry's seq checked
-#                          after each copy. Unsafe methods: their target is
+#                          after each copy; one byte range of a stored 200
+#                          is answered 206 (or 416) from it. Unsafe methods: their target is
 #                          invalidated once the origin answered without error.
 #                          PURGE: from purge_allow addresses only.
 #   response step (cache_store)  the storability rules; a storable response
@@ -936,6 +937,112 @@ cdef bint not_modified(const uint8_t *rb, http_req *rq, const uint8_t *sb, http_
     return t_lm >= 0 and t_lm <= t_ims
 
 
+cdef inline uint32_t _ows(const uint8_t *v, uint32_t i, uint32_t n) noexcept nogil:
+    while i < n and (v[i] == 32 or v[i] == 9):
+        i += 1
+    return i
+
+
+cdef inline uint32_t _digits(const uint8_t *v, uint32_t i, uint32_t n, uint64_t *out) noexcept nogil:
+    """Digits from i into out, saturated (a huge first-pos is simply past the
+    end); the index after them."""
+    cdef uint64_t x = 0
+    while i < n and 48 <= v[i] <= 57:
+        if x < (<uint64_t>1 << 60):
+            x = x * 10 + (v[i] - 48)
+        i += 1
+    out[0] = x
+    return i
+
+
+cdef enum:
+    RANGE_NONE = 0                   # no Range, or one lb ignores: the full response
+    RANGE_ONE = 1
+    RANGE_UNSAT = 2
+
+
+cdef int range_parse(const uint8_t *v, uint32_t n, uint64_t len, uint64_t *first, uint64_t *last) noexcept nogil:
+    """One `bytes` range (RFC 9110 14.1.2) against a body of len bytes. Several
+    ranges get the full 200, which RFC 9110 14.2 allows and which spares a
+    multipart body; a Range lb cannot parse is ignored, as the RFC says."""
+    cdef uint32_t i = _ows(v, 0, n), j
+    cdef uint64_t a, b
+    while n > i and (v[n - 1] == 32 or v[n - 1] == 9):
+        n -= 1
+    if n - i < 7 or not ieq(v + i, 6, b"bytes="):
+        return RANGE_NONE
+    i = _ows(v, i + 6, n)
+    if memchr(v + i, 44, n - i) != NULL:
+        return RANGE_NONE
+    if i < n and v[i] == 45:         # -suffix-length
+        j = _digits(v, i + 1, n, &b)
+        if j == i + 1 or j != n:
+            return RANGE_NONE
+        if b == 0 or len == 0:
+            return RANGE_UNSAT
+        first[0] = len - b if b < len else 0
+        last[0] = len - 1
+        return RANGE_ONE
+    j = _digits(v, i, n, &a)
+    if j == i or j >= n or v[j] != 45:
+        return RANGE_NONE
+    i = j + 1
+    if i == n:
+        b = len
+    else:
+        j = _digits(v, i, n, &b)
+        if j != n or b < a:
+            return RANGE_NONE
+    if a >= len:
+        return RANGE_UNSAT
+    first[0] = a
+    last[0] = b if b < len else len - 1
+    return RANGE_ONE
+
+
+cdef bint if_range_ok(const uint8_t *rb, http_req *rq, const uint8_t *sb, http_req *rs) noexcept nogil:
+    """If-Range (RFC 9110 13.1.5): the range only for the representation the
+    client holds part of: a strong ETag equal to the stored one, or a date
+    equal to a stored Last-Modified that is strong (the entry's Date at
+    least a second later, 8.8.2.2). Absent: True."""
+    cdef int32_t ir = field_find(rb, rq, b"if-range"), et
+    cdef const uint8_t *v
+    cdef uint32_t n
+    cdef int64_t t, lm, dt
+    cdef bint found
+    if ir < 0:
+        return True
+    v = rb + rq.fields[ir].value_off
+    n = rq.fields[ir].value_len
+    if n >= 1 and (v[0] == 34 or v[0] == 87):
+        et = field_find(sb, rs, b"etag")
+        return (et >= 0 and v[0] == 34 and n >= 2 and rs.fields[et].value_len == n
+                and memcmp(v, sb + rs.fields[et].value_off, n) == 0)
+    if not http_date(v, n, &t):
+        return False
+    lm = field_date(sb, rs, b"last-modified", &found)
+    dt = field_date(sb, rs, b"date", &found)
+    return lm >= 0 and lm == t and dt >= lm + 1
+
+
+cdef uint32_t content_range(char *o, uint64_t first, uint64_t last, uint64_t len, bint unsat) noexcept nogil:
+    cdef uint32_t n = 21
+    memcpy(o, b"Content-Range: bytes ", 21)
+    if unsat:
+        o[n] = 42
+        n += 1
+    else:
+        n += fmt_u64(o + n, first)
+        o[n] = 45
+        n += 1
+        n += fmt_u64(o + n, last)
+    o[n] = 47
+    n += 1
+    n += fmt_u64(o + n, len)
+    memcpy(o + n, b"\r\n", 2)
+    return n + 2
+
+
 cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, lb_cache_rt *rt,
                    shm_cache_entry *meta, uint32_t idx, int64_t now_ms) noexcept nogil:
     cdef lb_cache_x *cx
@@ -944,12 +1051,28 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
     cdef uint64_t off = <uint64_t>meta.key_len + meta.vary_len + meta.tags_len
     cdef int64_t age
     cdef uint32_t b, k
-    cdef int st
+    cdef int st, rg = RANGE_NONE
+    cdef int32_t rf
+    cdef uint64_t first = 0, last = 0
+    cdef char cr[96]
     if meta.head_len + 2 > CACHE_HEAD_MAX or not ce_copy(rt, e, meta.seq, off, head, meta.head_len):
         return -1                    # gone meanwhile: a miss after all
     memcpy(head + meta.head_len, b"\r\n", 2)
     if http_parse_response_c(<const uint8_t *>head, meta.head_len + 2, w.http.resp, CACHE_HEAD_MAX + 4) != 0:
         return -1
+    # a Range on a GET of a stored 200 (RFC 9110 14.2), after the preconditions
+    rf = field_find(rb, rq, b"range")
+    if (rf >= 0 and h.method != MT_HEAD and w.http.resp.status == 200
+            and not not_modified(rb, rq, <const uint8_t *>head, w.http.resp)
+            and if_range_ok(rb, rq, <const uint8_t *>head, w.http.resp)):
+        rg = range_parse(rb + rq.fields[rf].value_off, rq.fields[rf].value_len, meta.body_len, &first, &last)
+    if rg == RANGE_UNSAT:
+        if not ce_stable(e, meta.seq):
+            return -1
+        cache_count(&rt.st.hit, 1)
+        cr[content_range(cr, 0, 0, meta.body_len, True)] = 0
+        age = meta.age0 + (now_ms - meta.resp_ms) // 1000
+        return cache_local(w, h, rq, 416, b"Range Not Satisfiable", b"", 0, cr, CN_HIT, age, meta.fresh - age)
     cx = cx_alloc(w)
     if cx == NULL:
         return -1
@@ -959,8 +1082,11 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
     cx.entry = idx
     cx.seq = meta.seq
     cx.left = 0 if h.method == MT_HEAD else meta.body_len
-    # the block and offset of the body's first byte
+    # the block and offset of the body's first byte (of the range's, for a 206)
     off += meta.head_len
+    if rg == RANGE_ONE:
+        off += first
+        cx.left = last - first + 1
     b = meta.first
     for k in range(<uint32_t>(off // CACHE_BLOCK)):
         if b >= rt.hd.n_blocks:
@@ -980,20 +1106,29 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
         w.http.resp.reason_off = meta.head_len + 2
         w.http.resp.reason_len = 12
         cx.left = 0
+    elif rg == RANGE_ONE:
+        memcpy(head + meta.head_len + 2, b"Partial Content", 15)
+        w.http.resp.status = 206
+        w.http.resp.reason_off = meta.head_len + 2
+        w.http.resp.reason_len = 15
+        w.http.resp.content_length = <int64_t>cx.left
+        cx.hdr_len += content_range(cx.hdr + cx.hdr_len, first, last, meta.body_len, False)
     st = cache_answer(w, h, rq, head, w.http.resp)
     return st
 
 
 cdef int cache_local(lb_worker *w, lb_hconn *h, http_req *rq, int status, const char *reason,
-                     const char *body, uint32_t body_len) noexcept nogil:
-    """lb's own small answer (to a PURGE), kept-alive like any response."""
+                     const char *body, uint32_t body_len, const char *extra=NULL,
+                     uint8_t note=CN_LOCAL, int64_t age=0, int64_t ttl=0) noexcept nogil:
+    """lb's own small answer (to a PURGE, a 416), kept-alive like any
+    response; extra: a field line to add."""
     cdef char *head = w.http.cache.scratch
     cdef uint32_t n = 0
     cdef lb_cache_x *cx = cx_alloc(w)
     if cx == NULL:
         return 500
     h.cx = cx
-    h.cache_note = CN_LOCAL
+    h.cache_note = note
     cx.serving = 1
     cx.local = <char *>malloc(body_len + 1)
     if cx.local == NULL:
@@ -1010,9 +1145,14 @@ cdef int cache_local(lb_worker *w, lb_hconn *h, http_req *rq, int status, const 
     memcpy(head + n, b"\r\nContent-Type: text/plain\r\nCache-Control: no-store\r\nContent-Length: ", 69)
     n += 69
     n += fmt_u64(head + n, body_len)
-    memcpy(head + n, b"\r\n\r\n", 4)
-    n += 4
-    cx_status(cx, CN_LOCAL, False, 0, 0)
+    memcpy(head + n, b"\r\n", 2)
+    n += 2
+    if extra != NULL:
+        memcpy(head + n, extra, strlen(extra))
+        n += strlen(extra)
+    memcpy(head + n, b"\r\n", 2)
+    n += 2
+    cx_status(cx, note, False, age, ttl)
     if http_parse_response_c(<const uint8_t *>head, n, w.http.resp, CACHE_HEAD_MAX + 4) != 0:
         return 500
     return cache_answer(w, h, rq, head, w.http.resp)
@@ -1597,7 +1737,10 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     if qflags & QCC_ONLY_IF_CACHED:
         cache_count(&rt.st.miss, 1)
         return 504                   # RFC 9111 5.2.1.7
-    if get and not (qflags & QCC_NO_STORE) and note != CN_REQUEST and note != CN_BYPASS:
+    # a Range miss goes on as it came and is not collapsed: the origin's 206 is
+    # not stored and is no answer for the others (a 200 still is stored)
+    if (get and not (qflags & QCC_NO_STORE) and note != CN_REQUEST and note != CN_BYPASS
+            and field_find(b, r, b"range") < 0):
         claim = cache_claim(rt, hash, now_ms)
         if claim == CLAIM_WAIT and (wait_until == 0 or now_ms < wait_until):
             cx = cx_alloc(w)
