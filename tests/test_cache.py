@@ -523,6 +523,11 @@ def test_http2_streams_use_the_cache(origin, lb_cache):
         first = c.response(c.request("/h2"))
         second = c.response(c.request("/h2"))
         head = c.response(c.request("/h2", "HEAD"))
+        part = c.response(c.request("/h2", headers=[("range", "bytes=65530-65545")]))
+        past = c.response(c.request("/h2", headers=[("range", "bytes=200000-")]))
+    assert (part.status, bytes(part.body), part.header("content-range")) == (206, body[65530:65546],
+                                                                          "bytes 65530-65545/200000")
+    assert (past.status, bytes(past.body), past.header("content-range")) == (416, b"", "bytes */200000")
     assert (first.status, second.status, head.status) == (200, 200, 200)
     assert bytes(first.body) == body and bytes(second.body) == body and bytes(head.body) == b""
     assert second.header("cache-status").startswith("lb; hit") and second.header("age") is not None
