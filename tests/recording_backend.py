@@ -187,3 +187,20 @@ class RecordingBackend:
                     c.sock.shutdown(socket.SHUT_WR)
             except OSError as e:
                 self.errors.append(f"conn {c.id}: {e}")
+
+
+def lb_before(tmp_path_factory, name: str, respond=None):
+    """A module's rig: an http listener of one lb whose only backend is a
+    RecordingBackend; yields (lb, backend, port) and, at the end, stops both
+    and fails on any error the backend recorded."""
+    from conftest import LbProcess, free_port, lb_config
+    import signal
+    backend = RecordingBackend(respond) if respond else RecordingBackend()
+    port = free_port()
+    lb = LbProcess(lb_config(port, [(backend.address, "rec", 100)], mode="http"), tmp_path_factory.mktemp(name))
+    try:
+        yield lb, backend, port
+    finally:
+        lb.stop(signal.SIGINT)
+        backend.close()
+    assert not backend.errors, backend.errors

@@ -15,14 +15,12 @@ answers `GET /resp/<case>` with that case's raw response.
 from __future__ import annotations
 
 import re
-import signal
 import socket
 
 import pytest
 
-from conftest import LbProcess, free_port, lb_config
 from http_client import read_to_eof
-from recording_backend import OK_RESPONSE, RecordingBackend
+from recording_backend import OK_RESPONSE, lb_before
 from tests.reference import http_ref
 
 FRAMING = re.compile(rb"^(content-length|transfer-encoding)\s*:", re.I | re.M)
@@ -98,16 +96,7 @@ def respond(conn, info):
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    backend = RecordingBackend(respond)
-    port = free_port()
-    lb = LbProcess(lb_config(port, [(backend.address, "rec", 100)], mode="http"),
-                   tmp_path_factory.mktemp("lb-framing"))
-    try:
-        yield lb, backend, port
-    finally:
-        lb.stop(signal.SIGINT)
-        backend.close()
-    assert not backend.errors, backend.errors
+    yield from lb_before(tmp_path_factory, "lb-framing", respond)
 
 
 def send(port: int, head: bytes, body: bytes) -> bytes:

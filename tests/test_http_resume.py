@@ -15,15 +15,13 @@ streaming wrappers (`http_request_stream`, `http_response_stream`,
 from __future__ import annotations
 
 import random
-import signal
 import socket
 
 import pytest
 
 import lb._fastpath as fp
-from conftest import LbProcess, free_port, lb_config
 from http_client import read_to_eof
-from recording_backend import RecordingBackend
+from recording_backend import lb_before
 from test_http_msg import EARLY as EARLY_RESPONSES
 from test_http_msg import MALFORMED_RESPONSES, VALID_RESPONSES
 from test_http_parser import CHUNKED_MALFORMED, CHUNKED_VALID, EARLY, MALFORMED, VALID
@@ -282,16 +280,7 @@ def test_bad_byte_in_a_complete_line_is_refused_at_that_line():
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
-    backend = RecordingBackend()
-    port = free_port()
-    lb = LbProcess(lb_config(port, [(backend.address, "rec", 100)], mode="http"),
-                   tmp_path_factory.mktemp("lb-resume"))
-    try:
-        yield lb, backend, port
-    finally:
-        lb.stop(signal.SIGINT)
-        backend.close()
-    assert not backend.errors, backend.errors
+    yield from lb_before(tmp_path_factory, "lb-resume")
 
 
 def dribble(port: int, data: bytes, size: int) -> bytes:
