@@ -1042,6 +1042,11 @@ cdef struct lb_http_pool:
     lb_tlist resp_timer              # response_timeout: backend inactivity while a response is due (lazy)
     uint8_t h2                       # protocol = "h2": requests go as streams of multiplexed HTTP/2 connections
     lb_h2b **h2_conns                # [capacity] this worker's HTTP/2 connections per slot offset (h2 pools)
+    # a tier of peer lb nodes (hash_key = "cache_key", fastpath/cache_tier.pxi)
+    lb_str cdn_id                    # its CDN-Loop id: requests carrying it are not sent to a tier again (508)
+    lb_hrules tier_rules             # adds "CDN-Loop: cdn_id" to the requests it sends
+    lb_str tier_name[1]
+    lb_str tier_value[1]
 
 cdef struct lb_bconn:                # a backend connection of the http engine
     uint32_t kind                    # KIND_BCONN
@@ -1574,6 +1579,17 @@ cdef struct shm_cache_stats:         # writer: each worker, its row (the row of 
     uint64_t collapsed               # requests that waited for another's fetch of their key
     uint64_t _pad[2]
 
+cdef struct lb_cache_keycfg:         # a cache's key: key_host, key_query, key_query_drop|keep, key_headers
+    uint8_t host                     # the host is part of the key
+    uint8_t query                    # CKQ_KEEP | CKQ_SORT | CKQ_DROP
+    uint8_t keep_list                # 1: pat lists the parameters kept (key_query_keep); 0: those dropped
+    uint8_t plain                    # keep, no pattern, no header: the target as it came (no parsing)
+    uint32_t n_pat                   # at most 16
+    lb_str pat[16]                   # parameter names as written; a prefix pattern without its "*"
+    uint8_t pat_prefix[16]
+    uint32_t n_headers               # at most 8
+    lb_str headers[8]                # lower case
+
 cdef struct lb_cache_rt:             # a worker's view of one cache
     shm_cache_head *hd
     char *base
@@ -1590,6 +1606,7 @@ cdef struct lb_cache_rt:             # a worker's view of one cache
     lb_str tag_header                # lower case; n = 0: no tags
     uint32_t n_purge                 # purge_allow: ACL indices
     uint32_t purge[8]
+    lb_cache_keycfg key              # how requests are keyed (fastpath/cache_key.pxi)
 
 cdef struct lb_cache_x:              # one exchange's cache state (allocated per cacheable request)
     uint32_t cache                   # index in lb_cache_wk.caches

@@ -99,5 +99,6 @@ def caches_for_config(config, running: dict | None = None) -> dict:
             region.requested = cache.size
         else:
             region.set_max_object(cache.max_object_size)
+        region.set_key(cache)
         out[name] = region
     return out

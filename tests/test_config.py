@@ -119,6 +119,14 @@ purge_allow = ["office"]
 
 [caches.api]
 size = "64m"
+key_host = false
+key_query = "sort"
+key_query_drop = ["utm_*", "fbclid"]
+key_headers = ["Accept-Language"]
+
+[caches.edge]
+key_query_keep = ["id"]
+
 [auth.staff]
 type = "basic"
 htpasswd = "HTPASSWD_FILE"
@@ -321,6 +329,14 @@ protocol = "h2"
 
   [[pools.api.backends]]
   address = "10.0.1.1:9000"
+
+[pools.parents]
+algorithm = "maglev"
+hash_key = "cache_key"
+cdn_id = "cdn.example.net"
+
+  [[pools.parents.backends]]
+  address = "10.0.2.1:80"
 """.replace("ACL_FILE", str(ACL_FILE)).replace("API_KEYS_FILE", str(API_KEYS_FILE)).replace("HTPASSWD_FILE", str(HTPASSWD_FILE)).replace("JWKS_FILE", str(JWKS_FILE)).replace("TLS_CERTS_DIR", str(TLS_DIR / "certs")).replace("TLS_TICKETS", str(TLS_DIR / "tickets")).replace(
     "TLS_CA_FILE", str(TLS_CA.path)).replace("TLS_CLIENT_CERT", str(TLS_CLIENT.cert)).replace(
     "TLS_CLIENT_KEY", str(TLS_CLIENT.key)).replace("TLS_CERT", str(TLS_LEAF.cert)).replace(
@@ -405,7 +421,10 @@ def test_full_config_loads_every_key():
     assert web.cache == "static" and web.routes[0].cache == "api"
     assert cfg.caches["static"] == config.Cache(name="static", size=256 << 20, max_object_size=8 << 20,
                                                 tag_header="Surrogate-Key", purge_allow=("office",))
-    assert cfg.caches["api"] == config.Cache(name="api", size=64 << 20, max_object_size=4 << 20)
+    assert cfg.caches["api"] == config.Cache(name="api", size=64 << 20, max_object_size=4 << 20, key_host=False,
+                                             key_query="sort", key_query_drop=("utm_*", "fbclid"),
+                                             key_headers=("accept-language",))
+    assert cfg.caches["edge"].key_query_keep == ("id",)
     assert cfg.auth["api"] == config.Auth(name="api", type="api_key", keys_file=str(API_KEYS_FILE), header="X-Key",
                                           identity_header="X-Client", strip=False)
     assert cfg.auth["api"].keys == ((bytes(range(32)), "ci"),)
@@ -456,7 +475,8 @@ def test_full_config_loads_every_key():
     assert (db.mode, db.pool, db.routes, db.http) == ("tcp", "api", (), config.HttpSettings())
     assert (db.tls_passthrough, web.tls_passthrough) == (True, False)
 
-    assert list(cfg.pools) == ["app", "api"]
+    assert list(cfg.pools) == ["app", "api", "parents"]
+    assert (cfg.pools["parents"].hash_key, cfg.pools["parents"].cdn_id) == ("cache_key", "cdn.example.net")
     app = cfg.pools["app"]
     assert (app.algorithm, app.hash_key, app.balance_factor, app.table_size) == ("maglev", "cookie:session", 1.25, 251)
     assert (app.send_proxy, app.connect_timeout, app.retries) == ("v2", 0.5, 0)
@@ -1352,7 +1372,7 @@ def test_check_json(run_check):
     assert result.exit_code == 0
     out = json.loads(result.stdout)
     assert out["ok"] is True
-    assert (out["listeners"], out["pools"], out["backends"], out["warnings"]) == (4, 2, 3, [])
+    assert (out["listeners"], out["pools"], out["backends"], out["warnings"]) == (4, 3, 4, [])
     assert out["sha256"] == hashlib.sha256(FULL.encode()).hexdigest()
 
 

@@ -81,5 +81,6 @@ def list_(app: App, prefix: str, limit: int, cache_name: str | None, as_json: bo
         return
     for e in result["entries"]:
         click.echo(f"{e['cache']}  {e['status']}  {e['body_bytes']:>10}  age {e['age']:>6}s  ttl {e['ttl']:>6}s  "
-                   f"{e['key']}" + (f"  vary {e['vary']}" if e["vary"] else "")
+                   f"{e['key']}" + "".join(f"  [{k}: {v}]" for k, v in e.get("key_fields", {}).items())
+                   + (f"  vary {e['vary']}" if e["vary"] else "")
                    + (f"  tags {' '.join(e['tags'])}" if e["tags"] else ""))

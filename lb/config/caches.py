@@ -9,14 +9,23 @@ import dataclasses
 import re
 
 from lb.config.headers import check_header_name
-from lb.config.values import ConfigError, Context, Table, did_you_mean
+from lb.config.values import ConfigError, Context, Table, did_you_mean, string_list
 
 NAMED = True
-KEYS = ("size", "max_object_size", "tag_header", "purge_allow")
+KEYS = ("size", "max_object_size", "tag_header", "purge_allow", "key_host", "key_query", "key_query_drop",
+        "key_query_keep", "key_headers")
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 MIN_SIZE = 1 << 20  # the index and a few blocks
 MAX_SIZE = 1 << 40
 MAX_PURGE_ACLS = 8
+KEY_QUERY = ("keep", "sort", "drop")
+MAX_KEY_PATTERNS = 16  # key_query_drop / key_query_keep (the compiled key's fixed arrays)
+MAX_KEY_HEADERS = 8
+MAX_KEY_NAME = 64
+_PARAM = re.compile(r"[^\s&=#*]{1,64}\*?|\*")  # a query parameter name, or a prefix of names ending in "*"
+# fields that are never a cache key's: each request's own, or hop-by-hop
+_NOT_KEY_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
+                    "upgrade", "proxy-connection", "authorization", "cookie"}
 # "256m" (DESIGN.md 4b), "256M", "256MiB", "1g", plain bytes
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -29,6 +38,12 @@ class Cache:
     max_object_size: int = 8 << 20  # larger responses stream through, not stored
     tag_header: str = ""  # the origin's field of purge tags ("Surrogate-Key", "Cache-Tag"); "" = none
     purge_allow: tuple[str, ...] = ()  # ACLs whose addresses may send PURGE; () = PURGE refused (405)
+    # the key (docs/cache.md "The cache key"): host, target, query parameters, chosen fields
+    key_host: bool = True  # False: one object for every host (the host is not in the key)
+    key_query: str = "keep"  # keep (as sent) | sort (by name) | drop (the whole query)
+    key_query_drop: tuple[str, ...] = ()  # parameters left out of the key ("utm_*": a prefix)
+    key_query_keep: tuple[str, ...] = ()  # only these parameters are in the key; () = all (less key_query_drop)
+    key_headers: tuple[str, ...] = ()  # request fields whose values are part of the key (lower case)
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Cache]:
@@ -66,7 +81,41 @@ def _parse_cache(name: str, t: Table, acls: dict) -> Cache:
             hint = did_you_mean(acl, list(acls))
             raise ConfigError(t.path_of("purge_allow"), f"unknown ACL {acl!r}" + (f" ({hint})" if hint else
                                                                                   " (define it in an [acls.NAME] table)"))
-    return Cache(name=name, size=size, max_object_size=max_object, tag_header=tag_header, purge_allow=tuple(allow))
+    key_query = t.choice("key_query", "keep", KEY_QUERY)
+    drop = _key_params(t, "key_query_drop")
+    keep = _key_params(t, "key_query_keep")
+    if drop and keep:
+        raise ConfigError(t.path_of("key_query_keep"), "set key_query_keep or key_query_drop, not both")
+    if key_query == "drop" and (drop or keep):
+        raise ConfigError(t.path_of("key_query_keep" if keep else "key_query_drop"),
+                          'has no effect with key_query = "drop" (no parameter is in the key)')
+    headers = []
+    for value, path in string_list(t, "key_headers", []):
+        check_header_name(value, path)
+        if value.lower() in _NOT_KEY_HEADERS:
+            raise ConfigError(path, f"{value!r} cannot be part of a key (the host is key_host; "
+                                    "hop-by-hop, credentials and framing fields never are)")
+        if value.lower() in headers:
+            raise ConfigError(path, f"{value!r} is listed twice")
+        headers.append(value.lower())
+    if len(headers) > MAX_KEY_HEADERS:
+        raise ConfigError(t.path_of("key_headers"), f"at most {MAX_KEY_HEADERS} fields")
+    return Cache(name=name, size=size, max_object_size=max_object, tag_header=tag_header, purge_allow=tuple(allow),
+                 key_host=t.boolean("key_host", True), key_query=key_query, key_query_drop=drop,
+                 key_query_keep=keep, key_headers=tuple(headers))
+
+
+def _key_params(t: Table, key: str) -> tuple[str, ...]:
+    """key_query_drop / key_query_keep: parameter names, or prefixes ("utm_*")."""
+    out = []
+    for value, path in string_list(t, key, []):
+        if not _PARAM.fullmatch(value) or value == "*":
+            raise ConfigError(path, f"{value!r} is not a query parameter name (or a prefix of names ending in '*'; "
+                                    f"no spaces, '&', '=' or '#', at most {MAX_KEY_NAME} bytes)")
+        out.append(value)
+    if len(out) > MAX_KEY_PATTERNS:
+        raise ConfigError(t.path_of(key), f"at most {MAX_KEY_PATTERNS} names")
+    return tuple(out)
 
 
 def parse_cache_name(t: Table, caches: dict[str, Cache]) -> str:

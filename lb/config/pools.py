@@ -36,7 +36,14 @@ HASH_KEYS_L4 = ("source_ip", "source_addr")
 HASH_KEY_PREFIXES = ("header", "cookie", "query")  # "PREFIX:NAME", http only
 
 # Pool keys only http listeners act on; a tcp listener ignores them.
-HTTP_POOL_KEYS = ("response_timeout", "keepalive_max_idle", "keepalive_timeout", "sticky_cookie", "protocol")
+HTTP_POOL_KEYS = (
+    "response_timeout",
+    "keepalive_max_idle",
+    "keepalive_timeout",
+    "sticky_cookie",
+    "protocol",
+    "cdn_id",
+)
 PROTOCOLS = ("http/1.1", "h2")
 NAMED = True
 KEYS = (
@@ -129,6 +136,7 @@ class Pool:
     sticky_cookie: str = ""  # cookie name lb inserts for sticky sessions; "" = off
     tls: BackendTls | None = None  # [pools.NAME.tls]: TLS to the backends; None = plain
     protocol: str = "http/1.1"  # http only: "h2" speaks HTTP/2 to the backends (h2c, or h2 by ALPN over TLS)
+    cdn_id: str = "lb"  # hash_key = "cache_key" (a tier of lb nodes): the CDN-Loop id sent, and refused back (508)
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Pool]:
@@ -143,19 +151,27 @@ def needs_http(hash_key: str) -> bool:
 
 _STATUS_RANGE = re.compile(r"([0-9]{3})(?:-([0-9]{3}))?")
 _METHOD = re.compile(r"[A-Z][A-Z-]{0,31}")
+_CDN_HOST = re.compile(r"[A-Za-z0-9.-]+:[0-9]{1,5}")
 _HOST_HEADER = re.compile(r"[A-Za-z0-9.:\[\]_-]{1,253}")
 
 
 def _check_hash_key(value: str, path: str) -> str:
-    if value in HASH_KEYS_L4 or value == "path":
+    if value in HASH_KEYS_L4 or value in ("path", "cache_key"):
         return value
     prefix, sep, name = value.partition(":")
     if sep and prefix in HASH_KEY_PREFIXES:
         if not TOKEN.fullmatch(name):
             raise ConfigError(path, f"{value!r}: {prefix} name must be a non-empty token")
         return value
-    valid = "source_ip, source_addr, path, header:NAME, cookie:NAME, query:NAME"
+    valid = "source_ip, source_addr, path, cache_key, header:NAME, cookie:NAME, query:NAME"
     raise ConfigError(path, f"{value!r} is not one of {valid}")
+
+
+def _parse_cdn_id(value: str, path: str) -> str:
+    """RFC 8586 cdn-id: a host[:port] or a pseudonym (a token), without ',' or ';'."""
+    if not (TOKEN.fullmatch(value) or _CDN_HOST.fullmatch(value)) or len(value) > 64:
+        raise ConfigError(path, f"{value!r}: a name (a token like \"lb\" or \"cdn.example.com\"), at most 64 bytes")
+    return value
 
 
 def _parse_status_range(value: str, path: str) -> tuple[int, int]:
@@ -319,6 +335,7 @@ def _parse_pool(name: str, t: Table, warnings: list[str]) -> Pool:
         backends=_parse_backends(t),
         tls=tls_section.parse_pool(t.table("tls", tls_section.POOL_KEYS), warnings) if t.has("tls") else None,
         protocol=t.choice("protocol", "http/1.1", PROTOCOLS),
+        cdn_id=_parse_cdn_id(t.string("cdn_id", "lb"), t.path_of("cdn_id")),
     )
     if pool.protocol == "h2":
         # one HTTP/2 connection carries many clients' requests: a PROXY header
@@ -332,6 +349,8 @@ def _parse_pool(name: str, t: Table, warnings: list[str]) -> Pool:
             )
     if len(pool.backends) > MAX_BACKENDS_PER_POOL:
         raise ConfigError(t.path_of("backends"), f"{len(pool.backends)} backends; at most {MAX_BACKENDS_PER_POOL}")
+    if t.has("cdn_id") and not (pool.algorithm == "maglev" and pool.hash_key == "cache_key"):
+        warnings.append(f'{t.path_of("cdn_id")}: has no effect unless algorithm = "maglev" and hash_key = "cache_key"')
     if pool.algorithm == "maglev":
         _warn_small_maglev_table(pool, t.path_of("table_size"), warnings)
     else:

@@ -49,6 +49,8 @@ def summary(sup, name: str, region) -> dict:
                 users.append(f"listener {lname} route {route.name}")
     return {"name": name, "size": cfg.size, "max_object_size": cfg.max_object_size,
             "tag_header": cfg.tag_header, "purge_allow": list(cfg.purge_allow), "used_by": users,
+            "key": {"host": cfg.key_host, "query": cfg.key_query, "query_drop": list(cfg.key_query_drop),
+                    "query_keep": list(cfg.key_query_keep), "headers": list(cfg.key_headers)},
             "counts": region.stats()}
 
 

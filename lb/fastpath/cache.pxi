@@ -611,44 +611,17 @@ cdef inline int32_t field_find(const uint8_t *b, http_req *r, const char *lower_
 
 # ---- keys ---------------------------------------------------------------------------------
 
-cdef uint32_t cache_key(const uint8_t *b, http_req *r, char *out, uint32_t cap, uint32_t *host_len) noexcept nogil:
-    """host (lower case, with its port) then the target's path and query:
-    the key of the request's target. 0: none (no host, too long)."""
-    cdef const uint8_t *t = b + r.target_off
-    cdef uint32_t tn = r.target_len, i = 0, s, hn, n = 0
+cdef uint32_t cache_key(lb_cache_rt *rt, const uint8_t *b, http_req *r, char *out, uint32_t cap,
+                        uint32_t *url_len) noexcept nogil:
+    """The key of the request's target, as the cache's key settings make it
+    (fastpath/cache_key.pxi); the index hashes its first url_len bytes.
+    0: none (no host, too long)."""
     cdef const uint8_t *h
-    if tn and t[0] != 47:
-        # absolute-form: its authority is the host
-        while i < tn and t[i] != 58:
-            i += 1
-        if i + 3 > tn:
-            return 0
-        i += 3
-        s = i
-        while i < tn and t[i] != 47 and t[i] != 63:
-            i += 1
-        h = t + s
-        hn = i - s
-        t += i
-        tn -= i
-    elif r.host >= 0:
-        h = b + r.fields[r.host].value_off
-        hn = r.fields[r.host].value_len
-    else:
+    cdef const uint8_t *t
+    cdef uint32_t hn, tn
+    if not req_authority(b, r, &h, &hn, &t, &tn):
         return 0
-    if hn == 0 or hn + tn + 1 > cap:
-        return 0
-    for i in range(hn):
-        out[i] = <char>lower(h[i])
-    n = hn
-    if tn == 0:
-        out[n] = 47
-        n += 1
-    else:
-        memcpy(out + n, t, tn)
-        n += tn
-    host_len[0] = hn
-    return n
+    return cache_key_make(&rt.key, h, hn, t, tn, b, r, out, cap, url_len)
 
 
 cdef uint64_t vary_hash(const uint8_t *b, http_req *r, const char *names, uint32_t n, uint64_t seed) noexcept nogil:
@@ -726,7 +699,7 @@ cdef int cache_lookup(lb_cache_rt *rt, const char *key, uint32_t key_len, uint64
             if out.vary_len:
                 if out.vary_len > CACHE_META_MAX or not ce_copy(rt, e, seq, key_len, scratch, out.vary_len):
                     continue
-                if vary_hash(b, r, scratch, out.vary_len, rt.hd.seed) != out.vhash:
+                if vary_hash(b, r, scratch, out.vary_len, rt.hd.seed ^ key_fields_hash(key, key_len)) != out.vhash:
                     if result == CN_URI_MISS:
                         result = CN_VARY_MISS
                     continue
@@ -1385,12 +1358,12 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     if age >= fresh and not (flags & RCC_NO_CACHE):
         return False                 # stale on arrival
     # the request's values of the Vary fields: its head was saved for this
-    cx.meta.vhash = 0
+    cx.meta.vhash = key_fields_hash(cx.key, cx.key_len)   # variants by key_headers: not replaced by one another
     if vn:
         if http_parse_request_c(<const uint8_t *>cx.req, cx.req_len, rq, h.hl.max_target, h.hl.max_head,
                                 h.hl.max_fields) != 0:
             return False
-        cx.meta.vhash = vary_hash(<const uint8_t *>cx.req, rq, vary, vn, rt.hd.seed)
+        cx.meta.vhash = vary_hash(<const uint8_t *>cx.req, rq, vary, vn, rt.hd.seed ^ cx.meta.vhash)
     tn = tags_collect(b, r, &rt.tag_header, tags, CACHE_META_MAX)
     # the object: key, Vary names, tags, then the head without hop-by-hop fields
     total = <uint64_t>cx.key_len + vn + tn + r.head_len + (r.content_length if r.content_length > 0 else 0)
@@ -1517,21 +1490,18 @@ cdef void cache_invalidate(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
             s = 0                    # a path: this origin
         elif vn > 7 and (ieq(v, 7, b"http://") or (vn > 8 and ieq(v, 8, b"https://"))):
             s = 7 if v[4] == 58 else 8
-            if vn - s < cx.host_len or not _name_eq(v + s, cx.host_len, <const uint8_t *>cx.key, cx.host_len):
+            if vn - s < cx.host_len or not _name_eq(v + s, cx.host_len, <const uint8_t *>cx.key + cx.key_len,
+                                                    cx.host_len):
                 continue             # another origin: not ours to invalidate
             s += cx.host_len
             if s < vn and v[s] != 47 and v[s] != 63:
                 continue             # a longer host name
         else:
             continue
-        n = cx.host_len + (vn - s)
-        if n > CACHE_KEY_MAX:
+        # keyed as a request for it would be (the host follows the URL part of cx.key)
+        if cache_key_make(&rt.key, <const uint8_t *>cx.key + cx.key_len, cx.host_len, v + s, vn - s, NULL, NULL,
+                          buf, CACHE_KEY_MAX, &n) == 0:
             continue
-        memcpy(buf, cx.key, cx.host_len)
-        memcpy(buf + cx.host_len, v + s, vn - s)
-        if vn == s:
-            buf[n] = 47
-            n += 1
         removed += cache_invalidate_key(rt, buf, n)
     if removed:
         cache_count(&rt.st.invalidated, removed)
@@ -1637,7 +1607,7 @@ cdef inline bint cache_purge_allowed(lb_worker *w, lb_cache_rt *rt, sockaddr_sto
 cdef int cache_purge_request(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b, lb_cache_rt *rt) noexcept nogil:
     """PURGE: the target's entries go, from purge_allow addresses only."""
     cdef char *key = w.http.cache.scratch + CACHE_HEAD_MAX
-    cdef uint32_t n, host_len
+    cdef uint32_t n, url_len
     cdef uint64_t removed
     cdef char body[32]
     cdef uint32_t bn
@@ -1647,10 +1617,10 @@ cdef int cache_purge_request(lb_worker *w, lb_hconn *h, http_req *r, const uint8
         return 403
     if r.content_length > 0 or r.chunked:
         return 400
-    n = cache_key(b, r, key, CACHE_KEY_MAX, &host_len)
+    n = cache_key(rt, b, r, key, CACHE_KEY_MAX, &url_len)
     if n == 0:
         return 400
-    removed = cache_invalidate_key(rt, key, n)
+    removed = cache_invalidate_key(rt, key, url_len)
     cache_count(&rt.st.purged, removed)
     memcpy(body, b"purged ", 7)
     bn = 7 + fmt_u64(body + 7, removed)
@@ -1667,7 +1637,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cdef lb_cache_rt *rt = cache_of(w, h)
     cdef lb_cache_x *cx
     cdef char *key = w.http.cache.scratch + CACHE_HEAD_MAX
-    cdef uint32_t n, host_len, idx = 0, qflags, stale_seq = 1
+    cdef uint32_t n, url_len = 0, host_len, idx = 0, qflags, stale_seq = 1
     cdef uint64_t hash
     cdef int64_t max_age, s_maxage, min_fresh, now_ms, max_stale = -1
     cdef int note, st, claim = CLAIM_NONE
@@ -1690,8 +1660,9 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
         h.cache_note = CN_BYPASS
         if method_is(b, r, b"OPTIONS") or method_is(b, r, b"TRACE") or method_is(b, r, b"CONNECT"):
             return STEP_CONTINUE
-        # an unsafe method: its target goes once the origin took it
-        n = cache_key(b, r, key, CACHE_KEY_MAX, &host_len)
+        # an unsafe method: its target goes once the origin took it (the
+        # request's host follows the key: Location is matched against it)
+        n = cache_inval_key(rt, b, r, key, CACHE_KEY_MAX, &url_len, &host_len)
         if n == 0:
             return STEP_CONTINUE
         cx = cx_alloc(w)
@@ -1702,20 +1673,20 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
             cx_free(w, cx)
             return STEP_CONTINUE
         memcpy(cx.key, key, n)
-        cx.key_len = n
+        cx.key_len = url_len
         cx.host_len = host_len
         cx.inval = 1
         cx.cache = <uint32_t>(rt - w.http.cache.caches)
         h.cx = cx
         return STEP_CONTINUE
     auth = field_find(b, r, b"authorization") >= 0
-    n = cache_key(b, r, key, CACHE_KEY_MAX, &host_len)
+    n = cache_key(rt, b, r, key, CACHE_KEY_MAX, &url_len)
     if n == 0 or r.content_length > 0 or r.chunked or r.upgrade:
         cache_count(&rt.st.bypass, 1)
         h.cache_note = CN_BYPASS
         return STEP_CONTINUE
     qflags = cc_parse(b, r, False, &max_age, &s_maxage, &min_fresh, &max_stale)
-    hash = lb_xxh64(<const uint8_t *>key, n, rt.hd.seed)
+    hash = lb_xxh64(<const uint8_t *>key, url_len, rt.hd.seed)
     clock_now_ms(&now_ms)
     if qflags & QCC_NO_CACHE:
         note = CN_REQUEST
@@ -1740,7 +1711,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     # a Range miss goes on as it came and is not collapsed: the origin's 206 is
     # not stored and is no answer for the others (a 200 still is stored)
     if (get and not (qflags & QCC_NO_STORE) and note != CN_REQUEST and note != CN_BYPASS
-            and field_find(b, r, b"range") < 0):
+            and field_find(b, r, b"range") < 0 and not tier_came_back(w, h, b, r)):
         claim = cache_claim(rt, hash, now_ms)
         if claim == CLAIM_WAIT and (wait_until == 0 or now_ms < wait_until):
             cx = cx_alloc(w)
@@ -1773,7 +1744,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     memcpy(cx.key, key, n)
     memcpy(cx.req, b, r.head_len)
     cx.key_len = n
-    cx.host_len = host_len
+    cx.host_len = 0
     cx.req_len = r.head_len
     cx.hash = hash
     cx.auth = auth
@@ -2111,6 +2082,7 @@ cdef int cache_worker_init(lb_worker *w, object caches, uint32_t row, dict acl_i
         rt.st = (<shm_cache_stats *>(cs.base + rt.hd.off_rows)) + (row % CACHE_ROWS)
         rt.pid = <uint32_t>getpid()
         rt.tag_header = mkstr((cfg.tag_header or "").lower())
+        cache_keycfg_init(&rt.key, cfg)
         allow = list(cfg.purge_allow)
         if len(allow) > 8:
             raise ValueError("at most 8 ACLs in purge_allow")
@@ -2159,6 +2131,7 @@ cdef class CacheShm:
     cdef public uint64_t requested   # the configured size it was made for (the mapping may be a little less)
 
     def __dealloc__(self):
+        cache_keycfg_free(&self.rt.key)
         if self.base != NULL:
             munmap(self.base, self.size)
 
@@ -2208,6 +2181,7 @@ cdef class CacheShm:
         off += _line(ng * 8)
         hd.off_blocks = off
         cache_rt_map(&self.rt, self.base)
+        cache_keycfg_init(&self.rt.key, None)
         self.rt.pid = <uint32_t>getpid()
         cache_reset(&self.rt)
         hd.version = CACHE_VERSION
@@ -2225,6 +2199,12 @@ cdef class CacheShm:
         """A reload may change max_object_size in place (responses stored
         before keep their size)."""
         self.rt.hd.max_object = max_object
+
+    def set_key(self, cfg):
+        """The key settings of its [caches.NAME] (at creation and every
+        reload): purge and list key URLs as the workers do."""
+        cache_keycfg_free(&self.rt.key)
+        cache_keycfg_init(&self.rt.key, cfg)
 
     @property
     def max_object(self):
@@ -2294,7 +2274,7 @@ cdef class CacheShm:
         cdef shm_cache_entry *e
         cdef uint32_t i
         cdef int64_t now = int(_time.time() * 1000), age
-        bprefix = _key_of(prefix) if prefix else b""
+        bprefix = _key_prefix(prefix, self.rt.key.host) if prefix else b""
         out = []
         self._lock()
         try:
@@ -2307,7 +2287,8 @@ cdef class CacheShm:
                     continue
                 age = e.age0 + (now - e.resp_ms) // 1000
                 tags = self._part(i, e.key_len + e.vary_len, e.tags_len) or b""
-                out.append({"key": key.decode("latin-1"), "status": e.status, "body_bytes": e.body_len,
+                url, fields = _key_parts(key)
+                out.append({"key": url, "key_fields": fields, "status": e.status, "body_bytes": e.body_len,
                             "stored_bytes": e.key_len + e.vary_len + e.tags_len + e.head_len + e.body_len,
                             "age": age, "ttl": e.fresh - age,
                             "vary": (self._part(i, e.key_len, e.vary_len) or b"").decode("latin-1"),
@@ -2326,14 +2307,16 @@ cdef class CacheShm:
         cdef uint32_t i, n = 0
         cdef bytes key
         if url:
-            key = _key_of(url)
+            key = cache_key_of_url(&self.rt.key, url)
+            if key is None:
+                return 0
             self._lock()
             try:
                 n = cache_remove_hash(&self.rt, lb_xxh64(<const uint8_t *><char *>key, len(key), hd.seed))
             finally:
                 cache_unlock(&self.rt)
             return n
-        bprefix = _key_of(prefix) if prefix else b""
+        bprefix = _key_prefix(prefix, self.rt.key.host) if prefix else b""
         btag = tag.encode()
         self._lock()
         try:
@@ -2354,10 +2337,3 @@ cdef class CacheShm:
             cache_unlock(&self.rt)
         return n
 
-
-def _key_of(str url):
-    """A URL (or host/path) as the cache keys it: the host in lower case with
-    its port, then the path and query. The scheme is not part of the key."""
-    rest = url.split("://", 1)[1] if "://" in url else url
-    host, sep, path = rest.partition("/")
-    return (host.lower() + "/" + path).encode("latin-1") if sep else (host.lower() + "/").encode("latin-1")

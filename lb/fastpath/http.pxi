@@ -364,10 +364,17 @@ cdef void h_request_go(lb_worker *w, lb_hconn *h, http_req *r) noexcept nogil:
     cdef lb_http_listener *hl = h.hl
     cdef lb_pool_rt *p
     cdef uint32_t head_len = r.head_len
+    cdef int st
     p = &w.pools[h.c.pool]
     h.c.tries = 0
     h.fresh = 0
-    h.key = http_key_hash(p, &h.c, b, r)
+    if p.http.hk_kind == HKH_CACHE_KEY:
+        st = tier_request(w, h, p, b, r)
+        if st:
+            h_error(w, h, st)
+            return
+    else:
+        h.key = http_key_hash(p, &h.c, b, r)
     h.sticky_slot = sticky_lookup(w, p, b, r) if p.http.sticky.n else -1
     h.resp_started = 0
     h.resp_sent = 0

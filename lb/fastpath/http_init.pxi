@@ -128,7 +128,8 @@ cdef lb_route *routes_init(object routes, dict pool_index, dict acl_index=None, 
     return out
 
 
-_HK_KINDS = {"path": HKH_PATH, "header": HKH_HEADER, "cookie": HKH_COOKIE, "query": HKH_QUERY}
+_HK_KINDS = {"path": HKH_PATH, "header": HKH_HEADER, "cookie": HKH_COOKIE, "query": HKH_QUERY,
+             "cache_key": HKH_CACHE_KEY}
 _SEND_PROXY = {"off": 0, "v1": 1, "v2": 2}
 
 
@@ -143,6 +144,8 @@ cdef int http_pool_init(lb_pool_rt *p, object pool) except -1:
     kind, _, name = hk.partition(":")
     hp.hk_kind = _HK_KINDS.get(kind, HKH_L4)
     hp.hk_name = mkstr(name.lower() if kind == "header" else name)
+    if hp.hk_kind == HKH_CACHE_KEY:
+        tier_pool_init(hp, pool)
     hp.send_proxy = _SEND_PROXY.get(getattr(pool, "send_proxy", "off"), 0)
     hp.max_idle = pool.keepalive_max_idle
     sticky = getattr(pool, "sticky_cookie", "") or ""

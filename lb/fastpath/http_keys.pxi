@@ -7,6 +7,7 @@ cdef enum:
     HKH_HEADER = 2
     HKH_COOKIE = 3
     HKH_QUERY = 4
+    HKH_CACHE_KEY = 5                # a tier of lb nodes: the request's cache key (fastpath/cache_tier.pxi)
 
 
 # ---- hash keys ------------------------------------------------------------------------

@@ -330,7 +330,8 @@ def _make_error_pages():
     reasons = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
                413: "Content Too Large", 414: "URI Too Long", 417: "Expectation Failed", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
                501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
-               504: "Gateway Timeout", 505: "HTTP Version Not Supported", 500: "Internal Server Error"}
+               504: "Gateway Timeout", 505: "HTTP Version Not Supported", 500: "Internal Server Error",
+               508: "Loop Detected"}
     for code, reason in reasons.items():
         body = f"{code} {reason}\n".encode()
         page = (f"HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain\r\ncontent-length: {len(body)}\r\n"
