@@ -148,6 +148,32 @@ def test_headers_in_the_key_separate_variants(origin, lb_cache):
     assert purge(lb, "--prefix", f"http://127.0.0.1:{lb.port}/") == 1
 
 
+def test_key_headers_and_vary_together(origin, lb_cache):
+    """The origin's Vary and lb's key_headers both set variants apart, and
+    a variant of one replaces only its own."""
+    def page(method, headers, n):
+        lang = headers.get("accept-language", ["-"])[0]
+        enc = headers.get("accept-encoding", ["-"])[0]
+        return 200, FRESH + [("Vary", "Accept-Encoding")], f"{lang} {enc} {n}"
+    origin.routes["/both"] = page
+    lb = lb_cache(cache_extra='key_headers = ["Accept-Language"]')
+    combos = [{"Accept-Language": lang, "Accept-Encoding": enc} for lang in ("en", "fr") for enc in ("gzip", "br")]
+    first = {}
+    for headers in combos:
+        status, h, body = get(lb.port, "/both", headers=headers)
+        first[tuple(headers.values())] = body
+    assert len(set(first.values())) == 4
+    for headers in combos:
+        status, h, body = get(lb.port, "/both", headers=headers)
+        assert h["cache-status"].startswith("lb; hit") and body == first[tuple(headers.values())]
+    assert origin.count("/both") == 4 and len(keys(lb)) == 4
+    # a refetch of one variant (no-cache) replaces it and no other
+    get(lb.port, "/both", headers={**combos[0], "Cache-Control": "no-cache"})
+    assert len(keys(lb)) == 4
+    assert get(lb.port, "/both", headers=combos[0])[2].endswith(b" 5")
+    assert get(lb.port, "/both", headers=combos[3])[2] == first[tuple(combos[3].values())]
+
+
 def test_without_the_host_every_host_shares_an_entry(origin, lb_cache):
     origin.routes["/shared"] = (200, FRESH, b"one object")
     origin.routes["/gone"] = lambda m, h, n: (204, [], b"") if m == "DELETE" else (200, FRESH, b"g")

@@ -188,6 +188,18 @@ def test_bad_tier_config_names_the_key(pool, path, message):
     assert info.value.path == path and message in str(info.value)
 
 
+def test_a_tier_pool_needs_http():
+    text = node_config(1, "/tmp", [("a", 2)], tier=True) + textwrap.dedent("""\
+        [listeners.raw]
+        bind = ["127.0.0.1:2"]
+        mode = "tcp"
+        pool = "up"
+        """)
+    with pytest.raises(config.ConfigError) as info:
+        config.loads(text)
+    assert info.value.path == "pools.up.hash_key" and "needs HTTP" in str(info.value)
+
+
 def test_cdn_id_without_a_tier_is_a_warning():
     cfg = config.loads(node_config(1, "/tmp", [("a", 2)], extra='cdn_id = "x"\n'))
     assert cfg.warnings == ('pools.up.cdn_id: has no effect unless algorithm = "maglev" and hash_key = "cache_key"',)
