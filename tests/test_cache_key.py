@@ -8,10 +8,13 @@ and purge, PURGE and invalidation find the objects under the same key."""
 from __future__ import annotations
 
 import json
+import random
 
 import pytest
 
 from lb import config
+from lb._fastpath import cache_key_preview
+from reference.cache_key_ref import cache_key as cache_key_ref
 from test_cache import cache_config, cli, get, lb_cache, origin  # noqa: F401 (fixtures)
 
 FRESH = [("Cache-Control", "max-age=60")]
@@ -212,6 +215,46 @@ def test_too_many_parameters_are_not_cached(origin, lb_cache):
         status, h, body = get(lb.port, target)
         assert (status, body, h["cache-status"]) == (200, b"m", "lb; fwd=bypass")
     assert origin.count(target) == 2
+
+
+KEY_SETTINGS = [
+    {},
+    {"key_query": "sort"},
+    {"key_query": "drop", "key_host": False},
+    {"key_query_drop": ("utm_*", "a", "bb")},
+    {"key_query": "sort", "key_query_drop": ("utm_*", "a")},
+    {"key_query": "sort", "key_query_keep": ("a", "c*"), "key_headers": ("x-a", "accept-language")},
+    {"key_query_keep": ("b",), "key_host": False, "key_headers": ("x-a",)},
+]
+
+
+def _random_request(rng: random.Random) -> tuple[str, str, list[tuple[str, str]]]:
+    names = ["a", "b", "bb", "c", "cx", "utm_source", "utm", "A", ""]
+    params = []
+    for _ in range(rng.choice([0, 1, 2, 3, 5, 8, 70])):
+        name = rng.choice(names)
+        params.append(name if rng.random() < 0.2 else f"{name}={rng.choice(['1', '2', '', 'x.y', '%2F'])}")
+        if rng.random() < 0.1:
+            params.append("")                            # "&&"
+    path = rng.choice(["/", "/p", "/a/b.html", "/x%20y"])
+    target = path + (("?" + "&".join(params)) if params or rng.random() < 0.2 else "")
+    host = rng.choice(["example.com", "Example.COM:8080", "10.0.0.1"])
+    fields = [(rng.choice(["X-A", "Accept-Language", "X-B"]), rng.choice(["1", "en", "fr, de", "a b"]))
+              for _ in range(rng.choice([0, 1, 3]))]
+    return host, target, fields
+
+
+@pytest.mark.parametrize("settings", KEY_SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()) or "-")
+def test_the_compiled_key_matches_the_reference(settings):
+    cfg = config.Cache(name="c", **settings)
+    rng = random.Random(15)
+    for _ in range(400):
+        host, target, fields = _random_request(rng)
+        head = f"GET {target} HTTP/1.1\r\nHost: {host}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in fields) + "\r\n"
+        assert cache_key_preview(cfg, head.encode()) == cache_key_ref(cfg, host, target, fields), (settings, head)
+    # absolute-form: the target's authority is the host
+    head = b"GET http://Other.example/p?b=1&a=2 HTTP/1.1\r\nHost: example.com\r\n\r\n"
+    assert cache_key_preview(cfg, head) == cache_key_ref(cfg, "Other.example", "/p?b=1&a=2", [])
 
 
 @pytest.mark.parametrize("extra, path, message", [

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from conftest import LbProcess, free_port
+from conftest import LbProcess, free_port, wait_for
 from lb import config
 from lb._fastpath import hash64, maglev_table
 from test_cache import cli, get, origin  # noqa: F401 (fixtures)
@@ -24,7 +24,7 @@ PARENTS = ("parent-a", "parent-b")
 TABLE = 65537
 
 
-def node_config(port, run_dir, backends, *, tier=False, extra=""):
+def node_config(port, run_dir, backends, *, tier=False, extra="", health=""):
     pool = 'algorithm = "maglev"\nhash_key = "cache_key"\n' if tier else ""
     servers = "".join(f'[[pools.up.backends]]\naddress = "127.0.0.1:{p}"\nname = "{name}"\n' for name, p in backends)
     return textwrap.dedent(f"""\
@@ -44,7 +44,7 @@ def node_config(port, run_dir, backends, *, tier=False, extra=""):
         cache = "c"
 
         [pools.up]
-        """) + pool + extra + '[pools.up.health]\ntype = "none"\n' + servers
+        """) + pool + extra + (health or '[pools.up.health]\ntype = "none"\n') + servers
 
 
 class Node:
@@ -72,11 +72,11 @@ def cluster(tmp_path, origin):
     """Two parents in front of the origin, two edges whose tier they are."""
     nodes = []
 
-    def start(edge_extra=""):
+    def start(edge_health=""):
         parents = {name: Node(tmp_path, name, [("origin", origin.port)]) for name in PARENTS}
         nodes.extend(parents.values())
         tier = [(name, parents[name].port) for name in PARENTS]
-        edges = [Node(tmp_path, f"edge{i}", tier, tier=True, extra=edge_extra) for i in range(2)]
+        edges = [Node(tmp_path, f"edge{i}", tier, tier=True, health=edge_health) for i in range(2)]
         nodes.extend(edges)
         return parents, edges
 
@@ -129,6 +129,25 @@ def test_a_parent_down_gives_away_only_its_keys(cluster, origin):
         # the surviving parent's keys are hits there; the dead one's were fetched again, once
         assert origin.count(path) == (2 if parent_of(path) == gone else 1), path
     assert parents[kept].keys() == {p[1:] for p in paths}
+
+
+def test_a_parent_its_health_check_finds_down_is_passed_over(cluster, origin):
+    """Down by the edges' health checks, a parent is not even tried: its
+    keys go to the next parent in the Maglev table at once."""
+    origin.routes.update({f"/h/{i}": (200, [("Cache-Control", "max-age=300")], b"h") for i in range(24)})
+    parents, edges = cluster(edge_health='[pools.up.health]\ntype = "tcp"\ninterval = "100ms"\nfall = 1\nrise = 1\n')
+    gone, kept = PARENTS
+    gone_slot = PARENTS.index(gone)
+    edge = edges[0]
+    wait_for(lambda: edge.lb.shm.backend(0, gone_slot)["health"] == "up", 10, "the parent up")
+    parents[gone].stop()
+    wait_for(lambda: edge.lb.shm.backend(0, gone_slot)["health"] == "down", 10, "the parent down")
+    errors = edge.lb.backend_stats(gone_slot)["connect_errors"]
+    for i in range(24):
+        fetch(edge, f"/h/{i}")
+    assert edge.lb.backend_stats(gone_slot)["connect_errors"] == errors
+    assert parents[kept].keys() == {f"h/{i}" for i in range(24)}
+    assert all(origin.count(f"/h/{i}") == 1 for i in range(24))
 
 
 def test_unsafe_methods_and_bypasses_go_to_the_parent_of_their_url(cluster, origin):

@@ -263,3 +263,25 @@ cdef inline uint64_t key_fields_hash(const char *key, uint32_t n) noexcept nogil
     if nl == NULL:
         return 0
     return lb_xxh64(<const uint8_t *>nl, <uint32_t>(key + n - nl), 0x6b6579) | 1
+
+
+def cache_key_preview(cfg, bytes head):
+    """The key a cache with cfg's key settings makes of the request head
+    (bytes, up to its empty line), with its URL part's length: the workers'
+    own code, for tests/reference/cache_key_ref.py. None: no key."""
+    cdef lb_cache_rt rt
+    cdef http_req *r = <http_req *>malloc(sizeof(http_req))
+    cdef char out[CACHE_KEY_MAX]
+    cdef uint32_t n = 0, url_len = 0
+    if r == NULL:
+        raise MemoryError()
+    memset(&rt, 0, sizeof(lb_cache_rt))
+    try:
+        cache_keycfg_init(&rt.key, cfg)
+        if http_parse_request_c(<const uint8_t *><char *>head, len(head), r, 65536, 65536, HTTP_MAX_FIELDS_CAP) != 0:
+            raise ValueError("not a request head lb accepts")
+        n = cache_key(&rt, <const uint8_t *><char *>head, r, out, CACHE_KEY_MAX, &url_len)
+        return (out[:n], url_len) if n else None
+    finally:
+        cache_keycfg_free(&rt.key)
+        free(r)
