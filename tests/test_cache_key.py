@@ -197,6 +197,24 @@ def test_without_the_host_every_host_shares_an_entry(origin, lb_cache):
     assert not hit(lb.port, "/gone", headers={"Host": "a.example"})
 
 
+def test_a_reload_changes_the_key_and_keeps_the_objects(origin, lb_cache):
+    origin.routes["/r"] = (200, [("Cache-Control", "max-age=600")], b"r")
+    lb = lb_cache()
+    get(lb.port, "/r?b=1&a=1")
+    assert not hit(lb.port, "/r?a=1&b=1")
+    lb.config_path.write_text(lb.config_path.read_text().replace('tag_header = "Surrogate-Key"',
+                                                                 'tag_header = "Surrogate-Key"\nkey_query = "sort"'))
+    cli(lb, "reload")
+    # the region is kept: what ?a=1&b=1 stored (a key already sorted) answers both spellings now;
+    # what ?b=1&a=1 stored is found no more, and ages out
+    assert hit(lb.port, "/r?b=1&a=1")
+    assert hit(lb.port, "/r?a=1&b=1")
+    assert origin_count(origin, "/r") == 2
+    # the supervisor keys purged URLs the new way too
+    assert purge(lb, f"http://127.0.0.1:{lb.port}/r?b=1&a=1") == 1
+    assert [e["key"] for e in keys(lb)] == [f"127.0.0.1:{lb.port}/r?b=1&a=1"]
+
+
 def test_location_invalidation_is_keyed_like_requests(origin, lb_cache):
     origin.routes["/list"] = (200, FRESH, b"list")
     origin.routes["/new"] = lambda m, h, n: (201, [("Location", "/list?page=1&sort=name")], b"")
