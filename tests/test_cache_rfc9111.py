@@ -392,24 +392,60 @@ def test_a_head_response_for_another_representation_refreshes_nothing(origin, lb
 # ---- RFC 5861: stale-if-error ---------------------------------------------------------------------
 
 
-def test_stale_if_error_serves_the_stale_entry_and_plain_stale_does_not(origin, lb_cache):
-    def answer(path):
+STALE_CASES = {
+    "/sie": ("max-age=1, stale-if-error=600", True),
+    "/plain": ("max-age=1", False),                            # RFC 9111 4.2.4: no stale without permission
+    "/must-revalidate": ("max-age=1, stale-if-error=600, must-revalidate", False),   # 5.2.2.2
+    "/proxy-revalidate": ("max-age=1, stale-if-error=600, proxy-revalidate", False),  # 5.2.2.8
+    "/s-maxage": ("s-maxage=1, stale-if-error=600", False),    # 5.2.2.10: s-maxage implies proxy-revalidate
+}
+
+
+def test_stale_if_error_serves_the_stale_entry_unless_forbidden(origin, lb_cache):
+    def answer(cc):
         def f(method, headers, n):
-            if n == 1:
-                cc = "max-age=1, stale-if-error=600" if path == "/sie" else "max-age=1"
-                return 200, [("Cache-Control", cc)], b"good"
-            return 503, [], b"down"
+            return (200, [("Cache-Control", cc)], b"good") if n == 1 else (503, [], b"down")
         return f
-    origin.routes["/sie"] = answer("/sie")
-    origin.routes["/plain"] = answer("/plain")
+    for path, (cc, _) in STALE_CASES.items():
+        origin.routes[path] = answer(cc)
     lb = lb_cache()
-    ask(lb.port, "/sie")
-    ask(lb.port, "/plain")
+    for path in STALE_CASES:
+        assert "stored" in ask(lb.port, path).cache_status
     time.sleep(2.1)  # what is tested is the clock itself: the entries go stale
-    a = ask(lb.port, "/sie")
-    assert (a.status, a.body) == (200, b"good") and "fwd-status=503" in a.cache_status
-    a = ask(lb.port, "/plain")                                 # RFC 9111 4.2.4: no stale without permission
-    assert (a.status, a.body) == (503, b"down")
+    for path, (_, served) in STALE_CASES.items():
+        a = ask(lb.port, path)
+        if served:
+            assert (a.status, a.body) == (200, b"good") and "fwd-status=503" in a.cache_status, path
+        else:
+            assert (a.status, a.body) == (503, b"down"), path
+
+
+# ---- 4.4: invalidation of Location and Content-Location ---------------------------------------------
+
+
+@pytest.mark.parametrize("field, value, invalidated", [
+    ("Location", "/other", True),
+    ("Content-Location", "http://test.example/other", True),
+    ("Location", "http://elsewhere.example/other", False),     # another origin's URI is not ours to drop
+])
+def test_an_unsafe_method_invalidates_its_location(origin, lb_cache, field, value, invalidated):
+    origin.routes["/other"] = (200, [("Cache-Control", "max-age=600")], b"o")
+    origin.routes["/form"] = (201, [(field, value)], b"")
+    lb = lb_cache()
+    ask(lb.port, "/other")
+    assert ask(lb.port, "/other").hit
+    assert ask(lb.port, "/form", "POST", headers=[("Content-Length", "0")]).status == 201
+    assert ask(lb.port, "/other").hit is not invalidated
+    assert origin.count("/other") == (2 if invalidated else 1)
+
+
+def test_an_unsafe_method_that_fails_invalidates_nothing(origin, lb_cache):
+    origin.routes["/r"] = lambda method, headers, n: ((200, [("Cache-Control", "max-age=600")], b"r")
+                                                      if method == "GET" else (500, [], b""))
+    lb = lb_cache()
+    ask(lb.port, "/r")
+    assert ask(lb.port, "/r", "DELETE").status == 500
+    assert ask(lb.port, "/r").hit and origin.count("/r") == 2
 
 
 # ---- 1xx: forwarded, never stored ---------------------------------------------------------------
@@ -450,3 +486,24 @@ def test_interim_responses_are_forwarded_and_not_stored(run_lb, tmp_path):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+# ---- RFC 9110 9.3.3 with RFC 9111 4.4: a POST's answer for its own target -----------------------
+
+
+@pytest.mark.parametrize("fields, stored", [
+    ([("Cache-Control", "max-age=600"), ("Content-Location", "/p")], True),
+    ([("Cache-Control", "max-age=600"), ("Content-Location", "http://test.example/p")], True),
+    ([("Cache-Control", "max-age=600"), ("Content-Location", "/p?x")], False),     # another resource
+    ([("Cache-Control", "max-age=600"), ("Content-Location", "http://other.example/p")], False),
+    ([("Cache-Control", "max-age=600")], False),                                    # no Content-Location
+    ([("Last-Modified", httpdate(-86400)), ("Content-Location", "/p")], False),    # no explicit freshness
+])
+def test_a_post_answer_naming_its_target_is_stored_for_it(origin, lb_cache, fields, stored):
+    origin.routes["/p"] = lambda method, headers, n: ((200, fields, b"posted %d" % n) if method == "POST"
+                                                      else (200, [], b"got %d" % n))
+    lb = lb_cache()
+    a = ask(lb.port, "/p", "POST", headers=[("Content-Length", "0")])
+    assert (a.status, a.body) == (200, b"posted 1")
+    a = ask(lb.port, "/p")
+    assert (a.hit, a.body) == ((True, b"posted 1") if stored else (False, b"got 2"))

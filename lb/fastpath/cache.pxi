@@ -1766,6 +1766,14 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
         cx.inval = 1
         cx.cache = <uint32_t>(rt - w.http.cache.caches)
         h.cx = cx
+        if method_is(b, r, b"POST"):
+            # its answer may stand for its target (post_storable): the head, for the Vary values
+            cx.req = <char *>malloc(r.head_len)
+            if cx.req != NULL:
+                memcpy(cx.req, b, r.head_len)
+                cx.req_len = r.head_len
+                cx.hash = lb_xxh64(<const uint8_t *>key, n, rt.hd.seed)
+                cx.auth = field_find(b, r, b"authorization") >= 0
         return STEP_CONTINUE
     auth = field_find(b, r, b"authorization") >= 0
     n = cache_key(b, r, key, CACHE_KEY_MAX, &host_len)
@@ -2105,8 +2113,14 @@ cdef int step_cache_store(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t 
     if cx.inval:
         if 200 <= r.status < 400:
             cache_invalidate(w, h, rt, r, b)
+        if post_storable(cx, r, b):
+            clock_now_ms(&now_ms)
+            if cache_fill_start(w, h, rt, r, b, now_ms):
+                stored = True
+                if h.rs_state == RS_DONE:
+                    cache_fill_done(w, h)
         if h.cache_note != CN_NONE:
-            cx_status(cx, h.cache_note, False, 0, 0)
+            cx_status(cx, h.cache_note, stored, 0, cx.ttl)
         return STEP_CONTINUE
     # reval 1: the stored validators went with the request; 3: a HEAD without them
     if (cx.reval == 1 and r.status == 304) or ((cx.reval == 1 or cx.reval == 3) and h.method == MT_HEAD

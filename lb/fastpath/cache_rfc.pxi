@@ -11,6 +11,8 @@
 #   age_value          the Age a response came with: first member, digits only
 #   vary_member_hash   one member of a Vary field's value, OWS trimmed and
 #                      lower-cased where the field is case-insensitive
+#   head_freshens      a HEAD's 200 agrees with the stored GET (RFC 9111 4.3.5)
+#   post_storable      a POST's answer stands for its target (RFC 9110 9.3.3)
 #
 # All run on the response or request head in the worker's buffers, without
 # the GIL and without allocating.
@@ -342,3 +344,38 @@ cdef uint32_t sf_member_len(const uint8_t *d, uint32_t n) noexcept nogil:
             return i
         i += 1
     return n
+
+
+cdef bint location_is_target(lb_cache_x *cx, const uint8_t *v, uint32_t vn) noexcept nogil:
+    """A Content-Location (a path, or an absolute URI of the same host) that
+    names the request's own target: the key cx holds."""
+    cdef uint32_t s
+    if vn and v[0] == 47 and not (vn > 1 and v[1] == 47):
+        s = 0
+    elif vn > 7 and (ieq(v, 7, b"http://") or (vn > 8 and ieq(v, 8, b"https://"))):
+        s = 7 if v[4] == 58 else 8
+        if vn - s < cx.host_len or not _name_eq(v + s, cx.host_len, <const uint8_t *>cx.key, cx.host_len):
+            return False
+        s += cx.host_len
+        if s < vn and v[s] != 47 and v[s] != 63:
+            return False
+    else:
+        return False
+    if vn == s:
+        return cx.key_len == cx.host_len + 1 and cx.key[cx.host_len] == 47
+    return cx.key_len - cx.host_len == vn - s and memcmp(cx.key + cx.host_len, v + s, vn - s) == 0
+
+
+cdef bint post_storable(lb_cache_x *cx, http_req *r, const uint8_t *b) noexcept nogil:
+    """RFC 9110 9.3.3: a POST's 2xx is a GET's answer for its target when
+    its Content-Location names that target (it carries the representation
+    of it); whether it has explicit freshness cache_fill_start decides."""
+    cdef int32_t cl
+    cdef int64_t max_age, s_maxage, unused
+    if cx.req == NULL or not (200 <= r.status < 300):
+        return False
+    cl = field_find(b, r, b"content-location")
+    if cl < 0 or not location_is_target(cx, b + r.fields[cl].value_off, r.fields[cl].value_len):
+        return False
+    cc_parse(b, r, True, &max_age, &s_maxage, &unused)
+    return max_age >= 0 or s_maxage >= 0 or field_find(b, r, b"expires") >= 0   # never on a heuristic
