@@ -18,8 +18,8 @@ import time
 import pytest
 
 from conftest import free_port
-from test_cache import CountingOrigin, cache_config, cli, httpdate  # noqa: F401  (fixtures below)
-from test_cache import lb_cache, origin  # noqa: F401
+from test_cache import cache_config, httpdate
+from test_cache import lb_cache, origin  # noqa: F401  (the fixtures: the counting origin, lb before it)
 
 
 # ---- a raw client: exact request lines in, every field line out ---------------------------------
