@@ -511,3 +511,33 @@ def test_a_post_answer_naming_its_target_is_stored_for_it(origin, lb_cache, fiel
     assert (a.status, a.body) == (200, b"posted 1")
     a = ask(lb.port, "/p")
     assert (a.hit, a.body) == ((True, b"posted 1") if stored else (False, b"got 2"))
+
+
+# ---- 4.1 with 4.3.1: another variant's validator, and the 304 that selects it ----------------------
+
+
+def test_a_vary_miss_sends_the_stored_variants_etag_and_a_304_selects_it(origin, lb_cache):
+    def answer(method, headers, n):
+        if headers.get("if-none-match") == ['"same"']:
+            return 304, [("ETag", '"same"'), ("Cache-Control", "max-age=600")], b""
+        return 200, [("Cache-Control", "max-age=600"), ("ETag", '"same"'), ("Vary", "X-V")], b"one body"
+    origin.routes["/n"] = answer
+    lb = lb_cache()
+    assert ask(lb.port, "/n", headers=[("X-V", "1")]).body == b"one body"
+    a = ask(lb.port, "/n", headers=[("X-V", "2")])
+    assert origin.requests[-1][2].get("if-none-match") == ['"same"']
+    assert (a.status, a.body) == (200, b"one body")
+    assert a.cache_status.startswith("lb; fwd=vary-miss; fwd-status=304; stored")
+    for v in ("1", "2"):                                       # both variants are stored now
+        a = ask(lb.port, "/n", headers=[("X-V", v)])
+        assert a.hit and a.body == b"one body"
+    assert origin.count("/n") == 2
+
+
+def test_a_vary_miss_never_borrows_a_variant_an_authorized_request_may_not_use(origin, lb_cache):
+    origin.routes["/n"] = lambda method, headers, n: (200, [("Cache-Control", "max-age=600"), ("ETag", '"e"'),
+                                                            ("Vary", "X-V")], b"body %d" % n)
+    lb = lb_cache()
+    ask(lb.port, "/n", headers=[("X-V", "1")])
+    a = ask(lb.port, "/n", headers=[("X-V", "2"), ("Authorization", "Basic YTpi")])
+    assert origin.requests[-1][2].get("if-none-match") is None and a.body == b"body 2"

@@ -759,6 +759,9 @@ cdef int cache_lookup(lb_cache_rt *rt, const char *key, uint32_t key_len, uint64
                 if vary_hash(b, r, scratch, out.vary_len, rt.hd.seed) != out.vhash:
                     if result == CN_URI_MISS:
                         result = CN_VARY_MISS
+                        if not auth or (out.flags & CEF_AUTH_OK):
+                            idx[0] = i       # its validators may select it for this request (RFC 9111 4.3.1)
+                            stale_seq[0] = seq
                     continue
             if auth and not (out.flags & CEF_AUTH_OK):
                 result = CN_BYPASS
@@ -862,7 +865,7 @@ cdef void cx_status(lb_cache_x *cx, uint8_t note, bint stored, int64_t age, int6
     s = CN_STATUS[note]
     memcpy(o + n, s, strlen(s))
     n += strlen(s)
-    if (note == CN_STALE or note == CN_REQUEST) and cx.reval == 2:
+    if (note == CN_STALE or note == CN_REQUEST or note == CN_VARY_MISS) and cx.reval == 2:
         memcpy(o + n, b"; fwd-status=304", 16)
         n += 16
     if stored:
@@ -1857,8 +1860,10 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
         cx.stale_entry = idx
         cx.stale_seq = stale_seq
         cache_reval_start(w, h, rt, idx, stale_seq)
-    elif note == CN_REQUEST and not (stale_seq & 1):
-        cache_reval_start(w, h, rt, idx, stale_seq)   # no stale-if-error: the client asked for the origin
+    elif (note == CN_REQUEST or note == CN_VARY_MISS) and not (stale_seq & 1):
+        # validated, not served stale on error: the client asked for the origin,
+        # or the entry is another variant, which a 304 alone may select
+        cache_reval_start(w, h, rt, idx, stale_seq)
     return STEP_CONTINUE
 
 
