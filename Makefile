@@ -14,7 +14,7 @@ APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepali
 # OpenSSL (TLS), libnghttp2 (HTTP/2) and libxcrypt (htpasswd hashes).
 BUILD_DEPS := libssl-dev libnghttp2-dev libcrypt-dev
 
-.PHONY: install build-deps demo test test-deps bench debug clean deb rpm deb-deps rpm-deps asan-test fuzz fuzz-deps
+.PHONY: install build-deps demo test test-deps bench debug clean deb rpm deb-deps rpm-deps asan-test fuzz fuzz-deps cache-conformance
 
 build-deps:
 	@$(call apt_ensure,$(BUILD_DEPS))
@@ -39,6 +39,17 @@ test: test-deps install
 
 bench: test-deps install
 	$(PYTHON) -m bench
+
+# The public HTTP caching conformance suite (https://cache-tests.fyi) against
+# lb, nginx proxy_cache and Varnish, one after the other, printing the three
+# totals (docs/cache.md, "Conformance"). Optional: it needs a checkout of
+# http-tests/cache-tests (CACHE_TESTS, default /work/cache-tests), node, and
+# varnish for the third column; not part of `make test`.
+CACHE_TESTS ?= /work/cache-tests
+cache-conformance: install
+	@command -v varnishd >/dev/null || [ -x /usr/sbin/varnishd ] || \
+	  ($(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq varnish >/dev/null)
+	$(PYTHON) -m bench.cache_conformance --suite $(CACHE_TESTS) --failed
 
 # The functional suite against the compiled part built with AddressSanitizer
 # and UndefinedBehaviorSanitizer, in a copy of the tree (build/asan), so the

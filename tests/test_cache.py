@@ -239,7 +239,8 @@ def test_what_a_shared_cache_must_not_store(origin, lb_cache):
         "/no-store": (200, [("Cache-Control", "max-age=60, no-store")], b"x"),
         "/private": (200, [("Cache-Control", "private, max-age=60")], b"x"),
         "/no-cache": (200, [("Cache-Control", "no-cache, max-age=60")], b"x"),
-        "/cookie": (200, [("Cache-Control", "max-age=60"), ("Set-Cookie", "s=1")], b"x"),
+        "/cookie": (200, [("Last-Modified", httpdate(-3600)), ("Set-Cookie", "s=1")], b"x"),  # a heuristic only
+        "/bad-max-age": (200, [("Cache-Control", "max-age=60a")], b"x"),
         "/vary-star": (200, [("Cache-Control", "max-age=60"), ("Vary", "*")], b"x"),
         "/partial": (206, [("Cache-Control", "max-age=60"), ("Content-Range", "bytes 0-0/2")], b"x"),
         "/nothing": (200, [], b"x"),  # no freshness at all, no validator to guess from
@@ -247,7 +248,6 @@ def test_what_a_shared_cache_must_not_store(origin, lb_cache):
         "/expired": lambda m, h, n: (200, [("Expires", httpdate(-10))], b"x"),
         "/bad-expires": (200, [("Expires", "0")], b"x"),
         "/stale-on-arrival": (200, [("Cache-Control", "max-age=60"), ("Age", "100")], b"x"),
-        "/bad-max-age": (200, [("Cache-Control", "max-age=60, max-age=30")], b"x"),
         "/chunked": (200, [("Cache-Control", "max-age=60"), ("Transfer-Encoding", "chunked")], b"1\r\nx\r\n0\r\n\r\n"),
         "/two-etags": (200, [("Cache-Control", "max-age=60"), ("ETag", '"a"'), ("ETag", '"b"')], b"x"),
     })

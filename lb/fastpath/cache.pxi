@@ -64,7 +64,9 @@ cdef enum:
     RCC_PUBLIC = 8
     RCC_MUST_REVALIDATE = 16
     RCC_PROXY_REVALIDATE = 32
-    RCC_BAD = 64                     # a max-age or s-maxage that is not a number, or two that differ: stale
+    RCC_BAD = 64                     # a max-age or s-maxage that is not a number: stale
+    RCC_NO_CACHE_NAMES = 128         # no-cache="names": those fields are not stored (cache_rfc.pxi)
+    RCC_MUST_UNDERSTAND = 256        # must-understand: stored only with a status lb understands, no-store aside
 
 cdef const uint32_t CACHE_NONE = 0xffffffffu
 cdef const int64_t CACHE_DELTA_MAX = 2147483648
@@ -402,10 +404,12 @@ cdef int64_t days_from_civil(int64_t y, int64_t m, int64_t d) noexcept nogil:
 
 
 cdef int month_of(const uint8_t *v) noexcept nogil:
-    cdef const char *names = b"JanFebMarAprMayJunJulAugSepOctNovDec"
+    cdef const char *names = b"janfebmaraprmayjunjulaugsepoctnovdec"
     cdef int i
     for i in range(12):
-        if v[0] == names[3 * i] and v[1] == names[3 * i + 1] and v[2] == names[3 * i + 2]:
+        # any case: "AUG" is read as a recipient should (RFC 9110 5.6.7 is case-sensitive
+        # for senders only), a wrong separator or field width is not
+        if lower(v[0]) == names[3 * i] and lower(v[1]) == names[3 * i + 1] and lower(v[2]) == names[3 * i + 2]:
             return i + 1
     return 0
 
@@ -424,74 +428,85 @@ cdef bint digits_at(const uint8_t *v, uint32_t n, uint32_t *p, uint32_t count, i
     return True
 
 
+cdef inline bint _byte_at(const uint8_t *v, uint32_t n, uint32_t *p, uint8_t c) noexcept nogil:
+    if p[0] >= n or v[p[0]] != c:
+        return False
+    p[0] += 1
+    return True
+
+
 cdef bint http_date(const uint8_t *v, uint32_t n, int64_t *out) noexcept nogil:
     """An HTTP-date (RFC 9110 5.6.7): IMF-fixdate, or the obsolete RFC 850 and
-    asctime forms a recipient must accept; unix seconds."""
-    cdef uint32_t p = 0
+    asctime forms a recipient must accept; unix seconds. Each form is held
+    to its own grammar (one space between parts, its own year width and
+    separators): "Thu, 18 Aug 50 ..." or "Thu, 18-Aug-2050 ..." is no date,
+    and an invalid Expires means "already expired" (RFC 9111 5.3)."""
+    cdef uint32_t p = 0, wd
     cdef int64_t day = 0, mon, year = 0, hh = 0, mm = 0, ss = 0
-    cdef bint asctime = False
+    cdef int form                    # 0 IMF-fixdate, 1 RFC 850, 2 asctime
     while p < n and ((65 <= v[p] <= 90) or (97 <= v[p] <= 122)):
         p += 1
-    if p < 3:
+    wd = p
+    if wd < 3:
         return False
     if p < n and v[p] == 44:
         p += 1
+        if wd == 3:
+            form = 0
+        elif wd >= 6 and wd <= 9:
+            form = 1
+        else:
+            return False
+    elif wd == 3:
+        form = 2
     else:
-        asctime = True
-    while p < n and v[p] == 32:
-        p += 1
-    if asctime:
+        return False
+    if not _byte_at(v, n, &p, 32):
+        return False
+    if form == 2:
         if p + 3 > n:
             return False
         mon = month_of(v + p)
         p += 3
-        while p < n and v[p] == 32:
+        if not _byte_at(v, n, &p, 32):
+            return False
+        if p < n and v[p] == 32:
             p += 1
-        if p < n and p + 1 < n and v[p + 1] != 32:
-            if not digits_at(v, n, &p, 2, &day):
+            if not digits_at(v, n, &p, 1, &day):
                 return False
-        elif not digits_at(v, n, &p, 1, &day):
+        elif not digits_at(v, n, &p, 2, &day):
             return False
-        if p >= n or v[p] != 32:
+        if not _byte_at(v, n, &p, 32):
             return False
-        p += 1
     else:
-        if not digits_at(v, n, &p, 2, &day) or p >= n or (v[p] != 32 and v[p] != 45):
+        if not digits_at(v, n, &p, 2, &day) or not _byte_at(v, n, &p, 32 if form == 0 else 45):
             return False
-        p += 1
         if p + 3 > n:
             return False
         mon = month_of(v + p)
         p += 3
-        if p >= n or (v[p] != 32 and v[p] != 45):
+        if not _byte_at(v, n, &p, 32 if form == 0 else 45):
             return False
-        p += 1
-        if p + 4 <= n and v[p + 2] != 32:
+        if form == 0:
             if not digits_at(v, n, &p, 4, &year):
                 return False
         elif digits_at(v, n, &p, 2, &year):
             year += 1900 if year >= 70 else 2000   # RFC 850: two digits
         else:
             return False
-        if p >= n or v[p] != 32:
+        if not _byte_at(v, n, &p, 32):
             return False
-        p += 1
-    if mon == 0 or not digits_at(v, n, &p, 2, &hh) or p >= n or v[p] != 58:
+    if mon == 0 or not digits_at(v, n, &p, 2, &hh) or not _byte_at(v, n, &p, 58):
         return False
-    p += 1
-    if not digits_at(v, n, &p, 2, &mm) or p >= n or v[p] != 58:
+    if not digits_at(v, n, &p, 2, &mm) or not _byte_at(v, n, &p, 58):
         return False
-    p += 1
     if not digits_at(v, n, &p, 2, &ss):
         return False
-    if asctime:
-        if p >= n or v[p] != 32:
-            return False
-        p += 1
-        if not digits_at(v, n, &p, 4, &year):
+    if form == 2:
+        if not _byte_at(v, n, &p, 32) or not digits_at(v, n, &p, 4, &year):
             return False
     else:
-        if p + 4 != n or v[p] != 32 or v[p + 1] != 71 or v[p + 2] != 77 or v[p + 3] != 84:
+        if p + 4 != n or v[p] != 32 or lower(v[p + 1]) != 103 or lower(v[p + 2]) != 109 or lower(v[p + 3]) != 116:
             return False
         p += 4
     if p != n or day < 1 or day > 31 or hh > 23 or mm > 59 or ss > 60:
@@ -541,8 +556,7 @@ cdef uint32_t cc_parse(const uint8_t *b, http_req *r, bint response, int64_t *ma
     cdef int64_t x
     # RFC 9213: a response's CDN-Cache-Control, when it has one, is what a
     # CDN's cache (lb here) obeys, in place of Cache-Control
-    cdef const char *field = b"cdn-cache-control" if response and field_find(b, r, b"cdn-cache-control") >= 0 \
-        else b"cache-control"
+    cdef const char *field = b"cdn-cache-control" if response and cdn_cc_in_force(b, r) else b"cache-control"
     max_age[0] = -1
     s_maxage[0] = -1
     min_fresh[0] = -1
@@ -551,16 +565,22 @@ cdef uint32_t cc_parse(const uint8_t *b, http_req *r, bint response, int64_t *ma
             continue
         v = b + r.fields[i].value_off
         pos = 0
-        while http_list_next(v, r.fields[i].value_len, &pos, &off, &len):
+        while cc_next(v, r.fields[i].value_len, &pos, &off, &len):
             d = v + off
+            if field[1] == 100:      # "cdn-...": a structured field, its parameters aside
+                len = sf_member_len(d, len)
             nl = 0
             while nl < len and d[nl] != 61:
                 nl += 1
             k = nl + 1 if nl < len else len
             if ieq(d, nl, b"no-store"):
                 flags |= RCC_NO_STORE if response else QCC_NO_STORE
+            elif response and ieq(d, nl, b"no-cache") and nl + 1 < len:
+                flags |= RCC_NO_CACHE_NAMES   # only the fields it names (RFC 9111 5.2.2.4)
             elif ieq(d, nl, b"no-cache"):
                 flags |= RCC_NO_CACHE if response else QCC_NO_CACHE
+            elif response and ieq(d, nl, b"must-understand"):
+                flags |= RCC_MUST_UNDERSTAND
             elif response and ieq(d, nl, b"private"):
                 flags |= RCC_PRIVATE
             elif response and ieq(d, nl, b"public"):
@@ -572,15 +592,20 @@ cdef uint32_t cc_parse(const uint8_t *b, http_req *r, bint response, int64_t *ma
             elif not response and ieq(d, nl, b"only-if-cached"):
                 flags |= QCC_ONLY_IF_CACHED
             elif ieq(d, nl, b"max-age"):
-                if not delta_seconds(d + k, len - k, &x) or (max_age[0] >= 0 and max_age[0] != x):
-                    flags |= RCC_BAD
-                    x = 0
-                max_age[0] = x
+                # a second max-age: the first counts (RFC 9111 4.2.1 lets a cache
+                # take the first or call the response stale); one that is not a
+                # number makes the response stale
+                if max_age[0] < 0 and not (flags & RCC_BAD):
+                    if not delta_seconds(d + k, len - k, &x):
+                        flags |= RCC_BAD
+                        x = 0
+                    max_age[0] = x
             elif response and ieq(d, nl, b"s-maxage"):
-                if not delta_seconds(d + k, len - k, &x) or (s_maxage[0] >= 0 and s_maxage[0] != x):
-                    flags |= RCC_BAD
-                    x = 0
-                s_maxage[0] = x
+                if s_maxage[0] < 0:
+                    if not delta_seconds(d + k, len - k, &x):
+                        flags |= RCC_BAD
+                        x = 0
+                    s_maxage[0] = x
             elif not response and ieq(d, nl, b"min-fresh"):
                 if delta_seconds(d + k, len - k, &x):
                     min_fresh[0] = x
@@ -625,17 +650,22 @@ cdef uint32_t cache_key(lb_cache_rt *rt, const uint8_t *b, http_req *r, char *ou
 
 
 cdef uint64_t vary_hash(const uint8_t *b, http_req *r, const char *names, uint32_t n, uint64_t seed) noexcept nogil:
-    """The request's values of the Vary fields, each field's values joined
-    in order, hashed. Two requests share a variant when these are equal."""
+    """The request's values of the Vary fields, each field's list members
+    in order, hashed. Two requests share a variant when these are equal:
+    "a, b" on one line or two, with any spaces around the commas, is the
+    same value (RFC 9111 4.1), and so are the Accept-* tokens in any case."""
     cdef uint64_t hsh = seed ^ 0x76617279
-    cdef uint32_t pos = 0, off, len, i
-    cdef bint any_field
+    cdef uint32_t pos = 0, off, len, i, vp, voff, vlen
+    cdef bint any_field, fold
     while http_list_next(<const uint8_t *>names, n, &pos, &off, &len):
         hsh = lb_xxh64(<const uint8_t *>names + off, len, hsh)
         any_field = False
+        fold = vary_case_insensitive(names + off, len)
         for i in range(r.n_fields):
             if _name_eq(b + r.fields[i].name_off, r.fields[i].name_len, <const uint8_t *>names + off, len):
-                hsh = lb_xxh64(b + r.fields[i].value_off, r.fields[i].value_len, hsh ^ 0x2c)
+                vp = 0
+                while http_list_next(b + r.fields[i].value_off, r.fields[i].value_len, &vp, &voff, &vlen):
+                    hsh = vary_member_hash(b + r.fields[i].value_off + voff, vlen, fold, hsh)
                 any_field = True
         if not any_field:
             hsh = lb_xxh64(<const uint8_t *>b"\0", 1, hsh ^ 0x6e6f6e65)   # absent differs from empty
@@ -702,6 +732,9 @@ cdef int cache_lookup(lb_cache_rt *rt, const char *key, uint32_t key_len, uint64
                 if vary_hash(b, r, scratch, out.vary_len, rt.hd.seed ^ key_fields_hash(key, key_len)) != out.vhash:
                     if result == CN_URI_MISS:
                         result = CN_VARY_MISS
+                        if not auth or (out.flags & CEF_AUTH_OK):
+                            idx[0] = i       # its validators may select it for this request (RFC 9111 4.3.1)
+                            stale_seq[0] = seq
                     continue
             if auth and not (out.flags & CEF_AUTH_OK):
                 result = CN_BYPASS
@@ -720,6 +753,8 @@ cdef int cache_lookup(lb_cache_rt *rt, const char *key, uint32_t key_len, uint64
             if (req_max_age == 0 or (req_max_age > 0 and out.age0 * 1000 + now_ms - out.resp_ms > req_max_age * 1000)
                     or (min_fresh >= 0 and out.fresh - age < min_fresh)):
                 result = CN_REQUEST
+                idx[0] = i               # it may be revalidated, as a stale one is
+                stale_seq[0] = seq
                 continue
             out.seq = seq
             idx[0] = i
@@ -803,7 +838,7 @@ cdef void cx_status(lb_cache_x *cx, uint8_t note, bint stored, int64_t age, int6
     s = CN_STATUS[note]
     memcpy(o + n, s, strlen(s))
     n += strlen(s)
-    if note == CN_STALE and cx.reval == 2:
+    if (note == CN_STALE or note == CN_REQUEST or note == CN_VARY_MISS) and cx.reval == 2:
         memcpy(o + n, b"; fwd-status=304", 16)
         n += 16
     if stored:
@@ -1195,11 +1230,19 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
 
 cdef bint status_storable(uint32_t status, bint explicit) noexcept nogil:
     """Final statuses lb stores: the heuristically cacheable ones (RFC 9110
-    15.1), and with explicit freshness any other it understands. Never 206
-    (lb does not combine ranges) or 304."""
+    15.1), and with explicit freshness (or public) any other final one, known
+    or not (RFC 9111 3: a cache need not understand a status to store it;
+    must-understand is checked apart). Never 206 (lb does not combine
+    ranges) or 304."""
     if status in (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501):
         return True
-    return explicit and status in (302, 303, 307, 400, 403, 500, 502, 503, 504)
+    return explicit and 200 <= status <= 599 and status != 206 and status != 304
+
+
+cdef inline bint status_understood(uint32_t status) noexcept nogil:
+    """The statuses whose caching rules lb implements (must-understand)."""
+    return status in (200, 203, 204, 300, 301, 302, 303, 307, 308, 400, 403, 404, 405, 410, 414, 500, 501,
+                      502, 503, 504)
 
 
 cdef inline bint status_heuristic(uint32_t status) noexcept nogil:
@@ -1281,6 +1324,9 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     cdef char vary[CACHE_META_MAX]
     cdef char tags[CACHE_META_MAX]
     cdef uint32_t tn
+    cdef char omit[CACHE_META_MAX]
+    cdef uint32_t on = 0
+    cdef bint cookie
     cdef http_field *f
     cdef const uint8_t *name
     cdef http_req *rq = cw.req
@@ -1291,14 +1337,26 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     if r.content_length > <int64_t>rt.hd.max_object:
         return False
     flags = cc_parse(b, r, True, &max_age, &s_maxage, &unused, &sie)
+    if (flags & RCC_MUST_UNDERSTAND) and status_understood(r.status):
+        flags &= ~RCC_NO_STORE       # RFC 9111 5.2.2.3: no-store is for caches that do not
+    elif flags & RCC_MUST_UNDERSTAND:
+        return False
     if flags & (RCC_NO_STORE | RCC_PRIVATE):
         return False
+    if flags & RCC_NO_CACHE_NAMES:
+        on = cc_no_cache_names(b, r, b"cdn-cache-control" if cdn_cc_in_force(b, r) else b"cache-control",
+                               omit, CACHE_META_MAX)
+        if on == CACHE_NONE:
+            flags |= RCC_NO_CACHE    # too many names to keep: the whole response is revalidated
+            on = 0
     if (flags & RCC_NO_CACHE) and field_find(b, r, b"etag") < 0 and field_find(b, r, b"last-modified") < 0:
         return False                 # no-cache without a validator: it could never be used
     if cx.auth and not (flags & (RCC_PUBLIC | RCC_MUST_REVALIDATE)) and s_maxage < 0:
         return False                 # RFC 9111 3.5
-    if field_find(b, r, b"set-cookie") >= 0:
-        return False                 # one user's cookie is not for the next
+    # a Set-Cookie is one user's: the response is stored without it (as Squid
+    # and Traffic Server do), so a hit never hands it to the next user; and
+    # only when the origin gave it explicit freshness (below)
+    cookie = field_find(b, r, b"set-cookie") >= 0 or field_find(b, r, b"set-cookie2") >= 0
     if validators_conflict(b, r):
         return False                 # which one a 304 would confirm cannot be told
     # Vary: its names, lower case; "*" never matches a later request
@@ -1348,9 +1406,11 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
         return False
     if not status_storable(r.status, explicit or (flags & RCC_PUBLIC) != 0):
         return False
+    if cookie and not explicit:
+        return False                 # no Set-Cookie response is cached on a guess
     # age (RFC 9111 4.2.3): the Age the response came with, or the time since its Date
     fi = field_find(b, r, b"age")
-    if fi >= 0 and not delta_seconds(b + r.fields[fi].value_off, r.fields[fi].value_len, &age):
+    if fi >= 0 and not age_value(b + r.fields[fi].value_off, r.fields[fi].value_len, &age):
         age = 0
     apparent = now_ms // 1000 - date if has_date else 0
     if apparent > age:
@@ -1388,7 +1448,9 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
         name = b + f.name_off
         if hop_by_hop(name, f.name_len) or ieq(name, f.name_len, b"transfer-encoding") \
                 or ieq(name, f.name_len, b"age") or ieq(name, f.name_len, b"cache-status") \
-                or (k and conn_listed(b, name, f.name_len, k, offs, lens)):
+                or (k and conn_listed(b, name, f.name_len, k, offs, lens)) \
+                or (cookie and (ieq(name, f.name_len, b"set-cookie") or ieq(name, f.name_len, b"set-cookie2"))) \
+                or (on and names_listed(omit, on, name, f.name_len)):
             continue
         memcpy(cx.obj + n, name, f.value_off + f.value_len - f.name_off)
         n += f.value_off + f.value_len - f.name_off
@@ -1678,6 +1740,14 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
         cx.inval = 1
         cx.cache = <uint32_t>(rt - w.http.cache.caches)
         h.cx = cx
+        if method_is(b, r, b"POST"):
+            # its answer may stand for its target (post_storable): the head, for the Vary values
+            cx.req = <char *>malloc(r.head_len)
+            if cx.req != NULL:
+                memcpy(cx.req, b, r.head_len)
+                cx.req_len = r.head_len
+                cx.hash = lb_xxh64(<const uint8_t *>key, url_len, rt.hd.seed)
+                cx.auth = field_find(b, r, b"authorization") >= 0
         return STEP_CONTINUE
     auth = field_find(b, r, b"authorization") >= 0
     n = cache_key(rt, b, r, key, CACHE_KEY_MAX, &url_len)
@@ -1689,7 +1759,11 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     hash = lb_xxh64(<const uint8_t *>key, url_len, rt.hd.seed)
     clock_now_ms(&now_ms)
     if qflags & QCC_NO_CACHE:
-        note = CN_REQUEST
+        # the client wants the stored response validated, not skipped (RFC 9111
+        # 5.2.1.4): looked up as max-age=0, it is then revalidated as a stale one
+        note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, 0, -1, &meta, &idx, &stale_seq, -1)
+        if note == CN_STALE:
+            note = CN_REQUEST
     else:
         note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx, &stale_seq,
                             max_stale)
@@ -1730,8 +1804,8 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     else:
         cache_count(&rt.st.miss, 1)
     h.cache_note = <uint8_t>note
-    if not get or (qflags & QCC_NO_STORE):
-        return STEP_CONTINUE
+    if (not get and note != CN_STALE) or (qflags & QCC_NO_STORE):
+        return STEP_CONTINUE         # (a HEAD with a stale GET stored may refresh it: RFC 9111 4.3.5)
     # a GET that may be stored: its key, and its head for the Vary values
     cx = cx_alloc(w)
     if cx == NULL:
@@ -1748,7 +1822,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cx.req_len = r.head_len
     cx.hash = hash
     cx.auth = auth
-    cx.fill = 1
+    cx.fill = get
     cx.cache = <uint32_t>(rt - w.http.cache.caches)
     cx.claimed = claim == CLAIM_MINE
     h.cx = cx
@@ -1756,6 +1830,10 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
         cx.has_stale = 1
         cx.stale_entry = idx
         cx.stale_seq = stale_seq
+        cache_reval_start(w, h, rt, idx, stale_seq)
+    elif (note == CN_REQUEST or note == CN_VARY_MISS) and not (stale_seq & 1):
+        # validated, not served stale on error: the client asked for the origin,
+        # or the entry is another variant, which a 304 alone may select
         cache_reval_start(w, h, rt, idx, stale_seq)
     return STEP_CONTINUE
 
@@ -1802,6 +1880,11 @@ cdef void cache_reval_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, uint32_t
         cx.rv_value[k].p = cx.validators + used
         cx.rv_value[k].n = vn
         k += 1
+    if k == 0 and h.method == MT_HEAD:
+        cx.reval = 3                 # a HEAD without validators: its 200 may still refresh the entry
+        cx.stale_entry = idx
+        cx.stale_seq = seq
+        return
     if k == 0 or h.n_rq_rules >= MAX_RULESETS:
         return
     memset(&cx.rules, 0, sizeof(lb_hrules))
@@ -1907,7 +1990,7 @@ cdef int cache_revalidated(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     cx.fill = 0
     cx.serving = 1
     cx.left = 0 if h.method == MT_HEAD else meta.body_len
-    cx_status(cx, CN_STALE, stored, 0, cx.ttl)
+    cx_status(cx, h.cache_note, stored, 0, cx.ttl)
     if client_has_it:
         memcpy(m + n, b"Not Modified", 12)
         os.status = 304
@@ -2006,10 +2089,18 @@ cdef int step_cache_store(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t 
     if cx.inval:
         if 200 <= r.status < 400:
             cache_invalidate(w, h, rt, r, b)
+        if post_storable(rt, cx, r, b, w.http.cache.scratch):
+            clock_now_ms(&now_ms)
+            if cache_fill_start(w, h, rt, r, b, now_ms):
+                stored = True
+                if h.rs_state == RS_DONE:
+                    cache_fill_done(w, h)
         if h.cache_note != CN_NONE:
-            cx_status(cx, h.cache_note, False, 0, 0)
+            cx_status(cx, h.cache_note, stored, 0, cx.ttl)
         return STEP_CONTINUE
-    if cx.reval == 1 and r.status == 304:
+    # reval 1: the stored validators went with the request; 3: a HEAD without them
+    if (cx.reval == 1 and r.status == 304) or ((cx.reval == 1 or cx.reval == 3) and h.method == MT_HEAD
+                                               and r.status == 200 and head_freshens(w, rt, cx, r, b)):
         return cache_revalidated(w, h, rt, r, b)
     if cx.has_stale and r.status in (500, 502, 503, 504) and cache_stale_on_error(w, h, r.status):
         return STEP_ANSWERED         # (the error's backend connection was closed, its body unread)
