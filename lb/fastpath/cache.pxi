@@ -324,6 +324,7 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
     e.age0 = meta.age0
     e.fresh = meta.fresh
     e.stale_if_error = meta.stale_if_error
+    e.stale_while_revalidate = meta.stale_while_revalidate
     e.state = CE_LIVE
     e.chain = rt.buckets[meta.hash & (hd.n_buckets - 1)]
     ce_publish(e)
@@ -1439,6 +1440,7 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     if flags & RCC_NO_CACHE:
         cx.meta.flags |= CEF_NO_CACHE
     cx.meta.stale_if_error = <int32_t>(sie if sie < 2147483647 else 2147483647)
+    cx.meta.stale_while_revalidate = swr_directive(b, r)
     cx.prefix_len = n
     cx.obj_len = n
     cx.obj_cap = n + cx.meta.body_len
@@ -1600,6 +1602,7 @@ cdef void cache_waits_sweep(lb_worker *w) noexcept nogil:
     cdef lb_hconn *h
     if cw == NULL:
         return
+    refresh_timers_sweep(w)          # stale-while-revalidate's background fetches
     while True:
         n = tl_expired(&cw.wait_list, w.now_ms)
         if n == NULL:
@@ -1615,6 +1618,7 @@ cdef void cache_waits_sweep(lb_worker *w) noexcept nogil:
 cdef inline uint64_t cache_next_deadline(lb_worker *w, uint64_t deadline) noexcept nogil:
     if w.http.cache == NULL:
         return deadline
+    deadline = tl_deadline(&w.http.cache.refresh_timer, deadline)
     return tl_deadline(&w.http.cache.wait_list, deadline)
 
 
@@ -1734,6 +1738,11 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
             if h.cx != NULL:
                 cx_free(w, h.cx)
                 h.cx = NULL
+        elif note == CN_STALE and not (stale_seq & 1):
+            # stale-while-revalidate: answered stale, refreshed in the background
+            st = cache_swr(w, h, b, r, rt, idx, stale_seq, key, n, host_len, hash, auth, now_ms, max_age, min_fresh)
+            if st != -1:
+                return st
     if qflags & QCC_ONLY_IF_CACHED:
         cache_count(&rt.st.miss, 1)
         return 504                   # RFC 9111 5.2.1.7
@@ -2104,6 +2113,7 @@ cdef int cache_worker_init(lb_worker *w, object caches, uint32_t row, dict acl_i
     cw.wait_list.timeout_ms = CACHE_WAIT_POLL_MS
     if cw.caches == NULL or cw.scratch == NULL or cw.req == NULL or cw.merged == NULL:
         raise MemoryError()
+    refresh_init(cw)
     for i, (shm, cfg) in enumerate(caches):
         cs = <CacheShm>shm
         rt = &cw.caches[i]
@@ -2267,7 +2277,8 @@ cdef class CacheShm:
         cdef uint64_t *words
         cdef uint32_t r, k
         names = ("hit", "miss", "stale", "bypass", "stored", "evicted", "not_stored", "invalidated", "purged",
-                 "hit_bytes", "store_failed", "revalidated", "stale_served", "collapsed")
+                 "hit_bytes", "store_failed", "revalidated", "stale_served", "collapsed", "refreshed",
+                 "refresh_failed")
         totals = [0] * len(names)
         for r in range(CACHE_ROWS):
             words = <uint64_t *>&rows[r]
