@@ -1640,6 +1640,10 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     uint8_t waiting                  # parked until the key's fetch by another ends (twait polls)
     int64_t wait_until_ms
     lb_tnode twait
+    # a chunked body being stored (fastpath/cache_swr.pxi): obj collects it as it
+    # came, framing and all, up to fill_max bytes; it is decoded once whole
+    uint8_t chunked_fill
+    uint64_t fill_max
 
 cdef struct lb_cache_wk:             # a worker's caches
     lb_cache_rt *caches

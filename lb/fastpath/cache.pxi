@@ -1314,8 +1314,8 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     cdef http_req *rq = cw.req
     cdef int32_t fi
     cdef uint64_t total
-    if r.chunked or r.content_length < 0 and r.status != 204:
-        return False                 # only a known length is stored (chunked, until-close: streamed)
+    if not r.chunked and r.content_length < 0 and r.status != 204:
+        return False                 # until-close: a cut body could not be told from a whole one
     if r.content_length > <int64_t>rt.hd.max_object:
         return False
     flags = cc_parse(b, r, True, &max_age, &s_maxage, &unused, &sie)
@@ -1444,6 +1444,8 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     cx.prefix_len = n
     cx.obj_len = n
     cx.obj_cap = n + cx.meta.body_len
+    if r.chunked and not fill_chunked_start(cx, rt):
+        return False
     cx.ttl = fresh - age if fresh > age else 0
     cx.filling = 1
     h.no_splice = 1                  # the body passes through lb's buffers, where it is copied
@@ -1457,8 +1459,8 @@ cdef inline void cache_fill_put(lb_hconn *h, const char *p, uint32_t n) noexcept
     cdef lb_cache_x *cx = h.cx
     if cx == NULL or not cx.filling:
         return
-    if cx.obj_len + n > cx.obj_cap:
-        cx.filling = 0               # more than its Content-Length: never stored
+    if cx.obj_len + n > cx.obj_cap and not (cx.chunked_fill and fill_grow(cx, n)):
+        cx.filling = 0               # more than its Content-Length (or max_object_size): never stored
         return
     memcpy(cx.obj + cx.obj_len, p, n)
     cx.obj_len += n
@@ -1474,6 +1476,8 @@ cdef void cache_fill_done(lb_worker *w, lb_hconn *h) noexcept nogil:
         return
     cx.filling = 0
     rt = &w.http.cache.caches[cx.cache]
+    if cx.chunked_fill and not fill_dechunk(cx, rt):
+        return
     if cx.obj_len != cx.obj_cap:
         return
     if not cache_lock(rt):

@@ -577,6 +577,69 @@ cdef bint fill_add_length(lb_cache_x *cx) noexcept nogil:
     return True
 
 
+# ---- chunked bodies stored ------------------------------------------------------------------------
+# A storable chunked response is collected as it streams to the client, its
+# chunk framing and all (the client gets the bytes as they came), in a buffer
+# that grows up to max_object_size plus room for the framing; once the last
+# chunk came it is decoded in place and stored with a Content-Length. A body
+# that outgrows the buffer is let go (the client's stream goes on); one the
+# origin cut short never reaches its end, and is never stored.
+
+cdef bint fill_chunked_start(lb_cache_x *cx, lb_cache_rt *rt) noexcept nogil:
+    cdef uint64_t first = cx.prefix_len + CACHE_REFRESH_READ
+    cdef char *o = <char *>realloc(cx.obj, first + 1)
+    if o == NULL:
+        return False
+    cx.obj = o
+    cx.obj_cap = first
+    cx.chunked_fill = 1
+    # the framing: a size line and a CRLF per chunk; chunks of 512 bytes or
+    # more fit (smaller ones, a body this large is not stored)
+    cx.fill_max = cx.prefix_len + rt.hd.max_object + rt.hd.max_object // 64 + 4096
+    cx.meta.body_len = 0
+    return True
+
+
+cdef bint fill_grow(lb_cache_x *cx, uint32_t n) noexcept nogil:
+    """cache_fill_put: room for n more bytes of a chunked fill. False: past
+    fill_max (its buffer is let go at once)."""
+    cdef uint64_t cap = cx.obj_cap
+    cdef char *o
+    while cap < cx.obj_len + n:
+        cap *= 2
+    if cap > cx.fill_max:
+        cap = cx.fill_max
+    if cap < cx.obj_len + n or cx.obj_len + n > cx.fill_max:
+        free(cx.obj)
+        cx.obj = NULL
+        return False
+    o = <char *>realloc(cx.obj, cap + 1)
+    if o == NULL:
+        free(cx.obj)
+        cx.obj = NULL
+        return False
+    cx.obj = o
+    cx.obj_cap = cap
+    return True
+
+
+cdef bint fill_dechunk(lb_cache_x *cx, lb_cache_rt *rt) noexcept nogil:
+    """cache_fill_done, a chunked fill: the body decoded in place and given
+    its Content-Length. False: not stored (malformed, or over max_object_size)."""
+    cdef char *p = cx.obj + cx.prefix_len
+    cdef uint64_t n = cx.obj_len - cx.prefix_len, body
+    if chunked_whole_end(<const uint8_t *>p, n) != <int64_t>n:
+        return False
+    body = chunked_decode(p, n)
+    if body > rt.hd.max_object:
+        return False
+    cx.chunked_fill = 0
+    cx.obj_len = cx.prefix_len + body
+    cx.obj_cap = cx.obj_len
+    cx.meta.body_len = body
+    return fill_add_length(cx)
+
+
 # ---- chunked bodies, whole in memory ------------------------------------------------------------
 
 cdef int64_t chunked_whole_end(const uint8_t *p, uint64_t n) noexcept nogil:

@@ -402,10 +402,14 @@ cdef int h_resp_body(lb_worker *w, lb_hconn *h) noexcept nogil:
                 return 1
             if ok:
                 ob_put(&h.outb, b.inb.p + b.inb.off, ok)
+                if h.cx != NULL:
+                    cache_fill_put(h, b.inb.p + b.inb.off, ok)
                 hb_drop(w, &b.inb, ok)
                 progress = 1
             if st == 1:
                 h.rs_state = RS_DONE
+                if h.cx != NULL:
+                    cache_fill_done(w, h)    # (a body cut short never gets here: never stored)
                 return 1
             if not ok:
                 break
