@@ -1644,6 +1644,7 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     # came, framing and all, up to fill_max bytes; it is decoded once whole
     uint8_t chunked_fill
     uint64_t fill_max
+    int64_t req_stale_if_error       # the request's own stale-if-error=N (RFC 5861 4); -1: none
 
 cdef struct lb_cache_wk:             # a worker's caches
     lb_cache_rt *caches

@@ -1793,6 +1793,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cx.fill = 1
     cx.cache = <uint32_t>(rt - w.http.cache.caches)
     cx.claimed = claim == CLAIM_MINE
+    cx.req_stale_if_error = cc_seconds(b, r, b"cache-control", b"stale-if-error")
     h.cx = cx
     if note == CN_STALE and not (stale_seq & 1):
         cx.has_stale = 1
@@ -1969,7 +1970,7 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
     cdef lb_cache_rt *rt
     cdef shm_cache_entry *e
     cdef shm_cache_entry meta
-    cdef int64_t now_ms, age
+    cdef int64_t now_ms, age, sie
     cdef char *head
     cdef uint64_t off
     cdef uint32_t b, k
@@ -1978,12 +1979,14 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
     rt = &w.http.cache.caches[cx.cache]
     e = ce_at(rt, cx.stale_entry)
     memcpy(&meta, e, sizeof(shm_cache_entry))
-    if not ce_stable(e, cx.stale_seq) or meta.state != CE_LIVE or meta.stale_if_error <= 0 \
+    # the response's stale-if-error, or the request's own (RFC 5861 4), the longer
+    sie = meta.stale_if_error if meta.stale_if_error > cx.req_stale_if_error else cx.req_stale_if_error
+    if not ce_stable(e, cx.stale_seq) or meta.state != CE_LIVE or sie <= 0 \
             or (meta.flags & (CEF_MUST_REVALIDATE | CEF_NO_CACHE)):
         return False
     clock_now_ms(&now_ms)
     age = meta.age0 + (now_ms - meta.resp_ms) // 1000
-    if age >= meta.fresh + meta.stale_if_error:
+    if age >= meta.fresh + sie:
         return False
     head = w.http.cache.scratch
     off = <uint64_t>meta.key_len + meta.vary_len + meta.tags_len

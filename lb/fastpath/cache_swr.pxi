@@ -39,12 +39,19 @@ cdef enum:
 cdef int32_t swr_directive(const uint8_t *b, http_req *r) noexcept nogil:
     """stale-while-revalidate=N of a response, from the field cc_parse reads
     (CDN-Cache-Control when there is one, RFC 9213); 0: none."""
+    cdef const char *field = b"cdn-cache-control" if field_find(b, r, b"cdn-cache-control") >= 0 \
+        else b"cache-control"
+    cdef int64_t x = cc_seconds(b, r, field, b"stale-while-revalidate")
+    return <int32_t>(x if 0 < x < 2147483647 else (0 if x <= 0 else 2147483647))
+
+
+cdef int64_t cc_seconds(const uint8_t *b, http_req *r, const char *field, const char *directive) noexcept nogil:
+    """directive=N (delta-seconds) in the fields named field (lower case);
+    the last one counts. -1: none."""
     cdef uint32_t i, pos, off, len, nl, k
     cdef const uint8_t *v
     cdef const uint8_t *d
-    cdef int64_t x = 0, best = 0
-    cdef const char *field = b"cdn-cache-control" if field_find(b, r, b"cdn-cache-control") >= 0 \
-        else b"cache-control"
+    cdef int64_t x = 0, best = -1
     for i in range(r.n_fields):
         if not name_is(b, &r.fields[i], field):
             continue
@@ -56,9 +63,9 @@ cdef int32_t swr_directive(const uint8_t *b, http_req *r) noexcept nogil:
             while nl < len and d[nl] != 61:
                 nl += 1
             k = nl + 1 if nl < len else len
-            if ieq(d, nl, b"stale-while-revalidate") and delta_seconds(d + k, len - k, &x):
+            if ieq(d, nl, directive) and delta_seconds(d + k, len - k, &x):
                 best = x
-    return <int32_t>(best if best < 2147483647 else 2147483647)
+    return best
 
 
 cdef lb_str _RF_SET_NAME[3]
