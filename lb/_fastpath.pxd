@@ -1640,8 +1640,9 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     uint8_t waiting                  # parked until the key's fetch by another ends (twait polls)
     int64_t wait_until_ms
     lb_tnode twait
-    # a chunked body being stored (fastpath/cache_swr.pxi): obj collects it as it
-    # came, framing and all, up to fill_max bytes; it is decoded once whole
+    # a body of a length known at its end being stored (fastpath/cache_swr.pxi):
+    # obj collects it as it came (chunked: framing and all), up to fill_max
+    # bytes; it is decoded once whole. 1: chunked, 2: until close
     uint8_t chunked_fill
     uint64_t fill_max
     int64_t req_stale_if_error       # the request's own stale-if-error=N (RFC 5861 4); -1: none

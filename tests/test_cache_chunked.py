@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import struct
 import threading
 
 import pytest
@@ -58,12 +59,14 @@ def test_a_chunked_body_past_max_object_size_streams_through_and_is_not_stored(o
     assert counts(lb)["stored"] == 0
 
 
-class CuttingOrigin:
-    """An origin whose first answer is chunked and cut short (it closes in
-    the middle of the body); the next ones are whole."""
+class RawOrigin:
+    """An origin that answers each request on its own connection with the
+    next of `answers` (bytes), then closes it: with a FIN, or with a reset
+    when the answer is in `resets`."""
 
-    def __init__(self, body: bytes):
-        self.body = body
+    def __init__(self, answers, resets=()):
+        self.answers = list(answers)
+        self.resets = set(resets)
         self.requests = 0
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
@@ -77,32 +80,41 @@ class CuttingOrigin:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    more = conn.recv(65536)
-                    if not more:
-                        break
-                    data += more
-                if not data:
-                    continue
+            data = b""
+            while b"\r\n\r\n" not in data:
+                more = conn.recv(65536)
+                if not more:
+                    break
+                data += more
+            if data:
+                i = min(self.requests, len(self.answers) - 1)
                 self.requests += 1
-                head = (b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\n"
-                        b"Connection: close\r\n\r\n")
-                whole = chunked(self.body, 1000)
-                conn.sendall(head + (whole[:len(whole) // 2] if self.requests == 1 else whole))
+                conn.sendall(self.answers[i])
+                if i in self.resets:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+
+def raw_lb(run_lb, tmp_path, origin_port):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # a response cut short ends for the client when the pool's
+    # response_timeout sees the backend gone quiet (lb does not end it at the
+    # backend's close)
+    port = free_port()
+    lb = run_lb(cache_config(port, origin_port, run_dir).replace("[pools.p]\n", '[pools.p]\nresponse_timeout = "1s"\n'))
+    lb.port, lb.run_dir = port, run_dir
+    return lb
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
 
 
 def test_a_chunked_body_cut_by_the_origin_is_never_stored(run_lb, tmp_path):
     body = body_of(20000, 5)
-    cutting = CuttingOrigin(body)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    # the client's response ends when the pool's response_timeout sees the
-    # backend gone quiet (lb does not end it at the backend's close)
-    lb = run_lb(cache_config(port := free_port(), cutting.port, run_dir)
-                .replace("[pools.p]\n", '[pools.p]\nresponse_timeout = "1s"\n'))
-    lb.port, lb.run_dir = port, run_dir
+    whole = chunked(body, 1000)
+    raw = RawOrigin([CHUNKED_HEAD + whole[:len(whole) // 2], CHUNKED_HEAD + whole])
+    lb = raw_lb(run_lb, tmp_path, raw.port)
     conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
     conn.request("GET", "/cut")
     resp = conn.getresponse()
@@ -112,7 +124,37 @@ def test_a_chunked_body_cut_by_the_origin_is_never_stored(run_lb, tmp_path):
     status, h, got = get(lb.port, "/cut")
     assert (status, got) == (200, body)
     assert h["cache-status"].startswith("lb; fwd=uri-miss; stored")
-    assert cutting.requests == 2
+    assert raw.requests == 2
     status, h, got = get(lb.port, "/cut")
     assert (status, got) == (200, body) and h["cache-status"].startswith("lb; hit")
-    cutting.sock.close()
+    raw.sock.close()
+
+
+@pytest.mark.parametrize("coding", [b"", b"Transfer-Encoding: x-custom\r\n"])
+def test_a_body_delimited_by_the_close_is_stored_with_its_length(run_lb, tmp_path, coding):
+    body = body_of(70000, 6)
+    raw = RawOrigin([b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\n" + coding + b"Connection: close\r\n\r\n"
+                     + body])
+    lb = raw_lb(run_lb, tmp_path, raw.port)
+    status, h, got = get(lb.port, "/eof")
+    assert (status, got) == (200, body) and h["cache-status"].startswith("lb; fwd=uri-miss; stored")
+    status, h, got = get(lb.port, "/eof")
+    assert (status, got) == (200, body) and h["cache-status"].startswith("lb; hit")
+    assert h["content-length"] == str(len(body)) and "transfer-encoding" not in h
+    assert raw.requests == 1
+    raw.sock.close()
+
+
+def test_a_body_delimited_by_the_close_and_cut_by_a_reset_is_not_stored(run_lb, tmp_path):
+    body = body_of(70000, 7)
+    head = b"HTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nConnection: close\r\n\r\n"
+    raw = RawOrigin([head + body[:30000], head + body], resets={0})
+    lb = raw_lb(run_lb, tmp_path, raw.port)
+    try:
+        get(lb.port, "/rst")
+    except (http.client.HTTPException, ConnectionError):
+        pass                                     # what the client sees of it is lb's to decide
+    status, h, got = get(lb.port, "/rst")
+    assert (status, got) == (200, body) and h["cache-status"].startswith("lb; fwd=uri-miss; stored")
+    assert raw.requests == 2
+    raw.sock.close()

@@ -1314,8 +1314,6 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     cdef http_req *rq = cw.req
     cdef int32_t fi
     cdef uint64_t total
-    if not r.chunked and r.content_length < 0 and r.status != 204:
-        return False                 # until-close: a cut body could not be told from a whole one
     if r.content_length > <int64_t>rt.hd.max_object:
         return False
     flags = cc_parse(b, r, True, &max_age, &s_maxage, &unused, &sie)
@@ -1444,8 +1442,8 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     cx.prefix_len = n
     cx.obj_len = n
     cx.obj_cap = n + cx.meta.body_len
-    if r.chunked and not fill_chunked_start(cx, rt):
-        return False
+    if (r.chunked or r.content_length < 0) and r.status != 204 and not fill_growing_start(cx, rt, r.chunked != 0):
+        return False                 # (chunked, until close: the length is known at the end)
     cx.ttl = fresh - age if fresh > age else 0
     cx.filling = 1
     h.no_splice = 1                  # the body passes through lb's buffers, where it is copied

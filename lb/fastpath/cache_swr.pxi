@@ -358,7 +358,10 @@ cdef void refresh_on_event(lb_worker *w, lb_cache_refresh *f, uint32_t events) n
             continue
         if k < 0 and errno == EAGAIN:
             break
-        eof = True                   # the answer ended (Connection: close), or an error
+        if k < 0:
+            refresh_close(w, f, True)             # a reset: whatever came may be cut short
+            return
+        eof = True                   # the answer ended (Connection: close)
         break
     if f.state != RF_READING and not eof:
         return
@@ -584,25 +587,28 @@ cdef bint fill_add_length(lb_cache_x *cx) noexcept nogil:
     return True
 
 
-# ---- chunked bodies stored ------------------------------------------------------------------------
-# A storable chunked response is collected as it streams to the client, its
-# chunk framing and all (the client gets the bytes as they came), in a buffer
-# that grows up to max_object_size plus room for the framing; once the last
-# chunk came it is decoded in place and stored with a Content-Length. A body
-# that outgrows the buffer is let go (the client's stream goes on); one the
-# origin cut short never reaches its end, and is never stored.
+# ---- bodies without a Content-Length stored ---------------------------------------------------------
+# A storable chunked or until-close response is collected as it streams to
+# the client (chunked: its framing and all; the client gets the bytes as they
+# came), in a buffer that grows up to max_object_size (plus room for chunk
+# framing); once whole (the last chunk; the origin's close, not a reset,
+# RFC 9112 6.3) it is decoded in place and stored with a Content-Length. A
+# body that outgrows the buffer is let go (the client's stream goes on); a
+# chunked one the origin cut short never reaches its end, and is never stored.
 
-cdef bint fill_chunked_start(lb_cache_x *cx, lb_cache_rt *rt) noexcept nogil:
+cdef bint fill_growing_start(lb_cache_x *cx, lb_cache_rt *rt, bint chunked) noexcept nogil:
     cdef uint64_t first = cx.prefix_len + CACHE_REFRESH_READ
     cdef char *o = <char *>realloc(cx.obj, first + 1)
     if o == NULL:
         return False
     cx.obj = o
     cx.obj_cap = first
-    cx.chunked_fill = 1
-    # the framing: a size line and a CRLF per chunk; chunks of 512 bytes or
-    # more fit (smaller ones, a body this large is not stored)
-    cx.fill_max = cx.prefix_len + rt.hd.max_object + rt.hd.max_object // 64 + 4096
+    cx.chunked_fill = 1 if chunked else 2
+    cx.fill_max = cx.prefix_len + rt.hd.max_object
+    if chunked:
+        # the framing: a size line and a CRLF per chunk; chunks of 512 bytes or
+        # more fit (smaller ones, a body this large is not stored)
+        cx.fill_max += rt.hd.max_object // 64 + 4096
     cx.meta.body_len = 0
     return True
 
@@ -631,13 +637,15 @@ cdef bint fill_grow(lb_cache_x *cx, uint32_t n) noexcept nogil:
 
 
 cdef bint fill_dechunk(lb_cache_x *cx, lb_cache_rt *rt) noexcept nogil:
-    """cache_fill_done, a chunked fill: the body decoded in place and given
-    its Content-Length. False: not stored (malformed, or over max_object_size)."""
+    """cache_fill_done, a chunked or until-close fill: the body decoded in
+    place and given its Content-Length. False: not stored (malformed, or
+    over max_object_size)."""
     cdef char *p = cx.obj + cx.prefix_len
-    cdef uint64_t n = cx.obj_len - cx.prefix_len, body
-    if chunked_whole_end(<const uint8_t *>p, n) != <int64_t>n:
-        return False
-    body = chunked_decode(p, n)
+    cdef uint64_t n = cx.obj_len - cx.prefix_len, body = n
+    if cx.chunked_fill == 1:
+        if chunked_whole_end(<const uint8_t *>p, n) != <int64_t>n:
+            return False
+        body = chunked_decode(p, n)
     if body > rt.hd.max_object:
         return False
     cx.chunked_fill = 0
