@@ -196,3 +196,19 @@ def test_outside_the_window_the_entry_is_revalidated_in_the_foreground(origin, l
     assert h["cache-status"].startswith("lb; fwd=stale")
     assert held.seen[0]["if-none-match"] == ['"v1"']
     assert counts(lb)["refreshed"] == 0
+
+
+def test_a_stale_head_is_answered_and_its_refresh_is_a_get(origin, lb_cache):
+    held = Held()
+    origin.routes["/head"] = held
+    lb = lb_cache()
+    get(lb.port, "/head")
+    stale()
+    status, h, body = get(lb.port, "/head", method="HEAD")
+    assert (status, body, h["content-length"]) == (200, b"", "11") and ttl(h) <= 0
+    assert held.arrived.wait(10)
+    method, target, sent = origin.requests[-1]
+    assert (method, sent["if-none-match"]) == ("GET", ['"v1"'])
+    held.release.set()
+    wait_for(lambda: counts(lb)["refreshed"] == 1, 10, "the background refresh")
+    assert get(lb.port, "/head")[2] == b"version two"
