@@ -212,3 +212,18 @@ def test_a_stale_head_is_answered_and_its_refresh_is_a_get(origin, lb_cache):
     held.release.set()
     wait_for(lambda: counts(lb)["refreshed"] == 1, 10, "the background refresh")
     assert get(lb.port, "/head")[2] == b"version two"
+
+
+def test_a_refresh_answered_with_what_may_not_be_stored_removes_the_stale_entry(origin, lb_cache):
+    held = Held()
+    held.refresh = (200, [("Cache-Control", "no-store"), ("X-Version", "2")], b"version two")
+    held.release.set()
+    origin.routes["/ns"] = held
+    lb = lb_cache()
+    get(lb.port, "/ns")
+    stale()
+    assert get(lb.port, "/ns")[2] == b"version one"
+    wait_for(lambda: counts(lb)["not_stored"] == 1, 10, "the background refresh")
+    status, h, body = get(lb.port, "/ns")
+    assert (status, body) == (200, b"version two") and h["cache-status"].startswith("lb; fwd=uri-miss")
+    assert counts(lb)["refreshed"] == 0 and origin.count("/ns") == 3

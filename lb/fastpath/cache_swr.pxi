@@ -387,6 +387,7 @@ cdef void refresh_done(lb_worker *w, lb_cache_refresh *f, http_req *rs, uint64_t
     cdef lb_hconn *h = cw.refresh_h
     cdef const uint8_t *b = <const uint8_t *>f.buf
     cdef uint64_t body_len
+    cdef uint32_t removed
     cdef int64_t now_ms
     cdef bint ok = False
     h.cx = cx
@@ -409,7 +410,13 @@ cdef void refresh_done(lb_worker *w, lb_cache_refresh *f, http_req *rs, uint64_t
             cache_fill_done(w, h)
             ok = True
         else:
+            # the origin's current answer may not be stored: the stale one is
+            # not its to stand for any longer (the next requests go to it)
             cache_count(&rt.st.not_stored, 1)
+            if cache_lock(rt):
+                removed = cache_remove_hash(rt, cx.hash)
+                cache_unlock(rt)
+                cache_count(&rt.st.invalidated, removed)
             cache_unclaim(rt, cx, True)
             h.cx = NULL
             refresh_close(w, f, False)
