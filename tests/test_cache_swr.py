@@ -227,3 +227,22 @@ def test_a_refresh_answered_with_what_may_not_be_stored_removes_the_stale_entry(
     status, h, body = get(lb.port, "/ns")
     assert (status, body) == (200, b"version two") and h["cache-status"].startswith("lb; fwd=uri-miss")
     assert counts(lb)["refreshed"] == 0 and origin.count("/ns") == 3
+
+
+def test_http2_streams_are_answered_stale_and_refreshed(origin, lb_cache):
+    from h2_client import H2Client
+
+    held = Held()
+    origin.routes["/h2swr"] = held
+    lb = lb_cache(listener_extra="[listeners.web.http2]\nh2c = true\n")
+    with H2Client(lb.port) as c:
+        assert bytes(c.response(c.request("/h2swr")).body) == b"version one"
+        stale()
+        answer = c.response(c.request("/h2swr"))
+        assert (answer.status, bytes(answer.body)) == (200, b"version one")
+        assert answer.header("cache-status").startswith("lb; hit; ttl=")
+        assert held.arrived.wait(10)
+        assert held.seen[0]["if-none-match"] == ['"v1"']
+        held.release.set()
+        wait_for(lambda: counts(lb)["refreshed"] == 1, 10, "the background refresh")
+        assert bytes(c.response(c.request("/h2swr")).body) == b"version two"
