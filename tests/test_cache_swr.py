@@ -246,3 +246,29 @@ def test_http2_streams_are_answered_stale_and_refreshed(origin, lb_cache):
         held.release.set()
         wait_for(lambda: counts(lb)["refreshed"] == 1, 10, "the background refresh")
         assert bytes(c.response(c.request("/h2swr")).body) == b"version two"
+
+
+def test_refreshes_in_flight_are_bounded_per_worker(origin, lb_cache):
+    cap = 32                                         # CACHE_REFRESH_MAX (docs/cache.md)
+    release = threading.Event()
+    helds = []
+    for i in range(cap + 1):
+        held = Held()
+        held.release = release
+        helds.append(held)
+        origin.routes[f"/cap{i}"] = held
+    lb = lb_cache()
+    for i in range(cap + 1):
+        get(lb.port, f"/cap{i}")
+    stale()
+    for i in range(cap + 1):
+        assert get(lb.port, f"/cap{i}")[2] == b"version one"
+    assert all(h.arrived.wait(10) for h in helds[:cap])
+    # the one over the cap was answered without a refresh
+    assert origin.count(f"/cap{cap}") == 1
+    release.set()
+    wait_for(lambda: counts(lb)["refreshed"] == cap, 20, "the background refreshes")
+    assert origin.count(f"/cap{cap}") == 1 and counts(lb)["refresh_failed"] == 0
+    assert get(lb.port, f"/cap{cap}")[2] == b"version one"     # now it starts one
+    wait_for(lambda: counts(lb)["refreshed"] == cap + 1, 10, "its refresh")
+    assert get(lb.port, f"/cap{cap}")[2] == b"version two"
