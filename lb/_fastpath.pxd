@@ -581,6 +581,7 @@ cdef enum:
     KIND_BCONN = 2                   # an lb_bconn (a backend connection of the http engine)
     KIND_H2B = 3                     # an lb_h2b (an HTTP/2 connection to a backend; fastpath/h2_backend.pxi)
     KIND_MIRROR = 4                  # an lb_mirror (a request's copy to a shadow pool, fastpath/mirror.pxi)
+    KIND_CACHE_REFRESH = 5           # an lb_cache_refresh (a background revalidation, fastpath/cache_swr.pxi)
 
 cdef enum:
     CS_FREE = 0
@@ -910,6 +911,7 @@ cdef struct lb_h2
 cdef struct lb_h2s
 cdef struct lb_cache_x
 cdef struct lb_cache_wk
+cdef struct lb_cache_refresh
 cdef struct lb_h2b
 
 cdef enum:
@@ -1553,7 +1555,8 @@ cdef struct shm_cache_entry:         # writer: under the region's lock; seq odd 
     int64_t age0                     # its corrected initial age, seconds (RFC 9111 4.2.3)
     int64_t fresh                    # its freshness lifetime, seconds
     int32_t stale_if_error           # seconds it may still answer, stale, when the origin fails (RFC 5861)
-    uint8_t _pad[36]
+    int32_t stale_while_revalidate   # seconds it may still answer, stale, while refreshed in the background (RFC 5861)
+    uint8_t _pad[32]
 
 cdef struct shm_cache_fill:          # writer: the worker that claims it (compare-and-swap on hash); supervisor (a dead pid's)
     uint64_t hash                    # the key being fetched; 0: free
@@ -1577,7 +1580,8 @@ cdef struct shm_cache_stats:         # writer: each worker, its row (the row of 
     uint64_t revalidated             # stale entries the origin confirmed (304) and refreshed
     uint64_t stale_served            # stale entries served because the origin failed (stale-if-error)
     uint64_t collapsed               # requests that waited for another's fetch of their key
-    uint64_t _pad[2]
+    uint64_t refreshed               # background revalidations (stale-while-revalidate) that refreshed their entry
+    uint64_t refresh_failed          # background revalidations the origin failed (error, timeout, cut short)
 
 cdef struct lb_cache_keycfg:         # a cache's key: key_host, key_query, key_query_drop|keep, key_headers
     uint8_t host                     # the host is part of the key
@@ -1653,6 +1657,12 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     uint8_t waiting                  # parked until the key's fetch by another ends (twait polls)
     int64_t wait_until_ms
     lb_tnode twait
+    # a body of a length known at its end being stored (fastpath/cache_swr.pxi):
+    # obj collects it as it came (chunked: framing and all), up to fill_max
+    # bytes; it is decoded once whole. 1: chunked, 2: until close
+    uint8_t chunked_fill
+    uint64_t fill_max
+    int64_t req_stale_if_error       # the request's own stale-if-error=N (RFC 5861 4); -1: none
 
 cdef struct lb_cache_wk:             # a worker's caches
     lb_cache_rt *caches
@@ -1662,3 +1672,25 @@ cdef struct lb_cache_wk:             # a worker's caches
     http_req *merged                 # scratch: a stored head updated by a 304
     lb_tlist wait_list               # requests waiting for another's fetch (collapsed forwarding), polled
     lb_cache_x *free_cx
+    # stale-while-revalidate (fastpath/cache_swr.pxi)
+    lb_tlist refresh_timer           # background revalidations in flight: their timeout
+    uint32_t refreshing              # how many (at most CACHE_REFRESH_MAX)
+    lb_cache_refresh *refresh_closed # closed in this turn, freed once its events are done
+    lb_hconn *refresh_h              # a blank exchange that carries a refresh's cx through cache_fill_start
+    http_req *refresh_resp           # scratch: a refresh's response head
+
+cdef struct lb_cache_refresh:        # one background revalidation (stale-while-revalidate) in flight
+    uint32_t kind                    # KIND_CACHE_REFRESH (first: epoll events find the kind here)
+    uint32_t state                   # RF_*
+    int fd
+    int32_t slot                     # the backend it went to
+    lb_cache_x *cx                   # the key, its claim, the request head (Vary values) to store with
+    lb_http_listener *hl             # of the request that started it (parse limits)
+    char *req                        # the request to send, req_len bytes (sent: how many went)
+    uint32_t req_len
+    uint32_t sent
+    char *buf                        # the response as it comes, len bytes of cap
+    uint64_t len
+    uint64_t cap
+    lb_tnode tn
+    lb_cache_refresh *next           # closed list

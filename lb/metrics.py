@@ -411,10 +411,11 @@ def _caches(text: Text, gen) -> None:
     name = text.family("lb_cache_stores_total", "counter",
                        "Responses a cache stored, and objects it evicted, invalidated (unsafe methods) or purged; "
                        "stale objects revalidated (304) or served because the origin failed; requests that "
-                       "waited for another's fetch (collapsed)")
+                       "waited for another's fetch (collapsed); background refreshes (stale-while-revalidate) done "
+                       "(refreshed) or failed (refresh_failed)")
     for cache, st in stats.items():
         for event in ("stored", "not_stored", "store_failed", "evicted", "invalidated", "purged", "revalidated",
-                      "stale_served", "collapsed"):
+                      "stale_served", "collapsed", "refreshed", "refresh_failed"):
             text.line(name, _labels(cache=cache, event=event), st[event])
     name = text.family("lb_cache_bytes", "gauge", "Bytes a cache holds (keys, heads and bodies)")
     for cache, st in stats.items():

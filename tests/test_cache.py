@@ -248,7 +248,6 @@ def test_what_a_shared_cache_must_not_store(origin, lb_cache):
         "/expired": lambda m, h, n: (200, [("Expires", httpdate(-10))], b"x"),
         "/bad-expires": (200, [("Expires", "0")], b"x"),
         "/stale-on-arrival": (200, [("Cache-Control", "max-age=60"), ("Age", "100")], b"x"),
-        "/chunked": (200, [("Cache-Control", "max-age=60"), ("Transfer-Encoding", "chunked")], b"1\r\nx\r\n0\r\n\r\n"),
         "/two-etags": (200, [("Cache-Control", "max-age=60"), ("ETag", '"a"'), ("ETag", '"b"')], b"x"),
     })
     lb = lb_cache()
@@ -256,7 +255,6 @@ def test_what_a_shared_cache_must_not_store(origin, lb_cache):
         count, cache_status, status, body = twice(origin, lb.port, target)
         assert count == 2, target
         assert "hit" not in cache_status, target
-    assert get(lb.port, "/chunked")[2] == b"x"
     st = json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
     assert st["stored"] == 0 and st["not_stored"] >= 2 * len(origin.routes) - 2
 

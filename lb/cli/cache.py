@@ -61,6 +61,7 @@ def stats(app: App, cache_name: str | None, as_json: bool) -> None:
         click.echo(f"  stored {c['stored']}  not stored {c['not_stored']}  store failed {c['store_failed']}  "
                    f"evicted {c['evicted']}  invalidated {c['invalidated']}  purged {c['purged']}")
         click.echo(f"  revalidated {c['revalidated']}  stale served {c['stale_served']}  collapsed {c['collapsed']}")
+        click.echo(f"  refreshed in the background {c['refreshed']}  refreshes failed {c['refresh_failed']}")
 
 
 @cache.command(name="list")

@@ -326,6 +326,7 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
     e.age0 = meta.age0
     e.fresh = meta.fresh
     e.stale_if_error = meta.stale_if_error
+    e.stale_while_revalidate = meta.stale_while_revalidate
     e.state = CE_LIVE
     e.chain = rt.buckets[meta.hash & (hd.n_buckets - 1)]
     ce_publish(e)
@@ -1332,8 +1333,6 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     cdef http_req *rq = cw.req
     cdef int32_t fi
     cdef uint64_t total
-    if r.chunked or r.content_length < 0 and r.status != 204:
-        return False                 # only a known length is stored (chunked, until-close: streamed)
     if r.content_length > <int64_t>rt.hd.max_object:
         return False
     flags = cc_parse(b, r, True, &max_age, &s_maxage, &unused, &sie)
@@ -1474,9 +1473,12 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     if flags & RCC_NO_CACHE:
         cx.meta.flags |= CEF_NO_CACHE
     cx.meta.stale_if_error = <int32_t>(sie if sie < 2147483647 else 2147483647)
+    cx.meta.stale_while_revalidate = swr_directive(b, r)
     cx.prefix_len = n
     cx.obj_len = n
     cx.obj_cap = n + cx.meta.body_len
+    if (r.chunked or r.content_length < 0) and r.status != 204 and not fill_growing_start(cx, rt, r.chunked != 0):
+        return False                 # (chunked, until close: the length is known at the end)
     cx.ttl = fresh - age if fresh > age else 0
     cx.filling = 1
     h.no_splice = 1                  # the body passes through lb's buffers, where it is copied
@@ -1490,8 +1492,8 @@ cdef inline void cache_fill_put(lb_hconn *h, const char *p, uint32_t n) noexcept
     cdef lb_cache_x *cx = h.cx
     if cx == NULL or not cx.filling:
         return
-    if cx.obj_len + n > cx.obj_cap:
-        cx.filling = 0               # more than its Content-Length: never stored
+    if cx.obj_len + n > cx.obj_cap and not (cx.chunked_fill and fill_grow(cx, n)):
+        cx.filling = 0               # more than its Content-Length (or max_object_size): never stored
         return
     memcpy(cx.obj + cx.obj_len, p, n)
     cx.obj_len += n
@@ -1507,6 +1509,8 @@ cdef void cache_fill_done(lb_worker *w, lb_hconn *h) noexcept nogil:
         return
     cx.filling = 0
     rt = &w.http.cache.caches[cx.cache]
+    if cx.chunked_fill and not fill_dechunk(cx, rt):
+        return
     if cx.obj_len != cx.obj_cap:
         return
     if not cache_lock(rt):
@@ -1632,6 +1636,7 @@ cdef void cache_waits_sweep(lb_worker *w) noexcept nogil:
     cdef lb_hconn *h
     if cw == NULL:
         return
+    refresh_timers_sweep(w)          # stale-while-revalidate's background fetches
     while True:
         n = tl_expired(&cw.wait_list, w.now_ms)
         if n == NULL:
@@ -1647,6 +1652,7 @@ cdef void cache_waits_sweep(lb_worker *w) noexcept nogil:
 cdef inline uint64_t cache_next_deadline(lb_worker *w, uint64_t deadline) noexcept nogil:
     if w.http.cache == NULL:
         return deadline
+    deadline = tl_deadline(&w.http.cache.refresh_timer, deadline)
     return tl_deadline(&w.http.cache.wait_list, deadline)
 
 
@@ -1779,6 +1785,11 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
             if h.cx != NULL:
                 cx_free(w, h.cx)
                 h.cx = NULL
+        elif note == CN_STALE and not (stale_seq & 1):
+            # stale-while-revalidate: answered stale, refreshed in the background
+            st = cache_swr(w, h, b, r, rt, idx, stale_seq, key, n, host_len, hash, auth, now_ms, max_age, min_fresh)
+            if st != -1:
+                return st
     if qflags & QCC_ONLY_IF_CACHED:
         cache_count(&rt.st.miss, 1)
         return 504                   # RFC 9111 5.2.1.7
@@ -1825,6 +1836,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cx.fill = get
     cx.cache = <uint32_t>(rt - w.http.cache.caches)
     cx.claimed = claim == CLAIM_MINE
+    cx.req_stale_if_error = cc_seconds(b, r, b"cache-control", b"stale-if-error")
     h.cx = cx
     if note == CN_STALE and not (stale_seq & 1):
         cx.has_stale = 1
@@ -2010,7 +2022,7 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
     cdef lb_cache_rt *rt
     cdef shm_cache_entry *e
     cdef shm_cache_entry meta
-    cdef int64_t now_ms, age
+    cdef int64_t now_ms, age, sie
     cdef char *head
     cdef uint64_t off
     cdef uint32_t b, k
@@ -2019,12 +2031,14 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
     rt = &w.http.cache.caches[cx.cache]
     e = ce_at(rt, cx.stale_entry)
     memcpy(&meta, e, sizeof(shm_cache_entry))
-    if not ce_stable(e, cx.stale_seq) or meta.state != CE_LIVE or meta.stale_if_error <= 0 \
+    # the response's stale-if-error, or the request's own (RFC 5861 4), the longer
+    sie = meta.stale_if_error if meta.stale_if_error > cx.req_stale_if_error else cx.req_stale_if_error
+    if not ce_stable(e, cx.stale_seq) or meta.state != CE_LIVE or sie <= 0 \
             or (meta.flags & (CEF_MUST_REVALIDATE | CEF_NO_CACHE)):
         return False
     clock_now_ms(&now_ms)
     age = meta.age0 + (now_ms - meta.resp_ms) // 1000
-    if age >= meta.fresh + meta.stale_if_error:
+    if age >= meta.fresh + sie:
         return False
     head = w.http.cache.scratch
     off = <uint64_t>meta.key_len + meta.vary_len + meta.tags_len
@@ -2166,6 +2180,7 @@ cdef int cache_worker_init(lb_worker *w, object caches, uint32_t row, dict acl_i
     cw.wait_list.timeout_ms = CACHE_WAIT_POLL_MS
     if cw.caches == NULL or cw.scratch == NULL or cw.req == NULL or cw.merged == NULL:
         raise MemoryError()
+    refresh_init(cw)
     for i, (shm, cfg) in enumerate(caches):
         cs = <CacheShm>shm
         rt = &cw.caches[i]
@@ -2338,7 +2353,8 @@ cdef class CacheShm:
         cdef uint64_t *words
         cdef uint32_t r, k
         names = ("hit", "miss", "stale", "bypass", "stored", "evicted", "not_stored", "invalidated", "purged",
-                 "hit_bytes", "store_failed", "revalidated", "stale_served", "collapsed")
+                 "hit_bytes", "store_failed", "revalidated", "stale_served", "collapsed", "refreshed",
+                 "refresh_failed")
         totals = [0] * len(names)
         for r in range(CACHE_ROWS):
             words = <uint64_t *>&rows[r]

@@ -504,8 +504,10 @@ cdef int h_exchange(lb_worker *w, lb_hconn *h) noexcept nogil:
         progress |= h_resp_body(w, h)
         if h.st != HS_EXCH:
             return 1
-        if (h.rs_state != RS_DONE and b.inb.len == 0 and b.pipe_len == 0 and (b.flags & HF_EOF)
-                and h.rs_state != RS_BODY_EOF):
+        # a chunked body may stop inside a chunk-size line: bytes left that the
+        # framer had room to read and could not use will never be completed
+        if (h.rs_state != RS_DONE and b.pipe_len == 0 and (b.flags & HF_EOF) and h.rs_state != RS_BODY_EOF
+                and (b.inb.len == 0 or (h.rs_state == RS_BODY_CHUNKED and hb_room(&h.outb) >= b.inb.len))):
             h_cut(w, h)              # the backend cut its response short: so must we
             return 1
     progress |= h_flush_out(w, h)

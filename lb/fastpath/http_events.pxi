@@ -67,6 +67,9 @@ cdef void http_on_event(lb_worker *w, void *obj, uint32_t events) noexcept nogil
     if (<uint32_t *>obj)[0] == KIND_MIRROR:
         mirror_on_event(w, <lb_mirror *>obj, events)
         return
+    if (<uint32_t *>obj)[0] == KIND_CACHE_REFRESH:
+        refresh_on_event(w, <lb_cache_refresh *>obj, events)
+        return
     b = <lb_bconn *>obj
     if b.state == BS_CLOSED:
         return

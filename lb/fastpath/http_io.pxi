@@ -402,10 +402,14 @@ cdef int h_resp_body(lb_worker *w, lb_hconn *h) noexcept nogil:
                 return 1
             if ok:
                 ob_put(&h.outb, b.inb.p + b.inb.off, ok)
+                if h.cx != NULL:
+                    cache_fill_put(h, b.inb.p + b.inb.off, ok)
                 hb_drop(w, &b.inb, ok)
                 progress = 1
             if st == 1:
                 h.rs_state = RS_DONE
+                if h.cx != NULL:
+                    cache_fill_done(w, h)    # (a body cut short never gets here: never stored)
                 return 1
             if not ok:
                 break
@@ -446,9 +450,13 @@ cdef int h_resp_body(lb_worker *w, lb_hconn *h) noexcept nogil:
             if n > hb_room(&h.outb):
                 n = hb_room(&h.outb)
             ob_put(&h.outb, b.inb.p + b.inb.off, n)
+            if h.cx != NULL:
+                cache_fill_put(h, b.inb.p + b.inb.off, n)
             hb_drop(w, &b.inb, n)
             progress = 1
         if b.inb.len == 0 and (b.flags & HF_EOF):
             h.rs_state = RS_DONE
+            if h.cx != NULL and not (b.flags & HF_ERR):
+                cache_fill_done(w, h)    # a close, not a reset: the body is whole (RFC 9112 6.3)
             return 1
     return progress

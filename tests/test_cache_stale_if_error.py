@@ -1,0 +1,73 @@
+"""A request's own stale-if-error (RFC 5861 4) and max-stale (RFC 9111
+5.2.1.2): a stale entry answers when the origin fails, within the seconds
+the request allows, unless the entry must be revalidated."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from test_cache import get, lb_cache, origin  # noqa: F401 (fixtures)
+
+SIE = {"Cache-Control": "stale-if-error=60"}
+
+
+def stale():
+    time.sleep(1.1)  # what is tested is the clock itself: the entry goes stale
+
+
+def failing(state, directives="max-age=1"):
+    def answer(method, headers, n):
+        if state["mode"] == "503":
+            return 503, [], b"origin down"
+        return 200, [("Cache-Control", directives)], b"last good"
+    return answer
+
+
+def test_a_request_with_stale_if_error_is_answered_stale_when_the_origin_fails(origin, lb_cache):
+    state = {"mode": "ok"}
+    origin.routes["/r"] = failing(state)
+    lb = lb_cache()
+    get(lb.port, "/r")
+    stale()
+    state["mode"] = "503"
+    status, h, body = get(lb.port, "/r")                 # the response allowed nothing: the error
+    assert (status, body) == (503, b"origin down")
+    status, h, body = get(lb.port, "/r", headers=SIE)
+    assert (status, body) == (200, b"last good")
+    assert h["cache-status"].startswith("lb; fwd=stale") and h["cache-status"].endswith("fwd-status=503")
+    assert int(h["age"]) >= 1
+    # too short a window for how stale it is: the error goes through
+    status, h, body = get(lb.port, "/r", headers={"Cache-Control": "stale-if-error=0"})
+    assert (status, body) == (503, b"origin down")
+    # the origin gone altogether: lb's own answer is replaced as well
+    origin.shutdown()
+    origin.server_close()
+    status, h, body = get(lb.port, "/r", headers=SIE)
+    assert (status, body) == (200, b"last good")
+    assert h["cache-status"][-3:] in ("502", "503", "504")
+
+
+@pytest.mark.parametrize("directives", ["max-age=1, must-revalidate", "max-age=1, proxy-revalidate",
+                                        "s-maxage=1"])
+def test_a_request_stale_if_error_does_not_serve_what_must_be_revalidated(origin, lb_cache, directives):
+    state = {"mode": "ok"}
+    origin.routes["/mr"] = failing(state, directives)
+    lb = lb_cache()
+    get(lb.port, "/mr")
+    stale()
+    state["mode"] = "503"
+    status, h, body = get(lb.port, "/mr", headers=SIE)
+    assert (status, body) == (503, b"origin down")
+
+
+def test_max_stale_answers_stale_without_asking_the_origin(origin, lb_cache):
+    state = {"mode": "ok"}
+    origin.routes["/ms"] = failing(state)
+    lb = lb_cache()
+    get(lb.port, "/ms")
+    stale()
+    status, h, body = get(lb.port, "/ms", headers={"Cache-Control": "max-stale=60, stale-if-error=60"})
+    assert (status, body) == (200, b"last good") and h["cache-status"].startswith("lb; hit")
+    assert origin.count("/ms") == 1
