@@ -451,6 +451,8 @@ class Supervisor:
                 region.reap_fills(pid)
                 if region.reap(pid):
                     log.warning("%s (pid %d) died holding the lock of a cache: it was emptied", slot.name, pid)
+                if region.disk is not None and region.disk.region.reap(pid):
+                    log.warning("%s (pid %d) died holding the lock of a disk tier: it was emptied", slot.name, pid)
             if child.row >= 0 and child.row != slot.row:
                 gen.free_rows.add(child.row)  # a replaced worker's row
             how = self._describe_exit(status)
@@ -820,6 +822,8 @@ class Supervisor:
             except ChildProcessError:
                 pass
         self.children.clear()
+        if self.gen is not None:
+            shm_mod.close_disks(self.gen.caches)  # no worker left to write them
         self.announcer.close()  # the VIPs leave lo once nothing serves them
         for sock in self.sockets.values():
             sock.close()

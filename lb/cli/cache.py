@@ -61,6 +61,10 @@ def stats(app: App, cache_name: str | None, as_json: bool) -> None:
         click.echo(f"  stored {c['stored']}  not stored {c['not_stored']}  store failed {c['store_failed']}  "
                    f"evicted {c['evicted']}  invalidated {c['invalidated']}  purged {c['purged']}")
         click.echo(f"  revalidated {c['revalidated']}  stale served {c['stale_served']}  collapsed {c['collapsed']}")
+        d = item.get("disk")
+        if d:
+            click.echo(f"  disk {d['path']}: {d['objects']} objects, {d['bytes']} of {d['capacity']} bytes; "
+                       f"hit {d['hit']}  demoted {d['demoted']}  evicted {d['evicted']}  dropped {d['dropped']}")
 
 
 @cache.command(name="list")

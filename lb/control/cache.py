@@ -32,7 +32,10 @@ def purge(sup, args: dict) -> dict:
     purged = {}
     for name, region in caches.items():
         try:
+            # both tiers: the count is of entries, and an object may be in both
             purged[name] = region.purge(**{what: args[what]})
+            if region.disk is not None:
+                purged[name] += region.disk.purge(**{what: args[what]})
         except OSError as e:
             raise AdminError("failed", f"cache {name!r}: {e}") from None
     return {what: args[what], "purged": purged, "total": sum(purged.values())}
@@ -49,7 +52,7 @@ def summary(sup, name: str, region) -> dict:
                 users.append(f"listener {lname} route {route.name}")
     return {"name": name, "size": cfg.size, "max_object_size": cfg.max_object_size,
             "tag_header": cfg.tag_header, "purge_allow": list(cfg.purge_allow), "used_by": users,
-            "counts": region.stats()}
+            "counts": region.stats(), "disk": region.disk.stats() if region.disk is not None else None}
 
 
 def stats(sup, args: dict) -> dict:

@@ -223,6 +223,8 @@ cdef int cache_evict_one(lb_cache_rt *rt) noexcept nogil:
             e.freq = 0
             q_push(rt, i, CQ_MAIN)
             return 0
+        if rt.disk != NULL:
+            cache_demote(rt, i)      # the disk tier takes what memory lets go (cache_disk.pxi)
         ce_remove(rt, i, True)
         return 1
     if hd.main_tail:
@@ -233,6 +235,8 @@ cdef int cache_evict_one(lb_cache_rt *rt) noexcept nogil:
             e.freq -= 1
             q_push(rt, i, CQ_MAIN)
             return 0
+        if rt.disk != NULL:
+            cache_demote(rt, i)
         ce_remove(rt, i, False)
         return 1
     return -1
@@ -1497,6 +1501,8 @@ cdef uint64_t cache_invalidate_key(lb_cache_rt *rt, const char *key, uint32_t n)
         return 0
     removed = cache_remove_hash(rt, hash)
     cache_unlock(rt)
+    if rt.disk != NULL:
+        removed += disk_remove_hash(rt.disk, hash)
     return removed
 
 
@@ -1731,6 +1737,15 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
                     h.cx.cache = <uint32_t>(rt - w.http.cache.caches)
                 return st
             note = CN_URI_MISS
+            if h.cx != NULL:
+                cx_free(w, h.cx)
+                h.cx = NULL
+        if (note == CN_URI_MISS or note == CN_VARY_MISS) and rt.disk != NULL:
+            st = cache_disk_hit(w, h, b, r, rt, key, n, hash, auth, now_ms, max_age, min_fresh, max_stale)
+            if st != -1:
+                if h.cx != NULL:
+                    h.cx.cache = <uint32_t>(rt - w.http.cache.caches)
+                return st
             if h.cx != NULL:
                 cx_free(w, h.cx)
                 h.cx = NULL
@@ -2117,6 +2132,8 @@ cdef int cache_worker_init(lb_worker *w, object caches, uint32_t row, dict acl_i
         rt.n_purge = len(allow)
         for j, name in enumerate(allow):
             rt.purge[j] = acl_index[name]
+        if cs.disk is not None:
+            cache_disk_worker_init(rt, cs.disk, row)
     return 0
 
 
@@ -2157,13 +2174,17 @@ cdef class CacheShm:
     cdef readonly str path
     cdef lb_cache_rt rt
     cdef public uint64_t requested   # the configured size it was made for (the mapping may be a little less)
+    cdef bint borrowed               # base is inside another's mapping (a disk tier's file): not unmapped here
+    cdef public object disk          # its DiskTier (fastpath/cache_disk.pxi), or None
 
     def __dealloc__(self):
-        if self.base != NULL:
+        if self.base != NULL and not self.borrowed:
             munmap(self.base, self.size)
 
     @staticmethod
-    def create(str path, uint64_t size, uint64_t max_object):
+    def create(str path, uint64_t size, uint64_t max_object, uint64_t seed=0):
+        """seed: of the key hashes (a disk tier's, so that both tiers hash
+        alike); 0: a random one."""
         nb, ne, nbk, ng, total = cache_layout(size)
         cdef bytes bpath = path.encode()
         cdef int fd = open(bpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
@@ -2177,9 +2198,15 @@ cdef class CacheShm:
         if p == MAP_FAILED:
             raise OSError(errno, "cannot map the cache's shared memory", path)
         cdef CacheShm self = CacheShm.__new__(CacheShm)
-        self.base = <char *>p
-        self.size = total
         self.path = path
+        self._init(<char *>p, size, max_object, seed)
+        return self
+
+    cdef _init(self, char *p, uint64_t size, uint64_t max_object, uint64_t seed):
+        """Lay an empty region out at p (its mapping, or a disk tier's file)."""
+        nb, ne, nbk, ng, total = cache_layout(size)
+        self.base = p
+        self.size = total
         cdef shm_cache_head *hd = <shm_cache_head *>p
         hd.total_size = total
         hd.n_blocks = nb
@@ -2188,7 +2215,7 @@ cdef class CacheShm:
         hd.n_ghost = ng
         hd.max_object = max_object
         hd.small_cap = max(1, nb // 10)
-        hd.seed = int.from_bytes(_os.urandom(8), "little")
+        hd.seed = seed or int.from_bytes(_os.urandom(8), "little")
         off = _line(sizeof(shm_cache_head))
         hd.off_rows = off
         off += _line(CACHE_ROWS * sizeof(shm_cache_stats))
@@ -2213,7 +2240,6 @@ cdef class CacheShm:
         hd.version = CACHE_VERSION
         lb_fence_release()
         lb_release_u32(&hd.magic, CACHE_MAGIC)
-        return self
 
     def unlink(self):
         try:
