@@ -73,8 +73,8 @@ def test_an_object_memory_evicted_is_served_from_the_disk(origin, lb_disk):  # n
     push_out_of_memory(origin, lb)
     before = stats(lb)
     assert before["counts"]["evicted"] > 100 and before["disk"]["demoted"] > 100
-    assert not any(e["key"].endswith("/a") for e in json.loads(cli(lb, "cache", "list", "--json",
-                                                                 "-n", "10000"))["entries"])
+    listed = json.loads(cli(lb, "cache", "list", "--json", "-n", "10000"))["entries"]
+    assert [e["tier"] for e in listed if e["key"].endswith("/a")] == ["disk"]
     status, fields, body = get(lb.port, "/a")
     assert status == 200 and body == body_of(20000, 1)
     assert fields["cache-status"].startswith("lb; hit")

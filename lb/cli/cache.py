@@ -84,6 +84,7 @@ def list_(app: App, prefix: str, limit: int, cache_name: str | None, as_json: bo
         print_json(result)
         return
     for e in result["entries"]:
-        click.echo(f"{e['cache']}  {e['status']}  {e['body_bytes']:>10}  age {e['age']:>6}s  ttl {e['ttl']:>6}s  "
+        tier = "  (disk)" if e.get("tier") == "disk" else ""
+        click.echo(f"{e['cache']}{tier}  {e['status']}  {e['body_bytes']:>10}  age {e['age']:>6}s  ttl {e['ttl']:>6}s  "
                    f"{e['key']}" + (f"  vary {e['vary']}" if e["vary"] else "")
                    + (f"  tags {' '.join(e['tags'])}" if e["tags"] else ""))

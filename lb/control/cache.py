@@ -68,7 +68,10 @@ def list_entries(sup, args: dict) -> dict:
     for name, region in _caches(sup, args.get("cache")).items():
         try:
             entries = region.entries(prefix, limit)
+            # the disk tier's too: an object may be in both
+            disk = region.disk.region.entries(prefix, limit) if region.disk is not None else []
         except OSError as e:
             raise AdminError("failed", f"cache {name!r}: {e}") from None
-        out += [{"cache": name, **e} for e in entries]
+        out += [{"cache": name, "tier": "memory", **e} for e in entries]
+        out += [{"cache": name, "tier": "disk", **e} for e in disk]
     return {"entries": out[:limit]}

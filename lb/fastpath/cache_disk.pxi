@@ -43,6 +43,7 @@ cdef extern from "sys/mman.h" nogil:
     int madvise(void *addr, size_t length, int advice)
     int msync(void *addr, size_t length, int flags)
 
+import errno as _errno
 import fcntl as _fcntl
 
 DISK_LOCK_WAIT = 10.0                # seconds a start waits for the processes of an lb before it to go
@@ -69,15 +70,20 @@ cdef inline uint64_t ce_total(shm_cache_entry *e) noexcept nogil:
 
 cdef void disk_willneed(lb_cache_rt *d, uint32_t b, uint32_t n) noexcept nogil:
     """Ask the kernel for an object's blocks at once, before they are copied
-    a block at a time (each a page fault otherwise)."""
-    cdef size_t page = 4096, start, end
-    cdef uint32_t k
+    a block at a time (each a page fault otherwise): one madvise per run of
+    consecutive blocks."""
+    cdef uint32_t k, first = b, run = 0
     for k in range(n):
         if b >= d.hd.n_blocks:
-            return
-        start = <size_t>(d.blocks + <uint64_t>b * CACHE_BLOCK) & ~(page - 1)
-        madvise(<void *>start, CACHE_BLOCK, MADV_WILLNEED)
+            break
+        if run and b != first + run:
+            madvise(d.blocks + <uint64_t>first * CACHE_BLOCK, <size_t>run * CACHE_BLOCK, MADV_WILLNEED)
+            first = b
+            run = 0
+        run += 1
         b = lb_load_u32(&d.next[b])
+    if run:
+        madvise(d.blocks + <uint64_t>first * CACHE_BLOCK, <size_t>run * CACHE_BLOCK, MADV_WILLNEED)
 
 
 cdef bint disk_has(lb_cache_rt *d, shm_cache_entry *m) noexcept nogil:
@@ -382,7 +388,12 @@ cdef class DiskTier:
             _os.ftruncate(fd, 0)
             _os.ftruncate(fd, size)
         # every block backed now: a full disk later would be a SIGBUS in a worker
-        _os.posix_fallocate(fd, 0, size)
+        try:
+            _os.posix_fallocate(fd, 0, size)
+        except OSError as e:
+            if e.errno not in (_errno.EOPNOTSUPP, _errno.EINVAL):
+                raise                    # ENOSPC: the filesystem has not the room
+        # (a filesystem without fallocate: the file stays sparse)
         cdef void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
         if p == MAP_FAILED:
             raise OSError(errno, "cannot map the disk tier", path)
