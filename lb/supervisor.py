@@ -451,8 +451,10 @@ class Supervisor:
                 region.reap_fills(pid)
                 if region.reap(pid):
                     log.warning("%s (pid %d) died holding the lock of a cache: it was emptied", slot.name, pid)
-                if region.disk is not None and region.disk.region.reap(pid):
-                    log.warning("%s (pid %d) died holding the lock of a disk tier: it was emptied", slot.name, pid)
+                checked = region.disk.reap(pid) if region.disk is not None else None
+                if checked is not None:
+                    log.warning("%s (pid %d) died holding the lock of a disk tier: checked again, %d objects kept, "
+                                "%d dropped", slot.name, pid, *checked)
             if child.row >= 0 and child.row != slot.row:
                 gen.free_rows.add(child.row)  # a replaced worker's row
             how = self._describe_exit(status)

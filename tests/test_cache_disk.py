@@ -258,3 +258,23 @@ def test_a_disk_tier_in_use_is_refused_at_a_reload(origin, lb_disk, tmp_path):  
     assert out.returncode != 0 and "caches.c.disk" in out.stderr
     assert get(lb.port, "/r")[1]["cache-status"].startswith("lb; hit")
     del other
+
+
+def test_a_worker_dead_holding_the_disk_lock_costs_the_disk_nothing(origin, lb_disk):  # noqa: F811
+    """The supervisor's reap of a dead pid that held the disk's lock checks
+    the tier again, as a start does: its whole entries stay."""
+    for i in range(20):
+        route(origin, f"/w/{i}", 5000, 300 + i)
+    lb = lb_disk()
+    for i in range(20):
+        get(lb.port, f"/w/{i}")
+    assert lb.stop() == 0
+    disk = DiskTier.open(str(lb.disk_file), 16 << 20, 64 << 10, 0.0)
+    objects = disk.stats()["objects"]
+    assert objects >= 20
+    dead = 4194000                                        # above any pid_max: no process has it
+    assert disk.reap(dead) is None                        # not held: nothing to do
+    disk.lock_as(dead)
+    assert disk.reap(dead) == (objects, 0)
+    assert disk.stats()["objects"] == objects
+    assert disk.purge(prefix=f"127.0.0.1:{lb.port}/w/") == 20   # the lock is free again

@@ -239,7 +239,9 @@ cdef uint32_t disk_remove_hash(lb_cache_rt *d, uint64_t hash) noexcept nogil:
 
 
 cdef uint64_t disk_rebuild(lb_cache_rt *d, uint64_t *dropped) noexcept nogil:
-    """At open, before any worker maps it: keep the entries that are whole
+    """At open, before any worker maps it, or under its lock once a worker
+    died holding it (readers then see a chain change under them at worst:
+    a miss; entries that stay keep their seq and bytes): keep the entries that are whole
     (published, their blocks in range, each block theirs alone, their sizes
     agreeing with their blocks) and build the index, the queues and the free
     stacks again from them. Checksums are checked as entries are read (a
@@ -263,7 +265,7 @@ cdef uint64_t disk_rebuild(lb_cache_rt *d, uint64_t *dropped) noexcept nogil:
     hd.free_entries = 0
     hd.objects = 0
     hd.bytes = 0
-    hd.lock = 0
+    hd.small_cap = nb // 10 if nb >= 10 else 1
     for i in range(ne):
         e = ce_at(d, i)
         total = ce_total(e)
@@ -438,6 +440,7 @@ cdef class DiskTier:
             self.region.size = total
             cache_rt_map(&self.region.rt, self.region.base)
             hd.max_object = max_object
+            hd.lock = 0                  # whoever held it is gone: we hold the flock
             self.kept = disk_rebuild(&self.region.rt, &dropped)
             self.dropped = dropped
             self.opened = "kept" if dh.clean else "kept after an unclean stop"
@@ -528,6 +531,26 @@ cdef class DiskTier:
 
     def purge(self, str url="", str prefix="", str tag=""):
         return self.region.purge(url, prefix, tag)
+
+    def reap(self, uint32_t pid):
+        """A process died: if it held the lock, the entry it was changing is
+        dropped and the index built again from the whole entries, under the
+        lock, as at a start (the memory tier is emptied instead: the disk is
+        worth keeping). (kept, dropped), or None when it did not hold it."""
+        cdef uint32_t expected = pid
+        cdef uint64_t dropped = 0, kept
+        cdef lb_cache_rt *rt = &self.region.rt
+        rt.pid = <uint32_t>getpid()
+        if pid == 0 or not lb_cas_u32(&rt.hd.lock, &expected, rt.pid):
+            return None
+        with nogil:
+            kept = disk_rebuild(rt, &dropped)
+        cache_unlock(rt)
+        return kept, dropped
+
+    def lock_as(self, uint32_t pid):
+        """Tests: leave the lock as a process that died holding it would."""
+        lb_store_u32(&self.region.rt.hd.lock, pid)
 
     @property
     def seed(self):
