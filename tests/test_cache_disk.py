@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -278,3 +279,22 @@ def test_a_worker_dead_holding_the_disk_lock_costs_the_disk_nothing(origin, lb_d
     assert disk.reap(dead) == (objects, 0)
     assert disk.stats()["objects"] == objects
     assert disk.purge(prefix=f"127.0.0.1:{lb.port}/w/") == 20   # the lock is free again
+
+
+def test_an_object_gone_stale_on_disk_is_revalidated_not_fetched_again(origin, lb_disk):  # noqa: F811
+    def answer(method, headers, n):
+        if headers.get("if-none-match") == ['"v1"']:
+            return 304, [("Cache-Control", "max-age=600"), ("ETag", '"v1"'), ("Content-Length", "0")], b""
+        return 200, [("Cache-Control", "max-age=1"), ("ETag", '"v1"')], body_of(15000, 40)
+    origin.routes["/st"] = answer
+    lb = lb_disk()
+    get(lb.port, "/st")
+    assert lb.stop() == 0                                  # on disk, fresh for one more second at most
+    time.sleep(1.1)  # what is tested is the clock itself: the entry goes stale while lb is down
+    lb = lb_disk(port=lb.port)
+    status, fields, body = get(lb.port, "/st")
+    assert (status, body) == (200, body_of(15000, 40))
+    assert fields["cache-status"] == "lb; fwd=stale; fwd-status=304; stored; ttl=600"
+    assert origin.requests[-1][2]["if-none-match"] == ['"v1"']   # a 304, not the body again
+    assert get(lb.port, "/st")[1]["cache-status"].startswith("lb; hit")
+    assert origin.count("/st") == 2

@@ -1742,7 +1742,12 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
                 h.cx = NULL
         if (note == CN_URI_MISS or note == CN_VARY_MISS) and rt.disk != NULL:
             st = cache_disk_hit(w, h, b, r, rt, key, n, hash, auth, now_ms, max_age, min_fresh, max_stale)
-            if st != -1:
+            if st == -2:             # a stale one, now in memory: revalidated from there
+                note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx,
+                                    &stale_seq, max_stale)
+                if note == CN_HIT:
+                    note = CN_URI_MISS   # another's fresh store meanwhile: not this request's to serve
+            elif st != -1:
                 if h.cx != NULL:
                     h.cx.cache = <uint32_t>(rt - w.http.cache.caches)
                 return st

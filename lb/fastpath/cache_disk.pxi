@@ -5,7 +5,8 @@
 # they inherit the memory region. Its layout is shm_disk_head (the
 # _fastpath.pxd part 7 end): header, a checksum per entry, the region.
 #
-#   demotion   an object the memory tier evicts is copied into the disk
+#   demotion   an object the memory tier evicts (fresh, or stale with a
+#              validator or stale-if-error left) is copied into the disk
 #              tier (cache_demote), under the memory lock then the disk
 #              lock (always in that order). Only evicted objects are
 #              written, not every store: the disk sees the write load of
@@ -102,15 +103,28 @@ cdef bint disk_has(lb_cache_rt *d, shm_cache_entry *m) noexcept nogil:
     return False
 
 
+cdef bint head_has_validator(const uint8_t *h, uint32_t n) noexcept nogil:
+    """A stored head (lines with CRLF) has an ETag or a Last-Modified."""
+    cdef uint32_t i = 0
+    while i < n:
+        if (n - i > 5 and ieq(h + i, 5, b"etag:")) or (n - i > 14 and ieq(h + i, 14, b"last-modified:")):
+            return True
+        while i < n and h[i] != 10:
+            i += 1
+        i += 1
+    return False
+
+
 cdef void cache_demote(lb_cache_rt *rt, uint32_t i) noexcept nogil:
     """Memory evicts entry i: copy it into the disk tier, unless it is stale
-    (a disk hit must be fresh), revalidated at every use, or there already.
+    without a use left (no validator, no stale-if-error), revalidated at
+    every use, or there already.
     Memory lock held (the entry cannot change); takes the disk lock."""
     cdef lb_cache_rt *d = rt.disk
     cdef shm_cache_entry *e = ce_at(rt, i)
     cdef shm_cache_entry meta
     cdef uint64_t total = ce_total(e), evicted = 0
-    cdef int64_t now_ms
+    cdef int64_t now_ms, age
     cdef char *buf
     cdef uint32_t j
     cdef int st
@@ -118,13 +132,18 @@ cdef void cache_demote(lb_cache_rt *rt, uint32_t i) noexcept nogil:
             + 3 * CACHE_META_MAX + CACHE_KEY_MAX:
         return
     clock_now_ms(&now_ms)
-    if e.age0 + (now_ms - e.resp_ms) // 1000 >= e.fresh:
-        return
+    age = e.age0 + (now_ms - e.resp_ms) // 1000
     memcpy(&meta, e, sizeof(shm_cache_entry))
     buf = <char *>malloc(total if total else 1)
     if buf == NULL:
         return
     if not ce_copy(rt, e, e.seq, 0, buf, total):
+        free(buf)
+        return
+    # a stale one is worth the disk only if it can be revalidated (a 304
+    # costs the origin less than the body) or still serve stale-if-error
+    if age >= e.fresh and not (age - e.fresh < e.stale_if_error or head_has_validator(
+            <const uint8_t *>buf + e.key_len + e.vary_len + e.tags_len, e.head_len)):
         free(buf)
         return
     if not cache_lock(d):
@@ -175,7 +194,10 @@ cdef int cache_disk_hit(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
                         int64_t min_fresh, int64_t max_stale) noexcept nogil:
     """A memory miss: a fresh entry of the disk tier is copied out, checked,
     promoted into memory and answered from there (cache_hit). Its result,
-    or -1: no hit from the disk (the request goes on as a miss)."""
+    or -1: no hit from the disk (the request goes on as a miss), or -2: a
+    stale entry was promoted, for the memory tier to revalidate (a 304
+    instead of the whole body, after a restart say) or serve stale-if-error:
+    the caller looks in memory again."""
     cdef lb_cache_rt *d = rt.disk
     cdef shm_cache_entry meta
     cdef shm_cache_entry *e
@@ -184,7 +206,14 @@ cdef int cache_disk_hit(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
     cdef char *buf
     cdef int note, st
     note = cache_lookup(d, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx, &stale_seq, max_stale)
-    if note != CN_HIT:
+    if note == CN_STALE and not (stale_seq & 1):
+        # cache_lookup gives the stale entry's index and seq, not its fields
+        e = ce_at(d, idx)
+        memcpy(&meta, e, sizeof(shm_cache_entry))
+        if not ce_stable(e, stale_seq) or meta.state != CE_LIVE or meta.hash != hash:
+            return -1
+        meta.seq = stale_seq
+    elif note != CN_HIT:
         return -1
     e = ce_at(d, idx)
     seq = meta.seq
@@ -210,6 +239,8 @@ cdef int cache_disk_hit(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
         cache_count(&rt.st.evicted, evicted)
     if st != 0:
         return -1
+    if note == CN_STALE:
+        return -2
     cache_count(&d.st.hit, 1)
     cache_count(&d.st.hit_bytes, meta.body_len)
     note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx, &stale_seq, max_stale)
