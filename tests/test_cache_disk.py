@@ -7,6 +7,7 @@ named."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -127,8 +128,10 @@ def test_kill_9_of_every_process_mid_traffic_then_only_whole_objects(origin, lb_
         i = offset
         while not stop.is_set():
             try:
-                get(lb.port, f"/k/{i % 400}")
-            except OSError:
+                status, _, body = get(lb.port, f"/k/{i % 400}")
+                if body != body_of(3000 + 37 * (i % 400), i % 400):
+                    errors.append(f"/k/{i % 400}: wrong bytes")
+            except (OSError, http.client.HTTPException):
                 pass                                   # lb is being killed
             except Exception as e:                     # noqa: BLE001
                 errors.append(e)
