@@ -79,12 +79,14 @@ def test_an_object_memory_evicted_is_served_from_the_disk(origin, lb_disk):  # n
     assert [e["tier"] for e in listed if e["key"].endswith("/a")] == ["disk"]
     status, fields, body = get(lb.port, "/a")
     assert status == 200 and body == body_of(20000, 1)
-    assert fields["cache-status"].startswith("lb; hit")
+    assert fields["cache-status"] == "lb; hit; ttl=3600; detail=disk" or \
+        fields["cache-status"] == "lb; hit; ttl=3599; detail=disk"
     assert origin.count("/a") == 1
     after = stats(lb)
     assert after["disk"]["hit"] == before["disk"]["hit"] + 1
     # promoted: the next hit comes from memory
-    assert get(lb.port, "/a")[2] == body_of(20000, 1)
+    status, fields, body = get(lb.port, "/a")
+    assert body == body_of(20000, 1) and "detail" not in fields["cache-status"]
     assert stats(lb)["disk"]["hit"] == after["disk"]["hit"]
     assert "disk " in cli(lb, "cache", "stats")
     text = get(mport, "/metrics")[2].decode()
@@ -105,7 +107,7 @@ def test_a_stop_and_a_start_keep_what_both_tiers_held(origin, lb_disk):  # noqa:
     for path, n, seed in (("/early", 30000, 2), ("/late", 9000, 3)):
         status, fields, body = get(lb.port, path)
         assert status == 200 and body == body_of(n, seed), path
-        assert fields["cache-status"].startswith("lb; hit"), path
+        assert fields["cache-status"].startswith("lb; hit") and fields["cache-status"].endswith("detail=disk"), path
         assert 0 <= int(fields["age"]) < 60            # the age goes on from the stored times
         assert origin.count(path) == 1, path
     assert "kept" in lb.log()

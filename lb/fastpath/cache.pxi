@@ -848,6 +848,9 @@ cdef void cx_status(lb_cache_x *cx, uint8_t note, bint stored, int64_t age, int6
             n += 1
             ttl = -ttl
         n += fmt_u64(o + n, <uint64_t>ttl)
+    if note == CN_HIT and cache_hit_from_disk:
+        memcpy(o + n, b"; detail=disk", 13)
+        n += 13
     memcpy(o + n, b"\r\n", 2)
     cx.hdr_len = n + 2
 

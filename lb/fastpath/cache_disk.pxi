@@ -50,6 +50,9 @@ import fcntl as _fcntl
 DISK_LOCK_WAIT = 10.0                # seconds a start waits for the processes of an lb before it to go
 
 
+cdef bint cache_hit_from_disk = False   # a worker is one thread: set around the one cache_hit of a disk hit
+
+
 cdef uint64_t disk_sum(shm_cache_entry *m, const char *obj, uint64_t len) noexcept nogil:
     """An entry's checksum: the fields a hit is answered with, then its bytes."""
     cdef uint64_t f[9]
@@ -246,7 +249,11 @@ cdef int cache_disk_hit(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
     note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx, &stale_seq, max_stale)
     if note != CN_HIT:
         return -1
-    return cache_hit(w, h, b, r, rt, &meta, idx, now_ms)
+    global cache_hit_from_disk
+    cache_hit_from_disk = True       # Cache-Status: ...; detail=disk (cx_status)
+    st = cache_hit(w, h, b, r, rt, &meta, idx, now_ms)
+    cache_hit_from_disk = False
+    return st
 
 
 cdef uint32_t disk_remove_hash(lb_cache_rt *d, uint64_t hash) noexcept nogil:
