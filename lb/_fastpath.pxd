@@ -1592,6 +1592,7 @@ cdef struct lb_cache_rt:             # a worker's view of one cache
     uint32_t purge[8]
     lb_cache_rt *disk                # the cache's disk tier (fastpath/cache_disk.pxi); NULL: none
     uint64_t *csum                   # a disk tier's view: the checksum of each entry (shm_disk_head)
+    uint32_t *verified               # a disk tier's view: the seq each entry's checksum was last found good at (shared, not on disk)
 
 cdef struct lb_cache_x:              # one exchange's cache state (allocated per cacheable request)
     uint32_t cache                   # index in lb_cache_wk.caches
@@ -1638,6 +1639,7 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     uint8_t waiting                  # parked until the key's fetch by another ends (twait polls)
     int64_t wait_until_ms
     lb_tnode twait
+    lb_cache_rt *src                 # serving from a disk tier (cache_disk.pxi); NULL: from caches[cache]
 
 cdef struct lb_cache_wk:             # a worker's caches
     lb_cache_rt *caches

@@ -1191,7 +1191,7 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
             memcpy(dst, cx.local + cx.local_off, m)
             cx.local_off += m
         else:
-            rt = &w.http.cache.caches[cx.cache]
+            rt = cx.src if cx.src != NULL else &w.http.cache.caches[cx.cache]
             e = ce_at(rt, cx.entry)
             nb = rt.hd.n_blocks
             m = CACHE_BLOCK - cx.blk_off

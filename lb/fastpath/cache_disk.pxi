@@ -14,12 +14,16 @@
 #              disk; an object that stays hot in memory is never written.
 #              A clean stop writes what memory holds (DiskTier.flush).
 #   lookup     a memory miss looks in the disk tier, lock-free as in
-#              memory (cache_lookup on the disk region); a hit is copied
-#              out whole, its checksum checked, and promoted: inserted in
-#              the memory tier and answered from there by the usual hit
-#              path. An entry that fails its checksum is removed, never
-#              served. The disk copy stays (the tiers are inclusive), so
-#              a crash loses nothing the disk held.
+#              memory (cache_lookup on the disk region). A fresh hit is
+#              answered from the disk's blocks by the usual hit path
+#              (cx.src: the disk), its checksum read in place first, once
+#              for each time the entry is written (`verified`, shared by
+#              the workers, not on disk). An entry asked for DISK_PROMOTE_HITS
+#              times is promoted instead: copied into the memory tier and
+#              answered from there; a stale one too, for memory to
+#              revalidate. An entry that fails its checksum is removed,
+#              never served. The disk copy stays (the tiers are
+#              inclusive), so a crash loses nothing the disk held.
 #   reads      the file's pages come from the page cache; a page that is
 #              not there blocks the worker while it is read (Varnish's
 #              file storage does the same). madvise(MADV_WILLNEED) on the
@@ -41,6 +45,7 @@ cdef extern from "sys/mman.h" nogil:
     enum:
         MADV_WILLNEED
         MS_SYNC
+        MAP_ANONYMOUS
     int madvise(void *addr, size_t length, int advice)
     int msync(void *addr, size_t length, int flags)
 
@@ -50,11 +55,15 @@ import fcntl as _fcntl
 DISK_LOCK_WAIT = 10.0                # seconds a start waits for the processes of an lb before it to go
 
 
+cdef enum:
+    DISK_PROMOTE_HITS = 3            # hits on the disk (cache_lookup's freq, at most 3) that take an entry back into memory
+
 cdef bint cache_hit_from_disk = False   # a worker is one thread: set around the one cache_hit of a disk hit
 
 
-cdef uint64_t disk_sum(shm_cache_entry *m, const char *obj, uint64_t len) noexcept nogil:
-    """An entry's checksum: the fields a hit is answered with, then its bytes."""
+cdef uint64_t disk_sum_fields(shm_cache_entry *m) noexcept nogil:
+    """The start of an entry's checksum: the fields a hit is answered with.
+    Its bytes follow a block at a time (disk_sum, disk_sum_blocks)."""
     cdef uint64_t f[9]
     f[0] = m.hash
     f[1] = m.vhash
@@ -65,7 +74,32 @@ cdef uint64_t disk_sum(shm_cache_entry *m, const char *obj, uint64_t len) noexce
     f[6] = <uint64_t>m.age0
     f[7] = <uint64_t>m.fresh
     f[8] = <uint64_t><int64_t>m.stale_if_error
-    return lb_xxh64(<const uint8_t *>obj, len, lb_xxh64(<const uint8_t *>f, sizeof(f), 0x6c626469736b))
+    return lb_xxh64(<const uint8_t *>f, sizeof(f), 0x6c626469736b)
+
+
+cdef uint64_t disk_sum(shm_cache_entry *m, const char *obj, uint64_t len) noexcept nogil:
+    """An entry's checksum over a copy of its object."""
+    cdef uint64_t h = disk_sum_fields(m), off = 0, n
+    while off < len:
+        n = len - off if len - off < CACHE_BLOCK else CACHE_BLOCK
+        h = lb_xxh64(<const uint8_t *>obj + off, n, h)
+        off += n
+    return h
+
+
+cdef bint disk_sum_blocks(lb_cache_rt *d, shm_cache_entry *m, uint32_t idx, uint32_t seq) noexcept nogil:
+    """The entry's bytes, read where they are, match its checksum (and it
+    did not change meanwhile)."""
+    cdef uint64_t h = disk_sum_fields(m), left = ce_total(m), n
+    cdef uint32_t b = m.first, k
+    for k in range(m.n_blocks):
+        if b >= d.hd.n_blocks:
+            return False
+        n = left if left < CACHE_BLOCK else CACHE_BLOCK
+        h = lb_xxh64(<const uint8_t *>d.blocks + <uint64_t>b * CACHE_BLOCK, n, h)
+        left -= n
+        b = lb_load_u32(&d.next[b])
+    return ce_stable(ce_at(d, idx), seq) and h == lb_load_u64(&d.csum[idx])
 
 
 cdef inline uint64_t ce_total(shm_cache_entry *e) noexcept nogil:
@@ -220,6 +254,26 @@ cdef int cache_disk_hit(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
         return -1
     e = ce_at(d, idx)
     seq = meta.seq
+    if note == CN_HIT and meta.freq < DISK_PROMOTE_HITS:
+        # answered from the disk's blocks, as memory answers from its own: its
+        # checksum is read in place, once for each time the entry is written
+        disk_willneed(d, meta.first, meta.n_blocks)
+        if lb_load_u32(&d.verified[idx]) != seq:
+            if not disk_sum_blocks(d, &meta, idx, seq):
+                if ce_stable(e, seq):
+                    disk_drop_bad(d, idx, seq)
+                return -1
+            lb_store_u32(&d.verified[idx], seq)
+        global cache_hit_from_disk
+        cache_hit_from_disk = True   # Cache-Status: ...; detail=disk (cx_status)
+        st = cache_hit(w, h, b, r, d, &meta, idx, now_ms)
+        cache_hit_from_disk = False
+        if st != -1:
+            cache_count(&rt.st.hit, 1)       # a hit of the cache (cache_hit counted the disk's)
+            if h.cx != NULL:
+                h.cx.src = d
+        return st
+    # asked for again and again: promoted into memory
     total = ce_total(&meta)
     buf = <char *>malloc(total if total else 1)
     if buf == NULL:
@@ -228,10 +282,12 @@ cdef int cache_disk_hit(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
     if not ce_copy(d, e, seq, 0, buf, total):
         free(buf)
         return -1
-    if disk_sum(&meta, buf, total) != lb_load_u64(&d.csum[idx]):
+    if lb_load_u32(&d.verified[idx]) != seq and disk_sum(&meta, buf, total) != lb_load_u64(&d.csum[idx]):
         free(buf)
         disk_drop_bad(d, idx, seq)
         return -1
+    if note == CN_HIT:
+        e.freq = 0                   # racy on purpose, as cache_lookup's count
     if not cache_lock(rt):
         free(buf)
         return -1
@@ -249,8 +305,7 @@ cdef int cache_disk_hit(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
     note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx, &stale_seq, max_stale)
     if note != CN_HIT:
         return -1
-    global cache_hit_from_disk
-    cache_hit_from_disk = True       # Cache-Status: ...; detail=disk (cx_status)
+    cache_hit_from_disk = True
     st = cache_hit(w, h, b, r, rt, &meta, idx, now_ms)
     cache_hit_from_disk = False
     return st
@@ -383,6 +438,8 @@ cdef class DiskTier:
     cdef int fd
     cdef public CacheShm region
     cdef uint64_t *csum
+    cdef uint32_t *verified          # anonymous, shared with the workers by fork: each entry's seq last checked good
+    cdef size_t verified_size
     cdef readonly uint64_t kept      # entries found whole at open
     cdef readonly uint64_t dropped   # entries dropped at open
     cdef readonly str opened         # "new", "kept", or why it was made anew
@@ -390,6 +447,8 @@ cdef class DiskTier:
     def __dealloc__(self):
         if self.base != NULL:
             munmap(self.base, self.size)
+        if self.verified != NULL:
+            munmap(self.verified, self.verified_size)
         if self.fd >= 0:
             close(self.fd)
 
@@ -484,8 +543,14 @@ cdef class DiskTier:
             self.opened = "kept" if dh.clean else "kept after an unclean stop"
             # counters count from this start, as the memory tier's do
             memset(self.region.base + hd.off_rows, 0, CACHE_ROWS * sizeof(shm_cache_stats))
+        self.verified_size = max(4, <size_t>self.region.rt.hd.n_entries * 4)
+        cdef void *v = mmap(NULL, self.verified_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0)
+        if v == MAP_FAILED:
+            raise OSError(errno, "cannot map the disk tier's checks", path)
+        self.verified = <uint32_t *>v
         self.region.rt.pid = <uint32_t>getpid()
         self.region.rt.csum = self.csum
+        self.region.rt.verified = self.verified
         self.region.rt.st = (<shm_cache_stats *>(self.region.base + hd.off_rows)) + (CACHE_ROWS - 1)
         dh.generation += 1
         dh.clean = 0
@@ -605,5 +670,6 @@ cdef int cache_disk_worker_init(lb_cache_rt *rt, object disk, uint32_t row) exce
     d.st = (<shm_cache_stats *>(dt.region.base + d.hd.off_rows)) + (row % CACHE_ROWS)
     d.pid = rt.pid
     d.csum = dt.csum
+    d.verified = dt.verified
     rt.disk = d
     return 0
