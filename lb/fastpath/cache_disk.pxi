@@ -37,9 +37,10 @@
 #              an entry cut by a crash or whose bytes changed on disk is
 #              never served.
 #
-# Counters of the disk region's rows: hit (promoted and answered),
-# hit_bytes (their bytes), stored (demoted), evicted (from the disk),
-# invalidated, purged, not_stored (dropped: a bad checksum).
+# Counters of the disk region's rows: hit (answered from the disk, or
+# promoted and answered), hit_bytes (bytes sent from the disk's blocks),
+# stored (demoted), evicted (from the disk), invalidated, purged,
+# not_stored (dropped: a bad checksum).
 
 cdef extern from "sys/mman.h" nogil:
     enum:
@@ -300,8 +301,7 @@ cdef int cache_disk_hit(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
         return -1
     if note == CN_STALE:
         return -2
-    cache_count(&d.st.hit, 1)
-    cache_count(&d.st.hit_bytes, meta.body_len)
+    cache_count(&d.st.hit, 1)        # its bytes go from memory: the memory's hit_bytes count them
     note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx, &stale_seq, max_stale)
     if note != CN_HIT:
         return -1
