@@ -230,9 +230,11 @@ cdef void disk_drop_bad(lb_cache_rt *d, uint32_t idx, uint32_t seq) noexcept nog
 cdef int cache_disk_hit(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r, lb_cache_rt *rt,
                         const char *key, uint32_t n, uint64_t hash, bint auth, int64_t now_ms, int64_t max_age,
                         int64_t min_fresh, int64_t max_stale) noexcept nogil:
-    """A memory miss: a fresh entry of the disk tier is copied out, checked,
-    promoted into memory and answered from there (cache_hit). Its result,
-    or -1: no hit from the disk (the request goes on as a miss), or -2: a
+    """A memory miss: a fresh entry of the disk tier, its checksum checked,
+    is answered from the disk's blocks (cache_hit over the disk region);
+    one hit DISK_PROMOTE_HITS times is copied into memory and answered from
+    there. cache_hit's result, or -1: no hit from the disk (the request goes
+    on as a miss), or -2: a
     stale entry was promoted, for the memory tier to revalidate (a 304
     instead of the whole body, after a restart say) or serve stale-if-error:
     the caller looks in memory again."""
