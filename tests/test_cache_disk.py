@@ -305,3 +305,18 @@ def test_an_object_gone_stale_on_disk_is_revalidated_not_fetched_again(origin, l
     assert origin.requests[-1][2]["if-none-match"] == ['"v1"']   # a 304, not the body again
     assert get(lb.port, "/st")[1]["cache-status"].startswith("lb; hit")
     assert origin.count("/st") == 2
+
+
+def test_a_reload_that_remakes_the_memory_tier_keeps_the_disk(origin, lb_disk):  # noqa: F811
+    """A new memory region (another size) takes the disk's hash seed: the
+    disk's objects are still found."""
+    route(origin, "/rl", 8000, 50)
+    lb = lb_disk()
+    get(lb.port, "/rl")
+    push_out_of_memory(origin, lb, 200)
+    lb.config_path.write_text(lb.config_path.read_text().replace('size = "1m"', 'size = "2m"', 1))
+    cli(lb, "reload")
+    assert stats(lb)["counts"]["objects"] == 0                     # memory anew
+    status, fields, body = get(lb.port, "/rl")
+    assert body == body_of(8000, 50) and fields["cache-status"].endswith("detail=disk")
+    assert origin.count("/rl") == 1
