@@ -1611,6 +1611,9 @@ cdef struct lb_cache_rt:             # a worker's view of one cache
     uint32_t n_purge                 # purge_allow: ACL indices
     uint32_t purge[8]
     lb_cache_keycfg key              # how requests are keyed (fastpath/cache_key.pxi)
+    lb_cache_rt *disk                # the cache's disk tier (fastpath/cache_disk.pxi); NULL: none
+    uint64_t *csum                   # a disk tier's view: the checksum of each entry (shm_disk_head)
+    uint32_t *verified               # a disk tier's view: the seq each entry's checksum was last found good at (shared, not on disk)
 
 cdef struct lb_cache_x:              # one exchange's cache state (allocated per cacheable request)
     uint32_t cache                   # index in lb_cache_wk.caches
@@ -1663,6 +1666,7 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     uint8_t chunked_fill
     uint64_t fill_max
     int64_t req_stale_if_error       # the request's own stale-if-error=N (RFC 5861 4); -1: none
+    lb_cache_rt *src                 # serving from a disk tier (cache_disk.pxi); NULL: from caches[cache]
 
 cdef struct lb_cache_wk:             # a worker's caches
     lb_cache_rt *caches
@@ -1694,3 +1698,29 @@ cdef struct lb_cache_refresh:        # one background revalidation (stale-while-
     uint64_t cap
     lb_tnode tn
     lb_cache_refresh *next           # closed list
+
+
+# The disk tier of a cache (fastpath/cache_disk.pxi, docs/cache.md "Disk
+# tier"): a file of disk_size bytes mapped MAP_SHARED by the supervisor and
+# inherited by the workers: this header (its first 4 KiB), the checksum of
+# each entry, then a region in the format above (shm_cache_head and the
+# rest), whose entries stay where they are from one start to the next.
+
+cdef enum:
+    DISK_MAGIC = 0x6b64626c          # "lbdk"
+    DISK_VERSION = 1                 # with CACHE_VERSION and CACHE_BLOCK: a file of another is made anew
+    DISK_HEAD = 4096
+
+cdef struct shm_disk_head:           # writer: the supervisor (at open and at a clean stop)
+    uint32_t magic
+    uint32_t version
+    uint32_t cache_version           # CACHE_VERSION of the region
+    uint32_t block                   # CACHE_BLOCK
+    uint64_t file_size               # disk_size
+    uint64_t off_csum                # n_entries uint64_t: entry i's checksum (its fields and bytes)
+    uint64_t off_region
+    uint64_t region_size
+    uint32_t clean                   # 1: the last lb to use it stopped cleanly (0 while one runs)
+    uint32_t _pad0
+    uint64_t generation              # starts of lb with this file
+    int64_t created_ms

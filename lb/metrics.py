@@ -426,6 +426,21 @@ def _caches(text: Text, gen) -> None:
     name = text.family("lb_cache_objects", "gauge", "Objects a cache holds")
     for cache, st in stats.items():
         text.line(name, _labels(cache=cache), st["objects"])
+    disks = {name: region.disk.stats() for name, region in caches.items() if region.disk is not None}
+    if not disks:
+        return
+    name = text.family("lb_cache_disk_events_total", "counter",
+                       "A cache's disk tier: hits (answered from it, and promoted to memory), objects demoted "
+                       "to it from memory, evicted from it, dropped (a bad checksum)")
+    for cache, st in disks.items():
+        for event in ("hit", "demoted", "evicted", "dropped"):
+            text.line(name, _labels(cache=cache, event=event), st[event])
+    name = text.family("lb_cache_disk_bytes", "gauge", "Bytes a cache's disk tier holds")
+    for cache, st in disks.items():
+        text.line(name, _labels(cache=cache), st["bytes"])
+    name = text.family("lb_cache_disk_objects", "gauge", "Objects a cache's disk tier holds")
+    for cache, st in disks.items():
+        text.line(name, _labels(cache=cache), st["objects"])
 
 
 def _acl_rules(text: Text, gen) -> None:

@@ -8,13 +8,16 @@ sizes and fills the region from a parsed config.
 
 from __future__ import annotations
 
+import logging
 import os
 
-from lb._fastpath import REGIONS, CacheShm, Shm, limit_spec, mirror_sites, split_publish  # noqa: F401 (REGIONS: the layout, for readers of this module)
+from lb._fastpath import DISK_LOCK_WAIT, REGIONS, CacheShm, DiskTier, Shm, limit_spec, mirror_sites, split_publish  # noqa: F401 (REGIONS: the layout, for readers of this module)
 from lb import splits as layout
 from lb.config.acls import access_rules
 from lb.config.jwks import pack as jwks_pack
 from lb.config.splits import config_splits
+
+log = logging.getLogger("lb")
 
 # Free slots per pool for backends added at run time, without a reload.
 MIN_POOL_CAPACITY = 64
@@ -87,18 +90,68 @@ def caches_for_config(config, running: dict | None = None) -> dict:
     size is unchanged (a reload keeps what is stored; a changed
     max_object_size applies in place), else a new region. The file is
     unlinked once mapped: the workers inherit the mapping by fork, and the
-    memory goes with the last process that maps it, however lb ends."""
+    memory goes with the last process that maps it, however lb ends.
+
+    A cache with a disk tier has its DiskTier attached (region.disk); the
+    memory region takes the disk's hash seed, so a region made before the
+    disk was (a reload that adds one) is made anew."""
     running = running or {}
     out = {}
     for name, cache in config.caches.items():
         region = running.get(name)
-        if region is None or region.requested != cache.size:
+        old_disk = region.disk if region is not None else None
+        disk = _disk_for(name, cache, old_disk, reload=bool(running))
+        if region is None or region.requested != cache.size or disk is not old_disk:
             path = cache_path(name)
-            region = CacheShm.create(path, cache.size, cache.max_object_size)
+            region = CacheShm.create(path, cache.size, cache.max_object_size, disk.seed if disk is not None else 0)
             region.unlink()
             region.requested = cache.size
         else:
             region.set_max_object(cache.max_object_size)
         region.set_key(cache)
+        if disk is not None:
+            disk.region.set_key(cache)   # its purge and list key URLs as the memory tier does
+            disk.attach(region)
         out[name] = region
     return out
+
+
+def _disk_for(name: str, cache, running, reload: bool):
+    """The cache's DiskTier: the running one for the same file (a size
+    changed by a reload takes effect at the next start: the workers of the
+    old generation write the file as it is laid out), else the file opened.
+    A start waits for an lb before it to let go of the file; a reload does
+    not (another lb holds it: the reload is refused at once)."""
+    if not cache.disk:
+        return None
+    if running is not None and running.path == cache.disk:
+        if running.size != cache.disk_size:
+            log.warning("caches.%s.disk_size: the disk tier keeps %d bytes until lb restarts", name, running.size)
+        return running
+    try:
+        disk = DiskTier.open(cache.disk, cache.disk_size, cache.max_object_size, 0.0 if reload else DISK_LOCK_WAIT)
+    except (OSError, ValueError) as e:
+        raise OSError(f"caches.{name}.disk: {e}") from None
+    if disk.opened.startswith("kept"):
+        log.info("cache %s: disk tier %s %s: %d objects, %d dropped as not whole", name, cache.disk, disk.opened,
+                 disk.kept, disk.dropped)
+    elif disk.opened == "new":
+        log.info("cache %s: disk tier %s made (%d bytes)", name, cache.disk, cache.disk_size)
+    else:
+        log.warning("cache %s: disk tier %s made anew: %s", name, cache.disk, disk.opened)
+    return disk
+
+
+def close_disks(caches: dict) -> None:
+    """A clean stop, every worker gone: each disk tier takes what its memory
+    tier holds, then is written out and marked clean."""
+    for name, region in caches.items():
+        disk = region.disk
+        if disk is None:
+            continue
+        try:
+            n = disk.flush(region)
+            disk.close()
+            log.info("cache %s: disk tier written (%d more objects from memory)", name, n)
+        except OSError as e:
+            log.warning("cache %s: disk tier not closed cleanly: %s", name, e)

@@ -451,6 +451,10 @@ class Supervisor:
                 region.reap_fills(pid)
                 if region.reap(pid):
                     log.warning("%s (pid %d) died holding the lock of a cache: it was emptied", slot.name, pid)
+                checked = region.disk.reap(pid) if region.disk is not None else None
+                if checked is not None:
+                    log.warning("%s (pid %d) died holding the lock of a disk tier: checked again, %d objects kept, "
+                                "%d dropped", slot.name, pid, *checked)
             if child.row >= 0 and child.row != slot.row:
                 gen.free_rows.add(child.row)  # a replaced worker's row
             how = self._describe_exit(status)
@@ -820,6 +824,8 @@ class Supervisor:
             except ChildProcessError:
                 pass
         self.children.clear()
+        if self.gen is not None:
+            shm_mod.close_disks(self.gen.caches)  # no worker left to write them
         self.announcer.close()  # the VIPs leave lo once nothing serves them
         for sock in self.sockets.values():
             sock.close()

@@ -116,6 +116,8 @@ size = "256m"
 max_object_size = "8m"
 tag_header = "Surrogate-Key"
 purge_allow = ["office"]
+disk = "/var/tmp"
+disk_size = "64m"
 
 [caches.api]
 size = "64m"
@@ -420,7 +422,8 @@ def test_full_config_loads_every_key():
     assert web.auth == "api" and web.routes[0].auth == "partners"
     assert web.cache == "static" and web.routes[0].cache == "api"
     assert cfg.caches["static"] == config.Cache(name="static", size=256 << 20, max_object_size=8 << 20,
-                                                tag_header="Surrogate-Key", purge_allow=("office",))
+                                                tag_header="Surrogate-Key", purge_allow=("office",),
+                                                disk="/var/tmp/lb-cache-static.dat", disk_size=64 << 20)
     assert cfg.caches["api"] == config.Cache(name="api", size=64 << 20, max_object_size=4 << 20, key_host=False,
                                              key_query="sort", key_query_drop=("utm_*", "fbclid"),
                                              key_headers=("accept-language",))

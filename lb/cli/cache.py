@@ -62,6 +62,10 @@ def stats(app: App, cache_name: str | None, as_json: bool) -> None:
                    f"evicted {c['evicted']}  invalidated {c['invalidated']}  purged {c['purged']}")
         click.echo(f"  revalidated {c['revalidated']}  stale served {c['stale_served']}  collapsed {c['collapsed']}")
         click.echo(f"  refreshed in the background {c['refreshed']}  refreshes failed {c['refresh_failed']}")
+        d = item.get("disk")
+        if d:
+            click.echo(f"  disk {d['path']}: {d['objects']} objects, {d['bytes']} of {d['capacity']} bytes; "
+                       f"hit {d['hit']}  demoted {d['demoted']}  evicted {d['evicted']}  dropped {d['dropped']}")
 
 
 @cache.command(name="list")
@@ -81,7 +85,8 @@ def list_(app: App, prefix: str, limit: int, cache_name: str | None, as_json: bo
         print_json(result)
         return
     for e in result["entries"]:
-        click.echo(f"{e['cache']}  {e['status']}  {e['body_bytes']:>10}  age {e['age']:>6}s  ttl {e['ttl']:>6}s  "
+        tier = "  (disk)" if e.get("tier") == "disk" else ""
+        click.echo(f"{e['cache']}{tier}  {e['status']}  {e['body_bytes']:>10}  age {e['age']:>6}s  ttl {e['ttl']:>6}s  "
                    f"{e['key']}" + "".join(f"  [{k}: {v}]" for k, v in e.get("key_fields", {}).items())
                    + (f"  vary {e['vary']}" if e["vary"] else "")
                    + (f"  tags {' '.join(e['tags'])}" if e["tags"] else ""))

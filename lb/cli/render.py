@@ -373,4 +373,9 @@ def cache_lines(caches: list[dict]) -> list[str]:
         c = item["counts"]
         lines.append(f"{item['name']:<10} {c['objects']:<8} {c['bytes']:<13} {c['hit']:<10} {c['miss']:<10} "
                      f"{c['stale']:<10} {c['bypass']:<10} {c['stored']:<10} {c['evicted']}")
+        d = item.get("disk")
+        if d:
+            # its hits are the cache's too; what it stores is what memory demoted
+            lines.append(f"{'  disk':<10} {d['objects']:<8} {d['bytes']:<13} {d['hit']:<10} {'-':<10} "
+                         f"{'-':<10} {'-':<10} {d['demoted']:<10} {d['evicted']}")
     return lines

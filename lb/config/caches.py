@@ -6,6 +6,7 @@ parse_cache_name)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 
 from lb.config.headers import check_header_name
@@ -13,10 +14,11 @@ from lb.config.values import ConfigError, Context, Table, did_you_mean, string_l
 
 NAMED = True
 KEYS = ("size", "max_object_size", "tag_header", "purge_allow", "key_host", "key_query", "key_query_drop",
-        "key_query_keep", "key_headers")
+        "key_query_keep", "key_headers", "disk", "disk_size")
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 MIN_SIZE = 1 << 20  # the index and a few blocks
 MAX_SIZE = 1 << 40
+MAX_DISK_SIZE = 1 << 44
 MAX_PURGE_ACLS = 8
 KEY_QUERY = ("keep", "sort", "drop")
 MAX_KEY_PATTERNS = 16  # key_query_drop / key_query_keep (the compiled key's fixed arrays)
@@ -26,6 +28,8 @@ _PARAM = re.compile(r"[^\s&=#*]{1,64}\*?|\*")  # a query parameter name, or a pr
 # fields that are never a cache key's: each request's own, or hop-by-hop
 _NOT_KEY_HEADERS = {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "te", "trailer",
                     "upgrade", "proxy-connection", "authorization", "cookie"}
+MIN_DISK_SIZE = 4 << 20  # its header, the checksums and a region of at least MIN_SIZE
+DISK_FILE = "lb-cache-{name}.dat"  # the file in a `disk` that names a directory
 # "256m" (DESIGN.md 4b), "256M", "256MiB", "1g", plain bytes
 _SIZE = re.compile(r"(\d+)\s*([kmgt]?)(i?b)?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -44,11 +48,22 @@ class Cache:
     key_query_drop: tuple[str, ...] = ()  # parameters left out of the key ("utm_*": a prefix)
     key_query_keep: tuple[str, ...] = ()  # only these parameters are in the key; () = all (less key_query_drop)
     key_headers: tuple[str, ...] = ()  # request fields whose values are part of the key (lower case)
+    disk: str = ""  # the disk tier's file (a directory given gets DISK_FILE in it); "" = no disk tier
+    disk_size: int = 0  # bytes of that file, all of it
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Cache]:
     acls = ctx.sections.get("acls", {})
-    return {name: _parse_cache(name, t, acls) for name, t in tables}
+    out = {}
+    disks: dict[str, str] = {}
+    for name, t in tables:
+        cache = out[name] = _parse_cache(name, t, acls)
+        if cache.disk and os.path.realpath(cache.disk) in disks:
+            other = disks[os.path.realpath(cache.disk)]
+            raise ConfigError(t.path_of("disk"), f"{cache.disk!r} is the disk of cache {other!r} too")
+        if cache.disk:
+            disks[os.path.realpath(cache.disk)] = name
+    return out
 
 
 def parse_size(t: Table, key: str, default: int, lo: int, hi: int) -> int:
@@ -100,9 +115,10 @@ def _parse_cache(name: str, t: Table, acls: dict) -> Cache:
         headers.append(value.lower())
     if len(headers) > MAX_KEY_HEADERS:
         raise ConfigError(t.path_of("key_headers"), f"at most {MAX_KEY_HEADERS} fields")
+    disk, disk_size = _parse_disk(name, t, max_object)
     return Cache(name=name, size=size, max_object_size=max_object, tag_header=tag_header, purge_allow=tuple(allow),
                  key_host=t.boolean("key_host", True), key_query=key_query, key_query_drop=drop,
-                 key_query_keep=keep, key_headers=tuple(headers))
+                 key_query_keep=keep, key_headers=tuple(headers), disk=disk, disk_size=disk_size)
 
 
 def _key_params(t: Table, key: str) -> tuple[str, ...]:
@@ -116,6 +132,41 @@ def _key_params(t: Table, key: str) -> tuple[str, ...]:
     if len(out) > MAX_KEY_PATTERNS:
         raise ConfigError(t.path_of(key), f"at most {MAX_KEY_PATTERNS} names")
     return tuple(out)
+
+
+def _parse_disk(name: str, t: Table, max_object: int) -> tuple[str, int]:
+    """The disk tier: a file (or a directory to make it in) that can be
+    written, and a size its filesystem has room for. The file is made and
+    checked at start (lb/shm.py), as the region of memory is."""
+    path = t.string("disk", "")
+    if not path:
+        if t.has("disk_size"):
+            raise ConfigError(t.path_of("disk_size"), "needs `disk`, the file of the disk tier")
+        return "", 0
+    if not os.path.isabs(path):
+        raise ConfigError(t.path_of("disk"), f"{path!r}: an absolute path, please")
+    if os.path.isdir(path):
+        path = os.path.join(path, DISK_FILE.format(name=name))
+    parent = os.path.dirname(path) or "/"
+    if not os.path.isdir(parent):
+        raise ConfigError(t.path_of("disk"), f"{parent!r} is not a directory")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ConfigError(t.path_of("disk"), f"{path!r} is not a regular file")
+    if not os.access(path if os.path.exists(path) else parent, os.W_OK):
+        raise ConfigError(t.path_of("disk"), f"{path!r} cannot be written")
+    if not t.has("disk_size"):
+        raise ConfigError(t.path_of("disk_size"), "required with `disk`: the file's size, like \"10g\"")
+    size = parse_size(t, "disk_size", 0, MIN_DISK_SIZE, MAX_DISK_SIZE)
+    if size < 4 * max_object:
+        raise ConfigError(t.path_of("disk_size"),
+                          f"must hold at least 4 objects of max_object_size ({4 * max_object} bytes)")
+    st = os.statvfs(parent)
+    have = os.path.getsize(path) if os.path.isfile(path) else 0
+    room = st.f_bavail * st.f_frsize + have
+    if size > room:
+        raise ConfigError(t.path_of("disk_size"),
+                          f"{size} bytes do not fit: the filesystem of {parent!r} has {room} bytes free")
+    return path, size
 
 
 def parse_cache_name(t: Table, caches: dict[str, Cache]) -> str:

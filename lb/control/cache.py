@@ -32,7 +32,10 @@ def purge(sup, args: dict) -> dict:
     purged = {}
     for name, region in caches.items():
         try:
+            # both tiers: the count is of entries, and an object may be in both
             purged[name] = region.purge(**{what: args[what]})
+            if region.disk is not None:
+                purged[name] += region.disk.purge(**{what: args[what]})
         except OSError as e:
             raise AdminError("failed", f"cache {name!r}: {e}") from None
     return {what: args[what], "purged": purged, "total": sum(purged.values())}
@@ -51,7 +54,7 @@ def summary(sup, name: str, region) -> dict:
             "tag_header": cfg.tag_header, "purge_allow": list(cfg.purge_allow), "used_by": users,
             "key": {"host": cfg.key_host, "query": cfg.key_query, "query_drop": list(cfg.key_query_drop),
                     "query_keep": list(cfg.key_query_keep), "headers": list(cfg.key_headers)},
-            "counts": region.stats()}
+            "counts": region.stats(), "disk": region.disk.stats() if region.disk is not None else None}
 
 
 def stats(sup, args: dict) -> dict:
@@ -67,7 +70,10 @@ def list_entries(sup, args: dict) -> dict:
     for name, region in _caches(sup, args.get("cache")).items():
         try:
             entries = region.entries(prefix, limit)
+            # the disk tier's too: an object may be in both
+            disk = region.disk.region.entries(prefix, limit) if region.disk is not None else []
         except OSError as e:
             raise AdminError("failed", f"cache {name!r}: {e}") from None
-        out += [{"cache": name, **e} for e in entries]
+        out += [{"cache": name, "tier": "memory", **e} for e in entries]
+        out += [{"cache": name, "tier": "disk", **e} for e in disk]
     return {"entries": out[:limit]}

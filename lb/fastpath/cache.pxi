@@ -225,6 +225,8 @@ cdef int cache_evict_one(lb_cache_rt *rt) noexcept nogil:
             e.freq = 0
             q_push(rt, i, CQ_MAIN)
             return 0
+        if rt.disk != NULL:
+            cache_demote(rt, i)      # the disk tier takes what memory lets go (cache_disk.pxi)
         ce_remove(rt, i, True)
         return 1
     if hd.main_tail:
@@ -235,6 +237,8 @@ cdef int cache_evict_one(lb_cache_rt *rt) noexcept nogil:
             e.freq -= 1
             q_push(rt, i, CQ_MAIN)
             return 0
+        if rt.disk != NULL:
+            cache_demote(rt, i)
         ce_remove(rt, i, False)
         return 1
     return -1
@@ -853,6 +857,9 @@ cdef void cx_status(lb_cache_x *cx, uint8_t note, bint stored, int64_t age, int6
             n += 1
             ttl = -ttl
         n += fmt_u64(o + n, <uint64_t>ttl)
+    if note == CN_HIT and cache_hit_from_disk:
+        memcpy(o + n, b"; detail=disk", 13)
+        n += 13
     memcpy(o + n, b"\r\n", 2)
     cx.hdr_len = n + 2
 
@@ -1193,7 +1200,7 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
             memcpy(dst, cx.local + cx.local_off, m)
             cx.local_off += m
         else:
-            rt = &w.http.cache.caches[cx.cache]
+            rt = cx.src if cx.src != NULL else &w.http.cache.caches[cx.cache]
             e = ce_at(rt, cx.entry)
             nb = rt.hd.n_blocks
             m = CACHE_BLOCK - cx.blk_off
@@ -1536,6 +1543,8 @@ cdef uint64_t cache_invalidate_key(lb_cache_rt *rt, const char *key, uint32_t n)
         return 0
     removed = cache_remove_hash(rt, hash)
     cache_unlock(rt)
+    if rt.disk != NULL:
+        removed += disk_remove_hash(rt.disk, hash)
     return removed
 
 
@@ -1790,6 +1799,20 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
             st = cache_swr(w, h, b, r, rt, idx, stale_seq, key, n, host_len, hash, auth, now_ms, max_age, min_fresh)
             if st != -1:
                 return st
+        if (note == CN_URI_MISS or note == CN_VARY_MISS) and rt.disk != NULL:
+            st = cache_disk_hit(w, h, b, r, rt, key, n, hash, auth, now_ms, max_age, min_fresh, max_stale)
+            if st == -2:             # a stale one, now in memory: revalidated from there
+                note = cache_lookup(rt, key, n, hash, b, r, auth, now_ms, max_age, min_fresh, &meta, &idx,
+                                    &stale_seq, max_stale)
+                if note == CN_HIT:
+                    note = CN_URI_MISS   # another's fresh store meanwhile: not this request's to serve
+            elif st != -1:
+                if h.cx != NULL:
+                    h.cx.cache = <uint32_t>(rt - w.http.cache.caches)
+                return st
+            if h.cx != NULL:
+                cx_free(w, h.cx)
+                h.cx = NULL
     if qflags & QCC_ONLY_IF_CACHED:
         cache_count(&rt.st.miss, 1)
         return 504                   # RFC 9111 5.2.1.7
@@ -2195,6 +2218,8 @@ cdef int cache_worker_init(lb_worker *w, object caches, uint32_t row, dict acl_i
         rt.n_purge = len(allow)
         for j, name in enumerate(allow):
             rt.purge[j] = acl_index[name]
+        if cs.disk is not None:
+            cache_disk_worker_init(rt, cs.disk, row)
     return 0
 
 
@@ -2235,14 +2260,18 @@ cdef class CacheShm:
     cdef readonly str path
     cdef lb_cache_rt rt
     cdef public uint64_t requested   # the configured size it was made for (the mapping may be a little less)
+    cdef bint borrowed               # base is inside another's mapping (a disk tier's file): not unmapped here
+    cdef public object disk          # its DiskTier (fastpath/cache_disk.pxi), or None
 
     def __dealloc__(self):
         cache_keycfg_free(&self.rt.key)
-        if self.base != NULL:
+        if self.base != NULL and not self.borrowed:
             munmap(self.base, self.size)
 
     @staticmethod
-    def create(str path, uint64_t size, uint64_t max_object):
+    def create(str path, uint64_t size, uint64_t max_object, uint64_t seed=0):
+        """seed: of the key hashes (a disk tier's, so that both tiers hash
+        alike); 0: a random one."""
         nb, ne, nbk, ng, total = cache_layout(size)
         cdef bytes bpath = path.encode()
         cdef int fd = open(bpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
@@ -2256,9 +2285,15 @@ cdef class CacheShm:
         if p == MAP_FAILED:
             raise OSError(errno, "cannot map the cache's shared memory", path)
         cdef CacheShm self = CacheShm.__new__(CacheShm)
-        self.base = <char *>p
-        self.size = total
         self.path = path
+        self._init(<char *>p, size, max_object, seed)
+        return self
+
+    cdef _init(self, char *p, uint64_t size, uint64_t max_object, uint64_t seed):
+        """Lay an empty region out at p (its mapping, or a disk tier's file)."""
+        nb, ne, nbk, ng, total = cache_layout(size)
+        self.base = p
+        self.size = total
         cdef shm_cache_head *hd = <shm_cache_head *>p
         hd.total_size = total
         hd.n_blocks = nb
@@ -2267,7 +2302,7 @@ cdef class CacheShm:
         hd.n_ghost = ng
         hd.max_object = max_object
         hd.small_cap = max(1, nb // 10)
-        hd.seed = int.from_bytes(_os.urandom(8), "little")
+        hd.seed = seed or int.from_bytes(_os.urandom(8), "little")
         off = _line(sizeof(shm_cache_head))
         hd.off_rows = off
         off += _line(CACHE_ROWS * sizeof(shm_cache_stats))
@@ -2293,7 +2328,6 @@ cdef class CacheShm:
         hd.version = CACHE_VERSION
         lb_fence_release()
         lb_release_u32(&hd.magic, CACHE_MAGIC)
-        return self
 
     def unlink(self):
         try:
