@@ -11,7 +11,7 @@
 # that such a response can never arrive whole, the last CACHE_SEND_TAIL bytes
 # always take the copy path, copied and checked before they are sent.
 
-from lb.includes.uio cimport iovec, msghdr, sendmsg
+from lb.includes.uio cimport iovec, msghdr, sendmsg, MSG_MORE
 
 cdef enum:
     CACHE_SEND_MIN = 16384           # smaller bodies: one copy into outb, one send
@@ -67,7 +67,9 @@ cdef int cache_send_direct(lb_worker *w, lb_hconn *h, lb_cache_x *cx) noexcept n
     msg.msg_iov = iov
     msg.msg_iovlen = k
     while True:
-        n = sendmsg(h.c.sk[SIDE_CLIENT].fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+        # MSG_MORE: the tail follows, so the kernel holds the last partial
+        # segment for it instead of sending (and, on loopback, delivering) it alone
+        n = sendmsg(h.c.sk[SIDE_CLIENT].fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_MORE)
         if n >= 0 or errno != EINTR:
             break
     if n < 0:

@@ -7,6 +7,9 @@ cdef extern from "sys/uio.h" nogil:
         size_t iov_len
 
 cdef extern from "sys/socket.h" nogil:
+    enum:
+        MSG_MORE
+
     struct msghdr:
         void *msg_name
         unsigned int msg_namelen
