@@ -10,9 +10,17 @@ import socket
 from conftest import free_port
 from test_cache import body_of, cache_config, cli, get, lb_cache, origin  # noqa: F401 (fixtures)
 
-# more than the kernel holds in flight to a client with a small window (lb's
-# send buffer grows to tcp_wmem's 4 MiB at most)
-BIG = 7 << 20
+
+def _wmem_max() -> int:
+    with open("/proc/sys/net/ipv4/tcp_wmem") as f:
+        return int(f.read().split()[2])
+
+
+# more than the kernel holds in flight to a client with a small window: lb's
+# send buffer grows to tcp_wmem's maximum (4 MiB by default) at most
+BIG = max(7 << 20, _wmem_max() + (3 << 20))
+# S3-FIFO's small queue (a tenth of the blocks) must hold it
+BIG_CACHE_MIB = max(128, 16 * BIG >> 20)
 
 
 def test_large_hits_are_intact_at_any_pace(origin, lb_cache):
@@ -77,8 +85,8 @@ def test_an_object_purged_while_it_is_sent_is_cut_short(origin, run_lb, tmp_path
     port = free_port()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    lb = run_lb(cache_config(port, origin.port, run_dir).replace('size = "8m"', 'size = "128m"')
-                .replace('max_object_size = "2m"', 'max_object_size = "8m"'))
+    lb = run_lb(cache_config(port, origin.port, run_dir).replace('size = "8m"', f'size = "{BIG_CACHE_MIB}m"')
+                .replace('max_object_size = "2m"', f'max_object_size = "{(BIG >> 20) + 1}m"'))
     lb.run_dir = run_dir
     assert get(port, "/huge")[2] == body
     with socket.socket() as s:
