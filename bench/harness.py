@@ -2070,7 +2070,9 @@ def run(opts: Options) -> int:
                     "warmup_s": max(1, round(opts.warmup_s)) if opts.warmup_s > 0 else 0},
             "idle_conns": opts.idle_conns,
             "repeat": opts.repeat,
-            "targets": run_targets(opts),
+            # varnish only when a scenario of the run names it (cache_hit)
+            "targets": [t for t in run_targets(opts)
+                        if t != "varnish" or any("varnish" in s.TARGETS for s in remote)],
             "versions": tool_versions(tools, {t: lb_dirs[t] for t in run_targets(opts) if t in lb_dirs}),
         },
         "scenarios": {},
