@@ -62,3 +62,16 @@ def test_bench_cache_hit_runs_lb_nginx_and_varnish():
     assert set(scenario["best_of"].values()) <= {"nginx", "varnish"}
     assert set(scenario["goals"]) == {"cpu_us_req", "req_s", "cpu_us_req_100k", "req_s_100k"}
     assert all(g["met"] in (True, False) for g in scenario["goals"].values())
+
+
+def test_bench_cache_churn_keeps_the_cache_within_its_size():
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "cache_churn", "--no-direct", "--duration", "2s", "--warmup", "0s",
+         "--connections", "8", "--json"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout)["scenarios"]["cache_churn"]["results"]["lb"]
+    assert result["ok"] and not result["errors"], result
+    # random keys: stored and evicted all along, never above the region's size
+    assert result["evicted"] > 100 and 0 < result["max_used_pct"] <= 100.0, result
+    assert result["rss_mib"] > 0 and result["rss_growth_pct"] is not None, result
