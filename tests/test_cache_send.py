@@ -104,3 +104,25 @@ def test_an_object_purged_while_it_is_sent_is_cut_short(origin, run_lb, tmp_path
     assert got == body[:len(got)]          # nothing reused the blocks: what came is the object's
     assert get(port, "/huge")[2] == body   # a miss now, whole from the origin
     assert origin.count("/huge") == 2
+
+
+def test_large_hits_over_tls_keep_the_copy_path_and_arrive_intact(origin, lb_cache, tmp_path):
+    """TLS encrypts from lb's buffer: a large hit to a TLS client is never
+    sent from the region's blocks, and arrives whole."""
+    from tls_certs import CA
+    from tls_client import client_context
+
+    ca = CA(tmp_path / "pki")
+    leaf = ca.leaf("site", ("site.test", "127.0.0.1"))
+    body = body_of(300_000, 9)
+    origin.routes["/t"] = (200, [("Cache-Control", "max-age=60")], body)
+    lb = lb_cache(listener_extra=f'\n[listeners.web.tls]\ncertificates = [{{ cert = "{leaf.cert}", key = "{leaf.key}" }}]\n')
+    ctx = client_context(ca.path)
+    for n in range(3):
+        conn = http.client.HTTPSConnection("127.0.0.1", lb.port, timeout=10, context=ctx)
+        conn.request("GET", "/t")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.read() == body
+        assert resp.getheader("Cache-Status").startswith("lb; hit" if n else "lb; fwd=uri-miss")
+        conn.close()
+    assert origin.count("/t") == 1
