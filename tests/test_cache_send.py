@@ -126,3 +126,32 @@ def test_large_hits_over_tls_keep_the_copy_path_and_arrive_intact(origin, lb_cac
         assert resp.getheader("Cache-Status").startswith("lb; hit" if n else "lb; fwd=uri-miss")
         conn.close()
     assert origin.count("/t") == 1
+
+
+def test_a_large_hit_is_logged_with_every_byte_it_sent(origin, lb_cache, tmp_path):
+    import json
+
+    from conftest import wait_for
+
+    log = tmp_path / "access.log"
+    body = body_of(200_000, 11)
+    origin.routes["/l"] = (200, [("Cache-Control", "max-age=60")], body)
+    lb = lb_cache(more=f'\n[logs.access]\nformat = "json"\ntarget = "file:{log}"\n')
+    get(lb.port, "/l")
+    with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as s:
+        s.sendall(f"GET /l HTTP/1.1\r\nHost: 127.0.0.1:{lb.port}\r\n\r\n".encode())
+        head, got = read_head(s)
+        while len(got) < len(body):
+            chunk = s.recv(65536)
+            assert chunk
+            got += chunk
+    assert b"Cache-Status: lb; hit" in head and got == body
+
+    def records():
+        try:
+            return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        except (OSError, ValueError):
+            return []
+    rec = wait_for(lambda: (lambda r: r[1] if len(r) >= 2 else None)(records()), 10, "two log lines")
+    # the head and the body: what the client read, counted once
+    assert (rec["status"], rec["bytes_out"]) == (200, len(head) + 4 + len(body))
