@@ -14,7 +14,7 @@
 from lb.includes.uio cimport iovec, msghdr, sendmsg, MSG_MORE
 
 cdef enum:
-    CACHE_SEND_MIN = 16384           # smaller bodies: one copy into outb, one send
+    CACHE_SEND_MIN = 16384           # below, a copy into outb and one send cost no more (measured at 16 KiB: even)
     CACHE_SEND_TAIL = 1024           # the body's end: through outb, after a seq check
     CACHE_SEND_IOV = 64              # blocks per sendmsg (256 KiB)
 
