@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-conns", type=int, default=4000, metavar="N",
                    help="idle connections for tcp_idle_rss and https_idle_mem (default 4000)")
     p.add_argument("--only", type=_targets, default=harness.ONLY_NAMES, metavar="LIST",
-                   help="proxies to run, comma-separated (default lb,haproxy,nginx)")
+                   help="proxies to run, comma-separated (default lb,haproxy,nginx,varnish; "
+                        "varnish runs in the cache scenarios only)")
     p.add_argument("--baseline", type=_checkout, metavar="DIR",
                    help=f"also run lb from DIR, another lb checkout with its compiled module "
                         f"built in place, as target {harness.BASELINE} (same config as lb), "

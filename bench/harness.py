@@ -16,15 +16,16 @@ Scenarios live in ``bench/scenarios/``, one per file, each exposing:
                             h2load: HTTP/2, CONNECTIONS and STREAMS of its own),
                             "idle", or "local"
     SUMMARY  str            one line: what is measured
-    TARGETS  tuple[str]     targets it applies to (subset of TARGET_NAMES)
+    TARGETS  tuple[str]     targets it applies to (subset of ALL_TARGETS)
     METRICS  tuple[Metric]  table columns; a Metric with `better` set gets ratios
     measure(ctx, target) -> dict   metric values for one running target
 and optionally
     MODE     str            "tcp" (default), "http", "https" or "h2": how the proxies are set up
     GOALS    dict           {metric key: ratio}: targets for lb against the better
-                            of HAProxy and nginx, or {metric key: Absolute(value)}
+                            of HAProxy and nginx (or of BEST_OF), or {metric key: Absolute(value)}
                             on lb's own figure; a scenario with GOALS (even
                             empty) also gets the ratio lb/best
+    BEST_OF  tuple[str]     the anchors of lb/best when not HAProxy and nginx
 
 A "local" scenario measures code in the harness's own process and starts no
 target, tool or origin: it has TARGETS = () and, instead of measure,
@@ -88,9 +89,13 @@ DEFAULT_ORIGIN_IDLE = 64   # scenarios timed by a load generator: rounds, cpu us
 BASELINE = "lb-base"
 TARGET_NAMES = ("direct", "haproxy", "nginx", "lb", BASELINE)
 PROXY_NAMES = ("haproxy", "nginx", "lb", BASELINE)
-ONLY_NAMES = ("haproxy", "nginx", "lb")   # --only picks among these; direct and lb-base have flags
-ANCHORS = ("haproxy", "nginx", "best", "direct", BASELINE)   # denominators of the lb ratios
-BEST_OF = ("haproxy", "nginx")   # "best": per figure, the better of these two
+# Varnish is a cache, not a general proxy: only the cache scenarios name it
+# in their TARGETS, so it is not in TARGET_NAMES (the set most scenarios
+# take); ALL_TARGETS is the order of every run.
+ALL_TARGETS = ("direct", "haproxy", "nginx", "varnish", "lb", BASELINE)
+ONLY_NAMES = ("haproxy", "nginx", "varnish", "lb")   # --only picks among these; direct and lb-base have flags
+ANCHORS = ("haproxy", "nginx", "varnish", "best", "direct", BASELINE)   # denominators of the lb ratios
+BEST_OF = ("haproxy", "nginx")   # "best": per figure, the better of these two (a scenario's BEST_OF overrides)
 
 SMALL_BODY = b"lb-bench small response body: 100 bytes, served by nginx `return 200` from memory......\n"
 ONE_MIB = 1 << 20
@@ -202,14 +207,14 @@ def nginx_stream_module(nginx: str) -> tuple[bool, str | None]:
 
 
 def ensure_tools(need: set[str]) -> dict[str, str]:
-    """Paths of the tools in `need` ("haproxy", "nginx", "nginx-stream", "wrk", "h2load").
+    """Paths of the tools in `need` ("haproxy", "nginx", "nginx-stream", "wrk", "h2load", "varnishd").
 
     Missing ones are installed with apt-get when running as root; otherwise
     the error says what to install.
     """
     packages = {"haproxy": ["haproxy"], "nginx": ["nginx-light"],
                 "nginx-stream": ["libnginx-mod-stream"], "wrk": ["wrk"],
-                "h2load": ["nghttp2-client"]}
+                "h2load": ["nghttp2-client"], "varnishd": ["varnish"]}
 
     def missing() -> list[str]:
         gone = [t for t in sorted(need - {"nginx-stream"}) if not find_tool(t)]
@@ -262,6 +267,8 @@ def tool_versions(tools: dict[str, str], lb_dirs: dict[str, Path]) -> dict[str, 
         versions["haproxy"] = _first_line([tools["haproxy"], "-v"])
     if tools.get("nginx"):
         versions["nginx"] = _first_line([tools["nginx"], "-v"])
+    if tools.get("varnishd"):
+        versions["varnish"] = _first_line([tools["varnishd"], "-V"])
     if tools.get("wrk"):
         # wrk -v prints its banner and exits 1.
         out = subprocess.run([tools["wrk"], "-v"], capture_output=True, text=True, timeout=10)
@@ -837,6 +844,42 @@ http {{
         return tail(self.dir / "error.log")
 
 
+class VarnishTarget(Target):
+    """Varnish (Debian's varnishd) as a caching reverse proxy: the other anchor
+    of the cache scenarios. One thread pool (`-p thread_pools=1`; Varnish
+    still runs a thread per busy connection, on both cores, and its manager
+    process), malloc storage of `storage` (the scenario sizes it like lb's
+    cache), and a VCL of the backend alone: the built-in VCL caches what the
+    origin's Cache-Control allows and passes requests with Authorization or
+    Cookie. Varnish always writes its log records (VSL) to shared memory;
+    nobody reads them here, and that cost is part of its figures."""
+
+    name = "varnish"
+    storage = "256m"
+
+    def configure(self) -> list[str]:
+        if not self.http or self.tls:
+            raise BenchError(f"varnish runs in plain http scenarios only (mode {self.mode!r})")
+        origin = self.ctx.origin.addr
+        vcl = self.dir / "bench.vcl"
+        vcl.write_text(f"""\
+vcl 4.1;
+
+backend origin {{
+    .host = "{origin[0]}";
+    .port = "{origin[1]}";
+}}
+""")
+        vcl.chmod(0o644)     # read by the manager after it drops to the varnish user
+        return [self.ctx.tools["varnishd"], "-F", "-a", f"{self.addr[0]}:{self.addr[1]}",
+                "-f", str(vcl), "-s", f"malloc,{self.storage}", "-p", "thread_pools=1",
+                "-n", str(self.dir / "varnishd"), "-P", str(self.dir / "varnishd.pid")]
+
+    def candidates(self) -> list[psutil.Process]:
+        # the child (cache-main) serves; the manager only watches it
+        return _children(self.service.pid)
+
+
 class LbTarget(Target):
     name = "lb"
     # what a scenario adds to the config (acl_cpu: an ACL and the lists that
@@ -934,8 +977,8 @@ class LbBaseTarget(LbTarget):
         return self.ctx.opts.baseline     # `python -m lb` runs that checkout
 
 
-TARGET_CLASSES = {cls.name: cls for cls in (DirectTarget, HAProxyTarget, NginxTarget, LbTarget,
-                                            LbBaseTarget)}
+TARGET_CLASSES = {cls.name: cls for cls in (DirectTarget, HAProxyTarget, NginxTarget, VarnishTarget,
+                                            LbTarget, LbBaseTarget)}
 
 
 def _unix_exchange(path: Path, request: bytes, lines: int | None = None) -> str:
@@ -1572,35 +1615,44 @@ def load_scenarios() -> dict:
     return {m.NAME: m for m in mods}
 
 
-def best_of(results: dict, metrics: tuple[Metric, ...]) -> dict[str, str]:
-    """{metric: "haproxy" | "nginx"}: the better of BEST_OF on each figure with
+def scenario_best_of(scenario) -> tuple[str, ...]:
+    """The anchors of a scenario's lb/best: its own BEST_OF (cache_hit: nginx
+    and Varnish), else HAProxy and nginx."""
+    return getattr(scenario, "BEST_OF", BEST_OF)
+
+
+def best_of(results: dict, metrics: tuple[Metric, ...],
+            among: tuple[str, ...] = BEST_OF) -> dict[str, str]:
+    """{metric: "haproxy" | "nginx"}: the better of `among` on each figure with
     a direction, when every one of them ran and has it."""
     out = {}
-    runs = [results.get(t) for t in BEST_OF]
+    runs = [results.get(t) for t in among]
     if not all(r and r.get("ok") for r in runs):
         return out
     for m in metrics:
         if not m.better:
             continue
-        values = {t: results[t].get(m.key) for t in BEST_OF}
+        values = {t: results[t].get(m.key) for t in among}
         if not all(_is_number(v) and v > 0 for v in values.values()):
             continue
         pick = max if m.better == "higher" else min
-        out[m.key] = pick(BEST_OF, key=lambda t: values[t])
+        out[m.key] = pick(among, key=lambda t: values[t])
     return out
 
 
-def ratios(results: dict, metrics: tuple[Metric, ...], best: bool = False) -> dict:
+def ratios(results: dict, metrics: tuple[Metric, ...], best: bool = False,
+           among: tuple[str, ...] = BEST_OF) -> dict:
     """{"lb/haproxy": {metric: x}, ...} for metrics with a direction.
 
-    With best, also "lb/best": lb against the better of HAProxy and nginx on
-    each figure (which one it is may differ per figure: see best_of).
+    With best, also "lb/best": lb against the better of `among` (HAProxy and
+    nginx unless the scenario says) on each figure (which one it is may
+    differ per figure: see best_of).
     """
     out = {}
     lb = results.get("lb")
     if not (lb and lb.get("ok")):
         return out
-    best_anchor = best_of(results, metrics) if best else {}
+    best_anchor = best_of(results, metrics, among) if best else {}
     for anchor in ANCHORS:
         if anchor == "best":
             others = {m.key: results[best_anchor[m.key]] for m in metrics if m.key in best_anchor}
@@ -1637,7 +1689,7 @@ def goal_report(scenario, results: dict, rat: dict, spread: dict | None = None) 
     rounds to disagree (the scenarios that have one run one round).
     """
     metrics = {m.key: m for m in scenario.METRICS}
-    anchors = best_of(results, scenario.METRICS)
+    anchors = best_of(results, scenario.METRICS, scenario_best_of(scenario))
     lb = results.get("lb", {})
     out = {}
     for key, target in getattr(scenario, "GOALS", {}).items():
@@ -1680,7 +1732,7 @@ def median_results(rounds: list[dict]) -> dict:
     `errors` counts are summed over rounds. A target that failed in a round
     gets that round's failure instead (with the round in its message).
     """
-    names = [t for t in TARGET_NAMES if any(t in rd["results"] for rd in rounds)]
+    names = [t for t in ALL_TARGETS if any(t in rd["results"] for rd in rounds)]
     out: dict[str, dict] = {}
     for tname in names:
         ran = [(i, rd["results"][tname]) for i, rd in enumerate(rounds) if tname in rd["results"]]
@@ -1781,7 +1833,8 @@ def format_table(name: str, scenario, header: str, results: dict, rat: dict,
 def _format_goals(scenario, results: dict, rat: dict, spread: dict | None) -> list[str]:
     """Which of HAProxy and nginx is "best" on each figure, then lb against the
     scenario's GOALS (when lb ran): those on lb/best, then the Absolute ones."""
-    anchors = best_of(results, scenario.METRICS)
+    among = scenario_best_of(scenario)
+    anchors = best_of(results, scenario.METRICS, among)
     labels = {m.key: m for m in scenario.METRICS}
     goals = goal_report(scenario, results, rat, spread)
     relative = {k: g for k, g in goals.items() if not g.get("absolute")}
@@ -1790,7 +1843,7 @@ def _format_goals(scenario, results: dict, rat: dict, spread: dict | None) -> li
     if anchors:
         picks = ", ".join(f"{labels[k].label} {t} ({_cell(results[t].get(k), labels[k].fmt)})"
                           for k, t in anchors.items())
-        lines.append(f"   best of {' and '.join(BEST_OF)}: {picks}")
+        lines.append(f"   best of {' and '.join(among)}: {picks}")
     if not results.get("lb", {}).get("ok"):
         return lines
     if absolute:
@@ -1872,10 +1925,10 @@ class Context:
 
 
 def run_targets(opts: Options) -> list[str]:
-    """The targets of this run, in TARGET_NAMES order: the --only proxies,
+    """The targets of this run, in ALL_TARGETS order: the --only proxies,
     direct unless --no-direct, lb-base with --baseline."""
     flags = {"direct": opts.direct, BASELINE: opts.baseline is not None}
-    return [t for t in TARGET_NAMES if flags.get(t, t in opts.only)]
+    return [t for t in ALL_TARGETS if flags.get(t, t in opts.only)]
 
 
 def scenario_targets(ctx: Context, scenario) -> list[str]:
@@ -1884,10 +1937,10 @@ def scenario_targets(ctx: Context, scenario) -> list[str]:
 
 def run_scenario(ctx: Context, scenario, order: list[str] | None = None,
                  tag: str | None = None) -> dict:
-    """Each target in `order` (default: TARGET_NAMES order) started, measured, stopped.
+    """Each target in `order` (default: ALL_TARGETS order) started, measured, stopped.
 
     `tag` names the targets' work dirs (<tag>-<target>) and prefixes the log
-    lines; default the scenario name. Results come back in TARGET_NAMES order.
+    lines; default the scenario name. Results come back in ALL_TARGETS order.
     """
     names = order if order is not None else scenario_targets(ctx, scenario)
     tag = tag or scenario.NAME
@@ -1905,7 +1958,7 @@ def run_scenario(ctx: Context, scenario, order: list[str] | None = None,
                               "log_tail": exc.log_tail or target.log_tail()}
         finally:
             target.stop()
-    return {t: results[t] for t in TARGET_NAMES if t in results}
+    return {t: results[t] for t in ALL_TARGETS if t in results}
 
 
 def run_rounds(ctx: Context, scenario) -> list[dict]:
@@ -1929,7 +1982,8 @@ def run_rounds(ctx: Context, scenario) -> list[dict]:
         results = run_scenario(ctx, scenario, order, tag)
         dead |= {t for t, res in results.items() if not res.get("ok")}
         rounds.append({"order": order, "results": results,
-                       "ratios": ratios(results, scenario.METRICS, has_goals(scenario))})
+                       "ratios": ratios(results, scenario.METRICS, has_goals(scenario),
+                                        scenario_best_of(scenario))})
     return rounds
 
 
@@ -1991,6 +2045,8 @@ def run(opts: Options) -> int:
         need.add("haproxy")
     if "nginx" in opts.only and any(scenario_mode(s) == "tcp" for s in remote):
         need.add("nginx-stream")
+    if "varnish" in opts.only and any("varnish" in s.TARGETS for s in remote):
+        need.add("varnishd")
     try:
         tools = ensure_tools(need)
     except BenchError as exc:
@@ -2014,7 +2070,9 @@ def run(opts: Options) -> int:
                     "warmup_s": max(1, round(opts.warmup_s)) if opts.warmup_s > 0 else 0},
             "idle_conns": opts.idle_conns,
             "repeat": opts.repeat,
-            "targets": run_targets(opts),
+            # varnish only when a scenario of the run names it (cache_hit)
+            "targets": [t for t in run_targets(opts)
+                        if t != "varnish" or any("varnish" in s.TARGETS for s in remote)],
             "versions": tool_versions(tools, {t: lb_dirs[t] for t in run_targets(opts) if t in lb_dirs}),
         },
         "scenarios": {},
@@ -2045,13 +2103,13 @@ def run(opts: Options) -> int:
                 continue
             rounds = run_rounds(ctx, scenario)
             results = median_results(rounds)
-            rat = ratios(results, scenario.METRICS, has_goals(scenario))
+            rat = ratios(results, scenario.METRICS, has_goals(scenario), scenario_best_of(scenario))
             spread = ratio_spread(rounds)
             failed |= any(not r["ok"] for r in results.values())
             entry = {"summary": scenario.SUMMARY, "mode": scenario_mode(scenario),
                      "results": results, "ratios": rat, "ratio_spread": spread}
             if has_goals(scenario):
-                entry["best_of"] = best_of(results, scenario.METRICS)
+                entry["best_of"] = best_of(results, scenario.METRICS, scenario_best_of(scenario))
                 entry["goals"] = goal_report(scenario, results, rat, spread)
             report["scenarios"][scenario.NAME] = {**entry, "rounds": rounds}
             if not opts.as_json:

@@ -5,8 +5,10 @@
 #   request step (cache)   GET/HEAD: the key (host and target), a lookup
 #                          without locks; a fresh hit is answered here, its
 #                          body copied from the region into the client's
-#                          buffer (the one copy), the entry's seq checked
-#                          after each copy; one byte range of a stored 200
+#                          buffer (the one copy; a large body on a plain
+#                          socket goes straight from the region to the
+#                          kernel instead: cache_send.pxi), the entry's seq
+#                          checked after each copy; one byte range of a stored 200
 #                          is answered 206 (or 416) from it. Unsafe methods: their target is
 #                          invalidated once the origin answered without error.
 #                          PURGE: from purge_allow addresses only.
@@ -1178,7 +1180,9 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
     """h_exchange, for an answer of the cache: the body into outb, a block at
     a time, each copy checked against the entry's seq; then the exchange
     ends as any other does. A body the entry lost on the way (evicted,
-    purged) is cut: the client sees a short response, never wrong bytes."""
+    purged) is cut: the client sees a short response, never a whole one
+    with wrong bytes (a large body's tail is checked before it is sent:
+    cache_send.pxi)."""
     cdef lb_cache_x *cx = h.cx
     cdef lb_cache_rt *rt
     cdef shm_cache_entry *e
@@ -1189,6 +1193,14 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
         log_term(&h.c, TERM_CLIENT_ABORT)
         h_close(w, h, True)
         return 1
+    if cache_send_direct_ok(h, cx):
+        # a large body goes from the region to the socket (cache_send.pxi);
+        # only its tail comes through outb below
+        progress = cache_send_direct(w, h, cx)
+        if progress < 0:
+            return 1
+        if cx.left > CACHE_SEND_TAIL:
+            return progress
     while cx.left and hb_need(w, &h.outb) and hb_room(&h.outb):
         if h.outb.off + h.outb.len == HBUF_SIZE:
             memmove(h.outb.p, h.outb.p + h.outb.off, h.outb.len)
