@@ -509,3 +509,33 @@ def test_ring_path_slow_reader_bulk_byte_exact_then_half_close(io_uring, backend
     assert not errors
     assert received == len(payload)
     assert got.hexdigest() == expected
+
+
+@pytest.mark.parametrize("io_uring", ["true", "false"])
+def test_backend_reset_mid_exchange_resets_the_client(io_uring, run_lb):
+    """A backend that resets an established connection: lb's failed call (a
+    result of the ring's round, or a direct recv) resets the client too."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    got = []
+
+    def backend():
+        conn, _ = srv.accept()
+        with conn:
+            got.append(conn.recv(5))
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+
+    t = threading.Thread(target=backend)
+    t.start()
+    port = free_port()
+    run_lb(lb_config(port, [(f"127.0.0.1:{srv.getsockname()[1]}", "r", 100)],
+                     global_extra=f"io_uring = {io_uring}"))
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"hello")
+            with pytest.raises(ConnectionResetError):
+                while s.recv(100):
+                    pass
+    finally:
+        t.join()
+        srv.close()
+    assert got == [b"hello"]
