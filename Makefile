@@ -12,8 +12,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # varnish, the second anchor of the cache benchmark (bench cache_hit).
 APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepalived bird2 iproute2 nghttp2-client prometheus chromium varnish
 # What building the compiled data path needs beyond a compiler: the headers of
-# OpenSSL (TLS), libnghttp2 (HTTP/2) and libxcrypt (htpasswd hashes).
-BUILD_DEPS := libssl-dev libnghttp2-dev libcrypt-dev
+# OpenSSL (TLS), libnghttp2 (HTTP/2), libxcrypt (htpasswd hashes) and liburing
+# (tcp forwarding's batched calls, lb/fastpath/uring.pxi).
+BUILD_DEPS := libssl-dev libnghttp2-dev libcrypt-dev liburing-dev
 
 .PHONY: install build-deps demo test test-deps bench debug clean deb rpm deb-deps rpm-deps asan-test fuzz fuzz-deps cache-conformance
 
@@ -116,8 +117,8 @@ clean:
 # and the Debian source package, or the .rpm and .src.rpm, land in dist/.
 # Debian's own tools build them; Cython 3 for the tarball's generated C comes
 # from $(PYTHON) (pip-installed there if missing).
-DEB_BUILD_DEPS := build-essential dpkg-dev debhelper dh-python libssl-dev libnghttp2-dev libcrypt-dev python3-all-dev python3-click python3-setuptools
-RPM_BUILD_DEPS := rpm gcc libssl-dev libnghttp2-dev libcrypt-dev python3-dev python3-click python3-setuptools
+DEB_BUILD_DEPS := build-essential dpkg-dev debhelper dh-python libssl-dev libnghttp2-dev libcrypt-dev liburing-dev python3-all-dev python3-click python3-setuptools
+RPM_BUILD_DEPS := rpm gcc libssl-dev libnghttp2-dev libcrypt-dev liburing-dev python3-dev python3-click python3-setuptools
 
 # apt-get install, unless every package named is installed already
 apt_ensure = [ "$$(dpkg-query -W -f='$${db:Status-Abbrev}\n' $(1) 2>/dev/null | grep -c '^ii')" = "$(words $(1))" ] || \

@@ -112,8 +112,9 @@ setup(
             extra_link_args=LDFLAGS,
             # TLS (lb/fastpath/tls.pxi): OpenSSL 3, libssl-dev to build; HTTP/2
             # (lb/fastpath/h2.pxi): libnghttp2, libnghttp2-dev to build; htpasswd
-            # hashes (lb/fastpath/auth_basic.pxi): libxcrypt, libcrypt-dev to build
-            libraries=["ssl", "crypto", "nghttp2", "crypt"],
+            # hashes (lb/fastpath/auth_basic.pxi): libxcrypt, libcrypt-dev to build;
+            # tcp forwarding's batched calls (lb/fastpath/uring.pxi): liburing, liburing-dev
+            libraries=["ssl", "crypto", "nghttp2", "crypt", "uring"],
             depends=["lb/_fastpath.pxd"],
         )
     ],

@@ -880,6 +880,7 @@ cdef struct lb_worker:
     int64_t skm_n                    # pairs in the maps now
     uint64_t skm_check_ms            # the next memory check of those pairs
     int64_t skm_cursor               # ... starting at this pair (fastpath/sockmap.pxi, skm_check_all)
+    void *ring                       # the io_uring that batches a turn's recv and send calls (fastpath/uring.pxi); NULL: one syscall each
 
 
 # Selection hooks, one set per algorithm (HAProxy's struct lb_ops). pick returns a

@@ -84,7 +84,7 @@ def child_main(sup, gen, slot, row: int, keep: list[int]) -> int:
                         list(config.pools.values()), splice=config.global_.splice, fd_limit=soft - fds_open,
                         drain_timeout=config.global_.drain_timeout, tls=gen.tls,
                         listener_names=list(config.listeners), auths=list(config.auth.values()),
-                        max_connections=config.global_.max_connections,
+                        max_connections=config.global_.max_connections, io_uring=config.global_.io_uring,
                         caches=[(gen.caches[name], cache) for name, cache in config.caches.items()])
         worker.run()
         return 0

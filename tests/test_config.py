@@ -67,6 +67,7 @@ splice = "never"
 max_worker_rss = "512MiB"
 log_ring = 4096
 max_connections = 20000
+io_uring = false
 
   [global.tls]
   tickets = false
@@ -353,6 +354,7 @@ def test_full_config_loads_every_key():
     assert (g.user, g.group, g.drain_timeout, g.splice) == ("www", "www-data", 90.0, "never")
     assert g.max_worker_rss == 512 << 20
     assert g.max_connections == 20000
+    assert g.io_uring is False
     assert (g.tls.enabled, g.tls.keys_file, g.tls.rotate) == (False, str(TLS_DIR / "tickets"), 1800.0)
     assert (g.tls.keys, g.tls.current) == (tuple(TICKET_KEYS[1:]), 1)
     assert g.worker_count() == 4
@@ -608,6 +610,7 @@ def test_defaults():
     web = cfg.listeners["web"]
     assert (web.accept_proxy, web.routes, web.idle_timeout, web.backlog) == (False, (), 600.0, 4096)
     assert web.max_connections == 0 and cfg.global_.max_connections == 0
+    assert cfg.global_.io_uring is True
     pool = cfg.pools["app"]
     assert (pool.algorithm, pool.hash_key, pool.balance_factor, pool.table_size) == (
         "roundrobin",
@@ -718,6 +721,7 @@ BAD = [
     (_cfg(tail='[global]\ndrain_timeout = "30"'), "global.drain_timeout", "invalid duration"),
     (_cfg(tail="[global]\ndrain_timeout = 30"), "global.drain_timeout", "durations are strings"),
     (_cfg(tail='[global]\nsplice = "sometimes"'), "global.splice", "auto, always, never"),
+    (_cfg(tail='[global]\nio_uring = "yes"'), "global.io_uring", "boolean"),
     # listeners: bind
     (_without(_cfg(), 'bind = ["127.0.0.1:8080"]\n'), "listeners.web.bind", "missing"),
     (_cfg().replace('["127.0.0.1:8080"]', "[]"), "listeners.web.bind", "at least one"),

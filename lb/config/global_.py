@@ -16,7 +16,7 @@ SPLICE_MODES = ("auto", "always", "never")
 
 NAMED = False
 KEYS = ("workers", "admin_socket", "state_file", "user", "group", "drain_timeout", "splice", "max_worker_rss", "tls",
-        "log_ring", "max_connections", "metrics")
+        "log_ring", "max_connections", "metrics", "io_uring")
 METRICS_KEYS = ("bind", "backend_histograms")
 # lb_backend_*_duration_seconds: which histograms each backend exports. A
 # histogram is 17 series a backend; the response one is the contract's.
@@ -46,6 +46,9 @@ class GlobalSettings:
     # /stats.json (lb/metrics.py); None: nowhere
     metrics_bind: BindAddr | None = None
     metrics_backend_histograms: tuple[str, ...] = ("response",)
+    # tcp forwarding submits a turn's recv and send calls through io_uring
+    # (lb/fastpath/uring.pxi) when the kernel allows it; False: one syscall each
+    io_uring: bool = True
     # Whether user or group is written in the file. When started as root, a
     # missing account is an error if it was named, and only a warning (lb keeps
     # running as root) for the default "lb" the packages create.
@@ -85,6 +88,7 @@ def parse(t: Table, ctx: Context) -> GlobalSettings:
         max_connections=t.integer("max_connections", 0, 0, MAX_CONNECTIONS),
         metrics_bind=_metrics_bind(t.table("metrics", METRICS_KEYS)),
         metrics_backend_histograms=_backend_histograms(t.table("metrics", METRICS_KEYS)),
+        io_uring=t.boolean("io_uring", True),
         account_explicit=t.has("user") or t.has("group"),
     )
 

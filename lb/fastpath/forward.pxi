@@ -14,6 +14,9 @@
 # beats splice, which needs the same two calls plus a pipe; from 1 MiB responses
 # on, splice with a 256 KiB pipe moves more bytes per call and per copy.)
 #
+# With global.io_uring the same calls of a whole turn are submitted together, in
+# rounds (uring.pxi); the bookkeeping of their results is this file's.
+#
 # A buffer or pipe is held only while bytes are in flight; both go back to the
 # worker's pools the moment they are empty, so an idle connection holds neither.
 

@@ -102,7 +102,8 @@ cdef void on_conn_event(lb_worker *w, lb_conn *c, int side, uint32_t events) noe
         else:
             conn_tls_step(w, c)
         return
-    conn_prefill(w, c)
+    if not uring_eligible(w, c):
+        conn_prefill(w, c)           # (with the ring, the turn's first round reads)
     if c.state == CS_ESTABLISHED:
         conn_queue(w, c)
 
@@ -202,6 +203,8 @@ cdef int next_timeout(lb_worker *w) noexcept nogil:
 cdef void pending_run(lb_worker *w) noexcept nogil:
     cdef lb_conn *c = w.pending
     cdef lb_conn *n
+    cdef lb_conn *batch = NULL       # the tcp pairs whose calls go through the ring (uring.pxi)
+    cdef lb_conn *batch_tail = NULL
     w.pending = NULL
     w.pending_tail = NULL
     while c != NULL:
@@ -211,9 +214,18 @@ cdef void pending_run(lb_worker *w) noexcept nogil:
             h_run(w, <lb_hconn *>c)
         elif c.kind == KIND_H2B:
             h2b_run(w, <lb_h2b *>c)
+        elif uring_eligible(w, c):
+            c.pending_next = NULL
+            if batch_tail != NULL:
+                batch_tail.pending_next = c
+            else:
+                batch = c
+            batch_tail = c
         else:
             conn_pump(w, c)
         c = n
+    if batch != NULL:
+        uring_pump(w, batch)
 
 
 cdef int worker_loop(lb_worker *w) noexcept nogil:
@@ -344,6 +356,7 @@ cdef class Worker:
     cdef Shm shm
     cdef dict tls                    # the TlsServers its listeners point into
     cdef list caches                 # the CacheShms its caches point into
+    cdef bint io_uring               # global.io_uring: tcp forwarding may batch its calls (uring.pxi)
 
     def __cinit__(self):
         memset(&self.w, 0, sizeof(lb_worker))
@@ -355,12 +368,13 @@ cdef class Worker:
 
     def __init__(self, Shm shm, uint32_t row, listeners, pools, str splice="auto",
                  int64_t fd_limit=1024, double drain_timeout=30.0, tls=None, listener_names=None, auths=(),
-                 int64_t max_connections=0, caches=()):
+                 int64_t max_connections=0, caches=(), bint io_uring=True):
         cdef lb_pool_rt *p
         cdef lb_listener_rt *l
         if len(pools) != shm.hdr.n_pools:
             raise ValueError("one pool setting per shared-memory pool is needed")
         self.shm = shm
+        self.io_uring = io_uring
         self.tls = tls or {"listeners": {}, "pools": {}}
         w = &self.w
         worker_attach(w, shm, row, int.from_bytes(_os.urandom(8), "little"))
@@ -469,8 +483,14 @@ cdef class Worker:
         lb_store_u64(&w.stats.pid, getpid())
         lb_store_u64(&w.stats.stopping, 0)
         listeners_sync(w)
+        for i in range(w.n_listeners if self.io_uring else 0):
+            if w.listeners[i].http == NULL and not w.listeners[i].sockmap:
+                w.ring = uring_open()        # (NULL when refused: forward.pxi's calls)
+                break
         with nogil:
             rc = worker_loop(w)
+        uring_close(w.ring)
+        w.ring = NULL
         if rc != 0:
             raise OSError(errno, "epoll_wait")
         return rc
