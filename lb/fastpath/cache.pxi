@@ -1808,7 +1808,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
                 h.cx = NULL
         elif note == CN_STALE and not (stale_seq & 1):
             # stale-while-revalidate: answered stale, refreshed in the background
-            st = cache_swr(w, h, b, r, rt, idx, stale_seq, key, n, host_len, hash, auth, now_ms, max_age, min_fresh)
+            st = cache_swr(w, h, b, r, rt, idx, stale_seq, key, n, 0, hash, auth, now_ms, max_age, min_fresh)
             if st != -1:
                 return st
         if (note == CN_URI_MISS or note == CN_VARY_MISS) and rt.disk != NULL:
