@@ -149,6 +149,7 @@ def start_peer(name, d, port, origin, repo):
     if name == "nginx":
         for sub in ("nginx-body", "nginx-tmp", "nginx-fcgi", "nginx-uwsgi", "nginx-scgi", "nginx-cache"):
             os.makedirs(os.path.join(d, sub), exist_ok=True)
+            os.chmod(os.path.join(d, sub), 0o777)
         conf = os.path.join(d, "nginx.conf")
         with open(conf, "w") as f:
             f.write(NGINX_CONF % dict(dir=d, port=port, origin=origin))
@@ -180,6 +181,7 @@ def main():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     d = os.path.abspath(args.out or tempfile.mkdtemp(prefix="lb-cache-conformance-"))
     os.makedirs(d, exist_ok=True)
+    os.chmod(d, 0o755)               # nginx's workers and Varnish's child drop root: they read (and write) here
     origin = free_port()
     env = dict(os.environ, npm_config_port=str(origin), npm_config_protocol="http",
                npm_config_pidfile=os.path.join(d, "server.pid"))
