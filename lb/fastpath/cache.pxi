@@ -1615,38 +1615,60 @@ cdef enum:
     CACHE_PASS_MS = 10000
 
 
+cdef enum:
+    # a key's claim goes in the first free slot of the CACHE_FILL_PROBES
+    # after its hash's: with one slot per hash, two keys in flight at once
+    # whose hashes met would keep the second from being collapsed or
+    # refreshed in the background (stale-while-revalidate) until the first
+    # was done
+    CACHE_FILL_PROBES = 8
+
+
 cdef int cache_claim(lb_cache_rt *rt, uint64_t hash, int64_t now_ms) noexcept nogil:
-    cdef shm_cache_fill *f = &rt.fills[hash & (CACHE_FILLS - 1)]
-    cdef uint64_t cur = lb_load_u64(&f.hash)
-    cdef int64_t until = lb_load_i64(&f.until_ms)
-    if cur == hash and until > now_ms:
-        return CLAIM_NONE if lb_load_u32(&f.pass_) else CLAIM_WAIT
-    if cur != 0 and cur != hash and until > now_ms:
-        return CLAIM_NONE
-    if not lb_cas_u64(&f.hash, &cur, hash):
+    cdef uint32_t base = <uint32_t>(hash & (CACHE_FILLS - 1)), k
+    cdef shm_cache_fill *f
+    cdef shm_cache_fill *slot = NULL
+    cdef uint64_t cur, slot_cur = 0
+    cdef int64_t until
+    for k in range(CACHE_FILL_PROBES):
+        f = &rt.fills[(base + k) & (CACHE_FILLS - 1)]
+        cur = lb_load_u64(&f.hash)
+        until = lb_load_i64(&f.until_ms)
+        if cur == hash and until > now_ms:
+            return CLAIM_NONE if lb_load_u32(&f.pass_) else CLAIM_WAIT
+        if slot == NULL and (cur == 0 or until <= now_ms):
+            slot = f
+            slot_cur = cur
+    if slot == NULL:
+        return CLAIM_NONE            # every slot of its window is another key's, under way
+    if not lb_cas_u64(&slot.hash, &slot_cur, hash):
         return CLAIM_NONE            # someone else's, just now
-    lb_store_u32(&f.pid, rt.pid)
-    lb_store_u32(&f.pass_, 0)
-    lb_store_i64(&f.until_ms, now_ms + CACHE_FILL_CLAIM_MS)
+    lb_store_u32(&slot.pid, rt.pid)
+    lb_store_u32(&slot.pass_, 0)
+    lb_store_i64(&slot.until_ms, now_ms + CACHE_FILL_CLAIM_MS)
     return CLAIM_MINE
 
 
 cdef void cache_unclaim(lb_cache_rt *rt, lb_cache_x *cx, bint pass_) noexcept nogil:
     """The fetch is over: published (the waiters find it), or not storable
     (pass_: the next misses do not wait), or given up."""
-    cdef shm_cache_fill *f = &rt.fills[cx.hash & (CACHE_FILLS - 1)]
+    cdef uint32_t base = <uint32_t>(cx.hash & (CACHE_FILLS - 1)), k
+    cdef shm_cache_fill *f
     cdef int64_t now_ms
     if not cx.claimed:
         return
     cx.claimed = 0
-    if lb_load_u64(&f.hash) != cx.hash or lb_load_u32(&f.pid) != rt.pid:
+    for k in range(CACHE_FILL_PROBES):
+        f = &rt.fills[(base + k) & (CACHE_FILLS - 1)]
+        if lb_load_u64(&f.hash) != cx.hash or lb_load_u32(&f.pid) != rt.pid:
+            continue
+        if pass_:
+            clock_now_ms(&now_ms)
+            lb_store_u32(&f.pass_, 1)
+            lb_store_i64(&f.until_ms, now_ms + CACHE_PASS_MS)
+        else:
+            lb_store_u64(&f.hash, 0)
         return
-    if pass_:
-        clock_now_ms(&now_ms)
-        lb_store_u32(&f.pass_, 1)
-        lb_store_i64(&f.until_ms, now_ms + CACHE_PASS_MS)
-    else:
-        lb_store_u64(&f.hash, 0)
 
 
 cdef void cache_waits_sweep(lb_worker *w) noexcept nogil:
