@@ -1136,6 +1136,7 @@ cdef struct lb_hconn:                # the client side of an http session
     int32_t mirror                   # the request is copied to this mirror's pool when it is sent (-1: not)
     http_scan rq_scan                # the request head, then its chunk lines and trailers, still incomplete in inb
     http_scan rs_scan                # the response's chunk lines and trailers still incomplete
+    uint8_t sink                     # the client left during a response its cache fill stores for others: read on, without it (h_sink)
 
 
 cdef struct lb_auth_cache:            # a success of HTTP Basic (fastpath/auth_basic.pxi)

@@ -63,8 +63,35 @@ cdef inline void h_exchange_end(lb_worker *w, lb_hconn *h) noexcept nogil:
         log_exchange_reset(&h.c)     # (its staging record stays until its answer is written)
 
 
+cdef bint h_sink(lb_worker *w, lb_hconn *h) noexcept nogil:
+    """The client left in the middle of a response that its cache fill
+    stores and that other requests (on any worker) wait for, its key
+    claimed: rather than drop the fill with the client, close the client's
+    side only and read the response on to its end, storing it and throwing
+    away what was for the client (then h_finish, h_closing close the rest).
+    The response timer still bounds the backend. False: close as usual."""
+    if (h.sink or h.h2role != 0 or h.st != HS_EXCH or h.b == NULL or h.cx == NULL or not h.cx.claimed
+            or not h.cx.filling or w.stopping
+            or not (h.rs_state == RS_BODY_CL or h.rs_state == RS_BODY_CHUNKED or h.rs_state == RS_BODY_EOF)
+            or not (h.c.lg.term == TERM_CLIENT_ABORT
+                    or (h.c.lg.term == TERM_OK and (h.hflags & (HF_EOF | HF_ERR))))):
+        return False
+    h.sink = 1
+    h.c.lg.term = TERM_CLIENT_ABORT
+    if h.c.sk[SIDE_CLIENT].fd >= 0:
+        sock_close(&h.c.sk[SIDE_CLIENT], True)
+        w.fds -= 1
+    tl_remove(&h.tidle)              # no client to be idle: the response timer watches the backend
+    h.client_ka = 0
+    h.hflags = (h.hflags & ~(HF_EOF | HF_ERR | HF_READABLE)) | HF_WRITABLE
+    hb_drop(w, &h.outb, h.outb.len)
+    return True
+
+
 cdef void h_close(lb_worker *w, lb_hconn *h, bint reset) noexcept nogil:
     if h.c.state == CS_CLOSED or h.c.state == CS_FREE:
+        return
+    if h_sink(w, h):
         return
     if h.in_exchange and h.c.lg.term == TERM_OK:
         # whoever closed it without saying why: the client left, or lb stopped
@@ -107,6 +134,9 @@ cdef void h_closing(lb_worker *w, lb_hconn *h) noexcept nogil:
     """Send what is queued for the client, then close: no more requests.
     Sending it takes a slow client as long as it takes: the idle timer
     watches that, and the linger time starts once it is all written."""
+    if h.sink:
+        h_close(w, h, False)         # the fill is stored; the client is long gone
+        return
     tl_remove(&h.tphase)
     tl_remove(&h.tresp)
     hb_give(w, &h.upb)
@@ -423,7 +453,8 @@ cdef void h_finish(lb_worker *w, lb_hconn *h) noexcept nogil:
     the next request (or close, when either side asked for it)."""
     cdef lb_bconn *b = h.b
     cdef lb_http_listener *hl = h.hl
-    h.c.lg.term = TERM_OK            # whole: whatever failed on the way was made good
+    # whole: whatever failed on the way was made good (but for a client that left)
+    h.c.lg.term = TERM_CLIENT_ABORT if h.sink else TERM_OK
     h.c.lg.bytes_out += h.outb.len   # on its way to the client
     h_exchange_end(w, h)             # while the backend it used is still known
     log_rec_give(w, h)

@@ -183,6 +183,9 @@ cdef int h_flush_out(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef ssize_t n
     if h.outb.len == 0 or not (h.hflags & HF_WRITABLE):
         return 0
+    if h.sink:
+        hb_drop(w, &h.outb, h.outb.len)   # the client left (h_sink): only the cache takes the response
+        return 1
     n = h.c.sk[SIDE_CLIENT].xp.send(&h.c.sk[SIDE_CLIENT], h.outb.p + h.outb.off, h.outb.len)
     if n < 0:
         if n != XPRT_ERROR:
