@@ -179,13 +179,17 @@ class LbProcess:
             except (OSError, ValueError):
                 return None
 
-        self.shm = wait_for(attached, 10, "lb's shared memory")
-        self.n_workers = self.shm.n_rows // 2
         try:
+            self.shm = wait_for(attached, 10, "lb's shared memory")
+            self.n_workers = self.shm.n_rows // 2
             wait_for(self.all_workers_running, 10, "lb workers to start")
         except AssertionError as e:
-            # the supervisor's log says which worker failed or what it waited on
-            raise AssertionError(f"{e}\nlb log:\n{self.log()}") from None
+            # not handed to the fixture, so stopped here: a slow start must not
+            # leave lb running after its test; the supervisor's log says which
+            # worker failed or what it waited on
+            text = self.log()
+            self.stop(signal.SIGTERM, 10)
+            raise AssertionError(f"{e}\nlb log:\n{text}") from None
 
     def worker_pid(self, row: int) -> int:
         return self.shm.worker_stats(row)["pid"]
