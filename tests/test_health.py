@@ -536,6 +536,8 @@ def test_killed_checker_is_respawned_without_losing_state(backends, run_lb):
     backends("b", hello=True, port=b.port)
     wait_health(lb, 1, "up", 6)
     assert mono_ms() >= before["eject_until_ms"]
+    # the line is logged after the change is published
+    wait_for(lambda: len(health_changes(lb)) > lines_before, 5, "the up line")
     assert [c[2:5] for c in health_changes(lb)][lines_before:] == [("b", "down", "up")]
     wait_for(lambda: "b" in {hello_name(port) for _ in range(4)}, 3, "traffic to b again")
 
