@@ -402,45 +402,44 @@ def _caches(text: Text, gen) -> None:
     if not caches:
         return
     stats = {name: region.stats() for name, region in caches.items()}
-    name = text.family("lb_cache_requests_total", "counter",
-                       "Requests of a cache's listeners and routes by result (hit; miss, stale: forwarded; "
-                       "bypass: not looked up)")
-    for cache, st in stats.items():
-        for result in ("hit", "miss", "stale", "bypass"):
-            text.line(name, _labels(cache=cache, result=result), st[result])
-    name = text.family("lb_cache_stores_total", "counter",
-                       "Responses a cache stored, and objects it evicted, invalidated (unsafe methods) or purged; "
-                       "stale objects revalidated (304) or served because the origin failed; requests that "
-                       "waited for another's fetch (collapsed); background refreshes (stale-while-revalidate) done "
-                       "(refreshed) or failed (refresh_failed)")
-    for cache, st in stats.items():
-        for event in ("stored", "not_stored", "store_failed", "evicted", "invalidated", "purged", "revalidated",
-                      "stale_served", "collapsed", "refreshed", "refresh_failed"):
-            text.line(name, _labels(cache=cache, event=event), st[event])
-    name = text.family("lb_cache_bytes", "gauge", "Bytes a cache holds (keys, heads and bodies)")
-    for cache, st in stats.items():
-        text.line(name, _labels(cache=cache), st["bytes"])
-    name = text.family("lb_cache_capacity_bytes", "gauge", "Bytes of object blocks a cache has (its size bound)")
-    for cache, st in stats.items():
-        text.line(name, _labels(cache=cache), st["capacity"])
-    name = text.family("lb_cache_objects", "gauge", "Objects a cache holds")
-    for cache, st in stats.items():
-        text.line(name, _labels(cache=cache), st["objects"])
+    _per_cache(text, stats, "lb_cache_requests_total", "counter",
+               "Requests of a cache's listeners and routes by result (hit; miss, stale: forwarded; "
+               "bypass: not looked up)", by=("result", ("hit", "miss", "stale", "bypass")))
+    _per_cache(text, stats, "lb_cache_stores_total", "counter",
+               "Responses a cache stored, and objects it evicted, invalidated (unsafe methods) or purged; "
+               "stale objects revalidated (304) or served because the origin failed; requests that "
+               "waited for another's fetch (collapsed); background refreshes (stale-while-revalidate) done "
+               "(refreshed) or failed (refresh_failed)",
+               by=("event", ("stored", "not_stored", "store_failed", "evicted", "invalidated", "purged",
+                             "revalidated", "stale_served", "collapsed", "refreshed", "refresh_failed")))
+    _per_cache(text, stats, "lb_cache_bytes", "gauge", "Bytes a cache holds (keys, heads and bodies)", "bytes")
+    _per_cache(text, stats, "lb_cache_capacity_bytes", "gauge", "Bytes of object blocks a cache has (its size bound)",
+               "capacity")
+    _per_cache(text, stats, "lb_cache_objects", "gauge", "Objects a cache holds", "objects")
     disks = {name: region.disk.stats() for name, region in caches.items() if region.disk is not None}
     if not disks:
         return
-    name = text.family("lb_cache_disk_events_total", "counter",
-                       "A cache's disk tier: hits (answered from it, and promoted to memory), objects demoted "
-                       "to it from memory, evicted from it, dropped (a bad checksum)")
-    for cache, st in disks.items():
-        for event in ("hit", "demoted", "evicted", "dropped"):
-            text.line(name, _labels(cache=cache, event=event), st[event])
-    name = text.family("lb_cache_disk_bytes", "gauge", "Bytes a cache's disk tier holds")
-    for cache, st in disks.items():
-        text.line(name, _labels(cache=cache), st["bytes"])
-    name = text.family("lb_cache_disk_objects", "gauge", "Objects a cache's disk tier holds")
-    for cache, st in disks.items():
-        text.line(name, _labels(cache=cache), st["objects"])
+    _per_cache(text, disks, "lb_cache_disk_events_total", "counter",
+               "A cache's disk tier: hits (answered from it, and promoted to memory), objects demoted "
+               "to it from memory, evicted from it, dropped (a bad checksum)",
+               by=("event", ("hit", "demoted", "evicted", "dropped")))
+    _per_cache(text, disks, "lb_cache_disk_bytes", "gauge", "Bytes a cache's disk tier holds", "bytes")
+    _per_cache(text, disks, "lb_cache_disk_objects", "gauge", "Objects a cache's disk tier holds", "objects")
+
+
+def _per_cache(text: Text, stats: dict, name: str, kind: str, help: str, stat: str = "",
+               by: tuple[str, tuple[str, ...]] | None = None) -> None:
+    """One family over every cache's stats: the stat `stat` a line per cache,
+    or with by = (label, values), a line per cache and value (each value
+    names its own stat)."""
+    name = text.family(name, kind, help)
+    for cache, st in stats.items():
+        if by is None:
+            text.line(name, _labels(cache=cache), st[stat])
+            continue
+        label, values = by
+        for value in values:
+            text.line(name, _labels(cache=cache, **{label: value}), st[value])
 
 
 def _acl_rules(text: Text, gen) -> None:
