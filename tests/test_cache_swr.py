@@ -53,13 +53,25 @@ def stale(seconds=1.1):
     time.sleep(seconds)  # what is tested is the clock itself: the entry goes stale
 
 
+def stale_behind(origin, lb_cache, path: str, held: Held, stale_after: float = 1.1, **lb_options):
+    """An lb whose cache holds `path`'s version one, gone stale; the origin
+    answers it with `held`."""
+    origin.routes[path] = held
+    lb = lb_cache(**lb_options)
+    assert get(lb.port, path)[2] == b"version one"
+    stale(stale_after)
+    return lb
+
+
+def refreshes(lb, what: str = "refreshed", n: int = 1) -> None:
+    """Wait until the background refreshes counted as `what` reach n."""
+    wait_for(lambda: counts(lb)[what] == n, 10, f"{n} background refresh(es) {what}")
+
+
 @pytest.mark.parametrize("field", ["Cache-Control", "CDN-Cache-Control"])
 def test_a_stale_hit_is_answered_while_the_origin_holds_the_refresh(origin, lb_cache, field):
     held = Held(field)
-    origin.routes["/swr"] = held
-    lb = lb_cache()
-    assert get(lb.port, "/swr")[2] == b"version one"
-    stale()
+    lb = stale_behind(origin, lb_cache, "/swr", held)
     # the origin holds the refresh: were the client waiting for it, this would
     # not return before the test released it
     status, h, body = get(lb.port, "/swr")
@@ -72,7 +84,7 @@ def test_a_stale_hit_is_answered_while_the_origin_holds_the_refresh(origin, lb_c
     # still held: the next stale hit is answered too, and starts no second refresh
     assert get(lb.port, "/swr")[2] == b"version one"
     held.release.set()
-    wait_for(lambda: counts(lb)["refreshed"] == 1, 10, "the background refresh")
+    refreshes(lb)
     status, h, body = get(lb.port, "/swr")
     assert (status, body, h["x-version"]) == (200, b"version two", "2")
     assert ttl(h) > 0
@@ -82,13 +94,10 @@ def test_a_stale_hit_is_answered_while_the_origin_holds_the_refresh(origin, lb_c
 def test_a_304_to_the_refresh_freshens_the_stored_headers(origin, lb_cache):
     held = Held()
     held.refresh = (304, [("Cache-Control", "max-age=60"), ("ETag", '"v1"'), ("X-Version", "1b")], b"")
-    origin.routes["/swr304"] = held
-    lb = lb_cache()
-    get(lb.port, "/swr304")
-    stale()
+    lb = stale_behind(origin, lb_cache, "/swr304", held)
     held.release.set()
     assert get(lb.port, "/swr304")[2] == b"version one"
-    wait_for(lambda: counts(lb)["refreshed"] == 1, 10, "the background refresh")
+    refreshes(lb)
     status, h, body = get(lb.port, "/swr304")
     assert (status, body, h["x-version"]) == (200, b"version one", "1b")
     assert ttl(h) > 0
@@ -98,11 +107,8 @@ def test_a_304_to_the_refresh_freshens_the_stored_headers(origin, lb_cache):
 
 def test_concurrent_stale_hits_on_two_workers_send_one_refresh(origin, lb_cache):
     held = Held()
-    origin.routes["/many"] = held
-    lb = lb_cache(workers=2)
-    get(lb.port, "/many")
-    # the first response was stored by one worker: both serve it from the region
-    stale()
+    # the first response is stored by one worker: both serve it from the region
+    lb = stale_behind(origin, lb_cache, "/many", held, workers=2)
     results = []
     lock = threading.Lock()
 
@@ -120,22 +126,19 @@ def test_concurrent_stale_hits_on_two_workers_send_one_refresh(origin, lb_cache)
     assert held.arrived.wait(10)
     assert origin.count("/many") == 2                  # the first fetch and one refresh
     held.release.set()
-    wait_for(lambda: counts(lb)["refreshed"] == 1, 10, "the background refresh")
+    refreshes(lb)
     assert all(get(lb.port, "/many")[2] == b"version two" for _ in range(6))
     assert origin.count("/many") == 2
 
 
 def test_the_refresh_survives_the_client_going_away(origin, lb_cache):
     held = Held()
-    origin.routes["/gone"] = held
-    lb = lb_cache()
-    get(lb.port, "/gone")
-    stale()
+    lb = stale_behind(origin, lb_cache, "/gone", held)
     with socket.create_connection(("127.0.0.1", lb.port), timeout=10) as s:
         s.sendall(b"GET /gone HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % lb.port)
     assert held.arrived.wait(10)
     held.release.set()
-    wait_for(lambda: counts(lb)["refreshed"] == 1, 10, "the background refresh")
+    refreshes(lb)
     assert get(lb.port, "/gone")[2] == b"version two"
 
 
@@ -143,12 +146,9 @@ def test_a_failing_refresh_leaves_the_stale_entry_usable_and_is_counted(origin, 
     held = Held()
     held.refresh = (503, [], b"origin trouble")
     held.release.set()
-    origin.routes["/fail"] = held
-    lb = lb_cache()
-    get(lb.port, "/fail")
-    stale()
+    lb = stale_behind(origin, lb_cache, "/fail", held)
     assert get(lb.port, "/fail")[2] == b"version one"
-    wait_for(lambda: counts(lb)["refresh_failed"] == 1, 10, "the failed refresh")
+    refreshes(lb, "refresh_failed")
     status, h, body = get(lb.port, "/fail")
     assert (status, body) == (200, b"version one") and ttl(h) <= 0
     # an origin in trouble is not asked again at every stale hit
@@ -161,10 +161,7 @@ def test_a_failing_refresh_leaves_the_stale_entry_usable_and_is_counted(origin, 
 def test_entries_that_must_be_revalidated_are_not_served_stale(origin, lb_cache, directives):
     held = Held(directives=directives)
     held.release.set()
-    origin.routes["/strict"] = held
-    lb = lb_cache()
-    get(lb.port, "/strict")
-    stale()
+    lb = stale_behind(origin, lb_cache, "/strict", held)
     status, h, body = get(lb.port, "/strict")       # revalidated in the foreground: the new answer
     assert (status, body) == (200, b"version two")
     assert h["cache-status"].startswith("lb; fwd=stale")
@@ -175,10 +172,7 @@ def test_entries_that_must_be_revalidated_are_not_served_stale(origin, lb_cache,
 def test_a_request_that_wants_it_fresh_is_not_answered_stale(origin, lb_cache, request_cc):
     held = Held()
     held.release.set()
-    origin.routes["/fresh"] = held
-    lb = lb_cache()
-    get(lb.port, "/fresh")
-    stale()
+    lb = stale_behind(origin, lb_cache, "/fresh", held)
     status, h, body = get(lb.port, "/fresh", headers={"Cache-Control": request_cc})
     assert (status, body) == (200, b"version two")
     assert counts(lb)["refreshed"] == 0
@@ -187,10 +181,7 @@ def test_a_request_that_wants_it_fresh_is_not_answered_stale(origin, lb_cache, r
 def test_outside_the_window_the_entry_is_revalidated_in_the_foreground(origin, lb_cache):
     held = Held(directives="max-age=1, stale-while-revalidate=1")
     held.release.set()
-    origin.routes["/late"] = held
-    lb = lb_cache()
-    get(lb.port, "/late")
-    stale(2.1)                                       # past max-age and the window
+    lb = stale_behind(origin, lb_cache, "/late", held, stale_after=2.1)   # past max-age and the window
     status, h, body = get(lb.port, "/late")
     assert (status, body) == (200, b"version two")
     assert h["cache-status"].startswith("lb; fwd=stale")
@@ -200,17 +191,14 @@ def test_outside_the_window_the_entry_is_revalidated_in_the_foreground(origin, l
 
 def test_a_stale_head_is_answered_and_its_refresh_is_a_get(origin, lb_cache):
     held = Held()
-    origin.routes["/head"] = held
-    lb = lb_cache()
-    get(lb.port, "/head")
-    stale()
+    lb = stale_behind(origin, lb_cache, "/head", held)
     status, h, body = get(lb.port, "/head", method="HEAD")
     assert (status, body, h["content-length"]) == (200, b"", "11") and ttl(h) <= 0
     assert held.arrived.wait(10)
     method, target, sent = origin.requests[-1]
     assert (method, sent["if-none-match"]) == ("GET", ['"v1"'])
     held.release.set()
-    wait_for(lambda: counts(lb)["refreshed"] == 1, 10, "the background refresh")
+    refreshes(lb)
     assert get(lb.port, "/head")[2] == b"version two"
 
 
@@ -218,12 +206,9 @@ def test_a_refresh_answered_with_what_may_not_be_stored_removes_the_stale_entry(
     held = Held()
     held.refresh = (200, [("Cache-Control", "no-store"), ("X-Version", "2")], b"version two")
     held.release.set()
-    origin.routes["/ns"] = held
-    lb = lb_cache()
-    get(lb.port, "/ns")
-    stale()
+    lb = stale_behind(origin, lb_cache, "/ns", held)
     assert get(lb.port, "/ns")[2] == b"version one"
-    wait_for(lambda: counts(lb)["not_stored"] == 1, 10, "the background refresh")
+    refreshes(lb, "not_stored")
     status, h, body = get(lb.port, "/ns")
     assert (status, body) == (200, b"version two") and h["cache-status"].startswith("lb; fwd=uri-miss")
     assert counts(lb)["refreshed"] == 0 and origin.count("/ns") == 3
@@ -244,7 +229,7 @@ def test_http2_streams_are_answered_stale_and_refreshed(origin, lb_cache):
         assert held.arrived.wait(10)
         assert held.seen[0]["if-none-match"] == ['"v1"']
         held.release.set()
-        wait_for(lambda: counts(lb)["refreshed"] == 1, 10, "the background refresh")
+        refreshes(lb)
         assert bytes(c.response(c.request("/h2swr")).body) == b"version two"
 
 
