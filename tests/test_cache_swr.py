@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import wait_for
-from test_cache import cli, get, httpdate, lb_cache, origin  # noqa: F401 (fixtures)
+from test_cache import cli, get, lb_cache, origin  # noqa: F401 (fixtures)
 
 
 def counts(lb):
