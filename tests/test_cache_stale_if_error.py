@@ -17,20 +17,24 @@ def stale():
     time.sleep(1.1)  # what is tested is the clock itself: the entry goes stale
 
 
-def failing(state, directives="max-age=1"):
+def stale_behind(origin, lb_cache, path: str, directives: str = "max-age=1"):
+    """An lb whose cache holds `path`'s "last good", gone stale; the origin
+    answers 503 once the test sets state["mode"] = "503"."""
+    state = {"mode": "ok"}
+
     def answer(method, headers, n):
         if state["mode"] == "503":
             return 503, [], b"origin down"
         return 200, [("Cache-Control", directives)], b"last good"
-    return answer
+    origin.routes[path] = answer
+    lb = lb_cache()
+    assert get(lb.port, path)[2] == b"last good"
+    stale()
+    return lb, state
 
 
 def test_a_request_with_stale_if_error_is_answered_stale_when_the_origin_fails(origin, lb_cache):
-    state = {"mode": "ok"}
-    origin.routes["/r"] = failing(state)
-    lb = lb_cache()
-    get(lb.port, "/r")
-    stale()
+    lb, state = stale_behind(origin, lb_cache, "/r")
     state["mode"] = "503"
     status, h, body = get(lb.port, "/r")                 # the response allowed nothing: the error
     assert (status, body) == (503, b"origin down")
@@ -52,22 +56,14 @@ def test_a_request_with_stale_if_error_is_answered_stale_when_the_origin_fails(o
 @pytest.mark.parametrize("directives", ["max-age=1, must-revalidate", "max-age=1, proxy-revalidate",
                                         "s-maxage=1"])
 def test_a_request_stale_if_error_does_not_serve_what_must_be_revalidated(origin, lb_cache, directives):
-    state = {"mode": "ok"}
-    origin.routes["/mr"] = failing(state, directives)
-    lb = lb_cache()
-    get(lb.port, "/mr")
-    stale()
+    lb, state = stale_behind(origin, lb_cache, "/mr", directives)
     state["mode"] = "503"
     status, h, body = get(lb.port, "/mr", headers=SIE)
     assert (status, body) == (503, b"origin down")
 
 
 def test_max_stale_answers_stale_without_asking_the_origin(origin, lb_cache):
-    state = {"mode": "ok"}
-    origin.routes["/ms"] = failing(state)
-    lb = lb_cache()
-    get(lb.port, "/ms")
-    stale()
+    lb, state = stale_behind(origin, lb_cache, "/ms")
     status, h, body = get(lb.port, "/ms", headers={"Cache-Control": "max-stale=60, stale-if-error=60"})
     assert (status, body) == (200, b"last good") and h["cache-status"].startswith("lb; hit")
     assert origin.count("/ms") == 1
