@@ -12,10 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_bench(*args: str) -> dict:
+def run_bench(*args: str, duration: str = "1s") -> dict:
     """The JSON of a short run (1 s per target, no warm-up, 8 connections)."""
     out = subprocess.run(
-        [sys.executable, "-m", "bench", *args, "--duration", "1s", "--warmup", "0s",
+        [sys.executable, "-m", "bench", *args, "--duration", duration, "--warmup", "0s",
          "--connections", "8", "--json"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

@@ -3,12 +3,7 @@ Varnish in one run, lb/best against the better of those two. A short run
 checks the wiring (each proxy answers every request from its cache), not
 the figures."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
+from test_bench import run_bench
 
 
 def test_lb_best_of_a_cache_scenario_is_nginx_or_varnish():
@@ -42,12 +37,7 @@ def test_lb_best_of_a_cache_scenario_is_nginx_or_varnish():
 
 
 def test_bench_cache_hit_runs_lb_nginx_and_varnish():
-    out = subprocess.run(
-        [sys.executable, "-m", "bench", "cache_hit", "--no-direct", "--duration", "1s", "--warmup", "0s",
-         "--connections", "8", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    doc = json.loads(out.stdout)
+    doc = run_bench("cache_hit", "--no-direct")
     assert doc["meta"]["versions"]["varnish"].startswith("varnishd")
     scenario = doc["scenarios"]["cache_hit"]
     assert list(scenario["results"]) == ["nginx", "varnish", "lb"]     # no HAProxy: its cache is not in the race
@@ -65,12 +55,7 @@ def test_bench_cache_hit_runs_lb_nginx_and_varnish():
 
 
 def test_bench_cache_churn_keeps_the_cache_within_its_size():
-    out = subprocess.run(
-        [sys.executable, "-m", "bench", "cache_churn", "--no-direct", "--duration", "2s", "--warmup", "0s",
-         "--connections", "8", "--json"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout)["scenarios"]["cache_churn"]["results"]["lb"]
+    result = run_bench("cache_churn", "--no-direct", duration="2s")["scenarios"]["cache_churn"]["results"]["lb"]
     assert result["ok"] and not result["errors"], result
     # random keys: stored and evicted all along, never above the region's size
     assert result["evicted"] > 100 and 0 < result["max_used_pct"] <= 100.0, result
