@@ -24,13 +24,20 @@
 # to the supervisor, which empties the cache (CacheShm.reap). Readers hold no
 # lock and no reference: a copy is good when the entry's seq did not move.
 
+import mmap as _mmap
 import time as _time
+
+from lb.includes.sendfile cimport sendfile, fallocate, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_KEEP_SIZE
 
 cdef extern from *:
     """
     #define lb_atomic_add_u64(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
+    #define lb_mark_u8(p)           __atomic_store_n((p), 1, __ATOMIC_SEQ_CST)
+    #define lb_fence_full()         __atomic_thread_fence(__ATOMIC_SEQ_CST)
     """
     void lb_atomic_add_u64(uint64_t *p, uint64_t v) nogil
+    void lb_mark_u8(uint8_t *p) nogil
+    void lb_fence_full() nogil
 
 cdef enum:
     CE_FREE = 0
@@ -181,13 +188,32 @@ cdef void q_push(lb_cache_rt *rt, uint32_t i, uint8_t queue) noexcept nogil:
         hd.main_blocks += e.n_blocks
 
 
+cdef inline void cache_punch(lb_cache_rt *rt, uint32_t first, uint32_t n) noexcept nogil:
+    """Drop the pages of n freed blocks from the region's file. A socket
+    may still hold them (a hit sent by sendfile, cache_send.pxi, not yet
+    read by its client): it keeps its reference to the old page, and the
+    block's next object is written into a fresh one, so bytes already handed
+    to the kernel never change. Only for objects marked sent: a punch and
+    the page faults of the next write into those blocks cost more than the
+    copy sendfile saves (3x the CPU per request under random keys when every
+    freed block was punched). Lock held, or the region not yet shared."""
+    fallocate(rt.zc_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+              <long>(rt.hd.off_blocks + <uint64_t>first * CACHE_BLOCK), <long>n * CACHE_BLOCK)
+
+
 cdef void ce_remove(lb_cache_rt *rt, uint32_t i, bint ghost) noexcept nogil:
     """Unlink a live entry and give its blocks back. Lock held."""
     cdef shm_cache_head *hd = rt.hd
     cdef shm_cache_entry *e = ce_at(rt, i)
     cdef uint32_t *link = &rt.buckets[e.hash & (hd.n_buckets - 1)]
-    cdef uint32_t b, nb, k
+    cdef uint32_t b, nb, k, run, n_run
+    cdef bint punch
     ce_begin(e)
+    # a reader marks sent before its sendfile and checks seq after it: with
+    # full fences on both sides, either this sees the mark or that reader
+    # sees the seq move (and cuts its response)
+    lb_fence_full()
+    punch = rt.zc and lb_load_u8(&e.sent)
     k = 0
     while link[0] and k < hd.n_entries:
         if link[0] == i + 1:
@@ -196,12 +222,26 @@ cdef void ce_remove(lb_cache_rt *rt, uint32_t i, bint ghost) noexcept nogil:
         link = &ce_at(rt, link[0] - 1).chain
         k += 1
     q_unlink(rt, i)
+    # pushed last block first, so that the next object pops them in the
+    # order they were chained: a run of blocks stays one run in the file
+    # (one sendfile per run, cache_send.pxi)
     b = e.first
+    run = b
+    n_run = 0
     for k in range(e.n_blocks):
         nb = rt.next[b]
-        rt.bstack[hd.free_blocks] = b
-        hd.free_blocks += 1
+        rt.bstack[hd.free_blocks + e.n_blocks - 1 - k] = b
+        if punch:
+            if n_run and b != run + n_run:
+                cache_punch(rt, run, n_run)
+                n_run = 0
+            if n_run == 0:
+                run = b
+            n_run += 1
         b = nb
+    if n_run:
+        cache_punch(rt, run, n_run)
+    hd.free_blocks += e.n_blocks
     if ghost:
         rt.ghost[e.hash & (hd.n_ghost - 1)] = e.hash
     hd.objects -= 1
@@ -333,6 +373,7 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
     e.fresh = meta.fresh
     e.stale_if_error = meta.stale_if_error
     e.stale_while_revalidate = meta.stale_while_revalidate
+    e.sent = 0
     e.state = CE_LIVE
     e.chain = rt.buckets[meta.hash & (hd.n_buckets - 1)]
     ce_publish(e)
@@ -358,6 +399,8 @@ cdef void cache_reset(lb_cache_rt *rt) noexcept nogil:
         lb_store_u32(&rt.buckets[i], 0)
     for i in range(hd.n_blocks):
         rt.bstack[i] = hd.n_blocks - 1 - i
+    if rt.zc:
+        cache_punch(rt, 0, hd.n_blocks)
     hd.free_entries = hd.n_entries
     hd.free_blocks = hd.n_blocks
     hd.small_head = hd.small_tail = hd.main_head = hd.main_tail = 0
@@ -2242,6 +2285,8 @@ cdef int cache_worker_init(lb_worker *w, object caches, uint32_t row, dict acl_i
         cs = <CacheShm>shm
         rt = &cw.caches[i]
         cache_rt_map(rt, cs.base)
+        rt.zc_fd = cs.rt.zc_fd
+        rt.zc = cs.rt.zc
         rt.st = (<shm_cache_stats *>(cs.base + rt.hd.off_rows)) + (row % CACHE_ROWS)
         rt.pid = <uint32_t>getpid()
         rt.tag_header = mkstr((cfg.tag_header or "").lower())
@@ -2264,11 +2309,12 @@ cdef inline uint64_t _pow2_at_least(uint64_t n) noexcept nogil:
     return p
 
 
-def cache_layout(uint64_t size):
+def cache_layout(uint64_t size, bint paged=False):
     """(n_blocks, n_entries, n_buckets, n_ghost, total): the most blocks a
-    region of `size` bytes holds with its index, which all fits in size."""
+    region of `size` bytes holds with its index, which all fits in size.
+    paged: the blocks start on a page of the file (room for it is kept)."""
     cdef uint64_t fixed = (_line(sizeof(shm_cache_head)) + _line(CACHE_ROWS * sizeof(shm_cache_stats))
-                           + _line(CACHE_FILLS * sizeof(shm_cache_fill)))
+                           + _line(CACHE_FILLS * sizeof(shm_cache_fill)) + (CACHE_BLOCK if paged else 0))
     cdef uint64_t nb, ne, nbk, ng, total
     # per block: its data, its next link and free-stack slot, an entry (with
     # its free-stack slot), a bucket and a ghost slot (both up to twice)
@@ -2301,12 +2347,14 @@ cdef class CacheShm:
         cache_keycfg_free(&self.rt.key)
         if self.base != NULL and not self.borrowed:
             munmap(self.base, self.size)
+        if self.rt.zc:
+            close(self.rt.zc_fd)
 
     @staticmethod
     def create(str path, uint64_t size, uint64_t max_object, uint64_t seed=0):
         """seed: of the key hashes (a disk tier's, so that both tiers hash
         alike); 0: a random one."""
-        nb, ne, nbk, ng, total = cache_layout(size)
+        nb, ne, nbk, ng, total = cache_layout(size, True)
         cdef bytes bpath = path.encode()
         cdef int fd = open(bpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         if fd < 0:
@@ -2315,17 +2363,33 @@ cdef class CacheShm:
             close(fd)
             raise OSError(errno, "cannot size the cache's shared memory", path)
         cdef void *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
-        close(fd)
         if p == MAP_FAILED:
+            close(fd)
             raise OSError(errno, "cannot map the cache's shared memory", path)
         cdef CacheShm self = CacheShm.__new__(CacheShm)
         self.path = path
-        self._init(<char *>p, size, max_object, seed)
+        self._init(<char *>p, size, max_object, seed, True)
+        # the file stays open (and is inherited by the workers) for zero-copy
+        # hits: sendfile from it, and punching freed blocks out of it, which
+        # also shows that the filesystem can (tmpfs does)
+        if _os.environ.get("LB_CACHE_ZERO_COPY", "1") != "0" and _mmap.PAGESIZE == CACHE_BLOCK and fallocate(
+                fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, <long>self.rt.hd.off_blocks, CACHE_BLOCK) == 0:
+            self.rt.zc_fd = fd
+            self.rt.zc = 1
+        else:
+            close(fd)
         return self
 
-    cdef _init(self, char *p, uint64_t size, uint64_t max_object, uint64_t seed):
-        """Lay an empty region out at p (its mapping, or a disk tier's file)."""
-        nb, ne, nbk, ng, total = cache_layout(size)
+    @property
+    def zero_copy(self):
+        """Hits go out by sendfile from the region's file (cache_send.pxi)."""
+        return bool(self.rt.zc)
+
+    cdef _init(self, char *p, uint64_t size, uint64_t max_object, uint64_t seed, bint paged=False):
+        """Lay an empty region out at p (its mapping, or a disk tier's file).
+        paged: p is the start of its file, and its blocks start on a page
+        of it, so that a block can be punched out alone (cache_punch)."""
+        nb, ne, nbk, ng, total = cache_layout(size, paged)
         self.base = p
         self.size = total
         cdef shm_cache_head *hd = <shm_cache_head *>p
@@ -2354,6 +2418,8 @@ cdef class CacheShm:
         off += _line(ne * 4)
         hd.off_ghost = off
         off += _line(ng * 8)
+        if paged:
+            off = (off + CACHE_BLOCK - 1) // CACHE_BLOCK * CACHE_BLOCK
         hd.off_blocks = off
         cache_rt_map(&self.rt, self.base)
         cache_keycfg_init(&self.rt.key, None)

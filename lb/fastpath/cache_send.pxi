@@ -24,6 +24,93 @@ cdef inline bint cache_send_direct_ok(lb_hconn *h, lb_cache_x *cx) noexcept nogi
             and h.c.sk[SIDE_CLIENT].xp.splice and h.c.sk[SIDE_CLIENT].fd >= 0)
 
 
+cdef int cache_send_file(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt *rt,
+                         shm_cache_entry *e) noexcept nogil:
+    """cache_send_direct from the memory tier's file: the head by send(2)
+    with MSG_MORE, then one sendfile(2) per run of consecutive blocks. The
+    socket takes references to the file's pages, no copy; cache_punch
+    detaches a freed block's page before the block is written again, so
+    what a socket holds stays the object's. Returns as cache_send_direct."""
+    cdef int fd = h.c.sk[SIDE_CLIENT].fd
+    cdef uint32_t nb = rt.hd.n_blocks, b = cx.blk, off = cx.blk_off, last, nx, k
+    cdef uint64_t want = cx.left - CACHE_SEND_TAIL, run, pos, head = h.outb.len, moved = 0
+    cdef long foff
+    cdef ssize_t n
+    if not lb_load_u8(&e.sent):
+        lb_mark_u8(&e.sent)          # before any sendfile: its blocks get punched when it goes (ce_remove)
+    if head:
+        while True:
+            n = send(fd, h.outb.p + h.outb.off, head, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_MORE)
+            if n >= 0 or errno != EINTR:
+                break
+        if n < 0:
+            if errno == EAGAIN:
+                h.hflags &= ~HF_WRITABLE
+                return 0
+            log_term(&h.c, TERM_CLIENT_ABORT)
+            h_close(w, h, True)
+            return -1
+        h_account(w, h, n, False, False)
+        h.c.last_ms = w.now_ms
+        hb_drop(w, &h.outb, <uint32_t>n)
+        if <uint64_t>n < head:
+            h.hflags &= ~HF_WRITABLE
+            return 1
+    while want and moved < CACHE_SEND_IOV * CACHE_BLOCK:
+        if b >= nb:
+            h_cut(w, h)
+            return -1
+        # the run: b and the blocks chained after it that follow it in the file
+        run = CACHE_BLOCK - off
+        last = b
+        while run < want and run < CACHE_SEND_IOV * CACHE_BLOCK:
+            nx = lb_load_u32(&rt.next[last])
+            if nx != last + 1 or nx >= nb:
+                break
+            last = nx
+            run += CACHE_BLOCK
+        if run > want:
+            run = want
+        foff = <long>(rt.hd.off_blocks + <uint64_t>b * CACHE_BLOCK + off)
+        while True:
+            n = sendfile(fd, rt.zc_fd, &foff, run)
+            if n >= 0 or errno != EINTR:
+                break
+        if n <= 0:
+            if n < 0 and errno == EAGAIN:
+                h.hflags &= ~HF_WRITABLE
+                return 1 if head or moved else 0
+            if n < 0:
+                log_term(&h.c, TERM_CLIENT_ABORT)
+                h_close(w, h, True)
+            else:
+                h_cut(w, h)          # past the file's end: a chain read while it changed
+            return -1
+        # the socket holds the pages it was given: were they still the entry's?
+        if not ce_stable(e, cx.seq):
+            h_cut(w, h)
+            return -1
+        h_account(w, h, n, False, True)     # (counted with splice's: the kernel moved them, lb did not copy)
+        h.c.last_ms = w.now_ms
+        cache_count(&rt.st.hit_bytes, <uint64_t>n)
+        cx.left -= <uint64_t>n
+        want -= <uint64_t>n
+        moved += <uint64_t>n
+        pos = off + <uint64_t>n
+        k = <uint32_t>(pos // CACHE_BLOCK)
+        off = <uint32_t>(pos % CACHE_BLOCK)
+        if off == 0:
+            b = lb_load_u32(&rt.next[b + k - 1])    # at a block's end: the chain says what follows
+        else:
+            b += k
+        cx.blk = b
+        cx.blk_off = off
+        if <uint64_t>n < run:
+            h.hflags &= ~HF_WRITABLE     # the socket took no more
+            return 1
+    return 1
+
+
 cdef int cache_send_direct(lb_worker *w, lb_hconn *h, lb_cache_x *cx) noexcept nogil:
     """Send the pending head and the body up to its tail from the region.
     1: bytes went out; 0: the socket is full (wait for it); -1: the
@@ -42,6 +129,8 @@ cdef int cache_send_direct(lb_worker *w, lb_hconn *h, lb_cache_x *cx) noexcept n
     if not ce_stable(e, cx.seq):
         h_cut(w, h)                  # evicted or purged since the last send
         return -1
+    if rt.zc:
+        return cache_send_file(w, h, cx, rt, e)
     if head:
         iov[0].iov_base = h.outb.p + h.outb.off
         iov[0].iov_len = head
