@@ -151,7 +151,7 @@ cdef struct shm_worker_stats:        # 320 bytes, one row per worker; writer: th
     uint64_t bytes_in                # client -> backend
     uint64_t bytes_out               # backend -> client
     uint64_t idle_timeouts
-    uint64_t splice_bytes            # bytes of the above moved by splice(2)
+    uint64_t splice_bytes            # bytes of the above moved by splice(2), or by sendfile(2) (a cache hit's body): none copied by lb
     uint64_t stopping                # 1 while draining
     uint64_t http_requests           # requests parsed (http listeners)
     uint64_t http_errors             # responses lb made itself (4xx/5xx pages)

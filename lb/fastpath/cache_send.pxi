@@ -1,12 +1,20 @@
 # A hit's body straight from the cache region to the client's socket
-# (cache_serve, docs/cache.md): one sendmsg(2) with the pending response head
-# and an iovec per 4 KiB block of the stored object, so the kernel's copy
-# into the socket is the only one. Only on a plain client socket (xp.splice:
-# the stream's bytes are the socket's own); TLS and HTTP/2 streams frame or
+# (cache_serve, docs/cache.md). Only on a plain client socket (xp.splice: the
+# stream's bytes are the socket's own); TLS and HTTP/2 streams frame or
 # encrypt the bytes and keep the copy through the client's buffer.
 #
+# From the memory tier (cache_send_file): the region is a /dev/shm file, so
+# the head goes by send(2) with MSG_MORE and the body by one sendfile(2) per
+# run of consecutive blocks: the socket takes references to the region's
+# pages and nothing is copied. Those pages must never change while a socket
+# holds them: the entry is marked sent before the first sendfile, and when
+# a marked entry goes, ce_remove punches its blocks out of the file
+# (cache_punch), so the next object written there gets fresh pages. From a
+# disk tier (whose file stays allocated, never punched): one sendmsg(2) with
+# the head and an iovec per 4 KiB block, the kernel's copy the only one.
+#
 # Readers hold no lock (cache.pxi): the entry's seq is checked before the
-# blocks are walked and after the kernel copied them. A seq that moved means
+# blocks are walked and after the kernel took them. A seq that moved means
 # the bytes sent may be another object's: the response is cut (h_cut). So
 # that such a response can never arrive whole, the last CACHE_SEND_TAIL bytes
 # always take the copy path, copied and checked before they are sent.
@@ -16,7 +24,7 @@ from lb.includes.uio cimport iovec, msghdr, sendmsg, MSG_MORE
 cdef enum:
     CACHE_SEND_MIN = 16384           # below, a copy into outb and one send cost no more (measured at 16 KiB: even)
     CACHE_SEND_TAIL = 1024           # the body's end: through outb, after a seq check
-    CACHE_SEND_IOV = 64              # blocks per sendmsg (256 KiB)
+    CACHE_SEND_IOV = 64              # blocks per sendmsg, and per call of cache_send_file (256 KiB)
 
 
 cdef inline bint cache_send_direct_ok(lb_hconn *h, lb_cache_x *cx) noexcept nogil:
