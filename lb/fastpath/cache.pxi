@@ -28,6 +28,7 @@ import mmap as _mmap
 import time as _time
 
 from lb.includes.sendfile cimport sendfile, fallocate, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_KEEP_SIZE
+from lb.includes.unistd cimport pwrite
 
 cdef extern from *:
     """
@@ -84,6 +85,7 @@ cdef enum:
     CACHE_LOCK_SPINS = 200000        # a lock holder copies at most max_object_size: microseconds
     CACHE_CHAIN_MAX = 64             # entries looked at in one bucket
     CACHE_HEURISTIC_MAX = 86400      # heuristic freshness: at most a day
+    CACHE_WRITE_MIN = 16384          # objects from this size on are stored by pwrite (cache_write): they may take punched blocks
 
 cdef const char *CN_STATUS[8]
 CN_STATUS[CN_NONE] = b""
@@ -201,6 +203,26 @@ cdef inline void cache_punch(lb_cache_rt *rt, uint32_t first, uint32_t n) noexce
               <long>(rt.hd.off_blocks + <uint64_t>first * CACHE_BLOCK), <long>n * CACHE_BLOCK)
 
 
+cdef void cache_write(lb_cache_rt *rt, uint32_t first, const char *src, uint64_t n) noexcept nogil:
+    """Write n bytes at block first (and the blocks after it) of the
+    memory tier's file. By pwrite rather than through the mapping: a block
+    punched out (cache_punch) would take a page fault per 4 KiB through the
+    mapping; a write into the file takes its fresh pages without (measured
+    at 100 KiB: 41 us against 80). Lock held."""
+    cdef uint64_t done = 0
+    cdef ssize_t w
+    while done < n:
+        w = pwrite(rt.zc_fd, src + done, n - done,
+                   <long>(rt.hd.off_blocks + <uint64_t>first * CACHE_BLOCK + done))
+        if w <= 0:
+            if w < 0 and errno == EINTR:
+                continue
+            break
+        done += <uint64_t>w
+    if done < n:                     # (never on tmpfs short of memory: the mapping then, as before)
+        memcpy(rt.blocks + <uint64_t>first * CACHE_BLOCK + done, src + done, n - done)
+
+
 cdef void ce_remove(lb_cache_rt *rt, uint32_t i, bint ghost) noexcept nogil:
     """Unlink a live entry and give its blocks back. Lock held."""
     cdef shm_cache_head *hd = rt.hd
@@ -310,7 +332,8 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
     cdef uint8_t queue
     cdef int st
     cdef shm_cache_entry *e
-    cdef uint64_t off, n
+    cdef uint64_t off, n, run_off = 0, run_n
+    cdef uint32_t run_b = 0
     if need == 0:
         need = 1
     if need > hd.n_blocks - hd.small_cap:
@@ -342,6 +365,7 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
     ce_begin(e)
     off = 0
     prev = CACHE_NONE
+    run_n = 0
     for k in range(need):
         hd.free_blocks -= 1
         b = rt.bstack[hd.free_blocks]
@@ -352,10 +376,21 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
         n = len - off
         if n > CACHE_BLOCK:
             n = CACHE_BLOCK
-        if n:
+        if n and rt.zc and len >= CACHE_WRITE_MIN:
+            if run_n and b == prev + 1:
+                run_n += n
+            else:
+                if run_n:
+                    cache_write(rt, run_b, obj + run_off, run_n)
+                run_b = b
+                run_off = off
+                run_n = n
+        elif n:
             memcpy(rt.blocks + <uint64_t>b * CACHE_BLOCK, obj + off, n)
         off += n
         prev = b
+    if run_n:
+        cache_write(rt, run_b, obj + run_off, run_n)
     rt.next[prev] = CACHE_NONE
     e.n_blocks = need
     e.hash = meta.hash
