@@ -12,6 +12,8 @@ import http.client
 import os
 import socket
 
+import pytest
+
 from conftest import free_port, wait_for
 from test_cache import body_of, cache_config, cli, get, lb_cache, origin  # noqa: F401 (fixtures)
 from test_cache_disk import lb_disk  # noqa: F401 (fixture)
@@ -254,3 +256,26 @@ def test_disk_tier_hits_keep_the_copy_path_and_arrive_intact(origin, lb_disk):
         assert body == body_of(n, 60) and ("; detail=disk" in h["cache-status"]) == detail
     assert zero_copy_bytes(lb) > before
     assert origin.count("/d") == 1
+
+
+@pytest.mark.parametrize("super_options, fstype, shmem, zero_copy", [
+    ("rw,size=24683784k", "tmpfs", "always within_size advise [never] deny force", True),
+    ("rw,size=1g,huge=never", "tmpfs", "always within_size advise [never] deny force", True),
+    ("rw,size=1g,huge=within_size", "tmpfs", "always within_size advise [never] deny force", False),
+    ("rw,size=1g,huge=always", "tmpfs", "always within_size advise [never] deny force", False),
+    ("rw,size=24683784k", "tmpfs", "always within_size advise never deny [force]", False),
+    ("rw,relatime", "ext4", "always within_size advise [never] deny force", False),
+])
+def test_zero_copy_only_where_a_block_is_a_page_of_its_own(tmp_path, super_options, fstype, shmem, zero_copy):
+    """In a huge page, a punch the kernel cannot split the page for (a
+    socket holding it is enough) zeroes the block in place, and the socket
+    would send those zeros: sendfile is used only on a tmpfs of small pages."""
+    from lb._fastpath import _small_pages
+
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("24 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+                         f"25 24 0:23 / /dev/shm rw,relatime shared:2 - {fstype} {fstype} {super_options}\n")
+    enabled = tmp_path / "shmem_enabled"
+    enabled.write_text(shmem + "\n")
+    assert _small_pages("/dev/shm/lb-1-cache-c.shm", str(mountinfo), str(enabled)) is zero_copy
+    assert _small_pages("/var/lib/lb/x", str(mountinfo), str(enabled)) is False     # ext4

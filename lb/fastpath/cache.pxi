@@ -24,6 +24,7 @@
 # to the supervisor, which empties the cache (CacheShm.reap). Readers hold no
 # lock and no reference: a copy is good when the entry's seq did not move.
 
+import io as _io
 import mmap as _mmap
 import time as _time
 
@@ -2366,6 +2367,36 @@ def cache_layout(uint64_t size, bint paged=False):
     raise ValueError(f"a cache of {size} bytes holds no block: at least 64k")
 
 
+def _small_pages(str path, str mountinfo="/proc/self/mountinfo",
+                 str shmem_enabled="/sys/kernel/mm/transparent_hugepage/shmem_enabled"):
+    """True when the file at path is kept in pages of one block each (a
+    tmpfs without huge pages): then punching a block out (cache_punch)
+    detaches its page. In a huge page, a punch that cannot split it (a
+    socket holding it is enough) zeroes the range in place, and a socket
+    would send those zeros."""
+    if _mmap.PAGESIZE != CACHE_BLOCK:
+        return False
+    try:
+        with _io.open(shmem_enabled) as f:
+            if "[force]" in f.read():
+                return False
+        best, fs, opts = "", "", ""
+        with _io.open(mountinfo) as f:
+            for line in f:
+                # "ID PARENT DEV ROOT POINT OPTIONS ... - FSTYPE SOURCE SUPER_OPTIONS"
+                left, _, right = line.partition(" - ")
+                point = left.split()[4]
+                if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                    best = point           # the deepest mount holding path (the last one mounted there)
+                    fields = right.split()
+                    fs = fields[0] if fields else ""
+                    opts = fields[2] if len(fields) > 2 else ""
+    except (OSError, IndexError):
+        return False
+    huge = [o.partition("=")[2] for o in opts.split(",") if o.startswith("huge=")]
+    return fs == "tmpfs" and (not huge or huge[len(huge) - 1] == "never")
+
+
 cdef class CacheShm:
     """One [caches.NAME] region: created by the supervisor, inherited by the
     workers it forks, kept over reloads while its size stays the same."""
@@ -2407,7 +2438,7 @@ cdef class CacheShm:
         # the file stays open (and is inherited by the workers) for zero-copy
         # hits: sendfile from it, and punching freed blocks out of it, which
         # also shows that the filesystem can (tmpfs does)
-        if _os.environ.get("LB_CACHE_ZERO_COPY", "1") != "0" and _mmap.PAGESIZE == CACHE_BLOCK and fallocate(
+        if _os.environ.get("LB_CACHE_ZERO_COPY", "1") != "0" and _small_pages(path) and fallocate(
                 fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, <long>self.rt.hd.off_blocks, CACHE_BLOCK) == 0:
             self.rt.zc_fd = fd
             self.rt.zc = 1
