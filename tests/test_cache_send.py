@@ -217,6 +217,34 @@ def test_bytes_in_flight_survive_their_blocks_being_freed_and_rewritten(origin, 
     assert got == old[:len(got)], "bytes of another object arrived"
 
 
+def test_bytes_in_flight_survive_their_object_being_evicted_by_a_worker(origin, lb_cache):
+    """The same when the worker itself evicts the object to store others
+    (the punch in the worker, not in the supervisor's purge): the blocks are
+    rewritten by other objects while the client still holds the old one."""
+    size = 1536 * 1024
+    old = body_of(size, 31)
+    origin.routes["/old"] = (200, [("Cache-Control", "max-age=60")], old)
+    for k in range(40):
+        origin.routes[f"/fill/{k}"] = (200, [("Cache-Control", "max-age=60")], body_of(1 << 20, 100 + k))
+    lb = lb_cache()
+    assert get(lb.port, "/old")[2] == old
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", lb.port))
+        s.sendall(f"GET /old HTTP/1.1\r\nHost: 127.0.0.1:{lb.port}\r\n\r\n".encode())
+        head, got = read_head(s)
+        assert b"Cache-Status: lb; hit" in head
+        read_before = len(got)
+        for k in range(40):                        # 40 MiB through the 8 MiB cache
+            assert get(lb.port, f"/fill/{k}")[2] == body_of(1 << 20, 100 + k)
+        assert "fwd=uri-miss" in get(lb.port, "/old")[1]["cache-status"]   # it was evicted
+        while len(got) < size and (chunk := s.recv(65536)):
+            got += chunk
+    assert len(got) - read_before > 1 << 20, "little was in flight: the test proves little"
+    assert got == old[:len(got)], "bytes of another object arrived"
+
+
 def test_freed_blocks_of_a_sent_object_give_their_pages_back(origin, lb_cache):
     """A purged (or evicted) object that went out by sendfile has its pages
     punched out of the region's file: the shared memory it used is
