@@ -2446,11 +2446,6 @@ cdef class CacheShm:
             close(fd)
         return self
 
-    @property
-    def zero_copy(self):
-        """Hits go out by sendfile from the region's file (cache_send.pxi)."""
-        return bool(self.rt.zc)
-
     cdef _init(self, char *p, uint64_t size, uint64_t max_object, uint64_t seed, bint paged=False):
         """Lay an empty region out at p (its mapping, or a disk tier's file).
         paged: p is the start of its file, and its blocks start on a page
