@@ -80,13 +80,13 @@ cdef enum:
     RCC_MUST_UNDERSTAND = 256        # must-understand: stored only with a status lb understands, no-store aside
 
 cdef const uint32_t CACHE_NONE = 0xffffffffu
+cdef const uint32_t CACHE_PUNCHED = 0xfffffffeu  # the next link of a free block punched out of the file (cache_punch)
 cdef const int64_t CACHE_DELTA_MAX = 2147483648
 
 cdef enum:
     CACHE_LOCK_SPINS = 200000        # a lock holder copies at most max_object_size: microseconds
     CACHE_CHAIN_MAX = 64             # entries looked at in one bucket
     CACHE_HEURISTIC_MAX = 86400      # heuristic freshness: at most a day
-    CACHE_WRITE_MIN = 16384          # objects from this size on are stored by pwrite (cache_write): they may take punched blocks
 
 cdef const char *CN_STATUS[8]
 CN_STATUS[CN_NONE] = b""
@@ -205,11 +205,13 @@ cdef inline void cache_punch(lb_cache_rt *rt, uint32_t first, uint32_t n) noexce
 
 
 cdef void cache_write(lb_cache_rt *rt, uint32_t first, const char *src, uint64_t n) noexcept nogil:
-    """Write n bytes at block first (and the blocks after it) of the
-    memory tier's file. By pwrite rather than through the mapping: a block
-    punched out (cache_punch) would take a page fault per 4 KiB through the
+    """Write n bytes at block first (and the blocks after it, all punched
+    out) of the memory tier's file. By pwrite rather than through the
+    mapping: a punched block would take a page fault per 4 KiB through the
     mapping; a write into the file takes its fresh pages without (measured
-    at 100 KiB: 41 us against 80). Lock held."""
+    at 100 KiB: 41 us against 80). A block with its page still there is
+    written through the mapping: pwrite's page lookups would cost more than
+    memcpy. Lock held."""
     cdef uint64_t done = 0
     cdef ssize_t w
     while done < n:
@@ -261,6 +263,10 @@ cdef void ce_remove(lb_cache_rt *rt, uint32_t i, bint ghost) noexcept nogil:
             if n_run == 0:
                 run = b
             n_run += 1
+            # a free block's link is free to say it has no page (cache_insert
+            # writes it by pwrite then); a reader still walking the old chain
+            # reads it as past the end and cuts, as it would a moved seq
+            lb_store_u32(&rt.next[b], CACHE_PUNCHED)
         b = nb
     if n_run:
         cache_punch(rt, run, n_run)
@@ -335,6 +341,7 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
     cdef shm_cache_entry *e
     cdef uint64_t off, n, run_off = 0, run_n
     cdef uint32_t run_b = 0
+    cdef bint fresh
     if need == 0:
         need = 1
     if need > hd.n_blocks - hd.small_cap:
@@ -370,6 +377,7 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
     for k in range(need):
         hd.free_blocks -= 1
         b = rt.bstack[hd.free_blocks]
+        fresh = rt.next[b] == CACHE_PUNCHED
         if prev == CACHE_NONE:
             e.first = b
         else:
@@ -377,7 +385,7 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
         n = len - off
         if n > CACHE_BLOCK:
             n = CACHE_BLOCK
-        if n and rt.zc and len >= CACHE_WRITE_MIN:
+        if n and fresh and rt.zc:
             if run_n and b == prev + 1:
                 run_n += n
             else:
@@ -387,6 +395,9 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
                 run_off = off
                 run_n = n
         elif n:
+            if run_n:
+                cache_write(rt, run_b, obj + run_off, run_n)
+                run_n = 0
             memcpy(rt.blocks + <uint64_t>b * CACHE_BLOCK, obj + off, n)
         off += n
         prev = b
@@ -437,6 +448,8 @@ cdef void cache_reset(lb_cache_rt *rt) noexcept nogil:
         rt.bstack[i] = hd.n_blocks - 1 - i
     if rt.zc:
         cache_punch(rt, 0, hd.n_blocks)
+        for i in range(hd.n_blocks):
+            lb_store_u32(&rt.next[i], CACHE_PUNCHED)
     hd.free_entries = hd.n_entries
     hd.free_blocks = hd.n_blocks
     hd.small_head = hd.small_tail = hd.main_head = hd.main_tail = 0
