@@ -1,14 +1,22 @@
 """Large hits go from the cache region straight to the client's socket
-(lb/fastpath/cache_send.pxi): bodies intact whatever the client's pace, and
-an object purged while it is being sent is cut short, never completed."""
+(lb/fastpath/cache_send.pxi): by sendfile(2) from the region's /dev/shm
+file, so that the socket holds the region's pages, not a copy. Bodies are
+intact whatever the client's pace; an object purged while it is being sent
+is cut short, never completed; and a freed block's page is punched out of
+the file before the block is reused, so that bytes a socket still holds
+never change."""
 
 from __future__ import annotations
 
 import http.client
+import os
 import socket
 
-from conftest import free_port
+import pytest
+
+from conftest import free_port, wait_for
 from test_cache import body_of, cache_config, cli, get, lb_cache, origin  # noqa: F401 (fixtures)
+from test_cache_disk import lb_disk  # noqa: F401 (fixture)
 
 
 def _wmem_max() -> int:
@@ -23,8 +31,32 @@ BIG = max(7 << 20, _wmem_max() + (3 << 20))
 BIG_CACHE_MIB = max(128, 16 * BIG >> 20)
 
 
+def region_bytes(lb) -> int:
+    """Memory the cache's region holds: its file is unlinked once made, and
+    kept open by the supervisor."""
+    fds = f"/proc/{lb.proc.pid}/fd"
+    for fd in os.listdir(fds):
+        if os.readlink(f"{fds}/{fd}").startswith("/dev/shm/lb-") and "-cache-c.shm" in os.readlink(f"{fds}/{fd}"):
+            return os.stat(f"{fds}/{fd}").st_blocks * 512
+    raise AssertionError("the supervisor holds no cache region file")
+
+
+def warm(lb, *targets):
+    """Hit each target twice: an object goes by sendfile once it was hit a
+    few times (until then its blocks are not worth punching out)."""
+    for target in targets:
+        for _ in range(2):
+            assert get(lb.port, target)[1]["cache-status"].startswith("lb; hit")
+
+
+def zero_copy_bytes(lb) -> int:
+    """Bytes the workers had the kernel move without a copy through lb
+    (splice and sendfile)."""
+    return sum(w["splice_bytes"] for w in lb.worker_stats())
+
+
 def test_large_hits_are_intact_at_any_pace(origin, lb_cache):
-    sizes = (16384, 16385, 20000, 4096 * 25 + 1, 300_000)
+    sizes = (16384, 16385, 20000, 4096 * 25 + 1, 300_000, 1 << 20)
     for i, n in enumerate(sizes):
         origin.routes[f"/b/{i}"] = (200, [("Cache-Control", "max-age=60")], body_of(n, 40 + i))
     lb = lb_cache()
@@ -32,12 +64,17 @@ def test_large_hits_are_intact_at_any_pace(origin, lb_cache):
         get(lb.port, f"/b/{i}")
     # fast: http.client reads as it comes
     conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+    warm(lb, *(f"/b/{i}" for i in range(len(sizes))))
+    before = zero_copy_bytes(lb)
     for _ in range(3):
         for i, n in enumerate(sizes):
             conn.request("GET", f"/b/{i}")
             resp = conn.getresponse()
             assert resp.getheader("Cache-Status").startswith("lb; hit")
             assert resp.read() == body_of(n, 40 + i)
+    # hot, the bodies went out of the region's file (all but each one's last
+    # KiB, which is copied after its check)
+    assert zero_copy_bytes(lb) - before >= 3 * sum(n - 1024 for n in sizes)
     # a range that starts inside a block and spans many
     for first, last in ((5000, 250_000), (4096, 4096 * 9 - 1), (1, 299_999)):
         conn.request("GET", "/b/4", headers={"Range": f"bytes={first}-{last}"})
@@ -155,3 +192,134 @@ def test_a_large_hit_is_logged_with_every_byte_it_sent(origin, lb_cache, tmp_pat
     rec = wait_for(lambda: (lambda r: r[1] if len(r) >= 2 else None)(records()), 10, "two log lines")
     # the head and the body: what the client read, counted once
     assert (rec["status"], rec["bytes_out"]) == (200, len(head) + 4 + len(body))
+
+
+def test_bytes_in_flight_survive_their_blocks_being_freed_and_rewritten(origin, lb_cache):
+    """A slow client holds an object in socket buffers (the region's pages,
+    sent by sendfile: the kernel takes the whole 1.5 MiB at once) when the
+    object is purged and a new one is stored in the very same blocks: the
+    client gets the old object, whole or cut short, and never a byte of the
+    new one."""
+    size = 1536 * 1024
+    old, new = body_of(size, 21), body_of(size, 22)
+    origin.routes["/old"] = (200, [("Cache-Control", "max-age=60")], old)
+    origin.routes["/new"] = (200, [("Cache-Control", "max-age=60")], new)
+    lb = lb_cache()
+    assert get(lb.port, "/old")[2] == old
+    warm(lb, "/old")
+    before = zero_copy_bytes(lb)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", lb.port))
+        s.sendall(f"GET /old HTTP/1.1\r\nHost: 127.0.0.1:{lb.port}\r\n\r\n".encode())
+        head, got = read_head(s)
+        assert b"Cache-Status: lb; hit" in head
+        read_before = len(got)
+        # the old object's blocks go back to the free stack, and the next
+        # object of the same size is stored in exactly those blocks
+        cli(lb, "cache", "purge", f"http://127.0.0.1:{lb.port}/old")
+        status, h, body = get(lb.port, "/new")
+        assert body == new and "stored" in h["cache-status"]
+        assert get(lb.port, "/new")[1]["cache-status"].startswith("lb; hit")
+        while len(got) < size and (chunk := s.recv(65536)):
+            got += chunk
+    assert len(got) - read_before > 1 << 20, "little was in flight: the test proves little"
+    assert zero_copy_bytes(lb) - before > 1 << 20, "not sent by sendfile"
+    assert got == old[:len(got)], "bytes of another object arrived"
+
+
+def test_bytes_in_flight_survive_their_object_being_evicted_by_a_worker(origin, lb_cache):
+    """The same when the worker itself evicts the object to store others
+    (the punch in the worker, not in the supervisor's purge): the blocks are
+    rewritten by other objects while the client still holds the old one."""
+    size = 1536 * 1024
+    old = body_of(size, 31)
+    origin.routes["/old"] = (200, [("Cache-Control", "max-age=60")], old)
+    for k in range(40):
+        origin.routes[f"/fill/{k}"] = (200, [("Cache-Control", "max-age=60")], body_of(1 << 20, 100 + k))
+    lb = lb_cache()
+    assert get(lb.port, "/old")[2] == old
+    warm(lb, "/old")
+    before = zero_copy_bytes(lb)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", lb.port))
+        s.sendall(f"GET /old HTTP/1.1\r\nHost: 127.0.0.1:{lb.port}\r\n\r\n".encode())
+        head, got = read_head(s)
+        assert b"Cache-Status: lb; hit" in head
+        read_before = len(got)
+        for k in range(40):                        # 40 MiB through the 8 MiB cache
+            assert get(lb.port, f"/fill/{k}")[2] == body_of(1 << 20, 100 + k)
+        assert "fwd=uri-miss" in get(lb.port, "/old")[1]["cache-status"]   # it was evicted
+        while len(got) < size and (chunk := s.recv(65536)):
+            got += chunk
+    assert len(got) - read_before > 1 << 20, "little was in flight: the test proves little"
+    assert zero_copy_bytes(lb) - before > 1 << 20, "not sent by sendfile"
+    assert got == old[:len(got)], "bytes of another object arrived"
+
+
+def test_freed_blocks_of_a_sent_object_give_their_pages_back(origin, lb_cache):
+    """A purged (or evicted) object that went out by sendfile has its pages
+    punched out of the region's file: the shared memory it used is
+    returned at once, and the object stored next in its blocks is intact."""
+    size = 1536 * 1024
+    origin.routes["/p"] = (200, [("Cache-Control", "max-age=60")], body_of(size, 5))
+    lb = lb_cache()
+    get(lb.port, "/p")
+    warm(lb, "/p")
+    held = region_bytes(lb)
+    cli(lb, "cache", "purge", f"http://127.0.0.1:{lb.port}/p")
+    assert held - region_bytes(lb) >= size
+    assert get(lb.port, "/p")[2] == body_of(size, 5)      # stored again, in fresh pages
+    assert get(lb.port, "/p")[2] == body_of(size, 5)
+
+
+def test_disk_tier_hits_keep_the_copy_path_and_arrive_intact(origin, lb_disk):
+    """A disk tier's file is not punched (its blocks stay allocated, so that
+    a full disk can never fault a worker): its hits are copied, never sent
+    by sendfile, and arrive whole; promoted back into memory and hit there,
+    the object goes out of the memory tier's file again."""
+    from test_cache_disk import push_out_of_memory
+
+    n = 60000
+    origin.routes["/d"] = (200, [("Cache-Control", "max-age=3600")], body_of(n, 60))
+    lb = lb_disk()
+    get(lb.port, "/d")
+    push_out_of_memory(origin, lb)
+    before = zero_copy_bytes(lb)
+    for _ in range(3):
+        status, h, body = get(lb.port, "/d")
+        assert body == body_of(n, 60) and h["cache-status"].endswith("; detail=disk")
+    assert zero_copy_bytes(lb) == before
+    # the 4th hit promotes it (and is answered from memory): the 5th is a memory hit
+    for detail in (True, False):
+        status, h, body = get(lb.port, "/d")
+        assert body == body_of(n, 60) and ("; detail=disk" in h["cache-status"]) == detail
+    warm(lb, "/d")
+    assert zero_copy_bytes(lb) > before
+    assert origin.count("/d") == 1
+
+
+@pytest.mark.parametrize("super_options, fstype, shmem, zero_copy", [
+    ("rw,size=24683784k", "tmpfs", "always within_size advise [never] deny force", True),
+    ("rw,size=1g,huge=never", "tmpfs", "always within_size advise [never] deny force", True),
+    ("rw,size=1g,huge=within_size", "tmpfs", "always within_size advise [never] deny force", False),
+    ("rw,size=1g,huge=always", "tmpfs", "always within_size advise [never] deny force", False),
+    ("rw,size=24683784k", "tmpfs", "always within_size advise never deny [force]", False),
+    ("rw,relatime", "ext4", "always within_size advise [never] deny force", False),
+])
+def test_zero_copy_only_where_a_block_is_a_page_of_its_own(tmp_path, super_options, fstype, shmem, zero_copy):
+    """In a huge page, a punch the kernel cannot split the page for (a
+    socket holding it is enough) zeroes the block in place, and the socket
+    would send those zeros: sendfile is used only on a tmpfs of small pages."""
+    from lb._fastpath import _small_pages
+
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("24 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+                         f"25 24 0:23 / /dev/shm rw,relatime shared:2 - {fstype} {fstype} {super_options}\n")
+    enabled = tmp_path / "shmem_enabled"
+    enabled.write_text(shmem + "\n")
+    assert _small_pages("/dev/shm/lb-1-cache-c.shm", str(mountinfo), str(enabled)) is zero_copy
+    assert _small_pages("/var/lib/lb/x", str(mountinfo), str(enabled)) is False     # ext4

@@ -23,7 +23,7 @@ ORDER = 58
 KIND = "wrk"
 MODE = "http"
 SUMMARY = "cache hits over a 200 MiB working set: lb's 16 MiB memory + disk tier vs nginx proxy_cache (cpu/req, req/s)"
-TARGETS = ("nginx", "lb")
+TARGETS = ("nginx", "lb", harness.BASELINE)   # lb-base with --baseline: a change before and after
 METRICS = (
     harness.CPU_US_REQ_METRIC,
     harness.REQ_S_METRIC,
@@ -37,7 +37,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "cache_keys.lua"
 
 
 def _configure(target) -> None:
-    if target.name == "lb":
+    if target.name in ("lb", harness.BASELINE):
         target.listener_extra = 'cache = "bench"\n'
         target.config_extra = (f'\n[caches.bench]\nsize = "16m"\nmax_object_size = "1m"\n'
                                f'disk = "{target.dir}"\ndisk_size = "512m"\n')
@@ -50,7 +50,7 @@ def _configure(target) -> None:
 
 
 def _counts(target) -> tuple[float, float] | None:
-    if target.name != "lb":
+    if target.name not in ("lb", harness.BASELINE):
         return None
     reply = json.loads(harness._unix_exchange(target.dir / "admin.sock",
                                               b'{"v": 1, "cmd": "cache.stats"}\n', lines=1))

@@ -29,7 +29,7 @@ ORDER = 57
 KIND = "wrk"
 MODE = "http"
 SUMMARY = "cache hits, GET 100 B and 100 KiB: lb's cache vs nginx proxy_cache and Varnish (cpu/req, req/s)"
-TARGETS = ("nginx", "varnish", "lb")
+TARGETS = ("nginx", "varnish", "lb", harness.BASELINE)   # lb-base with --baseline: a change before and after
 BEST_OF = ("nginx", "varnish")
 METRICS = (
     harness.CPU_US_REQ_METRIC,
@@ -45,7 +45,7 @@ GOALS = {"cpu_us_req": 0.85, "req_s": 1.0, "cpu_us_req_100k": 0.85, "req_s_100k"
 
 
 def _configure(target, sendfile: bool = False) -> None:
-    if target.name == "lb":
+    if target.name in ("lb", harness.BASELINE):
         target.listener_extra = 'cache = "bench"\n'
         target.config_extra = '\n[caches.bench]\nsize = "256m"\nmax_object_size = "1m"\n'
     elif target.name == "varnish":
@@ -80,7 +80,7 @@ def _hits(target) -> tuple[int, int] | None:
             return None
         hit, miss = int(counts["MAIN.cache_hit"]), int(counts["MAIN.cache_miss"])
         return hit, hit + miss
-    if target.name != "lb":
+    if target.name not in ("lb", harness.BASELINE):
         return None
     reply = json.loads(harness._unix_exchange(target.dir / "admin.sock",
                                               b'{"v": 1, "cmd": "cache.stats"}\n', lines=1))
