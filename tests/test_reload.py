@@ -119,9 +119,15 @@ def test_children_forked_after_a_reload_hold_only_their_own_fds(backends, run_lb
     port = free_port()
     lb = run_lb(lb_config(port, [backend], workers=1))
     sup = psutil.Process(lb.proc.pid)
-    first = {c.pid: c.name() for c in sup.children()}
-    before = {name: fd_kinds(pid) for pid, name in first.items()}
-    assert all(kinds.get("anon_inode:[eventpoll]") == 1 for kinds in before.values()), before
+
+    def first_generation():
+        # (polled: the workers are up, a checker just forked may not yet be
+        # renamed nor have opened its epoll)
+        kids = {c.pid: c.name() for c in sup.children()}
+        kinds = {name: fd_kinds(pid) for pid, name in kids.items()}
+        return (kids, kinds) if all(k.get("anon_inode:[eventpoll]") == 1 for k in kinds.values()) else None
+
+    first, before = wait_for(first_generation, 10, "the first generation's children, each with its epoll")
     result = lb_cli(lb, "reload")
     assert result.returncode == 0, result.stderr
 
