@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 
 from lb._fastpath import DISK_LOCK_WAIT, REGIONS, CacheShm, DiskTier, Shm, limit_spec, mirror_sites, split_publish  # noqa: F401 (REGIONS: the layout, for readers of this module)
 from lb import splits as layout
@@ -33,6 +34,43 @@ def region_path(pid: int | None = None, generation: int = 1) -> str:
     (tools find an instance by its supervisor's pid), reloads add -N."""
     suffix = "" if generation == 1 else f"-{generation}"
     return f"/dev/shm/lb-{pid or os.getpid()}{suffix}.shm"
+
+
+_REGION_NAME = re.compile(r"lb-(\d+)(?:-\d+)?\.shm")
+
+
+def remove_stale_regions(directory: str = "/dev/shm") -> int:
+    """Unlink the regions of supervisors that are gone (killed before they
+    could remove theirs): each holds memory until it is removed, and its pid
+    comes round again, so that tools would find a dead instance's figures
+    under a live one's name. A file named for this process's own pid is
+    stale too: it has created none yet. Returns how many went."""
+    removed = 0
+    for entry in os.listdir(directory):
+        m = _REGION_NAME.fullmatch(entry)
+        if m is None:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _alive(pid):
+            continue
+        try:
+            os.unlink(os.path.join(directory, entry))
+            removed += 1
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            log.warning("cannot remove the stale region %s: %s", entry, e.strerror)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass                     # another account's process
+    return True
 
 
 def create_for_config(config, n_rows: int, path: str | None = None, seeds: dict[str, int] | None = None) -> Shm:

@@ -274,6 +274,9 @@ class Supervisor:
         self.admin.open()
         self.metrics = self._open_metrics(g.metrics_bind)
         self._install_signals()
+        stale = shm_mod.remove_stale_regions()
+        if stale:
+            log.info("removed %d shared-memory region(s) of lb instances that are gone", stale)
         self.gen = self._new_generation(self.config, previous=None)
         self._spawn_generation(self.gen)
         log.info("started: %d worker(s), listening on %s, RLIMIT_NOFILE %d, admin socket %s%s",

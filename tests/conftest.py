@@ -167,6 +167,7 @@ class LbProcess:
         self.config_path.write_text(config_text)
         self.log_path = tmp_path / "lb.log"
         self._log = open(self.log_path, "w")
+        started = time.time()
         self.proc = subprocess.Popen([sys.executable, "-m", "lb", "run", "-c", str(self.config_path)],
                                      stderr=self._log, stdout=self._log, preexec_fn=preexec_fn)
         self.shm_path = region_path(self.proc.pid)
@@ -175,6 +176,11 @@ class LbProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"lb exited with {self.proc.returncode}:\n{self.log()}")
             try:
+                # a file made before this lb started is another's, whose pid
+                # this one has (lb replaces it with a new file of its own);
+                # a second's margin for the kernel's coarse file times
+                if os.stat(self.shm_path).st_ctime < started - 1.0:
+                    return None
                 return Shm.attach(self.shm_path)
             except (OSError, ValueError):
                 return None

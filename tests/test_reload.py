@@ -5,6 +5,7 @@ guard replacing a worker without dropping a connection."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -140,3 +141,23 @@ def test_children_forked_after_a_reload_hold_only_their_own_fds(backends, run_lb
     for pid, name in later.items():
         # (polled: a child just forked is still opening its own)
         wait_for(lambda: fd_kinds(pid) == before[name], 10, f"{name}'s fds as the first generation's")
+
+
+def test_a_supervisor_that_starts_removes_the_regions_of_those_that_are_gone(backends, run_lb):
+    """A supervisor killed by SIGKILL leaves its region in /dev/shm; the next
+    lb to start removes it (its memory, and a pid that would come round
+    again), and keeps the regions of instances still running."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    stale = f"/dev/shm/lb-{child.pid}.shm"
+    with open(stale, "wb") as f:
+        f.write(b"\0" * 4096)
+    try:
+        first = run_lb(lb_config(free_port(), [backends("b1")], workers=1))
+        assert not os.path.exists(stale)
+        assert re.search(r"removed [1-9]\d* shared-memory region\(s\) of lb instances that are gone", first.log())
+        second = run_lb(lb_config(free_port(), [backends("b2")], workers=1))
+        assert os.path.exists(first.shm_path) and os.path.exists(second.shm_path)
+    finally:
+        if os.path.exists(stale):
+            os.unlink(stale)

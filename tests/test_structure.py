@@ -8,6 +8,7 @@ import fnmatch
 import os
 import re
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -74,6 +75,32 @@ def test_attach_refuses_another_layout_version(region, tmp_path):
         f.write(struct.pack("<I", version + 1))
     with pytest.raises(ValueError, match="not an lb shared-memory region of layout"):
         Shm.attach(str(path))
+
+
+def test_a_new_region_is_a_new_file_and_the_old_one_keeps_its_bytes(region, tmp_path):
+    """A region made where a file already is (a dead supervisor's, whose pid
+    came round again) is a new file: whoever still maps the old one reads
+    its bytes, never the new layout under the old one's offsets."""
+    path = str(tmp_path / "lb.shm")
+    old_inode = os.stat(path).st_ino
+    region.set_backend(0, 0, "10.0.0.1", 80, "old", 1)
+    new = Shm.create(path, [("x", 64, "roundrobin", 0, "", 0)], 3, os.getpid())
+    assert os.stat(path).st_ino != old_inode
+    assert region.backend(0, 0)["host"] == "10.0.0.1" and region.pool_capacity(0) == 64
+    assert new.backend(0, 0)["host"] == "" and new.n_rows == 3
+
+
+def test_regions_of_supervisors_that_are_gone_are_removed(tmp_path):
+    from lb.shm import remove_stale_regions
+
+    child = subprocess.Popen(["true"])
+    child.wait()                                  # a pid nobody has (until it comes round again)
+    names = {f"lb-{child.pid}.shm": False, f"lb-{child.pid}-3.shm": False, f"lb-{os.getpid()}.shm": False,
+             f"lb-{os.getppid()}.shm": True, f"lb-{child.pid}-cache-c.shm": True, "other.shm": True}
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    assert remove_stale_regions(str(tmp_path)) == 3
+    assert {p.name for p in tmp_path.iterdir()} == {name for name, kept in names.items() if kept}
 
 
 # ---- request phases -------------------------------------------------------------------

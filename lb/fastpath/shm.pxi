@@ -158,6 +158,19 @@ REGIONS = (
 assert len(REGIONS) <= LB_MAX_REGIONS and all(len(name) < LB_REGION_NAME_LEN for name, _, _ in REGIONS)
 
 
+def _fresh_file(str path):
+    """Make way for a new region at path: a file left there is another
+    process's (a supervisor killed before it could remove it, whose pid is
+    ours now, or the region a draining generation still maps). It is
+    unlinked, never truncated: whoever maps it keeps its bytes, and the new
+    region is a new file, so a reader can tell the two apart (by inode, and
+    by a ctime after its supervisor started)."""
+    try:
+        _os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 cdef class Shm:
     """One mapping of the region. The supervisor creates it before forking;
     workers inherit the mapping; other processes may attach by path."""
@@ -224,7 +237,8 @@ cdef class Shm:
             layout.append((name, total, size_of(dims)))
             total = _line(total + size_of(dims))
         cdef bytes bpath = path.encode()
-        cdef int fd = open(bpath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        _fresh_file(path)
+        cdef int fd = open(bpath, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         if fd < 0:
             raise OSError(errno, "cannot create shared memory", path)
         # truncated to nothing first: the file reads as zeros and holds no page

@@ -5,6 +5,7 @@ cdef extern from "fcntl.h" nogil:
         O_RDWR
         O_RDONLY
         O_CREAT
+        O_EXCL
         O_CLOEXEC
         F_SETPIPE_SZ
         F_GETPIPE_SZ
