@@ -9,6 +9,7 @@ never change."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 
@@ -166,10 +167,6 @@ def test_large_hits_over_tls_keep_the_copy_path_and_arrive_intact(origin, lb_cac
 
 
 def test_a_large_hit_is_logged_with_every_byte_it_sent(origin, lb_cache, tmp_path):
-    import json
-
-    from conftest import wait_for
-
     log = tmp_path / "access.log"
     body = body_of(200_000, 11)
     origin.routes["/l"] = (200, [("Cache-Control", "max-age=60")], body)
@@ -194,6 +191,28 @@ def test_a_large_hit_is_logged_with_every_byte_it_sent(origin, lb_cache, tmp_pat
     assert (rec["status"], rec["bytes_out"]) == (200, len(head) + 4 + len(body))
 
 
+def read_old_while(lb, old: bytes, rewrite) -> None:
+    """A slow client asks for /old (a hit sent by sendfile: the kernel takes
+    more than a MiB at once), rewrite() runs while most of it is in flight,
+    then the client reads on: it gets the old object's bytes, whole or cut
+    short, and never a byte of another."""
+    before = zero_copy_bytes(lb)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", lb.port))
+        s.sendall(f"GET /old HTTP/1.1\r\nHost: 127.0.0.1:{lb.port}\r\n\r\n".encode())
+        head, got = read_head(s)
+        assert b"Cache-Status: lb; hit" in head
+        read_before = len(got)
+        rewrite()
+        while len(got) < len(old) and (chunk := s.recv(65536)):
+            got += chunk
+    assert len(got) - read_before > 1 << 20, "little was in flight: the test proves little"
+    assert zero_copy_bytes(lb) - before > 1 << 20, "not sent by sendfile"
+    assert got == old[:len(got)], "bytes of another object arrived"
+
+
 def test_bytes_in_flight_survive_their_blocks_being_freed_and_rewritten(origin, lb_cache):
     """A slow client holds an object in socket buffers (the region's pages,
     sent by sendfile: the kernel takes the whole 1.5 MiB at once) when the
@@ -207,26 +226,15 @@ def test_bytes_in_flight_survive_their_blocks_being_freed_and_rewritten(origin, 
     lb = lb_cache()
     assert get(lb.port, "/old")[2] == old
     warm(lb, "/old")
-    before = zero_copy_bytes(lb)
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        s.settimeout(10)
-        s.connect(("127.0.0.1", lb.port))
-        s.sendall(f"GET /old HTTP/1.1\r\nHost: 127.0.0.1:{lb.port}\r\n\r\n".encode())
-        head, got = read_head(s)
-        assert b"Cache-Status: lb; hit" in head
-        read_before = len(got)
+
+    def rewrite():
         # the old object's blocks go back to the free stack, and the next
         # object of the same size is stored in exactly those blocks
         cli(lb, "cache", "purge", f"http://127.0.0.1:{lb.port}/old")
         status, h, body = get(lb.port, "/new")
         assert body == new and "stored" in h["cache-status"]
         assert get(lb.port, "/new")[1]["cache-status"].startswith("lb; hit")
-        while len(got) < size and (chunk := s.recv(65536)):
-            got += chunk
-    assert len(got) - read_before > 1 << 20, "little was in flight: the test proves little"
-    assert zero_copy_bytes(lb) - before > 1 << 20, "not sent by sendfile"
-    assert got == old[:len(got)], "bytes of another object arrived"
+    read_old_while(lb, old, rewrite)
 
 
 def test_bytes_in_flight_survive_their_object_being_evicted_by_a_worker(origin, lb_cache):
@@ -241,23 +249,12 @@ def test_bytes_in_flight_survive_their_object_being_evicted_by_a_worker(origin, 
     lb = lb_cache()
     assert get(lb.port, "/old")[2] == old
     warm(lb, "/old")
-    before = zero_copy_bytes(lb)
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
-        s.settimeout(10)
-        s.connect(("127.0.0.1", lb.port))
-        s.sendall(f"GET /old HTTP/1.1\r\nHost: 127.0.0.1:{lb.port}\r\n\r\n".encode())
-        head, got = read_head(s)
-        assert b"Cache-Status: lb; hit" in head
-        read_before = len(got)
+
+    def rewrite():
         for k in range(40):                        # 40 MiB through the 8 MiB cache
             assert get(lb.port, f"/fill/{k}")[2] == body_of(1 << 20, 100 + k)
         assert "fwd=uri-miss" in get(lb.port, "/old")[1]["cache-status"]   # it was evicted
-        while len(got) < size and (chunk := s.recv(65536)):
-            got += chunk
-    assert len(got) - read_before > 1 << 20, "little was in flight: the test proves little"
-    assert zero_copy_bytes(lb) - before > 1 << 20, "not sent by sendfile"
-    assert got == old[:len(got)], "bytes of another object arrived"
+    read_old_while(lb, old, rewrite)
 
 
 def test_freed_blocks_of_a_sent_object_give_their_pages_back(origin, lb_cache):
