@@ -25,6 +25,7 @@ import ssl
 import time
 
 from lb._fastpath import LogFormat, LogReader, phase_plan
+from lb.shm import process_alive
 from lb.worker import PR_SET_NAME, PR_SET_PDEATHSIG, detach_from_supervisor, drop_privileges, prctl
 
 log = logging.getLogger("lb")
@@ -231,7 +232,7 @@ class Logger:
     def workers_gone(self) -> bool:
         for row in self.rows:
             pid = self.shm.worker_stats(row)["pid"]
-            if pid and _alive(pid):
+            if pid and process_alive(pid):
                 return False
         return True
 
@@ -249,16 +250,6 @@ class Logger:
                 time.sleep(IDLE_POLL)
             elif taken < 1024:
                 time.sleep(BUSY_POLL)    # (more: a backlog, read again at once)
-
-
-def _alive(pid: int) -> bool:
-    """A process that exists and is not a zombie waiting to be reaped."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return False
-    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
 
 
 def child_main(sup, gen) -> int:

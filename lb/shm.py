@@ -51,7 +51,7 @@ def remove_stale_regions(directory: str = "/dev/shm") -> int:
         if m is None:
             continue
         pid = int(m.group(1))
-        if pid != os.getpid() and _alive(pid):
+        if pid != os.getpid() and process_alive(pid):
             continue
         try:
             os.unlink(os.path.join(directory, entry))
@@ -63,14 +63,14 @@ def remove_stale_regions(directory: str = "/dev/shm") -> int:
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """A process that exists and is not a zombie waiting to be reaped."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
         return False
-    except PermissionError:
-        pass                     # another account's process
-    return True
+    return stat[stat.rfind(b")") + 2:][:1] != b"Z"
 
 
 def create_for_config(config, n_rows: int, path: str | None = None, seeds: dict[str, int] | None = None) -> Shm:

@@ -2435,11 +2435,11 @@ cdef class CacheShm:
         alike); 0: a random one."""
         nb, ne, nbk, ng, total = cache_layout(size, True)
         cdef bytes bpath = path.encode()
-        _fresh_file(path)            # (a reload's new size: old workers keep the old file's bytes)
+        _fresh_file(path)
         cdef int fd = open(bpath, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         if fd < 0:
             raise OSError(errno, "cannot create the cache's shared memory", path)
-        if ftruncate(fd, 0) != 0 or ftruncate(fd, total) != 0:
+        if ftruncate(fd, total) != 0:
             close(fd)
             raise OSError(errno, "cannot size the cache's shared memory", path)
         cdef void *p = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)

@@ -241,9 +241,9 @@ cdef class Shm:
         cdef int fd = open(bpath, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         if fd < 0:
             raise OSError(errno, "cannot create shared memory", path)
-        # truncated to nothing first: the file reads as zeros and holds no page
-        # until one is written, so the ACL halves' unused capacity costs nothing
-        if ftruncate(fd, 0) != 0 or ftruncate(fd, total) != 0:
+        # a new file, sized: it reads as zeros and holds no page until one is
+        # written, so the ACL halves' unused capacity costs nothing
+        if ftruncate(fd, total) != 0:
             close(fd)
             raise OSError(errno, "cannot size shared memory", path)
         cdef Shm self = Shm._map(fd, total, path)
