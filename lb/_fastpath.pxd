@@ -911,6 +911,7 @@ cdef struct lb_bconn
 cdef struct lb_h2
 cdef struct lb_h2s
 cdef struct lb_cache_x
+cdef struct lb_cache_mp
 cdef struct lb_cache_wk
 cdef struct lb_cache_refresh
 cdef struct lb_h2b
@@ -1672,6 +1673,28 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     uint64_t fill_max
     int64_t req_stale_if_error       # the request's own stale-if-error=N (RFC 5861 4); -1: none
     lb_cache_rt *src                 # serving from a disk tier (cache_disk.pxi); NULL: from caches[cache]
+    lb_cache_mp *mp                  # a multipart/byteranges answer to several ranges (malloc); NULL: none
+
+cdef enum:
+    CACHE_MAX_RANGES = 32            # ranges of one request answered as parts; more get the whole 200
+    CACHE_CTYPE_MAX = 160            # bytes of a stored Content-Type repeated in each part
+
+cdef struct lb_cache_mp:             # the parts of a multipart/byteranges answer (cache.pxi, cache_serve)
+    uint32_t n                       # parts
+    uint32_t i                       # the part being sent; n: the closing delimiter
+    uint64_t first[CACHE_MAX_RANGES]
+    uint64_t last[CACHE_MAX_RANGES]
+    uint64_t body_len                # the stored body's length
+    uint64_t body_off                # its first byte's offset in the entry's blocks
+    uint32_t first_blk               # the entry's first block
+    uint64_t part_left               # the current part's body bytes still to send
+    char pre[320]                    # the delimiter and fields before the current part (or the last delimiter)
+    uint32_t pre_len
+    uint32_t pre_off                 # bytes of pre already sent
+    char boundary[24]
+    uint32_t boundary_len
+    char ctype[CACHE_CTYPE_MAX]      # the stored Content-Type, for each part; ctype_len 0: none
+    uint32_t ctype_len
 
 cdef struct lb_cache_wk:             # a worker's caches
     lb_cache_rt *caches

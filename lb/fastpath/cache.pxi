@@ -888,6 +888,7 @@ cdef void cx_free(lb_worker *w, lb_cache_x *cx) noexcept nogil:
     free(cx.req)
     free(cx.obj)
     free(cx.local)
+    free(cx.mp)
     cx.key = <char *>w.http.cache.free_cx    # the free list runs through key
     w.http.cache.free_cx = cx
 
@@ -1069,21 +1070,16 @@ cdef enum:
     RANGE_NONE = 0                   # no Range, or one lb ignores: the full response
     RANGE_ONE = 1
     RANGE_UNSAT = 2
+    RANGE_MULTI = 3                  # several satisfiable ranges: a multipart/byteranges answer
 
 
-cdef int range_parse(const uint8_t *v, uint32_t n, uint64_t len, uint64_t *first, uint64_t *last) noexcept nogil:
-    """One `bytes` range (RFC 9110 14.1.2) against a body of len bytes. Several
-    ranges get the full 200, which RFC 9110 14.2 allows and which spares a
-    multipart body; a Range lb cannot parse is ignored, as the RFC says."""
-    cdef uint32_t i = _ows(v, 0, n), j
+cdef int range_spec(const uint8_t *v, uint32_t i, uint32_t n, uint64_t len, uint64_t *first,
+                    uint64_t *last) noexcept nogil:
+    """One range-spec, v[i:n] without OWS around it (RFC 9110 14.1.1),
+    against a body of len bytes: RANGE_ONE, RANGE_UNSAT, or RANGE_NONE when
+    it is not a byte range lb can read."""
+    cdef uint32_t j
     cdef uint64_t a, b
-    while n > i and (v[n - 1] == 32 or v[n - 1] == 9):
-        n -= 1
-    if n - i < 7 or not ieq(v + i, 6, b"bytes="):
-        return RANGE_NONE
-    i = _ows(v, i + 6, n)
-    if memchr(v + i, 44, n - i) != NULL:
-        return RANGE_NONE
     if i < n and v[i] == 45:         # -suffix-length
         j = _digits(v, i + 1, n, &b)
         if j == i + 1 or j != n:
@@ -1108,6 +1104,54 @@ cdef int range_parse(const uint8_t *v, uint32_t n, uint64_t len, uint64_t *first
     first[0] = a
     last[0] = b if b < len else len - 1
     return RANGE_ONE
+
+
+cdef int range_parse(const uint8_t *v, uint32_t n, uint64_t len, uint64_t *first, uint64_t *last,
+                     uint32_t *count) noexcept nogil:
+    """The `bytes` ranges of a Range (RFC 9110 14.1.2) against a body of len
+    bytes, the satisfiable ones into first/last in the client's order.
+    RANGE_ONE when one is left, RANGE_MULTI when several (count), RANGE_UNSAT
+    when none is. A Range lb cannot read is ignored, as the RFC says, and so
+    is one of more than CACHE_MAX_RANGES ranges or whose ranges add up to
+    more than the body (overlaps): RFC 9110 14.2 lets a server ignore those,
+    the signs of a broken client or of an attack that asks for the same
+    bytes many times over."""
+    cdef uint32_t i = _ows(v, 0, n), s, e, k = 0, unsat = 0
+    cdef uint64_t total = 0
+    cdef int r
+    while n > i and (v[n - 1] == 32 or v[n - 1] == 9):
+        n -= 1
+    if n - i < 7 or not ieq(v + i, 6, b"bytes="):
+        return RANGE_NONE
+    i += 6
+    while i < n:
+        # a list element, OWS and empty elements aside (RFC 9110 5.6.1.2)
+        while i < n and (v[i] == 32 or v[i] == 9 or v[i] == 44):
+            i += 1
+        if i == n:
+            break
+        s = i
+        while i < n and v[i] != 44:
+            i += 1
+        e = i
+        while e > s and (v[e - 1] == 32 or v[e - 1] == 9):
+            e -= 1
+        if k + unsat == CACHE_MAX_RANGES:
+            return RANGE_NONE
+        r = range_spec(v, s, e, len, first + k, last + k)
+        if r == RANGE_NONE:
+            return RANGE_NONE
+        if r == RANGE_ONE:
+            total += last[k] - first[k] + 1
+            if total > len:
+                return RANGE_NONE
+            k += 1
+        else:
+            unsat += 1               # left out (RFC 9110 14.1.1); 416 only when all are
+    count[0] = k
+    if k == 0:
+        return RANGE_UNSAT if unsat else RANGE_NONE
+    return RANGE_ONE if k == 1 else RANGE_MULTI
 
 
 cdef bint if_range_ok(const uint8_t *rb, http_req *rq, const uint8_t *sb, http_req *rs) noexcept nogil:
@@ -1160,10 +1204,11 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
     cdef char *head = w.http.cache.scratch
     cdef uint64_t off = <uint64_t>meta.key_len + meta.vary_len + meta.tags_len
     cdef int64_t age
-    cdef uint32_t b, k
     cdef int st, rg = RANGE_NONE
     cdef int32_t rf
-    cdef uint64_t first = 0, last = 0
+    cdef uint64_t first[CACHE_MAX_RANGES]
+    cdef uint64_t last[CACHE_MAX_RANGES]
+    cdef uint32_t nr = 0
     cdef char cr[96]
     if meta.head_len + 2 > CACHE_HEAD_MAX or not ce_copy(rt, e, meta.seq, off, head, meta.head_len):
         return -1                    # gone meanwhile: a miss after all
@@ -1175,7 +1220,9 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
     if (rf >= 0 and h.method != MT_HEAD and w.http.resp.status == 200
             and not not_modified(rb, rq, <const uint8_t *>head, w.http.resp)
             and if_range_ok(rb, rq, <const uint8_t *>head, w.http.resp)):
-        rg = range_parse(rb + rq.fields[rf].value_off, rq.fields[rf].value_len, meta.body_len, &first, &last)
+        rg = range_parse(rb + rq.fields[rf].value_off, rq.fields[rf].value_len, meta.body_len, first, last, &nr)
+        if rg == RANGE_MULTI and not mp_ctype_ok(<const uint8_t *>head, w.http.resp):
+            rg = RANGE_NONE
     if rg == RANGE_UNSAT:
         if not ce_stable(e, meta.seq):
             return -1
@@ -1194,18 +1241,17 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
     cx.left = 0 if h.method == MT_HEAD else meta.body_len
     # the block and offset of the body's first byte (of the range's, for a 206)
     off += meta.head_len
-    if rg == RANGE_ONE:
-        off += first
-        cx.left = last - first + 1
-    b = meta.first
-    for k in range(<uint32_t>(off // CACHE_BLOCK)):
-        if b >= rt.hd.n_blocks:
+    if rg == RANGE_MULTI:
+        # the parts' blocks are found as each part begins (cache_serve)
+        if not mp_setup(w, cx, <const uint8_t *>head, w.http.resp, first, last, nr, meta.body_len, off,
+                        meta.first):
             return -1
-        b = lb_load_u32(&rt.next[b])
-    if not ce_stable(e, meta.seq):
-        return -1
-    cx.blk = b
-    cx.blk_off = <uint32_t>(off % CACHE_BLOCK)
+    else:
+        if rg == RANGE_ONE:
+            off += first[0]
+            cx.left = last[0] - first[0] + 1
+        if not cx_seek(rt, e, meta.seq, meta.first, off, &cx.blk, &cx.blk_off):
+            return -1
     age = meta.age0 + (now_ms - meta.resp_ms) // 1000
     cx_status(cx, CN_HIT, False, age, meta.fresh - age)
     cache_count(&rt.st.hit, 1)
@@ -1222,9 +1268,164 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
         w.http.resp.reason_off = meta.head_len + 2
         w.http.resp.reason_len = 15
         w.http.resp.content_length = <int64_t>cx.left
-        cx.hdr_len += content_range(cx.hdr + cx.hdr_len, first, last, meta.body_len, False)
+        cx.hdr_len += content_range(cx.hdr + cx.hdr_len, first[0], last[0], meta.body_len, False)
+    elif rg == RANGE_MULTI:
+        memcpy(head + meta.head_len + 2, b"Partial Content", 15)
+        w.http.resp.status = 206
+        w.http.resp.reason_off = meta.head_len + 2
+        w.http.resp.reason_len = 15
+        w.http.resp.content_length = <int64_t>cx.left
+        mp_head(cx, w.http.resp, <const uint8_t *>head)
     st = cache_answer(w, h, rq, head, w.http.resp)
     return st
+
+
+cdef bint cx_seek(lb_cache_rt *rt, shm_cache_entry *e, uint32_t seq, uint32_t b, uint64_t off, uint32_t *blk,
+                  uint32_t *blk_off) noexcept nogil:
+    """The block and offset of an entry's byte off, its chain walked from its
+    first block b; False when the entry changed meanwhile."""
+    cdef uint64_t k
+    for k in range(off // CACHE_BLOCK):
+        if b >= rt.hd.n_blocks:
+            return False
+        b = lb_load_u32(&rt.next[b])
+    if not ce_stable(e, seq):
+        return False
+    blk[0] = b
+    blk_off[0] = <uint32_t>(off % CACHE_BLOCK)
+    return True
+
+
+# ---- multipart/byteranges (RFC 9110 14.6) ---------------------------------------------------------
+
+cdef bint mp_ctype_ok(const uint8_t *sb, http_req *rs) noexcept nogil:
+    """The stored head can be cut into parts: at most one Content-Type, short
+    enough to repeat in each part."""
+    cdef uint32_t i, k = 0
+    for i in range(rs.n_fields):
+        if name_is(sb, &rs.fields[i], b"content-type"):
+            k += 1
+            if k > 1 or rs.fields[i].value_len > CACHE_CTYPE_MAX:
+                return False
+    return True
+
+
+cdef void mp_pre(lb_cache_mp *mp) noexcept nogil:
+    """What comes before part mp.i (its delimiter and fields), or the closing
+    delimiter once mp.i is mp.n, into mp.pre."""
+    cdef char *o = mp.pre
+    cdef uint32_t n = 0
+    if mp.i > 0:
+        memcpy(o, b"\r\n", 2)
+        n = 2
+    memcpy(o + n, b"--", 2)
+    n += 2
+    memcpy(o + n, mp.boundary, mp.boundary_len)
+    n += mp.boundary_len
+    if mp.i == mp.n:
+        memcpy(o + n, b"--\r\n", 4)
+        n += 4
+    else:
+        memcpy(o + n, b"\r\n", 2)
+        n += 2
+        if mp.ctype_len:
+            memcpy(o + n, b"Content-Type: ", 14)
+            n += 14
+            memcpy(o + n, mp.ctype, mp.ctype_len)
+            n += mp.ctype_len
+            memcpy(o + n, b"\r\n", 2)
+            n += 2
+        n += content_range(o + n, mp.first[mp.i], mp.last[mp.i], mp.body_len, False)
+        memcpy(o + n, b"\r\n", 2)
+        n += 2
+    mp.pre_len = n
+    mp.pre_off = 0
+
+
+cdef bint mp_setup(lb_worker *w, lb_cache_x *cx, const uint8_t *sb, http_req *rs, uint64_t *first,
+                   uint64_t *last, uint32_t n, uint64_t body_len, uint64_t body_off,
+                   uint32_t first_blk) noexcept nogil:
+    """cx answers the n ranges as a multipart/byteranges body: its parts, its
+    boundary, and its whole length in cx.left."""
+    cdef lb_cache_mp *mp = <lb_cache_mp *>calloc(1, sizeof(lb_cache_mp))
+    cdef uint64_t total = 0, r
+    cdef uint32_t i, k
+    cdef int32_t ct
+    cdef const char *hexd = b"0123456789abcdef"
+    if mp == NULL:
+        return False
+    cx.mp = mp
+    mp.n = n
+    memcpy(mp.first, first, n * sizeof(uint64_t))
+    memcpy(mp.last, last, n * sizeof(uint64_t))
+    mp.body_len = body_len
+    mp.body_off = body_off
+    mp.first_blk = first_blk
+    # a boundary no body is likely to hold (RFC 2046 5.1.1): 16 random hex digits
+    memcpy(mp.boundary, b"lb-", 3)
+    r = rng_next(w)
+    for k in range(16):
+        mp.boundary[3 + k] = hexd[(r >> (4 * k)) & 15]
+    mp.boundary_len = 19
+    ct = field_find(sb, rs, b"content-type")
+    if ct >= 0:
+        mp.ctype_len = rs.fields[ct].value_len
+        memcpy(mp.ctype, sb + rs.fields[ct].value_off, mp.ctype_len)
+    for i in range(n + 1):
+        mp.i = i
+        mp_pre(mp)
+        total += mp.pre_len
+        if i < n:
+            total += last[i] - first[i] + 1
+    mp.i = 0
+    mp_pre(mp)
+    mp.part_left = 0
+    cx.left = total
+    return True
+
+
+cdef void mp_head(lb_cache_x *cx, http_req *rs, const uint8_t *sb) noexcept nogil:
+    """The answer's own Content-Type says multipart; the stored one is in
+    each part."""
+    cdef uint32_t i, j = 0
+    cdef lb_cache_mp *mp = cx.mp
+    for i in range(rs.n_fields):
+        if not name_is(sb, &rs.fields[i], b"content-type"):
+            rs.fields[j] = rs.fields[i]
+            j += 1
+    rs.n_fields = j
+    memcpy(cx.hdr + cx.hdr_len, b"Content-Type: multipart/byteranges; boundary=", 45)
+    cx.hdr_len += 45
+    memcpy(cx.hdr + cx.hdr_len, mp.boundary, mp.boundary_len)
+    cx.hdr_len += mp.boundary_len
+    memcpy(cx.hdr + cx.hdr_len, b"\r\n", 2)
+    cx.hdr_len += 2
+
+
+cdef int64_t mp_step(lb_cache_x *cx, lb_cache_rt *rt, char *dst, uint32_t room) noexcept nogil:
+    """cache_serve between two parts' bytes: what comes before a part (into
+    dst, at most room bytes: how many), then the part's first block found;
+    or, a part's bytes all sent, the next part's delimiter made. -1: the
+    entry changed (the answer is cut)."""
+    cdef lb_cache_mp *mp = cx.mp
+    cdef uint32_t m
+    if mp.pre_off < mp.pre_len:
+        m = mp.pre_len - mp.pre_off
+        if m > room:
+            m = room
+        memcpy(dst, mp.pre + mp.pre_off, m)
+        mp.pre_off += m
+        if mp.pre_off == mp.pre_len and mp.i < mp.n:
+            if not cx_seek(rt, ce_at(rt, cx.entry), cx.seq, mp.first_blk, mp.body_off + mp.first[mp.i],
+                           &cx.blk, &cx.blk_off):
+                return -1
+            mp.part_left = mp.last[mp.i] - mp.first[mp.i] + 1
+        return m
+    if mp.i >= mp.n:
+        return -1                    # (cx.left counts no more than this: never reached)
+    mp.i += 1
+    mp_pre(mp)
+    return 0
 
 
 cdef int cache_local(lb_worker *w, lb_hconn *h, http_req *rq, int status, const char *reason,
@@ -1279,6 +1480,7 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef lb_cache_rt *rt
     cdef shm_cache_entry *e
     cdef uint32_t room, m, nb
+    cdef int64_t mm
     cdef int progress = 0
     cdef char *dst
     if h.hflags & HF_ERR:
@@ -1303,6 +1505,12 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
             m = room if room < cx.left else <uint32_t>cx.left
             memcpy(dst, cx.local + cx.local_off, m)
             cx.local_off += m
+        elif cx.mp != NULL and (cx.mp.pre_off < cx.mp.pre_len or cx.mp.part_left == 0):
+            mm = mp_step(cx, cx.src if cx.src != NULL else &w.http.cache.caches[cx.cache], dst, room)
+            if mm < 0:
+                h_cut(w, h)
+                return 1
+            m = <uint32_t>mm
         else:
             rt = cx.src if cx.src != NULL else &w.http.cache.caches[cx.cache]
             e = ce_at(rt, cx.entry)
@@ -1312,6 +1520,8 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
                 m = room
             if m > cx.left:
                 m = <uint32_t>cx.left
+            if cx.mp != NULL and m > cx.mp.part_left:
+                m = <uint32_t>cx.mp.part_left
             if cx.blk >= nb:
                 h_cut(w, h)
                 return 1
@@ -1323,6 +1533,8 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
             if not ce_stable(e, cx.seq):
                 h_cut(w, h)          # those bytes are not sent
                 return 1
+            if cx.mp != NULL:
+                cx.mp.part_left -= m
             cache_count(&rt.st.hit_bytes, m)
         h.outb.len += m
         cx.left -= m

@@ -36,7 +36,7 @@ cdef enum:
 
 
 cdef inline bint cache_send_direct_ok(lb_hconn *h, lb_cache_x *cx) noexcept nogil:
-    return (cx.local == NULL and cx.left >= CACHE_SEND_MIN
+    return (cx.local == NULL and cx.mp == NULL and cx.left >= CACHE_SEND_MIN
             and h.c.sk[SIDE_CLIENT].xp.splice and h.c.sk[SIDE_CLIENT].fd >= 0)
 
 
