@@ -92,7 +92,7 @@ asan-test: test-deps install
 FUZZ_DIR := build/fuzz
 FUZZ_SECONDS ?= 10
 FUZZ_JOBS ?= 1
-FUZZ_TARGETS ?= http_request http_response chunked proxy config tls_record jwt
+FUZZ_TARGETS ?= http_request http_response chunked proxy config tls_record jwt cache_range
 FUZZ_DEPS := clang
 fuzz-deps:
 	@$(call apt_ensure,$(FUZZ_DEPS))

@@ -30,7 +30,8 @@ def tls_records(*records: tuple[int, bytes]) -> bytes:
 
 def seeds() -> dict[str, list[bytes]]:
     out: dict[str, list[bytes]] = {name: [] for name in
-                                   ("http_request", "http_response", "chunked", "proxy", "config", "tls_record", "jwt")}
+                                   ("http_request", "http_response", "chunked", "proxy", "config", "tls_record", "jwt",
+                                    "cache_range")}
     for case in parser.VALID + parser.MALFORMED:
         out["http_request"] += [b"\x01" + case[1], b"\x00" + case[1]]
     for name, lines, body, _want in framing.REQUEST_FORMS:
@@ -69,6 +70,11 @@ def seeds() -> dict[str, list[bytes]]:
             decoded = test_jwt.jwt_b64url_decode(part.encode())
             if decoded:
                 out["jwt"].append(b"\x01" + decoded)
+    # cache_range: the Range values of the cache's tests, against each stored length
+    import test_cache
+    for spec in test_cache.RANGE_SPECS:
+        for sel in (1, 4, 5):
+            out["cache_range"].append(bytes([sel]) + spec.encode())
     return out
 
 

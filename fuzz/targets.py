@@ -12,7 +12,7 @@ import json
 import struct
 
 import lb._fastpath as fastpath
-from tests.reference import http_ref, jwt_ref, proxy_ref
+from tests.reference import http_ref, jwt_ref, proxy_ref, range_ref
 
 
 def _fields_as_tuples(result):
@@ -158,6 +158,22 @@ def jwt(data: bytes) -> None:
     assert fastpath.jwt_json_member(data, b"\x00not a member") is None
 
 
+RANGE_LENGTHS = (0, 1, 10, 4096, 100000, 300000, 1 << 32, (1 << 60) - 1)
+
+
+def cache_range(data: bytes) -> None:
+    """A cache hit reads a Range as the reference does (data[0] picks the
+    stored body's length), and what it answers stays inside the body."""
+    if not data:
+        return
+    length = RANGE_LENGTHS[data[0] % len(RANGE_LENGTHS)]
+    value = data[1:]
+    got = fastpath.cache_range_parse(value, length)
+    want = range_ref.parse(value, length)
+    assert (got[0], list(got[1])) == want, (got, want)
+    assert sum(b - a + 1 for a, b in got[1]) <= length and all(0 <= a <= b < length for a, b in got[1])
+
+
 TARGETS = {
     "http_request": http_request,
     "http_response": http_response,
@@ -166,4 +182,5 @@ TARGETS = {
     "config": config,
     "tls_record": tls_record,
     "jwt": jwt,
+    "cache_range": cache_range,
 }

@@ -700,6 +700,18 @@ def test_cdn_cache_control_takes_the_place_of_cache_control(origin, lb_cache):
 # ---- range requests -------------------------------------------------------------------------
 
 
+# Range values the tests below send (also the cache_range fuzzer's seeds: fuzz/make_seeds.py)
+RANGE_SPECS = [
+    "bytes=0-9", "bytes=70000-", "bytes=-5", "bytes=99990-200000", "bytes=-200000", "Bytes=5-5", "bytes=4095-4097",
+    "bytes=5-1", "items=0-1", "bytes=a-", "bytes=0-1,5-1", "bytes=,", "bytes=100000-", "bytes=-0",
+    "bytes=0-9,20-29", "bytes=200000-200099, 4090-4200,-7,299990-", "bytes=1-2,,400000-,5-6",
+    "bytes=0-65535,65536-131071,131072-196607", "bytes=10-19,400000-", "bytes=300000-,400000-500000",
+    "bytes=0-,0-", "bytes=0-199999,100000-299999", "bytes=" + ",".join(f"{i * 10}-{i * 10 + 1}" for i in range(33)),
+    "bytes=" + ",".join(f"{i * 10}-{i * 10 + 1}" for i in range(32)), " bytes = 0-1", "bytes=0-1 ,\t2-3\t",
+    "bytes=99999999999999999999999-", "bytes=0-99999999999999999999999", "bytes=-99999999999999999999999",
+]
+
+
 def test_a_range_is_answered_from_a_stored_full_response(origin, lb_cache):
     body = body_of(100000, 4)
     modified = httpdate(-3600)

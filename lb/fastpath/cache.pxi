@@ -1055,12 +1055,13 @@ cdef inline uint32_t _ows(const uint8_t *v, uint32_t i, uint32_t n) noexcept nog
 
 
 cdef inline uint32_t _digits(const uint8_t *v, uint32_t i, uint32_t n, uint64_t *out) noexcept nogil:
-    """Digits from i into out, saturated (a huge first-pos is simply past the
-    end); the index after them."""
+    """Digits from i into out, capped at 2**60 (a huge first-pos is simply
+    past the end, a huge last-pos the end); the index after them."""
     cdef uint64_t x = 0
     while i < n and 48 <= v[i] <= 57:
-        if x < (<uint64_t>1 << 60):
-            x = x * 10 + (v[i] - 48)
+        x = x * 10 + (v[i] - 48)
+        if x > (<uint64_t>1 << 60):
+            x = <uint64_t>1 << 60
         i += 1
     out[0] = x
     return i

@@ -171,3 +171,18 @@ def tlsr_feed(const unsigned char[:] data):
         lb_end.close()
         client_end.close()
     return bytes(got), ended, TLSR_STATS[0].tls_bad_records - before
+
+
+def cache_range_parse(bytes value, uint64_t body_len):
+    """A Range value against a stored body of body_len bytes, as a hit reads
+    it (cache.pxi range_parse): ("none" | "one" | "multi" | "unsat", the
+    satisfiable ranges as (first, last))."""
+    cdef uint64_t first[CACHE_MAX_RANGES]
+    cdef uint64_t last[CACHE_MAX_RANGES]
+    cdef uint32_t n = 0, i
+    cdef int r
+    if len(value) > 0xffff:
+        raise ValueError("a field value is at most 64 KiB")
+    r = range_parse(<const uint8_t *><const char *>value, <uint32_t>len(value), body_len, first, last, &n)
+    kind = {RANGE_NONE: "none", RANGE_ONE: "one", RANGE_MULTI: "multi", RANGE_UNSAT: "unsat"}[r]
+    return kind, [(first[i], last[i]) for i in range(n)] if r in (RANGE_ONE, RANGE_MULTI) else []
