@@ -97,6 +97,27 @@ def test_an_object_memory_evicted_is_served_from_the_disk(origin, lb_disk):  # n
     assert "lb_cache_disk_objects{" in text
 
 
+def test_ranges_of_an_object_on_the_disk_only(origin, lb_disk):  # noqa: F811
+    from test_cache import multipart_parts
+
+    body = body_of(20000, 4)
+    route(origin, "/r", 20000, 4)
+    lb = lb_disk()
+    get(lb.port, "/r")
+    push_out_of_memory(origin, lb)
+    listed = json.loads(cli(lb, "cache", "list", "--json", "-n", "10000"))["entries"]
+    assert [e["tier"] for e in listed if e["key"].endswith("/r")] == ["disk"]
+    status, fields, data = get(lb.port, "/r", headers={"Range": "bytes=4090-4105"})
+    assert (status, fields["content-range"], data) == (206, "bytes 4090-4105/20000", body[4090:4106])
+    assert fields["cache-status"].endswith("; detail=disk")
+    status, fields, data = get(lb.port, "/r", headers={"Range": "bytes=19990-,0-9,8190-8200"})
+    assert status == 206 and fields["cache-status"].endswith("; detail=disk")
+    assert [(f["content-range"], p) for f, p in multipart_parts(fields["content-type"], data)] == [
+        ("bytes 19990-19999/20000", body[19990:]), ("bytes 0-9/20000", body[:10]),
+        ("bytes 8190-8200/20000", body[8190:8201])]
+    assert origin.count("/r") == 1
+
+
 def test_a_stop_and_a_start_keep_what_both_tiers_held(origin, lb_disk):  # noqa: F811
     route(origin, "/early", 30000, 2)
     lb = lb_disk()
