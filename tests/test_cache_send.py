@@ -117,27 +117,48 @@ def read_head(s: socket.socket) -> tuple[bytes, bytes]:
     return head, rest
 
 
-def test_an_object_purged_while_it_is_sent_is_cut_short(origin, run_lb, tmp_path):
-    body = body_of(BIG, 7)
-    origin.routes["/huge"] = (200, [("Cache-Control", "max-age=60")], body)
+def start_big(origin, run_lb, tmp_path):  # noqa: F811
+    """An lb whose cache holds an object of BIG bytes."""
     port = free_port()
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     lb = run_lb(cache_config(port, origin.port, run_dir).replace('size = "8m"', f'size = "{BIG_CACHE_MIB}m"')
                 .replace('max_object_size = "2m"', f'max_object_size = "{(BIG >> 20) + 1}m"'))
     lb.run_dir = run_dir
+    lb.port = port
+    return lb
+
+
+def slow_request(port: int, target: str, fields: str = "") -> socket.socket:
+    """A request from a client with a small receive buffer: lb waits for it
+    to take each part of the answer."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.settimeout(10)
+    s.connect(("127.0.0.1", port))
+    s.sendall(f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{fields}\r\n".encode())
+    return s
+
+
+def purge_while_read(lb, s: socket.socket) -> bytes:
+    """Purge /huge while lb waits for the slow client; what comes after."""
+    cli(lb, "cache", "purge", f"http://127.0.0.1:{lb.port}/huge")
+    got = b""
+    while chunk := s.recv(65536):
+        got += chunk
+    return got
+
+
+def test_an_object_purged_while_it_is_sent_is_cut_short(origin, run_lb, tmp_path):
+    body = body_of(BIG, 7)
+    origin.routes["/huge"] = (200, [("Cache-Control", "max-age=60")], body)
+    lb = start_big(origin, run_lb, tmp_path)
+    port = lb.port
     assert get(port, "/huge")[2] == body
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.settimeout(10)
-        s.connect(("127.0.0.1", port))
-        s.sendall(f"GET /huge HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+    with slow_request(port, "/huge") as s:
         head, got = read_head(s)
         assert b"Cache-Status: lb; hit" in head and f"Content-Length: {BIG}".encode() in head
-        # lb waits for the client to take more: the object goes meanwhile
-        cli(lb, "cache", "purge", f"http://127.0.0.1:{port}/huge")
-        while chunk := s.recv(65536):
-            got += chunk
+        got += purge_while_read(lb, s)
     assert 0 < len(got) < BIG, "the response was not cut"
     assert got == body[:len(got)]          # nothing reused the blocks: what came is the object's
     assert get(port, "/huge")[2] == body   # a miss now, whole from the origin
@@ -147,19 +168,11 @@ def test_an_object_purged_while_it_is_sent_is_cut_short(origin, run_lb, tmp_path
 def test_a_multipart_answer_whose_object_is_purged_is_cut_short(origin, run_lb, tmp_path):
     body = body_of(BIG, 8)
     origin.routes["/huge"] = (200, [("Cache-Control", "max-age=60"), ("Content-Type", "video/mp4")], body)
-    port = free_port()
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    lb = run_lb(cache_config(port, origin.port, run_dir).replace('size = "8m"', f'size = "{BIG_CACHE_MIB}m"')
-                .replace('max_object_size = "2m"', f'max_object_size = "{(BIG >> 20) + 1}m"'))
-    lb.run_dir = run_dir
+    lb = start_big(origin, run_lb, tmp_path)
+    port = lb.port
     assert get(port, "/huge")[2] == body
     half = BIG // 2
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.settimeout(10)
-        s.connect(("127.0.0.1", port))
-        s.sendall(f"GET /huge HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nRange: bytes={half}-,0-{half - 1}\r\n\r\n".encode())
+    with slow_request(port, "/huge", f"Range: bytes={half}-,0-{half - 1}\r\n") as s:
         head, got = read_head(s)
         assert head.startswith(b"HTTP/1.1 206 ") and b"Cache-Status: lb; hit" in head
         boundary = head.split(b"boundary=")[1].split(b"\r\n")[0]
@@ -167,10 +180,7 @@ def test_a_multipart_answer_whose_object_is_purged_is_cut_short(origin, run_lb, 
                  b"\r\n--%s\r\nContent-Type: video/mp4\r\nContent-Range: bytes 0-%d/%d\r\n\r\n%s\r\n--%s--\r\n"
                  % (boundary, half, BIG - 1, BIG, body[half:], boundary, half - 1, BIG, body[:half], boundary))
         assert f"Content-Length: {len(whole)}".encode() in head
-        # lb waits for the client to take more: the object goes meanwhile
-        cli(lb, "cache", "purge", f"http://127.0.0.1:{port}/huge")
-        while chunk := s.recv(65536):
-            got += chunk
+        got += purge_while_read(lb, s)
     assert 0 < len(got) < len(whole), "the answer was not cut"
     assert got == whole[:len(got)]
 
