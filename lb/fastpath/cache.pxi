@@ -1484,6 +1484,7 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
     cdef int64_t mm
     cdef int progress = 0
     cdef char *dst
+    rt = cx.src if cx.src != NULL else &w.http.cache.caches[cx.cache]    # (unused by a local answer)
     if h.hflags & HF_ERR:
         log_term(&h.c, TERM_CLIENT_ABORT)
         h_close(w, h, True)
@@ -1507,13 +1508,12 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
             memcpy(dst, cx.local + cx.local_off, m)
             cx.local_off += m
         elif cx.mp != NULL and (cx.mp.pre_off < cx.mp.pre_len or cx.mp.part_left == 0):
-            mm = mp_step(cx, cx.src if cx.src != NULL else &w.http.cache.caches[cx.cache], dst, room)
+            mm = mp_step(cx, rt, dst, room)
             if mm < 0:
                 h_cut(w, h)
                 return 1
             m = <uint32_t>mm
         else:
-            rt = cx.src if cx.src != NULL else &w.http.cache.caches[cx.cache]
             e = ce_at(rt, cx.entry)
             nb = rt.hd.n_blocks
             m = CACHE_BLOCK - cx.blk_off
