@@ -717,8 +717,18 @@ def test_a_range_is_answered_from_a_stored_full_response(origin, lb_cache):
     modified = httpdate(-3600)
     origin.routes["/r"] = (200, [("Cache-Control", "max-age=60"), ("ETag", '"v1"'), ("Last-Modified", modified),
                                  ("Content-Type", "application/octet-stream")], body)
+    origin.routes["/says"] = (200, [("Cache-Control", "max-age=60"), ("Accept-Ranges", "bytes")], b"x")
     lb = lb_cache()
-    assert get(lb.port, "/r")[2] == body
+    status, h, data = get(lb.port, "/r")
+    assert data == body and "accept-ranges" not in h       # the origin's answer, as it came
+    # a hit says ranges can be asked for (RFC 9110 14.3); an origin's own field is not doubled
+    assert get(lb.port, "/r")[1]["accept-ranges"] == "bytes"
+    get(lb.port, "/says")
+    conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+    conn.request("GET", "/says")
+    resp = conn.getresponse()
+    assert [v for k, v in resp.getheaders() if k.lower() == "accept-ranges"] == ["bytes"] and resp.read() == b"x"
+    conn.close()
     conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
 
     def ask(headers, method="GET"):
@@ -736,6 +746,7 @@ def test_a_range_is_answered_from_a_stored_full_response(origin, lb_cache):
             assert h["content-range"] == f"bytes {first}-{last}/100000", spec
             assert int(h["content-length"]) == last - first + 1 and data == body[first:last + 1], spec
             assert h["cache-status"].startswith("lb; hit") and h["etag"] == '"v1"', spec
+            assert h["accept-ranges"] == "bytes", spec
         # ranges lb cannot read get the whole response (RFC 9110 14.2)
         for spec in ["bytes=5-1", "items=0-1", "bytes=a-", "bytes=0-1,5-1", "bytes=,"]:
             status, h, data = ask({"Range": spec})
@@ -753,7 +764,7 @@ def test_a_range_is_answered_from_a_stored_full_response(origin, lb_cache):
         assert (status, data, h["content-length"]) == (200, b"", "100000") and "content-range" not in h
         # validators that match win over the range: 304
         status, h, data = ask({"Range": "bytes=0-9", "If-None-Match": '"v1"'})
-        assert (status, data) == (304, b"")
+        assert (status, data) == (304, b"") and "accept-ranges" not in h
     finally:
         conn.close()
     assert origin.count("/r") == 1

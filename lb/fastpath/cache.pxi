@@ -1210,12 +1210,14 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
     cdef uint64_t first[CACHE_MAX_RANGES]
     cdef uint64_t last[CACHE_MAX_RANGES]
     cdef uint32_t nr = 0
+    cdef bint stored_200
     cdef char cr[96]
     if meta.head_len + 2 > CACHE_HEAD_MAX or not ce_copy(rt, e, meta.seq, off, head, meta.head_len):
         return -1                    # gone meanwhile: a miss after all
     memcpy(head + meta.head_len, b"\r\n", 2)
     if http_parse_response_c(<const uint8_t *>head, meta.head_len + 2, w.http.resp, CACHE_HEAD_MAX + 4) != 0:
         return -1
+    stored_200 = w.http.resp.status == 200
     # a Range on a GET of a stored 200 (RFC 9110 14.2), after the preconditions
     rf = field_find(rb, rq, b"range")
     if (rf >= 0 and h.method != MT_HEAD and w.http.resp.status == 200
@@ -1277,6 +1279,11 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
         w.http.resp.reason_len = 15
         w.http.resp.content_length = <int64_t>cx.left
         mp_head(cx, w.http.resp, <const uint8_t *>head)
+    if w.http.resp.status != 304 and stored_200 and field_find(<const uint8_t *>head, w.http.resp,
+                                                                b"accept-ranges") < 0:
+        # what a hit of a stored 200 can do: tell the client (RFC 9110 14.3), as nginx's cache does
+        memcpy(cx.hdr + cx.hdr_len, b"Accept-Ranges: bytes\r\n", 22)
+        cx.hdr_len += 22
     st = cache_answer(w, h, rq, head, w.http.resp)
     return st
 
