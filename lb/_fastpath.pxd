@@ -1628,6 +1628,7 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     uint8_t inval                    # an unsafe method: its target is invalidated on success
     uint8_t serving                  # answered by lb: the body comes from the cache (or local)
     uint8_t auth                     # the request had Authorization
+    uint8_t ranged                   # the request had a Range: its 206 may be stored (a piece)
     uint8_t stored
     uint64_t hash
     char *key                        # the key (host and target), key_len bytes (malloc)
@@ -1685,7 +1686,7 @@ cdef struct lb_cache_mp:             # the parts of a multipart/byteranges answe
     uint64_t first[CACHE_MAX_RANGES]
     uint64_t last[CACHE_MAX_RANGES]
     uint64_t body_len                # the stored body's length
-    uint64_t body_off                # its first byte's offset in the entry's blocks
+    uint64_t body_off                # its first byte's offset in the entry's blocks (of a stored piece: where byte 0 would be, mod 2**64)
     uint32_t first_blk               # the entry's first block
     uint64_t part_left               # the current part's body bytes still to send
     char pre[320]                    # the delimiter and fields before the current part (or the last delimiter)

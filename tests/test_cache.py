@@ -850,13 +850,78 @@ def test_several_ranges_get_a_multipart_answer_from_the_cache(origin, lb_cache):
     assert origin.count("/m") == 1 and origin.count("/untyped") == 1
 
 
+def test_a_piece_is_stored_and_answers_the_ranges_within_it(origin, lb_cache):
+    import random
+    body = random.Random(11).randbytes(10000)
+    fields = [("Cache-Control", "max-age=60"), ("ETag", '"p1"'), ("Content-Type", "video/mp4")]
+
+    def respond(method, headers, n):
+        # the origin's own 206 for an int-range, as RFC 9110 14.4 frames it
+        if "range" in headers and headers["range"][0].startswith("bytes=") and "," not in headers["range"][0]:
+            first, _, last = headers["range"][0][6:].partition("-")
+            first, last = int(first), min(int(last or 9999), 9999)
+            return 206, fields + [("Content-Range", f"bytes {first}-{last}/10000")], body[first:last + 1]
+        return 200, fields, body
+
+    origin.routes["/v"] = respond
+    # a 206 whose Content-Range does not match its body, and a 206 to no Range at all
+    origin.routes["/bad"] = (206, [("Cache-Control", "max-age=60"), ("Content-Range", "bytes 4-9/10")], b"01234")
+    origin.routes["/unasked"] = (206, [("Cache-Control", "max-age=60"), ("Content-Range", "bytes 0-1/10")], b"01")
+    lb = lb_cache()
+    status, h, data = get(lb.port, "/v", headers={"Range": "bytes=1000-2999"})
+    assert (status, data, h["cache-status"]) == (206, body[1000:3000], "lb; fwd=uri-miss; stored; ttl=60")
+    conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+
+    def ask(spec=None, **more):
+        conn.request("GET", "/v", headers={**({"Range": spec} if spec else {}), **more})
+        resp = conn.getresponse()
+        return resp.status, resp.getheaders(), resp.read()
+
+    try:
+        for spec, first, last in [("bytes=1500-1599", 1500, 1599), ("bytes=1000-", None, None),
+                                  ("bytes=2999-2999", 2999, 2999), ("bytes=1000-2999", 1000, 2999)]:
+            status, fl, data = ask(spec)
+            h = {k.lower(): v for k, v in fl}
+            if first is None:        # to the end: past the piece, so the origin's
+                assert status == 206 and h["cache-status"].startswith("lb; fwd=uri-miss"), spec
+                continue
+            assert status == 206 and h["cache-status"].startswith("lb; hit"), spec
+            # the range asked for, framed anew: one Content-Range, the piece's fields otherwise
+            assert [v for k, v in fl if k.lower() == "content-range"] == [f"bytes {first}-{last}/10000"], spec
+            assert data == body[first:last + 1] and h["etag"] == '"p1"' and "accept-ranges" not in h, spec
+        # that answer to bytes=1000- was stored in place of the first piece
+        status, fl, data = ask("bytes=9000-9009,1000-1009")
+        h = {k.lower(): v for k, v in fl}
+        assert status == 206 and h["cache-status"].startswith("lb; hit")
+        assert [(f["content-range"], p) for f, p in multipart_parts(h["content-type"], data)] == [
+            ("bytes 9000-9009/10000", body[9000:9010]), ("bytes 1000-1009/10000", body[1000:1010])]
+        # a piece is used only fresh and as it is: a request's max-age=0 is a miss, not a revalidation
+        before = origin.count("/v")
+        status, fl, data = ask("bytes=1500-1509", **{"Cache-Control": "max-age=0"})
+        assert status == 206 and data == body[1500:1510] and origin.count("/v") == before + 1
+        assert "if-none-match" not in origin.requests[-1][2]
+        # a plain GET is a miss; the whole 200 replaces the piece and answers every range from then on
+        status, fl, data = ask()
+        assert (status, data) == (200, body)
+        status, fl, data = ask("bytes=0-9")
+        assert (status, data) == (206, body[:10])
+    finally:
+        conn.close()
+    assert origin.count("/v") == 4
+    for target, headers in (("/bad", {"Range": "bytes=-5"}), ("/unasked", {})):
+        for _ in range(2):
+            status, h, data = get(lb.port, target, headers=headers)
+            assert status == 206 and h["cache-status"] == "lb; fwd=uri-miss", target
+        assert origin.count(target) == 2
+
+
 def test_a_range_miss_goes_to_the_origin_and_a_full_answer_is_stored(origin, lb_cache):
     body = body_of(5000, 5)
 
     def respond(method, headers, n):
         fields = [("Cache-Control", "max-age=60")]
         if "range" in headers:
-            # the origin's own 206: passed on, never stored
+            # the origin's own 206: passed on, and stored as a piece
             return 206, fields + [("Content-Range", "bytes 0-9/5000")], body[:10]
         return 200, fields, body
 
@@ -865,6 +930,9 @@ def test_a_range_miss_goes_to_the_origin_and_a_full_answer_is_stored(origin, lb_
     status, h, data = get(lb.port, "/m", headers={"Range": "bytes=0-9"})
     assert (status, data, h["content-range"]) == (206, body[:10], "bytes 0-9/5000")
     assert origin.requests[-1][2]["range"] == ["bytes=0-9"]
+    status, h, data = get(lb.port, "/m", headers={"Range": "bytes=2-3"})
+    assert (status, data, h["content-range"]) == (206, body[2:4], "bytes 2-3/5000")
+    assert h["cache-status"].startswith("lb; hit") and origin.count("/m") == 1
     assert get(lb.port, "/m")[:3:2] == (200, body)
     status, h, data = get(lb.port, "/m", headers={"Range": "bytes=10-19"})
     assert (status, data, h["content-range"]) == (206, body[10:20], "bytes 10-19/5000")

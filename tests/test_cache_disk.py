@@ -116,6 +116,13 @@ def test_ranges_of_an_object_on_the_disk_only(origin, lb_disk):  # noqa: F811
         ("bytes 19990-19999/20000", body[19990:]), ("bytes 0-9/20000", body[:10]),
         ("bytes 8190-8200/20000", body[8190:8201])]
     assert origin.count("/r") == 1
+    # a stored piece (a 206) too
+    origin.routes["/piece"] = (206, FRESH + [("Content-Range", "bytes 100-19999/30000")], body[100:])
+    assert get(lb.port, "/piece", headers={"Range": "bytes=100-"})[1]["cache-status"].endswith("stored; ttl=3600")
+    push_out_of_memory(origin, lb, 600)                    # (the first 300 are stored already)
+    status, fields, data = get(lb.port, "/piece", headers={"Range": "bytes=5000-5099"})
+    assert (status, fields["content-range"], data) == (206, "bytes 5000-5099/30000", body[5000:5100])
+    assert fields["cache-status"].endswith("; detail=disk") and origin.count("/piece") == 1
 
 
 def test_a_stop_and_a_start_keep_what_both_tiers_held(origin, lb_disk):  # noqa: F811

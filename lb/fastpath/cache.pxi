@@ -8,8 +8,9 @@
 #                          buffer (the one copy; a large body on a plain
 #                          socket goes straight from the region to the
 #                          kernel instead: cache_send.pxi), the entry's seq
-#                          checked after each copy; one byte range of a stored 200
-#                          is answered 206 (or 416) from it. Unsafe methods: their target is
+#                          checked after each copy; byte ranges of a stored 200
+#                          (or of a stored piece, a 206) are answered 206 from it,
+#                          several as multipart/byteranges. Unsafe methods: their target is
 #                          invalidated once the origin answered without error.
 #                          PURGE: from purge_allow addresses only.
 #   response step (cache_store)  the storability rules; a storable response
@@ -831,7 +832,7 @@ cdef int cache_lookup(lb_cache_rt *rt, const char *key, uint32_t key_len, uint64
                 if vary_hash(b, r, scratch, out.vary_len, rt.hd.seed ^ key_fields_hash(key, key_len)) != out.vhash:
                     if result == CN_URI_MISS:
                         result = CN_VARY_MISS
-                        if not auth or (out.flags & CEF_AUTH_OK):
+                        if (not auth or (out.flags & CEF_AUTH_OK)) and out.status != 206:
                             idx[0] = i       # its validators may select it for this request (RFC 9111 4.3.1)
                             stale_seq[0] = seq
                     continue
@@ -841,6 +842,8 @@ cdef int cache_lookup(lb_cache_rt *rt, const char *key, uint32_t key_len, uint64
             age = out.age0 + (now_ms - out.resp_ms) // 1000
             if age < 0:
                 age = 0
+            if out.status == 206 and (age >= out.fresh or req_max_age >= 0 or min_fresh >= 0):
+                continue                 # a piece is used only fresh, as it is, never revalidated: else a miss
             if age >= out.fresh and not (max_stale >= 0 and age - out.fresh <= max_stale
                                          and not (out.flags & (CEF_MUST_REVALIDATE | CEF_NO_CACHE))):
                 result = CN_STALE
@@ -1198,6 +1201,43 @@ cdef uint32_t content_range(char *o, uint64_t first, uint64_t last, uint64_t len
     return n + 2
 
 
+cdef bint piece_of(const uint8_t *sb, http_req *rs, uint64_t *first, uint64_t *last, uint64_t *len) noexcept nogil:
+    """The one range a 206 holds (RFC 9110 14.4, `Content-Range: bytes
+    first-last/len`, len known); False for anything else (several fields, a
+    multipart 206, `*`)."""
+    cdef int32_t i, f = -1
+    cdef const uint8_t *v
+    cdef uint32_t n, j, k
+    for i in range(<int32_t>rs.n_fields):
+        if name_is(sb, &rs.fields[i], b"content-range"):
+            if f >= 0:
+                return False
+            f = i
+    if f < 0:
+        return False
+    v = sb + rs.fields[f].value_off
+    n = rs.fields[f].value_len
+    if n < 7 or not ieq(v, 6, b"bytes "):
+        return False
+    j = _digits(v, 6, n, first)
+    if j == 6 or j >= n or v[j] != 45:
+        return False
+    k = _digits(v, j + 1, n, last)
+    if k == j + 1 or k >= n or v[k] != 47:
+        return False
+    j = _digits(v, k + 1, n, len)
+    return j == n and j > k + 1 and first[0] <= last[0] and last[0] < len[0] and len[0] < (<uint64_t>1 << 60)
+
+
+cdef void fields_drop(const uint8_t *sb, http_req *rs, const char *lower_name) noexcept nogil:
+    cdef uint32_t i, j = 0
+    for i in range(rs.n_fields):
+        if not name_is(sb, &rs.fields[i], lower_name):
+            rs.fields[j] = rs.fields[i]
+            j += 1
+    rs.n_fields = j
+
+
 cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, lb_cache_rt *rt,
                    shm_cache_entry *meta, uint32_t idx, int64_t now_ms) noexcept nogil:
     cdef lb_cache_x *cx
@@ -1209,8 +1249,9 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
     cdef int32_t rf
     cdef uint64_t first[CACHE_MAX_RANGES]
     cdef uint64_t last[CACHE_MAX_RANGES]
-    cdef uint32_t nr = 0
+    cdef uint32_t nr = 0, k
     cdef bint stored_200
+    cdef uint64_t pa = 0, pb = 0, plen = 0, complete = meta.body_len   # a stored piece's range and full length
     cdef char cr[96]
     if meta.head_len + 2 > CACHE_HEAD_MAX or not ce_copy(rt, e, meta.seq, off, head, meta.head_len):
         return -1                    # gone meanwhile: a miss after all
@@ -1218,9 +1259,23 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
     if http_parse_response_c(<const uint8_t *>head, meta.head_len + 2, w.http.resp, CACHE_HEAD_MAX + 4) != 0:
         return -1
     stored_200 = w.http.resp.status == 200
-    # a Range on a GET of a stored 200 (RFC 9110 14.2), after the preconditions
     rf = field_find(rb, rq, b"range")
-    if (rf >= 0 and h.method != MT_HEAD and w.http.resp.status == 200
+    if w.http.resp.status == 206:
+        # a stored piece (RFC 9111 3.3) answers ranges that lie within it; any
+        # other request is a miss, and the origin's answer replaces the piece
+        if (rf < 0 or h.method == MT_HEAD or not piece_of(<const uint8_t *>head, w.http.resp, &pa, &pb, &plen)
+                or pb - pa + 1 != meta.body_len or not if_range_ok(rb, rq, <const uint8_t *>head, w.http.resp)):
+            return -1
+        rg = range_parse(rb + rq.fields[rf].value_off, rq.fields[rf].value_len, plen, first, last, &nr)
+        if rg != RANGE_ONE and (rg != RANGE_MULTI or not mp_ctype_ok(<const uint8_t *>head, w.http.resp)):
+            return -1
+        for k in range(nr):
+            if first[k] < pa or last[k] > pb:
+                return -1
+        fields_drop(<const uint8_t *>head, w.http.resp, b"content-range")
+        complete = plen
+    # a Range on a GET of a stored 200 (RFC 9110 14.2), after the preconditions
+    elif (rf >= 0 and h.method != MT_HEAD and w.http.resp.status == 200
             and not not_modified(rb, rq, <const uint8_t *>head, w.http.resp)
             and if_range_ok(rb, rq, <const uint8_t *>head, w.http.resp)):
         rg = range_parse(rb + rq.fields[rf].value_off, rq.fields[rf].value_len, meta.body_len, first, last, &nr)
@@ -1246,12 +1301,12 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
     off += meta.head_len
     if rg == RANGE_MULTI:
         # the parts' blocks are found as each part begins (cache_serve)
-        if not mp_setup(w, cx, <const uint8_t *>head, w.http.resp, first, last, nr, meta.body_len, off,
+        if not mp_setup(w, cx, <const uint8_t *>head, w.http.resp, first, last, nr, complete, off - pa,
                         meta.first):
             return -1
     else:
         if rg == RANGE_ONE:
-            off += first[0]
+            off += first[0] - pa
             cx.left = last[0] - first[0] + 1
         if not cx_seek(rt, e, meta.seq, meta.first, off, &cx.blk, &cx.blk_off):
             return -1
@@ -1271,7 +1326,7 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
         w.http.resp.reason_off = meta.head_len + 2
         w.http.resp.reason_len = 15
         w.http.resp.content_length = <int64_t>cx.left
-        cx.hdr_len += content_range(cx.hdr + cx.hdr_len, first[0], last[0], meta.body_len, False)
+        cx.hdr_len += content_range(cx.hdr + cx.hdr_len, first[0], last[0], complete, False)
     elif rg == RANGE_MULTI:
         memcpy(head + meta.head_len + 2, b"Partial Content", 15)
         w.http.resp.status = 206
@@ -1395,13 +1450,8 @@ cdef bint mp_setup(lb_worker *w, lb_cache_x *cx, const uint8_t *sb, http_req *rs
 cdef void mp_head(lb_cache_x *cx, http_req *rs, const uint8_t *sb) noexcept nogil:
     """The answer's own Content-Type says multipart; the stored one is in
     each part."""
-    cdef uint32_t i, j = 0
     cdef lb_cache_mp *mp = cx.mp
-    for i in range(rs.n_fields):
-        if not name_is(sb, &rs.fields[i], b"content-type"):
-            rs.fields[j] = rs.fields[i]
-            j += 1
-    rs.n_fields = j
+    fields_drop(sb, rs, b"content-type")
     memcpy(cx.hdr + cx.hdr_len, b"Content-Type: multipart/byteranges; boundary=", 45)
     cx.hdr_len += 45
     memcpy(cx.hdr + cx.hdr_len, mp.boundary, mp.boundary_len)
@@ -1564,11 +1614,11 @@ cdef bint status_storable(uint32_t status, bint explicit) noexcept nogil:
     """Final statuses lb stores: the heuristically cacheable ones (RFC 9110
     15.1), and with explicit freshness (or public) any other final one, known
     or not (RFC 9111 3: a cache need not understand a status to store it;
-    must-understand is checked apart). Never 206 (lb does not combine
-    ranges) or 304."""
+    must-understand is checked apart), 206 included (a piece, piece_of says
+    which: RFC 9111 3.3). Never 304."""
     if status in (200, 203, 204, 300, 301, 308, 404, 405, 410, 414, 501):
         return True
-    return explicit and 200 <= status <= 599 and status != 206 and status != 304
+    return explicit and 200 <= status <= 599 and status != 304
 
 
 cdef inline bint status_understood(uint32_t status) noexcept nogil:
@@ -1658,6 +1708,7 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     cdef uint32_t tn
     cdef char omit[CACHE_META_MAX]
     cdef uint32_t on = 0
+    cdef uint64_t pa, pb, plen
     cdef bint cookie
     cdef http_field *f
     cdef const uint8_t *name
@@ -1736,6 +1787,9 @@ cdef bint cache_fill_start(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
         return False
     if not status_storable(r.status, explicit or (flags & RCC_PUBLIC) != 0):
         return False
+    if r.status == 206 and not (piece_of(b, r, &pa, &pb, &plen) and r.content_length == <int64_t>(pb - pa + 1)
+                                and not r.chunked and cx.ranged and h.cache_note == CN_URI_MISS):
+        return False                 # a piece lb can read, asked for, whose body is all of it, replacing nothing
     if cookie and not explicit:
         return False                 # no Set-Cookie response is cached on a guess
     # age (RFC 9111 4.2.3): the Age the response came with, or the time since its Date
@@ -2163,7 +2217,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
         cache_count(&rt.st.miss, 1)
         return 504                   # RFC 9111 5.2.1.7
     # a Range miss goes on as it came and is not collapsed: the origin's 206 is
-    # not stored and is no answer for the others (a 200 still is stored)
+    # a piece, no answer for the others (it or a 200 may still be stored)
     if (get and not (qflags & QCC_NO_STORE) and note != CN_REQUEST and note != CN_BYPASS
             and field_find(b, r, b"range") < 0 and not tier_came_back(w, h, b, r)):
         claim = cache_claim(rt, hash, now_ms)
@@ -2202,6 +2256,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cx.req_len = r.head_len
     cx.hash = hash
     cx.auth = auth
+    cx.ranged = field_find(b, r, b"range") >= 0
     cx.fill = get
     cx.cache = <uint32_t>(rt - w.http.cache.caches)
     cx.claimed = claim == CLAIM_MINE
