@@ -1320,20 +1320,16 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
         w.http.resp.reason_off = meta.head_len + 2
         w.http.resp.reason_len = 12
         cx.left = 0
-    elif rg == RANGE_ONE:
+    elif rg == RANGE_ONE or rg == RANGE_MULTI:
         memcpy(head + meta.head_len + 2, b"Partial Content", 15)
         w.http.resp.status = 206
         w.http.resp.reason_off = meta.head_len + 2
         w.http.resp.reason_len = 15
         w.http.resp.content_length = <int64_t>cx.left
-        cx.hdr_len += content_range(cx.hdr + cx.hdr_len, first[0], last[0], complete, False)
-    elif rg == RANGE_MULTI:
-        memcpy(head + meta.head_len + 2, b"Partial Content", 15)
-        w.http.resp.status = 206
-        w.http.resp.reason_off = meta.head_len + 2
-        w.http.resp.reason_len = 15
-        w.http.resp.content_length = <int64_t>cx.left
-        mp_head(cx, w.http.resp, <const uint8_t *>head)
+        if rg == RANGE_ONE:
+            cx.hdr_len += content_range(cx.hdr + cx.hdr_len, first[0], last[0], complete, False)
+        else:
+            mp_head(cx, w.http.resp, <const uint8_t *>head)
     if w.http.resp.status != 304 and stored_200 and field_find(<const uint8_t *>head, w.http.resp,
                                                                 b"accept-ranges") < 0:
         # what a hit of a stored 200 can do: tell the client (RFC 9110 14.3), as nginx's cache does
