@@ -1493,7 +1493,7 @@ cdef struct lb_h2bs:                 # one request on an lb_h2b; the ctx of its 
 
 cdef enum:
     CACHE_MAGIC = 0x6c626361         # "lbca"
-    CACHE_VERSION = 1
+    CACHE_VERSION = 2                # 2: shm_cache_stats gained range_fills, range_fill_failed
     CACHE_BLOCK = 4096               # bytes of one block of object data
     CACHE_ROWS = 130                 # counter rows: 2 x MAX_WORKERS (64) + 2, beside any generation's rows
     CACHE_KEY_MAX = 4096             # longer keys (host + target) are not cached
@@ -1586,6 +1586,8 @@ cdef struct shm_cache_stats:         # writer: each worker, its row (the row of 
     uint64_t collapsed               # requests that waited for another's fetch of their key
     uint64_t refreshed               # background revalidations (stale-while-revalidate) that refreshed their entry
     uint64_t refresh_failed          # background revalidations the origin failed (error, timeout, cut short)
+    uint64_t range_fills             # Range misses whose background fetch of the whole response stored it
+    uint64_t range_fill_failed       # those the origin failed, or whose response was larger than max_object_size
 
 cdef struct lb_cache_keycfg:         # a cache's key: key_host, key_query, key_query_drop|keep, key_headers
     uint8_t host                     # the host is part of the key
@@ -1620,6 +1622,7 @@ cdef struct lb_cache_rt:             # a worker's view of one cache
     uint32_t *verified               # a disk tier's view: the seq each entry's checksum was last found good at (shared, not on disk)
     int32_t zc_fd                    # the memory tier's file (/dev/shm), when zc: hits go out of it by sendfile(2), freed blocks are punched out of it (cache_send.pxi)
     uint8_t zc                       # 1: zc_fd is open (this process's view; a disk tier's is 0)
+    uint8_t range_fill               # range_fill: a Range miss fetches the whole response in the background
 
 cdef struct lb_cache_x:              # one exchange's cache state (allocated per cacheable request)
     uint32_t cache                   # index in lb_cache_wk.caches
@@ -1712,9 +1715,11 @@ cdef struct lb_cache_wk:             # a worker's caches
     lb_hconn *refresh_h              # a blank exchange that carries a refresh's cx through cache_fill_start
     http_req *refresh_resp           # scratch: a refresh's response head
 
-cdef struct lb_cache_refresh:        # one background revalidation (stale-while-revalidate) in flight
+cdef struct lb_cache_refresh:        # one background fetch in flight: a revalidation (stale-while-revalidate) or a Range miss's fill
     uint32_t kind                    # KIND_CACHE_REFRESH (first: epoll events find the kind here)
     uint32_t state                   # RF_*
+    uint8_t whole                    # 1: a Range miss's fetch of the whole response (no stale entry behind it)
+    uint8_t too_big                  # its body is larger than max_object_size
     int fd
     int32_t slot                     # the backend it went to
     lb_cache_x *cx                   # the key, its claim, the request head (Vary values) to store with

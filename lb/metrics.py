@@ -409,9 +409,11 @@ def _caches(text: Text, gen) -> None:
                "Responses a cache stored, and objects it evicted, invalidated (unsafe methods) or purged; "
                "stale objects revalidated (304) or served because the origin failed; requests that "
                "waited for another's fetch (collapsed); background refreshes (stale-while-revalidate) done "
-               "(refreshed) or failed (refresh_failed)",
+               "(refreshed) or failed (refresh_failed); Range misses' background fetches of the whole "
+               "response stored (range_fills) or failed (range_fill_failed)",
                by=("event", ("stored", "not_stored", "store_failed", "evicted", "invalidated", "purged",
-                             "revalidated", "stale_served", "collapsed", "refreshed", "refresh_failed")))
+                             "revalidated", "stale_served", "collapsed", "refreshed", "refresh_failed",
+                             "range_fills", "range_fill_failed")))
     _per_cache(text, stats, "lb_cache_bytes", "gauge", "Bytes a cache holds (keys, heads and bodies)", "bytes")
     _per_cache(text, stats, "lb_cache_capacity_bytes", "gauge", "Bytes of object blocks a cache has (its size bound)",
                "capacity")

@@ -178,6 +178,7 @@ def test_a_cache_listener_runs_its_steps():
 @pytest.mark.parametrize("extra, listener_extra, path", [
     ('', 'cache = "nope"', "listeners.web.cache"),
     ('purge_allow = ["nope"]', '', "caches.c.purge_allow"),
+    ('range_fill = "yes"', '', "caches.c.range_fill"),
     ('', '', None),
 ])
 def test_bad_cache_config_names_the_key(extra, listener_extra, path):
@@ -536,6 +537,21 @@ def test_http2_streams_use_the_cache(origin, lb_cache):
     assert origin.count("/h2") == 1
 
 
+def test_an_http2_range_miss_fills_the_whole_response_too(origin, lb_cache):
+    from h2_client import H2Client
+
+    body = body_of(120_000, 10)
+    origin.routes["/h2r"] = ranged_origin(body, [("Cache-Control", "max-age=60")])
+    lb = lb_cache(listener_extra="[listeners.web.http2]\nh2c = true\n")
+    with H2Client(lb.port) as c:
+        miss = c.response(c.request("/h2r", headers=[("range", "bytes=10-19")]))
+        assert (miss.status, bytes(miss.body)) == (206, body[10:20])
+        wait_for(lambda: cache_counts(lb)["range_fills"] == 1, 10, "the background fetch stored")
+        hit = c.response(c.request("/h2r", headers=[("range", "bytes=100000-100009")]))
+    assert (hit.status, bytes(hit.body)) == (206, body[100000:100010])
+    assert hit.header("cache-status").startswith("lb; hit") and origin.count("/h2r") == 2
+
+
 def test_a_hit_answers_304_to_a_client_whose_validators_match(origin, lb_cache):
     lm = httpdate(-3600)
     origin.routes["/c"] = (200, [("Cache-Control", "max-age=60"), ("ETag", 'W/"v7"'), ("Last-Modified", lm)], b"body")
@@ -867,7 +883,7 @@ def test_a_piece_is_stored_and_answers_the_ranges_within_it(origin, lb_cache):
     # a 206 whose Content-Range does not match its body, and a 206 to no Range at all
     origin.routes["/bad"] = (206, [("Cache-Control", "max-age=60"), ("Content-Range", "bytes 4-9/10")], b"01234")
     origin.routes["/unasked"] = (206, [("Cache-Control", "max-age=60"), ("Content-Range", "bytes 0-1/10")], b"01")
-    lb = lb_cache()
+    lb = lb_cache(cache_extra="range_fill = false")   # pieces alone, no whole response fetched behind them
     status, h, data = get(lb.port, "/v", headers={"Range": "bytes=1000-2999"})
     assert (status, data, h["cache-status"]) == (206, body[1000:3000], "lb; fwd=uri-miss; stored; ttl=60")
     conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
@@ -916,6 +932,7 @@ def test_a_piece_is_stored_and_answers_the_ranges_within_it(origin, lb_cache):
 
 
 def test_a_range_miss_goes_to_the_origin_and_a_full_answer_is_stored(origin, lb_cache):
+    """range_fill = false: nothing but the client's own requests reach the origin."""
     body = body_of(5000, 5)
 
     def respond(method, headers, n):
@@ -926,7 +943,7 @@ def test_a_range_miss_goes_to_the_origin_and_a_full_answer_is_stored(origin, lb_
         return 200, fields, body
 
     origin.routes["/m"] = respond
-    lb = lb_cache()
+    lb = lb_cache(cache_extra="range_fill = false")
     status, h, data = get(lb.port, "/m", headers={"Range": "bytes=0-9"})
     assert (status, data, h["content-range"]) == (206, body[:10], "bytes 0-9/5000")
     assert origin.requests[-1][2]["range"] == ["bytes=0-9"]
@@ -937,3 +954,170 @@ def test_a_range_miss_goes_to_the_origin_and_a_full_answer_is_stored(origin, lb_
     status, h, data = get(lb.port, "/m", headers={"Range": "bytes=10-19"})
     assert (status, data, h["content-range"]) == (206, body[10:20], "bytes 10-19/5000")
     assert origin.count("/m") == 2
+
+
+def cache_counts(lb) -> dict:
+    return json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+
+
+def ranged_origin(body: bytes, fields: list, hold: threading.Event | None = None):
+    """An origin route that answers a Range with its own 206 and anything
+    else with the whole 200 (after `hold`, when given)."""
+    def respond(method, headers, n):
+        if "range" in headers:
+            first, _, last = headers["range"][0][6:].partition("-")
+            first, last = int(first), min(int(last or len(body) - 1), len(body) - 1)
+            return 206, fields + [("Content-Range", f"bytes {first}-{last}/{len(body)}")], body[first:last + 1]
+        if hold is not None:
+            assert hold.wait(20)
+        return 200, fields, body
+    return respond
+
+
+def test_a_range_miss_fetches_the_whole_response_once_in_the_background(origin, lb_cache):
+    body = body_of(300_000, 6)
+    origin.routes["/video"] = ranged_origin(body, [("Cache-Control", "max-age=60"), ("ETag", '"v"'),
+                                                   ("Content-Type", "video/mp4")])
+    lb = lb_cache()
+    status, h, data = get(lb.port, "/video", headers={"Range": "bytes=1000-1999", "If-Range": '"v"',
+                                                      "Cache-Control": "max-age=30"})
+    # the client's range, as the origin answered it
+    assert (status, data, h["content-range"]) == (206, body[1000:2000], "bytes 1000-1999/300000")
+    wait_for(lambda: cache_counts(lb)["range_fills"] == 1, 10, "the background fetch stored")
+    fetched = [rq for rq in origin.requests if rq[1] == "/video" and "range" not in rq[2]]
+    assert len(fetched) == 1
+    method, _, headers = fetched[0]
+    # the whole response, as lb forwards the request, without the client's
+    # Range, If-Range or directives; on a connection of its own
+    assert method == "GET" and headers["connection"] == ["close"]
+    assert not {"if-range", "cache-control", "if-none-match"} & set(headers)
+    before = origin.count("/video")
+    conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+    try:
+        for spec, first, last in (("bytes=5000-5099", 5000, 5099), ("bytes=-10", 299_990, 299_999),
+                                  ("bytes=250000-", 250_000, 299_999)):
+            conn.request("GET", "/video", headers={"Range": spec})
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (206, body[first:last + 1]), spec
+            assert resp.getheader("Cache-Status").startswith("lb; hit"), spec
+        conn.request("GET", "/video")
+        resp = conn.getresponse()
+        assert (resp.status, resp.read()) == (200, body)
+        assert resp.getheader("Cache-Status").startswith("lb; hit")
+    finally:
+        conn.close()
+    assert origin.count("/video") == before
+    assert cache_counts(lb)["range_fill_failed"] == 0
+
+
+def test_a_piece_that_comes_after_the_whole_response_does_not_replace_it(origin, lb_cache):
+    """The range's own 206 is held at the origin until the background fetch
+    has stored the whole response: the piece, storable when its request
+    missed, is then refused, and every range is a hit of the whole."""
+    body = body_of(50_000, 9)
+    fields = [("Cache-Control", "max-age=60")]
+    whole_stored = threading.Event()
+
+    def respond(method, headers, n):
+        if "range" in headers:
+            assert whole_stored.wait(20)
+            return 206, fields + [("Content-Range", "bytes 0-99/50000")], body[:100]
+        return 200, fields, body
+
+    origin.routes["/late"] = respond
+    lb = lb_cache()
+    done = []
+    t = threading.Thread(target=lambda: done.append(get(lb.port, "/late", headers={"Range": "bytes=0-99"})))
+    t.start()
+    try:
+        wait_for(lambda: cache_counts(lb)["range_fills"] == 1, 10, "the whole response stored")
+    finally:
+        whole_stored.set()
+    t.join(10)
+    assert done[0][0] == 206 and done[0][2] == body[:100]
+    wait_for(lambda: cache_counts(lb)["not_stored"] == 1, 10, "the late piece refused")
+    listed = json.loads(cli(lb, "cache", "list", "--json"))["entries"]
+    assert [(e["status"], e["body_bytes"]) for e in listed if e["key"].endswith("/late")] == [(200, 50_000)]
+    status, h, data = get(lb.port, "/late", headers={"Range": "bytes=40000-40099"})
+    assert (status, data) == (206, body[40000:40100]) and h["cache-status"].startswith("lb; hit")
+
+
+def test_concurrent_range_misses_on_two_workers_fetch_the_whole_response_once(origin, lb_cache):
+    body = body_of(200_000, 7)
+    release = threading.Event()
+    origin.routes["/v2"] = ranged_origin(body, [("Cache-Control", "max-age=60")], hold=release)
+    lb = lb_cache(workers=2)
+    answers = []
+
+    def client(i):
+        first = i * 1000
+        status, h, data = get(lb.port, "/v2", headers={"Range": f"bytes={first}-{first + 99}"})
+        answers.append((status, data == body[first:first + 100]))
+
+    try:
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(40)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        # every range was answered (by the origin) while the one whole fetch waited
+        assert sorted(answers) == [(206, True)] * 40
+        plain = [rq for rq in origin.requests if rq[1] == "/v2" and "range" not in rq[2]]
+        assert len(plain) == 1
+    finally:
+        release.set()
+    wait_for(lambda: cache_counts(lb)["range_fills"] == 1, 10, "the background fetch stored")
+    before = origin.count("/v2")
+    for i in range(20):
+        status, h, data = get(lb.port, "/v2", headers={"Range": f"bytes={i * 7}-{i * 7 + 6}"})
+        assert (status, data) == (206, body[i * 7:i * 7 + 7]) and h["cache-status"].startswith("lb; hit")
+    assert origin.count("/v2") == before
+
+
+def test_a_whole_response_larger_than_max_object_size_is_not_fetched_past_its_head(origin, lb_cache):
+    """The fill reads the head, sees a Content-Length over max_object_size
+    (2m here) and closes: the origin below sends the head and a few bytes
+    of its body, then nothing, so a fill that waited for the body would
+    still be waiting. Its ranges keep going to the origin, and no other
+    whole fetch is tried for a while."""
+    size = 3 * 1024 * 1024
+    sent_head = threading.Event()
+
+    def respond(method, headers, n):
+        if "range" in headers:
+            return 206, [("Cache-Control", "max-age=60"), ("Content-Range", f"bytes 0-9/{size}")], b"0123456789"
+        sent_head.set()
+        return 200, [("Cache-Control", "max-age=60"), ("Content-Length", str(size))], b"only this"
+
+    origin.routes["/big"] = respond
+    lb = lb_cache()
+    for _ in range(3):
+        status, h, data = get(lb.port, "/big", headers={"Range": "bytes=0-9"})
+        assert (status, data) == (206, b"0123456789")
+        assert sent_head.wait(10)
+        wait_for(lambda: cache_counts(lb)["range_fill_failed"] == 1, 5, "the whole fetch given up at its head")
+    assert [rq[2].get("range") for rq in origin.requests if rq[1] == "/big"].count(None) == 1
+    assert cache_counts(lb)["range_fills"] == 0
+
+
+def test_a_whole_response_that_may_not_be_stored_leaves_the_piece(origin, lb_cache):
+    body = body_of(10_000, 8)
+
+    def respond(method, headers, n):
+        if "range" in headers:
+            return 206, [("Cache-Control", "max-age=60"), ("Content-Range", "bytes 0-4999/10000")], body[:5000]
+        return 200, [("Cache-Control", "no-store")], body
+
+    origin.routes["/ns"] = respond
+    lb = lb_cache()
+    status, h, data = get(lb.port, "/ns", headers={"Range": "bytes=0-4999"})
+    assert (status, data) == (206, body[:5000]) and h["cache-status"].endswith("stored; ttl=60")
+    wait_for(lambda: cache_counts(lb)["not_stored"] == 1, 10, "the whole fetch's answer refused")
+    # the piece answers what lies within it; a range past it is a miss that
+    # starts no second whole fetch (not storable: held back for a while)
+    status, h, data = get(lb.port, "/ns", headers={"Range": "bytes=100-199"})
+    assert (status, data) == (206, body[100:200]) and h["cache-status"].startswith("lb; hit")
+    status, h, data = get(lb.port, "/ns", headers={"Range": "bytes=100-5199"})
+    assert status == 206 and h["cache-status"].startswith("lb; fwd=uri-miss")
+    assert [rq[2].get("range") for rq in origin.requests if rq[1] == "/ns"].count(None) == 1
+    assert cache_counts(lb)["range_fills"] == 0

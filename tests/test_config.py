@@ -119,6 +119,7 @@ tag_header = "Surrogate-Key"
 purge_allow = ["office"]
 disk = "/var/tmp"
 disk_size = "64m"
+range_fill = false
 
 [caches.api]
 size = "64m"
@@ -425,7 +426,8 @@ def test_full_config_loads_every_key():
     assert web.cache == "static" and web.routes[0].cache == "api"
     assert cfg.caches["static"] == config.Cache(name="static", size=256 << 20, max_object_size=8 << 20,
                                                 tag_header="Surrogate-Key", purge_allow=("office",),
-                                                disk="/var/tmp/lb-cache-static.dat", disk_size=64 << 20)
+                                                disk="/var/tmp/lb-cache-static.dat", disk_size=64 << 20,
+                                                range_fill=False)
     assert cfg.caches["api"] == config.Cache(name="api", size=64 << 20, max_object_size=4 << 20, key_host=False,
                                              key_query="sort", key_query_drop=("utm_*", "fbclid"),
                                              key_headers=("accept-language",))

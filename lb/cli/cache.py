@@ -62,6 +62,7 @@ def stats(app: App, cache_name: str | None, as_json: bool) -> None:
                    f"evicted {c['evicted']}  invalidated {c['invalidated']}  purged {c['purged']}")
         click.echo(f"  revalidated {c['revalidated']}  stale served {c['stale_served']}  collapsed {c['collapsed']}")
         click.echo(f"  refreshed in the background {c['refreshed']}  refreshes failed {c['refresh_failed']}")
+        click.echo(f"  filled whole after a range miss {c['range_fills']}  range fills failed {c['range_fill_failed']}")
         d = item.get("disk")
         if d:
             click.echo(f"  disk {d['path']}: {d['objects']} objects, {d['bytes']} of {d['capacity']} bytes; "

@@ -14,7 +14,7 @@ from lb.config.values import ConfigError, Context, Table, did_you_mean, string_l
 
 NAMED = True
 KEYS = ("size", "max_object_size", "tag_header", "purge_allow", "key_host", "key_query", "key_query_drop",
-        "key_query_keep", "key_headers", "disk", "disk_size")
+        "key_query_keep", "key_headers", "disk", "disk_size", "range_fill")
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,63}")
 MIN_SIZE = 1 << 20  # the index and a few blocks
 MAX_SIZE = 1 << 40
@@ -50,6 +50,7 @@ class Cache:
     key_headers: tuple[str, ...] = ()  # request fields whose values are part of the key (lower case)
     disk: str = ""  # the disk tier's file (a directory given gets DISK_FILE in it); "" = no disk tier
     disk_size: int = 0  # bytes of that file, all of it
+    range_fill: bool = True  # a Range miss also fetches the whole response, once, in the background, to store it
 
 
 def parse(tables: list[tuple[str, Table]], ctx: Context) -> dict[str, Cache]:
@@ -118,7 +119,8 @@ def _parse_cache(name: str, t: Table, acls: dict) -> Cache:
     disk, disk_size = _parse_disk(name, t, max_object)
     return Cache(name=name, size=size, max_object_size=max_object, tag_header=tag_header, purge_allow=tuple(allow),
                  key_host=t.boolean("key_host", True), key_query=key_query, key_query_drop=drop,
-                 key_query_keep=keep, key_headers=tuple(headers), disk=disk, disk_size=disk_size)
+                 key_query_keep=keep, key_headers=tuple(headers), disk=disk, disk_size=disk_size,
+                 range_fill=t.boolean("range_fill", True))
 
 
 def _key_params(t: Table, key: str) -> tuple[str, ...]:

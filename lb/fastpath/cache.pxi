@@ -334,7 +334,8 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
                       uint64_t *evicted) noexcept nogil:
     """Store an object (key, Vary names, tags, head, body) with meta's sizes,
     times and flags, in place of the entries of its key and Vary values.
-    0 stored, -1 no room. Lock held."""
+    0 stored, -1 no room, -2 a piece (a 206) where a whole response is
+    stored (another's fill, since the piece's request missed). Lock held."""
     cdef shm_cache_head *hd = rt.hd
     cdef uint32_t need = <uint32_t>((len + CACHE_BLOCK - 1) // CACHE_BLOCK), i, b, prev, k, link, j
     cdef uint8_t queue
@@ -347,6 +348,15 @@ cdef int cache_insert(lb_cache_rt *rt, const char *obj, uint64_t len, shm_cache_
         need = 1
     if need > hd.n_blocks - hd.small_cap:
         return -1
+    if meta.status == 206:
+        link = rt.buckets[meta.hash & (hd.n_buckets - 1)]
+        k = 0
+        while link and k < hd.n_entries:
+            e = ce_at(rt, link - 1)
+            link = e.chain
+            if e.state == CE_LIVE and e.hash == meta.hash and e.vhash == meta.vhash and e.status != 206:
+                return -2
+            k += 1
     link = rt.buckets[meta.hash & (hd.n_buckets - 1)]
     k = 0
     while link and k < hd.n_entries:
@@ -1899,11 +1909,13 @@ cdef void cache_fill_done(lb_worker *w, lb_hconn *h) noexcept nogil:
         return
     st = cache_insert(rt, cx.obj, cx.obj_len, &cx.meta, &evicted)
     cache_unlock(rt)
-    cache_unclaim(rt, cx, st != 0)
+    cache_unclaim(rt, cx, st == -1)
     if evicted:
         cache_count(&rt.st.evicted, evicted)
     if st == 0:
         cache_count(&rt.st.stored, 1)
+    elif st == -2:
+        cache_count(&rt.st.not_stored, 1)
     else:
         cache_count(&rt.st.store_failed, 1)
     free(cx.obj)
@@ -1975,6 +1987,7 @@ cdef enum:
     CACHE_WAIT_MAX_MS = 5000
     CACHE_FILL_CLAIM_MS = 30000      # a claim older than this no longer holds anyone back
     CACHE_PASS_MS = 10000
+    CACHE_PASS_BIG_MS = 60000        # a Range miss's fill found the object larger than max_object_size
 
 
 cdef enum:
@@ -2011,9 +2024,14 @@ cdef int cache_claim(lb_cache_rt *rt, uint64_t hash, int64_t now_ms) noexcept no
     return CLAIM_MINE
 
 
-cdef void cache_unclaim(lb_cache_rt *rt, lb_cache_x *cx, bint pass_) noexcept nogil:
+cdef inline void cache_unclaim(lb_cache_rt *rt, lb_cache_x *cx, bint pass_) noexcept nogil:
     """The fetch is over: published (the waiters find it), or not storable
     (pass_: the next misses do not wait), or given up."""
+    cache_unclaim_for(rt, cx, CACHE_PASS_MS if pass_ else 0)
+
+
+cdef void cache_unclaim_for(lb_cache_rt *rt, lb_cache_x *cx, int64_t pass_ms) noexcept nogil:
+    """cache_unclaim; pass_ms > 0: the pass mark lasts that long."""
     cdef uint32_t base = <uint32_t>(cx.hash & (CACHE_FILLS - 1)), k
     cdef shm_cache_fill *f
     cdef int64_t now_ms
@@ -2024,10 +2042,10 @@ cdef void cache_unclaim(lb_cache_rt *rt, lb_cache_x *cx, bint pass_) noexcept no
         f = &rt.fills[(base + k) & (CACHE_FILLS - 1)]
         if lb_load_u64(&f.hash) != cx.hash or lb_load_u32(&f.pid) != rt.pid:
             continue
-        if pass_:
+        if pass_ms > 0:
             clock_now_ms(&now_ms)
             lb_store_u32(&f.pass_, 1)
-            lb_store_i64(&f.until_ms, now_ms + CACHE_PASS_MS)
+            lb_store_i64(&f.until_ms, now_ms + pass_ms)
         else:
             lb_store_u64(&f.hash, 0)
         return
@@ -2234,6 +2252,9 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     else:
         cache_count(&rt.st.miss, 1)
     h.cache_note = <uint8_t>note
+    if (get and rt.range_fill and (note == CN_URI_MISS or note == CN_VARY_MISS) and not auth
+            and not (qflags & QCC_NO_STORE) and field_find(b, r, b"range") >= 0 and not tier_came_back(w, h, b, r)):
+        range_fill_start(w, h, b, r, rt, key, n, hash, now_ms)
     if (not get and note != CN_STALE) or (qflags & QCC_NO_STORE):
         return STEP_CONTINUE         # (a HEAD with a stale GET stored may refresh it: RFC 9111 4.3.5)
     # a GET that may be stored: its key, and its head for the Vary values
@@ -2610,6 +2631,7 @@ cdef int cache_worker_init(lb_worker *w, object caches, uint32_t row, dict acl_i
         rt.st = (<shm_cache_stats *>(cs.base + rt.hd.off_rows)) + (row % CACHE_ROWS)
         rt.pid = <uint32_t>getpid()
         rt.tag_header = mkstr((cfg.tag_header or "").lower())
+        rt.range_fill = cfg.range_fill
         cache_keycfg_init(&rt.key, cfg)
         allow = list(cfg.purge_allow)
         if len(allow) > 8:
@@ -2834,7 +2856,7 @@ cdef class CacheShm:
         cdef uint32_t r, k
         names = ("hit", "miss", "stale", "bypass", "stored", "evicted", "not_stored", "invalidated", "purged",
                  "hit_bytes", "store_failed", "revalidated", "stale_served", "collapsed", "refreshed",
-                 "refresh_failed")
+                 "refresh_failed", "range_fills", "range_fill_failed")
         totals = [0] * len(names)
         for r in range(CACHE_ROWS):
             words = <uint64_t *>&rows[r]

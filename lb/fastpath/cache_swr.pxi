@@ -25,6 +25,13 @@
 # into it: a client that goes away costs the refresh nothing. At most
 # CACHE_REFRESH_MAX refreshes are in flight per worker; a stale hit over that
 # is answered without one (a later one starts it).
+#
+# A Range miss (range_fill) uses the same machinery with no entry behind it
+# (lb_cache_refresh.whole): the client's range goes on to the origin as it
+# came, and the whole response is fetched beside it, without validators, so
+# that the key's next ranges are hits. Its head is enough to give up on an
+# object over max_object_size; such a one, or one that may not be stored,
+# holds the key's whole fetches back for CACHE_PASS_BIG_MS.
 
 cdef enum:
     RF_CONNECTING = 1
@@ -108,9 +115,10 @@ cdef uint32_t refresh_request(lb_worker *w, lb_hconn *h, const uint8_t *b, http_
                               uint32_t idx, uint32_t seq, lb_pool_rt *p, char *out) noexcept nogil:
     """The refresh's request, into out (HBUF_SIZE bytes): the request as lb
     forwards it (rewrite_request, with the header rules of the listener and
-    the route), as a GET, with the entry's validators and Connection: close.
-    0: it cannot be made."""
-    cdef shm_cache_entry *e = ce_at(rt, idx)
+    the route), as a GET, with the entry's validators (none when idx is
+    CACHE_NONE: a Range miss's fill) and Connection: close. 0: it cannot be
+    made."""
+    cdef shm_cache_entry *e
     cdef shm_cache_entry meta
     cdef char *head = w.http.cache.scratch
     cdef http_req *rs = w.http.resp
@@ -123,16 +131,19 @@ cdef uint32_t refresh_request(lb_worker *w, lb_hconn *h, const uint8_t *b, http_
     cdef uint8_t saved_n = h.n_rq_rules
     cdef uint32_t k = 0, n
     cdef bint ok
-    memcpy(&meta, e, sizeof(shm_cache_entry))
-    if not ce_stable(e, seq) or meta.head_len + 2 > CACHE_HEAD_MAX:
-        return 0
-    if not ce_copy(rt, e, seq, <uint64_t>meta.key_len + meta.vary_len + meta.tags_len, head, meta.head_len):
-        return 0
-    memcpy(head + meta.head_len, b"\r\n", 2)
-    if http_parse_response_c(<const uint8_t *>head, meta.head_len + 2, rs, CACHE_HEAD_MAX + 4) != 0:
-        return 0
-    etag = field_find(<const uint8_t *>head, rs, b"etag")
-    lm = field_find(<const uint8_t *>head, rs, b"last-modified")
+    etag = lm = -1
+    if idx != CACHE_NONE:
+        e = ce_at(rt, idx)
+        memcpy(&meta, e, sizeof(shm_cache_entry))
+        if not ce_stable(e, seq) or meta.head_len + 2 > CACHE_HEAD_MAX:
+            return 0
+        if not ce_copy(rt, e, seq, <uint64_t>meta.key_len + meta.vary_len + meta.tags_len, head, meta.head_len):
+            return 0
+        memcpy(head + meta.head_len, b"\r\n", 2)
+        if http_parse_response_c(<const uint8_t *>head, meta.head_len + 2, rs, CACHE_HEAD_MAX + 4) != 0:
+            return 0
+        etag = field_find(<const uint8_t *>head, rs, b"etag")
+        lm = field_find(<const uint8_t *>head, rs, b"last-modified")
     if etag >= 0:
         set_name[k] = _RF_SET_NAME[0]
         set_lower[k] = _RF_SET_LOWER[0]
@@ -197,7 +208,9 @@ cdef bint refresh_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
                         uint32_t idx, uint32_t seq, const char *key, uint32_t key_len, uint32_t host_len,
                         uint64_t hash, bint auth) noexcept nogil:
     """Start the background revalidation of a stale entry whose key's claim
-    this worker holds. False: not started (the caller gives the claim back)."""
+    this worker holds (idx CACHE_NONE: the fetch of a Range miss's whole
+    response, range_fill_start). False: not started (the caller gives the
+    claim back)."""
     cdef lb_cache_wk *cw = w.http.cache
     cdef lb_pool_rt *p
     cdef lb_cache_refresh *f
@@ -237,6 +250,7 @@ cdef bint refresh_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
     cx.stale_entry = idx
     cx.stale_seq = seq
     f.kind = KIND_CACHE_REFRESH
+    f.whole = idx == CACHE_NONE
     f.hl = h.hl
     f.fd = -1
     slot = p.ops.pick(w, p, &h.c, h.key)
@@ -268,10 +282,12 @@ cdef void refresh_close(lb_worker *w, lb_cache_refresh *f, bint failed) noexcept
         return
     rt = &cw.caches[f.cx.cache]
     if failed:
-        cache_count(&rt.st.refresh_failed, 1)
+        cache_count(&rt.st.range_fill_failed if f.whole else &rt.st.refresh_failed, 1)
         # the stale entry stays as it was; the next stale hits do not try again
-        # at once (an origin in trouble gets one refresh per CACHE_PASS_MS)
-        cache_unclaim(rt, f.cx, True)
+        # at once (an origin in trouble gets one refresh per CACHE_PASS_MS). An
+        # object too large to store is not fetched whole again for longer: its
+        # ranges keep coming, and each fetch would be the origin's work for nothing.
+        cache_unclaim_for(rt, f.cx, CACHE_PASS_BIG_MS if f.too_big and f.whole else CACHE_PASS_MS)
     close(f.fd)
     w.fds -= 1
     lb_store_i64(&w.stats.fds, w.fds)
@@ -341,6 +357,7 @@ cdef void refresh_on_event(lb_worker *w, lb_cache_refresh *f, uint32_t events) n
     while True:
         if f.len == f.cap:
             if f.cap >= limit:
+                f.too_big = 1
                 refresh_close(w, f, True)         # larger than max_object_size: not for the cache
                 return
             cap = f.cap * 2 if f.cap else CACHE_REFRESH_READ
@@ -370,6 +387,10 @@ cdef void refresh_on_event(lb_worker *w, lb_cache_refresh *f, uint32_t events) n
         if eof or st != -1:
             refresh_close(w, f, True)             # no head, or a malformed one
         return
+    if rs.content_length > <int64_t>rt.hd.max_object and rs.status != 304:
+        f.too_big = 1
+        refresh_close(w, f, True)                 # said by its head: the body is not read
+        return
     end = refresh_body_end(f, rs, eof)
     if end < 0:
         if eof:
@@ -394,7 +415,7 @@ cdef void refresh_done(lb_worker *w, lb_cache_refresh *f, http_req *rs, uint64_t
     h.hl = f.hl
     clock_now_ms(&now_ms)
     if rs.status == 304:
-        ok = refresh_merge(w, f, rs, now_ms)
+        ok = not f.whole and refresh_merge(w, f, rs, now_ms)   # (a fill sent no validators)
     elif rs.status >= 500 or rs.status < 200:
         ok = False
     else:
@@ -410,9 +431,16 @@ cdef void refresh_done(lb_worker *w, lb_cache_refresh *f, http_req *rs, uint64_t
             cache_fill_done(w, h)
             ok = True
         else:
+            cache_count(&rt.st.not_stored, 1)
+            if f.whole:
+                # not fetched whole again for a while; a piece stored from
+                # the origin's 206 stays (it said that answer may be stored)
+                cache_unclaim_for(rt, cx, CACHE_PASS_BIG_MS)
+                h.cx = NULL
+                refresh_close(w, f, False)
+                return
             # the origin's current answer may not be stored: the stale one is
             # not its to stand for any longer (the next requests go to it)
-            cache_count(&rt.st.not_stored, 1)
             if cache_lock(rt):
                 removed = cache_remove_hash(rt, cx.hash)
                 cache_unlock(rt)
@@ -423,7 +451,7 @@ cdef void refresh_done(lb_worker *w, lb_cache_refresh *f, http_req *rs, uint64_t
             return
     h.cx = NULL
     if ok:
-        cache_count(&rt.st.refreshed, 1)
+        cache_count(&rt.st.range_fills if f.whole else &rt.st.refreshed, 1)
     refresh_close(w, f, not ok)
 
 
@@ -560,6 +588,23 @@ cdef int cache_swr(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r, lb_
         cx_free(w, h.cx)
         h.cx = NULL
     return st
+
+
+cdef void range_fill_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r, lb_cache_rt *rt,
+                           const char *key, uint32_t key_len, uint64_t hash, int64_t now_ms) noexcept nogil:
+    """step_cache, a Range miss (range_fill): the request goes on as it
+    came, and the whole response is fetched once in the background, on the
+    refresh's connection of its own, so that the key's next ranges are hits.
+    One fetch per key across the workers (its fill claim); none while another
+    fetch of the key is under way or its pass mark holds (not storable, or
+    larger than max_object_size: the head says so and the body is not read)."""
+    if not refresh_pool_ok(w, h) or w.http.cache.refreshing >= CACHE_REFRESH_MAX:
+        return
+    if cache_claim(rt, hash, now_ms) != CLAIM_MINE:
+        return
+    if not refresh_start(w, h, b, r, rt, CACHE_NONE, 0, key, key_len, 0, hash, False):
+        cache_count(&rt.st.range_fill_failed, 1)
+        _unclaim_hash(rt, hash, True)
 
 
 cdef void _unclaim_hash(lb_cache_rt *rt, uint64_t hash, bint pass_) noexcept nogil:
