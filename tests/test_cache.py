@@ -1074,6 +1074,27 @@ def test_concurrent_range_misses_on_two_workers_fetch_the_whole_response_once(or
     assert origin.count("/v2") == before
 
 
+def test_a_range_from_the_start_is_stored_as_a_piece_and_fetches_nothing_beside_it(origin, lb_cache):
+    """bytes=0- (a player's first request): the origin's 206 is all of the
+    object, stored as a piece that answers every range; no second copy of
+    the object is fetched. A range past a piece that is not all of it does
+    start the whole fetch."""
+    body = body_of(80_000, 11)
+    origin.routes["/first"] = ranged_origin(body, [("Cache-Control", "max-age=60")])
+    lb = lb_cache()
+    status, h, data = get(lb.port, "/first", headers={"Range": " Bytes=0- "})
+    assert (status, data) == (206, body) and h["cache-status"].endswith("stored; ttl=60")
+    for spec, first, last in (("bytes=70000-70099", 70000, 70099), ("bytes=-5", 79995, 79999)):
+        status, h, data = get(lb.port, "/first", headers={"Range": spec})
+        assert (status, data) == (206, body[first:last + 1]) and h["cache-status"].startswith("lb; hit"), spec
+    assert [rq[2].get("range") for rq in origin.requests if rq[1] == "/first"] == [["Bytes=0-"]]
+    # an explicit range from 0 that is not all of it is an ordinary range miss
+    origin.routes["/part"] = ranged_origin(body, [("Cache-Control", "max-age=60")])
+    assert get(lb.port, "/part", headers={"Range": "bytes=0-999"})[0] == 206
+    wait_for(lambda: cache_counts(lb)["range_fills"] == 1, 10, "the background fetch stored")
+    assert cache_counts(lb)["range_fill_failed"] == 0
+
+
 def test_a_whole_response_larger_than_max_object_size_is_not_fetched_past_its_head(origin, lb_cache):
     """The fill reads the head, sees a Content-Length over max_object_size
     (2m here) and closes: the origin below sends the head and a few bytes

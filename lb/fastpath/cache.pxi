@@ -1168,6 +1168,23 @@ cdef int range_parse(const uint8_t *v, uint32_t n, uint64_t len, uint64_t *first
     return RANGE_ONE if k == 1 else RANGE_MULTI
 
 
+cdef bint range_from_start(const uint8_t *b, http_req *r) noexcept nogil:
+    """The request's Range is bytes=0- (a player's first): the origin's
+    206 to it is most often the whole object, which is stored as a piece
+    that answers every range, so no whole fetch goes beside it."""
+    cdef int32_t fi = field_find(b, r, b"range")
+    cdef uint64_t first[CACHE_MAX_RANGES]
+    cdef uint64_t last[CACHE_MAX_RANGES]
+    cdef uint32_t count = 0
+    # against a body longer than any number _digits reads: only an open
+    # range from 0 ends at its last byte
+    cdef uint64_t endless = (<uint64_t>1) << 61
+    if fi < 0:
+        return False
+    return (range_parse(b + r.fields[fi].value_off, r.fields[fi].value_len, endless, first, last, &count) == RANGE_ONE
+            and first[0] == 0 and last[0] == endless - 1)
+
+
 cdef bint if_range_ok(const uint8_t *rb, http_req *rq, const uint8_t *sb, http_req *rs) noexcept nogil:
     """If-Range (RFC 9110 13.1.5): the range only for the representation the
     client holds part of: a strong ETag equal to the stored one, or a date
@@ -2253,7 +2270,8 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
         cache_count(&rt.st.miss, 1)
     h.cache_note = <uint8_t>note
     if (get and rt.range_fill and (note == CN_URI_MISS or note == CN_VARY_MISS) and not auth
-            and not (qflags & QCC_NO_STORE) and field_find(b, r, b"range") >= 0 and not tier_came_back(w, h, b, r)):
+            and not (qflags & QCC_NO_STORE) and field_find(b, r, b"range") >= 0 and not range_from_start(b, r)
+            and not tier_came_back(w, h, b, r)):
         range_fill_start(w, h, b, r, rt, key, n, hash, now_ms)
     if (not get and note != CN_STALE) or (qflags & QCC_NO_STORE):
         return STEP_CONTINUE         # (a HEAD with a stale GET stored may refresh it: RFC 9111 4.3.5)
