@@ -1080,13 +1080,30 @@ def test_a_range_from_the_start_is_stored_as_a_piece_and_fetches_nothing_beside_
     the object is fetched. A range past a piece that is not all of it does
     start the whole fetch."""
     body = body_of(80_000, 11)
-    origin.routes["/first"] = ranged_origin(body, [("Cache-Control", "max-age=60")])
+    origin.routes["/first"] = ranged_origin(body, [("Cache-Control", "max-age=60"), ("ETag", '"f1"'),
+                                                   ("Content-Type", "video/mp4")])
     lb = lb_cache()
     status, h, data = get(lb.port, "/first", headers={"Range": " Bytes=0- "})
     assert (status, data) == (206, body) and h["cache-status"].endswith("stored; ttl=60")
     for spec, first, last in (("bytes=70000-70099", 70000, 70099), ("bytes=-5", 79995, 79999)):
         status, h, data = get(lb.port, "/first", headers={"Range": spec})
         assert (status, data) == (206, body[first:last + 1]) and h["cache-status"].startswith("lb; hit"), spec
+        assert h["content-range"] == f"bytes {first}-{last}/80000"
+    # all of the representation: a complete response (RFC 9111 3.4), which
+    # answers a plain GET, a HEAD, a precondition and a failed If-Range as
+    # a stored 200 does
+    status, h, data = get(lb.port, "/first")
+    assert (status, data) == (200, body) and h["cache-status"].startswith("lb; hit")
+    assert (h["content-length"], h["accept-ranges"], h["etag"]) == ("80000", "bytes", '"f1"')
+    assert "content-range" not in h
+    status, h, data = get(lb.port, "/first", method="HEAD")
+    assert (status, data, h["content-length"]) == (200, b"", "80000") and "content-range" not in h
+    assert get(lb.port, "/first", headers={"If-None-Match": '"f1"'})[0] == 304
+    status, h, data = get(lb.port, "/first", headers={"Range": "bytes=0-9", "If-Range": '"other"'})
+    assert (status, data) == (200, body)
+    status, h, data = get(lb.port, "/first", headers={"Range": "bytes=0-1,-2"})
+    assert status == 206 and [(f["content-range"], p) for f, p in multipart_parts(h["content-type"], data)] == [
+        ("bytes 0-1/80000", body[:2]), ("bytes 79998-79999/80000", body[79998:])]
     assert [rq[2].get("range") for rq in origin.requests if rq[1] == "/first"] == [["Bytes=0-"]]
     # an explicit range from 0 that is not all of it is an ordinary range miss
     origin.routes["/part"] = ranged_origin(body, [("Cache-Control", "max-age=60")])

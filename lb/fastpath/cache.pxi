@@ -1287,6 +1287,16 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
         return -1
     stored_200 = w.http.resp.status == 200
     rf = field_find(rb, rq, b"range")
+    if (w.http.resp.status == 206 and piece_of(<const uint8_t *>head, w.http.resp, &pa, &pb, &plen)
+            and pa == 0 and pb + 1 == plen and plen == meta.body_len):
+        # a piece that is all of the representation is a complete response
+        # (RFC 9111 3.4): it answers as the stored 200 would
+        fields_drop(<const uint8_t *>head, w.http.resp, b"content-range")
+        memcpy(head + meta.head_len + 2, b"OK", 2)
+        w.http.resp.status = 200
+        w.http.resp.reason_off = meta.head_len + 2
+        w.http.resp.reason_len = 2
+        stored_200 = True
     if w.http.resp.status == 206:
         # a stored piece (RFC 9111 3.3) answers ranges that lie within it; any
         # other request is a miss, and the origin's answer replaces the piece
