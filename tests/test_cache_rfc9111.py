@@ -92,6 +92,9 @@ def D(offset=0):
     return lambda: httpdate(offset)
 
 
+_T = int(time.time())
+_MADE, _AFTER_MADE, _BEFORE_MADE = (email.utils.formatdate(t, usegmt=True) for t in (_T, _T + 1, _T - 1))
+
 CASES = [
     # 3: what may be stored
     ("3 max-age stored", (200, [("Cache-Control", "max-age=600")], b"a"), [], ("GET", []), True, {}),
@@ -221,6 +224,13 @@ CASES = [
     ("4.3.2 If-Modified-Since not earlier: 304", (200, [("Cache-Control", "max-age=600"),
                                                         ("Last-Modified", "Sat, 01 Jan 2000 00:00:00 GMT")], b"a"),
      [], ("GET", [("If-Modified-Since", "Sat, 01 Jan 2000 00:00:00 GMT")]), True, {"status": 304}),
+    # (a Date of when the cases were made, with a day of freshness: the suite's run fits in it)
+    ("4.3.2 If-Modified-Since, no Last-Modified: the Date counts (304)",
+     (200, [("Cache-Control", "max-age=86400"), ("Date", _MADE)], b"a"),
+     [], ("GET", [("If-Modified-Since", _AFTER_MADE)]), True, {"status": 304}),
+    ("4.3.2 If-Modified-Since before the Date, no Last-Modified: 200",
+     (200, [("Cache-Control", "max-age=86400"), ("Date", _MADE)], b"a"),
+     [], ("GET", [("If-Modified-Since", _BEFORE_MADE)]), True, {"status": 200}),
     # 4.4: invalidation
     ("4.4 an unsafe method's success invalidates", (200, [("Cache-Control", "max-age=600")], b"a"), [],
      ("POST+GET", []), False, {}),

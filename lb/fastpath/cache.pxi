@@ -1031,10 +1031,13 @@ cdef bint etag_weak_eq(const uint8_t *a, uint32_t an, const uint8_t *b, uint32_t
     return an == bn and an >= 2 and a[0] == 34 and memcmp(a, b, an) == 0
 
 
-cdef bint not_modified(const uint8_t *rb, http_req *rq, const uint8_t *sb, http_req *rs) noexcept nogil:
+cdef bint not_modified(const uint8_t *rb, http_req *rq, const uint8_t *sb, http_req *rs,
+                       int64_t received_s=-1) noexcept nogil:
     """The request's preconditions (RFC 9110 13.2.2) say the client holds the
     stored response: If-None-Match against its ETag (weakly), else
-    If-Modified-Since against its Last-Modified."""
+    If-Modified-Since against its Last-Modified or, without one, its Date
+    or the time it was received (received_s; -1: not known), as RFC 9111
+    4.3.2 says a cache evaluates it."""
     cdef int32_t inm = field_find(rb, rq, b"if-none-match"), etag, ims, lm
     cdef uint32_t pos = 0, off, len, i
     cdef int64_t t_ims, t_lm
@@ -1058,6 +1061,10 @@ cdef bint not_modified(const uint8_t *rb, http_req *rq, const uint8_t *sb, http_
     if ims < 0 or not http_date(rb + rq.fields[ims].value_off, rq.fields[ims].value_len, &t_ims):
         return False
     t_lm = field_date(sb, rs, b"last-modified", &found)
+    if not found:
+        t_lm = field_date(sb, rs, b"date", &found)
+        if not found:
+            t_lm = received_s
     return t_lm >= 0 and t_lm <= t_ims
 
 
@@ -1313,7 +1320,7 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
         complete = plen
     # a Range on a GET of a stored 200 (RFC 9110 14.2), after the preconditions
     elif (rf >= 0 and h.method != MT_HEAD and w.http.resp.status == 200
-            and not not_modified(rb, rq, <const uint8_t *>head, w.http.resp)
+            and not not_modified(rb, rq, <const uint8_t *>head, w.http.resp, meta.resp_ms // 1000)
             and if_range_ok(rb, rq, <const uint8_t *>head, w.http.resp)):
         rg = range_parse(rb + rq.fields[rf].value_off, rq.fields[rf].value_len, meta.body_len, first, last, &nr)
         if rg == RANGE_MULTI and not mp_ctype_ok(<const uint8_t *>head, w.http.resp):
@@ -1350,7 +1357,7 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
     age = meta.age0 + (now_ms - meta.resp_ms) // 1000
     cx_status(cx, CN_HIT, False, age, meta.fresh - age)
     cache_count(&rt.st.hit, 1)
-    if not_modified(rb, rq, <const uint8_t *>head, w.http.resp):
+    if not_modified(rb, rq, <const uint8_t *>head, w.http.resp, meta.resp_ms // 1000):
         # the client has it already (RFC 9110 13.2.2): the stored head, as 304, no body
         memcpy(head + meta.head_len + 2, b"Not Modified", 12)
         w.http.resp.status = 304
