@@ -1586,8 +1586,9 @@ cdef struct shm_cache_stats:         # writer: each worker, its row (the row of 
     uint64_t collapsed               # requests that waited for another's fetch of their key
     uint64_t refreshed               # background revalidations (stale-while-revalidate) that refreshed their entry
     uint64_t refresh_failed          # background revalidations the origin failed (error, timeout, cut short)
-    uint64_t range_fills             # Range misses whose background fetch of the whole response stored it
+    uint64_t range_fills             # Range misses whose background fetch of the whole response came whole (handed to the store)
     uint64_t range_fill_failed       # those the origin failed, or whose response was larger than max_object_size
+    uint64_t _spare[6]               # room for counters to come without another CACHE_VERSION
 
 cdef struct lb_cache_keycfg:         # a cache's key: key_host, key_query, key_query_drop|keep, key_headers
     uint8_t host                     # the host is part of the key
@@ -1720,6 +1721,7 @@ cdef struct lb_cache_refresh:        # one background fetch in flight: a revalid
     uint32_t state                   # RF_*
     uint8_t whole                    # 1: a Range miss's fetch of the whole response (no stale entry behind it)
     uint8_t too_big                  # its body is larger than max_object_size
+    uint8_t head_seen                # the final head has come (refresh_head)
     int fd
     int32_t slot                     # the backend it went to
     lb_cache_x *cx                   # the key, its claim, the request head (Vary values) to store with

@@ -1112,6 +1112,31 @@ def test_a_range_from_the_start_is_stored_as_a_piece_and_fetches_nothing_beside_
     assert cache_counts(lb)["range_fill_failed"] == 0
 
 
+def test_a_stale_object_asked_for_only_by_ranges_is_refreshed_in_the_background(origin, lb_cache):
+    """The stored object has changed at the origin: the range's own answer
+    (a 206 of the new content) is not stored, but the revalidation that
+    goes beside it brings the new whole response in."""
+    old, new = body_of(30_000, 12), body_of(30_000, 13)
+    versions = {"now": old}
+
+    def respond(method, headers, n):
+        return ranged_origin(versions["now"], [("Cache-Control", "max-age=1"), ("ETag", f'"{n}"')])(
+            method, headers, n)
+
+    origin.routes["/changing"] = respond
+    lb = lb_cache()
+    assert get(lb.port, "/changing")[2] == old
+    versions["now"] = new
+    time.sleep(1.1)  # what is tested is the clock itself: the entry goes stale
+    status, h, data = get(lb.port, "/changing", headers={"Range": "bytes=10-19"})
+    assert (status, data) == (206, new[10:20])
+    wait_for(lambda: cache_counts(lb)["refreshed"] == 1, 10, "the background revalidation stored")
+    status, h, data = get(lb.port, "/changing", headers={"Range": "bytes=20000-20009"})
+    assert (status, data) == (206, new[20000:20010]) and h["cache-status"].startswith("lb; hit")
+    revalidation = [rq for rq in origin.requests if rq[1] == "/changing" and "range" not in rq[2]][-1]
+    assert revalidation[2]["if-none-match"] == ['"1"']
+
+
 def test_a_whole_response_larger_than_max_object_size_is_not_fetched_past_its_head(origin, lb_cache):
     """The fill reads the head, sees a Content-Length over max_object_size
     (2m here) and closes: the origin below sends the head and a few bytes

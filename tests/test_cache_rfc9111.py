@@ -502,6 +502,32 @@ def test_interim_responses_are_forwarded_and_not_stored(run_lb, tmp_path, interi
         srv.server_close()
 
 
+@pytest.mark.parametrize("interim", [[103], [100, 102, 103]])
+def test_a_background_fetch_reads_past_interim_responses(run_lb, tmp_path, interim):
+    """range_fill's whole fetch (as a stale-while-revalidate refresh) takes
+    the final answer after any 1xx, as a client does."""
+    from test_cache import cache_counts
+    from conftest import wait_for
+
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _InterimHandler)
+    srv.daemon_threads = True
+    srv.count = 0
+    srv.interim = interim
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        port = free_port()
+        (tmp_path / "run").mkdir()
+        lb = run_lb(cache_config(port, srv.server_address[1], tmp_path / "run"))
+        lb.run_dir = tmp_path / "run"
+        a = ask(port, "/i", headers=[("Range", "bytes=0-3")])
+        assert a.status == 200 and a.body.startswith(b"final")    # (this origin ignores Range)
+        wait_for(lambda: cache_counts(lb)["range_fills"] == 1, 10, "the whole fetch past its 1xx")
+        assert cache_counts(lb)["range_fill_failed"] == 0 and srv.count == 2
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 # ---- RFC 9110 9.3.3 with RFC 9111 4.4: a POST's answer for its own target -----------------------
 
 

@@ -224,3 +224,33 @@ def test_cdn_id_without_a_tier_is_a_warning():
     assert cfg.warnings == ('pools.up.cdn_id: has no effect unless algorithm = "maglev" and hash_key = "cache_key"',)
     tier = config.loads(node_config(1, "/tmp", [("a", 2)], tier=True))
     assert (tier.pools["up"].hash_key, tier.pools["up"].cdn_id) == ("cache_key", "lb")
+
+
+def test_a_range_miss_fetches_the_whole_object_from_its_parent(cluster, origin):
+    """range_fill through a tier: the edge's background fetch of the whole
+    object goes where the request itself goes (the key's parent, with
+    CDN-Loop), so each object still reaches the origin whole once."""
+    from test_cache import body_of, ranged_origin
+
+    paths = [f"/v/{i}" for i in range(12)]
+    bodies = {p: body_of(20000, 100 + i) for i, p in enumerate(paths)}
+    origin.routes.update({p: ranged_origin(bodies[p], [("Cache-Control", "max-age=300")]) for p in paths})
+    parents, edges = cluster()
+    edge = edges[0]
+    for path in paths:
+        status, _, data = get(edge.port, path, headers={"Host": HOST, "Range": "bytes=100-199"})
+        assert (status, data) == (206, bodies[path][100:200])
+
+    def edge_counts():
+        return json.loads(cli(edge.lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+    wait_for(lambda: edge_counts()["range_fills"] == len(paths), 10, "every object fetched whole by the edge")
+    for path in paths:
+        wholes = [rq for rq in origin.requests if rq[1] == path and "range" not in rq[2]]
+        assert len(wholes) == 1, path
+    expected = {name: {p[1:] for p in paths if parent_of(p) == name} for name in PARENTS}
+    assert all(expected.values()), "both parents have keys"
+    assert {name: parents[name].keys() for name in PARENTS} == expected
+    assert all(h.get("cdn-loop") == ["lb"] for _, _, h in origin.requests)
+    for path in paths:
+        status, h, data = get(edge.port, path, headers={"Host": HOST, "Range": "bytes=19000-19099"})
+        assert (status, data) == (206, bodies[path][19000:19100]) and h["cache-status"].startswith("lb; hit")

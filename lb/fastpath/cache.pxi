@@ -2286,10 +2286,11 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     else:
         cache_count(&rt.st.miss, 1)
     h.cache_note = <uint8_t>note
-    if (get and rt.range_fill and (note == CN_URI_MISS or note == CN_VARY_MISS) and not auth
-            and not (qflags & QCC_NO_STORE) and field_find(b, r, b"range") >= 0 and not range_from_start(b, r)
-            and not tier_came_back(w, h, b, r)):
-        range_fill_start(w, h, b, r, rt, key, n, hash, now_ms)
+    if (get and rt.range_fill and (note == CN_URI_MISS or note == CN_VARY_MISS or
+                                   (note == CN_STALE and not (stale_seq & 1))) and not auth
+            and not (qflags & (QCC_NO_STORE | QCC_NO_CACHE)) and field_find(b, r, b"range") >= 0
+            and not range_from_start(b, r) and not tier_came_back(w, h, b, r)):
+        range_fill_start(w, h, b, r, rt, key, n, hash, now_ms, idx if note == CN_STALE else CACHE_NONE, stale_seq)
     if (not get and note != CN_STALE) or (qflags & QCC_NO_STORE):
         return STEP_CONTINUE         # (a HEAD with a stale GET stored may refresh it: RFC 9111 4.3.5)
     # a GET that may be stored: its key, and its head for the Vary values
@@ -2466,10 +2467,10 @@ cdef int cache_revalidated(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     cx.reval = 2
     # the client's own preconditions, against the refreshed response (before
     # the fill lets go of the saved request head)
+    clock_now_ms(&now_ms)
     if cx.req != NULL and http_parse_request_c(<const uint8_t *>cx.req, cx.req_len, cw.req, h.hl.max_target,
                                                h.hl.max_head, h.hl.max_fields) == 0:
-        client_has_it = not_modified(<const uint8_t *>cx.req, cw.req, <const uint8_t *>m, os)
-    clock_now_ms(&now_ms)
+        client_has_it = not_modified(<const uint8_t *>cx.req, cw.req, <const uint8_t *>m, os, now_ms // 1000)
     if cache_fill_start(w, h, rt, os, <const uint8_t *>m, now_ms):
         memcpy(cx.obj + cx.obj_len, cx.local, meta.body_len)
         cx.obj_len += meta.body_len

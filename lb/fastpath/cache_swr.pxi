@@ -168,13 +168,16 @@ cdef uint32_t refresh_request(lb_worker *w, lb_hconn *h, const uint8_t *b, http_
     mine.set_value = value
     mine.n_remove = 8
     mine.remove = _RF_REMOVE
-    if h.n_rq_rules + 3 > MAX_RULESETS:
+    if h.n_rq_rules + 4 > MAX_RULESETS:
         return 0
     # the request_headers step runs after this one: its sets are taken here,
-    # and this refresh's own last (later sets win)
+    # and this refresh's own last (later sets win); a tier's CDN-Loop as
+    # h_request_go adds it (tier_request)
     rulesets_push(h.rq_rules, &h.n_rq_rules, &h.hl.req)
     if h.route >= 0:
         rulesets_push(h.rq_rules, &h.n_rq_rules, &h.hl.routes[h.route].req)
+    if p.http.hk_kind == HKH_CACHE_KEY:
+        rulesets_push(h.rq_rules, &h.n_rq_rules, &p.http.tier_rules)
     rulesets_push(h.rq_rules, &h.n_rq_rules, &mine)
     saved = h.upb
     h.upb.p = out
@@ -253,7 +256,12 @@ cdef bint refresh_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
     f.whole = idx == CACHE_NONE
     f.hl = h.hl
     f.fd = -1
-    slot = p.ops.pick(w, p, &h.c, h.key)
+    # the backend the request itself would go to: h.key is set later, as the
+    # request leaves (h_request_go), so it is worked out here the same way
+    if p.http.hk_kind == HKH_CACHE_KEY:
+        slot = -1 if tier_loop(p.http, b, r) else p.ops.pick(w, p, &h.c, tier_key_hash(w, h, b, r))
+    else:
+        slot = p.ops.pick(w, p, &h.c, http_key_hash(p, &h.c, b, r))
     fd = backend_connect(w, slot) if slot >= 0 else -1
     if fd < 0:
         cx_free(w, cx)
@@ -284,10 +292,11 @@ cdef void refresh_close(lb_worker *w, lb_cache_refresh *f, bint failed) noexcept
     if failed:
         cache_count(&rt.st.range_fill_failed if f.whole else &rt.st.refresh_failed, 1)
         # the stale entry stays as it was; the next stale hits do not try again
-        # at once (an origin in trouble gets one refresh per CACHE_PASS_MS). An
-        # object too large to store is not fetched whole again for longer: its
-        # ranges keep coming, and each fetch would be the origin's work for nothing.
-        cache_unclaim_for(rt, f.cx, CACHE_PASS_BIG_MS if f.too_big and f.whole else CACHE_PASS_MS)
+        # at once (an origin in trouble gets one refresh per CACHE_PASS_MS). A
+        # whole fetch is not tried again for longer: its key's ranges keep
+        # coming, and an object too large to store, or too slow to come
+        # whole in CACHE_REFRESH_MS, would be fetched for nothing each time.
+        cache_unclaim_for(rt, f.cx, CACHE_PASS_BIG_MS if f.whole else CACHE_PASS_MS)
     close(f.fd)
     w.fds -= 1
     lb_store_i64(&w.stats.fds, w.fds)
@@ -319,6 +328,31 @@ cdef int64_t refresh_body_end(lb_cache_refresh *f, http_req *rs, bint eof) noexc
             return <int64_t>(hl + <uint64_t>rs.content_length)
         return -1
     return <int64_t>f.len if eof else -1      # until close
+
+
+cdef int refresh_head(lb_worker *w, lb_cache_refresh *f, http_req *rs, lb_cache_rt *rt) noexcept nogil:
+    """The answer's head, as soon as it is whole: interim 1xx heads are
+    dropped (RFC 9110 15.2: the final answer follows), and a Content-Length
+    over max_object_size ends the fetch there, its body unread. 1: the final
+    head is here (f.head_seen); 0: not yet; -1: the fetch was closed."""
+    cdef int st
+    while True:
+        st = http_parse_response_c(<const uint8_t *>f.buf, f.len, rs, CACHE_HEAD_MAX + 4) if f.len else -1
+        if st == -1:
+            return 0
+        if st != 0:
+            refresh_close(w, f, True)             # a malformed head
+            return -1
+        if rs.status < 100 or rs.status >= 200 or rs.status == 101:
+            break
+        memmove(f.buf, f.buf + rs.head_len, f.len - rs.head_len)
+        f.len -= rs.head_len
+    f.head_seen = 1
+    if rs.content_length > <int64_t>rt.hd.max_object and rs.status != 304:
+        f.too_big = 1
+        refresh_close(w, f, True)
+        return -1
+    return 1
 
 
 cdef void refresh_on_event(lb_worker *w, lb_cache_refresh *f, uint32_t events) noexcept nogil:
@@ -369,9 +403,14 @@ cdef void refresh_on_event(lb_worker *w, lb_cache_refresh *f, uint32_t events) n
                 return
             f.buf = nb
             f.cap = cap
-        k = recv(f.fd, f.buf + f.len, f.cap - f.len, MSG_DONTWAIT)
+        # until the head is whole, a read at a time: the head alone may
+        # end the fetch, before its body is read
+        k = recv(f.fd, f.buf + f.len, (f.cap - f.len) if f.head_seen or f.cap - f.len < CACHE_REFRESH_READ
+                 else CACHE_REFRESH_READ, MSG_DONTWAIT)
         if k > 0:
             f.len += <uint64_t>k
+            if not f.head_seen and refresh_head(w, f, rs, rt) < 0:
+                return
             continue
         if k < 0 and errno == EAGAIN:
             break
@@ -382,14 +421,15 @@ cdef void refresh_on_event(lb_worker *w, lb_cache_refresh *f, uint32_t events) n
         break
     if f.state != RF_READING and not eof:
         return
-    st = http_parse_response_c(<const uint8_t *>f.buf, f.len, rs, CACHE_HEAD_MAX + 4) if f.len else -1
-    if st != 0:
-        if eof or st != -1:
-            refresh_close(w, f, True)             # no head, or a malformed one
-        return
-    if rs.content_length > <int64_t>rt.hd.max_object and rs.status != 304:
-        f.too_big = 1
-        refresh_close(w, f, True)                 # said by its head: the body is not read
+    if not f.head_seen:
+        st = refresh_head(w, f, rs, rt)
+        if st == 0 and eof:
+            refresh_close(w, f, True)             # no head
+        if st <= 0:
+            return
+    # (rs is the worker's, shared by its refreshes: the head is read again)
+    if http_parse_response_c(<const uint8_t *>f.buf, f.len, rs, CACHE_HEAD_MAX + 4) != 0:
+        refresh_close(w, f, True)
         return
     end = refresh_body_end(f, rs, eof)
     if end < 0:
@@ -591,19 +631,23 @@ cdef int cache_swr(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r, lb_
 
 
 cdef void range_fill_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r, lb_cache_rt *rt,
-                           const char *key, uint32_t key_len, uint64_t hash, int64_t now_ms) noexcept nogil:
+                           const char *key, uint32_t key_len, uint64_t hash, int64_t now_ms, uint32_t idx,
+                           uint32_t seq) noexcept nogil:
     """step_cache, a Range miss (range_fill): the request goes on as it
     came, and the whole response is fetched once in the background, on the
     refresh's connection of its own, so that the key's next ranges are hits.
     One fetch per key across the workers (its fill claim); none while another
     fetch of the key is under way or its pass mark holds (not storable, or
-    larger than max_object_size: the head says so and the body is not read)."""
+    larger than max_object_size: the head says so and the body is not read).
+    idx, seq: a stale entry of the key, revalidated so instead (a 304
+    freshens it, a new 200 replaces it): otherwise an object that changed,
+    asked for only by ranges, would never be stored again."""
     if not refresh_pool_ok(w, h) or w.http.cache.refreshing >= CACHE_REFRESH_MAX:
         return
     if cache_claim(rt, hash, now_ms) != CLAIM_MINE:
         return
-    if not refresh_start(w, h, b, r, rt, CACHE_NONE, 0, key, key_len, 0, hash, False):
-        cache_count(&rt.st.range_fill_failed, 1)
+    if not refresh_start(w, h, b, r, rt, idx, seq, key, key_len, 0, hash, False):
+        cache_count(&rt.st.range_fill_failed if idx == CACHE_NONE else &rt.st.refresh_failed, 1)
         _unclaim_hash(rt, hash, True)
 
 
