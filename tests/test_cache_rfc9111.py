@@ -480,52 +480,54 @@ class _InterimHandler(socketserver.StreamRequestHandler):
             self.wfile.flush()
 
 
-@pytest.mark.parametrize("interim", [[100], [102], [103], [102, 103, 103]])
-def test_interim_responses_are_forwarded_and_not_stored(run_lb, tmp_path, interim):
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _InterimHandler)
-    srv.daemon_threads = True
-    srv.count = 0
-    srv.interim = interim
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        port = free_port()
-        (tmp_path / "run").mkdir()
-        run_lb(cache_config(port, srv.server_address[1], tmp_path / "run"))
-        a = ask(port, "/i")
-        assert (a.interim, a.status, a.body) == (interim, 200, b"final 1")
-        a = ask(port, "/i")
-        assert (a.interim, a.status, a.body, a.hit) == ([], 200, b"final 1", True)
-        assert a.get("link") is None                           # the 103's fields are not the response's
-        assert srv.count == 1
-    finally:
-        srv.shutdown()
-        srv.server_close()
+@pytest.fixture
+def interim_lb(run_lb, tmp_path):
+    """lb with its cache before an origin that sends the given 1xx heads
+    before each final answer (and ignores Range): (lb, port, origin)."""
+    servers = []
 
-
-@pytest.mark.parametrize("interim", [[103], [100, 102, 103]])
-def test_a_background_fetch_reads_past_interim_responses(run_lb, tmp_path, interim):
-    """range_fill's whole fetch (as a stale-while-revalidate refresh) takes
-    the final answer after any 1xx, as a client does."""
-    from test_cache import cache_counts
-    from conftest import wait_for
-
-    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _InterimHandler)
-    srv.daemon_threads = True
-    srv.count = 0
-    srv.interim = interim
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
+    def start(interim):
+        srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _InterimHandler)
+        srv.daemon_threads = True
+        srv.count = 0
+        srv.interim = interim
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        servers.append(srv)
         port = free_port()
         (tmp_path / "run").mkdir()
         lb = run_lb(cache_config(port, srv.server_address[1], tmp_path / "run"))
         lb.run_dir = tmp_path / "run"
-        a = ask(port, "/i", headers=[("Range", "bytes=0-3")])
-        assert a.status == 200 and a.body.startswith(b"final")    # (this origin ignores Range)
-        wait_for(lambda: cache_counts(lb)["range_fills"] == 1, 10, "the whole fetch past its 1xx")
-        assert cache_counts(lb)["range_fill_failed"] == 0 and srv.count == 2
-    finally:
+        return lb, port, srv
+
+    yield start
+    for srv in servers:
         srv.shutdown()
         srv.server_close()
+
+
+@pytest.mark.parametrize("interim", [[100], [102], [103], [102, 103, 103]])
+def test_interim_responses_are_forwarded_and_not_stored(interim_lb, interim):
+    lb, port, srv = interim_lb(interim)
+    a = ask(port, "/i")
+    assert (a.interim, a.status, a.body) == (interim, 200, b"final 1")
+    a = ask(port, "/i")
+    assert (a.interim, a.status, a.body, a.hit) == ([], 200, b"final 1", True)
+    assert a.get("link") is None                           # the 103's fields are not the response's
+    assert srv.count == 1
+
+
+@pytest.mark.parametrize("interim", [[103], [100, 102, 103]])
+def test_a_background_fetch_reads_past_interim_responses(interim_lb, interim):
+    """range_fill's whole fetch (as a stale-while-revalidate refresh) takes
+    the final answer after any 1xx, as a client does."""
+    from conftest import wait_for
+    from test_cache import cache_counts
+
+    lb, port, srv = interim_lb(interim)
+    a = ask(port, "/i", headers=[("Range", "bytes=0-3")])
+    assert a.status == 200 and a.body.startswith(b"final")    # (this origin ignores Range)
+    wait_for(lambda: cache_counts(lb)["range_fills"] == 1, 10, "the whole fetch past its 1xx")
+    assert cache_counts(lb)["range_fill_failed"] == 0 and srv.count == 2
 
 
 # ---- RFC 9110 9.3.3 with RFC 9111 4.4: a POST's answer for its own target -----------------------

@@ -30,8 +30,10 @@
 # (lb_cache_refresh.whole): the client's range goes on to the origin as it
 # came, and the whole response is fetched beside it, without validators, so
 # that the key's next ranges are hits. Its head is enough to give up on an
-# object over max_object_size; such a one, or one that may not be stored,
-# holds the key's whole fetches back for CACHE_PASS_BIG_MS.
+# object over max_object_size; such a one, one that may not be stored, or
+# a failed fetch holds the key's whole fetches back for CACHE_PASS_BIG_MS.
+# A stale entry asked for by a range is revalidated in the background the
+# same way (a refresh, with the entry behind it).
 
 cdef enum:
     RF_CONNECTING = 1
@@ -359,7 +361,7 @@ cdef void refresh_on_event(lb_worker *w, lb_cache_refresh *f, uint32_t events) n
     cdef lb_cache_wk *cw = w.http.cache
     cdef lb_cache_rt *rt
     cdef ssize_t k
-    cdef uint64_t cap, limit
+    cdef uint64_t cap, limit, room
     cdef char *nb
     cdef http_req *rs = cw.refresh_resp
     cdef int st
@@ -403,10 +405,10 @@ cdef void refresh_on_event(lb_worker *w, lb_cache_refresh *f, uint32_t events) n
                 return
             f.buf = nb
             f.cap = cap
-        # until the head is whole, a read at a time: the head alone may
-        # end the fetch, before its body is read
-        k = recv(f.fd, f.buf + f.len, (f.cap - f.len) if f.head_seen or f.cap - f.len < CACHE_REFRESH_READ
-                 else CACHE_REFRESH_READ, MSG_DONTWAIT)
+        room = f.cap - f.len
+        if not f.head_seen and room > CACHE_REFRESH_READ:
+            room = CACHE_REFRESH_READ    # the head alone may end the fetch, before its body is read
+        k = recv(f.fd, f.buf + f.len, room, MSG_DONTWAIT)
         if k > 0:
             f.len += <uint64_t>k
             if not f.head_seen and refresh_head(w, f, rs, rt) < 0:
