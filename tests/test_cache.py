@@ -164,6 +164,11 @@ def cli(lb, *args):
     return out.stdout
 
 
+def cache_counts(lb) -> dict:
+    """The first cache's counters (lb cache stats)."""
+    return json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+
+
 # ---- config and layout -----------------------------------------------------------------
 
 
@@ -954,10 +959,6 @@ def test_a_range_miss_goes_to_the_origin_and_a_full_answer_is_stored(origin, lb_
     status, h, data = get(lb.port, "/m", headers={"Range": "bytes=10-19"})
     assert (status, data, h["content-range"]) == (206, body[10:20], "bytes 10-19/5000")
     assert origin.count("/m") == 2
-
-
-def cache_counts(lb) -> dict:
-    return json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
 
 
 def ranged_origin(body: bytes, fields: list, hold: threading.Event | None = None):

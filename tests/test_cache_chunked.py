@@ -5,7 +5,6 @@ through uncached and intact; a body the origin cuts short is never stored."""
 from __future__ import annotations
 
 import http.client
-import json
 import socket
 import struct
 import threading
@@ -13,17 +12,14 @@ import threading
 import pytest
 
 from conftest import free_port
-from test_cache import body_of, cache_config, cli, get, lb_cache, origin  # noqa: F401 (fixtures)
+from test_cache import body_of, cache_config, get, lb_cache, origin  # noqa: F401 (fixtures)
+from test_cache import cache_counts as counts
 
 
 def chunked(body: bytes, size: int, trailer: bytes = b"") -> bytes:
     out = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size])
                    for i in range(0, len(body), size))
     return out + b"0\r\n" + trailer + b"\r\n"
-
-
-def counts(lb):
-    return json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
 
 
 @pytest.mark.parametrize("size,chunk", [(5, 2), (100000, 4096), (1500000, 1000)])

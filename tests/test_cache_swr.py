@@ -5,7 +5,6 @@ tests/test_cache.py, whose answers to the refresh can be held."""
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
@@ -13,11 +12,8 @@ import time
 import pytest
 
 from conftest import wait_for
-from test_cache import cli, get, lb_cache, origin  # noqa: F401 (fixtures)
-
-
-def counts(lb):
-    return json.loads(cli(lb, "cache", "stats", "--json"))["caches"][0]["counts"]
+from test_cache import get, lb_cache, origin  # noqa: F401 (fixtures)
+from test_cache import cache_counts as counts
 
 
 class Held:

@@ -230,7 +230,7 @@ def test_a_range_miss_fetches_the_whole_object_from_its_parent(cluster, origin):
     """range_fill through a tier: the edge's background fetch of the whole
     object goes where the request itself goes (the key's parent, with
     CDN-Loop), so each object still reaches the origin whole once."""
-    from test_cache import body_of, ranged_origin
+    from test_cache import body_of, cache_counts, ranged_origin
 
     paths = [f"/v/{i}" for i in range(12)]
     bodies = {p: body_of(20000, 100 + i) for i, p in enumerate(paths)}
@@ -240,10 +240,7 @@ def test_a_range_miss_fetches_the_whole_object_from_its_parent(cluster, origin):
     for path in paths:
         status, _, data = get(edge.port, path, headers={"Host": HOST, "Range": "bytes=100-199"})
         assert (status, data) == (206, bodies[path][100:200])
-
-    def edge_counts():
-        return json.loads(cli(edge.lb, "cache", "stats", "--json"))["caches"][0]["counts"]
-    wait_for(lambda: edge_counts()["range_fills"] == len(paths), 10, "every object fetched whole by the edge")
+    wait_for(lambda: cache_counts(edge.lb)["range_fills"] == len(paths), 10, "every object fetched whole by the edge")
     for path in paths:
         wholes = [rq for rq in origin.requests if rq[1] == path and "range" not in rq[2]]
         assert len(wholes) == 1, path

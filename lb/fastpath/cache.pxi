@@ -1294,21 +1294,22 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
         return -1
     stored_200 = w.http.resp.status == 200
     rf = field_find(rb, rq, b"range")
-    if (w.http.resp.status == 206 and piece_of(<const uint8_t *>head, w.http.resp, &pa, &pb, &plen)
-            and pa == 0 and pb + 1 == plen and plen == meta.body_len):
-        # a piece that is all of the representation is a complete response
-        # (RFC 9111 3.4): it answers as the stored 200 would
-        fields_drop(<const uint8_t *>head, w.http.resp, b"content-range")
-        memcpy(head + meta.head_len + 2, b"OK", 2)
-        w.http.resp.status = 200
-        w.http.resp.reason_off = meta.head_len + 2
-        w.http.resp.reason_len = 2
-        stored_200 = True
+    if w.http.resp.status == 206:
+        if not piece_of(<const uint8_t *>head, w.http.resp, &pa, &pb, &plen) or pb - pa + 1 != meta.body_len:
+            return -1
+        if pa == 0 and pb + 1 == plen:
+            # a piece that is all of the representation is a complete response
+            # (RFC 9111 3.4): it answers as the stored 200 would
+            fields_drop(<const uint8_t *>head, w.http.resp, b"content-range")
+            memcpy(head + meta.head_len + 2, b"OK", 2)
+            w.http.resp.status = 200
+            w.http.resp.reason_off = meta.head_len + 2
+            w.http.resp.reason_len = 2
+            stored_200 = True
     if w.http.resp.status == 206:
         # a stored piece (RFC 9111 3.3) answers ranges that lie within it; any
         # other request is a miss, and the origin's answer replaces the piece
-        if (rf < 0 or h.method == MT_HEAD or not piece_of(<const uint8_t *>head, w.http.resp, &pa, &pb, &plen)
-                or pb - pa + 1 != meta.body_len or not if_range_ok(rb, rq, <const uint8_t *>head, w.http.resp)):
+        if rf < 0 or h.method == MT_HEAD or not if_range_ok(rb, rq, <const uint8_t *>head, w.http.resp):
             return -1
         rg = range_parse(rb + rq.fields[rf].value_off, rq.fields[rf].value_len, plen, first, last, &nr)
         if rg != RANGE_ONE and (rg != RANGE_MULTI or not mp_ctype_ok(<const uint8_t *>head, w.http.resp)):
@@ -2166,7 +2167,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cdef uint64_t hash
     cdef int64_t max_age, s_maxage, min_fresh, now_ms, max_stale = -1
     cdef int note, st, claim = CLAIM_NONE
-    cdef bint get, auth
+    cdef bint get, auth, ranged
     cdef shm_cache_entry meta
     cdef int64_t wait_until = 0
     h.cache_note = CN_NONE
@@ -2220,6 +2221,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
         return STEP_CONTINUE
     qflags = cc_parse(b, r, False, &max_age, &s_maxage, &min_fresh, &max_stale)
     hash = lb_xxh64(<const uint8_t *>key, url_len, rt.hd.seed)
+    ranged = field_find(b, r, b"range") >= 0
     clock_now_ms(&now_ms)
     if qflags & QCC_NO_CACHE:
         # the client wants the stored response validated, not skipped (RFC 9111
@@ -2267,7 +2269,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     # a Range miss goes on as it came and is not collapsed: the origin's 206 is
     # a piece, no answer for the others (it or a 200 may still be stored)
     if (get and not (qflags & QCC_NO_STORE) and note != CN_REQUEST and note != CN_BYPASS
-            and field_find(b, r, b"range") < 0 and not tier_came_back(w, h, b, r)):
+            and not ranged and not tier_came_back(w, h, b, r)):
         claim = cache_claim(rt, hash, now_ms)
         if claim == CLAIM_WAIT and (wait_until == 0 or now_ms < wait_until):
             cx = cx_alloc(w)
@@ -2288,7 +2290,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     h.cache_note = <uint8_t>note
     if (get and rt.range_fill and (note == CN_URI_MISS or note == CN_VARY_MISS or
                                    (note == CN_STALE and not (stale_seq & 1))) and not auth
-            and not (qflags & (QCC_NO_STORE | QCC_NO_CACHE)) and field_find(b, r, b"range") >= 0
+            and not (qflags & (QCC_NO_STORE | QCC_NO_CACHE)) and ranged
             and not range_from_start(b, r) and not tier_came_back(w, h, b, r)):
         range_fill_start(w, h, b, r, rt, key, n, hash, now_ms, idx if note == CN_STALE else CACHE_NONE, stale_seq)
     if (not get and note != CN_STALE) or (qflags & QCC_NO_STORE):
@@ -2309,7 +2311,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cx.req_len = r.head_len
     cx.hash = hash
     cx.auth = auth
-    cx.ranged = field_find(b, r, b"range") >= 0
+    cx.ranged = ranged
     cx.fill = get
     cx.cache = <uint32_t>(rt - w.http.cache.caches)
     cx.claimed = claim == CLAIM_MINE
