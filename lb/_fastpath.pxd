@@ -1678,6 +1678,7 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     uint64_t fill_max
     int64_t req_stale_if_error       # the request's own stale-if-error=N (RFC 5861 4); -1: none
     lb_cache_rt *src                 # serving from a disk tier (cache_disk.pxi); NULL: from caches[cache]
+    lb_cache_refresh *rf             # a Range miss's whole fetch, made ready, sent once the origin's 206 says how large the object is (range_fill_go)
     lb_cache_mp *mp                  # a multipart/byteranges answer to several ranges (malloc); NULL: none
 
 cdef enum:
@@ -1722,6 +1723,7 @@ cdef struct lb_cache_refresh:        # one background fetch in flight: a revalid
     uint8_t whole                    # 1: a Range miss's fetch of the whole response (no stale entry behind it)
     uint8_t too_big                  # its body is larger than max_object_size
     uint8_t head_seen                # the final head has come (refresh_head)
+    lb_cache_x *owner                # RF_PENDING: the exchange whose answer it waits for (its cx.rf)
     int fd
     int32_t slot                     # the backend it went to
     lb_cache_x *cx                   # the key, its claim, the request head (Vary values) to store with

@@ -70,6 +70,15 @@ class _Handler(socketserver.StreamRequestHandler):
                 head += f"{k}: {v}\r\n"
             if "content-length" not in names and "transfer-encoding" not in names:
                 head += f"Content-Length: {len(payload)}\r\n"
+            if isinstance(payload, list):    # the body in parts, an Event to wait for between them
+                self.wfile.write(head.encode("latin-1") + b"\r\n")
+                for part in payload:
+                    if isinstance(part, threading.Event):
+                        assert part.wait(20)
+                    else:
+                        self.wfile.write(part)
+                    self.wfile.flush()
+                continue
             self.wfile.write(head.encode("latin-1") + b"\r\n" + (b"" if method == "HEAD" else payload))
             self.wfile.flush()
 
@@ -1012,17 +1021,18 @@ def test_a_range_miss_fetches_the_whole_response_once_in_the_background(origin, 
 
 
 def test_a_piece_that_comes_after_the_whole_response_does_not_replace_it(origin, lb_cache):
-    """The range's own 206 is held at the origin until the background fetch
-    has stored the whole response: the piece, storable when its request
-    missed, is then refused, and every range is a hit of the whole."""
+    """The range's own 206 sends its head and half its body, then is held at
+    the origin until the background fetch (which its head started) has
+    stored the whole response: the piece, storable when its request missed,
+    is then refused, and every range is a hit of the whole."""
     body = body_of(50_000, 9)
     fields = [("Cache-Control", "max-age=60")]
     whole_stored = threading.Event()
 
     def respond(method, headers, n):
         if "range" in headers:
-            assert whole_stored.wait(20)
-            return 206, fields + [("Content-Range", "bytes 0-99/50000")], body[:100]
+            return 206, fields + [("Content-Range", "bytes 0-99/50000"), ("Content-Length", "100")], [
+                body[:50], whole_stored, body[50:100]]
         return 200, fields, body
 
     origin.routes["/late"] = respond
@@ -1138,18 +1148,49 @@ def test_a_stale_object_asked_for_only_by_ranges_is_refreshed_in_the_background(
     assert revalidation[2]["if-none-match"] == ['"1"']
 
 
+def test_an_object_larger_than_max_object_size_by_its_206_is_not_fetched_whole(origin, lb_cache):
+    """The origin's 206 says the object is 3 MiB, over max_object_size (2m
+    here): no whole fetch is sent, now or for the next ranges."""
+    body = body_of(3 * 1024 * 1024, 15)
+    origin.routes["/huge"] = ranged_origin(body, [("Cache-Control", "max-age=60")])
+    lb = lb_cache()
+    specs = ["bytes=%d-%d" % (first, first + 9) for first in (1000, 500_000, 2_000_000)]
+    for spec, first in zip(specs, (1000, 500_000, 2_000_000)):
+        status, h, data = get(lb.port, "/huge", headers={"Range": spec})
+        assert (status, data) == (206, body[first:first + 10])
+    assert [rq[2].get("range") for rq in origin.requests if rq[1] == "/huge"] == [[spec] for spec in specs]
+    counts = cache_counts(lb)
+    assert (counts["range_fills"], counts["range_fill_failed"]) == (0, 0)
+
+
+def test_an_origin_that_ignores_the_range_is_asked_once(origin, lb_cache):
+    """Its 200 to the range is the whole response: stored as it comes, with
+    no whole fetch beside it; the next ranges are hits."""
+    body = body_of(40_000, 14)
+    origin.routes["/norange"] = (200, [("Cache-Control", "max-age=60")], body)
+    lb = lb_cache()
+    status, h, data = get(lb.port, "/norange", headers={"Range": "bytes=10-19"})
+    assert status in (200, 206) and data == (body if status == 200 else body[10:20])
+    wait_for(lambda: cache_counts(lb)["stored"] >= 1, 10, "the 200 stored")
+    status, h, data = get(lb.port, "/norange", headers={"Range": "bytes=30000-30009"})
+    assert (status, data) == (206, body[30000:30010]) and h["cache-status"].startswith("lb; hit")
+    assert origin.count("/norange") == 1
+    assert cache_counts(lb)["range_fills"] == 0
+
+
 def test_a_whole_response_larger_than_max_object_size_is_not_fetched_past_its_head(origin, lb_cache):
-    """The fill reads the head, sees a Content-Length over max_object_size
-    (2m here) and closes: the origin below sends the head and a few bytes
-    of its body, then nothing, so a fill that waited for the body would
-    still be waiting. Its ranges keep going to the origin, and no other
-    whole fetch is tried for a while."""
+    """An origin whose 206 does not say the object's size (`bytes 0-9/*`):
+    the fill reads the whole response's head, sees a Content-Length over
+    max_object_size (2m here) and closes: the origin below sends the head
+    and a few bytes of its body, then nothing, so a fill that waited for the
+    body would still be waiting. Its ranges keep going to the origin, and no
+    other whole fetch is tried for a while."""
     size = 3 * 1024 * 1024
     sent_head = threading.Event()
 
     def respond(method, headers, n):
         if "range" in headers:
-            return 206, [("Cache-Control", "max-age=60"), ("Content-Range", f"bytes 0-9/{size}")], b"0123456789"
+            return 206, [("Cache-Control", "max-age=60"), ("Content-Range", "bytes 0-9/*")], b"0123456789"
         sent_head.set()
         return 200, [("Cache-Control", "max-age=60"), ("Content-Length", str(size))], b"only this"
 

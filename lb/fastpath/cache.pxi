@@ -897,6 +897,8 @@ cdef void cx_free(lb_worker *w, lb_cache_x *cx) noexcept nogil:
     if cx.claimed:
         cache_unclaim(&w.http.cache.caches[cx.cache], cx, False)
     tl_remove(&cx.twait)
+    if cx.rf != NULL:
+        refresh_close(w, cx.rf, False)   # its exchange ended before the origin answered it
     free(cx.key)
     free(cx.req)
     free(cx.obj)
@@ -2170,6 +2172,7 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
     cdef bint get, auth, ranged
     cdef shm_cache_entry meta
     cdef int64_t wait_until = 0
+    cdef lb_cache_refresh *rf = NULL
     h.cache_note = CN_NONE
     if h.cx != NULL:
         if h.cx.waiting:
@@ -2292,13 +2295,19 @@ cdef int step_cache(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t *b) no
                                    (note == CN_STALE and not (stale_seq & 1))) and not auth
             and not (qflags & (QCC_NO_STORE | QCC_NO_CACHE)) and ranged
             and not range_from_start(b, r) and not tier_came_back(w, h, b, r)):
-        range_fill_start(w, h, b, r, rt, key, n, hash, now_ms, idx if note == CN_STALE else CACHE_NONE, stale_seq)
+        rf = range_fill_start(w, h, b, r, rt, key, n, hash, now_ms, idx if note == CN_STALE else CACHE_NONE,
+                              stale_seq)
     if (not get and note != CN_STALE) or (qflags & QCC_NO_STORE):
         return STEP_CONTINUE         # (a HEAD with a stale GET stored may refresh it: RFC 9111 4.3.5)
     # a GET that may be stored: its key, and its head for the Vary values
     cx = cx_alloc(w)
     if cx == NULL:
+        if rf != NULL:
+            refresh_close(w, rf, False)
         return STEP_CONTINUE
+    cx.rf = rf                       # (cx_free drops it while it waits)
+    if rf != NULL:
+        rf.owner = cx
     cx.key = <char *>malloc(n)
     cx.req = <char *>malloc(r.head_len)
     if cx.key == NULL or cx.req == NULL:
@@ -2576,6 +2585,8 @@ cdef int step_cache_store(lb_worker *w, lb_hconn *h, http_req *r, const uint8_t 
     cdef lb_cache_rt *rt
     cdef int64_t now_ms
     cdef bint stored = False
+    if cx != NULL and cx.rf != NULL:
+        range_fill_go(w, cx.rf, r, b)
     if cx == NULL or cx.serving:
         return STEP_CONTINUE
     rt = &w.http.cache.caches[cx.cache]

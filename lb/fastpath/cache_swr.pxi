@@ -29,9 +29,12 @@
 # A Range miss (range_fill) uses the same machinery with no entry behind it
 # (lb_cache_refresh.whole): the client's range goes on to the origin as it
 # came, and the whole response is fetched beside it, without validators, so
-# that the key's next ranges are hits. Its head is enough to give up on an
-# object over max_object_size; such a one, one that may not be stored, or
-# a failed fetch holds the key's whole fetches back for CACHE_PASS_BIG_MS.
+# that the key's next ranges are hits. It is sent only once the origin's 206
+# to the range has come (RF_PENDING until then, range_fill_go): a 200 is the
+# whole already, and the 206's Content-Range gives the object's size, so an
+# object over max_object_size is never asked for. Else its head is enough
+# to give up on one; such a one, one that may not be stored, or a failed
+# fetch holds the key's whole fetches back for CACHE_PASS_BIG_MS.
 # A stale entry asked for by a range is revalidated in the background the
 # same way (a refresh, with the entry behind it).
 
@@ -40,6 +43,7 @@ cdef enum:
     RF_SENDING = 2
     RF_READING = 3
     RF_CLOSED = 4
+    RF_PENDING = 5                   # made ready, not connected: a Range miss's, until the origin's answer (range_fill_go)
     CACHE_REFRESH_MAX = 32           # background revalidations in flight, per worker
     CACHE_REFRESH_MS = 30000         # one that takes longer fails (the claim it holds lasts as long)
     CACHE_REFRESH_READ = 16384
@@ -209,24 +213,24 @@ cdef inline bint refresh_pool_ok(lb_worker *w, lb_hconn *h) noexcept nogil:
     return p.tls == NULL and p.http != NULL and not p.http.h2 and not p.http.send_proxy and not p.send_proxy
 
 
-cdef bint refresh_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r, lb_cache_rt *rt,
-                        uint32_t idx, uint32_t seq, const char *key, uint32_t key_len, uint32_t host_len,
-                        uint64_t hash, bint auth) noexcept nogil:
+cdef lb_cache_refresh *refresh_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r, lb_cache_rt *rt,
+                                     uint32_t idx, uint32_t seq, const char *key, uint32_t key_len,
+                                     uint32_t host_len, uint64_t hash, bint auth, bint pending) noexcept nogil:
     """Start the background revalidation of a stale entry whose key's claim
     this worker holds (idx CACHE_NONE: the fetch of a Range miss's whole
-    response, range_fill_start). False: not started (the caller gives the
-    claim back)."""
+    response, range_fill_start). pending: made ready (the request, the
+    backend), not sent (refresh_connect does, range_fill_go). NULL: not
+    started (the caller gives the claim back)."""
     cdef lb_cache_wk *cw = w.http.cache
     cdef lb_pool_rt *p
     cdef lb_cache_refresh *f
     cdef lb_cache_x *cx
     cdef int32_t slot
     cdef int fd
-    cdef epoll_event ev
     p = &w.pools[h.c.pool]
     f = <lb_cache_refresh *>calloc(1, sizeof(lb_cache_refresh))
     if f == NULL:
-        return False
+        return NULL
     f.req = <char *>malloc(HBUF_SIZE)
     cx = cx_alloc(w)
     if f.req == NULL or cx == NULL:
@@ -234,7 +238,7 @@ cdef bint refresh_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
         free(f)
         if cx != NULL:
             cx_free(w, cx)
-        return False
+        return NULL
     f.cx = cx
     cx.key = <char *>malloc(key_len)
     cx.req = <char *>malloc(r.head_len)
@@ -243,7 +247,7 @@ cdef bint refresh_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
         cx_free(w, cx)
         free(f.req)
         free(f)
-        return False
+        return NULL
     memcpy(cx.key, key, key_len)
     memcpy(cx.req, b, r.head_len)
     cx.key_len = key_len
@@ -264,25 +268,40 @@ cdef bint refresh_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r
         slot = -1 if tier_loop(p.http, b, r) else p.ops.pick(w, p, &h.c, tier_key_hash(w, h, b, r))
     else:
         slot = p.ops.pick(w, p, &h.c, http_key_hash(p, &h.c, b, r))
-    fd = backend_connect(w, slot) if slot >= 0 else -1
-    if fd < 0:
+    fd = -1
+    if slot >= 0 and not pending:
+        fd = backend_connect(w, slot)
+    if slot < 0 or (fd < 0 and not pending):
         cx_free(w, cx)
         free(f.req)
         free(f)
-        return False
+        return NULL
     cx.claimed = 1                   # from here on, refresh_close gives the claim back
     f.slot = slot
+    f.fd = -1
+    f.state = RF_PENDING
+    cw.refreshing += 1
+    tl_append(&cw.refresh_timer, &f.tn, w.now_ms, f)
+    if not pending:
+        refresh_connect(w, f, fd)
+    return f
+
+
+cdef void refresh_connect(lb_worker *w, lb_cache_refresh *f, int fd) noexcept nogil:
+    """A made-ready fetch on its way: fd, a connection to f.slot being made
+    (backend_connect; -1: it failed, and so does the fetch)."""
+    cdef epoll_event ev
+    if fd < 0:
+        refresh_close(w, f, True)
+        return
     f.fd = fd
     f.state = RF_CONNECTING
     ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET
     ev.data.u64 = <uint64_t><size_t>f | TAG_SIGNAL
     w.fds += 1
     lb_store_i64(&w.stats.fds, w.fds)
-    cw.refreshing += 1
-    tl_append(&cw.refresh_timer, &f.tn, w.now_ms, f)
     if epoll_ctl(w.epfd, EPOLL_CTL_ADD, fd, &ev) != 0:
         refresh_close(w, f, True)
-    return True
 
 
 cdef void refresh_close(lb_worker *w, lb_cache_refresh *f, bint failed) noexcept nogil:
@@ -299,9 +318,13 @@ cdef void refresh_close(lb_worker *w, lb_cache_refresh *f, bint failed) noexcept
         # coming, and an object too large to store, or too slow to come
         # whole in CACHE_REFRESH_MS, would be fetched for nothing each time.
         cache_unclaim_for(rt, f.cx, CACHE_PASS_BIG_MS if f.whole else CACHE_PASS_MS)
-    close(f.fd)
-    w.fds -= 1
-    lb_store_i64(&w.stats.fds, w.fds)
+    if f.owner != NULL:
+        f.owner.rf = NULL
+        f.owner = NULL
+    if f.fd >= 0:
+        close(f.fd)
+        w.fds -= 1
+        lb_store_i64(&w.stats.fds, w.fds)
     tl_remove(&f.tn)
     cx_free(w, f.cx)                 # (gives back a claim still held)
     f.cx = NULL
@@ -620,7 +643,7 @@ cdef int cache_swr(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r, lb_
         # (the refresh's request is made from this one, before it is answered)
         if cw.refreshing >= CACHE_REFRESH_MAX:
             _unclaim_hash(rt, hash, False)        # a later stale hit starts it
-        elif not refresh_start(w, h, b, r, rt, idx, seq, key, key_len, host_len, hash, auth):
+        elif refresh_start(w, h, b, r, rt, idx, seq, key, key_len, host_len, hash, auth, False) == NULL:
             cache_count(&rt.st.refresh_failed, 1)
             _unclaim_hash(rt, hash, True)
     st = cache_hit(w, h, b, r, rt, &meta, idx, now_ms)
@@ -632,25 +655,54 @@ cdef int cache_swr(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r, lb_
     return st
 
 
-cdef void range_fill_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r, lb_cache_rt *rt,
-                           const char *key, uint32_t key_len, uint64_t hash, int64_t now_ms, uint32_t idx,
-                           uint32_t seq) noexcept nogil:
+cdef lb_cache_refresh *range_fill_start(lb_worker *w, lb_hconn *h, const uint8_t *b, http_req *r,
+                                        lb_cache_rt *rt, const char *key, uint32_t key_len, uint64_t hash,
+                                        int64_t now_ms, uint32_t idx, uint32_t seq) noexcept nogil:
     """step_cache, a Range miss (range_fill): the request goes on as it
     came, and the whole response is fetched once in the background, on the
     refresh's connection of its own, so that the key's next ranges are hits.
     One fetch per key across the workers (its fill claim); none while another
     fetch of the key is under way or its pass mark holds (not storable, or
-    larger than max_object_size: the head says so and the body is not read).
-    idx, seq: a stale entry of the key, revalidated so instead (a 304
-    freshens it, a new 200 replaces it): otherwise an object that changed,
-    asked for only by ranges, would never be stored again."""
+    larger than max_object_size). idx, seq: a stale entry of the key,
+    revalidated so instead (a 304 freshens it, a new 200 replaces it):
+    otherwise an object that changed, asked for only by ranges, would never
+    be stored again. The fetch is made ready here, while the request is at
+    hand, and sent once the origin has answered the range (range_fill_go):
+    its 206 says how large the whole is. Returns it (the caller's exchange
+    owns it), or NULL."""
+    cdef lb_cache_refresh *f
     if not refresh_pool_ok(w, h) or w.http.cache.refreshing >= CACHE_REFRESH_MAX:
-        return
+        return NULL
     if cache_claim(rt, hash, now_ms) != CLAIM_MINE:
-        return
-    if not refresh_start(w, h, b, r, rt, idx, seq, key, key_len, 0, hash, False):
+        return NULL
+    f = refresh_start(w, h, b, r, rt, idx, seq, key, key_len, 0, hash, False, True)
+    if f == NULL:
         cache_count(&rt.st.range_fill_failed if idx == CACHE_NONE else &rt.st.refresh_failed, 1)
         _unclaim_hash(rt, hash, True)
+    return f
+
+
+cdef void range_fill_go(lb_worker *w, lb_cache_refresh *f, http_req *r, const uint8_t *b) noexcept nogil:
+    """The origin's answer to the range whose miss made f ready. A 206 of an
+    object that may fit sends f. Anything else drops it: a 200 is the whole
+    (an origin that ignores Range; the exchange stores it itself), a 304
+    freshened the stale entry, an error or a 416 has nothing to fill; and an
+    object larger than max_object_size is never fetched whole (its key's
+    ranges go on to the origin, and the next ones start nothing for a while)."""
+    cdef lb_cache_rt *rt = &w.http.cache.caches[f.cx.cache]
+    cdef uint64_t first, last, total
+    f.owner.rf = NULL
+    f.owner = NULL
+    if r.status != 206:
+        refresh_close(w, f, False)
+        return
+    if piece_of(b, r, &first, &last, &total) and total > rt.hd.max_object:
+        cache_unclaim_for(rt, f.cx, CACHE_PASS_BIG_MS)
+        refresh_close(w, f, False)
+        return
+    tl_remove(&f.tn)                 # (its time runs from now)
+    tl_append(&w.http.cache.refresh_timer, &f.tn, w.now_ms, f)
+    refresh_connect(w, f, backend_connect(w, f.slot))
 
 
 cdef void _unclaim_hash(lb_cache_rt *rt, uint64_t hash, bint pass_) noexcept nogil:
