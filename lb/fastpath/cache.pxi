@@ -2067,6 +2067,24 @@ cdef inline void cache_unclaim(lb_cache_rt *rt, lb_cache_x *cx, bint pass_) noex
     cache_unclaim_for(rt, cx, CACHE_PASS_MS if pass_ else 0)
 
 
+cdef bint cache_claim_renew(lb_cache_rt *rt, lb_cache_x *cx, int64_t now_ms) noexcept nogil:
+    """A claim held while its fetch waited to be sent (range_fill_go) lasts
+    CACHE_FILL_CLAIM_MS from now. False: it lapsed meanwhile (the slot may be
+    another's now; cx no longer holds it)."""
+    cdef uint32_t base = <uint32_t>(cx.hash & (CACHE_FILLS - 1)), k
+    cdef shm_cache_fill *f
+    if not cx.claimed:
+        return False
+    for k in range(CACHE_FILL_PROBES):
+        f = &rt.fills[(base + k) & (CACHE_FILLS - 1)]
+        if (lb_load_u64(&f.hash) == cx.hash and lb_load_u32(&f.pid) == rt.pid and not lb_load_u32(&f.pass_)
+                and lb_load_i64(&f.until_ms) > now_ms):
+            lb_store_i64(&f.until_ms, now_ms + CACHE_FILL_CLAIM_MS)
+            return True
+    cx.claimed = 0
+    return False
+
+
 cdef void cache_unclaim_for(lb_cache_rt *rt, lb_cache_x *cx, int64_t pass_ms) noexcept nogil:
     """cache_unclaim; pass_ms > 0: the pass mark lasts that long."""
     cdef uint32_t base = <uint32_t>(cx.hash & (CACHE_FILLS - 1)), k

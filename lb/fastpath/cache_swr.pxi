@@ -21,8 +21,10 @@
 #                             (usable while its window lasts) and holds further
 #                             refreshes of the key back for CACHE_PASS_MS.
 #
-# Nothing of the client's exchange waits on the refresh or holds a pointer
-# into it: a client that goes away costs the refresh nothing. At most
+# Nothing of the client's exchange waits on the refresh, and once sent it
+# holds no pointer into it: a client that goes away costs the refresh
+# nothing (a Range miss's fetch not yet sent is its exchange's, cx.rf, and
+# goes with it). At most
 # CACHE_REFRESH_MAX refreshes are in flight per worker; a stale hit over that
 # is answered without one (a later one starts it).
 #
@@ -607,7 +609,10 @@ cdef void refresh_timers_sweep(lb_worker *w) noexcept nogil:
         n = tl_expired(&cw.refresh_timer, w.now_ms)
         if n == NULL:
             break
-        refresh_close(w, <lb_cache_refresh *>n.owner, True)
+        f = <lb_cache_refresh *>n.owner
+        # a fetch still waiting for its range's answer has not failed: the
+        # origin is slow to answer the range, the exchange's own timeouts see to that
+        refresh_close(w, f, f.state != RF_PENDING)
     # those closed in this turn: its events are done, none can name them now
     f = cw.refresh_closed
     cw.refresh_closed = NULL
@@ -691,6 +696,7 @@ cdef void range_fill_go(lb_worker *w, lb_cache_refresh *f, http_req *r, const ui
     ranges go on to the origin, and the next ones start nothing for a while)."""
     cdef lb_cache_rt *rt = &w.http.cache.caches[f.cx.cache]
     cdef uint64_t first, last, total
+    cdef int64_t now_ms
     f.owner.rf = NULL
     f.owner = NULL
     if r.status != 206:
@@ -700,7 +706,11 @@ cdef void range_fill_go(lb_worker *w, lb_cache_refresh *f, http_req *r, const ui
         cache_unclaim_for(rt, f.cx, CACHE_PASS_BIG_MS)
         refresh_close(w, f, False)
         return
-    tl_remove(&f.tn)                 # (its time runs from now)
+    clock_now_ms(&now_ms)
+    if not cache_claim_renew(rt, f.cx, now_ms):
+        refresh_close(w, f, False)   # the origin took as long as a claim lasts: another may be fetching it
+        return
+    tl_remove(&f.tn)                 # (its time runs from now, as the claim's does)
     tl_append(&w.http.cache.refresh_timer, &f.tn, w.now_ms, f)
     refresh_connect(w, f, backend_connect(w, f.slot))
 
