@@ -1198,7 +1198,8 @@ def test_a_range_the_origin_fails_fetches_nothing_and_holds_nothing_back(origin,
 
 def test_a_stale_object_a_range_finds_unchanged_is_not_fetched_again(origin, lb_cache):
     """The range's revalidation gets a 304: the entry is fresh again and
-    answers the next ranges; nothing is fetched whole."""
+    answers the next ranges; nothing is fetched whole. The range itself is
+    answered from the refreshed entry, as a hit would be."""
     body = body_of(30_000, 17)
     origin.routes["/same"] = lambda method, headers, n: (
         (304, [("Cache-Control", "max-age=60"), ("ETag", '"s"')], b"") if "if-none-match" in headers
@@ -1207,12 +1208,71 @@ def test_a_stale_object_a_range_finds_unchanged_is_not_fetched_again(origin, lb_
     assert get(lb.port, "/same")[2] == body
     time.sleep(1.1)  # what is tested is the clock itself: the entry goes stale
     status, h, data = get(lb.port, "/same", headers={"Range": "bytes=10-19"})
-    assert (status, data) == (200, body)         # (a revalidated entry answers whole: docs/cache.md)
+    assert (status, data, h["content-range"]) == (206, body[10:20], "bytes 10-19/30000")
+    assert h["cache-status"] == "lb; fwd=stale; fwd-status=304; stored; ttl=60"
     status, h, data = get(lb.port, "/same", headers={"Range": "bytes=20000-20009"})
     assert (status, data) == (206, body[20000:20010]) and h["cache-status"].startswith("lb; hit")
     assert [rq[2].get("if-none-match") for rq in origin.requests if rq[1] == "/same"] == [None, ['"s"']]
     counts = cache_counts(lb)
     assert (counts["range_fills"], counts["refreshed"], counts["refresh_failed"]) == (0, 0, 0)
+
+
+def test_a_revalidated_entry_answers_the_range_a_hit_would(origin, lb_cache):
+    """After the origin's 304, the client's Range is weighed against the
+    refreshed response: one range is cut from it, If-Range that does not
+    match or a range past the end get the whole response, and a client
+    whose own validators match gets its 304."""
+    body = body_of(20_000, 18)
+    origin.routes["/rv"] = lambda method, headers, n: (
+        (304, [("Cache-Control", "max-age=1"), ("ETag", '"r"')], b"") if "if-none-match" in headers
+        else (200, [("Cache-Control", "max-age=1"), ("ETag", '"r"'), ("Content-Type", "text/plain")], body))
+    lb = lb_cache()
+    assert get(lb.port, "/rv")[2] == body
+    cases = [({"Range": "bytes=-100"}, 206, body[-100:], "bytes 19900-19999/20000"),
+             ({"Range": "bytes=5000-5009", "If-Range": '"r"'}, 206, body[5000:5010], "bytes 5000-5009/20000"),
+             ({"Range": "bytes=5000-5009", "If-Range": '"other"'}, 200, body, None),
+             ({"Range": "bytes=20000-"}, 200, body, None),
+             ({"Range": "bytes=0-9", "If-None-Match": '"r"'}, 304, b"", None)]
+    for fields, want_status, want_body, want_range in cases:
+        time.sleep(1.1)  # what is tested is the clock itself: the entry goes stale
+        status, h, data = get(lb.port, "/rv", headers=fields)
+        assert (status, data, h.get("content-range")) == (want_status, want_body, want_range), fields
+        assert h["cache-status"].startswith("lb; fwd=stale; fwd-status=304"), fields
+    assert origin.count("/rv") == 1 + len(cases)
+
+
+def test_a_stale_entry_served_on_error_answers_the_range(origin, lb_cache):
+    """stale-if-error: the origin fails the range's revalidation and the
+    stale entry answers it with the bytes asked for: one range as a 206,
+    several as multipart parts, each from its place in the entry."""
+    import random
+    body = random.Random(19).randbytes(40_000)   # no repeating block: bytes from the wrong place show
+    state = {"down": False}
+
+    def respond(method, headers, n):
+        if state["down"]:
+            return 503, [], b"origin down"
+        return 200, [("Cache-Control", "max-age=1, stale-if-error=60"), ("Content-Type", "video/mp4")], body
+
+    origin.routes["/sie"] = respond
+    lb = lb_cache()
+    assert get(lb.port, "/sie")[2] == body
+    state["down"] = True
+    time.sleep(1.1)  # what is tested is the clock itself: the entry goes stale
+    status, h, data = get(lb.port, "/sie", headers={"Range": "bytes=12345-23456"})
+    assert (status, data, h["content-range"]) == (206, body[12345:23457], "bytes 12345-23456/40000")
+    assert h["cache-status"] == "lb; fwd=stale; fwd-status=503" and int(h["content-length"]) == 11112
+    status, h, data = get(lb.port, "/sie", headers={"Range": "bytes=0-99, 39000-"})
+    assert status == 206 and "content-range" not in h
+    assert [(f["content-range"], f["content-type"], p) for f, p in multipart_parts(h["content-type"], data)] == [
+        ("bytes 0-99/40000", "video/mp4", body[:100]), ("bytes 39000-39999/40000", "video/mp4", body[39000:])]
+    status, h, data = get(lb.port, "/sie", headers={"Range": "bytes=50000-"})
+    assert (status, data) == (200, body)         # (nothing satisfiable: the whole response, as RFC 9110 14.2 allows)
+    # the origin gone altogether: lb's own 502 is replaced the same way
+    origin.shutdown()
+    origin.server_close()
+    status, h, data = get(lb.port, "/sie", headers={"Range": "bytes=100-199"})
+    assert (status, data, h["content-range"]) == (206, body[100:200], "bytes 100-199/40000")
 
 
 def test_a_whole_response_larger_than_max_object_size_is_not_fetched_past_its_head(origin, lb_cache):

@@ -1274,6 +1274,38 @@ cdef void fields_drop(const uint8_t *sb, http_req *rs, const char *lower_name) n
     rs.n_fields = j
 
 
+cdef int range_of_200(const uint8_t *rb, http_req *rq, const uint8_t *sb, http_req *rs, uint64_t body_len,
+                      uint64_t *first, uint64_t *last, uint32_t *nr) noexcept nogil:
+    """What the Range of a GET asks of a whole response sb (RFC 9110 14.2)
+    that is to answer it: RANGE_NONE when there is none, when If-Range does
+    not match, or for several ranges a multipart answer cannot carry. The
+    caller weighs the request's other preconditions first."""
+    cdef int32_t rf = field_find(rb, rq, b"range")
+    cdef int rg
+    if rf < 0 or rs.status != 200 or not if_range_ok(rb, rq, sb, rs):
+        return RANGE_NONE
+    rg = range_parse(rb + rq.fields[rf].value_off, rq.fields[rf].value_len, body_len, first, last, nr)
+    if rg == RANGE_MULTI and not mp_ctype_ok(sb, rs):
+        return RANGE_NONE
+    return rg
+
+
+cdef void cx_partial(lb_cache_x *cx, http_req *rs, char *sb, uint32_t reason_off, int rg, uint64_t first,
+                     uint64_t last, uint64_t complete) noexcept nogil:
+    """The answer's head made a 206 of the range (RANGE_ONE) or the
+    multipart parts (RANGE_MULTI) cx is set to send; the reason phrase goes
+    at sb + reason_off, where the caller has room for it."""
+    memcpy(sb + reason_off, b"Partial Content", 15)
+    rs.status = 206
+    rs.reason_off = reason_off
+    rs.reason_len = 15
+    rs.content_length = <int64_t>cx.left
+    if rg == RANGE_ONE:
+        cx.hdr_len += content_range(cx.hdr + cx.hdr_len, first, last, complete, False)
+    else:
+        mp_head(cx, rs, <const uint8_t *>sb)
+
+
 cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, lb_cache_rt *rt,
                    shm_cache_entry *meta, uint32_t idx, int64_t now_ms) noexcept nogil:
     cdef lb_cache_x *cx
@@ -1322,12 +1354,9 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
         fields_drop(<const uint8_t *>head, w.http.resp, b"content-range")
         complete = plen
     # a Range on a GET of a stored 200 (RFC 9110 14.2), after the preconditions
-    elif (rf >= 0 and h.method != MT_HEAD and w.http.resp.status == 200
-            and not not_modified(rb, rq, <const uint8_t *>head, w.http.resp, meta.resp_ms // 1000)
-            and if_range_ok(rb, rq, <const uint8_t *>head, w.http.resp)):
-        rg = range_parse(rb + rq.fields[rf].value_off, rq.fields[rf].value_len, meta.body_len, first, last, &nr)
-        if rg == RANGE_MULTI and not mp_ctype_ok(<const uint8_t *>head, w.http.resp):
-            rg = RANGE_NONE
+    elif (rf >= 0 and h.method != MT_HEAD
+            and not not_modified(rb, rq, <const uint8_t *>head, w.http.resp, meta.resp_ms // 1000)):
+        rg = range_of_200(rb, rq, <const uint8_t *>head, w.http.resp, meta.body_len, first, last, &nr)
     if rg == RANGE_UNSAT:
         if not ce_stable(e, meta.seq):
             return -1
@@ -1368,15 +1397,7 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
         w.http.resp.reason_len = 12
         cx.left = 0
     elif rg == RANGE_ONE or rg == RANGE_MULTI:
-        memcpy(head + meta.head_len + 2, b"Partial Content", 15)
-        w.http.resp.status = 206
-        w.http.resp.reason_off = meta.head_len + 2
-        w.http.resp.reason_len = 15
-        w.http.resp.content_length = <int64_t>cx.left
-        if rg == RANGE_ONE:
-            cx.hdr_len += content_range(cx.hdr + cx.hdr_len, first[0], last[0], complete, False)
-        else:
-            mp_head(cx, w.http.resp, <const uint8_t *>head)
+        cx_partial(cx, w.http.resp, head, meta.head_len + 2, rg, first[0], last[0], complete)
     if w.http.resp.status != 304 and stored_200 and field_find(<const uint8_t *>head, w.http.resp,
                                                                 b"accept-ranges") < 0:
         # what a hit of a stored 200 can do: tell the client (RFC 9110 14.3), as nginx's cache does
@@ -2444,8 +2465,11 @@ cdef int cache_revalidated(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     cdef const uint8_t *name
     cdef bint replaced, stored = False
     cdef int64_t now_ms
-    cdef int st
+    cdef int st, rg = RANGE_NONE
     cdef uint64_t body_off
+    cdef uint64_t first[CACHE_MAX_RANGES]
+    cdef uint64_t last[CACHE_MAX_RANGES]
+    cdef uint32_t nr = 0
     memcpy(&meta, e, sizeof(shm_cache_entry))
     if not ce_stable(e, cx.stale_seq) or meta.state != CE_LIVE:
         return 502                   # the stored response went meanwhile: nothing to complete the 304 with
@@ -2500,6 +2524,12 @@ cdef int cache_revalidated(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     if cx.req != NULL and http_parse_request_c(<const uint8_t *>cx.req, cx.req_len, cw.req, h.hl.max_target,
                                                h.hl.max_head, h.hl.max_fields) == 0:
         client_has_it = not_modified(<const uint8_t *>cx.req, cw.req, <const uint8_t *>m, os, now_ms // 1000)
+        if not client_has_it and h.method != MT_HEAD:
+            # its Range, as a hit would answer it: one range is cut from the
+            # body at hand; several, or none satisfiable, get the whole
+            # response (RFC 9110 14.2 lets a Range be ignored)
+            rg = range_of_200(<const uint8_t *>cx.req, cw.req, <const uint8_t *>m, os, meta.body_len, first, last,
+                              &nr)
     if cache_fill_start(w, h, rt, os, <const uint8_t *>m, now_ms):
         memcpy(cx.obj + cx.obj_len, cx.local, meta.body_len)
         cx.obj_len += meta.body_len
@@ -2515,6 +2545,10 @@ cdef int cache_revalidated(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
         os.reason_off = n
         os.reason_len = 12
         cx.left = 0
+    elif rg == RANGE_ONE:
+        cx.local_off = first[0]
+        cx.left = last[0] - first[0] + 1
+        cx_partial(cx, os, m, n, rg, first[0], last[0], meta.body_len)
     st = cache_answer(w, h, NULL, m, os, True)
     free(m)
     return st
@@ -2530,8 +2564,12 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
     cdef shm_cache_entry meta
     cdef int64_t now_ms, age, sie
     cdef char *head
-    cdef uint64_t off
+    cdef uint64_t off, at
     cdef uint32_t b, k
+    cdef int rg = RANGE_NONE
+    cdef uint64_t first[CACHE_MAX_RANGES]
+    cdef uint64_t last[CACHE_MAX_RANGES]
+    cdef uint32_t nr = 0
     if cx == NULL or not cx.has_stale or cx.serving or w.http.cache == NULL:
         return False
     rt = &w.http.cache.caches[cx.cache]
@@ -2554,8 +2592,19 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
     if http_parse_response_c(<const uint8_t *>head, meta.head_len + 2, w.http.resp, CACHE_HEAD_MAX + 4) != 0:
         return False
     off += meta.head_len
+    # the client's Range, as a hit would answer it (the saved request head)
+    if (h.method != MT_HEAD and cx.req != NULL
+            and http_parse_request_c(<const uint8_t *>cx.req, cx.req_len, w.http.cache.req, h.hl.max_target,
+                                     h.hl.max_head, h.hl.max_fields) == 0
+            and not not_modified(<const uint8_t *>cx.req, w.http.cache.req, <const uint8_t *>head, w.http.resp,
+                                 meta.resp_ms // 1000)):
+        rg = range_of_200(<const uint8_t *>cx.req, w.http.cache.req, <const uint8_t *>head, w.http.resp,
+                          meta.body_len, first, last, &nr)
+        if rg == RANGE_UNSAT:
+            rg = RANGE_NONE          # (the whole response: RFC 9110 14.2 lets a Range be ignored)
+    at = off + first[0] if rg == RANGE_ONE else off
     b = meta.first
-    for k in range(<uint32_t>(off // CACHE_BLOCK)):
+    for k in range(<uint32_t>(at // CACHE_BLOCK)):
         if b >= rt.hd.n_blocks:
             return False
         b = lb_load_u32(&rt.next[b])
@@ -2571,8 +2620,13 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
     cx.entry = cx.stale_entry
     cx.seq = cx.stale_seq
     cx.blk = b
-    cx.blk_off = <uint32_t>(off % CACHE_BLOCK)
+    cx.blk_off = <uint32_t>(at % CACHE_BLOCK)
     cx.left = 0 if h.method == MT_HEAD else meta.body_len
+    if rg == RANGE_ONE:
+        cx.left = last[0] - first[0] + 1
+    elif rg == RANGE_MULTI and not mp_setup(w, cx, <const uint8_t *>head, w.http.resp, first, last, nr,
+                                            meta.body_len, off, meta.first):
+        rg = RANGE_NONE              # (no memory for the parts: the whole response)
     cx.reval = 0
     cx_status(cx, CN_STALE, False, age, meta.fresh - age, True)
     # "; fwd-status=NNN": what the origin (or lb for it) answered
@@ -2583,6 +2637,8 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
         cx.hdr_len += fmt_u64(cx.hdr + cx.hdr_len, <uint64_t>status)
         memcpy(cx.hdr + cx.hdr_len, b"\r\n", 2)
         cx.hdr_len += 2
+    if rg == RANGE_ONE or rg == RANGE_MULTI:
+        cx_partial(cx, w.http.resp, head, meta.head_len + 2, rg, first[0], last[0], meta.body_len)
     cache_count(&rt.st.stale_served, 1)
     h.c.lg.term = TERM_OK
     return cache_answer(w, h, NULL, head, w.http.resp, True) == STEP_ANSWERED
