@@ -151,7 +151,7 @@ cdef struct shm_worker_stats:        # 320 bytes, one row per worker; writer: th
     uint64_t bytes_in                # client -> backend
     uint64_t bytes_out               # backend -> client
     uint64_t idle_timeouts
-    uint64_t splice_bytes            # bytes of the above moved by splice(2), or by sendfile(2) (a cache hit's body): none copied by lb
+    uint64_t splice_bytes            # bytes of the above moved by splice(2) (a cache hit's body too): none copied by lb
     uint64_t stopping                # 1 while draining
     uint64_t http_requests           # requests parsed (http listeners)
     uint64_t http_errors             # responses lb made itself (4xx/5xx pages)
@@ -1559,7 +1559,7 @@ cdef struct shm_cache_entry:         # writer: under the region's lock; seq odd 
     int64_t fresh                    # its freshness lifetime, seconds
     int32_t stale_if_error           # seconds it may still answer, stale, when the origin fails (RFC 5861)
     int32_t stale_while_revalidate   # seconds it may still answer, stale, while refreshed in the background (RFC 5861)
-    uint8_t sent                     # 1: sent by sendfile, so sockets may hold its pages (punched when it goes: cache_punch); writer: any reader sets it, the lock holder clears it
+    uint8_t sent                     # 1: spliced from the file, so pipes and sockets may hold its pages (punched when it goes: cache_punch); writer: any reader sets it, the lock holder clears it
     uint8_t _pad[31]
 
 cdef struct shm_cache_fill:          # writer: the worker that claims it (compare-and-swap on hash); supervisor (a dead pid's)
@@ -1621,7 +1621,7 @@ cdef struct lb_cache_rt:             # a worker's view of one cache
     lb_cache_rt *disk                # the cache's disk tier (fastpath/cache_disk.pxi); NULL: none
     uint64_t *csum                   # a disk tier's view: the checksum of each entry (shm_disk_head)
     uint32_t *verified               # a disk tier's view: the seq each entry's checksum was last found good at (shared, not on disk)
-    int32_t zc_fd                    # the memory tier's file (/dev/shm), when zc: hits go out of it by sendfile(2), freed blocks are punched out of it (cache_send.pxi)
+    int32_t zc_fd                    # the memory tier's file (/dev/shm), when zc: hits go out of it by splice(2), freed blocks are punched out of it (cache_send.pxi)
     uint8_t zc                       # 1: zc_fd is open (this process's view; a disk tier's is 0)
     uint8_t range_fill               # range_fill: a Range miss fetches the whole response in the background
 
@@ -1650,7 +1650,10 @@ cdef struct lb_cache_x:              # one exchange's cache state (allocated per
     uint32_t seq
     uint32_t blk                     # block of the next byte
     uint32_t blk_off
-    uint64_t left                    # body bytes still to send
+    uint64_t left                    # body bytes still to send (the pipe's not counted)
+    uint8_t zpipe_on                 # zpipe is a pipe of the worker's (cache_send.pxi); 0 after memset
+    int zpipe[2]
+    uint32_t zpipe_len               # body bytes in it, checked, not yet sent
     char *local                      # a local answer's body (PURGE); NULL: the entry's
     uint64_t local_off
     int64_t ttl

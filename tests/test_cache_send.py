@@ -1,8 +1,9 @@
 """Large hits go from the cache region straight to the client's socket
-(lb/fastpath/cache_send.pxi): by sendfile(2) from the region's /dev/shm
-file, so that the socket holds the region's pages, not a copy. Bodies are
-intact whatever the client's pace; an object purged while it is being sent
-is cut short, never completed; and a freed block's page is punched out of
+(lb/fastpath/cache_send.pxi): spliced from the region's /dev/shm file
+into a pipe, checked, then spliced to the socket, so that the socket holds
+the region's pages, not a copy. Bodies are intact whatever the client's
+pace; an object purged while it is being sent is cut short, never
+completed; and a freed block's page is punched out of
 the file before the block is reused, so that bytes a socket still holds
 never change."""
 
@@ -43,7 +44,7 @@ def region_bytes(lb) -> int:
 
 
 def warm(lb, *targets):
-    """Hit each target twice: an object goes by sendfile once it was hit a
+    """Hit each target twice: an object goes from the file once it was hit a
     few times (until then its blocks are not worth punching out)."""
     for target in targets:
         for _ in range(2):
@@ -52,7 +53,7 @@ def warm(lb, *targets):
 
 def zero_copy_bytes(lb) -> int:
     """Bytes the workers had the kernel move without a copy through lb
-    (splice and sendfile)."""
+    (splice)."""
     return sum(w["splice_bytes"] for w in lb.worker_stats())
 
 
@@ -233,8 +234,8 @@ def test_a_large_hit_is_logged_with_every_byte_it_sent(origin, lb_cache, tmp_pat
 
 
 def read_old_while(lb, old: bytes, rewrite) -> None:
-    """A slow client asks for /old (a hit sent by sendfile: the kernel takes
-    more than a MiB at once), rewrite() runs while most of it is in flight,
+    """A slow client asks for /old (a hit spliced from the file: the kernel
+    holds more than a MiB of it at once), rewrite() runs while most of it is in flight,
     then the client reads on: it gets the old object's bytes, whole or cut
     short, and never a byte of another."""
     before = zero_copy_bytes(lb)
@@ -250,13 +251,13 @@ def read_old_while(lb, old: bytes, rewrite) -> None:
         while len(got) < len(old) and (chunk := s.recv(65536)):
             got += chunk
     assert len(got) - read_before > 1 << 20, "little was in flight: the test proves little"
-    assert zero_copy_bytes(lb) - before > 1 << 20, "not sent by sendfile"
+    assert zero_copy_bytes(lb) - before > 1 << 20, "not spliced from the file"
     assert got == old[:len(got)], "bytes of another object arrived"
 
 
 def test_bytes_in_flight_survive_their_blocks_being_freed_and_rewritten(origin, lb_cache):
     """A slow client holds an object in socket buffers (the region's pages,
-    sent by sendfile: the kernel takes the whole 1.5 MiB at once) when the
+    spliced from the file: the kernel holds most of the 1.5 MiB) when the
     object is purged and a new one is stored in the very same blocks: the
     client gets the old object, whole or cut short, and never a byte of the
     new one."""
@@ -299,7 +300,7 @@ def test_bytes_in_flight_survive_their_object_being_evicted_by_a_worker(origin, 
 
 
 def test_freed_blocks_of_a_sent_object_give_their_pages_back(origin, lb_cache):
-    """A purged (or evicted) object that went out by sendfile has its pages
+    """A purged (or evicted) object that went out of the file has its pages
     punched out of the region's file: the shared memory it used is
     returned at once, and the object stored next in its blocks is intact."""
     size = 1536 * 1024
@@ -316,8 +317,8 @@ def test_freed_blocks_of_a_sent_object_give_their_pages_back(origin, lb_cache):
 
 def test_disk_tier_hits_keep_the_copy_path_and_arrive_intact(origin, lb_disk):
     """A disk tier's file is not punched (its blocks stay allocated, so that
-    a full disk can never fault a worker): its hits are copied, never sent
-    by sendfile, and arrive whole; promoted back into memory and hit there,
+    a full disk can never fault a worker): its hits are copied, never
+    spliced, and arrive whole; promoted back into memory and hit there,
     the object goes out of the memory tier's file again."""
     from test_cache_disk import push_out_of_memory
 
@@ -351,7 +352,8 @@ def test_disk_tier_hits_keep_the_copy_path_and_arrive_intact(origin, lb_disk):
 def test_zero_copy_only_where_a_block_is_a_page_of_its_own(tmp_path, super_options, fstype, shmem, zero_copy):
     """In a huge page, a punch the kernel cannot split the page for (a
     socket holding it is enough) zeroes the block in place, and the socket
-    would send those zeros: sendfile is used only on a tmpfs of small pages."""
+    would send those zeros: the file is spliced from only on a tmpfs of
+    small pages."""
     from lb._fastpath import _small_pages
 
     mountinfo = tmp_path / "mountinfo"

@@ -29,7 +29,7 @@ import io as _io
 import mmap as _mmap
 import time as _time
 
-from lb.includes.sendfile cimport sendfile, fallocate, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_KEEP_SIZE
+from lb.includes.sendfile cimport fallocate, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_KEEP_SIZE
 from lb.includes.unistd cimport pwrite
 
 cdef extern from *:
@@ -194,12 +194,12 @@ cdef void q_push(lb_cache_rt *rt, uint32_t i, uint8_t queue) noexcept nogil:
 
 cdef inline void cache_punch(lb_cache_rt *rt, uint32_t first, uint32_t n) noexcept nogil:
     """Drop the pages of n freed blocks from the region's file. A socket
-    may still hold them (a hit sent by sendfile, cache_send.pxi, not yet
-    read by its client): it keeps its reference to the old page, and the
+    may still hold them (a hit spliced from the file, cache_send.pxi, not
+    yet read by its client): it keeps its reference to the old page, and the
     block's next object is written into a fresh one, so bytes already handed
     to the kernel never change. Only for objects marked sent: a punch and
     the page faults of the next write into those blocks cost more than the
-    copy sendfile saves (3x the CPU per request under random keys when every
+    copy the splice saves (3x the CPU per request under random keys when every
     freed block was punched). Lock held, or the region not yet shared."""
     fallocate(rt.zc_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
               <long>(rt.hd.off_blocks + <uint64_t>first * CACHE_BLOCK), <long>n * CACHE_BLOCK)
@@ -235,7 +235,7 @@ cdef void ce_remove(lb_cache_rt *rt, uint32_t i, bint ghost) noexcept nogil:
     cdef uint32_t b, nb, k, run, n_run
     cdef bint punch
     ce_begin(e)
-    # a reader marks sent before its sendfile and checks seq after it: with
+    # a reader marks sent before its splice and checks seq after it: with
     # full fences on both sides, either this sees the mark or that reader
     # sees the seq move (and cuts its response)
     lb_fence_full()
@@ -250,7 +250,7 @@ cdef void ce_remove(lb_cache_rt *rt, uint32_t i, bint ghost) noexcept nogil:
     q_unlink(rt, i)
     # pushed last block first, so that the next object pops them in the
     # order they were chained: a run of blocks stays one run in the file
-    # (one sendfile per run, cache_send.pxi)
+    # (one splice per run, cache_send.pxi)
     b = e.first
     run = b
     n_run = 0
@@ -899,6 +899,8 @@ cdef void cx_free(lb_worker *w, lb_cache_x *cx) noexcept nogil:
     tl_remove(&cx.twait)
     if cx.rf != NULL:
         refresh_close(w, cx.rf, False)   # its exchange ended before the origin answered it
+    if cx.zpipe_on:
+        pipe_give(w, cx.zpipe, cx.zpipe_len != 0)
     free(cx.key)
     free(cx.req)
     free(cx.obj)
@@ -1616,7 +1618,7 @@ cdef int cache_serve(lb_worker *w, lb_hconn *h) noexcept nogil:
         progress = cache_send_direct(w, h, cx)
         if progress < 0:
             return 1
-        if cx.left > CACHE_SEND_TAIL:
+        if cx.zpipe_len or cx.left > CACHE_SEND_TAIL:
             return progress
     while cx.left and hb_need(w, &h.outb) and hb_room(&h.outb):
         if h.outb.off + h.outb.len == HBUF_SIZE:
@@ -2866,7 +2868,7 @@ cdef class CacheShm:
         self.path = path
         self._init(<char *>p, size, max_object, seed, True)
         # the file stays open (and is inherited by the workers) for zero-copy
-        # hits: sendfile from it, and punching freed blocks out of it, which
+        # hits: splice from it, and punching freed blocks out of it, which
         # also shows that the filesystem can (tmpfs does)
         if _os.environ.get("LB_CACHE_ZERO_COPY", "1") != "0" and _small_pages(path) and fallocate(
                 fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, <long>self.rt.hd.off_blocks, CACHE_BLOCK) == 0:

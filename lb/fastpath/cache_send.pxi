@@ -4,59 +4,169 @@
 # encrypt the bytes and keep the copy through the client's buffer.
 #
 # From the memory tier (cache_send_file), once the object was hit a few
-# times (CACHE_SEND_FILE_FREQ; before, the sendmsg way below): the region is a /dev/shm file, so
-# the head goes by send(2) with MSG_MORE and the body by one sendfile(2) per
-# run of consecutive blocks: the socket takes references to the region's
-# pages and nothing is copied. Those pages must never change while a socket
-# holds them: the entry is marked sent before the first sendfile, and when
-# a marked entry goes, ce_remove punches its blocks out of the file
-# (cache_punch), so the next object written there gets fresh pages. From a
-# disk tier (whose file stays allocated, never punched): one sendmsg(2) with
-# the head and an iovec per 4 KiB block, the kernel's copy the only one.
+# times (CACHE_SEND_FILE_FREQ; before, the sendmsg way below): the region is
+# a /dev/shm file, so the body is spliced from it into a pipe (the pipe
+# takes references to the region's pages, nothing is copied), checked, and
+# spliced from the pipe to the socket. Those pages must never change while
+# a pipe or a socket holds them: the entry is marked sent before the first
+# splice, and when a marked entry goes, ce_remove punches its blocks out of
+# the file (cache_punch), so the next object written there gets fresh pages.
+# From a disk tier (whose file stays allocated, never punched): one
+# sendmsg(2) with the head and an iovec per 4 KiB block, the kernel's copy
+# the only one.
 #
 # Readers hold no lock (cache.pxi): the entry's seq is checked before the
 # blocks are walked and after the kernel took them. A seq that moved means
-# the bytes sent may be another object's: the response is cut (h_cut). So
-# that such a response can never arrive whole, the last CACHE_SEND_TAIL bytes
-# always take the copy path, copied and checked before they are sent.
+# the bytes taken may be another object's: the response is cut (h_cut). From
+# the pipe, no byte reaches the socket before that check. On the sendmsg
+# way the socket has them at once, so that such a response can never
+# arrive whole, the last CACHE_SEND_TAIL bytes take the copy path, copied
+# and checked before they are sent.
 
 from lb.includes.uio cimport iovec, msghdr, sendmsg, MSG_MORE
 
+
 cdef enum:
     CACHE_SEND_MIN = 16384           # below, a copy into outb and one send cost no more (measured at 16 KiB: even)
-    CACHE_SEND_TAIL = 1024           # the body's end: through outb, after a seq check
+    CACHE_SEND_TAIL = 1024           # the sendmsg way: the body's end through outb, after a seq check
     CACHE_SEND_IOV = 64              # blocks per sendmsg, and per call of cache_send_file (256 KiB)
-    # hits (S3-FIFO's freq) before an object goes by sendfile: a sent object
+    CACHE_SEND_ROUND = 16            # blocks per pipe fill (64 KiB: a loopback segment, a pipe's default size)
+    # hits (S3-FIFO's freq) before an object goes from the file: a sent object
     # is punched out when it goes, and the punch and the next object's write
-    # into fresh pages (about 60 us per 100 KiB) outweigh the copy sendfile
+    # into fresh pages (about 60 us per 100 KiB) outweigh the copy the file
     # saves (about 17 us) unless it is hit a few times; 1.38x lb-base's CPU
     # per request in bench cache_disk (random keys, objects rarely hit twice
-    # in memory) when every hit went by sendfile
+    # in memory) when every hit went by sendfile, which takes the pages as a splice does
     CACHE_SEND_FILE_FREQ = 2
 
 
 cdef inline bint cache_send_direct_ok(lb_hconn *h, lb_cache_x *cx) noexcept nogil:
-    return (cx.local == NULL and cx.mp == NULL and cx.left >= CACHE_SEND_MIN
-            and h.c.sk[SIDE_CLIENT].xp.splice and h.c.sk[SIDE_CLIENT].fd >= 0)
+    return cx.zpipe_len != 0 or (cx.local == NULL and cx.mp == NULL and cx.left >= CACHE_SEND_MIN
+                                 and h.c.sk[SIDE_CLIENT].xp.splice and h.c.sk[SIDE_CLIENT].fd >= 0)
+
+
+cdef int cache_zpipe_out(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt *rt) noexcept nogil:
+    """The pipe's checked bytes to the client. 1: all went; 0: the socket
+    is full (what is left waits in the pipe); -1: h was closed."""
+    cdef ssize_t n
+    cdef unsigned int fl = SPLICE_F_MOVE | SPLICE_F_NONBLOCK
+    if cx.left:
+        fl |= SPLICE_F_MORE          # more of the body follows: no push at this call's end
+    while True:
+        n = splice(cx.zpipe[0], NULL, h.c.sk[SIDE_CLIENT].fd, NULL, cx.zpipe_len, fl)
+        if n >= 0 or errno != EINTR:
+            break
+    if n < 0:
+        if errno == EAGAIN:
+            h.hflags &= ~HF_WRITABLE
+            return 0
+        log_term(&h.c, TERM_CLIENT_ABORT)
+        h_close(w, h, True)
+        return -1
+    h_account(w, h, n, False, True)     # (counted with splice's: the kernel moved them, lb did not copy)
+    h.c.last_ms = w.now_ms
+    cache_count(&rt.st.hit_bytes, <uint64_t>n)
+    cx.zpipe_len -= <uint32_t>n
+    if cx.zpipe_len:
+        h.hflags &= ~HF_WRITABLE     # the socket took no more
+        return 0
+    if cx.left == 0:
+        pipe_give(w, cx.zpipe, False)    # (back to the worker's pool: the next response may not need one)
+        cx.zpipe_on = 0
+    return 1
+
+
+cdef int cache_zpipe_fill(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt *rt,
+                          shm_cache_entry *e) noexcept nogil:
+    """The body's next CACHE_SEND_ROUND blocks (at most) from the file into
+    the empty pipe, one splice(2) per run of consecutive blocks, then the
+    entry's seq checked: only then are they the object's bytes. 0, or -1:
+    the response was cut (h is done with)."""
+    cdef uint32_t nb = rt.hd.n_blocks, b = cx.blk, off = cx.blk_off, last, nx, k
+    cdef uint64_t run, pos, filled = 0, cap = CACHE_SEND_ROUND * CACHE_BLOCK
+    cdef long long foff
+    cdef ssize_t n
+    while filled < cx.left and filled + CACHE_BLOCK <= cap:
+        if b >= nb:
+            h_cut(w, h)
+            return -1
+        # the run: b and the blocks chained after it that follow it in the file
+        run = CACHE_BLOCK - off
+        last = b
+        while filled + run < cx.left and filled + run + CACHE_BLOCK <= cap:
+            nx = lb_load_u32(&rt.next[last])
+            if nx != last + 1 or nx >= nb:
+                break
+            last = nx
+            run += CACHE_BLOCK
+        if filled + run > cx.left:
+            run = cx.left - filled
+        foff = <long long>(rt.hd.off_blocks + <uint64_t>b * CACHE_BLOCK + off)
+        while True:
+            n = splice(rt.zc_fd, &foff, cx.zpipe[1], NULL, run, SPLICE_F_NONBLOCK)
+            if n >= 0 or errno != EINTR:
+                break
+        if n <= 0:
+            if n < 0 and errno == EAGAIN and filled:
+                break                # the pipe is full: send what it holds
+            h_cut(w, h)              # past the file's end (a chain read while it changed), or no pipe room at all
+            return -1
+        filled += <uint64_t>n
+        pos = off + <uint64_t>n
+        k = <uint32_t>(pos // CACHE_BLOCK)
+        off = <uint32_t>(pos % CACHE_BLOCK)
+        if off == 0 and filled < cx.left:
+            b = lb_load_u32(&rt.next[b + k - 1])    # at a block's end: the chain says what follows
+        else:
+            b += k
+        if <uint64_t>n < run:
+            break                    # the pipe ran out of slots
+    # the pipe holds the pages it was given: were they still the entry's?
+    if not ce_stable(e, cx.seq):
+        h_cut(w, h)                  # (cx_free drops the pipe with them)
+        return -1
+    cx.zpipe_len = <uint32_t>filled
+    cx.left -= filled
+    cx.blk = b
+    cx.blk_off = off
+    return 0
 
 
 cdef int cache_send_file(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt *rt,
                          shm_cache_entry *e) noexcept nogil:
     """cache_send_direct from the memory tier's file: the head by send(2)
-    with MSG_MORE, then one sendfile(2) per run of consecutive blocks. The
-    socket takes references to the file's pages, no copy; cache_punch
-    detaches a freed block's page before the block is written again, so
-    what a socket holds stays the object's. Returns as cache_send_direct."""
+    on its own, the body's next blocks spliced from the file into a pipe
+    (one splice(2) per run of consecutive blocks: the pipe takes references
+    to the file's pages, no copy), the entry's seq checked, then the pipe
+    spliced to the socket. Bytes reach the socket only once checked, so no
+    tail is held back, and the last splice ends the response's last segment
+    (by sendfile(2), the last KiB went apart, copied and checked: that
+    extra segment, and the acks it drew from the client, cost the client
+    more than lb saved: bench cache_hit).
+    cache_punch detaches a freed block's page before the block is written
+    again, so what the pipe and the socket hold stays the object's.
+    Returns as cache_send_direct; -2: no pipe to be had (the caller copies)."""
     cdef int fd = h.c.sk[SIDE_CLIENT].fd
-    cdef uint32_t nb = rt.hd.n_blocks, b = cx.blk, off = cx.blk_off, last, nx, k
-    cdef uint64_t want = cx.left - CACHE_SEND_TAIL, run, pos, head = h.outb.len, moved = 0
-    cdef long foff
+    cdef uint64_t head = h.outb.len
     cdef ssize_t n
+    cdef int st, rounds = 0
+    if cx.zpipe_len:
+        return cache_zpipe_out(w, h, cx, rt)
+    if not cx.zpipe_on:
+        if pipe_take(w, cx.zpipe) != 0:
+            return -2
+        cx.zpipe_on = 1
     if not lb_load_u8(&e.sent):
-        lb_mark_u8(&e.sent)          # before any sendfile: its blocks get punched when it goes (ce_remove)
+        lb_mark_u8(&e.sent)          # before any splice: its blocks get punched when it goes (ce_remove)
     if head:
+        # on its own, no MSG_MORE, as nginx sends its head before sendfile:
+        # with the head in the body's first segment, the socket's bbr left
+        # its startup and paced the body's second segment by a timer (a
+        # timer interrupt and a softirq for 0.19-0.34 of the responses, +2-8
+        # us per 100 KiB hit here, bench cache_hit); sent alone, it stays in
+        # startup as nginx's sockets do, and no timer fires
         while True:
-            n = send(fd, h.outb.p + h.outb.off, head, MSG_NOSIGNAL | MSG_DONTWAIT | MSG_MORE)
+            n = send(fd, h.outb.p + h.outb.off, head, MSG_NOSIGNAL | MSG_DONTWAIT)
             if n >= 0 or errno != EINTR:
                 break
         if n < 0:
@@ -72,59 +182,21 @@ cdef int cache_send_file(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt 
         if <uint64_t>n < head:
             h.hflags &= ~HF_WRITABLE
             return 1
-    while want and moved < CACHE_SEND_IOV * CACHE_BLOCK:
-        if b >= nb:
-            h_cut(w, h)
+    # a round at a time, as sendfile(2) goes (the same CPU per 100 KiB hit
+    # as one round of the whole body, measured; a round fits a pipe that
+    # F_SETPIPE_SZ did not grow)
+    while True:
+        st = cache_zpipe_fill(w, h, cx, rt, e)
+        if st < 0:
             return -1
-        # the run: b and the blocks chained after it that follow it in the file
-        run = CACHE_BLOCK - off
-        last = b
-        while run < want and run < CACHE_SEND_IOV * CACHE_BLOCK:
-            nx = lb_load_u32(&rt.next[last])
-            if nx != last + 1 or nx >= nb:
-                break
-            last = nx
-            run += CACHE_BLOCK
-        if run > want:
-            run = want
-        foff = <long>(rt.hd.off_blocks + <uint64_t>b * CACHE_BLOCK + off)
-        while True:
-            n = sendfile(fd, rt.zc_fd, &foff, run)
-            if n >= 0 or errno != EINTR:
-                break
-        if n <= 0:
-            if n < 0 and errno == EAGAIN:
-                h.hflags &= ~HF_WRITABLE
-                return 1 if head or moved else 0
-            if n < 0:
-                log_term(&h.c, TERM_CLIENT_ABORT)
-                h_close(w, h, True)
-            else:
-                h_cut(w, h)          # past the file's end: a chain read while it changed
-            return -1
-        # the socket holds the pages it was given: were they still the entry's?
-        if not ce_stable(e, cx.seq):
-            h_cut(w, h)
-            return -1
-        h_account(w, h, n, False, True)     # (counted with splice's: the kernel moved them, lb did not copy)
-        h.c.last_ms = w.now_ms
-        cache_count(&rt.st.hit_bytes, <uint64_t>n)
-        cx.left -= <uint64_t>n
-        want -= <uint64_t>n
-        moved += <uint64_t>n
-        pos = off + <uint64_t>n
-        k = <uint32_t>(pos // CACHE_BLOCK)
-        off = <uint32_t>(pos % CACHE_BLOCK)
-        if off == 0:
-            b = lb_load_u32(&rt.next[b + k - 1])    # at a block's end: the chain says what follows
-        else:
-            b += k
-        cx.blk = b
-        cx.blk_off = off
-        if <uint64_t>n < run:
-            h.hflags &= ~HF_WRITABLE     # the socket took no more
+        st = cache_zpipe_out(w, h, cx, rt)
+        if st <= 0:
+            return 1 if st == 0 else -1
+        if cx.left == 0 or (h.hflags & HF_WRITABLE) == 0:
             return 1
-    return 1
+        rounds += 1
+        if rounds == CACHE_SEND_IOV // CACHE_SEND_ROUND:
+            return 1
 
 
 cdef int cache_send_direct(lb_worker *w, lb_hconn *h, lb_cache_x *cx) noexcept nogil:
@@ -140,13 +212,18 @@ cdef int cache_send_direct(lb_worker *w, lb_hconn *h, lb_cache_x *cx) noexcept n
     cdef uint32_t nb = rt.hd.n_blocks, b = cx.blk, off = cx.blk_off, k, first = 0, m, end
     cdef uint64_t want = cx.left - CACHE_SEND_TAIL, body = 0, head = h.outb.len, sent
     cdef ssize_t n
+    cdef int st
     if not (h.hflags & HF_WRITABLE):
         return 0
+    if cx.zpipe_len:
+        return cache_zpipe_out(w, h, cx, rt)     # checked bytes, whatever became of the entry since
     if not ce_stable(e, cx.seq):
         h_cut(w, h)                  # evicted or purged since the last send
         return -1
-    if rt.zc and (lb_load_u8(&e.sent) or lb_load_u8(&e.freq) >= CACHE_SEND_FILE_FREQ):
-        return cache_send_file(w, h, cx, rt, e)
+    if cx.zpipe_on or (rt.zc and (lb_load_u8(&e.sent) or lb_load_u8(&e.freq) >= CACHE_SEND_FILE_FREQ)):
+        st = cache_send_file(w, h, cx, rt, e)
+        if st != -2:
+            return st
     if head:
         iov[0].iov_base = h.outb.p + h.outb.off
         iov[0].iov_len = head
