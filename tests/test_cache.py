@@ -1275,6 +1275,30 @@ def test_a_stale_entry_served_on_error_answers_the_range(origin, lb_cache):
     assert (status, data, h["content-range"]) == (206, body[100:200], "bytes 100-199/40000")
 
 
+def test_a_revalidation_that_fails_after_its_304_falls_back_to_the_stale_range(origin, lb_cache):
+    """The 304's fields and the stored head together are too large for a
+    response head (lb answers 502 for the revalidation), and the entry
+    allows stale-if-error: the range is answered from the stale entry with
+    the bytes asked for, not from the body the failed revalidation had
+    copied out."""
+    import random
+    body = random.Random(20).randbytes(30_000)
+    big = "x" * 20_000
+
+    def respond(method, headers, n):
+        if "if-none-match" in headers:
+            return 304, [("Cache-Control", "max-age=1, stale-if-error=60"), ("ETag", '"b"'), ("X-More", big)], b""
+        return 200, [("Cache-Control", "max-age=1, stale-if-error=60"), ("ETag", '"b"'), ("X-Big", big)], body
+
+    origin.routes["/big304"] = respond
+    lb = lb_cache()
+    assert get(lb.port, "/big304")[2] == body
+    time.sleep(1.1)  # what is tested is the clock itself: the entry goes stale
+    status, h, data = get(lb.port, "/big304", headers={"Range": "bytes=20000-20099"})
+    assert (status, data, h["content-range"]) == (206, body[20000:20100], "bytes 20000-20099/30000")
+    assert h["cache-status"].startswith("lb; fwd=stale") and h["cache-status"].endswith("fwd-status=502")
+
+
 def test_a_whole_response_larger_than_max_object_size_is_not_fetched_past_its_head(origin, lb_cache):
     """An origin whose 206 does not say the object's size (`bytes 0-9/*`):
     the fill reads the whole response's head, sees a Content-Length over

@@ -2616,6 +2616,9 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
         h_release_backend(w, h, h.resp_started == 0)
     free(cx.obj)
     cx.obj = NULL
+    free(cx.local)                   # (a revalidation that failed after copying the body: the blocks answer)
+    cx.local = NULL
+    cx.local_off = 0
     cx.filling = 0
     cx.fill = 0
     cx.serving = 1

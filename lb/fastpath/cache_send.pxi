@@ -76,6 +76,16 @@ cdef int cache_zpipe_out(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt 
     return 1
 
 
+cdef int zpipe_cut(lb_worker *w, lb_hconn *h, lb_cache_x *cx) noexcept nogil:
+    """Cut the response in the middle of a fill: the pipe may hold bytes no
+    check covers (zpipe_len does not count them), so it is closed here,
+    never handed back to the pool for another connection to send from. -1."""
+    pipe_give(w, cx.zpipe, True)
+    cx.zpipe_on = 0
+    h_cut(w, h)
+    return -1
+
+
 cdef int cache_zpipe_fill(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt *rt,
                           shm_cache_entry *e) noexcept nogil:
     """The body's next CACHE_SEND_ROUND blocks (at most) from the file into
@@ -88,8 +98,7 @@ cdef int cache_zpipe_fill(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt
     cdef ssize_t n
     while filled < cx.left and filled + CACHE_BLOCK <= cap:
         if b >= nb:
-            h_cut(w, h)
-            return -1
+            return zpipe_cut(w, h, cx)
         # the run: b and the blocks chained after it that follow it in the file
         run = CACHE_BLOCK - off
         last = b
@@ -109,8 +118,7 @@ cdef int cache_zpipe_fill(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt
         if n <= 0:
             if n < 0 and errno == EAGAIN and filled:
                 break                # the pipe is full: send what it holds
-            h_cut(w, h)              # past the file's end (a chain read while it changed), or no pipe room at all
-            return -1
+            return zpipe_cut(w, h, cx)   # past the file's end (a chain read while it changed), or no pipe room at all
         filled += <uint64_t>n
         pos = off + <uint64_t>n
         k = <uint32_t>(pos // CACHE_BLOCK)
@@ -123,8 +131,7 @@ cdef int cache_zpipe_fill(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt
             break                    # the pipe ran out of slots
     # the pipe holds the pages it was given: were they still the entry's?
     if not ce_stable(e, cx.seq):
-        h_cut(w, h)                  # (cx_free drops the pipe with them)
-        return -1
+        return zpipe_cut(w, h, cx)
     cx.zpipe_len = <uint32_t>filled
     cx.left -= filled
     cx.blk = b
