@@ -67,3 +67,24 @@ def test_max_stale_answers_stale_without_asking_the_origin(origin, lb_cache):
     status, h, body = get(lb.port, "/ms", headers={"Cache-Control": "max-stale=60, stale-if-error=60"})
     assert (status, body) == (200, b"last good") and h["cache-status"].startswith("lb; hit")
     assert origin.count("/ms") == 1
+
+
+def test_a_stale_answer_on_error_honours_the_clients_validators(origin, lb_cache):
+    """The stale entry that answers for a failed origin answers a client
+    whose If-None-Match names it with 304, as a hit would."""
+    state = {"mode": "ok"}
+
+    def answer(method, headers, n):
+        if state["mode"] == "503":
+            return 503, [], b"origin down"
+        return 200, [("Cache-Control", "max-age=1, stale-if-error=60"), ("ETag", '"e1"')], b"last good"
+    origin.routes["/v"] = answer
+    lb = lb_cache()
+    assert get(lb.port, "/v")[2] == b"last good"
+    stale()
+    state["mode"] = "503"
+    status, h, body = get(lb.port, "/v", headers={"If-None-Match": '"e1"'})
+    assert (status, body, h["etag"]) == (304, b"", '"e1"')
+    assert h["cache-status"].startswith("lb; fwd=stale") and h["cache-status"].endswith("fwd-status=503")
+    status, h, body = get(lb.port, "/v", headers={"If-None-Match": '"other"'})
+    assert (status, body) == (200, b"last good")

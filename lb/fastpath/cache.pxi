@@ -2572,6 +2572,7 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
     cdef uint64_t first[CACHE_MAX_RANGES]
     cdef uint64_t last[CACHE_MAX_RANGES]
     cdef uint32_t nr = 0
+    cdef bint client_has_it = False
     if cx == NULL or not cx.has_stale or cx.serving or w.http.cache == NULL:
         return False
     rt = &w.http.cache.caches[cx.cache]
@@ -2594,16 +2595,17 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
     if http_parse_response_c(<const uint8_t *>head, meta.head_len + 2, w.http.resp, CACHE_HEAD_MAX + 4) != 0:
         return False
     off += meta.head_len
-    # the client's Range, as a hit would answer it (the saved request head)
-    if (h.method != MT_HEAD and cx.req != NULL
-            and http_parse_request_c(<const uint8_t *>cx.req, cx.req_len, w.http.cache.req, h.hl.max_target,
-                                     h.hl.max_head, h.hl.max_fields) == 0
-            and not not_modified(<const uint8_t *>cx.req, w.http.cache.req, <const uint8_t *>head, w.http.resp,
-                                 meta.resp_ms // 1000)):
-        rg = range_of_200(<const uint8_t *>cx.req, w.http.cache.req, <const uint8_t *>head, w.http.resp,
-                          meta.body_len, first, last, &nr)
-        if rg == RANGE_UNSAT:
-            rg = RANGE_NONE          # (the whole response: RFC 9110 14.2 lets a Range be ignored)
+    # the client's preconditions and Range, as a hit would answer them (the saved request head)
+    if cx.req != NULL and http_parse_request_c(<const uint8_t *>cx.req, cx.req_len, w.http.cache.req,
+                                               h.hl.max_target, h.hl.max_head, h.hl.max_fields) == 0:
+        if not_modified(<const uint8_t *>cx.req, w.http.cache.req, <const uint8_t *>head, w.http.resp,
+                        meta.resp_ms // 1000):
+            client_has_it = True
+        elif h.method != MT_HEAD:
+            rg = range_of_200(<const uint8_t *>cx.req, w.http.cache.req, <const uint8_t *>head, w.http.resp,
+                              meta.body_len, first, last, &nr)
+            if rg == RANGE_UNSAT:
+                rg = RANGE_NONE      # (the whole response: RFC 9110 14.2 lets a Range be ignored)
     at = off + first[0] if rg == RANGE_ONE else off
     b = meta.first
     for k in range(<uint32_t>(at // CACHE_BLOCK)):
@@ -2642,7 +2644,14 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
         cx.hdr_len += fmt_u64(cx.hdr + cx.hdr_len, <uint64_t>status)
         memcpy(cx.hdr + cx.hdr_len, b"\r\n", 2)
         cx.hdr_len += 2
-    if rg == RANGE_ONE or rg == RANGE_MULTI:
+    if client_has_it:
+        # the client holds this very response (RFC 9110 13.2.2): the stored head, as 304, no body
+        memcpy(head + meta.head_len + 2, b"Not Modified", 12)
+        w.http.resp.status = 304
+        w.http.resp.reason_off = meta.head_len + 2
+        w.http.resp.reason_len = 12
+        cx.left = 0
+    elif rg == RANGE_ONE or rg == RANGE_MULTI:
         cx_partial(cx, w.http.resp, head, meta.head_len + 2, rg, first[0], last[0], meta.body_len)
     cache_count(&rt.st.stale_served, 1)
     h.c.lg.term = TERM_OK
