@@ -1292,6 +1292,17 @@ cdef int range_of_200(const uint8_t *rb, http_req *rq, const uint8_t *sb, http_r
     return rg
 
 
+cdef void cx_not_modified(lb_cache_x *cx, http_req *rs, char *sb, uint32_t reason_off) noexcept nogil:
+    """The answer's head made a 304 with no body (RFC 9110 13.2.2: the
+    client holds the response); the reason phrase goes at sb + reason_off,
+    where the caller has room for it."""
+    memcpy(sb + reason_off, b"Not Modified", 12)
+    rs.status = 304
+    rs.reason_off = reason_off
+    rs.reason_len = 12
+    cx.left = 0
+
+
 cdef void cx_partial(lb_cache_x *cx, http_req *rs, char *sb, uint32_t reason_off, int rg, uint64_t first,
                      uint64_t last, uint64_t complete) noexcept nogil:
     """The answer's head made a 206 of the range (RANGE_ONE) or the
@@ -1392,12 +1403,8 @@ cdef int cache_hit(lb_worker *w, lb_hconn *h, const uint8_t *rb, http_req *rq, l
     cx_status(cx, CN_HIT, False, age, meta.fresh - age)
     cache_count(&rt.st.hit, 1)
     if not_modified(rb, rq, <const uint8_t *>head, w.http.resp, meta.resp_ms // 1000):
-        # the client has it already (RFC 9110 13.2.2): the stored head, as 304, no body
-        memcpy(head + meta.head_len + 2, b"Not Modified", 12)
-        w.http.resp.status = 304
-        w.http.resp.reason_off = meta.head_len + 2
-        w.http.resp.reason_len = 12
-        cx.left = 0
+        # the client has it already: the stored head, as 304, no body
+        cx_not_modified(cx, w.http.resp, head, meta.head_len + 2)
     elif rg == RANGE_ONE or rg == RANGE_MULTI:
         cx_partial(cx, w.http.resp, head, meta.head_len + 2, rg, first[0], last[0], complete)
     if w.http.resp.status != 304 and stored_200 and field_find(<const uint8_t *>head, w.http.resp,
@@ -2542,11 +2549,7 @@ cdef int cache_revalidated(lb_worker *w, lb_hconn *h, lb_cache_rt *rt, http_req 
     cx.left = 0 if h.method == MT_HEAD else meta.body_len
     cx_status(cx, h.cache_note, stored, 0, cx.ttl)
     if client_has_it:
-        memcpy(m + n, b"Not Modified", 12)
-        os.status = 304
-        os.reason_off = n
-        os.reason_len = 12
-        cx.left = 0
+        cx_not_modified(cx, os, m, n)
     elif rg == RANGE_ONE:
         cx.local_off = first[0]
         cx.left = last[0] - first[0] + 1
@@ -2645,12 +2648,8 @@ cdef bint cache_stale_on_error(lb_worker *w, lb_hconn *h, int status) noexcept n
         memcpy(cx.hdr + cx.hdr_len, b"\r\n", 2)
         cx.hdr_len += 2
     if client_has_it:
-        # the client holds this very response (RFC 9110 13.2.2): the stored head, as 304, no body
-        memcpy(head + meta.head_len + 2, b"Not Modified", 12)
-        w.http.resp.status = 304
-        w.http.resp.reason_off = meta.head_len + 2
-        w.http.resp.reason_len = 12
-        cx.left = 0
+        # the client holds this very response: the stored head, as 304, no body
+        cx_not_modified(cx, w.http.resp, head, meta.head_len + 2)
     elif rg == RANGE_ONE or rg == RANGE_MULTI:
         cx_partial(cx, w.http.resp, head, meta.head_len + 2, rg, first[0], last[0], meta.body_len)
     cache_count(&rt.st.stale_served, 1)

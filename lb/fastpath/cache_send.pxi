@@ -29,8 +29,8 @@ from lb.includes.uio cimport iovec, msghdr, sendmsg, MSG_MORE
 cdef enum:
     CACHE_SEND_MIN = 16384           # below, a copy into outb and one send cost no more (measured at 16 KiB: even)
     CACHE_SEND_TAIL = 1024           # the sendmsg way: the body's end through outb, after a seq check
-    CACHE_SEND_IOV = 64              # blocks per sendmsg, and per call of cache_send_file (256 KiB)
-    CACHE_SEND_ROUND = 64            # blocks per pipe fill: 256 KiB, the pipes' size (PIPE_SIZE); one that F_SETPIPE_SZ did not grow takes what it holds
+    CACHE_SEND_IOV = 64              # blocks per sendmsg (256 KiB)
+    CACHE_SEND_ROUND = 64            # blocks per pipe fill, per call of cache_send_file: 256 KiB, the pipes' size (PIPE_SIZE); one that F_SETPIPE_SZ did not grow takes what it holds
     # hits (S3-FIFO's freq) before an object goes from the file: a sent object
     # is punched out when it goes, and the punch and the next object's write
     # into fresh pages (about 60 us per 100 KiB) outweigh the copy the file
@@ -156,7 +156,6 @@ cdef int cache_send_file(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt 
     cdef int fd = h.c.sk[SIDE_CLIENT].fd
     cdef uint64_t head = h.outb.len
     cdef ssize_t n
-    cdef int st, rounds = 0
     if cx.zpipe_len:
         return cache_zpipe_out(w, h, cx, rt)
     if not cx.zpipe_on:
@@ -189,20 +188,11 @@ cdef int cache_send_file(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt 
         if <uint64_t>n < head:
             h.hflags &= ~HF_WRITABLE
             return 1
-    # a round is a pipe's worth: a 100 KiB body is one splice in and one out
-    # (rounds of 64 KiB, two of each, measured 3% more CPU per hit)
-    while True:
-        st = cache_zpipe_fill(w, h, cx, rt, e)
-        if st < 0:
-            return -1
-        st = cache_zpipe_out(w, h, cx, rt)
-        if st <= 0:
-            return 1 if st == 0 else -1
-        if cx.left == 0 or (h.hflags & HF_WRITABLE) == 0:
-            return 1
-        rounds += 1
-        if rounds == CACHE_SEND_IOV // CACHE_SEND_ROUND:
-            return 1
+    # one round a call, a pipe's worth: a 100 KiB body is one splice in and
+    # one out (rounds of 64 KiB, two of each, measured 3% more CPU per hit)
+    if cache_zpipe_fill(w, h, cx, rt, e) < 0:
+        return -1
+    return -1 if cache_zpipe_out(w, h, cx, rt) < 0 else 1
 
 
 cdef int cache_send_direct(lb_worker *w, lb_hconn *h, lb_cache_x *cx) noexcept nogil:
