@@ -194,9 +194,10 @@ cdef void q_push(lb_cache_rt *rt, uint32_t i, uint8_t queue) noexcept nogil:
 
 cdef inline void cache_punch(lb_cache_rt *rt, uint32_t first, uint32_t n) noexcept nogil:
     """Drop the pages of n freed blocks from the region's file. A socket
-    may still hold them (a hit spliced from the file, cache_send.pxi, not
-    yet read by its client): it keeps its reference to the old page, and the
-    block's next object is written into a fresh one, so bytes already handed
+    may still hold them (a hit vmspliced from the region, cache_send.pxi,
+    not yet read by its client): it keeps its reference to the old page (the
+    punch unmaps it from every worker's mapping too), and the block's next
+    object is written into a fresh one, so bytes already handed
     to the kernel never change. Only for objects marked sent: a punch and
     the page faults of the next write into those blocks cost more than the
     copy the splice saves (3x the CPU per request under random keys when every

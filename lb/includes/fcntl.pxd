@@ -1,4 +1,6 @@
 # fcntl.h: splice(2) and pipe sizing are GNU extensions, hence _GNU_SOURCE in setup.py
+from lb.includes.uio cimport iovec
+
 cdef extern from "fcntl.h" nogil:
     enum:
         O_NONBLOCK
@@ -15,5 +17,6 @@ cdef extern from "fcntl.h" nogil:
 
     ssize_t splice(int fd_in, long long *off_in, int fd_out, long long *off_out,
                    size_t len, unsigned int flags)
+    ssize_t vmsplice(int fd, const iovec *iov, size_t nr_segs, unsigned int flags)
     int fcntl(int fd, int cmd, ...)
     int open(const char *path, int flags, ...)
