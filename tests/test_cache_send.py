@@ -1,6 +1,6 @@
 """Large hits go from the cache region straight to the client's socket
-(lb/fastpath/cache_send.pxi): spliced from the region's /dev/shm file
-into a pipe, checked, then spliced to the socket, so that the socket holds
+(lb/fastpath/cache_send.pxi): vmspliced from the workers' mapping of the
+region's /dev/shm file into a pipe, checked, then spliced to the socket, so that the socket holds
 the region's pages, not a copy. Bodies are intact whatever the client's
 pace; an object purged while it is being sent is cut short, never
 completed; and a freed block's page is punched out of
@@ -148,6 +148,69 @@ def purge_while_read(lb, s: socket.socket) -> bytes:
     while chunk := s.recv(65536):
         got += chunk
     return got
+
+
+def region_file(lb) -> bytes:
+    """The cache region's bytes, through the supervisor's fd of its file."""
+    fds = f"/proc/{lb.proc.pid}/fd"
+    for fd in os.listdir(fds):
+        if os.readlink(f"{fds}/{fd}").startswith("/dev/shm/lb-") and "-cache-c.shm" in os.readlink(f"{fds}/{fd}"):
+            with open(f"{fds}/{fd}", "rb") as f:
+                return f.read()
+    raise AssertionError("the supervisor holds no cache region file")
+
+
+@pytest.mark.parametrize("pipe_size", [None, 8192, 16384])
+def test_a_body_in_scattered_blocks_arrives_intact_whole_and_in_ranges(origin, lb_cache, monkeypatch, pipe_size):
+    """An object stored in the freed blocks of several purged ones (runs of
+    blocks apart in the region, in no order) goes out of the file in one
+    call per pipe's worth, an iovec per run: whole, in ranges that start
+    inside a block and cross runs, and to a slow reader. With pipes smaller
+    than a round (what F_SETPIPE_SZ gives once pipe-user-pages-soft is
+    spent), each call takes what the pipe holds and the next goes on from
+    there, inside a run or at its end."""
+    if pipe_size:
+        monkeypatch.setenv("LB_PIPE_SIZE", str(pipe_size))
+    for i in range(6):
+        origin.routes[f"/k/{i}"] = (200, [("Cache-Control", "max-age=60")], body_of(8000, 60 + i))
+        origin.routes[f"/x/{i}"] = (200, [("Cache-Control", "max-age=60")], body_of(4096 * 3 + 500 * i, 70 + i))
+    body = os.urandom(300_000)                    # every piece of it unique: where it is stored shows
+    origin.routes["/d"] = (200, [("Cache-Control", "max-age=60")], body)
+    lb = lb_cache()
+    for i in range(6):                            # k0 x0 k1 x1 ...: each x between two that stay
+        get(lb.port, f"/k/{i}")
+        get(lb.port, f"/x/{i}")
+    for i in range(6):
+        cli(lb, "cache", "purge", f"http://127.0.0.1:{lb.port}/x/{i}")
+    assert get(lb.port, "/d")[2] == body
+    # the body's pieces in the region: runs that do not follow each other
+    region = region_file(lb)
+    at = [region.find(body[p:p + 64]) for p in range(0, len(body) - 64, 256)]
+    assert all(a >= 0 for a in at[::16]), "the body is not in the region"
+    jumps = sum(1 for a, b in zip(at, at[1:]) if a >= 0 and b >= 0 and b - a != 256)
+    assert jumps >= 4, "the body was stored in consecutive blocks: the test proves little"
+    warm(lb, "/d")
+    before = zero_copy_bytes(lb)
+    conn = http.client.HTTPConnection("127.0.0.1", lb.port, timeout=10)
+    for first, last in ((0, len(body) - 1), (5000, 250_000), (4095, 4096 * 9), (1, 299_998), (12_289, 299_999)):
+        conn.request("GET", "/d", headers={"Range": f"bytes={first}-{last}"})
+        resp = conn.getresponse()
+        assert resp.read() == body[first:last + 1]
+    conn.request("GET", "/d")
+    resp = conn.getresponse()
+    assert resp.getheader("Cache-Status").startswith("lb; hit") and resp.read() == body
+    conn.close()
+    assert zero_copy_bytes(lb) - before >= 2 * 250_000, "not sent from the file"
+    with socket.socket() as s:                    # slow: a tiny window, small reads
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.settimeout(10)
+        s.connect(("127.0.0.1", lb.port))
+        s.sendall(f"GET /d HTTP/1.1\r\nHost: 127.0.0.1:{lb.port}\r\n\r\n".encode())
+        head, got = read_head(s)
+        while len(got) < len(body) and (chunk := s.recv(1500)):
+            got += chunk
+    assert b"Cache-Status: lb; hit" in head and got == body
+    assert origin.count("/d") == 1
 
 
 def test_an_object_purged_while_it_is_sent_is_cut_short(origin, run_lb, tmp_path):

@@ -135,7 +135,7 @@ cdef int pipe_take(lb_worker *w, int fds[2]) noexcept nogil:
         return -1
     if pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0:
         return -1
-    fcntl(fds[1], F_SETPIPE_SZ, <int>PIPE_SIZE)
+    fcntl(fds[1], F_SETPIPE_SZ, w.pipe_size)   # (a pipe it did not grow works, with fewer bytes a call)
     w.fds += 2
     lb_store_i64(&w.stats.fds, w.fds)
     return 0

@@ -386,6 +386,9 @@ cdef class Worker:
         w.drain_timeout_ms = <uint64_t>(drain_timeout * 1000)
         # the fds this worker may use for connections and pipes
         w.fd_limit = fd_limit - FD_RESERVE
+        # LB_PIPE_SIZE: smaller pipes, as F_SETPIPE_SZ gives where
+        # pipe-user-pages-soft is spent, for tests of that case
+        w.pipe_size = int(_os.environ.get("LB_PIPE_SIZE", PIPE_SIZE))
         w.fd_resume = w.fd_limit * 9 // 10
         w.max_conns = max_connections
         w.free_pipes = <lb_pipe *>calloc(FREE_PIPES_MAX, sizeof(lb_pipe))
