@@ -387,8 +387,10 @@ cdef class Worker:
         # the fds this worker may use for connections and pipes
         w.fd_limit = fd_limit - FD_RESERVE
         # LB_PIPE_SIZE: smaller pipes, as F_SETPIPE_SZ gives where
-        # pipe-user-pages-soft is spent, for tests of that case
-        w.pipe_size = int(_os.environ.get("LB_PIPE_SIZE", PIPE_SIZE))
+        # pipe-user-pages-soft is spent, for tests of that case (anything
+        # but a size from a page to 1 MiB: the default)
+        pipe_size = _os.environ.get("LB_PIPE_SIZE", "")
+        w.pipe_size = int(pipe_size) if pipe_size.isdigit() and 4096 <= int(pipe_size) <= 1 << 20 else PIPE_SIZE
         w.fd_resume = w.fd_limit * 9 // 10
         w.max_conns = max_connections
         w.free_pipes = <lb_pipe *>calloc(FREE_PIPES_MAX, sizeof(lb_pipe))
