@@ -843,8 +843,8 @@ cdef struct lb_worker:
     lb_conn *closed                  # freed after the current batch of events
     int64_t fds
     int64_t fd_limit                 # stop accepting above this many fds
-    int pipe_size                    # F_SETPIPE_SZ of its pipes: PIPE_SIZE, or LB_PIPE_SIZE (tests and measurements)
     int64_t fd_resume                # and start again below this
+    int pipe_size                    # F_SETPIPE_SZ of its pipes: PIPE_SIZE, or LB_PIPE_SIZE (tests and measurements)
     int stopping                     # 1 graceful drain, 2 fast stop
     uint64_t drain_deadline_ms
     uint64_t drain_timeout_ms

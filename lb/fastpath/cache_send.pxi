@@ -98,7 +98,9 @@ cdef int cache_zpipe_fill(lb_worker *w, lb_hconn *h, lb_cache_x *cx, lb_cache_rt
     file's, through this mapping), but found through the page table in
     batches rather than one page-cache lookup and folio lock per 4 KiB page
     (shmem_file_splice_read): 2.5 us against 4.4 us to fill and drain
-    100 KiB here, and the runs of a scattered body are one call."""
+    100 KiB here, and the runs of a scattered body are one call. (A chain
+    read while the entry went may point at punched blocks: reading them
+    faults fresh zeroed pages in, which the seq check then refuses.)"""
     cdef iovec iov[CACHE_SEND_ROUND]
     cdef uint32_t first[CACHE_SEND_ROUND]
     cdef uint32_t nb = rt.hd.n_blocks, b = cx.blk, off = cx.blk_off, last, nx, k
