@@ -1,11 +1,11 @@
 """Large hits go from the cache region straight to the client's socket
 (lb/fastpath/cache_send.pxi): vmspliced from the workers' mapping of the
-region's /dev/shm file into a pipe, checked, then spliced to the socket, so that the socket holds
-the region's pages, not a copy. Bodies are intact whatever the client's
-pace; an object purged while it is being sent is cut short, never
-completed; and a freed block's page is punched out of
-the file before the block is reused, so that bytes a socket still holds
-never change."""
+region's /dev/shm file into a pipe, checked, then spliced to the socket,
+so that the socket holds the region's pages, not a copy. Bodies are intact
+whatever the client's pace; an object purged while it is being sent is
+cut short, never completed; and a freed block's page is punched out of the
+file before the block is reused, so that bytes a socket still holds never
+change."""
 
 from __future__ import annotations
 
@@ -33,14 +33,19 @@ BIG = max(7 << 20, _wmem_max() + (3 << 20))
 BIG_CACHE_MIB = max(128, 16 * BIG >> 20)
 
 
-def region_bytes(lb) -> int:
-    """Memory the cache's region holds: its file is unlinked once made, and
-    kept open by the supervisor."""
+def region_path(lb) -> str:
+    """The cache region's file: unlinked once made, and kept open by the
+    supervisor, so reached through its fd."""
     fds = f"/proc/{lb.proc.pid}/fd"
     for fd in os.listdir(fds):
         if os.readlink(f"{fds}/{fd}").startswith("/dev/shm/lb-") and "-cache-c.shm" in os.readlink(f"{fds}/{fd}"):
-            return os.stat(f"{fds}/{fd}").st_blocks * 512
+            return f"{fds}/{fd}"
     raise AssertionError("the supervisor holds no cache region file")
+
+
+def region_bytes(lb) -> int:
+    """Memory the cache's region holds."""
+    return os.stat(region_path(lb)).st_blocks * 512
 
 
 def warm(lb, *targets):
@@ -150,16 +155,6 @@ def purge_while_read(lb, s: socket.socket) -> bytes:
     return got
 
 
-def region_file(lb) -> bytes:
-    """The cache region's bytes, through the supervisor's fd of its file."""
-    fds = f"/proc/{lb.proc.pid}/fd"
-    for fd in os.listdir(fds):
-        if os.readlink(f"{fds}/{fd}").startswith("/dev/shm/lb-") and "-cache-c.shm" in os.readlink(f"{fds}/{fd}"):
-            with open(f"{fds}/{fd}", "rb") as f:
-                return f.read()
-    raise AssertionError("the supervisor holds no cache region file")
-
-
 @pytest.mark.parametrize("pipe_size", [None, 8192, 16384])
 def test_a_body_in_scattered_blocks_arrives_intact_whole_and_in_ranges(origin, lb_cache, monkeypatch, pipe_size):
     """An object stored in the freed blocks of several purged ones (runs of
@@ -184,7 +179,8 @@ def test_a_body_in_scattered_blocks_arrives_intact_whole_and_in_ranges(origin, l
         cli(lb, "cache", "purge", f"http://127.0.0.1:{lb.port}/x/{i}")
     assert get(lb.port, "/d")[2] == body
     # the body's pieces in the region: runs that do not follow each other
-    region = region_file(lb)
+    with open(region_path(lb), "rb") as f:
+        region = f.read()
     at = [region.find(body[p:p + 64]) for p in range(0, len(body) - 64, 256)]
     assert all(a >= 0 for a in at[::16]), "the body is not in the region"
     jumps = sum(1 for a, b in zip(at, at[1:]) if a >= 0 and b >= 0 and b - a != 256)

@@ -200,7 +200,7 @@ cdef inline void cache_punch(lb_cache_rt *rt, uint32_t first, uint32_t n) noexce
     object is written into a fresh one, so bytes already handed
     to the kernel never change. Only for objects marked sent: a punch and
     the page faults of the next write into those blocks cost more than the
-    copy the splice saves (3x the CPU per request under random keys when every
+    copy sending from the file saves (3x the CPU per request under random keys when every
     freed block was punched). Lock held, or the region not yet shared."""
     fallocate(rt.zc_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
               <long>(rt.hd.off_blocks + <uint64_t>first * CACHE_BLOCK), <long>n * CACHE_BLOCK)
@@ -236,7 +236,7 @@ cdef void ce_remove(lb_cache_rt *rt, uint32_t i, bint ghost) noexcept nogil:
     cdef uint32_t b, nb, k, run, n_run
     cdef bint punch
     ce_begin(e)
-    # a reader marks sent before its splice and checks seq after it: with
+    # a reader marks sent before its vmsplice and checks seq after it: with
     # full fences on both sides, either this sees the mark or that reader
     # sees the seq move (and cuts its response)
     lb_fence_full()
@@ -251,7 +251,7 @@ cdef void ce_remove(lb_cache_rt *rt, uint32_t i, bint ghost) noexcept nogil:
     q_unlink(rt, i)
     # pushed last block first, so that the next object pops them in the
     # order they were chained: a run of blocks stays one run in the file
-    # (one splice per run, cache_send.pxi)
+    # (one iovec per run, cache_send.pxi)
     b = e.first
     run = b
     n_run = 0
@@ -2880,7 +2880,7 @@ cdef class CacheShm:
         self.path = path
         self._init(<char *>p, size, max_object, seed, True)
         # the file stays open (and is inherited by the workers) for zero-copy
-        # hits: splice from it, and punching freed blocks out of it, which
+        # hits: vmsplice from its mapping, and punching freed blocks out of it, which
         # also shows that the filesystem can (tmpfs does)
         if _os.environ.get("LB_CACHE_ZERO_COPY", "1") != "0" and _small_pages(path) and fallocate(
                 fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, <long>self.rt.hd.off_blocks, CACHE_BLOCK) == 0:
