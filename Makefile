@@ -6,11 +6,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # against, the load generator, curl for the demo test, openssl (s_client)
 # for the TLS tests, keepalived for the VRRP failover tests (tests/test_ha.py),
 # bird2 for the BGP/ECMP tests (tests/test_ha_bgp.py) and iproute2 (ip netns)
-# to build their network namespaces; nghttp2-client (nghttp, h2load) for the
-# HTTP/2 tests and benchmark; prometheus for promtool (tests/test_metrics.py
-# checks the scrape with it) and chromium, headless, for the stats page's test;
-# varnish, the second anchor of the cache benchmark (bench cache_hit).
-APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepalived bird2 iproute2 nghttp2-client prometheus chromium varnish
+# to build their network namespaces, and ethtool for the bench's hosts
+# topology (bench/hosts.py: GRO on and TSO off on its veth links);
+# nghttp2-client (nghttp, h2load) for the HTTP/2 tests and benchmark;
+# prometheus for promtool (tests/test_metrics.py checks the scrape with it)
+# and chromium, headless, for the stats page's test; varnish, the second
+# anchor of the cache benchmark (bench cache_hit).
+APT_PACKAGES := haproxy nginx-light libnginx-mod-stream wrk curl openssl keepalived bird2 iproute2 ethtool nghttp2-client prometheus chromium varnish
 # What building the compiled data path needs beyond a compiler: the headers of
 # OpenSSL (TLS), libnghttp2 (HTTP/2), libxcrypt (htpasswd hashes) and liburing
 # (tcp forwarding's batched calls, lb/fastpath/uring.pxi).
@@ -28,7 +30,7 @@ demo: install
 	$(PYTHON) -m lb demo
 
 test-deps:
-	@missing=""; for cmd in haproxy nginx wrk curl openssl keepalived bird ip h2load nghttp promtool chromium varnishd; do \
+	@missing=""; for cmd in haproxy nginx wrk curl openssl keepalived bird ip ethtool h2load nghttp promtool chromium varnishd; do \
 	  command -v $$cmd >/dev/null || [ -x /usr/sbin/$$cmd ] || [ -x /sbin/$$cmd ] || missing=1; done; \
 	[ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || missing=1; \
 	if [ -n "$$missing" ]; then \

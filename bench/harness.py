@@ -26,6 +26,9 @@ and optionally
                             on lb's own figure; a scenario with GOALS (even
                             empty) also gets the ratio lb/best
     BEST_OF  tuple[str]     the anchors of lb/best when not HAProxy and nginx
+    HOSTS    bool           run on the hosts topology (bench/hosts.py): wrk, the
+                            proxies and an origin of its own in three network
+                            namespaces joined by veth pairs, not on loopback
 
 A "local" scenario measures code in the harness's own process and starts no
 target, tool or origin: it has TARGETS = () and, instead of measure,
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import abc
 import concurrent.futures
+import contextlib
 import ctypes
 import dataclasses
 import datetime
@@ -63,7 +67,7 @@ from pathlib import Path
 
 import psutil
 
-from bench import tls
+from bench import hosts, tls
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -207,14 +211,16 @@ def nginx_stream_module(nginx: str) -> tuple[bool, str | None]:
 
 
 def ensure_tools(need: set[str]) -> dict[str, str]:
-    """Paths of the tools in `need` ("haproxy", "nginx", "nginx-stream", "wrk", "h2load", "varnishd").
+    """Paths of the tools in `need` ("haproxy", "nginx", "nginx-stream", "wrk", "h2load", "varnishd",
+    and "ip" and "ethtool" for the hosts topology).
 
     Missing ones are installed with apt-get when running as root; otherwise
     the error says what to install.
     """
     packages = {"haproxy": ["haproxy"], "nginx": ["nginx-light"],
                 "nginx-stream": ["libnginx-mod-stream"], "wrk": ["wrk"],
-                "h2load": ["nghttp2-client"], "varnishd": ["varnish"]}
+                "h2load": ["nghttp2-client"], "varnishd": ["varnish"],
+                "ip": ["iproute2"], "ethtool": ["ethtool"]}
 
     def missing() -> list[str]:
         gone = [t for t in sorted(need - {"nginx-stream"}) if not find_tool(t)]
@@ -410,10 +416,13 @@ def _nginx_temp_paths(nginx: str, root: Path) -> str:
 
 
 class Origin:
-    """nginx serving /small (100 B from memory) and /1m (1 MiB file) on loopback."""
+    """nginx serving /small (100 B from memory) and /1m (1 MiB file) on
+    `host`: loopback, or the origin's namespace of a hosts topology, where
+    `wrap` (`ip netns exec NS`) starts it."""
 
-    def __init__(self, ctx: "Context"):
-        self.root = ctx.workdir / "origin"
+    def __init__(self, ctx: "Context", host: str = "127.0.0.1", wrap: tuple[str, ...] = (),
+                 name: str = "origin"):
+        self.root = ctx.workdir / name
         (self.root / "www").mkdir(parents=True)
         (self.root / "tmp").mkdir()
         (self.root / "www" / "1m").write_bytes(os.urandom(ONE_MIB))
@@ -423,8 +432,8 @@ class Origin:
         (self.root / "www" / "1m").chmod(0o644)
         (self.root / "www" / "cached100k").chmod(0o644)
         self.port = ctx.ports.take()
-        self.addr = ("127.0.0.1", self.port)
-        self.h2c_addr = ("127.0.0.1", ctx.ports.take())    # the same server in h2c (prior knowledge)
+        self.addr = (host, self.port)
+        self.h2c_addr = (host, ctx.ports.take())    # the same server in h2c (prior knowledge)
         nofile = ctx.nofile
         body = SMALL_BODY.decode().rstrip("\n").replace('"', "")
         conf = f"""\
@@ -449,8 +458,8 @@ http {{
     client_header_timeout 300s;
     open_file_cache max=16 inactive=300s;
     server {{
-        listen 127.0.0.1:{self.port} backlog=4096;
-        listen 127.0.0.1:{self.h2c_addr[1]} http2 backlog=4096;
+        listen {host}:{self.port} backlog=4096;
+        listen {host}:{self.h2c_addr[1]} http2 backlog=4096;
         root {self.root}/www;
         location = /small {{
             default_type text/plain;
@@ -471,7 +480,7 @@ http {{
         conf_path = self.root / "nginx.conf"
         conf_path.write_text(conf)
         self.service = Service("origin nginx",
-                               [ctx.tools["nginx"], "-p", str(self.root), "-c", str(conf_path),
+                               [*wrap, ctx.tools["nginx"], "-p", str(self.root), "-c", str(conf_path),
                                 "-e", str(self.root / "error.log")],
                                self.root / "stderr.log")
         try:
@@ -559,7 +568,7 @@ class Target(abc.ABC):
         return None
 
     def start(self) -> None:
-        self.addr = ("127.0.0.1", self.ctx.ports.take())
+        self.addr = (self.ctx.proxy_host, self.ctx.ports.take())
         cmd = self.configure()
         self.service = Service(self.name, cmd, self.dir / "output.log", cwd=self.cwd())
         wait_ready(self.service, self.addr, READY_TIMEOUT_S.get(self.name, DEFAULT_READY_TIMEOUT_S),
@@ -1095,7 +1104,7 @@ def parse_wrk(text: str) -> dict:
 
 def run_wrk(ctx: "Context", url: str, seconds: int, headers: tuple[str, ...] = (),
             env: dict[str, str] | None = None, script: str | None = None) -> dict:
-    cmd = [ctx.tools["wrk"], "-t", str(ctx.opts.threads), "-c", str(ctx.opts.connections),
+    cmd = [*ctx.client_wrap, ctx.tools["wrk"], "-t", str(ctx.opts.threads), "-c", str(ctx.opts.connections),
            "-d", f"{seconds}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
@@ -1157,8 +1166,8 @@ def wrk_measure(ctx: "Context", target: Target, path: str,
     process of the target (its data-plane worker); sys_us_req is the kernel's
     part of cpu_us_req and ctxsw_req the tree's context switches per request
     (waits and preemptions); other_cpu_pct is what the
-    host spent outside wrk, the target and the origin during the run:
-    anything well above zero means a noisy machine.
+    host spent outside wrk, the target, the origin and the kernel's threads
+    during the run: anything well above zero means a noisy machine.
     """
     url = target.url(path)
     hdr = "".join(f' -H "{h}"' for h in headers)
@@ -1247,7 +1256,7 @@ def _measure_run(ctx: "Context", target: Target, run) -> dict:
     result["total_us_req"] = (1e6 * (sum(used.values()) + (wrk1 - wrk0) + (kth1 - kth0)) / result["requests"]
                               if result["requests"] else None)
     result["kthreads_cpu_pct"] = 100.0 * (kth1 - kth0) / wall
-    other = (host1 - host0) - (wrk1 - wrk0) - sum(used.values())
+    other = (host1 - host0) - (wrk1 - wrk0) - sum(used.values()) - (kth1 - kth0)
     result["other_cpu_pct"] = max(0.0, 100.0 * other / wall)
     if result["other_cpu_pct"] > NOISY_OTHER_CPU_PCT:
         log(f"  {target.name}: other processes used {result['other_cpu_pct']:.0f}% CPU "
@@ -1321,7 +1330,7 @@ def run_h2load(ctx: "Context", url: str, seconds: int, connections: int, streams
                log_file: Path | None = None) -> dict:
     """One h2load run, one thread, `connections` HTTP/2 connections with up to
     `streams` requests in flight on each, for `seconds`; it must have spoken h2."""
-    cmd = [ctx.tools["h2load"], "-t", "1", "-c", str(connections), "-m", str(streams),
+    cmd = [*ctx.client_wrap, ctx.tools["h2load"], "-t", "1", "-c", str(connections), "-m", str(streams),
            "-D", str(seconds)]
     if log_file is not None:
         cmd.append(f"--log-file={log_file}")
@@ -1893,6 +1902,10 @@ class Context:
     ports: PortAllocator
     nofile: int
     origin: Origin | None = None
+    # where the targets listen and how wrk is started: loopback and as is,
+    # or the hosts topology's (bench/hosts.py) while a HOSTS scenario runs
+    proxy_host: str = "127.0.0.1"
+    client_wrap: tuple[str, ...] = ()
     _cert: tls.Certificate | None = None
     _tls_client: ssl.SSLContext | None = None
     _fresh_tls_lib: Path | None = None
@@ -1961,6 +1974,31 @@ def run_scenario(ctx: Context, scenario, order: list[str] | None = None,
     return {t: results[t] for t in ALL_TARGETS if t in results}
 
 
+@contextlib.contextmanager
+def on_hosts(ctx: Context, scenario):
+    """The hosts topology (bench/hosts.py) while `scenario` runs: an origin
+    of its own in the origin's namespace, the targets on the proxies'
+    address, wrk in the client's namespace; loopback again after."""
+    try:
+        topo = hosts.Hosts(ctx.tools["ip"], ctx.tools["ethtool"])
+        topo.up()
+    except hosts.HostsError as exc:
+        raise BenchError(str(exc)) from exc
+    saved = ctx.origin, ctx.proxy_host, ctx.client_wrap
+    origin = None
+    try:
+        log(f"{scenario.NAME}: hosts topology: wrk in {topo.client_ns}, the proxies on "
+            f"{topo.proxy_addr}, the origin on {topo.origin_addr} in {topo.origin_ns}")
+        origin = Origin(ctx, topo.origin_addr, tuple(topo.wrap(topo.origin_ns)), f"origin-{scenario.NAME}")
+        ctx.origin, ctx.proxy_host, ctx.client_wrap = origin, topo.proxy_addr, tuple(topo.wrap(topo.client_ns))
+        yield
+    finally:
+        ctx.origin, ctx.proxy_host, ctx.client_wrap = saved
+        if origin is not None:
+            origin.stop()
+        topo.down()
+
+
 def run_rounds(ctx: Context, scenario) -> list[dict]:
     """--repeat rounds of run_scenario (one for non-wrk scenarios).
 
@@ -1969,6 +2007,13 @@ def run_rounds(ctx: Context, scenario) -> list[dict]:
     only one target runs at a time. A target that fails is skipped in the
     rounds after. Each round: {"order", "results", "ratios"}.
     """
+    if getattr(scenario, "HOSTS", False):
+        with on_hosts(ctx, scenario):
+            return _run_rounds(ctx, scenario)
+    return _run_rounds(ctx, scenario)
+
+
+def _run_rounds(ctx: Context, scenario) -> list[dict]:
     n = ctx.opts.repeat if getattr(scenario, "KIND", "wrk") in LOAD_KINDS else 1
     names = scenario_targets(ctx, scenario)
     rounds: list[dict] = []
@@ -2047,6 +2092,8 @@ def run(opts: Options) -> int:
         need.add("nginx-stream")
     if "varnish" in opts.only and any("varnish" in s.TARGETS for s in remote):
         need.add("varnishd")
+    if any(getattr(s, "HOSTS", False) for s in remote):
+        need |= {"ip", "ethtool"}
     try:
         tools = ensure_tools(need)
     except BenchError as exc:

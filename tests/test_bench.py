@@ -50,6 +50,43 @@ def test_bench_tcp_small_sockmap_reports_the_whole_machines_cpu():
     assert scenario["ratios"]["lb/haproxy"]["total_us_req"] > 0
 
 
+def _netns_and_links() -> tuple[str, set[str]]:
+    ns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    return ns, {p.name for p in Path("/sys/class/net").iterdir()}
+
+
+def test_bench_hosts_topology_takes_the_receive_path_off_the_senders_bill():
+    """tcp_small_hosts and http_small_hosts: wrk, the proxies and an origin in
+    three network namespaces joined by veth pairs with threaded NAPI. Every
+    proxy's responses arrive, the receive work runs in the NAPI threads (the
+    kernel threads' CPU, all but nothing on loopback) and total us/req counts
+    it; after the run the namespaces and links are gone."""
+    before = _netns_and_links()
+    doc = run_bench("tcp_small_hosts", "http_small_hosts")
+    for name in ("tcp_small_hosts", "http_small_hosts"):
+        scenario = doc["scenarios"][name]
+        assert set(scenario["results"]) == {"haproxy", "nginx", "lb"}, name
+        for proxy, result in scenario["results"].items():
+            assert result["ok"] and result["req_s"] > 0 and not result["errors"], (name, proxy, result)
+            assert result["kthreads_cpu_pct"] > 5, (name, proxy, result)
+            assert result["total_us_req"] > result["cpu_us_req"] > 0, (name, proxy, result)
+        assert scenario["ratios"]["lb/nginx"]["total_us_req"] > 0
+    assert _netns_and_links() == before
+
+
+def test_hosts_topology_keeps_off_the_machines_own_networks(tmp_path):
+    """The links' /24s overlap no address or route of the machine: a
+    candidate the machine uses is skipped."""
+    from bench import hosts
+
+    fake_ip = tmp_path / "ip"
+    fake_ip.write_text("#!/bin/sh\n"
+                       'case "$*" in *addr*) echo "2: eth0    inet 10.250.1.7/24 brd 10.250.1.255 scope global eth0";;\n'
+                       '*route*) echo "default via 10.250.1.1 dev eth0"; echo "172.30.0.0/16 dev eth1";; esac\n')
+    fake_ip.chmod(0o755)
+    assert [str(n) for n in hosts.free_nets(str(fake_ip), 2)] == ["10.250.2.0/24", "192.168.250.0/24"]
+
+
 @pytest.fixture(scope="module")
 def two_rounds() -> dict:
     """tcp_small, two rounds, every target, and this checkout again as the
