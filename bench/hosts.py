@@ -25,8 +25,8 @@ import subprocess
 from pathlib import Path
 
 # The two links' /24s: the first two of these that no address or route of
-# the machine overlaps (a machine's own network may well be a documentation
-# range: this one's is 192.0.2.0/24).
+# the machine overlaps (even a documentation range may be taken: the machine
+# this was written on has 192.0.2.0/24 for its own network).
 CANDIDATE_NETS = ("10.250.1.0/24", "10.250.2.0/24", "172.30.250.0/24", "172.30.251.0/24",
                   "192.168.250.0/24", "192.168.251.0/24", "198.51.100.0/24", "203.0.113.0/24")
 
