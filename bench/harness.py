@@ -1989,8 +1989,8 @@ def on_hosts(ctx: Context, scenario):
     try:
         log(f"{scenario.NAME}: hosts topology: wrk in {topo.client_ns}, the proxies on "
             f"{topo.proxy_addr}, the origin on {topo.origin_addr} in {topo.origin_ns}")
-        origin = Origin(ctx, topo.origin_addr, tuple(topo.wrap(topo.origin_ns)), f"origin-{scenario.NAME}")
-        ctx.origin, ctx.proxy_host, ctx.client_wrap = origin, topo.proxy_addr, tuple(topo.wrap(topo.client_ns))
+        origin = Origin(ctx, topo.origin_addr, topo.wrap(topo.origin_ns), f"origin-{scenario.NAME}")
+        ctx.origin, ctx.proxy_host, ctx.client_wrap = origin, topo.proxy_addr, topo.wrap(topo.client_ns)
         yield
     finally:
         ctx.origin, ctx.proxy_host, ctx.client_wrap = saved

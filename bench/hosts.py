@@ -70,9 +70,9 @@ class Hosts:
         self.proxy_addr = client_net[0]
         self.origin_addr = origin_net[1]
 
-    def wrap(self, ns: str) -> list[str]:
+    def wrap(self, ns: str) -> tuple[str, ...]:
         """The command prefix that runs a program in namespace `ns`."""
-        return [self.ip, "netns", "exec", ns]
+        return (self.ip, "netns", "exec", ns)
 
     def up(self) -> None:
         if os.geteuid() != 0:
@@ -83,13 +83,13 @@ class Hosts:
                 _run([*self.wrap(ns), self.ip, "link", "set", "lo", "up"])
             for here, there, ns, (here_addr, there_addr) in self.links.values():
                 _run([self.ip, "link", "add", here, "type", "veth", "peer", "name", there, "netns", ns])
-                self._configure([], here, here_addr)
+                self._configure((), here, here_addr)
                 self._configure(self.wrap(ns), there, there_addr)
         except BaseException:
             self.down()
             raise
 
-    def _configure(self, wrap: list[str], dev: str, addr: str) -> None:
+    def _configure(self, wrap: tuple[str, ...], dev: str, addr: str) -> None:
         _run([*wrap, self.ip, "addr", "add", f"{addr}/24", "dev", dev])
         _run([*wrap, self.ethtool, "-K", dev, "gro", "on", "tso", "off"])
         _run([*wrap, self.ip, "link", "set", dev, "up"])
